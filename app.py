@@ -1,0 +1,85 @@
+"""jobplane's Chalice app: routes and event handlers only; the core lives in chalicelib."""
+
+from chalice import Chalice
+
+from chalicelib import deps
+from chalicelib.api import api_view, principal, query, respond
+from chalicelib.config import deploy_constants
+
+app = Chalice(app_name="jobplane")
+DEPLOY = deploy_constants()
+
+
+@app.route("/health")
+def health():
+    return {"status": "ok"}
+
+
+@app.route("/jobs", methods=["POST"], content_types=["application/json", "application/x-yaml", "text/yaml"])
+@api_view
+def submit_job():
+    from chalicelib.jobs.spec import load_spec_text
+
+    request = app.current_request
+    user = principal(request)
+    spec = load_spec_text(request.raw_body or b"", request.headers.get("content-type"))
+    job, created = deps.get_service().submit(user, spec, request.headers.get("idempotency-key"))
+    return respond(job.to_api(), 201 if created else 200)
+
+
+@app.route("/jobs", methods=["GET"])
+@api_view
+def list_jobs():
+    params = query(app.current_request)
+    user = principal(app.current_request)
+    jobs, token = deps.get_service().list(user, params.get("status"), params.get("limit"), params.get("next_token"))
+    return respond({"jobs": [j.to_api() for j in jobs], "next_token": token})
+
+
+@app.route("/jobs/{job_id}", methods=["GET"])
+@api_view
+def get_job(job_id):
+    return respond(deps.get_service().get(principal(app.current_request), job_id).to_api())
+
+
+@app.route("/jobs/{job_id}/cancel", methods=["POST"])
+@api_view
+def cancel_job(job_id):
+    return respond(deps.get_service().cancel(principal(app.current_request), job_id).to_api(), 202)
+
+
+@app.route("/jobs/{job_id}/events", methods=["GET"])
+@api_view
+def job_events(job_id):
+    entries = deps.get_service().history(principal(app.current_request), job_id)
+    return respond({"events": [e.to_api() for e in entries]})
+
+
+@app.on_cw_event(
+    {"source": ["aws.sagemaker", "aws.batch", "aws.ecs", "aws.ec2", "jobplane.local"]}, name="on_job_state_change"
+)
+def on_job_state_change(event):
+    from chalicelib.events import handle_state_change
+
+    return handle_state_change(event.to_dict(), deps.get_service()).to_dict()
+
+
+@app.on_s3_event(bucket=DEPLOY["upload_bucket"], events=["s3:ObjectCreated:*"], name="on_upload")
+def on_upload(event):
+    from chalicelib.triggers import handle_s3_event
+
+    return handle_s3_event(event.to_dict(), deps.get_service())
+
+
+@app.schedule("rate(1 minute)", name="reconcile")
+def reconcile(event):  # noqa: ARG001 - a schedule carries nothing we need
+    from chalicelib.reaper import reconcile as run
+
+    return [a.to_dict() for a in run(deps.get_service())]
+
+
+@app.on_dynamodb_record(stream_arn=DEPLOY["jobs_stream_arn"], name="notify")
+def notify(event):
+    from chalicelib.notify.slack import notify_records
+
+    return notify_records(event.to_dict().get("Records", []), deps.get_slack_webhook_url())

@@ -1,0 +1,1 @@
+"""jobplane core: shared by the Chalice app, the Cloud Functions and the CLI."""

@@ -1,0 +1,145 @@
+"""The ComputeBackend interface: launch, describe, cancel, parse_event, with checks in one place."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar
+
+from chalicelib.config import Settings
+from chalicelib.errors import UnsupportedError
+from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, utcnow
+
+NATIVE_RE = re.compile(r"^jp-(?P<job_id>[0-9a-f]{32})(?:-a(?P<attempt>[0-9]+))?$")
+
+
+@dataclass(frozen=True)
+class Handle:
+    """What a backend needs to find a job's resource again."""
+
+    job_id: str
+    native_id: str
+    attempt: int = 1
+
+    @classmethod
+    def of(cls, job: Job) -> Handle:
+        return cls(job.job_id, job.native_id or native_name(job.job_id, job.attempt), job.attempt)
+
+
+def parse_native_name(name: str | None) -> tuple[str, int] | None:
+    """`jp-<job_id>[-a<attempt>]` -> (job_id, attempt); None for names jobplane did not make."""
+    match = NATIVE_RE.match(name or "")
+    if not match:
+        return None
+    return match["job_id"], int(match["attempt"] or 1)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What a backend saw of one job's resource, already in jobplane's terms."""
+
+    status: JobStatus
+    native_status: str
+    native_id: str | None = None
+    job_id: str | None = None
+    attempt: int | None = None
+    reason: str = ""
+    failure_kind: FailureKind | None = None
+    exit_code: int | None = None
+    at: datetime | None = None
+
+    def __post_init__(self) -> None:
+        if self.status is JobStatus.FAILED and self.failure_kind is None:
+            object.__setattr__(self, "failure_kind", FailureKind.BACKEND_ERROR)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    native_id: str
+    native_status: str = "Submitted"
+
+
+class ComputeBackend(ABC):
+    """A service that runs training jobs. Public methods wrap the `_impl` ones."""
+
+    #: registry key, as written in a spec's `backend`
+    name: ClassVar[str]
+    #: feature -> why this backend cannot offer it (checked before every launch)
+    unsupported_features: ClassVar[dict[str, str]] = {}
+    #: IAM actions the control plane needs for this backend (the checked-in policy grants exactly these)
+    iam_actions: ClassVar[tuple[str, ...]] = ()
+    #: `source` values of the state events this backend understands
+    event_sources: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    # --- cross-cutting checks, in one place ---------------------------------------------
+    def validate(self, spec: dict[str, Any]) -> None:
+        """Raise UnsupportedError naming the field when this backend cannot run `spec`."""
+        resources = spec.get("resources") or {}
+        wanted = {
+            "gpu": resources.get("gpus", 0) > 0,
+            "spot": bool(resources.get("spot")),
+            "tpu": resources.get("tpu") is not None,
+            "checkpoint": spec.get("checkpoint_uri") is not None,
+        }
+        fields = {
+            "gpu": "resources.gpus",
+            "spot": "resources.spot",
+            "tpu": "resources.tpu",
+            "checkpoint": "checkpoint_uri",
+        }
+        for feature, needed in wanted.items():
+            if needed and feature in self.unsupported_features:
+                raise UnsupportedError(
+                    f"backend {self.name!r} cannot run this job: {self.unsupported_features[feature]}",
+                    [{"field": fields[feature], "message": self.unsupported_features[feature]}],
+                )
+        self._validate_impl(spec)
+
+    def launch(self, job: Job) -> LaunchResult:
+        self.validate(job.spec)
+        return self._launch_impl(job, Handle.of(job))
+
+    def describe(self, handle: Handle) -> Observation | None:
+        """The resource's current state, or None when it does not exist."""
+        return self._describe_impl(handle)
+
+    def cancel(self, handle: Handle) -> None:
+        """Ask the provider to stop the resource; returns without waiting for it to stop."""
+        self._cancel_impl(handle)
+
+    def parse_event(self, raw: dict[str, Any]) -> Observation | None:
+        """Translate one provider state event; None when it is not about a jobplane resource."""
+        return self._parse_event_impl(raw)
+
+    def hourly_price(self, job: Job) -> float | None:
+        """USD per hour of the resource this job runs on, when known."""
+        return None
+
+    def estimate_cost(self, job: Job, until: datetime | None = None) -> float | None:
+        price = self.hourly_price(job)
+        if price is None or job.started_at is None:
+            return None
+        end = until or job.finished_at or utcnow()
+        hours = max((end - job.started_at).total_seconds(), 0.0) / 3600.0
+        return round(price * hours, 6)
+
+    # --- what each backend implements --------------------------------------------------
+    def _validate_impl(self, spec: dict[str, Any]) -> None:
+        return None
+
+    @abstractmethod
+    def _launch_impl(self, job: Job, handle: Handle) -> LaunchResult: ...
+
+    @abstractmethod
+    def _describe_impl(self, handle: Handle) -> Observation | None: ...
+
+    @abstractmethod
+    def _cancel_impl(self, handle: Handle) -> None: ...
+
+    def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
+        return None

@@ -1,0 +1,197 @@
+"""The `local` backend: each job runs as a real process on this machine (the local stack's compute)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from chalicelib.backends.base import (
+    ComputeBackend,
+    Handle,
+    LaunchResult,
+    Observation,
+    parse_native_name,
+)
+from chalicelib.errors import BackendError
+from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
+
+EVENT_SOURCE = "jobplane.local"
+EVENT_DETAIL_TYPE = "jobplane Local Job State Change"
+# runner states -> (status, failure kind)
+_STATES = {
+    "RUNNING": (JobStatus.RUNNING, None),
+    "SUCCEEDED": (JobStatus.SUCCEEDED, None),
+    "FAILED": (JobStatus.FAILED, FailureKind.USER_ERROR),
+    "TIMEOUT": (JobStatus.FAILED, FailureKind.TIMEOUT),
+    "CANCELLED": (JobStatus.CANCELLED, None),
+    "LOST": (JobStatus.FAILED, FailureKind.BACKEND_ERROR),
+}
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of ours counts as gone.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class LocalBackend(ComputeBackend):
+    name = "local"
+    unsupported_features = {
+        "gpu": "the local backend runs CPU processes only; use sagemaker, vertex, ec2 or gce for GPUs",
+        "tpu": "TPUs exist only on Vertex AI",
+    }
+    iam_actions = ()
+    event_sources = (EVENT_SOURCE,)
+
+    def job_dir(self, native_id: str) -> Path:
+        if parse_native_name(native_id) is None:
+            raise BackendError(f"not a jobplane native id: {native_id!r}")
+        return Path(self.settings.local_state_dir).resolve() / native_id
+
+    def hourly_price(self, job) -> float | None:
+        return 0.0
+
+    def _launch_impl(self, job, handle: Handle) -> LaunchResult:
+        folder = self.job_dir(handle.native_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            # Exclusive create: a retried or concurrent launch of the same attempt starts nothing new.
+            fd = os.open(folder / "launch.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            return LaunchResult(handle.native_id, "AlreadyLaunched")
+        os.close(fd)
+        spec = job.spec
+        # The job sees the stack's Python first on PATH, its own env, and nothing of the control plane's.
+        base_env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ") if k in os.environ}
+        path = os.environ.get("PATH", "/usr/bin:/bin")
+        base_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
+        outputs = folder / "outputs"
+        outputs.mkdir(exist_ok=True)
+        runner_spec = {
+            "job_id": handle.job_id,
+            "native_id": handle.native_id,
+            "attempt": handle.attempt,
+            "command": list(spec["command"]),
+            "env": {
+                **base_env,
+                "PYTHONUNBUFFERED": "1",
+                **spec.get("env", {}),
+                "JOBPLANE_JOB_ID": handle.job_id,
+                "JOBPLANE_ATTEMPT": str(handle.attempt),
+                "JOBPLANE_OUTPUT_DIR": str(outputs),
+            },
+            "cwd": os.getcwd(),
+            "max_runtime_seconds": int(spec.get("max_runtime_minutes", 1440)) * 60,
+            "event_url": self.settings.local_event_url,
+            "region": self.settings.region,
+        }
+        (folder / "spec.json").write_text(json.dumps(runner_spec))
+        with open(folder / "runner.log", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "chalicelib.backends.local_runner", str(folder)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd=str(Path(__file__).resolve().parents[2]),
+            )
+        (folder / "runner.pid").write_text(str(proc.pid))
+        return LaunchResult(handle.native_id, "Started")
+
+    def _describe_impl(self, handle: Handle) -> Observation | None:
+        folder = self.job_dir(handle.native_id)
+        if not (folder / "launch.lock").exists():
+            return None
+        status = read_json(folder / "status.json")
+        if status is not None:
+            return self._observation(handle, status)
+        runner = read_json(folder / "runner.json") or {}
+        runner_pid = _read_pid(folder / "runner.pid")
+        if runner_pid is not None and pid_alive(runner_pid):
+            state = "RUNNING" if runner.get("pid") else "STARTING"
+            if state == "STARTING":
+                return Observation(JobStatus.LAUNCHING, "STARTING", handle.native_id, handle.job_id, handle.attempt)
+            return self._observation(handle, {"state": "RUNNING", **runner})
+        if runner_pid is None:
+            return Observation(JobStatus.LAUNCHING, "STARTING", handle.native_id, handle.job_id, handle.attempt)
+        return self._observation(handle, {"state": "LOST", "reason": "the local runner exited without an exit status"})
+
+    def _observation(self, handle: Handle, status: dict[str, Any]) -> Observation:
+        state = status.get("state", "LOST")
+        job_status, kind = _STATES.get(state, _STATES["LOST"])
+        return Observation(
+            status=job_status,
+            native_status=state,
+            native_id=handle.native_id,
+            job_id=handle.job_id,
+            attempt=handle.attempt,
+            reason=status.get("reason", ""),
+            failure_kind=kind,
+            exit_code=status.get("exit_code"),
+            at=parse_iso(status.get("at")),
+        )
+
+    def _cancel_impl(self, handle: Handle) -> None:
+        folder = self.job_dir(handle.native_id)
+        if not folder.exists():
+            return
+        (folder / "cancel").touch()
+        runner_pid = _read_pid(folder / "runner.pid")
+        if runner_pid is not None and pid_alive(runner_pid):
+            _signal(runner_pid, signal.SIGTERM)  # the runner stops the job's process group, then reports
+            return
+        # No runner to do it: stop the job's group directly.
+        job_pid = (read_json(folder / "runner.json") or {}).get("pid")
+        if job_pid:
+            _signal(-int(job_pid), signal.SIGKILL)
+
+    def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
+        if raw.get("source") != EVENT_SOURCE or raw.get("detail-type") != EVENT_DETAIL_TYPE:
+            return None
+        detail = raw.get("detail") or {}
+        parsed = parse_native_name(detail.get("native_id"))
+        if parsed is None:
+            return None
+        job_id, attempt = parsed
+        status = dict(detail)
+        status.setdefault("at", raw.get("time"))
+        return self._observation(Handle(job_id, detail["native_id"], attempt), status)
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        if pid < 0:
+            os.killpg(-pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -1,0 +1,158 @@
+"""Supervises one local job: its own process group, log capture, max runtime, exit status, events."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+KILL_GRACE_SECONDS = float(os.environ.get("JOBPLANE_KILL_GRACE_SECONDS", "10"))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)  # atomic: a reader never sees half a status
+
+
+def post_event(url: str | None, region: str, detail: dict, attempts: int = 8) -> bool:
+    """Deliver a state change as an EventBridge-shaped event to the function endpoint."""
+    if not url or not url.startswith(("http://", "https://")):
+        return False
+    import urllib.request
+
+    event = {
+        "version": "0",
+        "id": str(uuid.uuid4()),
+        "detail-type": "jobplane Local Job State Change",
+        "source": "jobplane.local",
+        "account": "000000000000",
+        "time": detail["at"][:19] + "Z",
+        "region": region,
+        "resources": [],
+        "detail": detail,
+    }
+    body = json.dumps(event).encode()
+    delay = 0.2
+    for _ in range(attempts):
+        try:
+            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})  # noqa: S310
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http(s) checked above
+                if resp.status < 300:
+                    return True
+        except OSError:
+            pass
+        time.sleep(delay)
+        delay = min(delay * 2, 5)
+    return False  # reconcile reads status.json and heals the missed event
+
+
+def _stop_group(pgid: int, proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=KILL_GRACE_SECONDS)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def run(folder: Path) -> int:
+    spec = json.loads((folder / "spec.json").read_text())
+    stop_requested = {"flag": False}
+
+    def _on_term(signum, frame):  # noqa: ARG001
+        stop_requested["flag"] = True
+
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    base = {"job_id": spec["job_id"], "native_id": spec["native_id"], "attempt": spec["attempt"]}
+    log = open(folder / "output.log", "ab")
+    try:
+        # The command is an argument list executed directly: no shell ever parses it or the env.
+        proc = subprocess.Popen(
+            spec["command"],
+            cwd=spec["cwd"],
+            env=spec["env"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        status = {
+            **base,
+            "state": "FAILED",
+            "exit_code": 127,
+            "at": _now(),
+            "reason": f"could not start {spec['command'][0]!r}: {exc.strerror or exc}",
+        }
+        _write_json(folder / "status.json", status)
+        post_event(spec.get("event_url"), spec["region"], status)
+        return 0
+    started = time.monotonic()
+    running = {**base, "state": "RUNNING", "pid": proc.pid, "at": _now(), "reason": "process started"}
+    _write_json(folder / "runner.json", running)
+    post_event(spec.get("event_url"), spec["region"], running)
+
+    deadline = started + spec["max_runtime_seconds"]
+    outcome = None
+    while True:
+        try:
+            code = proc.wait(timeout=0.25)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if stop_requested["flag"] or (folder / "cancel").exists():
+            outcome = ("CANCELLED", "cancelled on request")
+        elif time.monotonic() > deadline:
+            minutes = spec["max_runtime_seconds"] // 60
+            outcome = ("TIMEOUT", f"exceeded max_runtime_minutes ({minutes})")
+        if outcome:
+            _stop_group(proc.pid, proc)
+            code = proc.wait()
+            break
+    # Whatever the job left behind in its group goes too.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    log.close()
+    if outcome is None:
+        if code == 0:
+            outcome = ("SUCCEEDED", "exit code 0")
+        elif code < 0:
+            outcome = ("FAILED", f"killed by signal {signal.Signals(-code).name} (exit code {code})")
+        else:
+            outcome = ("FAILED", f"exit code {code}")
+    status = {
+        **base,
+        "state": outcome[0],
+        "exit_code": code,
+        "reason": outcome[1],
+        "at": _now(),
+        "runtime_seconds": round(time.monotonic() - started, 3),
+    }
+    _write_json(folder / "status.json", status)
+    post_event(spec.get("event_url"), spec["region"], status)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(Path(sys.argv[1])))

@@ -1,0 +1,127 @@
+"""Settings.from_env(): the only place that reads os.environ."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from chalicelib.errors import ConfigError
+
+BACKEND_NAMES = ("sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local")
+
+
+def _bool(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _int(name: str, raw: str, minimum: int) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a function needs to know about its deployment, read once per container."""
+
+    stage: str = "dev"
+    region: str = "us-east-1"
+    # Table names: one set per stage.
+    jobs_table: str = "jobplane-dev-jobs"
+    events_table: str = "jobplane-dev-job-events"
+    tokens_table: str = "jobplane-dev-tokens"
+    idempotency_table: str = "jobplane-dev-idempotency"
+    # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
+    aws_endpoint_url: str | None = None
+    enabled_backends: tuple[str, ...] = ("local",)
+    default_backend: str = "local"
+    # The local backend: where job folders (logs, exit status) live and where its runner reports.
+    local_state_dir: str = ".jobplane/jobs"
+    local_event_url: str | None = None
+    # Slack: names of secrets, never the secrets themselves.
+    slack_webhook_secret: str | None = None
+    # Seconds a LAUNCHING job may stay so before reconcile treats the launch as lost.
+    launch_deadline_seconds: int = 600
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        stage = env.get("JOBPLANE_STAGE", "dev")
+        prefix = env.get("JOBPLANE_TABLE_PREFIX", f"jobplane-{stage}")
+        backends = tuple(b.strip() for b in env.get("JOBPLANE_BACKENDS", "local").split(",") if b.strip())
+        unknown = [b for b in backends if b not in BACKEND_NAMES]
+        if unknown:
+            raise ConfigError(f"JOBPLANE_BACKENDS names unknown backends {unknown}; valid: {', '.join(BACKEND_NAMES)}")
+        if not backends:
+            raise ConfigError("JOBPLANE_BACKENDS must name at least one backend")
+        default_backend = env.get("JOBPLANE_DEFAULT_BACKEND", backends[0])
+        if default_backend not in backends:
+            raise ConfigError(
+                f"JOBPLANE_DEFAULT_BACKEND={default_backend!r} is not in JOBPLANE_BACKENDS {list(backends)}"
+            )
+        return cls(
+            stage=stage,
+            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
+            jobs_table=env.get("JOBPLANE_JOBS_TABLE", f"{prefix}-jobs"),
+            events_table=env.get("JOBPLANE_EVENTS_TABLE", f"{prefix}-job-events"),
+            tokens_table=env.get("JOBPLANE_TOKENS_TABLE", f"{prefix}-tokens"),
+            idempotency_table=env.get("JOBPLANE_IDEMPOTENCY_TABLE", f"{prefix}-idempotency"),
+            aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
+            enabled_backends=backends,
+            default_backend=default_backend,
+            local_state_dir=env.get("JOBPLANE_LOCAL_STATE_DIR", ".jobplane/jobs"),
+            local_event_url=env.get("JOBPLANE_LOCAL_EVENT_URL") or None,
+            slack_webhook_secret=env.get("JOBPLANE_SLACK_WEBHOOK_SECRET") or None,
+            launch_deadline_seconds=_int(
+                "JOBPLANE_LAUNCH_DEADLINE_SECONDS", env.get("JOBPLANE_LAUNCH_DEADLINE_SECONDS", "600"), 1
+            ),
+            log_level=env.get("JOBPLANE_LOG_LEVEL", "INFO"),
+        )
+
+    def to_env(self) -> dict[str, str]:
+        """The variables that reproduce these settings (for the local stack's child processes)."""
+        env = {
+            "JOBPLANE_STAGE": self.stage,
+            "AWS_REGION": self.region,
+            "JOBPLANE_JOBS_TABLE": self.jobs_table,
+            "JOBPLANE_EVENTS_TABLE": self.events_table,
+            "JOBPLANE_TOKENS_TABLE": self.tokens_table,
+            "JOBPLANE_IDEMPOTENCY_TABLE": self.idempotency_table,
+            "JOBPLANE_BACKENDS": ",".join(self.enabled_backends),
+            "JOBPLANE_DEFAULT_BACKEND": self.default_backend,
+            "JOBPLANE_LOCAL_STATE_DIR": self.local_state_dir,
+            "JOBPLANE_LAUNCH_DEADLINE_SECONDS": str(self.launch_deadline_seconds),
+            "JOBPLANE_LOG_LEVEL": self.log_level,
+        }
+        for name, value in (
+            ("AWS_ENDPOINT_URL", self.aws_endpoint_url),
+            ("JOBPLANE_LOCAL_EVENT_URL", self.local_event_url),
+            ("JOBPLANE_SLACK_WEBHOOK_SECRET", self.slack_webhook_secret),
+        ):
+            if value:
+                env[name] = value
+        return env
+
+
+def deploy_constants(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Names the Chalice decorators need when app.py is imported (packaging and Lambda alike)."""
+    env = os.environ if environ is None else environ
+    stage = env.get("JOBPLANE_STAGE", "dev")
+    return {
+        "upload_bucket": env.get("JOBPLANE_UPLOAD_BUCKET", f"jobplane-{stage}-uploads"),
+        "jobs_stream_arn": env.get(
+            "JOBPLANE_JOBS_STREAM_ARN",
+            f"arn:aws:dynamodb:us-east-1:000000000000:table/jobplane-{stage}-jobs/stream/latest",
+        ),
+    }

@@ -1,0 +1,67 @@
+"""Event adapters: every source (EventBridge, CloudEvents, polls, local runner) -> one JobEvent."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.backends import backends_for_source
+from chalicelib.backends.base import Observation
+from chalicelib.jobs.model import EventSource, JobEvent, utcnow
+
+log = logging.getLogger("jobplane.events")
+
+
+@dataclass(frozen=True)
+class EventResult:
+    """What became of one raw event: applied, ignored (not ours / no change) or unknown job."""
+
+    outcome: str
+    job_id: str | None = None
+    status: str | None = None
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"outcome": self.outcome, "job_id": self.job_id, "status": self.status, "detail": self.detail}
+
+
+def to_job_event(obs: Observation, source: EventSource) -> JobEvent:
+    if obs.job_id is None:
+        raise ValueError("an observation must name its job before it becomes a JobEvent")
+    return JobEvent(
+        job_id=obs.job_id,
+        status=obs.status,
+        source=source,
+        at=obs.at or utcnow(),
+        reason=obs.reason,
+        native_status=obs.native_status,
+        native_id=obs.native_id,
+        attempt=obs.attempt,
+        failure_kind=obs.failure_kind,
+        exit_code=obs.exit_code,
+    )
+
+
+def handle_state_change(raw: dict[str, Any], service) -> EventResult:
+    """One EventBridge-shaped state event: find the backend, parse, apply through the state machine."""
+    source = raw.get("source")
+    if not isinstance(source, str):
+        return EventResult("ignored", detail="event has no source")
+    for backend in backends_for_source(source, service.settings):
+        obs = backend.parse_event(raw)
+        if obs is None:
+            continue
+        if obs.job_id is None:
+            return EventResult("ignored", detail=f"{backend.name}: resource {obs.native_id!r} is not jobplane's")
+        job_before = service.store.get_job(obs.job_id)
+        if job_before is None:
+            return EventResult("unknown_job", obs.job_id, detail=f"{backend.name} event for a job not in the store")
+        if job_before.backend != backend.name:
+            return EventResult("ignored", obs.job_id, detail=f"job runs on {job_before.backend}, not {backend.name}")
+        job = service.apply_event(to_job_event(obs, EventSource.BACKEND))
+        changed = job is not None and job.status is not job_before.status
+        return EventResult(
+            "applied" if changed else "unchanged", obs.job_id, job.status.value if job else None, obs.native_status
+        )
+    return EventResult("ignored", detail=f"no enabled backend handles source {source!r}")

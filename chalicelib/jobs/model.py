@@ -1,0 +1,202 @@
+"""The job record, its status enum, the one internal event type and transitions."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+
+class JobStatus(str, Enum):
+    """Where a job is in its life. The order of members is the order of progress."""
+
+    #: Accepted and stored; waiting for a launch (or for capacity / quota).
+    QUEUED = "QUEUED"
+    #: A launch was requested from the backend; the provider has not reported it running yet.
+    LAUNCHING = "LAUNCHING"
+    #: The provider reports the job's container/process running.
+    RUNNING = "RUNNING"
+    #: A cancel was requested and sent to the backend; waiting for it to stop.
+    CANCELLING = "CANCELLING"
+    #: Exited with status 0 / the provider reports success.
+    SUCCEEDED = "SUCCEEDED"
+    #: Ended without success; `failure_kind` says why.
+    FAILED = "FAILED"
+    #: Stopped on request before it finished.
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+
+TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+ACTIVE = frozenset(JobStatus) - TERMINAL
+_RANK = {
+    JobStatus.QUEUED: 0,
+    JobStatus.LAUNCHING: 1,
+    JobStatus.RUNNING: 2,
+    JobStatus.CANCELLING: 3,
+    JobStatus.SUCCEEDED: 4,
+    JobStatus.FAILED: 4,
+    JobStatus.CANCELLED: 4,
+}
+
+
+class FailureKind(str, Enum):
+    """Why a FAILED job failed, split by who can fix it."""
+
+    #: The job itself failed (non-zero exit, bad image, bad arguments).
+    USER_ERROR = "user_error"
+    #: The provider had no capacity of the requested kind.
+    NO_CAPACITY = "no_capacity"
+    #: An account quota was exhausted.
+    QUOTA = "quota"
+    #: The provider or jobplane failed (API error, lost instance, missing exit status).
+    BACKEND_ERROR = "backend_error"
+    #: The job ran past max_runtime_minutes.
+    TIMEOUT = "timeout"
+    #: The machine was taken away (spot interruption, preemption) and no retry was left.
+    INTERRUPTED = "interrupted"
+
+
+class EventSource(str, Enum):
+    """Who told us about a state change."""
+
+    API = "api"
+    BACKEND = "backend"  # a provider state event (EventBridge, Pub/Sub, local runner)
+    RECONCILE = "reconcile"  # a poll of the provider by the reconciler
+    DISPATCH = "dispatch"  # jobplane's own launch path
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def iso(dt: datetime | None) -> str | None:
+    if dt is None:
+        return None
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_iso(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+
+
+def new_job_id() -> str:
+    # 32 hex chars: unique, URL-safe, and short enough for `jp-<job_id>` in every provider's name limit.
+    return uuid.uuid4().hex
+
+
+def native_name(job_id: str, attempt: int = 1) -> str:
+    """The provider-side name of a job's attempt: traceable to the job, stable across retried launches."""
+    return f"jp-{job_id}" if attempt <= 1 else f"jp-{job_id}-a{attempt}"
+
+
+@dataclass(frozen=True)
+class Job:
+    job_id: str
+    name: str
+    owner: str
+    status: JobStatus
+    backend: str
+    spec: dict[str, Any]
+    created_at: datetime
+    native_id: str | None = None
+    attempt: int = 1
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    failure_kind: FailureKind | None = None
+    failure_reason: str | None = None
+    cost_estimate_usd: float | None = None
+    planner_reason: str | None = None
+    updated_at: datetime | None = None
+    status_reason: str | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status.terminal
+
+    def with_changes(self, **changes: Any) -> Job:
+        return replace(self, **changes)
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "name": self.name,
+            "owner": self.owner,
+            "status": self.status.value,
+            "backend": self.backend,
+            "native_id": self.native_id,
+            "spec": self.spec,
+            "attempt": self.attempt,
+            "created_at": iso(self.created_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
+            "failure_kind": self.failure_kind.value if self.failure_kind else None,
+            "failure_reason": self.failure_reason,
+            "cost_estimate_usd": self.cost_estimate_usd,
+            "planner_reason": self.planner_reason,
+            "status_reason": self.status_reason,
+        }
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """Something a source says about a job; every source is adapted to this one shape."""
+
+    job_id: str
+    status: JobStatus
+    source: EventSource
+    at: datetime = field(default_factory=utcnow)
+    reason: str = ""
+    native_status: str | None = None
+    native_id: str | None = None
+    attempt: int | None = None
+    failure_kind: FailureKind | None = None
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class Transition:
+    """A decided status change; applied with one guarded write (status must still be from_status)."""
+
+    job_id: str
+    from_status: JobStatus
+    to_status: JobStatus
+    reason: str
+    source: EventSource
+    at: datetime
+    native_status: str | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    job_id: str
+    at: datetime
+    from_status: JobStatus | None
+    to_status: JobStatus
+    reason: str
+    source: EventSource
+    native_status: str | None = None
+    attempt: int = 1
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "at": iso(self.at),
+            "from": self.from_status.value if self.from_status else None,
+            "to": self.to_status.value,
+            "reason": self.reason,
+            "source": self.source.value,
+            "native_status": self.native_status,
+            "attempt": self.attempt,
+        }

@@ -1,0 +1,307 @@
+"""JobService: the use cases (submit, get, list, cancel, apply_event, history) over a store."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from chalicelib.auth import Principal
+from chalicelib.backends import backend_class, get_backend
+from chalicelib.backends.base import ComputeBackend, Handle
+from chalicelib.config import Settings
+from chalicelib.errors import (
+    AlreadyExistsError,
+    BackendError,
+    ConflictError,
+    IdempotencyMismatchError,
+    NotFoundError,
+    StaleStateError,
+    ValidationError,
+)
+from chalicelib.jobs.machine import decide
+from chalicelib.jobs.model import (
+    EventSource,
+    FailureKind,
+    HistoryEntry,
+    Job,
+    JobEvent,
+    JobStatus,
+    Transition,
+    native_name,
+    new_job_id,
+    utcnow,
+)
+from chalicelib.jobs.spec import JobSpec
+from chalicelib.store.base import IdempotencyRecord, JobStore, Page
+
+log = logging.getLogger("jobplane.service")
+MAX_LIMIT = 100
+IDEMPOTENCY_KEY_MAX = 255
+_APPLY_ATTEMPTS = 8
+
+
+def _encode_token(scope: dict[str, Any], cursor: dict[str, str]) -> str:
+    raw = json.dumps({"scope": scope, "cursor": cursor}, separators=(",", ":"), sort_keys=True)
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode_token(token: str, scope: dict[str, Any]) -> dict[str, str]:
+    bad = ValidationError(
+        "next_token is not valid",
+        [{"field": "next_token", "message": "pass the next_token the previous page returned, unchanged"}],
+    )
+    try:
+        data = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad from None
+    if not isinstance(data, dict) or data.get("scope") != scope or not isinstance(data.get("cursor"), dict):
+        raise bad
+    return data["cursor"]
+
+
+class JobService:
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        backend_factory: Callable[[str, Settings], ComputeBackend] = get_backend,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._backend = backend_factory
+
+    def backend(self, name: str) -> ComputeBackend:
+        return self._backend(name, self.settings)
+
+    # --- planning --------------------------------------------------------------------
+    def plan(self, spec: JobSpec) -> tuple[str, str]:
+        """Pick the backend for `spec`; returns (backend, why)."""
+        enabled = self.settings.enabled_backends
+        if spec.backend != "auto":
+            if spec.backend not in enabled:
+                raise ValidationError(
+                    f"backend {spec.backend!r} is not enabled in this deployment",
+                    [{"field": "backend", "message": f"enabled here: auto, {', '.join(enabled)}"}],
+                )
+            return spec.backend, f"backend {spec.backend!r} requested by the spec"
+        data = spec.to_dict()
+        refusals = []
+        for name in (self.settings.default_backend, *enabled):
+            try:
+                backend_class(name)(self.settings).validate(data)
+            except ValidationError as exc:
+                refusals.append(f"{name}: {exc.details[0]['message'] if exc.details else exc.message}")
+                continue
+            return name, f"auto: {name} is the first enabled backend that can run this spec"
+        raise ValidationError(
+            "no enabled backend can run this job",
+            [{"field": "backend", "message": "; ".join(dict.fromkeys(refusals))}],
+        )
+
+    # --- submit ------------------------------------------------------------------------
+    def submit(self, principal: Principal, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
+        backend_name, why = self.plan(spec)
+        data = spec.to_dict()
+        self.backend(backend_name).validate(data)
+        job_id = new_job_id()
+        if idempotency_key is not None:
+            if not (0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX) or not idempotency_key.isprintable():
+                raise ValidationError(
+                    "Idempotency-Key is not valid",
+                    [{"field": "Idempotency-Key", "message": "1..255 printable characters"}],
+                )
+            request_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+            claimed = self.store.claim_idempotency_key(
+                IdempotencyRecord(principal.user, idempotency_key, job_id, request_hash, utcnow())
+            )
+            if claimed.request_hash != request_hash:
+                raise IdempotencyMismatchError(
+                    "this Idempotency-Key was already used with a different job spec",
+                    [{"field": "Idempotency-Key", "message": "use a new key for a different job"}],
+                )
+            if claimed.job_id != job_id:
+                existing = self.store.get_job(claimed.job_id)
+                if existing is not None:
+                    return existing, False
+                # The first request claimed the key but has not stored its job yet (or died):
+                # create it under the claimed id; a create-only write lets exactly one of us win.
+                job_id = claimed.job_id
+        now = utcnow()
+        job = Job(
+            job_id=job_id,
+            name=spec.name,
+            owner=principal.user,
+            status=JobStatus.QUEUED,
+            backend=backend_name,
+            spec=data,
+            created_at=now,
+            updated_at=now,
+            planner_reason=why,
+            status_reason="submitted",
+        )
+        entry = HistoryEntry(job_id, now, None, JobStatus.QUEUED, f"submitted by {principal.user}", EventSource.API)
+        try:
+            self.store.create_job(job, entry)
+        except AlreadyExistsError:
+            existing = self.store.get_job(job_id)
+            if existing is None:  # pragma: no cover - a create that failed cannot leave nothing behind
+                raise
+            return existing, False
+        return self.dispatch(job), True
+
+    def dispatch(self, job: Job) -> Job:
+        """Launch a QUEUED job: claim it with one guarded write, then ask the backend."""
+        native_id = native_name(job.job_id, job.attempt)
+        try:
+            job = self.apply_transition_to(
+                job,
+                JobStatus.LAUNCHING,
+                EventSource.DISPATCH,
+                f"launching attempt {job.attempt} on {job.backend}",
+                changes={"native_id": native_id},
+            )
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job  # someone else dispatched it
+        try:
+            result = self.backend(job.backend).launch(job)
+        except BackendError as exc:
+            kind = FailureKind(exc.failure_kind)
+            failed = self.apply_event(
+                JobEvent(
+                    job.job_id,
+                    JobStatus.FAILED,
+                    EventSource.DISPATCH,
+                    reason=f"launch failed: {exc.message}",
+                    failure_kind=kind,
+                    attempt=job.attempt,
+                )
+            )
+            return failed or job
+        if result.native_id != native_id:
+            try:
+                job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
+            except StaleStateError:
+                pass  # an event already moved it on, and events carry the native id too
+        return self.store.get_job(job.job_id) or job
+
+    def apply_transition_to(
+        self, job: Job, status: JobStatus, source: EventSource, reason: str, changes: dict[str, Any] | None = None
+    ) -> Job:
+        transition = Transition(job.job_id, job.status, status, reason, source, utcnow(), changes=dict(changes or {}))
+        return self.store.apply_transition(job, transition)
+
+    # --- read --------------------------------------------------------------------------
+    def get(self, principal: Principal, job_id: str) -> Job:
+        job = self.store.get_job(job_id) if _plausible_id(job_id) else None
+        if job is None or (not principal.admin and job.owner != principal.user):
+            raise NotFoundError(f"no job {job_id!r}")
+        return job
+
+    def list(
+        self,
+        principal: Principal,
+        status: str | None = None,
+        limit: int | str | None = None,
+        next_token: str | None = None,
+    ) -> tuple[list[Job], str | None]:
+        parsed_status = None
+        if status not in (None, ""):
+            try:
+                parsed_status = JobStatus(str(status).upper())
+            except ValueError:
+                raise ValidationError(
+                    f"unknown status {status!r}",
+                    [{"field": "status", "message": f"one of {', '.join(s.value for s in JobStatus)}"}],
+                ) from None
+        try:
+            size = 20 if limit in (None, "") else int(limit)
+        except (TypeError, ValueError):
+            size = -1
+        if not 1 <= size <= MAX_LIMIT:
+            raise ValidationError(
+                f"limit must be an integer from 1 to {MAX_LIMIT}",
+                [{"field": "limit", "message": f"an integer from 1 to {MAX_LIMIT}"}],
+            )
+        owner = None if principal.admin else principal.user
+        scope = {"owner": owner, "status": parsed_status.value if parsed_status else None}
+        cursor = _decode_token(next_token, scope) if next_token else None
+        page: Page = self.store.list_jobs(owner, parsed_status, size, cursor)
+        token = _encode_token(scope, page.cursor) if page.cursor else None
+        return page.jobs, token
+
+    def history(self, principal: Principal, job_id: str) -> list[HistoryEntry]:
+        self.get(principal, job_id)
+        return self.store.history(job_id)
+
+    # --- cancel ------------------------------------------------------------------------
+    def cancel(self, principal: Principal, job_id: str) -> Job:
+        job = self.get(principal, job_id)
+        if job.terminal:
+            raise ConflictError(
+                f"job {job_id} is already {job.status.value}",
+                [{"field": "status", "message": f"{job.status.value} is terminal"}],
+            )
+        updated = self.apply_event(
+            JobEvent(job_id, JobStatus.CANCELLING, EventSource.API, reason=f"cancel requested by {principal.user}")
+        )
+        if updated is None:
+            raise NotFoundError(f"no job {job_id!r}")
+        if updated.terminal and updated.status is not JobStatus.CANCELLED:
+            raise ConflictError(f"job {job_id} is already {updated.status.value}")
+        if updated.status is JobStatus.CANCELLING:
+            self.stop_resource(updated)
+        return self.store.get_job(job_id) or updated
+
+    def stop_resource(self, job: Job) -> None:
+        """Ask the backend to stop a job's resource; a failure leaves it to the next reconcile."""
+        try:
+            self.backend(job.backend).cancel(Handle.of(job))
+        except BackendError as exc:
+            log.warning("cancel of %s on %s failed (reconcile will retry): %s", job.job_id, job.backend, exc.message)
+
+    # --- events ------------------------------------------------------------------------
+    def apply_event(self, event: JobEvent) -> Job | None:
+        """Apply one event through the state machine; harmless when duplicated or stale.
+
+        Returns the job after the event, or None when the job does not exist.
+        """
+        for _ in range(_APPLY_ATTEMPTS):
+            job = self.store.get_job(event.job_id)
+            if job is None:
+                return None
+            transition = decide(job, event)
+            if transition is None:
+                return job
+            if transition.to_status.terminal and job.started_at is not None:
+                ended = job.with_changes(finished_at=transition.at)
+                try:
+                    cost = self.backend(job.backend).estimate_cost(ended)
+                except ValidationError:
+                    cost = None
+                if cost is not None:
+                    transition.changes["cost_estimate_usd"] = cost
+            try:
+                updated = self.store.apply_transition(job, transition)
+            except StaleStateError:
+                continue  # another writer moved the job; decide again on what it wrote
+            log.info(
+                "job %s: %s -> %s (%s)",
+                job.job_id,
+                transition.from_status.value,
+                transition.to_status.value,
+                transition.reason,
+            )
+            if updated.status is JobStatus.QUEUED:
+                return self.dispatch(updated)  # a retry: launch the next attempt
+            return updated
+        raise StaleStateError(f"job {event.job_id} kept changing; event not applied")
+
+
+def _plausible_id(job_id: str) -> bool:
+    return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)

@@ -1,0 +1,227 @@
+"""JobSpec: what a user submits, validated at the edge with field-named errors."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticValidationError
+
+from chalicelib.errors import ValidationError
+
+BACKENDS = ("auto", "sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local")
+BackendName = Literal["auto", "sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local"]
+GPU_TYPES = ("T4", "L4", "A10G", "V100", "A100", "A100-80GB", "H100", "H200", "L40S", "P100", "K80")
+GpuType = Literal["T4", "L4", "A10G", "V100", "A100", "A100-80GB", "H100", "H200", "L40S", "P100", "K80"]
+RetryOn = Literal["interruption", "capacity"]
+
+NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
+URI_RE = re.compile(r"^(s3|gs)://[a-z0-9][a-z0-9.\-_]{1,221}[a-z0-9](/.*)?$")
+MAX_BODY_BYTES = 256 * 1024
+PATTERN_HINTS = {
+    "name": "must be 1..63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
+    "image": "must be a container image reference without spaces",
+    "resources.instance_type": "must be a provider instance type such as g5.xlarge or ml.g5.xlarge",
+    "resources.tpu": "must be a TPU type such as v5litepod-8",
+    "notify.slack_channel": "must be a Slack channel such as #ml-jobs",
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
+
+
+class Resources(_Strict):
+    gpus: int = Field(0, ge=0, le=16, description="GPUs per job (0..16)")
+    gpu_type: GpuType | None = Field(None, description="GPU model; required when gpus > 0 unless instance_type is set")
+    cpus: float = Field(1, gt=0, le=192)
+    memory_gb: float = Field(2, gt=0, le=2048)
+    spot: bool = False
+    instance_type: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,62}$")
+    tpu: str | None = Field(None, pattern=r"^v[0-9][a-z0-9-]*(-[0-9]+)?$", description="TPU type, e.g. v5litepod-8")
+
+    @model_validator(mode="after")
+    def _gpu_consistency(self) -> Resources:
+        if self.gpus > 0 and self.gpu_type is None and self.instance_type is None:
+            raise ValueError(
+                "gpu_type (one of " + ", ".join(GPU_TYPES) + ") or instance_type is required when gpus > 0"
+            )
+        if self.gpus == 0 and self.gpu_type is not None:
+            raise ValueError("gpu_type is set but gpus is 0; set gpus to 1 or more, or remove gpu_type")
+        if self.tpu is not None and self.gpus > 0:
+            raise ValueError("a job asks for either tpu or gpus, not both")
+        return self
+
+
+class Retries(_Strict):
+    max_attempts: int = Field(1, ge=1, le=10)
+    on: tuple[RetryOn, ...] = ("interruption",)
+
+
+class Notify(_Strict):
+    slack_channel: str | None = Field(None, pattern=r"^[#@]?[a-z0-9][a-z0-9._-]{0,79}$")
+
+
+def _check_uri(value: str | None) -> str | None:
+    if value is not None and not URI_RE.match(value):
+        raise ValueError("must be an s3:// or gs:// URI such as s3://bucket/prefix/")
+    return value
+
+
+class JobSpec(_Strict):
+    """One training job, as a user writes it (YAML or JSON)."""
+
+    name: str = Field(..., pattern=NAME_RE, description="[a-z0-9-], 1..63, starts and ends alphanumeric")
+    image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    command: tuple[str, ...] = Field(..., min_length=1, max_length=256)
+    env: dict[str, str] = Field(default_factory=dict, max_length=128)
+    resources: Resources = Field(default_factory=Resources)
+    backend: BackendName = "auto"
+    max_runtime_minutes: int = Field(1440, ge=1, le=40320)
+    inputs: tuple[str, ...] = Field((), max_length=32)
+    outputs: str | None = None
+    checkpoint_uri: str | None = None
+    retries: Retries = Field(default_factory=Retries)
+    notify: Notify = Field(default_factory=Notify)
+    labels: dict[str, str] = Field(default_factory=dict, max_length=32)
+    priority: int = Field(0, ge=-100, le=100)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for arg in value:
+            if "\x00" in arg:
+                raise ValueError("arguments may not contain NUL bytes")
+            if len(arg) > 4096:
+                raise ValueError("each argument is at most 4096 characters")
+        if not value[0].strip():
+            raise ValueError("the first argument (the program) may not be empty")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not ENV_NAME_RE.match(key):
+                raise ValueError(f"variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+            if key.startswith("JOBPLANE_") or key.startswith("AWS_"):
+                raise ValueError(f"variable name {key!r} is reserved (JOBPLANE_* and AWS_* are set by jobplane)")
+            if "\x00" in val or len(val) > 32768:
+                raise ValueError(f"value of {key} must be under 32 KiB with no NUL bytes")
+        return value
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not LABEL_RE.match(key):
+                raise ValueError(f"label key {key!r} must match [a-z][a-z0-9_-]{{0,62}}")
+            if not re.match(r"^[a-z0-9_-]{0,63}$", val):
+                raise ValueError(f"label value {val!r} must match [a-z0-9_-]{{0,63}}")
+        return value
+
+    @field_validator("inputs")
+    @classmethod
+    def _inputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for uri in value:
+            _check_uri(uri)
+        return value
+
+    @field_validator("outputs", "checkpoint_uri")
+    @classmethod
+    def _uris(cls, value: str | None) -> str | None:
+        return _check_uri(value)
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> JobSpec:
+        if self.image is None and self.backend not in ("local", "ec2", "gce"):
+            raise ValueError(
+                f"image is required for backend {self.backend!r} (only local, ec2 and gce can run a bare command)"
+            )
+        if self.resources.tpu is not None and self.backend not in ("auto", "vertex"):
+            raise ValueError("TPU jobs run only on backend vertex (or auto)")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=False)
+
+
+def _location(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
+    return ".".join(parts) or "(spec)"
+
+
+def _details(exc: PydanticValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors(include_url=False):
+        message = err["msg"]
+        if message.startswith("Value error, "):
+            message = message[len("Value error, ") :]
+        field = _location(err["loc"])
+        if err["type"] == "string_pattern_mismatch" and field in PATTERN_HINTS:
+            message = PATTERN_HINTS[field]
+        if err["type"] == "extra_forbidden":
+            parent = err["loc"][:-1]
+            model = JobSpec
+            for part in parent:
+                annotation = model.model_fields.get(str(part))
+                model = getattr(annotation, "annotation", None) if annotation else None
+                if not isinstance(model, type):
+                    break
+            valid = sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+            message = "unknown field" + (f"; valid fields here: {', '.join(valid)}" if valid else "")
+        details.append({"field": field, "message": message, "type": err["type"]})
+    return details
+
+
+def parse_spec(data: Any) -> JobSpec:
+    """Validate a decoded JSON/YAML document as a JobSpec or raise ValidationError naming each field."""
+    if not isinstance(data, dict):
+        raise ValidationError(
+            "the job spec must be a mapping (a JSON object or YAML mapping)",
+            [{"field": "(spec)", "message": f"got {type(data).__name__}", "type": "model_type"}],
+        )
+    try:
+        return JobSpec.model_validate(data)
+    except PydanticValidationError as exc:
+        details = _details(exc)
+        first = details[0]
+        more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
+        raise ValidationError(f"invalid job spec: {first['field']}: {first['message']}{more}", details) from None
+
+
+def load_spec_text(text: str | bytes, content_type: str | None = None) -> JobSpec:
+    """Parse a JSON or YAML document (YAML is a superset; JSON is tried first)."""
+    if isinstance(text, bytes):
+        if len(text) > MAX_BODY_BYTES:
+            raise ValidationError(f"the job spec is larger than {MAX_BODY_BYTES} bytes")
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValidationError("the job spec must be UTF-8 text") from None
+    if not text.strip():
+        raise ValidationError(
+            "the request body is empty; send a job spec as JSON or YAML",
+            [{"field": "(body)", "message": "empty", "type": "missing"}],
+        )
+    try:
+        data = json.loads(text)
+    except ValueError:
+        if content_type and "json" in content_type:
+            raise ValidationError(
+                "the body is not valid JSON", [{"field": "(body)", "message": "not valid JSON", "type": "json_invalid"}]
+            ) from None
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValidationError(
+                "the body is neither valid JSON nor valid YAML",
+                [{"field": "(body)", "message": str(exc).splitlines()[0], "type": "yaml_invalid"}],
+            ) from None
+    return parse_spec(data)

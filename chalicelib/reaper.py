@@ -1,0 +1,78 @@
+"""Reconcile: heal missed events by asking backends for the truth about every active job."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from chalicelib.backends.base import Handle
+from chalicelib.errors import BackendError, JobplaneError
+from chalicelib.events import to_job_event
+from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
+
+log = logging.getLogger("jobplane.reaper")
+
+
+@dataclass(frozen=True)
+class Action:
+    """One decision about one job, with the reason; recorded per job so one failure aborts nothing."""
+
+    job_id: str
+    action: str  # "none" | "apply" | "dispatch" | "recancel" | "fail_lost" | "error"
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "action": self.action, "reason": self.reason}
+
+
+def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> Action:
+    """Pure: what to do about one active job given what its backend reports (None = no resource)."""
+    if job.status is JobStatus.QUEUED:
+        return Action(job.job_id, "dispatch", "queued job waiting for a launch")
+    if observation is None:
+        if job.status is JobStatus.LAUNCHING and (now - (job.updated_at or job.created_at)) < launch_deadline:
+            return Action(job.job_id, "none", "launch in progress")
+        return Action(job.job_id, "fail_lost", f"backend {job.backend} has no resource {job.native_id}")
+    if observation.status is not job.status:
+        if job.status is JobStatus.CANCELLING and not observation.status.terminal:
+            return Action(job.job_id, "recancel", f"still {observation.native_status} after a cancel request")
+        return Action(job.job_id, "apply", f"backend reports {observation.native_status}")
+    return Action(job.job_id, "none", f"in sync ({observation.native_status})")
+
+
+def reconcile(service) -> list[Action]:
+    now = utcnow()
+    deadline = timedelta(seconds=service.settings.launch_deadline_seconds)
+    actions: list[Action] = []
+    for job in service.store.iter_active():
+        try:
+            obs = None
+            if job.status is not JobStatus.QUEUED:
+                obs = service.backend(job.backend).describe(Handle.of(job))
+            action = decide_reconcile(job, obs, now, deadline)
+            if action.action == "dispatch":
+                service.dispatch(job)
+            elif action.action == "apply":
+                service.apply_event(to_job_event(obs, EventSource.RECONCILE))
+            elif action.action == "recancel":
+                service.stop_resource(job)
+            elif action.action == "fail_lost":
+                service.apply_event(
+                    JobEvent(
+                        job.job_id,
+                        JobStatus.FAILED,
+                        EventSource.RECONCILE,
+                        reason=action.reason,
+                        failure_kind=FailureKind.BACKEND_ERROR,
+                        attempt=job.attempt,
+                    )
+                )
+        except (BackendError, JobplaneError) as exc:
+            action = Action(job.job_id, "error", exc.message)
+        except Exception as exc:  # best-effort loop: one broken job must not stop the others
+            log.exception("reconcile of %s failed", job.job_id)
+            action = Action(job.job_id, "error", f"{type(exc).__name__}: {exc}")
+        actions.append(action)
+    return actions

@@ -1,0 +1,116 @@
+"""The JobStore interface every implementation honours (see tests/store/test_contract.py)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition, iso
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    token_hash: str
+    user: str
+    admin: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class IdempotencyRecord:
+    owner: str
+    key: str
+    job_id: str
+    request_hash: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[Job]
+    # The position after the last job, as plain strings; None when there is nothing more.
+    cursor: dict[str, str] | None = field(default=None)
+
+
+def sort_key(job: Job) -> str:
+    """Newest-first listing order, unique per job."""
+    return f"{iso(job.created_at)}#{job.job_id}"
+
+
+def history_key(entry: HistoryEntry) -> str:
+    return f"{iso(entry.at)}#{entry.attempt:03d}#{entry.to_status.value}"
+
+
+def history_from_transition(transition: Transition, attempt: int) -> HistoryEntry:
+    return HistoryEntry(
+        job_id=transition.job_id,
+        at=transition.at,
+        from_status=transition.from_status,
+        to_status=transition.to_status,
+        reason=transition.reason,
+        source=transition.source,
+        native_status=transition.native_status,
+        attempt=attempt,
+    )
+
+
+def apply_changes(job: Job, transition: Transition) -> Job:
+    return job.with_changes(
+        status=transition.to_status,
+        updated_at=transition.at,
+        status_reason=transition.reason,
+        **transition.changes,
+    )
+
+
+class JobStore(ABC):
+    """Persistence of jobs, their history, API tokens and idempotency keys."""
+
+    # --- jobs ----------------------------------------------------------------------
+    @abstractmethod
+    def create_job(self, job: Job, entry: HistoryEntry) -> None:
+        """Store a new job and its first history entry; AlreadyExistsError if the id is taken."""
+
+    @abstractmethod
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    @abstractmethod
+    def apply_transition(self, job: Job, transition: Transition) -> Job:
+        """One guarded write (status must equal transition.from_status) plus one history append.
+
+        Raises StaleStateError when the guard fails; returns the job as written.
+        """
+
+    @abstractmethod
+    def update_job(self, job: Job, expected: JobStatus, **changes) -> Job:
+        """Change fields other than status, guarded on the status; StaleStateError if it moved."""
+
+    @abstractmethod
+    def list_jobs(self, owner: str | None, status: JobStatus | None, limit: int, cursor: dict[str, str] | None) -> Page:
+        """Newest first; owner None means every owner. Cursor comes from a previous Page."""
+
+    @abstractmethod
+    def iter_active(self) -> Iterator[Job]:
+        """Every non-terminal job, from the sparse active index (never a scan of history)."""
+
+    @abstractmethod
+    def history(self, job_id: str) -> list[HistoryEntry]:
+        """A job's transitions, oldest first."""
+
+    # --- API tokens ----------------------------------------------------------------
+    @abstractmethod
+    def put_token(self, record: TokenRecord) -> None: ...
+
+    @abstractmethod
+    def get_token(self, token_hash: str) -> TokenRecord | None: ...
+
+    # --- idempotency keys ------------------------------------------------------------
+    @abstractmethod
+    def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        """Store `record` unless the (owner, key) pair exists; return whichever record is stored."""
+
+    # --- lifecycle -------------------------------------------------------------------
+    def create_tables(self) -> None:
+        """Create whatever backing tables are missing (tests, the local stack)."""

@@ -1,0 +1,358 @@
+"""DynamoDB JobStore (pynamodb): guarded updates, append-only history, sparse active index."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from pynamodb.attributes import (
+    BooleanAttribute,
+    NumberAttribute,
+    UnicodeAttribute,
+    UTCDateTimeAttribute,
+)
+from pynamodb.exceptions import DoesNotExist, PutError, QueryError, UpdateError
+from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+from pynamodb.models import Model
+
+from chalicelib.config import Settings
+from chalicelib.errors import AlreadyExistsError, StaleStateError, ValidationError
+from chalicelib.jobs.model import (
+    EventSource,
+    FailureKind,
+    HistoryEntry,
+    Job,
+    JobStatus,
+    Transition,
+)
+from chalicelib.store.base import (
+    IdempotencyRecord,
+    JobStore,
+    Page,
+    TokenRecord,
+    apply_changes,
+    history_from_transition,
+    history_key,
+    sort_key,
+)
+
+ALL_PK = "jobs"
+ACTIVE_PK = "active"
+# Job fields stored under their own attribute names (status and spec are handled apart).
+_PLAIN_FIELDS = (
+    "name",
+    "owner",
+    "backend",
+    "native_id",
+    "attempt",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "failure_reason",
+    "cost_estimate_usd",
+    "planner_reason",
+    "updated_at",
+    "status_reason",
+)
+
+
+def _conditional_failed(exc: Exception) -> bool:
+    cause = getattr(exc, "cause_response_code", None)
+    return cause == "ConditionalCheckFailedException"
+
+
+def build_models(settings: Settings) -> dict[str, type[Model]]:
+    """Model classes bound to this deployment's table names and endpoint."""
+
+    class _Meta:
+        region = settings.region
+        host = settings.aws_endpoint_url
+        billing_mode = "PAY_PER_REQUEST"
+        max_retry_attempts = 5  # botocore "standard" retry mode with this many retries
+
+    class OwnerIndex(GlobalSecondaryIndex):
+        class Meta:
+            index_name = "owner-created"
+            projection = AllProjection()
+
+        owner = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
+    class AllIndex(GlobalSecondaryIndex):
+        class Meta:
+            index_name = "all-created"
+            projection = AllProjection()
+
+        all_pk = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
+    class ActiveIndex(GlobalSecondaryIndex):
+        """Sparse: only items with active_pk (non-terminal jobs) are in it."""
+
+        class Meta:
+            index_name = "active-created"
+            projection = AllProjection()
+
+        active_pk = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
+    class JobModel(Model):
+        class Meta(_Meta):
+            table_name = settings.jobs_table
+            stream_view_type = "NEW_AND_OLD_IMAGES"
+
+        job_id = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute()
+        all_pk = UnicodeAttribute(default=ALL_PK)
+        active_pk = UnicodeAttribute(null=True)
+        name = UnicodeAttribute()
+        owner = UnicodeAttribute()
+        status = UnicodeAttribute()
+        backend = UnicodeAttribute()
+        spec = UnicodeAttribute()  # JSON text: keys are user data, so no attribute-name surprises
+        native_id = UnicodeAttribute(null=True)
+        attempt = NumberAttribute(default=1)
+        created_at = UTCDateTimeAttribute()
+        started_at = UTCDateTimeAttribute(null=True)
+        finished_at = UTCDateTimeAttribute(null=True)
+        updated_at = UTCDateTimeAttribute(null=True)
+        failure_kind = UnicodeAttribute(null=True)
+        failure_reason = UnicodeAttribute(null=True)
+        cost_estimate_usd = NumberAttribute(null=True)
+        planner_reason = UnicodeAttribute(null=True)
+        status_reason = UnicodeAttribute(null=True)
+
+        by_owner = OwnerIndex()
+        by_all = AllIndex()
+        active = ActiveIndex()
+
+    class HistoryModel(Model):
+        class Meta(_Meta):
+            table_name = settings.events_table
+
+        job_id = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+        at = UTCDateTimeAttribute()
+        from_status = UnicodeAttribute(null=True)
+        to_status = UnicodeAttribute()
+        reason = UnicodeAttribute()
+        source = UnicodeAttribute()
+        native_status = UnicodeAttribute(null=True)
+        attempt = NumberAttribute(default=1)
+
+    class TokenModel(Model):
+        class Meta(_Meta):
+            table_name = settings.tokens_table
+
+        token_hash = UnicodeAttribute(hash_key=True)
+        user = UnicodeAttribute()
+        admin = BooleanAttribute(default=False)
+        created_at = UTCDateTimeAttribute()
+
+    class IdempotencyModel(Model):
+        class Meta(_Meta):
+            table_name = settings.idempotency_table
+
+        pk = UnicodeAttribute(hash_key=True)
+        job_id = UnicodeAttribute()
+        request_hash = UnicodeAttribute()
+        created_at = UTCDateTimeAttribute()
+        expires_at = NumberAttribute()  # DynamoDB TTL attribute (epoch seconds)
+
+    return {"jobs": JobModel, "history": HistoryModel, "tokens": TokenModel, "idempotency": IdempotencyModel}
+
+
+def _job_from_item(item: Any) -> Job:
+    return Job(
+        job_id=item.job_id,
+        status=JobStatus(item.status),
+        spec=json.loads(item.spec),
+        failure_kind=FailureKind(item.failure_kind) if item.failure_kind else None,
+        **{f: (int(getattr(item, f)) if f == "attempt" else getattr(item, f)) for f in _PLAIN_FIELDS},
+    )
+
+
+def _value(value: Any) -> Any:
+    return value.value if isinstance(value, (JobStatus, FailureKind, EventSource)) else value
+
+
+class DynamoJobStore(JobStore):
+    IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+
+    def __init__(self, settings: Settings) -> None:
+        self.models = build_models(settings)
+        self.Job = self.models["jobs"]
+        self.History = self.models["history"]
+        self.Token = self.models["tokens"]
+        self.Idempotency = self.models["idempotency"]
+
+    # --- jobs ----------------------------------------------------------------------
+    def _item(self, job: Job):
+        item = self.Job(
+            job.job_id,
+            sk=sort_key(job),
+            status=job.status.value,
+            spec=json.dumps(job.spec, sort_keys=True),
+            failure_kind=job.failure_kind.value if job.failure_kind else None,
+            active_pk=None if job.terminal else ACTIVE_PK,
+            **{f: getattr(job, f) for f in _PLAIN_FIELDS},
+        )
+        return item
+
+    def _history_item(self, entry: HistoryEntry):
+        return self.History(
+            entry.job_id,
+            history_key(entry),
+            at=entry.at,
+            from_status=entry.from_status.value if entry.from_status else None,
+            to_status=entry.to_status.value,
+            reason=entry.reason,
+            source=entry.source.value,
+            native_status=entry.native_status,
+            attempt=entry.attempt,
+        )
+
+    def create_job(self, job: Job, entry: HistoryEntry) -> None:
+        try:
+            self._item(job).save(condition=self.Job.job_id.does_not_exist())
+        except PutError as exc:
+            if _conditional_failed(exc):
+                raise AlreadyExistsError(f"job {job.job_id} already exists") from None
+            raise
+        self._history_item(entry).save()
+
+    def get_job(self, job_id: str) -> Job | None:
+        try:
+            return _job_from_item(self.Job.get(job_id, consistent_read=True))
+        except DoesNotExist:
+            return None
+
+    def _guarded_update(self, job: Job, expected: JobStatus, fields: dict[str, Any]) -> None:
+        J = self.Job
+        actions = []
+        for name, value in fields.items():
+            attr = getattr(J, name)
+            value = _value(value)
+            actions.append(attr.remove() if value is None else attr.set(value))
+        item = J(job.job_id)
+        try:
+            item.update(actions=actions, condition=(J.status == expected.value))
+        except UpdateError as exc:
+            if _conditional_failed(exc):
+                raise StaleStateError(f"job {job.job_id} is no longer {expected.value}") from None
+            raise
+
+    def apply_transition(self, job: Job, transition: Transition) -> Job:
+        updated = apply_changes(job, transition)
+        fields = {
+            "status": transition.to_status,
+            "updated_at": transition.at,
+            "status_reason": transition.reason,
+            **transition.changes,
+        }
+        if transition.to_status.terminal:
+            fields["active_pk"] = None  # leaves the sparse active index
+        self._guarded_update(job, transition.from_status, fields)
+        self._history_item(history_from_transition(transition, updated.attempt)).save()
+        return updated
+
+    def update_job(self, job: Job, expected: JobStatus, **changes) -> Job:
+        self._guarded_update(job, expected, changes)
+        return job.with_changes(**changes)
+
+    def list_jobs(self, owner, status, limit, cursor) -> Page:
+        if owner is not None:
+            index, hash_key, hash_name = self.Job.by_owner, owner, "owner"
+        elif status is not None and not status.terminal:
+            index, hash_key, hash_name = self.Job.active, ACTIVE_PK, "active_pk"
+        else:
+            index, hash_key, hash_name = self.Job.by_all, ALL_PK, "all_pk"
+        start = None
+        if cursor is not None:
+            keys = {"job_id", "sk", hash_name}
+            if (
+                set(cursor) != keys
+                or not all(isinstance(v, str) for v in cursor.values())
+                or cursor[hash_name] != hash_key
+            ):
+                raise ValidationError(
+                    "next_token does not belong to this listing",
+                    [{"field": "next_token", "message": "use the token the previous page returned"}],
+                )
+            start = {k: {"S": v} for k, v in cursor.items()}
+        condition = (self.Job.status == status.value) if status is not None else None
+        try:
+            results = index.query(
+                hash_key,
+                scan_index_forward=False,
+                limit=limit,
+                filter_condition=condition,
+                last_evaluated_key=start,
+                page_size=max(limit, 25),
+            )
+            jobs = [_job_from_item(item) for item in results]
+        except QueryError as exc:
+            if "ValidationException" in str(getattr(exc, "cause_response_code", "")):
+                raise ValidationError(
+                    "next_token is not valid", [{"field": "next_token", "message": str(exc)}]
+                ) from None
+            raise
+        last = results.last_evaluated_key
+        next_cursor = {k: v["S"] for k, v in last.items()} if last and len(jobs) == limit else None
+        return Page(jobs, next_cursor)
+
+    def iter_active(self) -> Iterator[Job]:
+        for item in self.Job.active.query(ACTIVE_PK, scan_index_forward=True):
+            yield _job_from_item(item)
+
+    def history(self, job_id: str) -> list[HistoryEntry]:
+        return [
+            HistoryEntry(
+                job_id=i.job_id,
+                at=i.at,
+                from_status=JobStatus(i.from_status) if i.from_status else None,
+                to_status=JobStatus(i.to_status),
+                reason=i.reason,
+                source=EventSource(i.source),
+                native_status=i.native_status,
+                attempt=int(i.attempt),
+            )
+            for i in self.History.query(job_id, scan_index_forward=True, consistent_read=True)
+        ]
+
+    # --- tokens ------------------------------------------------------------------------
+    def put_token(self, record: TokenRecord) -> None:
+        self.Token(record.token_hash, user=record.user, admin=record.admin, created_at=record.created_at).save()
+
+    def get_token(self, token_hash: str) -> TokenRecord | None:
+        try:
+            item = self.Token.get(token_hash)
+        except DoesNotExist:
+            return None
+        return TokenRecord(item.token_hash, item.user, bool(item.admin), item.created_at)
+
+    # --- idempotency -------------------------------------------------------------------
+    def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        pk = json.dumps([record.owner, record.key])
+        item = self.Idempotency(
+            pk,
+            job_id=record.job_id,
+            request_hash=record.request_hash,
+            created_at=record.created_at,
+            expires_at=int(record.created_at.timestamp()) + self.IDEMPOTENCY_TTL_SECONDS,
+        )
+        try:
+            item.save(condition=self.Idempotency.pk.does_not_exist())
+            return record
+        except PutError as exc:
+            if not _conditional_failed(exc):
+                raise
+        existing = self.Idempotency.get(pk, consistent_read=True)
+        return IdempotencyRecord(record.owner, record.key, existing.job_id, existing.request_hash, existing.created_at)
+
+    # --- lifecycle ---------------------------------------------------------------------
+    def create_tables(self) -> None:
+        for model in self.models.values():
+            if not model.exists():
+                model.create_table(wait=True, billing_mode="PAY_PER_REQUEST")

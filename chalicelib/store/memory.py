@@ -1,0 +1,101 @@
+"""In-memory JobStore: the twin of the DynamoDB store for unit tests and the CLI's dry runs."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+from chalicelib.errors import AlreadyExistsError, StaleStateError, ValidationError
+from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition
+from chalicelib.store.base import (
+    IdempotencyRecord,
+    JobStore,
+    Page,
+    TokenRecord,
+    apply_changes,
+    history_from_transition,
+    history_key,
+    sort_key,
+)
+
+
+class InMemoryJobStore(JobStore):
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._history: dict[str, dict[str, HistoryEntry]] = {}
+        self._tokens: dict[str, TokenRecord] = {}
+        self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+
+    def create_job(self, job: Job, entry: HistoryEntry) -> None:
+        with self._lock:
+            if job.job_id in self._jobs:
+                raise AlreadyExistsError(f"job {job.job_id} already exists")
+            self._jobs[job.job_id] = job
+            self._history.setdefault(job.job_id, {})[history_key(entry)] = entry
+
+    def get_job(self, job_id: str) -> Job | None:
+        return self._jobs.get(job_id)
+
+    def apply_transition(self, job: Job, transition: Transition) -> Job:
+        with self._lock:
+            current = self._jobs.get(job.job_id)
+            if current is None or current.status is not transition.from_status:
+                raise StaleStateError(f"job {job.job_id} is no longer {transition.from_status.value}")
+            updated = apply_changes(current, transition)
+            self._jobs[job.job_id] = updated
+            entry = history_from_transition(transition, updated.attempt)
+            self._history.setdefault(job.job_id, {})[history_key(entry)] = entry
+            return updated
+
+    def update_job(self, job: Job, expected: JobStatus, **changes) -> Job:
+        with self._lock:
+            current = self._jobs.get(job.job_id)
+            if current is None or current.status is not expected:
+                raise StaleStateError(f"job {job.job_id} is no longer {expected.value}")
+            updated = current.with_changes(**changes)
+            self._jobs[job.job_id] = updated
+            return updated
+
+    def list_jobs(self, owner, status, limit, cursor) -> Page:
+        after = None
+        if cursor is not None:
+            after = cursor.get("sk")
+            if not isinstance(after, str):
+                raise ValidationError("next_token is not valid", [{"field": "next_token", "message": "malformed"}])
+        jobs = sorted(self._jobs.values(), key=sort_key, reverse=True)
+        selected: list[Job] = []
+        for job in jobs:
+            if after is not None and sort_key(job) >= after:
+                continue
+            if owner is not None and job.owner != owner:
+                continue
+            if status is not None and job.status is not status:
+                continue
+            selected.append(job)
+            if len(selected) == limit:
+                break
+        more = len(selected) == limit and any(
+            sort_key(j) < sort_key(selected[-1])
+            and (owner is None or j.owner == owner)
+            and (status is None or j.status is status)
+            for j in jobs
+        )
+        return Page(selected, {"sk": sort_key(selected[-1])} if more else None)
+
+    def iter_active(self) -> Iterator[Job]:
+        return iter(sorted((j for j in list(self._jobs.values()) if not j.terminal), key=sort_key))
+
+    def history(self, job_id: str) -> list[HistoryEntry]:
+        entries = self._history.get(job_id, {})
+        return [entries[k] for k in sorted(entries)]
+
+    def put_token(self, record: TokenRecord) -> None:
+        self._tokens[record.token_hash] = record
+
+    def get_token(self, token_hash: str) -> TokenRecord | None:
+        return self._tokens.get(token_hash)
+
+    def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
+        with self._lock:
+            return self._idempotency.setdefault((record.owner, record.key), record)

@@ -1,0 +1,139 @@
+"""Shared fixtures: an embedded moto server, settings with fresh tables, both stores, the API client."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+# Never let a test find real credentials or reach a real endpoint.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """A real moto server on a free loopback port, shared by the session."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+def make_settings(tmp_path, endpoint=None, **overrides):
+    from chalicelib.config import Settings
+
+    env = {
+        "JOBPLANE_STAGE": "test",
+        "JOBPLANE_TABLE_PREFIX": f"jp-{uuid.uuid4().hex[:10]}",
+        "JOBPLANE_LOCAL_STATE_DIR": str(tmp_path / "jobs"),
+        "AWS_REGION": "us-east-1",
+    }
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    env.update(overrides)
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def settings(tmp_path):
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def memory_store():
+    from chalicelib.store.memory import InMemoryJobStore
+
+    return InMemoryJobStore()
+
+
+@pytest.fixture
+def dynamo_store(tmp_path, moto_endpoint):
+    from chalicelib.store.dynamo import DynamoJobStore
+
+    store = DynamoJobStore(make_settings(tmp_path, moto_endpoint))
+    store.create_tables()
+    return store
+
+
+@pytest.fixture(params=["dynamo", "in-memory"])
+def store(request):
+    name = "dynamo_store" if request.param == "dynamo" else "memory_store"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def service(memory_store, settings):
+    from chalicelib.jobs.service import JobService
+
+    return JobService(memory_store, settings)
+
+
+@pytest.fixture
+def api(tmp_path, moto_endpoint):
+    """Chalice's test client over the real app, with a DynamoDB store on moto."""
+    from chalice.test import Client
+
+    from chalicelib import deps
+    from chalicelib.jobs.service import JobService
+    from chalicelib.store.dynamo import DynamoJobStore
+
+    settings = make_settings(tmp_path, moto_endpoint)
+    store = DynamoJobStore(settings)
+    store.create_tables()
+    deps.reset()
+    deps.override(settings=settings, store=store, service=JobService(store, settings))
+    import app as app_module
+
+    with Client(app_module.app) as client:
+        yield ApiClient(client, store)
+    deps.reset()
+
+
+class ApiClient:
+    """Chalice test client with token helpers; every call returns the Chalice response."""
+
+    def __init__(self, client, store):
+        self.client = client
+        self.store = store
+        self.events = client.events
+        self.lambda_ = client.lambda_
+
+    def token(self, user: str, admin: bool = False) -> str:
+        from chalicelib.auth import create_token
+
+        return create_token(self.store, user, admin)
+
+    def request(self, method, path, token=None, body=None, headers=None):
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if body is not None and not isinstance(body, (str, bytes)):
+            body = json.dumps(body)
+            hdrs.setdefault("Content-Type", "application/json")
+        return getattr(self.client.http, method.lower())(path, headers=hdrs, body=body or b"")
+
+
+def job_spec(name="train", **overrides):
+    spec = {"name": name, "command": [sys.executable, "-c", "print('hello')"], "backend": "local"}
+    spec.update(overrides)
+    return spec
