@@ -20,5 +20,5 @@ def s3_objects(event: dict[str, Any]) -> list[tuple[str, str]]:
     return found
 
 
-def handle_s3_event(event: dict[str, Any], service)  # noqa: ARG001 - rules arrive with the AWS issue -> list[dict[str, Any]]:
+def handle_s3_event(event: dict[str, Any], service) -> list[dict[str, Any]]:  # noqa: ARG001 - rules: AWS issue
     return [{"bucket": b, "key": k, "outcome": "no_rule"} for b, k in s3_objects(event)]
