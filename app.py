@@ -55,6 +55,14 @@ def job_events(job_id):
     return respond({"events": [e.to_api() for e in entries]})
 
 
+@app.route("/jobs/{job_id}/logs", methods=["GET"])
+@api_view
+def job_logs(job_id):
+    request = app.current_request
+    chunk = deps.get_service().logs(principal(request), job_id, query(request).get("offset"))
+    return respond({"text": chunk.text, "next_offset": chunk.next_offset, "complete": chunk.complete})
+
+
 @app.on_cw_event(
     {"source": ["aws.sagemaker", "aws.batch", "aws.ecs", "aws.ec2", "jobplane.local"]}, name="on_job_state_change"
 )

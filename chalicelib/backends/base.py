@@ -56,6 +56,15 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class LogChunk:
+    """A slice of a job's output: `text` from `offset`, where to continue, and whether it can grow."""
+
+    text: str
+    next_offset: int
+    complete: bool
+
+
+@dataclass(frozen=True)
 class LaunchResult:
     native_id: str
     native_status: str = "Submitted"
@@ -116,6 +125,10 @@ class ComputeBackend(ABC):
         """Translate one provider state event; None when it is not about a jobplane resource."""
         return self._parse_event_impl(raw)
 
+    def logs(self, handle: Handle, offset: int = 0, limit: int = 65536) -> LogChunk:
+        """Up to `limit` bytes of the job's output from `offset`."""
+        return self._logs_impl(handle, max(offset, 0), limit)
+
     def hourly_price(self, job: Job) -> float | None:
         """USD per hour of the resource this job runs on, when known."""
         return None
@@ -143,3 +156,9 @@ class ComputeBackend(ABC):
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
         return None
+
+    def _logs_impl(self, handle: Handle, offset: int, limit: int) -> LogChunk:
+        raise UnsupportedError(
+            f"backend {self.name!r} does not serve logs through jobplane yet",
+            [{"field": "backend", "message": "read them in the provider's console"}],
+        )

@@ -14,6 +14,7 @@ from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
     LaunchResult,
+    LogChunk,
     Observation,
     parse_native_name,
 )
@@ -152,6 +153,17 @@ class LocalBackend(ComputeBackend):
             exit_code=status.get("exit_code"),
             at=parse_iso(status.get("at")),
         )
+
+    def _logs_impl(self, handle: Handle, offset: int, limit: int) -> LogChunk:
+        folder = self.job_dir(handle.native_id)
+        complete = (folder / "status.json").exists()
+        try:
+            with open(folder / "output.log", "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(limit)
+        except FileNotFoundError:
+            data = b""
+        return LogChunk(data.decode("utf-8", errors="replace"), offset + len(data), complete)
 
     def _cancel_impl(self, handle: Handle) -> None:
         folder = self.job_dir(handle.native_id)

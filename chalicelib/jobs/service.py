@@ -239,6 +239,23 @@ class JobService:
         self.get(principal, job_id)
         return self.store.history(job_id)
 
+    def logs(self, principal: Principal, job_id: str, offset: str | int | None = 0):
+        job = self.get(principal, job_id)
+        try:
+            start = int(offset or 0)
+        except (TypeError, ValueError):
+            start = -1
+        if start < 0:
+            raise ValidationError(
+                "offset must be a non-negative integer",
+                [{"field": "offset", "message": "the next_offset of the previous call, or 0"}],
+            )
+        if job.native_id is None:
+            from chalicelib.backends.base import LogChunk
+
+            return LogChunk("", 0, job.terminal)
+        return self.backend(job.backend).logs(Handle.of(job), start)
+
     # --- cancel ------------------------------------------------------------------------
     def cancel(self, principal: Principal, job_id: str) -> Job:
         job = self.get(principal, job_id)

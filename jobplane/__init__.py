@@ -1,0 +1,1 @@
+"""jobplane's user CLI and local stack (never deployed to Lambda)."""

@@ -1,0 +1,326 @@
+"""The `jobplane` command: submit and follow jobs, manage tokens, run the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from jobplane.client import ApiError, Client
+from jobplane.local.state import read_state, state_dir
+
+TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
+STATUS_STYLE = {
+    "QUEUED": "yellow",
+    "LAUNCHING": "cyan",
+    "RUNNING": "blue",
+    "CANCELLING": "magenta",
+    "SUCCEEDED": "green",
+    "FAILED": "red",
+    "CANCELLED": "bright_black",
+}
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+class CliError(Exception):
+    pass
+
+
+def _client(args) -> Client:
+    local = read_state(state_dir(args.local_dir))
+    api = args.api or os.environ.get("JOBPLANE_API") or (local or {}).get("api")
+    token = args.token or os.environ.get("JOBPLANE_TOKEN") or (local or {}).get("admin_token")
+    if not api:
+        raise CliError("no API address: pass --api, set JOBPLANE_API, or start `jobplane local up` here")
+    if not token:
+        raise CliError("no token: pass --token, set JOBPLANE_TOKEN (see `jobplane token create`)")
+    return Client(api, token)
+
+
+# --- jobs ----------------------------------------------------------------------------------
+def cmd_submit(args) -> int:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    client = _client(args)
+    job = client.submit(text, idempotency_key=args.idempotency_key)
+    out = _console()
+    out.print(f"submitted [bold]{job['name']}[/] as [bold]{job['job_id']}[/] on {job['backend']} ({job['status']})")
+    if not args.wait:
+        return 0
+    job = _follow(client, job["job_id"], args.interval, args.timeout)
+    out.print()
+    _print_job(job)
+    return 0 if job["status"] == "SUCCEEDED" else 1
+
+
+def _follow(client: Client, job_id: str, interval: float, timeout: float | None) -> dict:
+    """Poll the job, with a live display of its status, elapsed time, history and log tail."""
+    from rich.live import Live
+
+    started = time.monotonic()
+    offset, tail = 0, []
+    job = client.get(job_id)
+    with Live(_progress(job, [], tail, 0), console=_console(), refresh_per_second=4, transient=False) as live:
+        while True:
+            job = client.get(job_id)
+            try:
+                chunk = client.logs(job_id, offset)
+                offset = chunk["next_offset"]
+                tail = (tail + chunk["text"].splitlines())[-8:]
+            except ApiError:
+                pass
+            live.update(_progress(job, client.events(job_id), tail, time.monotonic() - started))
+            if job["status"] in TERMINAL:
+                return job
+            if timeout and time.monotonic() - started > timeout:
+                raise CliError(f"job {job_id} still {job['status']} after {timeout:.0f}s (it keeps running)")
+            time.sleep(interval)
+
+
+def _progress(job: dict, events: list[dict], tail: list[str], elapsed: float):
+    from rich.console import Group
+    from rich.spinner import Spinner
+    from rich.text import Text
+
+    status = job["status"]
+    header = Text.assemble(
+        (f"{job['name']} ", "bold"),
+        (status, STATUS_STYLE.get(status, "")),
+        f"  {elapsed:5.1f}s  {job['backend']}  {job['job_id']}",
+    )
+    lines = [Text(f"  {e['at'][11:19]}  {e['from'] or '-':>10} -> {e['to']:<10} {e['reason']}") for e in events]
+    logs = [Text("  | " + line, style="dim") for line in tail]
+    top = header if status in TERMINAL else Spinner("dots", text=header)
+    return Group(top, *lines, *logs)
+
+
+def _print_job(job: dict, events: list[dict] | None = None) -> None:
+    from rich.table import Table
+
+    out = _console()
+    table = Table(show_header=False, box=None)
+    for key in (
+        "job_id",
+        "name",
+        "owner",
+        "status",
+        "backend",
+        "native_id",
+        "attempt",
+        "planner_reason",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "failure_kind",
+        "failure_reason",
+        "cost_estimate_usd",
+        "status_reason",
+    ):
+        value = job.get(key)
+        if value is not None:
+            style = STATUS_STYLE.get(str(value), "") if key == "status" else ""
+            table.add_row(key, f"[{style}]{value}[/]" if style else str(value))
+    out.print(table)
+    if events:
+        out.print("history:")
+        for e in events:
+            out.print(f"  {e['at']}  {e['from'] or '-':>10} -> {e['to']:<10} [{e['source']}] {e['reason']}")
+
+
+def cmd_list(args) -> int:
+    from rich.table import Table
+
+    body = _client(args).list(args.status, args.limit, args.next_token)
+    table = Table("JOB ID", "NAME", "OWNER", "STATUS", "BACKEND", "CREATED", "COST $")
+    for job in body["jobs"]:
+        status = job["status"]
+        cost = job.get("cost_estimate_usd")
+        table.add_row(
+            job["job_id"],
+            job["name"],
+            job["owner"],
+            f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
+            job["backend"],
+            job["created_at"][:19],
+            "-" if cost is None else f"{cost:.2f}",
+        )
+    out = _console()
+    out.print(table)
+    if body.get("next_token"):
+        out.print(f"more: --next-token {body['next_token']}")
+    return 0
+
+
+def cmd_status(args) -> int:
+    client = _client(args)
+    if args.json:
+        print(json.dumps(client.get(args.job_id), indent=2))
+        return 0
+    _print_job(client.get(args.job_id), client.events(args.job_id))
+    return 0
+
+
+def cmd_cancel(args) -> int:
+    job = _client(args).cancel(args.job_id)
+    _console().print(f"{job['job_id']}: {job['status']}")
+    return 0
+
+
+def cmd_logs(args) -> int:
+    client = _client(args)
+    offset = 0
+    while True:
+        chunk = client.logs(args.job_id, offset)
+        if chunk["text"]:
+            sys.stdout.write(chunk["text"])
+            sys.stdout.flush()
+        offset = chunk["next_offset"]
+        if not args.follow or (chunk["complete"] and not chunk["text"]):
+            return 0
+        if not chunk["text"]:
+            time.sleep(1.0)
+
+
+# --- tokens --------------------------------------------------------------------------------
+def cmd_token_create(args) -> int:
+    from chalicelib.auth import create_token
+    from chalicelib.config import Settings
+    from chalicelib.store.dynamo import DynamoJobStore
+
+    local = read_state(state_dir(args.local_dir))
+    env = dict(os.environ)
+    if local:
+        env.update(local["env"])
+        env.setdefault("AWS_ACCESS_KEY_ID", "local")
+        env.setdefault("AWS_SECRET_ACCESS_KEY", "local")
+        os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
+    store = DynamoJobStore(Settings.from_env(env))
+    print(create_token(store, args.user, admin=args.admin))
+    return 0
+
+
+# --- local stack ---------------------------------------------------------------------------
+def cmd_local_up(args) -> int:
+    import signal
+
+    from jobplane.local.stack import LocalStack
+
+    directory = state_dir(args.local_dir)
+    if read_state(directory):
+        raise CliError(f"a local stack is already running from {directory}")
+    out = _console()
+    stack = LocalStack(
+        directory,
+        api_port=args.port,
+        reconcile_seconds=args.reconcile_seconds,
+        echo=lambda line: out.print(line, markup=False),
+    )
+
+    def _stop(signum, frame):  # noqa: ARG001
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        state = stack.start()
+        out.print(
+            f"[bold green]jobplane local stack up[/]: API {state['api']}, embedded AWS "
+            f"{state['aws_endpoint']}, functions {state['functions']}, uploads s3://{state['upload_bucket']}"
+        )
+        out.print("Ctrl-C stops everything it started.")
+        stack.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        out.print("stopping the local stack ...")
+        stack.stop()
+    return 0
+
+
+def cmd_local_invoke(args) -> int:
+    import requests
+
+    local = read_state(state_dir(args.local_dir))
+    if not local:
+        raise CliError("no local stack is running here: start one with `jobplane local up`")
+    payload = sys.stdin.read()
+    url = f"{local['functions']}/2015-03-31/functions/{args.function}/invocations"
+    resp = requests.post(url, data=payload.encode(), headers={"Content-Type": "application/json"}, timeout=60)
+    print(resp.text)
+    return 0 if resp.status_code == 200 and "errorType" not in resp.text[:200] else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jobplane", description="Serverless control plane for ML training jobs")
+    parser.add_argument("--api", help="API address (default: $JOBPLANE_API, else the running local stack)")
+    parser.add_argument("--token", help="bearer token (default: $JOBPLANE_TOKEN, else the local stack's admin)")
+    parser.add_argument("--local-dir", help="local stack state folder (default: $JOBPLANE_LOCAL_DIR or .jobplane)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("submit", help="submit a job spec (YAML or JSON file, or - for stdin)")
+    p.add_argument("file")
+    p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 only on SUCCEEDED")
+    p.add_argument("--idempotency-key")
+    p.add_argument("--interval", type=float, default=1.0)
+    p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("list", help="list jobs, newest first")
+    p.add_argument("--status")
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--next-token")
+    p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("status", help="show one job and its history")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a job")
+    p.add_argument("job_id")
+    p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("logs", help="print a job's output")
+    p.add_argument("job_id")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.set_defaults(func=cmd_logs)
+
+    token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)
+    p = token.add_parser("create", help="create a token for USER and print it (alone) on stdout")
+    p.add_argument("user")
+    p.add_argument("--admin", action="store_true")
+    p.set_defaults(func=cmd_token_create)
+
+    local = sub.add_parser("local", help="the local stack").add_subparsers(dest="local_command", required=True)
+    p = local.add_parser("up", help="run the whole control plane here until Ctrl-C")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--reconcile-seconds", type=float, default=10.0)
+    p.set_defaults(func=cmd_local_up)
+    p = local.add_parser("invoke", help="feed a raw event (stdin) to a function by name")
+    p.add_argument("function")
+    p.set_defaults(func=cmd_local_invoke)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ApiError as exc:
+        _console(stderr=True).print(f"[red]error[/]: {exc}", markup=True)
+        return 2
+    except CliError as exc:
+        _console(stderr=True).print(f"[red]error[/]: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""A small client for jobplane's REST API (used by the CLI and the end-to-end tests)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, body: Any) -> None:
+        self.status = status
+        self.body = body
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        message = err.get("message") or str(body)
+        details = err.get("details") or []
+        lines = [f"{d.get('field')}: {d.get('message')}" for d in details if isinstance(d, dict)]
+        super().__init__(f"HTTP {status}: {message}" + "".join(f"\n  - {line}" for line in lines))
+
+
+class Client:
+    def __init__(self, api: str, token: str | None, timeout: float = 30.0) -> None:
+        self.api = api.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, **kw) -> Any:
+        resp = self.session.request(method, self.api + path, timeout=self.timeout, **kw)
+        try:
+            body = resp.json()
+        except ValueError:
+            body = resp.text
+        if resp.status_code >= 400:
+            raise ApiError(resp.status_code, body)
+        return body
+
+    def health(self) -> dict:
+        return self._call("GET", "/health")
+
+    def submit(self, spec_text: str, idempotency_key: str | None = None, yaml: bool = True) -> dict:
+        headers = {"Content-Type": "application/x-yaml" if yaml else "application/json"}
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
+        return self._call("POST", "/jobs", data=spec_text.encode(), headers=headers)
+
+    def list(self, status: str | None = None, limit: int = 20, next_token: str | None = None) -> dict:
+        params = {k: v for k, v in {"status": status, "limit": limit, "next_token": next_token}.items() if v}
+        return self._call("GET", "/jobs", params=params)
+
+    def get(self, job_id: str) -> dict:
+        return self._call("GET", f"/jobs/{job_id}")
+
+    def cancel(self, job_id: str) -> dict:
+        return self._call("POST", f"/jobs/{job_id}/cancel")
+
+    def events(self, job_id: str) -> list[dict]:
+        return self._call("GET", f"/jobs/{job_id}/events")["events"]
+
+    def logs(self, job_id: str, offset: int = 0) -> dict:
+        return self._call("GET", f"/jobs/{job_id}/logs", params={"offset": offset})

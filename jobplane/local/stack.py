@@ -1,0 +1,299 @@
+"""`jobplane local up`: moto, the Chalice app, the local backend and the event sources, in one process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from jobplane.local.sinks import INVOKE_PREFIX, start_invoke_server, start_slack_sink
+from jobplane.local.state import state_file, write_state
+
+log = logging.getLogger("jobplane.local")
+ROOT = Path(__file__).resolve().parents[2]
+REGION = "us-east-1"
+ACCOUNT = "123456789012"  # moto's default account
+UPLOAD_BUCKET = "jobplane-local-uploads"
+UPLOAD_QUEUE = "jobplane-local-uploads"
+WEBHOOK_SECRET = "jobplane/local/slack-webhook-url"  # noqa: S105 - the name of a secret
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class LocalStack:
+    def __init__(
+        self,
+        directory: Path,
+        host: str = "127.0.0.1",
+        api_port: int = 8000,
+        reconcile_seconds: float = 10.0,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.directory = directory
+        self.host = host
+        self.api_port = api_port
+        self.reconcile_seconds = reconcile_seconds
+        self.echo = echo
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._servers: list[Any] = []
+        self.state: dict[str, Any] = {}
+
+    # --- start -------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        from moto.server import ThreadedMotoServer
+
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))  # app.py lives at the repository root, like in a Chalice project
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.moto = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
+        self.moto.start()
+        mhost, mport = self.moto.get_host_and_port()
+        aws = f"http://{mhost}:{mport}"
+        self.slack_log = self.directory / "slack.log"
+        self.slack_log.write_text("")
+        slack = start_slack_sink(self.host, self._on_slack)
+        invoke = start_invoke_server(self.host, self.invoke)
+        self._servers += [slack, invoke]
+        functions = f"http://{self.host}:{invoke.server_address[1]}"
+        # The stack's own process is the "Lambda": its environment is what the functions read.
+        os.environ.update(
+            {
+                "AWS_ACCESS_KEY_ID": "local",
+                "AWS_SECRET_ACCESS_KEY": "local",
+                "AWS_SESSION_TOKEN": "local",
+                "AWS_REGION": REGION,
+                "AWS_DEFAULT_REGION": REGION,
+                "AWS_ENDPOINT_URL": aws,
+                "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+                "JOBPLANE_STAGE": "local",
+                "JOBPLANE_BACKENDS": "local",
+                "JOBPLANE_LOCAL_STATE_DIR": str(self.directory / "jobs"),
+                "JOBPLANE_LOCAL_EVENT_URL": f"{functions}{INVOKE_PREFIX}on_job_state_change/invocations",
+                "JOBPLANE_SLACK_WEBHOOK_SECRET": WEBHOOK_SECRET,
+                "JOBPLANE_UPLOAD_BUCKET": UPLOAD_BUCKET,
+            }
+        )
+        os.environ.pop("AWS_PROFILE", None)
+        from chalicelib import deps
+        from chalicelib.auth import create_token
+
+        deps.reset()
+        settings = deps.get_settings()
+        store = deps.get_store()
+        store.create_tables()
+        self._provision(aws, f"http://{self.host}:{slack.server_address[1]}/services/T000/B000/local")
+        import app as app_module
+
+        self.app = app_module.app
+        self._start_api()
+        admin_token = create_token(store, "local-admin", admin=True)
+        self._spawn("reconcile-schedule", self._schedule_loop)
+        self._spawn("dynamodb-stream", self._stream_loop, settings.jobs_table)
+        self._spawn("s3-notifications", self._sqs_loop)
+        self.state = {
+            "pid": os.getpid(),
+            "api": f"http://{self.host}:{self.api_port}",
+            "aws_endpoint": aws,
+            "functions": functions,
+            "slack_sink": f"http://{self.host}:{slack.server_address[1]}",
+            "slack_log": str(self.slack_log),
+            "admin_token": admin_token,
+            "upload_bucket": UPLOAD_BUCKET,
+            "state_dir": str(self.directory),
+            "env": settings.to_env(),
+            "started_at": _now(),
+        }
+        write_state(self.directory, self.state)
+        return self.state
+
+    def _provision(self, aws: str, sink_url: str) -> None:
+        import boto3
+
+        kw = {"region_name": REGION, "endpoint_url": aws}
+        boto3.client("secretsmanager", **kw).create_secret(Name=WEBHOOK_SECRET, SecretString=sink_url)
+        sqs = boto3.client("sqs", **kw)
+        self.queue_url = sqs.create_queue(QueueName=UPLOAD_QUEUE)["QueueUrl"]
+        queue_arn = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["QueueArn"])["Attributes"][
+            "QueueArn"
+        ]
+        s3 = boto3.client("s3", **kw)
+        s3.create_bucket(Bucket=UPLOAD_BUCKET)
+        s3.put_bucket_notification_configuration(
+            Bucket=UPLOAD_BUCKET,
+            NotificationConfiguration={
+                "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
+            },
+        )
+
+    def _start_api(self) -> None:
+        import functools
+
+        from chalice.config import Config
+        from chalice.local import ChaliceRequestHandler, create_local_server
+
+        class QuietHandler(ChaliceRequestHandler):
+            def log_message(self, format, *args):  # noqa: A002 - one line per request drowns the demo
+                log.debug(format, *args)
+
+        config = Config.create(chalice_stage="local", app_name="jobplane", project_dir=os.getcwd())
+        server = create_local_server(self.app, config, self.host, self.api_port)
+        server.server.RequestHandlerClass = functools.partial(QuietHandler, app_object=self.app, config=config)
+        self._servers.append(server.server)
+        threading.Thread(target=server.server.serve_forever, name="api", daemon=True).start()
+
+    def _spawn(self, name: str, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    # --- functions, as a cloud would call them ------------------------------------------------
+    def invoke(self, name: str, payload: Any) -> Any:
+        from chalice.local import LambdaContext
+
+        handler = self.app.handler_map[name]
+        return handler(payload, LambdaContext(name, memory_size=512))
+
+    def _safe_invoke(self, name: str, payload: Any) -> Any:
+        try:
+            return self.invoke(name, payload)
+        except Exception:  # an event source keeps polling after a failed invocation, as Lambda's do
+            log.exception("%s failed", name)
+            return None
+
+    def _schedule_loop(self) -> None:
+        rule = f"arn:aws:events:{REGION}:{ACCOUNT}:rule/jobplane-local-reconcile"
+        while not self._stop.wait(self.reconcile_seconds):
+            self._safe_invoke(
+                "reconcile",
+                {
+                    "version": "0",
+                    "id": str(uuid.uuid4()),
+                    "detail-type": "Scheduled Event",
+                    "source": "aws.events",
+                    "account": ACCOUNT,
+                    "time": _now(),
+                    "region": REGION,
+                    "resources": [rule],
+                    "detail": {},
+                },
+            )
+
+    def _stream_loop(self, table: str) -> None:
+        """Read the jobs table's stream and call `notify` with Lambda's DynamoDB event shape."""
+        import boto3
+
+        streams = boto3.client("dynamodbstreams", region_name=REGION)
+        arn = streams.list_streams(TableName=table)["Streams"][0]["StreamArn"]
+        iterators: dict[str, str] = {}
+        while not self._stop.is_set():
+            for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
+                sid = shard["ShardId"]
+                if sid not in iterators:
+                    iterators[sid] = streams.get_shard_iterator(
+                        StreamArn=arn, ShardId=sid, ShardIteratorType="TRIM_HORIZON"
+                    )["ShardIterator"]
+            for sid, iterator in list(iterators.items()):
+                if not iterator:
+                    continue
+                page = streams.get_records(ShardIterator=iterator, Limit=100)
+                iterators[sid] = page.get("NextShardIterator")
+                records = page.get("Records", [])
+                if records:
+                    for record in records:
+                        record["eventSourceARN"] = arn
+                        ddb = record.get("dynamodb", {})
+                        if isinstance(ddb.get("ApproximateCreationDateTime"), datetime):
+                            ddb["ApproximateCreationDateTime"] = ddb["ApproximateCreationDateTime"].timestamp()
+                    self._safe_invoke("notify", {"Records": records})
+            self._stop.wait(0.5)
+
+    def _sqs_loop(self) -> None:
+        """S3 -> SQS notifications -> `on_upload` with the S3 event, as the Lambda trigger delivers it."""
+        import boto3
+
+        sqs = boto3.client("sqs", region_name=REGION)
+        while not self._stop.is_set():
+            messages = sqs.receive_message(QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []
+            )
+            for message in messages:
+                try:
+                    event = json.loads(message["Body"])
+                except ValueError:
+                    event = {}
+                if "Records" in event:  # skip s3:TestEvent
+                    result = self._safe_invoke("on_upload", event)
+                    if result is None:
+                        continue  # left on the queue: it comes back after the visibility timeout
+                    self.echo(f"[on_upload] {json.dumps(result, default=str)}")
+                sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    def _on_slack(self, message: dict[str, Any]) -> None:
+        with open(self.slack_log, "a") as fh:
+            fh.write(json.dumps(message) + "\n")
+        self.echo(f"[slack] {message.get('text', '')}")
+
+    # --- stop --------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+        self._stop_local_jobs()
+        for server in self._servers:
+            server.shutdown()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if getattr(self, "moto", None):
+            self.moto.stop()
+        try:
+            state_file(self.directory).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _stop_local_jobs(self) -> None:
+        """Every runner still alive is asked to stop its job; stragglers are killed."""
+        from chalicelib.backends.local import pid_alive
+
+        jobs = self.directory / "jobs"
+        runners = []
+        for pid_file in jobs.glob("*/runner.pid") if jobs.exists() else []:
+            try:
+                pid = int(pid_file.read_text())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                (pid_file.parent / "cancel").touch()
+                os.kill(pid, signal.SIGTERM)
+                runners.append((pid, pid_file.parent))
+        deadline = time.monotonic() + 15
+        while runners and time.monotonic() < deadline and any(pid_alive(p) for p, _ in runners):
+            time.sleep(0.1)
+        for pid, folder in runners:
+            for target in (pid, _job_pid(folder)):
+                if target and pid_alive(target):
+                    try:
+                        os.killpg(target, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        pass
+
+    def wait(self) -> None:
+        while not self._stop.wait(0.5):
+            pass
+
+
+def _job_pid(folder: Path) -> int | None:
+    try:
+        return int(json.loads((folder / "runner.json").read_text())["pid"])
+    except (OSError, ValueError, KeyError):
+        return None
