@@ -59,7 +59,7 @@ def handle_state_change(raw: dict[str, Any], service) -> EventResult:
             return EventResult("unknown_job", obs.job_id, detail=f"{backend.name} event for a job not in the store")
         if job_before.backend != backend.name:
             return EventResult("ignored", obs.job_id, detail=f"job runs on {job_before.backend}, not {backend.name}")
-        job = service.apply_event(to_job_event(obs, EventSource.BACKEND))
+        job = service.apply_event(to_job_event(obs, EventSource.BACKEND), current=job_before)
         changed = job is not None and job.status is not job_before.status
         return EventResult(
             "applied" if changed else "unchanged", obs.job_id, job.status.value if job else None, obs.native_status

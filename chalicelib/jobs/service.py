@@ -283,13 +283,14 @@ class JobService:
             log.warning("cancel of %s on %s failed (reconcile will retry): %s", job.job_id, job.backend, exc.message)
 
     # --- events ------------------------------------------------------------------------
-    def apply_event(self, event: JobEvent) -> Job | None:
+    def apply_event(self, event: JobEvent, current: Job | None = None) -> Job | None:
         """Apply one event through the state machine; harmless when duplicated or stale.
 
+        `current` is the job as the caller just read it (saves a read); a lost race re-reads.
         Returns the job after the event, or None when the job does not exist.
         """
-        for _ in range(_APPLY_ATTEMPTS):
-            job = self.store.get_job(event.job_id)
+        for attempt in range(_APPLY_ATTEMPTS):
+            job = current if attempt == 0 and current is not None else self.store.get_job(event.job_id)
             if job is None:
                 return None
             transition = decide(job, event)
