@@ -188,7 +188,7 @@ class JobService:
                 job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
             except StaleStateError:
                 pass  # an event already moved it on, and events carry the native id too
-        return self.store.get_job(job.job_id) or job
+        return job
 
     def apply_transition_to(
         self, job: Job, status: JobStatus, source: EventSource, reason: str, changes: dict[str, Any] | None = None

@@ -1,0 +1,23 @@
+"""Run every benchmark and print its figures (counts first: they do not depend on machine noise)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import dynamodb_requests  # noqa: E402
+import import_cost  # noqa: E402
+
+
+def main() -> int:
+    print("== DynamoDB requests per job lifecycle (moto, botocore before-call hooks) ==")
+    dynamodb_requests.main()
+    print("\n== Cold-start import cost (median of interleaved fresh processes) ==")
+    import_cost.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
