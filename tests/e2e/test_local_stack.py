@@ -1,0 +1,192 @@
+"""End to end: `jobplane local up` as a real process, driven over real HTTP and through the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBPLANE = [sys.executable, "-m", "jobplane.cli"]
+pytestmark = pytest.mark.e2e
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout=60.0, interval=0.2, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("stack")
+    port = _free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBPLANE_LOCAL_DIR": str(directory)}
+    env.pop("AWS_ENDPOINT_URL", None)
+    log = open(directory / "stack.log", "w")
+    proc = subprocess.Popen(
+        [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"stack exited: {(directory / 'stack.log').read_text()}")
+        try:
+            state = json.loads((directory / "local.json").read_text())
+            return state if requests.get(state["api"] + "/health", timeout=1).ok else None
+        except (OSError, ValueError, requests.RequestException):
+            return None
+
+    state = _wait(ready, what="the local stack")
+    yield {"state": state, "env": env, "dir": directory, "proc": proc}
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=40)
+    log.close()
+
+
+def cli(stack, *args, stdin=None, check=True):
+    result = subprocess.run(
+        [*JOBPLANE, *args], cwd=ROOT, env=stack["env"], input=stdin, capture_output=True, text=True, timeout=180
+    )
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def api(stack, method, path, token=None, **kw):
+    token = token or stack["state"]["admin_token"]
+    return requests.request(
+        method,
+        stack["state"]["api"] + path,
+        headers={"Authorization": f"Bearer {token}", **kw.pop("headers", {})},
+        timeout=30,
+        **kw,
+    )
+
+
+def test_the_example_job_runs_to_success_with_metrics_and_slack_messages(stack):
+    result = cli(stack, "submit", "examples/train-local.yaml", "--wait", "--timeout", "120")
+    job = api(stack, "GET", "/jobs?limit=1").json()["jobs"][0]
+    assert job["status"] == "SUCCEEDED"
+    assert job["name"] == "blobs-softmax"
+    assert "SUCCEEDED" in result.stdout
+    logs = cli(stack, "logs", job["job_id"]).stdout
+    metrics = json.loads(next(line for line in logs.splitlines() if line.startswith("METRICS "))[8:])
+    assert metrics["epochs"] == 15 and 0.5 < metrics["val_accuracy"] <= 1.0
+    outputs = stack["dir"] / "jobs" / job["native_id"] / "outputs"
+    assert (outputs / "model.npz").stat().st_size > 0
+    history = [(e["from"], e["to"]) for e in api(stack, "GET", f"/jobs/{job['job_id']}/events").json()["events"]]
+    assert history == [(None, "QUEUED"), ("QUEUED", "LAUNCHING"), ("LAUNCHING", "RUNNING"), ("RUNNING", "SUCCEEDED")]
+
+    def slack_texts():
+        lines = Path(stack["state"]["slack_log"]).read_text().splitlines()
+        texts = [json.loads(line)["text"] for line in lines]
+        mine = [t for t in texts if job["job_id"] in t]
+        return mine if len(mine) >= 2 else None
+
+    texts = _wait(slack_texts, timeout=20, what="two Slack messages")
+    assert any("running" in t for t in texts) and any("succeeded" in t for t in texts)
+
+
+def test_token_create_prints_only_a_working_token_scoped_to_its_user(stack):
+    out = cli(stack, "token", "create", "bob").stdout
+    assert out.count("\n") == 1 and out.startswith("jp_")
+    token = out.strip()
+    response = api(stack, "GET", "/jobs", token=token)
+    assert response.status_code == 200
+    assert response.json()["jobs"] == []  # bob sees none of the admin's jobs
+    assert api(stack, "GET", "/jobs", token=token + "x").status_code == 401
+
+
+def test_cancel_stops_the_running_process_group(stack):
+    spec = {
+        "name": "sleeper",
+        "backend": "local",
+        "command": [sys.executable, "-c", "import subprocess,time; subprocess.Popen(['sleep','300']); time.sleep(300)"],
+    }
+    job = api(stack, "POST", "/jobs", json=spec).json()
+    _wait(lambda: api(stack, "GET", f"/jobs/{job['job_id']}").json()["status"] == "RUNNING", what="RUNNING")
+    runner = json.loads((stack["dir"] / "jobs" / job["native_id"] / "runner.json").read_text())
+    pgid = runner["pid"]
+    assert cli(stack, "cancel", job["job_id"]).returncode == 0
+    final = _wait(
+        lambda: (j := api(stack, "GET", f"/jobs/{job['job_id']}").json())["status"] == "CANCELLED" and j,
+        what="CANCELLED",
+    )
+    assert final["status"] == "CANCELLED"
+
+    def group_gone():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    _wait(group_gone, timeout=20, what="the job's process group to end")
+    assert api(stack, "POST", f"/jobs/{job['job_id']}/cancel").status_code == 409
+
+
+def test_local_invoke_feeds_raw_payloads_to_functions(stack):
+    scheduled = {
+        "version": "0",
+        "id": "53dc4d37-cffa-4f76-80c9-8b7d4a4d2eaa",
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "123456789012",
+        "time": "2026-11-26T12:00:00Z",
+        "region": "us-east-1",
+        "resources": ["arn:aws:events:us-east-1:123456789012:rule/reconcile"],
+        "detail": {},
+    }
+    result = cli(stack, "local", "invoke", "reconcile", stdin=json.dumps(scheduled))
+    assert isinstance(json.loads(result.stdout), list)
+    unknown = {
+        "version": "0",
+        "id": "x",
+        "detail-type": "jobplane Local Job State Change",
+        "source": "jobplane.local",
+        "account": "123456789012",
+        "time": "2026-11-26T12:00:00Z",
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {"native_id": "jp-" + "0" * 32, "state": "SUCCEEDED", "at": "2026-11-26T12:00:00Z"},
+    }
+    result = json.loads(cli(stack, "local", "invoke", "on_job_state_change", stdin=json.dumps(unknown)).stdout)
+    assert result["outcome"] == "unknown_job"
+    missing = cli(stack, "local", "invoke", "no_such_function", stdin="{}", check=False)
+    assert missing.returncode == 1 and "Function not found" in missing.stdout
+
+
+def test_ctrl_c_stops_everything_it_started(stack):
+    proc = stack["proc"]
+    aws = stack["state"]["aws_endpoint"]
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=40) == 0
+    assert not (stack["dir"] / "local.json").exists()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(stack["state"]["api"] + "/health", timeout=2)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(aws, timeout=2)
