@@ -1,0 +1,1 @@
+"""Google Cloud Functions entry points (deployed with chalicelib/ staged beside them)."""
