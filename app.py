@@ -15,7 +15,20 @@ def health():
     return {"status": "ok"}
 
 
-@app.route("/jobs", methods=["POST"], content_types=["application/json", "application/x-yaml", "text/yaml"])
+# A spec is JSON or YAML; clients that label it text/plain or form-encoded (curl -d) are accepted too.
+SPEC_TYPES = [
+    "application/json",
+    "application/x-yaml",
+    "application/yaml",
+    "text/yaml",
+    "text/x-yaml",
+    "text/plain",
+    "application/x-www-form-urlencoded",
+    "application/octet-stream",
+]
+
+
+@app.route("/jobs", methods=["POST"], content_types=SPEC_TYPES)
 @api_view
 def submit_job():
     from chalicelib.jobs.spec import load_spec_text
