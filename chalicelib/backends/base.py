@@ -49,6 +49,7 @@ class Observation:
     failure_kind: FailureKind | None = None
     exit_code: int | None = None
     at: datetime | None = None
+    started_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.status is JobStatus.FAILED and self.failure_kind is None:

@@ -152,6 +152,7 @@ class LocalBackend(ComputeBackend):
             failure_kind=kind,
             exit_code=status.get("exit_code"),
             at=parse_iso(status.get("at")),
+            started_at=parse_iso(status.get("started_at")),
         )
 
     def _logs_impl(self, handle: Handle, offset: int, limit: int) -> LogChunk:

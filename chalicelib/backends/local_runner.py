@@ -148,6 +148,7 @@ def run(folder: Path) -> int:
         "reason": outcome[1],
         "at": _now(),
         "runtime_seconds": round(time.monotonic() - started, 3),
+        "started_at": running["at"],
     }
     _write_json(folder / "status.json", status)
     post_event(spec.get("event_url"), spec["region"], status)

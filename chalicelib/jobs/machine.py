@@ -79,8 +79,8 @@ def decide(job: Job, event: JobEvent) -> Transition | None:
     changes: dict = {}
     if event.native_id and event.native_id != job.native_id:
         changes["native_id"] = event.native_id
-    if target is JobStatus.RUNNING and job.started_at is None:
-        changes["started_at"] = event.at
+    if job.started_at is None and (target is JobStatus.RUNNING or (target.terminal and event.started_at)):
+        changes["started_at"] = event.started_at or event.at
     if target.terminal:
         changes["finished_at"] = event.at
         if failure_kind is not None:

@@ -163,6 +163,8 @@ class JobEvent:
     attempt: int | None = None
     failure_kind: FailureKind | None = None
     exit_code: int | None = None
+    # When the provider says the work began (lets a late terminal event still give a duration).
+    started_at: datetime | None = None
 
 
 @dataclass(frozen=True)
