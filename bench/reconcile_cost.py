@@ -89,9 +89,17 @@ def measure(history_sizes=(1_000, 100_000)) -> list[dict]:
             populate_s = time.perf_counter() - started
             counter = Counter()
             _hook(store, counter)
+            scanned: list[int] = []
+
+            def count_items(parsed, _scanned=scanned, **_):
+                _scanned.append(parsed.get("ScannedCount", 0))
+
+            for model in store.models.values():
+                model._get_connection().connection.client.meta.events.register("after-call.dynamodb.Query", count_items)
             service = JobService(store, settings, backend_factory=lambda *_: InSyncBackend())
             reconcile(service)  # warm-up: connections, caches
             before = counter.snapshot()
+            scanned.clear()
             timings = []
             for _ in range(5):
                 started = time.perf_counter()
@@ -106,6 +114,7 @@ def measure(history_sizes=(1_000, 100_000)) -> list[dict]:
                     "requests": sum(after.values()) / 5,
                     "ops": {k: v / 5 for k, v in after.items()},
                     "seconds": timings[2],
+                    "items_read": sum(scanned) / 5,
                     "populate_s": populate_s,
                 }
             )
@@ -116,9 +125,12 @@ def measure(history_sizes=(1_000, 100_000)) -> list[dict]:
 
 def main() -> int:
     rows = measure()
-    print(f"{'finished jobs':>14} {'active':>7} {'DynamoDB requests':>18} {'reconcile s (median)':>21}")
+    print(f"{'finished jobs':>14} {'active':>7} {'DynamoDB requests':>18} {'items read':>11} {'reconcile s':>12}")
     for row in rows:
-        print(f"{row['finished']:14,d} {row['active']:7d} {row['requests']:18.1f} {row['seconds']:21.4f}  {row['ops']}")
+        print(
+            f"{row['finished']:14,d} {row['active']:7d} {row['requests']:18.1f} {row['items_read']:11.0f} "
+            f"{row['seconds']:12.4f}  {row['ops']}"
+        )
     ratio = rows[-1]["seconds"] / rows[0]["seconds"]
     print(
         f"time ratio {rows[-1]['finished']:,} / {rows[0]['finished']:,} history = {ratio:.2f} (target <= 1.2); "
