@@ -30,6 +30,23 @@ def _int(name: str, raw: str, minimum: int) -> int:
     return value
 
 
+def _limits(raw: str) -> tuple[tuple[str, int], ...]:
+    """JOBPLANE_CAPACITY_LIMITS="sagemaker:ml.g5=4,ec2:*=16,local:cpu=2" -> (("sagemaker:ml.g5", 4), ...)."""
+    limits: dict[str, int] = {}
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        pool, sep, value = part.partition("=")
+        backend, colon, family = pool.strip().partition(":")
+        if not sep or not colon or not family or backend not in BACKEND_NAMES:
+            raise ConfigError(
+                f"JOBPLANE_CAPACITY_LIMITS entry {part!r} must look like BACKEND:FAMILY=N "
+                f"(BACKEND one of {', '.join(BACKEND_NAMES)}; FAMILY an instance family, GPU type, cpu or *)"
+            )
+        limits[f"{backend}:{family.strip()}"] = _int(f"JOBPLANE_CAPACITY_LIMITS[{pool.strip()}]", value.strip(), 0)
+    return tuple(sorted(limits.items()))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything a function needs to know about its deployment, read once per container."""
@@ -41,6 +58,7 @@ class Settings:
     events_table: str = "jobplane-dev-job-events"
     tokens_table: str = "jobplane-dev-tokens"
     idempotency_table: str = "jobplane-dev-idempotency"
+    capacity_table: str = "jobplane-dev-capacity"
     # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
     aws_endpoint_url: str | None = None
     enabled_backends: tuple[str, ...] = ("local",)
@@ -52,6 +70,9 @@ class Settings:
     slack_webhook_secret: str | None = None
     # Seconds a LAUNCHING job may stay so before reconcile treats the launch as lost.
     launch_deadline_seconds: int = 600
+    # Concurrent-use limits of the quota-aware queue: "backend:family" -> units (GPUs; a CPU job is 1).
+    # `family` is an instance family (ml.g5, g5), a GPU type (A10G), `cpu`, or `*` for every GPU family.
+    capacity_limits: tuple[tuple[str, int], ...] = ()
     log_level: str = "INFO"
 
     @classmethod
@@ -77,6 +98,8 @@ class Settings:
             events_table=env.get("JOBPLANE_EVENTS_TABLE", f"{prefix}-job-events"),
             tokens_table=env.get("JOBPLANE_TOKENS_TABLE", f"{prefix}-tokens"),
             idempotency_table=env.get("JOBPLANE_IDEMPOTENCY_TABLE", f"{prefix}-idempotency"),
+            capacity_table=env.get("JOBPLANE_CAPACITY_TABLE", f"{prefix}-capacity"),
+            capacity_limits=_limits(env.get("JOBPLANE_CAPACITY_LIMITS", "")),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             enabled_backends=backends,
             default_backend=default_backend,
@@ -98,6 +121,8 @@ class Settings:
             "JOBPLANE_EVENTS_TABLE": self.events_table,
             "JOBPLANE_TOKENS_TABLE": self.tokens_table,
             "JOBPLANE_IDEMPOTENCY_TABLE": self.idempotency_table,
+            "JOBPLANE_CAPACITY_TABLE": self.capacity_table,
+            "JOBPLANE_CAPACITY_LIMITS": ",".join(f"{k}={v}" for k, v in self.capacity_limits),
             "JOBPLANE_BACKENDS": ",".join(self.enabled_backends),
             "JOBPLANE_DEFAULT_BACKEND": self.default_backend,
             "JOBPLANE_LOCAL_STATE_DIR": self.local_state_dir,

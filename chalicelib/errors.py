@@ -76,6 +76,17 @@ class StaleStateError(JobplaneError):
     CODE = "stale_state"
 
 
+class CapacityExhaustedError(JobplaneError):
+    """A capacity pool of the quota-aware queue is full; the job waits in QUEUED."""
+
+    STATUS_CODE = 409
+    CODE = "capacity_exhausted"
+
+    def __init__(self, pool: str, message: str | None = None) -> None:
+        super().__init__(message or f"capacity pool {pool} is full")
+        self.pool = pool
+
+
 class AlreadyExistsError(JobplaneError):
     """A create-only write found the record already there."""
 

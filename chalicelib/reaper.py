@@ -30,7 +30,7 @@ class Action:
 def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> Action:
     """Pure: what to do about one active job given what its backend reports (None = no resource)."""
     if job.status is JobStatus.QUEUED:
-        return Action(job.job_id, "dispatch", "queued job waiting for a launch")
+        return Action(job.job_id, "dispatch", job.status_reason or "queued")
     if observation is None:
         if job.status is JobStatus.LAUNCHING and (now - (job.updated_at or job.created_at)) < launch_deadline:
             return Action(job.job_id, "none", "launch in progress")
@@ -53,7 +53,7 @@ def reconcile(service) -> list[Action]:
                 obs = service.backend(job.backend).describe(Handle.of(job))
             action = decide_reconcile(job, obs, now, deadline)
             if action.action == "dispatch":
-                service.dispatch(job)
+                pass  # the queue is served in order once the loop is done
             elif action.action == "apply":
                 service.apply_event(to_job_event(obs, EventSource.RECONCILE))
             elif action.action == "recancel":
@@ -75,4 +75,14 @@ def reconcile(service) -> list[Action]:
             log.exception("reconcile of %s failed", job.job_id)
             action = Action(job.job_id, "error", f"{type(exc).__name__}: {exc}")
         actions.append(action)
-    return actions
+    try:
+        dispatched = {j.job_id: j for j in service.dispatch_queued()}
+    except JobplaneError as exc:
+        log.warning("dispatch of queued jobs failed: %s", exc.message)
+        dispatched = {}
+    return [
+        Action(a.job_id, "dispatch", f"now {dispatched[a.job_id].status.value}: {dispatched[a.job_id].status_reason}")
+        if a.action == "dispatch" and a.job_id in dispatched
+        else a
+        for a in actions
+    ]

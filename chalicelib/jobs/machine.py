@@ -35,7 +35,8 @@ def _retry(job: Job, event: JobEvent) -> Transition | None:
         source=event.source,
         at=event.at,
         native_status=event.native_status,
-        changes={"attempt": job.attempt + 1, "native_id": None, "started_at": None},
+        changes={"attempt": job.attempt + 1, "native_id": None, "started_at": None, "claims": ()},
+        release=job.claims,
     )
 
 
@@ -83,6 +84,8 @@ def decide(job: Job, event: JobEvent) -> Transition | None:
         changes["started_at"] = event.started_at or event.at
     if target.terminal:
         changes["finished_at"] = event.at
+        if job.claims:
+            changes["claims"] = ()
         if failure_kind is not None:
             changes["failure_kind"] = failure_kind
             changes["failure_reason"] = reason or event.native_status or failure_kind.value
@@ -95,6 +98,7 @@ def decide(job: Job, event: JobEvent) -> Transition | None:
         at=event.at,
         native_status=event.native_status,
         changes=changes,
+        release=job.claims if target.terminal else (),
     )
 
 

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
+from chalicelib.jobs.capacity import Claim
+
 
 class JobStatus(str, Enum):
     """Where a job is in its life. The order of members is the order of progress."""
@@ -120,6 +122,8 @@ class Job:
     planner_reason: str | None = None
     updated_at: datetime | None = None
     status_reason: str | None = None
+    # Capacity the job holds in the quota-aware queue (from LAUNCHING until it ends or is retried).
+    claims: tuple[Claim, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -179,6 +183,9 @@ class Transition:
     at: datetime
     native_status: str | None = None
     changes: dict[str, Any] = field(default_factory=dict)
+    # Capacity taken (claim, limit) or given back with this transition, in the same atomic write.
+    acquire: tuple[tuple[Claim, int], ...] = ()
+    release: tuple[Claim, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,14 @@ from chalicelib.config import Settings
 from chalicelib.errors import (
     AlreadyExistsError,
     BackendError,
+    CapacityExhaustedError,
     ConflictError,
     IdempotencyMismatchError,
     NotFoundError,
     StaleStateError,
     ValidationError,
 )
+from chalicelib.jobs.capacity import claims_for, queue_order
 from chalicelib.jobs.machine import decide
 from chalicelib.jobs.model import (
     EventSource,
@@ -109,6 +111,12 @@ class JobService:
         backend_name, why = self.plan(spec)
         data = spec.to_dict()
         self.backend(backend_name).validate(data)
+        for claim, limit in claims_for(backend_name, data, dict(self.settings.capacity_limits)):
+            if claim.units > limit:
+                raise ValidationError(
+                    f"this job needs {claim.units} units of {claim.pool}, more than the {limit} this deployment allows",
+                    [{"field": "resources.gpus", "message": f"at most {limit} for {claim.pool}"}],
+                )
         job_id = new_job_id()
         if idempotency_key is not None:
             if not (0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX) or not idempotency_key.isprintable():
@@ -153,21 +161,37 @@ class JobService:
             if existing is None:  # pragma: no cover - a create that failed cannot leave nothing behind
                 raise
             return existing, False
+        if self.claims(job):
+            self.dispatch_queued()  # queued jobs of the same pools go first
+            return self.store.get_job(job.job_id) or job, True
         return self.dispatch(job), True
 
+    def claims(self, job: Job):
+        return claims_for(job.backend, job.spec, dict(self.settings.capacity_limits))
+
     def dispatch(self, job: Job) -> Job:
-        """Launch a QUEUED job: claim it with one guarded write, then ask the backend."""
+        """Launch a QUEUED job: claim it (and its capacity) with one guarded write, then ask the backend.
+
+        A job whose capacity pool is full stays QUEUED with the reason; dispatch_queued() retries it.
+        """
         native_id = native_name(job.job_id, job.attempt)
+        claims = self.claims(job)
+        transition = Transition(
+            job.job_id,
+            job.status,
+            JobStatus.LAUNCHING,
+            f"launching attempt {job.attempt} on {job.backend}",
+            EventSource.DISPATCH,
+            utcnow(),
+            changes={"native_id": native_id, "claims": tuple(c for c, _ in claims)},
+            acquire=claims,
+        )
         try:
-            job = self.apply_transition_to(
-                job,
-                JobStatus.LAUNCHING,
-                EventSource.DISPATCH,
-                f"launching attempt {job.attempt} on {job.backend}",
-                changes={"native_id": native_id},
-            )
+            job = self.store.apply_transition(job, transition)
         except StaleStateError:
             return self.store.get_job(job.job_id) or job  # someone else dispatched it
+        except CapacityExhaustedError as exc:
+            return self._wait_for_capacity(job, exc.pool, dict(claims_limits(claims)))
         try:
             result = self.backend(job.backend).launch(job)
         except BackendError as exc:
@@ -189,6 +213,32 @@ class JobService:
             except StaleStateError:
                 pass  # an event already moved it on, and events carry the native id too
         return job
+
+    def _wait_for_capacity(self, job: Job, pool: str, limits: dict[str, int]) -> Job:
+        reason = f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}"
+        if job.status_reason == reason:
+            return job  # already says so: no write
+        try:
+            return self.store.update_job(job, JobStatus.QUEUED, status_reason=reason)
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job
+
+    def dispatch_queued(self) -> list[Job]:
+        """Dispatch QUEUED jobs by priority, then age. A full pool stops later jobs that need it
+        (no small job overtakes a big one), but not jobs of other pools."""
+        queued = sorted((j for j in self.store.iter_active() if j.status is JobStatus.QUEUED), key=queue_order)
+        full: set[str] = set()
+        results = []
+        for job in queued:
+            pools = {claim.pool for claim, _ in self.claims(job)}
+            if pools & full:
+                results.append(job)
+                continue
+            after = self.dispatch(job)
+            if after.status is JobStatus.QUEUED:
+                full |= pools
+            results.append(after)
+        return results
 
     def apply_transition_to(
         self, job: Job, status: JobStatus, source: EventSource, reason: str, changes: dict[str, Any] | None = None
@@ -315,10 +365,17 @@ class JobService:
                 transition.to_status.value,
                 transition.reason,
             )
+            if transition.release:
+                self.dispatch_queued()  # capacity came free: the queue moves (a retry takes its turn)
+                return self.store.get_job(updated.job_id) or updated
             if updated.status is JobStatus.QUEUED:
                 return self.dispatch(updated)  # a retry: launch the next attempt
             return updated
         raise StaleStateError(f"job {event.job_id} kept changing; event not applied")
+
+
+def claims_limits(claims) -> list[tuple[str, int]]:
+    return [(claim.pool, limit) for claim, limit in claims]
 
 
 def _plausible_id(job_id: str) -> bool:

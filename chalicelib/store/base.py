@@ -80,7 +80,9 @@ class JobStore(ABC):
     def apply_transition(self, job: Job, transition: Transition) -> Job:
         """One guarded write (status must equal transition.from_status) plus one history append.
 
-        Raises StaleStateError when the guard fails; returns the job as written.
+        With capacity to acquire or release, the job write, the counters and the history entry are
+        one atomic transaction. Raises StaleStateError when the status guard fails and
+        CapacityExhaustedError when a pool would pass its limit (nothing is written then).
         """
 
     @abstractmethod
@@ -98,6 +100,10 @@ class JobStore(ABC):
     @abstractmethod
     def history(self, job_id: str) -> list[HistoryEntry]:
         """A job's transitions, oldest first."""
+
+    @abstractmethod
+    def capacity_usage(self, pools: list[str]) -> dict[str, int]:
+        """Units in use per capacity pool of the quota-aware queue (0 for a pool never used)."""
 
     # --- API tokens ----------------------------------------------------------------
     @abstractmethod

@@ -12,12 +12,14 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.exceptions import DoesNotExist, PutError, QueryError, UpdateError
+from pynamodb.exceptions import DoesNotExist, PutError, QueryError, TransactWriteError, UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
+from pynamodb.transactions import TransactWrite
 
 from chalicelib.config import Settings
-from chalicelib.errors import AlreadyExistsError, StaleStateError, ValidationError
+from chalicelib.errors import AlreadyExistsError, CapacityExhaustedError, StaleStateError, ValidationError
+from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.model import (
     EventSource,
     FailureKind,
@@ -122,6 +124,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         cost_estimate_usd = NumberAttribute(null=True)
         planner_reason = UnicodeAttribute(null=True)
         status_reason = UnicodeAttribute(null=True)
+        claims = UnicodeAttribute(null=True)  # JSON [[pool, units], ...] while capacity is held
 
         by_owner = OwnerIndex()
         by_all = AllIndex()
@@ -150,6 +153,15 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         admin = BooleanAttribute(default=False)
         created_at = UTCDateTimeAttribute()
 
+    class CapacityModel(Model):
+        """One item per capacity pool of the quota-aware queue: units in use."""
+
+        class Meta(_Meta):
+            table_name = settings.capacity_table
+
+        pool = UnicodeAttribute(hash_key=True)
+        in_use = NumberAttribute(null=True)
+
     class IdempotencyModel(Model):
         class Meta(_Meta):
             table_name = settings.idempotency_table
@@ -160,7 +172,13 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         created_at = UTCDateTimeAttribute()
         expires_at = NumberAttribute()  # DynamoDB TTL attribute (epoch seconds)
 
-    return {"jobs": JobModel, "history": HistoryModel, "tokens": TokenModel, "idempotency": IdempotencyModel}
+    return {
+        "jobs": JobModel,
+        "history": HistoryModel,
+        "tokens": TokenModel,
+        "idempotency": IdempotencyModel,
+        "capacity": CapacityModel,
+    }
 
 
 def _job_from_item(item: Any) -> Job:
@@ -169,12 +187,23 @@ def _job_from_item(item: Any) -> Job:
         status=JobStatus(item.status),
         spec=json.loads(item.spec),
         failure_kind=FailureKind(item.failure_kind) if item.failure_kind else None,
+        claims=_claims(item.claims),
         **{f: (int(getattr(item, f)) if f == "attempt" else getattr(item, f)) for f in _PLAIN_FIELDS},
     )
 
 
 def _value(value: Any) -> Any:
+    if isinstance(value, tuple) and all(isinstance(v, Claim) for v in value):
+        return _claims_text(value)
     return value.value if isinstance(value, (JobStatus, FailureKind, EventSource)) else value
+
+
+def _claims_text(claims: tuple[Claim, ...]) -> str | None:
+    return json.dumps([c.to_list() for c in claims]) if claims else None
+
+
+def _claims(text: str | None) -> tuple[Claim, ...]:
+    return tuple(Claim.from_list(c) for c in json.loads(text)) if text else ()
 
 
 class DynamoJobStore(JobStore):
@@ -186,6 +215,7 @@ class DynamoJobStore(JobStore):
         self.History = self.models["history"]
         self.Token = self.models["tokens"]
         self.Idempotency = self.models["idempotency"]
+        self.Capacity = self.models["capacity"]
 
     # --- jobs ----------------------------------------------------------------------
     def _item(self, job: Job):
@@ -196,6 +226,7 @@ class DynamoJobStore(JobStore):
             spec=json.dumps(job.spec, sort_keys=True),
             failure_kind=job.failure_kind.value if job.failure_kind else None,
             active_pk=None if job.terminal else ACTIVE_PK,
+            claims=_claims_text(job.claims),
             **{f: getattr(job, f) for f in _PLAIN_FIELDS},
         )
         return item
@@ -228,13 +259,17 @@ class DynamoJobStore(JobStore):
         except DoesNotExist:
             return None
 
-    def _guarded_update(self, job: Job, expected: JobStatus, fields: dict[str, Any]) -> None:
-        J = self.Job
+    def _actions(self, fields: dict[str, Any]) -> list:
         actions = []
         for name, value in fields.items():
-            attr = getattr(J, name)
+            attr = getattr(self.Job, name)
             value = _value(value)
             actions.append(attr.remove() if value is None else attr.set(value))
+        return actions
+
+    def _guarded_update(self, job: Job, expected: JobStatus, fields: dict[str, Any]) -> None:
+        J = self.Job
+        actions = self._actions(fields)
         item = J(job.job_id)
         try:
             item.update(actions=actions, condition=(J.status == expected.value))
@@ -253,9 +288,54 @@ class DynamoJobStore(JobStore):
         }
         if transition.to_status.terminal:
             fields["active_pk"] = None  # leaves the sparse active index
+        entry = history_from_transition(transition, updated.attempt)
+        if transition.acquire or transition.release:
+            self._transact(job, transition, fields, entry)
+            return updated
         self._guarded_update(job, transition.from_status, fields)
-        self._history_item(history_from_transition(transition, updated.attempt)).save()
+        self._history_item(entry).save()
         return updated
+
+    def _transact(self, job: Job, transition: Transition, fields: dict[str, Any], entry: HistoryEntry) -> None:
+        """Job update, capacity counters and history in one transaction: a claim is never held twice,
+        never lost, and two dispatchers at once cannot take more than a pool's limit."""
+        C = self.Capacity
+        for claim, limit in transition.acquire:
+            if claim.units > limit:
+                raise CapacityExhaustedError(claim.pool, f"{claim.pool} allows {limit}, the job needs {claim.units}")
+        connection = self.Job._get_connection().connection
+        try:
+            with TransactWrite(connection=connection) as tx:
+                tx.update(
+                    self.Job(job.job_id),
+                    actions=self._actions(fields),
+                    condition=(self.Job.status == transition.from_status.value),
+                )
+                for claim, limit in transition.acquire:
+                    tx.update(
+                        C(claim.pool),
+                        actions=[C.in_use.add(claim.units)],
+                        condition=(C.in_use.does_not_exist() | (C.in_use <= limit - claim.units)),
+                    )
+                for claim in transition.release:
+                    tx.update(C(claim.pool), actions=[C.in_use.add(-claim.units)])
+                tx.save(self._history_item(entry))
+        except TransactWriteError as exc:
+            reasons = [getattr(r, "code", None) for r in (getattr(exc, "cancellation_reasons", None) or [])]
+            # pynamodb sends puts before updates: [history put, job update, counter updates...]
+            reasons = reasons[1:]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                raise StaleStateError(f"job {job.job_id} is no longer {transition.from_status.value}") from None
+            for (claim, _limit), code in zip(transition.acquire, reasons[1:], strict=False):
+                if code == "ConditionalCheckFailed":
+                    raise CapacityExhaustedError(claim.pool) from None
+            raise
+
+    def capacity_usage(self, pools: list[str]) -> dict[str, int]:
+        usage = dict.fromkeys(pools, 0)
+        for item in self.Capacity.batch_get(list(pools)):
+            usage[item.pool] = int(item.in_use or 0)
+        return usage
 
     def update_job(self, job: Job, expected: JobStatus, **changes) -> Job:
         self._guarded_update(job, expected, changes)

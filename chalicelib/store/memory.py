@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-from chalicelib.errors import AlreadyExistsError, StaleStateError, ValidationError
+from chalicelib.errors import AlreadyExistsError, CapacityExhaustedError, StaleStateError, ValidationError
 from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition
 from chalicelib.store.base import (
     IdempotencyRecord,
@@ -26,6 +26,7 @@ class InMemoryJobStore(JobStore):
         self._history: dict[str, dict[str, HistoryEntry]] = {}
         self._tokens: dict[str, TokenRecord] = {}
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        self._capacity: dict[str, int] = {}
 
     def create_job(self, job: Job, entry: HistoryEntry) -> None:
         with self._lock:
@@ -42,6 +43,13 @@ class InMemoryJobStore(JobStore):
             current = self._jobs.get(job.job_id)
             if current is None or current.status is not transition.from_status:
                 raise StaleStateError(f"job {job.job_id} is no longer {transition.from_status.value}")
+            for claim, limit in transition.acquire:
+                if self._capacity.get(claim.pool, 0) + claim.units > limit:
+                    raise CapacityExhaustedError(claim.pool)
+            for claim, _limit in transition.acquire:
+                self._capacity[claim.pool] = self._capacity.get(claim.pool, 0) + claim.units
+            for claim in transition.release:
+                self._capacity[claim.pool] = self._capacity.get(claim.pool, 0) - claim.units
             updated = apply_changes(current, transition)
             self._jobs[job.job_id] = updated
             entry = history_from_transition(transition, updated.attempt)
@@ -82,6 +90,9 @@ class InMemoryJobStore(JobStore):
             for j in jobs
         )
         return Page(selected, {"sk": sort_key(selected[-1])} if more else None)
+
+    def capacity_usage(self, pools: list[str]) -> dict[str, int]:
+        return {pool: self._capacity.get(pool, 0) for pool in pools}
 
     def iter_active(self) -> Iterator[Job]:
         return iter(sorted((j for j in list(self._jobs.values()) if not j.terminal), key=sort_key))
