@@ -13,6 +13,7 @@ from chalicelib.events import to_job_event
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 
 log = logging.getLogger("jobplane.reaper")
+RELAUNCH_REASON = "relaunched by reconcile"
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class Action:
     """One decision about one job, with the reason; recorded per job so one failure aborts nothing."""
 
     job_id: str
-    action: str  # "none" | "apply" | "dispatch" | "recancel" | "fail_lost" | "error"
+    action: str  # "none" | "apply" | "dispatch" | "recancel" | "relaunch" | "cancelled" | "fail_lost" | "error"
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -32,8 +33,15 @@ def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> 
     if job.status is JobStatus.QUEUED:
         return Action(job.job_id, "dispatch", job.status_reason or "queued")
     if observation is None:
-        if job.status is JobStatus.LAUNCHING and (now - (job.updated_at or job.created_at)) < launch_deadline:
-            return Action(job.job_id, "none", "launch in progress")
+        if job.status is JobStatus.CANCELLING:
+            return Action(job.job_id, "cancelled", f"backend {job.backend} has no resource {job.native_id} left")
+        if job.status is JobStatus.LAUNCHING:
+            if (now - (job.updated_at or job.created_at)) < launch_deadline:
+                return Action(job.job_id, "none", "launch in progress")
+            if not (job.status_reason or "").startswith(RELAUNCH_REASON):
+                # The function died between the LAUNCHING write and the launch: launching the same
+                # native name again cannot start a second job.
+                return Action(job.job_id, "relaunch", f"no resource {job.native_id} after the launch deadline")
         return Action(job.job_id, "fail_lost", f"backend {job.backend} has no resource {job.native_id}")
     if observation.status is not job.status:
         if job.status is JobStatus.CANCELLING and not observation.status.terminal:
@@ -58,6 +66,18 @@ def reconcile(service) -> list[Action]:
                 service.apply_event(to_job_event(obs, EventSource.RECONCILE))
             elif action.action == "recancel":
                 service.stop_resource(job)
+            elif action.action == "relaunch":
+                service.relaunch(job, f"{RELAUNCH_REASON}: {action.reason}")
+            elif action.action == "cancelled":
+                service.apply_event(
+                    JobEvent(
+                        job.job_id,
+                        JobStatus.CANCELLED,
+                        EventSource.RECONCILE,
+                        reason=action.reason,
+                        attempt=job.attempt,
+                    )
+                )
             elif action.action == "fail_lost":
                 service.apply_event(
                     JobEvent(

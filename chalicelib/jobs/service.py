@@ -192,6 +192,10 @@ class JobService:
             return self.store.get_job(job.job_id) or job  # someone else dispatched it
         except CapacityExhaustedError as exc:
             return self._wait_for_capacity(job, exc.pool, dict(claims_limits(claims)))
+        return self._launch(job)
+
+    def _launch(self, job: Job) -> Job:
+        native_id = job.native_id or native_name(job.job_id, job.attempt)
         try:
             result = self.backend(job.backend).launch(job)
         except BackendError as exc:
@@ -213,6 +217,14 @@ class JobService:
             except StaleStateError:
                 pass  # an event already moved it on, and events carry the native id too
         return job
+
+    def relaunch(self, job: Job, reason: str) -> Job:
+        """Launch a LAUNCHING job's attempt again (its launch was lost); the deadline starts anew."""
+        try:
+            job = self.store.update_job(job, JobStatus.LAUNCHING, status_reason=reason, updated_at=utcnow())
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job
+        return self._launch(job)
 
     def _wait_for_capacity(self, job: Job, pool: str, limits: dict[str, int]) -> Job:
         reason = f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}"
