@@ -53,11 +53,7 @@ def _local_event(detail: dict) -> dict:
 
 
 def measure() -> dict:
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from jobplane.local.emulator import start_moto
 
     os.environ.update(
         {
@@ -67,9 +63,7 @@ def measure() -> dict:
             "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
         }
     )
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server, endpoint = start_moto()
     try:
         from chalicelib.auth import Principal
         from chalicelib.config import Settings
@@ -81,7 +75,7 @@ def measure() -> dict:
         state = tempfile.mkdtemp(prefix="jobplane-bench-")
         settings = Settings.from_env(
             {
-                "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+                "AWS_ENDPOINT_URL": endpoint,
                 "JOBPLANE_TABLE_PREFIX": "bench",
                 "JOBPLANE_LOCAL_STATE_DIR": state,
             }

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 import time
@@ -57,9 +56,8 @@ def _populate(store, finished: int, active: int) -> None:
 
 
 def measure(history_sizes=(1_000, 100_000)) -> list[dict]:
-    from moto.server import ThreadedMotoServer
+    from jobplane.local.emulator import start_moto
 
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "bench",
@@ -73,15 +71,11 @@ def measure(history_sizes=(1_000, 100_000)) -> list[dict]:
     from chalicelib.reaper import reconcile
     from chalicelib.store.dynamo import DynamoJobStore
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    server, endpoint = start_moto()
     rows = []
     try:
         for size in history_sizes:
-            settings = Settings.from_env(
-                {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "JOBPLANE_TABLE_PREFIX": f"bench{size}"}
-            )
+            settings = Settings.from_env({"AWS_ENDPOINT_URL": endpoint, "JOBPLANE_TABLE_PREFIX": f"bench{size}"})
             store = DynamoJobStore(settings)
             store.create_tables()
             started = time.perf_counter()

@@ -29,13 +29,11 @@ os.environ.pop("AWS_PROFILE", None)
 
 @pytest.fixture(scope="session")
 def moto_endpoint():
-    """A real moto server on a free loopback port, shared by the session."""
-    from moto.server import ThreadedMotoServer
+    """A real moto server on a free loopback port, shared by the session (the local stack's emulator)."""
+    from jobplane.local.emulator import start_moto
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    server, endpoint = start_moto()
+    yield endpoint
     server.stop()
 
 

@@ -161,9 +161,8 @@ class JobService:
             if existing is None:  # pragma: no cover - a create that failed cannot leave nothing behind
                 raise
             return existing, False
-        if self.claims(job):
-            self.dispatch_queued()  # queued jobs of the same pools go first
-            return self.store.get_job(job.job_id) or job, True
+        # Straight to dispatch: jobs wait in the queue only while their pool is full, and every
+        # release serves the queue in order before new capacity can be seen here.
         return self.dispatch(job), True
 
     def claims(self, job: Job):
@@ -238,7 +237,7 @@ class JobService:
     def dispatch_queued(self) -> list[Job]:
         """Dispatch QUEUED jobs by priority, then age. A full pool stops later jobs that need it
         (no small job overtakes a big one), but not jobs of other pools."""
-        queued = sorted((j for j in self.store.iter_active() if j.status is JobStatus.QUEUED), key=queue_order)
+        queued = sorted(self.store.iter_queued(), key=queue_order)
         full: set[str] = set()
         results = []
         for job in queued:

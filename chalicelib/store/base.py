@@ -98,6 +98,10 @@ class JobStore(ABC):
         """Every non-terminal job, from the sparse active index (never a scan of history)."""
 
     @abstractmethod
+    def iter_queued(self) -> Iterator[Job]:
+        """Every QUEUED job, from the sparse queued index (what the dispatcher reads)."""
+
+    @abstractmethod
     def history(self, job_id: str) -> list[HistoryEntry]:
         """A job's transitions, oldest first."""
 

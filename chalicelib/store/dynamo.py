@@ -41,6 +41,7 @@ from chalicelib.store.base import (
 
 ALL_PK = "jobs"
 ACTIVE_PK = "active"
+QUEUED_PK = "queued"
 # Job fields stored under their own attribute names (status and spec are handled apart).
 _PLAIN_FIELDS = (
     "name",
@@ -99,6 +100,16 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         active_pk = UnicodeAttribute(hash_key=True)
         sk = UnicodeAttribute(range_key=True)
 
+    class QueuedIndex(GlobalSecondaryIndex):
+        """Sparse: only QUEUED jobs (queued_pk set) are in it; the dispatcher reads nothing else."""
+
+        class Meta:
+            index_name = "queued-created"
+            projection = AllProjection()
+
+        queued_pk = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
     class JobModel(Model):
         class Meta(_Meta):
             table_name = settings.jobs_table
@@ -108,6 +119,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         sk = UnicodeAttribute()
         all_pk = UnicodeAttribute(default=ALL_PK)
         active_pk = UnicodeAttribute(null=True)
+        queued_pk = UnicodeAttribute(null=True)
         name = UnicodeAttribute()
         owner = UnicodeAttribute()
         status = UnicodeAttribute()
@@ -129,6 +141,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         by_owner = OwnerIndex()
         by_all = AllIndex()
         active = ActiveIndex()
+        queued = QueuedIndex()
 
     class HistoryModel(Model):
         class Meta(_Meta):
@@ -226,6 +239,7 @@ class DynamoJobStore(JobStore):
             spec=json.dumps(job.spec, sort_keys=True),
             failure_kind=job.failure_kind.value if job.failure_kind else None,
             active_pk=None if job.terminal else ACTIVE_PK,
+            queued_pk=QUEUED_PK if job.status is JobStatus.QUEUED else None,
             claims=_claims_text(job.claims),
             **{f: getattr(job, f) for f in _PLAIN_FIELDS},
         )
@@ -288,6 +302,10 @@ class DynamoJobStore(JobStore):
         }
         if transition.to_status.terminal:
             fields["active_pk"] = None  # leaves the sparse active index
+        if transition.to_status is JobStatus.QUEUED:
+            fields["queued_pk"] = QUEUED_PK
+        elif transition.from_status is JobStatus.QUEUED:
+            fields["queued_pk"] = None
         entry = history_from_transition(transition, updated.attempt)
         if transition.acquire or transition.release:
             self._transact(job, transition, fields, entry)
@@ -381,6 +399,10 @@ class DynamoJobStore(JobStore):
         last = results.last_evaluated_key
         next_cursor = {k: v["S"] for k, v in last.items()} if last and len(jobs) == limit else None
         return Page(jobs, next_cursor)
+
+    def iter_queued(self) -> Iterator[Job]:
+        for item in self.Job.queued.query(QUEUED_PK, scan_index_forward=True):
+            yield _job_from_item(item)
 
     def iter_active(self) -> Iterator[Job]:
         for item in self.Job.active.query(ACTIVE_PK, scan_index_forward=True):

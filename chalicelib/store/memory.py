@@ -94,6 +94,9 @@ class InMemoryJobStore(JobStore):
     def capacity_usage(self, pools: list[str]) -> dict[str, int]:
         return {pool: self._capacity.get(pool, 0) for pool in pools}
 
+    def iter_queued(self) -> Iterator[Job]:
+        return iter(sorted((j for j in list(self._jobs.values()) if j.status is JobStatus.QUEUED), key=sort_key))
+
     def iter_active(self) -> Iterator[Job]:
         return iter(sorted((j for j in list(self._jobs.values()) if not j.terminal), key=sort_key))
 

@@ -52,16 +52,12 @@ class LocalStack:
 
     # --- start -------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
-        from moto.server import ThreadedMotoServer
+        from jobplane.local.emulator import start_moto
 
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's per-request lines
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))  # app.py lives at the repository root, like in a Chalice project
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.moto = ThreadedMotoServer(ip_address=self.host, port=0, verbose=False)
-        self.moto.start()
-        mhost, mport = self.moto.get_host_and_port()
-        aws = f"http://{mhost}:{mport}"
+        self.moto, aws = start_moto(self.host)
         self.slack_log = self.directory / "slack.log"
         self.slack_log.write_text("")
         slack = start_slack_sink(self.host, self._on_slack)
