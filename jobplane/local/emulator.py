@@ -10,13 +10,16 @@ from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 
 class _Serialized:
     """WSGI middleware: moto checks a condition and writes without a lock, so two concurrent
-    conditional writes could both pass. DynamoDB applies each one atomically; so do we."""
+    conditional writes could both pass. DynamoDB applies each one atomically; so do we.
+    Only DynamoDB calls take the lock: an SQS long poll must not stall everything else."""
 
     def __init__(self, app) -> None:
         self.app = app
         self.lock = threading.Lock()
 
     def __call__(self, environ, start_response):
+        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
+            return self.app(environ, start_response)
         with self.lock:
             # The body is built inside the lock: moto may produce it lazily.
             return list(self.app(environ, start_response))
