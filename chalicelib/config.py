@@ -30,6 +30,13 @@ def _int(name: str, raw: str, minimum: int) -> int:
     return value
 
 
+def _choice(name: str, raw: str, valid: tuple[str, ...]) -> str:
+    value = raw.strip().lower()
+    if value not in valid:
+        raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {raw!r}")
+    return value
+
+
 def _limits(raw: str) -> tuple[tuple[str, int], ...]:
     """JOBPLANE_CAPACITY_LIMITS="sagemaker:ml.g5=4,ec2:*=16,local:cpu=2" -> (("sagemaker:ml.g5", 4), ...)."""
     limits: dict[str, int] = {}
@@ -66,8 +73,21 @@ class Settings:
     # The local backend: where job folders (logs, exit status) live and where its runner reports.
     local_state_dir: str = ".jobplane/jobs"
     local_event_url: str | None = None
-    # Slack: names of secrets, never the secrets themselves.
+    # Slack: names of secrets, never the secrets themselves. A name is a Secrets Manager secret,
+    # or an SSM Parameter Store parameter when it starts with "ssm:" (e.g. ssm:/jobplane/dev/slack-bot-token).
     slack_webhook_secret: str | None = None
+    slack_bot_token_secret: str | None = None
+    slack_signing_secret: str | None = None
+    # Dedup markers of sent notifications and the Slack user -> jobplane user mapping.
+    slack_table: str = "jobplane-dev-slack"
+    # Slack's Web API (chat.postMessage); tests point it at a local server.
+    slack_api_url: str = "https://slack.com/api/"
+    # Seconds one notify invocation may spend on Slack (retries included), within the Lambda's own limit.
+    slack_send_budget_seconds: int = 20
+    # Slow slash commands run here, asynchronously: "lambda" (invoke slack_worker_function with
+    # InvocationType=Event) or "thread" (in-process, for the local stack).
+    slack_async: str = "lambda"
+    slack_worker_function: str = "jobplane-dev-slack_worker"
     # Seconds a LAUNCHING job may stay so before reconcile treats the launch as lost.
     launch_deadline_seconds: int = 600
     # Concurrent-use limits of the quota-aware queue: "backend:family" -> units (GPUs; a CPU job is 1).
@@ -106,6 +126,19 @@ class Settings:
             local_state_dir=env.get("JOBPLANE_LOCAL_STATE_DIR", ".jobplane/jobs"),
             local_event_url=env.get("JOBPLANE_LOCAL_EVENT_URL") or None,
             slack_webhook_secret=env.get("JOBPLANE_SLACK_WEBHOOK_SECRET") or None,
+            slack_bot_token_secret=env.get("JOBPLANE_SLACK_BOT_TOKEN_SECRET") or None,
+            slack_signing_secret=env.get("JOBPLANE_SLACK_SIGNING_SECRET") or None,
+            slack_table=env.get("JOBPLANE_SLACK_TABLE", f"{prefix}-slack"),
+            slack_api_url=env.get("JOBPLANE_SLACK_API_URL") or "https://slack.com/api/",
+            slack_send_budget_seconds=_int(
+                "JOBPLANE_SLACK_SEND_BUDGET_SECONDS", env.get("JOBPLANE_SLACK_SEND_BUDGET_SECONDS", "20"), 1
+            ),
+            slack_async=_choice(
+                "JOBPLANE_SLACK_ASYNC",
+                env.get("JOBPLANE_SLACK_ASYNC", "thread" if stage == "local" else "lambda"),
+                ("lambda", "thread"),
+            ),
+            slack_worker_function=env.get("JOBPLANE_SLACK_WORKER_FUNCTION", f"jobplane-{stage}-slack_worker"),
             launch_deadline_seconds=_int(
                 "JOBPLANE_LAUNCH_DEADLINE_SECONDS", env.get("JOBPLANE_LAUNCH_DEADLINE_SECONDS", "600"), 1
             ),
@@ -128,11 +161,18 @@ class Settings:
             "JOBPLANE_LOCAL_STATE_DIR": self.local_state_dir,
             "JOBPLANE_LAUNCH_DEADLINE_SECONDS": str(self.launch_deadline_seconds),
             "JOBPLANE_LOG_LEVEL": self.log_level,
+            "JOBPLANE_SLACK_TABLE": self.slack_table,
+            "JOBPLANE_SLACK_API_URL": self.slack_api_url,
+            "JOBPLANE_SLACK_SEND_BUDGET_SECONDS": str(self.slack_send_budget_seconds),
+            "JOBPLANE_SLACK_ASYNC": self.slack_async,
+            "JOBPLANE_SLACK_WORKER_FUNCTION": self.slack_worker_function,
         }
         for name, value in (
             ("AWS_ENDPOINT_URL", self.aws_endpoint_url),
             ("JOBPLANE_LOCAL_EVENT_URL", self.local_event_url),
             ("JOBPLANE_SLACK_WEBHOOK_SECRET", self.slack_webhook_secret),
+            ("JOBPLANE_SLACK_BOT_TOKEN_SECRET", self.slack_bot_token_secret),
+            ("JOBPLANE_SLACK_SIGNING_SECRET", self.slack_signing_secret),
         ):
             if value:
                 env[name] = value

@@ -28,6 +28,15 @@ class IdempotencyRecord:
 
 
 @dataclass(frozen=True)
+class SlackUserRecord:
+    """A Slack user (workspace member id, e.g. U2CERLKJA) acting in jobplane as `user`."""
+
+    slack_user_id: str
+    user: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Page:
     jobs: list[Job]
     # The position after the last job, as plain strings; None when there is nothing more.
@@ -120,6 +129,25 @@ class JobStore(ABC):
     @abstractmethod
     def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
         """Store `record` unless the (owner, key) pair exists; return whichever record is stored."""
+
+    # --- Slack --------------------------------------------------------------------------
+    @abstractmethod
+    def claim_notification(self, key: str, at: datetime) -> bool:
+        """Create the marker `key` (job_id#status#attempt) unless it exists; True when this call created it.
+
+        The notifier claims before it posts, so a re-delivered stream record never posts twice.
+        """
+
+    @abstractmethod
+    def put_slack_user(self, record: SlackUserRecord) -> None:
+        """Map a Slack user to a jobplane user, replacing any earlier mapping of that Slack user."""
+
+    @abstractmethod
+    def get_slack_user(self, slack_user_id: str) -> SlackUserRecord | None: ...
+
+    @abstractmethod
+    def delete_slack_user(self, slack_user_id: str) -> bool:
+        """Remove a mapping; False when there was none."""
 
     # --- lifecycle -------------------------------------------------------------------
     def create_tables(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 from pynamodb.attributes import (
@@ -12,7 +13,7 @@ from pynamodb.attributes import (
     UnicodeAttribute,
     UTCDateTimeAttribute,
 )
-from pynamodb.exceptions import DoesNotExist, PutError, QueryError, TransactWriteError, UpdateError
+from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, QueryError, TransactWriteError, UpdateError
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
@@ -32,6 +33,7 @@ from chalicelib.store.base import (
     IdempotencyRecord,
     JobStore,
     Page,
+    SlackUserRecord,
     TokenRecord,
     apply_changes,
     history_from_transition,
@@ -137,6 +139,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         planner_reason = UnicodeAttribute(null=True)
         status_reason = UnicodeAttribute(null=True)
         claims = UnicodeAttribute(null=True)  # JSON [[pool, units], ...] while capacity is held
+        candidates = UnicodeAttribute(null=True)  # JSON ["ec2", "sagemaker"]
 
         by_owner = OwnerIndex()
         by_all = AllIndex()
@@ -185,12 +188,24 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         created_at = UTCDateTimeAttribute()
         expires_at = NumberAttribute()  # DynamoDB TTL attribute (epoch seconds)
 
+    class SlackModel(Model):
+        """Slack state: `notified#<job_id>#<status>#<attempt>` markers and `user#<slack user id>` mappings."""
+
+        class Meta(_Meta):
+            table_name = settings.slack_table
+
+        pk = UnicodeAttribute(hash_key=True)
+        user = UnicodeAttribute(null=True)
+        created_at = UTCDateTimeAttribute()
+        expires_at = NumberAttribute(null=True)  # DynamoDB TTL attribute (epoch seconds); markers only
+
     return {
         "jobs": JobModel,
         "history": HistoryModel,
         "tokens": TokenModel,
         "idempotency": IdempotencyModel,
         "capacity": CapacityModel,
+        "slack": SlackModel,
     }
 
 
@@ -201,11 +216,14 @@ def _job_from_item(item: Any) -> Job:
         spec=json.loads(item.spec),
         failure_kind=FailureKind(item.failure_kind) if item.failure_kind else None,
         claims=_claims(item.claims),
+        candidates=tuple(json.loads(item.candidates)) if item.candidates else (),
         **{f: (int(getattr(item, f)) if f == "attempt" else getattr(item, f)) for f in _PLAIN_FIELDS},
     )
 
 
 def _value(value: Any) -> Any:
+    if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
+        return json.dumps(list(value))
     if isinstance(value, tuple) and all(isinstance(v, Claim) for v in value):
         return _claims_text(value)
     return value.value if isinstance(value, (JobStatus, FailureKind, EventSource)) else value
@@ -229,6 +247,7 @@ class DynamoJobStore(JobStore):
         self.Token = self.models["tokens"]
         self.Idempotency = self.models["idempotency"]
         self.Capacity = self.models["capacity"]
+        self.Slack = self.models["slack"]
 
     # --- jobs ----------------------------------------------------------------------
     def _item(self, job: Job):
@@ -241,6 +260,7 @@ class DynamoJobStore(JobStore):
             active_pk=None if job.terminal else ACTIVE_PK,
             queued_pk=QUEUED_PK if job.status is JobStatus.QUEUED else None,
             claims=_claims_text(job.claims),
+            candidates=json.dumps(list(job.candidates)) if job.candidates else None,
             **{f: getattr(job, f) for f in _PLAIN_FIELDS},
         )
         return item
@@ -452,6 +472,42 @@ class DynamoJobStore(JobStore):
                 raise
         existing = self.Idempotency.get(pk, consistent_read=True)
         return IdempotencyRecord(record.owner, record.key, existing.job_id, existing.request_hash, existing.created_at)
+
+    # --- Slack ------------------------------------------------------------------------
+    NOTIFIED_TTL_SECONDS = 30 * 24 * 3600  # stream records live 24 hours; markers outlive any re-delivery
+
+    def claim_notification(self, key: str, at: datetime) -> bool:
+        item = self.Slack(f"notified#{key}", created_at=at, expires_at=int(at.timestamp()) + self.NOTIFIED_TTL_SECONDS)
+        try:
+            item.save(condition=self.Slack.pk.does_not_exist())
+        except PutError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def put_slack_user(self, record: SlackUserRecord) -> None:
+        self.Slack(f"user#{record.slack_user_id}", user=record.user, created_at=record.created_at).save()
+
+    def get_slack_user(self, slack_user_id: str) -> SlackUserRecord | None:
+        try:
+            item = self.Slack.get(f"user#{slack_user_id}")
+        except DoesNotExist:
+            return None
+        return SlackUserRecord(slack_user_id, item.user, item.created_at)
+
+    def delete_slack_user(self, slack_user_id: str) -> bool:
+        try:
+            self.Slack(f"user#{slack_user_id}").delete(condition=self.Slack.pk.exists())
+        except DeleteError as exc:
+            if _conditional_failed(exc):
+                return False
+            raise
+        return True
+
+    def job_from_image(self, image: dict[str, Any]) -> Job:
+        """A job from a DynamoDB stream image of the jobs table (attribute-value JSON, as Lambda gets it)."""
+        return _job_from_item(self.Job.from_raw_data(image))
 
     # --- lifecycle ---------------------------------------------------------------------
     def create_tables(self) -> None:

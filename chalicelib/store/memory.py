@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from datetime import datetime
 
 from chalicelib.errors import AlreadyExistsError, CapacityExhaustedError, StaleStateError, ValidationError
 from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition
@@ -11,6 +12,7 @@ from chalicelib.store.base import (
     IdempotencyRecord,
     JobStore,
     Page,
+    SlackUserRecord,
     TokenRecord,
     apply_changes,
     history_from_transition,
@@ -27,6 +29,8 @@ class InMemoryJobStore(JobStore):
         self._tokens: dict[str, TokenRecord] = {}
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._capacity: dict[str, int] = {}
+        self._notified: dict[str, datetime] = {}
+        self._slack_users: dict[str, SlackUserRecord] = {}
 
     def create_job(self, job: Job, entry: HistoryEntry) -> None:
         with self._lock:
@@ -113,3 +117,19 @@ class InMemoryJobStore(JobStore):
     def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
         with self._lock:
             return self._idempotency.setdefault((record.owner, record.key), record)
+
+    def claim_notification(self, key: str, at: datetime) -> bool:
+        with self._lock:
+            if key in self._notified:
+                return False
+            self._notified[key] = at
+            return True
+
+    def put_slack_user(self, record: SlackUserRecord) -> None:
+        self._slack_users[record.slack_user_id] = record
+
+    def get_slack_user(self, slack_user_id: str) -> SlackUserRecord | None:
+        return self._slack_users.get(slack_user_id)
+
+    def delete_slack_user(self, slack_user_id: str) -> bool:
+        return self._slack_users.pop(slack_user_id, None) is not None
