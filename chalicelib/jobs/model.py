@@ -124,6 +124,8 @@ class Job:
     status_reason: str | None = None
     # Capacity the job holds in the quota-aware queue (from LAUNCHING until it ends or is retried).
     claims: tuple[Claim, ...] = ()
+    # Backends this job may run on, in order: the planned one first, then the spec's fallback.
+    candidates: tuple[str, ...] = ()
 
     @property
     def terminal(self) -> bool:
@@ -150,6 +152,7 @@ class Job:
             "cost_estimate_usd": self.cost_estimate_usd,
             "planner_reason": self.planner_reason,
             "status_reason": self.status_reason,
+            "candidates": list(self.candidates),
         }
 
 

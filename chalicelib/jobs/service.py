@@ -8,6 +8,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 from chalicelib.auth import Principal
@@ -34,6 +35,7 @@ from chalicelib.jobs.model import (
     JobEvent,
     JobStatus,
     Transition,
+    iso,
     native_name,
     new_job_id,
     utcnow,
@@ -105,12 +107,31 @@ class JobService:
             [{"field": "backend", "message": "; ".join(dict.fromkeys(refusals))}],
         )
 
+    def _candidates(self, first: str, spec: JobSpec, data: dict[str, Any]) -> tuple[str, ...]:
+        """The planned backend, then the spec's fallback list; each must be enabled and able to run it."""
+        for i, name in enumerate(spec.fallback):
+            field = f"fallback[{i}]"
+            if name not in self.settings.enabled_backends:
+                raise ValidationError(
+                    f"fallback backend {name!r} is not enabled in this deployment",
+                    [{"field": field, "message": f"enabled here: {', '.join(self.settings.enabled_backends)}"}],
+                )
+            try:
+                self.backend(name).validate(data)
+            except ValidationError as exc:
+                reason = exc.details[0]["message"] if exc.details else exc.message
+                raise ValidationError(
+                    f"fallback backend {name!r} cannot run this job: {reason}", [{"field": field, "message": reason}]
+                ) from None
+        return tuple(dict.fromkeys((first, *spec.fallback)))
+
     # --- submit ------------------------------------------------------------------------
     def submit(self, principal: Principal, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
         backend_name, why = self.plan(spec)
         data = spec.to_dict()
         self.backend(backend_name).validate(data)
+        candidates = self._candidates(backend_name, spec, data)
         for claim, limit in claims_for(backend_name, data, dict(self.settings.capacity_limits)):
             if claim.units > limit:
                 raise ValidationError(
@@ -151,6 +172,7 @@ class JobService:
             created_at=now,
             updated_at=now,
             planner_reason=why,
+            candidates=candidates,
             status_reason="submitted",
         )
         entry = HistoryEntry(job_id, now, None, JobStatus.QUEUED, f"submitted by {principal.user}", EventSource.API)
@@ -199,6 +221,8 @@ class JobService:
             result = self.backend(job.backend).launch(job)
         except BackendError as exc:
             kind = FailureKind(exc.failure_kind)
+            if kind in (FailureKind.NO_CAPACITY, FailureKind.QUOTA):
+                return self._failover(job, exc)
             failed = self.apply_event(
                 JobEvent(
                     job.job_id,
@@ -224,6 +248,53 @@ class JobService:
         except StaleStateError:
             return self.store.get_job(job.job_id) or job
         return self._launch(job)
+
+    def _failover(self, job: Job, exc: BackendError) -> Job:
+        """No capacity or quota on this backend: move to the next candidate, or wait, or fail."""
+        candidates = job.candidates or (job.backend,)
+        position = candidates.index(job.backend) if job.backend in candidates else len(candidates) - 1
+        tried = f"{job.backend}: {exc.message}"
+        now = utcnow()
+        wait = timedelta(minutes=int(job.spec.get("capacity_wait_minutes", 0)))
+        if position + 1 < len(candidates):
+            target = candidates[position + 1]
+            reason = f"{tried}; failing over to {target}"
+            changes = {"backend": target, "planner_reason": f"failover from {job.backend} ({exc.CODE}) to {target}"}
+        elif now < job.created_at + wait:
+            target = candidates[0]
+            until = iso(job.created_at + wait)
+            reason = f"{tried}; no candidate left ({', '.join(candidates)}); retrying until {until}"
+            changes = {"backend": target}
+        else:
+            failed = self.apply_event(
+                JobEvent(
+                    job.job_id,
+                    JobStatus.FAILED,
+                    EventSource.DISPATCH,
+                    reason=f"launch failed: {tried}",
+                    failure_kind=FailureKind(exc.failure_kind),
+                    attempt=job.attempt,
+                )
+            )
+            return failed or job
+        transition = Transition(
+            job.job_id,
+            JobStatus.LAUNCHING,
+            JobStatus.QUEUED,
+            reason,
+            EventSource.DISPATCH,
+            now,
+            changes={**changes, "native_id": None, "claims": ()},
+            release=job.claims,
+        )
+        try:
+            job = self.store.apply_transition(job, transition)
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job
+        log.info("job %s: %s", job.job_id, reason)
+        if position + 1 < len(candidates):
+            return self.dispatch(job)
+        return job  # waits in QUEUED; reconcile and every release try again
 
     def _wait_for_capacity(self, job: Job, pool: str, limits: dict[str, int]) -> Job:
         reason = f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}"

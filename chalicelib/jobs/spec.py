@@ -89,6 +89,10 @@ class JobSpec(_Strict):
     notify: Notify = Field(default_factory=Notify)
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     priority: int = Field(0, ge=-100, le=100)
+    # Failover: other backends to try, in order, when a launch finds no capacity or no quota.
+    fallback: tuple[BackendName, ...] = Field((), max_length=8)
+    # How long a job may wait in QUEUED for capacity once every candidate refused (0: fail at once).
+    capacity_wait_minutes: int = Field(0, ge=0, le=10080)
 
     @field_validator("command")
     @classmethod
@@ -144,6 +148,8 @@ class JobSpec(_Strict):
             )
         if self.resources.tpu is not None and self.backend not in ("auto", "vertex"):
             raise ValueError("TPU jobs run only on backend vertex (or auto)")
+        if "auto" in self.fallback:
+            raise ValueError("fallback names concrete backends (auto is what `backend` is for)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
