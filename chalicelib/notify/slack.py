@@ -1,119 +1,140 @@
-"""Build Block Kit messages for job transitions and send them through slack-sdk."""
+"""The `notify` function: job status changes from the jobs table's stream -> one Slack message each."""
 
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+import time
+from collections.abc import Callable
 from typing import Any
 
-from chalicelib.jobs.model import parse_iso
+from chalicelib.config import Settings
+from chalicelib.jobs.model import Job, JobStatus, utcnow
+from chalicelib.notify.delivery import ChatPostMessage, Destination, Webhook, deliver
+from chalicelib.notify.messages import Kind, build_message, classify, dedup_key
+from chalicelib.store.base import JobStore
 
 log = logging.getLogger("jobplane.notify")
 
-# statuses a person wants to hear about, with their emoji
-NOTIFY_ON = {
-    "RUNNING": ":arrow_forward:",
-    "SUCCEEDED": ":white_check_mark:",
-    "FAILED": ":x:",
-    "CANCELLED": ":no_entry_sign:",
-    "QUEUED": ":repeat:",  # only when re-queued for a retry (see wants_message)
-}
 
-
-def _image(record: dict[str, Any], name: str) -> dict[str, Any] | None:
-    from boto3.dynamodb.types import TypeDeserializer
-
-    raw = (record.get("dynamodb") or {}).get(name)
-    if not raw:
+def _old_status(record: dict[str, Any]) -> JobStatus | None:
+    raw = ((record.get("dynamodb") or {}).get("OldImage") or {}).get("status") or {}
+    value = raw.get("S")
+    try:
+        return JobStatus(value) if value else None
+    except ValueError:
         return None
-    deserializer = TypeDeserializer()
-    return {k: deserializer.deserialize(v) for k, v in raw.items()}
 
 
-def transition_of(record: dict[str, Any]) -> tuple[dict[str, Any], str | None] | None:
-    """(new job image, old status) when a stream record is a status change worth a message."""
+def transition_of(record: dict[str, Any], decode: Callable[[dict[str, Any]], Job]) -> tuple[Job, Kind] | None:
+    """(job after the change, kind of message) when a stream record is a change worth a message."""
     if record.get("eventName") not in ("INSERT", "MODIFY"):
         return None
-    new = _image(record, "NewImage")
-    if not new or "status" not in new:
+    image = (record.get("dynamodb") or {}).get("NewImage")
+    if not image or "status" not in image:
         return None
-    old = _image(record, "OldImage") or {}
-    old_status = old.get("status")
-    if old_status == new["status"] or new["status"] not in NOTIFY_ON:
+    old = _old_status(record)
+    if (image.get("status") or {}).get("S") == (old.value if old else None):
+        return None  # a change of other fields (native id, capacity wait): not news
+    job = decode(image)
+    kind = classify(job, old)
+    return (job, kind) if kind is not None else None
+
+
+class Notifier:
+    """Posts one message per interesting transition: claims a marker first, so a re-delivered
+    record posts nothing, and spends at most its time budget on Slack, whatever Slack does."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        decode: Callable[[dict[str, Any]], Job],
+        webhook_url: str | None,
+        bot_token: str | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.decode = decode
+        self.webhook_url = webhook_url
+        self.bot_token = bot_token
+        self.clock = clock
+        self.sleep = sleep
+
+    def destination(self, job: Job) -> Destination | None:
+        """With a bot token, the job's own channel; otherwise (or with no channel) the webhook."""
+        channel = (job.spec.get("notify") or {}).get("slack_channel")
+        if self.bot_token and channel:
+            return ChatPostMessage(self.bot_token, channel, self.settings.slack_api_url)
+        if self.webhook_url:
+            return Webhook(self.webhook_url)
         return None
-    if new["status"] == "QUEUED" and old_status is None:
-        return None  # a fresh submission: the RUNNING message follows
-    return new, old_status
 
+    def budget(self, remaining_seconds: float | None) -> float:
+        """Seconds for Slack in this invocation: the configured budget, inside the function's time left."""
+        budget = float(self.settings.slack_send_budget_seconds)
+        if remaining_seconds is not None:
+            # Keep a margin to record results and return before the function is killed.
+            budget = min(budget, remaining_seconds - min(2.0, remaining_seconds * 0.2))
+        return max(budget, 0.0)
 
-def _duration(job: dict[str, Any]) -> str:
-    start, end = parse_iso(job.get("started_at")), parse_iso(job.get("finished_at"))
-    if not start:
-        return "-"
-    seconds = int(((end or datetime.now(start.tzinfo)) - start).total_seconds())
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h {rest // 60}m {rest % 60}s" if hours else f"{rest // 60}m {rest % 60}s"
+    def handle(self, records: list[dict[str, Any]], remaining_seconds: float | None = None) -> list[dict[str, Any]]:
+        deadline = self.clock() + self.budget(remaining_seconds)
+        results = []
+        for record in records:
+            try:
+                found = transition_of(record, self.decode)
+            except Exception:  # a record we cannot read must not stop the rest of the batch
+                log.exception("notify: unreadable stream record %s", record.get("eventID"))
+                results.append({"event_id": record.get("eventID"), "outcome": "unreadable"})
+                continue
+            if found is not None:
+                results.append(self._notify(*found, deadline))
+        return results
 
-
-def build_message(job: dict[str, Any], old_status: str | None) -> dict[str, Any]:
-    status = job["status"]
-    title = f"{NOTIFY_ON.get(status, '')} {job.get('name')} {status.lower()}".strip()
-    if status == "QUEUED":
-        title = f"{NOTIFY_ON['QUEUED']} {job.get('name')} retrying (attempt {int(job.get('attempt', 1))})"
-    cost = job.get("cost_estimate_usd")
-    fields = [
-        f"*Job*\n`{job['job_id']}`",
-        f"*Owner*\n{job.get('owner')}",
-        f"*Backend*\n{job.get('backend')}",
-        f"*Duration*\n{_duration(job)}",
-        f"*Estimated cost*\n{f'${float(cost):.2f}' if cost is not None else '-'}",
-        f"*Status*\n{old_status or '-'} → {status}",
-    ]
-    blocks: list[dict[str, Any]] = [
-        {"type": "header", "text": {"type": "plain_text", "text": title[:150], "emoji": True}},
-        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
-    ]
-    if job.get("failure_reason") and status == "FAILED":
-        blocks.append(
-            {
-                "type": "section",
-                "text": {"type": "mrkdwn", "text": f"*{job.get('failure_kind')}*: {str(job['failure_reason'])[:2800]}"},
-            }
-        )
-    elif job.get("status_reason"):
-        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": str(job["status_reason"])[:2800]}]})
-    return {"text": f"{title} ({job['job_id']})", "blocks": blocks}
-
-
-def send_webhook(url: str, message: dict[str, Any], timeout: int = 5) -> int:
-    """POST one message; slack-sdk retries connection errors and rate limits. Returns the HTTP status."""
-    from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
-    from slack_sdk.webhook import WebhookClient
-
-    client = WebhookClient(
-        url,
-        timeout=timeout,
-        retry_handlers=[ConnectionErrorRetryHandler(max_retry_count=2), RateLimitErrorRetryHandler(max_retry_count=2)],
-    )
-    response = client.send(text=message["text"], blocks=message["blocks"])
-    return response.status_code
-
-
-def notify_records(records: list[dict[str, Any]], webhook_url: str | None) -> list[dict[str, Any]]:
-    """Post a message for each status change in a stream batch; Slack trouble never raises."""
-    results = []
-    for record in records:
-        found = transition_of(record)
-        if found is None:
-            continue
-        job, old_status = found
-        if not webhook_url:
-            results.append({"job_id": job["job_id"], "status": job["status"], "sent": False, "why": "no webhook"})
-            continue
+    def _notify(self, job: Job, kind: Kind, deadline: float) -> dict[str, Any]:
+        result = {"job_id": job.job_id, "status": job.status.value, "attempt": job.attempt, "kind": kind.value}
+        destination = self.destination(job)
+        if destination is None:
+            return {**result, "outcome": "no_destination"}
+        key = dedup_key(job)
         try:
-            code = send_webhook(webhook_url, build_message(job, old_status))
-            results.append({"job_id": job["job_id"], "status": job["status"], "sent": code == 200, "http": code})
-        except Exception as exc:  # Slack being down must never fail the stream batch
-            log.warning("slack notification for %s failed: %s", job["job_id"], exc)
-            results.append({"job_id": job["job_id"], "status": job["status"], "sent": False, "why": str(exc)})
-    return results
+            claimed = self.store.claim_notification(key, utcnow())
+        except Exception:  # the marker store failing must not fail the batch; at most once, so skip
+            log.exception("notify: could not record %s; message not sent", key)
+            return {**result, "outcome": "failed", "detail": "could not record the notification marker"}
+        if not claimed:
+            return {**result, "outcome": "duplicate"}
+        message = build_message(job, kind, self.settings.region)
+        delivery = deliver(destination, message, deadline, clock=self.clock, sleep=self.sleep)
+        if not delivery.sent:
+            log.warning(
+                "notify: Slack message for job %s (%s, attempt %s) not sent to %s: %s",
+                job.job_id,
+                kind.value,
+                job.attempt,
+                destination.describe(),
+                delivery.detail,
+            )
+            return {**result, "outcome": "failed", "tries": delivery.attempts, "detail": delivery.detail}
+        return {**result, "outcome": "sent", "tries": delivery.attempts}
+
+
+def notify_records(event: dict[str, Any], context: Any = None) -> list[dict[str, Any]]:
+    """The `notify` handler's body: secrets and store from deps, time left from the Lambda context."""
+    from chalicelib import deps
+
+    remaining = None
+    if context is not None and hasattr(context, "get_remaining_time_in_millis"):
+        remaining = context.get_remaining_time_in_millis() / 1000.0
+    store = deps.get_store()
+    webhook_url = bot_token = None
+    try:
+        webhook_url = deps.get_slack_webhook_url()
+        bot_token = deps.get_slack_bot_token()
+    except Exception:  # a secret we cannot read means no message, never a failed batch
+        log.exception("notify: could not read the Slack secrets")
+    notifier = Notifier(store, deps.get_settings(), store.job_from_image, webhook_url, bot_token)
+    return notifier.handle(event.get("Records") or [], remaining)

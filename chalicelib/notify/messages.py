@@ -1,0 +1,146 @@
+"""Which job transitions a person hears about, and the Block Kit message for each (pure)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any
+
+from chalicelib.jobs.model import FailureKind, Job, JobStatus
+from chalicelib.notify.console import console_url, provider_name
+
+# A status_reason that starts with this marks a stop jobplane made on its own (idle, over max runtime,
+# orphaned) rather than one the job or its owner asked for.
+AUTO_STOP_REASON = "auto-stopped"
+VM_BACKENDS = ("ec2", "gce")
+MAX_TEXT = 2900  # Slack's section text limit is 3000 characters
+
+
+class Kind(str, Enum):
+    """A transition a person cares about."""
+
+    STARTED = "started"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    RETRYING = "retrying"  # a failed attempt (interrupted, no capacity) went back to the queue
+    AUTO_STOPPED = "auto_stopped"  # jobplane stopped the job's VM itself
+
+
+EMOJI = {
+    Kind.STARTED: ":arrow_forward:",
+    Kind.SUCCEEDED: ":white_check_mark:",
+    Kind.FAILED: ":x:",
+    Kind.CANCELLED: ":no_entry_sign:",
+    Kind.RETRYING: ":repeat:",
+    Kind.AUTO_STOPPED: ":octagonal_sign:",
+}
+
+
+def classify(job: Job, old_status: JobStatus | None) -> Kind | None:
+    """The kind of message a change from `old_status` to the job's status deserves, or None."""
+    status = job.status
+    if status is old_status:
+        return None
+    if status.terminal and (
+        (job.status_reason or "").startswith(AUTO_STOP_REASON)
+        or (job.backend in VM_BACKENDS and job.failure_kind is FailureKind.TIMEOUT)
+    ):
+        return Kind.AUTO_STOPPED
+    if status is JobStatus.RUNNING:
+        return Kind.STARTED
+    if status is JobStatus.QUEUED:
+        # A fresh submission (no old image) is not news: the started message follows.
+        return Kind.RETRYING if old_status is not None else None
+    return {
+        JobStatus.SUCCEEDED: Kind.SUCCEEDED,
+        JobStatus.FAILED: Kind.FAILED,
+        JobStatus.CANCELLED: Kind.CANCELLED,
+    }.get(status)
+
+
+def dedup_key(job: Job) -> str:
+    """One message per (job, status, attempt), however often the stream delivers it."""
+    return f"{job.job_id}#{job.status.value}#{job.attempt}"
+
+
+def machine(spec: dict[str, Any]) -> str:
+    """What the job runs on, from its spec: an instance type, a TPU, GPUs, or CPUs and memory."""
+    res = spec.get("resources") or {}
+    if res.get("instance_type"):
+        text = str(res["instance_type"])
+    elif res.get("tpu"):
+        text = f"TPU {res['tpu']}"
+    elif res.get("gpus"):
+        text = f"{res['gpus']}x {res.get('gpu_type') or 'GPU'}"
+    else:
+        text = f"{float(res.get('cpus', 1)):g} vCPU, {float(res.get('memory_gb', 2)):g} GB"
+    return text + (" (spot)" if res.get("spot") else "")
+
+
+def duration(start: datetime | None, end: datetime | None) -> str | None:
+    if start is None or end is None:
+        return None
+    seconds = max(int((end - start).total_seconds()), 0)
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h {minutes}m {seconds}s" if hours else f"{minutes}m {seconds}s"
+
+
+def cost(value: float | None) -> str | None:
+    if value is None:
+        return None
+    if 0 < value < 0.01:
+        return "< $0.01"
+    return f"${value:,.2f}"
+
+
+def escape(text: str) -> str:
+    """Slack's three control characters in free text (failure reasons come from providers and programs)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def headline(job: Job, kind: Kind) -> str:
+    if kind is Kind.FAILED:
+        return f"{job.name} failed" + (f" ({job.failure_kind.value})" if job.failure_kind else "")
+    if kind is Kind.RETRYING:
+        max_attempts = int((job.spec.get("retries") or {}).get("max_attempts", job.attempt))
+        return f"{job.name} retrying: attempt {job.attempt} of {max_attempts}"
+    if kind is Kind.AUTO_STOPPED:
+        return f"{job.name}: VM auto-stopped"
+    return f"{job.name} {kind.value}"
+
+
+def build_message(job: Job, kind: Kind, region: str) -> dict[str, Any]:
+    """The Block Kit message for one transition; `text` is the notification and plain-text fallback."""
+    title = headline(job, kind)
+    took = duration(job.started_at, job.finished_at)
+    spent = cost(job.cost_estimate_usd)
+    fields = [
+        f"*Job*\n{job.name} (`{job.job_id}`)",
+        f"*Owner*\n{job.owner}",
+        f"*Backend*\n{job.backend}, {machine(job.spec)}",
+        f"*Duration*\n{took or '-'}",
+        f"*Estimated cost*\n{spent or '-'}",
+    ]
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"{EMOJI[kind]} {title}"[:150], "emoji": True}},
+        {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields]},
+    ]
+    reason = None
+    if job.status is JobStatus.FAILED and job.failure_reason:
+        reason = f"*Reason* ({job.failure_kind.value if job.failure_kind else 'failure'})\n{escape(job.failure_reason)}"
+    elif kind in (Kind.RETRYING, Kind.CANCELLED, Kind.AUTO_STOPPED) and job.status_reason:
+        reason = f"*Reason*\n{escape(job.status_reason)}"
+    if reason:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": reason[:MAX_TEXT]}})
+    url = console_url(job, region)
+    if url:
+        link = f"<{url}|Open in the {provider_name(job.backend)} console>"
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": link}]})
+    facts = [f"job {job.job_id}", f"owner {job.owner}"]
+    if took:
+        facts.append(took)
+    if spent:
+        facts.append(f"est. {spent}")
+    return {"text": " · ".join([title, *facts]), "blocks": blocks}

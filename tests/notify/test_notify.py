@@ -1,0 +1,229 @@
+"""`notify` on DynamoDB stream records: one exact message per transition, once, whatever Slack does."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+
+import pytest
+
+from chalicelib.jobs.model import JobStatus
+from chalicelib.notify.messages import Kind, build_message
+from chalicelib.notify.slack import Notifier
+from chalicelib.store.dynamo import DynamoJobStore
+from tests.conftest import make_settings
+
+from .conftest import JOB_ID, failed, finished, make_job
+
+WEBHOOK = "/services/T000/B000/XXXX"
+STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/jp-test-jobs/stream/2024-05-01T00:00:00.000"
+
+
+@pytest.fixture
+def settings(tmp_path, slack):
+    return make_settings(tmp_path, JOBPLANE_SLACK_API_URL=f"{slack.url}/api/", JOBPLANE_SLACK_SEND_BUDGET_SECONDS="1")
+
+
+@pytest.fixture
+def codec(settings):
+    """A DynamoDB store used only to turn jobs into stream images and back (no I/O)."""
+    return DynamoJobStore(settings)
+
+
+def image(codec, job):
+    return codec._item(job).serialize()
+
+
+def record(codec, new, old=None, seq=1, event_name=None):
+    """One record in the exact shape Lambda's DynamoDB Streams event source delivers it."""
+    ddb = {
+        "ApproximateCreationDateTime": 1714564800.0,
+        "Keys": {"job_id": {"S": new.job_id}},
+        "NewImage": image(codec, new),
+        "SequenceNumber": f"{seq:021d}",
+        "SizeBytes": 1024,
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    if old is not None:
+        ddb["OldImage"] = image(codec, old)
+    return {
+        "eventID": f"event-{seq}",
+        "eventName": event_name or ("MODIFY" if old is not None else "INSERT"),
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": ddb,
+        "eventSourceARN": STREAM_ARN,
+    }
+
+
+def lifecycle(codec):
+    """Submit, launch, run, succeed: four records, two of them news."""
+    queued = make_job(status=JobStatus.QUEUED, native_id=None, started_at=None)
+    launching = make_job(status=JobStatus.LAUNCHING, started_at=None)
+    running = make_job()
+    done = finished()
+    return [
+        record(codec, queued, seq=1),
+        record(codec, launching, queued, seq=2),
+        record(codec, running, launching, seq=3),
+        record(codec, done, running, seq=4),
+    ]
+
+
+def notifier(memory_store, settings, codec, slack, bot_token=None, webhook=WEBHOOK):
+    url = f"{slack.url}{webhook}" if webhook else None
+    return Notifier(memory_store, settings, codec.job_from_image, url, bot_token)
+
+
+def test_can_post_each_transition_once_with_the_exact_json(memory_store, settings, codec, slack):
+    results = notifier(memory_store, settings, codec, slack).handle(lifecycle(codec))
+    assert [(r["status"], r["outcome"]) for r in results] == [("RUNNING", "sent"), ("SUCCEEDED", "sent")]
+    started, succeeded = slack.bodies(WEBHOOK)
+    assert succeeded == {
+        "text": f"resnet-cifar succeeded · job {JOB_ID} · owner alice · 1h 0m 5s · est. $1.23",
+        "blocks": [
+            {
+                "type": "header",
+                "text": {"type": "plain_text", "text": ":white_check_mark: resnet-cifar succeeded", "emoji": True},
+            },
+            {
+                "type": "section",
+                "fields": [
+                    {"type": "mrkdwn", "text": f"*Job*\nresnet-cifar (`{JOB_ID}`)"},
+                    {"type": "mrkdwn", "text": "*Owner*\nalice"},
+                    {"type": "mrkdwn", "text": "*Backend*\nsagemaker, 1x A10G (spot)"},
+                    {"type": "mrkdwn", "text": "*Duration*\n1h 0m 5s"},
+                    {"type": "mrkdwn", "text": "*Estimated cost*\n$1.23"},
+                ],
+            },
+            {
+                "type": "context",
+                "elements": [
+                    {
+                        "type": "mrkdwn",
+                        "text": "<https://us-east-1.console.aws.amazon.com/sagemaker/home?region=us-east-1"
+                        f"#/jobs/jp-{JOB_ID}|Open in the SageMaker console>",
+                    }
+                ],
+            },
+        ],
+    }
+    assert started == build_message(make_job(), Kind.STARTED, "us-east-1")
+
+
+def test_a_redelivered_batch_posts_nothing_twice(memory_store, settings, codec, slack):
+    batch = lifecycle(codec)
+    notifier(memory_store, settings, codec, slack).handle(batch)
+    again = notifier(memory_store, settings, codec, slack).handle(batch)
+    assert [r["outcome"] for r in again] == ["duplicate", "duplicate"]
+    assert len(slack.bodies(WEBHOOK)) == 2
+
+
+def test_a_retry_and_its_second_start_are_separate_messages(memory_store, settings, codec, slack):
+    running1 = make_job()
+    queued2 = make_job(status=JobStatus.QUEUED, attempt=2, native_id=None, started_at=None)
+    running2 = make_job(attempt=2, native_id=f"jp-{JOB_ID}-a2")
+    batch = [record(codec, queued2, running1, seq=5), record(codec, running2, queued2, seq=6)]
+    results = notifier(memory_store, settings, codec, slack).handle(batch)
+    outcomes = [(r["kind"], r["attempt"], r["outcome"]) for r in results]
+    assert outcomes == [("retrying", 2, "sent"), ("started", 2, "sent")]
+
+
+def test_with_a_bot_token_posts_to_the_jobs_channel(memory_store, settings, codec, slack):
+    job = failed(spec={"notify": {"slack_channel": "#ml-jobs"}})
+    batch = [record(codec, job, make_job(spec={"notify": {"slack_channel": "#ml-jobs"}}))]
+    results = notifier(memory_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
+    assert results[0]["outcome"] == "sent"
+    assert slack.bodies(WEBHOOK) == []
+    (request,) = [r for r in slack.requests if r["path"] == "/api/chat.postMessage"]
+    assert request["headers"]["Authorization"] == "Bearer xoxb-test-token"
+    assert request["body"] == {"channel": "#ml-jobs", **build_message(job, Kind.FAILED, "us-east-1")}
+
+
+def test_with_a_bot_token_a_job_without_channel_goes_to_the_webhook(memory_store, settings, codec, slack):
+    batch = [record(codec, finished(), make_job())]
+    notifier(memory_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
+    assert slack.bodies(WEBHOOK) == [build_message(finished(), Kind.SUCCEEDED, "us-east-1")]
+
+
+def test_with_no_destination_nothing_is_claimed(memory_store, settings, codec, slack):
+    batch = [record(codec, finished(), make_job())]
+    results = notifier(memory_store, settings, codec, slack, webhook=None).handle(batch)
+    assert results[0]["outcome"] == "no_destination"
+    assert memory_store.claim_notification(f"{JOB_ID}#SUCCEEDED#1", finished().created_at) is True
+
+
+def test_slack_answering_500_is_retried_then_given_up_with_a_log_line(memory_store, settings, codec, slack, caplog):
+    slack.script(WEBHOOK, *[(500, b"internal_error", {})] * 10)
+    caplog.set_level(logging.WARNING, "jobplane.notify")
+    start = time.monotonic()
+    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    assert time.monotonic() - start < 1.5
+    assert results[0]["outcome"] == "failed"
+    assert results[0]["tries"] == 2  # at 0 s and after 0.5 s; the next backoff (1 s) passes the 1 s budget
+    assert results[0]["detail"] == "gave up after 2 tries: HTTP 500: internal_error"
+    assert len(slack.bodies(WEBHOOK)) == 2
+    assert f"Slack message for job {JOB_ID} (succeeded, attempt 1) not sent to webhook" in caplog.text
+
+
+def test_slack_refusing_connections_never_raises(memory_store, settings, codec, caplog):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    caplog.set_level(logging.WARNING, "jobplane.notify")
+    n = Notifier(memory_store, settings, codec.job_from_image, f"http://127.0.0.1:{port}{WEBHOOK}")
+    start = time.monotonic()
+    results = n.handle(lifecycle(codec))
+    assert time.monotonic() - start < 1.5
+    assert [r["outcome"] for r in results] == ["failed", "failed"]
+    assert "ConnectionRefusedError" in results[0]["detail"] or "Connection refused" in results[0]["detail"]
+    assert caplog.text.count("not sent to webhook") == 2
+
+
+def test_a_slow_slack_is_abandoned_within_the_budget(memory_store, settings, codec, slack):
+    slack.script(WEBHOOK, (200, b"ok", {}, 3.0))
+    start = time.monotonic()
+    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    assert time.monotonic() - start < 1.6
+    assert results[0]["outcome"] == "failed"
+    assert "timed out" in results[0]["detail"]
+
+
+def test_a_rate_limit_is_waited_out_when_there_is_time(memory_store, settings, codec, slack):
+    slack.script(WEBHOOK, (429, b"rate_limited", {"Retry-After": "0"}))
+    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    assert (results[0]["outcome"], results[0]["tries"]) == ("sent", 2)
+    assert slack.bodies(WEBHOOK) == [build_message(finished(), Kind.SUCCEEDED, "us-east-1")] * 2
+
+
+def test_a_permanent_error_is_not_retried(memory_store, settings, codec, slack):
+    slack.script(WEBHOOK, (404, b"no_service", {}))
+    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    assert (results[0]["outcome"], results[0]["tries"], results[0]["detail"]) == ("failed", 1, "HTTP 404: no_service")
+
+
+def test_a_channel_the_bot_cannot_post_to_is_not_retried(memory_store, settings, codec, slack):
+    slack.script("/api/chat.postMessage", (200, {"ok": False, "error": "channel_not_found"}, {}))
+    job = finished(spec={"notify": {"slack_channel": "#nowhere"}})
+    bot = notifier(memory_store, settings, codec, slack, bot_token="xoxb-t")
+    results = bot.handle([record(codec, job, make_job())])
+    assert (results[0]["outcome"], results[0]["tries"]) == ("failed", 1)
+    assert results[0]["detail"] == "HTTP 200: channel_not_found"
+
+
+def test_unreadable_and_uninteresting_records_do_not_stop_the_batch(memory_store, settings, codec, slack):
+    broken = record(codec, finished(), make_job(), seq=7)
+    broken["dynamodb"]["NewImage"]["attempt"] = {"S": "not a number"}
+    removed = record(codec, finished(), make_job(), seq=8, event_name="REMOVE")
+    good = record(codec, finished(), make_job(), seq=9)
+    results = notifier(memory_store, settings, codec, slack).handle([broken, removed, good])
+    assert [r["outcome"] for r in results] == ["unreadable", "sent"]
+
+
+def test_the_records_are_valid_json_like_lambda_delivers_them(codec):
+    assert json.loads(json.dumps({"Records": lifecycle(codec)}))["Records"][3]["dynamodb"]["NewImage"]["status"] == {
+        "S": "SUCCEEDED"
+    }
