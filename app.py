@@ -103,4 +103,4 @@ def reconcile(event):  # noqa: ARG001 - a schedule carries nothing we need
 def notify(event):
     from chalicelib.notify.slack import notify_records
 
-    return notify_records(event.to_dict().get("Records", []), deps.get_slack_webhook_url())
+    return notify_records(event.to_dict(), event.context)

@@ -40,20 +40,49 @@ def get_service():
     return _cached("service", build)
 
 
+def read_secret(name: str, settings=None) -> str:
+    """A secret's value: Secrets Manager, or SSM Parameter Store (decrypted) when `name` is "ssm:<parameter>"."""
+    import boto3
+
+    settings = settings or get_settings()
+    kw = {"region_name": settings.region, "endpoint_url": settings.aws_endpoint_url}
+    if name.startswith("ssm:"):
+        response = boto3.client("ssm", **kw).get_parameter(Name=name[len("ssm:") :], WithDecryption=True)
+        return response["Parameter"]["Value"].strip()
+    return boto3.client("secretsmanager", **kw).get_secret_value(SecretId=name)["SecretString"].strip()
+
+
+def get_secret(name: str | None) -> str | None:
+    """A secret by name, read once per container; None when no name is configured."""
+    if not name:
+        return None
+    return _cached(f"secret:{name}", lambda: read_secret(name))
+
+
 def get_slack_webhook_url() -> str | None:
-    """The webhook URL from Secrets Manager (name in settings), read once per container."""
+    """The incoming-webhook URL (secret named in settings), read once per container."""
+    return get_secret(get_settings().slack_webhook_secret)
+
+
+def get_slack_bot_token() -> str | None:
+    """The bot token for chat.postMessage (secret named in settings), read once per container."""
+    return get_secret(get_settings().slack_bot_token_secret)
+
+
+def get_slack_signing_secret() -> str | None:
+    """The signing secret that slash-command requests are verified with."""
+    return get_secret(get_settings().slack_signing_secret)
+
+
+def get_slack_invoker():
+    """Runs slow slash commands asynchronously: a Lambda self-invocation, or a thread in the local stack."""
 
     def build():
-        name = get_settings().slack_webhook_secret
-        if not name:
-            return None
-        import boto3
+        from chalicelib.notify.invoke import invoker_for
 
-        settings = get_settings()
-        client = boto3.client("secretsmanager", region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
-        return client.get_secret_value(SecretId=name)["SecretString"].strip()
+        return invoker_for(get_settings())
 
-    return _cached("slack_webhook_url", build)
+    return _cached("slack_invoker", build)
 
 
 def override(**values: Any) -> None:
