@@ -90,6 +90,11 @@ class Settings:
     slack_worker_function: str = "jobplane-dev-slack_worker"
     # Seconds a LAUNCHING job may stay so before reconcile treats the launch as lost.
     launch_deadline_seconds: int = 600
+    # The reaper: a tagged VM is stopped when its GPU stays under idle_gpu_percent (or it sends no
+    # heartbeat) for idle_minutes, or when it runs past max_runtime_minutes + overdue_grace_minutes.
+    idle_gpu_percent: float = 5.0
+    idle_minutes: int = 30
+    overdue_grace_minutes: int = 15
     # Concurrent-use limits of the quota-aware queue: "backend:family" -> units (GPUs; a CPU job is 1).
     # `family` is an instance family (ml.g5, g5), a GPU type (A10G), `cpu`, or `*` for every GPU family.
     capacity_limits: tuple[tuple[str, int], ...] = ()
@@ -120,6 +125,11 @@ class Settings:
             idempotency_table=env.get("JOBPLANE_IDEMPOTENCY_TABLE", f"{prefix}-idempotency"),
             capacity_table=env.get("JOBPLANE_CAPACITY_TABLE", f"{prefix}-capacity"),
             capacity_limits=_limits(env.get("JOBPLANE_CAPACITY_LIMITS", "")),
+            idle_gpu_percent=float(_int("JOBPLANE_IDLE_GPU_PERCENT", env.get("JOBPLANE_IDLE_GPU_PERCENT", "5"), 0)),
+            idle_minutes=_int("JOBPLANE_IDLE_MINUTES", env.get("JOBPLANE_IDLE_MINUTES", "30"), 1),
+            overdue_grace_minutes=_int(
+                "JOBPLANE_OVERDUE_GRACE_MINUTES", env.get("JOBPLANE_OVERDUE_GRACE_MINUTES", "15"), 0
+            ),
             aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
             enabled_backends=backends,
             default_backend=default_backend,

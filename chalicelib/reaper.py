@@ -50,11 +50,120 @@ def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> 
     return Action(job.job_id, "none", f"in sync ({observation.native_status})")
 
 
+@dataclass(frozen=True)
+class ReapPolicy:
+    """When a tagged VM is stopped from outside (the second way every GPU stops)."""
+
+    idle_gpu_percent: float = 5.0
+    idle_minutes: int = 30
+    overdue_grace_minutes: int = 15
+
+    @classmethod
+    def from_settings(cls, settings) -> ReapPolicy:
+        return cls(settings.idle_gpu_percent, settings.idle_minutes, settings.overdue_grace_minutes)
+
+
+def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=None) -> Action | None:
+    """Pure: should this tagged, running resource be stopped? `job` is its job (None: no such job)."""
+    key = resource.job_id or resource.resource_id
+    if not resource.running or resource.kind == "devvm":
+        return None  # dev VMs are judged by their own record (idle_minutes / max_hours)
+    if job is None:
+        return Action(key, "stop_orphan", f"orphaned: {resource.resource_id} has no job behind it")
+    if job.terminal:
+        return Action(key, "stop_finished", f"job is {job.status.value}")
+    if resource.attempt is not None and resource.attempt < job.attempt:
+        return Action(key, "stop_orphan", f"left over from attempt {resource.attempt} (job is on {job.attempt})")
+    if resource.kind != "vm":
+        return None
+    started = resource.launched_at or job.started_at
+    if started is None:
+        return None
+    limit = timedelta(minutes=int(job.spec.get("max_runtime_minutes", 1440)) + policy.overdue_grace_minutes)
+    if now - started > limit:
+        return Action(
+            key,
+            "stop_overdue",
+            f"running {_minutes(now - started)} min, past max_runtime_minutes "
+            f"plus {policy.overdue_grace_minutes} min grace",
+        )
+    window = timedelta(minutes=policy.idle_minutes)
+    if usage is None or now - started < window:
+        return None  # too young to judge (it is still booting or pulling its image)
+    if usage.last_heartbeat is None or now - usage.last_heartbeat > window:
+        return Action(key, "stop_idle", f"no heartbeat for {policy.idle_minutes} min")
+    if usage.gpu_percent is not None and usage.gpu_percent < policy.idle_gpu_percent:
+        return Action(
+            key,
+            "stop_idle",
+            f"GPU utilisation {usage.gpu_percent:.1f}% < {policy.idle_gpu_percent}% for {policy.idle_minutes} min",
+        )
+    return None
+
+
+def _minutes(delta: timedelta) -> int:
+    return int(delta.total_seconds() // 60)
+
+
+def sweep(service, active: dict[str, Job], now) -> list[Action]:
+    """Stop tagged resources that should not run: job ended, orphaned, overdue or idle.
+
+    Only resources listed by a backend's tag-filtered call for this stage are considered;
+    anything without jobplane's tags is never seen, so never touched.
+    """
+    policy = ReapPolicy.from_settings(service.settings)
+    actions: list[Action] = []
+    for name in service.settings.enabled_backends:
+        try:
+            backend = service.backend(name)
+            if not backend.reaps:
+                continue
+            resources = backend.list_managed()
+        except JobplaneError as exc:
+            actions.append(Action(name, "error", f"listing {name} resources failed: {exc.message}"))
+            continue
+        for resource in resources:
+            try:
+                job = active.get(resource.job_id) if resource.job_id else None
+                if job is None and resource.job_id:
+                    job = service.store.get_job(resource.job_id)  # finished jobs are not in the active map
+                usage = None
+                if resource.kind == "vm" and job is not None and not job.terminal:
+                    usage = backend.utilization(resource, policy.idle_minutes)
+                action = decide_resource(resource, job, now, policy, usage)
+                if action is None:
+                    continue
+                reason = f"stopped by jobplane reaper: {action.reason}"
+                backend.stop_resource(resource, reason)
+                if job is not None and not job.terminal and action.action in ("stop_overdue", "stop_idle"):
+                    kind = FailureKind.TIMEOUT if action.action == "stop_overdue" else FailureKind.USER_ERROR
+                    service.apply_event(
+                        JobEvent(
+                            job.job_id,
+                            JobStatus.FAILED,
+                            EventSource.RECONCILE,
+                            reason=reason,
+                            failure_kind=kind,
+                            attempt=job.attempt,
+                        )
+                    )
+                log.info("reaper: %s %s (%s)", action.action, resource.resource_id, action.reason)
+                actions.append(action)
+            except JobplaneError as exc:
+                actions.append(Action(resource.resource_id, "error", exc.message))
+            except Exception as exc:  # best-effort loop: one resource must not stop the sweep
+                log.exception("reaping %s failed", resource.resource_id)
+                actions.append(Action(resource.resource_id, "error", f"{type(exc).__name__}: {exc}"))
+    return actions
+
+
 def reconcile(service) -> list[Action]:
     now = utcnow()
     deadline = timedelta(seconds=service.settings.launch_deadline_seconds)
     actions: list[Action] = []
+    active: dict[str, Job] = {}
     for job in service.store.iter_active():
+        active[job.job_id] = job
         try:
             obs = None
             if job.status is not JobStatus.QUEUED:
@@ -95,6 +204,7 @@ def reconcile(service) -> list[Action]:
             log.exception("reconcile of %s failed", job.job_id)
             action = Action(job.job_id, "error", f"{type(exc).__name__}: {exc}")
         actions.append(action)
+    actions.extend(sweep(service, active, now))
     try:
         dispatched = {j.job_id: j for j in service.dispatch_queued()}
     except JobplaneError as exc:

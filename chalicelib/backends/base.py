@@ -66,6 +66,30 @@ class LogChunk:
 
 
 @dataclass(frozen=True)
+class ManagedResource:
+    """A provider resource carrying jobplane's tags: the only kind of thing the reaper may act on."""
+
+    backend: str
+    resource_id: str  # the provider's id: i-0abc..., a GCE instance name, a training job name
+    kind: str  # "job" (a managed-service job), "vm" (an ad-hoc VM running a job), "devvm"
+    state: str  # the provider's state, as it says it
+    running: bool  # True while it costs money and can be stopped
+    stage: str | None  # the jobplane:stage tag: another stage's resources are never touched
+    native_id: str | None = None
+    job_id: str | None = None
+    attempt: int | None = None
+    launched_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Utilization:
+    """What a VM reported over the idle window (CloudWatch / Cloud Monitoring, published by the VM)."""
+
+    gpu_percent: float | None  # mean GPU utilisation over the window; None when nothing was published
+    last_heartbeat: datetime | None
+
+
+@dataclass(frozen=True)
 class LaunchResult:
     native_id: str
     native_status: str = "Submitted"
@@ -133,6 +157,40 @@ class ComputeBackend(ABC):
     def hourly_price(self, job: Job) -> float | None:
         """USD per hour of the resource this job runs on, when known."""
         return None
+
+    # --- the reaper's view: resources that carry jobplane's tags ---------------------------
+    #: True when list_managed / stop_resource are implemented (ad-hoc VMs must have them)
+    reaps: ClassVar[bool] = False
+
+    def list_managed(self) -> list[ManagedResource]:
+        """Every resource tagged jobplane:managed=true for this stage (one tag-filtered list call)."""
+        if not self.reaps:
+            return []
+        return [r for r in self._list_managed_impl() if r.stage == self.settings.stage]
+
+    def stop_resource(self, resource: ManagedResource, reason: str) -> None:
+        """Stop (or terminate) a tagged resource and record on it who stopped it and why."""
+        if resource.stage != self.settings.stage or resource.backend != self.name:
+            raise UnsupportedError(f"refusing to stop {resource.resource_id}: not this deployment's resource")
+        self._stop_resource_impl(resource, reason)
+
+    def release(self, handle: Handle, reason: str) -> None:
+        """Called once, in the invocation that made the job terminal: stop whatever still runs for it
+        (an ad-hoc VM). The reaper's sweep is the second, independent way."""
+        self._release_impl(handle, reason)
+
+    def _release_impl(self, handle: Handle, reason: str) -> None:
+        return None
+
+    def utilization(self, resource: ManagedResource, window_minutes: int) -> Utilization | None:
+        """GPU activity and heartbeat over the window, or None when the backend cannot tell."""
+        return None
+
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        return []
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        raise UnsupportedError(f"backend {self.name!r} cannot stop resources")
 
     def estimate_cost(self, job: Job, until: datetime | None = None) -> float | None:
         price = self.hourly_price(job)

@@ -15,6 +15,7 @@ from chalicelib.backends.base import (
     Handle,
     LaunchResult,
     LogChunk,
+    ManagedResource,
     Observation,
     parse_native_name,
 )
@@ -64,6 +65,7 @@ class LocalBackend(ComputeBackend):
     }
     iam_actions = ()
     event_sources = (EVENT_SOURCE,)
+    reaps = True  # local processes stand in for ad-hoc VMs: the same sweep stops them
 
     def job_dir(self, native_id: str) -> Path:
         if parse_native_name(native_id) is None:
@@ -179,6 +181,58 @@ class LocalBackend(ComputeBackend):
         job_pid = (read_json(folder / "runner.json") or {}).get("pid")
         if job_pid:
             _signal(-int(job_pid), signal.SIGKILL)
+
+    # --- the reaper's view ----------------------------------------------------------------
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        root = Path(self.settings.local_state_dir).resolve()
+        found = []
+        for folder in sorted(root.glob("jp-*")) if root.exists() else []:
+            parsed = parse_native_name(folder.name)
+            runner_pid = _read_pid(folder / "runner.pid")
+            if parsed is None or runner_pid is None:
+                continue
+            running = pid_alive(runner_pid) and not (folder / "status.json").exists()
+            started = (read_json(folder / "runner.json") or {}).get("at")
+            found.append(
+                ManagedResource(
+                    backend=self.name,
+                    resource_id=folder.name,
+                    kind="vm",
+                    running=running,
+                    state="running" if running else "ended",
+                    stage=self.settings.stage,
+                    native_id=folder.name,
+                    job_id=parsed[0],
+                    attempt=parsed[1],
+                    launched_at=parse_iso(started),
+                )
+            )
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        folder = self.job_dir(resource.resource_id)
+        (folder / "stopped_by.json").write_text(json.dumps({"by": "jobplane", "reason": reason}))
+        self._cancel_impl(Handle(resource.job_id or "", resource.resource_id, resource.attempt or 1))
+
+    def _release_impl(self, handle: Handle, reason: str) -> None:
+        folder = self.job_dir(handle.native_id)
+        runner_pid = _read_pid(folder / "runner.pid")
+        if runner_pid is None or (folder / "status.json").exists() or not pid_alive(runner_pid):
+            return  # it ended by itself, as it should
+        self._stop_resource_impl(
+            ManagedResource(
+                self.name,
+                handle.native_id,
+                "vm",
+                "running",
+                True,
+                self.settings.stage,
+                handle.native_id,
+                handle.job_id,
+                handle.attempt,
+            ),
+            reason,
+        )
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
         if raw.get("source") != EVENT_SOURCE or raw.get("detail-type") != EVENT_DETAIL_TYPE:

@@ -21,6 +21,7 @@ from chalicelib.errors import (
     CapacityExhaustedError,
     ConflictError,
     IdempotencyMismatchError,
+    JobplaneError,
     NotFoundError,
     StaleStateError,
     ValidationError,
@@ -249,6 +250,14 @@ class JobService:
             return self.store.get_job(job.job_id) or job
         return self._launch(job)
 
+    def _release(self, job: Job) -> None:
+        if job.native_id is None:
+            return
+        try:
+            self.backend(job.backend).release(Handle.of(job), f"job {job.status.value.lower()}")
+        except JobplaneError as exc:  # the reaper's sweep stops it on its next run
+            log.warning("releasing %s of job %s failed: %s", job.native_id, job.job_id, exc.message)
+
     def _failover(self, job: Job, exc: BackendError) -> Job:
         """No capacity or quota on this backend: move to the next candidate, or wait, or fail."""
         candidates = job.candidates or (job.backend,)
@@ -440,6 +449,8 @@ class JobService:
                 updated = self.store.apply_transition(job, transition)
             except StaleStateError:
                 continue  # another writer moved the job; decide again on what it wrote
+            if updated.terminal:
+                self._release(updated)
             log.info(
                 "job %s: %s -> %s (%s)",
                 job.job_id,

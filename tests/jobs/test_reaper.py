@@ -1,0 +1,175 @@
+"""The reaper: which tagged resources are stopped, why, and that nothing else is ever touched."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from datetime import timedelta
+
+import pytest
+
+from chalicelib.auth import Principal
+from chalicelib.backends.base import ManagedResource, Utilization
+from chalicelib.backends.local import LocalBackend, pid_alive
+from chalicelib.errors import UnsupportedError
+from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
+from chalicelib.jobs.service import JobService
+from chalicelib.jobs.spec import parse_spec
+from chalicelib.reaper import ReapPolicy, decide_resource, reconcile
+from tests.conftest import make_settings
+
+NOW = utcnow()
+POLICY = ReapPolicy(idle_gpu_percent=5, idle_minutes=30, overdue_grace_minutes=15)
+
+
+def _vm(**kw):
+    base = dict(
+        backend="ec2",
+        resource_id="i-0abc",
+        kind="vm",
+        state="running",
+        running=True,
+        stage="test",
+        native_id="jp-" + "a" * 32,
+        job_id="a" * 32,
+        attempt=1,
+        launched_at=NOW - timedelta(hours=1),
+    )
+    base.update(kw)
+    return ManagedResource(**base)
+
+
+def _job(status=JobStatus.RUNNING, attempt=1, max_runtime=120):
+    return Job(
+        "a" * 32,
+        "j",
+        "alice",
+        status,
+        "ec2",
+        {"max_runtime_minutes": max_runtime},
+        NOW - timedelta(hours=2),
+        attempt=attempt,
+        started_at=NOW - timedelta(hours=1),
+    )
+
+
+BUSY = Utilization(gpu_percent=87.0, last_heartbeat=NOW - timedelta(minutes=1))
+
+
+@pytest.mark.parametrize(
+    ("resource", "job", "usage", "expected"),
+    [
+        (_vm(), None, None, ("stop_orphan", "orphaned: i-0abc has no job behind it")),
+        (_vm(), _job(JobStatus.SUCCEEDED), None, ("stop_finished", "job is SUCCEEDED")),
+        (_vm(attempt=1), _job(attempt=2), BUSY, ("stop_orphan", "left over from attempt 1 (job is on 2)")),
+        (
+            _vm(launched_at=NOW - timedelta(minutes=136)),
+            _job(max_runtime=120),
+            BUSY,
+            ("stop_overdue", "running 136 min, past max_runtime_minutes plus 15 min grace"),
+        ),
+        (
+            _vm(),
+            _job(),
+            Utilization(2.5, NOW - timedelta(minutes=1)),
+            ("stop_idle", "GPU utilisation 2.5% < 5% for 30 min"),
+        ),
+        (_vm(), _job(), Utilization(None, NOW - timedelta(minutes=45)), ("stop_idle", "no heartbeat for 30 min")),
+        (_vm(), _job(), Utilization(None, None), ("stop_idle", "no heartbeat for 30 min")),
+    ],
+)
+def test_a_tagged_vm_is_stopped_for_the_right_reason(resource, job, usage, expected):
+    action = decide_resource(resource, job, NOW, POLICY, usage)
+    assert (action.action, action.reason) == expected
+
+
+@pytest.mark.parametrize(
+    ("resource", "job", "usage"),
+    [
+        (_vm(), _job(), BUSY),  # working
+        (_vm(launched_at=NOW - timedelta(minutes=10)), _job(), Utilization(0.0, None)),  # still booting
+        (_vm(running=False, state="stopped"), None, None),  # costs nothing
+        (_vm(kind="devvm"), None, None),  # judged by its own record
+        (_vm(kind="job", backend="sagemaker"), _job(), None),  # a managed job: no idle notion
+        (_vm(launched_at=NOW - timedelta(minutes=134)), _job(max_runtime=120), BUSY),  # inside the grace
+    ],
+)
+def test_a_tagged_resource_that_should_run_is_left_alone(resource, job, usage):
+    assert decide_resource(resource, job, NOW, POLICY, usage) is None
+
+
+# --- the sweep, on real local processes -----------------------------------------------------------
+def _sleeping_spec(name="sleeper"):
+    return parse_spec(
+        {"name": name, "backend": "local", "command": [sys.executable, "-c", "import time; time.sleep(120)"]}
+    )
+
+
+def _wait(predicate, timeout=20):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _runner_pids(backend, native_id):
+    import json
+
+    folder = backend.job_dir(native_id)
+    assert _wait(lambda: (folder / "runner.json").exists())
+    return int((folder / "runner.pid").read_text()), json.loads((folder / "runner.json").read_text())["pid"]
+
+
+def test_an_orphaned_local_process_is_stopped_and_told_why(memory_store, tmp_path):
+    settings = make_settings(tmp_path)
+    service = JobService(memory_store, settings)
+    backend = service.backend("local")
+    orphan = Job("b" * 32, "ghost", "nobody", JobStatus.LAUNCHING, "local", _sleeping_spec().to_dict(), utcnow())
+    backend.launch(orphan)  # a process jobplane started for a job the store does not know
+    runner, job_pid = _runner_pids(backend, "jp-" + "b" * 32)
+    actions = reconcile(service)
+    assert [(a.action, a.reason) for a in actions] == [("stop_orphan", f"orphaned: jp-{'b' * 32} has no job behind it")]
+    assert _wait(lambda: not pid_alive(job_pid) and not pid_alive(runner))
+    stopped = (backend.job_dir("jp-" + "b" * 32) / "stopped_by.json").read_text()
+    assert "stopped by jobplane reaper: orphaned" in stopped
+
+
+def test_a_job_that_ends_has_its_process_stopped_in_the_same_invocation(memory_store, tmp_path):
+    settings = make_settings(tmp_path)
+    service = JobService(memory_store, settings)
+    job, _ = service.submit(Principal("alice"), _sleeping_spec())
+    runner, job_pid = _runner_pids(service.backend("local"), job.native_id)
+    ended = service.apply_event(
+        JobEvent(
+            job.job_id,
+            JobStatus.FAILED,
+            EventSource.API,
+            reason="operator says so",
+            failure_kind=FailureKind.BACKEND_ERROR,
+        )
+    )
+    assert ended.status is JobStatus.FAILED
+    # release() ran inside apply_event: the stop request is already sent, no reconcile needed.
+    assert (service.backend("local").job_dir(job.native_id) / "cancel").exists()
+    assert _wait(lambda: not pid_alive(job_pid))
+
+
+def test_another_stages_resources_are_never_listed_or_stopped(memory_store, tmp_path):
+    ours = LocalBackend(make_settings(tmp_path, JOBPLANE_STAGE="prod"))
+    theirs = _vm(backend="local", stage="dev", resource_id="jp-" + "c" * 32)
+    with pytest.raises(UnsupportedError):
+        ours.stop_resource(theirs, "should never happen")
+    not_ours = _vm(backend="ec2", stage="prod")
+    with pytest.raises(UnsupportedError):
+        ours.stop_resource(not_ours, "another backend's resource")
+
+
+def test_folders_jobplane_did_not_make_are_invisible_to_the_reaper(tmp_path):
+    backend = LocalBackend(make_settings(tmp_path))
+    stray = tmp_path / "jobs" / "somebody-elses-dir"
+    stray.mkdir(parents=True)
+    (stray / "runner.pid").write_text(str(os.getpid()))  # even a live pid: not ours, never touched
+    assert backend.list_managed() == []
