@@ -15,6 +15,13 @@ def health():
     return {"status": "ok"}
 
 
+@app.route("/openapi.json")
+def openapi():
+    from chalicelib.openapi import build
+
+    return build()
+
+
 # A spec is JSON or YAML; clients that label it text/plain or form-encoded (curl -d) are accepted too.
 SPEC_TYPES = [
     "application/json",
@@ -104,3 +111,19 @@ def notify(event):
     from chalicelib.notify.slack import notify_records
 
     return notify_records(event.to_dict(), event.context)
+
+
+@app.route("/slack/commands", methods=["POST"], content_types=["application/x-www-form-urlencoded"])
+def slack_command():
+    from chalicelib.notify.commands import handle_request
+
+    request = app.current_request
+    status, body = handle_request(request.raw_body or b"", dict(request.headers or {}))
+    return respond(body, status)
+
+
+@app.lambda_function(name="slack_worker")
+def slack_worker(event, context):  # noqa: ARG001 - the payload is all it needs
+    from chalicelib.notify.commands import run_worker
+
+    return run_worker(event)

@@ -1,0 +1,242 @@
+"""GET /openapi.json: the API description, generated from the models the code validates with."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
+from chalicelib.jobs.spec import JobSpec
+
+REF = "#/components/schemas/{model}"
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Health(_Out):
+    status: Literal["ok"]
+
+
+class Job(_Out):
+    """A job as the API returns it (times are ISO 8601 UTC)."""
+
+    job_id: str = Field(pattern=r"^[0-9a-f]{32}$")
+    name: str
+    owner: str
+    status: JobStatus
+    backend: str
+    native_id: str | None
+    spec: JobSpec
+    attempt: int = Field(ge=1)
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    failure_kind: FailureKind | None
+    failure_reason: str | None
+    cost_estimate_usd: float | None
+    planner_reason: str | None
+    status_reason: str | None
+    candidates: list[str]
+
+
+class JobList(_Out):
+    jobs: list[Job]
+    next_token: str | None
+
+
+class Event(_Out):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    at: str
+    from_: JobStatus | None = Field(alias="from")
+    to: JobStatus
+    reason: str
+    source: EventSource
+    native_status: str | None
+    attempt: int
+
+
+class EventList(_Out):
+    events: list[Event]
+
+
+class Logs(_Out):
+    text: str
+    next_offset: int = Field(ge=0)
+    complete: bool
+
+
+class ErrorDetail(BaseModel):
+    field: str | None = None
+    message: str
+    type: str | None = None
+
+
+class ErrorBody(_Out):
+    code: str
+    message: str
+    details: list[ErrorDetail]
+
+
+class Error(_Out):
+    error: ErrorBody
+
+
+MODELS: list[type[BaseModel]] = [Health, Job, JobList, EventList, Logs, Error, JobSpec]
+
+
+def _json(model: type[BaseModel] | str) -> dict[str, Any]:
+    name = model if isinstance(model, str) else model.__name__
+    return {"application/json": {"schema": {"$ref": REF.format(model=name)}}}
+
+
+def _responses(ok: dict[int, tuple[str, type[BaseModel]]], errors: dict[int, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status, (description, model) in ok.items():
+        out[str(status)] = {"description": description, "content": _json(model)}
+    for status, description in errors.items():
+        out[str(status)] = {"description": description, "content": _json(Error)}
+    return out
+
+
+JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "the job's id (32 hex characters)",
+}
+AUTH_ERRORS = {401: "no token, or a token that matches no user"}
+
+
+def build() -> dict[str, Any]:
+    from pydantic.json_schema import models_json_schema
+
+    _, schemas = models_json_schema([(m, "validation") for m in MODELS], ref_template=REF)
+    components = schemas.get("$defs", {})
+    spec_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": REF.format(model="JobSpec")}},
+            "application/x-yaml": {"schema": {"type": "string", "description": "the same JobSpec as YAML"}},
+        },
+    }
+    paths: dict[str, Any] = {
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "security": [],
+                "summary": "liveness",
+                "responses": _responses({200: ("up", Health)}, {}),
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "security": [],
+                "summary": "this description",
+                "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {"schema": {}}}}},
+            }
+        },
+        "/jobs": {
+            "post": {
+                "operationId": "submit_job",
+                "summary": "submit a job (JSON or YAML JobSpec)",
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                        "description": "the same key again returns the same job (200)",
+                    }
+                ],
+                "requestBody": spec_body,
+                "responses": _responses(
+                    {201: ("created and dispatched", Job), 200: ("replay of an Idempotency-Key", Job)},
+                    {
+                        400: "invalid spec: details name each field",
+                        **AUTH_ERRORS,
+                        409: "Idempotency-Key reused with a different spec",
+                    },
+                ),
+            },
+            "get": {
+                "operationId": "list_jobs",
+                "summary": "the caller's jobs (an admin's: everyone's), newest first",
+                "parameters": [
+                    {
+                        "name": "status",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "string", "enum": [s.value for s in JobStatus]},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                    },
+                    {"name": "next_token", "in": "query", "required": False, "schema": {"type": "string"}},
+                ],
+                "responses": _responses({200: ("a page", JobList)}, {400: "bad filter or token", **AUTH_ERRORS}),
+            },
+        },
+        "/jobs/{job_id}": {
+            "get": {
+                "operationId": "get_job",
+                "parameters": [JOB_ID],
+                "responses": _responses({200: ("the job", Job)}, {**AUTH_ERRORS, 404: "no such job for this caller"}),
+            }
+        },
+        "/jobs/{job_id}/cancel": {
+            "post": {
+                "operationId": "cancel_job",
+                "parameters": [JOB_ID],
+                "responses": _responses(
+                    {202: ("cancel under way (or done)", Job)},
+                    {**AUTH_ERRORS, 404: "no such job for this caller", 409: "already terminal"},
+                ),
+            }
+        },
+        "/jobs/{job_id}/events": {
+            "get": {
+                "operationId": "job_events",
+                "parameters": [JOB_ID],
+                "responses": _responses(
+                    {200: ("the job's transitions, oldest first", EventList)},
+                    {**AUTH_ERRORS, 404: "no such job for this caller"},
+                ),
+            }
+        },
+        "/jobs/{job_id}/logs": {
+            "get": {
+                "operationId": "job_logs",
+                "parameters": [
+                    JOB_ID,
+                    {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                ],
+                "responses": _responses(
+                    {200: ("output from offset", Logs)},
+                    {
+                        400: "bad offset, or a backend that serves no logs",
+                        **AUTH_ERRORS,
+                        404: "no such job for this caller",
+                    },
+                ),
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "jobplane", "version": "1", "description": "Serverless control plane for ML training jobs"},
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
