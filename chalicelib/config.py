@@ -73,6 +73,8 @@ class Settings:
     # The local backend: where job folders (logs, exit status) live and where its runner reports.
     local_state_dir: str = ".jobplane/jobs"
     local_event_url: str | None = None
+    # When set, the local backend runs only these programs (e.g. while fuzzing the API).
+    local_allowed_programs: tuple[str, ...] = ()
     # Slack: names of secrets, never the secrets themselves. A name is a Secrets Manager secret,
     # or an SSM Parameter Store parameter when it starts with "ssm:" (e.g. ssm:/jobplane/dev/slack-bot-token).
     slack_webhook_secret: str | None = None
@@ -135,6 +137,9 @@ class Settings:
             default_backend=default_backend,
             local_state_dir=env.get("JOBPLANE_LOCAL_STATE_DIR", ".jobplane/jobs"),
             local_event_url=env.get("JOBPLANE_LOCAL_EVENT_URL") or None,
+            local_allowed_programs=tuple(
+                p.strip() for p in env.get("JOBPLANE_LOCAL_ALLOWED_PROGRAMS", "").split(",") if p.strip()
+            ),
             slack_webhook_secret=env.get("JOBPLANE_SLACK_WEBHOOK_SECRET") or None,
             slack_bot_token_secret=env.get("JOBPLANE_SLACK_BOT_TOKEN_SECRET") or None,
             slack_signing_secret=env.get("JOBPLANE_SLACK_SIGNING_SECRET") or None,

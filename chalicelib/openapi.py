@@ -230,6 +230,54 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    paths["/slack/commands"] = {
+        "post": {
+            "operationId": "slack_command",
+            "summary": "Slack slash command (/jobplane ...), verified by Slack's request signature",
+            "security": [],
+            "parameters": [
+                {"name": "X-Slack-Signature", "in": "header", "required": True, "schema": {"type": "string"}},
+                {"name": "X-Slack-Request-Timestamp", "in": "header", "required": True, "schema": {"type": "string"}},
+            ],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                k: {"type": "string"}
+                                for k in (
+                                    "command",
+                                    "text",
+                                    "user_id",
+                                    "team_id",
+                                    "channel_id",
+                                    "response_url",
+                                    "trigger_id",
+                                )
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "a Slack message (Block Kit)",
+                    "content": {"application/json": {"schema": {"type": "object"}}},
+                },
+                "401": {"description": "bad or stale signature: nothing was done", "content": _json(Error)},
+                "503": {"description": "Slack is not configured in this deployment", "content": _json(Error)},
+            },
+        }
+    }
+    # Links let clients (and schemathesis' stateful phase) follow a created job to its other routes.
+    links = {
+        op: {"operationId": op, "parameters": {"job_id": "$response.body#/job_id"}}
+        for op in ("get_job", "job_events", "job_logs", "cancel_job")
+    }
+    for status in ("201", "200"):
+        paths["/jobs"]["post"]["responses"][status]["links"] = links
     return {
         "openapi": "3.1.0",
         "info": {"title": "jobplane", "version": "1", "description": "Serverless control plane for ML training jobs"},

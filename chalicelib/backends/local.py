@@ -19,7 +19,7 @@ from chalicelib.backends.base import (
     Observation,
     parse_native_name,
 )
-from chalicelib.errors import BackendError
+from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
 
 EVENT_SOURCE = "jobplane.local"
@@ -66,6 +66,15 @@ class LocalBackend(ComputeBackend):
     iam_actions = ()
     event_sources = (EVENT_SOURCE,)
     reaps = True  # local processes stand in for ad-hoc VMs: the same sweep stops them
+
+    def _validate_impl(self, spec: dict[str, Any]) -> None:
+        allowed = self.settings.local_allowed_programs
+        program = Path(spec["command"][0]).name
+        if allowed and program not in allowed:
+            raise UnsupportedError(
+                f"the local backend here runs only {', '.join(allowed)}",
+                [{"field": "command[0]", "message": f"one of {', '.join(allowed)} (JOBPLANE_LOCAL_ALLOWED_PROGRAMS)"}],
+            )
 
     def job_dir(self, native_id: str) -> Path:
         if parse_native_name(native_id) is None:

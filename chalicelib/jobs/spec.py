@@ -77,7 +77,13 @@ class JobSpec(_Strict):
 
     name: str = Field(..., pattern=NAME_RE, description="[a-z0-9-], 1..63, starts and ends alphanumeric")
     image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[^\s]+$")
-    command: tuple[str, ...] = Field(..., min_length=1, max_length=256)
+    command: tuple[str, ...] = Field(
+        ...,
+        min_length=1,
+        max_length=256,
+        description="an argument list, run without a shell; the first item is the program",
+        json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1, "pattern": r"\S"}]},
+    )
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: Resources = Field(default_factory=Resources)
     backend: BackendName = "auto"

@@ -138,11 +138,36 @@ class LocalStack:
         import functools
 
         from chalice.config import Config
-        from chalice.local import ChaliceRequestHandler, create_local_server
+        from chalice.local import ChaliceRequestHandler, RouteMatcher, create_local_server
+
+        app = self.app
+        matcher = RouteMatcher(list(app.routes))
 
         class QuietHandler(ChaliceRequestHandler):
             def log_message(self, format, *args):  # noqa: A002 - one line per request drowns the demo
                 log.debug(format, *args)
+
+            def _not_allowed(self):
+                # API Gateway answers methods a route lacks; http.server would say 501.
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))  # keep the connection in step
+                try:
+                    allowed = sorted(app.routes[matcher.match_route(self.path.split("?")[0]).route])
+                except ValueError:
+                    allowed = []
+                error = {"code": "method_not_allowed", "message": f"{self.command} is not allowed here"}
+                body = json.dumps({"error": {**error, "details": []}}).encode()
+                self.send_response(405)
+                self.send_header("Allow", ", ".join(allowed))
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def __getattr__(self, name):
+                # Any method Chalice's handler has no do_* for (TRACE, QUERY, ...) is not allowed.
+                if name.startswith("do_"):
+                    return self._not_allowed
+                raise AttributeError(name)
 
         config = Config.create(chalice_stage="local", app_name="jobplane", project_dir=os.getcwd())
         server = create_local_server(self.app, config, self.host, self.api_port)
