@@ -9,9 +9,8 @@ from typing import Any
 from chalicelib.jobs.model import FailureKind, Job, JobStatus
 from chalicelib.notify.console import console_url, provider_name
 
-# A status_reason that starts with this marks a stop jobplane made on its own (idle, over max runtime,
-# orphaned) rather than one the job or its owner asked for.
-AUTO_STOP_REASON = "auto-stopped"
+# The reaper's reason when it stops a job's VM on its own (idle, past max runtime): see chalicelib/reaper.py.
+AUTO_STOP_REASON = "stopped by jobplane reaper"
 VM_BACKENDS = ("ec2", "gce")
 MAX_TEXT = 2900  # Slack's section text limit is 3000 characters
 
@@ -44,6 +43,8 @@ def classify(job: Job, old_status: JobStatus | None) -> Kind | None:
         return None
     if status.terminal and (
         (job.status_reason or "").startswith(AUTO_STOP_REASON)
+        or (job.failure_reason or "").startswith(AUTO_STOP_REASON)
+        # A VM's own startup script shuts it down at max_runtime_minutes.
         or (job.backend in VM_BACKENDS and job.failure_kind is FailureKind.TIMEOUT)
     ):
         return Kind.AUTO_STOPPED

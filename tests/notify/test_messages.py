@@ -43,7 +43,7 @@ def link(text=SM_LINK):
         (make_job(status=JobStatus.CANCELLING), JobStatus.RUNNING, None),
         (make_job(), JobStatus.RUNNING, None),  # no status change
         (
-            make_job(status=JobStatus.CANCELLED, status_reason="auto-stopped: idle 30 min"),
+            failed(status_reason="stopped by jobplane reaper: no heartbeat for 30 min"),
             JobStatus.RUNNING,
             Kind.AUTO_STOPPED,
         ),
@@ -139,13 +139,16 @@ def test_a_local_job_started_message_has_no_console_link():
 
 
 def test_an_auto_stop_message_says_so():
+    reason = "stopped by jobplane reaper: GPU utilisation 0.0% < 5% for 30 min"
     job = make_job(
-        status=JobStatus.CANCELLED,
+        status=JobStatus.FAILED,
         backend="ec2",
         native_id="i-0abc123def4567890",
         finished_at=T0 + timedelta(minutes=32),
         spec={"resources": {"instance_type": "g5.xlarge", "spot": False}},
-        status_reason="auto-stopped: idle for 30 minutes",
+        status_reason=reason,
+        failure_kind=FailureKind.USER_ERROR,
+        failure_reason=reason,
     )
     url = "https://us-east-1.console.aws.amazon.com/ec2/home?region=us-east-1#InstanceDetails:instanceId=i-0abc123def4567890"
     assert build_message(job, Kind.AUTO_STOPPED, "us-east-1") == {
@@ -159,7 +162,14 @@ def test_an_auto_stop_message_says_so():
                 "*Duration*\n30m 0s",
                 "*Estimated cost*\n-",
             ),
-            {"type": "section", "text": {"type": "mrkdwn", "text": "*Reason*\nauto-stopped: idle for 30 minutes"}},
+            {
+                "type": "section",
+                "text": {
+                    "type": "mrkdwn",
+                    "text": "*Reason* (user_error)\n"
+                    "stopped by jobplane reaper: GPU utilisation 0.0% &lt; 5% for 30 min",
+                },
+            },
             link(f"<{url}|Open in the EC2 console>"),
         ],
     }
