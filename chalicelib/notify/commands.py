@@ -226,15 +226,18 @@ def handle_slash_command(
     response_url = form.get("response_url", "")
     if not response_url.startswith(("https://", "http://")):
         return 200, reply(":warning: Slack sent no response_url for this command; try again.")
-    invoker.invoke(
-        {
-            "words": words,
-            "user": principal.user,
-            "slack_user_id": slack_user,
-            "response_url": response_url,
-            "trigger_id": ctx.trigger_id,
-        }
-    )
+    payload = {
+        "words": words,
+        "user": principal.user,
+        "slack_user_id": slack_user,
+        "response_url": response_url,
+        "trigger_id": ctx.trigger_id,
+    }
+    try:
+        invoker.invoke(payload)
+    except Exception:  # the outermost handler: the user hears it failed, the log says why
+        log.exception("slack command %r for %s could not be started", " ".join(words), principal.user)
+        return 200, reply(":warning: jobplane could not start this command; please try again.")
     return 200, reply(f"Working on `/jobplane {escape(' '.join(words))}`; the result will follow here.")
 
 

@@ -345,3 +345,31 @@ def test_a_response_url_that_is_down_is_given_up_on_without_raising(slack_app):
     assert result["sent"] is False
     assert result["detail"].startswith("gave up after ")
     assert slack_app.store.get_job(job.job_id).status is JobStatus.CANCELLING
+
+
+def test_a_command_that_cannot_be_started_is_answered_not_crashed(slack_env, caplog):
+    from chalicelib.notify.invoke import Invoker
+
+    class Broken(Invoker):
+        def invoke(self, payload):
+            raise RuntimeError("AccessDeniedException: lambda:InvokeFunction")
+
+    settings, store = slack_env
+    map_slack_user(store, "U0BROKEN1", "broken-user")
+    body = urlencode({"user_id": "U0BROKEN1", "text": "cancel abc", "response_url": "https://hooks.slack.com/c/1"})
+    ts = "1700000000"
+    status, answer = commands.handle_slash_command(
+        body.encode(),
+        sign(body, ts),
+        signing_secret=SECRET,
+        store=store,
+        service=None,
+        settings=settings,
+        invoker=Broken(),
+        clock=FixedClock(int(ts)),
+    )
+    assert (status, answer) == (
+        200,
+        {"response_type": "ephemeral", "text": ":warning: jobplane could not start this command; please try again."},
+    )
+    assert "could not be started" in caplog.text
