@@ -15,9 +15,11 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 
 install: $(STAMP)
 
-# Debian tools some tests use (shellcheck for the generated VM scripts).
+# Debian tools some tests use: shellcheck (the generated VM scripts), chromium (the dashboard's browser test).
+DEBIAN_TOOLS := shellcheck chromium
 system-deps:
-	@command -v shellcheck >/dev/null || { apt-get update -qq && apt-get install -y -qq shellcheck >/dev/null; }
+	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
 
 demo: $(STAMP)
 	$(PY) -m jobplane.demo

@@ -15,6 +15,25 @@ def health():
     return {"status": "ok"}
 
 
+@app.route("/")
+def dashboard():
+    from chalice import Response
+
+    from chalicelib.dashboard import page
+
+    # A static page: it holds no data and reads everything through the API with the user's token.
+    return Response(
+        body=page(),
+        status_code=200,
+        headers={
+            "Content-Type": "text/html; charset=utf-8",
+            "Content-Security-Policy": "default-src 'self'; script-src 'unsafe-inline' 'self'; "
+            "style-src 'unsafe-inline' 'self'; frame-ancestors 'none'",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
 @app.route("/openapi.json")
 def openapi():
     from chalicelib.openapi import build

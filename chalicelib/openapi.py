@@ -133,6 +133,14 @@ def build() -> dict[str, Any]:
                 "responses": _responses({200: ("up", Health)}, {}),
             }
         },
+        "/": {
+            "get": {
+                "operationId": "dashboard",
+                "security": [],
+                "summary": "the web dashboard (static page)",
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {"schema": {"type": "string"}}}}},
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",
