@@ -19,7 +19,7 @@ install: $(STAMP)
 DEBIAN_TOOLS := shellcheck chromium
 system-deps:
 	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
-	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 demo: $(STAMP)
 	$(PY) -m jobplane.demo
