@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import sys
 import tempfile
 import time
@@ -55,14 +54,6 @@ def _local_event(detail: dict) -> dict:
 def measure() -> dict:
     from jobplane.local.emulator import start_moto
 
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-        }
-    )
     server, endpoint = start_moto()
     try:
         from chalicelib.auth import Principal

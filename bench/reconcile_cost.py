@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from datetime import timedelta
@@ -56,20 +55,11 @@ def _populate(store, finished: int, active: int) -> None:
 
 
 def measure(history_sizes=(1_000, 100_000)) -> list[dict]:
-    from jobplane.local.emulator import start_moto
-
-    os.environ.update(
-        {
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",
-            "AWS_DEFAULT_REGION": "us-east-1",
-            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
-        }
-    )
     from chalicelib.config import Settings
     from chalicelib.jobs.service import JobService
     from chalicelib.reaper import reconcile
     from chalicelib.store.dynamo import DynamoJobStore
+    from jobplane.local.emulator import start_moto
 
     server, endpoint = start_moto()
     rows = []

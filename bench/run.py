@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cost  # noqa: E402
 import dynamodb_requests  # noqa: E402
 import import_cost  # noqa: E402
 import reconcile_cost  # noqa: E402
@@ -17,6 +18,8 @@ def main() -> int:
     dynamodb_requests.main()
     print("\n== Cold-start import cost (median of interleaved fresh processes) ==")
     import_cost.main()
+    print("\n== Control-plane cost per 1,000 jobs ==")
+    cost.main()
     print("\n== Reconcile cost vs history size (50 active jobs; takes ~2 minutes to fill 100,000) ==")
     reconcile_cost.main()
     return 0

@@ -41,7 +41,23 @@ class SerializedMotoServer(ThreadedMotoServer):
 
 
 def start_moto(host: str = "127.0.0.1", port: int = 0) -> tuple[SerializedMotoServer, str]:
-    """Start the emulator on a free loopback port; returns (server, endpoint URL)."""
+    """Start the emulator on a free loopback port; returns (server, endpoint URL).
+
+    The SDKs in this process get placeholder credentials: a process that runs the emulator never
+    signs anything with a real account's keys.
+    """
+    import os
+
+    os.environ.update(
+        {
+            "AWS_ACCESS_KEY_ID": "emulator",
+            "AWS_SECRET_ACCESS_KEY": "emulator",
+            "AWS_SESSION_TOKEN": "emulator",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
+        }
+    )
+    os.environ.pop("AWS_PROFILE", None)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request drowns everything
     server = SerializedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
