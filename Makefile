@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?= -n 2
 
-.PHONY: demo test lint unit e2e bench install system-deps clean
+STAGE ?= dev
+.PHONY: demo test lint unit e2e bench install system-deps clean package
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -30,6 +31,13 @@ lint: $(STAMP)
 
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Deployable artifacts: Chalice's Terraform (functions, API, event rules, S3 notification, stream
+# mapping) plus the tables, bucket and secrets it does not create. Then: cd build/package && terraform apply
+package: $(STAMP)
+	rm -rf build/package
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --pkg-format terraform --stage $(STAGE) build/package
+	$(PY) deploy/aws/resources.py --stage $(STAGE) build/package
 
 bench: $(STAMP)
 	$(PY) bench/run.py
