@@ -205,8 +205,9 @@ def handle_slash_command(
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for one POST /slack/commands. Nothing happens before the signature checks out."""
     if not signing_secret:
+        # Without a secret no request can be verified: refused as unauthenticated (a 5xx would invite retries).
         log.error("slack command refused: no signing secret configured (JOBPLANE_SLACK_SIGNING_SECRET)")
-        return 503, NOT_CONFIGURED
+        return 401, NOT_CONFIGURED
     if not verify(signing_secret, body, headers, clock):
         log.warning("slack command refused: bad or stale signature")
         return 401, UNAUTHORIZED
@@ -272,7 +273,7 @@ def handle_request(body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[s
         secret = deps.get_slack_signing_secret()
     except Exception:  # an unreadable secret refuses the command; nothing else may happen
         log.exception("slack command refused: the signing secret could not be read")
-        return 503, NOT_CONFIGURED
+        return 401, NOT_CONFIGURED
     return handle_slash_command(
         body,
         headers,

@@ -212,7 +212,7 @@ def test_without_a_signing_secret_every_command_is_refused(slack_app):
 
     deps.override(**{f"secret:{deps.get_settings().slack_signing_secret}": ""})
     response = slack_app.command("list")
-    assert (response.status_code, response.json_body) == (503, commands.NOT_CONFIGURED)
+    assert (response.status_code, response.json_body) == (401, commands.NOT_CONFIGURED)
 
 
 # --- users ------------------------------------------------------------------------------------
