@@ -100,6 +100,28 @@ class Settings:
     # Concurrent-use limits of the quota-aware queue: "backend:family" -> units (GPUs; a CPU job is 1).
     # `family` is an instance family (ml.g5, g5), a GPU type (A10G), `cpu`, or `*` for every GPU family.
     capacity_limits: tuple[tuple[str, int], ...] = ()
+    # --- Google Cloud (Vertex AI, GCE, Cloud Functions) ---------------------------------------
+    # The project and region GCP backends run in; required when vertex or gce is enabled.
+    gcp_project: str | None = None
+    gcp_region: str = "us-central1"
+    gce_zone: str = "us-central1-a"
+    # GCE ad-hoc VMs: boot image (a Deep Learning VM family: docker, NVIDIA driver, gcloud), disk, network.
+    gce_image: str = "projects/deeplearning-platform-release/global/images/family/common-cu123-debian-11-py310"
+    gce_disk_gb: int = 200
+    gce_network: str = "global/networks/default"
+    # Service accounts the jobs run as (VMs and Vertex workers); None: the project's default.
+    gce_service_account: str | None = None
+    vertex_service_account: str | None = None
+    # gs:// bucket (and prefix) where VMs write their exit status; required when gce is enabled.
+    gcp_status_uri: str | None = None
+    # Pub/Sub topic (projects/P/topics/T) the log sink and jobplane's VMs publish state hints to.
+    gcp_events_topic: str | None = None
+    # Only against emulators and fakes: http://host:port serving the Vertex, Compute and Storage REST APIs.
+    gcp_api_endpoint: str | None = None
+    # Cloud Functions reach DynamoDB by assuming this role with their Google identity token.
+    aws_role_arn: str | None = None
+    aws_web_identity_audience: str = "sts.amazonaws.com"
+    gce_metadata_host: str = "metadata.google.internal"
     log_level: str = "INFO"
 
     @classmethod
@@ -118,6 +140,12 @@ class Settings:
             raise ConfigError(
                 f"JOBPLANE_DEFAULT_BACKEND={default_backend!r} is not in JOBPLANE_BACKENDS {list(backends)}"
             )
+        gcp_project = env.get("JOBPLANE_GCP_PROJECT") or None
+        gcp_status_uri = env.get("JOBPLANE_GCP_STATUS_URI") or None
+        if gcp_project is None and {"vertex", "gce"} & set(backends):
+            raise ConfigError("JOBPLANE_GCP_PROJECT must be set when vertex or gce is in JOBPLANE_BACKENDS")
+        if "gce" in backends and not (gcp_status_uri or "").startswith("gs://"):
+            raise ConfigError("JOBPLANE_GCP_STATUS_URI must be a gs:// URI when gce is in JOBPLANE_BACKENDS")
         return cls(
             stage=stage,
             region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
@@ -157,6 +185,20 @@ class Settings:
             launch_deadline_seconds=_int(
                 "JOBPLANE_LAUNCH_DEADLINE_SECONDS", env.get("JOBPLANE_LAUNCH_DEADLINE_SECONDS", "600"), 1
             ),
+            gcp_project=gcp_project,
+            gcp_region=env.get("JOBPLANE_GCP_REGION") or "us-central1",
+            gce_zone=env.get("JOBPLANE_GCE_ZONE") or f"{env.get('JOBPLANE_GCP_REGION') or 'us-central1'}-a",
+            gce_image=env.get("JOBPLANE_GCE_IMAGE") or cls.gce_image,
+            gce_disk_gb=_int("JOBPLANE_GCE_DISK_GB", env.get("JOBPLANE_GCE_DISK_GB", "200"), 10),
+            gce_network=env.get("JOBPLANE_GCE_NETWORK") or cls.gce_network,
+            gce_service_account=env.get("JOBPLANE_GCE_SERVICE_ACCOUNT") or None,
+            vertex_service_account=env.get("JOBPLANE_VERTEX_SERVICE_ACCOUNT") or None,
+            gcp_status_uri=gcp_status_uri,
+            gcp_events_topic=env.get("JOBPLANE_GCP_EVENTS_TOPIC") or None,
+            gcp_api_endpoint=env.get("JOBPLANE_GCP_API_ENDPOINT") or None,
+            aws_role_arn=env.get("JOBPLANE_AWS_ROLE_ARN") or None,
+            aws_web_identity_audience=env.get("JOBPLANE_AWS_WEB_IDENTITY_AUDIENCE") or "sts.amazonaws.com",
+            gce_metadata_host=env.get("GCE_METADATA_HOST") or "metadata.google.internal",
             log_level=env.get("JOBPLANE_LOG_LEVEL", "INFO"),
         )
 
@@ -188,6 +230,10 @@ class Settings:
             ("JOBPLANE_SLACK_WEBHOOK_SECRET", self.slack_webhook_secret),
             ("JOBPLANE_SLACK_BOT_TOKEN_SECRET", self.slack_bot_token_secret),
             ("JOBPLANE_SLACK_SIGNING_SECRET", self.slack_signing_secret),
+            ("JOBPLANE_GCP_PROJECT", self.gcp_project),
+            ("JOBPLANE_GCP_STATUS_URI", self.gcp_status_uri),
+            ("JOBPLANE_GCP_EVENTS_TOPIC", self.gcp_events_topic),
+            ("JOBPLANE_GCP_API_ENDPOINT", self.gcp_api_endpoint),
         ):
             if value:
                 env[name] = value

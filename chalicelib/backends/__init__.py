@@ -12,6 +12,8 @@ from chalicelib.errors import ValidationError
 # registry key -> "module:Class"; importing is deferred so a cold start pays only for what it uses
 REGISTRY: dict[str, str] = {
     "local": "chalicelib.backends.local:LocalBackend",
+    "vertex": "chalicelib.backends.vertex:VertexBackend",
+    "gce": "chalicelib.backends.gce:GceBackend",
 }
 
 _lock = threading.Lock()

@@ -1,0 +1,410 @@
+"""The `gce` backend: one ad-hoc Compute Engine VM per job attempt, stopped from inside and from outside."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.backends.base import (
+    ComputeBackend,
+    Handle,
+    LaunchResult,
+    ManagedResource,
+    Observation,
+    Utilization,
+    parse_native_name,
+)
+from chalicelib.backends.gce_script import MAX_METADATA_VALUE, startup_script
+from chalicelib.backends.gcp_common import (
+    LABEL_ATTEMPT,
+    LABEL_JOB_ID,
+    LABEL_STAGE,
+    LABEL_STOP_REASON,
+    LABEL_STOPPED_BY,
+    StatusObjects,
+    client_kwargs,
+    job_labels,
+    label_value,
+    machine_for,
+    managed_filter,
+    map_gcp_errors,
+)
+from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
+
+EVENT_SOURCE = "compute.googleapis.com"
+VM_EVENT_SOURCE = "jobplane.gce"  # the message a jobplane VM publishes when its job ends
+# Instance.status -> what it says about the job while no exit status exists.
+RUNNING_STATES = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "SUSPENDING", "REPAIRING")
+STOPPED_STATES = ("TERMINATED", "STOPPED", "SUSPENDED")
+# exit.json `state` (written by the startup script) -> (status, failure kind)
+EXIT_STATES = {
+    "SUCCEEDED": (JobStatus.SUCCEEDED, None),
+    "FAILED": (JobStatus.FAILED, FailureKind.USER_ERROR),
+    "TIMEOUT": (JobStatus.FAILED, FailureKind.TIMEOUT),
+    "CORRUPT": (JobStatus.FAILED, FailureKind.BACKEND_ERROR),
+}
+STOPPED_BY = "jobplane"
+
+
+class GceBackend(ComputeBackend):
+    name = "gce"
+    unsupported_features = {"tpu": "TPUs run only through Vertex AI (backend vertex)"}
+    iam_actions = (
+        "compute.instances.create",
+        "compute.instances.get",
+        "compute.instances.list",
+        "compute.instances.delete",
+        "compute.instances.stop",
+        "compute.instances.setLabels",
+        "compute.instances.setMetadata",
+        "compute.instances.setServiceAccount",
+        "compute.instances.getGuestAttributes",
+        "compute.disks.create",
+        "compute.subnetworks.use",
+        "compute.subnetworks.useExternalIp",
+        "iam.serviceAccounts.actAs",
+        "storage.objects.get",
+    )
+    event_sources = (EVENT_SOURCE, VM_EVENT_SOURCE)
+    reaps = True
+
+    def __init__(self, settings, client=None, status_objects: StatusObjects | None = None) -> None:
+        super().__init__(settings)
+        self._client = client
+        self.status_objects = status_objects or StatusObjects(settings)
+        self._zones: dict[str, str] = {}  # instance name -> zone, as the last aggregated list saw it
+
+    @property
+    def client(self):
+        if self._client is None:
+            from google.cloud import compute_v1
+
+            self._client = compute_v1.InstancesClient(**client_kwargs(self.settings, "compute.googleapis.com"))
+        return self._client
+
+    def zone_of(self, name: str) -> str:
+        return self._zones.get(name, self.settings.gce_zone)
+
+    # --- request building (pure: the client library's own types) ---------------------------
+    def _validate_impl(self, spec: dict[str, Any]) -> None:
+        machine_for(spec)
+
+    def instance(self, job, handle: Handle):
+        """The Instance to insert for one attempt of `job` (deterministic: same job, same request)."""
+        from google.cloud import compute_v1
+        from google.protobuf import duration_pb2
+
+        spec = job.spec
+        zone = self.settings.gce_zone
+        machine = machine_for(spec)
+        max_runtime = int(spec.get("max_runtime_minutes", 1440)) * 60
+        env = {
+            **spec.get("env", {}),
+            "JOBPLANE_JOB_ID": handle.job_id,
+            "JOBPLANE_ATTEMPT": str(handle.attempt),
+        }
+        if spec.get("checkpoint_uri"):
+            env["JOBPLANE_CHECKPOINT_URI"] = spec["checkpoint_uri"]
+        if spec.get("outputs"):
+            env["JOBPLANE_OUTPUT_URI"] = spec["outputs"]
+        script = startup_script(
+            job_id=handle.job_id,
+            native_id=handle.native_id,
+            image=spec.get("image"),
+            command=spec["command"],
+            env=env,
+            status_uri=self.status_objects.uri(handle.native_id),
+            events_topic=self.settings.gcp_events_topic,
+            max_runtime_seconds=max_runtime,
+            idle_samples=self.settings.idle_minutes,
+        )
+        if len(script.encode()) > MAX_METADATA_VALUE:
+            raise UnsupportedError(
+                "the job's command and env make a startup script over GCE's 256 KiB metadata limit",
+                [{"field": "env", "message": "pass large values through object storage instead"}],
+            )
+        spot = bool((spec.get("resources") or {}).get("spot"))
+        scheduling = compute_v1.Scheduling(
+            provisioning_model="SPOT" if spot else "STANDARD",
+            # STOP keeps a preempted VM's record, so describe can tell a preemption from a loss;
+            # the job's end (or the next attempt's launch) deletes it.
+            instance_termination_action="STOP",
+            # The provider-side backstop of max_runtime_minutes, past the reaper's grace.
+            max_run_duration=duration_pb2.Duration(
+                seconds=max_runtime + (self.settings.overdue_grace_minutes + 10) * 60
+            ),
+            on_host_maintenance="TERMINATE",  # required with GPUs; a migrated training job is no gain
+            automatic_restart=False,
+        )
+        accelerators = []
+        if machine.gpu is not None and machine.machine_type.startswith("n1-"):
+            # N1 takes attached GPUs; A2, A3 and G2 machine types come with theirs.
+            accelerators.append(
+                compute_v1.AcceleratorConfig(
+                    accelerator_type=f"zones/{zone}/acceleratorTypes/{machine.gpu.gce_accelerator}",
+                    accelerator_count=machine.gpu_count,
+                )
+            )
+        return compute_v1.Instance(
+            name=handle.native_id,
+            machine_type=f"zones/{zone}/machineTypes/{machine.machine_type}",
+            labels=job_labels(self.settings, handle.job_id, handle.attempt, spec.get("labels")),
+            disks=[
+                compute_v1.AttachedDisk(
+                    boot=True,
+                    auto_delete=True,
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        source_image=self.settings.gce_image, disk_size_gb=self.settings.gce_disk_gb
+                    ),
+                )
+            ],
+            network_interfaces=[
+                compute_v1.NetworkInterface(
+                    network=self.settings.gce_network,
+                    access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")],
+                )
+            ],
+            guest_accelerators=accelerators,
+            scheduling=scheduling,
+            service_accounts=[
+                compute_v1.ServiceAccount(
+                    email=self.settings.gce_service_account or "default",
+                    scopes=["https://www.googleapis.com/auth/cloud-platform"],
+                )
+            ],
+            metadata=compute_v1.Metadata(
+                items=[
+                    compute_v1.Items(key="startup-script", value=script),
+                    compute_v1.Items(key="enable-guest-attributes", value="TRUE"),
+                ]
+            ),
+        )
+
+    # --- the interface ----------------------------------------------------------------------
+    def _get(self, name: str, zone: str | None = None):
+        from google.api_core.exceptions import NotFound
+
+        with map_gcp_errors(f"getting instance {name}"):
+            try:
+                return self.client.get(
+                    project=self.settings.gcp_project, zone=zone or self.zone_of(name), instance=name
+                )
+            except NotFound:
+                return None
+
+    def _launch_impl(self, job, handle: Handle) -> LaunchResult:
+        from google.api_core.exceptions import Conflict
+        from google.cloud import compute_v1
+
+        if handle.attempt > 1:  # the previous attempt's VM (stopped by a preemption) goes first
+            previous = native_name(handle.job_id, handle.attempt - 1)
+            self._delete(previous, self.zone_of(previous), f"replaced by attempt {handle.attempt}")
+        request = compute_v1.InsertInstanceRequest(
+            project=self.settings.gcp_project, zone=self.settings.gce_zone, instance_resource=self.instance(job, handle)
+        )
+        with map_gcp_errors(f"creating instance {handle.native_id}"):
+            try:
+                operation = self.client.insert(request=request)
+            except Conflict:  # a retried launch: the name is the job's, so this is the same VM
+                return LaunchResult(handle.native_id, "AlreadyExists")
+        error = getattr(operation, "error_message", None)
+        if error:
+            raise BackendError(f"creating instance {handle.native_id}: {error}")
+        return LaunchResult(handle.native_id, "PROVISIONING")
+
+    def _describe_impl(self, handle: Handle) -> Observation | None:
+        instance = self._get(handle.native_id)
+        state = instance.status if instance is not None else None
+        if state in RUNNING_STATES and state != "STOPPING":
+            if state in ("PROVISIONING", "STAGING"):
+                return self._obs(handle, JobStatus.LAUNCHING, state)
+            return self._obs(handle, JobStatus.RUNNING, state, started=instance.last_start_timestamp)
+        exit_status = self.status_objects.read(handle.native_id)
+        if exit_status is not None:
+            return self._from_exit(handle, exit_status, state or "DELETED")
+        if instance is None:
+            return None
+        if state == "STOPPING":
+            return self._obs(handle, JobStatus.RUNNING, state, started=instance.last_start_timestamp)
+        if state not in STOPPED_STATES:
+            raise BackendError(f"instance {handle.native_id} reports status {state}, which jobplane does not map")
+        labels = dict(instance.labels)
+        if labels.get(LABEL_STOPPED_BY) == STOPPED_BY:
+            return self._obs(
+                handle, JobStatus.CANCELLED, state, reason=f"stopped by jobplane: {labels.get(LABEL_STOP_REASON, '')}"
+            )
+        if instance.scheduling.provisioning_model == "SPOT":
+            return self._obs(
+                handle, JobStatus.FAILED, state, FailureKind.INTERRUPTED, "spot VM preempted before its job ended"
+            )
+        return self._obs(
+            handle, JobStatus.FAILED, state, FailureKind.BACKEND_ERROR, "the VM stopped without an exit status"
+        )
+
+    def _obs(self, handle, status, native_status, kind=None, reason="", started=None, **extra) -> Observation:
+        return Observation(
+            status=status,
+            native_status=native_status,
+            native_id=handle.native_id,
+            job_id=handle.job_id,
+            attempt=handle.attempt,
+            reason=reason,
+            failure_kind=kind,
+            started_at=parse_iso(started) if isinstance(started, str) and started else None,
+            **extra,
+        )
+
+    def _from_exit(self, handle: Handle, status: dict[str, Any], native_status: str) -> Observation:
+        state = str(status.get("state", "CORRUPT"))
+        job_status, kind = EXIT_STATES.get(state, EXIT_STATES["CORRUPT"])
+        code = status.get("exit_code")
+        reasons = {
+            "SUCCEEDED": "exited 0",
+            "FAILED": f"exited {code}",
+            "TIMEOUT": "killed at max_runtime_minutes by the VM",
+        }
+        try:
+            at, started = parse_iso(status.get("at")), parse_iso(status.get("started_at"))
+        except (TypeError, ValueError):
+            at = started = None
+        return Observation(
+            status=job_status,
+            native_status=f"{native_status}/{state}",
+            native_id=handle.native_id,
+            job_id=handle.job_id,
+            attempt=handle.attempt,
+            reason=reasons.get(state, status.get("reason") or f"unreadable exit status {state}"),
+            failure_kind=kind,
+            exit_code=code if isinstance(code, int) else None,
+            at=at,
+            started_at=started,
+        )
+
+    def _cancel_impl(self, handle: Handle) -> None:
+        instance = self._get(handle.native_id)
+        if instance is None or instance.status in STOPPED_STATES:
+            return
+        self._label_stopped(instance, self.zone_of(handle.native_id), "cancel requested")
+        with map_gcp_errors(f"stopping instance {handle.native_id}"):
+            self.client.stop(
+                project=self.settings.gcp_project, zone=self.zone_of(handle.native_id), instance=handle.native_id
+            )
+
+    def _label_stopped(self, instance, zone: str, reason: str) -> None:
+        from google.cloud import compute_v1
+
+        labels = {**dict(instance.labels), LABEL_STOPPED_BY: STOPPED_BY, LABEL_STOP_REASON: label_value(reason)}
+        request = compute_v1.SetLabelsInstanceRequest(
+            project=self.settings.gcp_project,
+            zone=zone,
+            instance=instance.name,
+            instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
+                labels=labels, label_fingerprint=instance.label_fingerprint
+            ),
+        )
+        with map_gcp_errors(f"labelling instance {instance.name}"):
+            self.client.set_labels(request=request)
+
+    def _delete(self, name: str, zone: str, reason: str, instance=None) -> None:
+        from google.api_core.exceptions import NotFound
+
+        instance = instance or self._get(name, zone)
+        if instance is None:
+            return
+        self._label_stopped(instance, zone, reason)
+        with map_gcp_errors(f"deleting instance {name}"):
+            try:
+                self.client.delete(project=self.settings.gcp_project, zone=zone, instance=name)
+            except NotFound:
+                pass
+
+    # --- the reaper's view ----------------------------------------------------------------
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        from google.cloud import compute_v1
+
+        request = compute_v1.AggregatedListInstancesRequest(
+            project=self.settings.gcp_project, filter=managed_filter(self.settings)
+        )
+        found = []
+        with map_gcp_errors("listing jobplane instances"):
+            for scope, scoped in self.client.aggregated_list(request=request):
+                zone = scope.rsplit("/", 1)[-1]
+                for instance in scoped.instances:
+                    labels = dict(instance.labels)
+                    parsed = parse_native_name(instance.name)
+                    self._zones[instance.name] = zone
+                    launched = instance.last_start_timestamp or instance.creation_timestamp
+                    found.append(
+                        ManagedResource(
+                            backend=self.name,
+                            resource_id=instance.name,
+                            kind="vm",
+                            state=instance.status,
+                            running=instance.status in RUNNING_STATES,
+                            stage=labels.get(LABEL_STAGE),
+                            native_id=instance.name,
+                            job_id=labels.get(LABEL_JOB_ID) or (parsed[0] if parsed else None),
+                            attempt=int(labels[LABEL_ATTEMPT]) if labels.get(LABEL_ATTEMPT, "").isdigit() else None,
+                            launched_at=parse_iso(launched) if launched else None,
+                        )
+                    )
+        # The filter is the API's; the stage label is checked again by list_managed().
+        return [r for r in found if r.stage == label_value(self.settings.stage)]
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        self._delete(resource.resource_id, self.zone_of(resource.resource_id), reason)
+
+    def _release_impl(self, handle: Handle, reason: str) -> None:
+        self._delete(handle.native_id, self.zone_of(handle.native_id), reason)
+
+    def utilization(self, resource: ManagedResource, window_minutes: int) -> Utilization | None:
+        """The VM's own report (guest attributes jobplane/heartbeat and jobplane/gpu_percent, a mean over
+        the idle window); None when they cannot be read."""
+        from google.api_core.exceptions import NotFound
+        from google.cloud import compute_v1
+
+        request = compute_v1.GetGuestAttributesInstanceRequest(
+            project=self.settings.gcp_project,
+            zone=self.zone_of(resource.resource_id),
+            instance=resource.resource_id,
+            query_path="jobplane/",
+        )
+        try:
+            with map_gcp_errors(f"reading guest attributes of {resource.resource_id}"):
+                attributes = self.client.get_guest_attributes(request=request)
+        except NotFound:  # nothing written yet: no heartbeat
+            return Utilization(None, None)
+        except BackendError:
+            return None
+        values = {item.key: item.value for item in attributes.query_value.items}
+        try:
+            gpu = float(values["gpu_percent"]) if values.get("gpu_percent") else None
+            heartbeat = parse_iso(values.get("heartbeat"))
+        except ValueError:
+            return None
+        return Utilization(gpu, heartbeat)
+
+    # --- events -----------------------------------------------------------------------------
+    def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
+        """An audit log entry or a VM's own message is a hint: the instance and exit status are read again."""
+        detail = raw.get("detail") or {}
+        if raw.get("source") == VM_EVENT_SOURCE:
+            name, zone = detail.get("native_id"), None
+        else:
+            name, zone = instance_of(detail)
+        parsed = parse_native_name(name)
+        if parsed is None:
+            return None
+        if zone:
+            self._zones[name] = zone
+        return self._describe_impl(Handle(parsed[0], name, parsed[1]))
+
+
+def instance_of(entry: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(instance name, zone) a Compute Engine audit log entry is about."""
+    payload = entry.get("protoPayload") or {}
+    resource_name = payload.get("resourceName") or ""
+    parts = resource_name.split("/")
+    if len(parts) == 6 and parts[0] == "projects" and parts[2] == "zones" and parts[4] == "instances":
+        return parts[5], parts[3]
+    return None, None

@@ -1,0 +1,279 @@
+"""What the Google Cloud backends share: clients, labels, machine tables, status objects, error translation."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.config import Settings
+from chalicelib.errors import (
+    BackendAuthError,
+    BackendError,
+    BackendValidationError,
+    CapacityError,
+    QuotaError,
+    ThrottledError,
+    UnsupportedError,
+)
+
+# --- labels (GCP rules: keys start with a letter; [a-z0-9_-]; at most 63 characters) ---------------
+LABEL_MANAGED = "jobplane-managed"
+LABEL_STAGE = "jobplane-stage"
+LABEL_JOB_ID = "jobplane-job-id"
+LABEL_ATTEMPT = "jobplane-attempt"
+LABEL_STOPPED_BY = "jobplane-stopped-by"
+LABEL_STOP_REASON = "jobplane-stop-reason"
+_LABEL_BAD = re.compile(r"[^a-z0-9_-]")
+
+
+def label_value(value: str) -> str:
+    """Any string as a valid label value (lowercase, [a-z0-9_-], at most 63 characters)."""
+    return _LABEL_BAD.sub("-", str(value).lower())[:63]
+
+
+def label_key(key: str) -> str:
+    key = label_value(key)
+    return key if key[:1].isalpha() else f"l-{key}"[:63]
+
+
+def job_labels(settings: Settings, job_id: str, attempt: int, user: dict[str, str] | None = None) -> dict[str, str]:
+    """The user's labels, then jobplane's (which win): how every GCP resource is traced back and swept."""
+    labels = {label_key(k): label_value(v) for k, v in (user or {}).items()}
+    labels.update(
+        {
+            LABEL_MANAGED: "true",
+            LABEL_STAGE: label_value(settings.stage),
+            LABEL_JOB_ID: job_id,
+            LABEL_ATTEMPT: str(attempt),
+        }
+    )
+    return labels
+
+
+def managed_filter(settings: Settings) -> str:
+    """The list filter that returns only this stage's jobplane resources (Compute and Vertex syntax)."""
+    return f'labels.{LABEL_MANAGED}="true" AND labels.{LABEL_STAGE}="{label_value(settings.stage)}"'
+
+
+# --- machines -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class GpuOffer:
+    """How one GPU type is had on Google Cloud: Vertex's accelerator enum, GCE's accelerator type,
+    and the machine type for a count (N1 takes any attached count; A2/A3/G2 come with their GPUs)."""
+
+    vertex_accelerator: str
+    gce_accelerator: str
+    machines: dict[int, str] | None  # GPU count -> machine type; None: an N1 machine sized by cpus/memory
+    counts: tuple[int, ...]
+
+
+GPU_OFFERS: dict[str, GpuOffer] = {
+    "T4": GpuOffer("NVIDIA_TESLA_T4", "nvidia-tesla-t4", None, (1, 2, 4)),
+    "V100": GpuOffer("NVIDIA_TESLA_V100", "nvidia-tesla-v100", None, (1, 2, 4, 8)),
+    "P100": GpuOffer("NVIDIA_TESLA_P100", "nvidia-tesla-p100", None, (1, 2, 4)),
+    "K80": GpuOffer("NVIDIA_TESLA_K80", "nvidia-tesla-k80", None, (1, 2, 4, 8)),
+    "L4": GpuOffer(
+        "NVIDIA_L4",
+        "nvidia-l4",
+        {1: "g2-standard-8", 2: "g2-standard-24", 4: "g2-standard-48", 8: "g2-standard-96"},
+        (1, 2, 4, 8),
+    ),
+    "A100": GpuOffer(
+        "NVIDIA_TESLA_A100",
+        "nvidia-tesla-a100",
+        {1: "a2-highgpu-1g", 2: "a2-highgpu-2g", 4: "a2-highgpu-4g", 8: "a2-highgpu-8g", 16: "a2-megagpu-16g"},
+        (1, 2, 4, 8, 16),
+    ),
+    "A100-80GB": GpuOffer(
+        "NVIDIA_A100_80GB",
+        "nvidia-a100-80gb",
+        {1: "a2-ultragpu-1g", 2: "a2-ultragpu-2g", 4: "a2-ultragpu-4g", 8: "a2-ultragpu-8g"},
+        (1, 2, 4, 8),
+    ),
+    "H100": GpuOffer("NVIDIA_H100_80GB", "nvidia-h100-80gb", {8: "a3-highgpu-8g"}, (8,)),
+    "H200": GpuOffer("NVIDIA_H200_141GB", "nvidia-h200-141gb", {8: "a3-ultragpu-8g"}, (8,)),
+}
+# TPU type (spec) -> (Vertex machine type, accelerator enum or None, count, topology or None)
+TPU_OFFERS: dict[str, tuple[str, str | None, int, str | None]] = {
+    "v2-8": ("cloud-tpu", "TPU_V2", 8, None),
+    "v3-8": ("cloud-tpu", "TPU_V3", 8, None),
+    "v5litepod-1": ("ct5lp-hightpu-1t", None, 0, "1x1"),
+    "v5litepod-4": ("ct5lp-hightpu-4t", None, 0, "2x2"),
+    "v5litepod-8": ("ct5lp-hightpu-8t", None, 0, "2x4"),
+}
+_N1_SIZES = (2, 4, 8, 16, 32, 64, 96)
+
+
+@dataclass(frozen=True)
+class Machine:
+    machine_type: str
+    gpu: GpuOffer | None
+    gpu_count: int
+
+
+def n1_machine(cpus: float, memory_gb: float, minimum: int = 4) -> str:
+    """The smallest n1-standard machine with the cpus and memory (3.75 GB per vCPU)."""
+    for size in _N1_SIZES:
+        if size >= max(cpus, minimum) and size * 3.75 >= memory_gb:
+            return f"n1-standard-{size}"
+    return "n1-standard-96"
+
+
+def machine_for(spec: dict[str, Any]) -> Machine:
+    """The machine type and GPUs for a spec's resources; UnsupportedError names the field otherwise."""
+    resources = spec.get("resources") or {}
+    gpus = int(resources.get("gpus") or 0)
+    instance_type = resources.get("instance_type")
+    gpu_type = resources.get("gpu_type")
+    offer = None
+    if gpus:
+        if gpu_type is None:
+            raise UnsupportedError(
+                "Google Cloud needs resources.gpu_type to attach GPUs",
+                [{"field": "resources.gpu_type", "message": f"one of {', '.join(GPU_OFFERS)}"}],
+            )
+        offer = GPU_OFFERS.get(gpu_type)
+        if offer is None:
+            raise UnsupportedError(
+                f"GPU type {gpu_type} is not offered on Google Cloud",
+                [{"field": "resources.gpu_type", "message": f"on Google Cloud: {', '.join(GPU_OFFERS)}"}],
+            )
+        if gpus not in offer.counts:
+            raise UnsupportedError(
+                f"{gpu_type} comes in counts of {', '.join(map(str, offer.counts))}",
+                [{"field": "resources.gpus", "message": f"one of {', '.join(map(str, offer.counts))}"}],
+            )
+    if instance_type:
+        if "." in instance_type:
+            raise UnsupportedError(
+                f"{instance_type} is not a Google Cloud machine type",
+                [{"field": "resources.instance_type", "message": "a GCE machine type such as g2-standard-8"}],
+            )
+        return Machine(instance_type, offer, gpus)
+    if offer is None:
+        return Machine(n1_machine(float(resources.get("cpus", 1)), float(resources.get("memory_gb", 2))), None, 0)
+    if offer.machines is None:
+        cpus, memory = float(resources.get("cpus", 1)), float(resources.get("memory_gb", 2))
+        return Machine(n1_machine(cpus, memory, minimum=8), offer, gpus)
+    return Machine(offer.machines[gpus], offer, gpus)
+
+
+# --- clients ----------------------------------------------------------------------------------------
+def client_kwargs(settings: Settings, host: str) -> dict[str, Any]:
+    """REST transport (no gRPC channel to warm up); an emulator/fake endpoint gets anonymous credentials."""
+    from google.api_core.client_options import ClientOptions
+
+    if settings.gcp_api_endpoint:
+        from google.auth.credentials import AnonymousCredentials
+
+        return {
+            "credentials": AnonymousCredentials(),
+            "transport": "rest",
+            "client_options": ClientOptions(api_endpoint=settings.gcp_api_endpoint),
+        }
+    return {"transport": "rest", "client_options": ClientOptions(api_endpoint=host)}
+
+
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("gs://"):
+        raise BackendValidationError(f"not a gs:// URI: {uri!r}")
+    bucket, _, path = uri[len("gs://") :].partition("/")
+    return bucket, path.strip("/")
+
+
+class StatusObjects:
+    """The exit-status objects VMs write to GCS (`<status_uri>/<native_id>/exit.json`)."""
+
+    def __init__(self, settings: Settings, client=None) -> None:
+        self.settings = settings
+        self._client = client
+
+    @property
+    def client(self):
+        if self._client is None:
+            from google.cloud import storage
+
+            if self.settings.gcp_api_endpoint:
+                from google.auth.credentials import AnonymousCredentials
+
+                self._client = storage.Client(
+                    project=self.settings.gcp_project,
+                    credentials=AnonymousCredentials(),
+                    client_options={"api_endpoint": self.settings.gcp_api_endpoint},
+                )
+            else:
+                self._client = storage.Client(project=self.settings.gcp_project)
+        return self._client
+
+    def uri(self, native_id: str) -> str:
+        return f"{(self.settings.gcp_status_uri or '').rstrip('/')}/{native_id}/exit.json"
+
+    def read(self, native_id: str) -> dict[str, Any] | None:
+        from google.api_core.exceptions import NotFound
+
+        bucket, name = parse_gs_uri(self.uri(native_id))
+        with map_gcp_errors(f"reading {self.uri(native_id)}"):
+            try:
+                data = self.client.bucket(bucket).blob(name).download_as_bytes()
+            except NotFound:
+                return None
+        try:
+            status = json.loads(data)
+        except ValueError:
+            return {"state": "CORRUPT", "reason": f"unreadable exit status at {self.uri(native_id)}"}
+        return status if isinstance(status, dict) else None
+
+
+# --- errors -------------------------------------------------------------------------------------------
+_CAPACITY_MARKERS = ("ZONE_RESOURCE_POOL_EXHAUSTED", "does not have enough resources", "STOCKOUT", "resource pool")
+_QUOTA_MARKERS = ("QUOTA", "quota")
+_THROTTLE_MARKERS = ("rate limit", "Rate Limit", "RATE_LIMIT", "too many requests")
+
+
+def translate(exc: Exception, action: str) -> BackendError:
+    """One Google API error -> jobplane's hierarchy (the only place that knows google.api_core)."""
+    from google.api_core import exceptions as g
+
+    message = f"{action}: {getattr(exc, 'message', None) or exc}"
+    text = str(exc)
+    if isinstance(exc, g.GoogleAPICallError):
+        if any(m in text for m in _CAPACITY_MARKERS):
+            return CapacityError(message, retryable=True)
+        if isinstance(exc, g.TooManyRequests) or any(m in text for m in _THROTTLE_MARKERS):
+            return ThrottledError(message)
+        if any(m in text for m in _QUOTA_MARKERS) and isinstance(exc, g.ResourceExhausted | g.Forbidden):
+            return QuotaError(message)
+        if isinstance(exc, g.Unauthenticated | g.Forbidden):
+            return BackendAuthError(message)
+        if isinstance(exc, g.ResourceExhausted):
+            return QuotaError(message)
+        if isinstance(exc, g.BadRequest | g.FailedPrecondition | g.OutOfRange):
+            return BackendValidationError(message)
+        if isinstance(exc, g.ServerError | g.DeadlineExceeded | g.Aborted):
+            return BackendError(message, retryable=True)
+        return BackendError(message)
+    from google.auth import exceptions as auth
+
+    if isinstance(exc, auth.GoogleAuthError):
+        return BackendAuthError(message)
+    if isinstance(exc, OSError):  # connection refused / reset: the request may not have arrived
+        return BackendError(message, retryable=True)
+    return BackendError(message)
+
+
+@contextlib.contextmanager
+def map_gcp_errors(action: str) -> Iterator[None]:
+    """Translate Google SDK errors raised inside the block; NotFound is left for the caller to handle."""
+    from google.api_core import exceptions as g
+    from google.auth import exceptions as auth
+
+    try:
+        yield
+    except g.NotFound:
+        raise
+    except (g.GoogleAPICallError, auth.GoogleAuthError, ConnectionError) as exc:
+        raise translate(exc, action) from exc
