@@ -37,6 +37,10 @@ def _choice(name: str, raw: str, valid: tuple[str, ...]) -> str:
     return value
 
 
+def _list(raw: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
 def _limits(raw: str) -> tuple[tuple[str, int], ...]:
     """JOBPLANE_CAPACITY_LIMITS="sagemaker:ml.g5=4,ec2:*=16,local:cpu=2" -> (("sagemaker:ml.g5", 4), ...)."""
     limits: dict[str, int] = {}
@@ -123,6 +127,35 @@ class Settings:
     aws_web_identity_audience: str = "sts.amazonaws.com"
     gce_metadata_host: str = "metadata.google.internal"
     log_level: str = "INFO"
+    # --- AWS compute (SageMaker, Batch, ECS, EC2) and upload triggers ------------------------------
+    # Roles are names (or ARNs); the checked-in policy limits iam:PassRole to exactly these.
+    # Bucket for what jobplane itself writes: ad-hoc VMs' exit status and log tail, default outputs.
+    artifacts_bucket: str = "jobplane-dev-artifacts"
+    # SageMaker: the execution role training jobs run as, and each job's EBS volume.
+    sagemaker_role: str = "jobplane-dev-sagemaker"
+    sagemaker_volume_gb: int = 50
+    # Extra minutes a managed-spot SageMaker job may wait for capacity (MaxWaitTimeInSeconds - MaxRuntime).
+    spot_wait_minutes: int = 60
+    # AWS Batch: job queues (CPU, GPU and, optionally, spot) and the role jobs run as.
+    batch_job_queue: str = "jobplane-dev"
+    batch_gpu_job_queue: str = "jobplane-dev-gpu"
+    batch_spot_job_queue: str | None = None
+    batch_job_role: str = "jobplane-dev-batch-job"
+    # ECS: cluster, launch type (EC2, or FARGATE for CPU-only jobs), roles, and awsvpc networking.
+    ecs_cluster: str = "jobplane-dev"
+    ecs_launch_type: str = "EC2"
+    ecs_task_role: str = "jobplane-dev-ecs-task"
+    ecs_execution_role: str = "jobplane-dev-ecs-execution"
+    ecs_subnets: tuple[str, ...] = ()
+    ecs_security_groups: tuple[str, ...] = ()
+    # Ad-hoc EC2: a launch template (lt-... id or a name) or an AMI, where the VM goes, and its profile.
+    ec2_launch_template: str | None = None
+    ec2_ami: str | None = None
+    ec2_subnet: str | None = None
+    ec2_security_groups: tuple[str, ...] = ()
+    ec2_instance_profile: str = "jobplane-dev-ec2-job"
+    # Upload trigger rules (bucket + prefix/glob -> job template); relative paths are from the code root.
+    triggers_file: str = "chalicelib/triggers.yaml"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -200,6 +233,28 @@ class Settings:
             aws_web_identity_audience=env.get("JOBPLANE_AWS_WEB_IDENTITY_AUDIENCE") or "sts.amazonaws.com",
             gce_metadata_host=env.get("GCE_METADATA_HOST") or "metadata.google.internal",
             log_level=env.get("JOBPLANE_LOG_LEVEL", "INFO"),
+            artifacts_bucket=env.get("JOBPLANE_ARTIFACTS_BUCKET", f"jobplane-{stage}-artifacts"),
+            sagemaker_role=env.get("JOBPLANE_SAGEMAKER_ROLE", f"jobplane-{stage}-sagemaker"),
+            sagemaker_volume_gb=_int("JOBPLANE_SAGEMAKER_VOLUME_GB", env.get("JOBPLANE_SAGEMAKER_VOLUME_GB", "50"), 1),
+            spot_wait_minutes=_int("JOBPLANE_SPOT_WAIT_MINUTES", env.get("JOBPLANE_SPOT_WAIT_MINUTES", "60"), 0),
+            batch_job_queue=env.get("JOBPLANE_BATCH_JOB_QUEUE", f"jobplane-{stage}"),
+            batch_gpu_job_queue=env.get("JOBPLANE_BATCH_GPU_JOB_QUEUE", f"jobplane-{stage}-gpu"),
+            batch_spot_job_queue=env.get("JOBPLANE_BATCH_SPOT_JOB_QUEUE") or None,
+            batch_job_role=env.get("JOBPLANE_BATCH_JOB_ROLE", f"jobplane-{stage}-batch-job"),
+            ecs_cluster=env.get("JOBPLANE_ECS_CLUSTER", f"jobplane-{stage}"),
+            ecs_launch_type=_choice(
+                "JOBPLANE_ECS_LAUNCH_TYPE", env.get("JOBPLANE_ECS_LAUNCH_TYPE", "ec2"), ("ec2", "fargate")
+            ).upper(),
+            ecs_task_role=env.get("JOBPLANE_ECS_TASK_ROLE", f"jobplane-{stage}-ecs-task"),
+            ecs_execution_role=env.get("JOBPLANE_ECS_EXECUTION_ROLE", f"jobplane-{stage}-ecs-execution"),
+            ecs_subnets=_list(env.get("JOBPLANE_ECS_SUBNETS", "")),
+            ecs_security_groups=_list(env.get("JOBPLANE_ECS_SECURITY_GROUPS", "")),
+            ec2_launch_template=env.get("JOBPLANE_EC2_LAUNCH_TEMPLATE") or None,
+            ec2_ami=env.get("JOBPLANE_EC2_AMI") or None,
+            ec2_subnet=env.get("JOBPLANE_EC2_SUBNET") or None,
+            ec2_security_groups=_list(env.get("JOBPLANE_EC2_SECURITY_GROUPS", "")),
+            ec2_instance_profile=env.get("JOBPLANE_EC2_INSTANCE_PROFILE", f"jobplane-{stage}-ec2-job"),
+            triggers_file=env.get("JOBPLANE_TRIGGERS_FILE", "chalicelib/triggers.yaml"),
         )
 
     def to_env(self) -> dict[str, str]:
@@ -223,6 +278,8 @@ class Settings:
             "JOBPLANE_SLACK_SEND_BUDGET_SECONDS": str(self.slack_send_budget_seconds),
             "JOBPLANE_SLACK_ASYNC": self.slack_async,
             "JOBPLANE_SLACK_WORKER_FUNCTION": self.slack_worker_function,
+            "JOBPLANE_ARTIFACTS_BUCKET": self.artifacts_bucket,
+            "JOBPLANE_TRIGGERS_FILE": self.triggers_file,
         }
         for name, value in (
             ("AWS_ENDPOINT_URL", self.aws_endpoint_url),

@@ -1,0 +1,201 @@
+"""What every AWS backend shares: cached boto3 clients, jobplane's tags, instance-type tables."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from chalicelib.backends.base import ComputeBackend, Handle, parse_native_name
+from chalicelib.errors import UnsupportedError
+
+TAG_JOB_ID = "jobplane:job-id"
+TAG_ATTEMPT = "jobplane:attempt"
+TAG_NATIVE = "jobplane:native-id"
+TAG_MANAGED = "jobplane:managed"
+TAG_STAGE = "jobplane:stage"
+TAG_STOPPED_BY = "jobplane:stopped-by"
+
+# (GPU type, GPUs per instance, EC2 instance type); SageMaker's type is the same with "ml." in front.
+# The smallest instance with at least the requested GPUs wins.
+GPU_INSTANCES: tuple[tuple[str, int, str], ...] = (
+    ("T4", 1, "g4dn.xlarge"),
+    ("T4", 4, "g4dn.12xlarge"),
+    ("T4", 8, "g4dn.metal"),
+    ("A10G", 1, "g5.xlarge"),
+    ("A10G", 4, "g5.12xlarge"),
+    ("A10G", 8, "g5.48xlarge"),
+    ("L4", 1, "g6.xlarge"),
+    ("L4", 4, "g6.12xlarge"),
+    ("L4", 8, "g6.48xlarge"),
+    ("L40S", 1, "g6e.xlarge"),
+    ("L40S", 4, "g6e.12xlarge"),
+    ("L40S", 8, "g6e.48xlarge"),
+    ("V100", 1, "p3.2xlarge"),
+    ("V100", 4, "p3.8xlarge"),
+    ("V100", 8, "p3.16xlarge"),
+    ("A100", 8, "p4d.24xlarge"),
+    ("A100-80GB", 8, "p4de.24xlarge"),
+    ("H100", 8, "p5.48xlarge"),
+    ("H200", 8, "p5e.48xlarge"),
+)
+# CPU-only: (vCPUs, memory GiB, type) of the general-purpose family, smallest first.
+CPU_INSTANCES: tuple[tuple[int, int, str], ...] = (
+    (2, 8, "m5.large"),
+    (4, 16, "m5.xlarge"),
+    (8, 32, "m5.2xlarge"),
+    (16, 64, "m5.4xlarge"),
+    (48, 192, "m5.12xlarge"),
+    (96, 384, "m5.24xlarge"),
+)
+GPU_TYPES_ON_AWS = tuple(dict.fromkeys(t for t, _, _ in GPU_INSTANCES))
+
+
+def instance_type_for(spec: dict[str, Any], prefix: str = "") -> str:
+    """The instance type a spec asks for: its own `instance_type`, else the GPU table, else the CPU table.
+
+    `prefix` is "ml." for SageMaker. Raises UnsupportedError naming the field when nothing fits.
+    """
+    resources = spec.get("resources") or {}
+    explicit = resources.get("instance_type")
+    if explicit:
+        if prefix and not explicit.startswith(prefix):
+            explicit = prefix + explicit
+        if not prefix and explicit.startswith("ml."):
+            explicit = explicit[3:]
+        return explicit
+    gpus = int(resources.get("gpus") or 0)
+    if gpus > 0:
+        gpu_type = resources.get("gpu_type")
+        sizes = [(n, t) for g, n, t in GPU_INSTANCES if g == gpu_type]
+        if not sizes:
+            raise UnsupportedError(
+                f"no AWS instance type has {gpu_type} GPUs",
+                [{"field": "resources.gpu_type", "message": f"on AWS: {', '.join(GPU_TYPES_ON_AWS)}"}],
+            )
+        for count, name in sizes:
+            if count >= gpus:
+                return prefix + name
+        raise UnsupportedError(
+            f"no AWS instance type has {gpus} {gpu_type} GPUs",
+            [{"field": "resources.gpus", "message": f"at most {sizes[-1][0]} {gpu_type} GPUs per job"}],
+        )
+    cpus = float(resources.get("cpus") or 1)
+    memory = float(resources.get("memory_gb") or 2)
+    for vcpus, mem, name in CPU_INSTANCES:
+        if vcpus >= cpus and mem >= memory:
+            return prefix + name
+    raise UnsupportedError(
+        f"no general-purpose instance has {cpus:g} vCPUs and {memory:g} GiB",
+        [{"field": "resources.cpus", "message": "at most 96 vCPUs and 384 GiB; or set resources.instance_type"}],
+    )
+
+
+def role_arn(name_or_arn: str, account: str = "*") -> str:
+    """A configured role: an ARN is kept, a bare name becomes an ARN in the given account."""
+    if name_or_arn.startswith("arn:"):
+        return name_or_arn
+    return f"arn:aws:iam::{account}:role/{name_or_arn}"
+
+
+def epoch_ms(value: Any) -> datetime | None:
+    """Event timestamps: epoch milliseconds (number or string), ISO strings, or datetimes."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC)
+    try:
+        return datetime.fromtimestamp(float(value) / 1000.0, UTC)
+    except (TypeError, ValueError):
+        pass
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+class AwsBackend(ComputeBackend):
+    """An AWS service backend: one boto3 client per service, built on first use, cached per instance."""
+
+    #: the boto3 service names this backend calls
+    services: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self._clients: dict[str, Any] = {}
+        self._client_lock = threading.Lock()
+        self._account: str | None = None
+
+    def client(self, service: str | None = None):
+        name = service or self.services[0]
+        with self._client_lock:
+            if name not in self._clients:
+                import boto3
+                from botocore.config import Config
+
+                # A session per backend: boto3's default session is not safe to share across threads.
+                session = boto3.session.Session(region_name=self.settings.region)
+                self._clients[name] = session.client(
+                    name,
+                    endpoint_url=self.settings.aws_endpoint_url,
+                    config=Config(retries={"mode": "standard"}),
+                )
+            return self._clients[name]
+
+    def set_client(self, service: str, client: Any) -> None:
+        """Use this client for `service` (tests hand in a client wrapped in a botocore Stubber)."""
+        with self._client_lock:
+            self._clients[service] = client
+
+    def job_tags(self, handle: Handle, job=None) -> dict[str, str]:
+        tags = {
+            TAG_JOB_ID: handle.job_id,
+            TAG_ATTEMPT: str(handle.attempt),
+            TAG_NATIVE: native_of(handle),
+            TAG_MANAGED: "true",
+            TAG_STAGE: self.settings.stage,
+        }
+        if job is not None:
+            tags["jobplane:owner"] = job.owner
+            for key, value in sorted((job.spec.get("labels") or {}).items()):
+                tags[f"label:{key}"] = value
+        return tags
+
+    def role(self, name_or_arn: str) -> str:
+        """The role's ARN in this account (looked up once with sts:GetCallerIdentity when only a name is set)."""
+        if name_or_arn.startswith("arn:"):
+            return name_or_arn
+        if self._account is None:
+            from chalicelib.backends.aws_errors import aws_errors
+
+            with aws_errors("sts", "GetCallerIdentity"):
+                self._account = self.client("sts").get_caller_identity()["Account"]
+        return role_arn(name_or_arn, self._account)
+
+    def ours(self, tags: dict[str, str]) -> tuple[str, int] | None:
+        """(job_id, attempt) when the tags say this deployment made the resource, else None."""
+        if tags.get(TAG_MANAGED) != "true" or tags.get(TAG_STAGE) != self.settings.stage:
+            return None
+        parsed = parse_native_name(tags.get(TAG_NATIVE))
+        if parsed is None or parsed[0] != tags.get(TAG_JOB_ID):
+            return None
+        return parsed
+
+
+def native_of(handle: Handle) -> str:
+    """The jobplane native name of a handle's attempt (its native_id may be the provider's id)."""
+    from chalicelib.jobs.model import native_name
+
+    return native_name(handle.job_id, handle.attempt)
+
+
+def env_list(spec: dict[str, Any], handle: Handle) -> list[tuple[str, str]]:
+    """The job's environment, plus what jobplane tells every job about itself."""
+    env = dict(spec.get("env") or {})
+    env["JOBPLANE_JOB_ID"] = handle.job_id
+    env["JOBPLANE_ATTEMPT"] = str(handle.attempt)
+    if spec.get("checkpoint_uri"):
+        env["JOBPLANE_CHECKPOINT_URI"] = spec["checkpoint_uri"]
+    if spec.get("outputs"):
+        env["JOBPLANE_OUTPUTS"] = spec["outputs"]
+    return sorted(env.items())

@@ -1,0 +1,256 @@
+"""ECS tasks (EC2 launch type, GPUs through resourceRequirements); Fargate only for CPU-only jobs."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from chalicelib.backends.aws_base import AwsBackend, env_list, epoch_ms, native_of
+from chalicelib.backends.aws_errors import aws_errors
+from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
+from chalicelib.errors import BackendError, CapacityError, UnsupportedError
+from chalicelib.jobs.model import FailureKind, JobStatus
+
+DETAIL_TYPE = "ECS Task State Change"
+CONTAINER = "job"
+CANCEL_REASON = "cancelled through jobplane"
+_LAUNCHING = {"PROVISIONING", "PENDING", "ACTIVATING"}
+# Fargate's CPU units -> the memory sizes (MiB) it accepts, smallest first.
+_FARGATE = ((256, 512), (512, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (8192, 16384), (16384, 32768))
+
+
+def family_name(image: str, gpus: int, launch_type: str) -> str:
+    """One task definition family per (image, GPU count, launch type)."""
+    digest = hashlib.sha256(f"{image}\0{gpus}\0{launch_type}".encode()).hexdigest()[:20]
+    return f"jp-img-{digest}"
+
+
+class EcsBackend(AwsBackend):
+    name = "ecs"
+    services = ("ecs",)
+    unsupported_features = {
+        "tpu": "TPUs exist only on Vertex AI",
+        "spot": "ECS takes spot capacity from the cluster's capacity providers, not per job; use sagemaker or ec2",
+    }
+    iam_actions = (
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:ListTasks",
+        "ecs:StopTask",
+        "ecs:RegisterTaskDefinition",
+        "ecs:ListTaskDefinitions",
+        "ecs:TagResource",  # RunTask / RegisterTaskDefinition with tags need it
+    )
+    event_sources = ("aws.ecs",)
+
+    def roles(self) -> tuple[tuple[str, str], ...]:
+        return (
+            (self.settings.ecs_task_role, "ecs-tasks.amazonaws.com"),
+            (self.settings.ecs_execution_role, "ecs-tasks.amazonaws.com"),
+        )
+
+    @property
+    def fargate(self) -> bool:
+        return self.settings.ecs_launch_type == "FARGATE"
+
+    def _validate_impl(self, spec: dict[str, Any]) -> None:
+        if not spec.get("image"):
+            raise UnsupportedError("ECS runs a container image", [{"field": "image", "message": "required for ecs"}])
+        resources = spec.get("resources") or {}
+        if self.fargate and int(resources.get("gpus") or 0) > 0:
+            raise UnsupportedError(
+                "this deployment runs ECS tasks on Fargate, which has no GPUs",
+                [{"field": "resources.gpus", "message": "0 on Fargate; use sagemaker, aws-batch or ec2 for GPUs"}],
+            )
+        if self.fargate:
+            self._fargate_size(resources)
+
+    def _fargate_size(self, resources: dict[str, Any]) -> tuple[int, int]:
+        cpu_units = float(resources.get("cpus") or 1) * 1024
+        memory = float(resources.get("memory_gb") or 2) * 1024
+        for cpu, max_memory in _FARGATE:
+            if cpu >= cpu_units and max_memory >= memory:
+                return cpu, int(max(memory, cpu * 2))
+        raise UnsupportedError(
+            "too large for a Fargate task",
+            [{"field": "resources.cpus", "message": "at most 16 vCPUs and 32 GiB on Fargate"}],
+        )
+
+    def task_definition(self, spec: dict[str, Any]) -> str:
+        """The family (and latest revision) for the job's image and GPU count, registered on first use."""
+        gpus = int((spec.get("resources") or {}).get("gpus") or 0)
+        family = family_name(spec["image"], gpus, self.settings.ecs_launch_type)
+        with aws_errors("ecs", "ListTaskDefinitions"):
+            found = self.client().list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC")
+        arns = [a for a in found.get("taskDefinitionArns", []) if a.split("/")[-1].rsplit(":", 1)[0] == family]
+        if arns:
+            return arns[0]
+        container: dict[str, Any] = {
+            "name": CONTAINER,
+            "image": spec["image"],
+            "essential": True,
+            "memoryReservation": 512,
+        }
+        if gpus:
+            container["resourceRequirements"] = [{"type": "GPU", "value": str(gpus)}]
+        request: dict[str, Any] = {
+            "family": family,
+            "containerDefinitions": [container],
+            "taskRoleArn": self.role(self.settings.ecs_task_role),
+            "executionRoleArn": self.role(self.settings.ecs_execution_role),
+            "tags": [
+                {"key": "jobplane:managed", "value": "true"},
+                {"key": "jobplane:stage", "value": self.settings.stage},
+            ],
+        }
+        if self.fargate:
+            # (EC2 is what ECS assumes when requiresCompatibilities is left out.)
+            request["requiresCompatibilities"] = ["FARGATE"]
+            request["networkMode"] = "awsvpc"
+            request["cpu"], request["memory"] = "256", "512"  # each task overrides its size
+        with aws_errors("ecs", "RegisterTaskDefinition"):
+            registered = self.client().register_task_definition(**request)
+        return registered["taskDefinition"]["taskDefinitionArn"]
+
+    def run_task_request(self, job, handle: Handle, definition: str) -> dict[str, Any]:
+        spec = job.spec
+        resources = spec.get("resources") or {}
+        override: dict[str, Any] = {
+            "name": CONTAINER,
+            "command": list(spec["command"]),
+            "environment": [{"name": k, "value": v} for k, v in env_list(spec, handle)],
+        }
+        request: dict[str, Any] = {
+            "cluster": self.settings.ecs_cluster,
+            "taskDefinition": definition,
+            "launchType": self.settings.ecs_launch_type,
+            "count": 1,
+            # startedBy carries the native name into every task state event (tags do not travel there).
+            "startedBy": native_of(handle),
+            "clientToken": native_of(handle),
+            "tags": [{"key": k, "value": v} for k, v in self.job_tags(handle, job).items()],
+            "enableECSManagedTags": True,
+            "overrides": {"containerOverrides": [override]},
+        }
+        if self.fargate:
+            cpu, memory = self._fargate_size(resources)
+            request["overrides"].update({"cpu": str(cpu), "memory": str(memory)})
+            request["networkConfiguration"] = {
+                "awsvpcConfiguration": {
+                    "subnets": list(self.settings.ecs_subnets),
+                    "securityGroups": list(self.settings.ecs_security_groups),
+                    "assignPublicIp": "DISABLED",
+                }
+            }
+        else:
+            override["cpu"] = int(float(resources.get("cpus") or 1) * 1024)
+            override["memoryReservation"] = int(float(resources.get("memory_gb") or 2) * 1024)
+        return request
+
+    def _launch_impl(self, job, handle: Handle) -> LaunchResult:
+        existing = self._find(native_of(handle))
+        if existing is not None:
+            return LaunchResult(existing, "AlreadyLaunched")
+        definition = self.task_definition(job.spec)
+        with aws_errors("ecs", "RunTask"):
+            response = self.client().run_task(**self.run_task_request(job, handle, definition))
+        tasks = response.get("tasks") or []
+        if tasks:
+            return LaunchResult(tasks[0]["taskArn"], tasks[0].get("lastStatus", "PROVISIONING"))
+        failures = response.get("failures") or []
+        reason = "; ".join(f"{f.get('reason')}{': ' + f['detail'] if f.get('detail') else ''}" for f in failures)
+        if any(str(f.get("reason", "")).startswith("RESOURCE:") for f in failures):
+            # No container instance in the cluster has the GPUs / CPU / memory free.
+            raise CapacityError(f"ecs RunTask: {reason}", retryable=True)
+        raise BackendError(f"ecs RunTask: {reason or 'no task started'}")
+
+    def _find(self, native: str) -> str | None:
+        for desired in ("RUNNING", "STOPPED"):
+            with aws_errors("ecs", "ListTasks"):
+                page = self.client().list_tasks(
+                    cluster=self.settings.ecs_cluster, startedBy=native, desiredStatus=desired
+                )
+            if page.get("taskArns"):
+                return page["taskArns"][0]
+        return None
+
+    def _task_arn(self, handle: Handle) -> str | None:
+        if parse_native_name(handle.native_id) is None:
+            return handle.native_id
+        return self._find(handle.native_id)
+
+    def _describe_impl(self, handle: Handle) -> Observation | None:
+        arn = self._task_arn(handle)
+        if arn is None:
+            return None
+        with aws_errors("ecs", "DescribeTasks"):
+            tasks = self.client().describe_tasks(cluster=self.settings.ecs_cluster, tasks=[arn]).get("tasks", [])
+        if not tasks:
+            return None
+        return self.observe(tasks[0], handle.job_id, handle.attempt)
+
+    def _cancel_impl(self, handle: Handle) -> None:
+        arn = self._task_arn(handle)
+        if arn is None:
+            return
+        with aws_errors("ecs", "StopTask"):
+            self.client().stop_task(cluster=self.settings.ecs_cluster, task=arn, reason=CANCEL_REASON)
+
+    def observe(self, task: dict[str, Any], job_id: str | None, attempt: int | None, at=None) -> Observation:
+        """A Task (DescribeTasks, or an event's detail) -> Observation."""
+        last = str(task.get("lastStatus") or "")
+        stop_code = str(task.get("stopCode") or "")
+        stopped_reason = str(task.get("stoppedReason") or "")
+        container = next((c for c in task.get("containers") or [] if c.get("name") == CONTAINER), None)
+        if container is None and task.get("containers"):
+            container = task["containers"][0]
+        exit_code = (container or {}).get("exitCode")
+        kind = None
+        native = last
+        if last in _LAUNCHING:
+            state = JobStatus.LAUNCHING
+        elif last == "STOPPED":
+            native = f"STOPPED/{stop_code}" if stop_code else "STOPPED"
+            if stop_code == "EssentialContainerExited" and exit_code == 0:
+                state = JobStatus.SUCCEEDED
+            else:
+                state = JobStatus.FAILED
+                kind = ecs_failure_kind(stop_code, exit_code, stopped_reason)
+        else:
+            state = JobStatus.RUNNING  # RUNNING, and DEACTIVATING/STOPPING until it is STOPPED
+        return Observation(
+            status=state,
+            native_status=native,
+            native_id=task.get("taskArn"),
+            job_id=job_id,
+            attempt=attempt,
+            reason=stopped_reason or (container or {}).get("reason") or f"ECS: {native}",
+            failure_kind=kind,
+            exit_code=exit_code,
+            at=at or epoch_ms(task.get("stoppedAt")) or epoch_ms(task.get("updatedAt")),
+            started_at=epoch_ms(task.get("startedAt")),
+        )
+
+    def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
+        if raw.get("source") != "aws.ecs" or raw.get("detail-type") != DETAIL_TYPE:
+            return None
+        detail = raw.get("detail") or {}
+        parsed = parse_native_name(detail.get("startedBy"))
+        cluster = str(detail.get("clusterArn") or "")
+        if parsed is not None and cluster.split("/")[-1] != self.settings.ecs_cluster:
+            parsed = None  # another deployment's cluster
+        job_id, attempt = parsed if parsed else (None, None)
+        return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
+
+
+def ecs_failure_kind(stop_code: str, exit_code: Any, reason: str) -> FailureKind:
+    lowered = reason.lower()
+    if stop_code in ("SpotInterruption", "TerminationNotice"):
+        return FailureKind.INTERRUPTED
+    if stop_code == "EssentialContainerExited" and exit_code not in (None, 0):
+        return FailureKind.USER_ERROR
+    if stop_code == "TaskFailedToStart" and ("cannotpullcontainer" in lowered or "image" in lowered):
+        return FailureKind.USER_ERROR
+    if "resource:" in lowered or "insufficient" in lowered:
+        return FailureKind.NO_CAPACITY
+    return FailureKind.BACKEND_ERROR

@@ -1,0 +1,221 @@
+"""SageMaker training jobs: the first choice on AWS (managed spot, S3 checkpoints, no time limit that matters)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from chalicelib.backends.aws_base import AwsBackend, env_list, epoch_ms, instance_type_for, native_of
+from chalicelib.backends.aws_errors import aws_errors, error_code
+from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
+from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs.model import FailureKind, JobStatus
+
+DETAIL_TYPE = "SageMaker Training Job State Change"
+# SecondaryStatus values during which the container runs (the rest of InProgress is provisioning).
+_RUNNING_SECONDARY = {"Downloading", "Training", "Uploading", "Restarting"}
+MAX_ENV_VALUE = 512  # CreateTrainingJob's limit on each Environment value
+MAX_ENV = 48
+
+
+class SageMakerBackend(AwsBackend):
+    name = "sagemaker"
+    services = ("sagemaker",)
+    unsupported_features = {"tpu": "TPUs exist only on Vertex AI"}
+    iam_actions = (
+        "sagemaker:CreateTrainingJob",
+        "sagemaker:DescribeTrainingJob",
+        "sagemaker:StopTrainingJob",
+        "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
+    )
+    event_sources = ("aws.sagemaker",)
+
+    def roles(self) -> tuple[tuple[str, str], ...]:
+        """(role, service it is passed to): the only iam:PassRole this backend needs."""
+        return ((self.settings.sagemaker_role, "sagemaker.amazonaws.com"),)
+
+    def _validate_impl(self, spec: dict[str, Any]) -> None:
+        if not spec.get("image"):
+            raise UnsupportedError(
+                "SageMaker runs a container image", [{"field": "image", "message": "required for sagemaker"}]
+            )
+        instance_type_for(spec, "ml.")
+        for i, uri in enumerate(spec.get("inputs") or ()):
+            if not uri.startswith("s3://"):
+                raise UnsupportedError(
+                    "SageMaker reads inputs from S3", [{"field": f"inputs[{i}]", "message": "an s3:// URI"}]
+                )
+        for field in ("outputs", "checkpoint_uri"):
+            if spec.get(field) and not spec[field].startswith("s3://"):
+                raise UnsupportedError(f"SageMaker writes {field} to S3", [{"field": field, "message": "an s3:// URI"}])
+        env = spec.get("env") or {}
+        if len(env) > MAX_ENV:
+            raise UnsupportedError(
+                "too many environment variables for SageMaker",
+                [{"field": "env", "message": f"at most {MAX_ENV} variables"}],
+            )
+        for key, value in env.items():
+            if len(value) > MAX_ENV_VALUE:
+                raise UnsupportedError(
+                    "environment value too long for SageMaker",
+                    [{"field": f"env.{key}", "message": f"at most {MAX_ENV_VALUE} characters"}],
+                )
+
+    def training_job_request(self, job, handle: Handle) -> dict[str, Any]:
+        """CreateTrainingJob's arguments for one attempt of `job` (pure but for the role lookup)."""
+        spec = job.spec
+        resources = spec.get("resources") or {}
+        runtime = int(spec.get("max_runtime_minutes", 1440)) * 60
+        command = list(spec["command"])
+        request: dict[str, Any] = {
+            "TrainingJobName": native_of(handle),
+            "AlgorithmSpecification": {
+                "TrainingImage": spec["image"],
+                "TrainingInputMode": "File",
+                "ContainerEntrypoint": command[:1],
+            },
+            "RoleArn": self.role(self.settings.sagemaker_role),
+            "OutputDataConfig": {
+                "S3OutputPath": spec.get("outputs") or f"s3://{self.settings.artifacts_bucket}/outputs/{job.job_id}/"
+            },
+            "ResourceConfig": {
+                "InstanceType": instance_type_for(spec, "ml."),
+                "InstanceCount": 1,
+                "VolumeSizeInGB": self.settings.sagemaker_volume_gb,
+            },
+            "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
+            "Environment": dict(env_list(spec, handle)),
+            "Tags": [{"Key": k, "Value": v} for k, v in self.job_tags(handle, job).items()],
+        }
+        if command[1:]:
+            request["AlgorithmSpecification"]["ContainerArguments"] = command[1:]
+        if resources.get("spot"):
+            request["EnableManagedSpotTraining"] = True
+            request["StoppingCondition"]["MaxWaitTimeInSeconds"] = runtime + self.settings.spot_wait_minutes * 60
+        if spec.get("checkpoint_uri"):
+            # SageMaker syncs this folder to S3 and restores it into a retried or resumed job.
+            request["CheckpointConfig"] = {"S3Uri": spec["checkpoint_uri"], "LocalPath": "/opt/ml/checkpoints"}
+        inputs = list(spec.get("inputs") or ())
+        if inputs:
+            request["InputDataConfig"] = [
+                {
+                    "ChannelName": "training" if len(inputs) == 1 else f"input{i}",
+                    "DataSource": {
+                        "S3DataSource": {
+                            "S3DataType": "S3Prefix",
+                            "S3Uri": uri,
+                            "S3DataDistributionType": "FullyReplicated",
+                        }
+                    },
+                }
+                for i, uri in enumerate(inputs)
+            ]
+        return request
+
+    def _launch_impl(self, job, handle: Handle) -> LaunchResult:
+        name = native_of(handle)
+        # CreateTrainingJob with a used name is refused by SageMaker (and silently overwrites in moto):
+        # a retried launch looks first.
+        existing = self._describe_raw(name)
+        if existing is not None:
+            return LaunchResult(name, "AlreadyLaunched")
+        request = self.training_job_request(job, handle)
+        try:
+            with aws_errors("sagemaker", "CreateTrainingJob"):
+                self.client().create_training_job(**request)
+        except BackendError as exc:
+            if error_code(exc) == "ResourceInUse" or "already exists" in exc.message:
+                return LaunchResult(name, "AlreadyLaunched")
+            raise
+        return LaunchResult(name, "InProgress")
+
+    def _describe_raw(self, name: str) -> dict[str, Any] | None:
+        try:
+            with aws_errors("sagemaker", "DescribeTrainingJob"):
+                return self.client().describe_training_job(TrainingJobName=name)
+        except BackendError as exc:
+            # SageMaker answers an unknown name with ValidationException "Requested resource not found."
+            # (moto: "Could not find training job ...").
+            lowered = exc.message.lower()
+            if error_code(exc) in ("ValidationException", "ResourceNotFound") and (
+                "not found" in lowered or "could not find" in lowered
+            ):
+                return None
+            raise
+
+    def _describe_impl(self, handle: Handle) -> Observation | None:
+        raw = self._describe_raw(native_of(handle))
+        if raw is None:
+            return None
+        return self.observe(raw, handle.job_id, handle.attempt)
+
+    def _cancel_impl(self, handle: Handle) -> None:
+        try:
+            with aws_errors("sagemaker", "StopTrainingJob"):
+                self.client().stop_training_job(TrainingJobName=native_of(handle))
+        except BackendError as exc:
+            # Stopping a job that already ended (or never started) has nothing left to do.
+            if error_code(exc) == "ValidationException":
+                return
+            raise
+
+    def observe(self, detail: dict[str, Any], job_id: str | None, attempt: int | None, at=None) -> Observation:
+        """DescribeTrainingJob output, or an event's detail (same fields) -> Observation."""
+        status = str(detail.get("TrainingJobStatus") or "")
+        secondary = str(detail.get("SecondaryStatus") or "")
+        failure = str(detail.get("FailureReason") or "")
+        native = f"{status}/{secondary}" if secondary and secondary != status else status
+        kind = None
+        if status == "Completed":
+            state = JobStatus.SUCCEEDED
+        elif status == "Failed":
+            state = JobStatus.FAILED
+            kind = failure_kind(failure)
+        elif status == "Stopped":
+            if secondary == "MaxRuntimeExceeded":
+                state, kind = JobStatus.FAILED, FailureKind.TIMEOUT
+            elif secondary == "MaxWaitTimeExceeded":
+                state, kind = JobStatus.FAILED, FailureKind.NO_CAPACITY
+            else:
+                state = JobStatus.CANCELLED
+        elif status == "InProgress" and secondary in _RUNNING_SECONDARY:
+            state = JobStatus.RUNNING
+        elif status == "Stopping":
+            state = JobStatus.RUNNING  # the terminal event says how it ended
+        else:
+            state = JobStatus.LAUNCHING
+        return Observation(
+            status=state,
+            native_status=native,
+            native_id=detail.get("TrainingJobName"),
+            job_id=job_id,
+            attempt=attempt,
+            reason=failure or (f"SageMaker: {secondary}" if secondary else f"SageMaker: {status}"),
+            failure_kind=kind,
+            at=at or epoch_ms(detail.get("TrainingEndTime")) or epoch_ms(detail.get("LastModifiedTime")),
+            started_at=epoch_ms(detail.get("TrainingStartTime")),
+        )
+
+    def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
+        if raw.get("source") != "aws.sagemaker" or raw.get("detail-type") != DETAIL_TYPE:
+            return None
+        detail = raw.get("detail") or {}
+        parsed = parse_native_name(detail.get("TrainingJobName"))
+        tags = detail.get("Tags") or {}
+        if isinstance(tags, list):
+            tags = {t.get("Key"): t.get("Value") for t in tags}
+        if parsed is not None and tags and self.ours(tags) != parsed:
+            parsed = None  # a jp- name from another stage or another deployment
+        job_id, attempt = parsed if parsed else (None, None)
+        return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
+
+
+def failure_kind(reason: str) -> FailureKind:
+    """SageMaker's FailureReason starts with who failed: AlgorithmError/ClientError (the job), CapacityError..."""
+    lowered = reason.lower()
+    if lowered.startswith("capacityerror") or "insufficient capacity" in lowered:
+        return FailureKind.NO_CAPACITY
+    if "resourcelimitexceeded" in lowered or "quota" in lowered:
+        return FailureKind.QUOTA
+    if lowered.startswith(("algorithmerror", "clienterror")) or "non-zero exit" in lowered:
+        return FailureKind.USER_ERROR
+    return FailureKind.BACKEND_ERROR
