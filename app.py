@@ -132,7 +132,8 @@ def notify(event):
     return notify_records(event.to_dict(), event.context)
 
 
-@app.route("/slack/commands", methods=["POST"], content_types=["application/x-www-form-urlencoded"])
+# Slack sends form-encoded bodies; JSON (what a request without Content-Type is taken for) gets a 401, not a 415.
+@app.route("/slack/commands", methods=["POST"], content_types=["application/x-www-form-urlencoded", "application/json"])
 def slack_command():
     from chalicelib.notify.commands import handle_request
 

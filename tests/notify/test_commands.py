@@ -373,3 +373,9 @@ def test_a_command_that_cannot_be_started_is_answered_not_crashed(slack_env, cap
         {"response_type": "ephemeral", "text": ":warning: jobplane could not start this command; please try again."},
     )
     assert "could not be started" in caplog.text
+
+
+def test_a_request_without_a_form_body_is_refused_as_unsigned(slack_app):
+    for headers in ({}, {"Content-Type": "application/json"}):
+        response = slack_app.client.http.post("/slack/commands", headers=headers, body=b"{}")
+        assert (response.status_code, response.json_body) == (401, commands.UNAUTHORIZED)
