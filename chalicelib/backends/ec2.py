@@ -1,0 +1,355 @@
+"""Ad-hoc EC2 VMs: any image, any GPU, spot; the VM stops itself and the reaper stops it from outside."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from chalicelib.backends.aws_base import (
+    TAG_ATTEMPT,
+    TAG_JOB_ID,
+    TAG_MANAGED,
+    TAG_NATIVE,
+    TAG_STAGE,
+    TAG_STOPPED_BY,
+    AwsBackend,
+    env_list,
+    epoch_ms,
+    instance_type_for,
+    native_of,
+)
+from chalicelib.backends.aws_errors import aws_errors, error_code
+from chalicelib.backends.base import Handle, LaunchResult, ManagedResource, Observation, parse_native_name
+from chalicelib.backends.userdata import MAX_USER_DATA, VmJob, user_data
+from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs.model import FailureKind, JobStatus
+
+STATE_CHANGE = "EC2 Instance State-change Notification"
+SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
+_LIVE = ("pending", "running", "stopping", "stopped")
+_GONE = ("shutting-down", "terminated")
+SPOT_REASON = "Server.SpotInstanceTermination"
+
+
+class Ec2Backend(AwsBackend):
+    name = "ec2"
+    services = ("ec2",)
+    unsupported_features = {"tpu": "TPUs exist only on Vertex AI"}
+    iam_actions = (
+        "ec2:RunInstances",
+        "ec2:DescribeInstances",
+        "ec2:TerminateInstances",
+        "ec2:CreateTags",  # RunInstances with TagSpecifications, and the stopped-by mark
+        "s3:GetObject",  # the exit status the VM uploads (artifacts bucket only)
+    )
+    event_sources = ("aws.ec2",)
+    reaps = True
+
+    def roles(self) -> tuple[tuple[str, str], ...]:
+        # The instance profile's role (same name by convention) is passed to EC2.
+        return ((self.settings.ec2_instance_profile, "ec2.amazonaws.com"),)
+
+    def status_uri(self, handle: Handle) -> str:
+        return f"s3://{self.settings.artifacts_bucket}/jobplane/{self.settings.stage}/jobs/{handle.job_id}/{native_of(handle)}/"
+
+    def vm_job(self, job, handle: Handle) -> VmJob:
+        spec = job.spec
+        return VmJob(
+            job_id=handle.job_id,
+            native_id=native_of(handle),
+            name=job.name,
+            command=tuple(spec["command"]),
+            env=tuple(env_list(spec, handle)),
+            max_runtime_seconds=int(spec.get("max_runtime_minutes", 1440)) * 60,
+            status_uri=self.status_uri(handle),
+            region=self.settings.region,
+            image=spec.get("image"),
+            gpus=int((spec.get("resources") or {}).get("gpus") or 0),
+            checkpoint_uri=spec.get("checkpoint_uri")
+            if str(spec.get("checkpoint_uri") or "").startswith("s3://")
+            else None,
+        )
+
+    def _validate_impl(self, spec: dict[str, Any]) -> None:
+        instance_type_for(spec)
+        from chalicelib.jobs.model import Job, JobStatus, utcnow
+
+        probe = Job("0" * 32, spec.get("name", "job"), "", JobStatus.QUEUED, self.name, spec, utcnow())
+        size = len(user_data(self.vm_job(probe, Handle.of(probe))).encode())
+        if size > MAX_USER_DATA:
+            raise UnsupportedError(
+                f"the job's command and env make a {size}-byte EC2 user data script (limit {MAX_USER_DATA})",
+                [{"field": "env", "message": "keep command and env under ~14 KiB for ec2, or pass data through S3"}],
+            )
+
+    def run_request(self, job, handle: Handle) -> dict[str, Any]:
+        spec = job.spec
+        tags = self.job_tags(handle, job)
+        tags["Name"] = f"jobplane-{job.name}"[:255]
+        tag_list = [{"Key": k, "Value": v} for k, v in tags.items()]
+        request: dict[str, Any] = {
+            "MinCount": 1,
+            "MaxCount": 1,
+            "InstanceType": instance_type_for(spec),
+            "ClientToken": native_of(handle),
+            "InstanceInitiatedShutdownBehavior": "terminate",
+            "UserData": user_data(self.vm_job(job, handle)),
+            "TagSpecifications": [
+                {"ResourceType": "instance", "Tags": tag_list},
+                {"ResourceType": "volume", "Tags": tag_list},
+            ],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            "IamInstanceProfile": (
+                {"Arn": self.settings.ec2_instance_profile}
+                if self.settings.ec2_instance_profile.startswith("arn:")
+                else {"Name": self.settings.ec2_instance_profile}
+            ),
+        }
+        template = self.settings.ec2_launch_template
+        if template:
+            key = "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
+            request["LaunchTemplate"] = {key: template, "Version": "$Default"}
+        if self.settings.ec2_ami:
+            request["ImageId"] = self.settings.ec2_ami
+        if not template and not self.settings.ec2_ami:
+            raise BackendError("ec2 is not configured: set JOBPLANE_EC2_LAUNCH_TEMPLATE or JOBPLANE_EC2_AMI")
+        if self.settings.ec2_subnet:
+            request["SubnetId"] = self.settings.ec2_subnet
+        if self.settings.ec2_security_groups:
+            request["SecurityGroupIds"] = list(self.settings.ec2_security_groups)
+        if (spec.get("resources") or {}).get("spot"):
+            request["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
+            }
+        return request
+
+    def _launch_impl(self, job, handle: Handle) -> LaunchResult:
+        # EC2 honours ClientToken, but emulators do not, and a token alone cannot see a launch
+        # that another request made: an instance tagged with this attempt's name is that launch.
+        existing = self._instances_of(native_of(handle))
+        if existing:
+            return LaunchResult(existing[0]["InstanceId"], "AlreadyLaunched")
+        with aws_errors("ec2", "RunInstances"):
+            response = self.client().run_instances(**self.run_request(job, handle))
+        instance = response["Instances"][0]
+        return LaunchResult(instance["InstanceId"], instance.get("State", {}).get("Name", "pending"))
+
+    def _instances_of(self, native: str) -> list[dict[str, Any]]:
+        """Instances tagged with this attempt's native name, newest first (all states)."""
+        with aws_errors("ec2", "DescribeInstances"):
+            pages = (
+                self.client()
+                .get_paginator("describe_instances")
+                .paginate(
+                    Filters=[
+                        {"Name": f"tag:{TAG_NATIVE}", "Values": [native]},
+                        {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]},
+                    ]
+                )
+            )
+            found = [i for page in pages for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+        return sorted(found, key=lambda i: str(i.get("LaunchTime", "")), reverse=True)
+
+    def _instance(self, instance_id: str) -> dict[str, Any] | None:
+        try:
+            with aws_errors("ec2", "DescribeInstances"):
+                response = self.client().describe_instances(InstanceIds=[instance_id])
+        except BackendError as exc:
+            if error_code(exc) in ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed"):
+                return None
+            raise
+        found = [i for r in response.get("Reservations", []) for i in r.get("Instances", [])]
+        return found[0] if found else None
+
+    def _resolve(self, handle: Handle) -> dict[str, Any] | None:
+        if parse_native_name(handle.native_id) is None:
+            return self._instance(handle.native_id)
+        found = self._instances_of(handle.native_id)
+        return found[0] if found else None
+
+    def exit_status(self, job_id: str, native: str) -> dict[str, Any] | None:
+        """The status.json the VM uploaded before shutting down, or None."""
+        uri = self.status_uri(Handle(job_id, native, parse_native_name(native)[1]))
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        try:
+            with aws_errors("s3", "GetObject"):
+                body = self.client("s3").get_object(Bucket=bucket, Key=prefix + "status.json")["Body"].read()
+        except BackendError as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
+                return None
+            raise
+        try:
+            data = json.loads(body)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+
+    def observe(self, instance: dict[str, Any], at=None) -> Observation:
+        """One instance (DescribeInstances) -> Observation; a gone instance is judged by its exit status."""
+        tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+        ours = self.ours(tags)
+        job_id, attempt = ours if ours else (None, None)
+        state = instance.get("State", {}).get("Name", "")
+        instance_id = instance.get("InstanceId")
+        reason = (instance.get("StateReason") or {}).get("Code", "")
+        if state == "pending":
+            return Observation(JobStatus.LAUNCHING, state, instance_id, job_id, attempt, at=at)
+        if state in ("running", "stopping", "stopped"):
+            launched = epoch_ms(instance.get("LaunchTime"))
+            return Observation(JobStatus.RUNNING, state, instance_id, job_id, attempt, at=at, started_at=launched)
+        if state == "shutting-down":
+            # Not over until terminated: the exit status may still be on its way.
+            return Observation(JobStatus.RUNNING, state, instance_id, job_id, attempt, at=at)
+        return self._ended(instance_id, job_id, attempt, tags.get(TAG_NATIVE), reason, at)
+
+    def _ended(self, instance_id, job_id, attempt, native, reason: str, at=None) -> Observation:
+        status = self.exit_status(job_id, native) if job_id and native else None
+        if status is not None:
+            code = status.get("exit_code")
+            started = epoch_ms(status.get("started_at"))
+            ended = at or epoch_ms(status.get("finished_at"))
+            if code == 0:
+                return Observation(
+                    JobStatus.SUCCEEDED,
+                    "terminated",
+                    instance_id,
+                    job_id,
+                    attempt,
+                    "exit status 0",
+                    None,
+                    0,
+                    ended,
+                    started,
+                )
+            kind = FailureKind.TIMEOUT if status.get("timed_out") else FailureKind.USER_ERROR
+            why = "ran past max_runtime_minutes" if status.get("timed_out") else f"exit status {code}"
+            return Observation(
+                JobStatus.FAILED, "terminated", instance_id, job_id, attempt, why, kind, code, ended, started
+            )
+        if reason == SPOT_REASON:
+            return Observation(
+                JobStatus.FAILED,
+                "terminated",
+                instance_id,
+                job_id,
+                attempt,
+                "spot instance reclaimed by EC2",
+                FailureKind.INTERRUPTED,
+                at=at,
+            )
+        return Observation(
+            JobStatus.FAILED,
+            "terminated",
+            instance_id,
+            job_id,
+            attempt,
+            f"instance terminated without an exit status ({reason or 'no state reason'})",
+            FailureKind.BACKEND_ERROR,
+            at=at,
+        )
+
+    def _describe_impl(self, handle: Handle) -> Observation | None:
+        instance = self._resolve(handle)
+        if instance is None:
+            return None
+        return self.observe(instance)
+
+    def _cancel_impl(self, handle: Handle) -> None:
+        instance = self._resolve(handle)
+        if instance is None or instance.get("State", {}).get("Name") in _GONE:
+            return
+        self._terminate(instance["InstanceId"], "cancelled through jobplane")
+
+    def _terminate(self, instance_id: str, reason: str) -> None:
+        with aws_errors("ec2", "CreateTags"):
+            self.client().create_tags(Resources=[instance_id], Tags=[{"Key": TAG_STOPPED_BY, "Value": reason[:255]}])
+        with aws_errors("ec2", "TerminateInstances"):
+            self.client().terminate_instances(InstanceIds=[instance_id])
+
+    def _release_impl(self, handle: Handle, reason: str) -> None:
+        instance = self._resolve(handle)
+        if instance is not None and instance.get("State", {}).get("Name") in _LIVE:
+            self._terminate(instance["InstanceId"], f"released: {reason}")
+
+    def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
+        if raw.get("source") != "aws.ec2" or raw.get("detail-type") not in (STATE_CHANGE, SPOT_WARNING):
+            return None
+        detail = raw.get("detail") or {}
+        instance_id = detail.get("instance-id")
+        at = epoch_ms(raw.get("time"))
+        if not instance_id:
+            return None
+        # EC2 events carry no tags: the instance's own tags say whose it is.
+        instance = self._instance(instance_id)
+        tags = {t["Key"]: t["Value"] for t in (instance or {}).get("Tags", [])}
+        ours = self.ours(tags)
+        if ours is None:
+            return Observation(JobStatus.RUNNING, str(detail.get("state") or raw["detail-type"]), instance_id)
+        job_id, attempt = ours
+        if raw["detail-type"] == SPOT_WARNING:
+            action = detail.get("instance-action", "terminate")
+            return Observation(
+                JobStatus.FAILED,
+                f"spot-interruption/{action}",
+                instance_id,
+                job_id,
+                attempt,
+                f"spot interruption warning: EC2 will {action} {instance_id} in two minutes",
+                FailureKind.INTERRUPTED,
+                at=at,
+            )
+        state = str(detail.get("state") or "")
+        if state == "pending":
+            return Observation(JobStatus.LAUNCHING, state, instance_id, job_id, attempt, at=at)
+        if state in ("running", "stopping", "stopped", "shutting-down"):
+            return Observation(
+                JobStatus.RUNNING,
+                state,
+                instance_id,
+                job_id,
+                attempt,
+                at=at,
+                started_at=at if state == "running" else None,
+            )
+        reason = ((instance or {}).get("StateReason") or {}).get("Code", "")
+        return self._ended(instance_id, job_id, attempt, tags.get(TAG_NATIVE), reason, at)
+
+    # --- the reaper's view ----------------------------------------------------------------
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        with aws_errors("ec2", "DescribeInstances"):
+            pages = (
+                self.client()
+                .get_paginator("describe_instances")
+                .paginate(
+                    Filters=[
+                        {"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]},
+                        {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]},
+                        {"Name": "instance-state-name", "Values": list(_LIVE)},
+                    ]
+                )
+            )
+            instances = [i for page in pages for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+        found = []
+        for instance in instances:
+            tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+            state = instance.get("State", {}).get("Name", "")
+            attempt = tags.get(TAG_ATTEMPT)
+            found.append(
+                ManagedResource(
+                    backend=self.name,
+                    resource_id=instance["InstanceId"],
+                    kind="vm",
+                    state=state,
+                    running=state in ("pending", "running"),
+                    stage=tags.get(TAG_STAGE),
+                    native_id=tags.get(TAG_NATIVE),
+                    job_id=tags.get(TAG_JOB_ID),
+                    attempt=int(attempt) if attempt and attempt.isdigit() else None,
+                    launched_at=epoch_ms(instance.get("LaunchTime")),
+                )
+            )
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        self._terminate(resource.resource_id, reason)
