@@ -22,10 +22,26 @@ def get_settings():
     return _cached("settings", Settings.from_env)
 
 
+def ensure_aws_credentials() -> None:
+    """On Google Cloud (JOBPLANE_AWS_ROLE_ARN set): keep the federated role's credentials fresh where the
+    AWS SDKs read them. Cheap when they are: call it at the start of every invocation."""
+    settings = get_settings()
+    if not settings.aws_role_arn:
+        return
+
+    def build():
+        from chalicelib.gcp_auth import WebIdentityFederation
+
+        return WebIdentityFederation(settings)
+
+    _cached("aws_federation", build).export()
+
+
 def get_store():
     def build():
         from chalicelib.store.dynamo import DynamoJobStore
 
+        ensure_aws_credentials()
         return DynamoJobStore(get_settings())
 
     return _cached("store", build)

@@ -92,7 +92,6 @@ class GceBackend(ComputeBackend):
     def instance(self, job, handle: Handle):
         """The Instance to insert for one attempt of `job` (deterministic: same job, same request)."""
         from google.cloud import compute_v1
-        from google.protobuf import duration_pb2
 
         spec = job.spec
         zone = self.settings.gce_zone
@@ -130,9 +129,7 @@ class GceBackend(ComputeBackend):
             # the job's end (or the next attempt's launch) deletes it.
             instance_termination_action="STOP",
             # The provider-side backstop of max_runtime_minutes, past the reaper's grace.
-            max_run_duration=duration_pb2.Duration(
-                seconds=max_runtime + (self.settings.overdue_grace_minutes + 10) * 60
-            ),
+            max_run_duration=compute_v1.Duration(seconds=max_runtime + (self.settings.overdue_grace_minutes + 10) * 60),
             on_host_maintenance="TERMINATE",  # required with GPUs; a migrated training job is no gain
             automatic_restart=False,
         )
