@@ -31,6 +31,14 @@ PATTERN_HINTS = {
 }
 
 
+class FieldError(ValueError):
+    """A validator's complaint about one field below the one it runs on (pydantic would name only the latter)."""
+
+    def __init__(self, path: str | int | tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path if isinstance(path, tuple) else (path,)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=False)
 
@@ -47,13 +55,14 @@ class Resources(_Strict):
     @model_validator(mode="after")
     def _gpu_consistency(self) -> Resources:
         if self.gpus > 0 and self.gpu_type is None and self.instance_type is None:
-            raise ValueError(
-                "gpu_type (one of " + ", ".join(GPU_TYPES) + ") or instance_type is required when gpus > 0"
+            raise FieldError(
+                "gpu_type",
+                "gpu_type (one of " + ", ".join(GPU_TYPES) + ") or instance_type is required when gpus > 0",
             )
         if self.gpus == 0 and self.gpu_type is not None:
-            raise ValueError("gpu_type is set but gpus is 0; set gpus to 1 or more, or remove gpu_type")
+            raise FieldError("gpus", "gpu_type is set but gpus is 0; set gpus to 1 or more, or remove gpu_type")
         if self.tpu is not None and self.gpus > 0:
-            raise ValueError("a job asks for either tpu or gpus, not both")
+            raise FieldError("tpu", "a job asks for either tpu or gpus, not both")
         return self
 
 
@@ -68,7 +77,7 @@ class Notify(_Strict):
 
 def _check_uri(value: str | None) -> str | None:
     if value is not None and not URI_RE.match(value):
-        raise ValueError("must be an s3:// or gs:// URI such as s3://bucket/prefix/")
+        raise ValueError(f"{value!r} must be an s3:// or gs:// URI such as s3://bucket/prefix/")
     return value
 
 
@@ -103,13 +112,13 @@ class JobSpec(_Strict):
     @field_validator("command")
     @classmethod
     def _command(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for arg in value:
+        for i, arg in enumerate(value):
             if "\x00" in arg:
-                raise ValueError("arguments may not contain NUL bytes")
+                raise FieldError(i, "arguments may not contain NUL bytes")
             if len(arg) > 4096:
-                raise ValueError("each argument is at most 4096 characters")
+                raise FieldError(i, "each argument is at most 4096 characters")
         if not value[0].strip():
-            raise ValueError("the first argument (the program) may not be empty")
+            raise FieldError(0, "the first argument (the program) may not be empty")
         return value
 
     @field_validator("env")
@@ -117,11 +126,11 @@ class JobSpec(_Strict):
     def _env(cls, value: dict[str, str]) -> dict[str, str]:
         for key, val in value.items():
             if not ENV_NAME_RE.match(key):
-                raise ValueError(f"variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
+                raise FieldError(key, f"variable name {key!r} must match [A-Za-z_][A-Za-z0-9_]*")
             if key.startswith("JOBPLANE_") or key.startswith("AWS_"):
-                raise ValueError(f"variable name {key!r} is reserved (JOBPLANE_* and AWS_* are set by jobplane)")
+                raise FieldError(key, f"variable name {key!r} is reserved (JOBPLANE_* and AWS_* are set by jobplane)")
             if "\x00" in val or len(val) > 32768:
-                raise ValueError(f"value of {key} must be under 32 KiB with no NUL bytes")
+                raise FieldError(key, f"value of {key} must be under 32 KiB with no NUL bytes")
         return value
 
     @field_validator("labels")
@@ -129,16 +138,19 @@ class JobSpec(_Strict):
     def _labels(cls, value: dict[str, str]) -> dict[str, str]:
         for key, val in value.items():
             if not LABEL_RE.match(key):
-                raise ValueError(f"label key {key!r} must match [a-z][a-z0-9_-]{{0,62}}")
+                raise FieldError(key, f"label key {key!r} must match [a-z][a-z0-9_-]{{0,62}}")
             if not re.match(r"^[a-z0-9_-]{0,63}$", val):
-                raise ValueError(f"label value {val!r} must match [a-z0-9_-]{{0,63}}")
+                raise FieldError(key, f"label value {val!r} must match [a-z0-9_-]{{0,63}}")
         return value
 
     @field_validator("inputs")
     @classmethod
     def _inputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for uri in value:
-            _check_uri(uri)
+        for i, uri in enumerate(value):
+            try:
+                _check_uri(uri)
+            except ValueError as exc:
+                raise FieldError(i, str(exc)) from None
         return value
 
     @field_validator("outputs", "checkpoint_uri")
@@ -149,13 +161,14 @@ class JobSpec(_Strict):
     @model_validator(mode="after")
     def _backend_needs(self) -> JobSpec:
         if self.image is None and self.backend not in ("local", "ec2", "gce"):
-            raise ValueError(
-                f"image is required for backend {self.backend!r} (only local, ec2 and gce can run a bare command)"
+            raise FieldError(
+                "image",
+                f"image is required for backend {self.backend!r} (only local, ec2 and gce can run a bare command)",
             )
         if self.resources.tpu is not None and self.backend not in ("auto", "vertex"):
-            raise ValueError("TPU jobs run only on backend vertex (or auto)")
+            raise FieldError(("resources", "tpu"), "TPU jobs run only on backend vertex (or auto)")
         if "auto" in self.fallback:
-            raise ValueError("fallback names concrete backends (auto is what `backend` is for)")
+            raise FieldError("fallback", "fallback names concrete backends (auto is what `backend` is for)")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,8 +176,14 @@ class JobSpec(_Strict):
 
 
 def _location(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc if not str(p).startswith("function-after")]
-    return ".".join(parts) or "(spec)"
+    """("resources", "gpus") -> "resources.gpus"; list positions as ("inputs", 1) -> "inputs[1]"."""
+    text = ""
+    for part in loc:
+        if isinstance(part, int) and not isinstance(part, bool):
+            text += f"[{part}]"
+        elif not str(part).startswith("function-after"):
+            text += f".{part}" if text else str(part)
+    return text or "(spec)"
 
 
 def _details(exc: PydanticValidationError) -> list[dict[str, Any]]:
@@ -173,7 +192,12 @@ def _details(exc: PydanticValidationError) -> list[dict[str, Any]]:
         message = err["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
-        field = _location(err["loc"])
+        loc = tuple(err["loc"])
+        error = (err.get("ctx") or {}).get("error")
+        if isinstance(error, FieldError):
+            # A validator named the exact field below its own (an env variable, a list item, gpu_type).
+            loc += error.path
+        field = _location(loc)
         if err["type"] == "string_pattern_mismatch" and field in PATTERN_HINTS:
             message = PATTERN_HINTS[field]
         if err["type"] == "extra_forbidden":
@@ -206,15 +230,44 @@ def parse_spec(data: Any) -> JobSpec:
         raise ValidationError(f"invalid job spec: {first['field']}: {first['message']}{more}", details) from None
 
 
+_LOADER: Any = None
+
+
+def _yaml_loader() -> Any:
+    """PyYAML's SafeLoader with YAML 1.2 booleans: only true/false are booleans, so `retries: {on: [...]}`
+    keeps its key and `DEBUG: on` in env stays the string "on" (YAML 1.1 reads on/off/yes/no as booleans)."""
+    global _LOADER
+    if _LOADER is None:
+        import yaml
+
+        class SpecLoader(yaml.SafeLoader):
+            pass
+
+        bool_tag = "tag:yaml.org,2002:bool"
+        SpecLoader.yaml_implicit_resolvers = {
+            first: [(tag, regexp) for tag, regexp in resolvers if tag != bool_tag]
+            for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+        }
+        SpecLoader.add_implicit_resolver(bool_tag, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+        _LOADER = SpecLoader
+    return _LOADER
+
+
 def load_spec_text(text: str | bytes, content_type: str | None = None) -> JobSpec:
     """Parse a JSON or YAML document (YAML is a superset; JSON is tried first)."""
     if isinstance(text, bytes):
         if len(text) > MAX_BODY_BYTES:
-            raise ValidationError(f"the job spec is larger than {MAX_BODY_BYTES} bytes")
+            raise ValidationError(
+                f"the job spec is larger than {MAX_BODY_BYTES} bytes",
+                [{"field": "(body)", "message": f"at most {MAX_BODY_BYTES} bytes", "type": "too_long"}],
+            )
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
-            raise ValidationError("the job spec must be UTF-8 text") from None
+            raise ValidationError(
+                "the job spec must be UTF-8 text",
+                [{"field": "(body)", "message": "not valid UTF-8", "type": "unicode_decode"}],
+            ) from None
     if not text.strip():
         raise ValidationError(
             "the request body is empty; send a job spec as JSON or YAML",
@@ -230,7 +283,7 @@ def load_spec_text(text: str | bytes, content_type: str | None = None) -> JobSpe
         import yaml
 
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise ValidationError(
                 "the body is neither valid JSON nor valid YAML",
