@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from chalicelib.auth import Principal
-from chalicelib.backends import backend_class, get_backend
+from chalicelib.backends import get_backend
 from chalicelib.backends.base import ComputeBackend, Handle
 from chalicelib.config import Settings
 from chalicelib.errors import (
@@ -85,28 +85,10 @@ class JobService:
 
     # --- planning --------------------------------------------------------------------
     def plan(self, spec: JobSpec) -> tuple[str, str]:
-        """Pick the backend for `spec`; returns (backend, why)."""
-        enabled = self.settings.enabled_backends
-        if spec.backend != "auto":
-            if spec.backend not in enabled:
-                raise ValidationError(
-                    f"backend {spec.backend!r} is not enabled in this deployment",
-                    [{"field": "backend", "message": f"enabled here: auto, {', '.join(enabled)}"}],
-                )
-            return spec.backend, f"backend {spec.backend!r} requested by the spec"
-        data = spec.to_dict()
-        refusals = []
-        for name in (self.settings.default_backend, *enabled):
-            try:
-                backend_class(name)(self.settings).validate(data)
-            except ValidationError as exc:
-                refusals.append(f"{name}: {exc.details[0]['message'] if exc.details else exc.message}")
-                continue
-            return name, f"auto: {name} is the first enabled backend that can run this spec"
-        raise ValidationError(
-            "no enabled backend can run this job",
-            [{"field": "backend", "message": "; ".join(dict.fromkeys(refusals))}],
-        )
+        """Pick the backend for `spec`; returns (backend, why). The planner holds the reasoning."""
+        from chalicelib.planner import plan
+
+        return plan(spec, self.settings, self.backend)
 
     def _candidates(self, first: str, spec: JobSpec, data: dict[str, Any]) -> tuple[str, ...]:
         """The planned backend, then the spec's fallback list; each must be enabled and able to run it."""
@@ -352,16 +334,16 @@ class JobService:
         next_token: str | None = None,
     ) -> tuple[list[Job], str | None]:
         parsed_status = None
-        if status not in (None, ""):
+        if status is not None:  # exactly as the API describes it: QUEUED, RUNNING, ...
             try:
-                parsed_status = JobStatus(str(status).upper())
+                parsed_status = JobStatus(str(status))
             except ValueError:
                 raise ValidationError(
                     f"unknown status {status!r}",
                     [{"field": "status", "message": f"one of {', '.join(s.value for s in JobStatus)}"}],
                 ) from None
         try:
-            size = 20 if limit in (None, "") else int(limit)
+            size = 20 if limit is None else int(str(limit)) if str(limit).isdigit() else -1
         except (TypeError, ValueError):
             size = -1
         if not 1 <= size <= MAX_LIMIT:
@@ -371,7 +353,7 @@ class JobService:
             )
         owner = None if principal.admin else principal.user
         scope = {"owner": owner, "status": parsed_status.value if parsed_status else None}
-        cursor = _decode_token(next_token, scope) if next_token else None
+        cursor = _decode_token(next_token, scope) if next_token is not None else None
         page: Page = self.store.list_jobs(owner, parsed_status, size, cursor)
         token = _encode_token(scope, page.cursor) if page.cursor else None
         return page.jobs, token

@@ -1,0 +1,93 @@
+"""The planner: which backend runs a job (`backend: auto`), and why, as DESIGN.md ranks them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from chalicelib.backends import backend_class
+from chalicelib.backends.base import ComputeBackend
+from chalicelib.config import Settings
+from chalicelib.errors import ValidationError
+from chalicelib.jobs.capacity import claims_for
+
+# DESIGN.md's ranking: managed training services first, then queues, then containers, then VMs.
+RANKING = ("sagemaker", "vertex", "kubernetes", "aws-batch", "ecs", "ec2", "gce", "local")
+ROLE = {
+    "sagemaker": "first choice on AWS (managed spot, S3 checkpoints)",
+    "vertex": "first choice on GCP",
+    "kubernetes": "the team's Kubernetes cluster",
+    "aws-batch": "AWS Batch queue",
+    "ecs": "the team's ECS cluster",
+    "ec2": "ad-hoc EC2 VM (any image, any GPU; stopped automatically)",
+    "gce": "ad-hoc GCE VM (stopped automatically)",
+    "local": "local processes",
+}
+# Longest run (minutes) a service allows; jobs longer than this never go there.
+TIME_LIMITS = {"vertex": 7 * 24 * 60}
+
+
+def plan(
+    spec: Any,
+    settings: Settings,
+    make: Callable[[str], ComputeBackend] | None = None,
+) -> tuple[str, str]:
+    """(backend, why) for a JobSpec. An explicit backend is taken as is (if enabled)."""
+    enabled = settings.enabled_backends
+    if spec.backend != "auto":
+        if spec.backend not in enabled:
+            raise ValidationError(
+                f"backend {spec.backend!r} is not enabled in this deployment",
+                [{"field": "backend", "message": f"enabled here: auto, {', '.join(enabled)}"}],
+            )
+        return spec.backend, f"backend {spec.backend!r} requested by the spec"
+    make = make or (lambda name: backend_class(name)(settings))
+    data = spec.to_dict()
+    limits = dict(settings.capacity_limits)
+    # The local stack (default backend local) keeps auto jobs local; elsewhere the ranking decides.
+    order = [b for b in RANKING if b in enabled and b != "local"]
+    if "local" in enabled:
+        order = ["local", *order] if settings.default_backend == "local" else [*order, "local"]
+    order += [b for b in enabled if b not in order]
+    skipped: list[str] = []
+    for name in order:
+        why_not = _refusal(name, data, limits, make)
+        if why_not:
+            skipped.append(f"{name}: {why_not}")
+            continue
+        reason = f"auto: {name}, {ROLE.get(name, name)}, for {_describe(data)}"
+        if skipped:
+            reason += "; skipped " + "; ".join(skipped)
+        return name, reason
+    raise ValidationError(
+        "no enabled backend can run this job",
+        [{"field": "backend", "message": "; ".join(dict.fromkeys(skipped)) or "no backend is enabled"}],
+    )
+
+
+def _refusal(name: str, data: dict[str, Any], limits: dict[str, int], make) -> str | None:
+    """Why `name` cannot take this job, or None."""
+    runtime = int(data.get("max_runtime_minutes", 1440))
+    if name in TIME_LIMITS and runtime > TIME_LIMITS[name]:
+        return f"runs at most {TIME_LIMITS[name]} minutes, the job asks for {runtime}"
+    try:
+        make(name).validate(data)
+    except ValidationError as exc:
+        return exc.details[0]["message"] if exc.details else exc.message
+    for claim, limit in claims_for(name, data, limits):
+        if limit < claim.units:
+            return f"{claim.pool} allows {limit} here (JOBPLANE_CAPACITY_LIMITS)"
+    return None
+
+
+def _describe(data: dict[str, Any]) -> str:
+    resources = data.get("resources") or {}
+    gpus = int(resources.get("gpus") or 0)
+    what = f"{gpus}x {resources.get('gpu_type') or resources.get('instance_type')} GPU" if gpus else "a CPU-only job"
+    if resources.get("tpu"):
+        what = f"TPU {resources['tpu']}"
+    if resources.get("spot"):
+        what += " on spot"
+    if not data.get("image"):
+        what += " (bare command, no image)"
+    return what
