@@ -71,11 +71,11 @@ def _help(ctx: Context, args: list[str]) -> Reply:  # noqa: ARG001 - every subco
 
 
 def _list(ctx: Context, args: list[str]) -> Reply:
-    status = args[0] if args else None
+    status = args[0].upper() if args else None  # people type `list running`
     jobs, more = ctx.service.list(ctx.principal, status, LIST_LIMIT)
     if not jobs:
-        return reply("No jobs" + (f" with status {status.upper()}" if status else "") + " yet.")
-    lines = [f"Your latest {len(jobs)} jobs" + (f" with status {status.upper()}" if status else "") + ":"]
+        return reply("No jobs" + (f" with status {status}" if status else "") + " yet.")
+    lines = [f"Your latest {len(jobs)} jobs" + (f" with status {status}" if status else "") + ":"]
     for job in jobs:
         lines.append(
             f"• `{job.job_id}` *{job.name}* {job.status.value} on {job.backend} (submitted {_when(job.created_at)})"
@@ -91,7 +91,7 @@ def _job_id(args: list[str], usage: str) -> str:
     return args[0]
 
 
-def describe_job(job: Job, region: str) -> str:
+def describe_job(job: Job, settings: Settings) -> str:
     lines = [
         f"*{job.name}* (`{job.job_id}`): {job.status.value}",
         f"Owner {job.owner} · {job.backend}, {machine(job.spec)} · attempt {job.attempt}",
@@ -104,7 +104,7 @@ def describe_job(job: Job, region: str) -> str:
         lines.append(f"Reason ({kind}): {escape(job.failure_reason)}")
     elif job.status_reason:
         lines.append(f"Reason: {escape(job.status_reason)}")
-    url = console_url(job, region)
+    url = console_url(job, settings.region, settings.gcp_project, settings.gce_zone)
     if url:
         lines.append(f"<{url}|Open in the {provider_name(job.backend)} console>")
     return "\n".join(lines)
@@ -112,7 +112,7 @@ def describe_job(job: Job, region: str) -> str:
 
 def _status(ctx: Context, args: list[str]) -> Reply:
     job = ctx.service.get(ctx.principal, _job_id(args, COMMANDS["status"].usage))
-    return reply(describe_job(job, ctx.settings.region))
+    return reply(describe_job(job, ctx.settings))
 
 
 def _cancel(ctx: Context, args: list[str]) -> Reply:

@@ -28,11 +28,14 @@ def _aws(region: str, path: str) -> str:
     return f"https://{region}.console.aws.amazon.com/{path}"
 
 
-def console_url(job: Job, default_region: str) -> str | None:
+def console_url(
+    job: Job, default_region: str, gcp_project: str | None = None, gce_zone: str | None = None
+) -> str | None:
     """The console page of the job's current attempt, or None (local and Kubernetes jobs, no native id yet).
 
     AWS ids may be plain (a SageMaker job name, a Batch job id, an instance id) or ARNs, whose
-    region wins over `default_region`. GCP ids must be full resource names, which carry the project.
+    region wins over `default_region`. GCP ids are full resource names, which carry the project; a bare
+    GCE instance name is found in the deployment's project and zone.
     """
     native = job.native_id
     if not native:
@@ -66,6 +69,11 @@ def console_url(job: Job, default_region: str) -> str | None:
         return (
             f"https://console.cloud.google.com/compute/instancesDetail/zones/{gcp['where']}/instances/{gcp['name']}"
             f"?project={gcp['project']}"
+        )
+    if job.backend == "gce" and not gcp and gcp_project and gce_zone and "/" not in native:
+        return (
+            f"https://console.cloud.google.com/compute/instancesDetail/zones/{q(gce_zone, safe='')}"
+            f"/instances/{q(native, safe='')}?project={q(gcp_project, safe='')}"
         )
     return None
 

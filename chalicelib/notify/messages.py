@@ -112,7 +112,9 @@ def headline(job: Job, kind: Kind) -> str:
     return f"{job.name} {kind.value}"
 
 
-def build_message(job: Job, kind: Kind, region: str) -> dict[str, Any]:
+def build_message(
+    job: Job, kind: Kind, region: str, gcp_project: str | None = None, gce_zone: str | None = None
+) -> dict[str, Any]:
     """The Block Kit message for one transition; `text` is the notification and plain-text fallback."""
     title = headline(job, kind)
     took = duration(job.started_at, job.finished_at)
@@ -135,7 +137,7 @@ def build_message(job: Job, kind: Kind, region: str) -> dict[str, Any]:
         reason = f"*Reason*\n{escape(job.status_reason)}"
     if reason:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": reason[:MAX_TEXT]}})
-    url = console_url(job, region)
+    url = console_url(job, region, gcp_project, gce_zone)
     if url:
         link = f"<{url}|Open in the {provider_name(job.backend)} console>"
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": link}]})

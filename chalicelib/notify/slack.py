@@ -107,7 +107,8 @@ class Notifier:
             return {**result, "outcome": "failed", "detail": "could not record the notification marker"}
         if not claimed:
             return {**result, "outcome": "duplicate"}
-        message = build_message(job, kind, self.settings.region)
+        settings = self.settings
+        message = build_message(job, kind, settings.region, settings.gcp_project, settings.gce_zone)
         delivery = deliver(destination, message, deadline, clock=self.clock, sleep=self.sleep)
         if not delivery.sent:
             log.warning(

@@ -238,7 +238,7 @@ def test_list_answers_inline_with_the_users_own_jobs(slack_app):
     }
     assert slack_app.command("list succeeded").json_body["text"] == "No jobs with status SUCCEEDED yet."
     assert slack_app.command("list sleeping").json_body["text"] == (
-        ":warning: unknown status 'sleeping' "
+        ":warning: unknown status 'SLEEPING' "
         "(status: one of QUEUED, LAUNCHING, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED)"
     )
 

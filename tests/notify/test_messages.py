@@ -214,6 +214,13 @@ def test_can_link_to_each_providers_console(backend, native_id, url):
     assert console_url(make_job(backend=backend, native_id=native_id), "us-east-1") == url
 
 
+def test_a_bare_gce_instance_name_is_found_in_the_deployments_project_and_zone():
+    job = make_job(backend="gce", native_id="jp-abc")
+    assert console_url(job, "us-east-1", "ml-lab", "europe-west4-a") == (
+        "https://console.cloud.google.com/compute/instancesDetail/zones/europe-west4-a/instances/jp-abc?project=ml-lab"
+    )
+
+
 @pytest.mark.parametrize(
     ("resources", "text"),
     [
