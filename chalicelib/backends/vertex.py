@@ -219,7 +219,7 @@ class VertexBackend(ComputeBackend):
         return None if found is None else self.observe(found)
 
     def _cancel_impl(self, handle: Handle) -> None:
-        from google.api_core.exceptions import FailedPrecondition, NotFound
+        from google.api_core.exceptions import BadRequest, FailedPrecondition, NotFound
 
         found = self._find(handle)
         if found is None:
@@ -227,8 +227,14 @@ class VertexBackend(ComputeBackend):
         with map_gcp_errors(f"cancelling custom job {found.name}"):
             try:
                 self.client.cancel_custom_job(name=found.name)
-            except (NotFound, FailedPrecondition):
-                pass  # gone, or already finished: nothing left to stop
+            except NotFound:
+                return  # gone: nothing left to stop
+            except (BadRequest, FailedPrecondition):
+                # The API refuses to cancel a finished job (HTTP 400, FAILED_PRECONDITION).
+                now = self._find(handle)
+                if now is None or STATES.get(now.state.name, (JobStatus.RUNNING,))[0].terminal:
+                    return
+                raise
 
     def observe(self, custom_job) -> Observation:
         """A CustomJob as jobplane sees it; job_id is None when it is not this deployment's job."""

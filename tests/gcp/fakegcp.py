@@ -1,0 +1,224 @@
+"""A fake of the Vertex AI, Compute Engine and Cloud Storage REST APIs on a loopback port.
+
+The real client libraries talk to it (JOBPLANE_GCP_API_ENDPOINT=http://127.0.0.1:PORT), so every request
+is built by the library from its own types and serialised as the API's JSON; the fake records each one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+def _error(code: int, status: str, message: str, reason: str | None = None) -> tuple[int, dict[str, Any]]:
+    body: dict[str, Any] = {"code": code, "message": message, "status": status}
+    if reason:
+        body["errors"] = [{"message": message, "domain": "global", "reason": reason}]
+    return code, {"error": body}
+
+
+def _label_filter(text: str) -> dict[str, str]:
+    return dict(re.findall(r'labels\.([a-z0-9_-]+)="([^"]*)"', text or ""))
+
+
+class FakeGcp:
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.custom_jobs: dict[str, dict[str, Any]] = {}
+        self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Instance JSON
+        self.objects: dict[tuple[str, str], bytes] = {}
+        self.guest_attributes: dict[str, dict[str, str]] = {}
+        self.fail_next: list[tuple[int, dict[str, Any]]] = []  # responses to give instead, in order
+        self._ids = 1000
+        self._lock = threading.Lock()
+        self.server: ThreadingHTTPServer | None = None
+
+    # --- server ---------------------------------------------------------------------------
+    @property
+    def endpoint(self) -> str:
+        assert self.server is not None
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> FakeGcp:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _serve(self) -> None:
+                url = urllib.parse.urlsplit(self.path)
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
+                query = dict(urllib.parse.parse_qsl(url.query))
+                status, body = fake.handle(self.command, urllib.parse.unquote(url.path), query, raw)
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header(
+                    "Content-Type", "application/octet-stream" if isinstance(body, bytes) else "application/json"
+                )
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = do_PATCH = do_PUT = _serve
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+    # --- routing -------------------------------------------------------------------------------
+    def handle(self, method: str, path: str, query: dict[str, str], raw: bytes):
+        body = json.loads(raw) if raw and raw[:1] in (b"{", b"[") else None
+        with self._lock:
+            self.requests.append({"method": method, "path": path, "query": query, "body": body})
+            if self.fail_next:
+                return self.fail_next.pop(0)
+            return self._route(method, path, query, body)
+
+    def _route(self, method, path, query, body):
+        m = re.fullmatch(r"/v1/(projects/[^/]+/locations/[^/]+)/customJobs(?:/(\d+))?(:cancel)?", path)
+        if m:
+            return self._vertex(method, m[1], m[2], m[3], query, body)
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/aggregated/instances", path)
+        if m and method == "GET":
+            wanted = _label_filter(query.get("filter", ""))
+            items: dict[str, Any] = {}
+            for (zone, _), inst in sorted(self.instances.items()):
+                if all(inst.get("labels", {}).get(k) == v for k, v in wanted.items()):
+                    items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(inst)
+            return 200, {"kind": "compute#instanceAggregatedList", "items": items}
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances(?:/([^/]+))?(?:/([A-Za-z]+))?", path)
+        if m:
+            return self._compute(method, m[1], m[2], m[3], m[4], query, body)
+        m = re.fullmatch(r"(?:/download)?/storage/v1/b/([^/]+)/o/(.+)", path)
+        if m and method == "GET":
+            data = self.objects.get((m[1], m[2]))
+            if data is None:
+                return _error(404, "NOT_FOUND", f"No such object: {m[1]}/{m[2]}", "notFound")
+            if query.get("alt") == "media":
+                return 200, data
+            return 200, {
+                "kind": "storage#object",
+                "bucket": m[1],
+                "name": m[2],
+                "size": str(len(data)),
+                "generation": "1",
+            }
+        return _error(404, "NOT_FOUND", f"fake has no route for {method} {path}")
+
+    def _vertex(self, method, parent, job_id, cancel, query, body):
+        if job_id is None and method == "POST":
+            self._ids += 1
+            name = f"{parent}/customJobs/{self._ids}"
+            job = {**body, "name": name, "state": "JOB_STATE_PENDING", "createTime": "2025-01-01T00:00:00Z"}
+            self.custom_jobs[name] = job
+            return 200, job
+        if job_id is None and method == "GET":
+            wanted_name = re.search(r'display_name="([^"]*)"', query.get("filter", ""))
+            labels = _label_filter(query.get("filter", ""))
+            found = [
+                j
+                for j in self.custom_jobs.values()
+                if (wanted_name is None or j.get("displayName") == wanted_name[1])
+                and all(j.get("labels", {}).get(k) == v for k, v in labels.items())
+            ]
+            return 200, {"customJobs": found} if found else {}
+        name = f"{parent}/customJobs/{job_id}"
+        job = self.custom_jobs.get(name)
+        if job is None:
+            return _error(404, "NOT_FOUND", f"CustomJob {name} not found")
+        if cancel and method == "POST":
+            if job["state"] in ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED"):
+                return _error(400, "FAILED_PRECONDITION", "job is already in a terminal state")
+            job["state"] = "JOB_STATE_CANCELLING"
+            return 200, {}
+        return 200, job
+
+    def _operation(self, project, zone, name, kind):
+        self._ids += 1
+        return 200, {
+            "kind": "compute#operation",
+            "id": str(self._ids),
+            "name": f"operation-{self._ids}",
+            "operationType": kind,
+            "status": "RUNNING",
+            "zone": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}",
+            "targetLink": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/instances/{name}",
+        }
+
+    def _compute(self, method, project, zone, name, verb, query, body):
+        if name is None and method == "POST":
+            key = (zone, body["name"])
+            if key in self.instances:
+                return _error(
+                    409,
+                    "ALREADY_EXISTS",
+                    f"The resource 'projects/{project}/zones/{zone}/instances/{body['name']}' already exists",
+                    "alreadyExists",
+                )
+            self._ids += 1
+            self.instances[key] = {
+                **body,
+                "id": str(self._ids),
+                "status": "PROVISIONING",
+                "zone": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}",
+                "creationTimestamp": "2025-01-01T00:00:00.000-00:00",
+                "labelFingerprint": "fp-0",
+            }
+            return self._operation(project, zone, body["name"], "insert")
+        inst = self.instances.get((zone, name))
+        if inst is None:
+            return _error(
+                404,
+                "NOT_FOUND",
+                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found",
+                "notFound",
+            )
+        if verb is None and method == "GET":
+            return 200, inst
+        if verb is None and method == "DELETE":
+            del self.instances[(zone, name)]
+            return self._operation(project, zone, name, "delete")
+        if verb == "stop":
+            inst["status"] = "TERMINATED"
+            return self._operation(project, zone, name, "stop")
+        if verb == "setLabels":
+            if body.get("labelFingerprint") != inst["labelFingerprint"]:
+                return _error(
+                    412,
+                    "FAILED_PRECONDITION",
+                    "Labels fingerprint either invalid or resource labels have changed",
+                    "conditionNotMet",
+                )
+            inst["labels"] = body.get("labels", {})
+            inst["labelFingerprint"] = f"fp-{int(inst['labelFingerprint'][3:]) + 1}"
+            return self._operation(project, zone, name, "setLabels")
+        if verb == "getGuestAttributes":
+            values = self.guest_attributes.get(name)
+            if values is None:
+                return _error(404, "NOT_FOUND", "The resource 'guest attributes' was not found", "notFound")
+            items = [{"namespace": "jobplane", "key": k, "value": v} for k, v in sorted(values.items())]
+            return 200, {
+                "kind": "compute#guestAttributes",
+                "queryPath": query.get("queryPath"),
+                "queryValue": {"items": items},
+            }
+        return _error(400, "INVALID_ARGUMENT", f"fake does not do {method} {verb}")
+
+    # --- helpers for tests --------------------------------------------------------------------
+    def bodies(self, method: str, pattern: str) -> list[Any]:
+        return [r["body"] for r in self.requests if r["method"] == method and re.search(pattern, r["path"])]
+
+    def set_status_object(self, status_uri: str, native_id: str, status: dict[str, Any]) -> None:
+        bucket, _, prefix = status_uri[len("gs://") :].partition("/")
+        self.objects[(bucket, f"{prefix.strip('/')}/{native_id}/exit.json".lstrip("/"))] = json.dumps(status).encode()
