@@ -9,8 +9,8 @@ from chalicelib.backends.shell import array, assign, env_array
 # The body is a constant: every job-specific value reaches it only through the quoted header.
 _BODY = r"""
 METADATA='http://metadata.google.internal/computeMetadata/v1/instance'
-LOG=/var/log/jobplane-job.log
-EXIT_FILE=/var/run/jobplane-exit.json
+LOG=${JOBPLANE_LOG:-/var/log/jobplane-job.log}
+EXIT_FILE=${JOBPLANE_EXIT_FILE:-/var/run/jobplane-exit.json}
 
 now() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 

@@ -230,7 +230,6 @@ class StatusObjects:
 
 # --- errors -------------------------------------------------------------------------------------------
 _CAPACITY_MARKERS = ("ZONE_RESOURCE_POOL_EXHAUSTED", "does not have enough resources", "STOCKOUT", "resource pool")
-_QUOTA_MARKERS = ("QUOTA", "quota")
 _THROTTLE_MARKERS = ("rate limit", "Rate Limit", "RATE_LIMIT", "too many requests")
 
 
@@ -243,10 +242,11 @@ def translate(exc: Exception, action: str) -> BackendError:
     if isinstance(exc, g.GoogleAPICallError):
         if any(m in text for m in _CAPACITY_MARKERS):
             return CapacityError(message, retryable=True)
+        # Quota before throttling: ResourceExhausted is a TooManyRequests (HTTP 429) in google.api_core.
+        if "quota" in text.lower() and isinstance(exc, g.TooManyRequests | g.Forbidden):
+            return QuotaError(message)
         if isinstance(exc, g.TooManyRequests) or any(m in text for m in _THROTTLE_MARKERS):
             return ThrottledError(message)
-        if any(m in text for m in _QUOTA_MARKERS) and isinstance(exc, g.ResourceExhausted | g.Forbidden):
-            return QuotaError(message)
         if isinstance(exc, g.Unauthenticated | g.Forbidden):
             return BackendAuthError(message)
         if isinstance(exc, g.ResourceExhausted):
