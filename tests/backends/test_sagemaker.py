@@ -1,0 +1,146 @@
+"""SageMaker training jobs: the CreateTrainingJob request, launch/describe on moto, cancel with Stubber."""
+
+from __future__ import annotations
+
+import pytest
+from botocore.stub import Stubber
+
+from chalicelib.backends.base import Handle
+from chalicelib.backends.sagemaker import SageMakerBackend, failure_kind
+from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs.model import FailureKind, JobStatus
+from tests.backends.conftest import boto, make_job
+
+SPEC = {
+    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
+    "command": ["python", "train.py", "--epochs", "10"],
+    "env": {"LR": "0.1"},
+    "resources": {"gpus": 1, "gpu_type": "A10G", "spot": True},
+    "max_runtime_minutes": 120,
+    "inputs": ["s3://data-bucket/cifar/", "s3://data-bucket/labels/"],
+    "outputs": "s3://data-bucket/outputs/",
+    "checkpoint_uri": "s3://data-bucket/checkpoints/run1/",
+    "labels": {"team": "vision"},
+}
+
+
+def test_can_build_the_training_job_request_from_a_spec(aws_settings):
+    backend = SageMakerBackend(aws_settings)
+    job = make_job("sagemaker", SPEC, job_id="a" * 32, attempt=2)
+    request = backend.training_job_request(job, Handle(job.job_id, "x", 2))
+    assert request["TrainingJobName"] == "jp-" + "a" * 32 + "-a2"
+    assert request["AlgorithmSpecification"] == {
+        "TrainingImage": SPEC["image"],
+        "TrainingInputMode": "File",
+        "ContainerEntrypoint": ["python"],
+        "ContainerArguments": ["train.py", "--epochs", "10"],
+    }
+    assert request["RoleArn"] == f"arn:aws:iam::123456789012:role/jobplane-{aws_settings.stage}-sagemaker"
+    assert request["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 7200 + 3600}
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["CheckpointConfig"] == {"S3Uri": SPEC["checkpoint_uri"], "LocalPath": "/opt/ml/checkpoints"}
+    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["input0", "input1"]
+    assert request["InputDataConfig"][1]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://data-bucket/labels/"
+    assert request["OutputDataConfig"] == {"S3OutputPath": "s3://data-bucket/outputs/"}
+    assert request["Environment"] == {
+        "JOBPLANE_ATTEMPT": "2",
+        "JOBPLANE_CHECKPOINT_URI": SPEC["checkpoint_uri"],
+        "JOBPLANE_JOB_ID": "a" * 32,
+        "JOBPLANE_OUTPUTS": SPEC["outputs"],
+        "LR": "0.1",
+    }
+    assert {t["Key"]: t["Value"] for t in request["Tags"]} == {
+        "jobplane:job-id": "a" * 32,
+        "jobplane:attempt": "2",
+        "jobplane:native-id": "jp-" + "a" * 32 + "-a2",
+        "jobplane:managed": "true",
+        "jobplane:stage": aws_settings.stage,
+        "jobplane:owner": "alice",
+        "label:team": "vision",
+    }
+
+
+def test_gpu_counts_pick_the_smallest_instance_that_has_them(aws_settings):
+    backend = SageMakerBackend(aws_settings)
+    two = make_job("sagemaker", {**SPEC, "resources": {"gpus": 2, "gpu_type": "A10G"}})
+    assert backend.training_job_request(two, Handle.of(two))["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge"
+    with pytest.raises(UnsupportedError) as err:
+        backend.validate({**two.spec, "resources": {**two.spec["resources"], "gpus": 16}})
+    assert err.value.details == [{"field": "resources.gpus", "message": "at most 8 A10G GPUs per job"}]
+
+
+def test_can_launch_and_describe_on_moto_and_a_retried_launch_starts_nothing(aws_settings):
+    backend = SageMakerBackend(aws_settings)
+    job = make_job("sagemaker", SPEC)
+    assert backend.describe(Handle.of(job)) is None
+    first = backend.launch(job)
+    again = backend.launch(job)
+    assert (first.native_id, first.native_status) == (f"jp-{job.job_id}", "InProgress")
+    assert (again.native_id, again.native_status) == (f"jp-{job.job_id}", "AlreadyLaunched")
+    names = [j["TrainingJobName"] for j in boto(aws_settings, "sagemaker").list_training_jobs()["TrainingJobSummaries"]]
+    assert names.count(f"jp-{job.job_id}") == 1
+    seen = backend.describe(Handle.of(job))  # moto completes training jobs at once
+    assert (seen.status, seen.native_status, seen.job_id, seen.attempt) == (
+        JobStatus.SUCCEEDED,
+        "Completed",
+        job.job_id,
+        1,
+    )
+
+
+def test_cancel_calls_stop_training_job_and_ignores_a_job_already_over(aws_settings):
+    # moto does not implement StopTrainingJob: the real response shapes come through a Stubber.
+    backend = SageMakerBackend(aws_settings)
+    client = boto(aws_settings, "sagemaker")
+    backend.set_client("sagemaker", client)
+    job = make_job("sagemaker", SPEC)
+    with Stubber(client) as stub:
+        stub.add_response("stop_training_job", {}, {"TrainingJobName": f"jp-{job.job_id}"})
+        stub.add_client_error(
+            "stop_training_job",
+            service_error_code="ValidationException",
+            service_message="The request was rejected because the training job is in status Completed.",
+            http_status_code=400,
+            expected_params={"TrainingJobName": f"jp-{job.job_id}"},
+        )
+        stub.add_client_error(
+            "stop_training_job", service_error_code="ThrottlingException", service_message="Rate exceeded"
+        )
+        backend.cancel(Handle.of(job))
+        backend.cancel(Handle.of(job))
+        with pytest.raises(BackendError) as err:
+            backend.cancel(Handle.of(job))
+        stub.assert_no_pending_responses()
+    assert err.value.retryable is True
+    assert err.value.message == "sagemaker StopTrainingJob: ThrottlingException: Rate exceeded"
+
+
+@pytest.mark.parametrize(
+    ("reason", "kind"),
+    [
+        ("CapacityError: Unable to provision requested ML compute capacity.", FailureKind.NO_CAPACITY),
+        ("AlgorithmError: ExecuteUserScriptError: exit status 1", FailureKind.USER_ERROR),
+        ("ClientError: Data download failed", FailureKind.USER_ERROR),
+        ("ResourceLimitExceeded: account-level service limit", FailureKind.QUOTA),
+        ("InternalServerError: We encountered an internal error.", FailureKind.BACKEND_ERROR),
+    ],
+)
+def test_failure_reasons_map_to_failure_kinds(reason, kind):
+    assert failure_kind(reason) is kind
+
+
+def test_a_stopped_job_is_cancelled_timed_out_or_out_of_spot_capacity_by_its_secondary_status(aws_settings):
+    backend = SageMakerBackend(aws_settings)
+    seen = {
+        secondary: backend.observe({"TrainingJobStatus": "Stopped", "SecondaryStatus": secondary}, "a" * 32, 1)
+        for secondary in ("Stopped", "MaxRuntimeExceeded", "MaxWaitTimeExceeded")
+    }
+    assert [(o.status, o.failure_kind) for o in seen.values()] == [
+        (JobStatus.CANCELLED, None),
+        (JobStatus.FAILED, FailureKind.TIMEOUT),
+        (JobStatus.FAILED, FailureKind.NO_CAPACITY),
+    ]
+    starting = backend.observe({"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"}, "a" * 32, 1)
+    training = backend.observe({"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}, "a" * 32, 1)
+    assert (starting.status, training.status) == (JobStatus.LAUNCHING, JobStatus.RUNNING)
