@@ -1,0 +1,128 @@
+"""The EC2 user data script: shellcheck-clean, and hostile job values stay data when it really runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chalicelib.backends.userdata import VmJob, user_data
+
+HOSTILE = [
+    "$(touch PWNED_subst)",
+    "`touch PWNED_backtick`",
+    'it\'s "quoted"',
+    "line one\nline two\n",
+    "; touch PWNED_semicolon",
+    "${HOME} $PATH *",
+    "'$(touch PWNED_in_quotes)'",
+    "\\n\\$(x)",
+]
+DUMP = (
+    "import json, os, sys; "
+    "json.dump({'argv': sys.argv[1:], 'env': {k: os.environ.get(k) for k in ('HOSTILE_A', 'HOSTILE_B')}}, "
+    "open(os.environ['DUMP_TO'], 'w'))"
+)
+
+
+def _stub(folder: Path, name: str, body: str) -> None:
+    path = folder / name
+    path.write_text("#!/bin/bash\n" + body)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+
+
+def _run(tmp_path: Path, job: VmJob) -> Path:
+    """Run the script with aws/shutdown/docker/sleep stubbed on PATH; returns the stubs' folder."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir()
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    _stub(
+        stubs,
+        "aws",
+        f'printf "%s\\0" "$@" >> {tmp_path}/aws.calls\ncp "${{@: -2:1}}" "{uploads}/$(basename "${{@: -1}}")"\n',
+    )
+    _stub(stubs, "shutdown", f"touch {tmp_path}/shutdown.called\n")
+    _stub(stubs, "poweroff", f"touch {tmp_path}/poweroff.called\n")
+    _stub(stubs, "docker", f'printf "%s\\0" "$@" > {tmp_path}/docker.argv\nexit 0\n')
+    _stub(stubs, "sleep", "exit 1\n")  # the hard-stop timer must not outlive the test
+    script = tmp_path / "user-data.sh"
+    script.write_text(user_data(job))
+    env = {"PATH": f"{stubs}:{os.environ['PATH']}", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
+    subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, timeout=60, check=True)
+    return uploads
+
+
+def _job(tmp_path: Path, **extra) -> VmJob:
+    return VmJob(
+        job_id="a" * 32,
+        native_id="jp-" + "a" * 32,
+        name="it's $(touch PWNED_name) `x`\nname",
+        command=(sys.executable, "-c", DUMP, *HOSTILE),
+        env=(
+            ("DUMP_TO", str(tmp_path / "dump.json")),
+            ("HOSTILE_A", "$(touch PWNED_env) `touch PWNED_env2` 'q' \"dq\""),
+            ("HOSTILE_B", "a\nb=c\n"),
+        ),
+        max_runtime_seconds=60,
+        status_uri="s3://artifacts/jobplane/test/jobs/x/jp-x/",
+        region="us-east-1",
+        workdir=str(tmp_path / "work"),
+        **extra,
+    )
+
+
+def test_the_script_passes_shellcheck(tmp_path):
+    if shutil.which("shellcheck") is None:
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    for job in (_job(tmp_path), _job(tmp_path, image="train:1", gpus=4, checkpoint_uri="s3://b/ckpt/")):
+        path = tmp_path / "user-data.sh"
+        path.write_text(user_data(job))
+        result = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout
+
+
+def test_hostile_command_env_and_name_stay_data_when_the_script_runs(tmp_path):
+    uploads = _run(tmp_path, _job(tmp_path))
+    dump = json.loads((tmp_path / "dump.json").read_text())
+    assert dump["argv"] == HOSTILE
+    assert dump["env"] == {
+        "HOSTILE_A": "$(touch PWNED_env) `touch PWNED_env2` 'q' \"dq\"",
+        "HOSTILE_B": "a\nb=c\n",
+    }
+    assert list(tmp_path.rglob("PWNED*")) == []
+    status = json.loads((uploads / "status.json").read_text())
+    assert (status["exit_code"], status["timed_out"]) == (0, False)
+    assert (uploads / "log-tail.txt").exists()
+    assert (tmp_path / "shutdown.called").exists()
+    calls = (tmp_path / "aws.calls").read_text().split("\0")
+    assert "s3://artifacts/jobplane/test/jobs/x/jp-x/status.json" in calls
+
+
+def test_with_an_image_the_container_gets_the_exact_arguments(tmp_path):
+    _run(tmp_path, _job(tmp_path, image="repo/train:1 $(touch PWNED_image)", gpus=2))
+    argv = (tmp_path / "docker.argv").read_text().split("\0")[:-1]
+    envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
+    assert envs[1:3] == ["HOSTILE_A=$(touch PWNED_env) `touch PWNED_env2` 'q' \"dq\"", "HOSTILE_B=a\nb=c\n"]
+    assert argv[:6] == ["run", "--rm", "--name", "jobplane-job", "--network", "host"]
+    assert "--gpus" in argv and argv[argv.index("--gpus") + 1] == "all"
+    entry = argv.index("--entrypoint")
+    assert argv[entry + 1 :] == [sys.executable, "repo/train:1 $(touch PWNED_image)", "-c", DUMP, *HOSTILE]
+    assert list(tmp_path.rglob("PWNED*")) == []
+
+
+def test_the_script_enforces_max_runtime_itself(tmp_path):
+    job = _job(tmp_path)
+    slow = VmJob(
+        **{**job.__dict__, "command": (sys.executable, "-c", "import time; time.sleep(30)"), "max_runtime_seconds": 1}
+    )
+    uploads = _run(tmp_path, slow)
+    status = json.loads((uploads / "status.json").read_text())
+    assert (status["exit_code"], status["timed_out"]) == (124, True)
+    assert (tmp_path / "shutdown.called").exists()
