@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition, iso
+from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition, iso, utcnow
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,10 @@ def sort_key(job: Job) -> str:
 
 
 def history_key(entry: HistoryEntry) -> str:
-    return f"{iso(entry.at)}#{entry.attempt:03d}#{entry.to_status.value}"
+    """The sort key of an entry being written. It starts with the time of the write, not `entry.at`: a late
+    event may report an earlier time (a job that ended before a cancel was recorded), and the history must
+    still read in the order its guarded writes happened. The entry itself keeps the reported time."""
+    return f"{iso(utcnow())}#{entry.attempt:03d}#{entry.to_status.value}"
 
 
 def history_from_transition(transition: Transition, attempt: int) -> HistoryEntry:
