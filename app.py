@@ -3,7 +3,7 @@
 from chalice import Chalice
 
 from chalicelib import deps
-from chalicelib.api import api_view, principal, query, respond
+from chalicelib.api import api_view, json_body, principal, query, respond
 from chalicelib.config import deploy_constants
 
 app = Chalice(app_name="jobplane")
@@ -102,6 +102,42 @@ def job_logs(job_id):
     return respond({"text": chunk.text, "next_offset": chunk.next_offset, "complete": chunk.complete})
 
 
+@app.route("/instances", methods=["POST"])
+@api_view
+def create_instance():
+    from chalicelib.devvms import parse_devvm_spec
+
+    request = app.current_request
+    user = principal(request)
+    vm = deps.get_devvm_service().create(user, parse_devvm_spec(json_body(request)))
+    return respond(vm.to_api(), 201)
+
+
+@app.route("/instances", methods=["GET"])
+@api_view
+def list_instances():
+    vms = deps.get_devvm_service().list(principal(app.current_request))
+    return respond({"instances": [vm.to_api() for vm in vms]})
+
+
+@app.route("/instances/{vm_id}", methods=["GET"])
+@api_view
+def get_instance(vm_id):
+    return respond(deps.get_devvm_service().get(principal(app.current_request), vm_id).to_api())
+
+
+@app.route("/instances/{vm_id}/start", methods=["POST"])
+@api_view
+def start_instance(vm_id):
+    return respond(deps.get_devvm_service().start(principal(app.current_request), vm_id).to_api(), 202)
+
+
+@app.route("/instances/{vm_id}/stop", methods=["POST"])
+@api_view
+def stop_instance(vm_id):
+    return respond(deps.get_devvm_service().stop(principal(app.current_request), vm_id).to_api(), 202)
+
+
 @app.on_cw_event(
     {"source": ["aws.sagemaker", "aws.batch", "aws.ecs", "aws.ec2", "jobplane.local"]}, name="on_job_state_change"
 )
@@ -120,9 +156,9 @@ def on_upload(event):
 
 @app.schedule("rate(1 minute)", name="reconcile")
 def reconcile(event):  # noqa: ARG001 - a schedule carries nothing we need
-    from chalicelib.reaper import reconcile as run
+    from chalicelib.reaper import reconcile_all
 
-    return [a.to_dict() for a in run(deps.get_service())]
+    return reconcile_all(deps.get_service(), deps.get_devvm_service_if_enabled())
 
 
 @app.on_dynamodb_record(stream_arn=DEPLOY["jobs_stream_arn"], name="notify")

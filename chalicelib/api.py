@@ -49,5 +49,16 @@ def principal(request):
     return authenticate(deps.get_store(), headers.get("authorization"))
 
 
+def json_body(request) -> Any:
+    """The request body as JSON, or a 400 naming the body (never Chalice's own error shape)."""
+    from chalicelib.errors import ValidationError
+
+    raw = request.raw_body or b""
+    try:
+        return json.loads(raw) if raw.strip() else {}
+    except ValueError:
+        raise ValidationError("the body is not valid JSON", [{"field": "(body)", "message": "a JSON object"}]) from None
+
+
 def query(request) -> dict[str, str]:
     return dict(request.query_params or {})

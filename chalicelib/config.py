@@ -70,6 +70,7 @@ class Settings:
     tokens_table: str = "jobplane-dev-tokens"
     idempotency_table: str = "jobplane-dev-idempotency"
     capacity_table: str = "jobplane-dev-capacity"
+    devvms_table: str = "jobplane-dev-devvms"
     # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
     aws_endpoint_url: str | None = None
     enabled_backends: tuple[str, ...] = ("local",)
@@ -187,6 +188,7 @@ class Settings:
             tokens_table=env.get("JOBPLANE_TOKENS_TABLE", f"{prefix}-tokens"),
             idempotency_table=env.get("JOBPLANE_IDEMPOTENCY_TABLE", f"{prefix}-idempotency"),
             capacity_table=env.get("JOBPLANE_CAPACITY_TABLE", f"{prefix}-capacity"),
+            devvms_table=env.get("JOBPLANE_DEVVMS_TABLE", f"{prefix}-devvms"),
             capacity_limits=_limits(env.get("JOBPLANE_CAPACITY_LIMITS", "")),
             idle_gpu_percent=float(_int("JOBPLANE_IDLE_GPU_PERCENT", env.get("JOBPLANE_IDLE_GPU_PERCENT", "5"), 0)),
             idle_minutes=_int("JOBPLANE_IDLE_MINUTES", env.get("JOBPLANE_IDLE_MINUTES", "30"), 1),

@@ -101,6 +101,32 @@ def get_slack_invoker():
     return _cached("slack_invoker", build)
 
 
+def get_devvm_service():
+    def build():
+        from chalicelib.backends.ec2_devvm import devvm_provider
+        from chalicelib.devvms import DevVmService
+
+        providers: dict[str, Any] = {}
+
+        def provider(name, settings):
+            if name not in providers:
+                providers[name] = devvm_provider(name, settings)
+            return providers[name]
+
+        return DevVmService(get_store(), get_settings(), provider)
+
+    return _cached("devvm_service", build)
+
+
+def get_devvm_service_if_enabled():
+    """Dev VMs run on EC2: without that backend there are none to look after."""
+    from chalicelib.devvms import DEVVM_BACKENDS
+
+    if not set(DEVVM_BACKENDS) & set(get_settings().enabled_backends):
+        return None
+    return get_devvm_service()
+
+
 def override(**values: Any) -> None:
     """Replace cached objects (tests, the local stack)."""
     with _lock:

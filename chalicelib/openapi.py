@@ -85,7 +85,38 @@ class Error(_Out):
     error: ErrorBody
 
 
-MODELS: list[type[BaseModel]] = [Health, Job, JobList, EventList, Logs, Error, JobSpec]
+class Instance(_Out):
+    """A dev VM."""
+
+    vm_id: str
+    owner: str
+    name: str
+    status: Literal["PENDING", "RUNNING", "STOPPING", "STOPPED", "TERMINATED"]
+    backend: str
+    instance_type: str | None
+    native_id: str | None
+    gpu_type: str
+    gpus: int
+    spot: bool
+    idle_minutes: int
+    max_hours: float
+    created_at: str
+    started_at: str | None
+    stopped_at: str | None
+    stop_reason: str | None
+
+
+class InstanceList(_Out):
+    instances: list[Instance]
+
+
+def _devvm_spec():
+    from chalicelib.devvms import DevVmSpec
+
+    return DevVmSpec
+
+
+MODELS: list[type[BaseModel]] = [Health, Job, JobList, EventList, Logs, Error, JobSpec, Instance, InstanceList]
 
 
 def _json(model: type[BaseModel] | str) -> dict[str, Any]:
@@ -115,7 +146,8 @@ AUTH_ERRORS = {401: "no token, or a token that matches no user"}
 def build() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
 
-    _, schemas = models_json_schema([(m, "validation") for m in MODELS], ref_template=REF)
+    models = [*MODELS, _devvm_spec()]
+    _, schemas = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = schemas.get("$defs", {})
     spec_body = {
         "required": True,
@@ -238,6 +270,43 @@ def build() -> dict[str, Any]:
             }
         },
     }
+    vm_id = {"name": "vm_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    vm_errors = {**AUTH_ERRORS, 404: "no such instance for this caller"}
+    paths["/instances"] = {
+        "post": {
+            "operationId": "create_instance",
+            "summary": "start a dev VM that stops itself",
+            "requestBody": {"required": True, "content": _json("DevVmSpec")},
+            "responses": _responses({201: ("created", Instance)}, {400: "invalid request", **AUTH_ERRORS}),
+        },
+        "get": {
+            "operationId": "list_instances",
+            "responses": _responses({200: ("the caller's dev VMs", InstanceList)}, AUTH_ERRORS),
+        },
+    }
+    paths["/instances/{vm_id}"] = {
+        "get": {
+            "operationId": "get_instance",
+            "parameters": [vm_id],
+            "responses": _responses({200: ("the dev VM", Instance)}, vm_errors),
+        }
+    }
+    paths["/instances/{vm_id}/start"] = {
+        "post": {
+            "operationId": "start_instance",
+            "parameters": [vm_id],
+            "responses": _responses(
+                {202: ("starting", Instance)}, {**vm_errors, 409: "not STOPPED", 502: "the provider refused"}
+            ),
+        }
+    }
+    paths["/instances/{vm_id}/stop"] = {
+        "post": {
+            "operationId": "stop_instance",
+            "parameters": [vm_id],
+            "responses": _responses({202: ("stopping", Instance)}, {**vm_errors, 502: "the provider refused"}),
+        }
+    }
     paths["/slack/commands"] = {
         "post": {
             "operationId": "slack_command",
@@ -274,8 +343,10 @@ def build() -> dict[str, Any]:
                     "description": "a Slack message (Block Kit)",
                     "content": {"application/json": {"schema": {"type": "object"}}},
                 },
-                "401": {"description": "bad or stale signature: nothing was done", "content": _json(Error)},
-                "503": {"description": "Slack is not configured in this deployment", "content": _json(Error)},
+                "401": {
+                    "description": "bad or stale signature, or no signing secret here: nothing was done",
+                    "content": _json(Error),
+                },
             },
         }
     }

@@ -157,6 +157,14 @@ def sweep(service, active: dict[str, Job], now) -> list[Action]:
     return actions
 
 
+def reconcile_all(service, devvm_service=None) -> list[dict[str, Any]]:
+    """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
+    results = [a.to_dict() for a in reconcile(service)]
+    if devvm_service is not None:
+        results.extend(devvm_service.reap())
+    return results
+
+
 def reconcile(service) -> list[Action]:
     now = utcnow()
     deadline = timedelta(seconds=service.settings.launch_deadline_seconds)

@@ -137,7 +137,7 @@ def _print_job(job: dict, events: list[dict] | None = None) -> None:
 def cmd_list(args) -> int:
     from rich.table import Table
 
-    body = _client(args).list(args.status, args.limit, args.next_token)
+    body = _client(args).list(args.status.upper() if args.status else None, args.limit, args.next_token)
     table = Table("JOB ID", "NAME", "OWNER", "STATUS", "BACKEND", "CREATED", "COST $")
     for job in body["jobs"]:
         status = job["status"]
@@ -188,9 +188,59 @@ def cmd_logs(args) -> int:
             time.sleep(1.0)
 
 
+# --- dev VMs -----------------------------------------------------------------------------------
+def cmd_vm_start(args) -> int:
+    client = _client(args)
+    if args.vm_id:
+        vm = client.vm_start(args.vm_id)
+    else:
+        if not args.name:
+            raise CliError("give a VM id to restart, or --name to create a new dev VM")
+        body = {
+            "name": args.name,
+            "gpu_type": args.gpu_type,
+            "gpus": args.gpus,
+            "spot": args.spot,
+            "idle_minutes": args.idle_minutes,
+            "max_hours": args.max_hours,
+        }
+        vm = client.vm_create(body)
+    _console().print(
+        f"{vm['vm_id']} {vm['name']}: {vm['status']} ({vm.get('instance_type') or '-'}, "
+        f"stops after {vm['idle_minutes']} idle min or {vm['max_hours']:g} h)"
+    )
+    return 0
+
+
+def cmd_vm_stop(args) -> int:
+    vm = _client(args).vm_stop(args.vm_id)
+    _console().print(f"{vm['vm_id']} {vm['name']}: {vm['status']}")
+    return 0
+
+
+def cmd_vm_list(args) -> int:
+    from rich.table import Table
+
+    table = Table("VM ID", "NAME", "OWNER", "STATUS", "TYPE", "IDLE MIN", "MAX H", "STARTED", "STOP REASON")
+    for vm in _client(args).vm_list():
+        table.add_row(
+            vm["vm_id"],
+            vm["name"],
+            vm["owner"],
+            vm["status"],
+            vm.get("instance_type") or "-",
+            str(vm["idle_minutes"]),
+            f"{vm['max_hours']:g}",
+            (vm.get("started_at") or "-")[:19],
+            vm.get("stop_reason") or "",
+        )
+    _console().print(table)
+    return 0
+
+
 # --- tokens --------------------------------------------------------------------------------
-def cmd_token_create(args) -> int:
-    from chalicelib.auth import create_token
+def _admin_store(args):
+    """The deployment's store, for admin commands that act on tables directly (tokens, Slack users)."""
     from chalicelib.config import Settings
     from chalicelib.store.dynamo import DynamoJobStore
 
@@ -201,8 +251,21 @@ def cmd_token_create(args) -> int:
         env.setdefault("AWS_ACCESS_KEY_ID", "local")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "local")
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    store = DynamoJobStore(Settings.from_env(env))
-    print(create_token(store, args.user, admin=args.admin))
+    return DynamoJobStore(Settings.from_env(env))
+
+
+def cmd_token_create(args) -> int:
+    from chalicelib.auth import create_token
+
+    print(create_token(_admin_store(args), args.user, admin=args.admin))
+    return 0
+
+
+def cmd_slack_map(args) -> int:
+    from chalicelib.notify.users import map_slack_user
+
+    map_slack_user(_admin_store(args), args.slack_user_id, args.user)
+    _console().print(f"Slack user {args.slack_user_id} acts as jobplane user {args.user}")
     return 0
 
 
@@ -297,6 +360,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", action="store_true")
     p.set_defaults(func=cmd_token_create)
 
+    vm = sub.add_parser("vm", help="dev VMs: GPU boxes that stop themselves").add_subparsers(
+        dest="vm_command", required=True
+    )
+    p = vm.add_parser("start", help="create a dev VM (--name ...) or start a stopped one (VM_ID)")
+    p.add_argument("vm_id", nargs="?")
+    p.add_argument("--name")
+    p.add_argument("--gpu-type", default="A10G")
+    p.add_argument("--gpus", type=int, default=1)
+    p.add_argument("--spot", action="store_true")
+    p.add_argument("--idle-minutes", type=int, default=30)
+    p.add_argument("--max-hours", type=float, default=8)
+    p.set_defaults(func=cmd_vm_start)
+    p = vm.add_parser("stop", help="stop a dev VM (its disk is kept)")
+    p.add_argument("vm_id")
+    p.set_defaults(func=cmd_vm_stop)
+    p = vm.add_parser("list", help="your dev VMs")
+    p.set_defaults(func=cmd_vm_list)
+
+    slack = sub.add_parser("slack", help="Slack administration").add_subparsers(dest="slack_command", required=True)
+    p = slack.add_parser("map", help="let a Slack member act as a jobplane user in /jobplane commands")
+    p.add_argument("slack_user_id")
+    p.add_argument("user")
+    p.set_defaults(func=cmd_slack_map)
+
     local = sub.add_parser("local", help="the local stack").add_subparsers(dest="local_command", required=True)
     p = local.add_parser("up", help="run the whole control plane here until Ctrl-C")
     p.add_argument("--port", type=int, default=8000)
@@ -320,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from chalicelib.errors import JobplaneError
+
+        if not isinstance(exc, JobplaneError):
+            raise
+        details = "".join(f"\n  - {d.get('field')}: {d.get('message')}" for d in exc.details)
+        _console(stderr=True).print(f"[red]error[/]: {exc.message}{details}", markup=True)
+        return 2
 
 
 if __name__ == "__main__":

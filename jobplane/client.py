@@ -58,5 +58,17 @@ class Client:
     def events(self, job_id: str) -> list[dict]:
         return self._call("GET", f"/jobs/{job_id}/events")["events"]
 
+    def vm_create(self, body: dict) -> dict:
+        return self._call("POST", "/instances", json=body)
+
+    def vm_list(self) -> list[dict]:
+        return self._call("GET", "/instances")["instances"]
+
+    def vm_start(self, vm_id: str) -> dict:
+        return self._call("POST", f"/instances/{vm_id}/start")
+
+    def vm_stop(self, vm_id: str) -> dict:
+        return self._call("POST", f"/instances/{vm_id}/stop")
+
     def logs(self, job_id: str, offset: int = 0) -> dict:
         return self._call("GET", f"/jobs/{job_id}/logs", params={"offset": offset})

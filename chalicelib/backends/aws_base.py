@@ -15,6 +15,8 @@ TAG_NATIVE = "jobplane:native-id"
 TAG_MANAGED = "jobplane:managed"
 TAG_STAGE = "jobplane:stage"
 TAG_STOPPED_BY = "jobplane:stopped-by"
+TAG_KIND = "jobplane:kind"
+KIND_DEVVM = "devvm"
 
 # (GPU type, GPUs per instance, EC2 instance type); SageMaker's type is the same with "ml." in front.
 # The smallest instance with at least the requested GPUs wins.

@@ -6,8 +6,10 @@ import json
 from typing import Any
 
 from chalicelib.backends.aws_base import (
+    KIND_DEVVM,
     TAG_ATTEMPT,
     TAG_JOB_ID,
+    TAG_KIND,
     TAG_MANAGED,
     TAG_NATIVE,
     TAG_STAGE,
@@ -339,7 +341,8 @@ class Ec2Backend(AwsBackend):
                 ManagedResource(
                     backend=self.name,
                     resource_id=instance["InstanceId"],
-                    kind="vm",
+                    # dev VMs have their own rules (idle_minutes, max_hours): the job sweep skips them
+                    kind="devvm" if tags.get(TAG_KIND) == KIND_DEVVM else "vm",
                     state=state,
                     running=state in ("pending", "running"),
                     stage=tags.get(TAG_STAGE),

@@ -121,6 +121,25 @@ class JobStore(ABC):
     def capacity_usage(self, pools: list[str]) -> dict[str, int]:
         """Units in use per capacity pool of the quota-aware queue (0 for a pool never used)."""
 
+    # --- dev VMs ---------------------------------------------------------------------
+    @abstractmethod
+    def put_devvm(self, vm) -> None: ...
+
+    @abstractmethod
+    def get_devvm(self, vm_id: str): ...
+
+    @abstractmethod
+    def list_devvms(self, owner: str | None) -> list:
+        """Newest first; owner None means every owner."""
+
+    @abstractmethod
+    def update_devvm(self, vm, expected, **changes):
+        """Guarded on the status still being `expected`; ConflictError when it moved."""
+
+    @abstractmethod
+    def iter_running_devvms(self) -> Iterator:
+        """Dev VMs that are RUNNING (a sparse index: stopped ones cost no read)."""
+
     # --- API tokens ----------------------------------------------------------------
     @abstractmethod
     def put_token(self, record: TokenRecord) -> None: ...

@@ -19,7 +19,13 @@ from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
 
 from chalicelib.config import Settings
-from chalicelib.errors import AlreadyExistsError, CapacityExhaustedError, StaleStateError, ValidationError
+from chalicelib.errors import (
+    AlreadyExistsError,
+    CapacityExhaustedError,
+    ConflictError,
+    StaleStateError,
+    ValidationError,
+)
 from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.model import (
     EventSource,
@@ -28,6 +34,7 @@ from chalicelib.jobs.model import (
     Job,
     JobStatus,
     Transition,
+    iso,
 )
 from chalicelib.store.base import (
     IdempotencyRecord,
@@ -169,6 +176,54 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         admin = BooleanAttribute(default=False)
         created_at = UTCDateTimeAttribute()
 
+    class DevVmOwnerIndex(GlobalSecondaryIndex):
+        class Meta:
+            index_name = "owner-created"
+            projection = AllProjection()
+
+        owner = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
+    class DevVmAllIndex(GlobalSecondaryIndex):
+        class Meta:
+            index_name = "all-created"
+            projection = AllProjection()
+
+        all_pk = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
+    class DevVmRunningIndex(GlobalSecondaryIndex):
+        """Sparse: only RUNNING dev VMs carry running_pk; the reaper reads nothing else."""
+
+        class Meta:
+            index_name = "running-created"
+            projection = AllProjection()
+
+        running_pk = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
+    class DevVmModel(Model):
+        class Meta(_Meta):
+            table_name = settings.devvms_table
+
+        vm_id = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute()
+        owner = UnicodeAttribute()
+        all_pk = UnicodeAttribute(default=ALL_PK)
+        running_pk = UnicodeAttribute(null=True)
+        status = UnicodeAttribute()
+        spec = UnicodeAttribute()  # JSON
+        created_at = UTCDateTimeAttribute()
+        native_id = UnicodeAttribute(null=True)
+        instance_type = UnicodeAttribute(null=True)
+        started_at = UTCDateTimeAttribute(null=True)
+        stopped_at = UTCDateTimeAttribute(null=True)
+        stop_reason = UnicodeAttribute(null=True)
+
+        by_owner = DevVmOwnerIndex()
+        by_all = DevVmAllIndex()
+        running = DevVmRunningIndex()
+
     class CapacityModel(Model):
         """One item per capacity pool of the quota-aware queue: units in use."""
 
@@ -206,6 +261,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         "idempotency": IdempotencyModel,
         "capacity": CapacityModel,
         "slack": SlackModel,
+        "devvms": DevVmModel,
     }
 
 
@@ -444,6 +500,69 @@ class DynamoJobStore(JobStore):
         ]
 
     # --- tokens ------------------------------------------------------------------------
+    # --- dev VMs -------------------------------------------------------------------------
+    _DEVVM_FIELDS = ("owner", "created_at", "native_id", "instance_type", "started_at", "stopped_at", "stop_reason")
+
+    def _devvm(self, item):
+        from chalicelib.devvms import DevVm, DevVmStatus
+
+        return DevVm(
+            item.vm_id,
+            item.owner,
+            json.loads(item.spec),
+            DevVmStatus(item.status),
+            item.created_at,
+            **{f: getattr(item, f) for f in self._DEVVM_FIELDS if f not in ("owner", "created_at")},
+        )
+
+    def put_devvm(self, vm) -> None:
+        from chalicelib.devvms import DevVmStatus
+
+        self.models["devvms"](
+            vm.vm_id,
+            sk=f"{iso(vm.created_at)}#{vm.vm_id}",
+            status=vm.status.value,
+            spec=json.dumps(vm.spec, sort_keys=True),
+            running_pk="running" if vm.status is DevVmStatus.RUNNING else None,
+            **{f: getattr(vm, f) for f in self._DEVVM_FIELDS},
+        ).save(condition=self.models["devvms"].vm_id.does_not_exist())
+
+    def get_devvm(self, vm_id: str):
+        try:
+            return self._devvm(self.models["devvms"].get(vm_id, consistent_read=True))
+        except DoesNotExist:
+            return None
+
+    def list_devvms(self, owner):
+        M = self.models["devvms"]
+        index, key = (M.by_owner, owner) if owner else (M.by_all, ALL_PK)
+        items = index.query(key, scan_index_forward=False)
+        return [self._devvm(i) for i in items]
+
+    def update_devvm(self, vm, expected, **changes):
+        from chalicelib.devvms import DevVmStatus, with_changes
+
+        M = self.models["devvms"]
+        fields = dict(changes)
+        if "status" in fields:
+            fields["running_pk"] = "running" if fields["status"] is DevVmStatus.RUNNING else None
+        actions = []
+        for name, value in fields.items():
+            value = value.value if isinstance(value, DevVmStatus) else value
+            attr = getattr(M, name)
+            actions.append(attr.remove() if value is None else attr.set(value))
+        try:
+            M(vm.vm_id).update(actions=actions, condition=(M.status == expected.value))
+        except UpdateError as exc:
+            if _conditional_failed(exc):
+                raise ConflictError(f"instance {vm.vm_id} is no longer {expected.value}") from None
+            raise
+        return with_changes(vm, **changes)
+
+    def iter_running_devvms(self):
+        for item in self.models["devvms"].running.query("running"):
+            yield self._devvm(item)
+
     def put_token(self, record: TokenRecord) -> None:
         self.Token(record.token_hash, user=record.user, admin=record.admin, created_at=record.created_at).save()
 

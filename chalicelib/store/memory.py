@@ -6,7 +6,13 @@ import threading
 from collections.abc import Iterator
 from datetime import datetime
 
-from chalicelib.errors import AlreadyExistsError, CapacityExhaustedError, StaleStateError, ValidationError
+from chalicelib.errors import (
+    AlreadyExistsError,
+    CapacityExhaustedError,
+    ConflictError,
+    StaleStateError,
+    ValidationError,
+)
 from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition
 from chalicelib.store.base import (
     IdempotencyRecord,
@@ -29,6 +35,7 @@ class InMemoryJobStore(JobStore):
         self._tokens: dict[str, TokenRecord] = {}
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._capacity: dict[str, int] = {}
+        self._devvms: dict = {}
         self._notified: dict[str, datetime] = {}
         self._slack_users: dict[str, SlackUserRecord] = {}
 
@@ -107,6 +114,32 @@ class InMemoryJobStore(JobStore):
     def history(self, job_id: str) -> list[HistoryEntry]:
         entries = self._history.get(job_id, {})
         return [entries[k] for k in sorted(entries)]
+
+    def put_devvm(self, vm) -> None:
+        self._devvms[vm.vm_id] = vm
+
+    def get_devvm(self, vm_id: str):
+        return self._devvms.get(vm_id)
+
+    def list_devvms(self, owner):
+        vms = [v for v in self._devvms.values() if owner is None or v.owner == owner]
+        return sorted(vms, key=lambda v: (v.created_at, v.vm_id), reverse=True)
+
+    def update_devvm(self, vm, expected, **changes):
+        from chalicelib.devvms import with_changes
+
+        with self._lock:
+            current = self._devvms.get(vm.vm_id)
+            if current is None or current.status is not expected:
+                raise ConflictError(f"instance {vm.vm_id} is no longer {expected.value}")
+            updated = with_changes(current, **changes)
+            self._devvms[vm.vm_id] = updated
+            return updated
+
+    def iter_running_devvms(self):
+        from chalicelib.devvms import DevVmStatus
+
+        return iter([v for v in list(self._devvms.values()) if v.status is DevVmStatus.RUNNING])
 
     def put_token(self, record: TokenRecord) -> None:
         self._tokens[record.token_hash] = record

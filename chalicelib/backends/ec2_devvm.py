@@ -1,0 +1,178 @@
+"""Dev VMs on EC2: a tagged GPU instance that stops (not terminates) so its disk survives a restart."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from chalicelib.backends.aws_base import (
+    KIND_DEVVM,
+    TAG_KIND,
+    TAG_MANAGED,
+    TAG_STAGE,
+    TAG_STOPPED_BY,
+    instance_type_for,
+)
+from chalicelib.backends.aws_errors import aws_errors
+from chalicelib.backends.base import Utilization
+from chalicelib.backends.ec2 import Ec2Backend
+from chalicelib.errors import BackendError
+from chalicelib.jobs.model import utcnow
+
+TAG_DEVVM_ID = "jobplane:devvm-id"
+METRIC_NAMESPACE = "jobplane"
+METRIC_NAME = "GPUUtilization"
+
+# Runs at boot. It interpolates nothing: the instance finds its own id and region from IMDSv2.
+# Every minute it publishes the busiest GPU's utilisation, which is also the VM's heartbeat.
+DEVVM_USER_DATA = r"""#!/bin/bash
+set -u
+imds() {
+  local token
+  token=$(curl -sS -X PUT "http://169.254.169.254/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
+  curl -sS -H "X-aws-ec2-metadata-token: ${token}" "http://169.254.169.254/latest/meta-data/$1"
+}
+instance_id=$(imds instance-id)
+region=$(imds placement/region)
+cat > /usr/local/bin/jobplane-heartbeat <<HEARTBEAT
+#!/bin/bash
+set -u
+while true; do
+  util=\$(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null | sort -n | tail -n 1)
+  aws cloudwatch put-metric-data --region "${region}" --namespace jobplane --metric-name GPUUtilization \
+    --dimensions "InstanceId=${instance_id}" --unit Percent --value "\${util:-0}" || true
+  sleep 60
+done
+HEARTBEAT
+chmod 755 /usr/local/bin/jobplane-heartbeat
+nohup /usr/local/bin/jobplane-heartbeat >/var/log/jobplane-heartbeat.log 2>&1 &
+"""
+
+
+class Ec2DevVmProvider(Ec2Backend):
+    """The EC2 backend's settings, clients and error table, driving dev VMs instead of jobs."""
+
+    iam_actions = (
+        "ec2:RunInstances",
+        "ec2:StartInstances",
+        "ec2:StopInstances",
+        "ec2:DescribeInstances",
+        "ec2:CreateTags",
+        "cloudwatch:GetMetricStatistics",
+    )
+
+    def devvm_tags(self, vm) -> dict[str, str]:
+        return {
+            TAG_MANAGED: "true",
+            TAG_STAGE: self.settings.stage,
+            TAG_KIND: KIND_DEVVM,
+            TAG_DEVVM_ID: vm.vm_id,
+            "jobplane:owner": vm.owner,
+            "Name": f"jobplane-devvm-{vm.spec['name']}",
+        }
+
+    def devvm_request(self, vm) -> dict[str, Any]:
+        spec = vm.spec
+        resources = {"gpus": spec["gpus"], "gpu_type": spec["gpu_type"], "instance_type": spec.get("instance_type")}
+        tags = [{"Key": k, "Value": v} for k, v in self.devvm_tags(vm).items()]
+        request: dict[str, Any] = {
+            "MinCount": 1,
+            "MaxCount": 1,
+            "InstanceType": instance_type_for({"resources": resources}),
+            "ClientToken": f"devvm-{vm.vm_id}",
+            "InstanceInitiatedShutdownBehavior": "stop",  # a shutdown keeps the disk; start it again later
+            "UserData": DEVVM_USER_DATA,
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
+            "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+        }
+        profile = self.settings.ec2_instance_profile
+        request["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+        template = self.settings.ec2_launch_template
+        if template:
+            key = "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
+            request["LaunchTemplate"] = {key: template, "Version": "$Default"}
+        if self.settings.ec2_ami:
+            request["ImageId"] = self.settings.ec2_ami
+        if not template and not self.settings.ec2_ami:
+            raise BackendError("ec2 is not configured: set JOBPLANE_EC2_LAUNCH_TEMPLATE or JOBPLANE_EC2_AMI")
+        if self.settings.ec2_subnet:
+            request["SubnetId"] = self.settings.ec2_subnet
+        if self.settings.ec2_security_groups:
+            request["SecurityGroupIds"] = list(self.settings.ec2_security_groups)
+        if spec.get("spot"):
+            # Only a persistent spot request can be stopped and started again.
+            request["InstanceMarketOptions"] = {
+                "MarketType": "spot",
+                "SpotOptions": {"SpotInstanceType": "persistent", "InstanceInterruptionBehavior": "stop"},
+            }
+        return request
+
+    def _find(self, vm) -> dict[str, Any] | None:
+        with aws_errors("ec2", "DescribeInstances"):
+            reservations = self.client().describe_instances(
+                Filters=[
+                    {"Name": f"tag:{TAG_DEVVM_ID}", "Values": [vm.vm_id]},
+                    {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]},
+                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+                ]
+            )["Reservations"]
+        instances = [i for r in reservations for i in r["Instances"]]
+        return instances[0] if instances else None
+
+    def launch_devvm(self, vm) -> tuple[str, str]:
+        existing = self._find(vm)  # a retried create finds the first launch (emulators ignore ClientToken)
+        if existing is not None:
+            return existing["InstanceId"], existing["InstanceType"]
+        request = self.devvm_request(vm)
+        with aws_errors("ec2", "RunInstances"):
+            instance = self.client().run_instances(**request)["Instances"][0]
+        return instance["InstanceId"], instance["InstanceType"]
+
+    def _checked_id(self, vm) -> str:
+        """The dev VM's instance id, found by its tags: never an instance jobplane did not start for it."""
+        instance = self._find(vm)
+        if instance is None or instance["InstanceId"] != vm.native_id:
+            raise BackendError(f"instance {vm.native_id} is not dev VM {vm.vm_id} of this deployment")
+        return instance["InstanceId"]
+
+    def start_devvm(self, vm) -> None:
+        instance_id = self._checked_id(vm)
+        with aws_errors("ec2", "StartInstances"):
+            self.client().start_instances(InstanceIds=[instance_id])
+
+    def stop_devvm(self, vm, reason: str) -> None:
+        instance_id = self._checked_id(vm)
+        with aws_errors("ec2", "CreateTags"):
+            self.client().create_tags(Resources=[instance_id], Tags=[{"Key": TAG_STOPPED_BY, "Value": reason[:255]}])
+        with aws_errors("ec2", "StopInstances"):
+            self.client().stop_instances(InstanceIds=[instance_id])
+
+    def devvm_utilization(self, vm, window_minutes: int) -> Utilization | None:
+        if not vm.native_id:
+            return None
+        now = utcnow()
+        with aws_errors("cloudwatch", "GetMetricStatistics"):
+            points = self.client("cloudwatch").get_metric_statistics(
+                Namespace=METRIC_NAMESPACE,
+                MetricName=METRIC_NAME,
+                Dimensions=[{"Name": "InstanceId", "Value": vm.native_id}],
+                StartTime=now - timedelta(minutes=window_minutes),
+                EndTime=now,
+                Period=60,
+                Statistics=["Maximum"],
+            )["Datapoints"]
+        if not points:
+            return Utilization(gpu_percent=None, last_heartbeat=None)
+        return Utilization(
+            gpu_percent=max(p["Maximum"] for p in points), last_heartbeat=max(p["Timestamp"] for p in points)
+        )
+
+
+PROVIDERS = {"ec2": Ec2DevVmProvider}
+
+
+def devvm_provider(name: str, settings):
+    try:
+        return PROVIDERS[name](settings)
+    except KeyError:
+        raise BackendError(f"no dev VM provider for {name!r}") from None
