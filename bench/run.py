@@ -11,6 +11,7 @@ import cost  # noqa: E402
 import dynamodb_requests  # noqa: E402
 import import_cost  # noqa: E402
 import reconcile_cost  # noqa: E402
+import vm_stop  # noqa: E402
 
 
 def main() -> int:
@@ -18,6 +19,8 @@ def main() -> int:
     dynamodb_requests.main()
     print("\n== Cold-start import cost (median of interleaved fresh processes) ==")
     import_cost.main()
+    print("\n== A VM job's end to its VM's stop request (EC2 on moto) ==")
+    vm_stop.main()
     print("\n== Control-plane cost per 1,000 jobs ==")
     cost.main()
     print("\n== Reconcile cost vs history size (50 active jobs; takes ~2 minutes to fill 100,000) ==")
