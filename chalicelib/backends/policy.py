@@ -1,0 +1,135 @@
+"""The control plane's IAM policy per stage: exactly what the core and the enabled AWS backends declare.
+
+`python -m chalicelib.backends.policy dev > .chalice/policy-dev.json` regenerates a checked-in policy.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import fields
+from typing import Any
+
+from chalicelib.backends import REGISTRY, backend_class
+from chalicelib.config import Settings
+
+AWS_BACKENDS = ("sagemaker", "aws-batch", "ecs", "ec2")
+# What the core needs whatever the backends: its tables and the jobs stream (notify), logs,
+# Slack secrets, and the asynchronous Slack worker.
+LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
+TABLE_ACTIONS = (
+    "dynamodb:GetItem",
+    "dynamodb:PutItem",
+    "dynamodb:UpdateItem",
+    "dynamodb:DeleteItem",
+    "dynamodb:Query",
+    "dynamodb:ConditionCheckItem",
+    "dynamodb:DescribeTable",
+)
+STREAM_ACTIONS = (
+    "dynamodb:DescribeStream",
+    "dynamodb:GetRecords",
+    "dynamodb:GetShardIterator",
+    "dynamodb:ListStreams",
+)
+SECRET_ACTIONS = ("secretsmanager:GetSecretValue", "ssm:GetParameter")
+INVOKE_ACTIONS = ("lambda:InvokeFunction",)
+CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS
+
+
+def aws_backends(settings: Settings) -> list[str]:
+    return [b for b in settings.enabled_backends if b in AWS_BACKENDS and b in REGISTRY]
+
+
+def declared_actions(settings: Settings) -> set[str]:
+    """The union the policy must grant: the core's actions, each enabled AWS backend's, and iam:PassRole."""
+    actions = set(CORE_ACTIONS)
+    for name in aws_backends(settings):
+        actions |= set(backend_class(name).iam_actions)
+    if aws_backends(settings):
+        actions.add("iam:PassRole")
+    return actions
+
+
+def build(settings: Settings) -> dict[str, Any]:
+    stage = settings.stage
+    tables = [getattr(settings, f.name) for f in fields(settings) if f.name.endswith("_table")]
+    statements: list[dict[str, Any]] = [
+        {"Sid": "Logs", "Effect": "Allow", "Action": list(LOG_ACTIONS), "Resource": "arn:aws:logs:*:*:*"},
+        {
+            "Sid": "Tables",
+            "Effect": "Allow",
+            "Action": list(TABLE_ACTIONS),
+            "Resource": [f"arn:aws:dynamodb:*:*:table/{t}" for t in tables]
+            + [f"arn:aws:dynamodb:*:*:table/{t}/index/*" for t in tables],
+        },
+        {
+            "Sid": "JobsStream",
+            "Effect": "Allow",
+            "Action": list(STREAM_ACTIONS),
+            "Resource": f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}/stream/*",
+        },
+        {
+            "Sid": "SlackSecrets",
+            "Effect": "Allow",
+            "Action": list(SECRET_ACTIONS),
+            "Resource": [
+                f"arn:aws:secretsmanager:*:*:secret:jobplane/{stage}/*",
+                f"arn:aws:ssm:*:*:parameter/jobplane/{stage}/*",
+            ],
+        },
+        {
+            "Sid": "SlackWorker",
+            "Effect": "Allow",
+            "Action": list(INVOKE_ACTIONS),
+            "Resource": f"arn:aws:lambda:*:*:function:{settings.slack_worker_function}",
+        },
+    ]
+    passes: dict[str, set[str]] = {}
+    for name in aws_backends(settings):
+        backend = backend_class(name)(settings)
+        sid = "".join(part.capitalize() for part in name.replace("-", " ").split())
+        s3 = sorted(a for a in backend.iam_actions if a.startswith("s3:"))
+        rest = sorted(a for a in backend.iam_actions if not a.startswith("s3:"))
+        # Launch and describe calls cannot be narrowed to resources that do not exist yet.
+        statements.append({"Sid": sid, "Effect": "Allow", "Action": rest, "Resource": "*"})
+        if s3:
+            statements.append(
+                {
+                    "Sid": f"{sid}Artifacts",
+                    "Effect": "Allow",
+                    "Action": s3,
+                    "Resource": f"arn:aws:s3:::{settings.artifacts_bucket}/jobplane/{stage}/*",
+                }
+            )
+        for role, service in backend.roles():
+            passes.setdefault(role, set()).add(service)
+    if passes:
+        from chalicelib.backends.aws_base import role_arn
+
+        statements.append(
+            {
+                "Sid": "PassJobRoles",
+                "Effect": "Allow",
+                "Action": ["iam:PassRole"],
+                "Resource": sorted(role_arn(role) for role in passes),
+                "Condition": {"StringEquals": {"iam:PassedToService": sorted(set().union(*passes.values()))}},
+            }
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def stage_settings(stage: str, config_path: str = ".chalice/config.json") -> Settings:
+    """The settings a stage's Lambda functions get from .chalice/config.json."""
+    with open(config_path) as fh:
+        config = json.load(fh)
+    env = {**config.get("environment_variables", {}), **config["stages"][stage].get("environment_variables", {})}
+    return Settings.from_env(env)
+
+
+def render(stage: str, config_path: str = ".chalice/config.json") -> str:
+    return json.dumps(build(stage_settings(stage, config_path)), indent=2) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else "dev"))
