@@ -32,9 +32,9 @@ def test_skipped_backends_are_named_with_the_reason(tmp_path):
 
 
 def test_a_zero_capacity_limit_means_unavailable(tmp_path):
-    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="sagemaker,ec2", JOBPLANE_CAPACITY_LIMITS="sagemaker:ml.g5=0")
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="sagemaker,ec2", JOBPLANE_CAPACITY_LIMITS="sagemaker:A10G=0")
     name, why = plan(parse_spec(GPU), settings)
-    assert name == "ec2" and why.endswith("skipped sagemaker: sagemaker:ml.g5 allows 0 here (JOBPLANE_CAPACITY_LIMITS)")
+    assert name == "ec2" and why.endswith("skipped sagemaker: sagemaker:A10G allows 0 here (JOBPLANE_CAPACITY_LIMITS)")
 
 
 def test_the_local_stack_keeps_auto_jobs_local_and_explicit_backends_are_kept(tmp_path):
