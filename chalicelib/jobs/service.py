@@ -419,8 +419,10 @@ class JobService:
             transition = decide(job, event)
             if transition is None:
                 return job
-            if transition.to_status.terminal and job.started_at is not None:
-                ended = job.with_changes(finished_at=transition.at)
+            # A job first seen at its end gets started_at from this very transition: it has a cost too.
+            started_at = job.started_at or transition.changes.get("started_at")
+            if transition.to_status.terminal and started_at is not None:
+                ended = job.with_changes(started_at=started_at, finished_at=transition.at)
                 try:
                     cost = self.backend(job.backend).estimate_cost(ended)
                 except ValidationError:
