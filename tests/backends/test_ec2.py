@@ -69,6 +69,7 @@ def test_can_launch_describe_and_cancel_a_vm_on_moto(aws_settings):
     assert backend.list_managed() == []
 
 
+@pytest.mark.parametrize("aws_settings", ["in-process"], indirect=True)
 def test_the_terminal_state_comes_from_the_uploaded_exit_status(aws_settings):
     settings = ec2_settings(aws_settings)
     backend, s3 = Ec2Backend(settings), boto(settings, "s3")
