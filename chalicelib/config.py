@@ -293,6 +293,15 @@ class Settings:
             ("JOBPLANE_GCP_STATUS_URI", self.gcp_status_uri),
             ("JOBPLANE_GCP_EVENTS_TOPIC", self.gcp_events_topic),
             ("JOBPLANE_GCP_API_ENDPOINT", self.gcp_api_endpoint),
+            ("JOBPLANE_GCP_REGION", self.gcp_region),
+            ("JOBPLANE_GCE_ZONE", self.gce_zone),
+            ("JOBPLANE_GCE_IMAGE", self.gce_image),
+            ("JOBPLANE_GCE_DISK_GB", str(self.gce_disk_gb)),
+            ("JOBPLANE_GCE_NETWORK", self.gce_network),
+            ("JOBPLANE_GCE_SERVICE_ACCOUNT", self.gce_service_account),
+            ("JOBPLANE_VERTEX_SERVICE_ACCOUNT", self.vertex_service_account),
+            ("JOBPLANE_AWS_ROLE_ARN", self.aws_role_arn),
+            ("JOBPLANE_AWS_WEB_IDENTITY_AUDIENCE", self.aws_web_identity_audience),
         ):
             if value:
                 env[name] = value

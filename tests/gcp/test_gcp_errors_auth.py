@@ -187,3 +187,31 @@ def test_deps_federates_before_building_the_store(tmp_path, monkeypatch):
     finally:
         deps.reset()
     assert env["AWS_ACCESS_KEY_ID"] == "ASIAEXAMPLEKEY0007"
+
+
+def test_gcp_settings_are_checked_and_round_trip(tmp_path):
+    from chalicelib.config import Settings
+    from chalicelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="JOBPLANE_GCP_PROJECT must be set when vertex or gce"):
+        make_settings(tmp_path, JOBPLANE_BACKENDS="vertex")
+    with pytest.raises(ConfigError, match="JOBPLANE_GCP_STATUS_URI must be a gs:// URI"):
+        make_settings(tmp_path, JOBPLANE_BACKENDS="gce", JOBPLANE_GCP_PROJECT="p", JOBPLANE_GCP_STATUS_URI="s3://b")
+    full = make_settings(
+        tmp_path,
+        JOBPLANE_BACKENDS="gce,vertex",
+        JOBPLANE_GCP_PROJECT="p",
+        JOBPLANE_GCP_REGION="europe-west4",
+        JOBPLANE_GCP_STATUS_URI="gs://b/s",
+        JOBPLANE_GCE_SERVICE_ACCOUNT="vm@p.iam.gserviceaccount.com",
+        JOBPLANE_AWS_ROLE_ARN="arn:aws:iam::123456789012:role/r",
+    )
+    assert (full.gce_zone, full.gcp_region) == ("europe-west4-a", "europe-west4")
+    gcp = {k: v for k, v in full.to_env().items() if "GC" in k or "VERTEX" in k or "AWS_ROLE" in k or "WEB_ID" in k}
+    again = Settings.from_env({**full.to_env(), **gcp})
+    assert (again.gcp_project, again.gce_zone, again.gce_service_account, again.aws_role_arn) == (
+        "p",
+        "europe-west4-a",
+        "vm@p.iam.gserviceaccount.com",
+        "arn:aws:iam::123456789012:role/r",
+    )
