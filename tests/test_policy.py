@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.backends import backend_class
+from chalicelib.backends.ec2_devvm import Ec2DevVmProvider
 from chalicelib.backends.policy import CORE_ACTIONS, declared_actions, render, stage_settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,6 +34,7 @@ def test_the_policy_grants_exactly_the_union_of_declared_actions(stage):
     for name in ("sagemaker", "aws-batch", "ecs", "ec2"):
         assert name in settings.enabled_backends
         expected |= set(backend_class(name).iam_actions)
+    expected |= set(Ec2DevVmProvider.iam_actions)  # dev VMs ride on the ec2 backend
     assert granted == expected == declared_actions(settings)
     assert not any("*" in a for a in granted)
 

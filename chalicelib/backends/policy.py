@@ -48,7 +48,17 @@ def declared_actions(settings: Settings) -> set[str]:
         actions |= set(backend_class(name).iam_actions)
     if aws_backends(settings):
         actions.add("iam:PassRole")
+    actions |= set(devvm_actions(settings))
     return actions
+
+
+def devvm_actions(settings: Settings) -> tuple[str, ...]:
+    """Dev VMs run on EC2: start, stop and read their GPU metric when that backend is enabled."""
+    if "ec2" not in aws_backends(settings):
+        return ()
+    from chalicelib.backends.ec2_devvm import Ec2DevVmProvider
+
+    return Ec2DevVmProvider.iam_actions
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -104,6 +114,10 @@ def build(settings: Settings) -> dict[str, Any]:
             )
         for role, service in backend.roles():
             passes.setdefault(role, set()).add(service)
+    if devvm_actions(settings):
+        statements.append(
+            {"Sid": "DevVms", "Effect": "Allow", "Action": sorted(devvm_actions(settings)), "Resource": "*"}
+        )
     if passes:
         from chalicelib.backends.aws_base import role_arn
 
