@@ -113,11 +113,8 @@ def handle_gcs_event(event_type: str, data: dict[str, Any] | None, service) -> l
     obj = gcs_object(data)
     if obj is None:
         return []
-    from chalicelib import triggers
+    from chalicelib.triggers import Upload, handle_upload, load_rules
 
-    # The rules engine (chalicelib/triggers.py) takes uploads from any store; until it offers the
-    # scheme-aware entry point, a GCS upload is reported like an S3 upload no rule matched.
-    handle = getattr(triggers, "handle_uploads", None)
-    if handle is None:
-        return [{"bucket": obj.bucket, "key": obj.name, "outcome": "no_rule"}]
-    return handle("gs", [(obj.bucket, obj.name, obj.generation, obj.metadata)], service)
+    # The generation is new for every write of a name and the same on redelivery: one job per upload.
+    upload = Upload(obj.bucket, obj.name, version=obj.generation or "", sequencer="")
+    return [handle_upload(upload, load_rules(service.settings.triggers_file), service)]
