@@ -269,6 +269,7 @@ class Settings:
             "JOBPLANE_TOKENS_TABLE": self.tokens_table,
             "JOBPLANE_IDEMPOTENCY_TABLE": self.idempotency_table,
             "JOBPLANE_CAPACITY_TABLE": self.capacity_table,
+            "JOBPLANE_DEVVMS_TABLE": self.devvms_table,
             "JOBPLANE_CAPACITY_LIMITS": ",".join(f"{k}={v}" for k, v in self.capacity_limits),
             "JOBPLANE_BACKENDS": ",".join(self.enabled_backends),
             "JOBPLANE_DEFAULT_BACKEND": self.default_backend,
