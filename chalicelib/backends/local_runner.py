@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -109,7 +110,9 @@ def run(folder: Path) -> int:
     started = time.monotonic()
     running = {**base, "state": "RUNNING", "pid": proc.pid, "at": _now(), "reason": "process started"}
     _write_json(folder / "runner.json", running)
-    post_event(spec.get("event_url"), spec["region"], running)
+    # Delivery retries for a long while when the endpoint is down; cancel and max runtime must not wait for it.
+    sender = threading.Thread(target=post_event, args=(spec.get("event_url"), spec["region"], running), daemon=True)
+    sender.start()
 
     deadline = started + spec["max_runtime_seconds"]
     outcome = None
@@ -151,6 +154,7 @@ def run(folder: Path) -> int:
         "started_at": running["at"],
     }
     _write_json(folder / "status.json", status)
+    sender.join()  # the final event follows the first one, as it happened
     post_event(spec.get("event_url"), spec["region"], status)
     return 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -208,7 +209,7 @@ def test_cancel_of_a_job_that_never_launched_does_nothing(backend):
 # --- max runtime (the runner on a hand-written spec: the spec's minimum is a minute) ---------------
 
 
-def run_runner(tmp_path, command, max_runtime_seconds, grace="0.5"):
+def start_runner(tmp_path, command, max_runtime_seconds, grace="0.5", event_url=None):
     job_id = new_job_id()
     folder = tmp_path / "jobs" / f"jp-{job_id}"
     (folder / "outputs").mkdir(parents=True)
@@ -221,26 +222,32 @@ def run_runner(tmp_path, command, max_runtime_seconds, grace="0.5"):
         "env": {"PATH": os.environ["PATH"], "JOBPLANE_OUTPUT_DIR": str(folder / "outputs")},
         "cwd": str(tmp_path),
         "max_runtime_seconds": max_runtime_seconds,
-        "event_url": None,
+        "event_url": event_url,
         "region": "us-east-1",
     }
     (folder / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "JOBPLANE_KILL_GRACE_SECONDS": grace}
-    started = time.monotonic()
-    subprocess.run(
-        [
-            PY,
-            "-c",
-            "import sys; from pathlib import Path; from chalicelib.backends.local_runner import run; "
-            "sys.exit(run(Path(sys.argv[1])))",
-            str(folder),
-        ],
-        cwd=ROOT,
-        env=env,
-        check=True,
-        timeout=30,
+    code = (
+        "import sys; from pathlib import Path; from chalicelib.backends.local_runner import run; "
+        "sys.exit(run(Path(sys.argv[1])))"
     )
+    proc = subprocess.Popen([PY, "-c", code, str(folder)], cwd=ROOT, env=env)
+    return job_id, folder, proc
+
+
+def run_runner(tmp_path, command, max_runtime_seconds, grace="0.5"):
+    started = time.monotonic()
+    job_id, folder, proc = start_runner(tmp_path, command, max_runtime_seconds, grace)
+    assert proc.wait(timeout=30) == 0
     return job_id, folder, time.monotonic() - started
+
+
+def dead_url() -> str:
+    """An endpoint that refuses connections: event delivery retries with backoff for ~20 s."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"http://127.0.0.1:{port}/events"
 
 
 def test_a_job_past_its_max_runtime_is_stopped_and_fails_as_a_timeout(tmp_path):
@@ -265,6 +272,32 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
     assert status["state"] == "TIMEOUT"
     assert status["exit_code"] == -9
     assert not pid_alive(int((folder / "outputs" / "pid").read_text()))
+
+
+def test_an_unreachable_event_endpoint_delays_neither_max_runtime_nor_cancel(tmp_path):
+    started = time.monotonic()
+    _, folder, proc = start_runner(tmp_path, [PY, "-c", "import time; time.sleep(60)"], 1, event_url=dead_url())
+    try:
+        status = wait_for(lambda: (folder / "status.json").exists(), timeout=8, what="the max runtime to be enforced")
+        assert status
+        assert json.loads((folder / "status.json").read_text())["state"] == "TIMEOUT"
+        assert time.monotonic() - started < 8
+    finally:
+        proc.kill()
+        proc.wait()
+
+    backend = LocalBackend(make_settings(tmp_path, JOBPLANE_LOCAL_EVENT_URL=dead_url()))
+    job = make_job([PY, "-c", "import time; time.sleep(60)"])
+    backend.launch(job)
+    job_pid = read_runner(backend, job)["pid"]
+    runner_pid = int((folder_of(backend, job) / "runner.pid").read_text())
+    try:
+        backend.cancel(Handle.of(job))
+        obs = wait_for(lambda: (o := backend.describe(Handle.of(job))).status.terminal and o, timeout=5, what="cancel")
+        assert obs.status is JobStatus.CANCELLED
+        assert not pid_alive(job_pid)
+    finally:
+        os.kill(runner_pid, 9)  # it would keep trying to deliver the final event for a while
 
 
 # --- launching is idempotent ---------------------------------------------------------------
