@@ -34,6 +34,36 @@ def _wait_for_stack(directory: Path, proc: subprocess.Popen, timeout: float = 60
     raise SystemExit("the local stack did not come up within 60 s")
 
 
+def _upload_trigger(state: dict) -> bool:
+    """A real object upload to the embedded S3 starts a job (S3 -> SQS -> on_upload -> rule)."""
+    import boto3
+
+    key = "datasets/demo-images.csv"
+    _say(f"uploading s3://{state['upload_bucket']}/{key}: the checked-in rule local-datasets starts a job")
+    s3 = boto3.client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=state["aws_endpoint"],
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - the embedded emulator accepts any key
+    )
+    s3.put_object(Bucket=state["upload_bucket"], Key=key, Body=b"path,label\nimg1.png,cat\n")
+    headers = {"Authorization": f"Bearer {state['admin_token']}"}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        jobs = requests.get(state["api"] + "/jobs?limit=20", headers=headers, timeout=10).json()["jobs"]
+        found = [j for j in jobs if j["name"] == "ingest-demo-images"]
+        if found and found[0]["status"] in ("SUCCEEDED", "FAILED", "CANCELLED"):
+            job = found[0]
+            logs = requests.get(f"{state['api']}/jobs/{job['job_id']}/logs", headers=headers, timeout=10).json()
+            print(f"    job {job['name']} ({job['job_id']}) by {job['owner']}: {job['status']}")
+            print(f"    its output: {logs['text'].strip()}")
+            return job["status"] == "SUCCEEDED"
+        time.sleep(0.5)
+    print("    no job started from the upload within 60 s")
+    return False
+
+
 def _say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
@@ -66,6 +96,7 @@ def main() -> int:
             for line in logs.splitlines():
                 if line.startswith("METRICS") or line.startswith("model written"):
                     print("   ", line)
+        ok = _upload_trigger(state) and ok
         time.sleep(1.5)  # the stream reader polls twice a second
         _say("messages the Slack webhook sink received")
         for line in Path(state["slack_log"]).read_text().splitlines():

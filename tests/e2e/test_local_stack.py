@@ -130,6 +130,32 @@ def test_local_invoke_feeds_raw_payloads_to_functions(stack):
     assert missing.returncode == 1 and "Function not found" in missing.stdout
 
 
+def test_an_upload_to_the_embedded_s3_starts_one_job(stack):
+    import boto3
+
+    state = stack["state"]
+    s3 = boto3.client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=state["aws_endpoint"],
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+    key = "datasets/cats and dogs.csv"  # S3 percent-encodes it in the notification
+    s3.put_object(Bucket=state["upload_bucket"], Key=key, Body=b"a,b\n1,2\n")
+    s3.put_object(Bucket=state["upload_bucket"], Key="outputs/result.csv", Body=b"never triggers")
+
+    def ingest_jobs():
+        jobs = api(stack, "GET", "/jobs?limit=50").json()["jobs"]
+        mine = [j for j in jobs if j["name"].startswith("ingest-")]
+        return mine if mine and all(j["status"] == "SUCCEEDED" for j in mine) else None
+
+    jobs = _wait(ingest_jobs, timeout=60, what="the upload's job")
+    assert [j["owner"] for j in jobs] == ["uploads"]
+    logs = api(stack, "GET", f"/jobs/{jobs[0]['job_id']}/logs").json()["text"]
+    assert f"jobplane: new upload s3://{state['upload_bucket']}/{key}" in logs
+
+
 def test_ctrl_c_stops_everything_it_started(stack):
     proc = stack["proc"]
     aws = stack["state"]["aws_endpoint"]
