@@ -49,3 +49,22 @@ def test_app_imports_no_heavy_sdk_at_module_level():
     text = (ROOT / "app.py").read_text()
     top_level = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
     assert all("google" not in line and "kubernetes" not in line and "boto3" not in line for line in top_level)
+
+
+def test_every_deployed_function_has_a_short_timeout_and_its_memory_set():
+    import app as app_module
+
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    names = set(app_module.app.handler_map) - {name for name in app_module.app.handler_map if name.startswith("_")}
+    for stage in ("dev", "prod"):
+        functions = config["stages"][stage]["lambda_functions"]
+        assert {"api_handler"} | {n for n in names if n not in _route_handlers(app_module.app)} <= set(functions)
+        for name, fn in functions.items():
+            # No handler waits for a job: every one answers in seconds, well inside its limit.
+            assert fn["lambda_timeout"] <= 120, name
+            assert fn["lambda_memory_size"] in (256, 512, 1024), name
+        assert functions["api_handler"]["lambda_timeout"] <= 29  # API Gateway's own limit
+
+
+def _route_handlers(app):
+    return {view.view_name for methods in app.routes.values() for view in methods.values()}
