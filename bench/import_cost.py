@@ -36,6 +36,28 @@ def measure(rounds: int = 15) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+def bundle_size() -> tuple[int, int]:
+    """(zipped, unzipped) bytes of the Lambda deployment package, built the way `make package` builds it."""
+    import os
+    import tempfile
+    import zipfile
+
+    out = Path(tempfile.mkdtemp(prefix="jobplane-bundle-")) / "package"
+    chalice = Path(sys.executable).parent / "chalice"
+    env = {**os.environ, "AWS_DEFAULT_REGION": os.environ.get("AWS_DEFAULT_REGION", "us-east-1")}
+    subprocess.run(
+        [str(chalice), "package", "--pkg-format", "terraform", "--stage", "dev", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        env=env,
+    )
+    bundle = out / "deployment.zip"
+    with zipfile.ZipFile(bundle) as archive:
+        unzipped = sum(info.file_size for info in archive.infolist())
+    return bundle.stat().st_size, unzipped
+
+
 def main() -> int:
     medians = measure()
     base = medians["python (no import)"]
@@ -46,6 +68,10 @@ def main() -> int:
         ratio = "" if name.startswith("python") else f"{net / boto3:8.2f}"
         print(f"{name:30} {value:10.3f} {net:9.3f} {ratio}")
     print(f"import app / import boto3 = {(medians['import app'] - base) / boto3:.2f} (target <= 1.3)")
+    zipped, unzipped = bundle_size()
+    print(
+        f"Lambda bundle: {zipped / 2**20:.1f} MiB zipped, {unzipped / 2**20:.1f} MiB unzipped (limits 50 and 250 MiB)"
+    )
     return 0
 
 
