@@ -20,6 +20,7 @@ class InSyncBackend:
     """Reports every job RUNNING, as a healthy fleet would; reconcile then has nothing to change."""
 
     name = "local"
+    reaps = False
 
     def describe(self, handle):
         from chalicelib.backends.base import Observation

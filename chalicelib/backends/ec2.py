@@ -101,30 +101,34 @@ class Ec2Backend(AwsBackend):
                 {"ResourceType": "volume", "Tags": tag_list},
             ],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-            "IamInstanceProfile": (
-                {"Arn": self.settings.ec2_instance_profile}
-                if self.settings.ec2_instance_profile.startswith("arn:")
-                else {"Name": self.settings.ec2_instance_profile}
-            ),
+            **self.placement(),
         }
-        template = self.settings.ec2_launch_template
-        if template:
-            key = "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
-            request["LaunchTemplate"] = {key: template, "Version": "$Default"}
-        if self.settings.ec2_ami:
-            request["ImageId"] = self.settings.ec2_ami
-        if not template and not self.settings.ec2_ami:
-            raise BackendError("ec2 is not configured: set JOBPLANE_EC2_LAUNCH_TEMPLATE or JOBPLANE_EC2_AMI")
-        if self.settings.ec2_subnet:
-            request["SubnetId"] = self.settings.ec2_subnet
-        if self.settings.ec2_security_groups:
-            request["SecurityGroupIds"] = list(self.settings.ec2_security_groups)
         if (spec.get("resources") or {}).get("spot"):
             request["InstanceMarketOptions"] = {
                 "MarketType": "spot",
                 "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
             }
         return request
+
+    def placement(self) -> dict[str, Any]:
+        """Image, network and instance profile from settings: the same for job VMs and dev VMs."""
+        profile = self.settings.ec2_instance_profile
+        placed: dict[str, Any] = {
+            "IamInstanceProfile": {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
+        }
+        template = self.settings.ec2_launch_template
+        if template:
+            key = "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
+            placed["LaunchTemplate"] = {key: template, "Version": "$Default"}
+        if self.settings.ec2_ami:
+            placed["ImageId"] = self.settings.ec2_ami
+        if not template and not self.settings.ec2_ami:
+            raise BackendError("ec2 is not configured: set JOBPLANE_EC2_LAUNCH_TEMPLATE or JOBPLANE_EC2_AMI")
+        if self.settings.ec2_subnet:
+            placed["SubnetId"] = self.settings.ec2_subnet
+        if self.settings.ec2_security_groups:
+            placed["SecurityGroupIds"] = list(self.settings.ec2_security_groups)
+        return placed
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         # EC2 honours ClientToken, but emulators do not, and a token alone cannot see a launch

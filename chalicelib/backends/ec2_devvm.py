@@ -84,21 +84,8 @@ class Ec2DevVmProvider(Ec2Backend):
             "UserData": DEVVM_USER_DATA,
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            **self.placement(),
         }
-        profile = self.settings.ec2_instance_profile
-        request["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
-        template = self.settings.ec2_launch_template
-        if template:
-            key = "LaunchTemplateId" if template.startswith("lt-") else "LaunchTemplateName"
-            request["LaunchTemplate"] = {key: template, "Version": "$Default"}
-        if self.settings.ec2_ami:
-            request["ImageId"] = self.settings.ec2_ami
-        if not template and not self.settings.ec2_ami:
-            raise BackendError("ec2 is not configured: set JOBPLANE_EC2_LAUNCH_TEMPLATE or JOBPLANE_EC2_AMI")
-        if self.settings.ec2_subnet:
-            request["SubnetId"] = self.settings.ec2_subnet
-        if self.settings.ec2_security_groups:
-            request["SecurityGroupIds"] = list(self.settings.ec2_security_groups)
         if spec.get("spot"):
             # Only a persistent spot request can be stopped and started again.
             request["InstanceMarketOptions"] = {
