@@ -200,7 +200,7 @@ class LocalBackend(ComputeBackend):
             runner_pid = _read_pid(folder / "runner.pid")
             if parsed is None or runner_pid is None:
                 continue
-            running = pid_alive(runner_pid) and not (folder / "status.json").exists()
+            running = _still_running(folder, runner_pid)
             started = (read_json(folder / "runner.json") or {}).get("at")
             found.append(
                 ManagedResource(
@@ -226,7 +226,7 @@ class LocalBackend(ComputeBackend):
     def _release_impl(self, handle: Handle, reason: str) -> None:
         folder = self.job_dir(handle.native_id)
         runner_pid = _read_pid(folder / "runner.pid")
-        if runner_pid is None or (folder / "status.json").exists() or not pid_alive(runner_pid):
+        if runner_pid is None or not _still_running(folder, runner_pid):
             return  # it ended by itself, as it should
         self._stop_resource_impl(
             ManagedResource(
@@ -254,6 +254,14 @@ class LocalBackend(ComputeBackend):
         status = dict(detail)
         status.setdefault("at", raw.get("time"))
         return self._observation(Handle(job_id, detail["native_id"], attempt), status)
+
+
+def _still_running(folder: Path, runner_pid: int) -> bool:
+    """True while the job has no exit status and its runner or, when the runner died, its process lives."""
+    if (folder / "status.json").exists():
+        return False
+    job_pid = (read_json(folder / "runner.json") or {}).get("pid")
+    return pid_alive(runner_pid) or (bool(job_pid) and pid_alive(int(job_pid)))
 
 
 def _read_pid(path: Path) -> int | None:

@@ -199,6 +199,21 @@ def test_cancel_without_a_runner_kills_the_job_group_directly(backend):
     assert backend.describe(Handle.of(job)).native_status == "LOST"
 
 
+def test_a_job_process_that_outlived_its_runner_is_listed_as_running_and_released(backend):
+    job = make_job([PY, "-c", "import time; time.sleep(120)"])
+    backend.launch(job)
+    job_pid = read_runner(backend, job)["pid"]
+    runner_pid = int((folder_of(backend, job) / "runner.pid").read_text())
+    os.kill(runner_pid, 9)
+    wait_for(lambda: not pid_alive(runner_pid), what="the runner to die")
+    (resource,) = backend.list_managed()
+    assert (resource.resource_id, resource.running, resource.job_id) == (job.native_id, True, job.job_id)
+    backend.release(Handle.of(job), "job failed")
+    wait_for(lambda: not pid_alive(job_pid), timeout=5, what="the orphaned process to be gone")
+    (resource,) = backend.list_managed()
+    assert resource.running is False
+
+
 def test_cancel_of_a_job_that_never_launched_does_nothing(backend):
     job = make_job([PY, "-c", "pass"])
     backend.cancel(Handle.of(job))

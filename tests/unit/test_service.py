@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import threading
 import time
@@ -363,3 +365,18 @@ def test_a_next_token_is_bound_to_its_owner_and_status(service):
         service.list(ADMIN, status="FAILED", limit=2, next_token=admin_token)
     page, _ = service.list(ADMIN, status="QUEUED", limit=2, next_token=admin_token)
     assert len(page) == 2
+
+
+def test_a_job_whose_runner_died_fails_as_lost_and_its_orphaned_process_is_stopped(service):
+    job, _ = service.submit(ALICE, spec(command=SLEEP))
+    folder = job_dir(service, job)
+    runner_json = folder / "runner.json"
+    job_pid = wait_for(lambda: runner_json.exists() and json.loads(runner_json.read_text())["pid"], what="runner")
+    runner_pid = int((folder / "runner.pid").read_text())
+    os.kill(runner_pid, signal.SIGKILL)  # the supervisor is gone (OOM killer); the job itself runs on
+    wait_for(lambda: pid_gone(runner_pid), what="the runner to die")
+    done = reconcile_until(service, job.job_id, {JobStatus.FAILED, JobStatus.SUCCEEDED, JobStatus.CANCELLED})
+    assert done.status is JobStatus.FAILED
+    assert done.failure_kind is FailureKind.BACKEND_ERROR
+    assert done.failure_reason == "the local runner exited without an exit status"
+    wait_for(lambda: pid_gone(job_pid), timeout=5, what="the orphaned job process to be stopped")
