@@ -61,7 +61,8 @@ def handle_state_change(raw: dict[str, Any], service) -> EventResult:
         if job_before.backend != backend.name:
             return EventResult("ignored", obs.job_id, detail=f"job runs on {job_before.backend}, not {backend.name}")
         job = service.apply_event(to_job_event(obs, EventSource.BACKEND), current=job_before)
-        changed = job is not None and job.status is not job_before.status
+        # a retry can come back to the same status as a new attempt: that is a change too
+        changed = job is not None and (job.status, job.attempt) != (job_before.status, job_before.attempt)
         return EventResult(
             "applied" if changed else "unchanged", obs.job_id, job.status.value if job else None, obs.native_status
         )

@@ -153,9 +153,9 @@ def test_preemption_retries_as_attempt_two_and_removes_attempt_one(gcp_service, 
     entry["protoPayload"]["resourceName"] = f"projects/{PROJECT}/zones/{ZONE}/instances/{job.native_id}"
     result = handle_job_event(pubsub_data(entry), gcp_service)
     after = gcp_service.store.get_job(job.job_id)
-    # LAUNCHING again, as attempt 2 (so the event's outcome reads "unchanged": the status is the same)
+    # LAUNCHING again, as attempt 2: the same status, a new attempt, so the event counts as applied
     assert (result.outcome, after.status, after.attempt, after.native_id) == (
-        "unchanged",
+        "applied",
         JobStatus.LAUNCHING,
         2,
         f"jp-{job.job_id}-a2",
