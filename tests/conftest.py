@@ -27,28 +27,6 @@ os.environ.update(
 os.environ.pop("AWS_PROFILE", None)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _one_botocore_loader():
-    """Each pynamodb model opens its own botocore session, and each new session parses the DynamoDB
-    service description again (~0.2 s per table, seven tables per store). Tests build a store per test,
-    so the sessions of this test run share one loader: the same data, parsed once."""
-    import botocore.loaders
-    import botocore.session
-    import pynamodb.connection.base as pynamodb_base
-
-    loader = botocore.loaders.create_loader()
-    original = pynamodb_base.get_session
-
-    def get_session():
-        session = botocore.session.Session()
-        session.register_component("data_loader", loader)
-        return session
-
-    pynamodb_base.get_session = get_session
-    yield
-    pynamodb_base.get_session = original
-
-
 @pytest.fixture(scope="session")
 def moto_endpoint():
     """A real moto server on a free loopback port, shared by the session (the local stack's emulator)."""
