@@ -3,10 +3,11 @@
 from chalice import Chalice
 
 from chalicelib import deps
-from chalicelib.api import api_view, json_body, principal, query, respond
+from chalicelib.api import api_view, contract_errors, json_body, principal, query, respond
 from chalicelib.config import deploy_constants
 
 app = Chalice(app_name="jobplane")
+app.register_middleware(contract_errors, "http")
 DEPLOY = deploy_constants()
 
 

@@ -42,6 +42,26 @@ def api_view(func: Callable[..., Response]) -> Callable[..., Response]:
     return wrapper
 
 
+# Chalice answers some requests itself (405 wrong method, 415 wrong content type) in its own shape.
+_CHALICE_CODES = {
+    "MethodNotAllowedError": "method_not_allowed",
+    "UnsupportedMediaType": "unsupported_media_type",
+    "BadRequest": "invalid_request",
+    "BadRequestError": "invalid_request",
+}
+
+
+def contract_errors(event, get_response):
+    """HTTP middleware: every error leaves as {"error": {"code", "message", "details"}}, Chalice's too."""
+    response = get_response(event)
+    body = response.body
+    if isinstance(body, dict) and set(body) == {"Code", "Message"} and response.status_code >= 400:
+        code = _CHALICE_CODES.get(body["Code"], str(body["Code"]))
+        response.body = json.dumps({"error": {"code": code, "message": body["Message"], "details": []}})
+        response.headers = {**(response.headers or {}), **JSON}
+    return response
+
+
 def principal(request):
     from chalicelib.auth import authenticate
 

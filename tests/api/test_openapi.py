@@ -53,3 +53,14 @@ def test_real_responses_match_their_description(api, admin):
     _check(doc, api.request("POST", "/jobs", token, {"name": "BAD"}), "/jobs", "post")
     _check(doc, api.request("GET", "/jobs"), "/jobs", "get")
     _check(doc, api.request("GET", "/health"), "/health", "get")
+
+
+def test_errors_chalice_answers_itself_keep_the_contract_shape(api):
+    token = api.token("alice")
+    wrong_method = api.request("DELETE", "/jobs", token)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json_body["error"]["code"] == "method_not_allowed"
+    assert set(wrong_method.json_body["error"]) == {"code", "message", "details"}
+    wrong_type = api.request("POST", "/jobs", token, body=b"name: x", headers={"Content-Type": "image/png"})
+    assert wrong_type.status_code == 415
+    assert wrong_type.json_body["error"]["code"] == "unsupported_media_type"
