@@ -66,8 +66,17 @@ class ReapPolicy:
 def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=None) -> Action | None:
     """Pure: should this tagged, running resource be stopped? `job` is its job (None: no such job)."""
     key = resource.job_id or resource.resource_id
-    if not resource.running or resource.kind == "devvm":
+    if resource.kind == "devvm":
         return None  # dev VMs are judged by their own record (idle_minutes / max_hours)
+    if not resource.running:
+        if resource.stopped and resource.kind == "vm" and (job is None or job.terminal):
+            # A powered-off job VM nobody will start again still bills for its disk.
+            return Action(
+                key,
+                "remove_stopped",
+                f"{resource.resource_id} is {resource.state} and its job is {job.status.value if job else 'gone'}",
+            )
+        return None
     if job is None:
         return Action(key, "stop_orphan", f"orphaned: {resource.resource_id} has no job behind it")
     if job.terminal:

@@ -79,6 +79,8 @@ class ManagedResource:
     job_id: str | None = None
     attempt: int | None = None
     launched_at: datetime | None = None
+    # Powered off but still there (a stopped VM keeps its disk, and its bill for it).
+    stopped: bool = False
 
 
 @dataclass(frozen=True)

@@ -349,6 +349,7 @@ class Ec2Backend(AwsBackend):
                     kind="devvm" if tags.get(TAG_KIND) == KIND_DEVVM else "vm",
                     state=state,
                     running=state in ("pending", "running"),
+                    stopped=state in ("stopping", "stopped"),
                     stage=tags.get(TAG_STAGE),
                     native_id=tags.get(TAG_NATIVE),
                     job_id=tags.get(TAG_JOB_ID),

@@ -338,6 +338,7 @@ class GceBackend(ComputeBackend):
                             kind="vm",
                             state=instance.status,
                             running=instance.status in RUNNING_STATES,
+                            stopped=instance.status in ("STOPPED", "TERMINATED", "SUSPENDED"),
                             stage=labels.get(LABEL_STAGE),
                             native_id=instance.name,
                             job_id=labels.get(LABEL_JOB_ID) or (parsed[0] if parsed else None),

@@ -77,6 +77,18 @@ BUSY = Utilization(gpu_percent=87.0, last_heartbeat=NOW - timedelta(minutes=1))
         ),
         (_vm(), _job(), Utilization(None, NOW - timedelta(minutes=45)), ("stop_idle", "no heartbeat for 30 min")),
         (_vm(), _job(), Utilization(None, None), ("stop_idle", "no heartbeat for 30 min")),
+        (
+            _vm(running=False, stopped=True, state="TERMINATED"),
+            None,
+            None,
+            ("remove_stopped", "i-0abc is TERMINATED and its job is gone"),
+        ),
+        (
+            _vm(running=False, stopped=True, state="stopped"),
+            _job(JobStatus.FAILED),
+            None,
+            ("remove_stopped", "i-0abc is stopped and its job is FAILED"),
+        ),
     ],
 )
 def test_a_tagged_vm_is_stopped_for_the_right_reason(resource, job, usage, expected):
@@ -89,7 +101,8 @@ def test_a_tagged_vm_is_stopped_for_the_right_reason(resource, job, usage, expec
     [
         (_vm(), _job(), BUSY),  # working
         (_vm(launched_at=NOW - timedelta(minutes=10)), _job(), Utilization(0.0, None)),  # still booting
-        (_vm(running=False, state="stopped"), None, None),  # costs nothing
+        (_vm(running=False, state="ended"), None, None),  # gone: a local process that exited
+        (_vm(running=False, stopped=True, state="stopped"), _job(), None),  # its job may still need it
         (_vm(kind="devvm"), None, None),  # judged by its own record
         (_vm(kind="job", backend="sagemaker"), _job(), None),  # a managed job: no idle notion
         (_vm(launched_at=NOW - timedelta(minutes=134)), _job(max_runtime=120), BUSY),  # inside the grace
