@@ -30,6 +30,7 @@ class Upload:
     key: str
     version: str = ""  # versionId, else eTag
     sequencer: str = ""
+    scheme: str = "s3"  # "s3" or "gs": a bucket name is unique only within its cloud
 
     @property
     def stem(self) -> str:
@@ -39,7 +40,7 @@ class Upload:
         # A redelivered event carries the same bucket, key, version and sequencer: one job.
         # A new upload of the same key gets a new sequencer: a new job.
         raw = "\0".join((self.bucket, self.key, self.version, self.sequencer))
-        return "s3-upload-" + hashlib.sha256(raw.encode()).hexdigest()
+        return f"{self.scheme}-upload-" + hashlib.sha256(raw.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,17 @@ class Rule:
     glob: str | None = None
     outputs: tuple[str, ...] = field(default_factory=tuple)  # prefixes in `bucket` that never trigger
 
+    @property
+    def scheme(self) -> str:
+        return "gs" if self.bucket.startswith("gs://") else "s3"
+
+    @property
+    def bucket_name(self) -> str:
+        return self.bucket.split("://", 1)[-1]
+
     def matches(self, upload: Upload) -> bool:
-        if upload.bucket != self.bucket or not upload.key.startswith(self.prefix):
+        """`bucket: name` or `s3://name` is an S3 bucket; `gs://name` a GCS bucket."""
+        if (upload.scheme, upload.bucket) != (self.scheme, self.bucket_name) or not upload.key.startswith(self.prefix):
             return False
         return self.glob is None or fnmatch.fnmatchcase(upload.key, self.glob)
 
@@ -116,7 +126,7 @@ def parse_rules(data: Any, source: str = "triggers") -> tuple[Rule, ...]:
             outputs=tuple(str(o) for o in outputs),
         )
         try:
-            parse_spec(rule.render(Upload(rule.bucket, rule.prefix + "example/data.csv", "v", "s")))
+            parse_spec(rule.render(Upload(rule.bucket_name, rule.prefix + "example/data.csv", "v", "s", rule.scheme)))
         except JobplaneError as exc:
             raise ConfigError(f"{where} ({rule.name}): the job template is not a valid spec: {exc.message}") from None
         rules.append(rule)
@@ -171,7 +181,11 @@ def handle_upload(upload: Upload, rules: tuple[Rule, ...], service) -> dict[str,
 
     result: dict[str, Any] = {"bucket": upload.bucket, "key": upload.key}
     # Jobs write under the rules' outputs: such objects never start anything (no loops).
-    if any(upload.bucket == r.bucket and upload.key.startswith(p) for r in rules for p in r.outputs):
+    if any(
+        (upload.scheme, upload.bucket) == (r.scheme, r.bucket_name) and upload.key.startswith(p)
+        for r in rules
+        for p in r.outputs
+    ):
         return {**result, "outcome": "output"}
     rule = next((r for r in rules if r.matches(upload)), None)
     if rule is None:

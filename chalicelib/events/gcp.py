@@ -116,5 +116,5 @@ def handle_gcs_event(event_type: str, data: dict[str, Any] | None, service) -> l
     from chalicelib.triggers import Upload, handle_upload, load_rules
 
     # The generation is new for every write of a name and the same on redelivery: one job per upload.
-    upload = Upload(obj.bucket, obj.name, version=obj.generation or "", sequencer="")
+    upload = Upload(obj.bucket, obj.name, version=obj.generation or "", sequencer="", scheme="gs")
     return [handle_upload(upload, load_rules(service.settings.triggers_file), service)]

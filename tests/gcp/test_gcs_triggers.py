@@ -13,7 +13,7 @@ from tests.gcp.helpers import load
 RULES = f"""
 rules:
   - name: gcs-datasets
-    bucket: sample-bucket
+    bucket: gs://sample-bucket
     prefix: folder/
     outputs: [folder/outputs/]
     owner: uploads
@@ -46,3 +46,13 @@ def test_a_finalized_object_starts_one_job_by_the_rules(tmp_path, memory_store):
     assert handle_gcs_event(GCS_FINALIZED, output, service) == [
         {"bucket": "sample-bucket", "key": "folder/outputs/model.pt", "outcome": "output"}
     ]
+
+
+def test_an_s3_rule_never_matches_a_gcs_bucket_of_the_same_name(tmp_path, memory_store):
+    rules = tmp_path / "triggers.yaml"
+    rules.write_text(RULES.replace("gs://sample-bucket", "sample-bucket"))
+    service = JobService(memory_store, make_settings(tmp_path, JOBPLANE_TRIGGERS_FILE=str(rules)))
+    data = load("cloudevent_storage_finalized.json")["data"]
+    [result] = handle_gcs_event(GCS_FINALIZED, data, service)
+    assert result["outcome"] != "started"
+    assert list(service.store.iter_active()) == []
