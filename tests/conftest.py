@@ -131,6 +131,20 @@ class ApiClient:
         return getattr(self.client.http, method.lower())(path, headers=hdrs, body=body or b"")
 
 
+def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
+    """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
 def job_spec(name="train", **overrides):
     spec = {"name": name, "command": [sys.executable, "-c", "print('hello')"], "backend": "local"}
     spec.update(overrides)

@@ -18,20 +18,9 @@ from chalicelib.backends.base import Handle, Observation
 from chalicelib.backends.local import EVENT_DETAIL_TYPE, EVENT_SOURCE, LocalBackend, pid_alive
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, new_job_id, utcnow
 from chalicelib.jobs.spec import parse_spec
-from tests.conftest import ROOT, job_spec, make_settings
+from tests.conftest import ROOT, job_spec, make_settings, wait_for
 
 PY = sys.executable
-
-
-def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def make_job(command, env=None, attempt=1) -> Job:

@@ -6,7 +6,6 @@ import json
 import os
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -15,20 +14,14 @@ from chalicelib import deps
 from chalicelib.backends.local import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new_job_id, utcnow
 from tests.conftest import job_spec
+from tests.conftest import wait_for as _wait_for
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 
-def wait_for(predicate, timeout=20.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def wait_for(predicate, timeout=20.0, **kw):
+    return _wait_for(predicate, timeout=timeout, **kw)
 
 
 def run_reconcile(api):

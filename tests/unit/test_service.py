@@ -7,7 +7,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
-from tests.conftest import job_spec, make_settings
+from tests.conftest import job_spec, make_settings, wait_for
 
 ALICE = Principal("alice")
 BOB = Principal("bob")
@@ -30,17 +29,6 @@ SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
 
 def spec(name="train", **overrides):
     return parse_spec(job_spec(name, **overrides))
-
-
-def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def reconcile_until(service, job_id, statuses, timeout=15.0):
