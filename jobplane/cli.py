@@ -289,7 +289,9 @@ def cmd_local_up(args) -> int:
     def _stop(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt
 
+    # Both ways of asking it to stop, even when SIGINT was inherited as ignored (a CI worker, nohup).
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
     try:
         state = stack.start()
         out.print(

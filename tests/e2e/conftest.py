@@ -44,6 +44,8 @@ def start_stack(tmp_path_factory, **extra_env):
         [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1"],
         cwd=ROOT,
         env=env,
+        # Started the way CI workers and nohup start it: with SIGINT ignored. Ctrl-C must still stop it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -63,10 +65,14 @@ def start_stack(tmp_path_factory, **extra_env):
 
 def stop_stack(stack) -> None:
     proc = stack["proc"]
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=40)
-    stack["log"].close()
+    try:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            proc.wait(timeout=40)
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # the test has failed already; leave nothing running behind it
+        stack["log"].close()
 
 
 @pytest.fixture(scope="module")
