@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from chalicelib.backends.base import ComputeBackend, Handle, parse_native_name
+from chalicelib.backends.base import ComputeBackend, Handle, job_env, parse_native_name
 from chalicelib.errors import UnsupportedError
 
 TAG_JOB_ID = "jobplane:job-id"
@@ -192,12 +192,5 @@ def native_of(handle: Handle) -> str:
 
 
 def env_list(spec: dict[str, Any], handle: Handle) -> list[tuple[str, str]]:
-    """The job's environment, plus what jobplane tells every job about itself."""
-    env = dict(spec.get("env") or {})
-    env["JOBPLANE_JOB_ID"] = handle.job_id
-    env["JOBPLANE_ATTEMPT"] = str(handle.attempt)
-    if spec.get("checkpoint_uri"):
-        env["JOBPLANE_CHECKPOINT_URI"] = spec["checkpoint_uri"]
-    if spec.get("outputs"):
-        env["JOBPLANE_OUTPUTS"] = spec["outputs"]
-    return sorted(env.items())
+    """The job's environment, plus what jobplane tells every job about itself, sorted."""
+    return sorted(job_env(spec, handle, outputs_var="JOBPLANE_OUTPUTS").items())

@@ -36,6 +36,18 @@ def parse_native_name(name: str | None) -> tuple[str, int] | None:
     return match["job_id"], int(match["attempt"] or 1)
 
 
+def job_env(spec: dict[str, Any], handle: Handle, outputs_var: str = "JOBPLANE_OUTPUT_URI") -> dict[str, str]:
+    """The job's environment plus what jobplane tells every job about itself (on every backend)."""
+    env = dict(spec.get("env") or {})
+    env["JOBPLANE_JOB_ID"] = handle.job_id
+    env["JOBPLANE_ATTEMPT"] = str(handle.attempt)
+    if spec.get("checkpoint_uri"):
+        env["JOBPLANE_CHECKPOINT_URI"] = spec["checkpoint_uri"]
+    if spec.get("outputs"):
+        env[outputs_var] = spec["outputs"]
+    return env
+
+
 @dataclass(frozen=True)
 class Observation:
     """What a backend saw of one job's resource, already in jobplane's terms."""

@@ -141,20 +141,16 @@ class Ec2Backend(AwsBackend):
         instance = response["Instances"][0]
         return LaunchResult(instance["InstanceId"], instance.get("State", {}).get("Name", "pending"))
 
+    def find_instances(self, *filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every instance of this stage that matches `filters` (all pages)."""
+        stage = {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]}
+        with aws_errors("ec2", "DescribeInstances"):
+            pages = self.client().get_paginator("describe_instances").paginate(Filters=[*filters, stage])
+            return [i for page in pages for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+
     def _instances_of(self, native: str) -> list[dict[str, Any]]:
         """Instances tagged with this attempt's native name, newest first (all states)."""
-        with aws_errors("ec2", "DescribeInstances"):
-            pages = (
-                self.client()
-                .get_paginator("describe_instances")
-                .paginate(
-                    Filters=[
-                        {"Name": f"tag:{TAG_NATIVE}", "Values": [native]},
-                        {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]},
-                    ]
-                )
-            )
-            found = [i for page in pages for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+        found = self.find_instances({"Name": f"tag:{TAG_NATIVE}", "Values": [native]})
         return sorted(found, key=lambda i: str(i.get("LaunchTime", "")), reverse=True)
 
     def _instance(self, instance_id: str) -> dict[str, Any] | None:
@@ -323,19 +319,10 @@ class Ec2Backend(AwsBackend):
 
     # --- the reaper's view ----------------------------------------------------------------
     def _list_managed_impl(self) -> list[ManagedResource]:
-        with aws_errors("ec2", "DescribeInstances"):
-            pages = (
-                self.client()
-                .get_paginator("describe_instances")
-                .paginate(
-                    Filters=[
-                        {"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]},
-                        {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]},
-                        {"Name": "instance-state-name", "Values": list(_LIVE)},
-                    ]
-                )
-            )
-            instances = [i for page in pages for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+        instances = self.find_instances(
+            {"Name": f"tag:{TAG_MANAGED}", "Values": ["true"]},
+            {"Name": "instance-state-name", "Values": list(_LIVE)},
+        )
         found = []
         for instance in instances:
             tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}

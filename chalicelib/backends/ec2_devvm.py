@@ -95,15 +95,10 @@ class Ec2DevVmProvider(Ec2Backend):
         return request
 
     def _find(self, vm) -> dict[str, Any] | None:
-        with aws_errors("ec2", "DescribeInstances"):
-            reservations = self.client().describe_instances(
-                Filters=[
-                    {"Name": f"tag:{TAG_DEVVM_ID}", "Values": [vm.vm_id]},
-                    {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]},
-                    {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
-                ]
-            )["Reservations"]
-        instances = [i for r in reservations for i in r["Instances"]]
+        instances = self.find_instances(
+            {"Name": f"tag:{TAG_DEVVM_ID}", "Values": [vm.vm_id]},
+            {"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]},
+        )
         return instances[0] if instances else None
 
     def launch_devvm(self, vm) -> tuple[str, str]:

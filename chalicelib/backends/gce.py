@@ -11,6 +11,7 @@ from chalicelib.backends.base import (
     ManagedResource,
     Observation,
     Utilization,
+    job_env,
     parse_native_name,
 )
 from chalicelib.backends.gce_script import MAX_METADATA_VALUE, startup_script
@@ -97,15 +98,7 @@ class GceBackend(ComputeBackend):
         zone = self.settings.gce_zone
         machine = machine_for(spec)
         max_runtime = int(spec.get("max_runtime_minutes", 1440)) * 60
-        env = {
-            **spec.get("env", {}),
-            "JOBPLANE_JOB_ID": handle.job_id,
-            "JOBPLANE_ATTEMPT": str(handle.attempt),
-        }
-        if spec.get("checkpoint_uri"):
-            env["JOBPLANE_CHECKPOINT_URI"] = spec["checkpoint_uri"]
-        if spec.get("outputs"):
-            env["JOBPLANE_OUTPUT_URI"] = spec["outputs"]
+        env = job_env(spec, handle)
         script = startup_script(
             job_id=handle.job_id,
             native_id=handle.native_id,

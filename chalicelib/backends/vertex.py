@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult, Observation, parse_native_name
+from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult, Observation, job_env, parse_native_name
 from chalicelib.backends.gcp_common import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
@@ -136,15 +136,7 @@ class VertexBackend(ComputeBackend):
         from google.protobuf import duration_pb2
 
         spec = job.spec
-        env = {
-            **spec.get("env", {}),
-            "JOBPLANE_JOB_ID": handle.job_id,
-            "JOBPLANE_ATTEMPT": str(handle.attempt),
-        }
-        if spec.get("checkpoint_uri"):
-            env["JOBPLANE_CHECKPOINT_URI"] = spec["checkpoint_uri"]
-        if spec.get("outputs"):
-            env["JOBPLANE_OUTPUT_URI"] = spec["outputs"]
+        env = job_env(spec, handle)
         resources = spec.get("resources") or {}
         scheduling = aiplatform_v1.Scheduling(
             timeout=duration_pb2.Duration(seconds=int(spec.get("max_runtime_minutes", 1440)) * 60),
