@@ -103,7 +103,7 @@ def get_slack_invoker():
 
 def get_devvm_service():
     def build():
-        from chalicelib.backends.ec2_devvm import devvm_provider
+        from chalicelib.backends.aws.ec2_devvm import devvm_provider
         from chalicelib.devvms import DevVmService
 
         providers: dict[str, Any] = {}

@@ -11,13 +11,13 @@ from chalicelib.errors import ValidationError
 
 # registry key -> "module:Class"; importing is deferred so a cold start pays only for what it uses
 REGISTRY: dict[str, str] = {
-    "local": "chalicelib.backends.local:LocalBackend",
-    "sagemaker": "chalicelib.backends.sagemaker:SageMakerBackend",
-    "aws-batch": "chalicelib.backends.aws_batch:BatchBackend",
-    "ecs": "chalicelib.backends.ecs:EcsBackend",
-    "ec2": "chalicelib.backends.ec2:Ec2Backend",
-    "vertex": "chalicelib.backends.vertex:VertexBackend",
-    "gce": "chalicelib.backends.gce:GceBackend",
+    "local": "chalicelib.backends.local.backend:LocalBackend",
+    "sagemaker": "chalicelib.backends.aws.sagemaker:SageMakerBackend",
+    "aws-batch": "chalicelib.backends.aws.batch:BatchBackend",
+    "ecs": "chalicelib.backends.aws.ecs:EcsBackend",
+    "ec2": "chalicelib.backends.aws.ec2:Ec2Backend",
+    "vertex": "chalicelib.backends.gcp.vertex:VertexBackend",
+    "gce": "chalicelib.backends.gcp.gce:GceBackend",
 }
 
 _lock = threading.Lock()

@@ -56,7 +56,7 @@ def devvm_actions(settings: Settings) -> tuple[str, ...]:
     """Dev VMs run on EC2: start, stop and read their GPU metric when that backend is enabled."""
     if "ec2" not in aws_backends(settings):
         return ()
-    from chalicelib.backends.ec2_devvm import Ec2DevVmProvider
+    from chalicelib.backends.aws.ec2_devvm import Ec2DevVmProvider
 
     return Ec2DevVmProvider.iam_actions
 
@@ -119,7 +119,7 @@ def build(settings: Settings) -> dict[str, Any]:
             {"Sid": "DevVms", "Effect": "Allow", "Action": sorted(devvm_actions(settings)), "Resource": "*"}
         )
     if passes:
-        from chalicelib.backends.aws_base import role_arn
+        from chalicelib.backends.aws.base import role_arn
 
         statements.append(
             {

@@ -284,7 +284,7 @@ class LocalStack:
 
     def _stop_local_jobs(self) -> None:
         """Every runner still alive is asked to stop its job; stragglers are killed."""
-        from chalicelib.backends.local import pid_alive
+        from chalicelib.backends.local.backend import pid_alive
 
         jobs = self.directory / "jobs"
         runners = []

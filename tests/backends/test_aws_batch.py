@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from chalicelib.backends.aws_batch import BatchBackend, definition_name
+from chalicelib.backends.aws.batch import BatchBackend, definition_name
 from chalicelib.backends.base import Handle
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from chalicelib.backends.aws_errors import translate
+from chalicelib.backends.aws.errors import translate
 from chalicelib.errors import (
     BackendAuthError,
     BackendError,

@@ -9,8 +9,8 @@ import pytest
 from botocore.stub import Stubber
 
 from chalicelib.auth import Principal
+from chalicelib.backends.aws.ec2 import Ec2Backend
 from chalicelib.backends.base import Handle
-from chalicelib.backends.ec2 import Ec2Backend
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec

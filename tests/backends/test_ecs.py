@@ -8,8 +8,8 @@ import pytest
 from botocore.stub import Stubber
 
 from chalicelib.auth import Principal
+from chalicelib.backends.aws.ecs import EcsBackend, family_name
 from chalicelib.backends.base import Handle
-from chalicelib.backends.ecs import EcsBackend, family_name
 from chalicelib.errors import CapacityError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.service import JobService

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.backends.base import Handle, Observation
-from chalicelib.backends.local import EVENT_DETAIL_TYPE, EVENT_SOURCE, LocalBackend, pid_alive
+from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, LocalBackend, pid_alive
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, new_job_id, utcnow
 from chalicelib.jobs.spec import parse_spec
 from tests.conftest import ROOT, job_spec, make_settings, wait_for
@@ -232,7 +232,7 @@ def start_runner(tmp_path, command, max_runtime_seconds, grace="0.5", event_url=
     (folder / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "JOBPLANE_KILL_GRACE_SECONDS": grace}
     code = (
-        "import sys; from pathlib import Path; from chalicelib.backends.local_runner import run; "
+        "import sys; from pathlib import Path; from chalicelib.backends.local.runner import run; "
         "sys.exit(run(Path(sys.argv[1])))"
     )
     proc = subprocess.Popen([PY, "-c", code, str(folder)], cwd=ROOT, env=env)

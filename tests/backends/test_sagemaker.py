@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from botocore.stub import Stubber
 
+from chalicelib.backends.aws.sagemaker import SageMakerBackend, failure_kind
 from chalicelib.backends.base import Handle
-from chalicelib.backends.sagemaker import SageMakerBackend, failure_kind
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from tests.backends.conftest import boto, make_job

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from chalicelib.backends.userdata import VmJob, user_data
+from chalicelib.backends.aws.userdata import VmJob, user_data
 
 HOSTILE = [
     "$(touch PWNED_subst)",

@@ -204,7 +204,7 @@ def test_the_heartbeat_script_passes_shellcheck(tmp_path):
     import shutil
     import subprocess
 
-    from chalicelib.backends.ec2_devvm import DEVVM_USER_DATA
+    from chalicelib.backends.aws.ec2_devvm import DEVVM_USER_DATA
 
     assert shutil.which("shellcheck"), "shellcheck is installed by `make system-deps`"
     script = tmp_path / "devvm.sh"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib import deps
-from chalicelib.backends.local import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
+from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new_job_id, utcnow
 from tests.conftest import job_spec
 from tests.conftest import wait_for as _wait_for

@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from chalicelib.backends.gce_script import startup_script
+from chalicelib.backends.gcp.gce_script import startup_script
 from chalicelib.backends.shell import array, assign, quote
 
 HOSTILE = [

@@ -11,7 +11,7 @@ from botocore.config import Config
 from botocore.stub import Stubber
 from google.api_core import exceptions as g
 
-from chalicelib.backends.gcp_common import label_value, translate
+from chalicelib.backends.gcp.base import label_value, translate
 from chalicelib.errors import (
     BackendAuthError,
     BackendError,

@@ -6,7 +6,7 @@ import pytest
 from google.cloud import aiplatform_v1
 
 from chalicelib.backends.base import Handle
-from chalicelib.backends.vertex import REJECTED_STATES, STATES
+from chalicelib.backends.gcp.vertex import REJECTED_STATES, STATES
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from tests.gcp.helpers import PROJECT, load, pubsub_data, submit

@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib.auth import Principal
 from chalicelib.backends.base import ManagedResource, Utilization
-from chalicelib.backends.local import LocalBackend, pid_alive
+from chalicelib.backends.local.backend import LocalBackend, pid_alive
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 from chalicelib.jobs.service import JobService

@@ -47,7 +47,7 @@ def job_dir(service, job):
 
 
 def pid_gone(pid: int) -> bool:
-    from chalicelib.backends.local import pid_alive
+    from chalicelib.backends.local.backend import pid_alive
 
     return not pid_alive(pid)
 

@@ -14,8 +14,7 @@ from chalicelib.backends.base import (
     job_env,
     parse_native_name,
 )
-from chalicelib.backends.gce_script import MAX_METADATA_VALUE, startup_script
-from chalicelib.backends.gcp_common import (
+from chalicelib.backends.gcp.base import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
     LABEL_STAGE,
@@ -29,6 +28,7 @@ from chalicelib.backends.gcp_common import (
     managed_filter,
     map_gcp_errors,
 )
+from chalicelib.backends.gcp.gce_script import MAX_METADATA_VALUE, startup_script
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
 

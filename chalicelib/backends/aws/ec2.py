@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from chalicelib.backends.aws_base import (
+from chalicelib.backends.aws.base import (
     KIND_DEVVM,
     TAG_ATTEMPT,
     TAG_JOB_ID,
@@ -20,9 +20,9 @@ from chalicelib.backends.aws_base import (
     instance_type_for,
     native_of,
 )
-from chalicelib.backends.aws_errors import aws_errors, error_code
+from chalicelib.backends.aws.errors import aws_errors, error_code
+from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
 from chalicelib.backends.base import Handle, LaunchResult, ManagedResource, Observation, parse_native_name
-from chalicelib.backends.userdata import MAX_USER_DATA, VmJob, user_data
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 

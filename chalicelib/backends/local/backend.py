@@ -121,13 +121,13 @@ class LocalBackend(ComputeBackend):
         (folder / "spec.json").write_text(json.dumps(runner_spec))
         with open(folder / "runner.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "chalicelib.backends.local_runner", str(folder)],
+                [sys.executable, "-m", "chalicelib.backends.local.runner", str(folder)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
-                cwd=str(Path(__file__).resolve().parents[2]),
+                cwd=str(Path(__file__).resolve().parents[3]),
             )
         (folder / "runner.pid").write_text(str(proc.pid))
         return LaunchResult(handle.native_id, "Started")

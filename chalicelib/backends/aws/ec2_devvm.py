@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from chalicelib.backends.aws_base import (
+from chalicelib.backends.aws.base import (
     KIND_DEVVM,
     TAG_KIND,
     TAG_MANAGED,
@@ -13,9 +13,9 @@ from chalicelib.backends.aws_base import (
     TAG_STOPPED_BY,
     instance_type_for,
 )
-from chalicelib.backends.aws_errors import aws_errors
+from chalicelib.backends.aws.ec2 import Ec2Backend
+from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Utilization
-from chalicelib.backends.ec2 import Ec2Backend
 from chalicelib.errors import BackendError
 from chalicelib.jobs.model import utcnow
 

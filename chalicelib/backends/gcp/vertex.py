@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult, Observation, job_env, parse_native_name
-from chalicelib.backends.gcp_common import (
+from chalicelib.backends.gcp.base import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
     LABEL_MANAGED,

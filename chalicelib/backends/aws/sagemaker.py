@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from chalicelib.backends.aws_base import AwsBackend, env_list, epoch_ms, instance_type_for, native_of
-from chalicelib.backends.aws_errors import aws_errors, error_code
+from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for, native_of
+from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus

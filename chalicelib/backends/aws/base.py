@@ -168,7 +168,7 @@ class AwsBackend(ComputeBackend):
         if name_or_arn.startswith("arn:"):
             return name_or_arn
         if self._account is None:
-            from chalicelib.backends.aws_errors import aws_errors
+            from chalicelib.backends.aws.errors import aws_errors
 
             with aws_errors("sts", "GetCallerIdentity"):
                 self._account = self.client("sts").get_caller_identity()["Account"]

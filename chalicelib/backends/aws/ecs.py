@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from chalicelib.backends.aws_base import AwsBackend, env_list, epoch_ms, native_of
-from chalicelib.backends.aws_errors import aws_errors
+from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, native_of
+from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
 from chalicelib.errors import BackendError, CapacityError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus

@@ -1,0 +1,1 @@
+"""Google Cloud backends: Vertex AI, Compute Engine, their shared base and error table."""
