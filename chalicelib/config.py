@@ -1,340 +1,347 @@
-"""Settings.from_env(): the only place that reads os.environ."""
+"""Settings.from_env(): the only place that reads os.environ; each setting is declared once."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
 
 from chalicelib.errors import ConfigError
 
 BACKEND_NAMES = ("sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local")
 
 
-def _bool(name: str, raw: str) -> bool:
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off", ""):
-        return False
-    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+def backend_names() -> tuple[str, ...]:
+    """The backend names settings accept (one place, so a registry can answer instead)."""
+    return BACKEND_NAMES
 
 
-def _int(name: str, raw: str, minimum: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
+def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
+    return os.environ if environ is None else environ
 
 
-def _choice(name: str, raw: str, valid: tuple[str, ...]) -> str:
-    value = raw.strip().lower()
-    if value not in valid:
-        raise ConfigError(f"{name} must be one of {', '.join(valid)}, got {raw!r}")
-    return value
+# --- kinds of value: how a variable's text becomes a field and back ---------------------------
+@dataclass(frozen=True)
+class Text:
+    def parse(self, var: str, raw: str) -> Any:
+        return raw
 
-
-def _list(raw: str) -> tuple[str, ...]:
-    return tuple(p.strip() for p in raw.split(",") if p.strip())
-
-
-def _limits(raw: str) -> tuple[tuple[str, int], ...]:
-    """JOBPLANE_CAPACITY_LIMITS="sagemaker:ml.g5=4,ec2:*=16,local:cpu=2" -> (("sagemaker:ml.g5", 4), ...)."""
-    limits: dict[str, int] = {}
-    for part in (p.strip() for p in raw.split(",")):
-        if not part:
-            continue
-        pool, sep, value = part.partition("=")
-        backend, colon, family = pool.strip().partition(":")
-        if not sep or not colon or not family or backend not in BACKEND_NAMES:
-            raise ConfigError(
-                f"JOBPLANE_CAPACITY_LIMITS entry {part!r} must look like BACKEND:FAMILY=N "
-                f"(BACKEND one of {', '.join(BACKEND_NAMES)}; FAMILY an instance family, GPU type, cpu or *)"
-            )
-        limits[f"{backend}:{family.strip()}"] = _int(f"JOBPLANE_CAPACITY_LIMITS[{pool.strip()}]", value.strip(), 0)
-    return tuple(sorted(limits.items()))
+    def show(self, value: Any) -> str:
+        return str(value)
 
 
 @dataclass(frozen=True)
+class Url(Text):
+    def parse(self, var: str, raw: str) -> str:
+        if not raw.startswith(("http://", "https://")):
+            raise ConfigError(f"{var} must be an http:// or https:// URL, got {raw!r}")
+        return raw
+
+
+@dataclass(frozen=True)
+class Integer(Text):
+    minimum: int = 0
+
+    def parse(self, var: str, raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
+        if value < self.minimum:
+            raise ConfigError(f"{var} must be at least {self.minimum}, got {value}")
+        return value
+
+
+@dataclass(frozen=True)
+class Number(Text):
+    minimum: float
+    maximum: float
+
+    def parse(self, var: str, raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ConfigError(f"{var} must be a number, got {raw!r}") from None
+        # float() also accepts nan, which every comparison would let through.
+        if not self.minimum <= value <= self.maximum:
+            raise ConfigError(f"{var} must be a number from {self.minimum:g} to {self.maximum:g}, got {raw!r}")
+        return value
+
+    def show(self, value: Any) -> str:
+        return repr(float(value))
+
+
+@dataclass(frozen=True)
+class Choice(Text):
+    """One of a few words, matched without regard to case and kept in the spelling listed."""
+
+    valid: tuple[str, ...]
+
+    def parse(self, var: str, raw: str) -> str:
+        for word in self.valid:
+            if raw.strip().lower() == word.lower():
+                return word
+        raise ConfigError(f"{var} must be one of {', '.join(self.valid)}, got {raw!r}")
+
+
+@dataclass(frozen=True)
+class Names(Text):
+    """A comma-separated list; blanks between commas are ignored."""
+
+    def parse(self, var: str, raw: str) -> tuple[str, ...]:
+        return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+    def show(self, value: Any) -> str:
+        return ",".join(value)
+
+
+@dataclass(frozen=True)
+class Backends(Names):
+    def parse(self, var: str, raw: str) -> tuple[str, ...]:
+        backends = super().parse(var, raw)
+        valid = backend_names()
+        unknown = [b for b in backends if b not in valid]
+        if unknown:
+            raise ConfigError(f"{var} names unknown backends {unknown}; valid: {', '.join(valid)}")
+        if not backends:
+            raise ConfigError(f"{var} must name at least one backend")
+        return backends
+
+
+@dataclass(frozen=True)
+class Limits(Text):
+    """JOBPLANE_CAPACITY_LIMITS="sagemaker:ml.g5=4,ec2:*=16,local:cpu=2" -> (("sagemaker:ml.g5", 4), ...)."""
+
+    def parse(self, var: str, raw: str) -> tuple[tuple[str, int], ...]:
+        valid = backend_names()
+        limits: dict[str, int] = {}
+        for part in (p.strip() for p in raw.split(",")):
+            if not part:
+                continue
+            pool, sep, value = part.partition("=")
+            backend, colon, family = pool.strip().partition(":")
+            if not sep or not colon or not family or backend not in valid:
+                raise ConfigError(
+                    f"{var} entry {part!r} must look like BACKEND:FAMILY=N "
+                    f"(BACKEND one of {', '.join(valid)}; FAMILY an instance family, GPU type, cpu or *)"
+                )
+            limits[f"{backend}:{family.strip()}"] = Integer(0).parse(f"{var}[{pool.strip()}]", value.strip())
+        return tuple(sorted(limits.items()))
+
+    def show(self, value: Any) -> str:
+        return ",".join(f"{pool}={units}" for pool, units in value)
+
+
+# --- the declaration --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Var:
+    """How one field is read: its variable, older names it also answers to, kind, derived default."""
+
+    name: str
+    kind: Text
+    also: tuple[str, ...] = ()
+    # A default computed from the fields declared before it: a str.format template or a function.
+    derive: str | Callable[[dict[str, Any]], Any] | None = None
+
+
+_VAR = "jobplane.setting"
+
+
+def setting(
+    name: str,
+    default: Any = MISSING,
+    kind: Text = Text(),
+    *,
+    derive: str | Callable[[dict[str, Any]], Any] | None = None,
+    also: tuple[str, ...] = (),
+) -> Any:
+    """Declare a field read from variable `name`; with neither default nor derive it is required."""
+    metadata = {_VAR: Var(name, kind, also, derive)}
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def read_env(cls: type, env: Mapping[str, str]) -> Any:
+    """Build `cls` from `env` in declaration order, so a derived default sees the fields before it."""
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        var: Var = f.metadata[_VAR]
+        # Empty counts as unset for every setting: no setting has "" as a valid value.
+        raw = next((env[n] for n in (var.name, *var.also) if env.get(n, "").strip()), None)
+        if raw is not None:
+            values[f.name] = var.kind.parse(var.name, raw)
+        elif isinstance(var.derive, str):
+            values[f.name] = var.derive.format(**values)
+        elif var.derive is not None:
+            values[f.name] = var.derive(values)
+        elif f.default is not MISSING:
+            values[f.name] = f.default
+        else:
+            raise ConfigError(f"{var.name} is required and not set")
+    return cls(**values)
+
+
+def write_env(settings: Any) -> dict[str, str]:
+    """The variables that make read_env() return `settings` again (unset fields are left out)."""
+    env = {}
+    for f in fields(settings):
+        var: Var = f.metadata[_VAR]
+        value = getattr(settings, f.name)
+        if value is not None:
+            env[var.name] = var.kind.show(value)
+    return env
+
+
+_POSITIVE = Integer(1)
+_COUNT = Integer(0)
+
+
+def _slack_async_default(values: dict[str, Any]) -> str:
+    # The local stack has no Lambda to invoke: slow commands run on a thread there.
+    return "thread" if values["stage"] == "local" else "lambda"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything a function needs to know about its deployment, read once per container."""
 
-    stage: str = "dev"
-    region: str = "us-east-1"
+    stage: str = setting("JOBPLANE_STAGE", "dev")
+    region: str = setting("AWS_REGION", "us-east-1", also=("AWS_DEFAULT_REGION",))
     # Table names: one set per stage.
-    jobs_table: str = "jobplane-dev-jobs"
-    events_table: str = "jobplane-dev-job-events"
-    tokens_table: str = "jobplane-dev-tokens"
-    idempotency_table: str = "jobplane-dev-idempotency"
-    capacity_table: str = "jobplane-dev-capacity"
-    devvms_table: str = "jobplane-dev-devvms"
+    table_prefix: str = setting("JOBPLANE_TABLE_PREFIX", derive="jobplane-{stage}")
+    jobs_table: str = setting("JOBPLANE_JOBS_TABLE", derive="{table_prefix}-jobs")
+    events_table: str = setting("JOBPLANE_EVENTS_TABLE", derive="{table_prefix}-job-events")
+    tokens_table: str = setting("JOBPLANE_TOKENS_TABLE", derive="{table_prefix}-tokens")
+    idempotency_table: str = setting("JOBPLANE_IDEMPOTENCY_TABLE", derive="{table_prefix}-idempotency")
+    capacity_table: str = setting("JOBPLANE_CAPACITY_TABLE", derive="{table_prefix}-capacity")
+    devvms_table: str = setting("JOBPLANE_DEVVMS_TABLE", derive="{table_prefix}-devvms")
     # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
-    aws_endpoint_url: str | None = None
-    enabled_backends: tuple[str, ...] = ("local",)
-    default_backend: str = "local"
+    aws_endpoint_url: str | None = setting("AWS_ENDPOINT_URL", None, Url())
+    enabled_backends: tuple[str, ...] = setting("JOBPLANE_BACKENDS", ("local",), Backends())
+    default_backend: str = setting("JOBPLANE_DEFAULT_BACKEND", derive="{enabled_backends[0]}")
     # The local backend: where job folders (logs, exit status) live and where its runner reports.
-    local_state_dir: str = ".jobplane/jobs"
-    local_event_url: str | None = None
+    local_state_dir: str = setting("JOBPLANE_LOCAL_STATE_DIR", ".jobplane/jobs")
+    local_event_url: str | None = setting("JOBPLANE_LOCAL_EVENT_URL", None, Url())
     # When set, the local backend runs only these programs (e.g. while fuzzing the API).
-    local_allowed_programs: tuple[str, ...] = ()
+    local_allowed_programs: tuple[str, ...] = setting("JOBPLANE_LOCAL_ALLOWED_PROGRAMS", (), Names())
     # Slack: names of secrets, never the secrets themselves. A name is a Secrets Manager secret,
     # or an SSM Parameter Store parameter when it starts with "ssm:" (e.g. ssm:/jobplane/dev/slack-bot-token).
-    slack_webhook_secret: str | None = None
-    slack_bot_token_secret: str | None = None
-    slack_signing_secret: str | None = None
+    slack_webhook_secret: str | None = setting("JOBPLANE_SLACK_WEBHOOK_SECRET", None)
+    slack_bot_token_secret: str | None = setting("JOBPLANE_SLACK_BOT_TOKEN_SECRET", None)
+    slack_signing_secret: str | None = setting("JOBPLANE_SLACK_SIGNING_SECRET", None)
     # Dedup markers of sent notifications and the Slack user -> jobplane user mapping.
-    slack_table: str = "jobplane-dev-slack"
+    slack_table: str = setting("JOBPLANE_SLACK_TABLE", derive="{table_prefix}-slack")
     # Slack's Web API (chat.postMessage); tests point it at a local server.
-    slack_api_url: str = "https://slack.com/api/"
+    slack_api_url: str = setting("JOBPLANE_SLACK_API_URL", "https://slack.com/api/", Url())
     # Seconds one notify invocation may spend on Slack (retries included), within the Lambda's own limit.
-    slack_send_budget_seconds: int = 20
+    slack_send_budget_seconds: int = setting("JOBPLANE_SLACK_SEND_BUDGET_SECONDS", 20, _POSITIVE)
     # Slow slash commands run here, asynchronously: "lambda" (invoke slack_worker_function with
     # InvocationType=Event) or "thread" (in-process, for the local stack).
-    slack_async: str = "lambda"
-    slack_worker_function: str = "jobplane-dev-slack_worker"
+    slack_async: str = setting("JOBPLANE_SLACK_ASYNC", kind=Choice(("lambda", "thread")), derive=_slack_async_default)
+    slack_worker_function: str = setting("JOBPLANE_SLACK_WORKER_FUNCTION", derive="jobplane-{stage}-slack_worker")
     # Seconds a LAUNCHING job may stay so before reconcile treats the launch as lost.
-    launch_deadline_seconds: int = 600
+    launch_deadline_seconds: int = setting("JOBPLANE_LAUNCH_DEADLINE_SECONDS", 600, _POSITIVE)
     # The reaper: a tagged VM is stopped when its GPU stays under idle_gpu_percent (or it sends no
     # heartbeat) for idle_minutes, or when it runs past max_runtime_minutes + overdue_grace_minutes.
-    idle_gpu_percent: float = 5.0
-    idle_minutes: int = 30
-    overdue_grace_minutes: int = 15
+    idle_gpu_percent: float = setting("JOBPLANE_IDLE_GPU_PERCENT", 5.0, Number(0, 100))
+    idle_minutes: int = setting("JOBPLANE_IDLE_MINUTES", 30, _POSITIVE)
+    overdue_grace_minutes: int = setting("JOBPLANE_OVERDUE_GRACE_MINUTES", 15, _COUNT)
     # Concurrent-use limits of the quota-aware queue: "backend:family" -> units (GPUs; a CPU job is 1).
     # `family` is an instance family (ml.g5, g5), a GPU type (A10G), `cpu`, or `*` for every GPU family.
-    capacity_limits: tuple[tuple[str, int], ...] = ()
+    capacity_limits: tuple[tuple[str, int], ...] = setting("JOBPLANE_CAPACITY_LIMITS", (), Limits())
     # --- Google Cloud (Vertex AI, GCE, Cloud Functions) ---------------------------------------
     # The project and region GCP backends run in; required when vertex or gce is enabled.
-    gcp_project: str | None = None
-    gcp_region: str = "us-central1"
-    gce_zone: str = "us-central1-a"
+    gcp_project: str | None = setting("JOBPLANE_GCP_PROJECT", None)
+    gcp_region: str = setting("JOBPLANE_GCP_REGION", "us-central1")
+    gce_zone: str = setting("JOBPLANE_GCE_ZONE", derive="{gcp_region}-a")
     # GCE ad-hoc VMs: boot image (a Deep Learning VM family: docker, NVIDIA driver, gcloud), disk, network.
-    gce_image: str = "projects/deeplearning-platform-release/global/images/family/common-cu123-debian-11-py310"
-    gce_disk_gb: int = 200
-    gce_network: str = "global/networks/default"
+    gce_image: str = setting(
+        "JOBPLANE_GCE_IMAGE",
+        "projects/deeplearning-platform-release/global/images/family/common-cu123-debian-11-py310",
+    )
+    gce_disk_gb: int = setting("JOBPLANE_GCE_DISK_GB", 200, Integer(10))
+    gce_network: str = setting("JOBPLANE_GCE_NETWORK", "global/networks/default")
     # Service accounts the jobs run as (VMs and Vertex workers); None: the project's default.
-    gce_service_account: str | None = None
-    vertex_service_account: str | None = None
+    gce_service_account: str | None = setting("JOBPLANE_GCE_SERVICE_ACCOUNT", None)
+    vertex_service_account: str | None = setting("JOBPLANE_VERTEX_SERVICE_ACCOUNT", None)
     # gs:// bucket (and prefix) where VMs write their exit status; required when gce is enabled.
-    gcp_status_uri: str | None = None
+    gcp_status_uri: str | None = setting("JOBPLANE_GCP_STATUS_URI", None)
     # Pub/Sub topic (projects/P/topics/T) the log sink and jobplane's VMs publish state hints to.
-    gcp_events_topic: str | None = None
+    gcp_events_topic: str | None = setting("JOBPLANE_GCP_EVENTS_TOPIC", None)
     # Only against emulators and fakes: http://host:port serving the Vertex, Compute and Storage REST APIs.
-    gcp_api_endpoint: str | None = None
+    gcp_api_endpoint: str | None = setting("JOBPLANE_GCP_API_ENDPOINT", None, Url())
     # Cloud Functions reach DynamoDB by assuming this role with their Google identity token.
-    aws_role_arn: str | None = None
-    aws_web_identity_audience: str = "sts.amazonaws.com"
-    gce_metadata_host: str = "metadata.google.internal"
-    log_level: str = "INFO"
+    aws_role_arn: str | None = setting("JOBPLANE_AWS_ROLE_ARN", None)
+    aws_web_identity_audience: str = setting("JOBPLANE_AWS_WEB_IDENTITY_AUDIENCE", "sts.amazonaws.com")
+    # Standard Google variable (host[:port], no scheme); tests point it at a fake metadata server.
+    gce_metadata_host: str = setting("GCE_METADATA_HOST", "metadata.google.internal")
+    log_level: str = setting("JOBPLANE_LOG_LEVEL", "INFO", Choice(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")))
     # --- AWS compute (SageMaker, Batch, ECS, EC2) and upload triggers ------------------------------
     # Roles are names (or ARNs); the checked-in policy limits iam:PassRole to exactly these.
     # Bucket for what jobplane itself writes: ad-hoc VMs' exit status and log tail, default outputs.
-    artifacts_bucket: str = "jobplane-dev-artifacts"
+    artifacts_bucket: str = setting("JOBPLANE_ARTIFACTS_BUCKET", derive="jobplane-{stage}-artifacts")
     # SageMaker: the execution role training jobs run as, and each job's EBS volume.
-    sagemaker_role: str = "jobplane-dev-sagemaker"
-    sagemaker_volume_gb: int = 50
+    sagemaker_role: str = setting("JOBPLANE_SAGEMAKER_ROLE", derive="jobplane-{stage}-sagemaker")
+    sagemaker_volume_gb: int = setting("JOBPLANE_SAGEMAKER_VOLUME_GB", 50, _POSITIVE)
     # Extra minutes a managed-spot SageMaker job may wait for capacity (MaxWaitTimeInSeconds - MaxRuntime).
-    spot_wait_minutes: int = 60
+    spot_wait_minutes: int = setting("JOBPLANE_SPOT_WAIT_MINUTES", 60, _COUNT)
     # AWS Batch: job queues (CPU, GPU and, optionally, spot) and the role jobs run as.
-    batch_job_queue: str = "jobplane-dev"
-    batch_gpu_job_queue: str = "jobplane-dev-gpu"
-    batch_spot_job_queue: str | None = None
-    batch_job_role: str = "jobplane-dev-batch-job"
+    batch_job_queue: str = setting("JOBPLANE_BATCH_JOB_QUEUE", derive="jobplane-{stage}")
+    batch_gpu_job_queue: str = setting("JOBPLANE_BATCH_GPU_JOB_QUEUE", derive="jobplane-{stage}-gpu")
+    batch_spot_job_queue: str | None = setting("JOBPLANE_BATCH_SPOT_JOB_QUEUE", None)
+    batch_job_role: str = setting("JOBPLANE_BATCH_JOB_ROLE", derive="jobplane-{stage}-batch-job")
     # ECS: cluster, launch type (EC2, or FARGATE for CPU-only jobs), roles, and awsvpc networking.
-    ecs_cluster: str = "jobplane-dev"
-    ecs_launch_type: str = "EC2"
-    ecs_task_role: str = "jobplane-dev-ecs-task"
-    ecs_execution_role: str = "jobplane-dev-ecs-execution"
-    ecs_subnets: tuple[str, ...] = ()
-    ecs_security_groups: tuple[str, ...] = ()
+    ecs_cluster: str = setting("JOBPLANE_ECS_CLUSTER", derive="jobplane-{stage}")
+    ecs_launch_type: str = setting("JOBPLANE_ECS_LAUNCH_TYPE", "EC2", Choice(("EC2", "FARGATE")))
+    ecs_task_role: str = setting("JOBPLANE_ECS_TASK_ROLE", derive="jobplane-{stage}-ecs-task")
+    ecs_execution_role: str = setting("JOBPLANE_ECS_EXECUTION_ROLE", derive="jobplane-{stage}-ecs-execution")
+    ecs_subnets: tuple[str, ...] = setting("JOBPLANE_ECS_SUBNETS", (), Names())
+    ecs_security_groups: tuple[str, ...] = setting("JOBPLANE_ECS_SECURITY_GROUPS", (), Names())
     # Ad-hoc EC2: a launch template (lt-... id or a name) or an AMI, where the VM goes, and its profile.
-    ec2_launch_template: str | None = None
-    ec2_ami: str | None = None
-    ec2_subnet: str | None = None
-    ec2_security_groups: tuple[str, ...] = ()
-    ec2_instance_profile: str = "jobplane-dev-ec2-job"
+    ec2_launch_template: str | None = setting("JOBPLANE_EC2_LAUNCH_TEMPLATE", None)
+    ec2_ami: str | None = setting("JOBPLANE_EC2_AMI", None)
+    ec2_subnet: str | None = setting("JOBPLANE_EC2_SUBNET", None)
+    ec2_security_groups: tuple[str, ...] = setting("JOBPLANE_EC2_SECURITY_GROUPS", (), Names())
+    ec2_instance_profile: str = setting("JOBPLANE_EC2_INSTANCE_PROFILE", derive="jobplane-{stage}-ec2-job")
     # Upload trigger rules (bucket + prefix/glob -> job template); relative paths are from the code root.
-    triggers_file: str = "chalicelib/triggers.yaml"
+    triggers_file: str = setting("JOBPLANE_TRIGGERS_FILE", "chalicelib/triggers.yaml")
+
+    def __post_init__(self) -> None:
+        # Checks across fields run here, so dataclasses.replace() cannot build what from_env() refuses.
+        backends = self.enabled_backends
+        if self.default_backend not in backends:
+            raise ConfigError(
+                f"JOBPLANE_DEFAULT_BACKEND={self.default_backend!r} is not in JOBPLANE_BACKENDS {list(backends)}"
+            )
+        if self.gcp_project is None and {"vertex", "gce"} & set(backends):
+            raise ConfigError("JOBPLANE_GCP_PROJECT must be set when vertex or gce is in JOBPLANE_BACKENDS")
+        if "gce" in backends and not (self.gcp_status_uri or "").startswith("gs://"):
+            raise ConfigError("JOBPLANE_GCP_STATUS_URI must be a gs:// URI when gce is in JOBPLANE_BACKENDS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if environ is None else environ
-        stage = env.get("JOBPLANE_STAGE", "dev")
-        prefix = env.get("JOBPLANE_TABLE_PREFIX", f"jobplane-{stage}")
-        backends = tuple(b.strip() for b in env.get("JOBPLANE_BACKENDS", "local").split(",") if b.strip())
-        unknown = [b for b in backends if b not in BACKEND_NAMES]
-        if unknown:
-            raise ConfigError(f"JOBPLANE_BACKENDS names unknown backends {unknown}; valid: {', '.join(BACKEND_NAMES)}")
-        if not backends:
-            raise ConfigError("JOBPLANE_BACKENDS must name at least one backend")
-        default_backend = env.get("JOBPLANE_DEFAULT_BACKEND", backends[0])
-        if default_backend not in backends:
-            raise ConfigError(
-                f"JOBPLANE_DEFAULT_BACKEND={default_backend!r} is not in JOBPLANE_BACKENDS {list(backends)}"
-            )
-        gcp_project = env.get("JOBPLANE_GCP_PROJECT") or None
-        gcp_status_uri = env.get("JOBPLANE_GCP_STATUS_URI") or None
-        if gcp_project is None and {"vertex", "gce"} & set(backends):
-            raise ConfigError("JOBPLANE_GCP_PROJECT must be set when vertex or gce is in JOBPLANE_BACKENDS")
-        if "gce" in backends and not (gcp_status_uri or "").startswith("gs://"):
-            raise ConfigError("JOBPLANE_GCP_STATUS_URI must be a gs:// URI when gce is in JOBPLANE_BACKENDS")
-        return cls(
-            stage=stage,
-            region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or "us-east-1",
-            jobs_table=env.get("JOBPLANE_JOBS_TABLE", f"{prefix}-jobs"),
-            events_table=env.get("JOBPLANE_EVENTS_TABLE", f"{prefix}-job-events"),
-            tokens_table=env.get("JOBPLANE_TOKENS_TABLE", f"{prefix}-tokens"),
-            idempotency_table=env.get("JOBPLANE_IDEMPOTENCY_TABLE", f"{prefix}-idempotency"),
-            capacity_table=env.get("JOBPLANE_CAPACITY_TABLE", f"{prefix}-capacity"),
-            devvms_table=env.get("JOBPLANE_DEVVMS_TABLE", f"{prefix}-devvms"),
-            capacity_limits=_limits(env.get("JOBPLANE_CAPACITY_LIMITS", "")),
-            idle_gpu_percent=float(_int("JOBPLANE_IDLE_GPU_PERCENT", env.get("JOBPLANE_IDLE_GPU_PERCENT", "5"), 0)),
-            idle_minutes=_int("JOBPLANE_IDLE_MINUTES", env.get("JOBPLANE_IDLE_MINUTES", "30"), 1),
-            overdue_grace_minutes=_int(
-                "JOBPLANE_OVERDUE_GRACE_MINUTES", env.get("JOBPLANE_OVERDUE_GRACE_MINUTES", "15"), 0
-            ),
-            aws_endpoint_url=env.get("AWS_ENDPOINT_URL") or None,
-            enabled_backends=backends,
-            default_backend=default_backend,
-            local_state_dir=env.get("JOBPLANE_LOCAL_STATE_DIR", ".jobplane/jobs"),
-            local_event_url=env.get("JOBPLANE_LOCAL_EVENT_URL") or None,
-            local_allowed_programs=tuple(
-                p.strip() for p in env.get("JOBPLANE_LOCAL_ALLOWED_PROGRAMS", "").split(",") if p.strip()
-            ),
-            slack_webhook_secret=env.get("JOBPLANE_SLACK_WEBHOOK_SECRET") or None,
-            slack_bot_token_secret=env.get("JOBPLANE_SLACK_BOT_TOKEN_SECRET") or None,
-            slack_signing_secret=env.get("JOBPLANE_SLACK_SIGNING_SECRET") or None,
-            slack_table=env.get("JOBPLANE_SLACK_TABLE", f"{prefix}-slack"),
-            slack_api_url=env.get("JOBPLANE_SLACK_API_URL") or "https://slack.com/api/",
-            slack_send_budget_seconds=_int(
-                "JOBPLANE_SLACK_SEND_BUDGET_SECONDS", env.get("JOBPLANE_SLACK_SEND_BUDGET_SECONDS", "20"), 1
-            ),
-            slack_async=_choice(
-                "JOBPLANE_SLACK_ASYNC",
-                env.get("JOBPLANE_SLACK_ASYNC", "thread" if stage == "local" else "lambda"),
-                ("lambda", "thread"),
-            ),
-            slack_worker_function=env.get("JOBPLANE_SLACK_WORKER_FUNCTION", f"jobplane-{stage}-slack_worker"),
-            launch_deadline_seconds=_int(
-                "JOBPLANE_LAUNCH_DEADLINE_SECONDS", env.get("JOBPLANE_LAUNCH_DEADLINE_SECONDS", "600"), 1
-            ),
-            gcp_project=gcp_project,
-            gcp_region=env.get("JOBPLANE_GCP_REGION") or "us-central1",
-            gce_zone=env.get("JOBPLANE_GCE_ZONE") or f"{env.get('JOBPLANE_GCP_REGION') or 'us-central1'}-a",
-            gce_image=env.get("JOBPLANE_GCE_IMAGE") or cls.gce_image,
-            gce_disk_gb=_int("JOBPLANE_GCE_DISK_GB", env.get("JOBPLANE_GCE_DISK_GB", "200"), 10),
-            gce_network=env.get("JOBPLANE_GCE_NETWORK") or cls.gce_network,
-            gce_service_account=env.get("JOBPLANE_GCE_SERVICE_ACCOUNT") or None,
-            vertex_service_account=env.get("JOBPLANE_VERTEX_SERVICE_ACCOUNT") or None,
-            gcp_status_uri=gcp_status_uri,
-            gcp_events_topic=env.get("JOBPLANE_GCP_EVENTS_TOPIC") or None,
-            gcp_api_endpoint=env.get("JOBPLANE_GCP_API_ENDPOINT") or None,
-            aws_role_arn=env.get("JOBPLANE_AWS_ROLE_ARN") or None,
-            aws_web_identity_audience=env.get("JOBPLANE_AWS_WEB_IDENTITY_AUDIENCE") or "sts.amazonaws.com",
-            gce_metadata_host=env.get("GCE_METADATA_HOST") or "metadata.google.internal",
-            log_level=env.get("JOBPLANE_LOG_LEVEL", "INFO"),
-            artifacts_bucket=env.get("JOBPLANE_ARTIFACTS_BUCKET", f"jobplane-{stage}-artifacts"),
-            sagemaker_role=env.get("JOBPLANE_SAGEMAKER_ROLE", f"jobplane-{stage}-sagemaker"),
-            sagemaker_volume_gb=_int("JOBPLANE_SAGEMAKER_VOLUME_GB", env.get("JOBPLANE_SAGEMAKER_VOLUME_GB", "50"), 1),
-            spot_wait_minutes=_int("JOBPLANE_SPOT_WAIT_MINUTES", env.get("JOBPLANE_SPOT_WAIT_MINUTES", "60"), 0),
-            batch_job_queue=env.get("JOBPLANE_BATCH_JOB_QUEUE", f"jobplane-{stage}"),
-            batch_gpu_job_queue=env.get("JOBPLANE_BATCH_GPU_JOB_QUEUE", f"jobplane-{stage}-gpu"),
-            batch_spot_job_queue=env.get("JOBPLANE_BATCH_SPOT_JOB_QUEUE") or None,
-            batch_job_role=env.get("JOBPLANE_BATCH_JOB_ROLE", f"jobplane-{stage}-batch-job"),
-            ecs_cluster=env.get("JOBPLANE_ECS_CLUSTER", f"jobplane-{stage}"),
-            ecs_launch_type=_choice(
-                "JOBPLANE_ECS_LAUNCH_TYPE", env.get("JOBPLANE_ECS_LAUNCH_TYPE", "ec2"), ("ec2", "fargate")
-            ).upper(),
-            ecs_task_role=env.get("JOBPLANE_ECS_TASK_ROLE", f"jobplane-{stage}-ecs-task"),
-            ecs_execution_role=env.get("JOBPLANE_ECS_EXECUTION_ROLE", f"jobplane-{stage}-ecs-execution"),
-            ecs_subnets=_list(env.get("JOBPLANE_ECS_SUBNETS", "")),
-            ecs_security_groups=_list(env.get("JOBPLANE_ECS_SECURITY_GROUPS", "")),
-            ec2_launch_template=env.get("JOBPLANE_EC2_LAUNCH_TEMPLATE") or None,
-            ec2_ami=env.get("JOBPLANE_EC2_AMI") or None,
-            ec2_subnet=env.get("JOBPLANE_EC2_SUBNET") or None,
-            ec2_security_groups=_list(env.get("JOBPLANE_EC2_SECURITY_GROUPS", "")),
-            ec2_instance_profile=env.get("JOBPLANE_EC2_INSTANCE_PROFILE", f"jobplane-{stage}-ec2-job"),
-            triggers_file=env.get("JOBPLANE_TRIGGERS_FILE", "chalicelib/triggers.yaml"),
-        )
+        return read_env(cls, _environ(environ))
 
     def to_env(self) -> dict[str, str]:
         """The variables that reproduce these settings (for the local stack's child processes)."""
-        env = {
-            "JOBPLANE_STAGE": self.stage,
-            "AWS_REGION": self.region,
-            "JOBPLANE_JOBS_TABLE": self.jobs_table,
-            "JOBPLANE_EVENTS_TABLE": self.events_table,
-            "JOBPLANE_TOKENS_TABLE": self.tokens_table,
-            "JOBPLANE_IDEMPOTENCY_TABLE": self.idempotency_table,
-            "JOBPLANE_CAPACITY_TABLE": self.capacity_table,
-            "JOBPLANE_DEVVMS_TABLE": self.devvms_table,
-            "JOBPLANE_CAPACITY_LIMITS": ",".join(f"{k}={v}" for k, v in self.capacity_limits),
-            "JOBPLANE_BACKENDS": ",".join(self.enabled_backends),
-            "JOBPLANE_DEFAULT_BACKEND": self.default_backend,
-            "JOBPLANE_LOCAL_STATE_DIR": self.local_state_dir,
-            "JOBPLANE_LAUNCH_DEADLINE_SECONDS": str(self.launch_deadline_seconds),
-            "JOBPLANE_LOG_LEVEL": self.log_level,
-            "JOBPLANE_SLACK_TABLE": self.slack_table,
-            "JOBPLANE_SLACK_API_URL": self.slack_api_url,
-            "JOBPLANE_SLACK_SEND_BUDGET_SECONDS": str(self.slack_send_budget_seconds),
-            "JOBPLANE_SLACK_ASYNC": self.slack_async,
-            "JOBPLANE_SLACK_WORKER_FUNCTION": self.slack_worker_function,
-            "JOBPLANE_ARTIFACTS_BUCKET": self.artifacts_bucket,
-            "JOBPLANE_TRIGGERS_FILE": self.triggers_file,
-            "JOBPLANE_SAGEMAKER_ROLE": self.sagemaker_role,
-            "JOBPLANE_SAGEMAKER_VOLUME_GB": str(self.sagemaker_volume_gb),
-            "JOBPLANE_SPOT_WAIT_MINUTES": str(self.spot_wait_minutes),
-            "JOBPLANE_BATCH_JOB_QUEUE": self.batch_job_queue,
-            "JOBPLANE_BATCH_GPU_JOB_QUEUE": self.batch_gpu_job_queue,
-            "JOBPLANE_BATCH_JOB_ROLE": self.batch_job_role,
-            "JOBPLANE_ECS_CLUSTER": self.ecs_cluster,
-            "JOBPLANE_ECS_LAUNCH_TYPE": self.ecs_launch_type.lower(),
-            "JOBPLANE_ECS_TASK_ROLE": self.ecs_task_role,
-            "JOBPLANE_ECS_EXECUTION_ROLE": self.ecs_execution_role,
-            "JOBPLANE_ECS_SUBNETS": ",".join(self.ecs_subnets),
-            "JOBPLANE_ECS_SECURITY_GROUPS": ",".join(self.ecs_security_groups),
-            "JOBPLANE_EC2_SECURITY_GROUPS": ",".join(self.ec2_security_groups),
-            "JOBPLANE_EC2_INSTANCE_PROFILE": self.ec2_instance_profile,
-        }
-        for name, value in (
-            ("AWS_ENDPOINT_URL", self.aws_endpoint_url),
-            ("JOBPLANE_LOCAL_EVENT_URL", self.local_event_url),
-            ("JOBPLANE_BATCH_SPOT_JOB_QUEUE", self.batch_spot_job_queue),
-            ("JOBPLANE_EC2_LAUNCH_TEMPLATE", self.ec2_launch_template),
-            ("JOBPLANE_EC2_AMI", self.ec2_ami),
-            ("JOBPLANE_EC2_SUBNET", self.ec2_subnet),
-            ("JOBPLANE_SLACK_WEBHOOK_SECRET", self.slack_webhook_secret),
-            ("JOBPLANE_SLACK_BOT_TOKEN_SECRET", self.slack_bot_token_secret),
-            ("JOBPLANE_SLACK_SIGNING_SECRET", self.slack_signing_secret),
-            ("JOBPLANE_GCP_PROJECT", self.gcp_project),
-            ("JOBPLANE_GCP_STATUS_URI", self.gcp_status_uri),
-            ("JOBPLANE_GCP_EVENTS_TOPIC", self.gcp_events_topic),
-            ("JOBPLANE_GCP_API_ENDPOINT", self.gcp_api_endpoint),
-            ("JOBPLANE_GCP_REGION", self.gcp_region),
-            ("JOBPLANE_GCE_ZONE", self.gce_zone),
-            ("JOBPLANE_GCE_IMAGE", self.gce_image),
-            ("JOBPLANE_GCE_DISK_GB", str(self.gce_disk_gb)),
-            ("JOBPLANE_GCE_NETWORK", self.gce_network),
-            ("JOBPLANE_GCE_SERVICE_ACCOUNT", self.gce_service_account),
-            ("JOBPLANE_VERTEX_SERVICE_ACCOUNT", self.vertex_service_account),
-            ("JOBPLANE_AWS_ROLE_ARN", self.aws_role_arn),
-            ("JOBPLANE_AWS_WEB_IDENTITY_AUDIENCE", self.aws_web_identity_audience),
-        ):
-            if value:
-                env[name] = value
-        return env
+        return write_env(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeployConstants:
+    """The resource names app.py's decorators take, declared like Settings but read before any handler runs."""
+
+    stage: str = setting("JOBPLANE_STAGE", "dev")
+    upload_bucket: str = setting("JOBPLANE_UPLOAD_BUCKET", derive="jobplane-{stage}-uploads")
+    jobs_stream_arn: str = setting(
+        "JOBPLANE_JOBS_STREAM_ARN",
+        derive="arn:aws:dynamodb:us-east-1:000000000000:table/jobplane-{stage}-jobs/stream/latest",
+    )
 
 
 def deploy_constants(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """Names the Chalice decorators need when app.py is imported (packaging and Lambda alike)."""
-    env = os.environ if environ is None else environ
-    stage = env.get("JOBPLANE_STAGE", "dev")
-    return {
-        "upload_bucket": env.get("JOBPLANE_UPLOAD_BUCKET", f"jobplane-{stage}-uploads"),
-        "jobs_stream_arn": env.get(
-            "JOBPLANE_JOBS_STREAM_ARN",
-            f"arn:aws:dynamodb:us-east-1:000000000000:table/jobplane-{stage}-jobs/stream/latest",
-        ),
-    }
+    constants = read_env(DeployConstants, _environ(environ))
+    return {"upload_bucket": constants.upload_bucket, "jobs_stream_arn": constants.jobs_stream_arn}
