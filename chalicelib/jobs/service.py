@@ -313,12 +313,6 @@ class JobService:
             results.append(after)
         return results
 
-    def apply_transition_to(
-        self, job: Job, status: JobStatus, source: EventSource, reason: str, changes: dict[str, Any] | None = None
-    ) -> Job:
-        transition = Transition(job.job_id, job.status, status, reason, source, utcnow(), changes=dict(changes or {}))
-        return self.store.apply_transition(job, transition)
-
     # --- read --------------------------------------------------------------------------
     def get(self, principal: Principal, job_id: str) -> Job:
         job = self.store.get_job(job_id) if _plausible_id(job_id) else None
