@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.backends.base import ManagedResource, Utilization
+from chalicelib.backends.base import ManagedResource, PowerState, ResourceKind, Utilization
 from chalicelib.backends.local.backend import LocalBackend, pid_alive
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
@@ -27,9 +27,9 @@ def _vm(**kw):
     base = dict(
         backend="ec2",
         resource_id="i-0abc",
-        kind="vm",
+        kind=ResourceKind.VM,
         state="running",
-        running=True,
+        power=PowerState.RUNNING,
         stage="test",
         native_id="jp-" + "a" * 32,
         job_id="a" * 32,
@@ -78,13 +78,13 @@ BUSY = Utilization(gpu_percent=87.0, last_heartbeat=NOW - timedelta(minutes=1))
         (_vm(), _job(), Utilization(None, NOW - timedelta(minutes=45)), ("stop_idle", "no heartbeat for 30 min")),
         (_vm(), _job(), Utilization(None, None), ("stop_idle", "no heartbeat for 30 min")),
         (
-            _vm(running=False, stopped=True, state="TERMINATED"),
+            _vm(power=PowerState.STOPPED, state="TERMINATED"),
             None,
             None,
             ("remove_stopped", "i-0abc is TERMINATED and its job is gone"),
         ),
         (
-            _vm(running=False, stopped=True, state="stopped"),
+            _vm(power=PowerState.STOPPED, state="stopped"),
             _job(JobStatus.FAILED),
             None,
             ("remove_stopped", "i-0abc is stopped and its job is FAILED"),
@@ -101,10 +101,10 @@ def test_a_tagged_vm_is_stopped_for_the_right_reason(resource, job, usage, expec
     [
         (_vm(), _job(), BUSY),  # working
         (_vm(launched_at=NOW - timedelta(minutes=10)), _job(), Utilization(0.0, None)),  # still booting
-        (_vm(running=False, state="ended"), None, None),  # gone: a local process that exited
-        (_vm(running=False, stopped=True, state="stopped"), _job(), None),  # its job may still need it
-        (_vm(kind="devvm"), None, None),  # judged by its own record
-        (_vm(kind="job", backend="sagemaker"), _job(), None),  # a managed job: no idle notion
+        (_vm(power=PowerState.GONE, state="ended"), None, None),  # gone: a local process that exited
+        (_vm(power=PowerState.STOPPED, state="stopped"), _job(), None),  # its job may still need it
+        (_vm(kind=ResourceKind.DEVVM), None, None),  # judged by its own record
+        (_vm(kind=ResourceKind.JOB, backend="sagemaker"), _job(), None),  # a managed job: no idle notion
         (_vm(launched_at=NOW - timedelta(minutes=134)), _job(max_runtime=120), BUSY),  # inside the grace
     ],
 )
