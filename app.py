@@ -3,7 +3,7 @@
 from chalice import Chalice
 
 from chalicelib import deps
-from chalicelib.api import api_view, contract_errors, json_body, principal, query, respond
+from chalicelib.api import api_view, contract_errors, json_body, list_query, parse_offset, principal, query, respond
 from chalicelib.config import deploy_constants
 
 app = Chalice(app_name="jobplane")
@@ -70,9 +70,9 @@ def submit_job():
 @app.route("/jobs", methods=["GET"])
 @api_view
 def list_jobs():
-    params = query(app.current_request)
+    params = list_query(query(app.current_request))
     user = principal(app.current_request)
-    jobs, token = deps.get_service().list(user, params.get("status"), params.get("limit"), params.get("next_token"))
+    jobs, token = deps.get_service().list(user, params.status, params.limit, params.next_token)
     return respond({"jobs": [j.to_api() for j in jobs], "next_token": token})
 
 
@@ -99,7 +99,7 @@ def job_events(job_id):
 @api_view
 def job_logs(job_id):
     request = app.current_request
-    chunk = deps.get_service().logs(principal(request), job_id, query(request).get("offset"))
+    chunk = deps.get_service().logs(principal(request), job_id, parse_offset(query(request).get("offset")))
     return respond({"text": chunk.text, "next_offset": chunk.next_offset, "complete": chunk.complete})
 
 

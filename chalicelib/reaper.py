@@ -238,7 +238,7 @@ def apply(
     if effect.observe:
         service.apply_event(to_job_event(observation, EventSource.RECONCILE))
     if effect.relaunch:
-        service.relaunch(job, f"{RELAUNCH_REASON}: {decision.reason}")
+        service.dispatcher.relaunch(job, f"{RELAUNCH_REASON}: {decision.reason}")
     if effect.to_status is not None and job is not None and not job.terminal:
         service.apply_event(
             JobEvent(
@@ -281,7 +281,7 @@ def reconcile(service) -> list[Decision]:
         decisions.append(decision)
     decisions.extend(sweep(service, active, now))
     try:
-        dispatched = {j.job_id: j for j in service.dispatch_queued()}
+        dispatched = {j.job_id: j for j in service.dispatcher.dispatch_queued()}
     except JobplaneError as exc:
         log.warning("dispatch of queued jobs failed: %s", exc.message)
         dispatched = {}

@@ -71,8 +71,10 @@ def _help(ctx: Context, args: list[str]) -> Reply:  # noqa: ARG001 - every subco
 
 
 def _list(ctx: Context, args: list[str]) -> Reply:
+    from chalicelib.api import parse_status  # the same names and errors as GET /jobs?status=
+
     status = args[0].upper() if args else None  # people type `list running`
-    jobs, more = ctx.service.list(ctx.principal, status, LIST_LIMIT)
+    jobs, more = ctx.service.list(ctx.principal, parse_status(status), LIST_LIMIT)
     if not jobs:
         return reply("No jobs" + (f" with status {status}" if status else "") + " yet.")
     lines = [f"Your latest {len(jobs)} jobs" + (f" with status {status}" if status else "") + ":"]
