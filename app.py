@@ -3,8 +3,9 @@
 from chalice import Chalice
 
 from chalicelib import deps
-from chalicelib.api import api_view, contract_errors, json_body, list_query, parse_offset, principal, query, respond
+from chalicelib.api import api_view, contract_errors, json_body, list_query, parse_offset, query, respond
 from chalicelib.config import deploy_constants
+from chalicelib.deps import principal
 
 app = Chalice(app_name="jobplane")
 app.register_middleware(contract_errors, "http")
@@ -172,15 +173,11 @@ def notify(event):
 # Slack sends form-encoded bodies; JSON (what a request without Content-Type is taken for) gets a 401, not a 415.
 @app.route("/slack/commands", methods=["POST"], content_types=["application/x-www-form-urlencoded", "application/json"])
 def slack_command():
-    from chalicelib.notify.commands import handle_request
-
     request = app.current_request
-    status, body = handle_request(request.raw_body or b"", dict(request.headers or {}))
+    status, body = deps.handle_slack_command(request.raw_body or b"", dict(request.headers or {}))
     return respond(body, status)
 
 
 @app.lambda_function(name="slack_worker")
 def slack_worker(event, context):  # noqa: ARG001 - the payload is all it needs
-    from chalicelib.notify.commands import run_worker
-
-    return run_worker(event)
+    return deps.run_slack_worker(event)

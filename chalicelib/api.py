@@ -64,14 +64,6 @@ def contract_errors(event, get_response):
     return response
 
 
-def principal(request):
-    from chalicelib import deps
-    from chalicelib.auth import authenticate
-
-    headers = request.headers or {}
-    return authenticate(deps.get_store(), headers.get("authorization"))
-
-
 def json_body(request) -> Any:
     """The request body as JSON, or a 400 naming the body (never Chalice's own error shape)."""
     raw = request.raw_body or b""

@@ -263,32 +263,5 @@ def run_deferred(
     return {"sent": delivery.sent, "tries": delivery.attempts, "detail": delivery.detail, "text": message["text"]}
 
 
-# --- deps glue (app.py) -----------------------------------------------------------------------
-_clock = Clock()  # slack-sdk's wall clock; tests replace it to check the replay window
-
-
-def handle_request(body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
-    from chalicelib import deps
-
-    settings = deps.get_settings()
-    try:
-        secret = deps.get_slack_signing_secret()
-    except Exception:  # an unreadable secret refuses the command; nothing else may happen
-        log.exception("slack command refused: the signing secret could not be read")
-        return 401, NOT_CONFIGURED
-    return handle_slash_command(
-        body,
-        headers,
-        signing_secret=secret,
-        store=deps.get_store(),
-        service=deps.get_service(),
-        settings=settings,
-        invoker=deps.get_slack_invoker(),
-        clock=_clock,
-    )
-
-
-def run_worker(payload: dict[str, Any]) -> dict[str, Any]:
-    from chalicelib import deps
-
-    return run_deferred(payload, deps.get_service(), deps.get_settings())
+# slack-sdk's wall clock, read at each request (deps passes it in); tests replace it to check the replay window
+wall_clock = Clock()
