@@ -3,8 +3,9 @@
 from chalice import Chalice
 
 from chalicelib import deps
-from chalicelib.api import api_view, contract_errors, json_body, principal, query, respond
+from chalicelib.api import api_view, contract_errors, json_body, list_query, parse_offset, query, respond
 from chalicelib.config import deploy_constants
+from chalicelib.deps import principal
 
 app = Chalice(app_name="jobplane")
 app.register_middleware(contract_errors, "http")
@@ -70,9 +71,9 @@ def submit_job():
 @app.route("/jobs", methods=["GET"])
 @api_view
 def list_jobs():
-    params = query(app.current_request)
+    params = list_query(query(app.current_request))
     user = principal(app.current_request)
-    jobs, token = deps.get_service().list(user, params.get("status"), params.get("limit"), params.get("next_token"))
+    jobs, token = deps.get_service().list(user, params.status, params.limit, params.next_token)
     return respond({"jobs": [j.to_api() for j in jobs], "next_token": token})
 
 
@@ -99,7 +100,7 @@ def job_events(job_id):
 @api_view
 def job_logs(job_id):
     request = app.current_request
-    chunk = deps.get_service().logs(principal(request), job_id, query(request).get("offset"))
+    chunk = deps.get_service().logs(principal(request), job_id, parse_offset(query(request).get("offset")))
     return respond({"text": chunk.text, "next_offset": chunk.next_offset, "complete": chunk.complete})
 
 
@@ -172,15 +173,11 @@ def notify(event):
 # Slack sends form-encoded bodies; JSON (what a request without Content-Type is taken for) gets a 401, not a 415.
 @app.route("/slack/commands", methods=["POST"], content_types=["application/x-www-form-urlencoded", "application/json"])
 def slack_command():
-    from chalicelib.notify.commands import handle_request
-
     request = app.current_request
-    status, body = handle_request(request.raw_body or b"", dict(request.headers or {}))
+    status, body = deps.handle_slack_command(request.raw_body or b"", dict(request.headers or {}))
     return respond(body, status)
 
 
 @app.lambda_function(name="slack_worker")
 def slack_worker(event, context):  # noqa: ARG001 - the payload is all it needs
-    from chalicelib.notify.commands import run_worker
-
-    return run_worker(event)
+    return deps.run_slack_worker(event)

@@ -1,20 +1,22 @@
-"""HTTP edge helpers for the Chalice views: auth, JSON responses, error mapping."""
+"""HTTP edge helpers for the Chalice views: auth, query parameters, JSON responses, error mapping."""
 
 from __future__ import annotations
 
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from chalice import Response
 
-from chalicelib import deps
-from chalicelib.errors import JobplaneError
+from chalicelib.errors import JobplaneError, ValidationError
+from chalicelib.jobs.model import JobStatus
 
 log = logging.getLogger("jobplane.api")
 JSON = {"Content-Type": "application/json"}
+MAX_LIMIT = 100
 
 
 def respond(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -62,17 +64,8 @@ def contract_errors(event, get_response):
     return response
 
 
-def principal(request):
-    from chalicelib.auth import authenticate
-
-    headers = request.headers or {}
-    return authenticate(deps.get_store(), headers.get("authorization"))
-
-
 def json_body(request) -> Any:
     """The request body as JSON, or a 400 naming the body (never Chalice's own error shape)."""
-    from chalicelib.errors import ValidationError
-
     raw = request.raw_body or b""
     try:
         return json.loads(raw) if raw.strip() else {}
@@ -82,3 +75,61 @@ def json_body(request) -> Any:
 
 def query(request) -> dict[str, str]:
     return dict(request.query_params or {})
+
+
+# --- query parameters: strings in, typed values out, a 400 naming the parameter otherwise ----------
+@dataclass(frozen=True)
+class ListQuery:
+    """GET /jobs?status=&limit=&next_token= as the service takes it (limit None: the service's default)."""
+
+    status: JobStatus | None
+    limit: int | None
+    next_token: str | None
+
+
+def list_query(params: Mapping[str, Any]) -> ListQuery:
+    limit = params.get("limit")
+    return ListQuery(
+        parse_status(params.get("status")), None if limit is None else parse_limit(limit), params.get("next_token")
+    )
+
+
+def parse_status(value: Any) -> JobStatus | None:
+    """A status exactly as the API shows it (QUEUED, RUNNING, ...); None when not given."""
+    if value is None:
+        return None
+    try:
+        return JobStatus(str(value))
+    except ValueError:
+        raise ValidationError(
+            f"unknown status {value!r}",
+            [{"field": "status", "message": f"one of {', '.join(s.value for s in JobStatus)}"}],
+        ) from None
+
+
+def parse_limit(value: Any) -> int:
+    try:
+        # isdigit() admits digits int() refuses ("²"), and refuses the sign int() admits ("-3", "+3")
+        size = int(str(value)) if str(value).isdigit() else -1
+    except ValueError:
+        size = -1
+    if not 1 <= size <= MAX_LIMIT:
+        raise ValidationError(
+            f"limit must be an integer from 1 to {MAX_LIMIT}",
+            [{"field": "limit", "message": f"an integer from 1 to {MAX_LIMIT}"}],
+        )
+    return size
+
+
+def parse_offset(value: Any) -> int:
+    """GET /jobs/{id}/logs?offset=: the next_offset of the previous call; 0 when not given."""
+    try:
+        start = int(value or 0)
+    except (TypeError, ValueError):
+        start = -1
+    if start < 0:
+        raise ValidationError(
+            "offset must be a non-negative integer",
+            [{"field": "offset", "message": "the next_offset of the previous call, or 0"}],
+        )
+    return start

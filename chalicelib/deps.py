@@ -1,10 +1,12 @@
-"""Cached per-container factories (settings, store, service), built on first use, never at import."""
+"""Cached per-container factories and the handler composition over them; built on first use, never at import."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
+log = logging.getLogger("jobplane.deps")
 _lock = threading.RLock()
 _cache: dict[str, Any] = {}
 
@@ -45,6 +47,14 @@ def get_store():
         return DynamoJobStore(get_settings())
 
     return _cached("store", build)
+
+
+def principal(request):
+    """Who sent an API request: its bearer token checked against this container's token store."""
+    from chalicelib.auth import authenticate
+
+    headers = request.headers or {}
+    return authenticate(get_store(), headers.get("authorization"))
 
 
 def get_service():
@@ -96,9 +106,38 @@ def get_slack_invoker():
     def build():
         from chalicelib.notify.invoke import invoker_for
 
-        return invoker_for(get_settings())
+        return invoker_for(get_settings(), run_slack_worker)
 
     return _cached("slack_invoker", build)
+
+
+def handle_slack_command(body: bytes, headers) -> tuple[int, dict[str, Any]]:
+    """POST /slack/commands: the slash command with this container's secret, store, service and invoker."""
+    from chalicelib.notify import commands
+
+    settings = get_settings()
+    try:
+        secret = get_slack_signing_secret()
+    except Exception:  # an unreadable secret refuses the command; nothing else may happen
+        log.exception("slack command refused: the signing secret could not be read")
+        return 401, commands.NOT_CONFIGURED
+    return commands.handle_slash_command(
+        body,
+        headers,
+        signing_secret=secret,
+        store=get_store(),
+        service=get_service(),
+        settings=settings,
+        invoker=get_slack_invoker(),
+        clock=commands.wall_clock,
+    )
+
+
+def run_slack_worker(payload: dict[str, Any]) -> dict[str, Any]:
+    """slack_worker (or the local stack's thread): the slow half of a slash command."""
+    from chalicelib.notify.commands import run_deferred
+
+    return run_deferred(payload, get_service(), get_settings())
 
 
 def get_devvm_service():

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import timedelta
+from enum import Enum
 from typing import Any
 
-from chalicelib.backends.base import Handle
+from chalicelib.backends.base import Handle, ManagedResource, ResourceKind
 from chalicelib.errors import BackendError, JobplaneError
 from chalicelib.events import to_job_event
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
@@ -16,38 +17,102 @@ log = logging.getLogger("jobplane.reaper")
 RELAUNCH_REASON = "relaunched by reconcile"
 
 
+class Action(str, Enum):
+    """Everything reconcile can decide, about an active job or about a tagged resource."""
+
+    # --- about an active job (decide_reconcile) ---
+    #: in sync with its backend, or its launch is still within the deadline
+    NONE = "none"
+    #: the backend reports another status: its observation goes through the state machine
+    APPLY = "apply"
+    #: QUEUED: served with the queue, in order, once every job was looked at
+    DISPATCH = "dispatch"
+    #: CANCELLING but the resource still runs: ask the backend to stop it again
+    RECANCEL = "recancel"
+    #: LAUNCHING with no resource past the deadline (the launch was lost): launch the same attempt again
+    RELAUNCH = "relaunch"
+    #: CANCELLING and the resource is gone: the cancel is done
+    CANCELLED = "cancelled"
+    #: the resource vanished (or a relaunch found nothing either): the job fails as a backend error
+    FAIL_LOST = "fail_lost"
+    # --- about a tagged resource (decide_resource) ---
+    #: no job behind it, or left over from an earlier attempt
+    STOP_ORPHAN = "stop_orphan"
+    #: its job is terminal and it still runs
+    STOP_FINISHED = "stop_finished"
+    #: past max_runtime_minutes plus the grace: stopped, and the job fails as a timeout
+    STOP_OVERDUE = "stop_overdue"
+    #: no heartbeat or GPU use over the idle window: stopped, and the job fails as a user error
+    STOP_IDLE = "stop_idle"
+    #: a powered-off job VM nobody will start again (it still bills for its disk)
+    REMOVE_STOPPED = "remove_stopped"
+    # --- either ---
+    #: asking a backend failed; recorded, and the next run tries again
+    ERROR = "error"
+
+
 @dataclass(frozen=True)
-class Action:
-    """One decision about one job, with the reason; recorded per job so one failure aborts nothing."""
+class Effect:
+    """How an action is applied, in this order: stop the tagged resource, stop the job's resource again,
+    feed the backend's observation, relaunch, then record an event of reconcile's own on the job."""
+
+    stop_resource: bool = False
+    recancel: bool = False
+    observe: bool = False
+    relaunch: bool = False
+    to_status: JobStatus | None = None
+    failure_kind: FailureKind | None = None
+
+
+EFFECTS: dict[Action, Effect] = {
+    Action.NONE: Effect(),
+    Action.DISPATCH: Effect(),  # the queue is served in order once the loop is done
+    Action.ERROR: Effect(),
+    Action.APPLY: Effect(observe=True),
+    Action.RECANCEL: Effect(recancel=True),
+    Action.RELAUNCH: Effect(relaunch=True),
+    Action.CANCELLED: Effect(to_status=JobStatus.CANCELLED),
+    Action.FAIL_LOST: Effect(to_status=JobStatus.FAILED, failure_kind=FailureKind.BACKEND_ERROR),
+    Action.STOP_ORPHAN: Effect(stop_resource=True),
+    Action.STOP_FINISHED: Effect(stop_resource=True),
+    Action.REMOVE_STOPPED: Effect(stop_resource=True),
+    Action.STOP_OVERDUE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.TIMEOUT),
+    Action.STOP_IDLE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.USER_ERROR),
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One decision about one job or resource, with the reason; recorded per item so one failure aborts nothing."""
 
     job_id: str
-    action: str  # "none" | "apply" | "dispatch" | "recancel" | "relaunch" | "cancelled" | "fail_lost" | "error"
+    action: Action
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "action": self.action, "reason": self.reason}
+        return {"job_id": self.job_id, "action": self.action.value, "reason": self.reason}
 
 
-def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> Action:
+def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> Decision:
     """Pure: what to do about one active job given what its backend reports (None = no resource)."""
     if job.status is JobStatus.QUEUED:
-        return Action(job.job_id, "dispatch", job.status_reason or "queued")
+        return Decision(job.job_id, Action.DISPATCH, job.status_reason or "queued")
     if observation is None:
         if job.status is JobStatus.CANCELLING:
-            return Action(job.job_id, "cancelled", f"backend {job.backend} has no resource {job.native_id} left")
+            return Decision(job.job_id, Action.CANCELLED, f"backend {job.backend} has no resource {job.native_id} left")
         if job.status is JobStatus.LAUNCHING:
             if (now - (job.updated_at or job.created_at)) < launch_deadline:
-                return Action(job.job_id, "none", "launch in progress")
+                return Decision(job.job_id, Action.NONE, "launch in progress")
             if not (job.status_reason or "").startswith(RELAUNCH_REASON):
                 # The function died between the LAUNCHING write and the launch: launching the same
                 # native name again cannot start a second job.
-                return Action(job.job_id, "relaunch", f"no resource {job.native_id} after the launch deadline")
-        return Action(job.job_id, "fail_lost", f"backend {job.backend} has no resource {job.native_id}")
+                return Decision(job.job_id, Action.RELAUNCH, f"no resource {job.native_id} after the launch deadline")
+        return Decision(job.job_id, Action.FAIL_LOST, f"backend {job.backend} has no resource {job.native_id}")
     if observation.status is not job.status:
         if job.status is JobStatus.CANCELLING and not observation.status.terminal:
-            return Action(job.job_id, "recancel", f"still {observation.native_status} after a cancel request")
-        return Action(job.job_id, "apply", f"backend reports {observation.native_status}")
-    return Action(job.job_id, "none", f"in sync ({observation.native_status})")
+            return Decision(job.job_id, Action.RECANCEL, f"still {observation.native_status} after a cancel request")
+        return Decision(job.job_id, Action.APPLY, f"backend reports {observation.native_status}")
+    return Decision(job.job_id, Action.NONE, f"in sync ({observation.native_status})")
 
 
 @dataclass(frozen=True)
@@ -63,36 +128,36 @@ class ReapPolicy:
         return cls(settings.idle_gpu_percent, settings.idle_minutes, settings.overdue_grace_minutes)
 
 
-def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=None) -> Action | None:
+def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=None) -> Decision | None:
     """Pure: should this tagged, running resource be stopped? `job` is its job (None: no such job)."""
     key = resource.job_id or resource.resource_id
-    if resource.kind == "devvm":
+    if resource.kind is ResourceKind.DEVVM:
         return None  # dev VMs are judged by their own record (idle_minutes / max_hours)
     if not resource.running:
-        if resource.stopped and resource.kind == "vm" and (job is None or job.terminal):
+        if resource.stopped and resource.kind is ResourceKind.VM and (job is None or job.terminal):
             # A powered-off job VM nobody will start again still bills for its disk.
-            return Action(
+            return Decision(
                 key,
-                "remove_stopped",
+                Action.REMOVE_STOPPED,
                 f"{resource.resource_id} is {resource.state} and its job is {job.status.value if job else 'gone'}",
             )
         return None
     if job is None:
-        return Action(key, "stop_orphan", f"orphaned: {resource.resource_id} has no job behind it")
+        return Decision(key, Action.STOP_ORPHAN, f"orphaned: {resource.resource_id} has no job behind it")
     if job.terminal:
-        return Action(key, "stop_finished", f"job is {job.status.value}")
+        return Decision(key, Action.STOP_FINISHED, f"job is {job.status.value}")
     if resource.attempt is not None and resource.attempt < job.attempt:
-        return Action(key, "stop_orphan", f"left over from attempt {resource.attempt} (job is on {job.attempt})")
-    if resource.kind != "vm":
+        return Decision(key, Action.STOP_ORPHAN, f"left over from attempt {resource.attempt} (job is on {job.attempt})")
+    if resource.kind is not ResourceKind.VM:
         return None
     started = resource.launched_at or job.started_at
     if started is None:
         return None
     limit = timedelta(minutes=int(job.spec.get("max_runtime_minutes", 1440)) + policy.overdue_grace_minutes)
     if now - started > limit:
-        return Action(
+        return Decision(
             key,
-            "stop_overdue",
+            Action.STOP_OVERDUE,
             f"running {_minutes(now - started)} min, past max_runtime_minutes "
             f"plus {policy.overdue_grace_minutes} min grace",
         )
@@ -100,11 +165,11 @@ def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=No
     if usage is None or now - started < window:
         return None  # too young to judge (it is still booting or pulling its image)
     if usage.last_heartbeat is None or now - usage.last_heartbeat > window:
-        return Action(key, "stop_idle", f"no heartbeat for {policy.idle_minutes} min")
+        return Decision(key, Action.STOP_IDLE, f"no heartbeat for {policy.idle_minutes} min")
     if usage.gpu_percent is not None and usage.gpu_percent < policy.idle_gpu_percent:
-        return Action(
+        return Decision(
             key,
-            "stop_idle",
+            Action.STOP_IDLE,
             f"GPU utilisation {usage.gpu_percent:.1f}% < {policy.idle_gpu_percent}% for {policy.idle_minutes} min",
         )
     return None
@@ -114,14 +179,14 @@ def _minutes(delta: timedelta) -> int:
     return int(delta.total_seconds() // 60)
 
 
-def sweep(service, active: dict[str, Job], now) -> list[Action]:
+def sweep(service, active: dict[str, Job], now) -> list[Decision]:
     """Stop tagged resources that should not run: job ended, orphaned, overdue or idle.
 
     Only resources listed by a backend's tag-filtered call for this stage are considered;
     anything without jobplane's tags is never seen, so never touched.
     """
     policy = ReapPolicy.from_settings(service.settings)
-    actions: list[Action] = []
+    decisions: list[Decision] = []
     for name in service.settings.enabled_backends:
         try:
             backend = service.backend(name)
@@ -129,7 +194,7 @@ def sweep(service, active: dict[str, Job], now) -> list[Action]:
                 continue
             resources = backend.list_managed()
         except JobplaneError as exc:
-            actions.append(Action(name, "error", f"listing {name} resources failed: {exc.message}"))
+            decisions.append(Decision(name, Action.ERROR, f"listing {name} resources failed: {exc.message}"))
             continue
         for resource in resources:
             try:
@@ -137,47 +202,68 @@ def sweep(service, active: dict[str, Job], now) -> list[Action]:
                 if job is None and resource.job_id:
                     job = service.store.get_job(resource.job_id)  # finished jobs are not in the active map
                 usage = None
-                if resource.kind == "vm" and job is not None and not job.terminal:
+                if resource.kind is ResourceKind.VM and job is not None and not job.terminal:
                     usage = backend.utilization(resource, policy.idle_minutes)
-                action = decide_resource(resource, job, now, policy, usage)
-                if action is None:
+                decision = decide_resource(resource, job, now, policy, usage)
+                if decision is None:
                     continue
-                reason = f"stopped by jobplane reaper: {action.reason}"
-                backend.stop_resource(resource, reason)
-                if job is not None and not job.terminal and action.action in ("stop_overdue", "stop_idle"):
-                    kind = FailureKind.TIMEOUT if action.action == "stop_overdue" else FailureKind.USER_ERROR
-                    service.apply_event(
-                        JobEvent(
-                            job.job_id,
-                            JobStatus.FAILED,
-                            EventSource.RECONCILE,
-                            reason=reason,
-                            failure_kind=kind,
-                            attempt=job.attempt,
-                        )
-                    )
-                log.info("reaper: %s %s (%s)", action.action, resource.resource_id, action.reason)
-                actions.append(action)
+                apply(service, decision, job, resource=resource, backend=backend)
+                log.info("reaper: %s %s (%s)", decision.action.value, resource.resource_id, decision.reason)
+                decisions.append(decision)
             except JobplaneError as exc:
-                actions.append(Action(resource.resource_id, "error", exc.message))
+                decisions.append(Decision(resource.resource_id, Action.ERROR, exc.message))
             except Exception as exc:  # best-effort loop: one resource must not stop the sweep
                 log.exception("reaping %s failed", resource.resource_id)
-                actions.append(Action(resource.resource_id, "error", f"{type(exc).__name__}: {exc}"))
-    return actions
+                decisions.append(Decision(resource.resource_id, Action.ERROR, f"{type(exc).__name__}: {exc}"))
+    return decisions
+
+
+def apply(
+    service,
+    decision: Decision,
+    job: Job | None,
+    *,
+    observation=None,
+    resource: ManagedResource | None = None,
+    backend=None,
+) -> None:
+    """Carry out one decision through its entry in EFFECTS (the only place decisions meet I/O)."""
+    effect = EFFECTS[decision.action]
+    reason = decision.reason
+    if effect.stop_resource:
+        reason = f"stopped by jobplane reaper: {decision.reason}"
+        backend.stop_resource(resource, reason)
+    if effect.recancel:
+        service.stop_resource(job)
+    if effect.observe:
+        service.apply_event(to_job_event(observation, EventSource.RECONCILE))
+    if effect.relaunch:
+        service.dispatcher.relaunch(job, f"{RELAUNCH_REASON}: {decision.reason}")
+    if effect.to_status is not None and job is not None and not job.terminal:
+        service.apply_event(
+            JobEvent(
+                job.job_id,
+                effect.to_status,
+                EventSource.RECONCILE,
+                reason=reason,
+                failure_kind=effect.failure_kind,
+                attempt=job.attempt,
+            )
+        )
 
 
 def reconcile_all(service, devvm_service=None) -> list[dict[str, Any]]:
     """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
-    results = [a.to_dict() for a in reconcile(service)]
+    results = [d.to_dict() for d in reconcile(service)]
     if devvm_service is not None:
         results.extend(devvm_service.reap())
     return results
 
 
-def reconcile(service) -> list[Action]:
+def reconcile(service) -> list[Decision]:
     now = utcnow()
     deadline = timedelta(seconds=service.settings.launch_deadline_seconds)
-    actions: list[Action] = []
+    decisions: list[Decision] = []
     active: dict[str, Job] = {}
     for job in service.store.iter_active():
         active[job.job_id] = job
@@ -185,51 +271,25 @@ def reconcile(service) -> list[Action]:
             obs = None
             if job.status is not JobStatus.QUEUED:
                 obs = service.backend(job.backend).describe(Handle.of(job))
-            action = decide_reconcile(job, obs, now, deadline)
-            if action.action == "dispatch":
-                pass  # the queue is served in order once the loop is done
-            elif action.action == "apply":
-                service.apply_event(to_job_event(obs, EventSource.RECONCILE))
-            elif action.action == "recancel":
-                service.stop_resource(job)
-            elif action.action == "relaunch":
-                service.relaunch(job, f"{RELAUNCH_REASON}: {action.reason}")
-            elif action.action == "cancelled":
-                service.apply_event(
-                    JobEvent(
-                        job.job_id,
-                        JobStatus.CANCELLED,
-                        EventSource.RECONCILE,
-                        reason=action.reason,
-                        attempt=job.attempt,
-                    )
-                )
-            elif action.action == "fail_lost":
-                service.apply_event(
-                    JobEvent(
-                        job.job_id,
-                        JobStatus.FAILED,
-                        EventSource.RECONCILE,
-                        reason=action.reason,
-                        failure_kind=FailureKind.BACKEND_ERROR,
-                        attempt=job.attempt,
-                    )
-                )
+            decision = decide_reconcile(job, obs, now, deadline)
+            apply(service, decision, job, observation=obs)
         except (BackendError, JobplaneError) as exc:
-            action = Action(job.job_id, "error", exc.message)
+            decision = Decision(job.job_id, Action.ERROR, exc.message)
         except Exception as exc:  # best-effort loop: one broken job must not stop the others
             log.exception("reconcile of %s failed", job.job_id)
-            action = Action(job.job_id, "error", f"{type(exc).__name__}: {exc}")
-        actions.append(action)
-    actions.extend(sweep(service, active, now))
+            decision = Decision(job.job_id, Action.ERROR, f"{type(exc).__name__}: {exc}")
+        decisions.append(decision)
+    decisions.extend(sweep(service, active, now))
     try:
-        dispatched = {j.job_id: j for j in service.dispatch_queued()}
+        dispatched = {j.job_id: j for j in service.dispatcher.dispatch_queued()}
     except JobplaneError as exc:
         log.warning("dispatch of queued jobs failed: %s", exc.message)
         dispatched = {}
     return [
-        Action(a.job_id, "dispatch", f"now {dispatched[a.job_id].status.value}: {dispatched[a.job_id].status_reason}")
-        if a.action == "dispatch" and a.job_id in dispatched
+        Decision(
+            a.job_id, Action.DISPATCH, f"now {dispatched[a.job_id].status.value}: {dispatched[a.job_id].status_reason}"
+        )
+        if a.action is Action.DISPATCH and a.job_id in dispatched
         else a
-        for a in actions
+        for a in decisions
     ]

@@ -170,11 +170,6 @@ def s3_uploads(event: dict[str, Any]) -> list[Upload]:
     return found
 
 
-def s3_objects(event: dict[str, Any]) -> list[tuple[str, str]]:
-    """(bucket, key) for each ObjectCreated record, keys decoded."""
-    return [(u.bucket, u.key) for u in s3_uploads(event)]
-
-
 def handle_upload(upload: Upload, rules: tuple[Rule, ...], service) -> dict[str, Any]:
     """Start the job the first matching rule describes; report what happened."""
     from chalicelib.jobs.spec import parse_spec

@@ -6,6 +6,7 @@ import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 from typing import Any, ClassVar
 
 from chalicelib.config import Settings
@@ -77,22 +78,52 @@ class LogChunk:
     complete: bool
 
 
+class ResourceKind(str, Enum):
+    """What a tagged resource is, which decides the rules the reaper judges it by."""
+
+    #: a managed-service job (SageMaker, Batch, ...): stopped with its job, no idle notion
+    JOB = "job"
+    #: an ad-hoc VM running one job: also stopped when overdue or idle
+    VM = "vm"
+    #: a dev VM: judged by its own record (idle_minutes, max_hours), never by the job sweep
+    DEVVM = "devvm"
+
+
+class PowerState(str, Enum):
+    """Where a tagged resource is in its life, in the terms that decide what it costs."""
+
+    #: powered on (or starting, or stopping): it bills for its machine and can be stopped
+    RUNNING = "running"
+    #: powered off but still there: a stopped VM keeps its disk, and its bill for it
+    STOPPED = "stopped"
+    #: ended or being deleted: nothing is left to stop
+    GONE = "gone"
+
+
 @dataclass(frozen=True)
 class ManagedResource:
     """A provider resource carrying jobplane's tags: the only kind of thing the reaper may act on."""
 
     backend: str
     resource_id: str  # the provider's id: i-0abc..., a GCE instance name, a training job name
-    kind: str  # "job" (a managed-service job), "vm" (an ad-hoc VM running a job), "devvm"
+    kind: ResourceKind
     state: str  # the provider's state, as it says it
-    running: bool  # True while it costs money and can be stopped
+    power: PowerState
     stage: str | None  # the jobplane:stage tag: another stage's resources are never touched
     native_id: str | None = None
     job_id: str | None = None
     attempt: int | None = None
     launched_at: datetime | None = None
-    # Powered off but still there (a stopped VM keeps its disk, and its bill for it).
-    stopped: bool = False
+
+    @property
+    def running(self) -> bool:
+        """True while it costs money for its machine and can be stopped."""
+        return self.power is PowerState.RUNNING
+
+    @property
+    def stopped(self) -> bool:
+        """Powered off but still there (and still billing for its disk)."""
+        return self.power is PowerState.STOPPED
 
 
 @dataclass(frozen=True)

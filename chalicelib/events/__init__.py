@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 from chalicelib.backends import backends_for_source
@@ -13,17 +14,30 @@ from chalicelib.jobs.model import EventSource, JobEvent, utcnow
 log = logging.getLogger("jobplane.events")
 
 
+class Outcome(str, Enum):
+    """What became of one raw state event."""
+
+    #: the event moved its job (to another status, or to a new attempt)
+    APPLIED = "applied"
+    #: about one of our jobs, but the state machine found nothing to change (a duplicate, a stale event)
+    UNCHANGED = "unchanged"
+    #: not about a jobplane job on this backend: no source, a foreign resource, another backend's job
+    IGNORED = "ignored"
+    #: names a jobplane job the store does not hold
+    UNKNOWN_JOB = "unknown_job"
+
+
 @dataclass(frozen=True)
 class EventResult:
-    """What became of one raw event: applied, ignored (not ours / no change) or unknown job."""
+    """What became of one raw event, with the job it named and its status after."""
 
-    outcome: str
+    outcome: Outcome
     job_id: str | None = None
     status: str | None = None
     detail: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome, "job_id": self.job_id, "status": self.status, "detail": self.detail}
+        return {"outcome": self.outcome.value, "job_id": self.job_id, "status": self.status, "detail": self.detail}
 
 
 def to_job_event(obs: Observation, source: EventSource) -> JobEvent:
@@ -48,22 +62,29 @@ def handle_state_change(raw: dict[str, Any], service) -> EventResult:
     """One EventBridge-shaped state event: find the backend, parse, apply through the state machine."""
     source = raw.get("source")
     if not isinstance(source, str):
-        return EventResult("ignored", detail="event has no source")
+        return EventResult(Outcome.IGNORED, detail="event has no source")
     for backend in backends_for_source(source, service.settings):
         obs = backend.parse_event(raw)
         if obs is None:
             continue
         if obs.job_id is None:
-            return EventResult("ignored", detail=f"{backend.name}: resource {obs.native_id!r} is not jobplane's")
+            return EventResult(Outcome.IGNORED, detail=f"{backend.name}: resource {obs.native_id!r} is not jobplane's")
         job_before = service.store.get_job(obs.job_id)
         if job_before is None:
-            return EventResult("unknown_job", obs.job_id, detail=f"{backend.name} event for a job not in the store")
+            return EventResult(
+                Outcome.UNKNOWN_JOB, obs.job_id, detail=f"{backend.name} event for a job not in the store"
+            )
         if job_before.backend != backend.name:
-            return EventResult("ignored", obs.job_id, detail=f"job runs on {job_before.backend}, not {backend.name}")
+            return EventResult(
+                Outcome.IGNORED, obs.job_id, detail=f"job runs on {job_before.backend}, not {backend.name}"
+            )
         job = service.apply_event(to_job_event(obs, EventSource.BACKEND), current=job_before)
         # a retry can come back to the same status as a new attempt: that is a change too
         changed = job is not None and (job.status, job.attempt) != (job_before.status, job_before.attempt)
         return EventResult(
-            "applied" if changed else "unchanged", obs.job_id, job.status.value if job else None, obs.native_status
+            Outcome.APPLIED if changed else Outcome.UNCHANGED,
+            obs.job_id,
+            job.status.value if job else None,
+            obs.native_status,
         )
-    return EventResult("ignored", detail=f"no enabled backend handles source {source!r}")
+    return EventResult(Outcome.IGNORED, detail=f"no enabled backend handles source {source!r}")

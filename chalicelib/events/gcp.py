@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.events import EventResult, handle_state_change
+from chalicelib.events import EventResult, Outcome, handle_state_change
 
 log = logging.getLogger("jobplane.events.gcp")
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
@@ -75,10 +75,10 @@ def handle_job_event(data: dict[str, Any] | None, service) -> EventResult:
     forged bodies cannot move a job by themselves."""
     message = pubsub_message(data)
     if message is None:
-        return EventResult("ignored", detail="not a Pub/Sub message with base64 data")
+        return EventResult(Outcome.IGNORED, detail="not a Pub/Sub message with base64 data")
     hint = state_hint(message)
     if hint is None:
-        return EventResult("ignored", detail=f"message {message.message_id} is about nothing jobplane runs")
+        return EventResult(Outcome.IGNORED, detail=f"message {message.message_id} is about nothing jobplane runs")
     return handle_state_change(hint, service)
 
 

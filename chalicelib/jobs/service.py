@@ -1,4 +1,4 @@
-"""JobService: the use cases (submit, get, list, cancel, apply_event, history) over a store."""
+"""JobService: the use cases (submit, get, list, cancel, apply_event, history) over a store; dispatch is composed in."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from datetime import timedelta
 from typing import Any
 
 from chalicelib.auth import Principal
@@ -18,7 +17,6 @@ from chalicelib.config import Settings
 from chalicelib.errors import (
     AlreadyExistsError,
     BackendError,
-    CapacityExhaustedError,
     ConflictError,
     IdempotencyMismatchError,
     JobplaneError,
@@ -26,18 +24,15 @@ from chalicelib.errors import (
     StaleStateError,
     ValidationError,
 )
-from chalicelib.jobs.capacity import claims_for, queue_order
+from chalicelib.jobs.capacity import claims_for
+from chalicelib.jobs.dispatch import Dispatcher
 from chalicelib.jobs.machine import decide
 from chalicelib.jobs.model import (
     EventSource,
-    FailureKind,
     HistoryEntry,
     Job,
     JobEvent,
     JobStatus,
-    Transition,
-    iso,
-    native_name,
     new_job_id,
     utcnow,
 )
@@ -45,7 +40,7 @@ from chalicelib.jobs.spec import JobSpec
 from chalicelib.store.base import IdempotencyRecord, JobStore, Page
 
 log = logging.getLogger("jobplane.service")
-MAX_LIMIT = 100
+DEFAULT_LIMIT = 20
 IDEMPOTENCY_KEY_MAX = 255
 _APPLY_ATTEMPTS = 8
 
@@ -79,6 +74,7 @@ class JobService:
         self.store = store
         self.settings = settings
         self._backend = backend_factory
+        self.dispatcher = Dispatcher(store, settings, self.backend, self.apply_event)
 
     def backend(self, name: str) -> ComputeBackend:
         return self._backend(name, self.settings)
@@ -168,69 +164,7 @@ class JobService:
             return existing, False
         # Straight to dispatch: jobs wait in the queue only while their pool is full, and every
         # release serves the queue in order before new capacity can be seen here.
-        return self.dispatch(job), True
-
-    def claims(self, job: Job):
-        return claims_for(job.backend, job.spec, dict(self.settings.capacity_limits))
-
-    def dispatch(self, job: Job) -> Job:
-        """Launch a QUEUED job: claim it (and its capacity) with one guarded write, then ask the backend.
-
-        A job whose capacity pool is full stays QUEUED with the reason; dispatch_queued() retries it.
-        """
-        native_id = native_name(job.job_id, job.attempt)
-        claims = self.claims(job)
-        transition = Transition(
-            job.job_id,
-            job.status,
-            JobStatus.LAUNCHING,
-            f"launching attempt {job.attempt} on {job.backend}",
-            EventSource.DISPATCH,
-            utcnow(),
-            changes={"native_id": native_id, "claims": tuple(c for c, _ in claims)},
-            acquire=claims,
-        )
-        try:
-            job = self.store.apply_transition(job, transition)
-        except StaleStateError:
-            return self.store.get_job(job.job_id) or job  # someone else dispatched it
-        except CapacityExhaustedError as exc:
-            return self._wait_for_capacity(job, exc.pool, dict(claims_limits(claims)))
-        return self._launch(job)
-
-    def _launch(self, job: Job) -> Job:
-        native_id = job.native_id or native_name(job.job_id, job.attempt)
-        try:
-            result = self.backend(job.backend).launch(job)
-        except BackendError as exc:
-            kind = FailureKind(exc.failure_kind)
-            if kind in (FailureKind.NO_CAPACITY, FailureKind.QUOTA):
-                return self._failover(job, exc)
-            failed = self.apply_event(
-                JobEvent(
-                    job.job_id,
-                    JobStatus.FAILED,
-                    EventSource.DISPATCH,
-                    reason=f"launch failed: {exc.message}",
-                    failure_kind=kind,
-                    attempt=job.attempt,
-                )
-            )
-            return failed or job
-        if result.native_id != native_id:
-            try:
-                job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
-            except StaleStateError:
-                pass  # an event already moved it on, and events carry the native id too
-        return job
-
-    def relaunch(self, job: Job, reason: str) -> Job:
-        """Launch a LAUNCHING job's attempt again (its launch was lost); the deadline starts anew."""
-        try:
-            job = self.store.update_job(job, JobStatus.LAUNCHING, status_reason=reason, updated_at=utcnow())
-        except StaleStateError:
-            return self.store.get_job(job.job_id) or job
-        return self._launch(job)
+        return self.dispatcher.dispatch(job), True
 
     def _release(self, job: Job) -> None:
         if job.native_id is None:
@@ -239,85 +173,6 @@ class JobService:
             self.backend(job.backend).release(Handle.of(job), f"job {job.status.value.lower()}")
         except JobplaneError as exc:  # the reaper's sweep stops it on its next run
             log.warning("releasing %s of job %s failed: %s", job.native_id, job.job_id, exc.message)
-
-    def _failover(self, job: Job, exc: BackendError) -> Job:
-        """No capacity or quota on this backend: move to the next candidate, or wait, or fail."""
-        candidates = job.candidates or (job.backend,)
-        position = candidates.index(job.backend) if job.backend in candidates else len(candidates) - 1
-        tried = f"{job.backend}: {exc.message}"
-        now = utcnow()
-        wait = timedelta(minutes=int(job.spec.get("capacity_wait_minutes", 0)))
-        if position + 1 < len(candidates):
-            target = candidates[position + 1]
-            reason = f"{tried}; failing over to {target}"
-            changes = {"backend": target, "planner_reason": f"failover from {job.backend} ({exc.CODE}) to {target}"}
-        elif now < job.created_at + wait:
-            target = candidates[0]
-            until = iso(job.created_at + wait)
-            reason = f"{tried}; no candidate left ({', '.join(candidates)}); retrying until {until}"
-            changes = {"backend": target}
-        else:
-            failed = self.apply_event(
-                JobEvent(
-                    job.job_id,
-                    JobStatus.FAILED,
-                    EventSource.DISPATCH,
-                    reason=f"launch failed: {tried}",
-                    failure_kind=FailureKind(exc.failure_kind),
-                    attempt=job.attempt,
-                )
-            )
-            return failed or job
-        transition = Transition(
-            job.job_id,
-            JobStatus.LAUNCHING,
-            JobStatus.QUEUED,
-            reason,
-            EventSource.DISPATCH,
-            now,
-            changes={**changes, "native_id": None, "claims": ()},
-            release=job.claims,
-        )
-        try:
-            job = self.store.apply_transition(job, transition)
-        except StaleStateError:
-            return self.store.get_job(job.job_id) or job
-        log.info("job %s: %s", job.job_id, reason)
-        if position + 1 < len(candidates):
-            return self.dispatch(job)
-        return job  # waits in QUEUED; reconcile and every release try again
-
-    def _wait_for_capacity(self, job: Job, pool: str, limits: dict[str, int]) -> Job:
-        reason = f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}"
-        if job.status_reason == reason:
-            return job  # already says so: no write
-        try:
-            return self.store.update_job(job, JobStatus.QUEUED, status_reason=reason)
-        except StaleStateError:
-            return self.store.get_job(job.job_id) or job
-
-    def dispatch_queued(self) -> list[Job]:
-        """Dispatch QUEUED jobs by priority, then age. A full pool stops later jobs that need it
-        (no small job overtakes a big one), but not jobs of other pools."""
-        queued = sorted(self.store.iter_queued(), key=queue_order)
-        full: set[str] = set()
-        results = []
-        for job in queued:
-            pools = {claim.pool for claim, _ in self.claims(job)}
-            if pools & full:
-                results.append(job)
-                continue
-            after = self.dispatch(job)
-            if after.status is JobStatus.QUEUED:
-                full |= pools
-            results.append(after)
-        return results
-
-    def apply_transition_to(
-        self, job: Job, status: JobStatus, source: EventSource, reason: str, changes: dict[str, Any] | None = None
-    ) -> Job:
-        transition = Transition(job.job_id, job.status, status, reason, source, utcnow(), changes=dict(changes or {}))
-        return self.store.apply_transition(job, transition)
 
     # --- read --------------------------------------------------------------------------
     def get(self, principal: Principal, job_id: str) -> Job:
@@ -329,32 +184,16 @@ class JobService:
     def list(
         self,
         principal: Principal,
-        status: str | None = None,
-        limit: int | str | None = None,
+        status: JobStatus | None = None,
+        limit: int | None = None,
         next_token: str | None = None,
     ) -> tuple[list[Job], str | None]:
-        parsed_status = None
-        if status is not None:  # exactly as the API describes it: QUEUED, RUNNING, ...
-            try:
-                parsed_status = JobStatus(str(status))
-            except ValueError:
-                raise ValidationError(
-                    f"unknown status {status!r}",
-                    [{"field": "status", "message": f"one of {', '.join(s.value for s in JobStatus)}"}],
-                ) from None
-        try:
-            size = 20 if limit is None else int(str(limit)) if str(limit).isdigit() else -1
-        except (TypeError, ValueError):
-            size = -1
-        if not 1 <= size <= MAX_LIMIT:
-            raise ValidationError(
-                f"limit must be an integer from 1 to {MAX_LIMIT}",
-                [{"field": "limit", "message": f"an integer from 1 to {MAX_LIMIT}"}],
-            )
+        """A page of the jobs `principal` may see, newest first, and the token of the next page."""
+        size = DEFAULT_LIMIT if limit is None else limit
         owner = None if principal.admin else principal.user
-        scope = {"owner": owner, "status": parsed_status.value if parsed_status else None}
+        scope = {"owner": owner, "status": status.value if status else None}
         cursor = _decode_token(next_token, scope) if next_token is not None else None
-        page: Page = self.store.list_jobs(owner, parsed_status, size, cursor)
+        page: Page = self.store.list_jobs(owner, status, size, cursor)
         token = _encode_token(scope, page.cursor) if page.cursor else None
         return page.jobs, token
 
@@ -362,22 +201,13 @@ class JobService:
         self.get(principal, job_id)
         return self.store.history(job_id)
 
-    def logs(self, principal: Principal, job_id: str, offset: str | int | None = 0):
+    def logs(self, principal: Principal, job_id: str, offset: int = 0):
         job = self.get(principal, job_id)
-        try:
-            start = int(offset or 0)
-        except (TypeError, ValueError):
-            start = -1
-        if start < 0:
-            raise ValidationError(
-                "offset must be a non-negative integer",
-                [{"field": "offset", "message": "the next_offset of the previous call, or 0"}],
-            )
         if job.native_id is None:
             from chalicelib.backends.base import LogChunk
 
             return LogChunk("", 0, job.terminal)
-        return self.backend(job.backend).logs(Handle.of(job), start)
+        return self.backend(job.backend).logs(Handle.of(job), offset)
 
     # --- cancel ------------------------------------------------------------------------
     def cancel(self, principal: Principal, job_id: str) -> Job:
@@ -443,16 +273,12 @@ class JobService:
                 transition.reason,
             )
             if transition.release:
-                self.dispatch_queued()  # capacity came free: the queue moves (a retry takes its turn)
+                self.dispatcher.dispatch_queued()  # capacity came free: the queue moves (a retry takes its turn)
                 return self.store.get_job(updated.job_id) or updated
             if updated.status is JobStatus.QUEUED:
-                return self.dispatch(updated)  # a retry: launch the next attempt
+                return self.dispatcher.dispatch(updated)  # a retry: launch the next attempt
             return updated
         raise StaleStateError(f"job {event.job_id} kept changing; event not applied")
-
-
-def claims_limits(claims) -> list[tuple[str, int]]:
-    return [(claim.pool, limit) for claim, limit in claims]
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -71,8 +71,10 @@ def _help(ctx: Context, args: list[str]) -> Reply:  # noqa: ARG001 - every subco
 
 
 def _list(ctx: Context, args: list[str]) -> Reply:
+    from chalicelib.api import parse_status  # the same names and errors as GET /jobs?status=
+
     status = args[0].upper() if args else None  # people type `list running`
-    jobs, more = ctx.service.list(ctx.principal, status, LIST_LIMIT)
+    jobs, more = ctx.service.list(ctx.principal, parse_status(status), LIST_LIMIT)
     if not jobs:
         return reply("No jobs" + (f" with status {status}" if status else "") + " yet.")
     lines = [f"Your latest {len(jobs)} jobs" + (f" with status {status}" if status else "") + ":"]
@@ -261,32 +263,5 @@ def run_deferred(
     return {"sent": delivery.sent, "tries": delivery.attempts, "detail": delivery.detail, "text": message["text"]}
 
 
-# --- deps glue (app.py) -----------------------------------------------------------------------
-_clock = Clock()  # slack-sdk's wall clock; tests replace it to check the replay window
-
-
-def handle_request(body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
-    from chalicelib import deps
-
-    settings = deps.get_settings()
-    try:
-        secret = deps.get_slack_signing_secret()
-    except Exception:  # an unreadable secret refuses the command; nothing else may happen
-        log.exception("slack command refused: the signing secret could not be read")
-        return 401, NOT_CONFIGURED
-    return handle_slash_command(
-        body,
-        headers,
-        signing_secret=secret,
-        store=deps.get_store(),
-        service=deps.get_service(),
-        settings=settings,
-        invoker=deps.get_slack_invoker(),
-        clock=_clock,
-    )
-
-
-def run_worker(payload: dict[str, Any]) -> dict[str, Any]:
-    from chalicelib import deps
-
-    return run_deferred(payload, deps.get_service(), deps.get_settings())
+# slack-sdk's wall clock, read at each request (deps passes it in); tests replace it to check the replay window
+wall_clock = Clock()

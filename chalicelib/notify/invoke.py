@@ -59,11 +59,10 @@ class ThreadInvoker(Invoker):
             thread.join(timeout)
 
 
-def invoker_for(settings: Settings) -> Invoker:
+def invoker_for(settings: Settings, worker: Callable[[dict[str, Any]], Any]) -> Invoker:
+    """The invoker the settings ask for; `worker` is what a thread runs (a Lambda runs slack_worker)."""
     if settings.slack_async == "thread":
-        from chalicelib.notify.commands import run_worker
-
-        return ThreadInvoker(run_worker)
+        return ThreadInvoker(worker)
     import boto3
 
     client = boto3.client("lambda", region_name=settings.region, endpoint_url=settings.aws_endpoint_url)

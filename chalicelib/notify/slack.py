@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 from chalicelib.config import Settings
@@ -14,6 +15,21 @@ from chalicelib.notify.messages import Kind, build_message, classify, dedup_key
 from chalicelib.store.base import JobStore
 
 log = logging.getLogger("jobplane.notify")
+
+
+class NotifyOutcome(str, Enum):
+    """What became of one stream record's message."""
+
+    #: Slack took the message
+    SENT = "sent"
+    #: the transition's marker was already claimed: a re-delivered record, posted once already
+    DUPLICATE = "duplicate"
+    #: not posted: the marker could not be recorded, or Slack refused or timed out within the budget
+    FAILED = "failed"
+    #: neither a bot token with the job's channel nor a webhook is configured
+    NO_DESTINATION = "no_destination"
+    #: the stream record could not be decoded
+    UNREADABLE = "unreadable"
 
 
 def _old_status(record: dict[str, Any]) -> JobStatus | None:
@@ -88,7 +104,7 @@ class Notifier:
                 found = transition_of(record, self.decode)
             except Exception:  # a record we cannot read must not stop the rest of the batch
                 log.exception("notify: unreadable stream record %s", record.get("eventID"))
-                results.append({"event_id": record.get("eventID"), "outcome": "unreadable"})
+                results.append({"event_id": record.get("eventID"), "outcome": NotifyOutcome.UNREADABLE.value})
                 continue
             if found is not None:
                 results.append(self._notify(*found, deadline))
@@ -98,15 +114,19 @@ class Notifier:
         result = {"job_id": job.job_id, "status": job.status.value, "attempt": job.attempt, "kind": kind.value}
         destination = self.destination(job)
         if destination is None:
-            return {**result, "outcome": "no_destination"}
+            return {**result, "outcome": NotifyOutcome.NO_DESTINATION.value}
         key = dedup_key(job)
         try:
             claimed = self.store.claim_notification(key, utcnow())
         except Exception:  # the marker store failing must not fail the batch; at most once, so skip
             log.exception("notify: could not record %s; message not sent", key)
-            return {**result, "outcome": "failed", "detail": "could not record the notification marker"}
+            return {
+                **result,
+                "outcome": NotifyOutcome.FAILED.value,
+                "detail": "could not record the notification marker",
+            }
         if not claimed:
-            return {**result, "outcome": "duplicate"}
+            return {**result, "outcome": NotifyOutcome.DUPLICATE.value}
         settings = self.settings
         message = build_message(job, kind, settings.region, settings.gcp_project, settings.gce_zone)
         delivery = deliver(destination, message, deadline, clock=self.clock, sleep=self.sleep)
@@ -119,8 +139,13 @@ class Notifier:
                 destination.describe(),
                 delivery.detail,
             )
-            return {**result, "outcome": "failed", "tries": delivery.attempts, "detail": delivery.detail}
-        return {**result, "outcome": "sent", "tries": delivery.attempts}
+            return {
+                **result,
+                "outcome": NotifyOutcome.FAILED.value,
+                "tries": delivery.attempts,
+                "detail": delivery.detail,
+            }
+        return {**result, "outcome": NotifyOutcome.SENT.value, "tries": delivery.attempts}
 
 
 def notify_records(event: dict[str, Any], context: Any = None) -> list[dict[str, Any]]:

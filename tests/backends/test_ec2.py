@@ -9,8 +9,8 @@ import pytest
 from botocore.stub import Stubber
 
 from chalicelib.auth import Principal
-from chalicelib.backends.aws.ec2 import Ec2Backend
-from chalicelib.backends.base import Handle
+from chalicelib.backends.aws.ec2 import Ec2Backend, power_state
+from chalicelib.backends.base import Handle, PowerState
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
@@ -127,3 +127,18 @@ def test_a_refused_launch_fails_the_job_with_the_kind_and_the_providers_message(
     assert (job.status, job.failure_kind.value) == (JobStatus.FAILED, kind)
     assert job.failure_reason.startswith("launch failed: ")
     assert job.failure_reason.endswith(f"ec2 RunInstances: {code}: {message}")
+
+
+@pytest.mark.parametrize(
+    ("state", "power"),
+    [
+        ("pending", PowerState.RUNNING),
+        ("running", PowerState.RUNNING),
+        ("stopping", PowerState.STOPPED),
+        ("stopped", PowerState.STOPPED),  # its EBS volumes still bill
+        ("shutting-down", PowerState.GONE),
+        ("terminated", PowerState.GONE),
+    ],
+)
+def test_an_instance_state_says_what_the_instance_still_costs(state, power):
+    assert power_state(state) is power

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.events import handle_state_change
+from chalicelib.events import EventResult, Outcome, handle_state_change
 from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, JobStatus, native_name
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
@@ -99,6 +99,19 @@ def test_events_for_resources_jobplane_did_not_start_are_ignored(world):
     other_cluster["detail"]["clusterArn"] = "arn:aws:ecs:us-west-2:111122223333:cluster/FargateCluster"
     results = [handle_state_change(e, service) for e in (foreign, other_stage, unknown_job, other_cluster)]
     assert [r.outcome for r in results] == ["ignored", "ignored", "unknown_job", "ignored"]
+    assert [r.outcome for r in results] == [Outcome.IGNORED, Outcome.IGNORED, Outcome.UNKNOWN_JOB, Outcome.IGNORED]
+
+
+def test_an_event_result_leaves_the_handler_as_plain_json_strings():
+    for outcome in Outcome:
+        body = EventResult(outcome, "a" * 32, "RUNNING", "Training").to_dict()
+        assert type(body["outcome"]) is str
+        assert json.loads(json.dumps(body)) == {
+            "outcome": outcome.value,
+            "job_id": "a" * 32,
+            "status": "RUNNING",
+            "detail": "Training",
+        }
 
 
 def test_batch_events_out_of_order_end_where_the_job_ended(world):

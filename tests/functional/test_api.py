@@ -386,6 +386,14 @@ def test_bad_list_parameters_are_400_naming_the_field(api, alice):
         assert error["details"][0]["field"] == field, query
 
 
+def test_a_bad_logs_offset_is_400_naming_the_offset(api, alice):
+    (job_id,) = seed(api, "alice", 1)
+    for offset in ("-1", "ten", "1.5"):
+        error = error_of(api.request("GET", f"/jobs/{job_id}/logs?offset={offset}", token=alice), 400)
+        assert error["details"] == [{"field": "offset", "message": "the next_offset of the previous call, or 0"}]
+    assert api.request("GET", f"/jobs/{job_id}/logs?offset=0", token=alice).status_code == 200
+
+
 def test_a_next_token_cannot_be_used_by_another_user(api, alice, bob):
     seed(api, "alice", 3)
     token = api.request("GET", "/jobs?limit=1", token=alice).json_body["next_token"]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from chalicelib.backends.base import Handle
+import pytest
+
+from chalicelib.backends.base import Handle, PowerState
+from chalicelib.backends.gcp.gce import power_state
 from chalicelib.jobs.model import FailureKind, JobStatus, iso, utcnow
 from chalicelib.reaper import reconcile
 from tests.gcp.helpers import PROJECT, STATUS_URI, load, pubsub_data, submit
@@ -245,3 +248,18 @@ def test_a_busy_vm_is_left_alone(gcp_service, fake_gcp):
     assert actions == [{"job_id": job.job_id, "action": "apply", "reason": "backend reports RUNNING"}]
     assert (ZONE, job.native_id) in fake_gcp.instances
     assert gcp_service.store.get_job(job.job_id).status is JobStatus.RUNNING
+
+
+@pytest.mark.parametrize(
+    ("status", "power"),
+    [
+        ("PROVISIONING", PowerState.RUNNING),
+        ("RUNNING", PowerState.RUNNING),
+        ("STOPPING", PowerState.RUNNING),  # still billed until it is off
+        ("TERMINATED", PowerState.STOPPED),  # GCE's word for powered off: the disk remains
+        ("SUSPENDED", PowerState.STOPPED),
+        ("DEPROVISIONING", PowerState.GONE),
+    ],
+)
+def test_an_instance_status_says_what_the_instance_still_costs(status, power):
+    assert power_state(status) is power

@@ -121,7 +121,7 @@ def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path,
 
     def go():
         barrier.wait()
-        service.dispatch(job)
+        service.dispatcher.dispatch(job)
 
     threads = [threading.Thread(target=go) for _ in range(6)]
     for t in threads:

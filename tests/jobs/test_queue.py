@@ -254,7 +254,7 @@ def test_racing_dispatchers_never_pass_a_limit(dynamo_store, tmp_path, moto_endp
     def dispatcher():
         barrier.wait()
         try:
-            service.dispatch_queued()
+            service.dispatcher.dispatch_queued()
         except Exception as exc:  # collected: a thread's failure must fail the test
             errors.append(exc)
 

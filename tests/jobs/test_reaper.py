@@ -10,13 +10,13 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.backends.base import ManagedResource, Utilization
+from chalicelib.backends.base import ManagedResource, Observation, PowerState, ResourceKind, Utilization
 from chalicelib.backends.local.backend import LocalBackend, pid_alive
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
-from chalicelib.reaper import ReapPolicy, decide_resource, reconcile
+from chalicelib.reaper import EFFECTS, Action, Decision, ReapPolicy, apply, decide_resource, reconcile
 from tests.conftest import make_settings
 
 NOW = utcnow()
@@ -27,9 +27,9 @@ def _vm(**kw):
     base = dict(
         backend="ec2",
         resource_id="i-0abc",
-        kind="vm",
+        kind=ResourceKind.VM,
         state="running",
-        running=True,
+        power=PowerState.RUNNING,
         stage="test",
         native_id="jp-" + "a" * 32,
         job_id="a" * 32,
@@ -78,13 +78,13 @@ BUSY = Utilization(gpu_percent=87.0, last_heartbeat=NOW - timedelta(minutes=1))
         (_vm(), _job(), Utilization(None, NOW - timedelta(minutes=45)), ("stop_idle", "no heartbeat for 30 min")),
         (_vm(), _job(), Utilization(None, None), ("stop_idle", "no heartbeat for 30 min")),
         (
-            _vm(running=False, stopped=True, state="TERMINATED"),
+            _vm(power=PowerState.STOPPED, state="TERMINATED"),
             None,
             None,
             ("remove_stopped", "i-0abc is TERMINATED and its job is gone"),
         ),
         (
-            _vm(running=False, stopped=True, state="stopped"),
+            _vm(power=PowerState.STOPPED, state="stopped"),
             _job(JobStatus.FAILED),
             None,
             ("remove_stopped", "i-0abc is stopped and its job is FAILED"),
@@ -101,10 +101,10 @@ def test_a_tagged_vm_is_stopped_for_the_right_reason(resource, job, usage, expec
     [
         (_vm(), _job(), BUSY),  # working
         (_vm(launched_at=NOW - timedelta(minutes=10)), _job(), Utilization(0.0, None)),  # still booting
-        (_vm(running=False, state="ended"), None, None),  # gone: a local process that exited
-        (_vm(running=False, stopped=True, state="stopped"), _job(), None),  # its job may still need it
-        (_vm(kind="devvm"), None, None),  # judged by its own record
-        (_vm(kind="job", backend="sagemaker"), _job(), None),  # a managed job: no idle notion
+        (_vm(power=PowerState.GONE, state="ended"), None, None),  # gone: a local process that exited
+        (_vm(power=PowerState.STOPPED, state="stopped"), _job(), None),  # its job may still need it
+        (_vm(kind=ResourceKind.DEVVM), None, None),  # judged by its own record
+        (_vm(kind=ResourceKind.JOB, backend="sagemaker"), _job(), None),  # a managed job: no idle notion
         (_vm(launched_at=NOW - timedelta(minutes=134)), _job(max_runtime=120), BUSY),  # inside the grace
     ],
 )
@@ -186,3 +186,82 @@ def test_folders_jobplane_did_not_make_are_invisible_to_the_reaper(tmp_path):
     stray.mkdir(parents=True)
     (stray / "runner.pid").write_text(str(os.getpid()))  # even a live pid: not ours, never touched
     assert backend.list_managed() == []
+
+
+# --- one table from action to effect ----------------------------------------------------------------
+class _Recorder:
+    """The service, dispatcher and backend calls an applied decision makes, in order."""
+
+    def __init__(self):
+        self.calls = []
+        self.dispatcher = self
+
+    def stop_resource(self, target, reason=None):
+        self.calls.append(("stop_resource", reason) if reason is not None else ("recancel",))
+
+    def apply_event(self, event):
+        self.calls.append(("event", event.status, event.failure_kind, event.reason))
+
+    def relaunch(self, job, reason):
+        self.calls.append(("relaunch", reason))
+
+
+def test_every_action_has_one_effect_and_leaves_as_its_plain_string():
+    assert set(EFFECTS) == set(Action)
+    for action in Action:
+        value = Decision("j", action, "r").to_dict()["action"]
+        assert type(value) is str and value == action.value
+
+
+@pytest.mark.parametrize(
+    ("action", "calls"),
+    [
+        (Action.NONE, []),
+        (Action.DISPATCH, []),  # served with the queue after the loop
+        (Action.ERROR, []),
+        (Action.RECANCEL, [("recancel",)]),
+        (Action.RELAUNCH, [("relaunch", "relaunched by reconcile: why")]),
+        (Action.CANCELLED, [("event", JobStatus.CANCELLED, None, "why")]),
+        (Action.FAIL_LOST, [("event", JobStatus.FAILED, FailureKind.BACKEND_ERROR, "why")]),
+        (Action.STOP_ORPHAN, [("stop_resource", "stopped by jobplane reaper: why")]),
+        (Action.STOP_FINISHED, [("stop_resource", "stopped by jobplane reaper: why")]),
+        (Action.REMOVE_STOPPED, [("stop_resource", "stopped by jobplane reaper: why")]),
+        (
+            Action.STOP_OVERDUE,
+            [
+                ("stop_resource", "stopped by jobplane reaper: why"),
+                ("event", JobStatus.FAILED, FailureKind.TIMEOUT, "stopped by jobplane reaper: why"),
+            ],
+        ),
+        (
+            Action.STOP_IDLE,
+            [
+                ("stop_resource", "stopped by jobplane reaper: why"),
+                ("event", JobStatus.FAILED, FailureKind.USER_ERROR, "stopped by jobplane reaper: why"),
+            ],
+        ),
+    ],
+)
+def test_each_action_is_applied_by_its_entry_in_the_table(action, calls):
+    recorder = _Recorder()
+    apply(recorder, Decision("a" * 32, action, "why"), _job(), resource=_vm(), backend=recorder)
+    assert recorder.calls == calls
+
+
+def test_an_observation_is_applied_as_reconciles_event():
+    recorder = _Recorder()
+    seen = Observation(JobStatus.SUCCEEDED, "Completed", "jp-" + "a" * 32, "a" * 32, 1, reason="done")
+    apply(recorder, Decision("a" * 32, Action.APPLY, "backend reports Completed"), _job(), observation=seen)
+    assert recorder.calls == [("event", JobStatus.SUCCEEDED, None, "done")]
+
+
+def test_a_job_that_already_ended_gets_no_event_from_a_stop():
+    recorder = _Recorder()
+    apply(
+        recorder,
+        Decision("a" * 32, Action.STOP_IDLE, "why"),
+        _job(JobStatus.SUCCEEDED),
+        resource=_vm(),
+        backend=recorder,
+    )
+    assert recorder.calls == [("stop_resource", "stopped by jobplane reaper: why")]

@@ -138,7 +138,7 @@ def slack_app(slack_env, slack):
     settings, store = slack_env
     backend = InstantBackend(settings)
     service = JobService(store, settings, backend_factory=lambda *_: backend)
-    invoker = ThreadInvoker(commands.run_worker)
+    invoker = ThreadInvoker(deps.run_slack_worker)
     deps.reset()
     deps.override(settings=settings, store=store, service=service, slack_invoker=invoker)
     user = f"rr-{uuid.uuid4().hex[:8]}"
@@ -161,7 +161,7 @@ def test_slacks_published_example_verifies_with_slack_sdk():
 
 
 def test_slacks_published_example_request_is_answered(slack_app, monkeypatch):
-    monkeypatch.setattr(commands, "_clock", FixedClock(int(DOC_TIMESTAMP) + 10))
+    monkeypatch.setattr(commands, "wall_clock", FixedClock(int(DOC_TIMESTAMP) + 10))
     from chalicelib import deps
 
     deps.override(**{f"secret:{deps.get_settings().slack_signing_secret}": DOC_SECRET})
@@ -178,7 +178,7 @@ def test_slacks_published_example_request_is_answered(slack_app, monkeypatch):
 def test_a_replayed_request_gets_401_and_changes_nothing(slack_app, monkeypatch):
     job = slack_app.submit(slack_app.user)
     signed_at = int(time.time())
-    monkeypatch.setattr(commands, "_clock", FixedClock(signed_at + 5 * 60 + 1))
+    monkeypatch.setattr(commands, "wall_clock", FixedClock(signed_at + 5 * 60 + 1))
     response = slack_app.command(f"cancel {job.job_id}", timestamp=str(signed_at))
     assert (response.status_code, response.json_body) == (401, commands.UNAUTHORIZED)
     slack_app.invoker.join()

@@ -11,7 +11,7 @@ import pytest
 
 from chalicelib.jobs.model import JobStatus
 from chalicelib.notify.messages import Kind, build_message
-from chalicelib.notify.slack import Notifier
+from chalicelib.notify.slack import Notifier, NotifyOutcome
 from chalicelib.store.dynamo import DynamoJobStore
 from tests.conftest import make_settings
 
@@ -81,6 +81,8 @@ def notifier(memory_store, settings, codec, slack, bot_token=None, webhook=WEBHO
 def test_can_post_each_transition_once_with_the_exact_json(memory_store, settings, codec, slack):
     results = notifier(memory_store, settings, codec, slack).handle(lifecycle(codec))
     assert [(r["status"], r["outcome"]) for r in results] == [("RUNNING", "sent"), ("SUCCEEDED", "sent")]
+    assert {type(r["outcome"]) for r in results} == {str}  # the handler's JSON, not enum members
+    assert [r["outcome"] for r in results] == [NotifyOutcome.SENT.value] * 2
     started, succeeded = slack.bodies(WEBHOOK)
     assert succeeded == {
         "text": f"resnet-cifar succeeded · job {JOB_ID} · owner alice · 1h 0m 5s · est. $1.23",

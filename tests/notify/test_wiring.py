@@ -131,8 +131,9 @@ def test_slow_commands_are_handed_to_lambda_as_an_event_invocation(tmp_path):
 
 
 def test_the_invoker_follows_the_settings(tmp_path):
-    assert isinstance(invoker_for(make_settings(tmp_path, JOBPLANE_STAGE="local")), ThreadInvoker)
-    deployed = invoker_for(make_settings(tmp_path, JOBPLANE_STAGE="prod"))
+    local = invoker_for(make_settings(tmp_path, JOBPLANE_STAGE="local"), deps.run_slack_worker)
+    assert isinstance(local, ThreadInvoker) and local.target is deps.run_slack_worker
+    deployed = invoker_for(make_settings(tmp_path, JOBPLANE_STAGE="prod"), deps.run_slack_worker)
     assert isinstance(deployed, LambdaInvoker)
     assert deployed.function_name == "jobplane-prod-slack_worker"
 

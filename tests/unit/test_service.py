@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.api import list_query, parse_status
 from chalicelib.auth import Principal
 from chalicelib.errors import ConflictError, IdempotencyMismatchError, NotFoundError, ValidationError
 from chalicelib.events import handle_state_change
@@ -295,7 +296,8 @@ def test_an_admin_sees_and_lists_every_users_jobs(service):
 )
 def test_bad_list_parameters_are_validation_errors_naming_the_field(service, kwargs, field):
     with pytest.raises(ValidationError) as info:
-        service.list(ALICE, **kwargs)
+        query = list_query(kwargs)
+        service.list(ALICE, query.status, query.limit, query.next_token)
     assert info.value.STATUS_CODE == 400
     assert info.value.details[0]["field"] == field
 
@@ -303,10 +305,10 @@ def test_bad_list_parameters_are_validation_errors_naming_the_field(service, kwa
 def test_the_status_filter_takes_the_status_names_the_api_shows(service):
     job, _ = service.submit(ALICE, spec())
     reconcile_until(service, job.job_id, {JobStatus.SUCCEEDED})
-    assert [j.job_id for j in service.list(ALICE, status="SUCCEEDED")[0]] == [job.job_id]
-    assert service.list(ALICE, status="RUNNING")[0] == []
+    assert [j.job_id for j in service.list(ALICE, status=parse_status("SUCCEEDED"))[0]] == [job.job_id]
+    assert service.list(ALICE, status=parse_status("RUNNING"))[0] == []
     with pytest.raises(ValidationError) as info:
-        service.list(ALICE, status="succeeded")
+        parse_status("succeeded")
     assert info.value.details == [
         {"field": "status", "message": "one of QUEUED, LAUNCHING, RUNNING, CANCELLING, SUCCEEDED, FAILED, CANCELLED"}
     ]
@@ -344,14 +346,14 @@ def test_a_next_token_is_bound_to_its_owner_and_status(service):
     _seed(service, "bob", 3)
     _, token = service.list(ALICE, limit=1)
     assert token is not None
-    for principal, status in ((BOB, None), (ADMIN, None), (ALICE, "QUEUED")):
+    for principal, status in ((BOB, None), (ADMIN, None), (ALICE, JobStatus.QUEUED)):
         with pytest.raises(ValidationError) as info:
             service.list(principal, status=status, limit=1, next_token=token)
         assert info.value.details[0]["field"] == "next_token"
-    _, admin_token = service.list(ADMIN, status="QUEUED", limit=2)
+    _, admin_token = service.list(ADMIN, status=JobStatus.QUEUED, limit=2)
     with pytest.raises(ValidationError):
-        service.list(ADMIN, status="FAILED", limit=2, next_token=admin_token)
-    page, _ = service.list(ADMIN, status="QUEUED", limit=2, next_token=admin_token)
+        service.list(ADMIN, status=JobStatus.FAILED, limit=2, next_token=admin_token)
+    page, _ = service.list(ADMIN, status=JobStatus.QUEUED, limit=2, next_token=admin_token)
     assert len(page) == 2
 
 

@@ -22,7 +22,15 @@ from chalicelib.backends.aws.base import (
 )
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
-from chalicelib.backends.base import Handle, LaunchResult, ManagedResource, Observation, parse_native_name
+from chalicelib.backends.base import (
+    Handle,
+    LaunchResult,
+    ManagedResource,
+    Observation,
+    PowerState,
+    ResourceKind,
+    parse_native_name,
+)
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 
@@ -31,6 +39,15 @@ SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
 _LIVE = ("pending", "running", "stopping", "stopped")
 _GONE = ("shutting-down", "terminated")
 SPOT_REASON = "Server.SpotInstanceTermination"
+
+
+def power_state(state: str) -> PowerState:
+    """An instance's State.Name -> what it costs: a stopped instance keeps its volumes."""
+    if state in ("pending", "running"):
+        return PowerState.RUNNING
+    if state in ("stopping", "stopped"):
+        return PowerState.STOPPED
+    return PowerState.GONE
 
 
 class Ec2Backend(AwsBackend):
@@ -333,10 +350,9 @@ class Ec2Backend(AwsBackend):
                     backend=self.name,
                     resource_id=instance["InstanceId"],
                     # dev VMs have their own rules (idle_minutes, max_hours): the job sweep skips them
-                    kind="devvm" if tags.get(TAG_KIND) == KIND_DEVVM else "vm",
+                    kind=ResourceKind.DEVVM if tags.get(TAG_KIND) == KIND_DEVVM else ResourceKind.VM,
                     state=state,
-                    running=state in ("pending", "running"),
-                    stopped=state in ("stopping", "stopped"),
+                    power=power_state(state),
                     stage=tags.get(TAG_STAGE),
                     native_id=tags.get(TAG_NATIVE),
                     job_id=tags.get(TAG_JOB_ID),

@@ -10,6 +10,8 @@ from chalicelib.backends.base import (
     LaunchResult,
     ManagedResource,
     Observation,
+    PowerState,
+    ResourceKind,
     Utilization,
     job_env,
     parse_native_name,
@@ -37,6 +39,17 @@ VM_EVENT_SOURCE = "jobplane.gce"  # the message a jobplane VM publishes when its
 # Instance.status -> what it says about the job while no exit status exists.
 RUNNING_STATES = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "SUSPENDING", "REPAIRING")
 STOPPED_STATES = ("TERMINATED", "STOPPED", "SUSPENDED")
+
+
+def power_state(status: str) -> PowerState:
+    """Instance.status -> what it costs: a TERMINATED instance is only powered off (its disk remains)."""
+    if status in RUNNING_STATES:
+        return PowerState.RUNNING
+    if status in STOPPED_STATES:
+        return PowerState.STOPPED
+    return PowerState.GONE
+
+
 # exit.json `state` (written by the startup script) -> (status, failure kind)
 EXIT_STATES = {
     "SUCCEEDED": (JobStatus.SUCCEEDED, None),
@@ -328,10 +341,9 @@ class GceBackend(ComputeBackend):
                         ManagedResource(
                             backend=self.name,
                             resource_id=instance.name,
-                            kind="vm",
+                            kind=ResourceKind.VM,
                             state=instance.status,
-                            running=instance.status in RUNNING_STATES,
-                            stopped=instance.status in ("STOPPED", "TERMINATED", "SUSPENDED"),
+                            power=power_state(instance.status),
                             stage=labels.get(LABEL_STAGE),
                             native_id=instance.name,
                             job_id=labels.get(LABEL_JOB_ID) or (parsed[0] if parsed else None),

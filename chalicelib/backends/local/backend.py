@@ -17,6 +17,8 @@ from chalicelib.backends.base import (
     LogChunk,
     ManagedResource,
     Observation,
+    PowerState,
+    ResourceKind,
     parse_native_name,
 )
 from chalicelib.errors import BackendError, UnsupportedError
@@ -206,8 +208,8 @@ class LocalBackend(ComputeBackend):
                 ManagedResource(
                     backend=self.name,
                     resource_id=folder.name,
-                    kind="vm",
-                    running=running,
+                    kind=ResourceKind.VM,
+                    power=PowerState.RUNNING if running else PowerState.GONE,
                     state="running" if running else "ended",
                     stage=self.settings.stage,
                     native_id=folder.name,
@@ -232,9 +234,9 @@ class LocalBackend(ComputeBackend):
             ManagedResource(
                 self.name,
                 handle.native_id,
-                "vm",
+                ResourceKind.VM,
                 "running",
-                True,
+                PowerState.RUNNING,
                 self.settings.stage,
                 handle.native_id,
                 handle.job_id,

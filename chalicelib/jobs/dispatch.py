@@ -1,0 +1,177 @@
+"""Dispatch: claim capacity, launch on the job's backend, fail over on capacity or quota refusals, serve the queue."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from chalicelib.backends.base import ComputeBackend
+from chalicelib.config import Settings
+from chalicelib.errors import BackendError, CapacityExhaustedError, StaleStateError
+from chalicelib.jobs.capacity import claims_for, queue_order
+from chalicelib.jobs.model import (
+    EventSource,
+    FailureKind,
+    Job,
+    JobEvent,
+    JobStatus,
+    Transition,
+    iso,
+    native_name,
+    utcnow,
+)
+from chalicelib.store.base import JobStore
+
+log = logging.getLogger("jobplane.dispatch")
+
+
+def launch_failure(job: Job, detail: str, kind: FailureKind) -> JobEvent:
+    """The one event a launch that cannot succeed becomes, whichever way dispatch found out."""
+    return JobEvent(
+        job.job_id,
+        JobStatus.FAILED,
+        EventSource.DISPATCH,
+        reason=f"launch failed: {detail}",
+        failure_kind=kind,
+        attempt=job.attempt,
+    )
+
+
+def claims_limits(claims) -> list[tuple[str, int]]:
+    return [(claim.pool, limit) for claim, limit in claims]
+
+
+class Dispatcher:
+    """Moves QUEUED jobs to LAUNCHING and onto a backend. Outcomes that are job events (a failed launch)
+    go back through `apply_event`, the service's state machine, so they are applied like any other."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        settings: Settings,
+        backend: Callable[[str], ComputeBackend],
+        apply_event: Callable[[JobEvent], Job | None],
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self.backend = backend
+        self.apply_event = apply_event
+
+    def claims(self, job: Job):
+        return claims_for(job.backend, job.spec, dict(self.settings.capacity_limits))
+
+    def dispatch(self, job: Job) -> Job:
+        """Launch a QUEUED job: claim it (and its capacity) with one guarded write, then ask the backend.
+
+        A job whose capacity pool is full stays QUEUED with the reason; dispatch_queued() retries it.
+        """
+        native_id = native_name(job.job_id, job.attempt)
+        claims = self.claims(job)
+        transition = Transition(
+            job.job_id,
+            job.status,
+            JobStatus.LAUNCHING,
+            f"launching attempt {job.attempt} on {job.backend}",
+            EventSource.DISPATCH,
+            utcnow(),
+            changes={"native_id": native_id, "claims": tuple(c for c, _ in claims)},
+            acquire=claims,
+        )
+        try:
+            job = self.store.apply_transition(job, transition)
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job  # someone else dispatched it
+        except CapacityExhaustedError as exc:
+            return self._wait_for_capacity(job, exc.pool, dict(claims_limits(claims)))
+        return self._launch(job)
+
+    def _launch(self, job: Job) -> Job:
+        native_id = job.native_id or native_name(job.job_id, job.attempt)
+        try:
+            result = self.backend(job.backend).launch(job)
+        except BackendError as exc:
+            kind = FailureKind(exc.failure_kind)
+            if kind in (FailureKind.NO_CAPACITY, FailureKind.QUOTA):
+                return self._failover(job, exc)
+            return self._fail(job, exc.message, kind)
+        if result.native_id != native_id:
+            try:
+                job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
+            except StaleStateError:
+                pass  # an event already moved it on, and events carry the native id too
+        return job
+
+    def _fail(self, job: Job, detail: str, kind: FailureKind) -> Job:
+        return self.apply_event(launch_failure(job, detail, kind)) or job
+
+    def relaunch(self, job: Job, reason: str) -> Job:
+        """Launch a LAUNCHING job's attempt again (its launch was lost); the deadline starts anew."""
+        try:
+            job = self.store.update_job(job, JobStatus.LAUNCHING, status_reason=reason, updated_at=utcnow())
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job
+        return self._launch(job)
+
+    def _failover(self, job: Job, exc: BackendError) -> Job:
+        """No capacity or quota on this backend: move to the next candidate, or wait, or fail."""
+        candidates = job.candidates or (job.backend,)
+        position = candidates.index(job.backend) if job.backend in candidates else len(candidates) - 1
+        tried = f"{job.backend}: {exc.message}"
+        now = utcnow()
+        wait = timedelta(minutes=int(job.spec.get("capacity_wait_minutes", 0)))
+        if position + 1 < len(candidates):
+            target = candidates[position + 1]
+            reason = f"{tried}; failing over to {target}"
+            changes = {"backend": target, "planner_reason": f"failover from {job.backend} ({exc.CODE}) to {target}"}
+        elif now < job.created_at + wait:
+            target = candidates[0]
+            until = iso(job.created_at + wait)
+            reason = f"{tried}; no candidate left ({', '.join(candidates)}); retrying until {until}"
+            changes = {"backend": target}
+        else:
+            return self._fail(job, tried, FailureKind(exc.failure_kind))
+        transition = Transition(
+            job.job_id,
+            JobStatus.LAUNCHING,
+            JobStatus.QUEUED,
+            reason,
+            EventSource.DISPATCH,
+            now,
+            changes={**changes, "native_id": None, "claims": ()},
+            release=job.claims,
+        )
+        try:
+            job = self.store.apply_transition(job, transition)
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job
+        log.info("job %s: %s", job.job_id, reason)
+        if position + 1 < len(candidates):
+            return self.dispatch(job)
+        return job  # waits in QUEUED; reconcile and every release try again
+
+    def _wait_for_capacity(self, job: Job, pool: str, limits: dict[str, int]) -> Job:
+        reason = f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}"
+        if job.status_reason == reason:
+            return job  # already says so: no write
+        try:
+            return self.store.update_job(job, JobStatus.QUEUED, status_reason=reason)
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job
+
+    def dispatch_queued(self) -> list[Job]:
+        """Dispatch QUEUED jobs by priority, then age. A full pool stops later jobs that need it
+        (no small job overtakes a big one), but not jobs of other pools."""
+        queued = sorted(self.store.iter_queued(), key=queue_order)
+        full: set[str] = set()
+        results = []
+        for job in queued:
+            pools = {claim.pool for claim, _ in self.claims(job)}
+            if pools & full:
+                results.append(job)
+                continue
+            after = self.dispatch(job)
+            if after.status is JobStatus.QUEUED:
+                full |= pools
+            results.append(after)
+        return results
