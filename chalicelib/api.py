@@ -66,7 +66,7 @@ def principal(request):
     from chalicelib.auth import authenticate
 
     headers = request.headers or {}
-    return authenticate(deps.get_store(), headers.get("authorization"))
+    return authenticate(deps.get_token_store(), headers.get("authorization"))
 
 
 def json_body(request) -> Any:

@@ -1,5 +1,24 @@
-"""Job store: one interface, a DynamoDB (pynamodb) implementation and an in-memory twin."""
+"""Stores, one per aggregate: jobs (with history, capacity, idempotency), tokens, Slack state, dev VMs."""
 
-from chalicelib.store.base import IdempotencyRecord, JobStore, Page, TokenRecord
+from __future__ import annotations
 
-__all__ = ["IdempotencyRecord", "JobStore", "Page", "TokenRecord"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from chalicelib.config import Settings
+    from chalicelib.store.edge import DynamoStore
+
+
+def dynamo_stores(settings: Settings) -> dict[str, DynamoStore]:
+    """One DynamoDB store of each kind: together they own every table (create, describe, grant)."""
+    from chalicelib.store.devvms import DynamoDevVmStore
+    from chalicelib.store.dynamo import DynamoJobStore
+    from chalicelib.store.slack import DynamoSlackStore
+    from chalicelib.store.tokens import DynamoTokenStore
+
+    return {
+        "jobs": DynamoJobStore(settings),
+        "tokens": DynamoTokenStore(settings),
+        "slack": DynamoSlackStore(settings),
+        "devvms": DynamoDevVmStore(settings),
+    }
