@@ -96,6 +96,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
 
 class DynamoSlackStore(DynamoStore, SlackStore):
     NOTIFIED_TTL_SECONDS = 30 * 24 * 3600  # stream records live 24 hours; markers outlive any re-delivery
+    TTL_ATTRIBUTES = {"slack": "expires_at"}  # mappings carry no expires_at, so only markers expire
 
     def __init__(self, settings: Settings) -> None:
         share_botocore_loader()

@@ -80,6 +80,7 @@ def test_the_terraform_describes_every_table_with_its_stores_ttl(stage):
         for name, attribute in store.TTL_ATTRIBUTES.items()
     }
     assert ttl[settings.idempotency_table] == "expires_at"
+    assert ttl[settings.slack_table] == "expires_at"  # notification markers expire; user mappings have none
 
 
 @pytest.mark.parametrize("stage", ["dev", "prod"])
