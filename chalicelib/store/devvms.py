@@ -8,17 +8,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from pynamodb.attributes import UnicodeAttribute, UTCDateTimeAttribute
-from pynamodb.exceptions import DoesNotExist
-from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
-from pynamodb.models import Model
-
-from chalicelib.config import Settings
 from chalicelib.errors import AlreadyExistsError, ConflictError
 from chalicelib.jobs.model import iso
-from chalicelib.store.edge import DynamoStore, dynamo_errors, share_botocore_loader, table_meta
+from chalicelib.store.edge import DynamoStore, dynamo_errors, get_or_none, share_botocore_loader, table_meta
 
 if TYPE_CHECKING:
+    from pynamodb.models import Model
+
+    from chalicelib.config import Settings
     from chalicelib.devvms import DevVm, DevVmStatus
 
 # The single partition of the all-created index; stored items carry this value, so it never changes.
@@ -93,6 +90,9 @@ class InMemoryDevVmStore(DevVmStore):
 
 def build_models(settings: Settings) -> dict[str, type[Model]]:
     """The dev VM table's model and its indexes, bound to this deployment's table name and endpoint."""
+    from pynamodb.attributes import UnicodeAttribute, UTCDateTimeAttribute
+    from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
+    from pynamodb.models import Model
 
     class DevVmOwnerIndex(GlobalSecondaryIndex):
         class Meta:
@@ -180,10 +180,8 @@ class DynamoDevVmStore(DynamoStore, DevVmStore):
             item.save(condition=self.DevVm.vm_id.does_not_exist())
 
     def get_devvm(self, vm_id: str) -> DevVm | None:
-        try:
-            return self._devvm(self.DevVm.get(vm_id, consistent_read=True))
-        except DoesNotExist:
-            return None
+        item = get_or_none(self.DevVm, vm_id, consistent_read=True)
+        return self._devvm(item) if item is not None else None
 
     def list_devvms(self, owner: str | None) -> list[DevVm]:
         M = self.DevVm

@@ -7,14 +7,16 @@ import inspect
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import botocore.exceptions
-from pynamodb.exceptions import PynamoDBException
-from pynamodb.models import Model
-
-from chalicelib.config import Settings
 from chalicelib.errors import ConditionFailedError, JobplaneError, StoreError
+
+# pynamodb and botocore are imported where used: a store's interface and in-memory twin (and so
+# auth, the notifier, the service) load without them.
+if TYPE_CHECKING:
+    from pynamodb.models import Model
+
+    from chalicelib.config import Settings
 
 CONDITION_FAILED = "ConditionalCheckFailedException"
 TRANSACTION_CANCELLED = "TransactionCanceledException"
@@ -35,25 +37,20 @@ RETRYABLE_CODES = frozenset(
         "ProvisionedThroughputExceeded",
     }
 )
-# Failures to reach DynamoDB at all: refused, reset or timed out connections.
-RETRYABLE_TRANSPORT = (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError)
-
-
-def _code(cause: BaseException | None) -> str | None:
-    if isinstance(cause, botocore.exceptions.ClientError):
-        return cause.response.get("Error", {}).get("Code")
-    return None
 
 
 def translate(exc: Exception) -> Exception:
     """The chalicelib.errors type for a pynamodb or botocore error (any other exception is returned as is)."""
+    import botocore.exceptions as boto
+    from pynamodb.exceptions import PynamoDBException
+
     if isinstance(exc, PynamoDBException):
         cause = exc.cause
-    elif isinstance(exc, (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)):
+    elif isinstance(exc, (boto.BotoCoreError, boto.ClientError)):
         cause = exc
     else:
         return exc
-    code = _code(cause)
+    code = cause.response.get("Error", {}).get("Code") if isinstance(cause, boto.ClientError) else None
     message = f"DynamoDB: {exc}"
     if code == CONDITION_FAILED:
         return ConditionFailedError(message)
@@ -64,7 +61,8 @@ def translate(exc: Exception) -> Exception:
         return StoreError(message, code=code, retryable=bool(RETRYABLE_CODES.intersection(reasons)))
     if code is not None:
         return StoreError(message, code=code, retryable=code in RETRYABLE_CODES)
-    return StoreError(message, retryable=isinstance(cause, RETRYABLE_TRANSPORT))
+    # No code: DynamoDB was never reached (refused, reset, timed out: retryable) or the SDK itself refused.
+    return StoreError(message, retryable=isinstance(cause, (boto.ConnectionError, boto.HTTPClientError)))
 
 
 @contextmanager
@@ -76,8 +74,10 @@ def dynamo_errors(*, conditional: JobplaneError | None = None, invalid: Jobplane
     """
     try:
         yield
-    except (PynamoDBException, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+    except Exception as exc:
         error = translate(exc)
+        if error is exc:
+            raise
         if conditional is not None and isinstance(error, ConditionFailedError):
             raise conditional from None
         if invalid is not None and isinstance(error, StoreError) and error.code == "ValidationException":
@@ -124,6 +124,16 @@ class DynamoStore:
             for model in self.models.values():
                 if not model.exists():
                     model.create_table(wait=True, billing_mode="PAY_PER_REQUEST")
+
+
+def get_or_none(model: type[Model], hash_key: str, **kwargs: Any) -> Any:
+    """The item with this key, or None (pynamodb's DoesNotExist stays here)."""
+    from pynamodb.exceptions import DoesNotExist
+
+    try:
+        return model.get(hash_key, **kwargs)
+    except DoesNotExist:
+        return None
 
 
 def table_meta(settings: Settings) -> type:

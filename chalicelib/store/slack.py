@@ -6,14 +6,15 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
-from pynamodb.exceptions import DoesNotExist
-from pynamodb.models import Model
-
-from chalicelib.config import Settings
 from chalicelib.errors import ConditionFailedError
-from chalicelib.store.edge import DynamoStore, dynamo_errors, share_botocore_loader, table_meta
+from chalicelib.store.edge import DynamoStore, dynamo_errors, get_or_none, share_botocore_loader, table_meta
+
+if TYPE_CHECKING:
+    from pynamodb.models import Model
+
+    from chalicelib.config import Settings
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,8 @@ class InMemorySlackStore(SlackStore):
 
 def build_models(settings: Settings) -> dict[str, type[Model]]:
     """The Slack table's model, bound to this deployment's table name and endpoint."""
+    from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+    from pynamodb.models import Model
 
     class SlackModel(Model):
         """Slack state: `notified#<job_id>#<status>#<attempt>` markers and `user#<slack user id>` mappings."""
@@ -116,9 +119,8 @@ class DynamoSlackStore(DynamoStore, SlackStore):
         self.Slack(f"user#{record.slack_user_id}", user=record.user, created_at=record.created_at).save()
 
     def get_slack_user(self, slack_user_id: str) -> SlackUserRecord | None:
-        try:
-            item = self.Slack.get(f"user#{slack_user_id}")
-        except DoesNotExist:
+        item = get_or_none(self.Slack, f"user#{slack_user_id}")
+        if item is None:
             return None
         return SlackUserRecord(slack_user_id, item.user, item.created_at)
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TYPE_CHECKING
 
-from pynamodb.attributes import BooleanAttribute, UnicodeAttribute, UTCDateTimeAttribute
-from pynamodb.exceptions import DoesNotExist
-from pynamodb.models import Model
+from chalicelib.store.edge import DynamoStore, get_or_none, share_botocore_loader, table_meta
 
-from chalicelib.config import Settings
-from chalicelib.store.edge import DynamoStore, share_botocore_loader, table_meta
+if TYPE_CHECKING:
+    from pynamodb.models import Model
+
+    from chalicelib.config import Settings
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ class InMemoryTokenStore(TokenStore):
 
 def build_models(settings: Settings) -> dict[str, type[Model]]:
     """The tokens table's model, bound to this deployment's table name and endpoint."""
+    from pynamodb.attributes import BooleanAttribute, UnicodeAttribute, UTCDateTimeAttribute
+    from pynamodb.models import Model
 
     class TokenModel(Model):
         class Meta(table_meta(settings)):
@@ -71,8 +74,7 @@ class DynamoTokenStore(DynamoStore, TokenStore):
         self.Token(record.token_hash, user=record.user, admin=record.admin, created_at=record.created_at).save()
 
     def get_token(self, token_hash: str) -> TokenRecord | None:
-        try:
-            item = self.Token.get(token_hash)
-        except DoesNotExist:
+        item = get_or_none(self.Token, token_hash)
+        if item is None:
             return None
         return TokenRecord(item.token_hash, item.user, bool(item.admin), item.created_at)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
@@ -28,6 +29,7 @@ from chalicelib.store.tokens import TokenRecord
 from tests.conftest import make_settings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def client_error(code: str, operation: str = "PutItem") -> ClientError:
@@ -226,3 +228,16 @@ def test_no_pynamodb_error_leaves_a_store(tmp_path, moto_endpoint, kind):
             call(store)
         assert info.value.code == "ResourceNotFoundException", name
         assert info.value.retryable is False, name
+
+
+def test_the_interfaces_and_in_memory_twins_load_without_pynamodb():
+    # auth, the notifier and the service import these modules; only a DynamoDB store needs pynamodb.
+    import subprocess
+    import sys
+
+    modules = "chalicelib.store.tokens, chalicelib.store.slack, chalicelib.store.devvms, chalicelib.auth, " + (
+        "chalicelib.notify.slack, chalicelib.notify.commands, chalicelib.jobs.service"
+    )
+    code = f"import sys, {modules}; print('pynamodb' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.stdout.strip() == "False", result.stderr
