@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from chalicelib.errors import AuthenticationError, ValidationError
 from chalicelib.jobs.model import utcnow
-from chalicelib.store.base import JobStore, TokenRecord
+from chalicelib.store.tokens import TokenRecord, TokenStore
 
 TOKEN_PREFIX = "jp_"  # noqa: S105 - a public prefix, not a secret
 USER_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -28,7 +28,7 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
-def create_token(store: JobStore, user: str, admin: bool = False) -> str:
+def create_token(store: TokenStore, user: str, admin: bool = False) -> str:
     """Make a new token for `user`, store its hash, and return the clear token (shown once)."""
     if not USER_RE.match(user):
         raise ValidationError(
@@ -40,7 +40,7 @@ def create_token(store: JobStore, user: str, admin: bool = False) -> str:
     return token
 
 
-def authenticate(store: JobStore, authorization: str | None) -> Principal:
+def authenticate(store: TokenStore, authorization: str | None) -> Principal:
     """Resolve an `Authorization: Bearer <token>` header to a Principal or raise 401."""
     if not authorization:
         raise AuthenticationError("missing Authorization header; send 'Authorization: Bearer <token>'")

@@ -1,4 +1,5 @@
-"""Cached per-container factories and the handler composition over them; built on first use, never at import."""
+"""Cached per-container factories (settings, one store per aggregate, services) and the handler composition
+over them; built on first use, never at import."""
 
 from __future__ import annotations
 
@@ -40,6 +41,8 @@ def ensure_aws_credentials() -> None:
 
 
 def get_store():
+    """Jobs with their history, capacity claims and idempotency keys (one store: they share transactions)."""
+
     def build():
         from chalicelib.store.dynamo import DynamoJobStore
 
@@ -54,7 +57,45 @@ def principal(request):
     from chalicelib.auth import authenticate
 
     headers = request.headers or {}
-    return authenticate(get_store(), headers.get("authorization"))
+    return authenticate(get_token_store(), headers.get("authorization"))
+
+
+def get_token_store():
+    def build():
+        from chalicelib.store.tokens import DynamoTokenStore
+
+        ensure_aws_credentials()
+        return DynamoTokenStore(get_settings())
+
+    return _cached("token_store", build)
+
+
+def get_slack_store():
+    """Slack user mappings and notification markers."""
+
+    def build():
+        from chalicelib.store.slack import DynamoSlackStore
+
+        ensure_aws_credentials()
+        return DynamoSlackStore(get_settings())
+
+    return _cached("slack_store", build)
+
+
+def get_devvm_store():
+    def build():
+        from chalicelib.store.devvms import DynamoDevVmStore
+
+        ensure_aws_credentials()
+        return DynamoDevVmStore(get_settings())
+
+    return _cached("devvm_store", build)
+
+
+def create_tables() -> None:
+    """Create every store's missing tables (the local stack)."""
+    for store in (get_store(), get_token_store(), get_slack_store(), get_devvm_store()):
+        store.create_tables()
 
 
 def get_service():
@@ -125,7 +166,7 @@ def handle_slack_command(body: bytes, headers) -> tuple[int, dict[str, Any]]:
         body,
         headers,
         signing_secret=secret,
-        store=get_store(),
+        store=get_slack_store(),
         service=get_service(),
         settings=settings,
         invoker=get_slack_invoker(),
@@ -152,7 +193,7 @@ def get_devvm_service():
                 providers[name] = devvm_provider(name, settings)
             return providers[name]
 
-        return DevVmService(get_store(), get_settings(), provider)
+        return DevVmService(get_devvm_store(), get_settings(), provider)
 
     return _cached("devvm_service", build)
 

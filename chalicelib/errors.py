@@ -94,6 +94,31 @@ class AlreadyExistsError(JobplaneError):
     CODE = "already_exists"
 
 
+class ConditionFailedError(JobplaneError):
+    """A conditional write found the record not in the state it required; the store method says what that
+    means (a taken id, a moved status). `reasons` holds a cancelled transaction's per-item codes, in order."""
+
+    STATUS_CODE = 409
+    CODE = "condition_failed"
+
+    def __init__(self, message: str, reasons: tuple[str | None, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
+
+
+# Deliberately outside JobplaneError: handlers drop or answer a JobplaneError (an unusable upload, a 4xx),
+# and a database outage must instead propagate so the platform delivers the event again or answers 500.
+class StoreError(Exception):
+    """The database failed a request (throttled, unreachable, a missing table); `retryable` says if trying
+    again may help, `code` is the database's own error code when it gave one."""
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+        self.retryable = retryable
+
+
 # --- backends ----------------------------------------------------------------------
 
 

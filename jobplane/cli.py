@@ -239,10 +239,9 @@ def cmd_vm_list(args) -> int:
 
 
 # --- tokens --------------------------------------------------------------------------------
-def _admin_store(args):
-    """The deployment's store, for admin commands that act on tables directly (tokens, Slack users)."""
+def _admin_settings(args):
+    """The deployment's settings, for admin commands that act on tables directly (tokens, Slack users)."""
     from chalicelib.config import Settings
-    from chalicelib.store.dynamo import DynamoJobStore
 
     local = read_state(state_dir(args.local_dir))
     env = dict(os.environ)
@@ -251,20 +250,22 @@ def _admin_store(args):
         env.setdefault("AWS_ACCESS_KEY_ID", "local")
         env.setdefault("AWS_SECRET_ACCESS_KEY", "local")
         os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-    return DynamoJobStore(Settings.from_env(env))
+    return Settings.from_env(env)
 
 
 def cmd_token_create(args) -> int:
     from chalicelib.auth import create_token
+    from chalicelib.store.tokens import DynamoTokenStore
 
-    print(create_token(_admin_store(args), args.user, admin=args.admin))
+    print(create_token(DynamoTokenStore(_admin_settings(args)), args.user, admin=args.admin))
     return 0
 
 
 def cmd_slack_map(args) -> int:
     from chalicelib.notify.users import map_slack_user
+    from chalicelib.store.slack import DynamoSlackStore
 
-    map_slack_user(_admin_store(args), args.slack_user_id, args.user)
+    map_slack_user(DynamoSlackStore(_admin_settings(args)), args.slack_user_id, args.user)
     _console().print(f"Slack user {args.slack_user_id} acts as jobplane user {args.user}")
     return 0
 

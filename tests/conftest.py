@@ -1,4 +1,4 @@
-"""Shared fixtures: an embedded moto server, settings with fresh tables, both stores, the API client."""
+"""Shared fixtures: an embedded moto server, settings with fresh tables, both job stores, the API client."""
 
 from __future__ import annotations
 
@@ -52,6 +52,31 @@ def make_settings(tmp_path, endpoint=None, **overrides):
     return Settings.from_env(env)
 
 
+def make_stores(settings):
+    """One DynamoDB store of each kind over `settings`' tables, every table created."""
+    from chalicelib.store.tables import dynamo_stores
+
+    stores = dynamo_stores(settings)
+    for store in stores.values():
+        store.create_tables()
+    return stores
+
+
+def use_stores(settings, stores, **overrides):
+    """Point deps at these settings and stores (plus any other cached objects given)."""
+    from chalicelib import deps
+
+    deps.reset()
+    deps.override(
+        settings=settings,
+        store=stores["jobs"],
+        token_store=stores["tokens"],
+        slack_store=stores["slack"],
+        devvm_store=stores["devvms"],
+        **overrides,
+    )
+
+
 @pytest.fixture
 def settings(tmp_path):
     return make_settings(tmp_path)
@@ -93,33 +118,31 @@ def api(tmp_path, moto_endpoint):
 
     from chalicelib import deps
     from chalicelib.jobs.service import JobService
-    from chalicelib.store.dynamo import DynamoJobStore
 
     settings = make_settings(tmp_path, moto_endpoint)
-    store = DynamoJobStore(settings)
-    store.create_tables()
-    deps.reset()
-    deps.override(settings=settings, store=store, service=JobService(store, settings))
+    stores = make_stores(settings)
+    use_stores(settings, stores, service=JobService(stores["jobs"], settings))
     import app as app_module
 
     with Client(app_module.app) as client:
-        yield ApiClient(client, store)
+        yield ApiClient(client, stores)
     deps.reset()
 
 
 class ApiClient:
     """Chalice test client with token helpers; every call returns the Chalice response."""
 
-    def __init__(self, client, store):
+    def __init__(self, client, stores):
         self.client = client
-        self.store = store
+        self.stores = stores
+        self.store = stores["jobs"]
         self.events = client.events
         self.lambda_ = client.lambda_
 
     def token(self, user: str, admin: bool = False) -> str:
         from chalicelib.auth import create_token
 
-        return create_token(self.store, user, admin)
+        return create_token(self.stores["tokens"], user, admin)
 
     def request(self, method, path, token=None, body=None, headers=None):
         hdrs = dict(headers or {})

@@ -20,7 +20,7 @@ from chalicelib.notify.delivery import Webhook, deliver
 from chalicelib.notify.invoke import Invoker
 from chalicelib.notify.messages import cost, duration, escape, machine
 from chalicelib.notify.users import principal_for
-from chalicelib.store.base import JobStore
+from chalicelib.store.slack import SlackStore
 
 log = logging.getLogger("jobplane.notify")
 LIST_LIMIT = 10
@@ -199,7 +199,7 @@ def handle_slash_command(
     headers: Mapping[str, str],
     *,
     signing_secret: str | None,
-    store: JobStore,
+    store: SlackStore,
     service: Any,
     settings: Settings,
     invoker: Invoker,

@@ -12,7 +12,7 @@ from chalicelib.config import Settings
 from chalicelib.jobs.model import Job, JobStatus, utcnow
 from chalicelib.notify.delivery import ChatPostMessage, Destination, Webhook, deliver
 from chalicelib.notify.messages import Kind, build_message, classify, dedup_key
-from chalicelib.store.base import JobStore
+from chalicelib.store.slack import SlackStore
 
 log = logging.getLogger("jobplane.notify")
 
@@ -62,7 +62,7 @@ class Notifier:
 
     def __init__(
         self,
-        store: JobStore,
+        store: SlackStore,
         settings: Settings,
         decode: Callable[[dict[str, Any]], Job],
         webhook_url: str | None,
@@ -155,12 +155,13 @@ def notify_records(event: dict[str, Any], context: Any = None) -> list[dict[str,
     remaining = None
     if context is not None and hasattr(context, "get_remaining_time_in_millis"):
         remaining = context.get_remaining_time_in_millis() / 1000.0
-    store = deps.get_store()
     webhook_url = bot_token = None
     try:
         webhook_url = deps.get_slack_webhook_url()
         bot_token = deps.get_slack_bot_token()
     except Exception:  # a secret we cannot read means no message, never a failed batch
         log.exception("notify: could not read the Slack secrets")
-    notifier = Notifier(store, deps.get_settings(), store.job_from_image, webhook_url, bot_token)
+    notifier = Notifier(
+        deps.get_slack_store(), deps.get_settings(), deps.get_store().job_from_image, webhook_url, bot_token
+    )
     return notifier.handle(event.get("Records") or [], remaining)

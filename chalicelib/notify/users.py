@@ -7,7 +7,7 @@ import re
 from chalicelib.auth import USER_RE, Principal
 from chalicelib.errors import ValidationError
 from chalicelib.jobs.model import utcnow
-from chalicelib.store.base import JobStore, SlackUserRecord
+from chalicelib.store.slack import SlackStore, SlackUserRecord
 
 # Member ids: U… in a workspace, W… in an Enterprise Grid org.
 SLACK_USER_RE = re.compile(r"^[UW][A-Z0-9]{2,31}$")
@@ -21,7 +21,7 @@ def _check_slack_user(slack_user_id: str) -> None:
         )
 
 
-def map_slack_user(store: JobStore, slack_user_id: str, jobplane_user: str) -> SlackUserRecord:
+def map_slack_user(store: SlackStore, slack_user_id: str, jobplane_user: str) -> SlackUserRecord:
     """Let Slack member `slack_user_id` act as `jobplane_user` in /jobplane commands (replaces any mapping)."""
     _check_slack_user(slack_user_id)
     if not USER_RE.match(jobplane_user or ""):
@@ -34,13 +34,13 @@ def map_slack_user(store: JobStore, slack_user_id: str, jobplane_user: str) -> S
     return record
 
 
-def unmap_slack_user(store: JobStore, slack_user_id: str) -> bool:
+def unmap_slack_user(store: SlackStore, slack_user_id: str) -> bool:
     """Remove a mapping; False when the Slack user had none."""
     _check_slack_user(slack_user_id)
     return store.delete_slack_user(slack_user_id)
 
 
-def principal_for(store: JobStore, slack_user_id: str) -> Principal | None:
+def principal_for(store: SlackStore, slack_user_id: str) -> Principal | None:
     """Who a Slack user is in jobplane; never an admin (Slack commands act on the user's own jobs)."""
     if not SLACK_USER_RE.match(slack_user_id or ""):
         return None

@@ -1,5 +1,1 @@
-"""Job store: one interface, a DynamoDB (pynamodb) implementation and an in-memory twin."""
-
-from chalicelib.store.base import IdempotencyRecord, JobStore, Page, TokenRecord
-
-__all__ = ["IdempotencyRecord", "JobStore", "Page", "TokenRecord"]
+"""Stores, one per aggregate: jobs (with history, capacity, idempotency), tokens, Slack state, dev VMs."""

@@ -11,28 +11,11 @@ from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition, iso,
 
 
 @dataclass(frozen=True)
-class TokenRecord:
-    token_hash: str
-    user: str
-    admin: bool
-    created_at: datetime
-
-
-@dataclass(frozen=True)
 class IdempotencyRecord:
     owner: str
     key: str
     job_id: str
     request_hash: str
-    created_at: datetime
-
-
-@dataclass(frozen=True)
-class SlackUserRecord:
-    """A Slack user (workspace member id, e.g. U2CERLKJA) acting in jobplane as `user`."""
-
-    slack_user_id: str
-    user: str
     created_at: datetime
 
 
@@ -78,7 +61,10 @@ def apply_changes(job: Job, transition: Transition) -> Job:
 
 
 class JobStore(ABC):
-    """Persistence of jobs, their history, API tokens and idempotency keys."""
+    """Persistence of jobs, their history, capacity claims and idempotency keys (they share transactions).
+
+    API tokens, Slack state and dev VMs have stores of their own (store/tokens.py, slack.py, devvms.py).
+    """
 
     # --- jobs ----------------------------------------------------------------------
     @abstractmethod
@@ -121,55 +107,10 @@ class JobStore(ABC):
     def capacity_usage(self, pools: list[str]) -> dict[str, int]:
         """Units in use per capacity pool of the quota-aware queue (0 for a pool never used)."""
 
-    # --- dev VMs ---------------------------------------------------------------------
-    @abstractmethod
-    def put_devvm(self, vm) -> None: ...
-
-    @abstractmethod
-    def get_devvm(self, vm_id: str): ...
-
-    @abstractmethod
-    def list_devvms(self, owner: str | None) -> list:
-        """Newest first; owner None means every owner."""
-
-    @abstractmethod
-    def update_devvm(self, vm, expected, **changes):
-        """Guarded on the status still being `expected`; ConflictError when it moved."""
-
-    @abstractmethod
-    def iter_running_devvms(self) -> Iterator:
-        """Dev VMs that are RUNNING (a sparse index: stopped ones cost no read)."""
-
-    # --- API tokens ----------------------------------------------------------------
-    @abstractmethod
-    def put_token(self, record: TokenRecord) -> None: ...
-
-    @abstractmethod
-    def get_token(self, token_hash: str) -> TokenRecord | None: ...
-
     # --- idempotency keys ------------------------------------------------------------
     @abstractmethod
     def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
         """Store `record` unless the (owner, key) pair exists; return whichever record is stored."""
-
-    # --- Slack --------------------------------------------------------------------------
-    @abstractmethod
-    def claim_notification(self, key: str, at: datetime) -> bool:
-        """Create the marker `key` (job_id#status#attempt) unless it exists; True when this call created it.
-
-        The notifier claims before it posts, so a re-delivered stream record never posts twice.
-        """
-
-    @abstractmethod
-    def put_slack_user(self, record: SlackUserRecord) -> None:
-        """Map a Slack user to a jobplane user, replacing any earlier mapping of that Slack user."""
-
-    @abstractmethod
-    def get_slack_user(self, slack_user_id: str) -> SlackUserRecord | None: ...
-
-    @abstractmethod
-    def delete_slack_user(self, slack_user_id: str) -> bool:
-        """Remove a mapping; False when there was none."""
 
     # --- lifecycle -------------------------------------------------------------------
     def create_tables(self) -> None:

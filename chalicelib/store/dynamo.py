@@ -3,18 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
-from pynamodb.attributes import (
-    BooleanAttribute,
-    NumberAttribute,
-    UnicodeAttribute,
-    UTCDateTimeAttribute,
-)
-from pynamodb.exceptions import DeleteError, DoesNotExist, PutError, QueryError, TransactWriteError, UpdateError
+from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
+from pynamodb.exceptions import DoesNotExist
 from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 from pynamodb.models import Model
 from pynamodb.transactions import TransactWrite
@@ -23,7 +16,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import (
     AlreadyExistsError,
     CapacityExhaustedError,
-    ConflictError,
+    ConditionFailedError,
     StaleStateError,
     ValidationError,
 )
@@ -35,19 +28,17 @@ from chalicelib.jobs.model import (
     Job,
     JobStatus,
     Transition,
-    iso,
 )
 from chalicelib.store.base import (
     IdempotencyRecord,
     JobStore,
     Page,
-    SlackUserRecord,
-    TokenRecord,
     apply_changes,
     history_from_transition,
     history_key,
     sort_key,
 )
+from chalicelib.store.edge import DynamoStore, dynamo_errors, share_botocore_loader, table_meta
 
 ALL_PK = "jobs"
 ACTIVE_PK = "active"
@@ -70,19 +61,10 @@ _PLAIN_FIELDS = (
 )
 
 
-def _conditional_failed(exc: Exception) -> bool:
-    cause = getattr(exc, "cause_response_code", None)
-    return cause == "ConditionalCheckFailedException"
-
-
 def build_models(settings: Settings) -> dict[str, type[Model]]:
     """Model classes bound to this deployment's table names and endpoint."""
 
-    class _Meta:
-        region = settings.region
-        host = settings.aws_endpoint_url
-        billing_mode = "PAY_PER_REQUEST"
-        max_retry_attempts = 5  # botocore "standard" retry mode with this many retries
+    _Meta = table_meta(settings)
 
     class OwnerIndex(GlobalSecondaryIndex):
         class Meta:
@@ -168,63 +150,6 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         native_status = UnicodeAttribute(null=True)
         attempt = NumberAttribute(default=1)
 
-    class TokenModel(Model):
-        class Meta(_Meta):
-            table_name = settings.tokens_table
-
-        token_hash = UnicodeAttribute(hash_key=True)
-        user = UnicodeAttribute()
-        admin = BooleanAttribute(default=False)
-        created_at = UTCDateTimeAttribute()
-
-    class DevVmOwnerIndex(GlobalSecondaryIndex):
-        class Meta:
-            index_name = "owner-created"
-            projection = AllProjection()
-
-        owner = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-
-    class DevVmAllIndex(GlobalSecondaryIndex):
-        class Meta:
-            index_name = "all-created"
-            projection = AllProjection()
-
-        all_pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-
-    class DevVmRunningIndex(GlobalSecondaryIndex):
-        """Sparse: only RUNNING dev VMs carry running_pk; the reaper reads nothing else."""
-
-        class Meta:
-            index_name = "running-created"
-            projection = AllProjection()
-
-        running_pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-
-    class DevVmModel(Model):
-        class Meta(_Meta):
-            table_name = settings.devvms_table
-
-        vm_id = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute()
-        owner = UnicodeAttribute()
-        all_pk = UnicodeAttribute(default=ALL_PK)
-        running_pk = UnicodeAttribute(null=True)
-        status = UnicodeAttribute()
-        spec = UnicodeAttribute()  # JSON
-        created_at = UTCDateTimeAttribute()
-        native_id = UnicodeAttribute(null=True)
-        instance_type = UnicodeAttribute(null=True)
-        started_at = UTCDateTimeAttribute(null=True)
-        stopped_at = UTCDateTimeAttribute(null=True)
-        stop_reason = UnicodeAttribute(null=True)
-
-        by_owner = DevVmOwnerIndex()
-        by_all = DevVmAllIndex()
-        running = DevVmRunningIndex()
-
     class CapacityModel(Model):
         """One item per capacity pool of the quota-aware queue: units in use."""
 
@@ -244,25 +169,11 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         created_at = UTCDateTimeAttribute()
         expires_at = NumberAttribute()  # DynamoDB TTL attribute (epoch seconds)
 
-    class SlackModel(Model):
-        """Slack state: `notified#<job_id>#<status>#<attempt>` markers and `user#<slack user id>` mappings."""
-
-        class Meta(_Meta):
-            table_name = settings.slack_table
-
-        pk = UnicodeAttribute(hash_key=True)
-        user = UnicodeAttribute(null=True)
-        created_at = UTCDateTimeAttribute()
-        expires_at = NumberAttribute(null=True)  # DynamoDB TTL attribute (epoch seconds); markers only
-
     return {
         "jobs": JobModel,
         "history": HistoryModel,
-        "tokens": TokenModel,
         "idempotency": IdempotencyModel,
         "capacity": CapacityModel,
-        "slack": SlackModel,
-        "devvms": DevVmModel,
     }
 
 
@@ -294,46 +205,17 @@ def _claims(text: str | None) -> tuple[Claim, ...]:
     return tuple(Claim.from_list(c) for c in json.loads(text)) if text else ()
 
 
-_loader_lock = threading.Lock()
-_shared_loader: list[Any] = []
-
-
-def share_botocore_loader() -> None:
-    """One botocore data loader for every pynamodb connection in this process.
-
-    pynamodb opens a botocore session per model (per thread), and each new session parses the
-    DynamoDB service description again: about 0.1-0.2 s per table on a cold Lambda, for the same
-    data. Sessions made here share one loader, so it is parsed once per container.
-    """
-    import botocore.loaders
-    import botocore.session
-    import pynamodb.connection.base as pynamodb_base
-
-    with _loader_lock:
-        if _shared_loader:
-            return
-        _shared_loader.append(botocore.loaders.create_loader())
-
-        def get_session():
-            session = botocore.session.Session()
-            session.register_component("data_loader", _shared_loader[0])
-            return session
-
-        pynamodb_base.get_session = get_session
-
-
-class DynamoJobStore(JobStore):
+class DynamoJobStore(DynamoStore, JobStore):
     IDEMPOTENCY_TTL_SECONDS = 24 * 3600
+    TTL_ATTRIBUTES = {"idempotency": "expires_at"}
 
     def __init__(self, settings: Settings) -> None:
         share_botocore_loader()
         self.models = build_models(settings)
         self.Job = self.models["jobs"]
         self.History = self.models["history"]
-        self.Token = self.models["tokens"]
         self.Idempotency = self.models["idempotency"]
         self.Capacity = self.models["capacity"]
-        self.Slack = self.models["slack"]
 
     # --- jobs ----------------------------------------------------------------------
     def _item(self, job: Job):
@@ -365,12 +247,8 @@ class DynamoJobStore(JobStore):
         )
 
     def create_job(self, job: Job, entry: HistoryEntry) -> None:
-        try:
+        with dynamo_errors(conditional=AlreadyExistsError(f"job {job.job_id} already exists")):
             self._item(job).save(condition=self.Job.job_id.does_not_exist())
-        except PutError as exc:
-            if _conditional_failed(exc):
-                raise AlreadyExistsError(f"job {job.job_id} already exists") from None
-            raise
         self._history_item(entry).save()
 
     def get_job(self, job_id: str) -> Job | None:
@@ -391,12 +269,8 @@ class DynamoJobStore(JobStore):
         J = self.Job
         actions = self._actions(fields)
         item = J(job.job_id)
-        try:
+        with dynamo_errors(conditional=StaleStateError(f"job {job.job_id} is no longer {expected.value}")):
             item.update(actions=actions, condition=(J.status == expected.value))
-        except UpdateError as exc:
-            if _conditional_failed(exc):
-                raise StaleStateError(f"job {job.job_id} is no longer {expected.value}") from None
-            raise
 
     def apply_transition(self, job: Job, transition: Transition) -> Job:
         updated = apply_changes(job, transition)
@@ -429,7 +303,7 @@ class DynamoJobStore(JobStore):
                 raise CapacityExhaustedError(claim.pool, f"{claim.pool} allows {limit}, the job needs {claim.units}")
         connection = self.Job._get_connection().connection
         try:
-            with TransactWrite(connection=connection) as tx:
+            with dynamo_errors(), TransactWrite(connection=connection) as tx:
                 tx.update(
                     self.Job(job.job_id),
                     actions=self._actions(fields),
@@ -444,10 +318,9 @@ class DynamoJobStore(JobStore):
                 for claim in transition.release:
                     tx.update(C(claim.pool), actions=[C.in_use.add(-claim.units)])
                 tx.save(self._history_item(entry))
-        except TransactWriteError as exc:
-            reasons = [getattr(r, "code", None) for r in (getattr(exc, "cancellation_reasons", None) or [])]
+        except ConditionFailedError as exc:
             # pynamodb sends puts before updates: [history put, job update, counter updates...]
-            reasons = reasons[1:]
+            reasons = exc.reasons[1:]
             if reasons and reasons[0] == "ConditionalCheckFailed":
                 raise StaleStateError(f"job {job.job_id} is no longer {transition.from_status.value}") from None
             for (claim, _limit), code in zip(transition.acquire, reasons[1:], strict=False):
@@ -486,7 +359,11 @@ class DynamoJobStore(JobStore):
                 )
             start = {k: {"S": v} for k, v in cursor.items()}
         condition = (self.Job.status == status.value) if status is not None else None
-        try:
+        invalid = ValidationError(
+            "next_token is not valid",
+            [{"field": "next_token", "message": "use the token the previous page returned"}],
+        )
+        with dynamo_errors(invalid=invalid):
             results = index.query(
                 hash_key,
                 scan_index_forward=False,
@@ -496,12 +373,6 @@ class DynamoJobStore(JobStore):
                 page_size=max(limit, 25),
             )
             jobs = [_job_from_item(item) for item in results]
-        except QueryError as exc:
-            if "ValidationException" in str(getattr(exc, "cause_response_code", "")):
-                raise ValidationError(
-                    "next_token is not valid", [{"field": "next_token", "message": str(exc)}]
-                ) from None
-            raise
         last = results.last_evaluated_key
         next_cursor = {k: v["S"] for k, v in last.items()} if last and len(jobs) == limit else None
         return Page(jobs, next_cursor)
@@ -529,80 +400,6 @@ class DynamoJobStore(JobStore):
             for i in self.History.query(job_id, scan_index_forward=True, consistent_read=True)
         ]
 
-    # --- tokens ------------------------------------------------------------------------
-    # --- dev VMs -------------------------------------------------------------------------
-    _DEVVM_FIELDS = ("owner", "created_at", "native_id", "instance_type", "started_at", "stopped_at", "stop_reason")
-
-    def _devvm(self, item):
-        from chalicelib.devvms import DevVm, DevVmStatus
-
-        return DevVm(
-            item.vm_id,
-            item.owner,
-            json.loads(item.spec),
-            DevVmStatus(item.status),
-            item.created_at,
-            **{f: getattr(item, f) for f in self._DEVVM_FIELDS if f not in ("owner", "created_at")},
-        )
-
-    def put_devvm(self, vm) -> None:
-        from chalicelib.devvms import DevVmStatus
-
-        self.models["devvms"](
-            vm.vm_id,
-            sk=f"{iso(vm.created_at)}#{vm.vm_id}",
-            status=vm.status.value,
-            spec=json.dumps(vm.spec, sort_keys=True),
-            running_pk="running" if vm.status is DevVmStatus.RUNNING else None,
-            **{f: getattr(vm, f) for f in self._DEVVM_FIELDS},
-        ).save(condition=self.models["devvms"].vm_id.does_not_exist())
-
-    def get_devvm(self, vm_id: str):
-        try:
-            return self._devvm(self.models["devvms"].get(vm_id, consistent_read=True))
-        except DoesNotExist:
-            return None
-
-    def list_devvms(self, owner):
-        M = self.models["devvms"]
-        index, key = (M.by_owner, owner) if owner else (M.by_all, ALL_PK)
-        items = index.query(key, scan_index_forward=False)
-        return [self._devvm(i) for i in items]
-
-    def update_devvm(self, vm, expected, **changes):
-        from chalicelib.devvms import DevVmStatus, with_changes
-
-        M = self.models["devvms"]
-        fields = dict(changes)
-        if "status" in fields:
-            fields["running_pk"] = "running" if fields["status"] is DevVmStatus.RUNNING else None
-        actions = []
-        for name, value in fields.items():
-            value = value.value if isinstance(value, DevVmStatus) else value
-            attr = getattr(M, name)
-            actions.append(attr.remove() if value is None else attr.set(value))
-        try:
-            M(vm.vm_id).update(actions=actions, condition=(M.status == expected.value))
-        except UpdateError as exc:
-            if _conditional_failed(exc):
-                raise ConflictError(f"instance {vm.vm_id} is no longer {expected.value}") from None
-            raise
-        return with_changes(vm, **changes)
-
-    def iter_running_devvms(self):
-        for item in self.models["devvms"].running.query("running"):
-            yield self._devvm(item)
-
-    def put_token(self, record: TokenRecord) -> None:
-        self.Token(record.token_hash, user=record.user, admin=record.admin, created_at=record.created_at).save()
-
-    def get_token(self, token_hash: str) -> TokenRecord | None:
-        try:
-            item = self.Token.get(token_hash)
-        except DoesNotExist:
-            return None
-        return TokenRecord(item.token_hash, item.user, bool(item.admin), item.created_at)
-
     # --- idempotency -------------------------------------------------------------------
     def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
         pk = json.dumps([record.owner, record.key])
@@ -614,52 +411,14 @@ class DynamoJobStore(JobStore):
             expires_at=int(record.created_at.timestamp()) + self.IDEMPOTENCY_TTL_SECONDS,
         )
         try:
-            item.save(condition=self.Idempotency.pk.does_not_exist())
+            with dynamo_errors():
+                item.save(condition=self.Idempotency.pk.does_not_exist())
             return record
-        except PutError as exc:
-            if not _conditional_failed(exc):
-                raise
+        except ConditionFailedError:
+            pass  # the key is taken: answer with the record that holds it
         existing = self.Idempotency.get(pk, consistent_read=True)
         return IdempotencyRecord(record.owner, record.key, existing.job_id, existing.request_hash, existing.created_at)
-
-    # --- Slack ------------------------------------------------------------------------
-    NOTIFIED_TTL_SECONDS = 30 * 24 * 3600  # stream records live 24 hours; markers outlive any re-delivery
-
-    def claim_notification(self, key: str, at: datetime) -> bool:
-        item = self.Slack(f"notified#{key}", created_at=at, expires_at=int(at.timestamp()) + self.NOTIFIED_TTL_SECONDS)
-        try:
-            item.save(condition=self.Slack.pk.does_not_exist())
-        except PutError as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
-
-    def put_slack_user(self, record: SlackUserRecord) -> None:
-        self.Slack(f"user#{record.slack_user_id}", user=record.user, created_at=record.created_at).save()
-
-    def get_slack_user(self, slack_user_id: str) -> SlackUserRecord | None:
-        try:
-            item = self.Slack.get(f"user#{slack_user_id}")
-        except DoesNotExist:
-            return None
-        return SlackUserRecord(slack_user_id, item.user, item.created_at)
-
-    def delete_slack_user(self, slack_user_id: str) -> bool:
-        try:
-            self.Slack(f"user#{slack_user_id}").delete(condition=self.Slack.pk.exists())
-        except DeleteError as exc:
-            if _conditional_failed(exc):
-                return False
-            raise
-        return True
 
     def job_from_image(self, image: dict[str, Any]) -> Job:
         """A job from a DynamoDB stream image of the jobs table (attribute-value JSON, as Lambda gets it)."""
         return _job_from_item(self.Job.from_raw_data(image))
-
-    # --- lifecycle ---------------------------------------------------------------------
-    def create_tables(self) -> None:
-        for model in self.models.values():
-            if not model.exists():
-                model.create_table(wait=True, billing_mode="PAY_PER_REQUEST")

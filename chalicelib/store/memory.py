@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from datetime import datetime
 
 from chalicelib.errors import (
     AlreadyExistsError,
     CapacityExhaustedError,
-    ConflictError,
     StaleStateError,
     ValidationError,
 )
@@ -18,8 +16,6 @@ from chalicelib.store.base import (
     IdempotencyRecord,
     JobStore,
     Page,
-    SlackUserRecord,
-    TokenRecord,
     apply_changes,
     history_from_transition,
     history_key,
@@ -32,12 +28,8 @@ class InMemoryJobStore(JobStore):
         self._lock = threading.Lock()
         self._jobs: dict[str, Job] = {}
         self._history: dict[str, dict[str, HistoryEntry]] = {}
-        self._tokens: dict[str, TokenRecord] = {}
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._capacity: dict[str, int] = {}
-        self._devvms: dict = {}
-        self._notified: dict[str, datetime] = {}
-        self._slack_users: dict[str, SlackUserRecord] = {}
 
     def create_job(self, job: Job, entry: HistoryEntry) -> None:
         with self._lock:
@@ -115,54 +107,6 @@ class InMemoryJobStore(JobStore):
         entries = self._history.get(job_id, {})
         return [entries[k] for k in sorted(entries)]
 
-    def put_devvm(self, vm) -> None:
-        self._devvms[vm.vm_id] = vm
-
-    def get_devvm(self, vm_id: str):
-        return self._devvms.get(vm_id)
-
-    def list_devvms(self, owner):
-        vms = [v for v in self._devvms.values() if owner is None or v.owner == owner]
-        return sorted(vms, key=lambda v: (v.created_at, v.vm_id), reverse=True)
-
-    def update_devvm(self, vm, expected, **changes):
-        from chalicelib.devvms import with_changes
-
-        with self._lock:
-            current = self._devvms.get(vm.vm_id)
-            if current is None or current.status is not expected:
-                raise ConflictError(f"instance {vm.vm_id} is no longer {expected.value}")
-            updated = with_changes(current, **changes)
-            self._devvms[vm.vm_id] = updated
-            return updated
-
-    def iter_running_devvms(self):
-        from chalicelib.devvms import DevVmStatus
-
-        return iter([v for v in list(self._devvms.values()) if v.status is DevVmStatus.RUNNING])
-
-    def put_token(self, record: TokenRecord) -> None:
-        self._tokens[record.token_hash] = record
-
-    def get_token(self, token_hash: str) -> TokenRecord | None:
-        return self._tokens.get(token_hash)
-
     def claim_idempotency_key(self, record: IdempotencyRecord) -> IdempotencyRecord:
         with self._lock:
             return self._idempotency.setdefault((record.owner, record.key), record)
-
-    def claim_notification(self, key: str, at: datetime) -> bool:
-        with self._lock:
-            if key in self._notified:
-                return False
-            self._notified[key] = at
-            return True
-
-    def put_slack_user(self, record: SlackUserRecord) -> None:
-        self._slack_users[record.slack_user_id] = record
-
-    def get_slack_user(self, slack_user_id: str) -> SlackUserRecord | None:
-        return self._slack_users.get(slack_user_id)
-
-    def delete_slack_user(self, slack_user_id: str) -> bool:
-        return self._slack_users.pop(slack_user_id, None) is not None

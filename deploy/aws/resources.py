@@ -25,7 +25,6 @@ TF_NAMES = {
     "capacity": "capacity",
     "slack": "slack",
 }
-TTL_ATTRIBUTES = {"idempotency": "expires_at"}
 
 
 def stage_settings(stage: str):
@@ -37,7 +36,7 @@ def stage_settings(stage: str):
     return Settings.from_env(env), env
 
 
-def table_resource(name: str, model) -> dict:
+def table_resource(model, ttl_attribute: str | None = None) -> dict:
     schema = model._get_schema()
     keys = {k["KeyType"]: k["AttributeName"] for k in schema["key_schema"]}
     table = {
@@ -71,17 +70,21 @@ def table_resource(name: str, model) -> dict:
     if stream:
         table["stream_enabled"] = True
         table["stream_view_type"] = stream
-    if name in TTL_ATTRIBUTES:
-        table["ttl"] = {"attribute_name": TTL_ATTRIBUTES[name], "enabled": True}
+    if ttl_attribute:
+        table["ttl"] = {"attribute_name": ttl_attribute, "enabled": True}
     return table
 
 
 def extra_resources(stage: str) -> dict:
     from chalicelib.config import deploy_constants
-    from chalicelib.store.dynamo import build_models
+    from chalicelib.store.tables import dynamo_stores
 
     settings, env = stage_settings(stage)
-    tables = {TF_NAMES.get(name, name): table_resource(name, model) for name, model in build_models(settings).items()}
+    tables = {
+        TF_NAMES.get(name, name): table_resource(model, store.TTL_ATTRIBUTES.get(name))
+        for store in dynamo_stores(settings).values()
+        for name, model in store.models.items()
+    }
     bucket = deploy_constants(env)["upload_bucket"]
     secrets = {}
     for var in sorted(k for k in env if k.startswith("JOBPLANE_SLACK_") and k.endswith("_SECRET")):

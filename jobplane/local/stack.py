@@ -88,14 +88,13 @@ class LocalStack:
 
         deps.reset()
         settings = deps.get_settings()
-        store = deps.get_store()
-        store.create_tables()
+        deps.create_tables()
         self._provision(aws, f"http://{self.host}:{slack.server_address[1]}/services/T000/B000/local")
         import app as app_module
 
         self.app = app_module.app
         self._start_api()
-        admin_token = create_token(store, "local-admin", admin=True)
+        admin_token = create_token(deps.get_token_store(), "local-admin", admin=True)
         self._spawn("reconcile-schedule", self._schedule_loop)
         self._spawn("dynamodb-stream", self._stream_loop, settings.jobs_table)
         self._spawn("s3-notifications", self._sqs_loop)

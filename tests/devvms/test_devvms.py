@@ -10,7 +10,7 @@ import pytest
 from chalicelib.backends.base import Utilization
 from chalicelib.devvms import DevVm, DevVmStatus, decide_devvm
 from chalicelib.jobs.model import utcnow
-from tests.conftest import ApiClient, make_settings
+from tests.conftest import ApiClient, make_settings, make_stores, use_stores
 
 NOW = utcnow()
 
@@ -60,7 +60,6 @@ def ec2_api(tmp_path, moto_endpoint):
 
     from chalicelib import deps
     from chalicelib.jobs.service import JobService
-    from chalicelib.store.dynamo import DynamoJobStore
 
     ec2 = boto3.client("ec2", region_name="us-east-1", endpoint_url=moto_endpoint)
     ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
@@ -74,14 +73,12 @@ def ec2_api(tmp_path, moto_endpoint):
         JOBPLANE_EC2_AMI=ami,
         JOBPLANE_EC2_INSTANCE_PROFILE=profile,
     )
-    store = DynamoJobStore(settings)
-    store.create_tables()
-    deps.reset()
-    deps.override(settings=settings, store=store, service=JobService(store, settings))
+    stores = make_stores(settings)
+    use_stores(settings, stores, service=JobService(stores["jobs"], settings))
     import app as app_module
 
     with Client(app_module.app) as client:
-        api = ApiClient(client, store)
+        api = ApiClient(client, stores)
         api.ec2 = ec2
         api.cloudwatch = boto3.client("cloudwatch", region_name="us-east-1", endpoint_url=moto_endpoint)
         yield api
@@ -195,7 +192,7 @@ def _backdate(vm: dict, minutes: int) -> None:
     """Pretend the VM started `minutes` ago."""
     from chalicelib import deps
 
-    store = deps.get_store()
+    store = deps.get_devvm_store()
     record = store.get_devvm(vm["vm_id"])
     store.update_devvm(record, DevVmStatus.RUNNING, started_at=utcnow() - timedelta(minutes=minutes))
 

@@ -138,3 +138,11 @@ def failed(**changes) -> Job:
     }
     base.update(changes)
     return finished(**base)
+
+
+@pytest.fixture
+def slack_store():
+    """The in-memory Slack store (user mappings and notification markers)."""
+    from chalicelib.store.slack import InMemorySlackStore
+
+    return InMemorySlackStore()

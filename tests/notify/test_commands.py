@@ -19,7 +19,7 @@ from chalicelib.jobs.spec import parse_spec
 from chalicelib.notify import commands
 from chalicelib.notify.invoke import ThreadInvoker
 from chalicelib.notify.users import map_slack_user
-from tests.conftest import make_settings
+from tests.conftest import make_settings, make_stores, use_stores
 
 # Slack's published example ("Verifying requests from Slack").
 DOC_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -109,8 +109,6 @@ class SlackApp:
 @pytest.fixture(scope="module")
 def slack_env(tmp_path_factory, moto_endpoint):
     """Settings, tables and the signing secret, made once per module (tables take a second to create)."""
-    from chalicelib.store.dynamo import DynamoJobStore
-
     secret_name = f"jobplane/test/{uuid.uuid4().hex}/slack-signing-secret"
     boto3.client("secretsmanager", region_name="us-east-1", endpoint_url=moto_endpoint).create_secret(
         Name=secret_name, SecretString=SECRET
@@ -122,9 +120,7 @@ def slack_env(tmp_path_factory, moto_endpoint):
         JOBPLANE_SLACK_ASYNC="thread",
         JOBPLANE_SLACK_SEND_BUDGET_SECONDS="2",
     )
-    store = DynamoJobStore(settings)
-    store.create_tables()
-    return settings, store
+    return settings, make_stores(settings)
 
 
 @pytest.fixture
@@ -135,14 +131,14 @@ def slack_app(slack_env, slack):
     from chalicelib import deps
     from chalicelib.jobs.service import JobService
 
-    settings, store = slack_env
+    settings, stores = slack_env
+    store = stores["jobs"]
     backend = InstantBackend(settings)
     service = JobService(store, settings, backend_factory=lambda *_: backend)
     invoker = ThreadInvoker(deps.run_slack_worker)
-    deps.reset()
-    deps.override(settings=settings, store=store, service=service, slack_invoker=invoker)
+    use_stores(settings, stores, service=service, slack_invoker=invoker)
     user = f"rr-{uuid.uuid4().hex[:8]}"
-    map_slack_user(store, "U2CERLKJA", user)
+    map_slack_user(stores["slack"], "U2CERLKJA", user)
     import app as app_module
 
     with Client(app_module.app) as client:
@@ -354,15 +350,15 @@ def test_a_command_that_cannot_be_started_is_answered_not_crashed(slack_env, cap
         def invoke(self, payload):
             raise RuntimeError("AccessDeniedException: lambda:InvokeFunction")
 
-    settings, store = slack_env
-    map_slack_user(store, "U0BROKEN1", "broken-user")
+    settings, stores = slack_env
+    map_slack_user(stores["slack"], "U0BROKEN1", "broken-user")
     body = urlencode({"user_id": "U0BROKEN1", "text": "cancel abc", "response_url": "https://hooks.slack.com/c/1"})
     ts = "1700000000"
     status, answer = commands.handle_slash_command(
         body.encode(),
         sign(body, ts),
         signing_secret=SECRET,
-        store=store,
+        store=stores["slack"],
         service=None,
         settings=settings,
         invoker=Broken(),

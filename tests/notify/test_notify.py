@@ -73,13 +73,13 @@ def lifecycle(codec):
     ]
 
 
-def notifier(memory_store, settings, codec, slack, bot_token=None, webhook=WEBHOOK):
+def notifier(slack_store, settings, codec, slack, bot_token=None, webhook=WEBHOOK):
     url = f"{slack.url}{webhook}" if webhook else None
-    return Notifier(memory_store, settings, codec.job_from_image, url, bot_token)
+    return Notifier(slack_store, settings, codec.job_from_image, url, bot_token)
 
 
-def test_can_post_each_transition_once_with_the_exact_json(memory_store, settings, codec, slack):
-    results = notifier(memory_store, settings, codec, slack).handle(lifecycle(codec))
+def test_can_post_each_transition_once_with_the_exact_json(slack_store, settings, codec, slack):
+    results = notifier(slack_store, settings, codec, slack).handle(lifecycle(codec))
     assert [(r["status"], r["outcome"]) for r in results] == [("RUNNING", "sent"), ("SUCCEEDED", "sent")]
     assert {type(r["outcome"]) for r in results} == {str}  # the handler's JSON, not enum members
     assert [r["outcome"] for r in results] == [NotifyOutcome.SENT.value] * 2
@@ -116,28 +116,28 @@ def test_can_post_each_transition_once_with_the_exact_json(memory_store, setting
     assert started == build_message(make_job(), Kind.STARTED, "us-east-1")
 
 
-def test_a_redelivered_batch_posts_nothing_twice(memory_store, settings, codec, slack):
+def test_a_redelivered_batch_posts_nothing_twice(slack_store, settings, codec, slack):
     batch = lifecycle(codec)
-    notifier(memory_store, settings, codec, slack).handle(batch)
-    again = notifier(memory_store, settings, codec, slack).handle(batch)
+    notifier(slack_store, settings, codec, slack).handle(batch)
+    again = notifier(slack_store, settings, codec, slack).handle(batch)
     assert [r["outcome"] for r in again] == ["duplicate", "duplicate"]
     assert len(slack.bodies(WEBHOOK)) == 2
 
 
-def test_a_retry_and_its_second_start_are_separate_messages(memory_store, settings, codec, slack):
+def test_a_retry_and_its_second_start_are_separate_messages(slack_store, settings, codec, slack):
     running1 = make_job()
     queued2 = make_job(status=JobStatus.QUEUED, attempt=2, native_id=None, started_at=None)
     running2 = make_job(attempt=2, native_id=f"jp-{JOB_ID}-a2")
     batch = [record(codec, queued2, running1, seq=5), record(codec, running2, queued2, seq=6)]
-    results = notifier(memory_store, settings, codec, slack).handle(batch)
+    results = notifier(slack_store, settings, codec, slack).handle(batch)
     outcomes = [(r["kind"], r["attempt"], r["outcome"]) for r in results]
     assert outcomes == [("retrying", 2, "sent"), ("started", 2, "sent")]
 
 
-def test_with_a_bot_token_posts_to_the_jobs_channel(memory_store, settings, codec, slack):
+def test_with_a_bot_token_posts_to_the_jobs_channel(slack_store, settings, codec, slack):
     job = failed(spec={"notify": {"slack_channel": "#ml-jobs"}})
     batch = [record(codec, job, make_job(spec={"notify": {"slack_channel": "#ml-jobs"}}))]
-    results = notifier(memory_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
+    results = notifier(slack_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
     assert results[0]["outcome"] == "sent"
     assert slack.bodies(WEBHOOK) == []
     (request,) = [r for r in slack.requests if r["path"] == "/api/chat.postMessage"]
@@ -145,24 +145,24 @@ def test_with_a_bot_token_posts_to_the_jobs_channel(memory_store, settings, code
     assert request["body"] == {"channel": "#ml-jobs", **build_message(job, Kind.FAILED, "us-east-1")}
 
 
-def test_with_a_bot_token_a_job_without_channel_goes_to_the_webhook(memory_store, settings, codec, slack):
+def test_with_a_bot_token_a_job_without_channel_goes_to_the_webhook(slack_store, settings, codec, slack):
     batch = [record(codec, finished(), make_job())]
-    notifier(memory_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
+    notifier(slack_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
     assert slack.bodies(WEBHOOK) == [build_message(finished(), Kind.SUCCEEDED, "us-east-1")]
 
 
-def test_with_no_destination_nothing_is_claimed(memory_store, settings, codec, slack):
+def test_with_no_destination_nothing_is_claimed(slack_store, settings, codec, slack):
     batch = [record(codec, finished(), make_job())]
-    results = notifier(memory_store, settings, codec, slack, webhook=None).handle(batch)
+    results = notifier(slack_store, settings, codec, slack, webhook=None).handle(batch)
     assert results[0]["outcome"] == "no_destination"
-    assert memory_store.claim_notification(f"{JOB_ID}#SUCCEEDED#1", finished().created_at) is True
+    assert slack_store.claim_notification(f"{JOB_ID}#SUCCEEDED#1", finished().created_at) is True
 
 
-def test_slack_answering_500_is_retried_then_given_up_with_a_log_line(memory_store, settings, codec, slack, caplog):
+def test_slack_answering_500_is_retried_then_given_up_with_a_log_line(slack_store, settings, codec, slack, caplog):
     slack.script(WEBHOOK, *[(500, b"internal_error", {})] * 10)
     caplog.set_level(logging.WARNING, "jobplane.notify")
     start = time.monotonic()
-    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
     assert time.monotonic() - start < 1.5
     assert results[0]["outcome"] == "failed"
     assert results[0]["tries"] == 2  # at 0 s and after 0.5 s; the next backoff (1 s) passes the 1 s budget
@@ -171,12 +171,12 @@ def test_slack_answering_500_is_retried_then_given_up_with_a_log_line(memory_sto
     assert f"Slack message for job {JOB_ID} (succeeded, attempt 1) not sent to webhook" in caplog.text
 
 
-def test_slack_refusing_connections_never_raises(memory_store, settings, codec, caplog):
+def test_slack_refusing_connections_never_raises(slack_store, settings, codec, caplog):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     caplog.set_level(logging.WARNING, "jobplane.notify")
-    n = Notifier(memory_store, settings, codec.job_from_image, f"http://127.0.0.1:{port}{WEBHOOK}")
+    n = Notifier(slack_store, settings, codec.job_from_image, f"http://127.0.0.1:{port}{WEBHOOK}")
     start = time.monotonic()
     results = n.handle(lifecycle(codec))
     assert time.monotonic() - start < 1.5
@@ -185,43 +185,43 @@ def test_slack_refusing_connections_never_raises(memory_store, settings, codec, 
     assert caplog.text.count("not sent to webhook") == 2
 
 
-def test_a_slow_slack_is_abandoned_within_the_budget(memory_store, settings, codec, slack):
+def test_a_slow_slack_is_abandoned_within_the_budget(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (200, b"ok", {}, 3.0))
     start = time.monotonic()
-    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
     assert time.monotonic() - start < 1.6
     assert results[0]["outcome"] == "failed"
     assert "timed out" in results[0]["detail"]
 
 
-def test_a_rate_limit_is_waited_out_when_there_is_time(memory_store, settings, codec, slack):
+def test_a_rate_limit_is_waited_out_when_there_is_time(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (429, b"rate_limited", {"Retry-After": "0"}))
-    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
     assert (results[0]["outcome"], results[0]["tries"]) == ("sent", 2)
     assert slack.bodies(WEBHOOK) == [build_message(finished(), Kind.SUCCEEDED, "us-east-1")] * 2
 
 
-def test_a_permanent_error_is_not_retried(memory_store, settings, codec, slack):
+def test_a_permanent_error_is_not_retried(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (404, b"no_service", {}))
-    results = notifier(memory_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
     assert (results[0]["outcome"], results[0]["tries"], results[0]["detail"]) == ("failed", 1, "HTTP 404: no_service")
 
 
-def test_a_channel_the_bot_cannot_post_to_is_not_retried(memory_store, settings, codec, slack):
+def test_a_channel_the_bot_cannot_post_to_is_not_retried(slack_store, settings, codec, slack):
     slack.script("/api/chat.postMessage", (200, {"ok": False, "error": "channel_not_found"}, {}))
     job = finished(spec={"notify": {"slack_channel": "#nowhere"}})
-    bot = notifier(memory_store, settings, codec, slack, bot_token="xoxb-t")
+    bot = notifier(slack_store, settings, codec, slack, bot_token="xoxb-t")
     results = bot.handle([record(codec, job, make_job())])
     assert (results[0]["outcome"], results[0]["tries"]) == ("failed", 1)
     assert results[0]["detail"] == "HTTP 200: channel_not_found"
 
 
-def test_unreadable_and_uninteresting_records_do_not_stop_the_batch(memory_store, settings, codec, slack):
+def test_unreadable_and_uninteresting_records_do_not_stop_the_batch(slack_store, settings, codec, slack):
     broken = record(codec, finished(), make_job(), seq=7)
     broken["dynamodb"]["NewImage"]["attempt"] = {"S": "not a number"}
     removed = record(codec, finished(), make_job(), seq=8, event_name="REMOVE")
     good = record(codec, finished(), make_job(), seq=9)
-    results = notifier(memory_store, settings, codec, slack).handle([broken, removed, good])
+    results = notifier(slack_store, settings, codec, slack).handle([broken, removed, good])
     assert [r["outcome"] for r in results] == ["unreadable", "sent"]
 
 

@@ -20,7 +20,7 @@ from chalicelib.notify.invoke import LambdaInvoker, ThreadInvoker, invoker_for
 from chalicelib.notify.messages import Kind, build_message
 from chalicelib.notify.users import map_slack_user, principal_for, unmap_slack_user
 from chalicelib.templates import render, template_names
-from tests.conftest import make_settings
+from tests.conftest import make_settings, make_stores, use_stores
 
 from .test_commands import InstantBackend
 
@@ -77,13 +77,12 @@ def test_the_notify_function_posts_from_the_real_stream_once(tmp_path, moto_endp
     from chalice.test import Client
 
     from chalicelib.jobs.service import JobService
-    from chalicelib.store.dynamo import DynamoJobStore
 
     name = f"jobplane/test/{uuid.uuid4().hex}/webhook"
     _aws("secretsmanager", moto_endpoint).create_secret(Name=name, SecretString=f"{slack.url}{WEBHOOK}")
     settings = make_settings(tmp_path, moto_endpoint, JOBPLANE_SLACK_WEBHOOK_SECRET=name)
-    store = DynamoJobStore(settings)
-    store.create_tables()
+    stores = make_stores(settings)
+    store = stores["jobs"]
     backend = InstantBackend(settings)
     service = JobService(store, settings, backend_factory=lambda *_: backend)
     job, _ = service.submit(Principal("alice"), parse_spec({"name": "train", "backend": "local", "command": ["true"]}))
@@ -92,8 +91,7 @@ def test_the_notify_function_posts_from_the_real_stream_once(tmp_path, moto_endp
     event = {"Records": _stream_records(moto_endpoint, settings.jobs_table)}
     assert [r["eventName"] for r in event["Records"]] == ["INSERT", "MODIFY", "MODIFY", "MODIFY"]
 
-    deps.reset()
-    deps.override(settings=settings, store=store, service=service)
+    use_stores(settings, stores, service=service)
     import app as app_module
 
     try:
@@ -139,18 +137,18 @@ def test_the_invoker_follows_the_settings(tmp_path):
 
 
 # --- the user mapping (what `jobplane slack map` calls) -------------------------------------------
-def test_can_map_a_slack_user_and_act_as_a_non_admin(memory_store):
-    record = map_slack_user(memory_store, "U2CERLKJA", "alice")
+def test_can_map_a_slack_user_and_act_as_a_non_admin(slack_store):
+    record = map_slack_user(slack_store, "U2CERLKJA", "alice")
     assert (record.slack_user_id, record.user) == ("U2CERLKJA", "alice")
-    assert principal_for(memory_store, "U2CERLKJA") == Principal("alice", admin=False)
-    assert unmap_slack_user(memory_store, "U2CERLKJA") is True
-    assert principal_for(memory_store, "U2CERLKJA") is None
+    assert principal_for(slack_store, "U2CERLKJA") == Principal("alice", admin=False)
+    assert unmap_slack_user(slack_store, "U2CERLKJA") is True
+    assert principal_for(slack_store, "U2CERLKJA") is None
 
 
 @pytest.mark.parametrize(("slack_user", "user"), [("u2cerlkja", "alice"), ("T1DC2JH3J", "alice"), ("U2C", "Alice")])
-def test_a_mapping_needs_a_member_id_and_a_valid_user(memory_store, slack_user, user):
+def test_a_mapping_needs_a_member_id_and_a_valid_user(slack_store, slack_user, user):
     with pytest.raises(ValidationError):
-        map_slack_user(memory_store, slack_user, user)
+        map_slack_user(slack_store, slack_user, user)
 
 
 # --- templates ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from chalicelib.errors import AlreadyExistsError, StaleStateError
 from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, Transition
-from chalicelib.store.base import IdempotencyRecord, TokenRecord
+from chalicelib.store.base import IdempotencyRecord
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -264,14 +264,7 @@ def test_jobs_created_in_the_same_instant_page_without_loss(store):
     assert len(seen) == 6
 
 
-# --- tokens and idempotency keys ------------------------------------------------------
-
-
-def test_tokens_are_stored_by_hash(store):
-    record = TokenRecord("a" * 64, "alice", True, T0)
-    store.put_token(record)
-    assert store.get_token("a" * 64) == record
-    assert store.get_token("b" * 64) is None
+# --- idempotency keys -----------------------------------------------------------------
 
 
 def test_the_first_idempotency_claim_wins_and_is_returned_to_later_claims(store):

@@ -1,12 +1,25 @@
-"""The Slack store methods (notification markers, user mapping) against both stores."""
+"""The Slack store contract (notification markers, user mappings) on DynamoDB (moto) and in memory."""
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 
-from chalicelib.store.base import SlackUserRecord
+import pytest
+
+from chalicelib.store.slack import DynamoSlackStore, InMemorySlackStore, SlackUserRecord
+from tests.conftest import make_settings
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["dynamo", "memory"])
+def store(request, tmp_path):
+    if request.param == "memory":
+        return InMemorySlackStore()
+    store = DynamoSlackStore(make_settings(tmp_path, request.getfixturevalue("moto_endpoint")))
+    store.create_tables()
+    return store
 
 
 def test_can_claim_a_notification_once(store):
@@ -31,3 +44,22 @@ def test_a_mapping_is_not_a_marker(store):
     store.put_slack_user(SlackUserRecord("U1", "alice", AT))
     assert store.claim_notification("U1", AT) is True
     assert store.get_slack_user("U1").user == "alice"
+
+
+def test_ten_threads_claiming_one_marker_have_exactly_one_winner(store):
+    barrier = threading.Barrier(10)
+    results: list[bool] = []
+    lock = threading.Lock()
+
+    def worker():
+        barrier.wait()
+        claimed = store.claim_notification("b" * 32 + "#RUNNING#1", AT)
+        with lock:
+            results.append(claimed)
+
+    threads = [threading.Thread(target=worker) for _ in range(10)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] * 9 + [True]

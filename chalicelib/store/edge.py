@@ -1,0 +1,176 @@
+"""What every DynamoDB store shares: one translation of pynamodb/botocore errors, one botocore loader, table setup."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from chalicelib.errors import ConditionFailedError, JobplaneError, StoreError
+
+# pynamodb and botocore are imported where used: a store's interface and in-memory twin (and so
+# auth, the notifier, the service) load without them.
+if TYPE_CHECKING:
+    from pynamodb.models import Model
+
+    from chalicelib.config import Settings
+
+CONDITION_FAILED = "ConditionalCheckFailedException"
+TRANSACTION_CANCELLED = "TransactionCanceledException"
+# Codes after which the same request may succeed: throttling, transient server faults, a concurrent transaction.
+# The last three are the per-item reasons of a cancelled transaction.
+RETRYABLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "InternalServerError",
+        "ServiceUnavailable",
+        "TransactionConflictException",
+        "TransactionInProgressException",
+        "TransactionConflict",
+        "ThrottlingError",
+        "ProvisionedThroughputExceeded",
+    }
+)
+
+
+def translate(exc: Exception) -> Exception:
+    """The chalicelib.errors type for a pynamodb or botocore error (any other exception is returned as is)."""
+    import botocore.exceptions as boto
+    from pynamodb.exceptions import PynamoDBException
+
+    if isinstance(exc, PynamoDBException):
+        cause = exc.cause
+    elif isinstance(exc, (boto.BotoCoreError, boto.ClientError)):
+        cause = exc
+    else:
+        return exc
+    code = cause.response.get("Error", {}).get("Code") if isinstance(cause, boto.ClientError) else None
+    message = f"DynamoDB: {exc}"
+    if code == CONDITION_FAILED:
+        return ConditionFailedError(message)
+    if code == TRANSACTION_CANCELLED:
+        reasons = tuple(r.code if r else None for r in getattr(exc, "cancellation_reasons", None) or ())
+        if "ConditionalCheckFailed" in reasons:
+            return ConditionFailedError(message, reasons)
+        return StoreError(message, code=code, retryable=bool(RETRYABLE_CODES.intersection(reasons)))
+    if code is not None:
+        return StoreError(message, code=code, retryable=code in RETRYABLE_CODES)
+    # No code: DynamoDB was never reached (refused, reset, timed out: retryable) or the SDK itself refused.
+    return StoreError(message, retryable=isinstance(cause, (boto.ConnectionError, boto.HTTPClientError)))
+
+
+@contextmanager
+def dynamo_errors(*, conditional: JobplaneError | None = None, invalid: JobplaneError | None = None) -> Iterator[None]:
+    """Raise pynamodb/botocore errors from the block as chalicelib.errors types.
+
+    `conditional` replaces the ConditionFailedError of a failed condition and `invalid` the StoreError of a
+    request DynamoDB found malformed (ValidationException), for the methods where those have a meaning.
+    """
+    try:
+        yield
+    except Exception as exc:
+        error = translate(exc)
+        if error is exc:
+            raise
+        if conditional is not None and isinstance(error, ConditionFailedError):
+            raise conditional from None
+        if invalid is not None and isinstance(error, StoreError) and error.code == "ValidationException":
+            raise invalid from None
+        raise error from exc
+
+
+def _translated(method: Callable[..., Any]) -> Callable[..., Any]:
+    if inspect.isgeneratorfunction(method):
+
+        @functools.wraps(method)
+        def generator(*args, **kwargs):
+            with dynamo_errors():
+                yield from method(*args, **kwargs)
+
+        return generator
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        with dynamo_errors():
+            return method(*args, **kwargs)
+
+    return call
+
+
+class DynamoStore:
+    """Base of the DynamoDB stores: every public method a subclass defines is wrapped in `dynamo_errors()`,
+    so no pynamodb or botocore exception leaves a store; a method adds its own `dynamo_errors(conditional=...)`
+    where a failed condition has a meaning."""
+
+    models: dict[str, type[Model]]
+    # Model name -> its DynamoDB TTL attribute (epoch seconds), for deploy/aws/resources.py.
+    TTL_ATTRIBUTES: dict[str, str] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name, member in list(vars(cls).items()):
+            if not name.startswith("_") and inspect.isfunction(member):
+                setattr(cls, name, _translated(member))
+
+    def create_tables(self) -> None:
+        """Create whatever tables of this store are missing (tests, the local stack)."""
+        with dynamo_errors():
+            for model in self.models.values():
+                if not model.exists():
+                    model.create_table(wait=True, billing_mode="PAY_PER_REQUEST")
+
+
+def get_or_none(model: type[Model], hash_key: str, **kwargs: Any) -> Any:
+    """The item with this key, or None (pynamodb's DoesNotExist stays here)."""
+    from pynamodb.exceptions import DoesNotExist
+
+    try:
+        return model.get(hash_key, **kwargs)
+    except DoesNotExist:
+        return None
+
+
+def table_meta(settings: Settings) -> type:
+    """The Meta every model's own Meta extends: this deployment's region and endpoint, on-demand billing."""
+
+    class Meta:
+        region = settings.region
+        host = settings.aws_endpoint_url
+        billing_mode = "PAY_PER_REQUEST"
+        max_retry_attempts = 5  # botocore "standard" retry mode with this many retries
+
+    return Meta
+
+
+_loader_lock = threading.Lock()
+_shared_loader: list[Any] = []
+
+
+def share_botocore_loader() -> None:
+    """One botocore data loader for every pynamodb connection in this process.
+
+    pynamodb opens a botocore session per model (per thread), and each new session parses the
+    DynamoDB service description again: about 0.1-0.2 s per table on a cold Lambda, for the same
+    data. Sessions made here share one loader, so it is parsed once per container.
+    """
+    import botocore.loaders
+    import botocore.session
+    import pynamodb.connection.base as pynamodb_base
+
+    with _loader_lock:
+        if _shared_loader:
+            return
+        _shared_loader.append(botocore.loaders.create_loader())
+
+        def get_session():
+            session = botocore.session.Session()
+            session.register_component("data_loader", _shared_loader[0])
+            return session
+
+        pynamodb_base.get_session = get_session
