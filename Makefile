@@ -33,11 +33,13 @@ test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
 # Deployable artifacts: Chalice's Terraform (functions, API, event rules, S3 notification, stream
-# mapping) plus the tables, bucket and secrets it does not create. Then: cd build/package && terraform apply
+# mapping, the dependency layer) made current, plus the tables, bucket and secrets it does not create.
+# Then: cd build/package && terraform init && terraform plan -out=tfplan && terraform apply tfplan
+PACKAGE_DIR ?= build/package
 package: $(STAMP)
-	rm -rf build/package
-	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --pkg-format terraform --stage $(STAGE) build/package
-	$(PY) deploy/aws/resources.py --stage $(STAGE) build/package
+	rm -rf $(PACKAGE_DIR)
+	AWS_DEFAULT_REGION=$${AWS_DEFAULT_REGION:-us-east-1} $(VENV)/bin/chalice package --pkg-format terraform --stage $(STAGE) $(PACKAGE_DIR)
+	$(PY) deploy/aws/resources.py --stage $(STAGE) $(PACKAGE_DIR)
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from jobplane import __version__
 from jobplane.client import ApiError, Client
 from jobplane.local.state import read_state, state_dir
 
@@ -324,6 +325,7 @@ def cmd_local_invoke(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobplane", description="Serverless control plane for ML training jobs")
+    parser.add_argument("--version", action="version", version=f"jobplane {__version__}")
     parser.add_argument("--api", help="API address (default: $JOBPLANE_API, else the running local stack)")
     parser.add_argument("--token", help="bearer token (default: $JOBPLANE_TOKEN, else the local stack's admin)")
     parser.add_argument("--local-dir", help="local stack state folder (default: $JOBPLANE_LOCAL_DIR or .jobplane)")

@@ -1,8 +1,10 @@
-"""Add to Chalice's Terraform output the resources Chalice does not create.
+"""Post-process `chalice package --pkg-format terraform`: add the resources Chalice does not create.
 
 DynamoDB tables (from the same pynamodb models the code uses, so they cannot drift), the jobs
 stream wired to the `notify` function, the upload bucket, and the Secrets Manager entries whose
-names the stage's settings carry (their values are put by an operator, never by this script).
+names the stage's settings carry (their values are put by an operator, never by this script). It also
+brings Chalice's Terraform to current Terraform and AWS provider versions (`terraform.py`) and drops
+from the dependency layer the AWS SDK the Lambda runtime ships (`layer.py`).
 
     python deploy/aws/resources.py --stage dev build/package
 """
@@ -16,6 +18,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+from deploy.aws import layer, terraform  # noqa: E402  (run as a script: the repository root is on sys.path above)
 
 TF_NAMES = {
     "jobs": "jobs",
@@ -139,9 +143,18 @@ def main(argv: list[str] | None = None) -> int:
     _, env = stage_settings(args.stage)
     if wire_stream(chalice_tf, deploy_constants(env)["jobs_stream_arn"]) != 1:
         raise SystemExit("expected exactly one DynamoDB stream mapping (the notify function) in chalice.tf.json")
-    chalice_file.write_text(json.dumps(chalice_tf, indent=2))
+    chalice_file.write_text(json.dumps(terraform.modernize(chalice_tf), indent=2))
     (args.out / "jobplane-resources.tf.json").write_text(json.dumps(extra_resources(args.stage), indent=2))
     print(f"wrote {args.out / 'jobplane-resources.tf.json'} and wired the jobs stream into {chalice_file}")
+    layer_zip = args.out / "layer-deployment.zip"
+    if not layer_zip.exists():
+        raise SystemExit("no layer-deployment.zip: set automatic_layer in .chalice/config.json")
+    dropped = layer.strip_runtime_sdk(layer_zip)
+    if dropped:
+        shipped = ", ".join(f"{name} {version}" for name, version in dropped.items())
+        print(f"dropped from the layer (the Lambda runtime ships them): {shipped}")
+    for name in ("deployment.zip", "layer-deployment.zip"):
+        print(f"{name}: {(args.out / name).stat().st_size / 2**20:.2f} MiB")
     return 0
 
 
