@@ -226,6 +226,9 @@ class Settings:
     local_event_url: str | None = setting("JOBPLANE_LOCAL_EVENT_URL", None, Url())
     # When set, the local backend runs only these programs (e.g. while fuzzing the API).
     local_allowed_programs: tuple[str, ...] = setting("JOBPLANE_LOCAL_ALLOWED_PROGRAMS", (), Names())
+    # USD per hour a local job costs (a shared GPU workstation can be charged back); 0 means free.
+    # Above $100/h is refused: more than the largest cloud GPU instance, so almost surely a typo.
+    local_price_per_hour: float = setting("JOBPLANE_LOCAL_PRICE_PER_HOUR", 0.0, Number(0, 100))
     # Slack: names of secrets, never the secrets themselves. A name is a Secrets Manager secret,
     # or an SSM Parameter Store parameter when it starts with "ssm:" (e.g. ssm:/jobplane/dev/slack-bot-token).
     slack_webhook_secret: str | None = setting("JOBPLANE_SLACK_WEBHOOK_SECRET", None)

@@ -271,6 +271,33 @@ def cmd_slack_map(args) -> int:
     return 0
 
 
+# --- prices --------------------------------------------------------------------------------
+def cmd_prices_refresh(args) -> int:
+    from chalicelib.pricing import refresh
+
+    only = [p.strip() for p in args.only.split(",") if p.strip()]
+    if not only or set(only) - set(refresh.REFRESHABLE):
+        raise CliError(f"--only takes a comma-separated list of {', '.join(refresh.REFRESHABLE)}, got {args.only!r}")
+    api_key = args.gcp_api_key or os.environ.get("JOBPLANE_GCP_API_KEY")
+    if "gce" in only and not api_key and not args.gcp_endpoint:
+        raise CliError("gce prices need a Cloud Billing Catalog API key: --gcp-api-key or $JOBPLANE_GCP_API_KEY")
+    aws = bool({"ec2", "sagemaker"} & set(only))
+    reports = refresh.refresh(
+        Path(args.output) if args.output else refresh.DATA_DIR,
+        providers=only,
+        pricing_client=refresh.aws_client("pricing", refresh.PRICING_REGION) if aws else None,
+        ec2_client_for=lambda region: refresh.aws_client("ec2", region),
+        gcp_base_url=args.gcp_endpoint or refresh.GCP_BILLING_URL,
+        gcp_api_key=api_key,
+    )
+    out = _console()
+    for report in reports:
+        out.print(report.line(), markup=False)
+        for problem in report.unknown:
+            out.print(f"  unknown: {problem}", markup=False)
+    return 0
+
+
 # --- local stack ---------------------------------------------------------------------------
 def cmd_local_up(args) -> int:
     import signal
@@ -388,6 +415,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slack_user_id")
     p.add_argument("user")
     p.set_defaults(func=cmd_slack_map)
+
+    prices = sub.add_parser("prices", help="the price catalog (admin)").add_subparsers(
+        dest="prices_command", required=True
+    )
+    p = prices.add_parser(
+        "refresh", help="rebuild the price catalog from the AWS Price List and Cloud Billing Catalog APIs"
+    )
+    p.add_argument("--output", help="folder for the catalog's JSON tables (default: the package's own)")
+    p.add_argument("--only", default="ec2,sagemaker,gce", help="providers to rebuild (default: all three)")
+    p.add_argument("--gcp-api-key", help="Cloud Billing Catalog API key (default: $JOBPLANE_GCP_API_KEY)")
+    p.add_argument("--gcp-endpoint", help=argparse.SUPPRESS)  # a loopback fake in tests
+    p.set_defaults(func=cmd_prices_refresh)
 
     local = sub.add_parser("local", help="the local stack").add_subparsers(dest="local_command", required=True)
     p = local.add_parser("up", help="run the whole control plane here until Ctrl-C")
