@@ -108,6 +108,21 @@ def burst(host: str, port: int, make_request, concurrency: int, timeout: float =
     }
 
 
+def _merge(runs: list[dict]) -> dict:
+    latencies = sorted(r["p50"] for r in runs)
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    return {
+        "n": len(runs),
+        "statuses": statuses,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "max": latencies[-1],
+    }
+
+
 def _dynamodb_request(table: str):
     body = json.dumps({"TableName": table, "Key": {"token_hash": {"S": "0" * 64}}})
     headers = {
@@ -129,6 +144,8 @@ def measure(gets: int = 200, posts: int = 50, seed_jobs: int = 50) -> list[tuple
             assert warm["statuses"] == {"201": 1}, warm
             seeded = burst("127.0.0.1", port, lambda _: ("POST", "/jobs", json.dumps(SPEC), auth), seed_jobs)
             results = [(f"POST /jobs x{seed_jobs} (seed)", seeded)]
+            alone = [burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), 1) for _ in range(20)]
+            results.append(("GET /jobs x1, 20 in a row (baseline)", _merge(alone)))
             listing = burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), gets)
             results.append((f"GET /jobs x{gets}", listing))
 
@@ -173,37 +190,41 @@ def persistence(records: int = 15_000, writes: int = 300) -> list[str]:
     sys.path.insert(0, str(ROOT))
     import boto3
 
-    from jobplane.local.emulator import start_moto
+    from jobplane.local import emulator as emulator_module
 
-    lines = []
     item = {"pk": {"S": ""}, "spec": {"S": "x" * 1000}, "n": {"N": "1"}}
     key = [{"AttributeName": "pk", "KeyType": "HASH"}]
     attrs = [{"AttributeName": "pk", "AttributeType": "S"}]
     with tempfile.TemporaryDirectory() as tmp:
-        timings = {}
-        for label, state in (("in memory", None), ("journaled", Path(tmp) / "aws")):
-            emulator, url = start_moto(state=state)
-            ddb = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
-            table = f"bench-{label.replace(' ', '-')}"
-            ddb.create_table(TableName=table, KeySchema=key, AttributeDefinitions=attrs, BillingMode="PAY_PER_REQUEST")
-            ddb.put_item(TableName=table, Item={**item, "pk": {"S": "warm"}})
-            started = time.perf_counter()
-            for i in range(writes):
-                ddb.put_item(TableName=table, Item={**item, "pk": {"S": f"w{i}"}})
-            timings[label] = (time.perf_counter() - started) / writes
-            if state is not None:
-                for start in range(0, records, 25):
-                    puts = [{"PutRequest": {"Item": {**item, "pk": {"S": f"r{i}"}}}} for i in range(start, start + 25)]
-                    ddb.batch_write_item(RequestItems={table: puts})
-            emulator.stop()
-        extra = (timings["journaled"] - timings["in memory"]) * 1000
-        lines.append(
-            f"PutItem, sequential: in memory {timings['in memory'] * 1000:.2f} ms, journaled "
-            f"{timings['journaled'] * 1000:.2f} ms (+{extra:.2f} ms: one write + fsync per acknowledged write)"
-        )
         state = Path(tmp) / "aws"
+        # Both emulators at once, their writes interleaved: the ratio is measured under the same load.
+        memory, memory_url = emulator_module.start_moto()
+        journaled, journaled_url = emulator_module.start_moto(state=state)
+        clients = {}
+        for label, url in (("memory", memory_url), ("journaled", journaled_url)):
+            clients[label] = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+            clients[label].create_table(
+                TableName=f"bench-{label}", KeySchema=key, AttributeDefinitions=attrs, BillingMode="PAY_PER_REQUEST"
+            )
+        times: dict[str, list[float]] = {"memory": [], "journaled": []}
+        for i in range(writes):
+            for label, client in clients.items():
+                started = time.perf_counter()
+                client.put_item(TableName=f"bench-{label}", Item={**item, "pk": {"S": f"w{i}"}})
+                times[label].append(time.perf_counter() - started)
+        emulator_module.COMPACT_MIN_BYTES = 1 << 40  # keep it all in the journal, to measure replaying one
+        for start in range(0, records, 25):
+            puts = [{"PutRequest": {"Item": {**item, "pk": {"S": f"r{i}"}}}} for i in range(start, start + 25)]
+            clients["journaled"].batch_write_item(RequestItems={"bench-journaled": puts})
+        memory.stop()
+        journaled.stop()
+        mem, jour = (statistics.median(times[k]) * 1000 for k in ("memory", "journaled"))
+        lines = [
+            f"PutItem, median of {writes} interleaved: in memory {mem:.2f} ms, journaled {jour:.2f} ms "
+            f"(x{jour / mem:.2f}; one write + fsync per acknowledged write)"
+        ]
         size = sum(p.stat().st_size for p in state.glob("journal-*.jsonl")) / 1e6
-        journal = _replay(state)  # the start-up folds this journal into a snapshot (it outgrew it)
+        journal = _replay(state)  # this start folds the journal into a snapshot: it outgrew 8 MiB
         snapshot = _replay(state)
         lines.append(
             f"start-up with {records + writes:,} items of 1 KB: from the journal ({size:.1f} MB, "
