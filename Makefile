@@ -22,8 +22,9 @@ system-deps:
 	@missing=""; for tool in $(DEBIAN_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
+PORT ?= 8000
 demo: $(STAMP)
-	$(PY) -m jobplane.demo
+	$(PY) -m jobplane.demo --port $(PORT)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cost  # noqa: E402
 import dynamodb_requests  # noqa: E402
 import import_cost  # noqa: E402
+import local_load  # noqa: E402
 import reconcile_cost  # noqa: E402
 import vm_stop  # noqa: E402
 
@@ -23,6 +24,8 @@ def main() -> int:
     vm_stop.main()
     print("\n== Control-plane cost per 1,000 jobs ==")
     cost.main()
+    print("\n== The local stack: its journal, and load over loopback (one client on the same machine) ==")
+    local_load.main()
     print("\n== Reconcile cost vs history size (50 active jobs; takes ~2 minutes to fill 100,000) ==")
     reconcile_cost.main()
     return 0

@@ -323,9 +323,32 @@ def cmd_local_up(args) -> int:
     signal.signal(signal.SIGINT, _stop)
     try:
         state = stack.start()
+    except BaseException as exc:
+        stack.stop()
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        from jobplane.local.emulator import StateLocked
+        from jobplane.local.server import port_in_use
+
+        if port_in_use(exc):
+            # Short enough for one 80-column line: a second stack is the usual cause.
+            raise CliError(f"port {args.port} is already in use (another local up?); pass --port N") from None
+        if isinstance(exc, StateLocked):
+            raise CliError(str(exc)) from None
+        raise
+    try:
+        restored = state["restored"]
         out.print(
             f"[bold green]jobplane local stack up[/]: API {state['api']}, embedded AWS "
             f"{state['aws_endpoint']}, functions {state['functions']}, uploads s3://{state['upload_bucket']}"
+        )
+        out.print(
+            f"dashboard [bold]{state['dashboard']}[/]: sign in with a token from "
+            f"`jobplane token create YOUR_NAME` (run in this folder while the stack is up)"
+        )
+        out.print(
+            f"state folder {state['state_dir']}: {restored['applied']} stored writes restored "
+            f"in {restored['seconds']:.2f}s; it survives Ctrl-C, kill -9 and reboots"
         )
         out.print("Ctrl-C stops everything it started.")
         stack.wait()

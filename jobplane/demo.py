@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,12 +70,23 @@ def _say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
 
-def main() -> int:
-    directory = ROOT / ".jobplane"
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="run the example job on a fresh local stack")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000), help="the API's port")
+    args = parser.parse_args(argv)
+    # The demo's own state folder, emptied first: state is durable now, and an earlier run's
+    # jobs and uploads would answer for this one's.
+    directory = ROOT / ".jobplane" / "demo"
+    if read_state(directory):
+        raise SystemExit(f"a demo stack is still running from {directory}: stop it first")
+    shutil.rmtree(directory, ignore_errors=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    _say("starting the local stack (moto, API on http://127.0.0.1:8000, local backend, event sources)")
+    _say(f"starting the local stack (moto, API on http://127.0.0.1:{args.port}, local backend, event sources)")
     stack = subprocess.Popen(
-        [str(BIN / "jobplane"), "--local-dir", str(directory), "local", "up", "--reconcile-seconds", "5"],
+        [
+            *(str(BIN / "jobplane"), "--local-dir", str(directory), "local", "up"),
+            *("--port", str(args.port), "--reconcile-seconds", "5"),
+        ],
         cwd=ROOT,
         env=env,
     )

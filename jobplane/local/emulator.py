@@ -1,53 +1,730 @@
-"""The embedded AWS: a moto server whose requests are applied one at a time, like DynamoDB's per-item writes."""
+"""The embedded AWS: moto, its writes applied one at a time and journaled to disk before they are acknowledged."""
 
 from __future__ import annotations
 
+import base64
+import fcntl
+import hashlib
+import io
+import json
 import logging
+import os
+import re
+import sys
 import threading
+import time
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from xml.etree import ElementTree
 
-from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+log = logging.getLogger("jobplane.local")
+
+# DynamoDB calls that change nothing; every other DynamoDB call is journaled, so a call moto
+# learns later is kept by default (replaying a read would be harmless, dropping a write is not).
+DYNAMODB_READS = frozenset(
+    {
+        "GetItem",
+        "BatchGetItem",
+        "Query",
+        "Scan",
+        "TransactGetItems",
+        "DescribeTable",
+        "ListTables",
+        "DescribeTimeToLive",
+        "ListTagsOfResource",
+        "DescribeContinuousBackups",
+        "DescribeLimits",
+        "DescribeEndpoints",
+        "ListBackups",
+        "DescribeBackup",
+        "DescribeGlobalTable",
+        "ListGlobalTables",
+        "DescribeKinesisStreamingDestination",
+        "DescribeTableReplicaAutoScaling",
+        "ListExports",
+        "ListImports",
+    }
+)
+BLOB_BYTES = 64 * 1024  # bodies this large go to content-addressed files, not into the journal's lines
+COMPACT_MIN_BYTES = 8 * 1024 * 1024  # the journal is folded into the snapshot once it outgrows both
+# Transport headers that say how a request travelled, not what it asked for.
+DROPPED_HEADERS = frozenset(
+    {
+        "HTTP_CONNECTION",
+        "HTTP_KEEP_ALIVE",
+        "HTTP_TRANSFER_ENCODING",
+        "HTTP_EXPECT",
+        "HTTP_CONTENT_LENGTH",
+        "HTTP_ACCEPT_ENCODING",
+        "HTTP_USER_AGENT",
+        "HTTP_AMZ_SDK_INVOCATION_ID",
+        "HTTP_AMZ_SDK_REQUEST",
+    }
+)
+_REQUEST_KEYS = frozenset({"REQUEST_METHOD", "PATH_INFO", "QUERY_STRING", "RAW_URI", "CONTENT_TYPE"})
+_SCOPE = re.compile(r"Credential=[^/,\s]*/[^/]*/[^/]*/([^/]+)/")
+_S3_NS = "{http://s3.amazonaws.com/doc/2006-03-01/}"
 
 
-class _Serialized:
-    """WSGI middleware: moto checks a condition and writes without a lock, so two concurrent
-    conditional writes could both pass. DynamoDB applies each one atomically; so do we.
-    Only DynamoDB calls take the lock: an SQS long poll must not stall everything else."""
+class StateLocked(RuntimeError):
+    """Another process holds the state folder's journal."""
+
+
+# --- the journal ---------------------------------------------------------------------------
+class Journal:
+    """snapshot.jsonl (state as requests, generation G) + journal-G.jsonl (writes since), both replayable.
+
+    Each line is `crc32 json`; a torn last line (a crash mid-write) fails its check and is cut
+    off. Only lines that were fsynced were ever acknowledged, so nothing acknowledged is cut.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(directory, 0o700)  # the tables hold token hashes and every job's spec
+        self.blobs = directory / "blobs"
+        self.blobs.mkdir(exist_ok=True, mode=0o700)
+        self._lock_fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise StateLocked(f"another jobplane local stack is using the state folder {directory.parent}") from None
+        self.generation = 0
+        self.snapshot_bytes = 0
+        self._fd: int | None = None
+        self._tail_bytes = 0
+        self._written = 0  # bytes ever appended by this process (a logical clock for group commit)
+        self._synced = 0
+        self._sync_lock = threading.Lock()
+
+    @property
+    def snapshot_path(self) -> Path:
+        return self.dir / "snapshot.jsonl"
+
+    def _journal_path(self, generation: int) -> Path:
+        return self.dir / f"journal-{generation}.jsonl"
+
+    # reading
+    def entries(self) -> Iterator[dict]:
+        """Every stored request in order: the snapshot's, then the journal's valid prefix."""
+        if self.snapshot_path.exists():
+            with open(self.snapshot_path, "rb") as fh:
+                header = _decode(fh.readline())
+                if header is None or "generation" not in header:
+                    raise RuntimeError(f"{self.snapshot_path} is damaged: its header line fails its checksum")
+                self.generation = int(header["generation"])
+                self.snapshot_bytes = self.snapshot_path.stat().st_size
+                for number, line in enumerate(fh, start=2):
+                    entry = _decode(line)
+                    if entry is None:
+                        # A snapshot is renamed into place only once complete and fsynced.
+                        raise RuntimeError(f"{self.snapshot_path} line {number} fails its checksum")
+                    yield entry
+        path = self._journal_path(self.generation)
+        good = 0
+        if path.exists():
+            with open(path, "rb") as fh:
+                for line in fh:
+                    entry = _decode(line)
+                    if entry is None:
+                        log.warning("journal %s: dropping a torn last write (never acknowledged)", path.name)
+                        break
+                    good += len(line)
+                    yield entry
+            if good != path.stat().st_size:
+                with open(path, "r+b") as fh:
+                    fh.truncate(good)
+                    os.fsync(fh.fileno())
+        self._tail_bytes = good
+        for stale in self.dir.glob("journal-*.jsonl"):
+            if stale != path:
+                stale.unlink()  # folded into the snapshot by a compaction that finished
+
+    # writing
+    def open(self) -> None:
+        self._fd = os.open(self._journal_path(self.generation), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        _fsync_dir(self.dir)
+
+    def append(self, entry: dict) -> int:
+        """Write one entry (the caller holds the apply lock, so order is apply order); returns its sync mark."""
+        line = _encode(self._externalize(entry))
+        os.write(self._fd, line)
+        self._written += len(line)
+        self._tail_bytes += len(line)
+        return self._written
+
+    @property
+    def mark(self) -> int:
+        return self._written
+
+    def sync(self, mark: int) -> None:
+        """Return once everything up to `mark` is on disk; one fsync serves every writer waiting for it."""
+        if self._synced >= mark:
+            return
+        with self._sync_lock:
+            if self._synced >= mark:
+                return
+            target = self._written
+            os.fsync(self._fd)
+            self._synced = target
+
+    def _externalize(self, entry: dict) -> dict:
+        if len(entry.get("body", "")) <= BLOB_BYTES:
+            return entry
+        rest = {k: v for k, v in entry.items() if k != "body"}
+        return {**rest, "blob": self.put_blob(base64.b64decode(entry["body"]))}
+
+    def put_blob(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.blobs / digest
+        if not path.exists():
+            tmp = path.with_suffix(".tmp")
+            with _private(tmp) as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            _fsync_dir(self.blobs)
+        return digest
+
+    def blob(self, digest: str) -> bytes:
+        return (self.blobs / digest).read_bytes()
+
+    def needs_compaction(self) -> bool:
+        return self._tail_bytes > max(COMPACT_MIN_BYTES, self.snapshot_bytes)
+
+    def compact(self, entries: Iterable[dict]) -> None:
+        """Replace snapshot + journal by a snapshot of `entries` (the caller holds the apply lock)."""
+        generation = self.generation + 1
+        tmp = self.dir / "snapshot.tmp"
+        keep: set[str] = set()
+        with _private(tmp) as fh:
+            fh.write(_encode({"generation": generation, "written_at": time.time()}))
+            for entry in entries:
+                entry = self._externalize(entry)
+                if "blob" in entry:
+                    keep.add(entry["blob"])
+                fh.write(_encode(entry))
+            fh.flush()
+            os.fsync(fh.fileno())
+        new_fd = os.open(self._journal_path(generation), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.replace(tmp, self.snapshot_path)  # the switch: from here on, generation + 1 is what replays
+        _fsync_dir(self.dir)
+        with self._sync_lock:
+            old_fd, self._fd = self._fd, new_fd
+            self._synced = self._written  # everything written so far is in the fsynced snapshot
+        if old_fd is not None:
+            os.close(old_fd)
+        self._journal_path(self.generation).unlink(missing_ok=True)
+        self.generation = generation
+        self.snapshot_bytes = self.snapshot_path.stat().st_size
+        self._tail_bytes = 0
+        for blob in self.blobs.iterdir():
+            if blob.name not in keep:
+                blob.unlink()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        os.close(self._lock_fd)
+
+
+def _encode(entry: dict) -> bytes:
+    data = json.dumps(entry, separators=(",", ":")).encode()
+    return b"%08x %s\n" % (zlib.crc32(data), data)
+
+
+def _decode(line: bytes) -> dict | None:
+    if not line.endswith(b"\n") or len(line) < 10:
+        return None
+    crc, data = line[:8], line[9:-1]
+    try:
+        if int(crc, 16) != zlib.crc32(data):
+            return None
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
+def _private(path: Path):
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb")
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- requests as data ----------------------------------------------------------------------
+def _service(environ: dict) -> str | None:
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target.startswith("DynamoDB_"):
+        return "dynamodb"
+    if target:
+        return "other"
+    found = _SCOPE.search(environ.get("HTTP_AUTHORIZATION", "")) or _SCOPE.search(
+        environ.get("QUERY_STRING", "").replace("%2F", "/")
+    )
+    return found.group(1) if found else None
+
+
+def _durable(environ: dict) -> bool:
+    """Only DynamoDB and S3 are journaled: their names are the caller's, so a replay rebuilds the same
+    tables, items, buckets and keys. SQS and Secrets Manager are provisioned afresh at each start."""
+    service = _service(environ)
+    if service == "dynamodb":
+        return True
+    return service == "s3" and environ["REQUEST_METHOD"] in ("PUT", "POST", "DELETE")
+
+
+def _is_write(environ: dict) -> bool:
+    if _service(environ) == "dynamodb":
+        return environ["HTTP_X_AMZ_TARGET"].partition(".")[2] not in DYNAMODB_READS
+    return True
+
+
+def _capture(environ: dict, body: bytes) -> dict:
+    env = {
+        key: value
+        for key, value in environ.items()
+        if isinstance(value, str) and (key.startswith("HTTP_") or key in _REQUEST_KEYS) and key not in DROPPED_HEADERS
+    }
+    return {"env": env, "body": base64.b64encode(body).decode()}
+
+
+def _environ(entry: dict, body: bytes) -> dict[str, Any]:
+    return {
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "0",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "SCRIPT_NAME": "",
+        "QUERY_STRING": "",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": False,
+        "wsgi.run_once": False,
+        **entry["env"],
+        "wsgi.input": io.BytesIO(body),
+        "CONTENT_LENGTH": str(len(body)),
+    }
+
+
+def _call(app, entry: dict, body: bytes = b"") -> tuple[int, dict[str, str], bytes]:
+    """One request straight into the WSGI app, with no socket (replay and snapshots)."""
+    seen: dict[str, Any] = {}
+
+    def start_response(status, headers, exc_info=None):  # noqa: ARG001 - the WSGI signature
+        seen["status"], seen["headers"] = int(status.split()[0]), {k.lower(): v for k, v in headers}
+
+    out = b"".join(app(_environ(entry, body), start_response))
+    return seen["status"], seen["headers"], out
+
+
+_UPLOAD_ID = re.compile(r"<UploadId>([^<]+)</UploadId>")
+
+
+class _Persistent:
+    """WSGI middleware over moto: applies DynamoDB calls and S3 writes one at a time, and journals
+    each one that succeeded before its response leaves.
+
+    moto checks a condition and writes without a lock, so two concurrent conditional writes could
+    both pass; DynamoDB applies each one atomically, and so do we. SQS long polls bypass the lock.
+    """
+
+    def __init__(self, app, journal: Journal | None) -> None:
+        self.app = app
+        self.journal = journal
+        self.lock = threading.Lock()
+        self._compacting = False
+
+    def __call__(self, environ, start_response):
+        if not _durable(environ):
+            return self.app(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        # A chunked body has no length; werkzeug then marks its input as ending at the body's end.
+        if length:
+            body = environ["wsgi.input"].read(length)
+        elif environ.get("wsgi.input_terminated"):
+            body = environ["wsgi.input"].read()
+        else:
+            body = b""
+        environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(body), str(len(body))
+        seen: dict[str, Any] = {}
+
+        def capture(status, headers, exc_info=None):
+            seen["status"] = int(status.split()[0])
+            return start_response(status, headers, exc_info)
+
+        with self.lock:
+            # The body is built inside the lock: moto may produce it lazily.
+            result = list(self.app(environ, capture))
+            if self.journal is None:
+                return result
+            if 200 <= seen.get("status", 500) < 300 and _is_write(environ):
+                entry = _capture(environ, body)
+                if environ["REQUEST_METHOD"] == "POST" and "uploads" in environ.get("QUERY_STRING", ""):
+                    found = _UPLOAD_ID.search(b"".join(result).decode("utf-8", "replace"))
+                    if found:
+                        entry["upload_id"] = found.group(1)
+                self.journal.append(entry)
+            mark = self.journal.mark
+            compact = self.journal.needs_compaction() and not self._compacting
+            if compact:
+                self._compacting = True
+        # A read waits too: no one may see a write that a crash could still take back.
+        self.journal.sync(mark)
+        if compact:
+            threading.Thread(target=self.compact, name="journal-compaction", daemon=True).start()
+        return result
+
+    # replay and compaction --------------------------------------------------------------------
+    def replay(self) -> dict[str, Any]:
+        """Apply the stored requests to this (empty) moto; returns what was done, for the banner and bench."""
+        assert self.journal is not None
+        started = time.perf_counter()
+        applied = failed = 0
+        uploads: dict[str, str] = {}  # moto draws new multipart upload ids; later parts follow the new one
+        for entry in self.journal.entries():
+            body = self.journal.blob(entry["blob"]) if "blob" in entry else base64.b64decode(entry.get("body", ""))
+            env = entry["env"]
+            for old, new in uploads.items():
+                if old in env.get("QUERY_STRING", ""):
+                    env = {**env, "QUERY_STRING": env["QUERY_STRING"].replace(old, new)}
+                    env["RAW_URI"] = env.get("RAW_URI", "").replace(old, new)
+            status, _, out = _call(self.app, {**entry, "env": env}, body)
+            if 200 <= status < 300:
+                applied += 1
+                if "upload_id" in entry:
+                    found = _UPLOAD_ID.search(out.decode("utf-8", "replace"))
+                    if found:
+                        uploads[entry["upload_id"]] = found.group(1)
+            else:
+                failed += 1
+                log.warning("replay: %s %s answered %s", env.get("REQUEST_METHOD"), _op(env), status)
+        self.journal.open()
+        stats = {"applied": applied, "failed": failed, "seconds": time.perf_counter() - started}
+        if self.journal.needs_compaction():
+            with self.lock:
+                self._compact_locked()
+        return stats
+
+    def compact(self) -> None:
+        try:
+            with self.lock:
+                self._compact_locked()
+        except Exception:  # the journal stays valid; the next write tries again
+            log.exception("journal compaction failed")
+        finally:
+            self._compacting = False
+
+    def _compact_locked(self) -> None:
+        started = time.perf_counter()
+        self.journal.compact(_Snapshot(self.app).entries())
+        log.info("journal compacted in %.2fs", time.perf_counter() - started)
+
+
+def _op(env: dict) -> str:
+    return env.get("HTTP_X_AMZ_TARGET") or env.get("RAW_URI") or env.get("PATH_INFO", "")
+
+
+# --- snapshots: the live state, read back through moto's own API, as requests that rebuild it ----
+def _auth(service: str) -> str:
+    # moto routes by the credential scope and does not check signatures.
+    scope = f"local/20260101/us-east-1/{service}/aws4_request"
+    return f"AWS4-HMAC-SHA256 Credential={scope}, SignedHeaders=host, Signature=0"
+
+
+def _ddb(op: str, payload: dict) -> dict:
+    env = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/",
+        "RAW_URI": "/",
+        "CONTENT_TYPE": "application/x-amz-json-1.0",
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_X_AMZ_TARGET": f"DynamoDB_20120810.{op}",
+        "HTTP_AUTHORIZATION": _auth("dynamodb"),
+    }
+    return {"env": env, "body": base64.b64encode(json.dumps(payload).encode()).decode()}
+
+
+def _s3(method: str, bucket: str, key: str = "", query: str = "", headers: dict | None = None, body=b"") -> dict:
+    path = f"/{bucket}" + (f"/{key}" if key else "")
+    raw = quote(path, safe="/~") + (f"?{query}" if query else "")
+    env = {
+        "REQUEST_METHOD": method,
+        "PATH_INFO": path.encode().decode("latin-1"),
+        "RAW_URI": raw,
+        "QUERY_STRING": query,
+        "HTTP_HOST": "127.0.0.1",
+        "HTTP_AUTHORIZATION": _auth("s3"),
+        **{"HTTP_" + k.upper().replace("-", "_"): v for k, v in (headers or {}).items()},
+    }
+    if headers and "content-type" in headers:
+        env["CONTENT_TYPE"] = headers["content-type"]
+    return {"env": env, "body": base64.b64encode(body).decode()}
+
+
+class _Snapshot:
+    """Reads DynamoDB (every table, whatever its name) and S3 (every bucket) out of a live moto."""
+
+    # Object headers that are part of what was stored, not of how it was served.
+    OBJECT_HEADERS = ("content-type", "content-encoding", "content-disposition", "content-language", "cache-control")
 
     def __init__(self, app) -> None:
         self.app = app
-        self.lock = threading.Lock()
 
-    def __call__(self, environ, start_response):
-        if not environ.get("HTTP_X_AMZ_TARGET", "").startswith("DynamoDB_"):
-            return self.app(environ, start_response)
-        with self.lock:
-            # The body is built inside the lock: moto may produce it lazily.
-            return list(self.app(environ, start_response))
+    def _get(self, entry: dict) -> bytes:
+        status, _, out = _call(self.app, entry, base64.b64decode(entry["body"]))
+        if not 200 <= status < 300:
+            raise RuntimeError(f"snapshot read {_op(entry['env'])} answered {status}: {out[:200]!r}")
+        return out
+
+    def _ddb(self, op: str, payload: dict) -> dict:
+        return json.loads(self._get(_ddb(op, payload)))
+
+    def entries(self) -> Iterator[dict]:
+        yield from self._dynamodb()
+        yield from self._buckets()
+
+    def _dynamodb(self) -> Iterator[dict]:
+        names: list[str] = []
+        start: dict = {}
+        while True:
+            page = self._ddb("ListTables", start)
+            names += page.get("TableNames", [])
+            if not page.get("LastEvaluatedTableName"):
+                break
+            start = {"ExclusiveStartTableName": page["LastEvaluatedTableName"]}
+        for name in names:
+            table = self._ddb("DescribeTable", {"TableName": name})["Table"]
+            yield _ddb("CreateTable", _create_table(table))
+            ttl = self._ddb("DescribeTimeToLive", {"TableName": name}).get("TimeToLiveDescription", {})
+            if ttl.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+                spec = {"Enabled": True, "AttributeName": ttl["AttributeName"]}
+                yield _ddb("UpdateTimeToLive", {"TableName": name, "TimeToLiveSpecification": spec})
+            tags = self._ddb("ListTagsOfResource", {"ResourceArn": table["TableArn"]}).get("Tags", [])
+            if tags:
+                yield _ddb("TagResource", {"ResourceArn": table["TableArn"], "Tags": tags})
+            scan: dict = {"TableName": name}
+            while True:
+                page = self._ddb("Scan", scan)
+                items = page.get("Items", [])
+                for i in range(0, len(items), 25):  # BatchWriteItem's limit
+                    puts = [{"PutRequest": {"Item": item}} for item in items[i : i + 25]]
+                    yield _ddb("BatchWriteItem", {"RequestItems": {name: puts}})
+                if not page.get("LastEvaluatedKey"):
+                    break
+                scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+    def _xml(self, entry: dict) -> ElementTree.Element:
+        return ElementTree.fromstring(self._get(entry))  # noqa: S314 - moto's own output, in this process
+
+    def _buckets(self) -> Iterator[dict]:
+        for bucket in self._xml(_list_buckets()).iter(f"{_S3_NS}Bucket"):
+            name = bucket.findtext(f"{_S3_NS}Name")
+            region = self._xml(_s3("GET", name, query="location")).text
+            body = b""
+            if region and region != "us-east-1":
+                body = (
+                    f'<CreateBucketConfiguration xmlns="{_S3_NS[1:-1]}">'
+                    f"<LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"
+                ).encode()
+            yield _s3("PUT", name, body=body)
+            versioning = self._get(_s3("GET", name, query="versioning"))
+            if b"<Status>" in versioning:
+                yield _s3("PUT", name, query="versioning", body=versioning)
+            notification = self._get(_s3("GET", name, query="notification"))
+            if len(ElementTree.fromstring(notification)):  # noqa: S314 - as above
+                yield _s3("PUT", name, query="notification", body=notification)
+            token = ""
+            while True:
+                query = "list-type=2" + (f"&continuation-token={quote(token, safe='')}" if token else "")
+                page = self._xml(_s3("GET", name, query=query))
+                for item in page.iter(f"{_S3_NS}Contents"):
+                    key = item.findtext(f"{_S3_NS}Key")
+                    yield self._object(name, key)
+                token = page.findtext(f"{_S3_NS}NextContinuationToken") or ""
+                if not token:
+                    break
+
+    def _object(self, bucket: str, key: str) -> dict:
+        status, headers, body = _call(self.app, _s3("GET", bucket, key))
+        if status != 200:
+            raise RuntimeError(f"snapshot read s3://{bucket}/{key} answered {status}")
+        kept = {k: v for k, v in headers.items() if k in self.OBJECT_HEADERS or k.startswith("x-amz-meta-")}
+        return _s3("PUT", bucket, key, headers=kept, body=body)
 
 
-class SerializedMotoServer(ThreadedMotoServer):
-    def _server_entry(self) -> None:
-        from moto.moto_server.threaded_moto_server import (
-            DomainDispatcherApplication,
-            MotoRequestHandler,
-            create_backend_app,
-            make_server,
-        )
-
-        app = _Serialized(DomainDispatcherApplication(create_backend_app))
-        self._server = make_server(self._ip_address, self._port, app, True, request_handler=MotoRequestHandler)
-        self._server_ready_event.set()
-        self._server.serve_forever()
+def _list_buckets() -> dict:
+    entry = _s3("GET", "x")
+    entry["env"].update({"PATH_INFO": "/", "RAW_URI": "/"})
+    return entry
 
 
-def start_moto(host: str = "127.0.0.1", port: int = 0) -> tuple[SerializedMotoServer, str]:
-    """Start the emulator on a free loopback port; returns (server, endpoint URL).
+def _create_table(table: dict) -> dict:
+    request: dict[str, Any] = {
+        "TableName": table["TableName"],
+        "KeySchema": table["KeySchema"],
+        "AttributeDefinitions": table["AttributeDefinitions"],
+    }
+    on_demand = table.get("BillingModeSummary", {}).get("BillingMode") == "PAY_PER_REQUEST"
+    throughput = table.get("ProvisionedThroughput", {})
 
+    def capacity(source: dict) -> dict:
+        return {
+            "ReadCapacityUnits": max(1, int(source.get("ReadCapacityUnits") or 1)),
+            "WriteCapacityUnits": max(1, int(source.get("WriteCapacityUnits") or 1)),
+        }
+
+    if on_demand:
+        request["BillingMode"] = "PAY_PER_REQUEST"
+    else:
+        request["ProvisionedThroughput"] = capacity(throughput)
+    if table.get("GlobalSecondaryIndexes"):
+        request["GlobalSecondaryIndexes"] = [
+            {
+                "IndexName": index["IndexName"],
+                "KeySchema": index["KeySchema"],
+                "Projection": index["Projection"],
+                **({} if on_demand else {"ProvisionedThroughput": capacity(index.get("ProvisionedThroughput", {}))}),
+            }
+            for index in table["GlobalSecondaryIndexes"]
+        ]
+    if table.get("LocalSecondaryIndexes"):
+        request["LocalSecondaryIndexes"] = [
+            {"IndexName": index["IndexName"], "KeySchema": index["KeySchema"], "Projection": index["Projection"]}
+            for index in table["LocalSecondaryIndexes"]
+        ]
+    stream = table.get("StreamSpecification") or {}
+    if stream.get("StreamEnabled"):
+        request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
+    return request
+
+
+# --- a faster DynamoDB response serializer ---------------------------------------------------
+def _fast_dynamodb_serializer():
+    """moto 5.2 serializes every AttributeValue by walking its ten possible members through its
+    generic, model-driven serializer: ~3 ms per item, most of a GET /jobs. An AttributeValue is
+    already DynamoDB JSON once binaries are base64: this writes it directly, and hands anything
+    unexpected back to moto's own path."""
+    from moto.core.serialize import JSONSerializer
+
+    class FastDynamoDBSerializer(JSONSerializer):
+        def _serialize_type_structure(self, serialized, value, shape, key):
+            if shape.name == "AttributeValue" and key:
+                try:
+                    serialized[key] = _attribute_value(value)
+                    return
+                except _Unexpected:
+                    pass
+            super()._serialize_type_structure(serialized, value, shape, key)
+
+    return FastDynamoDBSerializer
+
+
+class _Unexpected(Exception):
+    """A value the fast path does not know; moto's generic serializer takes it."""
+
+
+def _b64(value) -> str:
+    if isinstance(value, str):
+        value = value.encode()
+    if not isinstance(value, bytes):
+        raise _Unexpected
+    return base64.b64encode(value).decode()
+
+
+def _attribute_value(value):
+    if not isinstance(value, dict) or len(value) != 1:
+        raise _Unexpected
+    ((kind, inner),) = value.items()
+    if kind in ("S", "N"):
+        if not isinstance(inner, str):
+            raise _Unexpected
+        return {kind: inner}
+    if kind in ("SS", "NS"):
+        return {kind: [str(v) for v in inner]}
+    if kind in ("BOOL", "NULL"):
+        return {kind: inner}
+    if kind == "B":
+        return {"B": _b64(inner)}
+    if kind == "BS":
+        return {"BS": [_b64(v) for v in inner]}
+    if kind == "M":
+        return {"M": {k: _attribute_value(v) for k, v in inner.items()}}
+    if kind == "L":
+        return {"L": [_attribute_value(v) for v in inner]}
+    raise _Unexpected
+
+
+def _install_fast_serializer() -> None:
+    import moto.core.responses as responses
+
+    if getattr(responses.get_serializer_class, "jobplane_fast", False):
+        return
+    generic, fast = responses.get_serializer_class, _fast_dynamodb_serializer()
+
+    def get_serializer_class(service_name: str, protocol: str):
+        if service_name == "dynamodb" and protocol == "json":
+            return fast
+        return generic(service_name, protocol)
+
+    get_serializer_class.jobplane_fast = True
+    responses.get_serializer_class = get_serializer_class
+
+
+# --- the server ----------------------------------------------------------------------------
+def _serve(app, host: str, port: int):
+    """moto's own server (werkzeug, a thread per connection, S3 header spellings kept) with a deep
+    backlog: every API request calls it several times, and a burst must queue, not be reset."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import ThreadedWSGIServer
+
+    class Server(ThreadedWSGIServer):
+        request_queue_size = 1024
+
+    server = Server(host, port, app, handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
+    return server
+
+
+@dataclass
+class Emulator:
+    """A running embedded AWS: its server, its middleware, and what the replay did."""
+
+    server: Any
+    persistent: _Persistent
+    replayed: dict[str, Any]
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self.persistent.journal is not None:
+            with self.persistent.lock:
+                self.persistent.journal.close()
+                self.persistent.journal = None
+
+
+def start_moto(host: str = "127.0.0.1", port: int = 0, state: Path | None = None) -> tuple[Emulator, str]:
+    """Start the emulator on a free loopback port; returns (emulator, endpoint URL).
+
+    With `state`, DynamoDB and S3 are rebuilt from the journal there before the port opens, and
+    every write is journaled; without, everything lives in memory (tests, benchmarks).
     The SDKs in this process get placeholder credentials: a process that runs the emulator never
     signs anything with a real account's keys.
     """
-    import os
-
     os.environ.update(
         {
             "AWS_ACCESS_KEY_ID": "emulator",
@@ -59,7 +736,17 @@ def start_moto(host: str = "127.0.0.1", port: int = 0) -> tuple[SerializedMotoSe
     )
     os.environ.pop("AWS_PROFILE", None)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request drowns everything
-    server = SerializedMotoServer(ip_address=host, port=port, verbose=False)
-    server.start()
-    bound_host, bound_port = server.get_host_and_port()
-    return server, f"http://{bound_host}:{bound_port}"
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+
+    _install_fast_serializer()
+    journal = Journal(state) if state is not None else None
+    persistent = _Persistent(DomainDispatcherApplication(create_backend_app), journal)
+    try:
+        replayed = persistent.replay() if journal is not None else {"applied": 0, "failed": 0, "seconds": 0.0}
+        server = _serve(persistent, host, port)
+    except BaseException:
+        if journal is not None:
+            journal.close()
+        raise
+    bound_host, bound_port = server.server_address[:2]
+    return Emulator(server, persistent, replayed), f"http://{bound_host}:{bound_port}"

@@ -25,6 +25,9 @@ ACCOUNT = "123456789012"  # moto's default account
 UPLOAD_BUCKET = "jobplane-local-uploads"
 UPLOAD_QUEUE = "jobplane-local-uploads"
 WEBHOOK_SECRET = "jobplane/local/slack-webhook-url"  # noqa: S105 - the name of a secret
+# API workers: the app holds the GIL for most of a request, so more threads only add switching;
+# they also stay below the emulator's 16, which every API request calls several times.
+API_THREADS = 8
 
 
 def _now() -> str:
@@ -53,11 +56,22 @@ class LocalStack:
     # --- start -------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
         from jobplane.local.emulator import start_moto
+        from jobplane.local.server import Server
 
         if str(ROOT) not in sys.path:
             sys.path.insert(0, str(ROOT))  # app.py lives at the repository root, like in a Chalice project
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.moto, aws = start_moto(self.host)
+        os.chmod(self.directory, 0o700)  # it holds the admin token and the journal of every table
+        from chalicelib.jobs.spec import MAX_BODY_BYTES
+
+        # The API's port is taken first: a busy port fails before the journal is replayed.
+        self._api = _Deferred()
+        self.api_server = Server(
+            self._api, self.host, self.api_port, threads=API_THREADS, max_body=MAX_BODY_BYTES, name="api"
+        )
+        self._servers.append(self.api_server)
+        self.api_port = self.api_server.server_address[1]
+        self.moto, aws = start_moto(self.host, state=self.directory / "aws")
         self.slack_log = self.directory / "slack.log"
         self.slack_log.write_text("")
         slack = start_slack_sink(self.host, self._on_slack)
@@ -84,7 +98,6 @@ class LocalStack:
         )
         os.environ.pop("AWS_PROFILE", None)
         from chalicelib import deps
-        from chalicelib.auth import create_token
 
         deps.reset()
         settings = deps.get_settings()
@@ -93,14 +106,18 @@ class LocalStack:
         import app as app_module
 
         self.app = app_module.app
+        admin_token = self._admin_token(deps.get_token_store())
+        # Taken before the API opens: records replayed from the journal were notified in their
+        # first life, and every write from here on comes after this point.
+        stream_start = self._stream_positions(settings.jobs_table)
         self._start_api()
-        admin_token = create_token(deps.get_token_store(), "local-admin", admin=True)
         self._spawn("reconcile-schedule", self._schedule_loop)
-        self._spawn("dynamodb-stream", self._stream_loop, settings.jobs_table)
+        self._spawn("dynamodb-stream", self._stream_loop, settings.jobs_table, stream_start)
         self._spawn("s3-notifications", self._sqs_loop)
         self.state = {
             "pid": os.getpid(),
             "api": f"http://{self.host}:{self.api_port}",
+            "dashboard": f"http://{self.host}:{self.api_port}/",
             "aws_endpoint": aws,
             "functions": functions,
             "slack_sink": f"http://{self.host}:{slack.server_address[1]}",
@@ -108,11 +125,29 @@ class LocalStack:
             "admin_token": admin_token,
             "upload_bucket": UPLOAD_BUCKET,
             "state_dir": str(self.directory),
+            "restored": self.moto.replayed,
             "env": settings.to_env(),
             "started_at": _now(),
         }
         write_state(self.directory, self.state)
         return self.state
+
+    def _admin_token(self, store) -> str:
+        """The local admin token survives restarts with the tables (a new one each start would pile up)."""
+        from chalicelib.auth import create_token, hash_token
+
+        path = self.directory / "admin-token"
+        try:
+            token = path.read_text().strip()
+        except OSError:
+            token = ""
+        if token and store.get_token(hash_token(token)) is not None:
+            return token
+        token = create_token(store, "local-admin", admin=True)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(token + "\n")
+        return token
 
     def _provision(self, aws: str, sink_url: str) -> None:
         import boto3
@@ -125,7 +160,8 @@ class LocalStack:
             "QueueArn"
         ]
         s3 = boto3.client("s3", **kw)
-        s3.create_bucket(Bucket=UPLOAD_BUCKET)
+        if UPLOAD_BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+            s3.create_bucket(Bucket=UPLOAD_BUCKET)  # else restored from the journal, with its objects
         s3.put_bucket_notification_configuration(
             Bucket=UPLOAD_BUCKET,
             NotificationConfiguration={
@@ -134,45 +170,13 @@ class LocalStack:
         )
 
     def _start_api(self) -> None:
-        import functools
-
         from chalice.config import Config
-        from chalice.local import ChaliceRequestHandler, RouteMatcher, create_local_server
 
-        app = self.app
-        matcher = RouteMatcher(list(app.routes))
-
-        class QuietHandler(ChaliceRequestHandler):
-            def log_message(self, format, *args):  # noqa: A002 - one line per request drowns the demo
-                log.debug(format, *args)
-
-            def _not_allowed(self):
-                # API Gateway answers methods a route lacks; http.server would say 501.
-                self.rfile.read(int(self.headers.get("Content-Length") or 0))  # keep the connection in step
-                try:
-                    allowed = sorted(app.routes[matcher.match_route(self.path.split("?")[0]).route])
-                except ValueError:
-                    allowed = []
-                error = {"code": "method_not_allowed", "message": f"{self.command} is not allowed here"}
-                body = json.dumps({"error": {**error, "details": []}}).encode()
-                self.send_response(405)
-                self.send_header("Allow", ", ".join(allowed))
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def __getattr__(self, name):
-                # Any method Chalice's handler has no do_* for (TRACE, QUERY, ...) is not allowed.
-                if name.startswith("do_"):
-                    return self._not_allowed
-                raise AttributeError(name)
+        from jobplane.local.server import ChaliceWSGI
 
         config = Config.create(chalice_stage="local", app_name="jobplane", project_dir=os.getcwd())
-        server = create_local_server(self.app, config, self.host, self.api_port)
-        server.server.RequestHandlerClass = functools.partial(QuietHandler, app_object=self.app, config=config)
-        self._servers.append(server.server)
-        threading.Thread(target=server.server.serve_forever, name="api", daemon=True).start()
+        self._api.app = ChaliceWSGI(self.app, config)
+        self.api_server.start()
 
     def _spawn(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -211,17 +215,29 @@ class LocalStack:
                 },
             )
 
-    def _stream_loop(self, table: str) -> None:
+    def _stream_positions(self, table: str) -> dict[str, str]:
+        """One iterator per existing shard, after its last record (LATEST)."""
+        import boto3
+
+        streams = boto3.client("dynamodbstreams", region_name=REGION)
+        arn = streams.list_streams(TableName=table)["Streams"][0]["StreamArn"]
+        return {
+            shard["ShardId"]: streams.get_shard_iterator(
+                StreamArn=arn, ShardId=shard["ShardId"], ShardIteratorType="LATEST"
+            )["ShardIterator"]
+            for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]
+        }
+
+    def _stream_loop(self, table: str, iterators: dict[str, str]) -> None:
         """Read the jobs table's stream and call `notify` with Lambda's DynamoDB event shape."""
         import boto3
 
         streams = boto3.client("dynamodbstreams", region_name=REGION)
         arn = streams.list_streams(TableName=table)["Streams"][0]["StreamArn"]
-        iterators: dict[str, str] = {}
         while not self._stop.is_set():
             for shard in streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"]:
                 sid = shard["ShardId"]
-                if sid not in iterators:
+                if sid not in iterators:  # a shard born while we run: all of it is new
                     iterators[sid] = streams.get_shard_iterator(
                         StreamArn=arn, ShardId=sid, ShardIteratorType="TRIM_HORIZON"
                     )["ShardIterator"]
@@ -276,10 +292,8 @@ class LocalStack:
             thread.join(timeout=5)
         if getattr(self, "moto", None):
             self.moto.stop()
-        try:
-            state_file(self.directory).unlink()
-        except FileNotFoundError:
-            pass
+        if self.state:  # only the stack that wrote it removes it
+            state_file(self.directory).unlink(missing_ok=True)
 
     def _stop_local_jobs(self) -> None:
         """Every runner still alive is asked to stop its job; stragglers are killed."""
@@ -310,6 +324,18 @@ class LocalStack:
     def wait(self) -> None:
         while not self._stop.wait(0.5):
             pass
+
+
+class _Deferred:
+    """The API's WSGI app, bound to its port before the app exists (so a busy port fails first)."""
+
+    app = None
+
+    def __call__(self, environ, start_response):
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "application/json"), ("Retry-After", "1")])
+            return [b'{"error": {"code": "starting", "message": "the local stack is starting", "details": []}}']
+        return self.app(environ, start_response)
 
 
 def _job_pid(folder: Path) -> int | None:

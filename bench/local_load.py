@@ -1,0 +1,256 @@
+"""Load on a real `jobplane local up`: concurrent GET /jobs and POST /jobs, and the embedded DynamoDB, over loopback."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEC = {"name": "load", "backend": "local", "command": [sys.executable, "-c", "pass"]}
+# One job holds the only local slot, so the load's jobs wait in QUEUED: the figures are the API's
+# and the store's, not those of a hundred job processes competing for the same two cores.
+HOLDER = {"name": "holder", "backend": "local", "command": [sys.executable, "-c", "import time; time.sleep(900)"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_stack(directory: Path, port: int) -> tuple[subprocess.Popen, dict]:
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "JOBPLANE_LOCAL_DIR": str(directory),
+        "JOBPLANE_CAPACITY_LIMITS": "local:cpu=1",
+    }
+    env.pop("AWS_ENDPOINT_URL", None)
+    log = open(directory / "stack.log", "w")  # noqa: SIM115 - closed with the process
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobplane.cli", "local", "up", "--port", str(port), "--reconcile-seconds", "3600"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"the stack exited: {(directory / 'stack.log').read_text()}")
+        try:
+            state = json.loads((directory / "local.json").read_text())
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                return proc, state
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise SystemExit("the stack did not come up in 60 s")
+
+
+def burst(host: str, port: int, make_request, concurrency: int, timeout: float = 60.0) -> dict:
+    """`concurrency` clients, each on its own new connection, released at once by a barrier."""
+    barrier = threading.Barrier(concurrency)
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def one(i: int) -> None:
+        method, path, body, headers = make_request(i)
+        barrier.wait()
+        start = time.perf_counter()
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=timeout)
+            conn.request(method, path, body=body, headers=headers)
+            response = conn.getresponse()
+            response.read()
+            conn.close()
+            outcome = str(response.status)
+        except ConnectionResetError:
+            outcome = "reset"
+        except TimeoutError:
+            outcome = "timeout"
+        except OSError as exc:
+            outcome = type(exc).__name__
+        elapsed = time.perf_counter() - start
+        with lock:
+            latencies.append(elapsed)
+            statuses[outcome] = statuses.get(outcome, 0) + 1
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(concurrency)]
+    wall = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - wall
+    latencies.sort()
+    return {
+        "n": concurrency,
+        "statuses": statuses,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "max": latencies[-1],
+        "wall": wall,
+    }
+
+
+def _merge(runs: list[dict]) -> dict:
+    latencies = sorted(r["p50"] for r in runs)
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for k, v in r["statuses"].items():
+            statuses[k] = statuses.get(k, 0) + v
+    return {
+        "n": len(runs),
+        "statuses": statuses,
+        "p50": statistics.median(latencies),
+        "p99": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
+        "max": latencies[-1],
+    }
+
+
+def _dynamodb_request(table: str):
+    body = json.dumps({"TableName": table, "Key": {"token_hash": {"S": "0" * 64}}})
+    headers = {
+        "Content-Type": "application/x-amz-json-1.0",
+        "X-Amz-Target": "DynamoDB_20120810.GetItem",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=local/20260101/us-east-1/dynamodb/aws4_request, "
+        "SignedHeaders=host, Signature=0",
+    }
+    return lambda _: ("POST", "/", body, headers)
+
+
+def measure(gets: int = 200, posts: int = 50, seed_jobs: int = 50) -> list[tuple[str, dict]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        port = _free_port()
+        proc, state = start_stack(Path(tmp), port)
+        try:
+            auth = {"Authorization": f"Bearer {state['admin_token']}", "Content-Type": "application/json"}
+            warm = burst("127.0.0.1", port, lambda _: ("POST", "/jobs", json.dumps(HOLDER), auth), 1)
+            assert warm["statuses"] == {"201": 1}, warm
+            seeded = burst("127.0.0.1", port, lambda _: ("POST", "/jobs", json.dumps(SPEC), auth), seed_jobs)
+            results = [(f"POST /jobs x{seed_jobs} (seed)", seeded)]
+            alone = [burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), 1) for _ in range(20)]
+            results.append(("GET /jobs x1, 20 in a row (baseline)", _merge(alone)))
+            listing = burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), gets)
+            results.append((f"GET /jobs x{gets}", listing))
+
+            def post(i):
+                return "POST", "/jobs", json.dumps(SPEC), {**auth, "Idempotency-Key": f"load-{i}-{time.time_ns()}"}
+
+            results.append((f"POST /jobs x{posts}", burst("127.0.0.1", port, post, posts)))
+            aws = state["aws_endpoint"].rsplit(":", 1)
+            tokens = state["env"].get("JOBPLANE_TOKENS_TABLE", "jobplane-local-tokens")
+            moto_host, moto_port = aws[0].removeprefix("http://"), int(aws[1])
+            results.append((f"moto GetItem x{gets}", burst(moto_host, moto_port, _dynamodb_request(tokens), gets)))
+            return results
+        finally:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+REPLAY = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+started = time.perf_counter()
+from jobplane.local.emulator import start_moto
+emulator, _ = start_moto(state=Path(sys.argv[1]))
+print(json.dumps({**emulator.replayed, "start": time.perf_counter() - started}))
+emulator.stop()
+"""
+
+
+def _replay(state: Path) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", REPLAY, str(state), str(ROOT)], capture_output=True, text=True, timeout=600, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def persistence(records: int = 15_000, writes: int = 300) -> list[str]:
+    """What the journal costs: per write (fsync before the answer), and at start-up (replay)."""
+    sys.path.insert(0, str(ROOT))
+    import boto3
+
+    from jobplane.local import emulator as emulator_module
+
+    item = {"pk": {"S": ""}, "spec": {"S": "x" * 1000}, "n": {"N": "1"}}
+    key = [{"AttributeName": "pk", "KeyType": "HASH"}]
+    attrs = [{"AttributeName": "pk", "AttributeType": "S"}]
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "aws"
+        # Both emulators at once, their writes interleaved: the ratio is measured under the same load.
+        memory, memory_url = emulator_module.start_moto()
+        journaled, journaled_url = emulator_module.start_moto(state=state)
+        clients = {}
+        for label, url in (("memory", memory_url), ("journaled", journaled_url)):
+            clients[label] = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+            clients[label].create_table(
+                TableName=f"bench-{label}", KeySchema=key, AttributeDefinitions=attrs, BillingMode="PAY_PER_REQUEST"
+            )
+        times: dict[str, list[float]] = {"memory": [], "journaled": []}
+        for i in range(writes):
+            for label, client in clients.items():
+                started = time.perf_counter()
+                client.put_item(TableName=f"bench-{label}", Item={**item, "pk": {"S": f"w{i}"}})
+                times[label].append(time.perf_counter() - started)
+        emulator_module.COMPACT_MIN_BYTES = 1 << 40  # keep it all in the journal, to measure replaying one
+        for start in range(0, records, 25):
+            puts = [{"PutRequest": {"Item": {**item, "pk": {"S": f"r{i}"}}}} for i in range(start, start + 25)]
+            clients["journaled"].batch_write_item(RequestItems={"bench-journaled": puts})
+        memory.stop()
+        journaled.stop()
+        mem, jour = (statistics.median(times[k]) * 1000 for k in ("memory", "journaled"))
+        lines = [
+            f"PutItem, median of {writes} interleaved: in memory {mem:.2f} ms, journaled {jour:.2f} ms "
+            f"(x{jour / mem:.2f}; one write + fsync per acknowledged write)"
+        ]
+        size = sum(p.stat().st_size for p in state.glob("journal-*.jsonl")) / 1e6
+        journal = _replay(state)  # this start folds the journal into a snapshot: it outgrew 8 MiB
+        snapshot = _replay(state)
+        lines.append(
+            f"start-up with {records + writes:,} items of 1 KB: from the journal ({size:.1f} MB, "
+            f"{journal['applied']:,} requests) {journal['start']:.2f} s incl. compaction; "
+            f"from the snapshot ({snapshot['applied']:,} requests) {snapshot['start']:.2f} s"
+        )
+    return lines
+
+
+def main() -> int:
+    print("== the journal (embedded emulator, in this process) ==")
+    for line in persistence():
+        print(line)
+    print()
+    results = measure()
+    head = "load on jobplane local up (one client)"
+    print(f"{head:40} {'ok':>5} {'errors':>6} {'p50 s':>7} {'p99 s':>7} {'max s':>7}")
+    failed = False
+    for name, r in results:
+        ok = sum(v for k, v in r["statuses"].items() if k.startswith("2"))
+        errors = r["n"] - ok
+        failed |= errors > 0
+        detail = "" if not errors else "  " + json.dumps(r["statuses"])
+        print(f"{name:40} {ok:5d} {errors:6d} {r['p50']:7.3f} {r['p99']:7.3f} {r['max']:7.3f}{detail}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
