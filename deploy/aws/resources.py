@@ -18,8 +18,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+# Its siblings by path: under pytest, `deploy` would name the tests' own deploy package.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deploy.aws import layer, terraform  # noqa: E402  (run as a script: the repository root is on sys.path above)
+import layer  # noqa: E402  (run as a script: the folders are on sys.path above)
+import terraform  # noqa: E402
 
 TF_NAMES = {
     "jobs": "jobs",
