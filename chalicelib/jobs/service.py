@@ -41,7 +41,7 @@ from chalicelib.jobs.model import (
     new_job_id,
     utcnow,
 )
-from chalicelib.jobs.spec import JobSpec
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import IdempotencyRecord, JobStore, Page
 
 log = logging.getLogger("jobplane.service")
@@ -85,12 +85,12 @@ class JobService:
 
     # --- planning --------------------------------------------------------------------
     def plan(self, spec: JobSpec) -> tuple[str, str]:
-        """Pick the backend for `spec`; returns (backend, why). The planner holds the reasoning."""
+        """Pick (and validate, once) the backend for `spec`; returns (backend, why). The planner holds the reasoning."""
         from chalicelib.planner import plan
 
         return plan(spec, self.settings, self.backend)
 
-    def _candidates(self, first: str, spec: JobSpec, data: dict[str, Any]) -> tuple[str, ...]:
+    def _candidates(self, first: str, spec: JobSpec) -> tuple[str, ...]:
         """The planned backend, then the spec's fallback list; each must be enabled and able to run it."""
         for i, name in enumerate(spec.fallback):
             field = f"fallback[{i}]"
@@ -100,7 +100,7 @@ class JobService:
                     [{"field": field, "message": f"enabled here: {', '.join(self.settings.enabled_backends)}"}],
                 )
             try:
-                self.backend(name).validate(data)
+                self.backend(name).validate(spec)
             except ValidationError as exc:
                 reason = exc.details[0]["message"] if exc.details else exc.message
                 raise ValidationError(
@@ -112,10 +112,8 @@ class JobService:
     def submit(self, principal: Principal, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
         backend_name, why = self.plan(spec)
-        data = spec.to_dict()
-        self.backend(backend_name).validate(data)
-        candidates = self._candidates(backend_name, spec, data)
-        for claim, limit in claims_for(backend_name, data, dict(self.settings.capacity_limits)):
+        candidates = self._candidates(backend_name, spec)
+        for claim, limit in claims_for(backend_name, spec, dict(self.settings.capacity_limits)):
             if claim.units > limit:
                 raise ValidationError(
                     f"this job needs {claim.units} units of {claim.pool}, more than the {limit} this deployment allows",
@@ -128,7 +126,7 @@ class JobService:
                     "Idempotency-Key is not valid",
                     [{"field": "Idempotency-Key", "message": "1..255 printable characters"}],
                 )
-            request_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+            request_hash = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
             claimed = self.store.claim_idempotency_key(
                 IdempotencyRecord(principal.user, idempotency_key, job_id, request_hash, utcnow())
             )
@@ -151,7 +149,7 @@ class JobService:
             owner=principal.user,
             status=JobStatus.QUEUED,
             backend=backend_name,
-            spec=data,
+            spec=spec,
             created_at=now,
             updated_at=now,
             planner_reason=why,
@@ -178,7 +176,9 @@ class JobService:
 
         A job whose capacity pool is full stays QUEUED with the reason; dispatch_queued() retries it.
         """
-        native_id = native_name(job.job_id, job.attempt)
+        name = native_name(job.job_id, job.attempt)
+        # Services that address a resource by the name we give it have their id before the launch call.
+        named = {"native_id": name} if self.backend(job.backend).named_by_us else {}
         claims = self.claims(job)
         transition = Transition(
             job.job_id,
@@ -187,7 +187,7 @@ class JobService:
             f"launching attempt {job.attempt} on {job.backend}",
             EventSource.DISPATCH,
             utcnow(),
-            changes={"native_id": native_id, "claims": tuple(c for c, _ in claims)},
+            changes={"native_name": name, **named, "claims": tuple(c for c, _ in claims)},
             acquire=claims,
         )
         try:
@@ -199,7 +199,6 @@ class JobService:
         return self._launch(job)
 
     def _launch(self, job: Job) -> Job:
-        native_id = job.native_id or native_name(job.job_id, job.attempt)
         try:
             result = self.backend(job.backend).launch(job)
         except BackendError as exc:
@@ -217,7 +216,7 @@ class JobService:
                 )
             )
             return failed or job
-        if result.native_id != native_id:
+        if result.native_id is not None and result.native_id != job.native_id:
             try:
                 job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
             except StaleStateError:
@@ -233,12 +232,12 @@ class JobService:
         return self._launch(job)
 
     def _release(self, job: Job) -> None:
-        if job.native_id is None:
-            return
+        if job.native_name is None:
+            return  # this attempt was never dispatched: nothing to release
         try:
             self.backend(job.backend).release(Handle.of(job), f"job {job.status.value.lower()}")
         except JobplaneError as exc:  # the reaper's sweep stops it on its next run
-            log.warning("releasing %s of job %s failed: %s", job.native_id, job.job_id, exc.message)
+            log.warning("releasing %s of job %s failed: %s", job.native_name, job.job_id, exc.message)
 
     def _failover(self, job: Job, exc: BackendError) -> Job:
         """No capacity or quota on this backend: move to the next candidate, or wait, or fail."""
@@ -246,7 +245,7 @@ class JobService:
         position = candidates.index(job.backend) if job.backend in candidates else len(candidates) - 1
         tried = f"{job.backend}: {exc.message}"
         now = utcnow()
-        wait = timedelta(minutes=int(job.spec.get("capacity_wait_minutes", 0)))
+        wait = timedelta(minutes=job.spec.capacity_wait_minutes)
         if position + 1 < len(candidates):
             target = candidates[position + 1]
             reason = f"{tried}; failing over to {target}"
@@ -275,7 +274,7 @@ class JobService:
             reason,
             EventSource.DISPATCH,
             now,
-            changes={**changes, "native_id": None, "claims": ()},
+            changes={**changes, "native_id": None, "native_name": None, "claims": ()},
             release=job.claims,
         )
         try:
@@ -373,7 +372,7 @@ class JobService:
                 "offset must be a non-negative integer",
                 [{"field": "offset", "message": "the next_offset of the previous call, or 0"}],
             )
-        if job.native_id is None:
+        if job.native_name is None:
             from chalicelib.backends.base import LogChunk
 
             return LogChunk("", 0, job.terminal)

@@ -10,6 +10,7 @@ from chalicelib.backends.aws.batch import BatchBackend, definition_name
 from chalicelib.backends.base import Handle
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 from tests.backends.conftest import boto, make_job
 
 SPEC = {
@@ -60,7 +61,9 @@ def test_submit_request_carries_gpus_timeout_env_and_tags(aws_settings):
 
 def test_spot_needs_a_spot_queue(aws_settings):
     with pytest.raises(UnsupportedError) as err:
-        BatchBackend(aws_settings).validate({**make_job("aws-batch", SPEC).spec, "resources": {"spot": True}})
+        BatchBackend(aws_settings).validate(
+            JobSpec.from_dict({**make_job("aws-batch", SPEC).spec.to_dict(), "resources": {"spot": True}})
+        )
     assert err.value.details[0]["field"] == "resources.spot"
 
 

@@ -13,6 +13,7 @@ import pytest
 from chalicelib import deps
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new_job_id, utcnow
+from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import job_spec
 from tests.conftest import wait_for as _wait_for
 
@@ -75,7 +76,15 @@ def seed(api, owner, n, status=JobStatus.QUEUED) -> list[str]:
     base = utcnow()
     ids = []
     for i in range(n):
-        job = Job(new_job_id(), f"seed-{i}", owner, status, "local", job_spec(f"seed-{i}"), base + timedelta(seconds=i))
+        job = Job(
+            new_job_id(),
+            f"seed-{i}",
+            owner,
+            status,
+            "local",
+            JobSpec.from_dict(job_spec(f"seed-{i}")),
+            base + timedelta(seconds=i),
+        )
         api.store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, status, "seeded", EventSource.API))
         ids.append(job.job_id)
     return ids

@@ -18,6 +18,7 @@ from chalicelib.events import handle_state_change
 from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import reconcile
 from tests.conftest import job_spec, make_settings, wait_for
 
@@ -321,7 +322,15 @@ def _seed(service, owner, n, status=JobStatus.QUEUED):
     jobs = []
     base = utcnow()
     for i in range(n):
-        job = Job(new_job_id(), f"j{i}", owner, status, "local", job_spec(f"j{i}"), base + timedelta(seconds=i))
+        job = Job(
+            new_job_id(),
+            f"j{i}",
+            owner,
+            status,
+            "local",
+            JobSpec.from_dict(job_spec(f"j{i}")),
+            base + timedelta(seconds=i),
+        )
         service.store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, status, "seeded", EventSource.API))
         jobs.append(job)
     return jobs
