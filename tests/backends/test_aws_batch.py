@@ -78,7 +78,7 @@ def test_can_launch_describe_and_cancel_on_moto(batch, aws_settings):
     definitions = client.describe_job_definitions(jobDefinitionName=definition_name("train:1"))["jobDefinitions"]
     assert len(definitions) == 1  # one definition per image, shared by both jobs
     assert definitions[0]["containerProperties"]["image"] == "train:1"
-    handle = Handle(job.job_id, first.native_id, 1)
+    handle = Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=first.native_id)
     deadline = time.monotonic() + 10
     seen = backend.describe(handle)
     while not seen.status.terminal and time.monotonic() < deadline:

@@ -28,7 +28,7 @@ SPEC = {
 def test_can_build_the_training_job_request_from_a_spec(aws_settings):
     backend = SageMakerBackend(aws_settings)
     job = make_job("sagemaker", SPEC, job_id="a" * 32, attempt=2)
-    request = backend.training_job_request(job, Handle(job.job_id, "x", 2))
+    request = backend.training_job_request(job, Handle.of(job.with_changes(native_id="x")))
     assert request["TrainingJobName"] == "jp-" + "a" * 32 + "-a2"
     assert request["AlgorithmSpecification"] == {
         "TrainingImage": SPEC["image"],

@@ -159,6 +159,23 @@ def test_the_token_scheme_is_case_insensitive(api, alice):
 # --- submit and run ---------------------------------------------------------------------
 
 
+def test_a_job_names_our_name_and_the_providers_id_apart(api, alice):
+    job = submit(api, alice, job_spec("named"))
+    got = api.request("GET", f"/jobs/{job['job_id']}", alice).json_body
+    # The local backend's "provider id" is the folder named after the job: both fields hold it.
+    assert (got["native_name"], got["native_id"]) == (f"jp-{job['job_id']}", f"jp-{job['job_id']}")
+    assert got["spec"]["max_runtime_minutes"] == 1440
+    assert got["spec"]["resources"] == {
+        "gpus": 0,
+        "gpu_type": None,
+        "cpus": 1,
+        "memory_gb": 2,
+        "spot": False,
+        "instance_type": None,
+        "tpu": None,
+    }
+
+
 def test_can_submit_a_job_and_it_runs_to_succeeded(api, alice):
     job = submit(api, alice, job_spec("hello"))
     assert job["status"] == "LAUNCHING"
