@@ -169,7 +169,7 @@ def test_an_unspecified_or_unknown_state_is_an_error(gcp_service, fake_gcp):
 
 def test_a_retried_launch_finds_the_job_instead_of_creating_a_second(gcp_service, fake_gcp):
     job = submit(gcp_service, image=IMAGE, backend="vertex")
-    lost = job.with_changes(native_id=f"jp-{job.job_id}")  # the create's response never reached the store
+    lost = job.with_changes(native_id=None)  # the create's response never reached the store
     result = gcp_service.backend("vertex").launch(lost)
     assert result.native_id == job.native_id
     assert len(fake_gcp.bodies("POST", "customJobs$")) == 1

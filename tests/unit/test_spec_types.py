@@ -122,6 +122,7 @@ COLD = """
 import json, sys
 from chalicelib.config import Settings
 from chalicelib.store.dynamo import DynamoJobStore
+import chalicelib.events, chalicelib.jobs.service  # the event path: decide and apply, no validation
 
 store = DynamoJobStore(Settings.from_env({"JOBPLANE_STAGE": "cold", "AWS_REGION": "us-east-1"}))
 image = {
@@ -137,7 +138,7 @@ print(json.dumps({"max_runtime": job.spec.max_runtime_minutes, "name": job.nativ
 """
 
 
-def test_the_store_builds_a_job_without_importing_pydantic_or_the_edge_spec():
+def test_the_store_and_the_event_path_build_a_job_without_importing_pydantic_or_the_edge_spec():
     result = subprocess.run(
         [sys.executable, "-c", COLD], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
     )
