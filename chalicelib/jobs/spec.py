@@ -93,7 +93,9 @@ def _check_uri(value: str | None) -> str | None:
 
 
 class JobSpec(_Strict):
-    """One training job, as a user writes it (YAML or JSON); parse_spec returns it as the typed spec."""
+    """One training job, as a user writes it (YAML or JSON)."""
+
+    # The schema of the API; parse_spec hands on what it validated as the typed spec (spec_types.JobSpec).
 
     name: str = Field(..., pattern=NAME_RE, description="[a-z0-9-], 1..63, starts and ends alphanumeric")
     image: str | None = Field(default(typed.JobSpec, "image"), min_length=1, max_length=512, pattern=r"^[^\s]+$")
