@@ -45,6 +45,7 @@ RECONCILES_PER_MONTH = 60 * 24 * 30
 class InstantBackend:
     name = "local"
     reaps = False
+    named_by_us = True  # its id is the name it is given, as the local backend's is
 
     def validate(self, spec):
         return None

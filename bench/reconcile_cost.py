@@ -26,11 +26,12 @@ class InSyncBackend:
         from chalicelib.backends.base import Observation
         from chalicelib.jobs.model import JobStatus
 
-        return Observation(JobStatus.RUNNING, "Running", handle.native_id, handle.job_id, handle.attempt)
+        return Observation(JobStatus.RUNNING, "Running", handle.native_name, handle.job_id, handle.attempt)
 
 
 def _populate(store, finished: int, active: int) -> None:
     from chalicelib.jobs.model import Job, JobStatus, utcnow
+    from chalicelib.jobs.spec_types import JobSpec
 
     now = utcnow()
     jobs = []
@@ -43,7 +44,7 @@ def _populate(store, finished: int, active: int) -> None:
                 owner=f"user{i % 20}",
                 status=JobStatus.SUCCEEDED if done else JobStatus.RUNNING,
                 backend="local",
-                spec={"name": f"job-{i}", "command": ["true"]},
+                spec=JobSpec.from_dict({"name": f"job-{i}", "command": ["true"]}),
                 created_at=now - timedelta(seconds=i),
                 native_id=f"jp-{i:032x}",
                 started_at=now,

@@ -28,7 +28,11 @@ class Job(_Out):
     owner: str
     status: JobStatus
     backend: str
-    native_id: str | None
+    native_id: str | None = Field(description="the provider's id or ARN of the current attempt; null until it gave one")
+    native_name: str | None = Field(
+        pattern=r"^jp-[0-9a-f]{32}(-a[0-9]+)?$",
+        description="jobplane's name for the current attempt at the provider; null until it is dispatched",
+    )
     spec: JobSpec
     attempt: int = Field(ge=1)
     created_at: str

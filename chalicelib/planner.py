@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from chalicelib.backends import backend_class
 from chalicelib.backends.base import ComputeBackend
 from chalicelib.config import Settings
 from chalicelib.errors import ValidationError
 from chalicelib.jobs.capacity import claims_for
+
+if TYPE_CHECKING:
+    from chalicelib.jobs.spec_types import JobSpec
 
 # DESIGN.md's ranking: managed training services first, then queues, then containers, then VMs.
 RANKING = ("sagemaker", "vertex", "kubernetes", "aws-batch", "ecs", "ec2", "gce", "local")
@@ -28,21 +31,23 @@ TIME_LIMITS = {"vertex": 7 * 24 * 60}
 
 
 def plan(
-    spec: Any,
+    spec: JobSpec,
     settings: Settings,
     make: Callable[[str], ComputeBackend] | None = None,
 ) -> tuple[str, str]:
-    """(backend, why) for a JobSpec. An explicit backend is taken as is (if enabled)."""
+    """(backend, why) for a JobSpec. An explicit backend is taken as is (if enabled and able to run it).
+
+    This is the launch decision, so the chosen backend's validate() runs here and nowhere after it."""
     enabled = settings.enabled_backends
+    make = make or (lambda name: backend_class(name)(settings))
     if spec.backend != "auto":
         if spec.backend not in enabled:
             raise ValidationError(
                 f"backend {spec.backend!r} is not enabled in this deployment",
                 [{"field": "backend", "message": f"enabled here: auto, {', '.join(enabled)}"}],
             )
+        make(spec.backend).validate(spec)
         return spec.backend, f"backend {spec.backend!r} requested by the spec"
-    make = make or (lambda name: backend_class(name)(settings))
-    data = spec.to_dict()
     limits = dict(settings.capacity_limits)
     # The local stack (default backend local) keeps auto jobs local; elsewhere the ranking decides.
     order = [b for b in RANKING if b in enabled and b != "local"]
@@ -51,11 +56,11 @@ def plan(
     order += [b for b in enabled if b not in order]
     skipped: list[str] = []
     for name in order:
-        why_not = _refusal(name, data, limits, make)
+        why_not = _refusal(name, spec, limits, make)
         if why_not:
             skipped.append(f"{name}: {why_not}")
             continue
-        reason = f"auto: {name}, {ROLE.get(name, name)}, for {_describe(data)}"
+        reason = f"auto: {name}, {ROLE.get(name, name)}, for {_describe(spec)}"
         if skipped:
             reason += "; skipped " + "; ".join(skipped)
         return name, reason
@@ -65,29 +70,29 @@ def plan(
     )
 
 
-def _refusal(name: str, data: dict[str, Any], limits: dict[str, int], make) -> str | None:
+def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make) -> str | None:
     """Why `name` cannot take this job, or None."""
-    runtime = int(data.get("max_runtime_minutes", 1440))
+    runtime = spec.max_runtime_minutes
     if name in TIME_LIMITS and runtime > TIME_LIMITS[name]:
         return f"runs at most {TIME_LIMITS[name]} minutes, the job asks for {runtime}"
     try:
-        make(name).validate(data)
+        make(name).validate(spec)
     except ValidationError as exc:
         return exc.details[0]["message"] if exc.details else exc.message
-    for claim, limit in claims_for(name, data, limits):
+    for claim, limit in claims_for(name, spec, limits):
         if limit < claim.units:
             return f"{claim.pool} allows {limit} here (JOBPLANE_CAPACITY_LIMITS)"
     return None
 
 
-def _describe(data: dict[str, Any]) -> str:
-    resources = data.get("resources") or {}
-    gpus = int(resources.get("gpus") or 0)
-    what = f"{gpus}x {resources.get('gpu_type') or resources.get('instance_type')} GPU" if gpus else "a CPU-only job"
-    if resources.get("tpu"):
-        what = f"TPU {resources['tpu']}"
-    if resources.get("spot"):
+def _describe(spec: JobSpec) -> str:
+    resources = spec.resources
+    gpus = resources.gpus
+    what = f"{gpus}x {resources.gpu_type or resources.instance_type} GPU" if gpus else "a CPU-only job"
+    if resources.tpu:
+        what = f"TPU {resources.tpu}"
+    if resources.spot:
         what += " on spot"
-    if not data.get("image"):
+    if not spec.image:
         what += " (bare command, no image)"
     return what

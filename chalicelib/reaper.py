@@ -99,15 +99,21 @@ def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> 
         return Decision(job.job_id, Action.DISPATCH, job.status_reason or "queued")
     if observation is None:
         if job.status is JobStatus.CANCELLING:
-            return Decision(job.job_id, Action.CANCELLED, f"backend {job.backend} has no resource {job.native_id} left")
+            return Decision(
+                job.job_id,
+                Action.CANCELLED,
+                f"backend {job.backend} has no resource {job.native_id or job.native_name} left",
+            )
         if job.status is JobStatus.LAUNCHING:
             if (now - (job.updated_at or job.created_at)) < launch_deadline:
                 return Decision(job.job_id, Action.NONE, "launch in progress")
             if not (job.status_reason or "").startswith(RELAUNCH_REASON):
                 # The function died between the LAUNCHING write and the launch: launching the same
                 # native name again cannot start a second job.
-                return Decision(job.job_id, Action.RELAUNCH, f"no resource {job.native_id} after the launch deadline")
-        return Decision(job.job_id, Action.FAIL_LOST, f"backend {job.backend} has no resource {job.native_id}")
+                return Decision(job.job_id, Action.RELAUNCH, f"no resource {job.native_name} after the launch deadline")
+        return Decision(
+            job.job_id, Action.FAIL_LOST, f"backend {job.backend} has no resource {job.native_id or job.native_name}"
+        )
     if observation.status is not job.status:
         if job.status is JobStatus.CANCELLING and not observation.status.terminal:
             return Decision(job.job_id, Action.RECANCEL, f"still {observation.native_status} after a cancel request")
@@ -153,7 +159,7 @@ def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=No
     started = resource.launched_at or job.started_at
     if started is None:
         return None
-    limit = timedelta(minutes=int(job.spec.get("max_runtime_minutes", 1440)) + policy.overdue_grace_minutes)
+    limit = timedelta(minutes=job.spec.max_runtime_minutes + policy.overdue_grace_minutes)
     if now - started > limit:
         return Decision(
             key,

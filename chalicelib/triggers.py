@@ -80,12 +80,13 @@ class Rule:
                 return {k: sub(v) for k, v in value.items()}
             return value
 
-        spec = sub(self.job)
-        spec["name"] = job_name(spec.get("name") or self.name)
-        labels = dict(spec.get("labels") or {})
+        # A raw document still: parse_spec, the edge, validates it next.
+        document = sub(self.job)
+        document["name"] = job_name(document.get("name") or self.name)
+        labels = dict(document.get("labels") or {})
         labels.setdefault("trigger", job_name(self.name))
-        spec["labels"] = labels
-        return spec
+        document["labels"] = labels
+        return document
 
 
 def job_name(text: str) -> str:

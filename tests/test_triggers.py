@@ -75,13 +75,13 @@ def test_a_matching_upload_starts_one_job_from_the_template_with_the_decoded_key
     )
     job = service.store.get_job(result["job_id"])
     assert (job.name, job.owner) == ("ingest-my-data-1", "uploads")
-    assert job.spec["command"] == [
+    assert job.spec.to_dict()["command"] == [
         "python",
         "ingest.py",
         "s3://jobplane-test-uploads/datasets/cifar small/My Data+1.csv",
     ]
-    assert job.spec["env"] == {"STEM": "My Data+1"}
-    assert job.spec["labels"] == {"trigger": "ingest"}
+    assert job.spec.to_dict()["env"] == {"STEM": "My Data+1"}
+    assert job.spec.to_dict()["labels"] == {"trigger": "ingest"}
 
 
 def test_the_same_s3_event_delivered_twice_starts_one_job_and_a_new_upload_another(service):
@@ -112,7 +112,7 @@ def test_outputs_never_trigger_and_unmatched_objects_do_nothing(service):
 def test_a_hostile_key_is_substituted_once_as_plain_text(service):
     [result] = handle_s3_event(event("datasets/%7Bbucket%7D%24%28touch+x%29%7Bkey%7D.csv"), service)
     job = service.store.get_job(result["job_id"])
-    assert job.spec["command"][2] == "s3://jobplane-test-uploads/datasets/{bucket}$(touch x){key}.csv"
+    assert job.spec.to_dict()["command"][2] == "s3://jobplane-test-uploads/datasets/{bucket}$(touch x){key}.csv"
     assert job.name == "ingest-bucket-touch-x-key"
 
 
@@ -137,7 +137,7 @@ def test_on_upload_through_the_chalice_app_uses_the_checked_in_rules(api, tmp_pa
     response = api.lambda_.invoke("on_upload", s3_event)
     [result] = response.payload
     assert (result["outcome"], result["rule"], result["key"]) == ("started", "local-datasets", "datasets/mnist v2.csv")
-    assert api.store.get_job(result["job_id"]).spec["env"] == {"UPLOAD_KEY": "datasets/mnist v2.csv"}
+    assert api.store.get_job(result["job_id"]).spec.to_dict()["env"] == {"UPLOAD_KEY": "datasets/mnist v2.csv"}
 
 
 def test_a_real_upload_to_the_emulated_s3_arrives_through_sqs_and_starts_the_job(moto_endpoint, service):

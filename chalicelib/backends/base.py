@@ -12,21 +12,23 @@ from typing import Any, ClassVar
 from chalicelib.config import Settings
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, utcnow
+from chalicelib.jobs.spec_types import JobSpec
 
 NATIVE_RE = re.compile(r"^jp-(?P<job_id>[0-9a-f]{32})(?:-a(?P<attempt>[0-9]+))?$")
 
 
 @dataclass(frozen=True)
 class Handle:
-    """What a backend needs to find a job's resource again."""
+    """What a backend needs to find a job's resource again: our name always, the provider's id once known."""
 
     job_id: str
-    native_id: str
+    native_name: str
     attempt: int = 1
+    native_id: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> Handle:
-        return cls(job.job_id, job.native_id or native_name(job.job_id, job.attempt), job.attempt)
+        return cls(job.job_id, job.native_name or native_name(job.job_id, job.attempt), job.attempt, job.native_id)
 
 
 def parse_native_name(name: str | None) -> tuple[str, int] | None:
@@ -37,15 +39,15 @@ def parse_native_name(name: str | None) -> tuple[str, int] | None:
     return match["job_id"], int(match["attempt"] or 1)
 
 
-def job_env(spec: dict[str, Any], handle: Handle, outputs_var: str = "JOBPLANE_OUTPUT_URI") -> dict[str, str]:
+def job_env(spec: JobSpec, handle: Handle, outputs_var: str = "JOBPLANE_OUTPUT_URI") -> dict[str, str]:
     """The job's environment plus what jobplane tells every job about itself (on every backend)."""
-    env = dict(spec.get("env") or {})
+    env = dict(spec.env)
     env["JOBPLANE_JOB_ID"] = handle.job_id
     env["JOBPLANE_ATTEMPT"] = str(handle.attempt)
-    if spec.get("checkpoint_uri"):
-        env["JOBPLANE_CHECKPOINT_URI"] = spec["checkpoint_uri"]
-    if spec.get("outputs"):
-        env[outputs_var] = spec["outputs"]
+    if spec.checkpoint_uri:
+        env["JOBPLANE_CHECKPOINT_URI"] = spec.checkpoint_uri
+    if spec.outputs:
+        env[outputs_var] = spec.outputs
     return env
 
 
@@ -110,7 +112,7 @@ class ManagedResource:
     state: str  # the provider's state, as it says it
     power: PowerState
     stage: str | None  # the jobplane:stage tag: another stage's resources are never touched
-    native_id: str | None = None
+    native_name: str | None = None  # our name for it (jp-<job_id>[-a<attempt>]), from its tags
     job_id: str | None = None
     attempt: int | None = None
     launched_at: datetime | None = None
@@ -136,7 +138,9 @@ class Utilization:
 
 @dataclass(frozen=True)
 class LaunchResult:
-    native_id: str
+    """The provider's id or ARN for what it launched (None when it gave none) and its status."""
+
+    native_id: str | None
     native_status: str = "Submitted"
 
 
@@ -151,19 +155,23 @@ class ComputeBackend(ABC):
     iam_actions: ClassVar[tuple[str, ...]] = ()
     #: `source` values of the state events this backend understands
     event_sources: ClassVar[tuple[str, ...]] = ()
+    #: True when the provider addresses the resource by the name jobplane gives it (so native_id = native_name)
+    named_by_us: ClassVar[bool] = False
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     # --- cross-cutting checks, in one place ---------------------------------------------
-    def validate(self, spec: dict[str, Any]) -> None:
-        """Raise UnsupportedError naming the field when this backend cannot run `spec`."""
-        resources = spec.get("resources") or {}
+    def validate(self, spec: JobSpec) -> None:
+        """Raise UnsupportedError naming the field when this backend cannot run `spec`.
+
+        Called once per launch decision (the planner, a fallback candidate), not again at launch."""
+        resources = spec.resources
         wanted = {
-            "gpu": resources.get("gpus", 0) > 0,
-            "spot": bool(resources.get("spot")),
-            "tpu": resources.get("tpu") is not None,
-            "checkpoint": spec.get("checkpoint_uri") is not None,
+            "gpu": resources.gpus > 0,
+            "spot": resources.spot,
+            "tpu": resources.tpu is not None,
+            "checkpoint": spec.checkpoint_uri is not None,
         }
         fields = {
             "gpu": "resources.gpus",
@@ -180,7 +188,7 @@ class ComputeBackend(ABC):
         self._validate_impl(spec)
 
     def launch(self, job: Job) -> LaunchResult:
-        self.validate(job.spec)
+        """Start the job's current attempt; idempotent (a retried launch starts nothing new)."""
         return self._launch_impl(job, Handle.of(job))
 
     def describe(self, handle: Handle) -> Observation | None:
@@ -246,7 +254,7 @@ class ComputeBackend(ABC):
         return round(price * hours, 6)
 
     # --- what each backend implements --------------------------------------------------
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
+    def _validate_impl(self, spec: JobSpec) -> None:
         return None
 
     @abstractmethod

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from chalicelib.jobs.spec_types import JobSpec
 
 
 @dataclass(frozen=True)
@@ -21,29 +24,29 @@ class Claim:
         return cls(str(raw[0]), int(raw[1]))
 
 
-def family_of(spec: dict[str, Any]) -> str:
+def family_of(spec: JobSpec) -> str:
     """The pool family of a spec: its instance family, TPU generation, GPU type, or `cpu`."""
-    resources = spec.get("resources") or {}
-    instance_type = resources.get("instance_type")
+    resources = spec.resources
+    instance_type = resources.instance_type
     if instance_type:
         # ml.g5.xlarge -> ml.g5, g5.12xlarge -> g5, a2-highgpu-1g -> a2-highgpu
         if "." in instance_type:
             return instance_type.rsplit(".", 1)[0]
         return instance_type.rsplit("-", 1)[0]
-    if resources.get("tpu"):
-        return "tpu-" + str(resources["tpu"]).split("-")[0]
-    if resources.get("gpus", 0) > 0:
-        return str(resources.get("gpu_type"))
+    if resources.tpu:
+        return "tpu-" + resources.tpu.split("-")[0]
+    if resources.gpus > 0:
+        return str(resources.gpu_type)
     return "cpu"
 
 
-def units_of(spec: dict[str, Any]) -> int:
+def units_of(spec: JobSpec) -> int:
     """GPUs the job holds; a CPU-only or TPU job counts as one unit."""
-    gpus = int((spec.get("resources") or {}).get("gpus", 0))
+    gpus = spec.resources.gpus
     return gpus if gpus > 0 else 1
 
 
-def claims_for(backend: str, spec: dict[str, Any], limits: dict[str, int]) -> tuple[tuple[Claim, int], ...]:
+def claims_for(backend: str, spec: JobSpec, limits: dict[str, int]) -> tuple[tuple[Claim, int], ...]:
     """(claim, limit) for every configured pool the job draws from; `backend:*` covers GPU families only."""
     family = family_of(spec)
     units = units_of(spec)
@@ -55,4 +58,4 @@ def claims_for(backend: str, spec: dict[str, Any], limits: dict[str, int]) -> tu
 
 def queue_order(job) -> tuple:
     """Dispatch order: higher spec priority first, then oldest first."""
-    return (-int(job.spec.get("priority", 0)), job.created_at, job.job_id)
+    return (-job.spec.priority, job.created_at, job.job_id)

@@ -66,7 +66,9 @@ class Dispatcher:
 
         A job whose capacity pool is full stays QUEUED with the reason; dispatch_queued() retries it.
         """
-        native_id = native_name(job.job_id, job.attempt)
+        name = native_name(job.job_id, job.attempt)
+        # Services that address a resource by the name we give it have their id before the launch call.
+        named = {"native_id": name} if self.backend(job.backend).named_by_us else {}
         claims = self.claims(job)
         transition = Transition(
             job.job_id,
@@ -75,7 +77,7 @@ class Dispatcher:
             f"launching attempt {job.attempt} on {job.backend}",
             EventSource.DISPATCH,
             utcnow(),
-            changes={"native_id": native_id, "claims": tuple(c for c, _ in claims)},
+            changes={"native_name": name, **named, "claims": tuple(c for c, _ in claims)},
             acquire=claims,
         )
         try:
@@ -87,7 +89,6 @@ class Dispatcher:
         return self._launch(job)
 
     def _launch(self, job: Job) -> Job:
-        native_id = job.native_id or native_name(job.job_id, job.attempt)
         try:
             result = self.backend(job.backend).launch(job)
         except BackendError as exc:
@@ -95,7 +96,7 @@ class Dispatcher:
             if kind in (FailureKind.NO_CAPACITY, FailureKind.QUOTA):
                 return self._failover(job, exc)
             return self._fail(job, exc.message, kind)
-        if result.native_id != native_id:
+        if result.native_id is not None and result.native_id != job.native_id:
             try:
                 job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
             except StaleStateError:
@@ -119,7 +120,7 @@ class Dispatcher:
         position = candidates.index(job.backend) if job.backend in candidates else len(candidates) - 1
         tried = f"{job.backend}: {exc.message}"
         now = utcnow()
-        wait = timedelta(minutes=int(job.spec.get("capacity_wait_minutes", 0)))
+        wait = timedelta(minutes=job.spec.capacity_wait_minutes)
         if position + 1 < len(candidates):
             target = candidates[position + 1]
             reason = f"{tried}; failing over to {target}"
@@ -138,7 +139,7 @@ class Dispatcher:
             reason,
             EventSource.DISPATCH,
             now,
-            changes={**changes, "native_id": None, "claims": ()},
+            changes={**changes, "native_id": None, "native_name": None, "claims": ()},
             release=job.claims,
         )
         try:

@@ -19,9 +19,9 @@ def _retry(job: Job, event: JobEvent) -> Transition | None:
     """A failed attempt that the spec's retry policy covers goes back to QUEUED as the next attempt."""
     if job.status is JobStatus.CANCELLING or event.failure_kind not in RETRYABLE_KINDS:
         return None
-    policy = job.spec.get("retries") or {}
-    max_attempts = int(policy.get("max_attempts", 1))
-    if RETRYABLE_KINDS[event.failure_kind] not in policy.get("on", ()) or job.attempt >= max_attempts:
+    policy = job.spec.retries
+    max_attempts = policy.max_attempts
+    if RETRYABLE_KINDS[event.failure_kind] not in policy.on or job.attempt >= max_attempts:
         return None
     reason = (
         f"attempt {job.attempt} {event.failure_kind.value}: {event.reason or event.native_status or 'no detail'}; "
@@ -35,7 +35,7 @@ def _retry(job: Job, event: JobEvent) -> Transition | None:
         source=event.source,
         at=event.at,
         native_status=event.native_status,
-        changes={"attempt": job.attempt + 1, "native_id": None, "started_at": None, "claims": ()},
+        changes={"attempt": job.attempt + 1, "native_id": None, "native_name": None, "started_at": None, "claims": ()},
         release=job.claims,
     )
 

@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 from chalicelib.jobs.capacity import Claim
+from chalicelib.jobs.spec_types import JobSpec
 
 
 class JobStatus(str, Enum):
@@ -110,9 +111,12 @@ class Job:
     owner: str
     status: JobStatus
     backend: str
-    spec: dict[str, Any]
+    spec: JobSpec
     created_at: datetime
+    # The provider's id or ARN of the current attempt's resource; None until the provider gave one.
     native_id: str | None = None
+    # Our name for the current attempt's resource (`jp-<job_id>[-a<attempt>]`); None until it is dispatched.
+    native_name: str | None = None
     attempt: int = 1
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -126,6 +130,10 @@ class Job:
     claims: tuple[Claim, ...] = ()
     # Backends this job may run on, in order: the planned one first, then the spec's fallback.
     candidates: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.spec, JobSpec):
+            raise TypeError(f"Job.spec must be a JobSpec (chalicelib.jobs.spec_types), got {type(self.spec).__name__}")
 
     @property
     def terminal(self) -> bool:
@@ -142,7 +150,8 @@ class Job:
             "status": self.status.value,
             "backend": self.backend,
             "native_id": self.native_id,
-            "spec": self.spec,
+            "native_name": self.native_name,
+            "spec": self.spec.to_dict(),
             "attempt": self.attempt,
             "created_at": iso(self.created_at),
             "started_at": iso(self.started_at),

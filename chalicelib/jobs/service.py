@@ -36,7 +36,7 @@ from chalicelib.jobs.model import (
     new_job_id,
     utcnow,
 )
-from chalicelib.jobs.spec import JobSpec
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import IdempotencyRecord, JobStore, Page
 
 log = logging.getLogger("jobplane.service")
@@ -81,12 +81,12 @@ class JobService:
 
     # --- planning --------------------------------------------------------------------
     def plan(self, spec: JobSpec) -> tuple[str, str]:
-        """Pick the backend for `spec`; returns (backend, why). The planner holds the reasoning."""
+        """Pick (and validate, once) the backend for `spec`; returns (backend, why). The planner holds the reasoning."""
         from chalicelib.planner import plan
 
         return plan(spec, self.settings, self.backend)
 
-    def _candidates(self, first: str, spec: JobSpec, data: dict[str, Any]) -> tuple[str, ...]:
+    def _candidates(self, first: str, spec: JobSpec) -> tuple[str, ...]:
         """The planned backend, then the spec's fallback list; each must be enabled and able to run it."""
         for i, name in enumerate(spec.fallback):
             field = f"fallback[{i}]"
@@ -96,7 +96,7 @@ class JobService:
                     [{"field": field, "message": f"enabled here: {', '.join(self.settings.enabled_backends)}"}],
                 )
             try:
-                self.backend(name).validate(data)
+                self.backend(name).validate(spec)
             except ValidationError as exc:
                 reason = exc.details[0]["message"] if exc.details else exc.message
                 raise ValidationError(
@@ -108,10 +108,8 @@ class JobService:
     def submit(self, principal: Principal, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
         backend_name, why = self.plan(spec)
-        data = spec.to_dict()
-        self.backend(backend_name).validate(data)
-        candidates = self._candidates(backend_name, spec, data)
-        for claim, limit in claims_for(backend_name, data, dict(self.settings.capacity_limits)):
+        candidates = self._candidates(backend_name, spec)
+        for claim, limit in claims_for(backend_name, spec, dict(self.settings.capacity_limits)):
             if claim.units > limit:
                 raise ValidationError(
                     f"this job needs {claim.units} units of {claim.pool}, more than the {limit} this deployment allows",
@@ -124,7 +122,7 @@ class JobService:
                     "Idempotency-Key is not valid",
                     [{"field": "Idempotency-Key", "message": "1..255 printable characters"}],
                 )
-            request_hash = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+            request_hash = hashlib.sha256(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
             claimed = self.store.claim_idempotency_key(
                 IdempotencyRecord(principal.user, idempotency_key, job_id, request_hash, utcnow())
             )
@@ -147,7 +145,7 @@ class JobService:
             owner=principal.user,
             status=JobStatus.QUEUED,
             backend=backend_name,
-            spec=data,
+            spec=spec,
             created_at=now,
             updated_at=now,
             planner_reason=why,
@@ -167,12 +165,12 @@ class JobService:
         return self.dispatcher.dispatch(job), True
 
     def _release(self, job: Job) -> None:
-        if job.native_id is None:
-            return
+        if job.native_name is None:
+            return  # this attempt was never dispatched: nothing to release
         try:
             self.backend(job.backend).release(Handle.of(job), f"job {job.status.value.lower()}")
         except JobplaneError as exc:  # the reaper's sweep stops it on its next run
-            log.warning("releasing %s of job %s failed: %s", job.native_id, job.job_id, exc.message)
+            log.warning("releasing %s of job %s failed: %s", job.native_name, job.job_id, exc.message)
 
     # --- read --------------------------------------------------------------------------
     def get(self, principal: Principal, job_id: str) -> Job:
@@ -203,7 +201,7 @@ class JobService:
 
     def logs(self, principal: Principal, job_id: str, offset: int = 0):
         job = self.get(principal, job_id)
-        if job.native_id is None:
+        if job.native_name is None:
             from chalicelib.backends.base import LogChunk
 
             return LogChunk("", 0, job.terminal)

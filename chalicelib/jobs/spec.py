@@ -1,4 +1,4 @@
-"""JobSpec: what a user submits, validated at the edge with field-named errors."""
+"""The edge validator: a user's JobSpec checked with field-named errors, returned as the typed spec."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic import ValidationError as PydanticValidationError
 
 from chalicelib.errors import ValidationError
+from chalicelib.jobs import spec_types as typed
+from chalicelib.jobs.spec_types import default
 
 BACKENDS = ("auto", "sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local")
 BackendName = Literal["auto", "sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local"]
@@ -44,13 +46,20 @@ class _Strict(BaseModel):
 
 
 class Resources(_Strict):
-    gpus: int = Field(0, ge=0, le=16, description="GPUs per job (0..16)")
-    gpu_type: GpuType | None = Field(None, description="GPU model; required when gpus > 0 unless instance_type is set")
-    cpus: float = Field(1, gt=0, le=192)
-    memory_gb: float = Field(2, gt=0, le=2048)
-    spot: bool = False
-    instance_type: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,62}$")
-    tpu: str | None = Field(None, pattern=r"^v[0-9][a-z0-9-]*(-[0-9]+)?$", description="TPU type, e.g. v5litepod-8")
+    gpus: int = Field(default(typed.Resources, "gpus"), ge=0, le=16, description="GPUs per job (0..16)")
+    gpu_type: GpuType | None = Field(
+        default(typed.Resources, "gpu_type"),
+        description="GPU model; required when gpus > 0 unless instance_type is set",
+    )
+    cpus: float = Field(default(typed.Resources, "cpus"), gt=0, le=192)
+    memory_gb: float = Field(default(typed.Resources, "memory_gb"), gt=0, le=2048)
+    spot: bool = default(typed.Resources, "spot")
+    instance_type: str | None = Field(default(typed.Resources, "instance_type"), pattern=r"^[a-z0-9][a-z0-9.\-]{1,62}$")
+    tpu: str | None = Field(
+        default(typed.Resources, "tpu"),
+        pattern=r"^v[0-9][a-z0-9-]*(-[0-9]+)?$",
+        description="TPU type, e.g. v5litepod-8",
+    )
 
     @model_validator(mode="after")
     def _gpu_consistency(self) -> Resources:
@@ -67,12 +76,14 @@ class Resources(_Strict):
 
 
 class Retries(_Strict):
-    max_attempts: int = Field(1, ge=1, le=10)
-    on: tuple[RetryOn, ...] = ("interruption",)
+    max_attempts: int = Field(default(typed.Retries, "max_attempts"), ge=1, le=10)
+    on: tuple[RetryOn, ...] = default(typed.Retries, "on")
 
 
 class Notify(_Strict):
-    slack_channel: str | None = Field(None, pattern=r"^[#@]?[a-z0-9][a-z0-9._-]{0,79}$")
+    slack_channel: str | None = Field(
+        default(typed.Notify, "slack_channel"), pattern=r"^[#@]?[a-z0-9][a-z0-9._-]{0,79}$"
+    )
 
 
 def _check_uri(value: str | None) -> str | None:
@@ -84,8 +95,10 @@ def _check_uri(value: str | None) -> str | None:
 class JobSpec(_Strict):
     """One training job, as a user writes it (YAML or JSON)."""
 
+    # The schema of the API; parse_spec hands on what it validated as the typed spec (spec_types.JobSpec).
+
     name: str = Field(..., pattern=NAME_RE, description="[a-z0-9-], 1..63, starts and ends alphanumeric")
-    image: str | None = Field(None, min_length=1, max_length=512, pattern=r"^[^\s]+$")
+    image: str | None = Field(default(typed.JobSpec, "image"), min_length=1, max_length=512, pattern=r"^[^\s]+$")
     command: tuple[str, ...] = Field(
         ...,
         min_length=1,
@@ -95,19 +108,19 @@ class JobSpec(_Strict):
     )
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: Resources = Field(default_factory=Resources)
-    backend: BackendName = "auto"
-    max_runtime_minutes: int = Field(1440, ge=1, le=40320)
-    inputs: tuple[str, ...] = Field((), max_length=32)
-    outputs: str | None = None
-    checkpoint_uri: str | None = None
+    backend: BackendName = default(typed.JobSpec, "backend")
+    max_runtime_minutes: int = Field(default(typed.JobSpec, "max_runtime_minutes"), ge=1, le=40320)
+    inputs: tuple[str, ...] = Field(default(typed.JobSpec, "inputs"), max_length=32)
+    outputs: str | None = default(typed.JobSpec, "outputs")
+    checkpoint_uri: str | None = default(typed.JobSpec, "checkpoint_uri")
     retries: Retries = Field(default_factory=Retries)
     notify: Notify = Field(default_factory=Notify)
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
-    priority: int = Field(0, ge=-100, le=100)
+    priority: int = Field(default(typed.JobSpec, "priority"), ge=-100, le=100)
     # Failover: other backends to try, in order, when a launch finds no capacity or no quota.
-    fallback: tuple[BackendName, ...] = Field((), max_length=8)
+    fallback: tuple[BackendName, ...] = Field(default(typed.JobSpec, "fallback"), max_length=8)
     # How long a job may wait in QUEUED for capacity once every candidate refused (0: fail at once).
-    capacity_wait_minutes: int = Field(0, ge=0, le=10080)
+    capacity_wait_minutes: int = Field(default(typed.JobSpec, "capacity_wait_minutes"), ge=0, le=10080)
 
     @field_validator("command")
     @classmethod
@@ -171,8 +184,8 @@ class JobSpec(_Strict):
             raise FieldError("fallback", "fallback names concrete backends (auto is what `backend` is for)")
         return self
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=False)
+    def to_typed(self) -> typed.JobSpec:
+        return typed.JobSpec.from_dict(self.model_dump(mode="python", exclude_none=False))
 
 
 def _location(loc: tuple[Any, ...]) -> str:
@@ -214,7 +227,7 @@ def _details(exc: PydanticValidationError) -> list[dict[str, Any]]:
     return details
 
 
-def parse_spec(data: Any) -> JobSpec:
+def parse_spec(data: Any) -> typed.JobSpec:
     """Validate a decoded JSON/YAML document as a JobSpec or raise ValidationError naming each field."""
     if not isinstance(data, dict):
         raise ValidationError(
@@ -222,12 +235,13 @@ def parse_spec(data: Any) -> JobSpec:
             [{"field": "(spec)", "message": f"got {type(data).__name__}", "type": "model_type"}],
         )
     try:
-        return JobSpec.model_validate(data)
+        model = JobSpec.model_validate(data)
     except PydanticValidationError as exc:
         details = _details(exc)
         first = details[0]
         more = f" (and {len(details) - 1} more)" if len(details) > 1 else ""
         raise ValidationError(f"invalid job spec: {first['field']}: {first['message']}{more}", details) from None
+    return model.to_typed()
 
 
 _LOADER: Any = None
@@ -253,7 +267,7 @@ def _yaml_loader() -> Any:
     return _LOADER
 
 
-def load_spec_text(text: str | bytes, content_type: str | None = None) -> JobSpec:
+def load_spec_text(text: str | bytes, content_type: str | None = None) -> typed.JobSpec:
     """Parse a JSON or YAML document (YAML is a superset; JSON is tried first)."""
     if isinstance(text, bytes):
         if len(text) > MAX_BODY_BYTES:

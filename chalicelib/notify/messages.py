@@ -7,6 +7,7 @@ from enum import Enum
 from typing import Any
 
 from chalicelib.jobs.model import FailureKind, Job, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.notify.console import console_url, provider_name
 
 # The reaper's reason when it stops a job's VM on its own (idle, past max runtime): see chalicelib/reaper.py.
@@ -65,18 +66,18 @@ def dedup_key(job: Job) -> str:
     return f"{job.job_id}#{job.status.value}#{job.attempt}"
 
 
-def machine(spec: dict[str, Any]) -> str:
+def machine(spec: JobSpec) -> str:
     """What the job runs on, from its spec: an instance type, a TPU, GPUs, or CPUs and memory."""
-    res = spec.get("resources") or {}
-    if res.get("instance_type"):
-        text = str(res["instance_type"])
-    elif res.get("tpu"):
-        text = f"TPU {res['tpu']}"
-    elif res.get("gpus"):
-        text = f"{res['gpus']}x {res.get('gpu_type') or 'GPU'}"
+    res = spec.resources
+    if res.instance_type:
+        text = res.instance_type
+    elif res.tpu:
+        text = f"TPU {res.tpu}"
+    elif res.gpus:
+        text = f"{res.gpus}x {res.gpu_type or 'GPU'}"
     else:
-        text = f"{float(res.get('cpus', 1)):g} vCPU, {float(res.get('memory_gb', 2)):g} GB"
-    return text + (" (spot)" if res.get("spot") else "")
+        text = f"{float(res.cpus):g} vCPU, {float(res.memory_gb):g} GB"
+    return text + (" (spot)" if res.spot else "")
 
 
 def duration(start: datetime | None, end: datetime | None) -> str | None:
@@ -105,7 +106,7 @@ def headline(job: Job, kind: Kind) -> str:
     if kind is Kind.FAILED:
         return f"{job.name} failed" + (f" ({job.failure_kind.value})" if job.failure_kind else "")
     if kind is Kind.RETRYING:
-        max_attempts = int((job.spec.get("retries") or {}).get("max_attempts", job.attempt))
+        max_attempts = job.spec.retries.max_attempts
         return f"{job.name} retrying: attempt {job.attempt} of {max_attempts}"
     if kind is Kind.AUTO_STOPPED:
         return f"{job.name}: VM auto-stopped"

@@ -81,7 +81,7 @@ class Notifier:
 
     def destination(self, job: Job) -> Destination | None:
         """With a bot token, the job's own channel; otherwise (or with no channel) the webhook."""
-        channel = (job.spec.get("notify") or {}).get("slack_channel")
+        channel = job.spec.notify.slack_channel
         if self.bot_token and channel:
             return ChatPostMessage(self.bot_token, channel, self.settings.slack_api_url)
         if self.webhook_url:

@@ -28,7 +28,9 @@ from chalicelib.jobs.model import (
     Job,
     JobStatus,
     Transition,
+    native_name,
 )
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import (
     IdempotencyRecord,
     JobStore,
@@ -49,6 +51,7 @@ _PLAIN_FIELDS = (
     "owner",
     "backend",
     "native_id",
+    "native_name",
     "attempt",
     "created_at",
     "started_at",
@@ -117,7 +120,8 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         status = UnicodeAttribute()
         backend = UnicodeAttribute()
         spec = UnicodeAttribute()  # JSON text: keys are user data, so no attribute-name surprises
-        native_id = UnicodeAttribute(null=True)
+        native_id = UnicodeAttribute(null=True)  # the provider's id or ARN
+        native_name = UnicodeAttribute(null=True)  # ours: jp-<job_id>[-a<attempt>]
         attempt = NumberAttribute(default=1)
         created_at = UTCDateTimeAttribute()
         started_at = UTCDateTimeAttribute(null=True)
@@ -178,15 +182,28 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
 
 
 def _job_from_item(item: Any) -> Job:
+    plain = {f: (int(getattr(item, f)) if f == "attempt" else getattr(item, f)) for f in _PLAIN_FIELDS}
+    plain["native_name"], plain["native_id"] = _native(
+        item.job_id, plain["attempt"], plain["native_name"], plain["native_id"]
+    )
     return Job(
         job_id=item.job_id,
         status=JobStatus(item.status),
-        spec=json.loads(item.spec),
+        spec=JobSpec.from_dict(json.loads(item.spec)),
         failure_kind=FailureKind(item.failure_kind) if item.failure_kind else None,
         claims=_claims(item.claims),
         candidates=tuple(json.loads(item.candidates)) if item.candidates else (),
-        **{f: (int(getattr(item, f)) if f == "attempt" else getattr(item, f)) for f in _PLAIN_FIELDS},
+        **plain,
     )
+
+
+def _native(job_id: str, attempt: int, name: str | None, native_id: str | None) -> tuple[str | None, str | None]:
+    """(native_name, native_id) of an item. Items written before the two were apart have only native_id,
+    holding our name until the provider's id replaced it: the name is derived, and our name is no provider id."""
+    if name is not None or native_id is None:
+        return name, native_id
+    name = native_name(job_id, attempt)
+    return name, None if native_id == name else native_id
 
 
 def _value(value: Any) -> Any:
@@ -223,7 +240,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             job.job_id,
             sk=sort_key(job),
             status=job.status.value,
-            spec=json.dumps(job.spec, sort_keys=True),
+            spec=json.dumps(job.spec.to_dict(), sort_keys=True),
             failure_kind=job.failure_kind.value if job.failure_kind else None,
             active_pk=None if job.terminal else ACTIVE_PK,
             queued_pk=QUEUED_PK if job.status is JobStatus.QUEUED else None,

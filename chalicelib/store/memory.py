@@ -12,6 +12,7 @@ from chalicelib.errors import (
     ValidationError,
 )
 from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import (
     IdempotencyRecord,
     JobStore,
@@ -35,7 +36,8 @@ class InMemoryJobStore(JobStore):
         with self._lock:
             if job.job_id in self._jobs:
                 raise AlreadyExistsError(f"job {job.job_id} already exists")
-            self._jobs[job.job_id] = job
+            # Through the same document the DynamoDB store writes: what it cannot hold, this cannot either.
+            self._jobs[job.job_id] = job.with_changes(spec=JobSpec.from_dict(job.spec.to_dict()))
             self._history.setdefault(job.job_id, {})[history_key(entry)] = entry
 
     def get_job(self, job_id: str) -> Job | None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.errors import NotFoundError, ValidationError
-from chalicelib.jobs.spec import JobSpec, parse_spec
+from chalicelib.jobs.spec import parse_spec
+from chalicelib.jobs.spec_types import JobSpec
 
 TEMPLATES_DIR = Path(__file__).resolve().parent
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
@@ -21,7 +22,7 @@ class Template:
     name: str
     description: str
     params: dict[str, str]
-    spec: dict[str, Any]
+    document: dict[str, Any]  # the spec as written, placeholders and all: parse_spec validates it once filled
 
 
 def template_names(directory: Path = TEMPLATES_DIR) -> list[str]:
@@ -39,7 +40,7 @@ def load_template(name: str, directory: Path = TEMPLATES_DIR) -> Template:
         name=name,
         description=str(data.get("description", "")),
         params={str(k): str(v) for k, v in (data.get("params") or {}).items()},
-        spec=data.get("spec") or {},
+        document=data.get("spec") or {},
     )
 
 
@@ -58,7 +59,7 @@ def render(name: str, values: dict[str, str], directory: Path = TEMPLATES_DIR) -
     """The template's spec with `values` over its defaults; `name` renames the job. ValidationError names
     an unknown parameter or the spec field a value broke."""
     template = load_template(name, directory)
-    allowed = {**template.params, "name": str(template.spec.get("name", ""))}
+    allowed = {**template.params, "name": str(template.document.get("name", ""))}
     for key, value in values.items():
         if key not in allowed:
             raise ValidationError(
@@ -70,10 +71,10 @@ def render(name: str, values: dict[str, str], directory: Path = TEMPLATES_DIR) -
                 f"the value of {key} is not valid", [{"field": key, "message": f"1..{MAX_VALUE} printable characters"}]
             )
     params = {**template.params, **values}
-    missing = sorted({m for m in PARAM_RE.findall(repr(template.spec)) if m not in params})
+    missing = sorted({m for m in PARAM_RE.findall(repr(template.document)) if m not in params})
     if missing:
         raise ValidationError(f"template {name!r} uses undeclared parameters: {', '.join(missing)}")
-    spec = _fill(template.spec, params)
+    document = _fill(template.document, params)
     if "name" in values:
-        spec["name"] = values["name"]
-    return parse_spec(spec)
+        document["name"] = values["name"]
+    return parse_spec(document)

@@ -40,7 +40,7 @@ def make_job(backend: str, spec: dict, job_id: str | None = None, attempt: int =
     from chalicelib.jobs.model import Job, JobStatus, new_job_id, utcnow
     from chalicelib.jobs.spec import parse_spec
 
-    data = parse_spec({"name": "train", "command": ["python", "train.py"], **spec, "backend": backend}).to_dict()
+    typed = parse_spec({"name": "train", "command": ["python", "train.py"], **spec, "backend": backend})
     return Job(
-        job_id or new_job_id(), data["name"], owner, JobStatus.LAUNCHING, backend, data, utcnow(), attempt=attempt
+        job_id or new_job_id(), typed.name, owner, JobStatus.LAUNCHING, backend, typed, utcnow(), attempt=attempt
     )

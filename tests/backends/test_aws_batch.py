@@ -10,6 +10,7 @@ from chalicelib.backends.aws.batch import BatchBackend, definition_name
 from chalicelib.backends.base import Handle
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 from tests.backends.conftest import boto, make_job
 
 SPEC = {
@@ -60,7 +61,9 @@ def test_submit_request_carries_gpus_timeout_env_and_tags(aws_settings):
 
 def test_spot_needs_a_spot_queue(aws_settings):
     with pytest.raises(UnsupportedError) as err:
-        BatchBackend(aws_settings).validate({**make_job("aws-batch", SPEC).spec, "resources": {"spot": True}})
+        BatchBackend(aws_settings).validate(
+            JobSpec.from_dict({**make_job("aws-batch", SPEC).spec.to_dict(), "resources": {"spot": True}})
+        )
     assert err.value.details[0]["field"] == "resources.spot"
 
 
@@ -75,7 +78,7 @@ def test_can_launch_describe_and_cancel_on_moto(batch, aws_settings):
     definitions = client.describe_job_definitions(jobDefinitionName=definition_name("train:1"))["jobDefinitions"]
     assert len(definitions) == 1  # one definition per image, shared by both jobs
     assert definitions[0]["containerProperties"]["image"] == "train:1"
-    handle = Handle(job.job_id, first.native_id, 1)
+    handle = Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=first.native_id)
     deadline = time.monotonic() + 10
     seen = backend.describe(handle)
     while not seen.status.terminal and time.monotonic() < deadline:

@@ -59,7 +59,7 @@ def test_can_launch_describe_and_cancel_a_vm_on_moto(aws_settings):
     ).decode()
     assert script.startswith("#!/bin/bash\n")
     assert f"STATUS_URI='{backend.status_uri(Handle.of(job))}'" in script
-    handle = Handle(job.job_id, first.native_id, 1)
+    handle = Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=first.native_id)
     assert backend.describe(handle).status is JobStatus.RUNNING
     assert [r.resource_id for r in backend.list_managed()] == [first.native_id]
     backend.cancel(handle)
@@ -83,7 +83,7 @@ def test_the_terminal_state_comes_from_the_uploaded_exit_status(aws_settings):
             Bucket=bucket, Key=prefix + "status.json", Body=json.dumps({"exit_code": code, "timed_out": timed_out})
         )
         boto(settings, "ec2").terminate_instances(InstanceIds=[launched.native_id])
-        seen = backend.describe(Handle(job.job_id, launched.native_id, 1))
+        seen = backend.describe(Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=launched.native_id))
         results[code] = (seen.status, seen.failure_kind, seen.exit_code)
     assert results == {
         0: (JobStatus.SUCCEEDED, None, 0),

@@ -46,7 +46,7 @@ def test_can_run_describe_and_stop_a_task_on_moto(ecs, aws_settings):
     assert {t["key"]: t["value"] for t in task["tags"]}["jobplane:job-id"] == job.job_id
     definition = client.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
     assert definition["containerDefinitions"][0]["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
-    handle = Handle(job.job_id, first.native_id, 1)
+    handle = Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=first.native_id)
     assert backend.describe(handle).status in (JobStatus.LAUNCHING, JobStatus.RUNNING)
     backend.cancel(handle)
     stopped = client.describe_tasks(cluster=aws_settings.ecs_cluster, tasks=[first.native_id])["tasks"][0]

@@ -25,7 +25,7 @@ PY = sys.executable
 
 def make_job(command, env=None, attempt=1) -> Job:
     job_id = new_job_id()
-    spec = parse_spec(job_spec("t", command=command, env=env or {})).to_dict()
+    spec = parse_spec(job_spec("t", command=command, env=env or {}))
     return Job(
         job_id, "t", "alice", JobStatus.LAUNCHING, "local", spec, utcnow(), native_id=native_name(job_id, attempt)
     ).with_changes(attempt=attempt)

@@ -9,6 +9,7 @@ from chalicelib.backends.aws.sagemaker import SageMakerBackend, failure_kind
 from chalicelib.backends.base import Handle
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 from tests.backends.conftest import boto, make_job
 
 SPEC = {
@@ -27,7 +28,7 @@ SPEC = {
 def test_can_build_the_training_job_request_from_a_spec(aws_settings):
     backend = SageMakerBackend(aws_settings)
     job = make_job("sagemaker", SPEC, job_id="a" * 32, attempt=2)
-    request = backend.training_job_request(job, Handle(job.job_id, "x", 2))
+    request = backend.training_job_request(job, Handle.of(job.with_changes(native_id="x")))
     assert request["TrainingJobName"] == "jp-" + "a" * 32 + "-a2"
     assert request["AlgorithmSpecification"] == {
         "TrainingImage": SPEC["image"],
@@ -66,7 +67,9 @@ def test_gpu_counts_pick_the_smallest_instance_that_has_them(aws_settings):
     two = make_job("sagemaker", {**SPEC, "resources": {"gpus": 2, "gpu_type": "A10G"}})
     assert backend.training_job_request(two, Handle.of(two))["ResourceConfig"]["InstanceType"] == "ml.g5.12xlarge"
     with pytest.raises(UnsupportedError) as err:
-        backend.validate({**two.spec, "resources": {**two.spec["resources"], "gpus": 16}})
+        backend.validate(
+            JobSpec.from_dict({**two.spec.to_dict(), "resources": {**two.spec.to_dict()["resources"], "gpus": 16}})
+        )
     assert err.value.details == [{"field": "resources.gpus", "message": "at most 8 A10G GPUs per job"}]
 
 

@@ -13,6 +13,7 @@ import pytest
 from chalicelib import deps
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new_job_id, utcnow
+from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import job_spec
 from tests.conftest import wait_for as _wait_for
 
@@ -75,7 +76,15 @@ def seed(api, owner, n, status=JobStatus.QUEUED) -> list[str]:
     base = utcnow()
     ids = []
     for i in range(n):
-        job = Job(new_job_id(), f"seed-{i}", owner, status, "local", job_spec(f"seed-{i}"), base + timedelta(seconds=i))
+        job = Job(
+            new_job_id(),
+            f"seed-{i}",
+            owner,
+            status,
+            "local",
+            JobSpec.from_dict(job_spec(f"seed-{i}")),
+            base + timedelta(seconds=i),
+        )
         api.store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, status, "seeded", EventSource.API))
         ids.append(job.job_id)
     return ids
@@ -148,6 +157,23 @@ def test_the_token_scheme_is_case_insensitive(api, alice):
 
 
 # --- submit and run ---------------------------------------------------------------------
+
+
+def test_a_job_names_our_name_and_the_providers_id_apart(api, alice):
+    job = submit(api, alice, job_spec("named"))
+    got = api.request("GET", f"/jobs/{job['job_id']}", alice).json_body
+    # The local backend's "provider id" is the folder named after the job: both fields hold it.
+    assert (got["native_name"], got["native_id"]) == (f"jp-{job['job_id']}", f"jp-{job['job_id']}")
+    assert got["spec"]["max_runtime_minutes"] == 1440
+    assert got["spec"]["resources"] == {
+        "gpus": 0,
+        "gpu_type": None,
+        "cpus": 1,
+        "memory_gb": 2,
+        "spot": False,
+        "instance_type": None,
+        "tpu": None,
+    }
 
 
 def test_can_submit_a_job_and_it_runs_to_succeeded(api, alice):

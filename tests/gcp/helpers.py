@@ -30,10 +30,10 @@ def gcp_env(endpoint: str) -> dict[str, str]:
 
 def submit(service, **spec):
     from chalicelib.auth import Principal
-    from chalicelib.jobs.spec import JobSpec
+    from chalicelib.jobs.spec import parse_spec
 
     body = {"name": "train", "command": ["python", "train.py"], **spec}
-    job, _ = service.submit(Principal("alice", False), JobSpec.model_validate(body))
+    job, _ = service.submit(Principal("alice", False), parse_spec(body))
     return job
 
 

@@ -33,7 +33,7 @@ def test_a_finalized_object_starts_one_job_by_the_rules(tmp_path, memory_store):
     [first] = handle_gcs_event(GCS_FINALIZED, data, service)
     assert (first["outcome"], first["rule"], first["key"]) == ("started", "gcs-datasets", "folder/Test.cs")
     job = service.store.get_job(first["job_id"])
-    assert (job.name, job.owner, job.spec["command"][-1]) == (
+    assert (job.name, job.owner, job.spec.to_dict()["command"][-1]) == (
         "ingest-test",
         "uploads",
         "gs://sample-bucket/folder/Test.cs",

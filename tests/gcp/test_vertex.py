@@ -9,6 +9,7 @@ from chalicelib.backends.base import Handle
 from chalicelib.backends.gcp.vertex import REJECTED_STATES, STATES
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 from tests.gcp.helpers import PROJECT, load, pubsub_data, submit
 
 PARENT = f"projects/{PROJECT}/locations/us-central1"
@@ -73,7 +74,9 @@ def test_can_run_a_tpu_job_only_on_vertex(gcp_service, fake_gcp):
     assert spec["workerPoolSpecs"][0]["machineSpec"] == {"machineType": "ct5lp-hightpu-4t", "tpuTopology": "2x2"}
     assert spec["scheduling"] == {"timeout": "86400s", "strategy": aiplatform_v1.Scheduling.Strategy.ON_DEMAND.value}
     with pytest.raises(UnsupportedError) as err:
-        gcp_service.backend("gce").validate({"resources": {"tpu": "v5litepod-4"}, "command": ["x"]})
+        gcp_service.backend("gce").validate(
+            JobSpec.from_dict({"name": "x", "resources": {"tpu": "v5litepod-4"}, "command": ["x"]})
+        )
     assert err.value.details == [
         {"field": "resources.tpu", "message": "TPUs run only through Vertex AI (backend vertex)"}
     ]
@@ -82,10 +85,18 @@ def test_can_run_a_tpu_job_only_on_vertex(gcp_service, fake_gcp):
 def test_refuses_gpu_types_and_counts_google_does_not_offer(gcp_service):
     backend = gcp_service.backend("vertex")
     with pytest.raises(UnsupportedError) as err:
-        backend.validate({"image": IMAGE, "command": ["x"], "resources": {"gpus": 1, "gpu_type": "A10G"}})
+        backend.validate(
+            JobSpec.from_dict(
+                {"name": "x", "image": IMAGE, "command": ["x"], "resources": {"gpus": 1, "gpu_type": "A10G"}}
+            )
+        )
     assert err.value.details[0]["field"] == "resources.gpu_type"
     with pytest.raises(UnsupportedError) as err:
-        backend.validate({"image": IMAGE, "command": ["x"], "resources": {"gpus": 3, "gpu_type": "T4"}})
+        backend.validate(
+            JobSpec.from_dict(
+                {"name": "x", "image": IMAGE, "command": ["x"], "resources": {"gpus": 3, "gpu_type": "T4"}}
+            )
+        )
     assert err.value.details == [{"field": "resources.gpus", "message": "one of 1, 2, 4"}]
 
 
@@ -158,7 +169,7 @@ def test_an_unspecified_or_unknown_state_is_an_error(gcp_service, fake_gcp):
 
 def test_a_retried_launch_finds_the_job_instead_of_creating_a_second(gcp_service, fake_gcp):
     job = submit(gcp_service, image=IMAGE, backend="vertex")
-    lost = job.with_changes(native_id=f"jp-{job.job_id}")  # the create's response never reached the store
+    lost = job.with_changes(native_id=None)  # the create's response never reached the store
     result = gcp_service.backend("vertex").launch(lost)
     assert result.native_id == job.native_id
     assert len(fake_gcp.bodies("POST", "customJobs$")) == 1

@@ -7,12 +7,13 @@ import pytest
 from chalicelib.errors import BackendError, CapacityError, QuotaError
 from chalicelib.jobs.dispatch import Dispatcher, launch_failure
 from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, new_job_id, utcnow
+from chalicelib.jobs.spec import parse_spec
 from tests.conftest import make_settings
 from tests.jobs.test_faults import ScriptedBackend
 
 
 def _queued(store) -> Job:
-    spec = {"name": "j", "backend": "local", "command": ["true"], "image": "train:1"}
+    spec = parse_spec({"name": "j", "backend": "local", "command": ["true"], "image": "train:1"})
     job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", spec, utcnow(), candidates=("local",))
     store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "seeded", EventSource.API))
     return job

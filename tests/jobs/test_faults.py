@@ -26,6 +26,7 @@ class ScriptedBackend(ComputeBackend):
     """A provider whose launches follow a script: "ok", "crash", or an exception to raise."""
 
     name = "local"
+    named_by_us = True  # keyed by the name it is given, as the local backend is
 
     def __init__(self, settings, script=()):
         super().__init__(settings)
@@ -43,17 +44,17 @@ class ScriptedBackend(ComputeBackend):
             if isinstance(step, Exception):
                 raise step
             # Launching the same native name twice finds the existing resource (as every backend must).
-            self.resources.setdefault(handle.native_id, "Running")
-            return LaunchResult(handle.native_id)
+            self.resources.setdefault(handle.native_name, "Running")
+            return LaunchResult(handle.native_name)
 
     def _describe_impl(self, handle):
-        status = self.resources.get(handle.native_id)
+        status = self.resources.get(handle.native_name)
         if status is None:
             return None
-        return Observation(JobStatus.RUNNING, status, handle.native_id, handle.job_id, handle.attempt)
+        return Observation(JobStatus.RUNNING, status, handle.native_name, handle.job_id, handle.attempt)
 
     def _cancel_impl(self, handle):
-        self.resources.pop(handle.native_id, None)
+        self.resources.pop(handle.native_name, None)
 
 
 def _setup(store, tmp_path, script=(), **env):
@@ -115,7 +116,7 @@ def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path,
     service, backend = _setup(dynamo_store, tmp_path)
     from chalicelib.jobs.model import EventSource, HistoryEntry, Job, new_job_id
 
-    job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", _spec("j").to_dict(), utcnow())
+    job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", _spec("j"), utcnow())
     dynamo_store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
     barrier = threading.Barrier(6)
 

@@ -23,14 +23,15 @@ EVENTS = 2_000
 
 class CountingBackend(ComputeBackend):
     name = "local"
+    named_by_us = True  # keyed by the name it is given, as the local backend is
 
     def __init__(self, settings):
         super().__init__(settings)
         self.launches: list[str] = []
 
     def _launch_impl(self, job, handle):
-        self.launches.append(handle.native_id)  # list.append is atomic under the GIL
-        return LaunchResult(handle.native_id)
+        self.launches.append(handle.native_name)  # list.append is atomic under the GIL
+        return LaunchResult(handle.native_name)
 
     def _describe_impl(self, handle):
         return None

@@ -14,12 +14,14 @@ from chalicelib.jobs.capacity import Claim, claims_for, family_of, queue_order, 
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, Transition, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
+from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import make_settings
 
 ALICE = Principal("alice")
 
 
 class InstantBackend(ComputeBackend):
+    named_by_us = True  # keyed by the name it is given, as the local backend is
     """Launches nothing and counts launches; the tests play the provider's events."""
 
     name = "local"
@@ -31,8 +33,8 @@ class InstantBackend(ComputeBackend):
 
     def _launch_impl(self, job, handle):
         with self._lock:
-            self.launched.append(handle.native_id)
-        return LaunchResult(handle.native_id)
+            self.launched.append(handle.native_name)
+        return LaunchResult(handle.native_name)
 
     def _describe_impl(self, handle):
         return None
@@ -70,24 +72,30 @@ def _finish(service, job, status=JobStatus.SUCCEEDED, kind=None):
     ],
 )
 def test_a_spec_draws_from_its_family_with_its_gpu_count(resources, family, units):
-    spec = {"resources": resources}
+    spec = JobSpec.from_dict({"name": "n", "command": ["true"], "resources": resources})
     assert family_of(spec) == family
     assert units_of(spec) == units
 
 
 def test_the_wildcard_pool_covers_gpu_families_but_not_cpu_jobs():
     limits = {"sagemaker:*": 8, "sagemaker:A10G": 4, "sagemaker:cpu": 10}
-    gpu = {"resources": {"gpus": 2, "gpu_type": "A10G"}}
+    gpu = JobSpec.from_dict({"name": "n", "command": ["true"], "resources": {"gpus": 2, "gpu_type": "A10G"}})
     assert claims_for("sagemaker", gpu, limits) == ((Claim("sagemaker:A10G", 2), 4), (Claim("sagemaker:*", 2), 8))
-    assert claims_for("sagemaker", {"resources": {}}, limits) == ((Claim("sagemaker:cpu", 1), 10),)
+    assert claims_for("sagemaker", JobSpec.from_dict({"name": "n", "command": ["true"]}), limits) == (
+        (Claim("sagemaker:cpu", 1), 10),
+    )
     assert claims_for("ec2", gpu, limits) == ()
+
+
+def _spec_with(priority: int) -> JobSpec:
+    return JobSpec.from_dict({"name": "n", "command": ["true"], "priority": priority})
 
 
 def test_queue_order_is_priority_then_age():
     now = utcnow()
 
     def job(jid, priority, age):
-        return Job(jid, "n", "o", JobStatus.QUEUED, "local", {"priority": priority}, now - timedelta(seconds=age))
+        return Job(jid, "n", "o", JobStatus.QUEUED, "local", _spec_with(priority), now - timedelta(seconds=age))
 
     jobs = [job("a", 0, 10), job("b", 5, 1), job("c", 0, 20), job("d", -1, 99)]
     assert [j.job_id for j in sorted(jobs, key=queue_order)] == ["b", "c", "a", "d"]
@@ -97,7 +105,15 @@ def test_queue_order_is_priority_then_age():
 def _queued(store, name="j"):
     from chalicelib.jobs.model import HistoryEntry, new_job_id
 
-    job = Job(new_job_id(), name, "alice", JobStatus.QUEUED, "local", {"name": name}, utcnow())
+    job = Job(
+        new_job_id(),
+        name,
+        "alice",
+        JobStatus.QUEUED,
+        "local",
+        JobSpec.from_dict({"name": name, "command": ["true"]}),
+        utcnow(),
+    )
     store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
     return job
 

@@ -16,6 +16,7 @@ from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import EFFECTS, Action, Decision, ReapPolicy, apply, decide_resource, reconcile
 from tests.conftest import make_settings
 
@@ -31,7 +32,7 @@ def _vm(**kw):
         state="running",
         power=PowerState.RUNNING,
         stage="test",
-        native_id="jp-" + "a" * 32,
+        native_name="jp-" + "a" * 32,
         job_id="a" * 32,
         attempt=1,
         launched_at=NOW - timedelta(hours=1),
@@ -47,7 +48,7 @@ def _job(status=JobStatus.RUNNING, attempt=1, max_runtime=120):
         "alice",
         status,
         "ec2",
-        {"max_runtime_minutes": max_runtime},
+        JobSpec.from_dict({"name": "j", "command": ["true"], "max_runtime_minutes": max_runtime}),
         NOW - timedelta(hours=2),
         attempt=attempt,
         started_at=NOW - timedelta(hours=1),
@@ -140,7 +141,7 @@ def test_an_orphaned_local_process_is_stopped_and_told_why(memory_store, tmp_pat
     settings = make_settings(tmp_path)
     service = JobService(memory_store, settings)
     backend = service.backend("local")
-    orphan = Job("b" * 32, "ghost", "nobody", JobStatus.LAUNCHING, "local", _sleeping_spec().to_dict(), utcnow())
+    orphan = Job("b" * 32, "ghost", "nobody", JobStatus.LAUNCHING, "local", _sleeping_spec(), utcnow())
     backend.launch(orphan)  # a process jobplane started for a job the store does not know
     runner, job_pid = _runner_pids(backend, "jp-" + "b" * 32)
     actions = reconcile(service)

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from chalicelib.jobs.model import FailureKind, Job, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 
 T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
 JOB_ID = "0123456789abcdef0123456789abcdef"
@@ -109,9 +110,10 @@ def make_job(**changes) -> Job:
         owner="alice",
         status=JobStatus.RUNNING,
         backend="sagemaker",
-        spec=spec,
+        spec=JobSpec.from_dict(spec),
         created_at=T0,
         native_id=f"jp-{JOB_ID}",
+        native_name=f"jp-{JOB_ID}",
         started_at=T0 + timedelta(minutes=2),
         updated_at=T0 + timedelta(minutes=2),
         status_reason="running (reported by backend)",

@@ -55,12 +55,13 @@ class FixedClock:
 
 
 class InstantBackend(ComputeBackend):
+    named_by_us = True  # keyed by the name it is given, as the local backend is
     """Launches nothing; the tests play the provider's events."""
 
     name = "local"
 
     def _launch_impl(self, job, handle):
-        return LaunchResult(handle.native_id)
+        return LaunchResult(handle.native_name)
 
     def _describe_impl(self, handle):
         return None
@@ -301,8 +302,15 @@ def test_submit_renders_the_template_and_a_retried_worker_submits_once(slack_app
     )
     slack_app.invoker.join()
     (job,) = slack_app.service.list(Principal(slack_app.user))[0]
-    assert job.spec["command"] == ["python", "examples/train_blobs.py", "--epochs", "3", "--epoch-seconds", "0.2"]
-    assert job.spec["env"] == {"LR": "0.1"}
+    assert job.spec.to_dict()["command"] == [
+        "python",
+        "examples/train_blobs.py",
+        "--epochs",
+        "3",
+        "--epoch-seconds",
+        "0.2",
+    ]
+    assert job.spec.to_dict()["env"] == {"LR": "0.1"}
     first = {"response_type": "ephemeral", "text": f"Submitted *quick-run* as `{job.job_id}` on local: LAUNCHING."}
     assert slack_app.slack.bodies(RESPONSE_PATH) == [first]
     # Lambda may run an Event invocation again: the trigger_id keeps it to one job.

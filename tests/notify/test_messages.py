@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.notify.console import console_url
 from chalicelib.notify.messages import Kind, build_message, classify, dedup_key, machine
 
@@ -231,4 +232,4 @@ def test_a_bare_gce_instance_name_is_found_in_the_deployments_project_and_zone()
     ],
 )
 def test_can_describe_the_machine(resources, text):
-    assert machine({"resources": resources}) == text
+    assert machine(JobSpec.from_dict({"name": "n", "command": ["true"], "resources": resources})) == text

@@ -11,6 +11,7 @@ import pytest
 from chalicelib.errors import AlreadyExistsError, StaleStateError
 from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, Transition
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import IdempotencyRecord
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -23,7 +24,7 @@ def make_job(owner="alice", seconds=0, status=JobStatus.QUEUED, **changes) -> Jo
         owner=owner,
         status=status,
         backend="local",
-        spec={"name": "train", "command": ["python", "-c", "print(1)"], "env": {"LR": "0.1"}},
+        spec=JobSpec.from_dict({"name": "train", "command": ["python", "-c", "print(1)"], "env": {"LR": "0.1"}}),
         created_at=T0 + timedelta(seconds=seconds),
         updated_at=T0 + timedelta(seconds=seconds),
     )
@@ -57,6 +58,7 @@ def move(job: Job, to: JobStatus, seconds: float, reason=None, **changes) -> Tra
 def test_can_create_and_get_a_job_with_every_field_intact(store):
     job = make_job(
         native_id="jp-x",
+        native_name="jp-" + "0" * 32 + "-a2",
         attempt=2,
         started_at=T0 + timedelta(seconds=3),
         failure_reason="none yet",
@@ -83,7 +85,9 @@ def test_creating_the_same_job_id_twice_is_refused_and_keeps_the_first(store):
 
 def test_apply_transition_writes_status_changes_and_history(store):
     job = create(store, make_job())
-    updated = store.apply_transition(job, move(job, JobStatus.LAUNCHING, 1, native_id="jp-abc"))
+    updated = store.apply_transition(
+        job, move(job, JobStatus.LAUNCHING, 1, native_id="jp-abc", native_name=f"jp-{job.job_id}")
+    )
     assert updated.status is JobStatus.LAUNCHING
     assert updated.native_id == "jp-abc"
     assert updated.status_reason == "to LAUNCHING"
@@ -331,3 +335,50 @@ def test_ten_threads_claiming_one_idempotency_key_all_get_the_same_record(store)
         t.join(timeout=30)
     assert len(results) == 10
     assert len({r.job_id for r in results}) == 1
+
+
+# --- the typed spec and the two native fields ------------------------------------------------
+def test_the_typed_spec_round_trips_with_every_field(store):
+    from chalicelib.jobs.spec import parse_spec
+    from tests.unit.test_spec_types import FULL
+
+    job = create(store, make_job(spec=parse_spec(FULL)))
+    stored = store.get_job(job.job_id)
+    assert stored.spec == job.spec
+    assert type(stored.spec) is JobSpec
+    assert stored.to_api()["spec"] == job.to_api()["spec"] == parse_spec(FULL).to_dict()
+
+
+def test_our_name_and_the_providers_id_are_kept_apart(store):
+    job = create(store, make_job())
+    name = f"jp-{job.job_id}"
+    launched = store.apply_transition(job, move(job, JobStatus.LAUNCHING, 1, native_name=name))
+    assert (store.get_job(job.job_id).native_name, store.get_job(job.job_id).native_id) == (name, None)
+    store.update_job(launched, JobStatus.LAUNCHING, native_id="arn:aws:ecs:us-east-1:1:task/c/abc")
+    stored = store.get_job(job.job_id)
+    assert (stored.native_name, stored.native_id) == (name, "arn:aws:ecs:us-east-1:1:task/c/abc")
+    assert stored.to_api()["native_name"] == name
+
+
+@pytest.mark.parametrize(
+    ("attempt", "old_native_id", "native_name", "native_id"),
+    [
+        (1, "jp-{id}", "jp-{id}", None),  # our name, before the provider's id replaced it
+        (2, "jp-{id}-a2", "jp-{id}-a2", None),
+        (1, "i-0abc123def4567890", "jp-{id}", "i-0abc123def4567890"),  # the provider's id
+        (3, "projects/p/locations/r/customJobs/7", "jp-{id}-a3", "projects/p/locations/r/customJobs/7"),
+        (1, None, None, None),  # never dispatched
+    ],
+)
+def test_an_item_written_before_native_name_existed_still_loads(
+    dynamo_store, attempt, old_native_id, native_name, native_id
+):
+    job = make_job(attempt=attempt)
+    item = dynamo_store._item(job)
+    item.native_id = old_native_id.format(id=job.job_id) if old_native_id else None
+    item.native_name = None  # what an old item lacks
+    item.save()
+    loaded = dynamo_store.get_job(job.job_id)
+    expect = (native_name.format(id=job.job_id) if native_name else None, native_id)
+    assert (loaded.native_name, loaded.native_id) == expect
+    assert loaded.spec == job.spec

@@ -22,6 +22,7 @@ from pynamodb.exceptions import (
 
 from chalicelib.errors import AlreadyExistsError, ConditionFailedError, JobplaneError, StoreError, ValidationError
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, Transition
+from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.base import IdempotencyRecord
 from chalicelib.store.edge import DynamoStore, dynamo_errors, translate
 from chalicelib.store.slack import SlackUserRecord
@@ -154,8 +155,11 @@ def test_every_public_method_of_a_store_is_translated_including_generators():
 
 
 # --- every DynamoDB store, against a table that does not exist -----------------------------
+_SPEC = parse_spec({"name": "train", "command": ["true"], "backend": "local"})
+
+
 def _job() -> Job:
-    return Job(uuid.uuid4().hex, "train", "alice", JobStatus.QUEUED, "local", {"name": "train"}, created_at=T0)
+    return Job(uuid.uuid4().hex, "train", "alice", JobStatus.QUEUED, "local", _SPEC, created_at=T0)
 
 
 def _calls():

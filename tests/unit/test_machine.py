@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.machine import decide
 from chalicelib.jobs.model import TERMINAL, EventSource, FailureKind, Job, JobEvent, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import apply_changes
 
 Q, L, R, C, S, F, X = (
@@ -30,7 +31,7 @@ def make_job(status=Q, attempt=1, retries=None, **changes) -> Job:
     spec = {"name": "train", "command": ["true"], "backend": "local"}
     if retries is not None:
         spec["retries"] = retries
-    job = Job(JOB_ID, "train", "alice", status, "local", spec, created_at=T0, attempt=attempt)
+    job = Job(JOB_ID, "train", "alice", status, "local", JobSpec.from_dict(spec), created_at=T0, attempt=attempt)
     return job.with_changes(**changes)
 
 
@@ -170,7 +171,13 @@ def test_an_interruption_covered_by_the_retry_policy_requeues_the_next_attempt()
     job = make_job(R, retries=RETRY_ON_INTERRUPTION, native_id="jp-x", started_at=T0)
     transition = decide(job, event(F, failure_kind=FailureKind.INTERRUPTED, reason="spot reclaimed", attempt=1))
     assert transition.to_status is Q
-    assert transition.changes == {"attempt": 2, "native_id": None, "started_at": None, "claims": ()}
+    assert transition.changes == {
+        "attempt": 2,
+        "native_id": None,
+        "native_name": None,
+        "started_at": None,
+        "claims": (),
+    }
     assert transition.reason == "attempt 1 interrupted: spot reclaimed; retrying as attempt 2 of 3"
 
 

@@ -14,11 +14,13 @@ import pytest
 
 from chalicelib.api import list_query, parse_status
 from chalicelib.auth import Principal
+from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult
 from chalicelib.errors import ConflictError, IdempotencyMismatchError, NotFoundError, ValidationError
 from chalicelib.events import handle_state_change
 from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import reconcile
 from tests.conftest import job_spec, make_settings, wait_for
 
@@ -323,7 +325,15 @@ def _seed(service, owner, n, status=JobStatus.QUEUED):
     jobs = []
     base = utcnow()
     for i in range(n):
-        job = Job(new_job_id(), f"j{i}", owner, status, "local", job_spec(f"j{i}"), base + timedelta(seconds=i))
+        job = Job(
+            new_job_id(),
+            f"j{i}",
+            owner,
+            status,
+            "local",
+            JobSpec.from_dict(job_spec(f"j{i}")),
+            base + timedelta(seconds=i),
+        )
         service.store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, status, "seeded", EventSource.API))
         jobs.append(job)
     return jobs
@@ -370,3 +380,70 @@ def test_a_job_whose_runner_died_fails_as_lost_and_its_orphaned_process_is_stopp
     assert done.failure_kind is FailureKind.BACKEND_ERROR
     assert done.failure_reason == "the local runner exited without an exit status"
     wait_for(lambda: pid_gone(job_pid), timeout=5, what="the orphaned job process to be stopped")
+
+
+# --- one validation per launch decision; our name apart from the provider's id -------------------
+class ProviderIdBackend(ComputeBackend):
+    """A provider that answers a launch with its own id (as Batch, ECS, EC2 and Vertex do) and counts checks."""
+
+    name = "local"
+
+    def __init__(self, settings, crash=False):
+        super().__init__(settings)
+        self.validated = 0
+        self.launched: list[Handle] = []
+        self.crash = crash
+
+    def validate(self, spec):
+        self.validated += 1
+        super().validate(spec)
+
+    def _launch_impl(self, job, handle):
+        self.launched.append(handle)
+        if self.crash:
+            raise SystemExit("died between the LAUNCHING write and the provider's answer")
+        return LaunchResult(f"provider-id-{len(self.launched)}", "SUBMITTED")
+
+    def _describe_impl(self, handle):
+        return None
+
+    def _cancel_impl(self, handle):
+        return None
+
+
+def _counting_service(memory_store, tmp_path, crash=False):
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="local")
+    backends = {}
+
+    def factory(name, _settings):
+        return backends.setdefault(name, ProviderIdBackend(settings, crash))
+
+    return JobService(memory_store, settings, backend_factory=factory), backends
+
+
+@pytest.mark.parametrize("backend", ["auto", "local"])
+def test_validate_runs_once_from_submit_to_launch(memory_store, tmp_path, backend):
+    service, backends = _counting_service(memory_store, tmp_path)
+    # auto needs an image to pass the edge; the local backend ignores it
+    job, _ = service.submit(ALICE, spec(backend=backend, image="train:1"))
+    assert job.status is JobStatus.LAUNCHING
+    assert job.backend == "local"
+    assert (backends["local"].validated, len(backends["local"].launched)) == (1, 1)
+
+
+def test_the_provider_id_is_stored_apart_from_our_name(memory_store, tmp_path):
+    service, backends = _counting_service(memory_store, tmp_path)
+    job, _ = service.submit(ALICE, spec())
+    stored = memory_store.get_job(job.job_id)
+    assert (stored.native_name, stored.native_id) == (f"jp-{job.job_id}", "provider-id-1")
+    assert backends["local"].launched[0].native_name == f"jp-{job.job_id}"
+    api = stored.to_api()
+    assert (api["native_name"], api["native_id"]) == (f"jp-{job.job_id}", "provider-id-1")
+
+
+def test_before_the_provider_answers_a_job_has_our_name_and_no_provider_id(memory_store, tmp_path):
+    service, _ = _counting_service(memory_store, tmp_path, crash=True)
+    with pytest.raises(SystemExit):
+        service.submit(ALICE, spec())
+    (job,) = memory_store.iter_active()
+    assert (job.status, job.native_name, job.native_id) == (JobStatus.LAUNCHING, f"jp-{job.job_id}", None)

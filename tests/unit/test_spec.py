@@ -7,7 +7,8 @@ import json
 import pytest
 
 from chalicelib.errors import ValidationError
-from chalicelib.jobs.spec import GPU_TYPES, MAX_BODY_BYTES, JobSpec, load_spec_text, parse_spec
+from chalicelib.jobs.spec import GPU_TYPES, MAX_BODY_BYTES, load_spec_text, parse_spec
+from chalicelib.jobs.spec_types import JobSpec
 
 MINIMAL = {"name": "train", "command": ["python", "train.py"], "backend": "local"}
 

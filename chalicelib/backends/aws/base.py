@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import threading
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from chalicelib.backends.base import ComputeBackend, Handle, job_env, parse_native_name
 from chalicelib.errors import UnsupportedError
+
+if TYPE_CHECKING:
+    from chalicelib.jobs.spec_types import JobSpec, Resources
 
 TAG_JOB_ID = "jobplane:job-id"
 TAG_ATTEMPT = "jobplane:attempt"
@@ -53,22 +56,21 @@ CPU_INSTANCES: tuple[tuple[int, int, str], ...] = (
 GPU_TYPES_ON_AWS = tuple(dict.fromkeys(t for t, _, _ in GPU_INSTANCES))
 
 
-def instance_type_for(spec: dict[str, Any], prefix: str = "") -> str:
-    """The instance type a spec asks for: its own `instance_type`, else the GPU table, else the CPU table.
+def instance_type_for(resources: Resources, prefix: str = "") -> str:
+    """The instance type resources ask for: their own `instance_type`, else the GPU table, else the CPU table.
 
     `prefix` is "ml." for SageMaker. Raises UnsupportedError naming the field when nothing fits.
     """
-    resources = spec.get("resources") or {}
-    explicit = resources.get("instance_type")
+    explicit = resources.instance_type
     if explicit:
         if prefix and not explicit.startswith(prefix):
             explicit = prefix + explicit
         if not prefix and explicit.startswith("ml."):
             explicit = explicit[3:]
         return explicit
-    gpus = int(resources.get("gpus") or 0)
+    gpus = resources.gpus
     if gpus > 0:
-        gpu_type = resources.get("gpu_type")
+        gpu_type = resources.gpu_type
         sizes = [(n, t) for g, n, t in GPU_INSTANCES if g == gpu_type]
         if not sizes:
             raise UnsupportedError(
@@ -82,8 +84,8 @@ def instance_type_for(spec: dict[str, Any], prefix: str = "") -> str:
             f"no AWS instance type has {gpus} {gpu_type} GPUs",
             [{"field": "resources.gpus", "message": f"at most {sizes[-1][0]} {gpu_type} GPUs per job"}],
         )
-    cpus = float(resources.get("cpus") or 1)
-    memory = float(resources.get("memory_gb") or 2)
+    cpus = float(resources.cpus)
+    memory = float(resources.memory_gb)
     for vcpus, mem, name in CPU_INSTANCES:
         if vcpus >= cpus and mem >= memory:
             return prefix + name
@@ -153,13 +155,13 @@ class AwsBackend(ComputeBackend):
         tags = {
             TAG_JOB_ID: handle.job_id,
             TAG_ATTEMPT: str(handle.attempt),
-            TAG_NATIVE: native_of(handle),
+            TAG_NATIVE: handle.native_name,
             TAG_MANAGED: "true",
             TAG_STAGE: self.settings.stage,
         }
         if job is not None:
             tags["jobplane:owner"] = job.owner
-            for key, value in sorted((job.spec.get("labels") or {}).items()):
+            for key, value in sorted(job.spec.labels.items()):
                 tags[f"label:{key}"] = value
         return tags
 
@@ -184,13 +186,6 @@ class AwsBackend(ComputeBackend):
         return parsed
 
 
-def native_of(handle: Handle) -> str:
-    """The jobplane native name of a handle's attempt (its native_id may be the provider's id)."""
-    from chalicelib.jobs.model import native_name
-
-    return native_name(handle.job_id, handle.attempt)
-
-
-def env_list(spec: dict[str, Any], handle: Handle) -> list[tuple[str, str]]:
+def env_list(spec: JobSpec, handle: Handle) -> list[tuple[str, str]]:
     """The job's environment, plus what jobplane tells every job about itself, sorted."""
     return sorted(job_env(spec, handle, outputs_var="JOBPLANE_OUTPUTS").items())

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, native_of
+from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 
 DETAIL_TYPE = "Batch Job State Change"
 CANCEL_REASON = "cancelled through jobplane"
@@ -40,22 +41,22 @@ class BatchBackend(AwsBackend):
     def roles(self) -> tuple[tuple[str, str], ...]:
         return ((self.settings.batch_job_role, "ecs-tasks.amazonaws.com"),)
 
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
-        if not spec.get("image"):
+    def _validate_impl(self, spec: JobSpec) -> None:
+        if not spec.image:
             raise UnsupportedError(
                 "AWS Batch runs a container image", [{"field": "image", "message": "required for aws-batch"}]
             )
-        if (spec.get("resources") or {}).get("spot") and not self.settings.batch_spot_job_queue:
+        if spec.resources.spot and not self.settings.batch_spot_job_queue:
             raise UnsupportedError(
                 "no spot job queue is configured for AWS Batch",
                 [{"field": "resources.spot", "message": "set JOBPLANE_BATCH_SPOT_JOB_QUEUE, or use sagemaker/ec2"}],
             )
 
-    def queue_for(self, spec: dict[str, Any]) -> str:
-        resources = spec.get("resources") or {}
-        if resources.get("spot") and self.settings.batch_spot_job_queue:
+    def queue_for(self, spec: JobSpec) -> str:
+        resources = spec.resources
+        if resources.spot and self.settings.batch_spot_job_queue:
             return self.settings.batch_spot_job_queue
-        if int(resources.get("gpus") or 0) > 0:
+        if resources.gpus > 0:
             return self.settings.batch_gpu_job_queue
         return self.settings.batch_job_queue
 
@@ -87,35 +88,35 @@ class BatchBackend(AwsBackend):
 
     def submit_request(self, job, handle: Handle, definition: str) -> dict[str, Any]:
         spec = job.spec
-        resources = spec.get("resources") or {}
+        resources = spec.resources
         requirements = [
-            {"type": "VCPU", "value": f"{float(resources.get('cpus') or 1):g}"},
-            {"type": "MEMORY", "value": str(int(float(resources.get("memory_gb") or 2) * 1024))},
+            {"type": "VCPU", "value": f"{float(resources.cpus):g}"},
+            {"type": "MEMORY", "value": str(int(float(resources.memory_gb) * 1024))},
         ]
-        if int(resources.get("gpus") or 0) > 0:
-            requirements.append({"type": "GPU", "value": str(int(resources["gpus"]))})
+        if resources.gpus > 0:
+            requirements.append({"type": "GPU", "value": str(resources.gpus)})
         return {
-            "jobName": native_of(handle),
+            "jobName": handle.native_name,
             "jobQueue": self.queue_for(spec),
             "jobDefinition": definition,
             "containerOverrides": {
-                "command": list(spec["command"]),
+                "command": list(spec.command),
                 "environment": [{"name": k, "value": v} for k, v in env_list(spec, handle)],
                 "resourceRequirements": requirements,
             },
             # Batch's minimum is 60 s; the job's own limit is enforced by Batch, not by jobplane.
-            "timeout": {"attemptDurationSeconds": max(60, int(spec.get("max_runtime_minutes", 1440)) * 60)},
+            "timeout": {"attemptDurationSeconds": max(60, spec.max_runtime_minutes * 60)},
             "tags": self.job_tags(handle, job),
             "propagateTags": True,
         }
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
-        name = native_of(handle)
+        name = handle.native_name
         # Batch job names are not unique: a retried launch finds the first submission by name.
         existing = self._find_by_name(name, self.queue_for(job.spec))
         if existing is not None:
             return LaunchResult(existing["jobId"], "AlreadyLaunched")
-        definition = self.job_definition(job.spec["image"])
+        definition = self.job_definition(job.spec.image)
         with aws_errors("batch", "SubmitJob"):
             submitted = self.client().submit_job(**self.submit_request(job, handle, definition))
         return LaunchResult(submitted["jobId"], "SUBMITTED")
@@ -145,9 +146,9 @@ class BatchBackend(AwsBackend):
         return None
 
     def _job_id(self, handle: Handle) -> str | None:
-        if parse_native_name(handle.native_id) is None:
+        if handle.native_id is not None:
             return handle.native_id  # Batch's own job id
-        found = self._find_by_name(handle.native_id)
+        found = self._find_by_name(handle.native_name)
         return found["jobId"] if found else None
 
     def _describe_impl(self, handle: Handle) -> Observation | None:

@@ -18,7 +18,6 @@ from chalicelib.backends.aws.base import (
     env_list,
     epoch_ms,
     instance_type_for,
-    native_of,
 )
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
@@ -33,6 +32,7 @@ from chalicelib.backends.base import (
 )
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 
 STATE_CHANGE = "EC2 Instance State-change Notification"
 SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
@@ -69,31 +69,29 @@ class Ec2Backend(AwsBackend):
         return ((self.settings.ec2_instance_profile, "ec2.amazonaws.com"),)
 
     def status_uri(self, handle: Handle) -> str:
-        return f"s3://{self.settings.artifacts_bucket}/jobplane/{self.settings.stage}/jobs/{handle.job_id}/{native_of(handle)}/"
+        return f"s3://{self.settings.artifacts_bucket}/jobplane/{self.settings.stage}/jobs/{handle.job_id}/{handle.native_name}/"
 
     def vm_job(self, job, handle: Handle) -> VmJob:
         spec = job.spec
         return VmJob(
             job_id=handle.job_id,
-            native_id=native_of(handle),
+            native_id=handle.native_name,  # the VM agent's NATIVE_ID is our name: its status path uses it
             name=job.name,
-            command=tuple(spec["command"]),
+            command=spec.command,
             env=tuple(env_list(spec, handle)),
-            max_runtime_seconds=int(spec.get("max_runtime_minutes", 1440)) * 60,
+            max_runtime_seconds=spec.max_runtime_minutes * 60,
             status_uri=self.status_uri(handle),
             region=self.settings.region,
-            image=spec.get("image"),
-            gpus=int((spec.get("resources") or {}).get("gpus") or 0),
-            checkpoint_uri=spec.get("checkpoint_uri")
-            if str(spec.get("checkpoint_uri") or "").startswith("s3://")
-            else None,
+            image=spec.image,
+            gpus=spec.resources.gpus,
+            checkpoint_uri=spec.checkpoint_uri if (spec.checkpoint_uri or "").startswith("s3://") else None,
         )
 
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
-        instance_type_for(spec)
+    def _validate_impl(self, spec: JobSpec) -> None:
+        instance_type_for(spec.resources)
         from chalicelib.jobs.model import Job, JobStatus, utcnow
 
-        probe = Job("0" * 32, spec.get("name", "job"), "", JobStatus.QUEUED, self.name, spec, utcnow())
+        probe = Job("0" * 32, spec.name, "", JobStatus.QUEUED, self.name, spec, utcnow())
         size = len(user_data(self.vm_job(probe, Handle.of(probe))).encode())
         if size > MAX_USER_DATA:
             raise UnsupportedError(
@@ -109,8 +107,8 @@ class Ec2Backend(AwsBackend):
         request: dict[str, Any] = {
             "MinCount": 1,
             "MaxCount": 1,
-            "InstanceType": instance_type_for(spec),
-            "ClientToken": native_of(handle),
+            "InstanceType": instance_type_for(spec.resources),
+            "ClientToken": handle.native_name,
             "InstanceInitiatedShutdownBehavior": "terminate",
             "UserData": user_data(self.vm_job(job, handle)),
             "TagSpecifications": [
@@ -120,7 +118,7 @@ class Ec2Backend(AwsBackend):
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             **self.placement(),
         }
-        if (spec.get("resources") or {}).get("spot"):
+        if spec.resources.spot:
             request["InstanceMarketOptions"] = {
                 "MarketType": "spot",
                 "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"},
@@ -150,7 +148,7 @@ class Ec2Backend(AwsBackend):
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         # EC2 honours ClientToken, but emulators do not, and a token alone cannot see a launch
         # that another request made: an instance tagged with this attempt's name is that launch.
-        existing = self._instances_of(native_of(handle))
+        existing = self._instances_of(handle.native_name)
         if existing:
             return LaunchResult(existing[0]["InstanceId"], "AlreadyLaunched")
         with aws_errors("ec2", "RunInstances"):
@@ -182,9 +180,9 @@ class Ec2Backend(AwsBackend):
         return found[0] if found else None
 
     def _resolve(self, handle: Handle) -> dict[str, Any] | None:
-        if parse_native_name(handle.native_id) is None:
+        if handle.native_id is not None:
             return self._instance(handle.native_id)
-        found = self._instances_of(handle.native_id)
+        found = self._instances_of(handle.native_name)
         return found[0] if found else None
 
     def exit_status(self, job_id: str, native: str) -> dict[str, Any] | None:
@@ -354,7 +352,7 @@ class Ec2Backend(AwsBackend):
                     state=state,
                     power=power_state(state),
                     stage=tags.get(TAG_STAGE),
-                    native_id=tags.get(TAG_NATIVE),
+                    native_name=tags.get(TAG_NATIVE),
                     job_id=tags.get(TAG_JOB_ID),
                     attempt=int(attempt) if attempt and attempt.isdigit() else None,
                     launched_at=epoch_ms(instance.get("LaunchTime")),

@@ -18,6 +18,7 @@ from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Utilization
 from chalicelib.errors import BackendError
 from chalicelib.jobs.model import utcnow
+from chalicelib.jobs.spec_types import Resources
 
 TAG_DEVVM_ID = "jobplane:devvm-id"
 METRIC_NAMESPACE = "jobplane"
@@ -73,12 +74,12 @@ class Ec2DevVmProvider(Ec2Backend):
 
     def devvm_request(self, vm) -> dict[str, Any]:
         spec = vm.spec
-        resources = {"gpus": spec["gpus"], "gpu_type": spec["gpu_type"], "instance_type": spec.get("instance_type")}
+        resources = Resources(gpus=spec["gpus"], gpu_type=spec["gpu_type"], instance_type=spec.get("instance_type"))
         tags = [{"Key": k, "Value": v} for k, v in self.devvm_tags(vm).items()]
         request: dict[str, Any] = {
             "MinCount": 1,
             "MaxCount": 1,
-            "InstanceType": instance_type_for({"resources": resources}),
+            "InstanceType": instance_type_for(resources),
             "ClientToken": f"devvm-{vm.vm_id}",
             "InstanceInitiatedShutdownBehavior": "stop",  # a shutdown keeps the disk; start it again later
             "UserData": DEVVM_USER_DATA,

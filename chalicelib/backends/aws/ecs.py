@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, native_of
+from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
 from chalicelib.errors import BackendError, CapacityError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec, Resources
 
 DETAIL_TYPE = "ECS Task State Change"
 CONTAINER = "job"
@@ -53,11 +54,11 @@ class EcsBackend(AwsBackend):
     def fargate(self) -> bool:
         return self.settings.ecs_launch_type == "FARGATE"
 
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
-        if not spec.get("image"):
+    def _validate_impl(self, spec: JobSpec) -> None:
+        if not spec.image:
             raise UnsupportedError("ECS runs a container image", [{"field": "image", "message": "required for ecs"}])
-        resources = spec.get("resources") or {}
-        if self.fargate and int(resources.get("gpus") or 0) > 0:
+        resources = spec.resources
+        if self.fargate and resources.gpus > 0:
             raise UnsupportedError(
                 "this deployment runs ECS tasks on Fargate, which has no GPUs",
                 [{"field": "resources.gpus", "message": "0 on Fargate; use sagemaker, aws-batch or ec2 for GPUs"}],
@@ -65,9 +66,9 @@ class EcsBackend(AwsBackend):
         if self.fargate:
             self._fargate_size(resources)
 
-    def _fargate_size(self, resources: dict[str, Any]) -> tuple[int, int]:
-        cpu_units = float(resources.get("cpus") or 1) * 1024
-        memory = float(resources.get("memory_gb") or 2) * 1024
+    def _fargate_size(self, resources: Resources) -> tuple[int, int]:
+        cpu_units = float(resources.cpus) * 1024
+        memory = float(resources.memory_gb) * 1024
         for cpu, max_memory in _FARGATE:
             if cpu >= cpu_units and max_memory >= memory:
                 return cpu, int(max(memory, cpu * 2))
@@ -76,10 +77,10 @@ class EcsBackend(AwsBackend):
             [{"field": "resources.cpus", "message": "at most 16 vCPUs and 32 GiB on Fargate"}],
         )
 
-    def task_definition(self, spec: dict[str, Any]) -> str:
+    def task_definition(self, spec: JobSpec) -> str:
         """The family (and latest revision) for the job's image and GPU count, registered on first use."""
-        gpus = int((spec.get("resources") or {}).get("gpus") or 0)
-        family = family_name(spec["image"], gpus, self.settings.ecs_launch_type)
+        gpus = spec.resources.gpus
+        family = family_name(spec.image, gpus, self.settings.ecs_launch_type)
         with aws_errors("ecs", "ListTaskDefinitions"):
             found = self.client().list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC")
         arns = [a for a in found.get("taskDefinitionArns", []) if a.split("/")[-1].rsplit(":", 1)[0] == family]
@@ -87,7 +88,7 @@ class EcsBackend(AwsBackend):
             return arns[0]
         container: dict[str, Any] = {
             "name": CONTAINER,
-            "image": spec["image"],
+            "image": spec.image,
             "essential": True,
             "memoryReservation": 512,
         }
@@ -114,10 +115,10 @@ class EcsBackend(AwsBackend):
 
     def run_task_request(self, job, handle: Handle, definition: str) -> dict[str, Any]:
         spec = job.spec
-        resources = spec.get("resources") or {}
+        resources = spec.resources
         override: dict[str, Any] = {
             "name": CONTAINER,
-            "command": list(spec["command"]),
+            "command": list(spec.command),
             "environment": [{"name": k, "value": v} for k, v in env_list(spec, handle)],
         }
         request: dict[str, Any] = {
@@ -126,8 +127,8 @@ class EcsBackend(AwsBackend):
             "launchType": self.settings.ecs_launch_type,
             "count": 1,
             # startedBy carries the native name into every task state event (tags do not travel there).
-            "startedBy": native_of(handle),
-            "clientToken": native_of(handle),
+            "startedBy": handle.native_name,
+            "clientToken": handle.native_name,
             "tags": [{"key": k, "value": v} for k, v in self.job_tags(handle, job).items()],
             "enableECSManagedTags": True,
             "overrides": {"containerOverrides": [override]},
@@ -143,12 +144,12 @@ class EcsBackend(AwsBackend):
                 }
             }
         else:
-            override["cpu"] = int(float(resources.get("cpus") or 1) * 1024)
-            override["memoryReservation"] = int(float(resources.get("memory_gb") or 2) * 1024)
+            override["cpu"] = int(float(resources.cpus) * 1024)
+            override["memoryReservation"] = int(float(resources.memory_gb) * 1024)
         return request
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
-        existing = self._find(native_of(handle))
+        existing = self._find(handle.native_name)
         if existing is not None:
             return LaunchResult(existing, "AlreadyLaunched")
         definition = self.task_definition(job.spec)
@@ -175,9 +176,9 @@ class EcsBackend(AwsBackend):
         return None
 
     def _task_arn(self, handle: Handle) -> str | None:
-        if parse_native_name(handle.native_id) is None:
+        if handle.native_id is not None:
             return handle.native_id
-        return self._find(handle.native_id)
+        return self._find(handle.native_name)
 
     def _describe_impl(self, handle: Handle) -> Observation | None:
         arn = self._task_arn(handle)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for, native_of
+from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+
+if TYPE_CHECKING:
+    from chalicelib.jobs.spec_types import JobSpec
 
 DETAIL_TYPE = "SageMaker Training Job State Change"
 # SecondaryStatus values during which the container runs (the rest of InProgress is provisioning).
@@ -28,26 +31,27 @@ class SageMakerBackend(AwsBackend):
         "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
     )
     event_sources = ("aws.sagemaker",)
+    named_by_us = True  # every SageMaker call takes the TrainingJobName we chose
 
     def roles(self) -> tuple[tuple[str, str], ...]:
         """(role, service it is passed to): the only iam:PassRole this backend needs."""
         return ((self.settings.sagemaker_role, "sagemaker.amazonaws.com"),)
 
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
-        if not spec.get("image"):
+    def _validate_impl(self, spec: JobSpec) -> None:
+        if not spec.image:
             raise UnsupportedError(
                 "SageMaker runs a container image", [{"field": "image", "message": "required for sagemaker"}]
             )
-        instance_type_for(spec, "ml.")
-        for i, uri in enumerate(spec.get("inputs") or ()):
+        instance_type_for(spec.resources, "ml.")
+        for i, uri in enumerate(spec.inputs):
             if not uri.startswith("s3://"):
                 raise UnsupportedError(
                     "SageMaker reads inputs from S3", [{"field": f"inputs[{i}]", "message": "an s3:// URI"}]
                 )
-        for field in ("outputs", "checkpoint_uri"):
-            if spec.get(field) and not spec[field].startswith("s3://"):
+        for field, uri in (("outputs", spec.outputs), ("checkpoint_uri", spec.checkpoint_uri)):
+            if uri and not uri.startswith("s3://"):
                 raise UnsupportedError(f"SageMaker writes {field} to S3", [{"field": field, "message": "an s3:// URI"}])
-        env = spec.get("env") or {}
+        env = spec.env
         if len(env) > MAX_ENV:
             raise UnsupportedError(
                 "too many environment variables for SageMaker",
@@ -63,22 +67,21 @@ class SageMakerBackend(AwsBackend):
     def training_job_request(self, job, handle: Handle) -> dict[str, Any]:
         """CreateTrainingJob's arguments for one attempt of `job` (pure but for the role lookup)."""
         spec = job.spec
-        resources = spec.get("resources") or {}
-        runtime = int(spec.get("max_runtime_minutes", 1440)) * 60
-        command = list(spec["command"])
+        runtime = spec.max_runtime_minutes * 60
+        command = list(spec.command)
         request: dict[str, Any] = {
-            "TrainingJobName": native_of(handle),
+            "TrainingJobName": handle.native_name,
             "AlgorithmSpecification": {
-                "TrainingImage": spec["image"],
+                "TrainingImage": spec.image,
                 "TrainingInputMode": "File",
                 "ContainerEntrypoint": command[:1],
             },
             "RoleArn": self.role(self.settings.sagemaker_role),
             "OutputDataConfig": {
-                "S3OutputPath": spec.get("outputs") or f"s3://{self.settings.artifacts_bucket}/outputs/{job.job_id}/"
+                "S3OutputPath": spec.outputs or f"s3://{self.settings.artifacts_bucket}/outputs/{job.job_id}/"
             },
             "ResourceConfig": {
-                "InstanceType": instance_type_for(spec, "ml."),
+                "InstanceType": instance_type_for(spec.resources, "ml."),
                 "InstanceCount": 1,
                 "VolumeSizeInGB": self.settings.sagemaker_volume_gb,
             },
@@ -88,13 +91,13 @@ class SageMakerBackend(AwsBackend):
         }
         if command[1:]:
             request["AlgorithmSpecification"]["ContainerArguments"] = command[1:]
-        if resources.get("spot"):
+        if spec.resources.spot:
             request["EnableManagedSpotTraining"] = True
             request["StoppingCondition"]["MaxWaitTimeInSeconds"] = runtime + self.settings.spot_wait_minutes * 60
-        if spec.get("checkpoint_uri"):
+        if spec.checkpoint_uri:
             # SageMaker syncs this folder to S3 and restores it into a retried or resumed job.
-            request["CheckpointConfig"] = {"S3Uri": spec["checkpoint_uri"], "LocalPath": "/opt/ml/checkpoints"}
-        inputs = list(spec.get("inputs") or ())
+            request["CheckpointConfig"] = {"S3Uri": spec.checkpoint_uri, "LocalPath": "/opt/ml/checkpoints"}
+        inputs = list(spec.inputs)
         if inputs:
             request["InputDataConfig"] = [
                 {
@@ -112,7 +115,7 @@ class SageMakerBackend(AwsBackend):
         return request
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
-        name = native_of(handle)
+        name = handle.native_name
         # CreateTrainingJob with a used name is refused by SageMaker (and silently overwrites in moto):
         # a retried launch looks first.
         existing = self._describe_raw(name)
@@ -143,7 +146,7 @@ class SageMakerBackend(AwsBackend):
             raise
 
     def _describe_impl(self, handle: Handle) -> Observation | None:
-        raw = self._describe_raw(native_of(handle))
+        raw = self._describe_raw(handle.native_name)
         if raw is None:
             return None
         return self.observe(raw, handle.job_id, handle.attempt)
@@ -151,7 +154,7 @@ class SageMakerBackend(AwsBackend):
     def _cancel_impl(self, handle: Handle) -> None:
         try:
             with aws_errors("sagemaker", "StopTrainingJob"):
-                self.client().stop_training_job(TrainingJobName=native_of(handle))
+                self.client().stop_training_job(TrainingJobName=handle.native_name)
         except BackendError as exc:
             # Stopping a job that already ended (or never started) has nothing left to do.
             if error_code(exc) == "ValidationException":

@@ -5,9 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from chalicelib.config import Settings
 from chalicelib.errors import (
@@ -19,6 +19,9 @@ from chalicelib.errors import (
     ThrottledError,
     UnsupportedError,
 )
+
+if TYPE_CHECKING:
+    from chalicelib.jobs.spec_types import JobSpec
 
 # --- labels (GCP rules: keys start with a letter; [a-z0-9_-]; at most 63 characters) ---------------
 LABEL_MANAGED = "jobplane-managed"
@@ -40,7 +43,7 @@ def label_key(key: str) -> str:
     return key if key[:1].isalpha() else f"l-{key}"[:63]
 
 
-def job_labels(settings: Settings, job_id: str, attempt: int, user: dict[str, str] | None = None) -> dict[str, str]:
+def job_labels(settings: Settings, job_id: str, attempt: int, user: Mapping[str, str] | None = None) -> dict[str, str]:
     """The user's labels, then jobplane's (which win): how every GCP resource is traced back and swept."""
     labels = {label_key(k): label_value(v) for k, v in (user or {}).items()}
     labels.update(
@@ -123,12 +126,12 @@ def n1_machine(cpus: float, memory_gb: float, minimum: int = 4) -> str:
     return "n1-standard-96"
 
 
-def machine_for(spec: dict[str, Any]) -> Machine:
+def machine_for(spec: JobSpec) -> Machine:
     """The machine type and GPUs for a spec's resources; UnsupportedError names the field otherwise."""
-    resources = spec.get("resources") or {}
-    gpus = int(resources.get("gpus") or 0)
-    instance_type = resources.get("instance_type")
-    gpu_type = resources.get("gpu_type")
+    resources = spec.resources
+    gpus = resources.gpus
+    instance_type = resources.instance_type
+    gpu_type = resources.gpu_type
     offer = None
     if gpus:
         if gpu_type is None:
@@ -155,9 +158,9 @@ def machine_for(spec: dict[str, Any]) -> Machine:
             )
         return Machine(instance_type, offer, gpus)
     if offer is None:
-        return Machine(n1_machine(float(resources.get("cpus", 1)), float(resources.get("memory_gb", 2))), None, 0)
+        return Machine(n1_machine(float(resources.cpus), float(resources.memory_gb)), None, 0)
     if offer.machines is None:
-        cpus, memory = float(resources.get("cpus", 1)), float(resources.get("memory_gb", 2))
+        cpus, memory = float(resources.cpus), float(resources.memory_gb)
         return Machine(n1_machine(cpus, memory, minimum=8), offer, gpus)
     return Machine(offer.machines[gpus], offer, gpus)
 
@@ -186,7 +189,7 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
 
 
 class StatusObjects:
-    """The exit-status objects VMs write to GCS (`<status_uri>/<native_id>/exit.json`)."""
+    """The exit-status objects VMs write to GCS (`<status_uri>/<native_name>/exit.json`)."""
 
     def __init__(self, settings: Settings, client=None) -> None:
         self.settings = settings
@@ -209,14 +212,14 @@ class StatusObjects:
                 self._client = storage.Client(project=self.settings.gcp_project)
         return self._client
 
-    def uri(self, native_id: str) -> str:
-        return f"{(self.settings.gcp_status_uri or '').rstrip('/')}/{native_id}/exit.json"
+    def uri(self, native_name: str) -> str:
+        return f"{(self.settings.gcp_status_uri or '').rstrip('/')}/{native_name}/exit.json"
 
-    def read(self, native_id: str) -> dict[str, Any] | None:
+    def read(self, native_name: str) -> dict[str, Any] | None:
         from google.api_core.exceptions import NotFound
 
-        bucket, name = parse_gs_uri(self.uri(native_id))
-        with map_gcp_errors(f"reading {self.uri(native_id)}"):
+        bucket, name = parse_gs_uri(self.uri(native_name))
+        with map_gcp_errors(f"reading {self.uri(native_name)}"):
             try:
                 data = self.client.bucket(bucket).blob(name).download_as_bytes()
             except NotFound:
@@ -224,7 +227,7 @@ class StatusObjects:
         try:
             status = json.loads(data)
         except ValueError:
-            return {"state": "CORRUPT", "reason": f"unreadable exit status at {self.uri(native_id)}"}
+            return {"state": "CORRUPT", "reason": f"unreadable exit status at {self.uri(native_name)}"}
         return status if isinstance(status, dict) else None
 
 

@@ -33,6 +33,7 @@ from chalicelib.backends.gcp.base import (
 from chalicelib.backends.gcp.gce_script import MAX_METADATA_VALUE, startup_script
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
+from chalicelib.jobs.spec_types import JobSpec
 
 EVENT_SOURCE = "compute.googleapis.com"
 VM_EVENT_SOURCE = "jobplane.gce"  # the message a jobplane VM publishes when its job ends
@@ -81,6 +82,7 @@ class GceBackend(ComputeBackend):
     )
     event_sources = (EVENT_SOURCE, VM_EVENT_SOURCE)
     reaps = True
+    named_by_us = True  # the instance's name is the one we give it
 
     def __init__(self, settings, client=None, status_objects: StatusObjects | None = None) -> None:
         super().__init__(settings)
@@ -100,7 +102,7 @@ class GceBackend(ComputeBackend):
         return self._zones.get(name, self.settings.gce_zone)
 
     # --- request building (pure: the client library's own types) ---------------------------
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
+    def _validate_impl(self, spec: JobSpec) -> None:
         machine_for(spec)
 
     def instance(self, job, handle: Handle):
@@ -110,15 +112,15 @@ class GceBackend(ComputeBackend):
         spec = job.spec
         zone = self.settings.gce_zone
         machine = machine_for(spec)
-        max_runtime = int(spec.get("max_runtime_minutes", 1440)) * 60
+        max_runtime = spec.max_runtime_minutes * 60
         env = job_env(spec, handle)
         script = startup_script(
             job_id=handle.job_id,
-            native_id=handle.native_id,
-            image=spec.get("image"),
-            command=spec["command"],
+            native_id=handle.native_name,  # the startup script's NATIVE_ID is our name (the instance's)
+            image=spec.image,
+            command=spec.command,
             env=env,
-            status_uri=self.status_objects.uri(handle.native_id),
+            status_uri=self.status_objects.uri(handle.native_name),
             events_topic=self.settings.gcp_events_topic,
             max_runtime_seconds=max_runtime,
             idle_samples=self.settings.idle_minutes,
@@ -128,7 +130,7 @@ class GceBackend(ComputeBackend):
                 "the job's command and env make a startup script over GCE's 256 KiB metadata limit",
                 [{"field": "env", "message": "pass large values through object storage instead"}],
             )
-        spot = bool((spec.get("resources") or {}).get("spot"))
+        spot = spec.resources.spot
         scheduling = compute_v1.Scheduling(
             provisioning_model="SPOT" if spot else "STANDARD",
             # STOP keeps a preempted VM's record, so describe can tell a preemption from a loss;
@@ -149,9 +151,9 @@ class GceBackend(ComputeBackend):
                 )
             )
         return compute_v1.Instance(
-            name=handle.native_id,
+            name=handle.native_name,
             machine_type=f"zones/{zone}/machineTypes/{machine.machine_type}",
-            labels=job_labels(self.settings, handle.job_id, handle.attempt, spec.get("labels")),
+            labels=job_labels(self.settings, handle.job_id, handle.attempt, spec.labels),
             disks=[
                 compute_v1.AttachedDisk(
                     boot=True,
@@ -205,24 +207,24 @@ class GceBackend(ComputeBackend):
         request = compute_v1.InsertInstanceRequest(
             project=self.settings.gcp_project, zone=self.settings.gce_zone, instance_resource=self.instance(job, handle)
         )
-        with map_gcp_errors(f"creating instance {handle.native_id}"):
+        with map_gcp_errors(f"creating instance {handle.native_name}"):
             try:
                 operation = self.client.insert(request=request)
             except Conflict:  # a retried launch: the name is the job's, so this is the same VM
-                return LaunchResult(handle.native_id, "AlreadyExists")
+                return LaunchResult(handle.native_name, "AlreadyExists")
         error = getattr(operation, "error_message", None)
         if error:
-            raise BackendError(f"creating instance {handle.native_id}: {error}")
-        return LaunchResult(handle.native_id, "PROVISIONING")
+            raise BackendError(f"creating instance {handle.native_name}: {error}")
+        return LaunchResult(handle.native_name, "PROVISIONING")
 
     def _describe_impl(self, handle: Handle) -> Observation | None:
-        instance = self._get(handle.native_id)
+        instance = self._get(handle.native_name)
         state = instance.status if instance is not None else None
         if state in RUNNING_STATES and state != "STOPPING":
             if state in ("PROVISIONING", "STAGING"):
                 return self._obs(handle, JobStatus.LAUNCHING, state)
             return self._obs(handle, JobStatus.RUNNING, state, started=instance.last_start_timestamp)
-        exit_status = self.status_objects.read(handle.native_id)
+        exit_status = self.status_objects.read(handle.native_name)
         if exit_status is not None:
             return self._from_exit(handle, exit_status, state or "DELETED")
         if instance is None:
@@ -230,7 +232,7 @@ class GceBackend(ComputeBackend):
         if state == "STOPPING":
             return self._obs(handle, JobStatus.RUNNING, state, started=instance.last_start_timestamp)
         if state not in STOPPED_STATES:
-            raise BackendError(f"instance {handle.native_id} reports status {state}, which jobplane does not map")
+            raise BackendError(f"instance {handle.native_name} reports status {state}, which jobplane does not map")
         labels = dict(instance.labels)
         if labels.get(LABEL_STOPPED_BY) == STOPPED_BY:
             return self._obs(
@@ -248,7 +250,7 @@ class GceBackend(ComputeBackend):
         return Observation(
             status=status,
             native_status=native_status,
-            native_id=handle.native_id,
+            native_id=handle.native_name,
             job_id=handle.job_id,
             attempt=handle.attempt,
             reason=reason,
@@ -273,7 +275,7 @@ class GceBackend(ComputeBackend):
         return Observation(
             status=job_status,
             native_status=f"{native_status}/{state}",
-            native_id=handle.native_id,
+            native_id=handle.native_name,
             job_id=handle.job_id,
             attempt=handle.attempt,
             reason=reasons.get(state, status.get("reason") or f"unreadable exit status {state}"),
@@ -284,13 +286,13 @@ class GceBackend(ComputeBackend):
         )
 
     def _cancel_impl(self, handle: Handle) -> None:
-        instance = self._get(handle.native_id)
+        instance = self._get(handle.native_name)
         if instance is None or instance.status in STOPPED_STATES:
             return
-        self._label_stopped(instance, self.zone_of(handle.native_id), "cancel requested")
-        with map_gcp_errors(f"stopping instance {handle.native_id}"):
+        self._label_stopped(instance, self.zone_of(handle.native_name), "cancel requested")
+        with map_gcp_errors(f"stopping instance {handle.native_name}"):
             self.client.stop(
-                project=self.settings.gcp_project, zone=self.zone_of(handle.native_id), instance=handle.native_id
+                project=self.settings.gcp_project, zone=self.zone_of(handle.native_name), instance=handle.native_name
             )
 
     def _label_stopped(self, instance, zone: str, reason: str) -> None:
@@ -345,7 +347,7 @@ class GceBackend(ComputeBackend):
                             state=instance.status,
                             power=power_state(instance.status),
                             stage=labels.get(LABEL_STAGE),
-                            native_id=instance.name,
+                            native_name=instance.name,
                             job_id=labels.get(LABEL_JOB_ID) or (parsed[0] if parsed else None),
                             attempt=int(labels[LABEL_ATTEMPT]) if labels.get(LABEL_ATTEMPT, "").isdigit() else None,
                             launched_at=parse_iso(launched) if launched else None,
@@ -358,7 +360,7 @@ class GceBackend(ComputeBackend):
         self._delete(resource.resource_id, self.zone_of(resource.resource_id), reason)
 
     def _release_impl(self, handle: Handle, reason: str) -> None:
-        self._delete(handle.native_id, self.zone_of(handle.native_id), reason)
+        self._delete(handle.native_name, self.zone_of(handle.native_name), reason)
 
     def utilization(self, resource: ManagedResource, window_minutes: int) -> Utilization | None:
         """The VM's own report (guest attributes jobplane/heartbeat and jobplane/gpu_percent, a mean over

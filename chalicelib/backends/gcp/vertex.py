@@ -20,6 +20,7 @@ from chalicelib.backends.gcp.base import (
 )
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
 
 EVENT_SOURCE = "aiplatform.googleapis.com"
 # Every JobState a custom job can report -> (status, failure kind). JOB_STATE_UNSPECIFIED and any value
@@ -95,12 +96,12 @@ class VertexBackend(ComputeBackend):
         return f"projects/{self.settings.gcp_project}/locations/{self.settings.gcp_region}"
 
     # --- request building (pure: the client library's own types) ---------------------------
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
-        if not spec.get("image"):
+    def _validate_impl(self, spec: JobSpec) -> None:
+        if not spec.image:
             raise UnsupportedError(
                 "Vertex AI runs container images", [{"field": "image", "message": "required for backend vertex"}]
             )
-        tpu = (spec.get("resources") or {}).get("tpu")
+        tpu = spec.resources.tpu
         if tpu is not None and tpu not in TPU_OFFERS:
             raise UnsupportedError(
                 f"TPU type {tpu} is not offered through Vertex AI custom jobs here",
@@ -109,10 +110,10 @@ class VertexBackend(ComputeBackend):
         if tpu is None:
             machine_for(spec)
 
-    def machine_spec(self, spec: dict[str, Any]):
+    def machine_spec(self, spec: JobSpec):
         from google.cloud import aiplatform_v1
 
-        tpu = (spec.get("resources") or {}).get("tpu")
+        tpu = spec.resources.tpu
         if tpu is not None:
             machine_type, accelerator, count, topology = TPU_OFFERS[tpu]
             fields: dict[str, Any] = {"machine_type": machine_type}
@@ -137,11 +138,10 @@ class VertexBackend(ComputeBackend):
 
         spec = job.spec
         env = job_env(spec, handle)
-        resources = spec.get("resources") or {}
         scheduling = aiplatform_v1.Scheduling(
-            timeout=duration_pb2.Duration(seconds=int(spec.get("max_runtime_minutes", 1440)) * 60),
+            timeout=duration_pb2.Duration(seconds=spec.max_runtime_minutes * 60),
             strategy=aiplatform_v1.Scheduling.Strategy.SPOT
-            if resources.get("spot")
+            if spec.resources.spot
             else aiplatform_v1.Scheduling.Strategy.ON_DEMAND,
             # One attempt per jobplane attempt: retries follow the spec's retries policy, not Vertex's.
             restart_job_on_worker_restart=False,
@@ -152,8 +152,8 @@ class VertexBackend(ComputeBackend):
                     machine_spec=self.machine_spec(spec),
                     replica_count=1,
                     container_spec=aiplatform_v1.ContainerSpec(
-                        image_uri=spec["image"],
-                        command=list(spec["command"]),
+                        image_uri=spec.image,
+                        command=list(spec.command),
                         env=[aiplatform_v1.EnvVar(name=k, value=v) for k, v in sorted(env.items())],
                     ),
                 )
@@ -162,11 +162,11 @@ class VertexBackend(ComputeBackend):
         )
         if self.settings.vertex_service_account:
             job_spec.service_account = self.settings.vertex_service_account
-        if (spec.get("outputs") or "").startswith("gs://"):
-            job_spec.base_output_directory = aiplatform_v1.GcsDestination(output_uri_prefix=spec["outputs"])
+        if spec.outputs and spec.outputs.startswith("gs://"):
+            job_spec.base_output_directory = aiplatform_v1.GcsDestination(output_uri_prefix=spec.outputs)
         return aiplatform_v1.CustomJob(
-            display_name=handle.native_id,
-            labels=job_labels(self.settings, handle.job_id, handle.attempt, spec.get("labels")),
+            display_name=handle.native_name,
+            labels=job_labels(self.settings, handle.job_id, handle.attempt, spec.labels),
             job_spec=job_spec,
         )
 
@@ -177,7 +177,7 @@ class VertexBackend(ComputeBackend):
         from google.api_core.exceptions import NotFound
         from google.cloud import aiplatform_v1
 
-        if handle.native_id.startswith("projects/"):
+        if handle.native_id is not None:
             with map_gcp_errors(f"getting custom job {handle.native_id}"):
                 try:
                     return self.client.get_custom_job(name=handle.native_id)
@@ -186,11 +186,11 @@ class VertexBackend(ComputeBackend):
         request = aiplatform_v1.ListCustomJobsRequest(
             parent=self.parent,
             filter=(
-                f'display_name="{handle.native_id}" AND labels.{LABEL_JOB_ID}="{handle.job_id}" '
+                f'display_name="{handle.native_name}" AND labels.{LABEL_JOB_ID}="{handle.job_id}" '
                 f'AND labels.{LABEL_STAGE}="{label_value(self.settings.stage)}"'
             ),
         )
-        with map_gcp_errors(f"listing custom jobs named {handle.native_id}"):
+        with map_gcp_errors(f"listing custom jobs named {handle.native_name}"):
             for found in self.client.list_custom_jobs(request=request):
                 return found
         return None
@@ -198,11 +198,12 @@ class VertexBackend(ComputeBackend):
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         from google.cloud import aiplatform_v1
 
-        existing = self._find(Handle(handle.job_id, native_name_of(handle), handle.attempt))
+        # By name, not by a resource name the store may hold: that is what a lost response leaves behind.
+        existing = self._find(Handle(handle.job_id, handle.native_name, handle.attempt))
         if existing is not None:  # a retried launch: Vertex names are not unique, so never create twice
             return LaunchResult(existing.name, existing.state.name)
         request = aiplatform_v1.CreateCustomJobRequest(parent=self.parent, custom_job=self.custom_job(job, handle))
-        with map_gcp_errors(f"creating custom job {handle.native_id}"):
+        with map_gcp_errors(f"creating custom job {handle.native_name}"):
             created = self.client.create_custom_job(request=request)
         return LaunchResult(created.name, created.state.name)
 
@@ -272,17 +273,10 @@ class VertexBackend(ComputeBackend):
         name = custom_job_name(raw.get("detail") or {}, self.settings)
         if name is None:
             return None
-        found = self._find(Handle("", name))
+        found = self._find(Handle("", "", native_id=name))
         if found is None:
             return None
         return self.observe(found)
-
-
-def native_name_of(handle: Handle) -> str:
-    """The display name of an attempt, even when the store already holds its resource name."""
-    from chalicelib.jobs.model import native_name
-
-    return native_name(handle.job_id, handle.attempt)
 
 
 def custom_job_name(entry: dict[str, Any], settings) -> str | None:

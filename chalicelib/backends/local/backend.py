@@ -23,6 +23,7 @@ from chalicelib.backends.base import (
 )
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
+from chalicelib.jobs.spec_types import JobSpec
 
 EVENT_SOURCE = "jobplane.local"
 EVENT_DETAIL_TYPE = "jobplane Local Job State Change"
@@ -68,32 +69,33 @@ class LocalBackend(ComputeBackend):
     iam_actions = ()
     event_sources = (EVENT_SOURCE,)
     reaps = True  # local processes stand in for ad-hoc VMs: the same sweep stops them
+    named_by_us = True  # a job's folder is named after it
 
-    def _validate_impl(self, spec: dict[str, Any]) -> None:
+    def _validate_impl(self, spec: JobSpec) -> None:
         allowed = self.settings.local_allowed_programs
-        program = Path(spec["command"][0]).name
+        program = Path(spec.command[0]).name
         if allowed and program not in allowed:
             raise UnsupportedError(
                 f"the local backend here runs only {', '.join(allowed)}",
                 [{"field": "command[0]", "message": f"one of {', '.join(allowed)} (JOBPLANE_LOCAL_ALLOWED_PROGRAMS)"}],
             )
 
-    def job_dir(self, native_id: str) -> Path:
-        if parse_native_name(native_id) is None:
-            raise BackendError(f"not a jobplane native id: {native_id!r}")
-        return Path(self.settings.local_state_dir).resolve() / native_id
+    def job_dir(self, native_name: str) -> Path:
+        if parse_native_name(native_name) is None:
+            raise BackendError(f"not a jobplane native name: {native_name!r}")
+        return Path(self.settings.local_state_dir).resolve() / native_name
 
     def hourly_price(self, job) -> float | None:
         return 0.0
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
-        folder = self.job_dir(handle.native_id)
+        folder = self.job_dir(handle.native_name)
         folder.mkdir(parents=True, exist_ok=True)
         try:
             # Exclusive create: a retried or concurrent launch of the same attempt starts nothing new.
             fd = os.open(folder / "launch.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
         except FileExistsError:
-            return LaunchResult(handle.native_id, "AlreadyLaunched")
+            return LaunchResult(handle.native_name, "AlreadyLaunched")
         os.close(fd)
         spec = job.spec
         # The job sees the stack's Python first on PATH, its own env, and nothing of the control plane's.
@@ -104,19 +106,19 @@ class LocalBackend(ComputeBackend):
         outputs.mkdir(exist_ok=True)
         runner_spec = {
             "job_id": handle.job_id,
-            "native_id": handle.native_id,
+            "native_id": handle.native_name,  # the runner's report names the folder, which is our name
             "attempt": handle.attempt,
-            "command": list(spec["command"]),
+            "command": list(spec.command),
             "env": {
                 **base_env,
                 "PYTHONUNBUFFERED": "1",
-                **spec.get("env", {}),
+                **spec.env,
                 "JOBPLANE_JOB_ID": handle.job_id,
                 "JOBPLANE_ATTEMPT": str(handle.attempt),
                 "JOBPLANE_OUTPUT_DIR": str(outputs),
             },
             "cwd": os.getcwd(),
-            "max_runtime_seconds": int(spec.get("max_runtime_minutes", 1440)) * 60,
+            "max_runtime_seconds": spec.max_runtime_minutes * 60,
             "event_url": self.settings.local_event_url,
             "region": self.settings.region,
         }
@@ -132,10 +134,10 @@ class LocalBackend(ComputeBackend):
                 cwd=str(Path(__file__).resolve().parents[3]),
             )
         (folder / "runner.pid").write_text(str(proc.pid))
-        return LaunchResult(handle.native_id, "Started")
+        return LaunchResult(handle.native_name, "Started")
 
     def _describe_impl(self, handle: Handle) -> Observation | None:
-        folder = self.job_dir(handle.native_id)
+        folder = self.job_dir(handle.native_name)
         if not (folder / "launch.lock").exists():
             return None
         status = read_json(folder / "status.json")
@@ -146,10 +148,10 @@ class LocalBackend(ComputeBackend):
         if runner_pid is not None and pid_alive(runner_pid):
             state = "RUNNING" if runner.get("pid") else "STARTING"
             if state == "STARTING":
-                return Observation(JobStatus.LAUNCHING, "STARTING", handle.native_id, handle.job_id, handle.attempt)
+                return Observation(JobStatus.LAUNCHING, "STARTING", handle.native_name, handle.job_id, handle.attempt)
             return self._observation(handle, {"state": "RUNNING", **runner})
         if runner_pid is None:
-            return Observation(JobStatus.LAUNCHING, "STARTING", handle.native_id, handle.job_id, handle.attempt)
+            return Observation(JobStatus.LAUNCHING, "STARTING", handle.native_name, handle.job_id, handle.attempt)
         return self._observation(handle, {"state": "LOST", "reason": "the local runner exited without an exit status"})
 
     def _observation(self, handle: Handle, status: dict[str, Any]) -> Observation:
@@ -158,7 +160,7 @@ class LocalBackend(ComputeBackend):
         return Observation(
             status=job_status,
             native_status=state,
-            native_id=handle.native_id,
+            native_id=handle.native_name,
             job_id=handle.job_id,
             attempt=handle.attempt,
             reason=status.get("reason", ""),
@@ -169,7 +171,7 @@ class LocalBackend(ComputeBackend):
         )
 
     def _logs_impl(self, handle: Handle, offset: int, limit: int) -> LogChunk:
-        folder = self.job_dir(handle.native_id)
+        folder = self.job_dir(handle.native_name)
         complete = (folder / "status.json").exists()
         try:
             with open(folder / "output.log", "rb") as fh:
@@ -180,7 +182,7 @@ class LocalBackend(ComputeBackend):
         return LogChunk(data.decode("utf-8", errors="replace"), offset + len(data), complete)
 
     def _cancel_impl(self, handle: Handle) -> None:
-        folder = self.job_dir(handle.native_id)
+        folder = self.job_dir(handle.native_name)
         if not folder.exists():
             return
         (folder / "cancel").touch()
@@ -212,7 +214,7 @@ class LocalBackend(ComputeBackend):
                     power=PowerState.RUNNING if running else PowerState.GONE,
                     state="running" if running else "ended",
                     stage=self.settings.stage,
-                    native_id=folder.name,
+                    native_name=folder.name,
                     job_id=parsed[0],
                     attempt=parsed[1],
                     launched_at=parse_iso(started),
@@ -226,19 +228,19 @@ class LocalBackend(ComputeBackend):
         self._cancel_impl(Handle(resource.job_id or "", resource.resource_id, resource.attempt or 1))
 
     def _release_impl(self, handle: Handle, reason: str) -> None:
-        folder = self.job_dir(handle.native_id)
+        folder = self.job_dir(handle.native_name)
         runner_pid = _read_pid(folder / "runner.pid")
         if runner_pid is None or not _still_running(folder, runner_pid):
             return  # it ended by itself, as it should
         self._stop_resource_impl(
             ManagedResource(
                 self.name,
-                handle.native_id,
+                handle.native_name,
                 ResourceKind.VM,
                 "running",
                 PowerState.RUNNING,
                 self.settings.stage,
-                handle.native_id,
+                handle.native_name,
                 handle.job_id,
                 handle.attempt,
             ),
