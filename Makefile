@@ -33,6 +33,14 @@ lint: $(STAMP)
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The fast loop: everything but the end-to-end stacks and the slow builds (Terraform, the wheel).
+unit: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m "not e2e and not slow"
+
+# The local stack and the Pub/Sub emulator as real processes over HTTP.
+e2e: $(STAMP) system-deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS) -m e2e
+
 # Deployable artifacts: Chalice's Terraform (functions, API, event rules, S3 notification, stream
 # mapping, the dependency layer) made current, plus the tables, bucket and secrets it does not create.
 # Then: cd build/package && terraform init && terraform plan -out=tfplan && terraform apply tfplan

@@ -55,6 +55,9 @@ def stop_group(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+pytestmark = pytest.mark.e2e
+
+
 @pytest.fixture(scope="session")
 def pubsub_emulator(tmp_path_factory):
     if shutil.which("gcloud") is None:
