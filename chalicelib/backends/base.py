@@ -39,15 +39,16 @@ def parse_native_name(name: str | None) -> tuple[str, int] | None:
     return match["job_id"], int(match["attempt"] or 1)
 
 
-def job_env(spec: JobSpec, handle: Handle, outputs_var: str = "JOBPLANE_OUTPUT_URI") -> dict[str, str]:
-    """The job's environment plus what jobplane tells every job about itself (on every backend)."""
+def job_env(spec: JobSpec, handle: Handle) -> dict[str, str]:
+    """The job's environment plus what jobplane tells every job about itself, by the same names on every
+    backend: JOBPLANE_JOB_ID, JOBPLANE_ATTEMPT, and JOBPLANE_OUTPUT_URI / JOBPLANE_CHECKPOINT_URI when set."""
     env = dict(spec.env)
     env["JOBPLANE_JOB_ID"] = handle.job_id
     env["JOBPLANE_ATTEMPT"] = str(handle.attempt)
     if spec.checkpoint_uri:
         env["JOBPLANE_CHECKPOINT_URI"] = spec.checkpoint_uri
     if spec.outputs:
-        env[outputs_var] = spec.outputs
+        env["JOBPLANE_OUTPUT_URI"] = spec.outputs
     return env
 
 

@@ -9,6 +9,7 @@ import pytest
 from botocore.stub import Stubber
 
 from chalicelib.auth import Principal
+from chalicelib.backends.agent import StopCause, make_report
 from chalicelib.backends.aws.ec2 import Ec2Backend, power_state
 from chalicelib.backends.base import Handle, PowerState
 from chalicelib.jobs.model import FailureKind, JobStatus
@@ -18,6 +19,7 @@ from chalicelib.store.memory import InMemoryJobStore
 from tests.backends.conftest import boto, make_job
 from tests.conftest import make_settings
 
+NOW = "2025-01-01T02:00:00Z"
 SPEC = {
     "image": "train:1",
     "command": ["python", "train.py"],
@@ -79,9 +81,11 @@ def test_the_terminal_state_comes_from_the_uploaded_exit_status(aws_settings):
         launched = backend.launch(job)
         uri = backend.status_uri(Handle.of(job))
         bucket, _, prefix = uri[5:].partition("/")
-        s3.put_object(
-            Bucket=bucket, Key=prefix + "status.json", Body=json.dumps({"exit_code": code, "timed_out": timed_out})
+        stopped_by = StopCause.TIMEOUT if timed_out else None
+        report = make_report(
+            job_id=job.job_id, attempt=1, exit_code=code, stopped_by=stopped_by, started_at=None, finished_at=NOW
         )
+        s3.put_object(Bucket=bucket, Key=prefix + "status.json", Body=json.dumps(report))
         boto(settings, "ec2").terminate_instances(InstanceIds=[launched.native_id])
         seen = backend.describe(Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=launched.native_id))
         results[code] = (seen.status, seen.failure_kind, seen.exit_code)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.backends.agent import make_report
 from chalicelib.backends.base import Handle, Observation
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, LocalBackend, pid_alive
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, new_job_id, utcnow
@@ -274,7 +275,7 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace_period(tmp_path):
     assert elapsed < 10
     status = json.loads((folder / "status.json").read_text())
     assert status["state"] == "TIMEOUT"
-    assert status["exit_code"] == -9
+    assert status["exit_code"] == 137  # what timeout(1) on the VMs says when the TERM was not enough
     assert not pid_alive(int((folder / "outputs" / "pid").read_text()))
 
 
@@ -377,10 +378,12 @@ def test_runner_events_parse_back_to_what_describe_sees(tmp_path):
 
 
 def test_events_from_elsewhere_or_about_foreign_resources_parse_to_none(backend):
-    detail = {"native_id": f"jp-{new_job_id()}", "state": "SUCCEEDED", "at": "2024-05-01T12:00:00.000000Z"}
+    detail = make_report(
+        job_id=new_job_id(), attempt=1, exit_code=0, started_at=None, finished_at="2024-05-01T12:00:00.000000Z"
+    )
     good = {"source": EVENT_SOURCE, "detail-type": EVENT_DETAIL_TYPE, "time": "2024-05-01T12:00:00Z", "detail": detail}
     assert backend.parse_event(good).status is JobStatus.SUCCEEDED
     assert backend.parse_event({**good, "source": "aws.ec2"}) is None
     assert backend.parse_event({**good, "detail-type": "Something Else"}) is None
-    assert backend.parse_event({**good, "detail": {**detail, "native_id": "someone-elses-job"}}) is None
+    assert backend.parse_event({**good, "detail": {**detail, "native_name": "someone-elses-job"}}) is None
     assert backend.parse_event({**good, "detail": {}}) is None

@@ -48,7 +48,7 @@ def test_can_build_the_training_job_request_from_a_spec(aws_settings):
         "JOBPLANE_ATTEMPT": "2",
         "JOBPLANE_CHECKPOINT_URI": SPEC["checkpoint_uri"],
         "JOBPLANE_JOB_ID": "a" * 32,
-        "JOBPLANE_OUTPUTS": SPEC["outputs"],
+        "JOBPLANE_OUTPUT_URI": SPEC["outputs"],
         "LR": "0.1",
     }
     assert {t["Key"]: t["Value"] for t in request["Tags"]} == {

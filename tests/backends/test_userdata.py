@@ -98,8 +98,8 @@ def test_hostile_command_env_and_name_stay_data_when_the_script_runs(tmp_path):
     }
     assert list(tmp_path.rglob("PWNED*")) == []
     status = json.loads((uploads / "status.json").read_text())
-    assert (status["exit_code"], status["timed_out"]) == (0, False)
-    assert (uploads / "log-tail.txt").exists()
+    assert (status["exit_code"], status["state"]) == (0, "SUCCEEDED")
+    assert (uploads / "log.txt").exists()
     assert (tmp_path / "shutdown.called").exists()
     calls = (tmp_path / "aws.calls").read_text().split("\0")
     assert "s3://artifacts/jobplane/test/jobs/x/jp-x/status.json" in calls
@@ -124,5 +124,5 @@ def test_the_script_enforces_max_runtime_itself(tmp_path):
     )
     uploads = _run(tmp_path, slow)
     status = json.loads((uploads / "status.json").read_text())
-    assert (status["exit_code"], status["timed_out"]) == (124, True)
+    assert (status["exit_code"], status["state"]) == (124, "TIMEOUT")
     assert (tmp_path / "shutdown.called").exists()

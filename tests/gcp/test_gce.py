@@ -6,6 +6,7 @@ from datetime import timedelta
 
 import pytest
 
+from chalicelib.backends.agent import StopCause, make_report
 from chalicelib.backends.base import Handle, PowerState
 from chalicelib.backends.gcp.gce import power_state
 from chalicelib.jobs.model import FailureKind, JobStatus, iso, utcnow
@@ -101,7 +102,14 @@ def test_describe_reads_the_instance_then_the_exit_status(gcp_service, fake_gcp)
     fake_gcp.set_status_object(
         STATUS_URI,
         job.native_id,
-        {"state": "TIMEOUT", "exit_code": 124, "at": "2025-01-01T02:00:00Z", "started_at": "2025-01-01T00:01:00Z"},
+        make_report(
+            job_id=job.job_id,
+            attempt=1,
+            exit_code=124,
+            stopped_by=StopCause.TIMEOUT,
+            started_at="2025-01-01T00:01:00Z",
+            finished_at="2025-01-01T02:00:00Z",
+        ),
     )
     _instance(fake_gcp, job)["status"] = "TERMINATED"
     obs = backend.describe(Handle.of(job))
@@ -124,7 +132,9 @@ def test_a_vm_exit_message_succeeds_the_job_and_releases_the_vm(gcp_service, fak
     job = submit(gcp_service, backend="gce")
     _instance(fake_gcp, job)["status"] = "TERMINATED"
     fake_gcp.set_status_object(
-        STATUS_URI, job.native_id, {"state": "SUCCEEDED", "exit_code": 0, "at": "2025-01-01T02:00:00Z"}
+        STATUS_URI,
+        job.native_id,
+        make_report(job_id=job.job_id, attempt=1, exit_code=0, started_at=None, finished_at="2025-01-01T02:00:00Z"),
     )
     message = {"state": "SUCCEEDED", "exit_code": 0, "native_id": job.native_id}
     attrs = {"jobplane-source": "jobplane.gce", "jobplane-native-id": job.native_id}

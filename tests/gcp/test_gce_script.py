@@ -115,7 +115,7 @@ def test_the_script_runs_the_container_with_values_as_data_and_reports_the_exit(
         "--entrypoint", "python", "us-docker.pkg.dev/p/r/img:1", "train.py", *HOSTILE,
     ]  # fmt: skip
     status = json.loads((tmp_path / "uploaded.json").read_text())
-    assert (status["state"], status["exit_code"], status["native_id"]) == ("FAILED", 3, NATIVE)
+    assert (status["state"], status["exit_code"], status["native_name"]) == ("FAILED", 3, NATIVE)
     assert (tmp_path / "uploaded.uri").read_text() == f"gs://jp-status/test/{NATIVE}/exit.json\n"
     published = (tmp_path / "published").read_bytes().decode().split("\0")[:-1]
     assert published[:4] == ["pubsub", "topics", "publish", "projects/my-project/topics/jobplane-test-events"]

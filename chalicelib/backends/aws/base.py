@@ -188,4 +188,4 @@ class AwsBackend(ComputeBackend):
 
 def env_list(spec: JobSpec, handle: Handle) -> list[tuple[str, str]]:
     """The job's environment, plus what jobplane tells every job about itself, sorted."""
-    return sorted(job_env(spec, handle, outputs_var="JOBPLANE_OUTPUTS").items())
+    return sorted(job_env(spec, handle).items())

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
+from dataclasses import replace
 from typing import Any
 
+from chalicelib.backends.agent import parse_report
 from chalicelib.backends.aws.base import (
     KIND_DEVVM,
     TAG_ATTEMPT,
@@ -185,22 +186,17 @@ class Ec2Backend(AwsBackend):
         found = self._instances_of(handle.native_name)
         return found[0] if found else None
 
-    def exit_status(self, job_id: str, native: str) -> dict[str, Any] | None:
-        """The status.json the VM uploaded before shutting down, or None."""
+    def exit_status(self, job_id: str, native: str) -> bytes | None:
+        """The exit report (status.json) the VM uploaded before shutting down, as uploaded, or None."""
         uri = self.status_uri(Handle(job_id, native, parse_native_name(native)[1]))
         bucket, _, prefix = uri[len("s3://") :].partition("/")
         try:
             with aws_errors("s3", "GetObject"):
-                body = self.client("s3").get_object(Bucket=bucket, Key=prefix + "status.json")["Body"].read()
+                return self.client("s3").get_object(Bucket=bucket, Key=prefix + "status.json")["Body"].read()
         except BackendError as exc:
             if error_code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
                 return None
             raise
-        try:
-            data = json.loads(body)
-        except ValueError:
-            return None
-        return data if isinstance(data, dict) else None
 
     def observe(self, instance: dict[str, Any], at=None) -> Observation:
         """One instance (DescribeInstances) -> Observation; a gone instance is judged by its exit status."""
@@ -221,28 +217,11 @@ class Ec2Backend(AwsBackend):
         return self._ended(instance_id, job_id, attempt, tags.get(TAG_NATIVE), reason, at)
 
     def _ended(self, instance_id, job_id, attempt, native, reason: str, at=None) -> Observation:
-        status = self.exit_status(job_id, native) if job_id and native else None
-        if status is not None:
-            code = status.get("exit_code")
-            started = epoch_ms(status.get("started_at"))
-            ended = at or epoch_ms(status.get("finished_at"))
-            if code == 0:
-                return Observation(
-                    JobStatus.SUCCEEDED,
-                    "terminated",
-                    instance_id,
-                    job_id,
-                    attempt,
-                    "exit status 0",
-                    None,
-                    0,
-                    ended,
-                    started,
-                )
-            kind = FailureKind.TIMEOUT if status.get("timed_out") else FailureKind.USER_ERROR
-            why = "ran past max_runtime_minutes" if status.get("timed_out") else f"exit status {code}"
-            return Observation(
-                JobStatus.FAILED, "terminated", instance_id, job_id, attempt, why, kind, code, ended, started
+        report = self.exit_status(job_id, native) if job_id and native else None
+        seen = parse_report(report, job_id=job_id, attempt=attempt)
+        if seen is not None:
+            return replace(
+                seen, native_status=f"terminated/{seen.native_status}", native_id=instance_id, at=at or seen.at
             )
         if reason == SPOT_REASON:
             return Observation(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
+from chalicelib.backends.agent import parse_report
 from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
@@ -51,13 +53,6 @@ def power_state(status: str) -> PowerState:
     return PowerState.GONE
 
 
-# exit.json `state` (written by the startup script) -> (status, failure kind)
-EXIT_STATES = {
-    "SUCCEEDED": (JobStatus.SUCCEEDED, None),
-    "FAILED": (JobStatus.FAILED, FailureKind.USER_ERROR),
-    "TIMEOUT": (JobStatus.FAILED, FailureKind.TIMEOUT),
-    "CORRUPT": (JobStatus.FAILED, FailureKind.BACKEND_ERROR),
-}
 STOPPED_BY = "jobplane"
 
 
@@ -224,9 +219,9 @@ class GceBackend(ComputeBackend):
             if state in ("PROVISIONING", "STAGING"):
                 return self._obs(handle, JobStatus.LAUNCHING, state)
             return self._obs(handle, JobStatus.RUNNING, state, started=instance.last_start_timestamp)
-        exit_status = self.status_objects.read(handle.native_name)
-        if exit_status is not None:
-            return self._from_exit(handle, exit_status, state or "DELETED")
+        seen = self._from_exit(handle, self.status_objects.read(handle.native_name), state or "DELETED")
+        if seen is not None:
+            return seen
         if instance is None:
             return None
         if state == "STOPPING":
@@ -259,31 +254,11 @@ class GceBackend(ComputeBackend):
             **extra,
         )
 
-    def _from_exit(self, handle: Handle, status: dict[str, Any], native_status: str) -> Observation:
-        state = str(status.get("state", "CORRUPT"))
-        job_status, kind = EXIT_STATES.get(state, EXIT_STATES["CORRUPT"])
-        code = status.get("exit_code")
-        reasons = {
-            "SUCCEEDED": "exited 0",
-            "FAILED": f"exited {code}",
-            "TIMEOUT": "killed at max_runtime_minutes by the VM",
-        }
-        try:
-            at, started = parse_iso(status.get("at")), parse_iso(status.get("started_at"))
-        except (TypeError, ValueError):
-            at = started = None
-        return Observation(
-            status=job_status,
-            native_status=f"{native_status}/{state}",
-            native_id=handle.native_name,
-            job_id=handle.job_id,
-            attempt=handle.attempt,
-            reason=reasons.get(state, status.get("reason") or f"unreadable exit status {state}"),
-            failure_kind=kind,
-            exit_code=code if isinstance(code, int) else None,
-            at=at,
-            started_at=started,
-        )
+    def _from_exit(self, handle: Handle, report: dict[str, Any] | None, native_status: str) -> Observation | None:
+        seen = parse_report(report, job_id=handle.job_id, attempt=handle.attempt)
+        if seen is None:
+            return None
+        return replace(seen, native_status=f"{native_status}/{seen.native_status}", native_id=handle.native_name)
 
     def _cancel_impl(self, handle: Handle) -> None:
         instance = self._get(handle.native_name)

@@ -1,10 +1,14 @@
-"""The GCE startup script: run one job attempt, enforce max runtime, write the exit status to GCS, power off."""
+"""The GCE startup script: run one job attempt, enforce max runtime, ship the log and exit report to GCS, power off."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from chalicelib.backends.agent import SHELL_FUNCTIONS, script_attempt
 from chalicelib.backends.shell import array, assign, env_array
+
+# Seconds between uploads of the job's output to log.txt next to the exit report while it runs.
+LOG_INTERVAL = 60
 
 # The body is a constant: every job-specific value reaches it only through the quoted header.
 _BODY = r"""
@@ -36,10 +40,29 @@ heartbeat() {
   done
 }
 
+upload_log() {
+  # A snapshot, so the upload never reads a file that grows under it.
+  cp "$LOG" "$LOG.snapshot" 2>/dev/null || return 0
+  gcloud storage cp "$LOG.snapshot" "$LOG_URI" --quiet >/dev/null 2>&1 || true
+}
+
+ship_logs() {
+  # A TERM interrupts the wait at once but lets an upload in flight finish, so none lands after the last one.
+  trap 'exit 0' TERM
+  while true; do
+    sleep "$LOG_INTERVAL" &
+    wait "$!" || exit 0
+    upload_log
+  done
+}
+
 finish() {
-  local state=$1 code=$2
-  printf '{"state": "%s", "exit_code": %d, "at": "%s", "started_at": "%s", "native_id": "%s"}\n' \
-    "$state" "$code" "$(now)" "$STARTED_AT" "$NATIVE_ID" >"$EXIT_FILE"
+  local code=$1 ran=$2
+  kill "$LOG_SHIPPER" 2>/dev/null
+  wait "$LOG_SHIPPER" 2>/dev/null
+  write_report "$EXIT_FILE" "$code" "$ran"
+  # The whole log goes up before the exit report: a job seen ending has its complete log.
+  upload_log
   for _ in 1 2 3 4 5; do
     gcloud storage cp "$EXIT_FILE" "$STATUS_URI" --quiet && break
     sleep 5
@@ -62,7 +85,10 @@ STARTED_AT=$(now)
 echo "jobplane: job ${JOB_ID} (${NATIVE_ID}) starting at ${STARTED_AT}" >>"$LOG"
 put_attr heartbeat "$STARTED_AT"
 heartbeat &
+ship_logs >/dev/null 2>&1 &
+LOG_SHIPPER=$!
 
+run_started=$SECONDS
 if [ -n "$IMAGE" ]; then
   registry=${IMAGE%%/*}
   case "$registry" in
@@ -82,13 +108,7 @@ else
   code=$?
 fi
 
-if [ "$code" -eq 124 ]; then
-  finish TIMEOUT "$code"
-elif [ "$code" -eq 0 ]; then
-  finish SUCCEEDED 0
-else
-  finish FAILED "$code"
-fi
+finish "$code" "$((SECONDS - run_started))"
 """
 
 MAX_METADATA_VALUE = 256 * 1024  # GCE's limit for one metadata value
@@ -105,7 +125,10 @@ def startup_script(
     events_topic: str | None,
     max_runtime_seconds: int,
     idle_samples: int,
+    log_interval_seconds: int = LOG_INTERVAL,
 ) -> str:
+    """The script, with the exit report at `status_uri` and the job's log at log.txt in the same folder."""
+    attempt = script_attempt(job_id, native_id)
     header = "\n".join(
         [
             "#!/bin/bash",
@@ -115,8 +138,11 @@ def startup_script(
             "set -uo pipefail",
             assign("JOB_ID", job_id),
             assign("NATIVE_ID", native_id),
+            assign("ATTEMPT", attempt),
             assign("IMAGE", image or ""),
             assign("STATUS_URI", status_uri),
+            assign("LOG_URI", status_uri.rsplit("/", 1)[0] + "/log.txt"),
+            assign("LOG_INTERVAL", int(log_interval_seconds)),
             assign("EVENTS_TOPIC", events_topic or ""),
             assign("MAX_RUNTIME_SECONDS", int(max_runtime_seconds)),
             assign("IDLE_SAMPLES", int(idle_samples)),
@@ -124,4 +150,4 @@ def startup_script(
             env_array("JOB_ENV", env),
         ]
     )
-    return header + "\n" + _BODY
+    return header + "\n" + SHELL_FUNCTIONS + _BODY

@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from chalicelib.backends.agent import parse_report
 from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
@@ -19,6 +21,7 @@ from chalicelib.backends.base import (
     Observation,
     PowerState,
     ResourceKind,
+    job_env,
     parse_native_name,
 )
 from chalicelib.errors import BackendError, UnsupportedError
@@ -27,13 +30,9 @@ from chalicelib.jobs.spec_types import JobSpec
 
 EVENT_SOURCE = "jobplane.local"
 EVENT_DETAIL_TYPE = "jobplane Local Job State Change"
-# runner states -> (status, failure kind)
+# runner states before any exit report -> (status, failure kind); the report is the agent contract's
 _STATES = {
     "RUNNING": (JobStatus.RUNNING, None),
-    "SUCCEEDED": (JobStatus.SUCCEEDED, None),
-    "FAILED": (JobStatus.FAILED, FailureKind.USER_ERROR),
-    "TIMEOUT": (JobStatus.FAILED, FailureKind.TIMEOUT),
-    "CANCELLED": (JobStatus.CANCELLED, None),
     "LOST": (JobStatus.FAILED, FailureKind.BACKEND_ERROR),
 }
 
@@ -112,9 +111,7 @@ class LocalBackend(ComputeBackend):
             "env": {
                 **base_env,
                 "PYTHONUNBUFFERED": "1",
-                **spec.env,
-                "JOBPLANE_JOB_ID": handle.job_id,
-                "JOBPLANE_ATTEMPT": str(handle.attempt),
+                **job_env(spec, handle),
                 "JOBPLANE_OUTPUT_DIR": str(outputs),
             },
             "cwd": os.getcwd(),
@@ -140,9 +137,9 @@ class LocalBackend(ComputeBackend):
         folder = self.job_dir(handle.native_name)
         if not (folder / "launch.lock").exists():
             return None
-        status = read_json(folder / "status.json")
-        if status is not None:
-            return self._observation(handle, status)
+        seen = self._from_report(handle, read_json(folder / "status.json"))
+        if seen is not None:
+            return seen
         runner = read_json(folder / "runner.json") or {}
         runner_pid = _read_pid(folder / "runner.pid")
         if runner_pid is not None and pid_alive(runner_pid):
@@ -153,6 +150,10 @@ class LocalBackend(ComputeBackend):
         if runner_pid is None:
             return Observation(JobStatus.LAUNCHING, "STARTING", handle.native_name, handle.job_id, handle.attempt)
         return self._observation(handle, {"state": "LOST", "reason": "the local runner exited without an exit status"})
+
+    def _from_report(self, handle: Handle, report: dict[str, Any] | None) -> Observation | None:
+        seen = parse_report(report, job_id=handle.job_id, attempt=handle.attempt)
+        return None if seen is None else replace(seen, native_id=handle.native_name)
 
     def _observation(self, handle: Handle, status: dict[str, Any]) -> Observation:
         state = status.get("state", "LOST")
@@ -251,13 +252,17 @@ class LocalBackend(ComputeBackend):
         if raw.get("source") != EVENT_SOURCE or raw.get("detail-type") != EVENT_DETAIL_TYPE:
             return None
         detail = raw.get("detail") or {}
-        parsed = parse_native_name(detail.get("native_id"))
+        # The running event names the folder as native_id; the exit report as native_name.
+        name = detail.get("native_name") or detail.get("native_id")
+        parsed = parse_native_name(name)
         if parsed is None:
             return None
-        job_id, attempt = parsed
-        status = dict(detail)
-        status.setdefault("at", raw.get("time"))
-        return self._observation(Handle(job_id, detail["native_id"], attempt), status)
+        handle = Handle(parsed[0], name, parsed[1])
+        if detail.get("state") == "RUNNING":
+            status = dict(detail)
+            status.setdefault("at", raw.get("time"))
+            return self._observation(handle, status)
+        return self._from_report(handle, detail)
 
 
 def _still_running(folder: Path, runner_pid: int) -> bool:

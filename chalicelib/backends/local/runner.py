@@ -13,6 +13,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from chalicelib.backends.agent import SIGKILL_EXIT, TIMEOUT_EXIT, StopCause, make_report, shell_exit_code
+
 KILL_GRACE_SECONDS = float(os.environ.get("JOBPLANE_KILL_GRACE_SECONDS", "10"))
 
 
@@ -24,6 +26,21 @@ def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data))
     os.replace(tmp, path)  # atomic: a reader never sees half a status
+
+
+def _report(spec: dict, exit_code: int, stopped_by: StopCause | None, started_at: str | None, reason: str = ""):
+    """The exit report (chalicelib/backends/agent.py) and `at`, the time the final event's detail needs."""
+    report = make_report(
+        job_id=spec["job_id"],
+        attempt=spec["attempt"],
+        exit_code=exit_code,
+        stopped_by=stopped_by,
+        started_at=started_at,
+        finished_at=_now(),
+        max_runtime_seconds=spec["max_runtime_seconds"],
+        reason=reason,
+    )
+    return {**report, "at": report["finished_at"]}
 
 
 def post_event(url: str | None, region: str, detail: dict, attempts: int = 8) -> bool:
@@ -97,13 +114,7 @@ def run(folder: Path) -> int:
             close_fds=True,
         )
     except OSError as exc:
-        status = {
-            **base,
-            "state": "FAILED",
-            "exit_code": 127,
-            "at": _now(),
-            "reason": f"could not start {spec['command'][0]!r}: {exc.strerror or exc}",
-        }
+        status = _report(spec, 127, None, None, reason=f"could not start {spec['command'][0]!r}: {exc.strerror or exc}")
         _write_json(folder / "status.json", status)
         post_event(spec.get("event_url"), spec["region"], status)
         return 0
@@ -123,10 +134,9 @@ def run(folder: Path) -> int:
         except subprocess.TimeoutExpired:
             pass
         if stop_requested["flag"] or (folder / "cancel").exists():
-            outcome = ("CANCELLED", "cancelled on request")
+            outcome = StopCause.CANCEL
         elif time.monotonic() > deadline:
-            minutes = spec["max_runtime_seconds"] // 60
-            outcome = ("TIMEOUT", f"exceeded max_runtime_minutes ({minutes})")
+            outcome = StopCause.TIMEOUT
         if outcome:
             _stop_group(proc.pid, proc)
             code = proc.wait()
@@ -137,22 +147,11 @@ def run(folder: Path) -> int:
     except ProcessLookupError:
         pass
     log.close()
-    if outcome is None:
-        if code == 0:
-            outcome = ("SUCCEEDED", "exit code 0")
-        elif code < 0:
-            outcome = ("FAILED", f"killed by signal {signal.Signals(-code).name} (exit code {code})")
-        else:
-            outcome = ("FAILED", f"exit code {code}")
-    status = {
-        **base,
-        "state": outcome[0],
-        "exit_code": code,
-        "reason": outcome[1],
-        "at": _now(),
-        "runtime_seconds": round(time.monotonic() - started, 3),
-        "started_at": running["at"],
-    }
+    exit_code = shell_exit_code(code)
+    if outcome is StopCause.TIMEOUT:
+        # What timeout(1) on the VMs returns: 124, or 137 when the job outlived the TERM.
+        exit_code = SIGKILL_EXIT if exit_code == SIGKILL_EXIT else TIMEOUT_EXIT
+    status = _report(spec, exit_code, outcome, running["at"])
     _write_json(folder / "status.json", status)
     sender.join()  # the final event follows the first one, as it happened
     post_event(spec.get("event_url"), spec["region"], status)
