@@ -14,9 +14,8 @@ from chalicelib.events import EventResult, Outcome, handle_state_change
 log = logging.getLogger("jobplane.events.gcp")
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
-VERTEX_SOURCE = "aiplatform.googleapis.com"
-COMPUTE_SOURCE = "compute.googleapis.com"
-VM_SOURCE = "jobplane.gce"
+# Sources jobplane's own VMs publish under (a Pub/Sub attribute), as opposed to a provider's service name.
+OWN_SOURCE_PREFIX = "jobplane."
 
 
 @dataclass(frozen=True)
@@ -56,16 +55,21 @@ def state_hint(message: PubsubMessage) -> dict[str, Any] | None:
         return None
     if not isinstance(body, dict):
         return None
-    if message.attributes.get("jobplane-source") == VM_SOURCE:
+    from chalicelib.backends import Cloud, descriptors
+
+    gcp = descriptors(Cloud.GCP)
+    vm_source = message.attributes.get("jobplane-source")
+    if vm_source and vm_source.startswith(OWN_SOURCE_PREFIX) and any(vm_source in d.event_sources for d in gcp):
         native_id = message.attributes.get("jobplane-native-id") or body.get("native_id")
-        return {"source": VM_SOURCE, "detail-type": "jobplane VM exit", "detail": {**body, "native_id": native_id}}
-    resource = body.get("resource") or {}
-    payload = body.get("protoPayload") or {}
-    service_name = payload.get("serviceName")
-    if resource.get("type") == "ml_job" or service_name == VERTEX_SOURCE:
-        return {"source": VERTEX_SOURCE, "detail-type": "Cloud Logging entry", "detail": body}
-    if resource.get("type") == "gce_instance" or service_name == COMPUTE_SOURCE:
-        return {"source": COMPUTE_SOURCE, "detail-type": "Cloud Logging entry", "detail": body}
+        return {"source": vm_source, "detail-type": "jobplane VM exit", "detail": {**body, "native_id": native_id}}
+    resource_type = (body.get("resource") or {}).get("type")
+    service_name = (body.get("protoPayload") or {}).get("serviceName")
+    # A log entry is routed to the first GCP backend that owns its resource type or service, under
+    # that backend's service name (its first event source).
+    for d in gcp:
+        logs = [s for s in d.event_sources if not s.startswith(OWN_SOURCE_PREFIX)]
+        if logs and (resource_type in d.log_resource_types or service_name in logs):
+            return {"source": logs[0], "detail-type": "Cloud Logging entry", "detail": body}
     return None
 
 
