@@ -84,3 +84,20 @@ def test_a_future_backend_is_accepted_nowhere(name, tmp_path):
     with pytest.raises(ValidationError) as info:
         parse_spec({"name": "x", "command": ["true"], "image": "busybox", "fallback": [name]})
     assert info.value.details[0]["field"] == "fallback[0]"
+
+
+def test_the_checked_in_event_sources_are_the_descriptors():
+    from chalicelib.backends import sources
+
+    assert sources.SOURCES_FILE.read_text() == sources.render(), "run python -m chalicelib.backends.sources"
+    assert sources.deployed(backends.Cloud.AWS, backends.Cloud.LOCAL) == [
+        *backends.event_sources(backends.Cloud.AWS),
+        *backends.event_sources(backends.Cloud.LOCAL),
+    ]
+
+
+def test_the_eventbridge_pattern_is_the_aws_and_local_sources():
+    import app
+
+    (config,) = [e for e in app.app.event_sources if getattr(e, "name", "") == "on_job_state_change"]
+    assert config.event_pattern == {"source": backends.event_sources(backends.Cloud.AWS, backends.Cloud.LOCAL)}
