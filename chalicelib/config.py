@@ -331,8 +331,9 @@ class Settings:
                     continue
                 # Name every backend that needs it, as the error is about the setting, not one backend.
                 wanting = [d.name for d in descriptors() if any(r.field == need.field for r in d.requires)]
+                variable = next(f.metadata[_VAR].name for f in fields(self) if f.name == need.field)
                 what = f"be a {need.prefix} URI" if need.prefix else "be set"
-                raise ConfigError(f"{need.variable} must {what} when {' or '.join(wanting)} is in JOBPLANE_BACKENDS")
+                raise ConfigError(f"{variable} must {what} when {' or '.join(wanting)} is in JOBPLANE_BACKENDS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

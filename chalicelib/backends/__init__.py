@@ -52,10 +52,9 @@ class ConsoleContext:
 
 @dataclass(frozen=True)
 class Requirement:
-    """A setting an enabled backend cannot run without (`prefix`: the value must start with it)."""
+    """A Settings field an enabled backend cannot run without (`prefix`: the value must start with it)."""
 
     field: str
-    variable: str
     prefix: str = ""
 
 

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,18 +47,22 @@ def pubsub_message(data: dict[str, Any] | None) -> PubsubMessage | None:
     )
 
 
-def state_hint(message: PubsubMessage) -> dict[str, Any] | None:
+def state_hint(message: PubsubMessage, backends: Iterable[str] | None = None) -> dict[str, Any] | None:
     """An EventBridge-shaped {"source", "detail"} for handle_state_change, or None when the message is
-    about nothing jobplane runs. Sources: a Cloud Logging sink (LogEntry JSON) or a jobplane VM."""
+    about nothing jobplane runs. Sources: a Cloud Logging sink (LogEntry JSON) or a jobplane VM.
+
+    Routed by the GCP descriptors among `backends` (every registered one when None)."""
     try:
         body = json.loads(message.data or b"null")
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(body, dict):
         return None
-    from chalicelib.backends import Cloud, descriptors
+    from chalicelib.backends import Cloud, descriptor, names
 
-    gcp = descriptors(Cloud.GCP)
+    # Only the named backends' modules are imported: a Cloud Function's cold start pays for its own.
+    found = [descriptor(n) for n in (names() if backends is None else backends) if n in names()]
+    gcp = [d for d in found if d.cloud is Cloud.GCP]
     vm_source = message.attributes.get("jobplane-source")
     if vm_source and vm_source.startswith(OWN_SOURCE_PREFIX) and any(vm_source in d.event_sources for d in gcp):
         native_id = message.attributes.get("jobplane-native-id") or body.get("native_id")
@@ -80,7 +85,7 @@ def handle_job_event(data: dict[str, Any] | None, service) -> EventResult:
     message = pubsub_message(data)
     if message is None:
         return EventResult(Outcome.IGNORED, detail="not a Pub/Sub message with base64 data")
-    hint = state_hint(message)
+    hint = state_hint(message, service.settings.enabled_backends)
     if hint is None:
         return EventResult(Outcome.IGNORED, detail=f"message {message.message_id} is about nothing jobplane runs")
     return handle_state_change(hint, service)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 
 from chalicelib import backends
-from chalicelib.backends import policy
+from chalicelib.backends import BackendDescriptor, Cloud, policy
 from chalicelib.notify.messages import Kind, build_message
+from tests.backends.toy_backend import ToyBackend
 from tests.conftest import make_settings, make_stores, use_stores, wait_for
 
 TOY = "tests.backends.toy_backend:ToyBackend"
@@ -136,3 +137,44 @@ def test_the_openapi_document_lists_the_registered_backends(toy_api):
     schema = api.request("GET", "/openapi.json").json_body["components"]["schemas"]["JobSpec"]["properties"]
     assert schema["backend"]["enum"] == ["auto", *backends.names()]
     assert "toy" in schema["fallback"]["items"]["enum"] and "auto" not in schema["fallback"]["items"]["enum"]
+
+
+class ToyGcpBackend(ToyBackend):
+    """The toy as a GCP backend, to show Pub/Sub routing reads the descriptors."""
+
+    descriptor = BackendDescriptor(
+        name="toy-gcp",
+        cloud=Cloud.GCP,
+        display_name="Toy Cloud (GCP)",
+        rank=6,
+        role="the toy, on Google Cloud",
+        event_sources=("toy.googleapis.com", "jobplane.toy-vm"),
+        log_resource_types=("toy_job",),
+    )
+
+
+def test_gcp_messages_are_routed_by_the_registered_descriptors():
+    import base64
+    import json
+
+    from chalicelib.events.gcp import pubsub_message, state_hint
+
+    def message(body, attributes=None):
+        data = base64.b64encode(json.dumps(body).encode()).decode()
+        return pubsub_message({"message": {"data": data, "attributes": attributes or {}, "messageId": "1"}})
+
+    entry = {"resource": {"type": "toy_job"}, "protoPayload": {}}
+    vm = message({"state": "SUCCEEDED"}, {"jobplane-source": "jobplane.toy-vm", "jobplane-native-id": "jp-x"})
+    assert state_hint(message(entry)) is None
+    backends.register("toy-gcp", "tests.backends.test_toy_backend:ToyGcpBackend")
+    try:
+        assert state_hint(message(entry))["source"] == "toy.googleapis.com"
+        assert state_hint(vm)["source"] == "jobplane.toy-vm"
+        assert state_hint(vm)["detail"]["native_id"] == "jp-x"
+        # Among the enabled backends only: a deployment without the toy ignores it.
+        assert state_hint(message(entry), ["vertex", "gce"]) is None
+        assert state_hint(message({"resource": {"type": "ml_job"}}), ["vertex"])["source"] == (
+            "aiplatform.googleapis.com"
+        )
+    finally:
+        backends.unregister("toy-gcp")

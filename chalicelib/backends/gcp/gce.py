@@ -112,8 +112,8 @@ class GceBackend(ComputeBackend):
         reaps=True,
         vm=True,
         requires=(
-            Requirement("gcp_project", "JOBPLANE_GCP_PROJECT"),
-            Requirement("gcp_status_uri", "JOBPLANE_GCP_STATUS_URI", prefix="gs://"),
+            Requirement("gcp_project"),
+            Requirement("gcp_status_uri", prefix="gs://"),
         ),
     )
     named_by_us = True  # the instance's name is the one we give it

@@ -97,7 +97,7 @@ class VertexBackend(ComputeBackend):
             "aiplatform.customJobs.cancel",
         ),
         console_url=console_url,
-        requires=(Requirement("gcp_project", "JOBPLANE_GCP_PROJECT"),),
+        requires=(Requirement("gcp_project"),),
     )
 
     def __init__(self, settings, client=None) -> None:
