@@ -7,14 +7,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
+from chalicelib.backends import DEFAULT_BACKENDS, names
 from chalicelib.errors import ConfigError
-
-BACKEND_NAMES = ("sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local")
 
 
 def backend_names() -> tuple[str, ...]:
-    """The backend names settings accept (one place, so a registry can answer instead)."""
-    return BACKEND_NAMES
+    """The backend names settings accept: the registry's, read when parsed (the registry imports no backend)."""
+    return names()
 
 
 def _environ(environ: Mapping[str, str] | None) -> Mapping[str, str]:
@@ -219,7 +218,7 @@ class Settings:
     devvms_table: str = setting("JOBPLANE_DEVVMS_TABLE", derive="{table_prefix}-devvms")
     # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
     aws_endpoint_url: str | None = setting("AWS_ENDPOINT_URL", None, Url())
-    enabled_backends: tuple[str, ...] = setting("JOBPLANE_BACKENDS", ("local",), Backends())
+    enabled_backends: tuple[str, ...] = setting("JOBPLANE_BACKENDS", DEFAULT_BACKENDS, Backends())
     default_backend: str = setting("JOBPLANE_DEFAULT_BACKEND", derive="{enabled_backends[0]}")
     # The local backend: where job folders (logs, exit status) live and where its runner reports.
     local_state_dir: str = setting("JOBPLANE_LOCAL_STATE_DIR", ".jobplane/jobs")
@@ -318,10 +317,23 @@ class Settings:
             raise ConfigError(
                 f"JOBPLANE_DEFAULT_BACKEND={self.default_backend!r} is not in JOBPLANE_BACKENDS {list(backends)}"
             )
-        if self.gcp_project is None and {"vertex", "gce"} & set(backends):
-            raise ConfigError("JOBPLANE_GCP_PROJECT must be set when vertex or gce is in JOBPLANE_BACKENDS")
-        if "gce" in backends and not (self.gcp_status_uri or "").startswith("gs://"):
-            raise ConfigError("JOBPLANE_GCP_STATUS_URI must be a gs:// URI when gce is in JOBPLANE_BACKENDS")
+        self._check_backend_requirements()
+
+    def _check_backend_requirements(self) -> None:
+        """Each enabled backend's descriptor names the settings it cannot run without."""
+        from chalicelib.backends import descriptor_or_none, descriptors
+
+        for name in self.enabled_backends:
+            found = descriptor_or_none(name)
+            for need in found.requires if found else ():
+                value = getattr(self, need.field)
+                if value and str(value).startswith(need.prefix):
+                    continue
+                # Name every backend that needs it, as the error is about the setting, not one backend.
+                wanting = [d.name for d in descriptors() if any(r.field == need.field for r in d.requires)]
+                variable = next(f.metadata[_VAR].name for f in fields(self) if f.name == need.field)
+                what = f"be a {need.prefix} URI" if need.prefix else "be set"
+                raise ConfigError(f"{variable} must {what} when {' or '.join(wanting)} is in JOBPLANE_BACKENDS")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -7,9 +7,9 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from chalicelib.errors import ConflictError, JobplaneError, NotFoundError, ValidationError
@@ -19,7 +19,18 @@ from chalicelib.jobs.spec import GpuType
 log = logging.getLogger("jobplane.devvms")
 
 
-DEVVM_BACKENDS = ("ec2",)
+def devvm_backends() -> tuple[str, ...]:
+    """The registered backends whose descriptor names a dev VM provider."""
+    from chalicelib.backends import descriptors
+
+    return tuple(d.name for d in descriptors() if d.devvm_provider)
+
+
+def __getattr__(name: str) -> Any:
+    # DEVVM_BACKENDS is read from the registry when asked for, so a backend registered later counts.
+    if name == "DEVVM_BACKENDS":
+        return devvm_backends()
+    raise AttributeError(name)
 
 
 class DevVmStatus(str, Enum):
@@ -36,13 +47,21 @@ class DevVmSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(..., pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-    backend: Literal["ec2"] = "ec2"
+    backend: str = Field(default_factory=lambda: devvm_backends()[0], description="a backend that hosts dev VMs")
     gpu_type: GpuType = "A10G"
     gpus: int = Field(1, ge=1, le=8)
     spot: bool = False
     instance_type: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,62}$")
     idle_minutes: int = Field(30, ge=5, le=1440, description="stop after this long without GPU activity")
     max_hours: float = Field(8, gt=0, le=168, description="stop after this long running, whatever it does")
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        valid = devvm_backends()
+        if value not in valid:
+            raise ValueError(f"must be one of {', '.join(valid)}")
+        return value
 
 
 @dataclass(frozen=True)

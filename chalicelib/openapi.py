@@ -147,12 +147,28 @@ JOB_ID = {
 AUTH_ERRORS = {401: "no token, or a token that matches no user"}
 
 
+def _backend_enums(components: dict[str, Any]) -> None:
+    """The spec's backend names come from the registry (validators check them), so the document's enums do too."""
+    from chalicelib.jobs.spec import backend_choices
+
+    choices = list(backend_choices())
+    properties = components["JobSpec"]["properties"]
+    properties["backend"]["enum"] = choices
+    properties["fallback"]["items"]["enum"] = [c for c in choices if c != choices[0]]
+    from chalicelib.devvms import devvm_backends
+
+    for name, schema in components.items():
+        if name.startswith("DevVm") and "backend" in schema.get("properties", {}):
+            schema["properties"]["backend"]["enum"] = list(devvm_backends())
+
+
 def build() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
 
     models = [*MODELS, _devvm_spec()]
     _, schemas = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = schemas.get("$defs", {})
+    _backend_enums(components)
     spec_body = {
         "required": True,
         "content": {

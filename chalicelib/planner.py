@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from chalicelib.backends import backend_class
+from chalicelib.backends import Cloud, backend_class, descriptor_or_none
 from chalicelib.backends.base import ComputeBackend
 from chalicelib.config import Settings
 from chalicelib.errors import ValidationError
@@ -14,20 +14,8 @@ from chalicelib.jobs.capacity import claims_for
 if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec
 
-# DESIGN.md's ranking: managed training services first, then queues, then containers, then VMs.
-RANKING = ("sagemaker", "vertex", "kubernetes", "aws-batch", "ecs", "ec2", "gce", "local")
-ROLE = {
-    "sagemaker": "first choice on AWS (managed spot, S3 checkpoints)",
-    "vertex": "first choice on GCP",
-    "kubernetes": "the team's Kubernetes cluster",
-    "aws-batch": "AWS Batch queue",
-    "ecs": "the team's ECS cluster",
-    "ec2": "ad-hoc EC2 VM (any image, any GPU; stopped automatically)",
-    "gce": "ad-hoc GCE VM (stopped automatically)",
-    "local": "local processes",
-}
-# Longest run (minutes) a service allows; jobs longer than this never go there.
-TIME_LIMITS = {"vertex": 7 * 24 * 60}
+# Enabled names without a descriptor (test doubles) come after every ranked backend.
+_UNRANKED = 1 << 30
 
 
 def plan(
@@ -49,18 +37,20 @@ def plan(
         make(spec.backend).validate(spec)
         return spec.backend, f"backend {spec.backend!r} requested by the spec"
     limits = dict(settings.capacity_limits)
-    # The local stack (default backend local) keeps auto jobs local; elsewhere the ranking decides.
-    order = [b for b in RANKING if b in enabled and b != "local"]
-    if "local" in enabled:
-        order = ["local", *order] if settings.default_backend == "local" else [*order, "local"]
-    order += [b for b in enabled if b not in order]
+    # DESIGN.md's ranking, from each descriptor (managed training services, queues, containers, VMs);
+    # the local stack (a local default backend) keeps auto jobs local.
+    known = {b: descriptor_or_none(b) for b in enabled}
+    ranked = sorted(enabled, key=lambda b: known[b].rank if known[b] else _UNRANKED)
+    local = [b for b in ranked if known[b] and known[b].cloud is Cloud.LOCAL]
+    order = [b for b in ranked if b not in local]
+    order = [*local, *order] if settings.default_backend in local else [*order, *local]
     skipped: list[str] = []
     for name in order:
         why_not = _refusal(name, spec, limits, make)
         if why_not:
             skipped.append(f"{name}: {why_not}")
             continue
-        reason = f"auto: {name}, {ROLE.get(name, name)}, for {_describe(spec)}"
+        reason = f"auto: {name}, {known[name].role if known[name] else name}, for {_describe(spec)}"
         if skipped:
             reason += "; skipped " + "; ".join(skipped)
         return name, reason
@@ -73,8 +63,10 @@ def plan(
 def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make) -> str | None:
     """Why `name` cannot take this job, or None."""
     runtime = spec.max_runtime_minutes
-    if name in TIME_LIMITS and runtime > TIME_LIMITS[name]:
-        return f"runs at most {TIME_LIMITS[name]} minutes, the job asks for {runtime}"
+    found = descriptor_or_none(name)
+    limit = found.time_limit_minutes if found else None
+    if limit is not None and runtime > limit:
+        return f"runs at most {limit} minutes, the job asks for {runtime}"
     try:
         make(name).validate(spec)
     except ValidationError as exc:

@@ -159,8 +159,26 @@ class ComputeBackend(ABC):
     #: True when the provider addresses the resource by the name jobplane gives it (so native_id = native_name)
     named_by_us: ClassVar[bool] = False
 
+    #: the backend's facts (chalicelib.backends.BackendDescriptor); the attributes above are copied from it
+    descriptor: ClassVar[Any] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # Declared once in the descriptor; copied so the methods keep reading self.name, self.iam_actions...
+        found = cls.__dict__.get("descriptor")
+        if found is not None:
+            cls.name = found.name
+            cls.unsupported_features = dict(found.unsupported_features)
+            cls.iam_actions = tuple(found.iam_actions)
+            cls.event_sources = tuple(found.event_sources)
+            cls.reaps = found.reaps
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+
+    def roles(self) -> tuple[tuple[str, str], ...]:
+        """(role, service) pairs the control plane passes to the provider (AWS backends name theirs)."""
+        return ()
 
     # --- cross-cutting checks, in one place ---------------------------------------------
     def validate(self, spec: JobSpec) -> None:

@@ -10,10 +10,9 @@ import sys
 from dataclasses import fields
 from typing import Any
 
-from chalicelib.backends import REGISTRY, backend_class
+from chalicelib.backends import Cloud, backend_class, descriptor_or_none
 from chalicelib.config import Settings
 
-AWS_BACKENDS = ("sagemaker", "aws-batch", "ecs", "ec2")
 # What the core needs whatever the backends: its tables and the jobs stream (notify), logs,
 # Slack secrets, and the asynchronous Slack worker.
 LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
@@ -38,7 +37,8 @@ CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + I
 
 
 def aws_backends(settings: Settings) -> list[str]:
-    return [b for b in settings.enabled_backends if b in AWS_BACKENDS and b in REGISTRY]
+    """The enabled backends whose descriptor says they call AWS (the only ones IAM governs)."""
+    return [b for b in settings.enabled_backends if (d := descriptor_or_none(b)) and d.cloud is Cloud.AWS]
 
 
 def declared_actions(settings: Settings) -> set[str]:
@@ -53,12 +53,16 @@ def declared_actions(settings: Settings) -> set[str]:
 
 
 def devvm_actions(settings: Settings) -> tuple[str, ...]:
-    """Dev VMs run on EC2: start, stop and read their GPU metric when that backend is enabled."""
-    if "ec2" not in aws_backends(settings):
-        return ()
-    from chalicelib.backends.aws.ec2_devvm import Ec2DevVmProvider
+    """Dev VMs: start, stop and read their GPU metric, for each enabled AWS backend that hosts them."""
+    import importlib
 
-    return Ec2DevVmProvider.iam_actions
+    actions: list[str] = []
+    for name in aws_backends(settings):
+        target = descriptor_or_none(name).devvm_provider
+        if target:
+            module, _, cls = target.partition(":")
+            actions += [a for a in getattr(importlib.import_module(module), cls).iam_actions if a not in actions]
+    return tuple(actions)
 
 
 def build(settings: Settings) -> dict[str, Any]:

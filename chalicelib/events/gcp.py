@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,9 +15,8 @@ from chalicelib.events import EventResult, Outcome, handle_state_change
 log = logging.getLogger("jobplane.events.gcp")
 PUBSUB_PUBLISHED = "google.cloud.pubsub.topic.v1.messagePublished"
 GCS_FINALIZED = "google.cloud.storage.object.v1.finalized"
-VERTEX_SOURCE = "aiplatform.googleapis.com"
-COMPUTE_SOURCE = "compute.googleapis.com"
-VM_SOURCE = "jobplane.gce"
+# Sources jobplane's own VMs publish under (a Pub/Sub attribute), as opposed to a provider's service name.
+OWN_SOURCE_PREFIX = "jobplane."
 
 
 @dataclass(frozen=True)
@@ -47,25 +47,34 @@ def pubsub_message(data: dict[str, Any] | None) -> PubsubMessage | None:
     )
 
 
-def state_hint(message: PubsubMessage) -> dict[str, Any] | None:
+def state_hint(message: PubsubMessage, backends: Iterable[str] | None = None) -> dict[str, Any] | None:
     """An EventBridge-shaped {"source", "detail"} for handle_state_change, or None when the message is
-    about nothing jobplane runs. Sources: a Cloud Logging sink (LogEntry JSON) or a jobplane VM."""
+    about nothing jobplane runs. Sources: a Cloud Logging sink (LogEntry JSON) or a jobplane VM.
+
+    Routed by the GCP descriptors among `backends` (every registered one when None)."""
     try:
         body = json.loads(message.data or b"null")
     except (ValueError, UnicodeDecodeError):
         return None
     if not isinstance(body, dict):
         return None
-    if message.attributes.get("jobplane-source") == VM_SOURCE:
+    from chalicelib.backends import Cloud, descriptor, names
+
+    # Only the named backends' modules are imported: a Cloud Function's cold start pays for its own.
+    found = [descriptor(n) for n in (names() if backends is None else backends) if n in names()]
+    gcp = [d for d in found if d.cloud is Cloud.GCP]
+    vm_source = message.attributes.get("jobplane-source")
+    if vm_source and vm_source.startswith(OWN_SOURCE_PREFIX) and any(vm_source in d.event_sources for d in gcp):
         native_id = message.attributes.get("jobplane-native-id") or body.get("native_id")
-        return {"source": VM_SOURCE, "detail-type": "jobplane VM exit", "detail": {**body, "native_id": native_id}}
-    resource = body.get("resource") or {}
-    payload = body.get("protoPayload") or {}
-    service_name = payload.get("serviceName")
-    if resource.get("type") == "ml_job" or service_name == VERTEX_SOURCE:
-        return {"source": VERTEX_SOURCE, "detail-type": "Cloud Logging entry", "detail": body}
-    if resource.get("type") == "gce_instance" or service_name == COMPUTE_SOURCE:
-        return {"source": COMPUTE_SOURCE, "detail-type": "Cloud Logging entry", "detail": body}
+        return {"source": vm_source, "detail-type": "jobplane VM exit", "detail": {**body, "native_id": native_id}}
+    resource_type = (body.get("resource") or {}).get("type")
+    service_name = (body.get("protoPayload") or {}).get("serviceName")
+    # A log entry is routed to the first GCP backend that owns its resource type or service, under
+    # that backend's service name (its first event source).
+    for d in gcp:
+        logs = [s for s in d.event_sources if not s.startswith(OWN_SOURCE_PREFIX)]
+        if logs and (resource_type in d.log_resource_types or service_name in logs):
+            return {"source": logs[0], "detail-type": "Cloud Logging entry", "detail": body}
     return None
 
 
@@ -76,7 +85,7 @@ def handle_job_event(data: dict[str, Any] | None, service) -> EventResult:
     message = pubsub_message(data)
     if message is None:
         return EventResult(Outcome.IGNORED, detail="not a Pub/Sub message with base64 data")
-    hint = state_hint(message)
+    hint = state_hint(message, service.settings.enabled_backends)
     if hint is None:
         return EventResult(Outcome.IGNORED, detail=f"message {message.message_id} is about nothing jobplane runs")
     return handle_state_change(hint, service)

@@ -13,8 +13,6 @@ from chalicelib.errors import ValidationError
 from chalicelib.jobs import spec_types as typed
 from chalicelib.jobs.spec_types import default
 
-BACKENDS = ("auto", "sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local")
-BackendName = Literal["auto", "sagemaker", "vertex", "aws-batch", "ecs", "ec2", "gce", "kubernetes", "local"]
 GPU_TYPES = ("T4", "L4", "A10G", "V100", "A100", "A100-80GB", "H100", "H200", "L40S", "P100", "K80")
 GpuType = Literal["T4", "L4", "A10G", "V100", "A100", "A100-80GB", "H100", "H200", "L40S", "P100", "K80"]
 RetryOn = Literal["interruption", "capacity"]
@@ -108,7 +106,8 @@ class JobSpec(_Strict):
     )
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: Resources = Field(default_factory=Resources)
-    backend: BackendName = default(typed.JobSpec, "backend")
+    # A registry name or auto, checked when validated so a backend registered at run time is accepted.
+    backend: str = Field(default(typed.JobSpec, "backend"), description="auto, or a registered backend")
     max_runtime_minutes: int = Field(default(typed.JobSpec, "max_runtime_minutes"), ge=1, le=40320)
     inputs: tuple[str, ...] = Field(default(typed.JobSpec, "inputs"), max_length=32)
     outputs: str | None = default(typed.JobSpec, "outputs")
@@ -118,9 +117,26 @@ class JobSpec(_Strict):
     labels: dict[str, str] = Field(default_factory=dict, max_length=32)
     priority: int = Field(default(typed.JobSpec, "priority"), ge=-100, le=100)
     # Failover: other backends to try, in order, when a launch finds no capacity or no quota.
-    fallback: tuple[BackendName, ...] = Field(default(typed.JobSpec, "fallback"), max_length=8)
+    fallback: tuple[str, ...] = Field(default(typed.JobSpec, "fallback"), max_length=8)
     # How long a job may wait in QUEUED for capacity once every candidate refused (0: fail at once).
     capacity_wait_minutes: int = Field(default(typed.JobSpec, "capacity_wait_minutes"), ge=0, le=10080)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        valid = backend_choices()
+        if value not in valid:
+            raise ValueError(f"Input should be {_words([repr(v) for v in valid], 'or')}")
+        return value
+
+    @field_validator("fallback")
+    @classmethod
+    def _fallback(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        valid = backend_choices()
+        for i, name in enumerate(value):
+            if name not in valid:
+                raise FieldError(i, f"Input should be {_words([repr(v) for v in valid], 'or')}")
+        return value
 
     @field_validator("command")
     @classmethod
@@ -173,19 +189,39 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _backend_needs(self) -> JobSpec:
-        if self.image is None and self.backend not in ("local", "ec2", "gce"):
+        from chalicelib.backends import AUTO, descriptor, descriptors
+
+        if self.image is None and (self.backend == AUTO or descriptor(self.backend).needs_image):
+            bare = [d.name for d in descriptors() if not d.needs_image]
             raise FieldError(
                 "image",
-                f"image is required for backend {self.backend!r} (only local, ec2 and gce can run a bare command)",
+                f"image is required for backend {self.backend!r} (only {_words(bare)} can run a bare command)",
             )
-        if self.resources.tpu is not None and self.backend not in ("auto", "vertex"):
-            raise FieldError(("resources", "tpu"), "TPU jobs run only on backend vertex (or auto)")
+        if (
+            self.resources.tpu is not None
+            and self.backend != AUTO
+            and "tpu" in descriptor(self.backend).unsupported_features
+        ):
+            tpu = [d.name for d in descriptors() if "tpu" not in d.unsupported_features]
+            raise FieldError(("resources", "tpu"), f"TPU jobs run only on backend {_words(tpu, 'or')} (or auto)")
         if "auto" in self.fallback:
             raise FieldError("fallback", "fallback names concrete backends (auto is what `backend` is for)")
         return self
 
     def to_typed(self) -> typed.JobSpec:
         return typed.JobSpec.from_dict(self.model_dump(mode="python", exclude_none=False))
+
+
+def backend_choices() -> tuple[str, ...]:
+    """What a spec's `backend` may say: auto or a registered name (read now, not at import)."""
+    from chalicelib.backends import AUTO, names
+
+    return (AUTO, *names())
+
+
+def _words(items: list[str], last: str = "and") -> str:
+    """["a", "b", "c"] -> "a, b and c"."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
 
 
 def _location(loc: tuple[Any, ...]) -> str:

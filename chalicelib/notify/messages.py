@@ -12,7 +12,16 @@ from chalicelib.notify.console import console_url, provider_name
 
 # The reaper's reason when it stops a job's VM on its own (idle, past max runtime): see chalicelib/reaper.py.
 AUTO_STOP_REASON = "stopped by jobplane reaper"
-VM_BACKENDS = ("ec2", "gce")
+
+
+def is_vm_backend(backend: str | None) -> bool:
+    """True for ad-hoc VM backends, whose own startup script stops the machine at max runtime."""
+    from chalicelib.backends import descriptor_or_none
+
+    found = descriptor_or_none(backend)
+    return bool(found and found.vm)
+
+
 MAX_TEXT = 2900  # Slack's section text limit is 3000 characters
 
 
@@ -46,7 +55,7 @@ def classify(job: Job, old_status: JobStatus | None) -> Kind | None:
         (job.status_reason or "").startswith(AUTO_STOP_REASON)
         or (job.failure_reason or "").startswith(AUTO_STOP_REASON)
         # A VM's own startup script shuts it down at max_runtime_minutes.
-        or (job.backend in VM_BACKENDS and job.failure_kind is FailureKind.TIMEOUT)
+        or (is_vm_backend(job.backend) and job.failure_kind is FailureKind.TIMEOUT)
     ):
         return Kind.AUTO_STOPPED
     if status is JobStatus.RUNNING:

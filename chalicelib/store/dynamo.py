@@ -133,7 +133,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         planner_reason = UnicodeAttribute(null=True)
         status_reason = UnicodeAttribute(null=True)
         claims = UnicodeAttribute(null=True)  # JSON [[pool, units], ...] while capacity is held
-        candidates = UnicodeAttribute(null=True)  # JSON ["ec2", "sagemaker"]
+        candidates = UnicodeAttribute(null=True)  # JSON list of registry names, in failover order
 
         by_owner = OwnerIndex()
         by_all = AllIndex()

@@ -211,7 +211,7 @@ def test_an_unknown_backend_lists_the_backends():
     detail = _only_detail(_invalid(backend="azure"))
     assert detail["field"] == "backend"
     assert detail["message"] == (
-        "Input should be 'auto', 'sagemaker', 'vertex', 'aws-batch', 'ecs', 'ec2', 'gce', 'kubernetes' or 'local'"
+        "Input should be 'auto', 'local', 'sagemaker', 'aws-batch', 'ecs', 'ec2', 'vertex' or 'gce'"
     )
 
 

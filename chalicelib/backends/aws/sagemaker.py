@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
@@ -20,17 +21,31 @@ MAX_ENV_VALUE = 512  # CreateTrainingJob's limit on each Environment value
 MAX_ENV = 48
 
 
+def console_url(job, ctx: ConsoleContext) -> str | None:
+    from chalicelib.notify.console import aws_console, aws_resource, q
+
+    region, resource, _ = aws_resource(job.native_id, ctx.region)
+    return aws_console(region, f"sagemaker/home?region={region}#/jobs/{q(resource)}")
+
+
 class SageMakerBackend(AwsBackend):
-    name = "sagemaker"
-    services = ("sagemaker",)
-    unsupported_features = {"tpu": "TPUs exist only on Vertex AI"}
-    iam_actions = (
-        "sagemaker:CreateTrainingJob",
-        "sagemaker:DescribeTrainingJob",
-        "sagemaker:StopTrainingJob",
-        "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
+    descriptor = BackendDescriptor(
+        name="sagemaker",
+        cloud=Cloud.AWS,
+        display_name="SageMaker",
+        rank=10,
+        role="first choice on AWS (managed spot, S3 checkpoints)",
+        event_sources=("aws.sagemaker",),
+        iam_actions=(
+            "sagemaker:CreateTrainingJob",
+            "sagemaker:DescribeTrainingJob",
+            "sagemaker:StopTrainingJob",
+            "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
+        ),
+        console_url=console_url,
+        unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
     )
-    event_sources = ("aws.sagemaker",)
+    services = ("sagemaker",)
     named_by_us = True  # every SageMaker call takes the TrainingJobName we chose
 
     def roles(self) -> tuple[tuple[str, str], ...]:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+# The error table lives in gcp/errors.py; imported here too because the GCP backends import it from base.
+from chalicelib.backends.gcp.errors import map_gcp_errors, translate  # noqa: F401
 from chalicelib.config import Settings
 from chalicelib.errors import (
-    BackendAuthError,
-    BackendError,
     BackendValidationError,
-    CapacityError,
-    QuotaError,
-    ThrottledError,
     UnsupportedError,
 )
 
@@ -229,54 +225,3 @@ class StatusObjects:
         except ValueError:
             return {"state": "CORRUPT", "reason": f"unreadable exit status at {self.uri(native_name)}"}
         return status if isinstance(status, dict) else None
-
-
-# --- errors -------------------------------------------------------------------------------------------
-_CAPACITY_MARKERS = ("ZONE_RESOURCE_POOL_EXHAUSTED", "does not have enough resources", "STOCKOUT", "resource pool")
-_THROTTLE_MARKERS = ("rate limit", "Rate Limit", "RATE_LIMIT", "too many requests")
-
-
-def translate(exc: Exception, action: str) -> BackendError:
-    """One Google API error -> jobplane's hierarchy (the only place that knows google.api_core)."""
-    from google.api_core import exceptions as g
-
-    message = f"{action}: {getattr(exc, 'message', None) or exc}"
-    text = str(exc)
-    if isinstance(exc, g.GoogleAPICallError):
-        if any(m in text for m in _CAPACITY_MARKERS):
-            return CapacityError(message, retryable=True)
-        # Quota before throttling: ResourceExhausted is a TooManyRequests (HTTP 429) in google.api_core.
-        if "quota" in text.lower() and isinstance(exc, g.TooManyRequests | g.Forbidden):
-            return QuotaError(message)
-        if isinstance(exc, g.TooManyRequests) or any(m in text for m in _THROTTLE_MARKERS):
-            return ThrottledError(message)
-        if isinstance(exc, g.Unauthenticated | g.Forbidden):
-            return BackendAuthError(message)
-        if isinstance(exc, g.ResourceExhausted):
-            return QuotaError(message)
-        if isinstance(exc, g.BadRequest | g.FailedPrecondition | g.OutOfRange):
-            return BackendValidationError(message)
-        if isinstance(exc, g.ServerError | g.DeadlineExceeded | g.Aborted):
-            return BackendError(message, retryable=True)
-        return BackendError(message)
-    from google.auth import exceptions as auth
-
-    if isinstance(exc, auth.GoogleAuthError):
-        return BackendAuthError(message)
-    if isinstance(exc, OSError):  # connection refused / reset: the request may not have arrived
-        return BackendError(message, retryable=True)
-    return BackendError(message)
-
-
-@contextlib.contextmanager
-def map_gcp_errors(action: str) -> Iterator[None]:
-    """Translate Google SDK errors raised inside the block; NotFound is left for the caller to handle."""
-    from google.api_core import exceptions as g
-    from google.auth import exceptions as auth
-
-    try:
-        yield
-    except g.NotFound:
-        raise
-    except (g.GoogleAPICallError, auth.GoogleAuthError, ConnectionError) as exc:
-        raise translate(exc, action) from exc

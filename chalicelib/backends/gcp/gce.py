@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
 from chalicelib.backends.agent import parse_report
 from chalicelib.backends.base import (
     ComputeBackend,
@@ -56,27 +57,60 @@ def power_state(status: str) -> PowerState:
 STOPPED_BY = "jobplane"
 
 
+def console_url(job, ctx: ConsoleContext) -> str | None:
+    from chalicelib.notify.console import GCP_RE, q
+
+    native = job.native_id
+    gcp = GCP_RE.match(native)
+    if gcp and gcp["kind"] == "instances":
+        return (
+            f"https://console.cloud.google.com/compute/instancesDetail/zones/{gcp['where']}/instances/{gcp['name']}"
+            f"?project={gcp['project']}"
+        )
+    # A bare instance name is found in the deployment's project and zone.
+    if not gcp and ctx.gcp_project and ctx.gce_zone and "/" not in native:
+        return (
+            f"https://console.cloud.google.com/compute/instancesDetail/zones/{q(ctx.gce_zone)}"
+            f"/instances/{q(native)}?project={q(ctx.gcp_project)}"
+        )
+    return None
+
+
 class GceBackend(ComputeBackend):
-    name = "gce"
-    unsupported_features = {"tpu": "TPUs run only through Vertex AI (backend vertex)"}
-    iam_actions = (
-        "compute.instances.create",
-        "compute.instances.get",
-        "compute.instances.list",
-        "compute.instances.delete",
-        "compute.instances.stop",
-        "compute.instances.setLabels",
-        "compute.instances.setMetadata",
-        "compute.instances.setServiceAccount",
-        "compute.instances.getGuestAttributes",
-        "compute.disks.create",
-        "compute.subnetworks.use",
-        "compute.subnetworks.useExternalIp",
-        "iam.serviceAccounts.actAs",
-        "storage.objects.get",
+    descriptor = BackendDescriptor(
+        name="gce",
+        cloud=Cloud.GCP,
+        display_name="Compute Engine",
+        rank=70,
+        role="ad-hoc GCE VM (stopped automatically)",
+        needs_image=False,
+        event_sources=(EVENT_SOURCE, VM_EVENT_SOURCE),
+        log_resource_types=("gce_instance",),
+        iam_actions=(
+            "compute.instances.create",
+            "compute.instances.get",
+            "compute.instances.list",
+            "compute.instances.delete",
+            "compute.instances.stop",
+            "compute.instances.setLabels",
+            "compute.instances.setMetadata",
+            "compute.instances.setServiceAccount",
+            "compute.instances.getGuestAttributes",
+            "compute.disks.create",
+            "compute.subnetworks.use",
+            "compute.subnetworks.useExternalIp",
+            "iam.serviceAccounts.actAs",
+            "storage.objects.get",
+        ),
+        console_url=console_url,
+        unsupported_features={"tpu": "TPUs run only through Vertex AI (backend vertex)"},
+        reaps=True,
+        vm=True,
+        requires=(
+            Requirement("gcp_project"),
+            Requirement("gcp_status_uri", prefix="gs://"),
+        ),
     )
-    event_sources = (EVENT_SOURCE, VM_EVENT_SOURCE)
-    reaps = True
     named_by_us = True  # the instance's name is the one we give it
 
     def __init__(self, settings, client=None, status_objects: StatusObjects | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
 from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult, Observation, job_env, parse_native_name
 from chalicelib.backends.gcp.base import (
     LABEL_ATTEMPT,
@@ -67,16 +68,37 @@ def _when(value) -> datetime | None:
     return value
 
 
-class VertexBackend(ComputeBackend):
-    name = "vertex"
-    unsupported_features: dict[str, str] = {}
-    iam_actions = (
-        "aiplatform.customJobs.create",
-        "aiplatform.customJobs.get",
-        "aiplatform.customJobs.list",
-        "aiplatform.customJobs.cancel",
+def console_url(job, _ctx: ConsoleContext) -> str | None:
+    from chalicelib.notify.console import GCP_RE
+
+    gcp = GCP_RE.match(job.native_id)
+    if not gcp or gcp["kind"] != "customJobs":
+        return None
+    return (
+        f"https://console.cloud.google.com/ai/platform/locations/{gcp['where']}/training/{gcp['name']}"
+        f"?project={gcp['project']}"
     )
-    event_sources = (EVENT_SOURCE,)
+
+
+class VertexBackend(ComputeBackend):
+    descriptor = BackendDescriptor(
+        name="vertex",
+        cloud=Cloud.GCP,
+        display_name="Vertex AI",
+        rank=20,
+        role="first choice on GCP",
+        time_limit_minutes=7 * 24 * 60,
+        event_sources=(EVENT_SOURCE,),
+        log_resource_types=("ml_job",),
+        iam_actions=(
+            "aiplatform.customJobs.create",
+            "aiplatform.customJobs.get",
+            "aiplatform.customJobs.list",
+            "aiplatform.customJobs.cancel",
+        ),
+        console_url=console_url,
+        requires=(Requirement("gcp_project"),),
+    )
 
     def __init__(self, settings, client=None) -> None:
         super().__init__(settings)

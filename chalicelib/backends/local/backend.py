@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from chalicelib.backends import BackendDescriptor, Cloud
 from chalicelib.backends.agent import parse_report
 from chalicelib.backends.base import (
     ComputeBackend,
@@ -60,14 +61,20 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 class LocalBackend(ComputeBackend):
-    name = "local"
-    unsupported_features = {
-        "gpu": "the local backend runs CPU processes only; use sagemaker, vertex, ec2 or gce for GPUs",
-        "tpu": "TPUs exist only on Vertex AI",
-    }
-    iam_actions = ()
-    event_sources = (EVENT_SOURCE,)
-    reaps = True  # local processes stand in for ad-hoc VMs: the same sweep stops them
+    descriptor = BackendDescriptor(
+        name="local",
+        cloud=Cloud.LOCAL,
+        display_name="local",
+        rank=80,
+        role="local processes",
+        needs_image=False,
+        event_sources=(EVENT_SOURCE,),
+        unsupported_features={
+            "gpu": "the local backend runs CPU processes only; use sagemaker, vertex, ec2 or gce for GPUs",
+            "tpu": "TPUs exist only on Vertex AI",
+        },
+        reaps=True,  # local processes stand in for ad-hoc VMs: the same sweep stops them
+    )
     named_by_us = True  # a job's folder is named after it
 
     def _validate_impl(self, spec: JobSpec) -> None:
