@@ -24,10 +24,13 @@ from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
 from chalicelib.backends.base import (
     Handle,
     LaunchResult,
+    LogChunk,
     ManagedResource,
     Observation,
+    Offset,
     PowerState,
     ResourceKind,
+    bad_offset,
     parse_native_name,
 )
 from chalicelib.errors import BackendError, UnsupportedError
@@ -39,6 +42,7 @@ SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
 _LIVE = ("pending", "running", "stopping", "stopped")
 _GONE = ("shutting-down", "terminated")
 SPOT_REASON = "Server.SpotInstanceTermination"
+LOG_OBJECT = "log.txt"  # the job's output, as the VM's agent ships it next to status.json
 
 
 def power_state(state: str) -> PowerState:
@@ -59,7 +63,7 @@ class Ec2Backend(AwsBackend):
         "ec2:DescribeInstances",
         "ec2:TerminateInstances",
         "ec2:CreateTags",  # RunInstances with TagSpecifications, and the stopped-by mark
-        "s3:GetObject",  # the exit status the VM uploads (artifacts bucket only)
+        "s3:GetObject",  # the exit status and the log the VM uploads (artifacts bucket only)
     )
     event_sources = ("aws.ec2",)
     reaps = True
@@ -201,6 +205,34 @@ class Ec2Backend(AwsBackend):
         except ValueError:
             return None
         return data if isinstance(data, dict) else None
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        # The VM's agent uploads its whole log to <status_uri>log.txt every minute and when the job ends
+        # (before status.json), so a byte offset into that object is stable across uploads.
+        if not isinstance(offset, int):
+            raise bad_offset("an EC2 job's log offset is a byte count: pass the next_offset it returned, or 0")
+        bucket, _, prefix = self.status_uri(handle)[len("s3://") :].partition("/")
+        try:
+            with aws_errors("s3", "GetObject"):
+                got = self.client("s3").get_object(
+                    Bucket=bucket, Key=prefix + LOG_OBJECT, Range=f"bytes={offset}-{offset + limit - 1}"
+                )
+        except BackendError as exc:
+            code = error_code(exc)
+            if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                ended = self.exit_status(handle.job_id, handle.native_name) is not None
+                note = (
+                    "the VM shipped no log" if ended else "the VM has not shipped a log yet (it uploads every minute)"
+                )
+                return LogChunk("", offset, ended, note)
+            if code in ("InvalidRange", "416"):  # nothing past `offset` yet
+                return LogChunk("", offset, self.exit_status(handle.job_id, handle.native_name) is not None)
+            raise
+        data = got["Body"].read()
+        total = int(str(got.get("ContentRange", "")).rpartition("/")[2] or offset + len(data))
+        end = offset + len(data)
+        ended = end >= total and self.exit_status(handle.job_id, handle.native_name) is not None
+        return LogChunk(data.decode("utf-8", errors="replace"), end, ended)
 
     def observe(self, instance: dict[str, Any], at=None) -> Observation:
         """One instance (DescribeInstances) -> Observation; a gone instance is judged by its exit status."""

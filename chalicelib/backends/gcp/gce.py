@@ -8,8 +8,10 @@ from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
     LaunchResult,
+    LogChunk,
     ManagedResource,
     Observation,
+    Offset,
     PowerState,
     ResourceKind,
     Utilization,
@@ -30,6 +32,7 @@ from chalicelib.backends.gcp.base import (
     managed_filter,
     map_gcp_errors,
 )
+from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
 from chalicelib.backends.gcp.gce_script import MAX_METADATA_VALUE, startup_script
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
@@ -59,6 +62,9 @@ EXIT_STATES = {
     "CORRUPT": (JobStatus.FAILED, FailureKind.BACKEND_ERROR),
 }
 STOPPED_BY = "jobplane"
+# Where the guest agent sends a startup script's output: google_metadata_script_runner (guest-agent),
+# GCEMetadataScripts (the older guest environment).
+STARTUP_SCRIPT_LOGS = ("google_metadata_script_runner", "GCEMetadataScripts")
 
 
 class GceBackend(ComputeBackend):
@@ -79,6 +85,7 @@ class GceBackend(ComputeBackend):
         "compute.subnetworks.useExternalIp",
         "iam.serviceAccounts.actAs",
         "storage.objects.get",
+        "logging.logEntries.list",  # the startup script's output: resource.type="gce_instance" entries
     )
     event_sources = (EVENT_SOURCE, VM_EVENT_SOURCE)
     reaps = True
@@ -284,6 +291,32 @@ class GceBackend(ComputeBackend):
             at=at,
             started_at=started,
         )
+
+    # --- logs --------------------------------------------------------------------------------
+    @property
+    def cloud_logging(self) -> CloudLogging:
+        if getattr(self, "_cloud_logging", None) is None:
+            self._cloud_logging = CloudLogging(self.settings)
+        return self._cloud_logging
+
+    @cloud_logging.setter
+    def cloud_logging(self, value: CloudLogging) -> None:
+        self._cloud_logging = value
+
+    def log_filter(self, handle: Handle) -> str:
+        """The VM's startup-script entries: by instance id while the VM exists, else by its name label
+        (a deleted VM's entries stay in Cloud Logging)."""
+        project = self.settings.gcp_project
+        names = " OR ".join(f'"projects/{project}/logs/{log}"' for log in STARTUP_SCRIPT_LOGS)
+        instance = self._get(handle.native_name)
+        if instance is not None and instance.id:
+            which = f'resource.labels.instance_id="{instance.id}"'
+        else:
+            which = f'labels."compute.googleapis.com/resource_name"="{handle.native_name}"'
+        return f'resource.type="gce_instance" AND {which} AND logName=({names})'
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        return read_entries(self.cloud_logging, self.log_filter(handle), offset, limit)
 
     def _cancel_impl(self, handle: Handle) -> None:
         instance = self._get(handle.native_name)
