@@ -204,7 +204,9 @@ class JobService:
         """A slice of the job's output from `offset`; a job with nothing to show says why in `note`."""
         job = self.get(principal, job_id)
         note = not_started_note(job)
-        if job.native_name is None or job.status is JobStatus.QUEUED:
+        # A launch the provider has not answered yet has no resource to read from.
+        unlaunched = job.status is JobStatus.LAUNCHING and job.native_id is None
+        if job.native_name is None or job.status is JobStatus.QUEUED or unlaunched:
             return LogChunk("", offset, job.terminal, note)
         chunk = self.backend(job.backend).logs(Handle.of(job), offset)
         # A provider's log cannot tell that nothing more will come; the job's status can.
