@@ -221,9 +221,7 @@ class Ec2Backend(AwsBackend):
             code = error_code(exc)
             if code in ("NoSuchKey", "404", "NoSuchBucket"):
                 ended = self.exit_status(handle.job_id, handle.native_name) is not None
-                note = (
-                    "the VM shipped no log" if ended else "the VM has not shipped a log yet (it uploads each minute)"
-                )
+                note = "the VM shipped no log" if ended else "the VM has not shipped a log yet (it uploads each minute)"
                 return LogChunk("", offset, ended, note)
             if code in ("InvalidRange", "416"):  # nothing past `offset` yet
                 return LogChunk("", offset, self.exit_status(handle.job_id, handle.native_name) is not None)
