@@ -103,7 +103,9 @@ def job_events(job_id):
 def job_logs(job_id):
     request = app.current_request
     chunk = deps.get_service().logs(principal(request), job_id, parse_offset(query(request).get("offset")))
-    return respond({"text": chunk.text, "next_offset": chunk.next_offset, "complete": chunk.complete})
+    return respond(
+        {"text": chunk.text, "next_offset": chunk.next_offset, "complete": chunk.complete, "note": chunk.note}
+    )
 
 
 @app.route("/instances", methods=["POST"])

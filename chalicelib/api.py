@@ -121,15 +121,18 @@ def parse_limit(value: Any) -> int:
     return size
 
 
-def parse_offset(value: Any) -> int:
-    """GET /jobs/{id}/logs?offset=: the next_offset of the previous call; 0 when not given."""
+def parse_offset(value: Any) -> int | str:
+    """GET /jobs/{id}/logs?offset=: the next_offset of the previous call (a byte count or a provider
+    cursor, as the job's backend pages); 0 when not given."""
+    from chalicelib.backends.base import LOG_CURSOR_PREFIX, bad_offset, decode_log_token
+
+    if isinstance(value, str) and value.startswith(LOG_CURSOR_PREFIX):
+        decode_log_token(value)  # refused here, with the field named, rather than by the provider
+        return value
     try:
         start = int(value or 0)
     except (TypeError, ValueError):
         start = -1
     if start < 0:
-        raise ValidationError(
-            "offset must be a non-negative integer",
-            [{"field": "offset", "message": "the next_offset of the previous call, or 0"}],
-        )
+        raise bad_offset("offset must be a non-negative integer, or a next_offset returned earlier")
     return start

@@ -297,6 +297,8 @@ class Settings:
     # ECS: cluster, launch type (EC2, or FARGATE for CPU-only jobs), roles, and awsvpc networking.
     ecs_cluster: str = setting("JOBPLANE_ECS_CLUSTER", derive="jobplane-{stage}")
     ecs_launch_type: str = setting("JOBPLANE_ECS_LAUNCH_TYPE", "EC2", Choice(("EC2", "FARGATE")))
+    # The CloudWatch Logs group ECS tasks' awslogs driver writes to (and GET /jobs/{id}/logs reads).
+    ecs_log_group: str = setting("JOBPLANE_ECS_LOG_GROUP", derive="/jobplane/{stage}/ecs")
     ecs_task_role: str = setting("JOBPLANE_ECS_TASK_ROLE", derive="jobplane-{stage}-ecs-task")
     ecs_execution_role: str = setting("JOBPLANE_ECS_EXECUTION_ROLE", derive="jobplane-{stage}-ecs-execution")
     ecs_subnets: tuple[str, ...] = setting("JOBPLANE_ECS_SUBNETS", (), Names())

@@ -69,8 +69,11 @@ class EventList(_Out):
 
 class Logs(_Out):
     text: str
-    next_offset: int = Field(ge=0)
+    next_offset: int | str = Field(
+        description="pass it back as offset: a byte count, or an opaque cursor where the provider pages by token"
+    )
     complete: bool
+    note: str | None = Field(None, description="why there is no output (yet): never started, not shipped yet")
 
 
 class ErrorDetail(BaseModel):
@@ -277,7 +280,13 @@ def build() -> dict[str, Any]:
                 "operationId": "job_logs",
                 "parameters": [
                     JOB_ID,
-                    {"name": "offset", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                    {
+                        "name": "offset",
+                        "in": "query",
+                        "required": False,
+                        "description": "0, or the next_offset of the previous call, unchanged",
+                        "schema": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^t~"}]},
+                    },
                 ],
                 "responses": _responses(
                     {200: ("output from offset", Logs)},

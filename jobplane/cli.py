@@ -176,13 +176,19 @@ def cmd_cancel(args) -> int:
 
 def cmd_logs(args) -> int:
     client = _client(args)
-    offset = 0
+    offset: int | str = 0
+    said = None
     while True:
         chunk = client.logs(args.job_id, offset)
         if chunk["text"]:
             sys.stdout.write(chunk["text"])
             sys.stdout.flush()
-        offset = chunk["next_offset"]
+        note = chunk.get("note")
+        if note and note != said and not chunk["text"]:
+            # Why there is nothing to print (not started, not shipped yet): once per change, on stderr.
+            print(f"jobplane: {note}", file=sys.stderr, flush=True)
+            said = note
+        offset = chunk["next_offset"]  # a byte count or an opaque cursor: passed back unchanged
         if not args.follow or (chunk["complete"] and not chunk["text"]):
             return 0
         if not chunk["text"]:

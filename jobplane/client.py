@@ -70,5 +70,6 @@ class Client:
     def vm_stop(self, vm_id: str) -> dict:
         return self._call("POST", f"/instances/{vm_id}/stop")
 
-    def logs(self, job_id: str, offset: int = 0) -> dict:
+    def logs(self, job_id: str, offset: int | str = 0) -> dict:
+        """A slice of the job's output; pass the answer's next_offset back as it is (a number or a cursor)."""
         return self._call("GET", f"/jobs/{job_id}/logs", params={"offset": offset})

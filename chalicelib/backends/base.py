@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -10,7 +13,7 @@ from enum import Enum
 from typing import Any, ClassVar
 
 from chalicelib.config import Settings
-from chalicelib.errors import UnsupportedError
+from chalicelib.errors import UnsupportedError, ValidationError
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, utcnow
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -72,13 +75,46 @@ class Observation:
             object.__setattr__(self, "failure_kind", FailureKind.BACKEND_ERROR)
 
 
+#: what GET /jobs/{id}/logs?offset= takes and gives back: a byte offset where the output is a file
+#: (local, the EC2 log object), an encoded provider cursor (LOG_CURSOR_PREFIX...) where the provider pages
+Offset = int | str
+LOG_CURSOR_PREFIX = "t~"
+
+
+def encode_log_token(state: dict[str, Any]) -> str:
+    """A provider cursor as an opaque offset (URL-safe, so it travels in a query string as it is)."""
+    raw = json.dumps(state, separators=(",", ":"), sort_keys=True).encode()
+    return LOG_CURSOR_PREFIX + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_log_token(offset: str) -> dict[str, Any]:
+    """The cursor inside an offset encode_log_token made; ValidationError naming `offset` otherwise."""
+    if not offset.startswith(LOG_CURSOR_PREFIX):
+        raise bad_offset()
+    body = offset[len(LOG_CURSOR_PREFIX) :]
+    try:
+        state = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise bad_offset() from None
+    if not isinstance(state, dict):
+        raise bad_offset()
+    return state
+
+
+def bad_offset(why: str = "offset must be a non-negative integer or a next_offset returned earlier") -> ValidationError:
+    return ValidationError(why, [{"field": "offset", "message": "the next_offset of the previous call, or 0"}])
+
+
 @dataclass(frozen=True)
 class LogChunk:
-    """A slice of a job's output: `text` from `offset`, where to continue, and whether it can grow."""
+    """A slice of a job's output: `text` from `offset`, where to continue, and whether it can grow.
+
+    `note` says why there is no output (yet) when that is known: never started, not shipped yet."""
 
     text: str
-    next_offset: int
+    next_offset: Offset
     complete: bool
+    note: str | None = None
 
 
 class ResourceKind(str, Enum):
@@ -222,9 +258,9 @@ class ComputeBackend(ABC):
         """Translate one provider state event; None when it is not about a jobplane resource."""
         return self._parse_event_impl(raw)
 
-    def logs(self, handle: Handle, offset: int = 0, limit: int = 65536) -> LogChunk:
-        """Up to `limit` bytes of the job's output from `offset`."""
-        return self._logs_impl(handle, max(offset, 0), limit)
+    def logs(self, handle: Handle, offset: Offset = 0, limit: int = 65536) -> LogChunk:
+        """About `limit` bytes of the job's output from `offset` (0, or a next_offset this backend gave)."""
+        return self._logs_impl(handle, max(offset, 0) if isinstance(offset, int) else offset, limit)
 
     def hourly_price(self, job: Job) -> float | None:
         """USD per hour of the resource this job runs on, when known."""
@@ -288,7 +324,7 @@ class ComputeBackend(ABC):
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
         return None
 
-    def _logs_impl(self, handle: Handle, offset: int, limit: int) -> LogChunk:
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
         raise UnsupportedError(
             f"backend {self.name!r} does not serve logs through jobplane yet",
             [{"field": "backend", "message": "read them in the provider's console"}],

@@ -104,9 +104,22 @@ def build(settings: Settings) -> dict[str, Any]:
         backend = backend_class(name)(settings)
         sid = "".join(part.capitalize() for part in name.replace("-", " ").split())
         s3 = sorted(a for a in backend.iam_actions if a.startswith("s3:"))
-        rest = sorted(a for a in backend.iam_actions if not a.startswith("s3:"))
+        logs = sorted(a for a in backend.iam_actions if a.startswith("logs:"))
+        rest = sorted(a for a in backend.iam_actions if not a.startswith(("s3:", "logs:")))
         # Launch and describe calls cannot be narrowed to resources that do not exist yet.
         statements.append({"Sid": sid, "Effect": "Allow", "Action": rest, "Resource": "*"})
+        if logs:
+            from chalicelib.backends.aws.cwlogs import log_group_arns
+
+            # Reading a job's output: only the log groups this backend's jobs write to.
+            statements.append(
+                {
+                    "Sid": f"{sid}Logs",
+                    "Effect": "Allow",
+                    "Action": logs,
+                    "Resource": log_group_arns(*backend.log_groups()),
+                }
+            )
         if s3:
             statements.append(
                 {

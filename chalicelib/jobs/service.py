@@ -8,11 +8,12 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from chalicelib.auth import Principal
 from chalicelib.backends import get_backend
-from chalicelib.backends.base import ComputeBackend, Handle
+from chalicelib.backends.base import ComputeBackend, Handle, LogChunk, Offset
 from chalicelib.config import Settings
 from chalicelib.errors import (
     AlreadyExistsError,
@@ -199,13 +200,20 @@ class JobService:
         self.get(principal, job_id)
         return self.store.history(job_id)
 
-    def logs(self, principal: Principal, job_id: str, offset: int = 0):
+    def logs(self, principal: Principal, job_id: str, offset: Offset = 0) -> LogChunk:
+        """A slice of the job's output from `offset`; a job with nothing to show says why in `note`."""
         job = self.get(principal, job_id)
-        if job.native_name is None:
-            from chalicelib.backends.base import LogChunk
-
-            return LogChunk("", 0, job.terminal)
-        return self.backend(job.backend).logs(Handle.of(job), offset)
+        note = not_started_note(job)
+        # A launch the provider has not answered yet has no resource to read from.
+        unlaunched = job.status is JobStatus.LAUNCHING and job.native_id is None
+        if job.native_name is None or job.status is JobStatus.QUEUED or unlaunched:
+            return LogChunk("", offset, job.terminal, note)
+        chunk = self.backend(job.backend).logs(Handle.of(job), offset)
+        # A provider's log cannot tell that nothing more will come; the job's status can.
+        complete = chunk.complete and job.terminal
+        if chunk.text or not note:
+            return replace(chunk, complete=complete)
+        return replace(chunk, complete=complete, note=chunk.note or note)
 
     # --- cancel ------------------------------------------------------------------------
     def cancel(self, principal: Principal, job_id: str) -> Job:
@@ -281,3 +289,19 @@ class JobService:
 
 def _plausible_id(job_id: str) -> bool:
     return len(job_id) == 32 and all(c in "0123456789abcdef" for c in job_id)
+
+
+def not_started_note(job: Job) -> str | None:
+    """Why a job has no output of its own yet, or None once it has run (then its log speaks for it)."""
+    reason = job.status_reason or ""
+    if job.status is JobStatus.QUEUED:
+        return f"QUEUED: not started yet ({reason or 'waiting for capacity'})"
+    if job.status is JobStatus.LAUNCHING:
+        where = f" on {job.backend}" + (f" as {job.native_id}" if job.native_id else "")
+        return f"LAUNCHING{where}: the job's process has not started yet" + (f" ({reason})" if reason else "")
+    if job.started_at is not None or job.status in (JobStatus.RUNNING, JobStatus.SUCCEEDED):
+        return None
+    if job.status is JobStatus.FAILED:
+        kind = job.failure_kind.value if job.failure_kind else "backend_error"
+        return f"FAILED before it started ({kind}): {job.failure_reason or reason or 'no reason given'}"
+    return f"{job.status.value} before it started" + (f": {reason}" if reason else "")

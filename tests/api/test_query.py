@@ -30,3 +30,13 @@ def test_a_bad_logs_offset_names_the_offset(raw):
     with pytest.raises(ValidationError) as info:
         parse_offset(raw)
     assert info.value.details[0]["field"] == "offset"
+
+
+def test_a_provider_cursor_offset_passes_unchanged_and_a_forged_one_names_the_offset():
+    from chalicelib.backends.base import encode_log_token
+
+    token = encode_log_token({"i": 1, "s": "stream", "t": "f/1"})
+    assert parse_offset(token) == token
+    with pytest.raises(ValidationError) as info:
+        parse_offset("t~not base64 json!")
+    assert info.value.details[0]["field"] == "offset"

@@ -63,7 +63,7 @@ def test_no_room_for_the_gpus_is_a_capacity_error(aws_settings):
     with Stubber(client) as stub:
         stub.add_response("list_tasks", {"taskArns": []})
         stub.add_response("list_tasks", {"taskArns": []})
-        family = family_name("train:1", 1, "EC2")
+        family = family_name("train:1", 1, "EC2", aws_settings.ecs_log_group)
         stub.add_response(
             "list_task_definitions", {"taskDefinitionArns": [f"arn:aws:ecs:us-east-1:1:task-definition/{family}:3"]}
         )

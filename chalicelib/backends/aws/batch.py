@@ -7,14 +7,16 @@ from typing import Any
 
 from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
+from chalicelib.backends.aws.cwlogs import Stream, read_streams
 from chalicelib.backends.aws.errors import aws_errors
-from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
+from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
 
 DETAIL_TYPE = "Batch Job State Change"
 CANCEL_REASON = "cancelled through jobplane"
+LOG_GROUP = "/aws/batch/job"  # where Batch's awslogs default writes, unless the definition names another
 _LAUNCHING = {"SUBMITTED", "PENDING", "RUNNABLE", "STARTING"}
 _ALL_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 
@@ -47,6 +49,8 @@ class BatchBackend(AwsBackend):
             "batch:RegisterJobDefinition",
             "batch:DescribeJobDefinitions",
             "batch:TagResource",  # SubmitJob / RegisterJobDefinition with tags need it
+            "logs:DescribeLogStreams",  # the job's output, in the streams DescribeJobs names
+            "logs:GetLogEvents",
         ),
         console_url=console_url,
         unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
@@ -176,6 +180,27 @@ class BatchBackend(AwsBackend):
             return None
         return self.observe(jobs[0], handle.job_id, handle.attempt)
 
+    def log_groups(self) -> tuple[str, ...]:
+        return (LOG_GROUP,)
+
+    def log_streams(self, handle: Handle) -> list[Stream]:
+        """Each attempt's stream, then the current one: the names DescribeJobs gives, in its group."""
+        job_id = self._job_id(handle)
+        if job_id is None:
+            return []
+        with aws_errors("batch", "DescribeJobs"):
+            jobs = self.client().describe_jobs(jobs=[job_id]).get("jobs", [])
+        if not jobs:
+            return []
+        container = jobs[0].get("container") or {}
+        group = log_group_of(container)
+        names = [(a.get("container") or {}).get("logStreamName") for a in jobs[0].get("attempts") or []]
+        names.append(container.get("logStreamName"))
+        return [(group, name) for name in dict.fromkeys(n for n in names if n)]
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        return read_streams(self.client("logs"), lambda: self.log_streams(handle), offset, limit)
+
     def _cancel_impl(self, handle: Handle) -> None:
         job_id = self._job_id(handle)
         if job_id is None:
@@ -227,6 +252,18 @@ class BatchBackend(AwsBackend):
             parsed = None
         job_id, attempt = parsed if parsed else (None, None)
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
+
+
+def log_group_of(container: dict[str, Any]) -> str:
+    """The log group a job's container writes to: its logConfiguration's awslogs-group, else Batch's default."""
+    config = container.get("logConfiguration") or {}
+    driver = config.get("logDriver", "awslogs")
+    if driver != "awslogs":
+        raise UnsupportedError(
+            f"this job's container logs through {driver}, not CloudWatch Logs",
+            [{"field": "backend", "message": "read them where the job definition's logConfiguration sends them"}],
+        )
+    return (config.get("options") or {}).get("awslogs-group") or LOG_GROUP
 
 
 def batch_failure_kind(reason: str, exit_code: Any, attempts: list[dict[str, Any]]) -> FailureKind:

@@ -26,10 +26,13 @@ from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
 from chalicelib.backends.base import (
     Handle,
     LaunchResult,
+    LogChunk,
     ManagedResource,
     Observation,
+    Offset,
     PowerState,
     ResourceKind,
+    bad_offset,
     parse_native_name,
 )
 from chalicelib.errors import BackendError, UnsupportedError
@@ -41,6 +44,7 @@ SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
 _LIVE = ("pending", "running", "stopping", "stopped")
 _GONE = ("shutting-down", "terminated")
 SPOT_REASON = "Server.SpotInstanceTermination"
+LOG_OBJECT = "log.txt"  # the job's output, as the VM's agent ships it next to status.json
 
 
 def power_state(state: str) -> PowerState:
@@ -215,6 +219,32 @@ class Ec2Backend(AwsBackend):
             if error_code(exc) in ("NoSuchKey", "404", "NoSuchBucket"):
                 return None
             raise
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        # The VM's agent uploads its whole log to <status_uri>log.txt every minute and when the job ends
+        # (before status.json), so a byte offset into that object is stable across uploads.
+        if not isinstance(offset, int):
+            raise bad_offset("an EC2 job's log offset is a byte count: pass the next_offset it returned, or 0")
+        bucket, _, prefix = self.status_uri(handle)[len("s3://") :].partition("/")
+        try:
+            with aws_errors("s3", "GetObject"):
+                got = self.client("s3").get_object(
+                    Bucket=bucket, Key=prefix + LOG_OBJECT, Range=f"bytes={offset}-{offset + limit - 1}"
+                )
+        except BackendError as exc:
+            code = error_code(exc)
+            if code in ("NoSuchKey", "404", "NoSuchBucket"):
+                ended = self.exit_status(handle.job_id, handle.native_name) is not None
+                note = "the VM shipped no log" if ended else "the VM has not shipped a log yet (it uploads each minute)"
+                return LogChunk("", offset, ended, note)
+            if code in ("InvalidRange", "416"):  # nothing past `offset` yet
+                return LogChunk("", offset, self.exit_status(handle.job_id, handle.native_name) is not None)
+            raise
+        data = got["Body"].read()
+        total = int(str(got.get("ContentRange", "")).rpartition("/")[2] or offset + len(data))
+        end = offset + len(data)
+        ended = end >= total and self.exit_status(handle.job_id, handle.native_name) is not None
+        return LogChunk(data.decode("utf-8", errors="replace"), end, ended)
 
     def observe(self, instance: dict[str, Any], at=None) -> Observation:
         """One instance (DescribeInstances) -> Observation; a gone instance is judged by its exit status."""

@@ -7,8 +7,9 @@ from typing import Any
 
 from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
+from chalicelib.backends.aws.cwlogs import read_streams
 from chalicelib.backends.aws.errors import aws_errors
-from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
+from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, CapacityError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec, Resources
@@ -21,9 +22,11 @@ _LAUNCHING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 _FARGATE = ((256, 512), (512, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (8192, 16384), (16384, 32768))
 
 
-def family_name(image: str, gpus: int, launch_type: str) -> str:
-    """One task definition family per (image, GPU count, launch type)."""
-    digest = hashlib.sha256(f"{image}\0{gpus}\0{launch_type}".encode()).hexdigest()[:20]
+def family_name(image: str, gpus: int, launch_type: str, log_group: str | None = None) -> str:
+    """One task definition family per (image, GPU count, launch type, log group): a definition made
+    before logs were configured, or for another group, is not reused."""
+    key = f"{image}\0{gpus}\0{launch_type}" + (f"\0{log_group}" if log_group else "")
+    digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return f"jp-img-{digest}"
 
 
@@ -55,6 +58,7 @@ class EcsBackend(AwsBackend):
             "ecs:RegisterTaskDefinition",
             "ecs:ListTaskDefinitions",
             "ecs:TagResource",  # RunTask / RegisterTaskDefinition with tags need it
+            "logs:GetLogEvents",  # the job's output, which the awslogs driver writes to ecs_log_group
         ),
         console_url=console_url,
         unsupported_features={
@@ -100,7 +104,7 @@ class EcsBackend(AwsBackend):
     def task_definition(self, spec: JobSpec) -> str:
         """The family (and latest revision) for the job's image and GPU count, registered on first use."""
         gpus = spec.resources.gpus
-        family = family_name(spec.image, gpus, self.settings.ecs_launch_type)
+        family = family_name(spec.image, gpus, self.settings.ecs_launch_type, self.settings.ecs_log_group)
         with aws_errors("ecs", "ListTaskDefinitions"):
             found = self.client().list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC")
         arns = [a for a in found.get("taskDefinitionArns", []) if a.split("/")[-1].rsplit(":", 1)[0] == family]
@@ -111,6 +115,15 @@ class EcsBackend(AwsBackend):
             "image": spec.image,
             "essential": True,
             "memoryReservation": 512,
+            # The stream is <prefix>/<container>/<task id>, which is how _logs_impl finds a task's output.
+            "logConfiguration": {
+                "logDriver": "awslogs",
+                "options": {
+                    "awslogs-group": self.settings.ecs_log_group,
+                    "awslogs-region": self.settings.region,
+                    "awslogs-stream-prefix": self.stream_prefix,
+                },
+            },
         }
         if gpus:
             container["resourceRequirements"] = [{"type": "GPU", "value": str(gpus)}]
@@ -209,6 +222,22 @@ class EcsBackend(AwsBackend):
         if not tasks:
             return None
         return self.observe(tasks[0], handle.job_id, handle.attempt)
+
+    @property
+    def stream_prefix(self) -> str:
+        return f"jobplane-{self.settings.stage}"
+
+    def log_groups(self) -> tuple[str, ...]:
+        return (self.settings.ecs_log_group,)
+
+    def log_stream(self, task_arn: str) -> str:
+        """awslogs names a task's stream <prefix>/<container name>/<task id> (the ARN's last part)."""
+        return f"{self.stream_prefix}/{CONTAINER}/{task_arn.rsplit('/', 1)[-1]}"
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        arn = self._task_arn(handle)
+        streams = [(self.settings.ecs_log_group, self.log_stream(arn))] if arn else []
+        return read_streams(self.client("logs"), lambda: streams, offset, limit)
 
     def _cancel_impl(self, handle: Handle) -> None:
         arn = self._task_arn(handle)

@@ -6,8 +6,9 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
+from chalicelib.backends.aws.cwlogs import prefixed_streams, read_streams
 from chalicelib.backends.aws.errors import aws_errors, error_code
-from chalicelib.backends.base import Handle, LaunchResult, Observation, parse_native_name
+from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec
 
 DETAIL_TYPE = "SageMaker Training Job State Change"
+LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 # SecondaryStatus values during which the container runs (the rest of InProgress is provisioning).
 _RUNNING_SECONDARY = {"Downloading", "Training", "Uploading", "Restarting"}
 MAX_ENV_VALUE = 512  # CreateTrainingJob's limit on each Environment value
@@ -41,6 +43,8 @@ class SageMakerBackend(AwsBackend):
             "sagemaker:DescribeTrainingJob",
             "sagemaker:StopTrainingJob",
             "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
+            "logs:DescribeLogStreams",  # the job's output: /aws/sagemaker/TrainingJobs, <job>/algo-N-<epoch>
+            "logs:GetLogEvents",
         ),
         console_url=console_url,
         unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
@@ -165,6 +169,14 @@ class SageMakerBackend(AwsBackend):
         if raw is None:
             return None
         return self.observe(raw, handle.job_id, handle.attempt)
+
+    def log_groups(self) -> tuple[str, ...]:
+        return (LOG_GROUP,)
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        # One stream per instance and container start (algo-1-<epoch>; a spot restart adds one), by name.
+        logs = self.client("logs")
+        return read_streams(logs, lambda: prefixed_streams(logs, LOG_GROUP, f"{handle.native_name}/"), offset, limit)
 
     def _cancel_impl(self, handle: Handle) -> None:
         try:

@@ -11,8 +11,10 @@ from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
     LaunchResult,
+    LogChunk,
     ManagedResource,
     Observation,
+    Offset,
     PowerState,
     ResourceKind,
     Utilization,
@@ -33,6 +35,7 @@ from chalicelib.backends.gcp.base import (
     managed_filter,
     map_gcp_errors,
 )
+from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
 from chalicelib.backends.gcp.gce_script import MAX_METADATA_VALUE, startup_script
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
@@ -55,6 +58,9 @@ def power_state(status: str) -> PowerState:
 
 
 STOPPED_BY = "jobplane"
+# Where the guest agent sends a startup script's output: google_metadata_script_runner (guest-agent),
+# GCEMetadataScripts (the older guest environment).
+STARTUP_SCRIPT_LOGS = ("google_metadata_script_runner", "GCEMetadataScripts")
 
 
 def console_url(job, ctx: ConsoleContext) -> str | None:
@@ -101,6 +107,7 @@ class GceBackend(ComputeBackend):
             "compute.subnetworks.useExternalIp",
             "iam.serviceAccounts.actAs",
             "storage.objects.get",
+            "logging.logEntries.list",  # the startup script's output: resource.type="gce_instance" entries
         ),
         console_url=console_url,
         unsupported_features={"tpu": "TPUs run only through Vertex AI (backend vertex)"},
@@ -293,6 +300,32 @@ class GceBackend(ComputeBackend):
         if seen is None:
             return None
         return replace(seen, native_status=f"{native_status}/{seen.native_status}", native_id=handle.native_name)
+
+    # --- logs --------------------------------------------------------------------------------
+    @property
+    def cloud_logging(self) -> CloudLogging:
+        if getattr(self, "_cloud_logging", None) is None:
+            self._cloud_logging = CloudLogging(self.settings)
+        return self._cloud_logging
+
+    @cloud_logging.setter
+    def cloud_logging(self, value: CloudLogging) -> None:
+        self._cloud_logging = value
+
+    def log_filter(self, handle: Handle) -> str:
+        """The VM's startup-script entries: by instance id while the VM exists, else by its name label
+        (a deleted VM's entries stay in Cloud Logging)."""
+        project = self.settings.gcp_project
+        names = " OR ".join(f'"projects/{project}/logs/{log}"' for log in STARTUP_SCRIPT_LOGS)
+        instance = self._get(handle.native_name)
+        if instance is not None and instance.id:
+            which = f'resource.labels.instance_id="{instance.id}"'
+        else:
+            which = f'labels."compute.googleapis.com/resource_name"="{handle.native_name}"'
+        return f'resource.type="gce_instance" AND {which} AND logName=({names})'
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        return read_entries(self.cloud_logging, self.log_filter(handle), offset, limit)
 
     def _cancel_impl(self, handle: Handle) -> None:
         instance = self._get(handle.native_name)

@@ -6,7 +6,16 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
-from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult, Observation, job_env, parse_native_name
+from chalicelib.backends.base import (
+    ComputeBackend,
+    Handle,
+    LaunchResult,
+    LogChunk,
+    Observation,
+    Offset,
+    job_env,
+    parse_native_name,
+)
 from chalicelib.backends.gcp.base import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
@@ -19,6 +28,7 @@ from chalicelib.backends.gcp.base import (
     machine_for,
     map_gcp_errors,
 )
+from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
@@ -95,6 +105,7 @@ class VertexBackend(ComputeBackend):
             "aiplatform.customJobs.get",
             "aiplatform.customJobs.list",
             "aiplatform.customJobs.cancel",
+            "logging.logEntries.list",  # the job's output: resource.type="ml_job" entries
         ),
         console_url=console_url,
         requires=(Requirement("gcp_project"),),
@@ -250,6 +261,33 @@ class VertexBackend(ComputeBackend):
                 if now is None or STATES.get(now.state.name, (JobStatus.RUNNING,))[0].terminal:
                     return
                 raise
+
+    # --- logs --------------------------------------------------------------------------------
+    @property
+    def cloud_logging(self) -> CloudLogging:
+        if getattr(self, "_cloud_logging", None) is None:
+            self._cloud_logging = CloudLogging(self.settings)
+        return self._cloud_logging
+
+    @cloud_logging.setter
+    def cloud_logging(self, value: CloudLogging) -> None:
+        self._cloud_logging = value
+
+    def log_filter(self, handle: Handle) -> str | None:
+        """Cloud Logging's filter for the custom job's entries (by its numeric id), None before it exists."""
+        name = handle.native_id
+        if name is None:
+            found = self._find(handle)
+            name = found.name if found is not None else None
+        if not name:
+            return None
+        return f'resource.type="ml_job" AND resource.labels.job_id="{name.rsplit("/", 1)[-1]}"'
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        filter_ = self.log_filter(handle)
+        if filter_ is None:
+            return LogChunk("", offset, True, "Vertex AI has no custom job for this attempt")
+        return read_entries(self.cloud_logging, filter_, offset, limit)
 
     def observe(self, custom_job) -> Observation:
         """A CustomJob as jobplane sees it; job_id is None when it is not this deployment's job."""

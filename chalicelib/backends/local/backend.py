@@ -20,8 +20,10 @@ from chalicelib.backends.base import (
     LogChunk,
     ManagedResource,
     Observation,
+    Offset,
     PowerState,
     ResourceKind,
+    bad_offset,
     job_env,
     parse_native_name,
 )
@@ -178,7 +180,9 @@ class LocalBackend(ComputeBackend):
             started_at=parse_iso(status.get("started_at")),
         )
 
-    def _logs_impl(self, handle: Handle, offset: int, limit: int) -> LogChunk:
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        if not isinstance(offset, int):
+            raise bad_offset("a local job's log offset is a byte count: pass the next_offset it returned, or 0")
         folder = self.job_dir(handle.native_name)
         complete = (folder / "status.json").exists()
         try:
