@@ -170,6 +170,7 @@ def _calls():
     entry = HistoryEntry(job.job_id, T0, None, JobStatus.QUEUED, "submitted", EventSource.API)
     moved = Transition(job.job_id, JobStatus.QUEUED, JobStatus.LAUNCHING, "dispatched", EventSource.DISPATCH, T0)
     vm = DevVm(uuid.uuid4().hex, "alice", {"name": "box"}, DevVmStatus.PENDING, T0)
+    outbox = OutboxRecord(f"{job.job_id}#RUNNING#1", {}, "webhook", PENDING, T0, T0)
     return {
         "jobs": {
             "create_job": lambda s: s.create_job(job, entry),
@@ -190,7 +191,7 @@ def _calls():
             "get_token": lambda s: s.get_token("a" * 64),
         },
         "slack": {
-            "add_outbox": lambda s: s.add_outbox(OutboxRecord(f"{job.job_id}#RUNNING#1", {}, "webhook", PENDING, T0, T0)),
+            "add_outbox": lambda s: s.add_outbox(outbox),
             "get_outbox": lambda s: s.get_outbox(f"{job.job_id}#RUNNING#1"),
             "open_outbox": lambda s: s.open_outbox(PENDING, T0, 10),
             "claim_outbox": lambda s: s.claim_outbox(f"{job.job_id}#RUNNING#1", T0, T0),
