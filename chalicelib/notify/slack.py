@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -88,7 +89,9 @@ class Pacer:
     def spent(self, destination: str) -> None:
         """One message sent, counted when its answer came (so the gap Slack sees is never shorter)."""
         tokens, at = self._tokens(destination)
-        self._state[destination] = (max(tokens - 1, 0.0), at)
+        # What refilled while the request was in flight is dropped, so the next send waits a whole interval
+        # after this answer: counted from the send instead, the gaps Slack sees would jitter below one second.
+        self._state[destination] = (max(math.floor(tokens) - 1, 0.0), at)
 
     def block(self, destination: str, seconds: float) -> None:
         self._state[destination] = (0.0, self.clock() + seconds - self.interval)

@@ -122,7 +122,7 @@ def test_a_batch_of_100_at_one_message_a_second_delivers_all_100_once(slack_stor
     assert sum(r["outcome"] == "sent" for r in results) <= 8
     assert {r["outcome"] for r in results} <= {"sent", "pending"}
     invocations = 1
-    while slack_store.count_open_outbox(OutboxState.PENDING) and invocations < 10:
+    while slack_store.count_open_outbox(OutboxState.PENDING) and invocations < 20:
         counts = webhook_notifier(slack_store, settings, codec, slack).drain(20.0)  # reconcile, once a minute
         assert counts["unknown"] == counts["gave_up"] == 0
         invocations += 1
@@ -182,3 +182,18 @@ def test_a_message_undelivered_for_24_hours_is_given_up(slack_store, settings, c
     assert slack_store.get_outbox(KEY).state is OutboxState.GAVE_UP
     assert "not delivered within 24 hours" in slack_store.get_outbox(KEY).detail
     assert slack.bodies(WEBHOOK) == []
+
+
+def test_the_pacer_allows_a_burst_then_one_a_second_counted_from_each_answer():
+    now = [100.0]
+    pacer = Pacer(lambda: now[0], interval=1.0, burst=3)
+    for _ in range(3):
+        assert pacer.ready_at("webhook") == now[0]
+        pacer.spent("webhook")
+    assert pacer.ready_at("webhook") == 101.0
+    now[0] = 101.2  # sent at 101.0, answered 0.2 s later
+    pacer.spent("webhook")
+    assert pacer.ready_at("webhook") == pytest.approx(102.2)  # a whole second after the answer
+    pacer.block("webhook", 5.0)
+    assert pacer.ready_at("webhook") == pytest.approx(106.2)
+    assert pacer.ready_at("chat") == now[0]  # per destination
