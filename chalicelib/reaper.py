@@ -12,6 +12,7 @@ from chalicelib.backends.base import Handle, ManagedResource, ResourceKind
 from chalicelib.errors import BackendError, JobplaneError
 from chalicelib.events import to_job_event
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
+from chalicelib.notify.slack import drain_outbox
 
 log = logging.getLogger("jobplane.reaper")
 RELAUNCH_REASON = "relaunched by reconcile"
@@ -263,6 +264,7 @@ def reconcile_all(service, devvm_service=None) -> list[dict[str, Any]]:
     results = [d.to_dict() for d in reconcile(service)]
     if devvm_service is not None:
         results.extend(devvm_service.reap())
+    results.extend(drain_outbox())
     return results
 
 

@@ -1,4 +1,4 @@
-"""Posting to Slack through slack-sdk: one try per call, retried with backoff until a deadline."""
+"""Posting to Slack through slack-sdk: one try per call, classified by whether Slack may have posted it."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any
+from urllib.error import URLError
 
 log = logging.getLogger("jobplane.notify")
 
@@ -16,6 +17,10 @@ log = logging.getLogger("jobplane.notify")
 TRANSIENT_API_ERRORS = frozenset(
     {"ratelimited", "internal_error", "fatal_error", "service_unavailable", "request_timeout"}
 )
+# The transient errors after which Slack documents that nothing was posted: rate limited, or the POST data
+# never arrived whole. Of the others Slack says "it's possible some aspect of the operation succeeded"
+# (internal_error, fatal_error) or says nothing (service_unavailable, a 5xx): the message may be in the channel.
+NOT_POSTED_API_ERRORS = frozenset({"ratelimited", "request_timeout"})
 MAX_TRY_SECONDS = 5.0  # one HTTP request; Slack answers in well under a second when it is well
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 8.0
@@ -29,6 +34,8 @@ class Attempt:
     retryable: bool = False
     detail: str = ""
     retry_after: float | None = None
+    #: the request may have reached Slack and been posted (so sending it again could post it twice)
+    maybe_posted: bool = False
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,13 @@ class Delivery:
     sent: bool
     attempts: int
     detail: str
+
+
+def _transport_error(exc: Exception) -> Attempt:
+    """A request that raised: urllib wraps in URLError what failed while connecting or sending (refused, DNS,
+    a connect time-out), so Slack never had the whole request; anything else (a read time-out, a reset or a
+    closed connection while waiting for the answer) came after the request was sent."""
+    return Attempt(False, True, f"{type(exc).__name__}: {exc}", maybe_posted=not isinstance(exc, URLError))
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -84,14 +98,16 @@ class Webhook(Destination):
         try:
             response = client.send_dict(message)
         except (OSError, HTTPException) as exc:  # refused, reset, timed out: worth another try
-            return Attempt(False, True, f"{type(exc).__name__}: {exc}")
+            return _transport_error(exc)
         code = response.status_code
         if code == 200:
             return Attempt(True, detail="ok")
         detail = f"HTTP {code}: {str(response.body)[:200]}"
         if code == 429:
             return Attempt(False, True, detail, _retry_after(response.headers))
-        return Attempt(False, code >= 500, detail)
+        # Webhooks document their refusals as 4xx (invalid_payload, channel_not_found, ...): nothing posted.
+        # A 5xx (rollup_error) says nothing about whether the message was posted.
+        return Attempt(False, code >= 500, detail, maybe_posted=code >= 500)
 
 
 class ChatPostMessage(Destination):
@@ -119,9 +135,10 @@ class ChatPostMessage(Destination):
             detail = f"HTTP {code}: {error or str(getattr(response, 'data', ''))[:200]}"
             if code == 429 or error == "ratelimited":
                 return Attempt(False, True, detail, _retry_after(getattr(response, "headers", None)))
-            return Attempt(False, code >= 500 or error in TRANSIENT_API_ERRORS, detail)
+            transient = code >= 500 or error in TRANSIENT_API_ERRORS
+            return Attempt(False, transient, detail, maybe_posted=transient and error not in NOT_POSTED_API_ERRORS)
         except (OSError, HTTPException) as exc:
-            return Attempt(False, True, f"{type(exc).__name__}: {exc}")
+            return _transport_error(exc)
         return Attempt(True, detail="ok")
 
 

@@ -25,11 +25,12 @@ from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, Tra
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.base import IdempotencyRecord
 from chalicelib.store.edge import DynamoStore, dynamo_errors, translate
-from chalicelib.store.slack import SlackUserRecord
+from chalicelib.store.slack import OutboxRecord, OutboxState, SlackUserRecord
 from chalicelib.store.tokens import TokenRecord
 from tests.conftest import make_settings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+PENDING = OutboxState.PENDING
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -169,6 +170,7 @@ def _calls():
     entry = HistoryEntry(job.job_id, T0, None, JobStatus.QUEUED, "submitted", EventSource.API)
     moved = Transition(job.job_id, JobStatus.QUEUED, JobStatus.LAUNCHING, "dispatched", EventSource.DISPATCH, T0)
     vm = DevVm(uuid.uuid4().hex, "alice", {"name": "box"}, DevVmStatus.PENDING, T0)
+    outbox = OutboxRecord(f"{job.job_id}#RUNNING#1", {}, "webhook", PENDING, T0, T0)
     return {
         "jobs": {
             "create_job": lambda s: s.create_job(job, entry),
@@ -189,7 +191,12 @@ def _calls():
             "get_token": lambda s: s.get_token("a" * 64),
         },
         "slack": {
-            "claim_notification": lambda s: s.claim_notification(f"{job.job_id}#RUNNING#1", T0),
+            "add_outbox": lambda s: s.add_outbox(outbox),
+            "get_outbox": lambda s: s.get_outbox(f"{job.job_id}#RUNNING#1"),
+            "open_outbox": lambda s: s.open_outbox(PENDING, T0, 10),
+            "claim_outbox": lambda s: s.claim_outbox(f"{job.job_id}#RUNNING#1", T0, T0),
+            "settle_outbox": lambda s: s.settle_outbox(f"{job.job_id}#RUNNING#1", PENDING, PENDING, T0, ""),
+            "count_open_outbox": lambda s: s.count_open_outbox(PENDING),
             "put_slack_user": lambda s: s.put_slack_user(SlackUserRecord("U1", "alice", T0)),
             "get_slack_user": lambda s: s.get_slack_user("U1"),
             "delete_slack_user": lambda s: s.delete_slack_user("U1"),
