@@ -314,10 +314,20 @@ class DynamoJobStore(DynamoStore, JobStore):
             attempt=entry.attempt,
         )
 
+    def _save_history(self, entry: HistoryEntry) -> None:
+        def write() -> None:
+            with dynamo_errors():
+                self._history_item(entry).save()
+
+        retry_conflicts(write)
+
     def create_job(self, job: Job, entry: HistoryEntry) -> None:
-        with dynamo_errors(conditional=AlreadyExistsError(f"job {job.job_id} already exists")):
-            self._item(job).save(condition=self.Job.job_id.does_not_exist())
-        self._history_item(entry).save()
+        def write() -> None:
+            with dynamo_errors(conditional=AlreadyExistsError(f"job {job.job_id} already exists")):
+                self._item(job).save(condition=self.Job.job_id.does_not_exist())
+
+        retry_conflicts(write)
+        self._save_history(entry)
 
     def get_job(self, job_id: str) -> Job | None:
         try:
@@ -364,7 +374,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             self._transact(job, transition, fields, entry)
             return updated
         self._guarded_update(job, transition.from_status, fields)
-        self._history_item(entry).save()
+        self._save_history(entry)
         return updated
 
     def _transact(self, job: Job, transition: Transition, fields: dict[str, Any], entry: HistoryEntry) -> None:

@@ -16,6 +16,7 @@ from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import make_settings
+from tests.jobs.conflicts import inject_transaction_conflicts
 
 ALICE = Principal("alice")
 
@@ -285,46 +286,6 @@ def test_racing_dispatchers_never_pass_a_limit(dynamo_store, tmp_path, moto_endp
     assert statuses.count(JobStatus.QUEUED) == 5
     assert dynamo_store.capacity_usage(["local:cpu"]) == {"local:cpu": 3}
     assert len(backend.launched) == len(set(backend.launched)) == 3
-
-
-def inject_transaction_conflicts(store, count: int) -> dict[str, int]:
-    """The next `count` TransactWriteItems calls answer what DynamoDB answers when another transaction holds
-    one of the items: HTTP 400 TransactionCanceledException whose CancellationReasons name TransactionConflict
-    (the emulator applies requests one at a time, so it never does)."""
-    import json
-
-    from botocore.awsrequest import AWSResponse
-
-    state = {"left": count, "seen": 0}
-    lock = threading.Lock()
-
-    class _Raw:
-        def stream(self, **_):
-            yield b""
-
-    def conflict(request, **_):
-        with lock:
-            if state["left"] <= 0:
-                return None
-            state["left"] -= 1
-            state["seen"] += 1
-        items = len(json.loads(request.body)["TransactItems"])
-        reasons = [{"Code": "None"}] * (items - 1) + [
-            {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}
-        ]
-        codes = ", ".join(r["Code"] for r in reasons)
-        body = {
-            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
-            "Message": f"Transaction cancelled, please refer cancellation reasons for specific reasons [{codes}]",
-            "CancellationReasons": reasons,
-        }
-        response = AWSResponse(request.url, 400, {"x-amzn-requestid": "conflict"}, _Raw())
-        response._content = json.dumps(body).encode()
-        return response
-
-    for client in {m._get_connection().connection.client for m in store.models.values()}:
-        client.meta.events.register("before-send.dynamodb.TransactWriteItems", conflict)
-    return state
 
 
 def test_racing_dispatchers_under_transaction_conflicts_lose_nothing(dynamo_store, tmp_path, moto_endpoint):
