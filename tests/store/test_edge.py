@@ -229,6 +229,7 @@ def _calls():
             "claim_idempotency_key": lambda s: s.claim_idempotency_key(
                 IdempotencyRecord("alice", "k", job.job_id, "h", T0)
             ),
+            "backfill_owner_status": lambda s: s.backfill_owner_status(),
         },
         "tokens": {
             "put_token": lambda s: s.put_token(TokenRecord("a" * 64, "alice", False, T0)),
