@@ -110,13 +110,17 @@ class ConditionFailedError(JobplaneError):
 # and a database outage must instead propagate so the platform delivers the event again or answers 500.
 class StoreError(Exception):
     """The database failed a request (throttled, unreachable, a missing table); `retryable` says if trying
-    again may help, `code` is the database's own error code when it gave one."""
+    again may help, `code` is the database's own error code when it gave one, and `conflict` that a
+    concurrent transaction held an item (the store retries those itself, with jitter)."""
 
-    def __init__(self, message: str, *, code: str | None = None, retryable: bool = False) -> None:
+    def __init__(
+        self, message: str, *, code: str | None = None, retryable: bool = False, conflict: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
         self.retryable = retryable
+        self.conflict = conflict
 
 
 # --- backends ----------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
+import re
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -24,6 +27,27 @@ from chalicelib.jobs.model import (
 from chalicelib.store.base import JobStore
 
 log = logging.getLogger("jobplane.dispatch")
+# A transient launch error (throttling, a 5xx, a dropped connection) is tried again at once a few times, then
+# left LAUNCHING for reconcile to relaunch after the launch deadline, for a bounded number of rounds. The
+# native name comes from the job id and attempt, so no try can start a second job.
+LAUNCH_TRIES_PER_ROUND = 3
+LAUNCH_ROUNDS = 5
+BACKOFF_BASE_SECONDS = 0.2
+BACKOFF_CAP_SECONDS = 2.0
+TRANSIENT_REASON = "transient launch error"
+_ROUND = re.compile(rf"^{TRANSIENT_REASON}, round (\d+) of \d+")
+
+
+def backoff_seconds(try_number: int) -> float:
+    """Full jitter after the `try_number`-th failed try: anywhere up to an exponentially growing cap."""
+    cap = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (try_number - 1))
+    return random.uniform(0, cap)  # noqa: S311 - jitter, not a secret
+
+
+def transient_round(status_reason: str | None) -> int:
+    """How many rounds of launch tries a LAUNCHING job has already spent on transient errors (0: none)."""
+    match = _ROUND.match(status_reason or "")
+    return int(match.group(1)) if match else 0
 
 
 def launch_failure(job: Job, detail: str, kind: FailureKind) -> JobEvent:
@@ -52,11 +76,13 @@ class Dispatcher:
         settings: Settings,
         backend: Callable[[str], ComputeBackend],
         apply_event: Callable[[JobEvent], Job | None],
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.store = store
         self.settings = settings
         self.backend = backend
         self.apply_event = apply_event
+        self.sleep = sleep
 
     def claims(self, job: Job):
         return claims_for(job.backend, job.spec, dict(self.settings.capacity_limits))
@@ -88,14 +114,22 @@ class Dispatcher:
             return self._wait_for_capacity(job, exc.pool, dict(claims_limits(claims)))
         return self._launch(job)
 
-    def _launch(self, job: Job) -> Job:
-        try:
-            result = self.backend(job.backend).launch(job)
-        except BackendError as exc:
-            kind = FailureKind(exc.failure_kind)
-            if kind in (FailureKind.NO_CAPACITY, FailureKind.QUOTA):
-                return self._failover(job, exc)
-            return self._fail(job, exc.message, kind)
+    def _launch(self, job: Job, round_number: int = 1) -> Job:
+        backend = self.backend(job.backend)
+        for try_number in range(1, LAUNCH_TRIES_PER_ROUND + 1):
+            try:
+                result = backend.launch(job)
+                break
+            except BackendError as exc:
+                kind = FailureKind(exc.failure_kind)
+                if kind in (FailureKind.NO_CAPACITY, FailureKind.QUOTA):
+                    return self._failover(job, exc)
+                if not exc.retryable:
+                    return self._fail(job, exc.message, kind)
+                if try_number == LAUNCH_TRIES_PER_ROUND:
+                    return self._retry_later(job, exc, round_number)
+                log.info("job %s: launch try %d failed (%s); trying again", job.job_id, try_number, exc.message)
+                self.sleep(backoff_seconds(try_number))
         if result.native_id is not None and result.native_id != job.native_id:
             try:
                 job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
@@ -103,16 +137,34 @@ class Dispatcher:
                 pass  # an event already moved it on, and events carry the native id too
         return job
 
+    def _retry_later(self, job: Job, exc: BackendError, round_number: int) -> Job:
+        """Every try of this round met a transient error: the job stays LAUNCHING, the round recorded in its
+        status reason, and reconcile relaunches it after the launch deadline; past the last round it fails."""
+        tries = f"{LAUNCH_TRIES_PER_ROUND} tries"
+        if round_number >= LAUNCH_ROUNDS:
+            detail = f"{exc.message} (transient, still failing after {round_number} rounds of {tries})"
+            return self._fail(job, detail, FailureKind(exc.failure_kind))
+        reason = f"{TRANSIENT_REASON}, round {round_number} of {LAUNCH_ROUNDS} ({tries}): {exc.message}"
+        log.warning("job %s: %s; reconcile relaunches it", job.job_id, reason)
+        try:
+            return self.store.update_job(job, JobStatus.LAUNCHING, status_reason=reason, updated_at=utcnow())
+        except StaleStateError:
+            return self.store.get_job(job.job_id) or job
+
     def _fail(self, job: Job, detail: str, kind: FailureKind) -> Job:
         return self.apply_event(launch_failure(job, detail, kind)) or job
 
     def relaunch(self, job: Job, reason: str) -> Job:
-        """Launch a LAUNCHING job's attempt again (its launch was lost); the deadline starts anew."""
+        """Launch a LAUNCHING job's attempt again (its launch was lost, or met transient errors); the
+        deadline starts anew."""
+        round_number = transient_round(job.status_reason) + 1
+        if round_number > 1:
+            reason = f"{reason} (launch round {round_number} of {LAUNCH_ROUNDS})"
         try:
             job = self.store.update_job(job, JobStatus.LAUNCHING, status_reason=reason, updated_at=utcnow())
         except StaleStateError:
             return self.store.get_job(job.job_id) or job
-        return self._launch(job)
+        return self._launch(job, round_number)
 
     def _failover(self, job: Job, exc: BackendError) -> Job:
         """No capacity or quota on this backend: move to the next candidate, or wait, or fail."""

@@ -26,7 +26,7 @@ from chalicelib.errors import (
     ValidationError,
 )
 from chalicelib.jobs.capacity import claims_for
-from chalicelib.jobs.dispatch import Dispatcher
+from chalicelib.jobs.dispatch import LAUNCH_TRIES_PER_ROUND, Dispatcher, backoff_seconds
 from chalicelib.jobs.machine import decide
 from chalicelib.jobs.model import (
     EventSource,
@@ -235,11 +235,27 @@ class JobService:
         return self.store.get_job(job_id) or updated
 
     def stop_resource(self, job: Job) -> None:
-        """Ask the backend to stop a job's resource; a failure leaves it to the next reconcile."""
-        try:
-            self.backend(job.backend).cancel(Handle.of(job))
-        except BackendError as exc:
-            log.warning("cancel of %s on %s failed (reconcile will retry): %s", job.job_id, job.backend, exc.message)
+        """Ask the backend to stop a job's resource. A transient error (throttling, a 5xx, a dropped
+        connection) is tried again with backoff; what still fails is recorded on the job, which stays
+        CANCELLING for the next reconcile to ask again."""
+        backend = self.backend(job.backend)
+        for try_number in range(1, LAUNCH_TRIES_PER_ROUND + 1):
+            try:
+                backend.cancel(Handle.of(job))
+                return
+            except BackendError as exc:
+                if exc.retryable and try_number < LAUNCH_TRIES_PER_ROUND:
+                    self.dispatcher.sleep(backoff_seconds(try_number))
+                    continue
+                log.warning(
+                    "cancel of %s on %s failed (reconcile will retry): %s", job.job_id, job.backend, exc.message
+                )
+                reason = f"cancel request failed after {try_number} tries: {exc.message}; reconcile asks again"
+                try:
+                    self.store.update_job(job, job.status, status_reason=reason)
+                except StaleStateError:
+                    pass  # it moved on (the resource ended): nothing is left to ask
+                return
 
     # --- events ------------------------------------------------------------------------
     def apply_event(self, event: JobEvent, current: Job | None = None) -> Job | None:

@@ -40,7 +40,7 @@ from chalicelib.store.base import (
     history_key,
     sort_key,
 )
-from chalicelib.store.edge import DynamoStore, dynamo_errors, share_botocore_loader, table_meta
+from chalicelib.store.edge import DynamoStore, dynamo_errors, retry_conflicts, share_botocore_loader, table_meta
 
 ALL_PK = "jobs"
 ACTIVE_PK = "active"
@@ -105,6 +105,26 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         queued_pk = UnicodeAttribute(hash_key=True)
         sk = UnicodeAttribute(range_key=True)
 
+    class OwnerStatusIndex(GlobalSecondaryIndex):
+        """A user's jobs of one status, newest first: a status filter reads only what it returns."""
+
+        class Meta:
+            index_name = "owner-status-created"
+            projection = AllProjection()
+
+        owner_status = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
+    class StatusIndex(GlobalSecondaryIndex):
+        """Every owner's jobs of one status, newest first (the admin's filtered listing)."""
+
+        class Meta:
+            index_name = "status-created"
+            projection = AllProjection()
+
+        status = UnicodeAttribute(hash_key=True)
+        sk = UnicodeAttribute(range_key=True)
+
     class JobModel(Model):
         class Meta(_Meta):
             table_name = settings.jobs_table
@@ -115,6 +135,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         all_pk = UnicodeAttribute(default=ALL_PK)
         active_pk = UnicodeAttribute(null=True)
         queued_pk = UnicodeAttribute(null=True)
+        owner_status = UnicodeAttribute(null=True)  # "<owner>#<STATUS>", rewritten with every status
         name = UnicodeAttribute()
         owner = UnicodeAttribute()
         status = UnicodeAttribute()
@@ -139,6 +160,8 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         by_all = AllIndex()
         active = ActiveIndex()
         queued = QueuedIndex()
+        by_owner_status = OwnerStatusIndex()
+        by_status = StatusIndex()
 
     class HistoryModel(Model):
         class Meta(_Meta):
@@ -179,6 +202,11 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         "idempotency": IdempotencyModel,
         "capacity": CapacityModel,
     }
+
+
+def owner_status(owner: str, status: JobStatus) -> str:
+    """The owner-status index's key. A status never holds "#", so the last one splits the two unambiguously."""
+    return f"{owner}#{status.value}"
 
 
 def _job_from_item(item: Any) -> Job:
@@ -234,6 +262,28 @@ class DynamoJobStore(DynamoStore, JobStore):
         self.Idempotency = self.models["idempotency"]
         self.Capacity = self.models["capacity"]
 
+    def create_tables(self) -> None:
+        super().create_tables()
+        self.backfill_owner_status()
+
+    def backfill_owner_status(self) -> int:
+        """Give jobs written before the owner-status index their key (a job that never changes again would
+        otherwise be missing from its owner's status listings); returns how many were updated. Idempotent."""
+        J = self.Job
+        updated = 0
+        for item in J.scan(filter_condition=J.owner_status.does_not_exist()):
+            status = JobStatus(item.status)
+            try:
+                with dynamo_errors():
+                    J(item.job_id).update(
+                        actions=[J.owner_status.set(owner_status(item.owner, status))],
+                        condition=(J.status == status.value),
+                    )
+                updated += 1
+            except ConditionFailedError:
+                pass  # its status moved meanwhile, and that write set the key
+        return updated
+
     # --- jobs ----------------------------------------------------------------------
     def _item(self, job: Job):
         item = self.Job(
@@ -244,6 +294,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             failure_kind=job.failure_kind.value if job.failure_kind else None,
             active_pk=None if job.terminal else ACTIVE_PK,
             queued_pk=QUEUED_PK if job.status is JobStatus.QUEUED else None,
+            owner_status=owner_status(job.owner, job.status),
             claims=_claims_text(job.claims),
             candidates=json.dumps(list(job.candidates)) if job.candidates else None,
             **{f: getattr(job, f) for f in _PLAIN_FIELDS},
@@ -263,10 +314,20 @@ class DynamoJobStore(DynamoStore, JobStore):
             attempt=entry.attempt,
         )
 
+    def _save_history(self, entry: HistoryEntry) -> None:
+        def write() -> None:
+            with dynamo_errors():
+                self._history_item(entry).save()
+
+        retry_conflicts(write)
+
     def create_job(self, job: Job, entry: HistoryEntry) -> None:
-        with dynamo_errors(conditional=AlreadyExistsError(f"job {job.job_id} already exists")):
-            self._item(job).save(condition=self.Job.job_id.does_not_exist())
-        self._history_item(entry).save()
+        def write() -> None:
+            with dynamo_errors(conditional=AlreadyExistsError(f"job {job.job_id} already exists")):
+                self._item(job).save(condition=self.Job.job_id.does_not_exist())
+
+        retry_conflicts(write)
+        self._save_history(entry)
 
     def get_job(self, job_id: str) -> Job | None:
         try:
@@ -286,8 +347,12 @@ class DynamoJobStore(DynamoStore, JobStore):
         J = self.Job
         actions = self._actions(fields)
         item = J(job.job_id)
-        with dynamo_errors(conditional=StaleStateError(f"job {job.job_id} is no longer {expected.value}")):
-            item.update(actions=actions, condition=(J.status == expected.value))
+
+        def write() -> None:
+            with dynamo_errors(conditional=StaleStateError(f"job {job.job_id} is no longer {expected.value}")):
+                item.update(actions=actions, condition=(J.status == expected.value))
+
+        retry_conflicts(write)
 
     def apply_transition(self, job: Job, transition: Transition) -> Job:
         updated = apply_changes(job, transition)
@@ -295,6 +360,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             "status": transition.to_status,
             "updated_at": transition.at,
             "status_reason": transition.reason,
+            "owner_status": owner_status(job.owner, transition.to_status),
             **transition.changes,
         }
         if transition.to_status.terminal:
@@ -308,7 +374,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             self._transact(job, transition, fields, entry)
             return updated
         self._guarded_update(job, transition.from_status, fields)
-        self._history_item(entry).save()
+        self._save_history(entry)
         return updated
 
     def _transact(self, job: Job, transition: Transition, fields: dict[str, Any], entry: HistoryEntry) -> None:
@@ -319,7 +385,8 @@ class DynamoJobStore(DynamoStore, JobStore):
             if claim.units > limit:
                 raise CapacityExhaustedError(claim.pool, f"{claim.pool} allows {limit}, the job needs {claim.units}")
         connection = self.Job._get_connection().connection
-        try:
+
+        def write() -> None:
             with dynamo_errors(), TransactWrite(connection=connection) as tx:
                 tx.update(
                     self.Job(job.job_id),
@@ -335,6 +402,11 @@ class DynamoJobStore(DynamoStore, JobStore):
                 for claim in transition.release:
                     tx.update(C(claim.pool), actions=[C.in_use.add(-claim.units)])
                 tx.save(self._history_item(entry))
+
+        try:
+            # A cancelled transaction wrote nothing, so writing it again cannot hold a claim twice; the
+            # history key is taken anew each try (it starts with the time of the write).
+            retry_conflicts(write)
         except ConditionFailedError as exc:
             # pynamodb sends puts before updates: [history put, job update, counter updates...]
             reasons = exc.reasons[1:]
@@ -356,10 +428,14 @@ class DynamoJobStore(DynamoStore, JobStore):
         return job.with_changes(**changes)
 
     def list_jobs(self, owner, status, limit, cursor) -> Page:
-        if owner is not None:
+        # Each listing has an index of exactly its jobs, so no filter discards what was read: a page is one
+        # query of limit + 1 items (the extra one only says whether another page exists).
+        if owner is not None and status is not None:
+            index, hash_key, hash_name = self.Job.by_owner_status, owner_status(owner, status), "owner_status"
+        elif status is not None:
+            index, hash_key, hash_name = self.Job.by_status, status.value, "status"
+        elif owner is not None:
             index, hash_key, hash_name = self.Job.by_owner, owner, "owner"
-        elif status is not None and not status.terminal:
-            index, hash_key, hash_name = self.Job.active, ACTIVE_PK, "active_pk"
         else:
             index, hash_key, hash_name = self.Job.by_all, ALL_PK, "all_pk"
         start = None
@@ -375,7 +451,6 @@ class DynamoJobStore(DynamoStore, JobStore):
                     [{"field": "next_token", "message": "use the token the previous page returned"}],
                 )
             start = {k: {"S": v} for k, v in cursor.items()}
-        condition = (self.Job.status == status.value) if status is not None else None
         invalid = ValidationError(
             "next_token is not valid",
             [{"field": "next_token", "message": "use the token the previous page returned"}],
@@ -384,14 +459,16 @@ class DynamoJobStore(DynamoStore, JobStore):
             results = index.query(
                 hash_key,
                 scan_index_forward=False,
-                limit=limit,
-                filter_condition=condition,
+                limit=limit + 1,
                 last_evaluated_key=start,
-                page_size=max(limit, 25),
+                page_size=limit + 1,
             )
-            jobs = [_job_from_item(item) for item in results]
-        last = results.last_evaluated_key
-        next_cursor = {k: v["S"] for k, v in last.items()} if last and len(jobs) == limit else None
+            items = list(results)
+        jobs = [_job_from_item(item) for item in items[:limit]]
+        next_cursor = None
+        if len(items) > limit:
+            last = items[limit - 1]
+            next_cursor = {"job_id": last.job_id, "sk": last.sk, hash_name: hash_key}
         return Page(jobs, next_cursor)
 
     def iter_queued(self) -> Iterator[Job]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import random
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -39,6 +41,16 @@ RETRYABLE_CODES = frozenset(
 )
 
 
+# Per-item reasons of a cancelled transaction that mean "another transaction held the item", not "your
+# condition failed": the same request may succeed once the other one is done.
+CONFLICT_REASONS = frozenset({"TransactionConflict"})
+# Codes of a single write that met an item inside someone else's transaction.
+CONFLICT_CODES = frozenset({"TransactionConflictException", "TransactionInProgressException"})
+CONFLICT_TRIES = 5
+CONFLICT_BASE_SECONDS = 0.01
+CONFLICT_CAP_SECONDS = 0.2
+
+
 def translate(exc: Exception) -> Exception:
     """The chalicelib.errors type for a pynamodb or botocore error (any other exception is returned as is)."""
     import botocore.exceptions as boto
@@ -56,9 +68,17 @@ def translate(exc: Exception) -> Exception:
         return ConditionFailedError(message)
     if code == TRANSACTION_CANCELLED:
         reasons = tuple(r.code if r else None for r in getattr(exc, "cancellation_reasons", None) or ())
+        # A failed condition wins over a conflict in the same answer: retrying it would only fail again.
         if "ConditionalCheckFailed" in reasons:
             return ConditionFailedError(message, reasons)
-        return StoreError(message, code=code, retryable=bool(RETRYABLE_CODES.intersection(reasons)))
+        return StoreError(
+            message,
+            code=code,
+            retryable=bool(RETRYABLE_CODES.intersection(reasons)),
+            conflict=bool(CONFLICT_REASONS.intersection(reasons)),
+        )
+    if code in CONFLICT_CODES:
+        return StoreError(message, code=code, retryable=True, conflict=True)
     if code is not None:
         return StoreError(message, code=code, retryable=code in RETRYABLE_CODES)
     # No code: DynamoDB was never reached (refused, reset, timed out: retryable) or the SDK itself refused.
@@ -83,6 +103,29 @@ def dynamo_errors(*, conditional: JobplaneError | None = None, invalid: Jobplane
         if invalid is not None and isinstance(error, StoreError) and error.code == "ValidationException":
             raise invalid from None
         raise error from exc
+
+
+def retry_conflicts(
+    write: Callable[[], Any],
+    *,
+    tries: int = CONFLICT_TRIES,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Any:
+    """Run `write` (which raises chalicelib.errors types) again while DynamoDB cancels it for a conflict with
+    a concurrent transaction, up to `tries` times with full-jitter backoff; any other error leaves at once.
+
+    botocore's own retries do not cover a cancelled transaction (its code is TransactionCanceledException,
+    whatever the reasons), so racing dispatchers on real DynamoDB would otherwise see it raised.
+    """
+    for attempt in range(tries):
+        try:
+            return write()
+        except StoreError as exc:
+            if not exc.conflict or attempt + 1 == tries:
+                raise
+            cap = min(CONFLICT_CAP_SECONDS, CONFLICT_BASE_SECONDS * 2 ** (attempt + 1))
+            sleep(random.uniform(CONFLICT_BASE_SECONDS, cap))  # noqa: S311 - jitter, not a secret
+    raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
 
 
 def _translated(method: Callable[..., Any]) -> Callable[..., Any]:

@@ -110,7 +110,8 @@ def test_the_terminal_state_comes_from_the_uploaded_exit_status(aws_settings):
             "quota",
         ),
         ("InvalidParameterValue", "Value (x) for parameter instanceType is invalid.", "user_error"),
-        ("InternalError", "An internal error has occurred", "backend_error"),
+        # A final error of no other kind (a 500 is transient now: tests/jobs/test_transient.py retries it).
+        ("UnauthorizedOperation", "You are not authorized to perform this operation.", "backend_error"),
     ],
 )
 def test_a_refused_launch_fails_the_job_with_the_kind_and_the_providers_message(tmp_path, code, message, kind):
@@ -125,7 +126,7 @@ def test_a_refused_launch_fails_the_job_with_the_kind_and_the_providers_message(
             "run_instances",
             service_error_code=code,
             service_message=message,
-            http_status_code=500 if code == "InternalError" else 400,
+            http_status_code=403 if code == "UnauthorizedOperation" else 400,
         )
         job, _ = service.submit(Principal("alice"), parse_spec({"name": "gpu", "backend": "ec2", **SPEC}))
     assert (job.status, job.failure_kind.value) == (JobStatus.FAILED, kind)

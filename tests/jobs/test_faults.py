@@ -133,6 +133,37 @@ def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path,
     assert [e.to_status for e in dynamo_store.history(job.job_id)] == [JobStatus.QUEUED, JobStatus.LAUNCHING]
 
 
+def test_concurrent_dispatches_meeting_transaction_conflicts_launch_once(dynamo_store, tmp_path, moto_endpoint):
+    """Single writes that meet another transaction answer TransactionConflictException; they are written again."""
+    from chalicelib.jobs.model import EventSource, HistoryEntry, Job, new_job_id
+    from tests.jobs.conflicts import inject_transaction_conflicts
+
+    dynamo_store.endpoint = moto_endpoint
+    service, backend = _setup(dynamo_store, tmp_path)
+    job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", _spec("j"), utcnow())
+    dynamo_store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
+    conflicts = inject_transaction_conflicts(dynamo_store, 4, operations=("UpdateItem", "PutItem"))
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def go():
+        barrier.wait()
+        try:
+            service.dispatcher.dispatch(job)
+        except Exception as exc:  # collected: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=go) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == [] and conflicts["seen"] == 4
+    assert backend.launch_calls == 1
+    assert dynamo_store.get_job(job.job_id).status is JobStatus.LAUNCHING
+    assert [e.to_status for e in dynamo_store.history(job.job_id)] == [JobStatus.QUEUED, JobStatus.LAUNCHING]
+
+
 @pytest.mark.parametrize(
     ("error", "kind"),
     [

@@ -16,6 +16,7 @@ from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import make_settings
+from tests.jobs.conflicts import inject_transaction_conflicts
 
 ALICE = Principal("alice")
 
@@ -285,3 +286,64 @@ def test_racing_dispatchers_never_pass_a_limit(dynamo_store, tmp_path, moto_endp
     assert statuses.count(JobStatus.QUEUED) == 5
     assert dynamo_store.capacity_usage(["local:cpu"]) == {"local:cpu": 3}
     assert len(backend.launched) == len(set(backend.launched)) == 3
+
+
+def test_racing_dispatchers_under_transaction_conflicts_lose_nothing(dynamo_store, tmp_path, moto_endpoint):
+    dynamo_store.endpoint = moto_endpoint
+    service, backend = _service(dynamo_store, tmp_path, "local:cpu=3")
+    jobs = [_queued(dynamo_store, f"j{i}") for i in range(8)]
+    conflicts = inject_transaction_conflicts(dynamo_store, 6)
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def dispatcher():
+        barrier.wait()
+        try:
+            service.dispatcher.dispatch_queued()
+        except Exception as exc:  # collected: a thread's failure must fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=dispatcher) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    assert conflicts["seen"] == 6
+    statuses = [dynamo_store.get_job(j.job_id).status for j in jobs]
+    assert statuses.count(JobStatus.LAUNCHING) == 3
+    assert statuses.count(JobStatus.QUEUED) == 5
+    # No claim leaked: the counter holds exactly the launched jobs' units, and each was launched once.
+    assert dynamo_store.capacity_usage(["local:cpu"]) == {"local:cpu": 3}
+    assert len(backend.launched) == len(set(backend.launched)) == 3
+    for job in jobs:
+        history = [e.to_status for e in dynamo_store.history(job.job_id)]
+        assert history in ([JobStatus.QUEUED], [JobStatus.QUEUED, JobStatus.LAUNCHING])
+
+
+def test_a_release_under_a_transaction_conflict_is_written_once(dynamo_store, tmp_path, moto_endpoint):
+    dynamo_store.endpoint = moto_endpoint
+    service, backend = _service(dynamo_store, tmp_path, "local:cpu=1")
+    job, _ = service.submit(ALICE, _spec("a"))
+    conflicts = inject_transaction_conflicts(dynamo_store, 2)
+    finished = _finish(service, job)
+    assert conflicts["seen"] == 2
+    assert finished.status is JobStatus.SUCCEEDED
+    assert dynamo_store.capacity_usage(["local:cpu"]) == {"local:cpu": 0}
+    assert [e.to_status for e in dynamo_store.history(job.job_id)].count(JobStatus.SUCCEEDED) == 1
+
+
+def test_conflicts_past_the_bound_are_raised_not_retried_forever(dynamo_store, tmp_path, moto_endpoint):
+    from chalicelib.errors import StoreError
+    from chalicelib.store.edge import CONFLICT_TRIES
+
+    dynamo_store.endpoint = moto_endpoint
+    _service(dynamo_store, tmp_path, "local:cpu=1")
+    job = _queued(dynamo_store)
+    conflicts = inject_transaction_conflicts(dynamo_store, 100)
+    with pytest.raises(StoreError) as raised:
+        dynamo_store.apply_transition(job, _launch(job, [(Claim("local:cpu", 1), 1)]))
+    assert raised.value.conflict and raised.value.retryable
+    assert conflicts["seen"] == CONFLICT_TRIES
+    assert dynamo_store.get_job(job.job_id).status is JobStatus.QUEUED
+    assert dynamo_store.capacity_usage(["local:cpu"]) == {"local:cpu": 0}

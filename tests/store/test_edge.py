@@ -85,6 +85,52 @@ def test_a_cancelled_transaction_keeps_each_items_reason_in_order():
     assert error.reasons == (None, "ConditionalCheckFailed", None)
 
 
+def test_a_transaction_conflict_is_a_conflict_and_a_failed_condition_never_is():
+    assert translate(cancelled(None, "TransactionConflict")).conflict is True
+    assert translate(UpdateError("u", client_error("TransactionConflictException", "UpdateItem"))).conflict is True
+    assert translate(cancelled(None, "ValidationError")).conflict is False
+    assert translate(PutError("p", client_error("ThrottlingException"))).conflict is False
+    # Both in one answer: the condition failed, so a retry could only fail again.
+    mixed = translate(cancelled("ConditionalCheckFailed", "TransactionConflict"))
+    assert isinstance(mixed, ConditionFailedError)
+
+
+def test_conflicts_are_retried_with_bounded_jittered_backoff_and_nothing_else_is():
+    from chalicelib.store.edge import CONFLICT_CAP_SECONDS, CONFLICT_TRIES, retry_conflicts
+
+    calls, pauses = [], []
+
+    def conflicted_twice():
+        calls.append(1)
+        if len(calls) <= 2:
+            raise translate(cancelled(None, "TransactionConflict"))
+        return "written"
+
+    assert retry_conflicts(conflicted_twice, sleep=pauses.append) == "written"
+    assert len(calls) == 3 and len(pauses) == 2
+    assert all(0.01 <= p <= CONFLICT_CAP_SECONDS for p in pauses)
+
+    calls.clear(), pauses.clear()
+
+    def always():
+        calls.append(1)
+        raise translate(cancelled(None, "TransactionConflict"))
+
+    with pytest.raises(StoreError):
+        retry_conflicts(always, sleep=pauses.append)
+    assert len(calls) == CONFLICT_TRIES and len(pauses) == CONFLICT_TRIES - 1
+
+    calls.clear()
+
+    def condition_failed():
+        calls.append(1)
+        raise translate(cancelled(None, "ConditionalCheckFailed"))
+
+    with pytest.raises(ConditionFailedError):
+        retry_conflicts(condition_failed, sleep=pauses.append)
+    assert len(calls) == 1
+
+
 def test_other_exceptions_are_not_translated():
     error = ValueError("a bug")
     assert translate(error) is error
@@ -185,6 +231,7 @@ def _calls():
             "claim_idempotency_key": lambda s: s.claim_idempotency_key(
                 IdempotencyRecord("alice", "k", job.job_id, "h", T0)
             ),
+            "backfill_owner_status": lambda s: s.backfill_owner_status(),
         },
         "tokens": {
             "put_token": lambda s: s.put_token(TokenRecord("a" * 64, "alice", False, T0)),
