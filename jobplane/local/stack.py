@@ -114,6 +114,10 @@ class LocalStack:
         with os.fdopen(fd, "w") as fh:
             fh.write(os.environ["JOBPLANE_LOCAL_EVENT_URL"])
         os.replace(url_file.with_suffix(".tmp"), url_file)
+        if "local" in settings.enabled_backends:
+            from chalicelib.backends import get_backend
+
+            get_backend("local", settings).stack_key()  # made now, so it exists before the first job
         # Taken before the API opens: records replayed from the journal were notified in their
         # first life, and every write from here on comes after this point.
         stream_start = self._stream_positions(settings.jobs_table)

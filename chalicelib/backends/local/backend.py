@@ -182,9 +182,9 @@ class LocalBackend(ComputeBackend):
 
     def event_key(self, native_name: str) -> bytes:
         """The key a job's runner signs its events with: derived, so the stack stores no per-job secret."""
-        return hmac.new(self._stack_key(), native_name.encode(), hashlib.sha256).digest()
+        return hmac.new(self.stack_key(), native_name.encode(), hashlib.sha256).digest()
 
-    def _stack_key(self) -> bytes:
+    def stack_key(self) -> bytes:
         path = Path(self.settings.local_event_key_file)
         try:
             return bytes.fromhex(path.read_text().strip())
