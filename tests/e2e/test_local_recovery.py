@@ -51,7 +51,8 @@ def test_kill_9_during_a_running_job_then_restart_the_job_succeeds_and_was_never
     first = _start(state_dir)
     try:
         job = _api(first, "POST", "/jobs", json=_job(25)).json()
-        _wait(lambda: _status(first, job["job_id"])["status"] == "RUNNING", what="RUNNING")
+        # Killed once RUNNING is in the history too (the job row and its history are two writes).
+        _wait(lambda: "RUNNING" in [e["to"] for e in _history(first, job["job_id"])], what="RUNNING")
         first["proc"].send_signal(signal.SIGKILL)
     finally:
         _stop(first)

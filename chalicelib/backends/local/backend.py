@@ -115,6 +115,8 @@ class LocalBackend(ComputeBackend):
         base_env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ") if k in os.environ}
         path = os.environ.get("PATH", "/usr/bin:/bin")
         base_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
+        # Jobs run in their own folder: the project's modules (`python -m examples.x`) are found by import.
+        base_env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
         work = folder / "work"  # the job's current folder: never the repository
         outputs = folder / "outputs"
         for own in (work, outputs):
