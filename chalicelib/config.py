@@ -223,6 +223,10 @@ class Settings:
     # The local backend: where job folders (logs, exit status) live and where its runner reports.
     local_state_dir: str = setting("JOBPLANE_LOCAL_STATE_DIR", ".jobplane/jobs")
     local_event_url: str | None = setting("JOBPLANE_LOCAL_EVENT_URL", None, Url())
+    # The stack's secret from which each job's event-signing key is derived (created 0600 on first use).
+    local_event_key_file: str = setting("JOBPLANE_LOCAL_EVENT_KEY_FILE", derive="{local_state_dir}/event-key")
+    # Who local jobs run as: a user name, or "self" (the stack's user); unset means nobody when root, else self.
+    local_run_as: str | None = setting("JOBPLANE_LOCAL_RUN_AS", None)
     # When set, the local backend runs only these programs (e.g. while fuzzing the API).
     local_allowed_programs: tuple[str, ...] = setting("JOBPLANE_LOCAL_ALLOWED_PROGRAMS", (), Names())
     # USD per hour a local job costs (a shared GPU workstation can be charged back); 0 means free.

@@ -356,7 +356,7 @@ def cmd_local_up(args) -> int:
             f"state folder {state['state_dir']}: {restored['applied']} stored writes restored "
             f"in {restored['seconds']:.2f}s; it survives Ctrl-C, kill -9 and reboots"
         )
-        out.print("Ctrl-C stops everything it started.")
+        out.print("Ctrl-C stops the stack; running local jobs keep running and are adopted at the next start.")
         stack.wait()
     except KeyboardInterrupt:
         pass
@@ -374,7 +374,10 @@ def cmd_local_invoke(args) -> int:
         raise CliError("no local stack is running here: start one with `jobplane local up`")
     payload = sys.stdin.read()
     url = f"{local['functions']}/2015-03-31/functions/{args.function}/invocations"
-    resp = requests.post(url, data=payload.encode(), headers={"Content-Type": "application/json"}, timeout=60)
+    # Functions take raw events a cloud would send: only an admin may feed them.
+    token = args.token or os.environ.get("JOBPLANE_TOKEN") or local.get("admin_token")
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
+    resp = requests.post(url, data=payload.encode(), headers=headers, timeout=60)
     print(resp.text)
     return 0 if resp.status_code == 200 and "errorType" not in resp.text[:200] else 1
 

@@ -25,6 +25,9 @@ os.environ.update(
     }
 )
 os.environ.pop("AWS_PROFILE", None)
+# Test jobs run this checkout's Python, which an unprivileged user cannot reach here (it lives under
+# /root); the isolation tests choose their user themselves.
+os.environ.setdefault("JOBPLANE_LOCAL_RUN_AS", "self")
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +47,7 @@ def make_settings(tmp_path, endpoint=None, **overrides):
         "JOBPLANE_STAGE": "test",
         "JOBPLANE_TABLE_PREFIX": f"jp-{uuid.uuid4().hex[:10]}",
         "JOBPLANE_LOCAL_STATE_DIR": str(tmp_path / "jobs"),
+        "JOBPLANE_LOCAL_RUN_AS": os.environ["JOBPLANE_LOCAL_RUN_AS"],
         "AWS_REGION": "us-east-1",
     }
     if endpoint:

@@ -50,8 +50,13 @@ def start_slack_sink(host: str, on_message: Callable[[dict[str, Any]], None]) ->
     return _serve(SlackSink, host)
 
 
-def start_invoke_server(host: str, invoke: Callable[[str, Any], Any]) -> ThreadingHTTPServer:
-    """Lambda's Invoke API shape: POST /2015-03-31/functions/NAME/invocations with the raw event."""
+def start_invoke_server(
+    host: str, invoke: Callable[[str, Any], Any], authorize: Callable[[str, str, Any], str | None] | None = None
+) -> ThreadingHTTPServer:
+    """Lambda's Invoke API shape: POST /2015-03-31/functions/NAME/invocations with the raw event.
+
+    `authorize(authorization header, name, payload)` answers None to let the call through, else why not.
+    """
 
     class InvokeServer(_Quiet):
         def do_POST(self):  # noqa: N802
@@ -65,6 +70,10 @@ def start_invoke_server(host: str, invoke: Callable[[str, Any], Any]) -> Threadi
                 self._reply(
                     400, json.dumps({"errorType": "InvalidRequestContentException", "errorMessage": str(exc)}).encode()
                 )
+                return
+            refused = authorize(self.headers.get("Authorization") or "", name, payload) if authorize else None
+            if refused:
+                self._reply(403, json.dumps({"errorType": "AccessDeniedException", "errorMessage": refused}).encode())
                 return
             try:
                 result = invoke(name, payload)

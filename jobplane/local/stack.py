@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -75,7 +73,7 @@ class LocalStack:
         self.slack_log = self.directory / "slack.log"
         self.slack_log.write_text("")
         slack = start_slack_sink(self.host, self._on_slack)
-        invoke = start_invoke_server(self.host, self.invoke)
+        invoke = start_invoke_server(self.host, self.invoke, self._authorize_invoke)
         self._servers += [slack, invoke]
         functions = f"http://{self.host}:{invoke.server_address[1]}"
         # The stack's own process is the "Lambda": its environment is what the functions read.
@@ -106,7 +104,20 @@ class LocalStack:
         import app as app_module
 
         self.app = app_module.app
-        admin_token = self._admin_token(deps.get_token_store())
+        self._tokens = deps.get_token_store()
+        admin_token = self._admin_token(self._tokens)
+        # Runners that outlived the last stack report to the address written here.
+        jobs = self.directory / "jobs"
+        jobs.mkdir(mode=0o700, exist_ok=True)
+        url_file = jobs / "event-url"
+        fd = os.open(url_file.with_suffix(".tmp"), os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(os.environ["JOBPLANE_LOCAL_EVENT_URL"])
+        os.replace(url_file.with_suffix(".tmp"), url_file)
+        if "local" in settings.enabled_backends:
+            from chalicelib.backends import get_backend
+
+            get_backend("local", settings).stack_key()  # made now, so it exists before the first job
         # Taken before the API opens: records replayed from the journal were notified in their
         # first life, and every write from here on comes after this point.
         stream_start = self._stream_positions(settings.jobs_table)
@@ -189,6 +200,20 @@ class LocalStack:
 
         handler = self.app.handler_map[name]
         return handler(payload, LambdaContext(name, memory_size=512))
+
+    def _authorize_invoke(self, authorization: str, name: str, payload: Any) -> str | None:
+        """An admin token calls any function; a runner only reports local job states (signatures: the backend)."""
+        from chalicelib.auth import hash_token
+
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            record = self._tokens.get_token(hash_token(token.strip()))
+            if record is not None and record.admin:
+                return None
+            return "the bearer token is not an admin token of this stack"
+        if name == "on_job_state_change" and isinstance(payload, dict) and payload.get("source") == "jobplane.local":
+            return None
+        return f"invoking {name} needs an admin token (Authorization: Bearer ...); `jobplane local invoke` sends it"
 
     def _safe_invoke(self, name: str, payload: Any) -> Any:
         try:
@@ -284,8 +309,9 @@ class LocalStack:
 
     # --- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
+        # Local jobs are left running, as they are after a crash: their runners are independent
+        # and the next start adopts them (cancel a job to stop it).
         self._stop.set()
-        self._stop_local_jobs()
         for server in self._servers:
             server.shutdown()
         for thread in self._threads:
@@ -294,32 +320,6 @@ class LocalStack:
             self.moto.stop()
         if self.state:  # only the stack that wrote it removes it
             state_file(self.directory).unlink(missing_ok=True)
-
-    def _stop_local_jobs(self) -> None:
-        """Every runner still alive is asked to stop its job; stragglers are killed."""
-        from chalicelib.backends.local.backend import pid_alive
-
-        jobs = self.directory / "jobs"
-        runners = []
-        for pid_file in jobs.glob("*/runner.pid") if jobs.exists() else []:
-            try:
-                pid = int(pid_file.read_text())
-            except (OSError, ValueError):
-                continue
-            if pid_alive(pid):
-                (pid_file.parent / "cancel").touch()
-                os.kill(pid, signal.SIGTERM)
-                runners.append((pid, pid_file.parent))
-        deadline = time.monotonic() + 15
-        while runners and time.monotonic() < deadline and any(pid_alive(p) for p, _ in runners):
-            time.sleep(0.1)
-        for pid, folder in runners:
-            for target in (pid, _job_pid(folder)):
-                if target and pid_alive(target):
-                    try:
-                        os.killpg(target, signal.SIGKILL)
-                    except (ProcessLookupError, PermissionError):
-                        pass
 
     def wait(self) -> None:
         while not self._stop.wait(0.5):
@@ -336,10 +336,3 @@ class _Deferred:
             start_response("503 Service Unavailable", [("Content-Type", "application/json"), ("Retry-After", "1")])
             return [b'{"error": {"code": "starting", "message": "the local stack is starting", "details": []}}']
         return self.app(environ, start_response)
-
-
-def _job_pid(folder: Path) -> int | None:
-    try:
-        return int(json.loads((folder / "runner.json").read_text())["pid"])
-    except (OSError, ValueError, KeyError):
-        return None

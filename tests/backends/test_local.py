@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -17,6 +18,8 @@ import pytest
 from chalicelib.backends.agent import make_report
 from chalicelib.backends.base import Handle, Observation
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, LocalBackend, pid_alive
+from chalicelib.backends.local.runner import sign_detail
+from chalicelib.errors import ConfigError, ValidationError
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, new_job_id, utcnow
 from chalicelib.jobs.spec import parse_spec
 from tests.conftest import ROOT, job_spec, make_settings, wait_for
@@ -381,9 +384,138 @@ def test_events_from_elsewhere_or_about_foreign_resources_parse_to_none(backend)
     detail = make_report(
         job_id=new_job_id(), attempt=1, exit_code=0, started_at=None, finished_at="2024-05-01T12:00:00.000000Z"
     )
+    detail["signature"] = sign_detail(backend.event_key(detail["native_name"]), detail)
     good = {"source": EVENT_SOURCE, "detail-type": EVENT_DETAIL_TYPE, "time": "2024-05-01T12:00:00Z", "detail": detail}
     assert backend.parse_event(good).status is JobStatus.SUCCEEDED
     assert backend.parse_event({**good, "source": "aws.ec2"}) is None
     assert backend.parse_event({**good, "detail-type": "Something Else"}) is None
     assert backend.parse_event({**good, "detail": {**detail, "native_name": "someone-elses-job"}}) is None
     assert backend.parse_event({**good, "detail": {}}) is None
+
+
+# --- the event path is signed per job ------------------------------------------------------------
+
+
+def _signed_event(backend, detail: dict, key_of: str | None = None) -> dict:
+    name = detail.get("native_name") or detail["native_id"]
+    detail = {**detail, "signature": sign_detail(backend.event_key(key_of or name), detail)}
+    return {"source": EVENT_SOURCE, "detail-type": EVENT_DETAIL_TYPE, "time": "2024-05-01T12:00:00Z", "detail": detail}
+
+
+def test_an_event_signed_with_another_jobs_key_or_unsigned_is_refused(backend):
+    job_id = new_job_id()
+    other = f"jp-{new_job_id()}"
+    detail = make_report(
+        job_id=job_id, attempt=1, exit_code=0, started_at=None, finished_at="2020-01-01T00:00:00.000000Z"
+    )
+    with pytest.raises(ValidationError, match=r"detail\.signature: does not match"):
+        backend.parse_event(_signed_event(backend, detail, key_of=other))
+    unsigned = _signed_event(backend, detail)
+    del unsigned["detail"]["signature"]
+    with pytest.raises(ValidationError, match=r"detail\.signature: missing"):
+        backend.parse_event(unsigned)
+    tampered = _signed_event(
+        backend,
+        {
+            "native_id": detail["native_name"],
+            "state": "RUNNING",
+            "at": detail["at"] if "at" in detail else detail["finished_at"],
+        },
+    )
+    tampered["detail"]["state"] = "SUCCEEDED"
+    with pytest.raises(ValidationError, match=r"detail\.signature"):
+        backend.parse_event(tampered)
+    assert backend.parse_event(_signed_event(backend, detail)).status is JobStatus.SUCCEEDED
+
+
+def test_an_unknown_state_is_ignored_and_a_malformed_one_names_the_field(backend):
+    native = f"jp-{new_job_id()}"
+    assert backend.parse_event(_signed_event(backend, {"native_id": native, "state": "EXPLODED"})) is None
+    assert backend.parse_event(_signed_event(backend, {"native_id": native, "state": "LOST"})) is None
+    with pytest.raises(ValidationError, match=r"detail\.state"):
+        backend.parse_event(_signed_event(backend, {"native_id": native, "state": 3}))
+    with pytest.raises(ValidationError, match=r"detail\.at"):
+        backend.parse_event(_signed_event(backend, {"native_id": native, "state": "RUNNING", "at": "yesterday"}))
+    with pytest.raises(ValidationError, match="detail: must be a JSON object"):
+        backend.parse_event({"source": EVENT_SOURCE, "detail-type": EVENT_DETAIL_TYPE, "detail": ["x"]})
+
+
+def test_the_stack_key_is_private_and_each_job_key_differs(backend, tmp_path):
+    a, b = f"jp-{new_job_id()}", f"jp-{new_job_id()}"
+    assert backend.event_key(a) != backend.event_key(b)
+    assert backend.event_key(a) == LocalBackend(make_settings(tmp_path)).event_key(a)  # derived, not stored
+    assert stat.S_IMODE(os.stat(tmp_path / "jobs" / "event-key").st_mode) == 0o600
+
+
+# --- isolation --------------------------------------------------------------------------------------
+
+
+def test_a_job_runs_in_its_own_folder_with_private_files(backend):
+    job = make_job([PY, "-c", "import os; print(os.getcwd()); open('made-here', 'w').write('x')"])
+    final = run_to_end(backend, job)
+    assert final.status is JobStatus.SUCCEEDED
+    folder = folder_of(backend, job)
+    assert (folder / "output.log").read_text().strip() == str(folder / "work")
+    assert (folder / "work" / "made-here").exists() and not (ROOT / "made-here").exists()
+    for name in ("output.log", "status.json", "runner.json", "spec.json", "runner.pid", "runner.log"):
+        assert stat.S_IMODE(os.stat(folder / name).st_mode) == 0o600, name
+    assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700
+
+
+def test_the_runner_holds_no_control_plane_credential_or_address(backend, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "control-plane-secret")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("JOBPLANE_LOCAL_DIR", "/somewhere/.jobplane")
+    job = make_job([PY, "-c", "import time; time.sleep(30)"])
+    backend.launch(job)
+    try:
+        runner = read_runner(backend, job)
+        pid = int((folder_of(backend, job) / "runner.pid").read_text())
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        job_environ = Path(f"/proc/{runner['pid']}/environ").read_bytes().split(b"\0")
+    finally:
+        backend.cancel(Handle.of(job))
+    for env in (environ, job_environ):
+        names = {e.split(b"=", 1)[0].decode() for e in env if e}
+        assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "JOBPLANE_LOCAL_DIR"} & names
+        assert not any(b"control-plane-secret" in e for e in env)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running jobs as another user needs root")
+def test_a_job_run_as_nobody_cannot_read_the_stacks_secrets_other_logs_or_write_the_repository(tmp_path):
+    backend = LocalBackend(make_settings(tmp_path, JOBPLANE_LOCAL_RUN_AS="nobody"))
+    admin_token = tmp_path / "admin-token"
+    admin_token.write_text("secret-admin-token\n")
+    admin_token.chmod(0o600)
+    first = make_job(["/usr/bin/python3", "-c", "print('first job private line')"])
+    assert run_to_end(backend, first).status is JobStatus.SUCCEEDED
+    probe = (
+        "import sys\n"
+        "for path in sys.argv[1:3]:\n"
+        "    try:\n"
+        "        print('READ', path, open(path).read()[:40])\n"
+        "    except OSError as exc:\n"
+        "        print('DENIED', path, exc.errno)\n"
+        "try:\n"
+        "    open(sys.argv[3], 'w').write('x'); print('WROTE')\n"
+        "except OSError as exc:\n"
+        "    print('DENIED write', exc.errno)\n"
+        "print('CWD-WRITE', open('mine', 'w').write('ok'))\n"
+    )
+    intruder_file = ROOT / "chalicelib" / f"intruder-{new_job_id()}"
+    other_log = folder_of(backend, first) / "output.log"
+    job = make_job(["/usr/bin/python3", "-c", probe, str(admin_token), str(other_log), str(intruder_file)])
+    try:
+        final = run_to_end(backend, job)
+        output = (folder_of(backend, job) / "output.log").read_text()
+    finally:
+        intruder_file.unlink(missing_ok=True)
+    assert final.status is JobStatus.SUCCEEDED, output
+    assert "READ" not in output and "WROTE" not in output, output
+    assert output.count("DENIED") == 3 and "CWD-WRITE 2" in output, output
+
+
+def test_an_unknown_run_as_user_is_a_clear_error(tmp_path):
+    backend = LocalBackend(make_settings(tmp_path, JOBPLANE_LOCAL_RUN_AS="no-such-user-here"))
+    with pytest.raises(ConfigError, match="JOBPLANE_LOCAL_RUN_AS"):
+        backend.launch(make_job([PY, "-c", "pass"]))

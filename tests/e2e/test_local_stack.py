@@ -99,6 +99,17 @@ def test_cancel_stops_the_running_process_group(stack):
     assert api(stack, "POST", f"/jobs/{job['job_id']}/cancel").status_code == 409
 
 
+def _sign(stack, detail: dict) -> str:
+    """Signed as that job's runner would sign it (the test reads the stack's secret as the stack's user)."""
+    import hashlib
+    import hmac
+
+    from chalicelib.backends.local.runner import sign_detail
+
+    stack_key = bytes.fromhex((stack["dir"] / "jobs" / "event-key").read_text().strip())
+    return sign_detail(hmac.new(stack_key, detail["native_id"].encode(), hashlib.sha256).digest(), detail)
+
+
 def test_local_invoke_feeds_raw_payloads_to_functions(stack):
     scheduled = {
         "version": "0",
@@ -124,6 +135,7 @@ def test_local_invoke_feeds_raw_payloads_to_functions(stack):
         "resources": [],
         "detail": {"native_id": "jp-" + "0" * 32, "state": "SUCCEEDED", "at": "2026-11-26T12:00:00Z"},
     }
+    unknown["detail"]["signature"] = _sign(stack, unknown["detail"])
     result = json.loads(cli(stack, "local", "invoke", "on_job_state_change", stdin=json.dumps(unknown)).stdout)
     assert result["outcome"] == "unknown_job"
     missing = cli(stack, "local", "invoke", "no_such_function", stdin="{}", check=False)

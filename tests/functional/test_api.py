@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from chalicelib import deps
+from chalicelib.backends import get_backend
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
+from chalicelib.backends.local.runner import sign_detail
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new_job_id, utcnow
 from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import job_spec
@@ -457,6 +459,9 @@ def test_events_list_every_transition_in_order(api, alice):
 
 
 def _runner_event(api, status: dict) -> dict:
+    # Signed as the job's runner signs it: with the key the stack derives for that job.
+    key = get_backend("local", deps.get_settings()).event_key(status.get("native_name") or status["native_id"])
+    status = {**status, "signature": sign_detail(key, status)}
     return api.events.generate_cw_event(
         source=EVENT_SOURCE, detail_type=EVENT_DETAIL_TYPE, detail=status, resources=[], region="us-east-1"
     )

@@ -304,7 +304,8 @@ def test_submit_renders_the_template_and_a_retried_worker_submits_once(slack_app
     (job,) = slack_app.service.list(Principal(slack_app.user))[0]
     assert job.spec.to_dict()["command"] == [
         "python",
-        "examples/train_blobs.py",
+        "-m",
+        "examples.train_blobs",
         "--epochs",
         "3",
         "--epoch-seconds",

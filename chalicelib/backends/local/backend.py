@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import logging
 import os
+import pwd
+import secrets
 import signal
 import subprocess
 import sys
@@ -12,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.backends import BackendDescriptor, Cloud
-from chalicelib.backends.agent import parse_report
+from chalicelib.backends.agent import ExitState, parse_report
 from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
@@ -27,7 +32,8 @@ from chalicelib.backends.base import (
     job_env,
     parse_native_name,
 )
-from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.backends.local.runner import sign_detail
+from chalicelib.errors import BackendError, ConfigError, UnsupportedError, ValidationError
 from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -38,6 +44,11 @@ _STATES = {
     "RUNNING": (JobStatus.RUNNING, None),
     "LOST": (JobStatus.FAILED, FailureKind.BACKEND_ERROR),
 }
+
+
+log = logging.getLogger("jobplane.local")
+# What the runner needs of the stack's environment; the rest (AWS keys, endpoints, JOBPLANE_*) stays behind.
+_RUNNER_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "JOBPLANE_KILL_GRACE_SECONDS")
 
 
 def pid_alive(pid: int) -> bool:
@@ -98,7 +109,9 @@ class LocalBackend(ComputeBackend):
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         folder = self.job_dir(handle.native_name)
-        folder.mkdir(parents=True, exist_ok=True)
+        user = self._run_as()
+        folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        folder.mkdir(exist_ok=True, mode=0o700)
         try:
             # Exclusive create: a retried or concurrent launch of the same attempt starts nothing new.
             fd = os.open(folder / "launch.lock", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
@@ -110,8 +123,16 @@ class LocalBackend(ComputeBackend):
         base_env = {k: os.environ[k] for k in ("HOME", "LANG", "LC_ALL", "TMPDIR", "TZ") if k in os.environ}
         path = os.environ.get("PATH", "/usr/bin:/bin")
         base_env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{path}"
+        # Jobs run in their own folder: the project's modules (`python -m examples.x`) are found by import.
+        base_env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
+        work = folder / "work"  # the job's current folder: never the repository
         outputs = folder / "outputs"
-        outputs.mkdir(exist_ok=True)
+        for own in (work, outputs):
+            own.mkdir(exist_ok=True, mode=0o700)
+            if user:
+                os.chown(own, user.pw_uid, user.pw_gid)
+        if user:
+            base_env.update(HOME=str(work), USER=user.pw_name, LOGNAME=user.pw_name)
         runner_spec = {
             "job_id": handle.job_id,
             "native_id": handle.native_name,  # the runner's report names the folder, which is our name
@@ -123,24 +144,68 @@ class LocalBackend(ComputeBackend):
                 **job_env(spec, handle),
                 "JOBPLANE_OUTPUT_DIR": str(outputs),
             },
-            "cwd": os.getcwd(),
+            "cwd": str(work),
+            "user": {"uid": user.pw_uid, "gid": user.pw_gid, "name": user.pw_name} if user else None,
             "max_runtime_seconds": spec.max_runtime_minutes * 60,
             "event_url": self.settings.local_event_url,
+            "event_url_file": str(self.event_url_file()),
             "region": self.settings.region,
         }
-        (folder / "spec.json").write_text(json.dumps(runner_spec))
-        with open(folder / "runner.log", "ab") as log:
+        _write_private(folder / "spec.json", json.dumps(runner_spec))
+        key = self.event_key(handle.native_name)
+        runner_env = {k: os.environ[k] for k in _RUNNER_ENV if k in os.environ}
+        with open(os.open(folder / "runner.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "ab") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "chalicelib.backends.local.runner", str(folder)],
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
                 close_fds=True,
+                env=runner_env,
                 cwd=str(Path(__file__).resolve().parents[3]),
             )
-        (folder / "runner.pid").write_text(str(proc.pid))
+        proc.stdin.write(key.hex().encode())
+        proc.stdin.close()
+        _write_private(folder / "runner.pid", str(proc.pid))
         return LaunchResult(handle.native_name, "Started")
+
+    def _run_as(self) -> pwd.struct_passwd | None:
+        """The user jobs run as; None for the stack's own user."""
+        name = self.settings.local_run_as or ("nobody" if os.geteuid() == 0 else "self")
+        if name == "self":
+            return None
+        try:
+            user = pwd.getpwnam(name)
+        except KeyError:
+            raise ConfigError(f"JOBPLANE_LOCAL_RUN_AS: no user {name!r} on this machine (or 'self')") from None
+        if user.pw_uid == os.geteuid():
+            return None
+        if os.geteuid() != 0:
+            raise ConfigError(f"JOBPLANE_LOCAL_RUN_AS: only a stack run as root can run jobs as {name!r}")
+        return user
+
+    def event_url_file(self) -> Path:
+        return Path(self.settings.local_state_dir).resolve() / "event-url"
+
+    def event_key(self, native_name: str) -> bytes:
+        """The key a job's runner signs its events with: derived, so the stack stores no per-job secret."""
+        return hmac.new(self.stack_key(), native_name.encode(), hashlib.sha256).digest()
+
+    def stack_key(self) -> bytes:
+        path = Path(self.settings.local_event_key_file)
+        try:
+            return bytes.fromhex(path.read_text().strip())
+        except FileNotFoundError:
+            pass
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:  # another launch made it first: use that one
+            return bytes.fromhex(path.read_text().strip())
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secrets.token_hex(32))
+        return bytes.fromhex(path.read_text().strip())
 
     def _describe_impl(self, handle: Handle) -> Observation | None:
         folder = self.job_dir(handle.native_name)
@@ -263,17 +328,47 @@ class LocalBackend(ComputeBackend):
         if raw.get("source") != EVENT_SOURCE or raw.get("detail-type") != EVENT_DETAIL_TYPE:
             return None
         detail = raw.get("detail") or {}
+        if not isinstance(detail, dict):
+            raise ValidationError("detail: must be a JSON object", [{"field": "detail", "message": "an object"}])
         # The running event names the folder as native_id; the exit report as native_name.
-        name = detail.get("native_name") or detail.get("native_id")
-        parsed = parse_native_name(name)
+        native = detail.get("native_name") or detail.get("native_id")
+        parsed = parse_native_name(native if isinstance(native, str) else None)
         if parsed is None:
             return None
-        handle = Handle(parsed[0], name, parsed[1])
-        if detail.get("state") == "RUNNING":
-            status = dict(detail)
-            status.setdefault("at", raw.get("time"))
+        job_id, attempt = parsed
+        signature = detail.get("signature")
+        if not isinstance(signature, str) or not signature:
+            raise ValidationError(
+                f"detail.signature: missing; events for {native} must be signed with the key its runner was given",
+                [{"field": "detail.signature", "message": "required"}],
+            )
+        if not hmac.compare_digest(signature, sign_detail(self.event_key(native), detail)):
+            raise ValidationError(
+                f"detail.signature: does not match {native}'s key; the event was refused and changed nothing",
+                [{"field": "detail.signature", "message": "signed with this job's key"}],
+            )
+        state = detail.get("state")
+        if not isinstance(state, str):
+            raise ValidationError("detail.state: must be a string", [{"field": "detail.state", "message": "a string"}])
+        if state != "RUNNING" and state not in {s.value for s in ExitState}:
+            # Only the stack concludes LOST; a state the runner never sends is noted, not guessed at.
+            log.warning("%s: unknown local state %r recorded and ignored", native, state)
+            return None
+        status = {k: v for k, v in detail.items() if k != "signature"}
+        status.setdefault("at", raw.get("time"))
+        for name in ("at", "started_at"):
+            if status.get(name) is not None:
+                try:
+                    parse_iso(status[name])
+                except (TypeError, ValueError):
+                    raise ValidationError(
+                        f"detail.{name}: not an ISO 8601 time: {status[name]!r}",
+                        [{"field": f"detail.{name}", "message": "an ISO 8601 UTC time"}],
+                    ) from None
+        handle = Handle(job_id, native, attempt)
+        if state == "RUNNING":
             return self._observation(handle, status)
-        return self._from_report(handle, detail)
+        return self._from_report(handle, status)
 
 
 def _still_running(folder: Path, runner_pid: int) -> bool:
@@ -282,6 +377,11 @@ def _still_running(folder: Path, runner_pid: int) -> bool:
         return False
     job_pid = (read_json(folder / "runner.json") or {}).get("pid")
     return pid_alive(runner_pid) or (bool(job_pid) and pid_alive(int(job_pid)))
+
+
+def _write_private(path: Path, text: str) -> None:
+    with os.fdopen(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(text)
 
 
 def _read_pid(path: Path) -> int | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -24,7 +26,8 @@ def _now() -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data))
+    with os.fdopen(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(json.dumps(data))
     os.replace(tmp, path)  # atomic: a reader never sees half a status
 
 
@@ -43,11 +46,31 @@ def _report(spec: dict, exit_code: int, stopped_by: StopCause | None, started_at
     return {**report, "at": report["finished_at"]}
 
 
-def post_event(url: str | None, region: str, detail: dict, attempts: int = 8) -> bool:
-    """Deliver a state change as an EventBridge-shaped event to the function endpoint."""
-    if not url or not url.startswith(("http://", "https://")):
-        return False
+def sign_detail(key: bytes, detail: dict) -> str:
+    """HMAC-SHA256 of the detail's canonical JSON (every member but the signature itself)."""
+    unsigned = {k: v for k, v in detail.items() if k != "signature"}
+    canonical = json.dumps(unsigned, sort_keys=True, separators=(",", ":")).encode()
+    return "v1=" + hmac.new(key, canonical, hashlib.sha256).hexdigest()
+
+
+def _current_url(url: str | None, url_file: str | None) -> str | None:
+    # A restarted stack serves its functions on a new port and writes it here: reports reach it.
+    if url_file:
+        try:
+            return Path(url_file).read_text().strip() or url
+        except OSError:
+            pass
+    return url
+
+
+def post_event(
+    url: str | None, region: str, detail: dict, attempts: int = 8, key: bytes | None = None, url_file: str | None = None
+) -> bool:
+    """Deliver a state change as an EventBridge-shaped event to the function endpoint, signed with the job's key."""
     import urllib.request
+
+    if key is not None:
+        detail = {**detail, "signature": sign_detail(key, detail)}
 
     event = {
         "version": "0",
@@ -63,8 +86,11 @@ def post_event(url: str | None, region: str, detail: dict, attempts: int = 8) ->
     body = json.dumps(event).encode()
     delay = 0.2
     for _ in range(attempts):
+        target = _current_url(url, url_file)
+        if not target or not target.startswith(("http://", "https://")):
+            return False
         try:
-            req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})  # noqa: S310
+            req = urllib.request.Request(target, data=body, headers={"Content-Type": "application/json"})  # noqa: S310
             with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - http(s) checked above
                 if resp.status < 300:
                     return True
@@ -90,9 +116,22 @@ def _stop_group(pgid: int, proc: subprocess.Popen) -> None:
         pass
 
 
-def run(folder: Path) -> int:
+def _read_key() -> bytes | None:
+    # The stack hands the job's key over a pipe: it is in no file and no environment the job can see.
+    if sys.stdin is None or sys.stdin.isatty():
+        return None
+    key = sys.stdin.buffer.read().strip()
+    return bytes.fromhex(key.decode()) if key else None
+
+
+def run(folder: Path, key: bytes | None = None) -> int:
+    os.umask(0o077)  # what the runner and the job create is theirs alone
     spec = json.loads((folder / "spec.json").read_text())
     stop_requested = {"flag": False}
+    user = spec.get("user") or {}
+
+    def report(detail: dict) -> bool:
+        return post_event(spec.get("event_url"), spec["region"], detail, key=key, url_file=spec.get("event_url_file"))
 
     def _on_term(signum, frame):  # noqa: ARG001
         stop_requested["flag"] = True
@@ -100,9 +139,13 @@ def run(folder: Path) -> int:
     signal.signal(signal.SIGTERM, _on_term)
     signal.signal(signal.SIGINT, _on_term)
     base = {"job_id": spec["job_id"], "native_id": spec["native_id"], "attempt": spec["attempt"]}
-    log = open(folder / "output.log", "ab")
+    # The runner keeps the log's only handle worth having: the job writes to it through its stdout.
+    log = os.fdopen(os.open(folder / "output.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "ab")
+    as_user = {"user": user["uid"], "group": user["gid"], "extra_groups": []} if user else {}
     try:
         # The command is an argument list executed directly: no shell ever parses it or the env.
+        # The child enters its folder before it drops to the job's user, so it runs there even
+        # when the folders above it are closed to that user.
         proc = subprocess.Popen(
             spec["command"],
             cwd=spec["cwd"],
@@ -112,17 +155,18 @@ def run(folder: Path) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            **as_user,
         )
     except OSError as exc:
         status = _report(spec, 127, None, None, reason=f"could not start {spec['command'][0]!r}: {exc.strerror or exc}")
         _write_json(folder / "status.json", status)
-        post_event(spec.get("event_url"), spec["region"], status)
+        report(status)
         return 0
     started = time.monotonic()
     running = {**base, "state": "RUNNING", "pid": proc.pid, "at": _now(), "reason": "process started"}
     _write_json(folder / "runner.json", running)
     # Delivery retries for a long while when the endpoint is down; cancel and max runtime must not wait for it.
-    sender = threading.Thread(target=post_event, args=(spec.get("event_url"), spec["region"], running), daemon=True)
+    sender = threading.Thread(target=report, args=(running,), daemon=True)
     sender.start()
 
     deadline = started + spec["max_runtime_seconds"]
@@ -154,9 +198,9 @@ def run(folder: Path) -> int:
     status = _report(spec, exit_code, outcome, running["at"])
     _write_json(folder / "status.json", status)
     sender.join()  # the final event follows the first one, as it happened
-    post_event(spec.get("event_url"), spec["region"], status)
+    report(status)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(Path(sys.argv[1])))
+    sys.exit(run(Path(sys.argv[1]), _read_key()))
