@@ -46,15 +46,15 @@ def standard_retries():
 
 
 class SharedSession:
-    """What pynamodb asks of a session (`create_client`), answered from the shared session and client cache."""
+    """What pynamodb asks of a session (`create_client`), answered from the shared session.
 
-    def create_client(self, service_name, region_name=None, endpoint_url=None, config=None, **kwargs):
-        if kwargs:  # explicit credentials and the like: not a client to share
-            with _lock:
-                return botocore_session().create_client(
-                    service_name, region_name=region_name, endpoint_url=endpoint_url, config=config, **kwargs
-                )
-        return client(service_name, region_name, endpoint_url, config)
+    Each pynamodb connection (one per table) keeps a client of its own: a client's pool is sized for one
+    table's threads, and one client for every table made 16 threads queue on 10 connections.
+    """
+
+    def create_client(self, *args, **kwargs):
+        with _lock:
+            return botocore_session().create_client(*args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(botocore_session(), name)

@@ -157,8 +157,8 @@ def share_botocore_loader() -> None:
 
     pynamodb opens a botocore session per model (per thread) and a client per connection; each new
     session parses the DynamoDB service description again (0.1-0.2 s per table on a cold Lambda) and
-    resolves credentials again. The shared session parses once, and every table with the same
-    region, endpoint and config uses one client (clients are thread-safe; they are made under a lock).
+    resolves credentials again. The shared session parses once; each connection still makes its own
+    client (under the session's lock: sessions are not thread-safe), so each table keeps its own pool.
     """
     import pynamodb.connection.base as pynamodb_base
 

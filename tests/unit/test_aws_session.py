@@ -25,13 +25,20 @@ def test_backends_share_one_client_per_service_from_the_one_session(tmp_path, mo
     assert sagemaker.client("sts").meta.config.retries["mode"] == "standard"
 
 
-def test_every_table_of_the_stores_uses_one_dynamodb_client(tmp_path, moto_endpoint):
+def test_every_table_of_the_stores_is_served_from_the_one_session(tmp_path, moto_endpoint):
     from chalicelib.store.tables import dynamo_stores
 
     stores = dynamo_stores(make_settings(tmp_path, moto_endpoint))
     models = [model for store in stores.values() for model in store.models.values()]
-    clients = {id(model._get_connection().connection.client) for model in models}
-    assert len(models) > 4 and len(clients) == 1
+    connections = [model._get_connection().connection for model in models]
+    for connection in connections:
+        connection.client  # noqa: B018 - made on first use
+    session = aws_session.botocore_session()
+    assert len(models) > 4
+    # One session (the service description parsed once), a client per table (each table its own pool).
+    # Credentials are resolved once for the container, as the backends' clients see them.
+    assert {id(c.session.get_credentials()) for c in connections} == {id(session.get_credentials())}
+    assert len({id(c.client) for c in connections}) == len(connections)
 
 
 def test_the_secrets_reader_uses_the_shared_session(tmp_path, moto_endpoint):
