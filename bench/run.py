@@ -7,6 +7,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cold_start  # noqa: E402
 import cost  # noqa: E402
 import dynamodb_requests  # noqa: E402
 import import_cost  # noqa: E402
@@ -20,6 +21,8 @@ def main() -> int:
     dynamodb_requests.main()
     print("\n== Cold-start import cost (median of interleaved fresh processes) ==")
     import_cost.main()
+    print("\n== Cold start served: a fresh process's first state event and API requests (moto, loopback GCP fake) ==")
+    cold_start.main()
     print("\n== A VM job's end to its VM's stop request (EC2 on moto) ==")
     vm_stop.main()
     print("\n== Control-plane cost per 1,000 jobs ==")

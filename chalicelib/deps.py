@@ -109,14 +109,14 @@ def get_service():
 
 def read_secret(name: str, settings=None) -> str:
     """A secret's value: Secrets Manager, or SSM Parameter Store (decrypted) when `name` is "ssm:<parameter>"."""
-    import boto3
+    from chalicelib import aws_session
 
     settings = settings or get_settings()
-    kw = {"region_name": settings.region, "endpoint_url": settings.aws_endpoint_url}
     if name.startswith("ssm:"):
-        response = boto3.client("ssm", **kw).get_parameter(Name=name[len("ssm:") :], WithDecryption=True)
-        return response["Parameter"]["Value"].strip()
-    return boto3.client("secretsmanager", **kw).get_secret_value(SecretId=name)["SecretString"].strip()
+        ssm = aws_session.client("ssm", settings.region, settings.aws_endpoint_url)
+        return ssm.get_parameter(Name=name[len("ssm:") :], WithDecryption=True)["Parameter"]["Value"].strip()
+    secrets = aws_session.client("secretsmanager", settings.region, settings.aws_endpoint_url)
+    return secrets.get_secret_value(SecretId=name)["SecretString"].strip()
 
 
 def get_secret(name: str | None) -> str | None:

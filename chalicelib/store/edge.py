@@ -1,4 +1,4 @@
-"""What every DynamoDB store shares: one translation of pynamodb/botocore errors, one botocore loader, table setup."""
+"""What every DynamoDB store shares: one translation of pynamodb/botocore errors, one botocore session, table setup."""
 
 from __future__ import annotations
 
@@ -196,24 +196,19 @@ _shared_loader: list[Any] = []
 
 
 def share_botocore_loader() -> None:
-    """One botocore data loader for every pynamodb connection in this process.
+    """Every pynamodb connection in this process on the container's one botocore session.
 
-    pynamodb opens a botocore session per model (per thread), and each new session parses the
-    DynamoDB service description again: about 0.1-0.2 s per table on a cold Lambda, for the same
-    data. Sessions made here share one loader, so it is parsed once per container.
+    pynamodb opens a botocore session per model (per thread) and a client per connection; each new
+    session parses the DynamoDB service description again (0.1-0.2 s per table on a cold Lambda) and
+    resolves credentials again. The shared session parses once; each connection still makes its own
+    client (under the session's lock: sessions are not thread-safe), so each table keeps its own pool.
     """
-    import botocore.loaders
-    import botocore.session
     import pynamodb.connection.base as pynamodb_base
+
+    from chalicelib.aws_session import SharedSession
 
     with _loader_lock:
         if _shared_loader:
             return
-        _shared_loader.append(botocore.loaders.create_loader())
-
-        def get_session():
-            session = botocore.session.Session()
-            session.register_component("data_loader", _shared_loader[0])
-            return session
-
-        pynamodb_base.get_session = get_session
+        _shared_loader.append(SharedSession())
+        pynamodb_base.get_session = lambda: _shared_loader[0]
