@@ -15,8 +15,8 @@ from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, JobSta
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.memory import InMemoryJobStore
-from tests.backends.conftest import boto, make_job
 from tests.conftest import make_settings
+from tests.factories import boto, make_job
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"

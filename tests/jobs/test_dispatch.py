@@ -9,7 +9,7 @@ from chalicelib.jobs.dispatch import Dispatcher, launch_failure
 from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, new_job_id, utcnow
 from chalicelib.jobs.spec import parse_spec
 from tests.conftest import make_settings
-from tests.jobs.test_faults import ScriptedBackend
+from tests.factories import ScriptedBackend
 
 
 def _queued(store) -> Job:

@@ -13,9 +13,9 @@ from chalicelib.errors import CapacityExhaustedError, StaleStateError, Validatio
 from chalicelib.jobs.capacity import Claim, claims_for, family_of, queue_order, units_of
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, Transition, utcnow
 from chalicelib.jobs.service import JobService
-from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import make_settings
+from tests.factories import make_spec
 
 ALICE = Principal("alice")
 
@@ -50,7 +50,7 @@ def _service(store, tmp_path, limits="local:cpu=2"):
 
 
 def _spec(name, **extra):
-    return parse_spec({"name": name, "backend": "local", "command": ["true"], **extra})
+    return make_spec(name=name, command=["true"], **extra)
 
 
 def _finish(service, job, status=JobStatus.SUCCEEDED, kind=None):
@@ -88,7 +88,7 @@ def test_the_wildcard_pool_covers_gpu_families_but_not_cpu_jobs():
 
 
 def _spec_with(priority: int) -> JobSpec:
-    return JobSpec.from_dict({"name": "n", "command": ["true"], "priority": priority})
+    return make_spec(name="n", command=["true"], priority=priority)
 
 
 def test_queue_order_is_priority_then_age():
