@@ -57,7 +57,7 @@ def make_job(
     """A job on `backend`; `spec` is a typed spec or a dict laid over `spec_dict`'s defaults for that backend
     (checked as the API checks a spec, not against the backend, so a test can build a job the backend refuses)."""
     if not isinstance(spec, JobSpec):
-        spec = parse_spec(spec_dict(**{**(spec or {}), "backend": backend}))
+        spec = parse_spec(spec_dict(**{"backend": backend, **(spec or {})}))
     job = Job(job_id or new_job_id(), spec.name, owner, status, backend, spec, created_at or utcnow(), attempt=attempt)
     return job.with_changes(**changes) if changes else job
 

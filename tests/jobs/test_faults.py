@@ -16,7 +16,7 @@ from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.reaper import reconcile
 from tests.conftest import make_settings
-from tests.factories import ScriptedBackend, make_spec
+from tests.factories import ScriptedBackend, make_history, make_job, make_spec
 
 ALICE = Principal("alice")
 
@@ -78,10 +78,8 @@ def test_a_resource_launched_before_a_crash_is_adopted_not_launched_again(memory
 def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path, moto_endpoint):
     dynamo_store.endpoint = moto_endpoint
     service, backend = _setup(dynamo_store, tmp_path)
-    from chalicelib.jobs.model import EventSource, HistoryEntry, Job, new_job_id
-
-    job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", _spec("j"), utcnow())
-    dynamo_store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
+    job = make_job("local", _spec("j"), status=JobStatus.QUEUED)
+    dynamo_store.create_job(job, make_history(job, reason="s"))
     barrier = threading.Barrier(6)
 
     def go():

@@ -15,7 +15,7 @@ from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobSt
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import make_settings
-from tests.factories import make_spec
+from tests.factories import make_history, make_job, make_spec
 
 ALICE = Principal("alice")
 
@@ -103,18 +103,8 @@ def test_queue_order_is_priority_then_age():
 
 # --- store: the counters move only with the job, atomically -----------------------------------
 def _queued(store, name="j"):
-    from chalicelib.jobs.model import HistoryEntry, new_job_id
-
-    job = Job(
-        new_job_id(),
-        name,
-        "alice",
-        JobStatus.QUEUED,
-        "local",
-        JobSpec.from_dict({"name": name, "command": ["true"]}),
-        utcnow(),
-    )
-    store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
+    job = make_job("local", JobSpec.from_dict({"name": name, "command": ["true"]}), status=JobStatus.QUEUED)
+    store.create_job(job, make_history(job, reason="s"))
     return job
 
 

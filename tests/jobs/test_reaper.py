@@ -10,15 +10,16 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.backends.base import Observation, PowerState, ResourceKind, Utilization
+from chalicelib.backends.base import PowerState, ResourceKind, Utilization
 from chalicelib.backends.local.backend import LocalBackend, pid_alive
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
+from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import EFFECTS, Action, Decision, ReapPolicy, apply, decide_resource, reconcile
 from tests.conftest import make_settings
-from tests.factories import make_job, make_resource
+from tests.factories import make_job, make_observation, make_resource
 
 NOW = utcnow()
 POLICY = ReapPolicy(idle_gpu_percent=5, idle_minutes=30, overdue_grace_minutes=15)
@@ -31,7 +32,7 @@ def _vm(**kw):
 def _job(status=JobStatus.RUNNING, attempt=1, max_runtime=120):
     return make_job(
         "ec2",
-        {"name": "j", "command": ["true"], "max_runtime_minutes": max_runtime},
+        JobSpec.from_dict({"name": "j", "command": ["true"], "max_runtime_minutes": max_runtime}),
         job_id="a" * 32,
         attempt=attempt,
         status=status,
@@ -236,7 +237,9 @@ def test_each_action_is_applied_by_its_entry_in_the_table(action, calls):
 
 def test_an_observation_is_applied_as_reconciles_event():
     recorder = _Recorder()
-    seen = Observation(JobStatus.SUCCEEDED, "Completed", "jp-" + "a" * 32, "a" * 32, 1, reason="done")
+    seen = make_observation(
+        _job(), JobStatus.SUCCEEDED, native_status="Completed", native_id="jp-" + "a" * 32, reason="done"
+    )
     apply(recorder, Decision("a" * 32, Action.APPLY, "backend reports Completed"), _job(), observation=seen)
     assert recorder.calls == [("event", JobStatus.SUCCEEDED, None, "done")]
 
