@@ -40,6 +40,29 @@ def moto_endpoint():
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def fake_server():
+    """The loopback fake of the Vertex, Compute and Storage REST APIs, shared by the session."""
+    from tests.gcp.fakegcp import FakeGcp
+
+    fake = FakeGcp().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def fake_gcp(fake_server):
+    """The shared fake, emptied for each test."""
+    fake_server.requests.clear()
+    fake_server.custom_jobs.clear()
+    fake_server.instances.clear()
+    fake_server.objects.clear()
+    fake_server.guest_attributes.clear()
+    fake_server.fail_next.clear()
+    fake_server._ids = 1000
+    return fake_server
+
+
 def make_settings(tmp_path, endpoint=None, **overrides):
     from chalicelib.config import Settings
 

@@ -17,7 +17,7 @@ from chalicelib.jobs.service import JobService
 from chalicelib.store.memory import InMemoryJobStore
 from chalicelib.triggers import handle_s3_event, load_rules, parse_rules
 from tests.conftest import make_settings
-from tests.jobs.test_faults import ScriptedBackend
+from tests.factories import ScriptedBackend
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "events" / "s3-object-created.json"
 RULES = {

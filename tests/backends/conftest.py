@@ -28,19 +28,3 @@ def aws_settings(request, tmp_path):
 
         with mock_aws(config={"batch": {"use_docker": False}}):
             yield make_settings(tmp_path, None, JOBPLANE_STAGE=stage, JOBPLANE_BACKENDS=AWS_BACKENDS)
-
-
-def boto(settings, service):
-    import boto3
-
-    return boto3.client(service, region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
-
-
-def make_job(backend: str, spec: dict, job_id: str | None = None, attempt: int = 1, owner: str = "alice"):
-    from chalicelib.jobs.model import Job, JobStatus, new_job_id, utcnow
-    from chalicelib.jobs.spec import parse_spec
-
-    typed = parse_spec({"name": "train", "command": ["python", "train.py"], **spec, "backend": backend})
-    return Job(
-        job_id or new_job_id(), typed.name, owner, JobStatus.LAUNCHING, backend, typed, utcnow(), attempt=attempt
-    )

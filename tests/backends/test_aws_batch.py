@@ -11,7 +11,7 @@ from chalicelib.backends.base import Handle
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
-from tests.backends.conftest import boto, make_job
+from tests.factories import boto, make_job
 
 SPEC = {
     "image": "train:1",

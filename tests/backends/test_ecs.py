@@ -14,8 +14,8 @@ from chalicelib.errors import CapacityError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
-from tests.backends.conftest import boto, make_job
 from tests.conftest import make_settings
+from tests.factories import boto, make_job
 
 SPEC = {"image": "train:1", "command": ["python", "train.py"], "resources": {"gpus": 1, "gpu_type": "T4"}}
 

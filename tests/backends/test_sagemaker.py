@@ -10,7 +10,7 @@ from chalicelib.backends.base import Handle
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
-from tests.backends.conftest import boto, make_job
+from tests.factories import boto, make_job
 
 SPEC = {
     "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",

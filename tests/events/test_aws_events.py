@@ -11,12 +11,12 @@ import pytest
 
 from chalicelib.auth import Principal
 from chalicelib.events import EventResult, Outcome, handle_state_change
-from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, JobStatus, native_name
+from chalicelib.jobs.model import FailureKind, JobStatus, native_name
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.memory import InMemoryJobStore
-from tests.backends.conftest import boto, make_job
 from tests.conftest import make_settings
+from tests.factories import boto, make_history, make_job
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"
@@ -48,7 +48,7 @@ def stored(store, backend: str, spec: dict | None = None, status=JobStatus.LAUNC
         status=status, native_id=native_id
     )
     job = job.with_changes(native_id=native_id or native_name(job.job_id, attempt))
-    store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, status, "test", EventSource.API))
+    store.create_job(job, make_history(job))
     return job
 
 

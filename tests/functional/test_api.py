@@ -14,10 +14,10 @@ from chalicelib import deps
 from chalicelib.backends import get_backend
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
 from chalicelib.backends.local.runner import sign_detail
-from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new_job_id, utcnow
-from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.jobs.model import JobStatus, new_job_id, utcnow
 from tests.conftest import job_spec
 from tests.conftest import wait_for as _wait_for
+from tests.factories import make_history, make_job
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]
@@ -78,16 +78,10 @@ def seed(api, owner, n, status=JobStatus.QUEUED) -> list[str]:
     base = utcnow()
     ids = []
     for i in range(n):
-        job = Job(
-            new_job_id(),
-            f"seed-{i}",
-            owner,
-            status,
-            "local",
-            JobSpec.from_dict(job_spec(f"seed-{i}")),
-            base + timedelta(seconds=i),
+        job = make_job(
+            "local", job_spec(f"seed-{i}"), owner=owner, status=status, created_at=base + timedelta(seconds=i)
         )
-        api.store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, status, "seeded", EventSource.API))
+        api.store.create_job(job, make_history(job, reason="seeded"))
         ids.append(job.job_id)
     return ids
 

@@ -6,16 +6,15 @@ import pytest
 
 from chalicelib.errors import BackendError, CapacityError, QuotaError
 from chalicelib.jobs.dispatch import Dispatcher, launch_failure
-from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, new_job_id, utcnow
-from chalicelib.jobs.spec import parse_spec
+from chalicelib.jobs.model import EventSource, FailureKind, Job, JobStatus
 from tests.conftest import make_settings
-from tests.jobs.test_faults import ScriptedBackend
+from tests.factories import ScriptedBackend, make_history, make_job
 
 
 def _queued(store) -> Job:
-    spec = parse_spec({"name": "j", "backend": "local", "command": ["true"], "image": "train:1"})
-    job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", spec, utcnow(), candidates=("local",))
-    store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "seeded", EventSource.API))
+    spec = {"name": "j", "command": ["true"], "image": "train:1"}
+    job = make_job("local", spec, status=JobStatus.QUEUED, candidates=("local",))
+    store.create_job(job, make_history(job, reason="seeded"))
     return job
 
 

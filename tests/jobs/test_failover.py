@@ -13,7 +13,7 @@ from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
 from tests.conftest import make_settings
-from tests.jobs.test_faults import ScriptedBackend
+from tests.factories import ScriptedBackend, make_spec
 
 ALICE = Principal("alice")
 
@@ -29,7 +29,7 @@ def _setup(store, tmp_path, scripts):
 
 
 def _spec(**extra):
-    return parse_spec({"name": "job", "backend": "local", "command": ["true"], "image": "train:1", **extra})
+    return make_spec(name="job", command=["true"], image="train:1", **extra)
 
 
 def test_no_capacity_fails_over_to_the_next_candidate_and_records_each_attempt(memory_store, tmp_path):

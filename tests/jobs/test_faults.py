@@ -11,50 +11,14 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.backends.base import ComputeBackend, LaunchResult, Observation
 from chalicelib.errors import CapacityError, QuotaError
 from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
-from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
 from tests.conftest import make_settings
+from tests.factories import ScriptedBackend, make_history, make_job, make_spec
 
 ALICE = Principal("alice")
-
-
-class ScriptedBackend(ComputeBackend):
-    """A provider whose launches follow a script: "ok", "crash", or an exception to raise."""
-
-    name = "local"
-    named_by_us = True  # keyed by the name it is given, as the local backend is
-
-    def __init__(self, settings, script=()):
-        super().__init__(settings)
-        self.script = list(script)
-        self.resources: dict[str, str] = {}  # native id -> native status
-        self.launch_calls = 0
-        self._lock = threading.Lock()
-
-    def _launch_impl(self, job, handle):
-        with self._lock:
-            self.launch_calls += 1
-            step = self.script.pop(0) if self.script else "ok"
-            if step == "crash":
-                raise SystemExit("the function died mid-invocation")  # not an error we handle: a crash
-            if isinstance(step, Exception):
-                raise step
-            # Launching the same native name twice finds the existing resource (as every backend must).
-            self.resources.setdefault(handle.native_name, "Running")
-            return LaunchResult(handle.native_name)
-
-    def _describe_impl(self, handle):
-        status = self.resources.get(handle.native_name)
-        if status is None:
-            return None
-        return Observation(JobStatus.RUNNING, status, handle.native_name, handle.job_id, handle.attempt)
-
-    def _cancel_impl(self, handle):
-        self.resources.pop(handle.native_name, None)
 
 
 def _setup(store, tmp_path, script=(), **env):
@@ -64,7 +28,7 @@ def _setup(store, tmp_path, script=(), **env):
 
 
 def _spec(name="job", **extra):
-    return parse_spec({"name": name, "backend": "local", "command": ["true"], **extra})
+    return make_spec(name=name, command=["true"], **extra)
 
 
 def _age(store, job, seconds):
@@ -114,10 +78,8 @@ def test_a_resource_launched_before_a_crash_is_adopted_not_launched_again(memory
 def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path, moto_endpoint):
     dynamo_store.endpoint = moto_endpoint
     service, backend = _setup(dynamo_store, tmp_path)
-    from chalicelib.jobs.model import EventSource, HistoryEntry, Job, new_job_id
-
-    job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", _spec("j"), utcnow())
-    dynamo_store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
+    job = make_job("local", _spec("j"), status=JobStatus.QUEUED)
+    dynamo_store.create_job(job, make_history(job, reason="s"))
     barrier = threading.Barrier(6)
 
     def go():

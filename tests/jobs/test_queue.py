@@ -13,9 +13,9 @@ from chalicelib.errors import CapacityExhaustedError, StaleStateError, Validatio
 from chalicelib.jobs.capacity import Claim, claims_for, family_of, queue_order, units_of
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, Transition, utcnow
 from chalicelib.jobs.service import JobService
-from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 from tests.conftest import make_settings
+from tests.factories import make_history, make_job, make_spec
 from tests.jobs.conflicts import inject_transaction_conflicts
 
 ALICE = Principal("alice")
@@ -51,7 +51,7 @@ def _service(store, tmp_path, limits="local:cpu=2"):
 
 
 def _spec(name, **extra):
-    return parse_spec({"name": name, "backend": "local", "command": ["true"], **extra})
+    return make_spec(name=name, command=["true"], **extra)
 
 
 def _finish(service, job, status=JobStatus.SUCCEEDED, kind=None):
@@ -89,7 +89,7 @@ def test_the_wildcard_pool_covers_gpu_families_but_not_cpu_jobs():
 
 
 def _spec_with(priority: int) -> JobSpec:
-    return JobSpec.from_dict({"name": "n", "command": ["true"], "priority": priority})
+    return make_spec(name="n", command=["true"], priority=priority)
 
 
 def test_queue_order_is_priority_then_age():
@@ -104,18 +104,8 @@ def test_queue_order_is_priority_then_age():
 
 # --- store: the counters move only with the job, atomically -----------------------------------
 def _queued(store, name="j"):
-    from chalicelib.jobs.model import HistoryEntry, new_job_id
-
-    job = Job(
-        new_job_id(),
-        name,
-        "alice",
-        JobStatus.QUEUED,
-        "local",
-        JobSpec.from_dict({"name": name, "command": ["true"]}),
-        utcnow(),
-    )
-    store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
+    job = make_job("local", JobSpec.from_dict({"name": name, "command": ["true"]}), status=JobStatus.QUEUED)
+    store.create_job(job, make_history(job, reason="s"))
     return job
 
 

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from chalicelib.auth import Principal
-from chalicelib.backends.base import ManagedResource, Observation, PowerState, ResourceKind, Utilization
+from chalicelib.backends.base import PowerState, ResourceKind, Utilization
 from chalicelib.backends.local.backend import LocalBackend, pid_alive
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
@@ -19,38 +19,24 @@ from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import EFFECTS, Action, Decision, ReapPolicy, apply, decide_resource, reconcile
 from tests.conftest import make_settings
+from tests.factories import make_job, make_observation, make_resource
 
 NOW = utcnow()
 POLICY = ReapPolicy(idle_gpu_percent=5, idle_minutes=30, overdue_grace_minutes=15)
 
 
 def _vm(**kw):
-    base = dict(
-        backend="ec2",
-        resource_id="i-0abc",
-        kind=ResourceKind.VM,
-        state="running",
-        power=PowerState.RUNNING,
-        stage="test",
-        native_name="jp-" + "a" * 32,
-        job_id="a" * 32,
-        attempt=1,
-        launched_at=NOW - timedelta(hours=1),
-    )
-    base.update(kw)
-    return ManagedResource(**base)
+    return make_resource(now=NOW, **kw)
 
 
 def _job(status=JobStatus.RUNNING, attempt=1, max_runtime=120):
-    return Job(
-        "a" * 32,
-        "j",
-        "alice",
-        status,
+    return make_job(
         "ec2",
         JobSpec.from_dict({"name": "j", "command": ["true"], "max_runtime_minutes": max_runtime}),
-        NOW - timedelta(hours=2),
+        job_id="a" * 32,
         attempt=attempt,
+        status=status,
+        created_at=NOW - timedelta(hours=2),
         started_at=NOW - timedelta(hours=1),
     )
 
@@ -251,7 +237,9 @@ def test_each_action_is_applied_by_its_entry_in_the_table(action, calls):
 
 def test_an_observation_is_applied_as_reconciles_event():
     recorder = _Recorder()
-    seen = Observation(JobStatus.SUCCEEDED, "Completed", "jp-" + "a" * 32, "a" * 32, 1, reason="done")
+    seen = make_observation(
+        _job(), JobStatus.SUCCEEDED, native_status="Completed", native_id="jp-" + "a" * 32, reason="done"
+    )
     apply(recorder, Decision("a" * 32, Action.APPLY, "backend reports Completed"), _job(), observation=seen)
     assert recorder.calls == [("event", JobStatus.SUCCEEDED, None, "done")]
 

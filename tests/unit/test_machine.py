@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.machine import decide
 from chalicelib.jobs.model import TERMINAL, EventSource, FailureKind, Job, JobEvent, JobStatus
-from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import apply_changes
+from tests import factories
 
 Q, L, R, C, S, F, X = (
     JobStatus.QUEUED,
@@ -28,11 +28,9 @@ JOB_ID = "0123456789abcdef0123456789abcdef"
 
 
 def make_job(status=Q, attempt=1, retries=None, **changes) -> Job:
-    spec = {"name": "train", "command": ["true"], "backend": "local"}
-    if retries is not None:
-        spec["retries"] = retries
-    job = Job(JOB_ID, "train", "alice", status, "local", JobSpec.from_dict(spec), created_at=T0, attempt=attempt)
-    return job.with_changes(**changes)
+    """The factory's job with this module's fixed id and clock, so decide()'s tables can be read as data."""
+    spec = {"command": ["true"]} if retries is None else {"command": ["true"], "retries": retries}
+    return factories.make_job("local", spec, job_id=JOB_ID, attempt=attempt, status=status, created_at=T0, **changes)
 
 
 def event(status, seconds=1, **kw) -> JobEvent:

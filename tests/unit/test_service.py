@@ -20,9 +20,9 @@ from chalicelib.events import handle_state_change
 from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
-from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import reconcile
 from tests.conftest import job_spec, make_settings, wait_for
+from tests.factories import make_history, make_job
 
 ALICE = Principal("alice")
 BOB = Principal("bob")
@@ -320,21 +320,13 @@ def _seed(service, owner, n, status=JobStatus.QUEUED):
     """Jobs straight into the store (no processes): listing is about the store and the token."""
     from datetime import timedelta
 
-    from chalicelib.jobs.model import HistoryEntry, Job, new_job_id, utcnow
+    from chalicelib.jobs.model import utcnow
 
     jobs = []
     base = utcnow()
     for i in range(n):
-        job = Job(
-            new_job_id(),
-            f"j{i}",
-            owner,
-            status,
-            "local",
-            JobSpec.from_dict(job_spec(f"j{i}")),
-            base + timedelta(seconds=i),
-        )
-        service.store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, status, "seeded", EventSource.API))
+        job = make_job("local", job_spec(f"j{i}"), owner=owner, status=status, created_at=base + timedelta(seconds=i))
+        service.store.create_job(job, make_history(job, reason="seeded"))
         jobs.append(job)
     return jobs
 
