@@ -70,6 +70,14 @@ def _say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
 
+def _others_can_run(program: str) -> bool:
+    """True when a user with no rights of its own can execute `program` (every folder on its real path
+    searchable by others, the file executable by others)."""
+    path = Path(os.path.realpath(program))
+    folders_ok = all(p.stat().st_mode & 0o001 for p in path.parents)
+    return folders_ok and bool(path.stat().st_mode & 0o001)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="run the example job on a fresh local stack")
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT") or 8000), help="the API's port")
@@ -81,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"a demo stack is still running from {directory}: stop it first")
     shutil.rmtree(directory, ignore_errors=True)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if os.geteuid() == 0 and "JOBPLANE_LOCAL_RUN_AS" not in env and not _others_can_run(sys.executable):
+        # As root the stack runs jobs as nobody, who cannot reach this Python (it lives under a 0700
+        # home, as pyenv's does): the demo's jobs run as the stack's user instead, and says so.
+        print(f"note: {sys.executable} is not reachable by nobody; demo jobs run as root (JOBPLANE_LOCAL_RUN_AS=self)")
+        env["JOBPLANE_LOCAL_RUN_AS"] = "self"
     _say(f"starting the local stack (moto, API on http://127.0.0.1:{args.port}, local backend, event sources)")
     stack = subprocess.Popen(
         [
