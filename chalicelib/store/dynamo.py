@@ -262,9 +262,13 @@ class DynamoJobStore(DynamoStore, JobStore):
         self.Idempotency = self.models["idempotency"]
         self.Capacity = self.models["capacity"]
 
-    def create_tables(self) -> None:
-        super().create_tables()
-        self.backfill_owner_status()
+    def create_tables(self) -> set[str]:
+        created = super().create_tables()
+        if "jobs" not in created:
+            # Only a table that already held jobs can hold some written before the index: a new one
+            # skips the Scan, whose cost grows with the history.
+            self.backfill_owner_status()
+        return created
 
     def backfill_owner_status(self) -> int:
         """Give jobs written before the owner-status index their key (a job that never changes again would

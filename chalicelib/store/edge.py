@@ -161,12 +161,15 @@ class DynamoStore:
             if not name.startswith("_") and inspect.isfunction(member):
                 setattr(cls, name, _translated(member))
 
-    def create_tables(self) -> None:
-        """Create whatever tables of this store are missing (tests, the local stack)."""
+    def create_tables(self) -> set[str]:
+        """Create whatever tables of this store are missing (tests, the local stack); returns the kinds created."""
+        created = set()
         with dynamo_errors():
-            for model in self.models.values():
+            for kind, model in self.models.items():
                 if not model.exists():
                     model.create_table(wait=True, billing_mode="PAY_PER_REQUEST")
+                    created.add(kind)
+        return created
 
 
 def get_or_none(model: type[Model], hash_key: str, **kwargs: Any) -> Any:
