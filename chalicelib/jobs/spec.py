@@ -21,6 +21,9 @@ NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 URI_RE = re.compile(r"^(s3|gs)://[a-z0-9][a-z0-9.\-_]{1,221}[a-z0-9](/.*)?$")
+# An input's name is its folder under $JOBPLANE_INPUT_DIR (and its SageMaker channel name).
+INPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SHELL = "/bin/sh"
 MAX_BODY_BYTES = 256 * 1024
 PATTERN_HINTS = {
     "name": "must be 1..63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
@@ -101,15 +104,32 @@ class JobSpec(_Strict):
         ...,
         min_length=1,
         max_length=256,
-        description="an argument list, run without a shell; the first item is the program",
+        description=(
+            "an argument list, run without a shell (the first item is the program), or a string: "
+            "the job's own script, run by /bin/sh -c (stored as that argument list)"
+        ),
         json_schema_extra={"prefixItems": [{"type": "string", "minLength": 1, "pattern": r"\S"}]},
     )
+    setup: tuple[tuple[str, ...], ...] = Field(
+        default(typed.JobSpec, "setup"),
+        max_length=32,
+        description="run before command in the same folder: a shell script (a string) or a list of argument lists",
+    )
+    code_uri: str | None = Field(
+        default(typed.JobSpec, "code_uri"),
+        description="where the CLI uploaded the packed workdir (a .tar.gz); the job runs in its unpacked copy",
+    )
+    code_sha256: str | None = Field(default(typed.JobSpec, "code_sha256"), pattern=r"^[0-9a-f]{64}$")
     env: dict[str, str] = Field(default_factory=dict, max_length=128)
     resources: Resources = Field(default_factory=Resources)
     # A registry name or auto, checked when validated so a backend registered at run time is accepted.
     backend: str = Field(default(typed.JobSpec, "backend"), description="auto, or a registered backend")
     max_runtime_minutes: int = Field(default(typed.JobSpec, "max_runtime_minutes"), ge=1, le=40320)
-    inputs: tuple[str, ...] = Field(default(typed.JobSpec, "inputs"), max_length=32)
+    inputs: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=32,
+        description="URIs: a list (named 0, 1, ...) or a mapping name: URI; each is $JOBPLANE_INPUT_DIR/<name>",
+    )
     outputs: str | None = default(typed.JobSpec, "outputs")
     checkpoint_uri: str | None = default(typed.JobSpec, "checkpoint_uri")
     retries: Retries = Field(default_factory=Retries)
@@ -172,14 +192,66 @@ class JobSpec(_Strict):
                 raise FieldError(key, f"label value {val!r} must match [a-z0-9_-]{{0,63}}")
         return value
 
+    @model_validator(mode="before")
+    @classmethod
+    def _edge_forms(cls, data: Any) -> Any:
+        """The forms a user may write, turned into the one form stored: a string command or setup is a
+        /bin/sh -c argument list, a list of inputs is named by position."""
+        if not isinstance(data, dict):
+            return data
+        if "workdir" in data:
+            raise FieldError(
+                "workdir",
+                "workdir is a folder on your machine: `jobplane submit` packs and uploads it and sends code_uri; "
+                "the API takes code_uri (an s3:// or gs:// URI of the packed .tar.gz)",
+            )
+        data = dict(data)
+        command = data.get("command")
+        if isinstance(command, str):
+            if not command.strip():
+                raise FieldError("command", "a command string is a shell script and may not be empty")
+            data["command"] = [SHELL, "-c", command]
+        setup = data.get("setup")
+        if isinstance(setup, str):
+            data["setup"] = [[SHELL, "-c", setup]] if setup.strip() else []
+        elif setup is None and "setup" in data:
+            data["setup"] = []
+        inputs = data.get("inputs")
+        if isinstance(inputs, list | tuple):
+            data["inputs"] = {str(i): uri for i, uri in enumerate(inputs)}
+        return data
+
+    @field_validator("setup")
+    @classmethod
+    def _setup(cls, value: tuple[tuple[str, ...], ...]) -> tuple[tuple[str, ...], ...]:
+        for i, step in enumerate(value):
+            if not step or not step[0].strip():
+                raise FieldError(i, "each setup step is a non-empty argument list whose first item is the program")
+            for arg in step:
+                if "\x00" in arg or len(arg) > 65536:
+                    raise FieldError(i, "setup arguments are at most 64 KiB with no NUL bytes")
+        return value
+
     @field_validator("inputs")
     @classmethod
-    def _inputs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for i, uri in enumerate(value):
+    def _inputs(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, uri in value.items():
+            if not INPUT_NAME_RE.match(name):
+                raise FieldError(
+                    name, f"input name {name!r} must be 1..64 characters of A-Z a-z 0-9 . _ -, starting alphanumeric"
+                )
             try:
                 _check_uri(uri)
             except ValueError as exc:
-                raise FieldError(i, str(exc)) from None
+                raise FieldError(name, str(exc)) from None
+        return value
+
+    @field_validator("code_uri")
+    @classmethod
+    def _code_uri(cls, value: str | None) -> str | None:
+        _check_uri(value)
+        if value is not None and not value.endswith(".tar.gz"):
+            raise ValueError(f"{value!r} must name a .tar.gz object (what `jobplane submit` uploads)")
         return value
 
     @field_validator("outputs", "checkpoint_uri")
@@ -204,6 +276,8 @@ class JobSpec(_Strict):
         ):
             tpu = [d.name for d in descriptors() if "tpu" not in d.unsupported_features]
             raise FieldError(("resources", "tpu"), f"TPU jobs run only on backend {_words(tpu, 'or')} (or auto)")
+        if (self.code_uri is None) != (self.code_sha256 is None):
+            raise FieldError("code_sha256" if self.code_uri else "code_uri", "code_uri and code_sha256 come together")
         if "auto" in self.fallback:
             raise FieldError("fallback", "fallback names concrete backends (auto is what `backend` is for)")
         return self
@@ -247,6 +321,8 @@ def _details(exc: PydanticValidationError) -> list[dict[str, Any]]:
             # A validator named the exact field below its own (an env variable, a list item, gpu_type).
             loc += error.path
         field = _location(loc)
+        # A list of inputs is named by position: its items are reported as the list's positions.
+        field = re.sub(r"^inputs\.([0-9]+)$", r"inputs[\1]", field)
         if err["type"] == "string_pattern_mismatch" and field in PATTERN_HINTS:
             message = PATTERN_HINTS[field]
         if err["type"] == "extra_forbidden":

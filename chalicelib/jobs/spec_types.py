@@ -46,12 +46,19 @@ class JobSpec:
 
     name: str
     image: str | None = None
+    # An argument list run without a shell; a string command arrives here as ("/bin/sh", "-c", <string>).
     command: tuple[str, ...]
+    # Run before command in the same folder: each an argument list (a string setup is one /bin/sh -c list).
+    setup: tuple[tuple[str, ...], ...] = ()
+    # The job's code: the CLI packs `workdir`, uploads it content-addressed and sends where it landed.
+    code_uri: str | None = None
+    code_sha256: str | None = None
     env: Mapping[str, str] = field(default_factory=_frozen)
     resources: Resources = Resources()
     backend: str = "auto"
     max_runtime_minutes: int = 1440
-    inputs: tuple[str, ...] = ()
+    # name -> URI; a list in a spec (or an older stored record) is named "0", "1", ... in order.
+    inputs: Mapping[str, str] = field(default_factory=_frozen)
     outputs: str | None = None
     checkpoint_uri: str | None = None
     retries: Retries = Retries()
@@ -63,9 +70,12 @@ class JobSpec:
 
     def __post_init__(self) -> None:
         # Callers hand in lists and dicts (JSON, pydantic); the spec keeps only immutable forms.
-        for name in ("command", "inputs", "fallback"):
+        for name in ("command", "fallback"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
-        for name in ("env", "labels"):
+        object.__setattr__(self, "setup", tuple(tuple(step) for step in self.setup))
+        if not isinstance(self.inputs, Mapping):
+            object.__setattr__(self, "inputs", {str(i): uri for i, uri in enumerate(self.inputs)})
+        for name in ("env", "labels", "inputs"):
             object.__setattr__(self, name, _frozen(getattr(self, name)))
 
     def to_dict(self) -> dict[str, Any]:

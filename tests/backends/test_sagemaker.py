@@ -41,7 +41,8 @@ def test_can_build_the_training_job_request_from_a_spec(aws_settings):
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 7200 + 3600}
     assert request["EnableManagedSpotTraining"] is True
     assert request["CheckpointConfig"] == {"S3Uri": SPEC["checkpoint_uri"], "LocalPath": "/opt/ml/checkpoints"}
-    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["input0", "input1"]
+    # Channels are named as the inputs are ($JOBPLANE_INPUT_DIR/<name> is /opt/ml/input/data/<name>).
+    assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["0", "1"]
     assert request["InputDataConfig"][1]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://data-bucket/labels/"
     assert request["OutputDataConfig"] == {"S3OutputPath": "s3://data-bucket/outputs/"}
     assert request["Environment"] == {

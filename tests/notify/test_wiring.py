@@ -156,7 +156,7 @@ def test_templates_render_with_defaults_and_typed_values():
     assert template_names() == ["blobs-softmax", "resnet-cifar"]
     spec = render("resnet-cifar", {"gpus": "2", "bucket": "lab-data", "channel": "#vision"}).to_dict()
     assert spec["resources"]["gpus"] == 2
-    assert spec["inputs"] == ["s3://lab-data/datasets/cifar/"]
+    assert spec["inputs"] == {"0": "s3://lab-data/datasets/cifar/"}
     assert spec["checkpoint_uri"] == "s3://lab-data/checkpoints/resnet-cifar/"
     assert spec["notify"] == {"slack_channel": "#vision"}
     assert spec["command"] == ["python", "train.py", "--epochs", "10"]

@@ -54,7 +54,7 @@ def test_can_load_the_full_yaml_example_from_the_design():
     assert spec.resources.memory_gb == 16
     assert spec.resources.spot is True
     assert spec.backend == "auto"
-    assert spec.inputs == ("s3://bucket/datasets/cifar/",)
+    assert spec.inputs == {"0": "s3://bucket/datasets/cifar/"}
     assert spec.outputs == "s3://bucket/outputs/"
     assert spec.checkpoint_uri == "s3://bucket/checkpoints/resnet-cifar/"
     assert spec.retries.max_attempts == 3
@@ -102,7 +102,7 @@ def test_a_minimal_spec_gets_the_documented_defaults():
     assert spec.max_runtime_minutes == 1440
     assert spec.retries.max_attempts == 1
     assert spec.retries.on == ("interruption",)
-    assert spec.inputs == ()
+    assert spec.inputs == {}
     assert spec.outputs is None
 
 
@@ -276,7 +276,7 @@ def test_a_bad_uri_names_the_field_position_and_the_valid_schemes(overrides, fie
 
 def test_gs_and_s3_uris_are_accepted():
     spec = parse_spec({**MINIMAL, "inputs": ["gs://data-bucket/x/", "s3://b-1.example/y"], "outputs": "gs://out-b/"})
-    assert spec.inputs == ("gs://data-bucket/x/", "s3://b-1.example/y")
+    assert spec.inputs == {"0": "gs://data-bucket/x/", "1": "s3://b-1.example/y"}
 
 
 @pytest.mark.parametrize(
@@ -298,7 +298,13 @@ def test_bad_retries_name_the_dotted_field_and_what_is_valid(retries, field, mes
     ("overrides", "field"),
     [
         ({"command": []}, "command"),
-        ({"command": "python train.py"}, "command"),
+        ({"command": "   "}, "command"),
+        ({"setup": [["pip", "install", "x"], []]}, "setup[1]"),
+        ({"inputs": {"no spaces": "s3://bucket/x"}}, "inputs.no spaces"),
+        ({"inputs": {"data": "http://bucket/x"}}, "inputs.data"),
+        ({"workdir": "."}, "workdir"),
+        ({"code_uri": "s3://bucket/code/x.zip", "code_sha256": "0" * 64}, "code_uri"),
+        ({"code_uri": "s3://bucket/code/x.tar.gz"}, "code_sha256"),
         ({"command": ["  ", "x"]}, "command[0]"),
         ({"command": ["python", "a\x00b"]}, "command[1]"),
         ({"max_runtime_minutes": 0}, "max_runtime_minutes"),
@@ -369,3 +375,26 @@ def test_yaml_cannot_build_python_objects():
     with pytest.raises(ValidationError) as info:
         load_spec_text("!!python/object/apply:os.system ['touch /tmp/pwned']\n")
     assert info.value.details[0]["type"] == "yaml_invalid"
+
+
+def test_a_string_command_and_setup_run_by_the_shell_inside_the_job():
+    spec = parse_spec({**MINIMAL, "command": "python train.py --lr $LR | tee log", "setup": "pip install -r req.txt"})
+    assert spec.command == ("/bin/sh", "-c", "python train.py --lr $LR | tee log")
+    assert spec.setup == (("/bin/sh", "-c", "pip install -r req.txt"),)
+    listed = parse_spec({**MINIMAL, "setup": [["pip", "install", "numpy"], ["python", "prep.py"]]})
+    assert listed.setup == (("pip", "install", "numpy"), ("python", "prep.py"))
+
+
+def test_inputs_as_a_list_are_named_by_position_and_as_a_mapping_keep_their_names():
+    assert parse_spec({**MINIMAL, "inputs": ["s3://bucket/a/", "s3://bucket/b.csv"]}).inputs == {
+        "0": "s3://bucket/a/",
+        "1": "s3://bucket/b.csv",
+    }
+    named = parse_spec({**MINIMAL, "inputs": {"train": "s3://bucket/a/", "labels": "s3://bucket/b.csv"}})
+    assert list(named.inputs.items()) == [("train", "s3://bucket/a/"), ("labels", "s3://bucket/b.csv")]
+
+
+@pytest.mark.parametrize("name", ["JOBPLANE_OUTPUT_DIR", "JOBPLANE_INPUT_DIR", "JOBPLANE_ANYTHING", "AWS_PROFILE"])
+def test_reserved_env_names_are_refused_naming_the_variable(name):
+    detail = _only_detail(_invalid(env={name: "x"}))
+    assert detail["field"] == f"env.{name}" and "reserved" in detail["message"]

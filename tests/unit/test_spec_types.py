@@ -96,7 +96,9 @@ def test_the_typed_spec_is_frozen_inside_too():
         spec.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):
         spec.env["LR"] = "9"  # type: ignore[index]
-    assert isinstance(spec.command, tuple) and isinstance(spec.inputs, tuple)
+    assert isinstance(spec.command, tuple) and isinstance(spec.setup, tuple)
+    with pytest.raises(TypeError):
+        spec.inputs["0"] = "s3://other/"  # type: ignore[index]
 
 
 @pytest.mark.parametrize(

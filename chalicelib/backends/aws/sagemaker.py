@@ -62,10 +62,10 @@ class SageMakerBackend(AwsBackend):
                 "SageMaker runs a container image", [{"field": "image", "message": "required for sagemaker"}]
             )
         instance_type_for(spec.resources, "ml.")
-        for i, uri in enumerate(spec.inputs):
+        for name, uri in spec.inputs.items():
             if not uri.startswith("s3://"):
                 raise UnsupportedError(
-                    "SageMaker reads inputs from S3", [{"field": f"inputs[{i}]", "message": "an s3:// URI"}]
+                    "SageMaker reads inputs from S3", [{"field": f"inputs.{name}", "message": "an s3:// URI"}]
                 )
         for field, uri in (("outputs", spec.outputs), ("checkpoint_uri", spec.checkpoint_uri)):
             if uri and not uri.startswith("s3://"):
@@ -116,11 +116,12 @@ class SageMakerBackend(AwsBackend):
         if spec.checkpoint_uri:
             # SageMaker syncs this folder to S3 and restores it into a retried or resumed job.
             request["CheckpointConfig"] = {"S3Uri": spec.checkpoint_uri, "LocalPath": "/opt/ml/checkpoints"}
-        inputs = list(spec.inputs)
-        if inputs:
+        if spec.inputs:
+            # One channel per input, named as the spec names it: SageMaker puts channel <name> at
+            # /opt/ml/input/data/<name>, which is $JOBPLANE_INPUT_DIR/<name>.
             request["InputDataConfig"] = [
                 {
-                    "ChannelName": "training" if len(inputs) == 1 else f"input{i}",
+                    "ChannelName": name,
                     "DataSource": {
                         "S3DataSource": {
                             "S3DataType": "S3Prefix",
@@ -129,7 +130,7 @@ class SageMakerBackend(AwsBackend):
                         }
                     },
                 }
-                for i, uri in enumerate(inputs)
+                for name, uri in spec.inputs.items()
             ]
         return request
 

@@ -1,0 +1,70 @@
+"""The job contract every backend keeps: the variables a job sees and where its files come from and go.
+
+A job finds, by the same names on every backend:
+  JOBPLANE_JOB_ID, JOBPLANE_ATTEMPT      who it is
+  JOBPLANE_INPUT_DIR/<name>               each input, read-only, before setup starts
+  JOBPLANE_OUTPUT_DIR                     what it writes here ends up under artifacts_uri (failed jobs too)
+  JOBPLANE_CHECKPOINT_DIR                 restored from checkpoint_uri before it starts, synced back while it runs
+Its current folder is the unpacked code_uri when the spec has one. Each backend decides the paths (SageMaker's
+are fixed by SageMaker), this module decides the names and the locations in the object store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from chalicelib.jobs.spec_types import JobSpec
+
+JOB_ID = "JOBPLANE_JOB_ID"
+ATTEMPT = "JOBPLANE_ATTEMPT"
+INPUT_DIR = "JOBPLANE_INPUT_DIR"
+OUTPUT_DIR = "JOBPLANE_OUTPUT_DIR"
+CHECKPOINT_DIR = "JOBPLANE_CHECKPOINT_DIR"
+VARIABLES = (JOB_ID, ATTEMPT, INPUT_DIR, OUTPUT_DIR, CHECKPOINT_DIR)
+#: what a spec's env may not set (the job's own variables above, and the cloud SDKs' credentials)
+RESERVED_PREFIXES = ("JOBPLANE_", "AWS_")
+
+#: where `jobplane submit` uploads packed code, below the stage's artifact store: code/<sha256>.tar.gz
+CODE_PREFIX = "code/"
+#: where a job's outputs go when its spec names no `outputs`: outputs/<job_id>/
+OUTPUTS_PREFIX = "outputs/"
+
+
+def store_root(spec_uri: str | None, bucket: str, scheme: str = "s3") -> str:
+    """`spec_uri` as a prefix ending in /, or the stage's default outputs prefix in `bucket`."""
+    if spec_uri:
+        return spec_uri if spec_uri.endswith("/") else spec_uri + "/"
+    return f"{scheme}://{bucket}/{OUTPUTS_PREFIX}"
+
+
+def artifacts_uri(spec: JobSpec, job_id: str, bucket: str, scheme: str = "s3") -> str:
+    """Where the job's $JOBPLANE_OUTPUT_DIR ends up: <outputs>/<job_id>/ (every attempt writes there)."""
+    return f"{store_root(spec.outputs, bucket, scheme)}{job_id}/"
+
+
+def code_key(sha256: str) -> str:
+    """The object key of packed code with this digest: content-addressed, so unchanged code uploads nothing."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise ValueError("sha256 must be 64 lowercase hex digits")
+    return f"{CODE_PREFIX}{sha256}.tar.gz"
+
+
+def input_items(spec: JobSpec) -> list[tuple[str, str, bool]]:
+    """(name, uri, is_prefix) per input, in the spec's order: a URI ending in / is a folder of objects."""
+    return [(name, uri, uri.endswith("/")) for name, uri in spec.inputs.items()]
+
+
+def job_variables(job_id: str, attempt: int, *, input_dir: str, output_dir: str, checkpoint_dir: str) -> dict[str, str]:
+    """The JOBPLANE_* variables of one attempt, given where the backend puts the folders."""
+    return {
+        JOB_ID: job_id,
+        ATTEMPT: str(attempt),
+        INPUT_DIR: input_dir,
+        OUTPUT_DIR: output_dir,
+        CHECKPOINT_DIR: checkpoint_dir,
+    }
+
+
+def user_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The spec's own env: it reaches the job's process only, never a script jobplane runs around it."""
+    return dict(env)
