@@ -28,6 +28,8 @@ RESERVED_PREFIXES = ("JOBPLANE_", "AWS_")
 CODE_PREFIX = "code/"
 #: where a job's outputs go when its spec names no `outputs`: outputs/<job_id>/
 OUTPUTS_PREFIX = "outputs/"
+#: where a job's checkpoints go when its spec names no `checkpoint_uri`: checkpoints/<job_id>/
+CHECKPOINTS_PREFIX = "checkpoints/"
 
 
 def store_root(spec_uri: str | None, bucket: str, scheme: str = "s3") -> str:
@@ -40,6 +42,15 @@ def store_root(spec_uri: str | None, bucket: str, scheme: str = "s3") -> str:
 def artifacts_uri(spec: JobSpec, job_id: str, bucket: str, scheme: str = "s3") -> str:
     """Where the job's $JOBPLANE_OUTPUT_DIR ends up: <outputs>/<job_id>/ (every attempt writes there)."""
     return f"{store_root(spec.outputs, bucket, scheme)}{job_id}/"
+
+
+def checkpoint_location(spec: JobSpec, job_id: str, bucket: str, scheme: str = "s3") -> str:
+    """Where $JOBPLANE_CHECKPOINT_DIR is restored from and synced to: the spec's checkpoint_uri, or the job's
+    own prefix in the stage's store, so every attempt of a job (on any backend of that cloud) resumes from the
+    one before it without the user naming a location."""
+    if spec.checkpoint_uri:
+        return spec.checkpoint_uri if spec.checkpoint_uri.endswith("/") else spec.checkpoint_uri + "/"
+    return f"{scheme}://{bucket}/{CHECKPOINTS_PREFIX}{job_id}/"
 
 
 def code_key(sha256: str) -> str:

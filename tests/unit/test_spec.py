@@ -398,3 +398,17 @@ def test_inputs_as_a_list_are_named_by_position_and_as_a_mapping_keep_their_name
 def test_reserved_env_names_are_refused_naming_the_variable(name):
     detail = _only_detail(_invalid(env={name: "x"}))
     assert detail["field"] == f"env.{name}" and "reserved" in detail["message"]
+
+
+def test_the_contract_places_outputs_checkpoints_and_code_by_job_and_digest():
+    from chalicelib.jobs import contract
+
+    spec = parse_spec(MINIMAL)
+    assert contract.artifacts_uri(spec, "j1", "art") == "s3://art/outputs/j1/"
+    assert contract.checkpoint_location(spec, "j1", "art") == "s3://art/checkpoints/j1/"
+    named = parse_spec({**MINIMAL, "outputs": "s3://mine/out", "checkpoint_uri": "s3://mine/ckpt"})
+    assert contract.artifacts_uri(named, "j1", "art") == "s3://mine/out/j1/"
+    assert contract.checkpoint_location(named, "j1", "art") == "s3://mine/ckpt/"
+    assert contract.code_key("a" * 64) == "code/" + "a" * 64 + ".tar.gz"
+    with pytest.raises(ValueError):
+        contract.code_key("../../etc")
