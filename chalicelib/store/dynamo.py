@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
@@ -262,13 +263,43 @@ class DynamoJobStore(DynamoStore, JobStore):
         self.Idempotency = self.models["idempotency"]
         self.Capacity = self.models["capacity"]
 
+    # A migration done is recorded as an item of the idempotency table under an owner no token can have, so
+    # the Scan it needs (whose cost grows with the history) runs once per deployment, not at every start.
+    MIGRATION_OWNER = "__jobplane_migrations__"
+    MIGRATION_KEEP_UNTIL = 253402300799  # 9999-12-31: never expired by the table's TTL
+
     def create_tables(self) -> set[str]:
         created = super().create_tables()
-        if "jobs" not in created:
-            # Only a table that already held jobs can hold some written before the index: a new one
-            # skips the Scan, whose cost grows with the history.
+        if "jobs" in created:
+            # A new table holds no job written before the index.
+            self._record_migration("owner_status")
+        elif not self._migrated("owner_status"):
             self.backfill_owner_status()
+            self._record_migration("owner_status")
         return created
+
+    def _migration_pk(self, name: str) -> str:
+        return json.dumps([self.MIGRATION_OWNER, name])
+
+    def _migrated(self, name: str) -> bool:
+        with dynamo_errors():
+            try:
+                self.Idempotency.get(self._migration_pk(name), consistent_read=True)
+            except self.Idempotency.DoesNotExist:
+                return False
+        return True
+
+    def _record_migration(self, name: str) -> None:
+        now = datetime.now(UTC)
+        item = self.Idempotency(
+            self._migration_pk(name),
+            job_id="",
+            request_hash=name,
+            created_at=now,
+            expires_at=self.MIGRATION_KEEP_UNTIL,
+        )
+        with dynamo_errors():
+            item.save()
 
     def backfill_owner_status(self) -> int:
         """Give jobs written before the owner-status index their key (a job that never changes again would

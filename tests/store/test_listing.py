@@ -119,3 +119,21 @@ def test_jobs_written_before_the_index_are_backfilled_into_it(dynamo_store):
     assert dynamo_store.backfill_owner_status() == 0
     dynamo_store.create_tables()  # the local stack's start runs it too, harmlessly
     assert len(dynamo_store.list_jobs("alice", JobStatus.SUCCEEDED, 10, None).jobs) == 3
+
+
+def test_the_backfill_scan_runs_once_per_deployment_not_at_every_start(dynamo_store, monkeypatch):
+    scans = []
+    real = dynamo_store.backfill_owner_status
+    monkeypatch.setattr(dynamo_store, "backfill_owner_status", lambda: scans.append(1) or real())
+    dynamo_store.create_tables()  # new tables record that they need no migration
+    assert scans == []
+    # As a deployment of an older release: tables with jobs, no migration recorded.
+    dynamo_store.Idempotency.get(dynamo_store._migration_pk("owner_status")).delete()
+    dynamo_store.create_tables()  # the first start of this release migrates
+    dynamo_store.create_tables()  # every later start finds the migration recorded
+    dynamo_store.create_tables()
+    assert scans == [1]
+    # The marker is no idempotency record a user could ever claim: owners start alphanumeric.
+    from chalicelib.auth import USER_RE
+
+    assert not USER_RE.match(dynamo_store.MIGRATION_OWNER)
