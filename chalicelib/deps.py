@@ -186,16 +186,9 @@ def get_reconcile_fan_out(run_shard):
     (InvocationType=Event), or `run_shard` on a thread of this process in the local stack."""
 
     def build():
-        from chalicelib.notify.invoke import LambdaInvoker, ThreadInvoker
+        from chalicelib.notify.invoke import shard_invoker
 
-        settings = get_settings()
-        if settings.reconcile_async == "thread":
-            invoker = ThreadInvoker(run_shard)
-        else:
-            from chalicelib import aws_session
-
-            client = aws_session.client("lambda", settings.region, settings.aws_endpoint_url)
-            invoker = LambdaInvoker(settings.reconcile_shard_function, client)
+        invoker = shard_invoker(get_settings(), run_shard)
         return lambda job_ids: invoker.invoke({"job_ids": list(job_ids)})
 
     return _cached("reconcile_fan_out", build)
