@@ -240,3 +240,22 @@ def test_deployed_shards_go_to_the_reconcile_shard_function_as_event_invocations
         )
         invoker.invoke(payload)
         stub.assert_no_pending_responses()
+
+
+def test_vertex_lists_the_stages_unfinished_custom_jobs_100_a_page(tmp_path, fake_gcp):
+    from chalicelib.backends.gcp.vertex import VertexBackend
+    from tests.gcp.helpers import gcp_env
+
+    backend = VertexBackend(make_settings(tmp_path, **gcp_env(fake_gcp.endpoint)))
+    jobs = [make_job("vertex") for _ in range(3)]
+    launched = {j.job_id: backend.launch(j) for j in jobs}
+    fake_gcp.requests.clear()
+    seen = backend.describe_many([replace(Handle.of(j), native_id=launched[j.job_id].native_id) for j in jobs])
+    assert {o.native_status for o in seen.values()} == {"JOB_STATE_PENDING"}
+    (listing,) = fake_gcp.requests  # one list call, no get per job
+    assert listing["method"] == "GET" and listing["path"].endswith("/customJobs")
+    assert listing["query"]["pageSize"] == "100"
+    wanted = listing["query"]["filter"]
+    assert 'labels.jobplane-stage="test"' in wanted and 'labels.jobplane-managed="true"' in wanted
+    for ended in ("SUCCEEDED", "FAILED", "CANCELLED", "EXPIRED", "PARTIALLY_SUCCEEDED"):
+        assert f'state!="JOB_STATE_{ended}"' in wanted
