@@ -290,7 +290,8 @@ def measure_heal(n: int = 1_000) -> dict:
         store = _store(settings, jobs)
         calls = record_calls(backend)
         service = JobService(store, settings, backend_factory=lambda *_: backend)
-        return {"active": n, "calls": dict(calls), **tick(service, store)}
+        result = tick(service, store)
+        return {"active": n, "calls": dict(calls), **result}
     finally:
         server.stop()
 
