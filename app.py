@@ -164,7 +164,20 @@ def on_upload(event):
 def reconcile(event):  # noqa: ARG001 - a schedule carries nothing we need
     from chalicelib.reaper import reconcile_all
 
-    return reconcile_all(deps.get_service(), deps.get_devvm_service_if_enabled())
+    fan_out = deps.get_reconcile_fan_out(run_reconcile_shard)
+    return reconcile_all(deps.get_service(), deps.get_devvm_service_if_enabled(), fan_out)
+
+
+# A shard of a tick with more active jobs than one invocation reads (the schedule hands it on).
+@app.lambda_function(name="reconcile_shard")
+def reconcile_shard(event, context):  # noqa: ARG001 - the payload is all it needs
+    return run_reconcile_shard(event)
+
+
+def run_reconcile_shard(payload):
+    from chalicelib.reaper import run_shard
+
+    return run_shard(deps.get_service(), payload)
 
 
 @app.on_dynamodb_record(stream_arn=DEPLOY["jobs_stream_arn"], name="notify")

@@ -198,7 +198,7 @@ _COUNT = Integer(0)
 
 
 def _slack_async_default(values: dict[str, Any]) -> str:
-    # The local stack has no Lambda to invoke: slow commands run on a thread there.
+    # The local stack has no Lambda to invoke: slow commands (and reconcile's shards) run on a thread there.
     return "thread" if values["stage"] == "local" else "lambda"
 
 
@@ -247,6 +247,16 @@ class Settings:
     # InvocationType=Event) or "thread" (in-process, for the local stack).
     slack_async: str = setting("JOBPLANE_SLACK_ASYNC", kind=Choice(("lambda", "thread")), derive=_slack_async_default)
     slack_worker_function: str = setting("JOBPLANE_SLACK_WORKER_FUNCTION", derive="jobplane-{stage}-slack_worker")
+    # Reconcile at scale: one invocation reads the truth of at most this many active jobs (a whole batch
+    # of 100 at least); a tick with more hands the rest, in shards, to reconcile_shard: "lambda" (invoke
+    # reconcile_shard_function with InvocationType=Event) or "thread" (in-process, for the local stack).
+    reconcile_shard_jobs: int = setting("JOBPLANE_RECONCILE_SHARD_JOBS", 1000, Integer(100))
+    reconcile_async: str = setting(
+        "JOBPLANE_RECONCILE_ASYNC", kind=Choice(("lambda", "thread")), derive=_slack_async_default
+    )
+    reconcile_shard_function: str = setting(
+        "JOBPLANE_RECONCILE_SHARD_FUNCTION", derive="jobplane-{stage}-reconcile_shard"
+    )
     # Seconds a LAUNCHING job may stay so before reconcile treats the launch as lost.
     launch_deadline_seconds: int = setting("JOBPLANE_LAUNCH_DEADLINE_SECONDS", 600, _POSITIVE)
     # The reaper: a tagged VM is stopped when its GPU stays under idle_gpu_percent (or it sends no

@@ -181,6 +181,19 @@ def run_slack_worker(payload: dict[str, Any]) -> dict[str, Any]:
     return run_deferred(payload, get_service(), get_settings())
 
 
+def get_reconcile_fan_out(run_shard):
+    """How the reconcile schedule hands a shard of job ids on: reconcile_shard invoked asynchronously
+    (InvocationType=Event), or `run_shard` on a thread of this process in the local stack."""
+
+    def build():
+        from chalicelib.notify.invoke import shard_invoker
+
+        invoker = shard_invoker(get_settings(), run_shard)
+        return lambda job_ids: invoker.invoke({"job_ids": list(job_ids)})
+
+    return _cached("reconcile_fan_out", build)
+
+
 def get_devvm_service():
     def build():
         from chalicelib.backends.aws.ec2_devvm import devvm_provider

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
 from typing import Any
 
 from chalicelib.backends.base import Handle, ManagedResource, ResourceKind
-from chalicelib.errors import BackendError, JobplaneError
+from chalicelib.errors import JobplaneError, ValidationError
 from chalicelib.events import to_job_event
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 from chalicelib.notify.slack import drain_outbox
@@ -47,6 +48,9 @@ class Action(str, Enum):
     STOP_IDLE = "stop_idle"
     #: a powered-off job VM nobody will start again (it still bills for its disk)
     REMOVE_STOPPED = "remove_stopped"
+    # --- about the tick ---
+    #: a shard of active jobs was handed to another invocation (reconcile_shard), which reads their truth
+    SHARD = "shard"
     # --- either ---
     #: asking a backend failed; recorded, and the next run tries again
     ERROR = "error"
@@ -69,6 +73,7 @@ EFFECTS: dict[Action, Effect] = {
     Action.NONE: Effect(),
     Action.DISPATCH: Effect(),  # the queue is served in order once the loop is done
     Action.ERROR: Effect(),
+    Action.SHARD: Effect(),
     Action.APPLY: Effect(observe=True),
     Action.RECANCEL: Effect(recancel=True),
     Action.RELAUNCH: Effect(relaunch=True),
@@ -243,7 +248,8 @@ def apply(
     if effect.recancel:
         service.stop_resource(job)
     if effect.observe:
-        service.apply_event(to_job_event(observation, EventSource.RECONCILE))
+        # The job as this run read it: a healing write needs no second read (a lost race reads again).
+        service.apply_event(to_job_event(observation, EventSource.RECONCILE), current=job)
     if effect.relaunch:
         service.dispatcher.relaunch(job, f"{RELAUNCH_REASON}: {decision.reason}")
     if effect.to_status is not None and job is not None and not job.terminal:
@@ -255,38 +261,102 @@ def apply(
                 reason=reason,
                 failure_kind=effect.failure_kind,
                 attempt=job.attempt,
-            )
+            ),
+            current=job,
         )
 
 
-def reconcile_all(service, devvm_service=None) -> list[dict[str, Any]]:
+def reconcile_all(service, devvm_service=None, fan_out: FanOut | None = None) -> list[dict[str, Any]]:
     """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
-    results = [d.to_dict() for d in reconcile(service)]
+    results = [d.to_dict() for d in reconcile(service, fan_out)]
     if devvm_service is not None:
         results.extend(devvm_service.reap())
     results.extend(drain_outbox())
     return results
 
 
-def reconcile(service) -> list[Decision]:
+#: hands one shard's job ids to another invocation (a Lambda invoked with InvocationType=Event, a thread)
+FanOut = Callable[[list[str]], None]
+
+
+def oldest_first(jobs) -> list[Job]:
+    """The jobs whose last event is oldest first: the likeliest to have missed one, read before the rest."""
+    return sorted(jobs, key=lambda j: (j.updated_at or j.created_at, j.job_id))
+
+
+def plan_shards(
+    jobs: list[Job], shard_jobs: int, batch: int = 100, whole: frozenset[str] = frozenset()
+) -> list[list[Job]]:
+    """Pure: cut the jobs to read (oldest first) into shards of at most `shard_jobs` each.
+
+    A backend's jobs stay together, in runs of whole batches of `batch` (only its last run is short), so the
+    batched reads of a tick are ceil(active/batch) per backend however it is cut. The backends in `whole`
+    read by listing everything they run (one list per shard it appears in): their jobs are never split.
+    """
+    shard_jobs = max(shard_jobs, batch)
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.backend, []).append(job)
+    shards: list[list[Job]] = []
+    current: list[Job] = []
+    for name, group in groups.items():
+        i = 0
+        while i < len(group):
+            room = shard_jobs - len(current)
+            rest = len(group) - i
+            if name in whole:
+                take = rest if rest <= room or not current else 0
+            else:
+                take = rest if rest <= room else (room // batch) * batch
+            if take == 0:
+                shards.append(current)
+                current = []
+                continue
+            current.extend(group[i : i + take])
+            i += take
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _listing_backends(service, jobs: list[Job]) -> frozenset[str]:
+    found = set()
+    for name in {j.backend for j in jobs}:
+        try:
+            if service.backend(name).describes_by_listing:
+                found.add(name)
+        except JobplaneError:
+            continue  # heal() records the error against each of its jobs
+    return frozenset(found)
+
+
+def reconcile(service, fan_out: FanOut | None = None) -> list[Decision]:
+    """One tick: read the active jobs (the sparse index), heal them oldest first, sweep tagged resources,
+    serve the queue. With `fan_out`, a tick with more than reconcile_shard_jobs jobs to read keeps the
+    first shard and hands each other one to fan_out; without it, this invocation reads them all."""
     now = utcnow()
-    deadline = timedelta(seconds=service.settings.launch_deadline_seconds)
     decisions: list[Decision] = []
     active: dict[str, Job] = {}
+    to_read: list[Job] = []
     for job in service.store.iter_active():
         active[job.job_id] = job
+        if job.status is JobStatus.QUEUED:
+            decisions.append(decide_reconcile(job, None, now, _launch_deadline(service)))
+        else:
+            to_read.append(job)
+    to_read = oldest_first(to_read)
+    shards = plan_shards(to_read, service.settings.reconcile_shard_jobs, whole=_listing_backends(service, to_read))
+    here = shards if fan_out is None else shards[:1]
+    for number, shard in enumerate(shards[len(here) :], start=len(here)):
+        backends = ", ".join(sorted({j.backend for j in shard}))
         try:
-            obs = None
-            if job.status is not JobStatus.QUEUED:
-                obs = service.backend(job.backend).describe(Handle.of(job))
-            decision = decide_reconcile(job, obs, now, deadline)
-            apply(service, decision, job, observation=obs)
-        except (BackendError, JobplaneError) as exc:
-            decision = Decision(job.job_id, Action.ERROR, exc.message)
-        except Exception as exc:  # best-effort loop: one broken job must not stop the others
-            log.exception("reconcile of %s failed", job.job_id)
-            decision = Decision(job.job_id, Action.ERROR, f"{type(exc).__name__}: {exc}")
-        decisions.append(decision)
+            fan_out([j.job_id for j in shard])
+            decisions.append(Decision(f"shard-{number}", Action.SHARD, f"{len(shard)} jobs ({backends}) handed on"))
+        except Exception as exc:  # best-effort: the next tick hands the shard on again
+            log.exception("handing on reconcile shard %d failed", number)
+            decisions.append(Decision(f"shard-{number}", Action.ERROR, f"handing on {len(shard)} jobs failed: {exc}"))
+    for shard in here:
+        decisions.extend(heal(service, shard, now))
     decisions.extend(sweep(service, active, now))
     try:
         dispatched = {j.job_id: j for j in service.dispatcher.dispatch_queued()}
@@ -301,3 +371,66 @@ def reconcile(service) -> list[Decision]:
         else a
         for a in decisions
     ]
+
+
+def reconcile_shard(service, job_ids: list[str]) -> list[Decision]:
+    """A shard another invocation handed on: its jobs read again by key (BatchGetItem), those still active
+    healed; the tick that planned it sweeps and serves the queue."""
+    found = service.store.get_jobs(list(job_ids))
+    jobs = [j for j in found.values() if not j.terminal and j.status is not JobStatus.QUEUED]
+    return heal(service, oldest_first(jobs), utcnow())
+
+
+def run_shard(service, payload: Any) -> list[dict[str, Any]]:
+    """The reconcile_shard function: `{"job_ids": [...]}` as the schedule handed it on."""
+    job_ids = payload.get("job_ids") if isinstance(payload, dict) else None
+    if not isinstance(job_ids, list) or not job_ids or not all(isinstance(i, str) for i in job_ids):
+        raise ValidationError(
+            'a reconcile shard is {"job_ids": [job_id, ...]}',
+            [{"field": "job_ids", "message": "a non-empty list of job ids"}],
+        )
+    return [d.to_dict() for d in reconcile_shard(service, job_ids)]
+
+
+def _launch_deadline(service) -> timedelta:
+    return timedelta(seconds=service.settings.launch_deadline_seconds)
+
+
+def heal(service, jobs: list[Job], now) -> list[Decision]:
+    """Ask each backend for the truth about its jobs in one describe_many, then decide and apply per job."""
+    deadline = _launch_deadline(service)
+    groups: dict[str, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault(job.backend, []).append(job)
+    decisions: list[Decision] = []
+    for name, group in groups.items():
+        try:
+            backend = service.backend(name)
+            seen = backend.describe_many([Handle.of(j) for j in group])
+        except JobplaneError as exc:
+            decisions.extend(Decision(j.job_id, Action.ERROR, exc.message) for j in group)
+            continue
+        except Exception as exc:  # best-effort loop: one broken backend must not stop the others
+            log.exception("describing %d %s jobs failed", len(group), name)
+            decisions.extend(Decision(j.job_id, Action.ERROR, f"{type(exc).__name__}: {exc}") for j in group)
+            continue
+        for job in group:
+            decisions.append(_heal_one(service, backend, job, seen.get(job.job_id), now, deadline))
+    return decisions
+
+
+def _heal_one(service, backend, job: Job, obs, now, deadline: timedelta) -> Decision:
+    try:
+        decision = decide_reconcile(job, obs, now, deadline)
+        if decision.action in (Action.APPLY, Action.RECANCEL) and backend.listed_fields_unknown:
+            # A list page lacks some of what describe says (SageMaker: the start time): what is applied
+            # is describe's own answer.
+            obs = backend.describe(Handle.of(job))
+            decision = decide_reconcile(job, obs, now, deadline)
+        apply(service, decision, job, observation=obs)
+        return decision
+    except JobplaneError as exc:
+        return Decision(job.job_id, Action.ERROR, exc.message)
+    except Exception as exc:  # best-effort loop: one broken job must not stop the others
+        log.exception("reconcile of %s failed", job.job_id)
+        return Decision(job.job_id, Action.ERROR, f"{type(exc).__name__}: {exc}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from datetime import datetime, timedelta
 from typing import Any
@@ -152,3 +153,15 @@ def boto(settings, service: str):
     import boto3
 
     return boto3.client(service, region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
+
+
+def count_dynamodb(store) -> collections.Counter[str]:
+    """A live count of the DynamoDB operations `store` sends (GetItem, Query, ...), from botocore before-call hooks."""
+    counts: collections.Counter[str] = collections.Counter()
+
+    def before_call(model, **_):
+        counts[model.name] += 1
+
+    for model in store.models.values():
+        model._get_connection().connection.client.meta.events.register("before-call.dynamodb", before_call)
+    return counts

@@ -250,6 +250,27 @@ class ComputeBackend(ABC):
         """The resource's current state, or None when it does not exist."""
         return self._describe_impl(handle)
 
+    #: ids one batched describe call takes (Batch DescribeJobs, ECS DescribeTasks); reconcile's shards are
+    #: cut at multiples of it, so every batch but a backend's last is full
+    describe_batch: ClassVar[int] = 100
+
+    #: True when describe_many lists everything the backend runs (whatever handles it is given): reconcile
+    #: then keeps all of the backend's jobs in one shard, so the list is read once a tick
+    describes_by_listing: ClassVar[bool] = False
+    #: Observation fields describe_many may leave unset because a list page does not carry them; reconcile
+    #: describes a job again before applying such an observation
+    listed_fields_unknown: ClassVar[frozenset[str]] = frozenset()
+
+    def describe_many(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        """job_id -> what `describe` would answer for each handle (None: no such resource), in as few
+        provider calls as the provider allows; backends that batch or list override `_describe_many_impl`."""
+        if not handles:
+            return {}
+        return self._describe_many_impl(list(handles))
+
+    def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        return {h.job_id: self.describe(h) for h in handles}
+
     def cancel(self, handle: Handle) -> None:
         """Ask the provider to stop the resource; returns without waiting for it to stop."""
         self._cancel_impl(handle)

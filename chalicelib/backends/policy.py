@@ -14,10 +14,11 @@ from chalicelib.backends import Cloud, backend_class, descriptor_or_none
 from chalicelib.config import Settings
 
 # What the core needs whatever the backends: its tables and the jobs stream (notify), logs,
-# Slack secrets, and the asynchronous Slack worker.
+# Slack secrets, the asynchronous Slack worker and reconcile's shards.
 LOG_ACTIONS = ("logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents")
 TABLE_ACTIONS = (
     "dynamodb:GetItem",
+    "dynamodb:BatchGetItem",  # a reconcile shard's jobs, the capacity counters
     "dynamodb:PutItem",
     "dynamodb:UpdateItem",
     "dynamodb:DeleteItem",
@@ -97,6 +98,12 @@ def build(settings: Settings) -> dict[str, Any]:
             "Effect": "Allow",
             "Action": list(INVOKE_ACTIONS),
             "Resource": f"arn:aws:lambda:*:*:function:{settings.slack_worker_function}",
+        },
+        {
+            "Sid": "ReconcileShards",
+            "Effect": "Allow",
+            "Action": list(INVOKE_ACTIONS),
+            "Resource": f"arn:aws:lambda:*:*:function:{settings.reconcile_shard_function}",
         },
     ]
     passes: dict[str, set[str]] = {}

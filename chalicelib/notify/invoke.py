@@ -1,4 +1,4 @@
-"""Running a slow slash command after the 3-second answer: a Lambda self-invocation, or a thread."""
+"""Work handed to another invocation (a slow slash command, a reconcile shard): a Lambda event, or a thread."""
 
 from __future__ import annotations
 
@@ -67,3 +67,14 @@ def invoker_for(settings: Settings, worker: Callable[[dict[str, Any]], Any]) -> 
 
     client = boto3.client("lambda", region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
     return LambdaInvoker(settings.slack_worker_function, client)
+
+
+def shard_invoker(settings: Settings, run_shard: Callable[[dict[str, Any]], Any], client: Any = None) -> Invoker:
+    """Where reconcile hands a shard on: the reconcile_shard function, or `run_shard` on a thread (local stack)."""
+    if settings.reconcile_async == "thread":
+        return ThreadInvoker(run_shard)
+    if client is None:
+        from chalicelib import aws_session
+
+        client = aws_session.client("lambda", settings.region, settings.aws_endpoint_url)
+    return LambdaInvoker(settings.reconcile_shard_function, client)

@@ -74,6 +74,10 @@ class JobStore(ABC):
     @abstractmethod
     def get_job(self, job_id: str) -> Job | None: ...
 
+    def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        """job_id -> job for those of `job_ids` that exist (a reconcile shard reads its jobs so)."""
+        return {job.job_id: job for job in map(self.get_job, dict.fromkeys(job_ids)) if job is not None}
+
     @abstractmethod
     def apply_transition(self, job: Job, transition: Transition) -> Job:
         """One guarded write (status must equal transition.from_status) plus one history append.

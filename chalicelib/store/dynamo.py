@@ -370,6 +370,12 @@ class DynamoJobStore(DynamoStore, JobStore):
         except DoesNotExist:
             return None
 
+    def get_jobs(self, job_ids: list[str]) -> dict[str, Job]:
+        # BatchGetItem, 100 keys a request (pynamodb retries the unprocessed ones).
+        with dynamo_errors():
+            items = list(self.Job.batch_get(list(dict.fromkeys(job_ids)), consistent_read=True))
+        return {item.job_id: _job_from_item(item) for item in items}
+
     def _actions(self, fields: dict[str, Any]) -> list:
         actions = []
         for name, value in fields.items():

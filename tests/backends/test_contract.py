@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import sys
@@ -63,6 +64,8 @@ class Harness:
     free_actions: dict[str, str] = field(default_factory=dict)
     #: why the IAM check does not apply, where it does not
     no_iam: str = ""
+    #: holds the emulator's resources where they are while a test compares two reads of them
+    hold: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
 
 # --- AWS: the session's moto server, the stage's resources provisioned as the backends' own tests do ------
@@ -104,6 +107,23 @@ def record_calls(backend) -> list[str]:
 
     backend.client = hooked
     return calls
+
+
+@contextlib.contextmanager
+def moto_holds(endpoint: str, model: str):
+    """moto's state manager leaves `model` (e.g. ecs::task) where it is until the block ends."""
+
+    def post(verb: str, body: dict[str, Any]) -> None:
+        request = urllib.request.Request(
+            f"{endpoint}/moto-api/state-manager/{verb}", data=json.dumps(body).encode(), method="POST"
+        )
+        urllib.request.urlopen(request).close()
+
+    post("set-transition", {"model_name": model, "transition": {"progression": "manual", "times": 1_000_000}})
+    try:
+        yield
+    finally:
+        post("unset-transition", {"model_name": model})
 
 
 def answer(client, operation: str, code: str, message: str, status: int = 400) -> None:
@@ -221,6 +241,9 @@ def ecs_harness(request, tmp_path) -> Harness:
 
     def finish(job, launched):
         client.stop_task(cluster=settings.ecs_cluster, task=launched.native_id, reason="Essential container exited")
+        # moto moves a stopped task one step (DEACTIVATING, STOPPING, ...) per describe until it is STOPPED.
+        handle = replace(Handle.of(job), native_id=launched.native_id)
+        wait_for(lambda: backend.describe(handle).status.terminal, what="the ECS task to stop")
 
     def foreign_name():
         event = aws_event("ecs-task-state-change.json")
@@ -237,6 +260,8 @@ def ecs_harness(request, tmp_path) -> Harness:
         starts=lambda: sum(1 for c in calls if c in STARTS),
         calls=calls,
         free_actions=STS_FREE,
+        # moto moves every task one status on at each DescribeTasks
+        hold=lambda: moto_holds(settings.aws_endpoint_url, "ecs::task"),
     )
 
 
@@ -513,3 +538,36 @@ def test_the_declared_iam_actions_cover_the_calls_made(name, harness):
     made = set(harness.calls) - set(harness.free_actions)
     assert made, "the backend made no AWS call: the recorder is not on its clients"
     assert sorted(made - set(declared(name, "iam_actions"))) == []
+
+
+def _known(backend, obs: Observation | None) -> Observation | None:
+    """An observation with the fields its backend's describe_many may not know (read from a list page) unset."""
+    if obs is None or not backend.listed_fields_unknown:
+        return obs
+    return replace(obs, **dict.fromkeys(backend.listed_fields_unknown))
+
+
+@pytest.mark.parametrize("name", cases("describe_many"))
+def test_describe_many_answers_what_describe_answers(name, harness):
+    backend = harness.backend
+    running, finished, named, unknown = (harness.job() for _ in range(4))
+    launched = {job.job_id: backend.launch(job) for job in (running, finished, named)}
+    harness.finish(finished, launched[finished.job_id])
+    handles = [
+        replace(Handle.of(running), native_id=launched[running.job_id].native_id),
+        replace(Handle.of(finished), native_id=launched[finished.job_id].native_id),
+        Handle.of(named),  # its launch response was lost: found by its name, as describe finds it
+        Handle.of(unknown),  # never launched
+    ]
+    with harness.hold():
+        before = {h.job_id: _known(backend, backend.describe(h)) for h in handles}
+        many = backend.describe_many(handles)
+        after = {h.job_id: _known(backend, backend.describe(h)) for h in handles}
+    assert sorted(many) == sorted(h.job_id for h in handles)
+    assert many[unknown.job_id] is None
+    assert many[finished.job_id] is not None and many[finished.job_id].status.terminal
+    for h in handles:
+        # A resource may move on while it is read (moto runs Batch jobs to the end by itself): what
+        # describe_many says is what describe said just before or just after.
+        assert _known(backend, many[h.job_id]) in (before[h.job_id], after[h.job_id]), h
+    assert backend.describe_many([]) == {}

@@ -20,7 +20,15 @@ import pytest
 pytestmark = pytest.mark.timeout(600)
 
 ROOT = Path(__file__).resolve().parents[2]
-FUNCTIONS = {"api_handler", "on_job_state_change", "on_upload", "reconcile", "notify", "slack_worker"}
+FUNCTIONS = {
+    "api_handler",
+    "on_job_state_change",
+    "on_upload",
+    "reconcile",
+    "reconcile_shard",
+    "notify",
+    "slack_worker",
+}
 PLUGIN_MIRROR = Path(os.environ.get("JOBPLANE_TF_PLUGIN_DIR", "/opt/tf-plugins"))
 SITE_PACKAGES = "python/lib/python3.11/site-packages"
 # What the Lambda Python runtime ships (and the layer must therefore leave out).

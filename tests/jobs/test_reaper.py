@@ -186,8 +186,9 @@ class _Recorder:
     def stop_resource(self, target, reason=None):
         self.calls.append(("stop_resource", reason) if reason is not None else ("recancel",))
 
-    def apply_event(self, event):
+    def apply_event(self, event, current=None):
         self.calls.append(("event", event.status, event.failure_kind, event.reason))
+        self.current = current
 
     def relaunch(self, job, reason):
         self.calls.append(("relaunch", reason))

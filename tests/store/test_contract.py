@@ -76,6 +76,13 @@ def test_an_unknown_job_is_none(store):
     assert store.get_job(uuid.uuid4().hex) is None
 
 
+def test_get_jobs_reads_many_by_key_more_than_one_batch_of_100_and_leaves_out_the_unknown(store):
+    jobs = [create(store, make_job()) for _ in range(120)]
+    wanted = [j.job_id for j in jobs] + [uuid.uuid4().hex, jobs[0].job_id]
+    assert store.get_jobs(wanted) == {j.job_id: j for j in jobs}
+    assert store.get_jobs([]) == {}
+
+
 def test_creating_the_same_job_id_twice_is_refused_and_keeps_the_first(store):
     job = create(store, make_job())
     with pytest.raises(AlreadyExistsError):

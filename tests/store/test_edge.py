@@ -221,6 +221,7 @@ def _calls():
         "jobs": {
             "create_job": lambda s: s.create_job(job, entry),
             "get_job": lambda s: s.get_job(job.job_id),
+            "get_jobs": lambda s: s.get_jobs([job.job_id]),
             "apply_transition": lambda s: s.apply_transition(job, moved),
             "update_job": lambda s: s.update_job(job, JobStatus.QUEUED, status_reason="x"),
             "list_jobs": lambda s: s.list_jobs(None, None, 10, None),

@@ -253,6 +253,21 @@ class BatchBackend(AwsBackend):
         job_id, attempt = parsed if parsed else (None, None)
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
+    # --- reconcile at scale: DescribeJobs takes up to 100 job ids -----------------------------
+    def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        # A handle without Batch's job id (its launch response was lost) is found by name, as describe does.
+        found: dict[str, Observation | None] = {h.job_id: self.describe(h) for h in handles if h.native_id is None}
+        known = [h for h in handles if h.native_id is not None]
+        for start in range(0, len(known), self.describe_batch):
+            chunk = known[start : start + self.describe_batch]
+            with aws_errors("batch", "DescribeJobs"):
+                jobs = self.client().describe_jobs(jobs=[h.native_id for h in chunk]).get("jobs", [])
+            by_id = {j.get("jobId"): j for j in jobs}
+            for h in chunk:
+                detail = by_id.get(h.native_id)
+                found[h.job_id] = None if detail is None else self.observe(detail, h.job_id, h.attempt)
+        return found
+
 
 def log_group_of(container: dict[str, Any]) -> str:
     """The log group a job's container writes to: its logConfiguration's awslogs-group, else Batch's default."""

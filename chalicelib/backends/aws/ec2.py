@@ -389,3 +389,34 @@ class Ec2Backend(AwsBackend):
 
     def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
         self._terminate(resource.resource_id, reason)
+
+    # --- reconcile at scale: one tag-filtered DescribeInstances, 1,000 instances a page ----------
+    describes_by_listing = True
+
+    def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        # The stage's instances in every state (a terminated one stays listed for about an hour), the
+        # same set describe searches by name; a handle whose instance id is not among them is described
+        # alone, as describe would (an instance without the stage's tag, or gone).
+        stage = {"Name": f"tag:{TAG_STAGE}", "Values": [self.settings.stage]}
+        with aws_errors("ec2", "DescribeInstances"):
+            pages = (
+                self.client()
+                .get_paginator("describe_instances")
+                .paginate(Filters=[stage], PaginationConfig={"PageSize": 1000})
+            )
+            listed = [i for page in pages for r in page.get("Reservations", []) for i in r.get("Instances", [])]
+        by_id = {i.get("InstanceId"): i for i in listed}
+        by_native: dict[str, list[dict[str, Any]]] = {}
+        for instance in listed:
+            native = next((t["Value"] for t in instance.get("Tags", []) if t.get("Key") == TAG_NATIVE), None)
+            if native:
+                by_native.setdefault(native, []).append(instance)
+        found: dict[str, Observation | None] = {}
+        for h in handles:
+            if h.native_id is not None:
+                instance = by_id.get(h.native_id)
+                found[h.job_id] = self.observe(instance) if instance is not None else self.describe(h)
+                continue
+            named = sorted(by_native.get(h.native_name, []), key=lambda i: str(i.get("LaunchTime", "")), reverse=True)
+            found[h.job_id] = self.observe(named[0]) if named else None
+        return found

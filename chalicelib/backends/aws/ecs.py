@@ -292,6 +292,25 @@ class EcsBackend(AwsBackend):
         job_id, attempt = parsed if parsed else (None, None)
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
+    # --- reconcile at scale: DescribeTasks takes up to 100 task ARNs ----------------------------
+    def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        # A handle without its task ARN (the RunTask response was lost) is found by startedBy, as describe does.
+        found: dict[str, Observation | None] = {h.job_id: self.describe(h) for h in handles if h.native_id is None}
+        known = [h for h in handles if h.native_id is not None]
+        for start in range(0, len(known), self.describe_batch):
+            chunk = known[start : start + self.describe_batch]
+            with aws_errors("ecs", "DescribeTasks"):
+                response = self.client().describe_tasks(
+                    cluster=self.settings.ecs_cluster, tasks=[h.native_id for h in chunk]
+                )
+            # A task ECS no longer knows comes back under `failures` (MISSING), not as an error.
+            by_arn = {t.get("taskArn"): t for t in response.get("tasks", [])}
+            by_arn.update({str(arn).rsplit("/", 1)[-1]: t for arn, t in list(by_arn.items())})  # a bare task id
+            for h in chunk:
+                task = by_arn.get(h.native_id)
+                found[h.job_id] = None if task is None else self.observe(task, h.job_id, h.attempt)
+        return found
+
 
 def ecs_failure_kind(stop_code: str, exit_code: Any, reason: str) -> FailureKind:
     lowered = reason.lower()

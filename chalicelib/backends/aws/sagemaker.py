@@ -41,6 +41,7 @@ class SageMakerBackend(AwsBackend):
         iam_actions=(
             "sagemaker:CreateTrainingJob",
             "sagemaker:DescribeTrainingJob",
+            "sagemaker:ListTrainingJobs",  # reconcile reads the running jobs 100 a page
             "sagemaker:StopTrainingJob",
             "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
             "logs:DescribeLogStreams",  # the job's output: /aws/sagemaker/TrainingJobs, <job>/algo-N-<epoch>
@@ -238,6 +239,34 @@ class SageMakerBackend(AwsBackend):
             parsed = None  # a jp- name from another stage or another deployment
         job_id, attempt = parsed if parsed else (None, None)
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
+
+    # --- reconcile at scale: list the running jobs by name and status, 100 a page -------------------
+    #: a TrainingJobSummary has no TrainingStartTime: reconcile describes a job again before applying
+    #: an observation that came from a list page
+    listed_fields_unknown = frozenset({"started_at"})
+    describes_by_listing = True
+    #: the statuses a job is listed under (every other status is describe's to answer: an ended job
+    #: leaves the list, and its FailureReason is only in DescribeTrainingJob)
+    LISTED_STATUSES = ("InProgress", "Stopping")
+
+    def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        wanted = {h.native_name for h in handles}
+        summaries: dict[str, dict[str, Any]] = {}
+        paginator = self.client().get_paginator("list_training_jobs")
+        for status in self.LISTED_STATUSES:
+            with aws_errors("sagemaker", "ListTrainingJobs"):
+                pages = paginator.paginate(NameContains="jp-", StatusEquals=status, PaginationConfig={"PageSize": 100})
+                for page in pages:
+                    for summary in page.get("TrainingJobSummaries", []):
+                        if summary.get("TrainingJobName") in wanted:
+                            summaries[summary["TrainingJobName"]] = summary
+        found: dict[str, Observation | None] = {}
+        for h in handles:
+            summary = summaries.get(h.native_name)
+            # Without SecondaryStatus (moto leaves it out) a summary cannot tell provisioning from training.
+            listed = summary is not None and bool(summary.get("SecondaryStatus"))
+            found[h.job_id] = self.observe(summary, h.job_id, h.attempt) if listed else self.describe(h)
+        return found
 
 
 def failure_kind(reason: str) -> FailureKind:

@@ -26,6 +26,7 @@ from chalicelib.backends.gcp.base import (
     job_labels,
     label_value,
     machine_for,
+    managed_filter,
     map_gcp_errors,
 )
 from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
@@ -327,6 +328,32 @@ class VertexBackend(ComputeBackend):
             at=_when(custom_job.end_time) or _when(custom_job.update_time),
             started_at=_when(custom_job.start_time),
         )
+
+    # --- reconcile at scale: list this stage's unfinished custom jobs, 100 a page ------------------
+    describes_by_listing = True
+
+    def active_filter(self) -> str:
+        """customJobs.list's filter for this stage's jobs that have not ended (`state` supports `!=`)."""
+        ended = " AND ".join(f'state!="{name}"' for name, (status, _) in STATES.items() if status.terminal)
+        return f"{managed_filter(self.settings)} AND {ended}"
+
+    def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        from google.cloud import aiplatform_v1
+
+        request = aiplatform_v1.ListCustomJobsRequest(parent=self.parent, filter=self.active_filter(), page_size=100)
+        with map_gcp_errors("listing unfinished custom jobs"):
+            listed = list(self.client.list_custom_jobs(request=request))
+        by_name = {j.name: j for j in listed}
+        by_display: dict[tuple[str, str], Any] = {}
+        for j in listed:
+            by_display.setdefault((j.display_name, dict(j.labels).get(LABEL_JOB_ID, "")), j)
+        found: dict[str, Observation | None] = {}
+        for h in handles:
+            # The list holds whole CustomJobs (what get returns); one it lacks (ended, or not labelled as
+            # this stage's) is described alone, as describe would.
+            custom_job = by_name.get(h.native_id) if h.native_id else by_display.get((h.native_name, h.job_id))
+            found[h.job_id] = self.observe(custom_job) if custom_job is not None else self.describe(h)
+        return found
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
         """A Cloud Logging entry about a custom job is only a hint: the job is read again from the API."""
