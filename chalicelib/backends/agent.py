@@ -277,6 +277,9 @@ stage() {
   # What the job finds before setup starts; on failure STAGE_ERROR names the part of the spec.
   local i name uri dir
   STAGE_ERROR="the VM's job folders could not be made"
+  # From scratch each time (a GCE startup script runs again after a reboot): code unpacks into an empty folder.
+  chmod -R u+w "$ROOT/inputs" 2>/dev/null
+  rm -rf "$ROOT/code" "$ROOT/inputs" "$ROOT/code.tar.gz"
   mkdir -p "$ROOT/code" "$ROOT/inputs" "$ROOT/outputs" "$ROOT/checkpoints" || return 1
   if [ -n "$CODE_URI" ]; then
     STAGE_ERROR="code_uri could not be downloaded"
@@ -373,7 +376,7 @@ run_agent() {
 VM_ROOT = "/var/lib/jobplane"
 #: seconds between uploads of $JOBPLANE_CHECKPOINT_DIR while the job runs (and once when it ends)
 CHECKPOINT_INTERVAL = 60
-_INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -417,7 +420,7 @@ def vm_header(c: VmContract) -> list[str]:
         if uri and not uri.startswith(prefix):
             raise ValueError(f"{field}: {uri!r} is not a {prefix} URI")
     for name, uri in c.inputs:
-        if not _INPUT_NAME.match(name):
+        if not INPUT_NAME.match(name):
             raise ValueError(f"inputs: {name!r} is not an input name ([A-Za-z0-9._-], starting alphanumeric)")
         if not uri.endswith("/") and uri.rsplit("/", 1)[-1] in ("", ".", ".."):
             raise ValueError(f"inputs.{name}: {uri!r} names no object")

@@ -368,14 +368,15 @@ def test_with_an_image_the_container_gets_the_folders_the_env_and_the_steps_afte
     assert list(tmp_path.rglob("PWNED*")) == []
 
 
-def test_the_setup_runner_stops_at_the_first_failing_step_with_its_status(tmp_path):
+@pytest.mark.parametrize("kind", KINDS)
+def test_the_setup_runner_stops_at_the_first_failing_step_with_its_status(tmp_path, kind):
     vm, env = prepare(tmp_path)
     marker = tmp_path / "command-ran"
     script = script_for(
-        "ec2", vm, command=[PY, "-c", f"open({str(marker)!r}, 'w')"], setup=[["/bin/sh", "-c", "exit 7"]]
+        kind, vm, command=[PY, "-c", f"open({str(marker)!r}, 'w')"], setup=[["/bin/sh", "-c", "exit 7"]]
     )
     run(vm, script, env)
-    report = vm.report(REPORT["ec2"])
+    report = vm.report(REPORT[kind])
     assert (report["state"], report["exit_code"]) == ("FAILED", 7)
     assert "setup step 1 failed with exit status 7" in vm.log()
     assert not marker.exists()
@@ -422,3 +423,77 @@ def test_a_realistic_ec2_script_keeps_well_under_the_user_data_limit(tmp_path):
     )  # fmt: skip
     size = len(script.encode())
     assert size < MAX_USER_DATA - 5 * 1024, size  # at least 5 KiB left for the job's own values
+
+
+def _header(script: str, *names: str) -> dict[str, list[str]]:
+    """Arrays and values of the script's header, as bash reads them."""
+    head = script.split("\nreport_state()")[0]
+    found = {}
+    for name in names:
+        out = subprocess.run(
+            ["bash", "-c", f'{head}\nprintf "%s\\0" "${{{name}[@]}}"'], capture_output=True, check=True
+        )
+        found[name] = out.stdout.decode().split("\0")[:-1]
+    return found
+
+
+def test_the_backends_give_their_scripts_the_contracts_locations(tmp_path):
+    from chalicelib.backends.aws.ec2 import Ec2Backend
+    from chalicelib.backends.base import Handle
+    from chalicelib.backends.gcp.gce import GceBackend
+    from tests.conftest import make_settings
+    from tests.factories import make_job
+    from tests.gcp.helpers import gcp_env
+
+    settings = make_settings(
+        tmp_path, **gcp_env("http://127.0.0.1:9"), JOBPLANE_EC2_AMI="ami-1", JOBPLANE_ARTIFACTS_BUCKET="aws-art"
+    )
+    names = (
+        "ARTIFACTS_URI",
+        "CHECKPOINT_URI",
+        "CHECKPOINT_INTERVAL",
+        "CODE_URI",
+        "INPUT_NAMES",
+        "INPUT_URIS",
+        "JOB_ARGV",
+    )
+    sha = "a" * 64
+    for backend, s, bucket in (
+        (Ec2Backend(settings), "s3", "aws-art"),
+        (GceBackend(settings, client=object()), "gs", "jobplane-test-artifacts"),
+    ):
+        spec = {
+            "command": "python train.py",
+            "setup": "pip install -r requirements.txt",
+            "code_uri": f"{s}://code-bucket/code/{sha}.tar.gz",
+            "code_sha256": sha,
+            "inputs": [f"{s}://data/cifar/"],
+        }
+        job = make_job(backend.name, spec, job_id=JOB_ID)
+        if s == "s3":
+            script = user_data(backend.vm_job(job, Handle.of(job)))
+        else:
+            script = backend.instance(job, Handle.of(job)).metadata.items[0].value
+        seen = _header(script, *names)
+        assert seen["ARTIFACTS_URI"] == [f"{s}://{bucket}/outputs/{JOB_ID}/"]
+        assert seen["CHECKPOINT_URI"] == [f"{s}://{bucket}/checkpoints/{JOB_ID}/"]
+        assert seen["CHECKPOINT_INTERVAL"] == ["60"]
+        assert seen["CODE_URI"] == [spec["code_uri"]]
+        assert (seen["INPUT_NAMES"], seen["INPUT_URIS"]) == (["0"], [f"{s}://data/cifar/"])
+        runner = seen["JOB_ARGV"]
+        assert runner[:2] == ["/bin/sh", "-c"] and runner[3:] == [
+            "jobplane", "3", "/bin/sh", "-c", spec["setup"], "3", "/bin/sh", "-c", spec["command"],
+        ]  # fmt: skip
+
+
+def test_ec2_refuses_a_spec_whose_user_data_would_pass_the_limit(tmp_path):
+    from chalicelib.backends.aws.ec2 import Ec2Backend
+    from chalicelib.errors import UnsupportedError
+    from tests.conftest import make_settings
+    from tests.factories import make_spec
+
+    backend = Ec2Backend(make_settings(tmp_path, JOBPLANE_EC2_AMI="ami-1"))
+    backend.validate(make_spec(backend="ec2", env={"BIG": "x" * 7000}))
+    with pytest.raises(UnsupportedError) as refused:
+        backend.validate(make_spec(backend="ec2", env={"BIG": "x" * 10_000}))
+    assert refused.value.details[0]["field"] == "env" and str(MAX_USER_DATA) in refused.value.message

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
-from chalicelib.backends.agent import RUN_STEPS_SH, UNPACK_CODE_SH, step_words
+from chalicelib.backends.agent import INPUT_NAME, RUN_STEPS_SH, UNPACK_CODE_SH, step_words
 from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
@@ -105,6 +105,8 @@ def wrapper_args(spec: JobSpec) -> list[str]:
     args = [gcs_path(spec.code_uri) if spec.code_uri else "", spec.code_sha256 or ""]
     args += [CODE_DIR if spec.code_uri else "", str(len(spec.inputs))]
     for name, uri, is_prefix in contract.input_items(spec):
+        if not INPUT_NAME.match(name):
+            raise UnsupportedError(f"{name!r} is not an input name", [{"field": "inputs", "message": "[A-Za-z0-9._-]"}])
         args += [name, gcs_path(uri), "prefix" if is_prefix else "object"]
     return args + step_words(spec.setup, spec.command)
 
