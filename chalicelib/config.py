@@ -284,6 +284,8 @@ class Settings:
     vertex_service_account: str | None = setting("JOBPLANE_VERTEX_SERVICE_ACCOUNT", None)
     # gs:// bucket (and prefix) where VMs write their exit status; required when gce is enabled.
     gcp_status_uri: str | None = setting("JOBPLANE_GCP_STATUS_URI", None)
+    # GCS bucket for GCP jobs' default outputs (outputs/<job_id>/) and checkpoints (checkpoints/<job_id>/).
+    gcp_artifacts_bucket: str = setting("JOBPLANE_GCP_ARTIFACTS_BUCKET", derive="jobplane-{stage}-artifacts")
     # Pub/Sub topic (projects/P/topics/T) the log sink and jobplane's VMs publish state hints to.
     gcp_events_topic: str | None = setting("JOBPLANE_GCP_EVENTS_TOPIC", None)
     # Only against emulators and fakes: http://host:port serving the Vertex, Compute and Storage REST APIs.

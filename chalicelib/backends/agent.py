@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
@@ -128,7 +131,8 @@ def make_report(
 
 # The bash half of the contract, pasted into both VM scripts. It reads JOB_ID, ATTEMPT, NATIVE_ID,
 # MAX_RUNTIME_SECONDS and STARTED_AT from the script's quoted header (all checked by script_attempt),
-# so every value it prints into JSON is a number, a fixed word or a jobplane-made name.
+# so every value it prints into JSON is a number, a fixed word or a jobplane-made name; a reason is a
+# fixed phrase of the script's, at most naming an input (names are [A-Za-z0-9._-], checked by vm_header).
 SHELL_FUNCTIONS = r"""
 # --- the exit report, format v1 (chalicelib/backends/agent.py) ---
 report_state() {
@@ -143,15 +147,348 @@ report_state() {
 }
 
 write_report() {
-  # $1: file, $2: the command's exit status, $3: seconds it ran. Written whole, then moved into place.
-  local state
-  state=$(report_state "$2" "$3")
-  printf '{"v": 1, "job_id": "%s", "attempt": %d, "native_name": "%s", "state": "%s", "exit_code": %d, ' \
-    "$JOB_ID" "$ATTEMPT" "$NATIVE_ID" "$state" "$2" >"$1.tmp"
-  printf '"reason": "", "max_runtime_seconds": %d, "started_at": "%s", "finished_at": "%s"}\n' \
-    "$MAX_RUNTIME_SECONDS" "$STARTED_AT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$1.tmp" && mv -f "$1.tmp" "$1"
+  # $1: file, $2: the command's exit status ("" when it never ran), $3: seconds it ran, $4: a reason or "".
+  # Written whole, then moved into place.
+  local state=FAILED code=null
+  if [ -n "$2" ]; then
+    state=$(report_state "$2" "$3")
+    code=$(printf %d "$2")
+  fi
+  printf '{"v": 1, "job_id": "%s", "attempt": %d, "native_name": "%s", "state": "%s", "exit_code": %s, ' \
+    "$JOB_ID" "$ATTEMPT" "$NATIVE_ID" "$state" "$code" >"$1.tmp"
+  printf '"reason": "%s", "max_runtime_seconds": %d, "started_at": "%s", "finished_at": "%s"}\n' \
+    "$4" "$MAX_RUNTIME_SECONDS" "$STARTED_AT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"$1.tmp" && mv -f "$1.tmp" "$1"
 }
 """
+
+# POSIX sh, shared by the VM scripts and the Vertex wrapper: unpack packed code into an empty folder,
+# refusing an archive whose digest is not code_sha256 or that names members outside the folder.
+UNPACK_CODE_SH = r"""
+unpack_code() {
+  # $1: the .tar.gz, $2: its sha256 ("" to skip the check), $3: an empty folder.
+  if [ -n "$2" ] && [ "$(sha256sum "$1" | cut -d ' ' -f 1)" != "$2" ]; then
+    echo "jobplane: code_uri: the archive's sha256 is not code_sha256" >&2
+    return 1
+  fi
+  # Absolute names and .. components could land outside the folder: the whole archive is refused.
+  if tar -tzf "$1" | grep -E '^/|(^|/)\.\.(/|$)' >/dev/null; then
+    echo "jobplane: code_uri: the archive has members outside its folder (absolute or ..)" >&2
+    return 1
+  fi
+  # GNU tar also defers links that point out of the folder, so nothing is written through them.
+  tar --no-same-owner -xzf "$1" -C "$3"
+}
+"""
+
+# POSIX sh: run each step in turn in the current folder. Arguments: <n> and that step's n words,
+# repeated; the last step is the command. The first step that fails ends the run with its status.
+# A TERM (max runtime, the container stopping) goes to the step that runs, and the run waits for it.
+RUN_STEPS_SH = r"""
+trap 'kill -TERM "$child" 2>/dev/null' TERM INT
+child=
+step=0
+while [ "$#" -gt 0 ]; do
+  n=$1
+  shift
+  step=$((step + 1))
+  (
+    total=$#
+    i=0
+    for word do
+      if [ "$i" -lt "$n" ]; then set -- "$@" "$word"; fi
+      i=$((i + 1))
+    done
+    shift "$total"
+    exec "$@"
+  ) &
+  child=$!
+  wait "$child"
+  code=$?
+  while kill -0 "$child" 2>/dev/null; do
+    wait "$child"
+    code=$?
+  done
+  shift "$n"
+  if [ "$code" -ne 0 ]; then
+    if [ "$#" -gt 0 ]; then echo "jobplane: setup step $step failed with exit status $code" >&2; fi
+    exit "$code"
+  fi
+done
+exit 0
+"""
+
+
+# The job contract on a VM, in bash, shared by the EC2 user data and the GCE startup script. The script
+# around it defines the object store (store_get SRC FILE, store_put FILE DST, store_sync SRC DST for
+# folders and prefixes, store_restore URI DIR where a missing prefix is an empty one), registry_login,
+# deliver_report and power_off, and its header sets the values vm_header() writes. The spec's env is
+# never a variable of this shell: it reaches the job through env -i or docker --env only.
+VM_AGENT = r"""
+LOG="$ROOT/output.log"
+REPORT_FILE="$ROOT/status.json"
+# Where a container finds the job's folders (the same on every VM).
+C_INPUTS=/opt/jobplane/inputs
+C_OUTPUTS=/opt/jobplane/outputs
+C_CHECKPOINTS=/opt/jobplane/checkpoints
+C_CODE=/opt/jobplane/code
+STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+mkdir -p "$ROOT"
+exit_code=""
+ran_seconds=0
+REASON=""
+RAN=""
+
+note() { echo "jobplane: $*" >>"$LOG"; }
+
+every() {
+  # $1: seconds, then a command run every $1 seconds until TERM. A TERM interrupts the wait at once but
+  # lets a run in flight finish, so nothing it uploads lands after the last upload.
+  local interval=$1 pause=""
+  shift
+  trap '[ -z "$pause" ] || kill "$pause" 2>/dev/null; exit 0' TERM
+  while true; do
+    sleep "$interval" &
+    pause=$!
+    wait "$pause" || exit 0
+    "$@"
+  done
+}
+
+stop() {
+  if [ -n "$1" ]; then
+    kill "$1" 2>/dev/null
+    wait "$1" 2>/dev/null
+  fi
+}
+
+upload_log() {
+  # A snapshot, so the upload never reads a file that grows under it.
+  cp "$LOG" "$ROOT/log-snapshot.txt" 2>/dev/null || return 0
+  store_put "$ROOT/log-snapshot.txt" "$LOG_URI" >/dev/null 2>&1 || true
+}
+
+sync_checkpoints() {
+  if [ -n "$CHECKPOINT_URI" ]; then
+    store_sync "$ROOT/checkpoints" "$CHECKPOINT_URI" >>"$LOG" 2>&1 || note "checkpoint upload failed"
+  fi
+}
+
+stage() {
+  # What the job finds before setup starts; on failure STAGE_ERROR names the part of the spec.
+  local i name uri dir
+  STAGE_ERROR="the VM's job folders could not be made"
+  # From scratch each time (a GCE startup script runs again after a reboot): code unpacks into an empty folder.
+  chmod -R u+w "$ROOT/inputs" 2>/dev/null
+  rm -rf "$ROOT/code" "$ROOT/inputs" "$ROOT/code.tar.gz"
+  mkdir -p "$ROOT/code" "$ROOT/inputs" "$ROOT/outputs" "$ROOT/checkpoints" || return 1
+  if [ -n "$CODE_URI" ]; then
+    STAGE_ERROR="code_uri could not be downloaded"
+    store_get "$CODE_URI" "$ROOT/code.tar.gz" >>"$LOG" 2>&1 || return 1
+    STAGE_ERROR="code_uri could not be unpacked"
+    unpack_code "$ROOT/code.tar.gz" "$CODE_SHA256" "$ROOT/code" >>"$LOG" 2>&1 || return 1
+  fi
+  for i in "${!INPUT_NAMES[@]}"; do
+    name=${INPUT_NAMES[$i]}
+    uri=${INPUT_URIS[$i]}
+    dir="$ROOT/inputs/$name"
+    STAGE_ERROR="inputs.$name could not be downloaded"
+    mkdir -p "$dir" || return 1
+    # A prefix becomes a folder of the objects below it, an object a folder holding that one file.
+    if [ "${uri: -1}" = / ]; then
+      store_sync "$uri" "$dir" >>"$LOG" 2>&1 || return 1
+    else
+      store_get "$uri" "$dir/${uri##*/}" >>"$LOG" 2>&1 || return 1
+    fi
+  done
+  chmod -R a-w "$ROOT/inputs"
+  if [ -n "$CHECKPOINT_URI" ]; then
+    # A retried attempt starts from the checkpoints of the one before.
+    STAGE_ERROR="the checkpoint could not be restored"
+    store_restore "$CHECKPOINT_URI" "$ROOT/checkpoints" >>"$LOG" 2>&1 || return 1
+  fi
+  STAGE_ERROR=""
+}
+
+run_job() {
+  # Setup and the command under one max-runtime timer, in the code folder.
+  local began=$SECONDS kv
+  local -a run
+  RAN=1
+  if [ -z "$IMAGE" ]; then
+    # env -i: the job gets the script's PATH and HOME, its own env, its folders; nothing else of this shell.
+    (cd "$ROOT/code" && exec timeout --kill-after=60 "$MAX_RUNTIME_SECONDS" env -i -- \
+      "PATH=$PATH" "HOME=${HOME:-/root}" "${JOB_ENV[@]}" "JOBPLANE_INPUT_DIR=$ROOT/inputs" \
+      "JOBPLANE_OUTPUT_DIR=$ROOT/outputs" "JOBPLANE_CHECKPOINT_DIR=$ROOT/checkpoints" "${JOB_ARGV[@]}") \
+      >>"$LOG" 2>&1 </dev/null
+    exit_code=$?
+  else
+    registry_login >>"$LOG" 2>&1 || note "registry login failed"
+    # The image may run as another user: it writes its outputs and checkpoints all the same.
+    chmod a+rwx "$ROOT/outputs" "$ROOT/checkpoints"
+    run=(docker run --rm --name "$NATIVE_ID" --network host -v "$ROOT/inputs:$C_INPUTS:ro"
+      -v "$ROOT/outputs:$C_OUTPUTS" -v "$ROOT/checkpoints:$C_CHECKPOINTS")
+    if [ -n "$CODE_URI" ]; then run+=(-v "$ROOT/code:$C_CODE" --workdir "$C_CODE"); fi
+    if [ "$GPUS" -gt 0 ]; then run+=(--gpus all); fi
+    for kv in "${JOB_ENV[@]}"; do run+=(--env "$kv"); done
+    run+=(--env "JOBPLANE_INPUT_DIR=$C_INPUTS" --env "JOBPLANE_OUTPUT_DIR=$C_OUTPUTS"
+      --env "JOBPLANE_CHECKPOINT_DIR=$C_CHECKPOINTS" --entrypoint "${JOB_ARGV[0]}" "$IMAGE" "${JOB_ARGV[@]:1}")
+    timeout --kill-after=60 "$MAX_RUNTIME_SECONDS" "${run[@]}" >>"$LOG" 2>&1 </dev/null
+    exit_code=$?
+    if [ "$exit_code" -eq 124 ] || [ "$exit_code" -eq 137 ]; then docker kill "$NATIVE_ID" >/dev/null 2>&1; fi
+  fi
+  ran_seconds=$((SECONDS - began))
+}
+
+finish_job() {
+  # Checkpoints and outputs go up before the report, for failed jobs too: a job seen ending has them.
+  trap - EXIT
+  stop "${CHECKPOINT_SYNCER:-}"
+  if [ -n "$RAN" ]; then sync_checkpoints; fi
+  if [ -n "$ARTIFACTS_URI" ] && [ -d "$ROOT/outputs" ]; then
+    store_sync "$ROOT/outputs" "$ARTIFACTS_URI" >>"$LOG" 2>&1 || note "outputs could not be uploaded"
+  fi
+  note "exit status ${exit_code:-none}"
+  stop "${LOG_SHIPPER:-}"
+  write_report "$REPORT_FILE" "$exit_code" "$ran_seconds" "$REASON"
+  # The whole log goes up before the exit report: a job seen ending has its complete log.
+  upload_log
+  deliver_report
+  power_off
+  exit 0
+}
+
+run_agent() {
+  note "job $JOB_ID ($NATIVE_ID) starting at $STARTED_AT"
+  every "$LOG_INTERVAL" upload_log >/dev/null 2>&1 &
+  LOG_SHIPPER=$!
+  if stage; then
+    every "$CHECKPOINT_INTERVAL" sync_checkpoints >/dev/null 2>&1 &
+    CHECKPOINT_SYNCER=$!
+    run_job
+  else
+    REASON="staging failed: $STAGE_ERROR"
+    note "$REASON"
+  fi
+}
+"""
+
+#: the job's code, inputs, outputs and checkpoints on a VM: below ROOT
+VM_ROOT = "/var/lib/jobplane"
+#: seconds between uploads of $JOBPLANE_CHECKPOINT_DIR while the job runs (and once when it ends)
+CHECKPOINT_INTERVAL = 60
+INPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+@dataclass(frozen=True)
+class VmContract:
+    """The job contract's values for one VM attempt; vm_header() writes them as quoted assignments."""
+
+    job_id: str
+    native_id: str
+    command: Sequence[str]
+    env: Sequence[tuple[str, str]]
+    max_runtime_seconds: int
+    report_uri: str
+    log_uri: str
+    scheme: str  # "s3" or "gs": every URI below must be one of the VM's own object store
+    image: str | None = None
+    gpus: int = 0
+    setup: Sequence[Sequence[str]] = ()
+    code_uri: str | None = None
+    code_sha256: str | None = None
+    inputs: Sequence[tuple[str, str]] = ()
+    artifacts_uri: str | None = None
+    checkpoint_uri: str | None = None
+    root: str = VM_ROOT
+    log_interval_seconds: int = 60
+    checkpoint_interval_seconds: int = CHECKPOINT_INTERVAL
+
+
+def vm_header(c: VmContract) -> list[str]:
+    """The quoted assignments VM_AGENT reads; refuses values the agent could not keep as data."""
+    from chalicelib.backends.shell import array, assign, env_array
+
+    if not c.command:
+        raise ValueError("a VM job needs a command")
+    prefix = f"{c.scheme}://"
+    for field, uri in (
+        ("code_uri", c.code_uri),
+        ("artifacts_uri", c.artifacts_uri),
+        ("checkpoint_uri", c.checkpoint_uri),
+        *((f"inputs.{name}", uri) for name, uri in c.inputs),
+    ):
+        if uri and not uri.startswith(prefix):
+            raise ValueError(f"{field}: {uri!r} is not a {prefix} URI")
+    for name, uri in c.inputs:
+        if not INPUT_NAME.match(name):
+            raise ValueError(f"inputs: {name!r} is not an input name ([A-Za-z0-9._-], starting alphanumeric)")
+        if not uri.endswith("/") and uri.rsplit("/", 1)[-1] in ("", ".", ".."):
+            raise ValueError(f"inputs.{name}: {uri!r} names no object")
+    for field, uri in (("artifacts_uri", c.artifacts_uri), ("checkpoint_uri", c.checkpoint_uri)):
+        if uri and not uri.endswith("/"):
+            raise ValueError(f"{field} must end with /")
+    if c.code_uri and not c.code_sha256:
+        raise ValueError("code_uri comes with code_sha256")
+    return [
+        assign("JOB_ID", c.job_id),
+        assign("NATIVE_ID", c.native_id),
+        assign("ATTEMPT", script_attempt(c.job_id, c.native_id)),
+        assign("IMAGE", c.image or ""),
+        assign("GPUS", int(c.gpus)),
+        assign("MAX_RUNTIME_SECONDS", int(c.max_runtime_seconds)),
+        assign("ROOT", c.root),
+        assign("REPORT_URI", c.report_uri),
+        assign("LOG_URI", c.log_uri),
+        assign("LOG_INTERVAL", int(c.log_interval_seconds)),
+        assign("CHECKPOINT_INTERVAL", int(c.checkpoint_interval_seconds)),
+        assign("CODE_URI", c.code_uri or ""),
+        assign("CODE_SHA256", c.code_sha256 or ""),
+        assign("ARTIFACTS_URI", c.artifacts_uri or ""),
+        assign("CHECKPOINT_URI", c.checkpoint_uri or ""),
+        array("INPUT_NAMES", [name for name, _ in c.inputs]),
+        array("INPUT_URIS", [uri for _, uri in c.inputs]),
+        array("JOB_ARGV", job_argv(c.setup, c.command)),
+        env_array("JOB_ENV", dict(c.env)),
+    ]
+
+
+def vm_script(head: Sequence[str], c: VmContract, cloud_part: str) -> str:
+    """One VM script: the cloud's header lines, the contract's, the shared functions, the cloud's part."""
+    lines = [
+        "#!/bin/bash",
+        "# Generated by jobplane. Every job value is a single-quoted assignment below; nothing is evaluated.",
+        "# SC2016: a $ or backtick inside those quotes is the job's data, meant to stay unexpanded.",
+        "# shellcheck disable=SC2016",
+        "set -uo pipefail",
+        *vm_header(c),
+        *head,
+    ]
+    body = SHELL_FUNCTIONS + UNPACK_CODE_SH + VM_AGENT + cloud_part
+    return "\n".join([*lines, *_compact(body)]) + "\n"
+
+
+def _compact(body: str) -> list[str]:
+    """The body without its comment lines and blank lines: EC2 user data has 16 KiB for everything."""
+    return [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def step_words(setup: Sequence[Sequence[str]], command: Sequence[str]) -> list[str]:
+    """Setup steps then the command as RUN_STEPS_SH's arguments: each argument list after its length."""
+    words: list[str] = []
+    for step in (*setup, command):
+        if not step:
+            raise ValueError("a setup step or command is an argument list of at least one word")
+        words += [str(len(step)), *step]
+    return words
+
+
+def job_argv(setup: Sequence[Sequence[str]], command: Sequence[str]) -> list[str]:
+    """What a VM runs as the job: the command itself, or, with setup, a fixed /bin/sh runner taking the
+    steps as its arguments (data, never part of the script). A first word with = also goes through the
+    runner, so env(1) cannot take the command for one of the job's variables."""
+    if not setup and command and "=" not in command[0]:
+        return list(command)
+    return ["/bin/sh", "-c", RUN_STEPS_SH.lstrip("\n"), "jobplane", *step_words(setup, command)]
 
 
 def script_attempt(job_id: str, name: str) -> int:

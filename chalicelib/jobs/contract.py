@@ -79,3 +79,19 @@ def job_variables(job_id: str, attempt: int, *, input_dir: str, output_dir: str,
 def user_env(env: Mapping[str, str]) -> dict[str, str]:
     """The spec's own env: it reaches the job's process only, never a script jobplane runs around it."""
     return dict(env)
+
+
+def store_uris(spec: JobSpec) -> list[tuple[str, str]]:
+    """(field, URI) of every object-store location the spec names, each field as a 400 names it."""
+    named = [("code_uri", spec.code_uri), ("outputs", spec.outputs), ("checkpoint_uri", spec.checkpoint_uri)]
+    named += [(f"inputs.{name}", uri) for name, uri in spec.inputs.items()]
+    return [(field, uri) for field, uri in named if uri]
+
+
+def foreign_uri(spec: JobSpec, scheme: str) -> tuple[str, str] | None:
+    """The first (field, URI) that is not in `scheme`'s object store (a backend that reads only s3:// or
+    only gs:// refuses the job naming it, so `auto` never picks a backend that cannot read the job's data)."""
+    for field, uri in store_uris(spec):
+        if not uri.startswith(f"{scheme}://"):
+            return field, uri
+    return None

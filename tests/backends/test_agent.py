@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,13 +15,13 @@ from chalicelib.backends.aws.userdata import VmJob, user_data
 from chalicelib.backends.base import Handle
 from chalicelib.backends.gcp.gce_script import startup_script
 from chalicelib.jobs.model import FailureKind, JobStatus
+from tests import vmharness
 from tests.conftest import ROOT, make_settings, wait_for
 from tests.factories import make_job
 
 PY = sys.executable
 JOB_ID = "c" * 32
 NATIVE = f"jp-{JOB_ID}"
-SLEEP = shutil.which("sleep")
 
 # One table: the same command ends the same way whichever agent ran it.
 CASES = {
@@ -51,45 +48,9 @@ CASES = {
 }
 
 
-def _stubs(tmp_path: Path, scripts: dict[str, str]) -> Path:
-    folder = tmp_path / "bin"
-    folder.mkdir()
-    for name, body in scripts.items():
-        path = folder / name
-        path.write_text("#!/bin/bash\n" + textwrap.dedent(body).strip() + "\n")
-        path.chmod(0o755)
-    return folder
-
-
-def _run_script(tmp_path: Path, script: str, env: dict[str, str]) -> None:
-    path = tmp_path / "script.sh"
-    path.write_text(script)
-    proc = subprocess.Popen(["bash", str(path)], cwd=tmp_path, env=env, start_new_session=True)
-    try:
-        assert proc.wait(timeout=30) == 0
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)  # timers and loops a powered-off VM would not keep
-        except ProcessLookupError:
-            pass
-
-
 def run_ec2(tmp_path: Path, command: list[str], max_runtime: int, log_interval: int = 60) -> Path:
     """The EC2 user data under bash with aws/shutdown stand-ins; returns the folder of uploaded objects."""
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
-    stubs = _stubs(
-        tmp_path,
-        {
-            "aws": f"""
-                printf '%s\\n' "${{@: -1}}" >> "{tmp_path}/aws.uris"
-                cp "${{@: -2:1}}" "{uploads}/$(basename "${{@: -1}}")"
-                cp "${{@: -2:1}}" "{uploads}/$(basename "${{@: -1}}").$(date +%s%N)" """,
-            "shutdown": f'touch "{tmp_path}/shutdown.called"',
-            # Real short sleeps (the log interval), none of the long ones (the hard-stop timer).
-            "sleep": f'if [ "${{1%.*}}" -gt 5 ]; then exit 1; fi\nexec {SLEEP} "$@"',
-        },
-    )
+    vm, env = vmharness.prepare(tmp_path)
     job = VmJob(
         job_id=JOB_ID,
         native_id=NATIVE,
@@ -99,33 +60,16 @@ def run_ec2(tmp_path: Path, command: list[str], max_runtime: int, log_interval: 
         max_runtime_seconds=max_runtime,
         status_uri="s3://artifacts/jobplane/test/jobs/c/jp-c/",
         region="us-east-1",
-        workdir=str(tmp_path / "work"),
+        workdir=str(vm.root),
         log_interval_seconds=log_interval,
     )
-    _run_script(tmp_path, user_data(job), {"PATH": f"{stubs}:{os.environ['PATH']}", "HOME": str(tmp_path)})
-    return uploads
+    vmharness.run(vm, user_data(job), env, timeout=30)
+    return vm.obj(job.status_uri)
 
 
 def run_gce(tmp_path: Path, command: list[str], max_runtime: int, log_interval: int = 60) -> Path:
     """The GCE startup script under bash with gcloud/metadata stand-ins; returns the folder of uploads."""
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
-    stubs = _stubs(
-        tmp_path,
-        {
-            "gcloud": f"""
-                case "$1 $2" in
-                  "storage ls") exit 1 ;;
-                  "storage cp")
-                    printf '%s\\n' "$4" >> "{tmp_path}/gcloud.uris"
-                    cp "$3" "{uploads}/$(basename "$4")"
-                    cp "$3" "{uploads}/$(basename "$4").$(date +%s%N)" ;;
-                esac
-                exit 0""",
-            "curl": "exit 0",
-            "shutdown": f'touch "{tmp_path}/shutdown.called"',
-        },
-    )
+    vm, env = vmharness.prepare(tmp_path)
     script = startup_script(
         job_id=JOB_ID,
         native_id=NATIVE,
@@ -137,15 +81,10 @@ def run_gce(tmp_path: Path, command: list[str], max_runtime: int, log_interval: 
         max_runtime_seconds=max_runtime,
         idle_samples=30,
         log_interval_seconds=log_interval,
+        root=str(vm.root),
     )
-    env = {
-        "PATH": f"{stubs}:{os.environ['PATH']}",
-        "HOME": str(tmp_path),
-        "JOBPLANE_LOG": str(tmp_path / "job.log"),
-        "JOBPLANE_EXIT_FILE": str(tmp_path / "exit.json"),
-    }
-    _run_script(tmp_path, script, env)
-    return uploads
+    vmharness.run(vm, script, env, timeout=30)
+    return vm.obj(f"gs://jp-status/test/{NATIVE}/")
 
 
 def run_local(tmp_path: Path, command: list[str], max_runtime: int) -> bytes:
@@ -280,20 +219,23 @@ def test_a_script_refuses_a_native_name_that_is_not_the_jobs():
 LOGGING = [PY, "-c", "import time\nfor i in range(4):\n    print('line', i, flush=True); time.sleep(1)"]
 
 
-def _log_uploads(uploads: Path) -> list[str]:
-    return [p.read_text() for p in sorted(uploads.glob("log.txt.*"), key=lambda p: int(p.suffix[1:]))]
+def _uploads(tmp_path: Path) -> list[tuple[str, str]]:
+    """(destination, what was uploaded) per upload the scripts made, in order."""
+    calls = vmharness.Vm(tmp_path, tmp_path / "vm").calls()
+    return [(c["argv"][3] if c["tool"] == "gcloud" else c["argv"][-1], c["uploaded"]) for c in calls if "uploaded" in c]
 
 
 @pytest.mark.parametrize("writer", ["ec2", "gce"])
 def test_the_vm_scripts_ship_the_log_while_the_job_runs_and_in_full_before_the_report(tmp_path, writer):
     run = run_ec2 if writer == "ec2" else run_gce
-    uploads = run(tmp_path, LOGGING, 60, log_interval=1)
-    shipped = _log_uploads(uploads)
+    run(tmp_path, LOGGING, 60, log_interval=1)
+    uploads = _uploads(tmp_path)
+    shipped = [text for uri, text in uploads if uri.endswith("/log.txt")]
     assert len(shipped) >= 3  # at least two while it ran, and the last one
     assert "line 3" not in shipped[0]  # the first went up before the job ended
     assert all(earlier in later for earlier, later in zip(shipped, shipped[1:], strict=False))
     assert all(f"line {i}" in shipped[-1] for i in range(4))
-    uris = (tmp_path / ("aws.uris" if writer == "ec2" else "gcloud.uris")).read_text().split()
+    uris = [uri for uri, _ in uploads]
     report = "status.json" if writer == "ec2" else "exit.json"
     assert uris[-1].endswith(report) and uris[-2].endswith("/log.txt")
     folder = uris[-1].rsplit("/", 1)[0]
@@ -324,7 +266,12 @@ def _job(backend: str, **spec):
 
 
 def _ours(env: dict[str, str]) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith("JOBPLANE_") or k == "LR"}
+    # The *_DIR folders are each backend's own paths (its contract test checks them), the names are shared.
+    return {k: v for k, v in env.items() if (k.startswith("JOBPLANE_") and not k.endswith("_DIR")) or k == "LR"}
+
+
+def _on_gcs(expected: dict[str, str]) -> dict[str, str]:
+    return {k: v.replace("s3://", "gs://") for k, v in expected.items()}
 
 
 def _script_env(script: str) -> dict[str, str]:
@@ -361,15 +308,25 @@ def test_every_backend_gives_the_job_the_same_variable_names(tmp_path):
     job = _job("ecs", image="train:1")
     ecs = EcsBackend(settings).run_task_request(job, Handle.of(job), "def")["overrides"]["containerOverrides"][0]
     seen["ecs"] = {e["name"]: e["value"] for e in ecs["environment"]}
-    job = _job("vertex", image="train:1")
+    gcs = {
+        "outputs": _on_gcs(EXPECTED)["JOBPLANE_OUTPUT_URI"],
+        "checkpoint_uri": _on_gcs(EXPECTED)["JOBPLANE_CHECKPOINT_URI"],
+    }
+    job = _job("vertex", image="train:1", **gcs)
     container = VertexBackend(settings).custom_job(job, Handle.of(job)).job_spec.worker_pool_specs[0].container_spec
     seen["vertex"] = {e.name: e.value for e in container.env}
     job = _job("ec2", image="train:1")
     seen["ec2"] = _script_env(user_data(Ec2Backend(settings).vm_job(job, Handle.of(job))))
-    job = _job("gce", image="train:1")
+    job = _job("gce", image="train:1", **gcs)
     instance = GceBackend(settings, client=object()).instance(job, Handle.of(job))
     seen["gce"] = _script_env(instance.metadata.items[0].value)
-    assert {name: _ours(env) for name, env in seen.items()} == {name: EXPECTED for name in seen}
+    expected = {name: _on_gcs(EXPECTED) if name in ("vertex", "gce") else EXPECTED for name in seen}
+    assert {name: _ours(env) for name, env in seen.items()} == expected
+    assert {k for k in seen["vertex"] if k.endswith("_DIR")} == {
+        "JOBPLANE_INPUT_DIR",
+        "JOBPLANE_OUTPUT_DIR",
+        "JOBPLANE_CHECKPOINT_DIR",
+    }
 
 
 def test_the_local_process_gets_the_same_names_and_its_output_folder(tmp_path):

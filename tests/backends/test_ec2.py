@@ -60,7 +60,7 @@ def test_can_launch_describe_and_cancel_a_vm_on_moto(aws_settings):
         ec2.describe_instance_attribute(InstanceId=first.native_id, Attribute="userData")["UserData"]["Value"]
     ).decode()
     assert script.startswith("#!/bin/bash\n")
-    assert f"STATUS_URI='{backend.status_uri(Handle.of(job))}'" in script
+    assert f"REPORT_URI='{backend.status_uri(Handle.of(job))}status.json'" in script
     handle = Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=first.native_id)
     assert backend.describe(handle).status is JobStatus.RUNNING
     assert [r.resource_id for r in backend.list_managed()] == [first.native_id]

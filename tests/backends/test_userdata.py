@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.backends.aws.userdata import VmJob, user_data
+from tests.vmharness import Vm, prepare, run
 
 HOSTILE = [
     "$(touch PWNED_subst)",
@@ -31,32 +30,11 @@ DUMP = (
 )
 
 
-def _stub(folder: Path, name: str, body: str) -> None:
-    path = folder / name
-    path.write_text("#!/bin/bash\n" + body)
-    path.chmod(path.stat().st_mode | stat.S_IEXEC)
-
-
 def _run(tmp_path: Path, job: VmJob) -> Path:
-    """Run the script with aws/shutdown/docker/sleep stubbed on PATH; returns the stubs' folder."""
-    stubs = tmp_path / "stubs"
-    stubs.mkdir()
-    uploads = tmp_path / "uploads"
-    uploads.mkdir()
-    _stub(
-        stubs,
-        "aws",
-        f'printf "%s\\0" "$@" >> {tmp_path}/aws.calls\ncp "${{@: -2:1}}" "{uploads}/$(basename "${{@: -1}}")"\n',
-    )
-    _stub(stubs, "shutdown", f"touch {tmp_path}/shutdown.called\n")
-    _stub(stubs, "poweroff", f"touch {tmp_path}/poweroff.called\n")
-    _stub(stubs, "docker", f'printf "%s\\0" "$@" > {tmp_path}/docker.argv\nexit 0\n')
-    _stub(stubs, "sleep", "exit 1\n")  # the hard-stop timer must not outlive the test
-    script = tmp_path / "user-data.sh"
-    script.write_text(user_data(job))
-    env = {"PATH": f"{stubs}:{os.environ['PATH']}", "HOME": str(tmp_path), "LANG": "C.UTF-8"}
-    subprocess.run(["bash", str(script)], cwd=tmp_path, env=env, timeout=60, check=True)
-    return uploads
+    """Run the script with aws/shutdown/docker stand-ins on PATH; returns the folder of uploaded status objects."""
+    vm, env = prepare(tmp_path)
+    run(vm, user_data(job), env)
+    return vm.obj(job.status_uri)
 
 
 def _job(tmp_path: Path, **extra) -> VmJob:
@@ -73,7 +51,7 @@ def _job(tmp_path: Path, **extra) -> VmJob:
         max_runtime_seconds=60,
         status_uri="s3://artifacts/jobplane/test/jobs/x/jp-x/",
         region="us-east-1",
-        workdir=str(tmp_path / "work"),
+        workdir=str(tmp_path / "vm"),
         **extra,
     )
 
@@ -101,16 +79,15 @@ def test_hostile_command_env_and_name_stay_data_when_the_script_runs(tmp_path):
     assert (status["exit_code"], status["state"]) == (0, "SUCCEEDED")
     assert (uploads / "log.txt").exists()
     assert (tmp_path / "shutdown.called").exists()
-    calls = (tmp_path / "aws.calls").read_text().split("\0")
-    assert "s3://artifacts/jobplane/test/jobs/x/jp-x/status.json" in calls
+    assert uploads == tmp_path / "store/s3/artifacts/jobplane/test/jobs/x/jp-x"
 
 
 def test_with_an_image_the_container_gets_the_exact_arguments(tmp_path):
     _run(tmp_path, _job(tmp_path, image="repo/train:1 $(touch PWNED_image)", gpus=2))
-    argv = (tmp_path / "docker.argv").read_text().split("\0")[:-1]
+    argv = next(c["argv"] for c in Vm(tmp_path, tmp_path / "vm").calls("docker") if c["argv"][0] == "run")
     envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
     assert envs[1:3] == ["HOSTILE_A=$(touch PWNED_env) `touch PWNED_env2` 'q' \"dq\"", "HOSTILE_B=a\nb=c\n"]
-    assert argv[:6] == ["run", "--rm", "--name", "jobplane-job", "--network", "host"]
+    assert argv[:6] == ["run", "--rm", "--name", "jp-" + "a" * 32, "--network", "host"]
     assert "--gpus" in argv and argv[argv.index("--gpus") + 1] == "all"
     entry = argv.index("--entrypoint")
     assert argv[entry + 1 :] == [sys.executable, "repo/train:1 $(touch PWNED_image)", "-c", DUMP, *HOSTILE]

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
-import textwrap
 
 import pytest
 
 from chalicelib.backends.gcp.gce_script import startup_script
 from chalicelib.backends.shell import array, assign, quote
+from tests.vmharness import Vm, prepare, run
 
 HOSTILE = [
     "it's",
@@ -29,8 +27,10 @@ HOSTILE = [
 NATIVE = "jp-" + "a" * 32
 
 
-def _script(tmp_path, image="us-docker.pkg.dev/p/r/img:1", command=None, env=None, runtime=60):
+def _script(tmp_path, image="us-docker.pkg.dev/p/r/img:1", command=None, env=None, runtime=60, gpus=1):
     return startup_script(
+        root=str(tmp_path / "vm"),
+        gpus=gpus,
         job_id="a" * 32,
         native_id=NATIVE,
         image=image,
@@ -65,69 +65,50 @@ def test_quoting_core_round_trips_hostile_values_through_bash(tmp_path):
         assign("BAD NAME", "x")
 
 
-def _stubs(tmp_path, docker_exit: int) -> dict[str, str]:
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    stubs = {
-        "gcloud": f"""
-            case "$1 $2" in
-              "storage ls") exit 1 ;;
-              "storage cp") cp "$3" "{tmp_path}/uploaded.json"; printf '%s\\n' "$4" > "{tmp_path}/uploaded.uri" ;;
-              "pubsub topics") printf '%s\\0' "$@" > "{tmp_path}/published" ;;
-            esac
-            exit 0""",
-        "docker": f"""
-            if [ "$1" = run ]; then printf '%s\\0' "$@" > "{tmp_path}/docker.args"; exit {docker_exit}; fi
-            exit 0""",
-        "curl": "exit 0",
-        "nvidia-smi": "echo 42",
-        "shutdown": f'touch "{tmp_path}/shutdown"',
-    }
-    for name, body in stubs.items():
-        path = bin_dir / name
-        path.write_text("#!/bin/bash\n" + textwrap.dedent(body).strip() + "\n")
-        path.chmod(0o755)
-    return {
-        "PATH": f"{bin_dir}:{os.environ['PATH']}",
-        "JOBPLANE_LOG": str(tmp_path / "job.log"),
-        "JOBPLANE_EXIT_FILE": str(tmp_path / "exit.json"),
-        "HOME": str(tmp_path),
-    }
-
-
-def _run(tmp_path, script: str, env: dict[str, str]) -> int:
-    path = tmp_path / "startup.sh"
-    path.write_text(script)
-    proc = subprocess.Popen(["bash", str(path)], cwd=tmp_path, env=env, start_new_session=True)
-    try:
-        return proc.wait(timeout=20)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the heartbeat loop outlives the script (a VM powers off)
+def _run(tmp_path, script: str, docker_exit: int = 0) -> Vm:
+    """The script under bash with gcloud/docker/curl/shutdown stand-ins (tests/vmharness.py)."""
+    vm, env = prepare(tmp_path)
+    (tmp_path / "docker.exit").write_text(str(docker_exit))
+    run(vm, script, env)
+    return vm
 
 
 def test_the_script_runs_the_container_with_values_as_data_and_reports_the_exit(tmp_path):
-    env = _stubs(tmp_path, docker_exit=3)
-    assert _run(tmp_path, _script(tmp_path), env) == 0
-    args = (tmp_path / "docker.args").read_bytes().decode().split("\0")[:-1]
+    vm = _run(tmp_path, _script(tmp_path), docker_exit=3)
+    args = next(c["argv"] for c in vm.calls("docker") if c["argv"][0] == "run")
+    root = tmp_path / "vm"
     assert args == [
-        "run", "--rm", "--name", NATIVE, "--gpus", "all",
+        "run", "--rm", "--name", NATIVE, "--network", "host",
+        "-v", f"{root}/inputs:/opt/jobplane/inputs:ro", "-v", f"{root}/outputs:/opt/jobplane/outputs",
+        "-v", f"{root}/checkpoints:/opt/jobplane/checkpoints", "--gpus", "all",
         "--env", "HOSTILE=" + "\n".join(HOSTILE), "--env", "LR=0.1",
+        "--env", "JOBPLANE_INPUT_DIR=/opt/jobplane/inputs", "--env", "JOBPLANE_OUTPUT_DIR=/opt/jobplane/outputs",
+        "--env", "JOBPLANE_CHECKPOINT_DIR=/opt/jobplane/checkpoints",
         "--entrypoint", "python", "us-docker.pkg.dev/p/r/img:1", "train.py", *HOSTILE,
     ]  # fmt: skip
-    status = json.loads((tmp_path / "uploaded.json").read_text())
+    status = vm.report(f"gs://jp-status/test/{NATIVE}/exit.json")
     assert (status["state"], status["exit_code"], status["native_name"]) == ("FAILED", 3, NATIVE)
-    assert (tmp_path / "uploaded.uri").read_text() == f"gs://jp-status/test/{NATIVE}/exit.json\n"
-    published = (tmp_path / "published").read_bytes().decode().split("\0")[:-1]
+    published = next(c["argv"] for c in vm.calls("gcloud") if c["argv"][:2] == ["pubsub", "topics"])
     assert published[:4] == ["pubsub", "topics", "publish", "projects/my-project/topics/jobplane-test-events"]
     assert "jobplane-source=jobplane.gce,jobplane-native-id=" + NATIVE in published
-    assert (tmp_path / "shutdown").exists()
-    assert not (tmp_path / "PWNED").exists()
+    assert json.loads(published[published.index("--message") + 1]) == status
+    login = next(c["argv"] for c in vm.calls("gcloud") if c["argv"][:2] == ["auth", "configure-docker"])
+    assert login[2] == "us-docker.pkg.dev"
+    assert (tmp_path / "shutdown.called").exists()
+    assert not list(tmp_path.rglob("PWNED"))
 
 
 def test_a_bare_command_past_max_runtime_is_reported_as_timeout(tmp_path):
-    env = _stubs(tmp_path, docker_exit=0)
     script = _script(tmp_path, image=None, command=["sleep", "30"], env={"A": "1"}, runtime=1)
-    assert _run(tmp_path, script, env) == 0
-    status = json.loads((tmp_path / "uploaded.json").read_text())
+    vm = _run(tmp_path, script)
+    status = vm.report(f"gs://jp-status/test/{NATIVE}/exit.json")
     assert (status["state"], status["exit_code"]) == ("TIMEOUT", 124)
-    assert (tmp_path / "shutdown").exists()
+    assert (tmp_path / "shutdown.called").exists()
+
+
+def test_a_machine_whose_job_already_ended_only_powers_off_again(tmp_path):
+    vm, env = prepare(tmp_path)
+    vm.put(f"gs://jp-status/test/{NATIVE}/exit.json", "{}")
+    run(vm, _script(tmp_path), env)
+    assert [c["argv"][:2] for c in vm.calls()] == [["storage", "ls"]]
+    assert (tmp_path / "shutdown.called").exists()

@@ -6,7 +6,7 @@ import pytest
 from google.cloud import aiplatform_v1
 
 from chalicelib.backends.base import Handle
-from chalicelib.backends.gcp.vertex import REJECTED_STATES, STATES
+from chalicelib.backends.gcp.vertex import REJECTED_STATES, STATES, WRAPPER
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
@@ -51,10 +51,17 @@ def test_can_create_a_gpu_spot_custom_job_with_the_exact_request(gcp_service, fa
                     "replicaCount": "1",
                     "containerSpec": {
                         "imageUri": IMAGE,
-                        "command": ["python", "train.py"],
+                        "command": ["/bin/sh", "-c", WRAPPER, "jobplane"],
+                        "args": ["", "", "", "0", "2", "python", "train.py"],
                         "env": [
                             {"name": "JOBPLANE_ATTEMPT", "value": "1"},
+                            {
+                                "name": "JOBPLANE_CHECKPOINT_DIR",
+                                "value": f"/gcs/jobplane-test-artifacts/checkpoints/{job.job_id}",
+                            },
+                            {"name": "JOBPLANE_INPUT_DIR", "value": "/tmp/jobplane/inputs"},
                             {"name": "JOBPLANE_JOB_ID", "value": job.job_id},
+                            {"name": "JOBPLANE_OUTPUT_DIR", "value": f"/gcs/out/resnet/{job.job_id}"},
                             {"name": "JOBPLANE_OUTPUT_URI", "value": "gs://out/resnet/"},
                             {"name": "LR", "value": "0.1"},
                         ],
@@ -62,7 +69,7 @@ def test_can_create_a_gpu_spot_custom_job_with_the_exact_request(gcp_service, fa
                 }
             ],
             "scheduling": {"timeout": "5400s", "strategy": aiplatform_v1.Scheduling.Strategy.SPOT.value},
-            "baseOutputDirectory": {"outputUriPrefix": "gs://out/resnet/"},
+            "baseOutputDirectory": {"outputUriPrefix": f"gs://out/resnet/{job.job_id}/"},
         },
     }
 

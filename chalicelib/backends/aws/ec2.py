@@ -36,6 +36,7 @@ from chalicelib.backends.base import (
     parse_native_name,
 )
 from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -96,6 +97,7 @@ class Ec2Backend(AwsBackend):
 
     def vm_job(self, job, handle: Handle) -> VmJob:
         spec = job.spec
+        bucket = self.settings.artifacts_bucket
         return VmJob(
             job_id=handle.job_id,
             native_id=handle.native_name,  # the VM agent's NATIVE_ID is our name: its status path uses it
@@ -107,19 +109,32 @@ class Ec2Backend(AwsBackend):
             region=self.settings.region,
             image=spec.image,
             gpus=spec.resources.gpus,
-            checkpoint_uri=spec.checkpoint_uri if (spec.checkpoint_uri or "").startswith("s3://") else None,
+            setup=spec.setup,
+            code_uri=spec.code_uri,
+            code_sha256=spec.code_sha256,
+            inputs=tuple(spec.inputs.items()),
+            artifacts_uri=contract.artifacts_uri(spec, handle.job_id, bucket),
+            checkpoint_uri=contract.checkpoint_location(spec, handle.job_id, bucket),
         )
 
     def _validate_impl(self, spec: JobSpec) -> None:
         instance_type_for(spec.resources)
+        foreign = contract.foreign_uri(spec, "s3")
+        if foreign is not None:
+            field, uri = foreign
+            raise UnsupportedError(
+                f"EC2 VMs read and write S3 only: {field} is {uri}",
+                [{"field": field, "message": "an s3:// URI on this backend"}],
+            )
         from chalicelib.jobs.model import Job, JobStatus, utcnow
 
         probe = Job("0" * 32, spec.name, "", JobStatus.QUEUED, self.name, spec, utcnow())
         size = len(user_data(self.vm_job(probe, Handle.of(probe))).encode())
         if size > MAX_USER_DATA:
             raise UnsupportedError(
-                f"the job's command and env make a {size}-byte EC2 user data script (limit {MAX_USER_DATA})",
-                [{"field": "env", "message": "keep command and env under ~14 KiB for ec2, or pass data through S3"}],
+                f"the job's command, setup, inputs and env make a {size}-byte EC2 user data script "
+                f"(limit {MAX_USER_DATA})",
+                [{"field": "env", "message": "keep them under ~8 KiB together for ec2, or pass data through S3"}],
             )
 
     def run_request(self, job, handle: Handle) -> dict[str, Any]:

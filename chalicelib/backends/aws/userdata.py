@@ -1,11 +1,12 @@
-"""EC2 user data for an ad-hoc job VM: run, enforce max runtime, ship the log, report to S3, shut down."""
+"""EC2 user data for an ad-hoc job VM: stage the job, run it, enforce max runtime, upload, report to S3, shut down."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from chalicelib.backends.agent import SHELL_FUNCTIONS, script_attempt
-from chalicelib.backends.shell import array, assign
+from chalicelib.backends.agent import CHECKPOINT_INTERVAL, VM_ROOT, VmContract, vm_script
+from chalicelib.backends.shell import assign
 
 # EC2 refuses user data over 16 KiB (before base64).
 MAX_USER_DATA = 16 * 1024
@@ -13,6 +14,8 @@ MAX_USER_DATA = 16 * 1024
 HARD_STOP_GRACE = 600
 # Seconds between uploads of the job's output to <status_uri>log.txt while it runs.
 LOG_INTERVAL = 60
+# <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]: a private ECR registry, logged in with the VM's role.
+ECR_HOST = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
 
 @dataclass(frozen=True)
@@ -29,124 +32,88 @@ class VmJob:
     region: str
     image: str | None = None
     gpus: int = 0
-    checkpoint_uri: str | None = None
-    workdir: str = "/var/lib/jobplane"
+    checkpoint_uri: str | None = None  # s3://.../ restored before the job starts, synced while it runs
+    workdir: str = VM_ROOT  # the VM's folder for the job: code/, inputs/<name>/, outputs/, checkpoints/
     log_interval_seconds: int = LOG_INTERVAL
+    setup: tuple[tuple[str, ...], ...] = ()
+    code_uri: str | None = None
+    code_sha256: str | None = None
+    inputs: tuple[tuple[str, str], ...] = ()
+    artifacts_uri: str | None = None  # s3://.../<job_id>/ where $JOBPLANE_OUTPUT_DIR goes when the job ends
+    checkpoint_interval_seconds: int = CHECKPOINT_INTERVAL
 
 
-# The fixed part: no value from a job ever appears in it, only "$VARIABLES" set above it.
+def ecr_registry(image: str | None) -> tuple[str, str] | None:
+    """(registry host, region) when the image is in a private ECR registry."""
+    host = (image or "").split("/", 1)[0]
+    match = ECR_HOST.match(host) if "/" in (image or "") else None
+    return (host, match[1]) if match else None
+
+
+# The cloud's part: S3 through the AWS CLI (the instance profile's credentials), ECR, the hard stop.
 _BODY = r"""
-LOG="$WORKDIR/output.log"
-mkdir -p "$WORKDIR/checkpoints"
-STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
-exit_code=255
-ran_seconds=0
+store_get() { aws s3 cp --region "$REGION" --only-show-errors "$1" "$2"; }
+store_put() { aws s3 cp --region "$REGION" --only-show-errors "$1" "$2"; }
+store_sync() { aws s3 sync --region "$REGION" --only-show-errors "$1" "$2"; }
+store_restore() { store_sync "$1" "$2"; }
 
-sync_checkpoints() {
-  if [ -n "$CHECKPOINT_URI" ]; then
-    aws s3 sync --region "$REGION" --only-show-errors "$WORKDIR/checkpoints" "$CHECKPOINT_URI" || true
+registry_login() {
+  if [ -n "$ECR_REGISTRY" ]; then
+    aws ecr get-login-password --region "$ECR_REGION" |
+      docker login --username AWS --password-stdin "$ECR_REGISTRY"
   fi
 }
 
-upload_log() {
-  # A snapshot, so the upload never reads a file that grows under it.
-  cp "$LOG" "$WORKDIR/log-snapshot.txt" 2>/dev/null || return 0
-  aws s3 cp --region "$REGION" --only-show-errors "$WORKDIR/log-snapshot.txt" "${STATUS_URI}log.txt" || true
+deliver_report() {
+  store_put "$REPORT_FILE" "$REPORT_URI" >>"$LOG" 2>&1 || true
 }
 
-ship_logs() {
-  # A TERM interrupts the wait at once but lets an upload in flight finish, so none lands after the last one.
-  trap 'exit 0' TERM
-  while true; do
-    sleep "$LOG_INTERVAL" &
-    wait "$!" || exit 0
-    upload_log
-  done
-}
-
-finish() {
-  trap - EXIT
-  sync_checkpoints
-  if [ -n "${LOG_SHIPPER:-}" ]; then
-    kill "$LOG_SHIPPER" 2>/dev/null
-    wait "$LOG_SHIPPER" 2>/dev/null
-  fi
-  write_report "$WORKDIR/status.json" "$exit_code" "$ran_seconds"
-  # The whole log goes up before the exit report: a job seen ending has its complete log.
-  upload_log
-  aws s3 cp --region "$REGION" --only-show-errors "$WORKDIR/status.json" "${STATUS_URI}status.json" || true
+power_off() {
+  stop "${HARD_STOP:-}"
   # InstanceInitiatedShutdownBehavior=terminate: powering off ends the instance and its bill.
   shutdown -h now || poweroff
 }
-trap finish EXIT
 
+trap finish_job EXIT
 # A second, independent stop: whatever the command does, the machine goes away.
-(sleep "$((MAX_RUNTIME_SECONDS + HARD_STOP_GRACE))" && shutdown -h now) >/dev/null 2>&1 &
-
-echo "jobplane: job $JOB_ID ($JOB_NAME) attempt $NATIVE_ID starting at $STARTED_AT" >"$LOG"
-ship_logs >/dev/null 2>&1 &
-LOG_SHIPPER=$!
-if [ -n "$CHECKPOINT_URI" ]; then
-  # A retried attempt resumes from the checkpoints of the one before.
-  aws s3 sync --region "$REGION" --only-show-errors "$CHECKPOINT_URI" "$WORKDIR/checkpoints" >>"$LOG" 2>&1 || true
-  (while sleep 60; do sync_checkpoints; done) >/dev/null 2>&1 &
-fi
-
-run_started=$SECONDS
-if [ -n "$IMAGE" ]; then
-  run=(docker run --rm --name jobplane-job --network host -v "$WORKDIR/checkpoints:/opt/jobplane/checkpoints")
-  if [ "$GPUS" -gt 0 ]; then
-    run+=(--gpus all)
-  fi
-  for kv in "${JOB_ENV[@]}"; do
-    run+=(--env "$kv")
-  done
-  run+=(--env JOBPLANE_CHECKPOINT_DIR=/opt/jobplane/checkpoints --entrypoint "${COMMAND[0]}" "$IMAGE")
-  run+=("${COMMAND[@]:1}")
-  timeout --kill-after=60 "$MAX_RUNTIME_SECONDS" "${run[@]}" >>"$LOG" 2>&1 </dev/null
-  exit_code=$?
-else
-  (
-    for kv in "${JOB_ENV[@]}"; do
-      export "${kv?}"
-    done
-    export JOBPLANE_CHECKPOINT_DIR="$WORKDIR/checkpoints"
-    cd "$WORKDIR" && exec timeout --kill-after=60 "$MAX_RUNTIME_SECONDS" "${COMMAND[@]}"
-  ) >>"$LOG" 2>&1 </dev/null
-  exit_code=$?
-fi
-ran_seconds=$((SECONDS - run_started))
-echo "jobplane: exit status $exit_code" >>"$LOG"
+every "$((MAX_RUNTIME_SECONDS + HARD_STOP_GRACE))" shutdown -h now >/dev/null 2>&1 &
+HARD_STOP=$!
+note "job name: $JOB_NAME"
+run_agent
 """
 
 
 def user_data(job: VmJob) -> str:
     """The bash script EC2 runs at first boot (cloud-init runs user data that starts with #!)."""
-    if not job.command:
-        raise ValueError("a VM job needs a command")
     if not job.status_uri.endswith("/"):
         raise ValueError("status_uri must end with /")
-    attempt = script_attempt(job.job_id, job.native_id)
+    contract = VmContract(
+        job_id=job.job_id,
+        native_id=job.native_id,
+        command=job.command,
+        env=job.env,
+        max_runtime_seconds=job.max_runtime_seconds,
+        report_uri=job.status_uri + "status.json",
+        log_uri=job.status_uri + "log.txt",
+        scheme="s3",
+        image=job.image,
+        gpus=job.gpus,
+        setup=job.setup,
+        code_uri=job.code_uri,
+        code_sha256=job.code_sha256,
+        inputs=job.inputs,
+        artifacts_uri=job.artifacts_uri,
+        checkpoint_uri=job.checkpoint_uri,
+        root=job.workdir,
+        log_interval_seconds=job.log_interval_seconds,
+        checkpoint_interval_seconds=job.checkpoint_interval_seconds,
+    )
+    registry, registry_region = ecr_registry(job.image) or ("", "")
     head = [
-        "#!/bin/bash",
-        "# Generated by jobplane. Every job value is a single-quoted assignment below; nothing is evaluated.",
-        "# SC2016: a $ or backtick inside those quotes is the job's data, meant to stay unexpanded.",
-        "# shellcheck disable=SC2016",
-        "set -uo pipefail",
-        assign("JOB_ID", job.job_id),
-        assign("NATIVE_ID", job.native_id),
-        assign("ATTEMPT", attempt),
         assign("JOB_NAME", job.name),
-        assign("IMAGE", job.image or ""),
-        assign("GPUS", int(job.gpus)),
-        assign("MAX_RUNTIME_SECONDS", int(job.max_runtime_seconds)),
         assign("HARD_STOP_GRACE", HARD_STOP_GRACE),
-        assign("LOG_INTERVAL", int(job.log_interval_seconds)),
-        assign("STATUS_URI", job.status_uri),
-        assign("CHECKPOINT_URI", job.checkpoint_uri or ""),
         assign("REGION", job.region),
-        assign("WORKDIR", job.workdir),
-        array("COMMAND", job.command),
-        array("JOB_ENV", [f"{k}={v}" for k, v in job.env]),
+        assign("ECR_REGISTRY", registry),
+        assign("ECR_REGION", registry_region),
     ]
-    return "\n".join(head) + "\n" + SHELL_FUNCTIONS.lstrip("\n") + _BODY
+    return vm_script(head, contract, _BODY)

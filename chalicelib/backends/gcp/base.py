@@ -177,6 +177,19 @@ def client_kwargs(settings: Settings, host: str) -> dict[str, Any]:
     return {"transport": "rest", "client_options": ClientOptions(api_endpoint=host)}
 
 
+def refuse_foreign_uris(spec: JobSpec, service: str) -> None:
+    """GCP backends read and write Cloud Storage only: an s3:// location is refused naming its field."""
+    from chalicelib.jobs.contract import foreign_uri
+
+    foreign = foreign_uri(spec, "gs")
+    if foreign is not None:
+        field, uri = foreign
+        raise UnsupportedError(
+            f"{service} read and write Cloud Storage only: {field} is {uri}",
+            [{"field": field, "message": "a gs:// URI on Google Cloud backends"}],
+        )
+
+
 def parse_gs_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("gs://"):
         raise BackendValidationError(f"not a gs:// URI: {uri!r}")

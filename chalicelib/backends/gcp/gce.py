@@ -34,10 +34,12 @@ from chalicelib.backends.gcp.base import (
     machine_for,
     managed_filter,
     map_gcp_errors,
+    refuse_foreign_uris,
 )
 from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
 from chalicelib.backends.gcp.gce_script import MAX_METADATA_VALUE, startup_script
 from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -139,6 +141,7 @@ class GceBackend(ComputeBackend):
 
     # --- request building (pure: the client library's own types) ---------------------------
     def _validate_impl(self, spec: JobSpec) -> None:
+        refuse_foreign_uris(spec, "Compute Engine VMs")
         machine_for(spec)
 
     def instance(self, job, handle: Handle):
@@ -150,6 +153,7 @@ class GceBackend(ComputeBackend):
         machine = machine_for(spec)
         max_runtime = spec.max_runtime_minutes * 60
         env = job_env(spec, handle)
+        bucket = self.settings.gcp_artifacts_bucket
         script = startup_script(
             job_id=handle.job_id,
             native_id=handle.native_name,  # the startup script's NATIVE_ID is our name (the instance's)
@@ -160,6 +164,14 @@ class GceBackend(ComputeBackend):
             events_topic=self.settings.gcp_events_topic,
             max_runtime_seconds=max_runtime,
             idle_samples=self.settings.idle_minutes,
+            # A2, A3 and G2 machine types come with GPUs even when the spec names only the machine type.
+            gpus=machine.gpu_count or int(machine.machine_type.startswith(("a2-", "a3-", "g2-"))),
+            setup=spec.setup,
+            code_uri=spec.code_uri,
+            code_sha256=spec.code_sha256,
+            inputs=spec.inputs,
+            artifacts_uri=contract.artifacts_uri(spec, handle.job_id, bucket, "gs"),
+            checkpoint_uri=contract.checkpoint_location(spec, handle.job_id, bucket, "gs"),
         )
         if len(script.encode()) > MAX_METADATA_VALUE:
             raise UnsupportedError(

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
+from chalicelib.backends.agent import INPUT_NAME, RUN_STEPS_SH, UNPACK_CODE_SH, step_words
 from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
@@ -28,9 +29,12 @@ from chalicelib.backends.gcp.base import (
     machine_for,
     managed_filter,
     map_gcp_errors,
+    parse_gs_uri,
+    refuse_foreign_uris,
 )
 from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
 from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -57,6 +61,55 @@ REJECTED_STATES = ("JOB_STATE_UNSPECIFIED",)
 # google.rpc.Code values that say why a FAILED job failed
 _RPC_DEADLINE_EXCEEDED = 4
 _RPC_RESOURCE_EXHAUSTED = 8
+
+
+# Where Vertex AI mounts Cloud Storage in every custom job's container (Cloud Storage FUSE): gs://b/k is /gcs/b/k.
+GCS_MOUNT = "/gcs"
+# The job's own folders in its container: inputs are links into /gcs, code is unpacked from /gcs. Under /tmp
+# because an image may run as a user who can write nothing else; the container is the job's alone.
+INPUT_DIR = "/tmp/jobplane/inputs"  # noqa: S108
+CODE_DIR = "/tmp/jobplane/code"  # noqa: S108
+# The container's command: a fixed POSIX sh wrapper (never formatted with a job's values), then its
+# arguments: the code archive under /gcs ("" for none), its sha256, the work folder ("" to stay in the
+# image's), the number of inputs, each input's name, path under /gcs and kind, then the steps.
+_PREPARE = r"""
+code=$1 digest=$2 work=$3 count=$4
+shift 4
+mkdir -p "$JOBPLANE_INPUT_DIR" "$JOBPLANE_OUTPUT_DIR" "$JOBPLANE_CHECKPOINT_DIR" || exit 1
+while [ "$count" -gt 0 ]; do
+  # A prefix is its folder under /gcs; an object, a folder holding a link to that one file.
+  if [ "$3" = prefix ]; then
+    ln -sfn "$2" "$JOBPLANE_INPUT_DIR/$1" || exit 1
+  else
+    mkdir -p "$JOBPLANE_INPUT_DIR/$1" && ln -sf "$2" "$JOBPLANE_INPUT_DIR/$1/" || exit 1
+  fi
+  shift 3
+  count=$((count - 1))
+done
+if [ -n "$work" ]; then
+  mkdir -p "$work" || exit 1
+  if [ -n "$code" ]; then unpack_code "$code" "$digest" "$work" || exit 1; fi
+  cd "$work" || exit 1
+fi
+"""
+WRAPPER = UNPACK_CODE_SH.lstrip("\n") + _PREPARE + RUN_STEPS_SH
+
+
+def gcs_path(uri: str) -> str:
+    """gs://bucket/key -> /gcs/bucket/key (no trailing /), where the job's container sees it."""
+    bucket, key = parse_gs_uri(uri)
+    return "/".join(part for part in (GCS_MOUNT, bucket, key) if part)
+
+
+def wrapper_args(spec: JobSpec) -> list[str]:
+    """The wrapper's arguments for `spec` (data only: it reads them as "$1", "$2", ...)."""
+    args = [gcs_path(spec.code_uri) if spec.code_uri else "", spec.code_sha256 or ""]
+    args += [CODE_DIR if spec.code_uri else "", str(len(spec.inputs))]
+    for name, uri, is_prefix in contract.input_items(spec):
+        if not INPUT_NAME.match(name):
+            raise UnsupportedError(f"{name!r} is not an input name", [{"field": "inputs", "message": "[A-Za-z0-9._-]"}])
+        args += [name, gcs_path(uri), "prefix" if is_prefix else "object"]
+    return args + step_words(spec.setup, spec.command)
 
 
 def failure_kind_of(code: int, message: str, spot: bool) -> FailureKind:
@@ -135,6 +188,7 @@ class VertexBackend(ComputeBackend):
             raise UnsupportedError(
                 "Vertex AI runs container images", [{"field": "image", "message": "required for backend vertex"}]
             )
+        refuse_foreign_uris(spec, "Vertex AI custom jobs")
         tpu = spec.resources.tpu
         if tpu is not None and tpu not in TPU_OFFERS:
             raise UnsupportedError(
@@ -171,7 +225,19 @@ class VertexBackend(ComputeBackend):
         from google.protobuf import duration_pb2
 
         spec = job.spec
-        env = job_env(spec, handle)
+        bucket = self.settings.gcp_artifacts_bucket
+        artifacts = contract.artifacts_uri(spec, handle.job_id, bucket, "gs")
+        env = {
+            **job_env(spec, handle),
+            **contract.job_variables(
+                handle.job_id,
+                handle.attempt,
+                input_dir=INPUT_DIR,
+                # Cloud Storage FUSE writes through to the bucket: outputs land there, checkpoints stay synced.
+                output_dir=gcs_path(artifacts),
+                checkpoint_dir=gcs_path(contract.checkpoint_location(spec, handle.job_id, bucket, "gs")),
+            ),
+        }
         scheduling = aiplatform_v1.Scheduling(
             timeout=duration_pb2.Duration(seconds=spec.max_runtime_minutes * 60),
             strategy=aiplatform_v1.Scheduling.Strategy.SPOT
@@ -187,17 +253,18 @@ class VertexBackend(ComputeBackend):
                     replica_count=1,
                     container_spec=aiplatform_v1.ContainerSpec(
                         image_uri=spec.image,
-                        command=list(spec.command),
+                        command=["/bin/sh", "-c", WRAPPER, "jobplane"],
+                        args=wrapper_args(spec),
                         env=[aiplatform_v1.EnvVar(name=k, value=v) for k, v in sorted(env.items())],
                     ),
                 )
             ],
             scheduling=scheduling,
+            # AIP_MODEL_DIR is then <artifacts_uri>model/: what a Vertex-aware script saves lands with the outputs.
+            base_output_directory=aiplatform_v1.GcsDestination(output_uri_prefix=artifacts),
         )
         if self.settings.vertex_service_account:
             job_spec.service_account = self.settings.vertex_service_account
-        if spec.outputs and spec.outputs.startswith("gs://"):
-            job_spec.base_output_directory = aiplatform_v1.GcsDestination(output_uri_prefix=spec.outputs)
         return aiplatform_v1.CustomJob(
             display_name=handle.native_name,
             labels=job_labels(self.settings, handle.job_id, handle.attempt, spec.labels),
