@@ -131,9 +131,3 @@ def download(settings: Settings, bucket: str, name: str) -> bytes | None:
     base = (settings.gcp_api_endpoint or STORAGE).rstrip("/")
     url = f"{base}/download/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o/{urllib.parse.quote(name, safe='')}"
     return request(settings, "GET", url, params={"alt": "media"}, missing_ok=True)
-
-
-def reset() -> None:
-    """Forget the sessions (tests that change credentials in one process)."""
-    with _lock:
-        _sessions.clear()
