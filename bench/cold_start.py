@@ -212,8 +212,8 @@ class GcpWorld:
         return self._cloud_event(entry)
 
 
-def measure(rounds: int = 9) -> dict[str, float]:
-    """Median wall time of each variant's fresh process, the variants interleaved round by round."""
+def measure(rounds: int = 9) -> dict[str, list[float]]:
+    """Each variant's fresh-process wall times, the variants interleaved round by round (one list per variant)."""
     from jobplane.local.emulator import start_moto
 
     server, endpoint = start_moto()
@@ -245,7 +245,7 @@ def measure(rounds: int = 9) -> dict[str, float]:
         gcp.fake.stop()
     finally:
         server.stop()
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def _with(env: dict[str, str], payload: dict) -> dict[str, str]:
@@ -254,22 +254,63 @@ def _with(env: dict[str, str], payload: dict) -> dict[str, str]:
 
 AWS_TARGET = 1.5
 GCP_TARGET_S = 1.5
+PYTHON, BOTO3 = "python (no import)", "import boto3"
+# The issue's two AWS rows (a first state event, a first API request) and the one that also launches.
+AWS_TARGETED = ("first state event (SageMaker)", "first GET /jobs")
+AWS_LAUNCH = "first POST /jobs (SageMaker)"
+GCP_ROWS = ("GCP first Vertex event", "GCP first GCE event")
 
 
-def main() -> int:
-    medians = measure()
-    base = medians["python (no import)"]
-    boto3 = medians["import boto3"] - base
+def ratios(samples: dict[str, list[float]]) -> dict[str, float]:
+    """Per variant: the median over rounds of (variant - python) / (import boto3 - python), each round's own
+    processes only, so load that changes during the run moves both sides of a ratio alike."""
+    rounds = range(len(samples[PYTHON]))
+    found = {}
+    for name, values in samples.items():
+        if name == PYTHON:
+            continue
+        per_round = [(values[i] - samples[PYTHON][i]) / (samples[BOTO3][i] - samples[PYTHON][i]) for i in rounds]
+        found[name] = statistics.median(per_round)
+    return found
+
+
+def _load() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} on {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=9, help="fresh processes per variant (at least 5)")
+    args = parser.parse_args(argv)
+    rounds = max(5, args.rounds)
+    load_before = _load()
+    samples = measure(rounds)
+    load_after = _load()
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    ratio = ratios(samples)
+    base = medians[PYTHON]
+    print(f"load average (1, 5, 15 min): {load_before} before, {load_after} after; {rounds} rounds, medians")
     print(f"{'cold start (fresh process)':32} {'process s':>10} {'net s':>7} {'x boto3':>8}")
     for name, value in medians.items():
-        net = value - base
-        ratio = "" if name.startswith("python") else f"{net / boto3:8.2f}"
-        print(f"{name:32} {value:10.3f} {net:7.3f} {ratio}")
-    served = ("first state event (SageMaker)", "first GET /jobs", "first POST /jobs (SageMaker)")
-    worst = max((medians[n] - base) / boto3 for n in served)
-    print(f"served AWS paths: worst {worst:.2f} x import boto3 (target <= {AWS_TARGET})")
-    gcp_worst = max(medians["GCP first Vertex event"], medians["GCP first GCE event"])
-    print(f"Cloud Functions first event: worst {gcp_worst:.2f} s per process (target <= {GCP_TARGET_S} s)")
+        shown = "" if name == PYTHON else f"{ratio[name]:8.2f}"
+        print(f"{name:32} {value:10.3f} {value - base:7.3f} {shown}")
+    worst = max(AWS_TARGETED, key=ratio.__getitem__)
+    verdict = "met" if ratio[worst] <= AWS_TARGET else "not met"
+    print(
+        f"first state event and first API request: worst {ratio[worst]:.2f} x import boto3 ({worst}); "
+        f"target <= {AWS_TARGET}: {verdict}"
+    )
+    verdict = "met" if ratio[AWS_LAUNCH] <= AWS_TARGET else "not met"
+    print(
+        f"{AWS_LAUNCH} (validates and launches): {ratio[AWS_LAUNCH]:.2f} x import boto3; "
+        f"target <= {AWS_TARGET}: {verdict}"
+    )
+    for name in GCP_ROWS:
+        verdict = "met" if medians[name] <= GCP_TARGET_S else "not met"
+        print(f"{name}: {medians[name]:.3f} s per process; target <= {GCP_TARGET_S} s: {verdict}")
     return 0
 
 

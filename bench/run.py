@@ -22,7 +22,7 @@ def main() -> int:
     print("\n== Cold-start import cost (median of interleaved fresh processes) ==")
     import_cost.main()
     print("\n== Cold start served: a fresh process's first state event and API requests (moto, loopback GCP fake) ==")
-    cold_start.main()
+    cold_start.main([])
     print("\n== A VM job's end to its VM's stop request (EC2 on moto) ==")
     vm_stop.main()
     print("\n== Control-plane cost per 1,000 jobs ==")

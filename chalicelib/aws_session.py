@@ -17,8 +17,62 @@ def botocore_session():
         if not _session:
             import botocore.session
 
-            _session.append(botocore.session.Session())
+            session = botocore.session.Session()
+            session.register_component("data_loader", _loader(session.get_config_variable("data_path")))
+            _session.append(session)
         return _session[0]
+
+
+def _loader(data_path: str | None):
+    """botocore's Loader, on the same search path (AWS_DATA_PATH included), without two cold-start costs.
+
+    - botocore parses every JSON model into OrderedDicts (`object_pairs_hook`), 2-3x slower than dicts, which
+      keep insertion order as well: endpoints.json alone (1.2 MB) is ~35 ms of a first client that way.
+    - `load_service_model` first lists every service directory (~450, each listed and stat'ed: ~13 ms per
+      model type) only to check the name; the latest version's directory is found without that. A name
+      botocore does not know goes to botocore's own method, so its UnknownServiceError is unchanged.
+    """
+    import gzip
+    import json
+    import os
+
+    from botocore.exceptions import DataNotFoundError
+    from botocore.loaders import Loader, instance_cache
+
+    openers = ((".json", open), (".json.gz", gzip.open))
+
+    class FileLoader:
+        """botocore.loaders.JSONFileLoader's interface and files (.json, then .json.gz), decoded as dicts."""
+
+        def exists(self, file_path: str) -> bool:
+            return any(os.path.isfile(file_path + ext) for ext, _ in openers)
+
+        def load_file(self, file_path: str):
+            for ext, opener in openers:
+                if os.path.isfile(file_path + ext):
+                    with opener(file_path + ext, "rb") as fp:
+                        return json.loads(fp.read().decode("utf-8"))
+            return None
+
+    class DirectLoader(Loader):
+        FILE_LOADER_CLASS = FileLoader
+
+        @instance_cache
+        def load_service_model(self, service_name, type_name, api_version=None):
+            if api_version is not None:
+                return super().load_service_model(service_name, type_name, api_version)
+            try:
+                api_version = self.determine_latest_version(service_name, type_name)
+            except DataNotFoundError:
+                return super().load_service_model(service_name, type_name)
+            model = self.load_data(os.path.join(service_name, api_version, type_name))
+            self._extras_processor.process(model, self._find_extras(service_name, type_name, api_version))
+            return model
+
+    paths = None
+    if data_path:
+        paths = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)]
+    return DirectLoader(extra_search_paths=paths)
 
 
 def _config_key(config) -> tuple:

@@ -9,9 +9,8 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chalicelib.auth import Principal
 from chalicelib.backends import get_backend
 from chalicelib.backends.base import ComputeBackend, Handle, LogChunk, Offset
 from chalicelib.config import Settings
@@ -39,6 +38,9 @@ from chalicelib.jobs.model import (
 )
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import IdempotencyRecord, JobStore, Page
+
+if TYPE_CHECKING:
+    from chalicelib.auth import Principal  # annotations only: an event handler needs no auth
 
 log = logging.getLogger("jobplane.service")
 DEFAULT_LIMIT = 20

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
 from pathlib import Path
+
+import pytest
 
 from chalicelib import aws_session
 from tests.conftest import make_settings
@@ -126,3 +129,54 @@ def test_a_real_first_state_event_imports_neither_pydantic_nor_the_spec_module(t
     assert report["loaded"] == []
     assert report["boto3"] is False  # botocore alone: boto3's own import is not on the event path
     assert store.get_job(job.job_id).status.value == "SUCCEEDED"
+
+
+def test_the_sessions_loader_loads_exactly_what_botocores_own_loader_loads():
+    from botocore.loaders import create_loader
+
+    def load(loader, service, type_name):
+        try:
+            return loader.load_service_model(service, type_name)
+        except Exception as exc:  # noqa: BLE001 - the same error is part of "exactly"
+            return type(exc), str(exc)
+
+    stock, ours = create_loader(), aws_session._loader(None)
+    for service in ("dynamodb", "sagemaker", "sts", "ec2", "s3", "no-such-service"):
+        for type_name in ("service-2", "endpoint-rule-set-1", "paginators-1", "waiters-2"):
+            assert load(ours, service, type_name) == load(stock, service, type_name), (service, type_name)
+    assert load(ours, "sts", "waiters-2")[0].__name__ == "UnknownServiceError"  # STS has no waiters
+    assert ours.load_data("endpoints") == stock.load_data("endpoints")
+    assert type(ours.load_data("endpoints")) is dict  # not botocore's OrderedDicts, 2-3x slower to decode
+
+
+def test_the_loader_finds_a_known_service_without_listing_every_service():
+    from botocore.exceptions import UnknownServiceError
+
+    loader = aws_session._loader(None)
+    listed: list[str] = []
+    original = loader.list_available_services
+    loader.list_available_services = lambda type_name: listed.append(type_name) or original(type_name)
+    loader.load_service_model("dynamodb", "service-2")
+    loader.load_service_model("dynamodb", "endpoint-rule-set-1")
+    assert listed == []
+    with pytest.raises(UnknownServiceError, match="Unknown service: 'no-such-service'"):
+        loader.load_service_model("no-such-service", "service-2")  # botocore's own error, from its own listing
+    assert listed == ["service-2"]
+
+
+def test_the_loader_keeps_the_aws_data_path(tmp_path):
+    model = {"version": "2.0", "metadata": {"apiVersion": "2020-01-01"}, "operations": {}, "shapes": {}}
+    (tmp_path / "jobplane-test" / "2020-01-01").mkdir(parents=True)
+    (tmp_path / "jobplane-test" / "2020-01-01" / "service-2.json").write_text(json.dumps(model))
+    loader = aws_session._loader(f"{tmp_path}{os.pathsep}/nonexistent")
+    assert loader.load_service_model("jobplane-test", "service-2") == model
+    assert loader.load_service_model("dynamodb", "service-2")["metadata"]["serviceId"] == "DynamoDB"
+
+
+def test_the_one_session_uses_that_loader():
+    aws_session.reset()
+    try:
+        loader = aws_session.botocore_session().get_component("data_loader")
+        assert type(loader).__name__ == "DirectLoader" and loader.search_paths[-1].endswith("botocore/data")
+    finally:
+        aws_session.reset()

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
-from chalicelib.backends.aws.cwlogs import prefixed_streams, read_streams
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, UnsupportedError
@@ -176,6 +175,8 @@ class SageMakerBackend(AwsBackend):
         return (LOG_GROUP,)
 
     def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        from chalicelib.backends.aws.cwlogs import prefixed_streams, read_streams
+
         # One stream per instance and container start (algo-1-<epoch>; a spot restart adds one), by name.
         logs = self.client("logs")
         return read_streams(logs, lambda: prefixed_streams(logs, LOG_GROUP, f"{handle.native_name}/"), offset, limit)

@@ -198,41 +198,23 @@ def parse_gs_uri(uri: str) -> tuple[str, str]:
 
 
 class StatusObjects:
-    """The exit-status objects VMs write to GCS (`<status_uri>/<native_name>/exit.json`)."""
+    """The exit-status objects VMs write to GCS (`<status_uri>/<native_name>/exit.json`), read by REST
+    (objects.get, alt=media: see rest.py) rather than google-cloud-storage, which a cold event would import."""
 
-    def __init__(self, settings: Settings, client=None) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._client = client
-
-    @property
-    def client(self):
-        if self._client is None:
-            from google.cloud import storage
-
-            if self.settings.gcp_api_endpoint:
-                from google.auth.credentials import AnonymousCredentials
-
-                self._client = storage.Client(
-                    project=self.settings.gcp_project,
-                    credentials=AnonymousCredentials(),
-                    client_options={"api_endpoint": self.settings.gcp_api_endpoint},
-                )
-            else:
-                self._client = storage.Client(project=self.settings.gcp_project)
-        return self._client
 
     def uri(self, native_name: str) -> str:
         return f"{(self.settings.gcp_status_uri or '').rstrip('/')}/{native_name}/exit.json"
 
     def read(self, native_name: str) -> dict[str, Any] | None:
-        from google.api_core.exceptions import NotFound
+        from chalicelib.backends.gcp import rest
 
         bucket, name = parse_gs_uri(self.uri(native_name))
         with map_gcp_errors(f"reading {self.uri(native_name)}"):
-            try:
-                data = self.client.bucket(bucket).blob(name).download_as_bytes()
-            except NotFound:
-                return None
+            data = rest.download(self.settings, bucket, name)
+        if data is None:
+            return None
         try:
             status = json.loads(data)
         except ValueError:

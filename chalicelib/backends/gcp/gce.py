@@ -122,19 +122,31 @@ class GceBackend(ComputeBackend):
     )
     named_by_us = True  # the instance's name is the one we give it
 
-    def __init__(self, settings, client=None, status_objects: StatusObjects | None = None) -> None:
+    def __init__(self, settings, client=None, status_objects: StatusObjects | None = None, compute=None) -> None:
         super().__init__(settings)
         self._client = client
+        self._compute = compute
         self.status_objects = status_objects or StatusObjects(settings)
         self._zones: dict[str, str] = {}  # instance name -> zone, as the last aggregated list saw it
 
     @property
     def client(self):
+        """instances.get / setLabels / stop / delete by REST (rest.Instances): all an event or a stop needs,
+        without importing compute_v1."""
         if self._client is None:
+            from chalicelib.backends.gcp.rest import Instances
+
+            self._client = Instances(self.settings)
+        return self._client
+
+    @property
+    def compute(self):
+        """The official compute_v1 InstancesClient: insert, aggregatedList, getGuestAttributes."""
+        if self._compute is None:
             from google.cloud import compute_v1
 
-            self._client = compute_v1.InstancesClient(**client_kwargs(self.settings, "compute.googleapis.com"))
-        return self._client
+            self._compute = compute_v1.InstancesClient(**client_kwargs(self.settings, "compute.googleapis.com"))
+        return self._compute
 
     def zone_of(self, name: str) -> str:
         return self._zones.get(name, self.settings.gce_zone)
@@ -235,15 +247,9 @@ class GceBackend(ComputeBackend):
 
     # --- the interface ----------------------------------------------------------------------
     def _get(self, name: str, zone: str | None = None):
-        from google.api_core.exceptions import NotFound
-
+        """The instance (rest.Instance), or None when it does not exist."""
         with map_gcp_errors(f"getting instance {name}"):
-            try:
-                return self.client.get(
-                    project=self.settings.gcp_project, zone=zone or self.zone_of(name), instance=name
-                )
-            except NotFound:
-                return None
+            return self.client.get(project=self.settings.gcp_project, zone=zone or self.zone_of(name), instance=name)
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         from google.api_core.exceptions import Conflict
@@ -257,7 +263,7 @@ class GceBackend(ComputeBackend):
         )
         with map_gcp_errors(f"creating instance {handle.native_name}"):
             try:
-                operation = self.client.insert(request=request)
+                operation = self.compute.insert(request=request)
             except Conflict:  # a retried launch: the name is the job's, so this is the same VM
                 return LaunchResult(handle.native_name, "AlreadyExists")
         error = getattr(operation, "error_message", None)
@@ -286,7 +292,7 @@ class GceBackend(ComputeBackend):
             return self._obs(
                 handle, JobStatus.CANCELLED, state, reason=f"stopped by jobplane: {labels.get(LABEL_STOP_REASON, '')}"
             )
-        if instance.scheduling.provisioning_model == "SPOT":
+        if instance.provisioning_model == "SPOT":
             return self._obs(
                 handle, JobStatus.FAILED, state, FailureKind.INTERRUPTED, "spot VM preempted before its job ended"
             )
@@ -350,32 +356,23 @@ class GceBackend(ComputeBackend):
             )
 
     def _label_stopped(self, instance, zone: str, reason: str) -> None:
-        from google.cloud import compute_v1
-
         labels = {**dict(instance.labels), LABEL_STOPPED_BY: STOPPED_BY, LABEL_STOP_REASON: label_value(reason)}
-        request = compute_v1.SetLabelsInstanceRequest(
-            project=self.settings.gcp_project,
-            zone=zone,
-            instance=instance.name,
-            instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
-                labels=labels, label_fingerprint=instance.label_fingerprint
-            ),
-        )
         with map_gcp_errors(f"labelling instance {instance.name}"):
-            self.client.set_labels(request=request)
+            self.client.set_labels(
+                project=self.settings.gcp_project,
+                zone=zone,
+                instance=instance.name,
+                labels=labels,
+                label_fingerprint=instance.label_fingerprint,
+            )
 
     def _delete(self, name: str, zone: str, reason: str, instance=None) -> None:
-        from google.api_core.exceptions import NotFound
-
         instance = instance or self._get(name, zone)
         if instance is None:
             return
         self._label_stopped(instance, zone, reason)
         with map_gcp_errors(f"deleting instance {name}"):
-            try:
-                self.client.delete(project=self.settings.gcp_project, zone=zone, instance=name)
-            except NotFound:
-                pass
+            self.client.delete(project=self.settings.gcp_project, zone=zone, instance=name)  # None once gone
 
     # --- the reaper's view ----------------------------------------------------------------
     def _list_managed_impl(self) -> list[ManagedResource]:
@@ -386,7 +383,7 @@ class GceBackend(ComputeBackend):
         )
         found = []
         with map_gcp_errors("listing jobplane instances"):
-            for scope, scoped in self.client.aggregated_list(request=request):
+            for scope, scoped in self.compute.aggregated_list(request=request):
                 zone = scope.rsplit("/", 1)[-1]
                 for instance in scoped.instances:
                     labels = dict(instance.labels)
@@ -430,7 +427,7 @@ class GceBackend(ComputeBackend):
         )
         try:
             with map_gcp_errors(f"reading guest attributes of {resource.resource_id}"):
-                attributes = self.client.get_guest_attributes(request=request)
+                attributes = self.compute.get_guest_attributes(request=request)
         except NotFound:  # nothing written yet: no heartbeat
             return Utilization(None, None)
         except BackendError:

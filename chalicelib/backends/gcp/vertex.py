@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -35,7 +36,7 @@ from chalicelib.backends.gcp.base import (
 from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
-from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
 EVENT_SOURCE = "aiplatform.googleapis.com"
@@ -127,9 +128,63 @@ def failure_kind_of(code: int, message: str, spot: bool) -> FailureKind:
 
 def _when(value) -> datetime | None:
     # proto-plus gives DatetimeWithNanoseconds (a datetime) for set timestamps; unset ones are None or epoch 0.
+    # The REST JSON gives RFC 3339 text, absent when unset.
+    if isinstance(value, str) and value:
+        value = parse_iso(value)
     if value is None or not isinstance(value, datetime) or value.timestamp() <= 0:
         return None
     return value
+
+
+@dataclass(frozen=True)
+class CustomJobState:
+    """What observe() reads of a CustomJob, from the client library's type or from the REST JSON."""
+
+    name: str
+    state: str
+    labels: dict[str, str]
+    display_name: str
+    error_code: int
+    error_message: str
+    spot: bool
+    end_time: datetime | None
+    update_time: datetime | None
+    start_time: datetime | None
+
+    @classmethod
+    def of(cls, custom_job) -> CustomJobState:
+        """From aiplatform_v1.CustomJob (proto-plus: unset fields read as their defaults)."""
+        state = custom_job.state
+        return cls(
+            name=custom_job.name,
+            state=getattr(state, "name", None) or str(state),
+            labels=dict(custom_job.labels),
+            display_name=custom_job.display_name,
+            error_code=custom_job.error.code,
+            error_message=custom_job.error.message,
+            spot=custom_job.job_spec.scheduling.strategy.name == "SPOT",
+            end_time=_when(custom_job.end_time),
+            update_time=_when(custom_job.update_time),
+            start_time=_when(custom_job.start_time),
+        )
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> CustomJobState:
+        """From customJobs.get's JSON (camelCase, enums as names, absent fields unset)."""
+        error = data.get("error") or {}
+        scheduling = (data.get("jobSpec") or {}).get("scheduling") or {}
+        return cls(
+            name=str(data.get("name") or ""),
+            state=str(data.get("state") or REJECTED_STATES[0]),
+            labels={str(k): str(v) for k, v in (data.get("labels") or {}).items()},
+            display_name=str(data.get("displayName") or ""),
+            error_code=int(error.get("code") or 0),
+            error_message=str(error.get("message") or ""),
+            spot=scheduling.get("strategy") == "SPOT",
+            end_time=_when(data.get("endTime")),
+            update_time=_when(data.get("updateTime")),
+            start_time=_when(data.get("startTime")),
+        )
 
 
 def console_url(job, _ctx: ConsoleContext) -> str | None:
@@ -358,14 +413,15 @@ class VertexBackend(ComputeBackend):
         return read_entries(self.cloud_logging, filter_, offset, limit)
 
     def observe(self, custom_job) -> Observation:
-        """A CustomJob as jobplane sees it; job_id is None when it is not this deployment's job."""
-        state = custom_job.state
-        state_name = getattr(state, "name", None) or str(state)
+        """A CustomJob (the client library's type or a CustomJobState) as jobplane sees it; job_id is None
+        when it is not this deployment's job."""
+        job = custom_job if isinstance(custom_job, CustomJobState) else CustomJobState.of(custom_job)
+        state_name = job.state
         if state_name not in STATES:
-            raise BackendError(f"custom job {custom_job.name} reports state {state_name}, which jobplane does not map")
+            raise BackendError(f"custom job {job.name} reports state {state_name}, which jobplane does not map")
         status, kind = STATES[state_name]
-        labels = dict(custom_job.labels)
-        parsed = parse_native_name(custom_job.display_name)
+        labels = job.labels
+        parsed = parse_native_name(job.display_name)
         ours = (
             labels.get(LABEL_MANAGED) == "true"
             and labels.get(LABEL_STAGE) == label_value(self.settings.stage)
@@ -373,27 +429,25 @@ class VertexBackend(ComputeBackend):
             and labels.get(LABEL_JOB_ID) == parsed[0]
         )
         reason = ""
-        error = custom_job.error
         if status is JobStatus.FAILED:
-            spot = custom_job.job_spec.scheduling.strategy.name == "SPOT"
             kind = (
                 FailureKind.TIMEOUT
                 if state_name == "JOB_STATE_EXPIRED"
-                else failure_kind_of(error.code, error.message, spot)
+                else failure_kind_of(job.error_code, job.error_message, job.spot)
             )
-            reason = error.message or state_name
+            reason = job.error_message or state_name
         elif status is JobStatus.CANCELLED:
-            reason = error.message or "cancelled on Vertex AI"
+            reason = job.error_message or "cancelled on Vertex AI"
         return Observation(
             status=status,
             native_status=state_name,
-            native_id=custom_job.name,
+            native_id=job.name,
             job_id=parsed[0] if ours else None,
             attempt=int(labels.get(LABEL_ATTEMPT) or parsed[1]) if ours else None,
             reason=reason,
             failure_kind=kind if status is JobStatus.FAILED else None,
-            at=_when(custom_job.end_time) or _when(custom_job.update_time),
-            started_at=_when(custom_job.start_time),
+            at=job.end_time or job.update_time,
+            started_at=job.start_time,
         )
 
     # --- reconcile at scale: list this stage's unfinished custom jobs, 100 a page ------------------
@@ -423,14 +477,18 @@ class VertexBackend(ComputeBackend):
         return found
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
-        """A Cloud Logging entry about a custom job is only a hint: the job is read again from the API."""
+        """A Cloud Logging entry about a custom job is only a hint: the job is read again from the API, by
+        REST (customJobs.get: rest.py), so that an event does not import aiplatform_v1."""
+        from chalicelib.backends.gcp import rest
+
         name = custom_job_name(raw.get("detail") or {}, self.settings)
         if name is None:
             return None
-        found = self._find(Handle("", "", native_id=name))
+        with map_gcp_errors(f"getting custom job {name}"):
+            found = rest.get_custom_job(self.settings, name)
         if found is None:
             return None
-        return self.observe(found)
+        return self.observe(CustomJobState.from_json(found))
 
 
 def custom_job_name(entry: dict[str, Any], settings) -> str | None:
