@@ -412,16 +412,8 @@ HARNESSES: dict[str, Callable[..., Harness]] = {
 }
 
 # Known breaches of the contract, each a real defect to fix in the backend (strict: fixing one fails here
-# until its row goes). The AWS and Vertex parsers answer an Observation with job_id None for a resource that
-# is not jobplane's, and chalicelib.events relies on that to say "is not jobplane's" in its result.
-NOT_OURS_IS_AN_OBSERVATION = "parse_event returns an Observation with job_id None, not None, for a foreign resource"
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("sagemaker", "foreign:not ours"): NOT_OURS_IS_AN_OBSERVATION,
-    ("aws-batch", "foreign:not ours"): NOT_OURS_IS_AN_OBSERVATION,
-    ("ecs", "foreign:not ours"): NOT_OURS_IS_AN_OBSERVATION,
-    ("ec2", "foreign:not ours"): NOT_OURS_IS_AN_OBSERVATION,
-    ("vertex", "foreign:not ours"): NOT_OURS_IS_AN_OBSERVATION,
-}
+# until its row goes). Key: (backend, case), as cases() and the foreign test name them.
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 
 
 def cases(case: str) -> list[Any]:

@@ -100,6 +100,13 @@ def test_events_for_resources_jobplane_did_not_start_are_ignored(world):
     results = [handle_state_change(e, service) for e in (foreign, other_stage, unknown_job, other_cluster)]
     assert [r.outcome for r in results] == ["ignored", "ignored", "unknown_job", "ignored"]
     assert [r.outcome for r in results] == [Outcome.IGNORED, Outcome.IGNORED, Outcome.UNKNOWN_JOB, Outcome.IGNORED]
+    # the backend's parser said None for each foreign resource, and the result says which backend was asked
+    assert [r.detail for r in results if r.outcome is Outcome.IGNORED] == [
+        "not about a job this deployment runs on sagemaker",
+        "not about a job this deployment runs on sagemaker",
+        "not about a job this deployment runs on ecs",
+    ]
+    assert all(r.job_id is None for r in results if r.outcome is Outcome.IGNORED)
 
 
 def test_an_event_result_leaves_the_handler_as_plain_json_strings():

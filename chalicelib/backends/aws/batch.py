@@ -248,9 +248,9 @@ class BatchBackend(AwsBackend):
         detail = raw.get("detail") or {}
         parsed = parse_native_name(detail.get("jobName"))
         tags = detail.get("tags") or {}
-        if parsed is not None and tags and self.ours(tags) != parsed:
-            parsed = None
-        job_id, attempt = parsed if parsed else (None, None)
+        if parsed is None or (tags and self.ours(tags) != parsed):
+            return None  # not a jp- name, or one from another stage or another deployment
+        job_id, attempt = parsed
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
 

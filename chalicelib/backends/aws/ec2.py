@@ -329,7 +329,7 @@ class Ec2Backend(AwsBackend):
         tags = {t["Key"]: t["Value"] for t in (instance or {}).get("Tags", [])}
         ours = self.ours(tags)
         if ours is None:
-            return Observation(JobStatus.RUNNING, str(detail.get("state") or raw["detail-type"]), instance_id)
+            return None  # not tagged as this deployment's
         job_id, attempt = ours
         if raw["detail-type"] == SPOT_WARNING:
             action = detail.get("instance-action", "terminate")

@@ -287,9 +287,9 @@ class EcsBackend(AwsBackend):
         detail = raw.get("detail") or {}
         parsed = parse_native_name(detail.get("startedBy"))
         cluster = str(detail.get("clusterArn") or "")
-        if parsed is not None and cluster.split("/")[-1] != self.settings.ecs_cluster:
-            parsed = None  # another deployment's cluster
-        job_id, attempt = parsed if parsed else (None, None)
+        if parsed is None or cluster.split("/")[-1] != self.settings.ecs_cluster:
+            return None  # not started by jobplane, or in another deployment's cluster
+        job_id, attempt = parsed
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
 

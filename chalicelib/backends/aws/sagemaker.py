@@ -233,9 +233,9 @@ class SageMakerBackend(AwsBackend):
         tags = detail.get("Tags") or {}
         if isinstance(tags, list):
             tags = {t.get("Key"): t.get("Value") for t in tags}
-        if parsed is not None and tags and self.ours(tags) != parsed:
-            parsed = None  # a jp- name from another stage or another deployment
-        job_id, attempt = parsed if parsed else (None, None)
+        if parsed is None or (tags and self.ours(tags) != parsed):
+            return None  # not a jp- name, or one from another stage or another deployment
+        job_id, attempt = parsed
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
 

@@ -336,7 +336,8 @@ class VertexBackend(ComputeBackend):
         found = self._find(Handle("", "", native_id=name))
         if found is None:
             return None
-        return self.observe(found)
+        observed = self.observe(found)
+        return observed if observed.job_id is not None else None  # not this deployment's custom job
 
 
 def custom_job_name(entry: dict[str, Any], settings) -> str | None:
