@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -15,6 +15,9 @@ from pydantic import ValidationError as PydanticValidationError
 from chalicelib.errors import ConflictError, JobplaneError, NotFoundError, ValidationError
 from chalicelib.jobs.model import iso, utcnow
 from chalicelib.jobs.spec import GpuType
+
+if TYPE_CHECKING:
+    from chalicelib.reaper import Action
 
 log = logging.getLogger("jobplane.devvms")
 
@@ -112,6 +115,18 @@ def parse_devvm_spec(data: Any) -> DevVmSpec:
         ) from None
 
 
+@dataclass(frozen=True)
+class DevVmDecision:
+    """What the reaper did about one running dev VM, with why; one per VM, so one failure aborts nothing."""
+
+    vm_id: str
+    action: Action  # STOP_DEVVM or ERROR
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vm_id": self.vm_id, "action": self.action.value, "reason": self.reason}
+
+
 def decide_devvm(vm: DevVm, usage, now: datetime) -> str | None:
     """Pure: the reason to stop a running dev VM now, or None. `usage` is its Utilization (or None)."""
     if vm.status is not DevVmStatus.RUNNING or vm.started_at is None:
@@ -207,8 +222,10 @@ class DevVmService:
             vm, vm.status, status=DevVmStatus.STOPPED, stopped_at=utcnow(), stop_reason=reason
         )
 
-    def reap(self, now: datetime | None = None) -> list[dict[str, Any]]:
+    def reap(self, now: datetime | None = None) -> list[DevVmDecision]:
         """Stop every running dev VM that is idle or past its hours; one failure stops nothing else."""
+        from chalicelib.reaper import Action  # the reconcile vocabulary; reaper's imports are not a route's
+
         now = now or utcnow()
         results = []
         for vm in self.store.iter_running_devvms():
@@ -218,9 +235,9 @@ class DevVmService:
                 if reason is None:
                     continue
                 self._stop(vm, f"stopped by jobplane reaper: {reason}")
-                results.append({"vm_id": vm.vm_id, "action": "stop_devvm", "reason": reason})
+                results.append(DevVmDecision(vm.vm_id, Action.STOP_DEVVM, reason))
             except JobplaneError as exc:
-                results.append({"vm_id": vm.vm_id, "action": "error", "reason": exc.message})
+                results.append(DevVmDecision(vm.vm_id, Action.ERROR, exc.message))
         return results
 
 

@@ -47,6 +47,9 @@ class Action(str, Enum):
     STOP_IDLE = "stop_idle"
     #: a powered-off job VM nobody will start again (it still bills for its disk)
     REMOVE_STOPPED = "remove_stopped"
+    # --- about a dev VM (chalicelib.devvms: decide_devvm) ---
+    #: running and idle over its idle_minutes, or past its max_hours: stopped (its disk is kept)
+    STOP_DEVVM = "stop_devvm"
     # --- either ---
     #: asking a backend failed; recorded, and the next run tries again
     ERROR = "error"
@@ -263,7 +266,7 @@ def reconcile_all(service, devvm_service=None) -> list[dict[str, Any]]:
     """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
     results = [d.to_dict() for d in reconcile(service)]
     if devvm_service is not None:
-        results.extend(devvm_service.reap())
+        results.extend(d.to_dict() for d in devvm_service.reap())
     results.extend(drain_outbox())
     return results
 

@@ -25,6 +25,8 @@ class Outcome(str, Enum):
     IGNORED = "ignored"
     #: names a jobplane job the store does not hold
     UNKNOWN_JOB = "unknown_job"
+    #: handling it failed in a way a redelivery would repeat (bad data, no permission): logged, acknowledged
+    ERROR = "error"
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import boto3
 import pytest
 
 from chalicelib.backends.base import Utilization
-from chalicelib.devvms import DevVm, DevVmStatus, decide_devvm
+from chalicelib.devvms import DevVm, DevVmDecision, DevVmStatus, decide_devvm
 from chalicelib.jobs.model import utcnow
+from chalicelib.reaper import Action
 from tests.conftest import ApiClient, make_settings, make_stores, use_stores
 
 NOW = utcnow()
@@ -155,9 +156,12 @@ def test_reconcile_stops_an_idle_dev_vm_but_the_job_sweep_never_touches_it(ec2_a
     service = deps.get_devvm_service()
     _backdate(vm, minutes=15)
     results = service.reap()
-    assert results == [
-        {"vm_id": vm["vm_id"], "action": "stop_devvm", "reason": "GPU idle for 10 min (0.0% utilisation)"}
-    ]
+    assert results == [DevVmDecision(vm["vm_id"], Action.STOP_DEVVM, "GPU idle for 10 min (0.0% utilisation)")]
+    assert results[0].to_dict() == {
+        "vm_id": vm["vm_id"],
+        "action": "stop_devvm",
+        "reason": "GPU idle for 10 min (0.0% utilisation)",
+    }
     after = ec2_api.request("GET", f"/instances/{vm['vm_id']}", alice).json_body
     assert after["status"] == "STOPPED"
     assert after["stop_reason"] == "stopped by jobplane reaper: GPU idle for 10 min (0.0% utilisation)"
@@ -185,7 +189,34 @@ def test_a_busy_dev_vm_still_stops_at_max_hours(ec2_api):
     _backdate(vm, minutes=90)
     assert service.reap() == []
     _backdate(vm, minutes=121)
-    assert service.reap()[0]["reason"] == "reached max_hours (2 h)"
+    assert service.reap()[0].reason == "reached max_hours (2 h)"
+
+
+def test_a_dev_vm_whose_metrics_cannot_be_read_is_an_error_result_and_stays_up(ec2_api):
+    from botocore.awsrequest import AWSResponse
+
+    from chalicelib import deps
+
+    alice = ec2_api.token("alice")
+    vm = ec2_api.request("POST", "/instances", alice, {"name": "denied", "idle_minutes": 10}).json_body
+    service = deps.get_devvm_service()
+    _backdate(vm, minutes=15)
+    cloudwatch = service.provider("ec2").client("cloudwatch")
+    message = "User is not authorized to perform: cloudwatch:GetMetricStatistics"
+
+    def denied(**_):
+        error = {"Error": {"Code": "AccessDenied", "Message": message}, "ResponseMetadata": {"HTTPStatusCode": 403}}
+        return AWSResponse("https://monitoring.invalid", 403, {}, None), error
+
+    event = f"before-call.{cloudwatch.meta.service_model.service_id.hyphenize()}.GetMetricStatistics"
+    cloudwatch.meta.events.register(event, denied)
+    try:
+        (result,) = service.reap()
+    finally:
+        cloudwatch.meta.events.unregister(event, denied)
+    assert (result.vm_id, result.action) == (vm["vm_id"], Action.ERROR)
+    assert result.to_dict()["action"] == "error" and "GetMetricStatistics" in result.reason
+    assert ec2_api.request("GET", f"/instances/{vm['vm_id']}", alice).json_body["status"] == "RUNNING"
 
 
 def _backdate(vm: dict, minutes: int) -> None:

@@ -114,6 +114,29 @@ def test_a_transient_backend_error_asks_for_redelivery(gcp_deps, fake_gcp):
     assert gcp_deps.store.get_job(job.job_id).status is JobStatus.LAUNCHING
 
 
+def test_an_event_that_would_fail_again_is_acknowledged_as_an_error_result(gcp_deps, fake_gcp):
+    from cloudevents.http import CloudEvent
+
+    from chalicelib.events import Outcome
+    from gcp_functions import main
+    from tests.gcp.fakegcp import _error
+
+    job = submit(gcp_deps, backend="gce")
+    denied = f"Required 'compute.instances.get' permission for 'projects/{PROJECT}/zones/{ZONE}/instances/x'"
+    fake_gcp.fail_next.append(_error(403, "PERMISSION_DENIED", denied, "forbidden"))
+    attributes = {
+        "id": "evt-2",
+        "source": "//pubsub.googleapis.com/x",
+        "type": "google.cloud.pubsub.topic.v1.messagePublished",
+        "specversion": "1.0",
+    }
+    result = main.on_job_event(CloudEvent(attributes, pubsub_data(_preempted(job))))
+    assert result["outcome"] == Outcome.ERROR.value == "error"
+    assert "compute.instances.get" in result["detail"]
+    assert result == {"outcome": "error", "job_id": None, "status": None, "detail": result["detail"]}
+    assert gcp_deps.store.get_job(job.job_id).status is JobStatus.LAUNCHING
+
+
 def test_reconcile_from_the_scheduler_heals_a_job(gcp_deps, fake_gcp):
     job = submit(gcp_deps, image="us-docker.pkg.dev/p/r/i:1", backend="vertex")
     fake_gcp.custom_jobs[job.native_id]["state"] = "JOB_STATE_SUCCEEDED"
