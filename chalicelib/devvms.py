@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic import ValidationError as PydanticValidationError
@@ -15,9 +15,6 @@ from pydantic import ValidationError as PydanticValidationError
 from chalicelib.errors import ConflictError, JobplaneError, NotFoundError, ValidationError
 from chalicelib.jobs.model import iso, utcnow
 from chalicelib.jobs.spec import GpuType
-
-if TYPE_CHECKING:
-    from chalicelib.reaper import Action
 
 log = logging.getLogger("jobplane.devvms")
 
@@ -115,12 +112,21 @@ def parse_devvm_spec(data: Any) -> DevVmSpec:
         ) from None
 
 
+class DevVmAction(str, Enum):
+    """What the reaper did about one running dev VM (in reconcile's output next to reaper.Action's)."""
+
+    #: idle over its idle_minutes, or past its max_hours: stopped (its disk is kept)
+    STOP = "stop_devvm"
+    #: asking its provider failed; recorded, and the next run tries again (the same word as reaper.Action)
+    ERROR = "error"
+
+
 @dataclass(frozen=True)
 class DevVmDecision:
     """What the reaper did about one running dev VM, with why; one per VM, so one failure aborts nothing."""
 
     vm_id: str
-    action: Action  # STOP_DEVVM or ERROR
+    action: DevVmAction
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
@@ -224,8 +230,6 @@ class DevVmService:
 
     def reap(self, now: datetime | None = None) -> list[DevVmDecision]:
         """Stop every running dev VM that is idle or past its hours; one failure stops nothing else."""
-        from chalicelib.reaper import Action  # the reconcile vocabulary; reaper's imports are not a route's
-
         now = now or utcnow()
         results = []
         for vm in self.store.iter_running_devvms():
@@ -235,9 +239,9 @@ class DevVmService:
                 if reason is None:
                     continue
                 self._stop(vm, f"stopped by jobplane reaper: {reason}")
-                results.append(DevVmDecision(vm.vm_id, Action.STOP_DEVVM, reason))
+                results.append(DevVmDecision(vm.vm_id, DevVmAction.STOP, reason))
             except JobplaneError as exc:
-                results.append(DevVmDecision(vm.vm_id, Action.ERROR, exc.message))
+                results.append(DevVmDecision(vm.vm_id, DevVmAction.ERROR, exc.message))
         return results
 
 

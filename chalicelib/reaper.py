@@ -47,9 +47,6 @@ class Action(str, Enum):
     STOP_IDLE = "stop_idle"
     #: a powered-off job VM nobody will start again (it still bills for its disk)
     REMOVE_STOPPED = "remove_stopped"
-    # --- about a dev VM (chalicelib.devvms: decide_devvm) ---
-    #: running and idle over its idle_minutes, or past its max_hours: stopped (its disk is kept)
-    STOP_DEVVM = "stop_devvm"
     # --- either ---
     #: asking a backend failed; recorded, and the next run tries again
     ERROR = "error"

@@ -8,9 +8,8 @@ import boto3
 import pytest
 
 from chalicelib.backends.base import Utilization
-from chalicelib.devvms import DevVm, DevVmDecision, DevVmStatus, decide_devvm
+from chalicelib.devvms import DevVm, DevVmAction, DevVmDecision, DevVmStatus, decide_devvm
 from chalicelib.jobs.model import utcnow
-from chalicelib.reaper import Action
 from tests.conftest import ApiClient, make_settings, make_stores, use_stores
 
 NOW = utcnow()
@@ -156,7 +155,7 @@ def test_reconcile_stops_an_idle_dev_vm_but_the_job_sweep_never_touches_it(ec2_a
     service = deps.get_devvm_service()
     _backdate(vm, minutes=15)
     results = service.reap()
-    assert results == [DevVmDecision(vm["vm_id"], Action.STOP_DEVVM, "GPU idle for 10 min (0.0% utilisation)")]
+    assert results == [DevVmDecision(vm["vm_id"], DevVmAction.STOP, "GPU idle for 10 min (0.0% utilisation)")]
     assert results[0].to_dict() == {
         "vm_id": vm["vm_id"],
         "action": "stop_devvm",
@@ -214,7 +213,7 @@ def test_a_dev_vm_whose_metrics_cannot_be_read_is_an_error_result_and_stays_up(e
         (result,) = service.reap()
     finally:
         cloudwatch.meta.events.unregister(event, denied)
-    assert (result.vm_id, result.action) == (vm["vm_id"], Action.ERROR)
+    assert (result.vm_id, result.action) == (vm["vm_id"], DevVmAction.ERROR)
     assert result.to_dict()["action"] == "error" and "GetMetricStatistics" in result.reason
     assert ec2_api.request("GET", f"/instances/{vm['vm_id']}", alice).json_body["status"] == "RUNNING"
 
@@ -239,3 +238,10 @@ def test_the_heartbeat_script_passes_shellcheck(tmp_path):
     script.write_text(DEVVM_USER_DATA)
     result = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_a_dev_vm_error_is_the_same_word_as_a_reconcile_error():
+    from chalicelib.reaper import Action
+
+    assert DevVmAction.ERROR.value == Action.ERROR.value  # one reconcile output, one word per outcome
+    assert {a.value for a in DevVmAction} - {a.value for a in Action} == {"stop_devvm"}
