@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,45 @@ def test_importing_config_stays_light():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_settings_read_every_backends_facts_without_importing_one_backend():
+    """Settings check each enabled backend's requirements from its descriptor, which lives apart from the
+    implementation: reading settings costs no backend module (nor botocore, nor Google's clients)."""
+    from chalicelib.backends import names
+
+    env = {
+        "JOBPLANE_BACKENDS": ",".join(names()),
+        "JOBPLANE_GCP_PROJECT": "p",
+        "JOBPLANE_GCP_STATUS_URI": "gs://b/status",
+    }
+    code = (
+        "import json, sys\n"
+        "from chalicelib.config import Settings\n"
+        f"settings = Settings.from_env({env!r})\n"
+        "print(json.dumps([list(settings.enabled_backends), sorted(sys.modules)]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    enabled, modules = json.loads(out.stdout)
+    assert enabled == list(names())
+    backend_modules = [m for m in modules if m.startswith("chalicelib.backends.") and m.count(".") >= 3]
+    # the descriptor modules are read, and nothing else under aws/, gcp/, local/
+    assert sorted(backend_modules) == [
+        "chalicelib.backends.aws.descriptors",
+        "chalicelib.backends.gcp.descriptors",
+        "chalicelib.backends.local.descriptors",
+    ]
+    # (`google` and `google.cloud` themselves are namespace packages the interpreter's .pth files import)
+    sdks = ("boto3", "botocore", "google.api_core", "google.auth", "google.protobuf", "google.cloud.")
+    assert [m for m in modules if m.startswith(sdks)] == []
+    assert "chalicelib.backends.base" not in modules
+
+
+def test_a_descriptor_names_its_implementation_and_the_class_declares_that_descriptor():
+    from chalicelib.backends import backend_class, descriptor, names
+
+    for name in names():
+        found = descriptor(name)
+        cls = backend_class(name)
+        assert f"{cls.__module__}:{cls.__qualname__}" == found.implementation
+        assert cls.descriptor is found and cls.name == name

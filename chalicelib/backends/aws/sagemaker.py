@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.cwlogs import prefixed_streams, read_streams
+from chalicelib.backends.aws.descriptors import SAGEMAKER
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, UnsupportedError
@@ -23,32 +23,8 @@ MAX_ENV_VALUE = 512  # CreateTrainingJob's limit on each Environment value
 MAX_ENV = 48
 
 
-def console_url(job, ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import aws_console, aws_resource, q
-
-    region, resource, _ = aws_resource(job.native_id, ctx.region)
-    return aws_console(region, f"sagemaker/home?region={region}#/jobs/{q(resource)}")
-
-
 class SageMakerBackend(AwsBackend):
-    descriptor = BackendDescriptor(
-        name="sagemaker",
-        cloud=Cloud.AWS,
-        display_name="SageMaker",
-        rank=10,
-        role="first choice on AWS (managed spot, S3 checkpoints)",
-        event_sources=("aws.sagemaker",),
-        iam_actions=(
-            "sagemaker:CreateTrainingJob",
-            "sagemaker:DescribeTrainingJob",
-            "sagemaker:StopTrainingJob",
-            "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
-            "logs:DescribeLogStreams",  # the job's output: /aws/sagemaker/TrainingJobs, <job>/algo-N-<epoch>
-            "logs:GetLogEvents",
-        ),
-        console_url=console_url,
-        unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
-    )
+    descriptor = SAGEMAKER
     services = ("sagemaker",)
     named_by_us = True  # every SageMaker call takes the TrainingJobName we chose
 

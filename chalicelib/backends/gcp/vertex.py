@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
 from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
@@ -29,11 +28,12 @@ from chalicelib.backends.gcp.base import (
     map_gcp_errors,
 )
 from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
+from chalicelib.backends.gcp.descriptors import VERTEX, VERTEX_EVENT_SOURCE
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
 
-EVENT_SOURCE = "aiplatform.googleapis.com"
+EVENT_SOURCE = VERTEX_EVENT_SOURCE
 # Every JobState a custom job can report -> (status, failure kind). JOB_STATE_UNSPECIFIED and any value
 # this table does not name are errors: a default would silently mislabel a job.
 STATES: dict[str, tuple[JobStatus, FailureKind | None]] = {
@@ -78,38 +78,8 @@ def _when(value) -> datetime | None:
     return value
 
 
-def console_url(job, _ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import GCP_RE
-
-    gcp = GCP_RE.match(job.native_id)
-    if not gcp or gcp["kind"] != "customJobs":
-        return None
-    return (
-        f"https://console.cloud.google.com/ai/platform/locations/{gcp['where']}/training/{gcp['name']}"
-        f"?project={gcp['project']}"
-    )
-
-
 class VertexBackend(ComputeBackend):
-    descriptor = BackendDescriptor(
-        name="vertex",
-        cloud=Cloud.GCP,
-        display_name="Vertex AI",
-        rank=20,
-        role="first choice on GCP",
-        time_limit_minutes=7 * 24 * 60,
-        event_sources=(EVENT_SOURCE,),
-        log_resource_types=("ml_job",),
-        iam_actions=(
-            "aiplatform.customJobs.create",
-            "aiplatform.customJobs.get",
-            "aiplatform.customJobs.list",
-            "aiplatform.customJobs.cancel",
-            "logging.logEntries.list",  # the job's output: resource.type="ml_job" entries
-        ),
-        console_url=console_url,
-        requires=(Requirement("gcp_project"),),
-    )
+    descriptor = VERTEX
 
     def __init__(self, settings, client=None) -> None:
         super().__init__(settings)
