@@ -15,9 +15,8 @@ from chalicelib.backends import get_backend
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, pid_alive
 from chalicelib.backends.local.runner import sign_detail
 from chalicelib.jobs.model import JobStatus, new_job_id, utcnow
-from tests.conftest import job_spec
-from tests.conftest import wait_for as _wait_for
-from tests.factories import make_history, make_job
+from tests.factories import job_spec, make_history, make_job
+from tests.factories import wait_for as _wait_for
 
 TERMINAL = {"SUCCEEDED", "FAILED", "CANCELLED"}
 SLEEP = [sys.executable, "-c", "import time; time.sleep(60)"]

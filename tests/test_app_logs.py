@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -24,9 +23,8 @@ from chalicelib.jobs.model import (
     utcnow,
 )
 from chalicelib.jobs.spec_types import JobSpec
-from tests.conftest import make_settings, make_stores, use_stores
+from tests.factories import FIXTURES, make_settings, make_stores, use_stores
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "gcp"
 BACKENDS = "sagemaker,aws-batch,ecs,ec2,vertex,gce,local"
 
 
@@ -70,7 +68,7 @@ def env(tmp_path, moto_endpoint):
     from chalicelib import deps
     from chalicelib.backends import backend_class
     from chalicelib.jobs.service import JobService
-    from tests.conftest import ApiClient
+    from tests.factories import ApiClient
 
     settings = make_settings(
         tmp_path,
@@ -265,7 +263,7 @@ def test_can_read_an_ec2_jobs_shipped_log_while_running_and_after(env):
 
 # --- Google Cloud: entries.list with its transport stubbed ---------------------------------------
 def page(log_name, resource_type, token=None):
-    body = json.loads((FIXTURES / "entries_list_page.json").read_text())
+    body = json.loads((FIXTURES / "gcp" / "entries_list_page.json").read_text())
     for entry in body["entries"]:
         entry["logName"] = entry["logName"].replace("LOG_NAME", log_name)
         entry["resource"]["type"] = resource_type

@@ -6,12 +6,9 @@ import json
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from chalicelib import aws_session
-from tests.conftest import make_settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT, make_settings
 
 
 def test_backends_share_one_client_per_service_from_the_one_session(tmp_path, moto_endpoint):

@@ -7,15 +7,14 @@ import dataclasses
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from chalicelib import config
 from chalicelib.config import Settings
 from chalicelib.errors import ConfigError
+from tests.factories import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 FIELDS = dataclasses.fields(Settings)
 DEFAULTS = Settings.from_env({})
 

@@ -9,7 +9,7 @@ from chalicelib.store.devvms import DynamoDevVmStore
 from chalicelib.store.dynamo import DynamoJobStore
 from chalicelib.store.slack import DynamoSlackStore
 from chalicelib.store.tokens import DynamoTokenStore
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 
 @pytest.fixture

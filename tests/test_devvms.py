@@ -10,7 +10,7 @@ import pytest
 from chalicelib.backends.base import Utilization
 from chalicelib.devvms import DevVm, DevVmAction, DevVmDecision, DevVmStatus, decide_devvm
 from chalicelib.jobs.model import utcnow
-from tests.conftest import ApiClient, make_settings, make_stores, use_stores
+from tests.factories import ApiClient, make_settings, make_stores, use_stores
 
 NOW = utcnow()
 

@@ -21,7 +21,7 @@ from chalicelib.errors import (
     ThrottledError,
 )
 from chalicelib.gcp_auth import WebIdentityFederation, session_name
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 
 @pytest.mark.parametrize(

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT
 
 
 def _pins(path: Path) -> dict[str, str]:
@@ -68,3 +69,68 @@ def test_every_deployed_function_has_a_short_timeout_and_its_memory_set():
 
 def _route_handlers(app):
     return {view.view_name for methods in app.routes.values() for view in methods.values()}
+
+
+# Test folders that mirror no source folder: the multi-process end-to-end tests, and recorded payloads.
+NOT_MIRRORS = ("e2e", "fixtures")
+# What a test module may import from tests/: the factories, and the two fakes (of Google's APIs, of a backend).
+SHARED = ("tests.factories", "tests.fakegcp", "tests.backends.toy_backend")
+
+
+def _test_dirs() -> list[Path]:
+    tests = ROOT / "tests"
+    found = []
+    for path in sorted(tests.rglob("*")):
+        rel = path.relative_to(tests)
+        if path.is_dir() and "__pycache__" not in rel.parts and rel.parts[0] not in NOT_MIRRORS:
+            found.append(rel)
+    return found
+
+
+def _mirrors(rel: Path) -> bool:
+    """tests/X/Y holds the tests of chalicelib/X/Y, or of a top-level source folder X/Y (jobplane/local)."""
+    return (ROOT / "chalicelib" / rel).is_dir() or (rel.parts[0] != "chalicelib" and (ROOT / rel).is_dir())
+
+
+def test_every_test_folder_mirrors_a_source_folder():
+    strays = [str(rel) for rel in _test_dirs() if not _mirrors(rel)]
+    assert strays == [], "tests of chalicelib/X/Y.py go in tests/X/test_Y*.py; no source folder for these"
+    assert Path("backends/gcp") in _test_dirs() and Path("jobplane/local") in _test_dirs()
+
+
+def test_the_mirror_check_would_catch_a_stray_folder():
+    assert not _mirrors(Path("unit")) and not _mirrors(Path("functional")) and not _mirrors(Path("backends/azure"))
+    assert _mirrors(Path("jobs")) and _mirrors(Path("gcp_functions")) and _mirrors(Path("deploy"))
+
+
+def _tests_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "tests" and node.level == 0:
+            found += [f"tests.{alias.name}" for alias in node.names]  # from tests import factories
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+        elif isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+    return sorted(m for m in found if m == "tests" or m.startswith("tests."))
+
+
+def test_no_test_module_imports_another_test_module():
+    """Helpers live in tests/factories.py; a test or conftest module importing another one's helpers
+    couples the two (and moves break it)."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        for module in _tests_imports(path):
+            if module not in SHARED:
+                offenders.append(f"{path.relative_to(ROOT)}: {module}")
+    assert offenders == []
+
+
+def test_the_import_check_would_catch_a_helper_import(tmp_path):
+    sample = tmp_path / "test_x.py"
+    sample.write_text(
+        "from tests import conftest\nfrom tests.factories import make_job\n\n"
+        "def test_x():\n    from tests.jobs.test_spec import helper\n"
+    )
+    assert _tests_imports(sample) == ["tests.conftest", "tests.factories", "tests.jobs.test_spec"]

@@ -6,7 +6,7 @@ import jsonschema
 import pytest
 from openapi_spec_validator import validate
 
-from tests.conftest import job_spec
+from tests.factories import job_spec
 
 
 def _doc(api):

@@ -18,8 +18,7 @@ from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import EFFECTS, Action, Decision, ReapPolicy, apply, decide_resource, reconcile
-from tests.conftest import make_settings
-from tests.factories import make_job, make_observation, make_resource
+from tests.factories import make_job, make_observation, make_resource, make_settings
 
 NOW = utcnow()
 POLICY = ReapPolicy(idle_gpu_percent=5, idle_minutes=30, overdue_grace_minutes=15)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from chalicelib import backends
+from tests.factories import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 # Where names are meant to be: the registry, and each backend's own module (its descriptor and its code).
 HOMES = (
     "chalicelib/backends/__init__.py",
@@ -71,7 +71,7 @@ def test_every_registered_backend_has_a_descriptor_of_its_own_name():
 def test_a_future_backend_is_accepted_nowhere(name, tmp_path):
     from chalicelib.errors import ConfigError, ValidationError
     from chalicelib.jobs.spec import parse_spec
-    from tests.conftest import make_settings
+    from tests.factories import make_settings
 
     with pytest.raises(ValidationError) as info:
         parse_spec({"name": "x", "command": ["true"], "image": "busybox", "backend": name})

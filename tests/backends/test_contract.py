@@ -17,10 +17,8 @@ import pytest
 from chalicelib.backends import REGISTRY, backend_class
 from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult, Observation
 from chalicelib.jobs.model import Job
-from tests.conftest import make_settings, wait_for
-from tests.factories import boto, make_job
+from tests.factories import FIXTURES, boto, make_job, make_settings, wait_for
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"  # the job id the recorded AWS payloads carry
 
 
@@ -282,7 +280,7 @@ def ec2_harness(request, tmp_path) -> Harness:
 
 # --- GCP: the loopback fake of the Vertex, Compute and Storage REST APIs ------------------------------
 def gcp_settings(request, tmp_path):
-    from tests.gcp.helpers import gcp_env
+    from tests.factories import gcp_env
 
     fake = request.getfixturevalue("fake_gcp")
     return fake, make_settings(tmp_path, **gcp_env(fake.endpoint))

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from chalicelib.backends import backend_class
 from chalicelib.backends.aws.ec2_devvm import Ec2DevVmProvider
 from chalicelib.backends.policy import CORE_ACTIONS, declared_actions, render, stage_settings
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.factories import ROOT
 
 
 def _policy(stage: str) -> dict:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "dynamodb_requests.py"
+from tests.factories import ROOT
+
+BENCH = ROOT / "bench" / "dynamodb_requests.py"
 
 
 def _bench():

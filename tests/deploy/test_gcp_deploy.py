@@ -5,11 +5,11 @@ from __future__ import annotations
 import shlex
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT
+
 SCRIPT = ROOT / "deploy" / "gcp" / "deploy.sh"
 ROLE = "arn:aws:iam::123456789012:role/jobplane-test-gcp"
 

@@ -19,10 +19,8 @@ import pytest
 import requests
 
 from chalicelib.jobs.model import FailureKind, JobStatus
-from tests.conftest import make_settings
-from tests.gcp.helpers import PROJECT, gcp_env, load, submit
+from tests.factories import GCP_PROJECT, ROOT, gcp_env, gcp_fixture, make_settings, submit
 
-ROOT = Path(__file__).resolve().parents[2]
 TOPIC = "jobplane-test-events"
 ZONE = "us-central1-a"
 
@@ -147,21 +145,21 @@ def function_server(tmp_path, moto_endpoint, fake_gcp):
 
 def test_a_pushed_log_sink_message_moves_the_job(pubsub_emulator, function_server, fake_gcp):
     url, service, function_log = function_server
-    api = f"{pubsub_emulator}/v1/projects/{PROJECT}"
+    api = f"{pubsub_emulator}/v1/projects/{GCP_PROJECT}"
     recorder = Recorder()
     assert requests.put(f"{api}/topics/{TOPIC}", json={}, timeout=5).status_code == 200
     for name, endpoint in (
         # The topic in the push URL's path is how functions-framework names the CloudEvent's source.
-        ("to-function", f"{url}/projects/{PROJECT}/topics/{TOPIC}"),
+        ("to-function", f"{url}/projects/{GCP_PROJECT}/topics/{TOPIC}"),
         ("to-recorder", recorder.url),
     ):
-        body = {"topic": f"projects/{PROJECT}/topics/{TOPIC}", "pushConfig": {"pushEndpoint": endpoint}}
+        body = {"topic": f"projects/{GCP_PROJECT}/topics/{TOPIC}", "pushConfig": {"pushEndpoint": endpoint}}
         assert requests.put(f"{api}/subscriptions/{name}", json=body, timeout=5).status_code == 200
 
     job = submit(service, backend="gce", resources={"spot": True})
     fake_gcp.instances[(ZONE, job.native_id)]["status"] = "TERMINATED"
-    entry = load("logentry_gce_preempted.json")
-    entry["protoPayload"]["resourceName"] = f"projects/{PROJECT}/zones/{ZONE}/instances/{job.native_id}"
+    entry = gcp_fixture("logentry_gce_preempted.json")
+    entry["protoPayload"]["resourceName"] = f"projects/{GCP_PROJECT}/zones/{ZONE}/instances/{job.native_id}"
     message = {"data": base64.b64encode(json.dumps(entry).encode()).decode(), "attributes": {"logging": "sink"}}
     published = requests.post(f"{api}/topics/{TOPIC}:publish", json={"messages": [message]}, timeout=5).json()
 
@@ -183,7 +181,7 @@ def test_a_pushed_log_sink_message_moves_the_job(pubsub_emulator, function_serve
         "attributes", "data", "messageId", "message_id", "publishTime", "publish_time"
     ]  # fmt: skip
     assert "ce-type" not in {k.lower() for k in pushed["headers"]}
-    assert pushed["body"]["subscription"] == f"projects/{PROJECT}/subscriptions/to-recorder"
+    assert pushed["body"]["subscription"] == f"projects/{GCP_PROJECT}/subscriptions/to-recorder"
     assert pushed["body"]["message"]["messageId"] == published["messageIds"][0]
     assert pushed["body"]["message"]["data"] == message["data"]
     assert pushed["body"]["message"]["attributes"] == {"logging": "sink"}

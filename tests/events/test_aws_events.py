@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -15,15 +14,13 @@ from chalicelib.jobs.model import FailureKind, JobStatus, native_name
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.memory import InMemoryJobStore
-from tests.conftest import make_settings
-from tests.factories import boto, make_history, make_job
+from tests.factories import FIXTURES, boto, make_history, make_job, make_settings
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"
 
 
 def sample(name: str, job_id: str = PLACEHOLDER, instance_id: str | None = None) -> dict:
-    text = (FIXTURES / name).read_text().replace(PLACEHOLDER, job_id)
+    text = (FIXTURES / "events" / name).read_text().replace(PLACEHOLDER, job_id)
     if instance_id:
         text = text.replace("i-1234567890abcdef0", instance_id)
     return json.loads(text)

@@ -7,8 +7,7 @@ import sys
 
 from chalicelib.events.gcp import GCS_FINALIZED, handle_gcs_event
 from chalicelib.jobs.service import JobService
-from tests.conftest import make_settings
-from tests.gcp.helpers import load
+from tests.factories import gcp_fixture, make_settings
 
 RULES = f"""
 rules:
@@ -29,7 +28,7 @@ def test_a_finalized_object_starts_one_job_by_the_rules(tmp_path, memory_store):
     rules = tmp_path / "triggers.yaml"
     rules.write_text(RULES)
     service = JobService(memory_store, make_settings(tmp_path, JOBPLANE_TRIGGERS_FILE=str(rules)))
-    data = load("cloudevent_storage_finalized.json")["data"]
+    data = gcp_fixture("cloudevent_storage_finalized.json")["data"]
     [first] = handle_gcs_event(GCS_FINALIZED, data, service)
     assert (first["outcome"], first["rule"], first["key"]) == ("started", "gcs-datasets", "folder/Test.cs")
     job = service.store.get_job(first["job_id"])
@@ -52,7 +51,7 @@ def test_an_s3_rule_never_matches_a_gcs_bucket_of_the_same_name(tmp_path, memory
     rules = tmp_path / "triggers.yaml"
     rules.write_text(RULES.replace("gs://sample-bucket", "sample-bucket"))
     service = JobService(memory_store, make_settings(tmp_path, JOBPLANE_TRIGGERS_FILE=str(rules)))
-    data = load("cloudevent_storage_finalized.json")["data"]
+    data = gcp_fixture("cloudevent_storage_finalized.json")["data"]
     [result] = handle_gcs_event(GCS_FINALIZED, data, service)
     assert result["outcome"] != "started"
     assert list(service.store.iter_active()) == []

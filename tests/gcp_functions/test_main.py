@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import pytest
 from functions_framework import create_app
 
 from chalicelib.events.gcp import handle_gcs_event
 from chalicelib.jobs.model import FailureKind, JobStatus
-from tests.conftest import make_settings
-from tests.gcp.helpers import PROJECT, gcp_env, load, pubsub_data, submit
+from tests.factories import GCP_PROJECT, ROOT, gcp_env, gcp_fixture, make_settings, pubsub_data, submit
 
-SOURCE = str(Path(__file__).resolve().parents[2] / "gcp_functions" / "main.py")
+SOURCE = str(ROOT / "gcp_functions" / "main.py")
 ZONE = "us-central1-a"
 
 
@@ -59,13 +57,13 @@ def binary_headers(ce_type: str, source: str, event_id: str = "evt-1") -> dict[s
 
 
 def _preempted(job):
-    entry = load("logentry_gce_preempted.json")
-    entry["protoPayload"]["resourceName"] = f"projects/{PROJECT}/zones/{ZONE}/instances/{job.native_id}"
+    entry = gcp_fixture("logentry_gce_preempted.json")
+    entry["protoPayload"]["resourceName"] = f"projects/{GCP_PROJECT}/zones/{ZONE}/instances/{job.native_id}"
     return entry
 
 
 def test_a_published_structured_cloudevent_that_is_not_ours_is_acknowledged(gcp_deps):
-    event = load("cloudevent_pubsub_structured.json")  # verbatim sample: data is "test message 3"
+    event = gcp_fixture("cloudevent_pubsub_structured.json")  # verbatim sample: data is "test message 3"
     response = client("on_job_event").post(
         "/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"}
     )
@@ -75,7 +73,7 @@ def test_a_published_structured_cloudevent_that_is_not_ours_is_acknowledged(gcp_
 def test_a_log_sink_message_fails_a_preempted_job_in_dynamodb(gcp_deps, fake_gcp):
     job = submit(gcp_deps, backend="gce", resources={"spot": True})
     fake_gcp.instances[(ZONE, job.native_id)]["status"] = "TERMINATED"
-    topic = f"//pubsub.googleapis.com/projects/{PROJECT}/topics/jobplane-test-events"
+    topic = f"//pubsub.googleapis.com/projects/{GCP_PROJECT}/topics/jobplane-test-events"
     response = client("on_job_event").post(
         "/",
         data=json.dumps(pubsub_data(_preempted(job))),
@@ -94,7 +92,7 @@ def test_a_raw_push_body_is_converted_by_functions_framework(gcp_deps, fake_gcp)
     fake_gcp.instances[(ZONE, job.native_id)]["status"] = "TERMINATED"
     body = pubsub_data(_preempted(job))
     response = client("on_job_event").post(
-        f"/projects/{PROJECT}/topics/jobplane-test-events", data=json.dumps(body), content_type="application/json"
+        f"/projects/{GCP_PROJECT}/topics/jobplane-test-events", data=json.dumps(body), content_type="application/json"
     )
     assert response.status_code == 200
     assert gcp_deps.store.get_job(job.job_id).status is JobStatus.FAILED
@@ -119,10 +117,10 @@ def test_an_event_that_would_fail_again_is_acknowledged_as_an_error_result(gcp_d
 
     from chalicelib.events import Outcome
     from gcp_functions import main
-    from tests.gcp.fakegcp import _error
+    from tests.fakegcp import _error
 
     job = submit(gcp_deps, backend="gce")
-    denied = f"Required 'compute.instances.get' permission for 'projects/{PROJECT}/zones/{ZONE}/instances/x'"
+    denied = f"Required 'compute.instances.get' permission for 'projects/{GCP_PROJECT}/zones/{ZONE}/instances/x'"
     fake_gcp.fail_next.append(_error(403, "PERMISSION_DENIED", denied, "forbidden"))
     attributes = {
         "id": "evt-2",
@@ -151,7 +149,7 @@ def test_reconcile_from_the_scheduler_heals_a_job(gcp_deps, fake_gcp):
 
 
 def test_an_upload_event_reaches_the_trigger_rules(gcp_deps):
-    event = load("cloudevent_storage_finalized.json")
+    event = gcp_fixture("cloudevent_storage_finalized.json")
     response = client("on_gcs_upload").post(
         "/", data=json.dumps(event), headers={"Content-Type": "application/cloudevents+json"}
     )

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import tomllib
 from importlib.metadata import version
-from pathlib import Path
 
 import pytest
 
 from jobplane.cli import main
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT
 
 
 def test_can_print_the_version_from_the_package_metadata(capsys):

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT
 
 
 def test_make_demo_passes_port_to_the_demo():

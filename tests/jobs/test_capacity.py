@@ -14,9 +14,7 @@ from chalicelib.jobs.capacity import Claim, claims_for, family_of, queue_order, 
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, Transition, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec_types import JobSpec
-from tests.conftest import make_settings
-from tests.factories import make_history, make_job, make_spec
-from tests.jobs.conflicts import inject_transaction_conflicts
+from tests.factories import inject_transaction_conflicts, make_history, make_job, make_settings, make_spec
 
 ALICE = Principal("alice")
 

@@ -12,8 +12,7 @@ from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
-from tests.conftest import make_settings
-from tests.factories import ScriptedBackend, make_spec
+from tests.factories import ScriptedBackend, make_settings, make_spec
 
 ALICE = Principal("alice")
 

@@ -21,8 +21,7 @@ from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
-from tests.conftest import job_spec, make_settings, wait_for
-from tests.factories import make_history, make_job
+from tests.factories import job_spec, make_history, make_job, make_settings, wait_for
 
 ALICE = Principal("alice")
 BOB = Principal("bob")

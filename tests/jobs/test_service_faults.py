@@ -15,8 +15,7 @@ from chalicelib.errors import CapacityError, QuotaError
 from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.reaper import reconcile
-from tests.conftest import make_settings
-from tests.factories import ScriptedBackend, make_history, make_job, make_spec
+from tests.factories import ScriptedBackend, make_history, make_job, make_settings, make_spec
 
 ALICE = Principal("alice")
 
@@ -98,7 +97,7 @@ def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path,
 def test_concurrent_dispatches_meeting_transaction_conflicts_launch_once(dynamo_store, tmp_path, moto_endpoint):
     """Single writes that meet another transaction answer TransactionConflictException; they are written again."""
     from chalicelib.jobs.model import EventSource, HistoryEntry, Job, new_job_id
-    from tests.jobs.conflicts import inject_transaction_conflicts
+    from tests.factories import inject_transaction_conflicts
 
     dynamo_store.endpoint = moto_endpoint
     service, backend = _setup(dynamo_store, tmp_path)

@@ -14,7 +14,7 @@ from chalicelib.backends.base import ComputeBackend, LaunchResult
 from chalicelib.jobs.model import TERMINAL, EventSource, FailureKind, JobEvent, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 SUBMISSIONS = 200
 KEYS = 150  # 50 submissions replay a key another submission uses

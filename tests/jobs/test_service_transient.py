@@ -15,7 +15,7 @@ from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, J
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 ALICE = Principal("alice")
 THROTTLED = ThrottledError("sagemaker CreateTrainingJob: ThrottlingException: Rate exceeded")

@@ -13,26 +13,8 @@ from chalicelib.jobs import spec as edge
 from chalicelib.jobs import spec_types as typed
 from chalicelib.jobs.model import Job, JobStatus, utcnow
 from chalicelib.jobs.spec import parse_spec
-from tests.conftest import ROOT
+from tests.factories import FULL_SPEC, ROOT
 
-FULL = {
-    "name": "resnet-cifar",
-    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:latest",
-    "command": ["python", "train.py", "--epochs", "10"],
-    "env": {"LR": "0.1"},
-    "resources": {"gpus": 1, "gpu_type": "A10G", "cpus": 4, "memory_gb": 16, "spot": True},
-    "backend": "sagemaker",
-    "max_runtime_minutes": 600,
-    "inputs": ["s3://bucket/datasets/cifar/"],
-    "outputs": "s3://bucket/outputs/",
-    "checkpoint_uri": "s3://bucket/checkpoints/resnet-cifar/",
-    "retries": {"max_attempts": 3, "on": ["interruption", "capacity"]},
-    "notify": {"slack_channel": "#ml-jobs"},
-    "labels": {"team": "vision"},
-    "priority": 5,
-    "fallback": ["ec2"],
-    "capacity_wait_minutes": 30,
-}
 PAIRS = [
     (edge.JobSpec, typed.JobSpec),
     (edge.Resources, typed.Resources),
@@ -76,14 +58,14 @@ def test_a_minimal_spec_takes_every_default_from_the_typed_spec():
 
 
 def test_to_dict_is_the_public_json_shape_of_the_edge_model():
-    validated = edge.JobSpec.model_validate(FULL).model_dump(mode="json", exclude_none=False)
-    assert parse_spec(FULL).to_dict() == validated
-    assert list(parse_spec(FULL).to_dict()) == list(validated)
-    assert json.loads(json.dumps(parse_spec(FULL).to_dict())) == validated
+    validated = edge.JobSpec.model_validate(FULL_SPEC).model_dump(mode="json", exclude_none=False)
+    assert parse_spec(FULL_SPEC).to_dict() == validated
+    assert list(parse_spec(FULL_SPEC).to_dict()) == list(validated)
+    assert json.loads(json.dumps(parse_spec(FULL_SPEC).to_dict())) == validated
 
 
 def test_from_dict_round_trips_to_dict():
-    spec = parse_spec(FULL)
+    spec = parse_spec(FULL_SPEC)
     again = typed.JobSpec.from_dict(json.loads(json.dumps(spec.to_dict())))
     assert again == spec
     assert again.retries.on == ("interruption", "capacity")
@@ -91,7 +73,7 @@ def test_from_dict_round_trips_to_dict():
 
 
 def test_the_typed_spec_is_frozen_inside_too():
-    spec = parse_spec(FULL)
+    spec = parse_spec(FULL_SPEC)
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
     with pytest.raises(TypeError):

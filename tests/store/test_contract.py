@@ -340,13 +340,13 @@ def test_ten_threads_claiming_one_idempotency_key_all_get_the_same_record(store)
 # --- the typed spec and the two native fields ------------------------------------------------
 def test_the_typed_spec_round_trips_with_every_field(store):
     from chalicelib.jobs.spec import parse_spec
-    from tests.unit.test_spec_types import FULL
+    from tests.factories import FULL_SPEC
 
-    job = create(store, make_job(spec=parse_spec(FULL)))
+    job = create(store, make_job(spec=parse_spec(FULL_SPEC)))
     stored = store.get_job(job.job_id)
     assert stored.spec == job.spec
     assert type(stored.spec) is JobSpec
-    assert stored.to_api()["spec"] == job.to_api()["spec"] == parse_spec(FULL).to_dict()
+    assert stored.to_api()["spec"] == job.to_api()["spec"] == parse_spec(FULL_SPEC).to_dict()
 
 
 def test_our_name_and_the_providers_id_are_kept_apart(store):

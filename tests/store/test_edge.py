@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
@@ -27,11 +26,10 @@ from chalicelib.store.base import IdempotencyRecord
 from chalicelib.store.edge import DynamoStore, dynamo_errors, translate
 from chalicelib.store.slack import OutboxRecord, OutboxState, SlackUserRecord
 from chalicelib.store.tokens import TokenRecord
-from tests.conftest import make_settings
+from tests.factories import ROOT, make_settings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PENDING = OutboxState.PENDING
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def client_error(code: str, operation: str = "PutItem") -> ClientError:

@@ -16,8 +16,7 @@ from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.memory import InMemoryJobStore
-from tests.conftest import make_settings
-from tests.factories import boto, make_job
+from tests.factories import boto, make_job, make_settings
 
 NOW = "2025-01-01T02:00:00Z"
 SPEC = {

@@ -14,8 +14,7 @@ from chalicelib.errors import CapacityError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
-from tests.conftest import make_settings
-from tests.factories import boto, make_job
+from tests.factories import boto, make_job, make_settings
 
 SPEC = {"image": "train:1", "command": ["python", "train.py"], "resources": {"gpus": 1, "gpu_type": "T4"}}
 

@@ -11,7 +11,7 @@ from chalicelib.backends.base import Handle, PowerState
 from chalicelib.backends.gcp.gce import power_state
 from chalicelib.jobs.model import FailureKind, JobStatus, iso, utcnow
 from chalicelib.reaper import reconcile
-from tests.gcp.helpers import PROJECT, STATUS_URI, load, pubsub_data, submit
+from tests.factories import GCP_PROJECT, GCP_STATUS_URI, gcp_fixture, pubsub_data, submit
 
 ZONE = "us-central1-a"
 IMAGE = "projects/deeplearning-platform-release/global/images/family/common-cu123-debian-11-py310"
@@ -30,7 +30,7 @@ def test_can_insert_a_spot_gpu_vm_with_the_exact_request(gcp_service, fake_gcp):
         labels={"team": "vision"},
     )
     assert (job.status, job.native_id) == (JobStatus.LAUNCHING, f"jp-{job.job_id}")
-    [body] = fake_gcp.bodies("POST", f"/projects/{PROJECT}/zones/{ZONE}/instances$")
+    [body] = fake_gcp.bodies("POST", f"/projects/{GCP_PROJECT}/zones/{ZONE}/instances$")
     script = body["metadata"]["items"][0]
     assert script["key"] == "startup-script" and script["value"].startswith("#!/bin/bash\n")
     body["metadata"]["items"][0] = {"key": "startup-script", "value": "..."}
@@ -100,7 +100,7 @@ def test_describe_reads_the_instance_then_the_exit_status(gcp_service, fake_gcp)
     obs = backend.describe(Handle.of(job))
     assert (obs.status, iso(obs.started_at)) == (JobStatus.RUNNING, "2025-01-01T00:01:00.000000Z")
     fake_gcp.set_status_object(
-        STATUS_URI,
+        GCP_STATUS_URI,
         job.native_id,
         make_report(
             job_id=job.job_id,
@@ -132,7 +132,7 @@ def test_a_vm_exit_message_succeeds_the_job_and_releases_the_vm(gcp_service, fak
     job = submit(gcp_service, backend="gce")
     _instance(fake_gcp, job)["status"] = "TERMINATED"
     fake_gcp.set_status_object(
-        STATUS_URI,
+        GCP_STATUS_URI,
         job.native_id,
         make_report(job_id=job.job_id, attempt=1, exit_code=0, started_at=None, finished_at="2025-01-01T02:00:00Z"),
     )
@@ -162,8 +162,8 @@ def test_preemption_retries_as_attempt_two_and_removes_attempt_one(gcp_service, 
         gcp_service, backend="gce", resources={"spot": True}, retries={"max_attempts": 2, "on": ["interruption"]}
     )
     _instance(fake_gcp, job)["status"] = "TERMINATED"
-    entry = load("logentry_gce_preempted.json")
-    entry["protoPayload"]["resourceName"] = f"projects/{PROJECT}/zones/{ZONE}/instances/{job.native_id}"
+    entry = gcp_fixture("logentry_gce_preempted.json")
+    entry["protoPayload"]["resourceName"] = f"projects/{GCP_PROJECT}/zones/{ZONE}/instances/{job.native_id}"
     result = handle_job_event(pubsub_data(entry), gcp_service)
     after = gcp_service.store.get_job(job.job_id)
     # LAUNCHING again, as attempt 2: the same status, a new attempt, so the event counts as applied
@@ -183,8 +183,8 @@ def test_preemption_without_retries_left_fails_as_interrupted(gcp_service, fake_
 
     job = submit(gcp_service, backend="gce", resources={"spot": True})
     _instance(fake_gcp, job)["status"] = "TERMINATED"
-    entry = load("logentry_gce_preempted.json")
-    entry["protoPayload"]["resourceName"] = f"projects/{PROJECT}/zones/{ZONE}/instances/{job.native_id}"
+    entry = gcp_fixture("logentry_gce_preempted.json")
+    entry["protoPayload"]["resourceName"] = f"projects/{GCP_PROJECT}/zones/{ZONE}/instances/{job.native_id}"
     handle_job_event(pubsub_data(entry), gcp_service)
     after = gcp_service.store.get_job(job.job_id)
     assert (after.status, after.failure_kind) == (JobStatus.FAILED, FailureKind.INTERRUPTED)
@@ -217,7 +217,7 @@ def test_list_managed_is_one_filtered_aggregated_call_for_this_stage(gcp_service
     ]
     [request] = fake_gcp.requests
     assert (request["path"], request["query"]["filter"]) == (
-        f"/compute/v1/projects/{PROJECT}/aggregated/instances",
+        f"/compute/v1/projects/{GCP_PROJECT}/aggregated/instances",
         'labels.jobplane-managed="true" AND labels.jobplane-stage="test"',
     )
 

@@ -10,9 +10,9 @@ from chalicelib.backends.gcp.vertex import REJECTED_STATES, STATES
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
-from tests.gcp.helpers import PROJECT, load, pubsub_data, submit
+from tests.factories import GCP_PROJECT, gcp_fixture, pubsub_data, submit
 
-PARENT = f"projects/{PROJECT}/locations/us-central1"
+PARENT = f"projects/{GCP_PROJECT}/locations/us-central1"
 IMAGE = "us-docker.pkg.dev/my-project/train/resnet:1"
 
 
@@ -191,9 +191,9 @@ def test_a_log_entry_is_a_hint_and_the_state_comes_from_the_api(gcp_service, fak
     from chalicelib.events.gcp import handle_job_event
 
     job = _job_with_state(gcp_service, fake_gcp, "JOB_STATE_SUCCEEDED")
-    entry = load("logentry_vertex_ml_job.json")  # says "Job failed."; the API says SUCCEEDED
+    entry = gcp_fixture("logentry_vertex_ml_job.json")  # says "Job failed."; the API says SUCCEEDED
     entry["resource"]["labels"]["job_id"] = job.native_id.rsplit("/", 1)[1]
-    entry["resource"]["labels"]["project_id"] = PROJECT
+    entry["resource"]["labels"]["project_id"] = GCP_PROJECT
     result = handle_job_event(pubsub_data(entry), gcp_service)
     assert result.to_dict() == {
         "outcome": "applied",
@@ -209,7 +209,7 @@ def test_a_custom_job_of_another_stage_is_ignored(gcp_service, fake_gcp):
 
     job = _job_with_state(gcp_service, fake_gcp, "JOB_STATE_FAILED")
     fake_gcp.custom_jobs[job.native_id]["labels"]["jobplane-stage"] = "prod"
-    entry = load("logentry_vertex_ml_job.json")
+    entry = gcp_fixture("logentry_vertex_ml_job.json")
     entry["resource"]["labels"]["job_id"] = job.native_id.rsplit("/", 1)[1]
     result = handle_job_event(pubsub_data(entry), gcp_service)
     assert result.outcome == "ignored"

@@ -22,7 +22,7 @@ from chalicelib.backends.local.runner import sign_detail
 from chalicelib.errors import ConfigError, ValidationError
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, new_job_id, utcnow
 from chalicelib.jobs.spec import parse_spec
-from tests.conftest import ROOT, job_spec, make_settings, wait_for
+from tests.factories import ROOT, job_spec, make_settings, wait_for
 
 PY = sys.executable
 

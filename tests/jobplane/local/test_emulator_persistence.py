@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT
 
 PHASE = Path(__file__).with_name("_emulator_phase.py")
 
