@@ -13,22 +13,16 @@ from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, Transition
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import IdempotencyRecord
+from tests import factories
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def make_job(owner="alice", seconds=0, status=JobStatus.QUEUED, **changes) -> Job:
-    job = Job(
-        job_id=uuid.uuid4().hex,
-        name="train",
-        owner=owner,
-        status=status,
-        backend="local",
-        spec=JobSpec.from_dict({"name": "train", "command": ["python", "-c", "print(1)"], "env": {"LR": "0.1"}}),
-        created_at=T0 + timedelta(seconds=seconds),
-        updated_at=T0 + timedelta(seconds=seconds),
-    )
-    return job.with_changes(**changes)
+    """A local job created `seconds` after T0 (listings order by creation)."""
+    at = T0 + timedelta(seconds=seconds)
+    spec = changes.pop("spec", {"command": ["python", "-c", "print(1)"], "env": {"LR": "0.1"}})
+    return factories.make_job(spec=spec, owner=owner, status=status, created_at=at, updated_at=at, **changes)
 
 
 def first_entry(job: Job) -> HistoryEntry:
