@@ -152,7 +152,7 @@ class GcpWorld:
         from chalicelib.config import Settings
         from chalicelib.jobs.service import JobService
         from chalicelib.store.dynamo import DynamoJobStore
-        from tests.gcp.fakegcp import FakeGcp
+        from tests.fakegcp import FakeGcp
 
         self.fake = FakeGcp().start()
         self.env = {

@@ -112,6 +112,27 @@ def parse_devvm_spec(data: Any) -> DevVmSpec:
         ) from None
 
 
+class DevVmAction(str, Enum):
+    """What the reaper did about one running dev VM (in reconcile's output next to reaper.Action's)."""
+
+    #: idle over its idle_minutes, or past its max_hours: stopped (its disk is kept)
+    STOP = "stop_devvm"
+    #: asking its provider failed; recorded, and the next run tries again (the same word as reaper.Action)
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class DevVmDecision:
+    """What the reaper did about one running dev VM, with why; one per VM, so one failure aborts nothing."""
+
+    vm_id: str
+    action: DevVmAction
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"vm_id": self.vm_id, "action": self.action.value, "reason": self.reason}
+
+
 def decide_devvm(vm: DevVm, usage, now: datetime) -> str | None:
     """Pure: the reason to stop a running dev VM now, or None. `usage` is its Utilization (or None)."""
     if vm.status is not DevVmStatus.RUNNING or vm.started_at is None:
@@ -207,7 +228,7 @@ class DevVmService:
             vm, vm.status, status=DevVmStatus.STOPPED, stopped_at=utcnow(), stop_reason=reason
         )
 
-    def reap(self, now: datetime | None = None) -> list[dict[str, Any]]:
+    def reap(self, now: datetime | None = None) -> list[DevVmDecision]:
         """Stop every running dev VM that is idle or past its hours; one failure stops nothing else."""
         now = now or utcnow()
         results = []
@@ -218,9 +239,9 @@ class DevVmService:
                 if reason is None:
                     continue
                 self._stop(vm, f"stopped by jobplane reaper: {reason}")
-                results.append({"vm_id": vm.vm_id, "action": "stop_devvm", "reason": reason})
+                results.append(DevVmDecision(vm.vm_id, DevVmAction.STOP, reason))
             except JobplaneError as exc:
-                results.append({"vm_id": vm.vm_id, "action": "error", "reason": exc.message})
+                results.append(DevVmDecision(vm.vm_id, DevVmAction.ERROR, exc.message))
         return results
 
 

@@ -270,7 +270,7 @@ def reconcile_all(service, devvm_service=None, fan_out: FanOut | None = None) ->
     """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
     results = [d.to_dict() for d in reconcile(service, fan_out)]
     if devvm_service is not None:
-        results.extend(devvm_service.reap())
+        results.extend(d.to_dict() for d in devvm_service.reap())
     results.extend(drain_outbox())
     return results
 

@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote_plus
@@ -16,6 +17,23 @@ from chalicelib.auth import USER_RE, Principal
 from chalicelib.errors import ConfigError, JobplaneError
 
 log = logging.getLogger("jobplane.triggers")
+
+
+class UploadOutcome(str, Enum):
+    """What became of one uploaded object."""
+
+    #: it started the job its rule describes
+    STARTED = "started"
+    #: the same upload again (a redelivery, the same version): its job already exists
+    DUPLICATE = "duplicate"
+    #: written under a rule's outputs, by a job: it starts nothing, so jobs cannot loop
+    OUTPUT = "output"
+    #: no rule matches its bucket and key
+    NO_RULE = "no_rule"
+    #: a rule matches but its job cannot be submitted (invalid spec, backend not enabled): not retried
+    INVALID = "invalid"
+
+
 ROOT = Path(__file__).resolve().parents[1]
 _TOKEN = re.compile(r"\{(bucket|key|stem)\}")
 _cache: dict[str, tuple[float, tuple[Rule, ...]]] = {}
@@ -182,10 +200,10 @@ def handle_upload(upload: Upload, rules: tuple[Rule, ...], service) -> dict[str,
         for r in rules
         for p in r.outputs
     ):
-        return {**result, "outcome": "output"}
+        return {**result, "outcome": UploadOutcome.OUTPUT.value}
     rule = next((r for r in rules if r.matches(upload)), None)
     if rule is None:
-        return {**result, "outcome": "no_rule"}
+        return {**result, "outcome": UploadOutcome.NO_RULE.value}
     result["rule"] = rule.name
     try:
         spec = parse_spec(rule.render(upload))
@@ -193,8 +211,9 @@ def handle_upload(upload: Upload, rules: tuple[Rule, ...], service) -> dict[str,
     except JobplaneError as exc:
         # The object's name made an invalid spec, or the deployment cannot run it: retrying cannot help.
         log.warning("trigger %s on s3://%s/%s: %s", rule.name, upload.bucket, upload.key, exc.message)
-        return {**result, "outcome": "invalid", "error": exc.message}
-    return {**result, "outcome": "started" if created else "duplicate", "job_id": job.job_id}
+        return {**result, "outcome": UploadOutcome.INVALID.value, "error": exc.message}
+    outcome = UploadOutcome.STARTED if created else UploadOutcome.DUPLICATE
+    return {**result, "outcome": outcome.value, "job_id": job.job_id}
 
 
 def handle_s3_event(event: dict[str, Any], service) -> list[dict[str, Any]]:

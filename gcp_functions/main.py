@@ -35,13 +35,14 @@ def on_job_event(cloud_event) -> dict[str, Any]:
     """google.cloud.pubsub.topic.v1.messagePublished: a log sink entry (Vertex AI, GCE) or a jobplane
     VM's message. Only a hint: the backend re-reads the resource before any transition."""
     from chalicelib.errors import JobplaneError
+    from chalicelib.events import EventResult, Outcome
     from chalicelib.events.gcp import handle_job_event
 
     try:
         result = handle_job_event(cloud_event.data, _service()).to_dict()
     except JobplaneError as exc:
         _raise_if_retryable(exc)
-        result = {"outcome": "error", "detail": exc.message}
+        result = EventResult(Outcome.ERROR, detail=exc.message).to_dict()
     log.info("on_job_event %s: %s", cloud_event["id"], json.dumps(result))
     return result
 

@@ -1,17 +1,19 @@
-"""Shared fixtures: an embedded moto server, settings with fresh tables, both job stores, the API client."""
+"""Shared fixtures: an embedded moto server, the fake Google APIs, settings, both job stores, the API client.
+
+Helpers live in tests/factories.py; no test imports this module."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from tests.factories import ApiClient, gcp_env, make_settings, make_stores, use_stores  # noqa: E402  (after the path)
 
 # Never let a test find real credentials or reach a real endpoint.
 os.environ.update(
@@ -43,7 +45,7 @@ def moto_endpoint():
 @pytest.fixture(scope="session")
 def fake_server():
     """The loopback fake of the Vertex, Compute and Storage REST APIs, shared by the session."""
-    from tests.gcp.fakegcp import FakeGcp
+    from tests.fakegcp import FakeGcp
 
     fake = FakeGcp().start()
     yield fake
@@ -63,45 +65,17 @@ def fake_gcp(fake_server):
     return fake_server
 
 
-def make_settings(tmp_path, endpoint=None, **overrides):
-    from chalicelib.config import Settings
-
-    env = {
-        "JOBPLANE_STAGE": "test",
-        "JOBPLANE_TABLE_PREFIX": f"jp-{uuid.uuid4().hex[:10]}",
-        "JOBPLANE_LOCAL_STATE_DIR": str(tmp_path / "jobs"),
-        "JOBPLANE_LOCAL_RUN_AS": os.environ["JOBPLANE_LOCAL_RUN_AS"],
-        "AWS_REGION": "us-east-1",
-    }
-    if endpoint:
-        env["AWS_ENDPOINT_URL"] = endpoint
-    env.update(overrides)
-    return Settings.from_env(env)
+@pytest.fixture
+def gcp_settings(tmp_path, fake_gcp):
+    """Settings pointing at the fake Google APIs."""
+    return make_settings(tmp_path, **gcp_env(fake_gcp.endpoint))
 
 
-def make_stores(settings):
-    """One DynamoDB store of each kind over `settings`' tables, every table created."""
-    from chalicelib.store.tables import dynamo_stores
+@pytest.fixture
+def gcp_service(memory_store, gcp_settings):
+    from chalicelib.jobs.service import JobService
 
-    stores = dynamo_stores(settings)
-    for store in stores.values():
-        store.create_tables()
-    return stores
-
-
-def use_stores(settings, stores, **overrides):
-    """Point deps at these settings and stores (plus any other cached objects given)."""
-    from chalicelib import deps
-
-    deps.reset()
-    deps.override(
-        settings=settings,
-        store=stores["jobs"],
-        token_store=stores["tokens"],
-        slack_store=stores["slack"],
-        devvm_store=stores["devvms"],
-        **overrides,
-    )
+    return JobService(memory_store, gcp_settings)
 
 
 @pytest.fixture
@@ -154,48 +128,3 @@ def api(tmp_path, moto_endpoint):
     with Client(app_module.app) as client:
         yield ApiClient(client, stores)
     deps.reset()
-
-
-class ApiClient:
-    """Chalice test client with token helpers; every call returns the Chalice response."""
-
-    def __init__(self, client, stores):
-        self.client = client
-        self.stores = stores
-        self.store = stores["jobs"]
-        self.events = client.events
-        self.lambda_ = client.lambda_
-
-    def token(self, user: str, admin: bool = False) -> str:
-        from chalicelib.auth import create_token
-
-        return create_token(self.stores["tokens"], user, admin)
-
-    def request(self, method, path, token=None, body=None, headers=None):
-        hdrs = dict(headers or {})
-        if token:
-            hdrs["Authorization"] = f"Bearer {token}"
-        if body is not None and not isinstance(body, (str, bytes)):
-            body = json.dumps(body)
-            hdrs.setdefault("Content-Type", "application/json")
-        return getattr(self.client.http, method.lower())(path, headers=hdrs, body=body or b"")
-
-
-def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
-    """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def job_spec(name="train", **overrides):
-    spec = {"name": name, "command": [sys.executable, "-c", "print('hello')"], "backend": "local"}
-    spec.update(overrides)
-    return spec

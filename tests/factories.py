@@ -1,11 +1,24 @@
-"""Test factories: specs, jobs, history entries, observations, managed resources and shared fake backends."""
+"""Test factories: settings and stores, specs, jobs, history, observations, resources, fakes, payloads, stacks."""
 
 from __future__ import annotations
 
+import base64
 import collections
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
+import uuid
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+
+import requests
 
 from chalicelib.backends.base import (
     ComputeBackend,
@@ -19,6 +32,101 @@ from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"  # recorded provider payloads: events/, gcp/, pricing/
+
+
+def fixture_json(*parts: str) -> Any:
+    """A recorded payload under tests/fixtures (fixture_json("gcp", "pubsub_push_body.json"))."""
+    return json.loads(FIXTURES.joinpath(*parts).read_text())
+
+
+# --- settings and stores ---------------------------------------------------------------------------------
+def make_settings(tmp_path, endpoint=None, **overrides):
+    """Settings of the `test` stage with fresh table names, local jobs under tmp_path, on `endpoint` (moto)."""
+    from chalicelib.config import Settings
+
+    env = {
+        "JOBPLANE_STAGE": "test",
+        "JOBPLANE_TABLE_PREFIX": f"jp-{uuid.uuid4().hex[:10]}",
+        "JOBPLANE_LOCAL_STATE_DIR": str(tmp_path / "jobs"),
+        "JOBPLANE_LOCAL_RUN_AS": os.environ["JOBPLANE_LOCAL_RUN_AS"],
+        "AWS_REGION": "us-east-1",
+    }
+    if endpoint:
+        env["AWS_ENDPOINT_URL"] = endpoint
+    env.update(overrides)
+    return Settings.from_env(env)
+
+
+def make_stores(settings):
+    """One DynamoDB store of each kind over `settings`' tables, every table created."""
+    from chalicelib.store.tables import dynamo_stores
+
+    stores = dynamo_stores(settings)
+    for store in stores.values():
+        store.create_tables()
+    return stores
+
+
+def use_stores(settings, stores, **overrides):
+    """Point deps at these settings and stores (plus any other cached objects given)."""
+    from chalicelib import deps
+
+    deps.reset()
+    deps.override(
+        settings=settings,
+        store=stores["jobs"],
+        token_store=stores["tokens"],
+        slack_store=stores["slack"],
+        devvm_store=stores["devvms"],
+        **overrides,
+    )
+
+
+class ApiClient:
+    """Chalice test client with token helpers; every call returns the Chalice response."""
+
+    def __init__(self, client, stores):
+        self.client = client
+        self.stores = stores
+        self.store = stores["jobs"]
+        self.events = client.events
+        self.lambda_ = client.lambda_
+
+    def token(self, user: str, admin: bool = False) -> str:
+        from chalicelib.auth import create_token
+
+        return create_token(self.stores["tokens"], user, admin)
+
+    def request(self, method, path, token=None, body=None, headers=None):
+        hdrs = dict(headers or {})
+        if token:
+            hdrs["Authorization"] = f"Bearer {token}"
+        if body is not None and not isinstance(body, (str, bytes)):
+            body = json.dumps(body)
+            hdrs.setdefault("Content-Type", "application/json")
+        return getattr(self.client.http, method.lower())(path, headers=hdrs, body=body or b"")
+
+
+def wait_for(predicate, timeout=15.0, interval=0.05, what="condition"):
+    """Poll `predicate` until it returns something true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def wait_long(predicate, timeout=60.0, interval=0.2, what="condition"):
+    """wait_for with the end-to-end defaults: a real stack's jobs and processes take seconds."""
+    return wait_for(predicate, timeout, interval, what)
+
+
+# --- specs and jobs --------------------------------------------------------------------------------------
 # The least a spec needs on each backend: container services refuse a spec without an image.
 BACKEND_DEFAULTS: dict[str, dict[str, Any]] = {
     "sagemaker": {"image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1"},
@@ -38,6 +146,32 @@ def spec_dict(**overrides: Any) -> dict[str, Any]:
         **BACKEND_DEFAULTS.get(backend, {}),
         **overrides,
     }
+
+
+def job_spec(name: str = "train", **overrides: Any) -> dict[str, Any]:
+    """A spec document for a local job that really runs: this interpreter printing hello."""
+    return {"name": name, "command": [sys.executable, "-c", "print('hello')"], "backend": "local", **overrides}
+
+
+# A spec with every field the contract documents set (DESIGN.md's example, plus the queue's fields).
+FULL_SPEC: dict[str, Any] = {
+    "name": "resnet-cifar",
+    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:latest",
+    "command": ["python", "train.py", "--epochs", "10"],
+    "env": {"LR": "0.1"},
+    "resources": {"gpus": 1, "gpu_type": "A10G", "cpus": 4, "memory_gb": 16, "spot": True},
+    "backend": "sagemaker",
+    "max_runtime_minutes": 600,
+    "inputs": ["s3://bucket/datasets/cifar/"],
+    "outputs": "s3://bucket/outputs/",
+    "checkpoint_uri": "s3://bucket/checkpoints/resnet-cifar/",
+    "retries": {"max_attempts": 3, "on": ["interruption", "capacity"]},
+    "notify": {"slack_channel": "#ml-jobs"},
+    "labels": {"team": "vision"},
+    "priority": 5,
+    "fallback": ["ec2"],
+    "capacity_wait_minutes": 30,
+}
 
 
 def make_spec(**overrides: Any) -> JobSpec:
@@ -165,3 +299,171 @@ def count_dynamodb(store) -> collections.Counter[str]:
     for model in store.models.values():
         model._get_connection().connection.client.meta.events.register("before-call.dynamodb", before_call)
     return counts
+
+
+# --- DynamoDB faults ---------------------------------------------------------------------------------------
+_DYNAMO_PREFIX = "com.amazonaws.dynamodb.v20120810#"
+
+
+class _Raw:
+    def stream(self, **_):
+        yield b""
+
+
+def _cancelled(request) -> dict:
+    """TransactWriteItems: the whole transaction cancelled, one reason per item in request order."""
+    items = len(json.loads(request.body)["TransactItems"])
+    reasons = [{"Code": "None"}] * (items - 1) + [
+        {"Code": "TransactionConflict", "Message": "Transaction is ongoing for the item"}
+    ]
+    codes = ", ".join(r["Code"] for r in reasons)
+    return {
+        "__type": f"{_DYNAMO_PREFIX}TransactionCanceledException",
+        "Message": f"Transaction cancelled, please refer cancellation reasons for specific reasons [{codes}]",
+        "CancellationReasons": reasons,
+    }
+
+
+def _single(_request) -> dict:
+    """PutItem / UpdateItem on an item a transaction is writing."""
+    return {"__type": f"{_DYNAMO_PREFIX}TransactionConflictException", "message": "Transaction is ongoing for the item"}
+
+
+def inject_transaction_conflicts(store, count: int, operations=("TransactWriteItems",)) -> dict[str, int]:
+    """The next `count` calls of `operations` answer HTTP 400 with DynamoDB's conflict error (the emulator
+    applies requests one at a time, so it never does); returns the live count of injected answers."""
+    from botocore.awsrequest import AWSResponse
+
+    state = {"left": count, "seen": 0}
+    lock = threading.Lock()
+
+    def conflict(request, **_):
+        with lock:
+            if state["left"] <= 0:
+                return None
+            state["left"] -= 1
+            state["seen"] += 1
+        operation = request.headers["X-Amz-Target"].decode().rsplit(".", 1)[-1]
+        body = _cancelled(request) if operation == "TransactWriteItems" else _single(request)
+        response = AWSResponse(request.url, 400, {"x-amzn-requestid": "conflict"}, _Raw())
+        response._content = json.dumps(body).encode()
+        return response
+
+    for client in {m._get_connection().connection.client for m in store.models.values()}:
+        for operation in operations:
+            client.meta.events.register(f"before-send.dynamodb.{operation}", conflict)
+    return state
+
+
+# --- Google Cloud: settings for the fake APIs (tests/fakegcp.py), payloads in Google's published shapes ----
+GCP_PROJECT = "my-project"
+GCP_STATUS_URI = "gs://jp-status/test"
+
+
+def gcp_fixture(name: str) -> dict:
+    """A recorded Google payload from tests/fixtures/gcp."""
+    return fixture_json("gcp", name)
+
+
+def gcp_env(endpoint: str) -> dict[str, str]:
+    """Settings variables for the GCP backends on the fake at `endpoint` (plus local)."""
+    return {
+        "JOBPLANE_BACKENDS": "vertex,gce,local",
+        "JOBPLANE_GCP_PROJECT": GCP_PROJECT,
+        "JOBPLANE_GCP_REGION": "us-central1",
+        "JOBPLANE_GCE_ZONE": "us-central1-a",
+        "JOBPLANE_GCP_STATUS_URI": GCP_STATUS_URI,
+        "JOBPLANE_GCP_EVENTS_TOPIC": f"projects/{GCP_PROJECT}/topics/jobplane-test-events",
+        "JOBPLANE_GCP_API_ENDPOINT": endpoint,
+    }
+
+
+def submit(service, **spec):
+    """Submit a job as alice through `service` (the API's path, without HTTP)."""
+    from chalicelib.auth import Principal
+
+    body = {"name": "train", "command": ["python", "train.py"], **spec}
+    job, _ = service.submit(Principal("alice", False), parse_spec(body))
+    return job
+
+
+def pubsub_data(payload: dict, attributes: dict | None = None, message_id: str = "2070443601311540") -> dict:
+    """A messagePublished CloudEvent's data in Google's published shape (push body fixture), new payload."""
+    data = copy.deepcopy(gcp_fixture("pubsub_push_body.json"))
+    data["message"]["data"] = base64.b64encode(json.dumps(payload).encode()).decode()
+    data["message"]["attributes"] = attributes or {}
+    data["message"]["messageId"] = data["message"]["message_id"] = message_id
+    return data
+
+
+# --- the local stack as a real process (`jobplane local up`), for end-to-end tests ------------------------
+JOBPLANE = [sys.executable, "-m", "jobplane.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_stack(directory: Path, port: int | None = None, sigint_ignored: bool = False, **extra_env) -> dict:
+    """`jobplane local up` on `directory` (its state folder), ready to serve; a log per life beside it.
+
+    `sigint_ignored`: started the way CI workers and nohup start it, with SIGINT ignored (Ctrl-C must
+    still stop it)."""
+    port = port or free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBPLANE_LOCAL_DIR": str(directory), **extra_env}
+    env.pop("AWS_ENDPOINT_URL", None)
+    log = open(directory.parent / f"{directory.name}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1"],
+        cwd=ROOT,
+        env=env,
+        preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+    def ready():
+        if proc.poll() is not None:
+            raise AssertionError(f"stack exited: {Path(log.name).read_text()}")
+        try:
+            state = json.loads((directory / "local.json").read_text())
+            if state["pid"] != proc.pid:
+                return None  # the file a killed stack left behind
+            return state if requests.get(state["api"] + "/health", timeout=1).ok else None
+        except (OSError, ValueError, KeyError, requests.RequestException):
+            return None
+
+    state = wait_for(ready, timeout=60.0, interval=0.2, what="the local stack")
+    return {"state": state, "proc": proc, "log": log, "env": env, "dir": directory}
+
+
+def stop_stack(stack, sig=signal.SIGINT) -> int:
+    """Stop a stack start_stack started (Ctrl-C by default) and return its exit status."""
+    proc = stack["proc"]
+    try:
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            return proc.wait(timeout=40)
+        return proc.returncode
+    finally:
+        if proc.poll() is None:
+            proc.kill()  # the test has failed already; leave nothing running behind it
+        stack["log"].close()
+
+
+def stack_api(stack, method, path, token=None, **kw):
+    """One request to a running stack's API (as its admin unless `token` says otherwise)."""
+    token = token or stack["state"]["admin_token"]
+    headers = {"Authorization": f"Bearer {token}", **kw.pop("headers", {})}
+    return requests.request(method, stack["state"]["api"] + path, headers=headers, timeout=30, **kw)
+
+
+def kill_runners(directory: Path) -> None:
+    """A job's runner outlives a kill -9 of the stack by design; the test leaves none behind."""
+    for pid_file in (directory / "jobs").glob("*/runner.pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass

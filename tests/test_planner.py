@@ -7,7 +7,7 @@ import pytest
 from chalicelib.errors import ValidationError
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.planner import plan
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 GPU = {"name": "t", "image": "train:1", "command": ["python", "t.py"], "resources": {"gpus": 1, "gpu_type": "A10G"}}
 

@@ -6,7 +6,6 @@ import copy
 import json
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,10 +15,9 @@ from chalicelib.errors import ConfigError
 from chalicelib.jobs.service import JobService
 from chalicelib.store.memory import InMemoryJobStore
 from chalicelib.triggers import handle_s3_event, load_rules, parse_rules
-from tests.conftest import make_settings
-from tests.factories import ScriptedBackend
+from tests.factories import FIXTURES, ScriptedBackend, make_settings
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "events" / "s3-object-created.json"
+FIXTURE = FIXTURES / "events" / "s3-object-created.json"
 RULES = {
     "rules": [
         {

@@ -7,12 +7,15 @@ docker.exit (0 when absent) after writing from-container.txt into the folder mou
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
 import stat
 import subprocess
 import sys
+import tarfile
+import textwrap
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +166,47 @@ def run(vm: Vm, script: str, env: dict[str, str], timeout: float = 40) -> float:
         except ProcessLookupError:
             pass
     return time.monotonic() - began
+
+
+# Shared by the VM and Vertex contract tests: values that must stay data, the job's code, its archive.
+HOSTILE = ["$(touch PWNED_subst)", "`touch PWNED_tick`", 'it\'s "q"', "a\nb; touch PWNED_nl", "${HOME} *", ""]
+
+# The job's code: train.py reports what it found, writes an output and a checkpoint, then fails (exit 3).
+TRAIN = textwrap.dedent("""\
+    import json, os, stat, sys
+    env = os.environ
+    inputs = env["JOBPLANE_INPUT_DIR"]
+    found = sorted(os.path.relpath(os.path.join(d, f), inputs) for d, _, fs in os.walk(inputs) for f in fs)
+    ckpt = env["JOBPLANE_CHECKPOINT_DIR"]
+    report = {
+        "argv": sys.argv[1:],
+        "cwd": os.getcwd(),
+        "vars": {k: v for k, v in env.items() if k.startswith("JOBPLANE_")},
+        "inputs": found,
+        "input_modes": sorted({stat.S_IMODE(os.stat(os.path.join(inputs, f)).st_mode) & 0o222 for f in found}),
+        "labels": open(os.path.join(inputs, "labels", "labels.csv")).read(),
+        "restored": sorted(os.listdir(ckpt)),
+        "setup": open("setup-ran").read() if os.path.exists("setup-ran") else None,
+        "setup_order": open("order").read() if os.path.exists("order") else None,
+        "code_file": open("pkg/data.txt").read(),
+        "lr": env.get("LR"),
+    }
+    out = env["JOBPLANE_OUTPUT_DIR"]
+    json.dump(report, open(os.path.join(out, "report.json"), "w"))
+    os.makedirs(os.path.join(out, "model"), exist_ok=True)
+    open(os.path.join(out, "model", "weights.bin"), "w").write("w")
+    open(os.path.join(ckpt, "step-2.pt"), "w").write("two")
+    sys.exit(3)
+    """)
+
+
+def archive(members: dict[str, str]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in members.items():
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

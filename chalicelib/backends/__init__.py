@@ -1,4 +1,4 @@
-"""Backend registry and descriptors: each backend module is imported only when one of its facts is read."""
+"""Backend registry and descriptors: a backend's facts are read without importing its implementation."""
 
 from __future__ import annotations
 
@@ -15,16 +15,19 @@ from chalicelib.errors import ValidationError
 # names, and importing them, even for type checking, would close an import cycle through config.
 Settings = Job = ComputeBackend = Any
 
-# The one place that names every backend: registry key -> "module:Class". Importing is deferred so a
-# cold start pays only for the backends it touches; add a backend with one line here (or register()).
+# The one place that names every backend: registry key -> "module:NAME" of its BackendDescriptor, in a
+# light module per cloud (or "module:Class" of a ComputeBackend that carries its own, as test doubles do).
+# Facts (settings, spec validation, the planner, event routing) come from the descriptor; the
+# implementation, named by the descriptor, is imported only when a backend is built, so a cold start pays
+# only for the backends it touches. Add a backend with one line here (or register()).
 REGISTRY: dict[str, str] = {
-    "local": "chalicelib.backends.local.backend:LocalBackend",
-    "sagemaker": "chalicelib.backends.aws.sagemaker:SageMakerBackend",
-    "aws-batch": "chalicelib.backends.aws.batch:BatchBackend",
-    "ecs": "chalicelib.backends.aws.ecs:EcsBackend",
-    "ec2": "chalicelib.backends.aws.ec2:Ec2Backend",
-    "vertex": "chalicelib.backends.gcp.vertex:VertexBackend",
-    "gce": "chalicelib.backends.gcp.gce:GceBackend",
+    "local": "chalicelib.backends.local.descriptors:LOCAL",
+    "sagemaker": "chalicelib.backends.aws.descriptors:SAGEMAKER",
+    "aws-batch": "chalicelib.backends.aws.descriptors:BATCH",
+    "ecs": "chalicelib.backends.aws.descriptors:ECS",
+    "ec2": "chalicelib.backends.aws.descriptors:EC2",
+    "vertex": "chalicelib.backends.gcp.descriptors:VERTEX",
+    "gce": "chalicelib.backends.gcp.descriptors:GCE",
 }
 # What a deployment enables when JOBPLANE_BACKENDS is unset: the one backend that needs no cloud.
 DEFAULT_BACKENDS = ("local",)
@@ -60,7 +63,7 @@ class Requirement:
 
 @dataclass(frozen=True)
 class BackendDescriptor:
-    """Every fact about a backend that the rest of jobplane reads, declared once in its module."""
+    """Every fact about a backend that the rest of jobplane reads, declared once, apart from its code."""
 
     name: str
     cloud: Cloud
@@ -89,6 +92,9 @@ class BackendDescriptor:
     #: "module:Class" of the dev VM provider it hosts, if any
     devvm_provider: str | None = None
     requires: tuple[Requirement, ...] = ()
+    #: "module:Class" of the ComputeBackend (whose `descriptor` is this one); None when the class itself
+    #: is registered
+    implementation: str | None = None
 
 
 _lock = threading.Lock()
@@ -96,7 +102,8 @@ _cache: dict[tuple[str, int], ComputeBackend] = {}
 
 
 def register(name: str, target: str) -> None:
-    """Add a backend at run time: `target` is "module:Class" of a ComputeBackend with a descriptor.
+    """Add a backend at run time: `target` is "module:NAME" of its BackendDescriptor, or "module:Class" of
+    a ComputeBackend with a descriptor.
 
     Names are accepted by spec validation, settings and the planner from the next call on."""
     if name == AUTO or not name:
@@ -126,18 +133,38 @@ def _unknown(name: str) -> ValidationError:
     )
 
 
-def backend_class(name: str) -> type[ComputeBackend]:
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _registered(name: str) -> Any:
+    """What REGISTRY names for `name`: a BackendDescriptor, or a ComputeBackend class."""
     try:
         target = REGISTRY[name]
     except KeyError:
         raise _unknown(name) from None
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)
+    return _load(target)
+
+
+def backend_class(name: str) -> type[ComputeBackend]:
+    """The implementation of backend `name`: the one call that imports its module (and its SDK's types)."""
+    found = _registered(name)
+    if not isinstance(found, BackendDescriptor):
+        return found
+    if found.implementation is None:
+        raise TypeError(f"{REGISTRY[name]} names no implementation for backend {name!r}")
+    cls = _load(found.implementation)
+    if getattr(cls, "descriptor", None) is not found:
+        raise TypeError(f"{found.implementation} does not declare the descriptor {REGISTRY[name]}")
+    return cls
 
 
 def descriptor(name: str) -> BackendDescriptor:
-    """The facts of backend `name` (imports its module, which imports no SDK at module level)."""
-    found = getattr(backend_class(name), "descriptor", None)
+    """The facts of backend `name`, without importing its implementation (for a registered class: its own)."""
+    found = _registered(name)
+    if not isinstance(found, BackendDescriptor):
+        found = getattr(found, "descriptor", None)
     if not isinstance(found, BackendDescriptor) or found.name != name:
         raise TypeError(f"{REGISTRY[name]} declares no BackendDescriptor named {name!r}")
     return found

@@ -9,7 +9,7 @@ from pathlib import Path
 from chalicelib.backends import Cloud
 
 # app.py's EventBridge pattern is built at import, on every cold start: reading this file costs far less
-# than importing every backend module for its descriptor. tests/unit/test_backend_names.py fails when it
+# than importing every backend module for its descriptor. tests/backends/test_backend_names.py fails when it
 # is stale; `python -m chalicelib.backends.sources` rewrites it.
 SOURCES_FILE = Path(__file__).with_name("event_sources.json")
 

@@ -25,6 +25,8 @@ class Outcome(str, Enum):
     IGNORED = "ignored"
     #: names a jobplane job the store does not hold
     UNKNOWN_JOB = "unknown_job"
+    #: handling it failed in a way a redelivery would repeat (bad data, no permission): logged, acknowledged
+    ERROR = "error"
 
 
 @dataclass(frozen=True)
@@ -63,12 +65,12 @@ def handle_state_change(raw: dict[str, Any], service) -> EventResult:
     source = raw.get("source")
     if not isinstance(source, str):
         return EventResult(Outcome.IGNORED, detail="event has no source")
+    asked = []
     for backend in backends_for_source(source, service.settings):
         obs = backend.parse_event(raw)
-        if obs is None:
+        if obs is None:  # another service's event, or a resource this deployment did not start
+            asked.append(backend.name)
             continue
-        if obs.job_id is None:
-            return EventResult(Outcome.IGNORED, detail=f"{backend.name}: resource {obs.native_id!r} is not jobplane's")
         job_before = service.store.get_job(obs.job_id)
         if job_before is None:
             return EventResult(
@@ -87,4 +89,6 @@ def handle_state_change(raw: dict[str, Any], service) -> EventResult:
             job.status.value if job else None,
             obs.native_status,
         )
+    if asked:
+        return EventResult(Outcome.IGNORED, detail=f"not about a job this deployment runs on {', '.join(asked)}")
     return EventResult(Outcome.IGNORED, detail=f"no enabled backend handles source {source!r}")

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 AWS_BACKENDS = "sagemaker,aws-batch,ecs,ec2,local"
 

@@ -16,8 +16,7 @@ from chalicelib.backends.base import Handle
 from chalicelib.backends.gcp.gce_script import startup_script
 from chalicelib.jobs.model import FailureKind, JobStatus
 from tests import vmharness
-from tests.conftest import ROOT, make_settings, wait_for
-from tests.factories import make_job
+from tests.factories import ROOT, make_job, make_settings, wait_for
 
 PY = sys.executable
 JOB_ID = "c" * 32

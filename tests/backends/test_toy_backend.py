@@ -8,7 +8,7 @@ from chalicelib import backends
 from chalicelib.backends import BackendDescriptor, Cloud, policy
 from chalicelib.notify.messages import Kind, build_message
 from tests.backends.toy_backend import ToyBackend
-from tests.conftest import make_settings, make_stores, use_stores, wait_for
+from tests.factories import make_settings, make_stores, use_stores, wait_for
 
 TOY = "tests.backends.toy_backend:ToyBackend"
 
@@ -29,7 +29,7 @@ def toy_api(toy, tmp_path, moto_endpoint):
 
     from chalicelib import deps
     from chalicelib.jobs.service import JobService
-    from tests.conftest import ApiClient
+    from tests.factories import ApiClient
 
     settings = make_settings(tmp_path, moto_endpoint, JOBPLANE_BACKENDS="toy,local")
     stores = make_stores(settings)

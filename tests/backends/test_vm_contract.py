@@ -8,21 +8,18 @@ reaches only the job; hostile values stay data; both scripts are shellcheck clea
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
-import textwrap
 from pathlib import Path
 
 import pytest
 
 from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
 from chalicelib.backends.gcp.gce_script import startup_script
-from tests.vmharness import Vm, prepare, run
+from tests.vmharness import HOSTILE, TRAIN, Vm, archive, prepare, run
 
 PY = sys.executable
 JOB_ID = "e" * 32
@@ -30,47 +27,6 @@ NATIVE = f"jp-{JOB_ID}"
 KINDS = ("ec2", "gce")
 SCHEME = {"ec2": "s3", "gce": "gs"}
 REPORT = {"ec2": f"s3://status/jobs/{NATIVE}/status.json", "gce": f"gs://status/{NATIVE}/exit.json"}
-HOSTILE = ["$(touch PWNED_subst)", "`touch PWNED_tick`", 'it\'s "q"', "a\nb; touch PWNED_nl", "${HOME} *", ""]
-
-# The job's code: train.py reports what it found, writes an output and a checkpoint, then fails (exit 3).
-TRAIN = textwrap.dedent("""\
-    import json, os, stat, sys
-    env = os.environ
-    inputs = env["JOBPLANE_INPUT_DIR"]
-    found = sorted(os.path.relpath(os.path.join(d, f), inputs) for d, _, fs in os.walk(inputs) for f in fs)
-    ckpt = env["JOBPLANE_CHECKPOINT_DIR"]
-    report = {
-        "argv": sys.argv[1:],
-        "cwd": os.getcwd(),
-        "vars": {k: v for k, v in env.items() if k.startswith("JOBPLANE_")},
-        "inputs": found,
-        "input_modes": sorted({stat.S_IMODE(os.stat(os.path.join(inputs, f)).st_mode) & 0o222 for f in found}),
-        "labels": open(os.path.join(inputs, "labels", "labels.csv")).read(),
-        "restored": sorted(os.listdir(ckpt)),
-        "setup": open("setup-ran").read() if os.path.exists("setup-ran") else None,
-        "setup_order": open("order").read() if os.path.exists("order") else None,
-        "code_file": open("pkg/data.txt").read(),
-        "lr": env.get("LR"),
-    }
-    out = env["JOBPLANE_OUTPUT_DIR"]
-    json.dump(report, open(os.path.join(out, "report.json"), "w"))
-    os.makedirs(os.path.join(out, "model"), exist_ok=True)
-    open(os.path.join(out, "model", "weights.bin"), "w").write("w")
-    open(os.path.join(ckpt, "step-2.pt"), "w").write("two")
-    sys.exit(3)
-    """)
-
-
-def archive(members: dict[str, str]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, text in members.items():
-            data = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
 
 
 def script_for(kind: str, vm: Vm, **job) -> str:
@@ -441,9 +397,7 @@ def test_the_backends_give_their_scripts_the_contracts_locations(tmp_path):
     from chalicelib.backends.aws.ec2 import Ec2Backend
     from chalicelib.backends.base import Handle
     from chalicelib.backends.gcp.gce import GceBackend
-    from tests.conftest import make_settings
-    from tests.factories import make_job
-    from tests.gcp.helpers import gcp_env
+    from tests.factories import gcp_env, make_job, make_settings
 
     settings = make_settings(
         tmp_path, **gcp_env("http://127.0.0.1:9"), JOBPLANE_EC2_AMI="ami-1", JOBPLANE_ARTIFACTS_BUCKET="aws-art"
@@ -489,8 +443,7 @@ def test_the_backends_give_their_scripts_the_contracts_locations(tmp_path):
 def test_ec2_refuses_a_spec_whose_user_data_would_pass_the_limit(tmp_path):
     from chalicelib.backends.aws.ec2 import Ec2Backend
     from chalicelib.errors import UnsupportedError
-    from tests.conftest import make_settings
-    from tests.factories import make_spec
+    from tests.factories import make_settings, make_spec
 
     backend = Ec2Backend(make_settings(tmp_path, JOBPLANE_EC2_AMI="ami-1"))
     backend.validate(make_spec(backend="ec2", env={"BIG": "x" * 7000}))

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib.util
 import zipfile
-from pathlib import Path
+
+from tests.factories import ROOT
 
 # By path: under pytest the name `deploy` is this test package, not the repository's deploy/ folder.
-_spec = importlib.util.spec_from_file_location(
-    "jobplane_deploy_layer", Path(__file__).resolve().parents[2] / "deploy" / "aws" / "layer.py"
-)
+_spec = importlib.util.spec_from_file_location("jobplane_deploy_layer", ROOT / "deploy" / "aws" / "layer.py")
 _layer_module = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_layer_module)
 strip_runtime_sdk = _layer_module.strip_runtime_sdk

@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.factories import ROOT
+
 # Each module fixture runs `make package` (a cold Chalice cache downloads every dependency).
 pytestmark = pytest.mark.timeout(600)
 
-ROOT = Path(__file__).resolve().parents[2]
 FUNCTIONS = {
     "api_handler",
     "on_job_state_change",

@@ -8,11 +8,11 @@ import subprocess
 import sys
 import venv
 import zipfile
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT
+
 # Only what a source distribution carries: the wheel must not depend on the rest of the checkout.
 SOURCES = ["pyproject.toml", "README.md", "jobplane", "chalicelib"]
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 import requests
 
-from tests.e2e.conftest import ROOT, start_stack, stop_stack
+from tests.factories import ROOT, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -17,7 +17,7 @@ ARTIFACTS = ROOT / "test-artifacts"
 
 @pytest.fixture(scope="module")
 def ui_stack(tmp_path_factory):
-    running = start_stack(tmp_path_factory)
+    running = start_stack(tmp_path_factory.mktemp("stack"), sigint_ignored=True)
     yield running
     stop_stack(running)
 

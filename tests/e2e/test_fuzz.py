@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import ROOT, start_stack, stop_stack
+from tests.factories import ROOT, start_stack, stop_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -16,7 +16,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def fuzz_stack(tmp_path_factory):
     # Generated specs are valid job specs: the local backend may run only `true` while we fuzz.
-    running = start_stack(tmp_path_factory, JOBPLANE_LOCAL_ALLOWED_PROGRAMS="true")
+    running = start_stack(tmp_path_factory.mktemp("stack"), sigint_ignored=True, JOBPLANE_LOCAL_ALLOWED_PROGRAMS="true")
     yield running
     stop_stack(running)
 

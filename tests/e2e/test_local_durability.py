@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,104 +14,49 @@ import pytest
 import requests
 
 from chalicelib.jobs.spec import MAX_BODY_BYTES
-from tests.e2e.conftest import JOBPLANE, ROOT, _free_port, _wait
+from tests.factories import JOBPLANE, ROOT, kill_runners, stack_api, start_stack, stop_stack, wait_long
 
 pytestmark = pytest.mark.e2e
 QUICK = {"name": "quick", "backend": "local", "command": [sys.executable, "-c", "print('done')"]}
-
-
-def _start(directory: Path, port: int | None = None) -> dict:
-    port = port or _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBPLANE_LOCAL_DIR": str(directory)}
-    env.pop("AWS_ENDPOINT_URL", None)
-    log = open(directory.parent / f"{directory.name}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1"],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-
-    def ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"stack exited: {Path(log.name).read_text()}")
-        try:
-            state = json.loads((directory / "local.json").read_text())
-            if state["pid"] != proc.pid:
-                return None  # the file a killed stack left behind
-            return state if requests.get(state["api"] + "/health", timeout=1).ok else None
-        except (OSError, ValueError, KeyError, requests.RequestException):
-            return None
-
-    return {"state": _wait(ready, what="the local stack"), "proc": proc, "log": log, "env": env, "dir": directory}
-
-
-def _stop(stack, sig=signal.SIGINT) -> int:
-    proc = stack["proc"]
-    try:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            return proc.wait(timeout=40)
-        return proc.returncode
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        stack["log"].close()
-
-
-def _api(stack, method, path, token=None, **kw):
-    token = token or stack["state"]["admin_token"]
-    headers = {"Authorization": f"Bearer {token}", **kw.pop("headers", {})}
-    return requests.request(method, stack["state"]["api"] + path, headers=headers, timeout=30, **kw)
-
-
-def _kill_runners(directory: Path) -> None:
-    """A job's runner outlives a kill -9 of the stack by design; the test leaves none behind."""
-    for pid_file in (directory / "jobs").glob("*/runner.pid"):
-        try:
-            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
-        except (OSError, ValueError):
-            pass
 
 
 @pytest.fixture
 def state_dir(tmp_path):
     directory = tmp_path / "state"
     yield directory
-    _kill_runners(directory)
+    kill_runners(directory)
 
 
 @pytest.mark.slow
 def test_ctrl_c_and_restart_keep_jobs_history_tokens_and_keys(state_dir):
-    first = _start(state_dir)
+    first = start_stack(state_dir)
     try:
-        job = _api(first, "POST", "/jobs", json=QUICK, headers={"Idempotency-Key": "nightly-1"}).json()
-        done = _wait(
-            lambda: (j := _api(first, "GET", f"/jobs/{job['job_id']}").json())["status"] == "SUCCEEDED" and j,
+        job = stack_api(first, "POST", "/jobs", json=QUICK, headers={"Idempotency-Key": "nightly-1"}).json()
+        done = wait_long(
+            lambda: (j := stack_api(first, "GET", f"/jobs/{job['job_id']}").json())["status"] == "SUCCEEDED" and j,
             what="SUCCEEDED",
         )
-        history = _api(first, "GET", f"/jobs/{job['job_id']}/events").json()["events"]
+        history = stack_api(first, "GET", f"/jobs/{job['job_id']}/events").json()["events"]
         bob = subprocess.run(
             [*JOBPLANE, "token", "create", "bob"], cwd=ROOT, env=first["env"], capture_output=True, text=True
         ).stdout.strip()
-        assert _api(first, "GET", "/jobs", token=bob).status_code == 200
+        assert stack_api(first, "GET", "/jobs", token=bob).status_code == 200
         s3 = _s3(first)
         s3.put_object(Bucket=first["state"]["upload_bucket"], Key="datasets/kept.csv", Body=b"a,b\n")
-        ingest = _wait(lambda: _ingest_jobs(first), what="the upload's job")
+        ingest = wait_long(lambda: _ingest_jobs(first), what="the upload's job")
         assert len(ingest) == 1
     finally:
-        assert _stop(first) == 0
+        assert stop_stack(first) == 0
 
-    second = _start(state_dir)
+    second = start_stack(state_dir)
     try:
         assert second["state"]["restored"]["applied"] > 0 and second["state"]["restored"]["failed"] == 0
         assert second["state"]["admin_token"] == first["state"]["admin_token"]
-        again = _api(second, "GET", f"/jobs/{job['job_id']}").json()
+        again = stack_api(second, "GET", f"/jobs/{job['job_id']}").json()
         assert again == done
-        assert _api(second, "GET", f"/jobs/{job['job_id']}/events").json()["events"] == history
-        assert _api(second, "GET", "/jobs", token=bob).status_code == 200
-        retried = _api(second, "POST", "/jobs", json=QUICK, headers={"Idempotency-Key": "nightly-1"})
+        assert stack_api(second, "GET", f"/jobs/{job['job_id']}/events").json()["events"] == history
+        assert stack_api(second, "GET", "/jobs", token=bob).status_code == 200
+        retried = stack_api(second, "POST", "/jobs", json=QUICK, headers={"Idempotency-Key": "nightly-1"})
         assert retried.status_code == 200 and retried.json()["job_id"] == job["job_id"]
         obj = _s3(second).get_object(Bucket=second["state"]["upload_bucket"], Key="datasets/kept.csv")
         assert obj["Body"].read() == b"a,b\n"
@@ -121,27 +65,27 @@ def test_ctrl_c_and_restart_keep_jobs_history_tokens_and_keys(state_dir):
         assert [j["job_id"] for j in _ingest_jobs(second)] == [j["job_id"] for j in ingest]
         assert job["job_id"] not in Path(second["state"]["slack_log"]).read_text()
     finally:
-        assert _stop(second) == 0
+        assert stop_stack(second) == 0
 
 
 @pytest.mark.slow
 def test_kill_9_keeps_a_job_acknowledged_just_before_it(state_dir):
-    first = _start(state_dir)
+    first = start_stack(state_dir)
     try:
-        created = _api(first, "POST", "/jobs", json=QUICK)
+        created = stack_api(first, "POST", "/jobs", json=QUICK)
         assert created.status_code == 201
         first["proc"].send_signal(signal.SIGKILL)  # no chance to flush anything after the 201
     finally:
-        assert _stop(first) == -signal.SIGKILL
-    second = _start(state_dir)
+        assert stop_stack(first) == -signal.SIGKILL
+    second = start_stack(state_dir)
     try:
-        job = _api(second, "GET", f"/jobs/{created.json()['job_id']}")
+        job = stack_api(second, "GET", f"/jobs/{created.json()['job_id']}")
         assert job.status_code == 200
         assert job.json()["name"] == "quick" and job.json()["created_at"] == created.json()["created_at"]
-        events = _api(second, "GET", f"/jobs/{created.json()['job_id']}/events").json()["events"]
+        events = stack_api(second, "GET", f"/jobs/{created.json()['job_id']}/events").json()["events"]
         assert events[0]["to"] == "QUEUED"
     finally:
-        assert _stop(second) == 0
+        assert stop_stack(second) == 0
 
 
 def test_an_oversize_body_is_refused_with_413_before_it_is_read(stack):
@@ -195,5 +139,5 @@ def _s3(stack):
 
 
 def _ingest_jobs(stack):
-    jobs = _api(stack, "GET", "/jobs?limit=50").json()["jobs"]
+    jobs = stack_api(stack, "GET", "/jobs?limit=50").json()["jobs"]
     return [j for j in jobs if j["name"].startswith("ingest-")] or None

@@ -13,8 +13,7 @@ import pytest
 import requests
 
 from chalicelib.backends.local.runner import sign_detail
-from tests.e2e.conftest import _wait
-from tests.e2e.test_local_durability import _api, _kill_runners, _start, _stop
+from tests.factories import kill_runners, stack_api, start_stack, stop_stack, wait_long
 
 pytestmark = pytest.mark.e2e
 
@@ -32,64 +31,64 @@ def _job(seconds: float) -> dict:
 
 
 def _status(stack, job_id: str) -> dict:
-    return _api(stack, "GET", f"/jobs/{job_id}").json()
+    return stack_api(stack, "GET", f"/jobs/{job_id}").json()
 
 
 def _history(stack, job_id: str) -> list[dict]:
-    return _api(stack, "GET", f"/jobs/{job_id}/events").json()["events"]
+    return stack_api(stack, "GET", f"/jobs/{job_id}/events").json()["events"]
 
 
 @pytest.fixture
 def state_dir(tmp_path):
     directory = tmp_path / "state"
     yield directory
-    _kill_runners(directory)
+    kill_runners(directory)
 
 
 @pytest.mark.slow
 def test_kill_9_during_a_running_job_then_restart_the_job_succeeds_and_was_never_lost(state_dir):
-    first = _start(state_dir)
+    first = start_stack(state_dir)
     try:
-        job = _api(first, "POST", "/jobs", json=_job(25)).json()
+        job = stack_api(first, "POST", "/jobs", json=_job(25)).json()
         # Killed once RUNNING is in the history too (the job row and its history are two writes).
-        _wait(lambda: "RUNNING" in [e["to"] for e in _history(first, job["job_id"])], what="RUNNING")
+        wait_long(lambda: "RUNNING" in [e["to"] for e in _history(first, job["job_id"])], what="RUNNING")
         first["proc"].send_signal(signal.SIGKILL)
     finally:
-        _stop(first)
-    second = _start(state_dir)
+        stop_stack(first)
+    second = start_stack(state_dir)
     try:
         assert _status(second, job["job_id"])["status"] == "RUNNING"
         time.sleep(3)  # three reconcile sweeps while the job still runs: none may take it for an orphan
         assert _status(second, job["job_id"])["status"] == "RUNNING"
-        done = _wait(
+        done = wait_long(
             lambda: (j := _status(second, job["job_id"]))["status"] in ("SUCCEEDED", "FAILED", "CANCELLED") and j,
             what="the adopted job to end",
         )
         assert done["status"] == "SUCCEEDED", done
         assert [e["to"] for e in _history(second, job["job_id"])] == ["QUEUED", "LAUNCHING", "RUNNING", "SUCCEEDED"]
-        logs = _api(second, "GET", f"/jobs/{job['job_id']}/logs").text
+        logs = stack_api(second, "GET", f"/jobs/{job['job_id']}/logs").text
         assert "start" in logs and "end" in logs  # the log went on while the stack was down
     finally:
-        assert _stop(second) == 0
+        assert stop_stack(second) == 0
 
 
 @pytest.mark.slow
 def test_ctrl_c_leaves_a_job_running_and_one_that_finished_meanwhile_is_settled_on_restart(state_dir):
-    first = _start(state_dir)
+    first = start_stack(state_dir)
     try:
-        job = _api(first, "POST", "/jobs", json=_job(3)).json()
-        _wait(lambda: _status(first, job["job_id"])["status"] == "RUNNING", what="RUNNING")
+        job = stack_api(first, "POST", "/jobs", json=_job(3)).json()
+        wait_long(lambda: _status(first, job["job_id"])["status"] == "RUNNING", what="RUNNING")
     finally:
-        assert _stop(first) == 0
+        assert stop_stack(first) == 0
     folder = state_dir / "jobs" / job["native_id"]
-    _wait(lambda: (folder / "status.json").exists(), what="the job to finish while the stack is down")
+    wait_long(lambda: (folder / "status.json").exists(), what="the job to finish while the stack is down")
     assert json.loads((folder / "status.json").read_text())["state"] == "SUCCEEDED"
-    second = _start(state_dir)
+    second = start_stack(state_dir)
     try:
-        done = _wait(lambda: (j := _status(second, job["job_id"]))["status"] == "SUCCEEDED" and j, what="settled")
+        done = wait_long(lambda: (j := _status(second, job["job_id"]))["status"] == "SUCCEEDED" and j, what="settled")
         assert done["finished_at"] >= done["started_at"]
     finally:
-        assert _stop(second) == 0
+        assert stop_stack(second) == 0
 
 
 def _event(detail: dict) -> dict:
@@ -113,12 +112,12 @@ def _job_key(stack, native_id: str) -> bytes:
 
 @pytest.mark.slow
 def test_forged_events_from_another_job_or_unsigned_change_nothing(state_dir):
-    stack = _start(state_dir)
+    stack = start_stack(state_dir)
     try:
-        victim = _api(stack, "POST", "/jobs", json=_job(60)).json()
-        other = _api(stack, "POST", "/jobs", json=_job(60)).json()
+        victim = stack_api(stack, "POST", "/jobs", json=_job(60)).json()
+        other = stack_api(stack, "POST", "/jobs", json=_job(60)).json()
         for job in (victim, other):
-            _wait(lambda j=job: _status(stack, j["job_id"])["status"] == "RUNNING", what="RUNNING")
+            wait_long(lambda j=job: _status(stack, j["job_id"])["status"] == "RUNNING", what="RUNNING")
         url = stack["state"]["functions"] + "/2015-03-31/functions/on_job_state_change/invocations"
         forged = {"native_id": victim["native_id"], "state": "SUCCEEDED", "exit_code": 0, "at": "2020-01-01T00:00:00Z"}
         with_other_key = {**forged, "signature": sign_detail(_job_key(stack, other["native_id"]), forged)}
@@ -138,8 +137,8 @@ def test_forged_events_from_another_job_or_unsigned_change_nothing(state_dir):
         assert [e["to"] for e in _history(stack, victim["job_id"])] == ["QUEUED", "LAUNCHING", "RUNNING"]
         runner = json.loads((state_dir / "jobs" / victim["native_id"] / "runner.json").read_text())
         assert runner["pid"]
-        _api(stack, "POST", f"/jobs/{victim['job_id']}/cancel")
-        _api(stack, "POST", f"/jobs/{other['job_id']}/cancel")
-        _wait(lambda: _status(stack, victim["job_id"])["status"] == "CANCELLED", what="CANCELLED")
+        stack_api(stack, "POST", f"/jobs/{victim['job_id']}/cancel")
+        stack_api(stack, "POST", f"/jobs/{other['job_id']}/cancel")
+        wait_long(lambda: _status(stack, victim["job_id"])["status"] == "CANCELLED", what="CANCELLED")
     finally:
-        assert _stop(stack) == 0
+        assert stop_stack(stack) == 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.e2e.conftest import JOBPLANE, ROOT, _wait
+from tests.factories import JOBPLANE, ROOT, wait_long
 
 pytestmark = pytest.mark.e2e
 
@@ -57,7 +57,7 @@ def test_the_example_job_runs_to_success_with_metrics_and_slack_messages(stack):
         mine = [t for t in texts if job["job_id"] in t]
         return mine if len(mine) >= 2 else None
 
-    texts = _wait(slack_texts, timeout=20, what="two Slack messages")
+    texts = wait_long(slack_texts, timeout=20, what="two Slack messages")
     assert any("started" in t or "running" in t for t in texts) and any("succeeded" in t for t in texts)
 
 
@@ -78,11 +78,11 @@ def test_cancel_stops_the_running_process_group(stack):
         "command": [sys.executable, "-c", "import subprocess,time; subprocess.Popen(['sleep','300']); time.sleep(300)"],
     }
     job = api(stack, "POST", "/jobs", json=spec).json()
-    _wait(lambda: api(stack, "GET", f"/jobs/{job['job_id']}").json()["status"] == "RUNNING", what="RUNNING")
+    wait_long(lambda: api(stack, "GET", f"/jobs/{job['job_id']}").json()["status"] == "RUNNING", what="RUNNING")
     runner = json.loads((stack["dir"] / "jobs" / job["native_id"] / "runner.json").read_text())
     pgid = runner["pid"]
     assert cli(stack, "cancel", job["job_id"]).returncode == 0
-    final = _wait(
+    final = wait_long(
         lambda: (j := api(stack, "GET", f"/jobs/{job['job_id']}").json())["status"] == "CANCELLED" and j,
         what="CANCELLED",
     )
@@ -95,7 +95,7 @@ def test_cancel_stops_the_running_process_group(stack):
             return True
         return False
 
-    _wait(group_gone, timeout=20, what="the job's process group to end")
+    wait_long(group_gone, timeout=20, what="the job's process group to end")
     assert api(stack, "POST", f"/jobs/{job['job_id']}/cancel").status_code == 409
 
 
@@ -162,7 +162,7 @@ def test_an_upload_to_the_embedded_s3_starts_one_job(stack):
         mine = [j for j in jobs if j["name"].startswith("ingest-")]
         return mine if mine and all(j["status"] == "SUCCEEDED" for j in mine) else None
 
-    jobs = _wait(ingest_jobs, timeout=60, what="the upload's job")
+    jobs = wait_long(ingest_jobs, timeout=60, what="the upload's job")
     assert [j["owner"] for j in jobs] == ["uploads"]
     logs = api(stack, "GET", f"/jobs/{jobs[0]['job_id']}/logs").json()["text"]
     assert f"jobplane: new upload s3://{state['upload_bucket']}/{key}" in logs

@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -15,15 +14,13 @@ from chalicelib.jobs.model import FailureKind, JobStatus, native_name
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.memory import InMemoryJobStore
-from tests.conftest import make_settings
-from tests.factories import boto, make_history, make_job
+from tests.factories import FIXTURES, boto, make_history, make_job, make_settings
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "events"
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"
 
 
 def sample(name: str, job_id: str = PLACEHOLDER, instance_id: str | None = None) -> dict:
-    text = (FIXTURES / name).read_text().replace(PLACEHOLDER, job_id)
+    text = (FIXTURES / "events" / name).read_text().replace(PLACEHOLDER, job_id)
     if instance_id:
         text = text.replace("i-1234567890abcdef0", instance_id)
     return json.loads(text)
@@ -100,6 +97,13 @@ def test_events_for_resources_jobplane_did_not_start_are_ignored(world):
     results = [handle_state_change(e, service) for e in (foreign, other_stage, unknown_job, other_cluster)]
     assert [r.outcome for r in results] == ["ignored", "ignored", "unknown_job", "ignored"]
     assert [r.outcome for r in results] == [Outcome.IGNORED, Outcome.IGNORED, Outcome.UNKNOWN_JOB, Outcome.IGNORED]
+    # the backend's parser said None for each foreign resource, and the result says which backend was asked
+    assert [r.detail for r in results if r.outcome is Outcome.IGNORED] == [
+        "not about a job this deployment runs on sagemaker",
+        "not about a job this deployment runs on sagemaker",
+        "not about a job this deployment runs on ecs",
+    ]
+    assert all(r.job_id is None for r in results if r.outcome is Outcome.IGNORED)
 
 
 def test_an_event_result_leaves_the_handler_as_plain_json_strings():

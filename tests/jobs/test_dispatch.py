@@ -7,8 +7,7 @@ import pytest
 from chalicelib.errors import BackendError, CapacityError, QuotaError
 from chalicelib.jobs.dispatch import Dispatcher, launch_failure
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobStatus
-from tests.conftest import make_settings
-from tests.factories import ScriptedBackend, make_history, make_job
+from tests.factories import ScriptedBackend, make_history, make_job, make_settings
 
 
 def _queued(store) -> Job:

@@ -13,9 +13,8 @@ from chalicelib.errors import ValidationError
 from chalicelib.jobs.model import JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.reaper import Action, oldest_first, plan_shards, reconcile, reconcile_shard, run_shard
-from tests.backends.test_contract import batch_harness, record_calls
-from tests.conftest import make_settings
-from tests.factories import ScriptedBackend, boto, count_dynamodb, make_history, make_job
+from tests.backends.harnesses import batch_harness, record_calls
+from tests.factories import ScriptedBackend, boto, count_dynamodb, make_history, make_job, make_settings
 
 NOW = utcnow()
 
@@ -185,7 +184,7 @@ def test_the_schedule_keeps_one_shard_and_hands_the_rest_to_reconcile_shard(tmp_
 
     import app as app_module
     from chalicelib import deps
-    from tests.conftest import make_stores, use_stores, wait_for
+    from tests.factories import make_stores, use_stores, wait_for
 
     settings = make_settings(
         tmp_path, moto_endpoint, JOBPLANE_RECONCILE_SHARD_JOBS="100", JOBPLANE_RECONCILE_ASYNC="thread"
@@ -244,7 +243,7 @@ def test_deployed_shards_go_to_the_reconcile_shard_function_as_event_invocations
 
 def test_vertex_lists_the_stages_unfinished_custom_jobs_100_a_page(tmp_path, fake_gcp):
     from chalicelib.backends.gcp.vertex import VertexBackend
-    from tests.gcp.helpers import gcp_env
+    from tests.factories import gcp_env
 
     backend = VertexBackend(make_settings(tmp_path, **gcp_env(fake_gcp.endpoint)))
     jobs = [make_job("vertex") for _ in range(3)]

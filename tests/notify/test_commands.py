@@ -19,7 +19,7 @@ from chalicelib.jobs.spec import parse_spec
 from chalicelib.notify import commands
 from chalicelib.notify.invoke import ThreadInvoker
 from chalicelib.notify.users import map_slack_user
-from tests.conftest import make_settings, make_stores, use_stores
+from tests.factories import make_settings, make_stores, use_stores
 
 # Slack's published example ("Verifying requests from Slack").
 DOC_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"

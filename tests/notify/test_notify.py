@@ -13,7 +13,7 @@ from chalicelib.jobs.model import JobStatus
 from chalicelib.notify.messages import Kind, build_message
 from chalicelib.notify.slack import Notifier, NotifyOutcome
 from chalicelib.store.dynamo import DynamoJobStore
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 from .conftest import JOB_ID, failed, finished, make_job
 

@@ -11,7 +11,7 @@ import pytest
 from chalicelib.jobs.model import utcnow
 from chalicelib.notify.slack import Notifier, Pacer, drain_outbox
 from chalicelib.store.slack import DynamoSlackStore, InMemorySlackStore, OutboxRecord, OutboxState
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 from .conftest import JOB_ID, finished, make_job
 from .test_notify import WEBHOOK, record

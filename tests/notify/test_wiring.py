@@ -20,7 +20,7 @@ from chalicelib.notify.invoke import LambdaInvoker, ThreadInvoker, invoker_for
 from chalicelib.notify.messages import Kind, build_message
 from chalicelib.notify.users import map_slack_user, principal_for, unmap_slack_user
 from chalicelib.templates import render, template_names
-from tests.conftest import make_settings, make_stores, use_stores
+from tests.factories import make_settings, make_stores, use_stores
 
 from .test_commands import InstantBackend
 

@@ -15,8 +15,8 @@ from chalicelib.config import Settings
 from chalicelib.errors import ConfigError, ValidationError
 from chalicelib.pricing import Catalog, Cost, Price, Unknown
 from chalicelib.pricing.tables import DATA_DIR, Row, Table, read_table, write_table
+from tests.factories import ROOT
 
-ROOT = Path(__file__).resolve().parents[2]
 SNAPSHOT = Path("/work/shared/data/prices")
 
 

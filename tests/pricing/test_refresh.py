@@ -6,7 +6,6 @@ import json
 import threading
 from datetime import UTC, date, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import boto3
@@ -19,15 +18,15 @@ from chalicelib.pricing import refresh as refresh_module
 from chalicelib.pricing.refresh import refresh
 from chalicelib.pricing.tables import DATA_DIR, read_table
 from jobplane import cli
+from tests.factories import FIXTURES
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "pricing"
 TODAY = date(2026, 12, 1)
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 REGIONS = ("eu-west-1", "us-east-1", "us-west-2")  # the order refresh walks the EC2 table's regions
 
 
 def _load(name):
-    return json.loads((FIXTURES / name).read_text())
+    return json.loads((FIXTURES / "pricing" / name).read_text())
 
 
 def _as_sent(page):

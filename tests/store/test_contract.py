@@ -13,22 +13,16 @@ from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, Transition
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import IdempotencyRecord
+from tests import factories
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 
 
 def make_job(owner="alice", seconds=0, status=JobStatus.QUEUED, **changes) -> Job:
-    job = Job(
-        job_id=uuid.uuid4().hex,
-        name="train",
-        owner=owner,
-        status=status,
-        backend="local",
-        spec=JobSpec.from_dict({"name": "train", "command": ["python", "-c", "print(1)"], "env": {"LR": "0.1"}}),
-        created_at=T0 + timedelta(seconds=seconds),
-        updated_at=T0 + timedelta(seconds=seconds),
-    )
-    return job.with_changes(**changes)
+    """A local job created `seconds` after T0 (listings order by creation)."""
+    at = T0 + timedelta(seconds=seconds)
+    spec = changes.pop("spec", {"command": ["python", "-c", "print(1)"], "env": {"LR": "0.1"}})
+    return factories.make_job(spec=spec, owner=owner, status=status, created_at=at, updated_at=at, **changes)
 
 
 def first_entry(job: Job) -> HistoryEntry:
@@ -347,13 +341,13 @@ def test_ten_threads_claiming_one_idempotency_key_all_get_the_same_record(store)
 # --- the typed spec and the two native fields ------------------------------------------------
 def test_the_typed_spec_round_trips_with_every_field(store):
     from chalicelib.jobs.spec import parse_spec
-    from tests.unit.test_spec_types import FULL
+    from tests.factories import FULL_SPEC
 
-    job = create(store, make_job(spec=parse_spec(FULL)))
+    job = create(store, make_job(spec=parse_spec(FULL_SPEC)))
     stored = store.get_job(job.job_id)
     assert stored.spec == job.spec
     assert type(stored.spec) is JobSpec
-    assert stored.to_api()["spec"] == job.to_api()["spec"] == parse_spec(FULL).to_dict()
+    assert stored.to_api()["spec"] == job.to_api()["spec"] == parse_spec(FULL_SPEC).to_dict()
 
 
 def test_our_name_and_the_providers_id_are_kept_apart(store):

@@ -10,7 +10,7 @@ import pytest
 from chalicelib.devvms import DevVm, DevVmStatus
 from chalicelib.errors import AlreadyExistsError, ConflictError
 from chalicelib.store.devvms import DynamoDevVmStore, InMemoryDevVmStore
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 SPEC = {

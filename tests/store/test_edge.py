@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
@@ -22,16 +21,14 @@ from pynamodb.exceptions import (
 
 from chalicelib.errors import AlreadyExistsError, ConditionFailedError, JobplaneError, StoreError, ValidationError
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, Transition
-from chalicelib.jobs.spec import parse_spec
 from chalicelib.store.base import IdempotencyRecord
 from chalicelib.store.edge import DynamoStore, dynamo_errors, translate
 from chalicelib.store.slack import OutboxRecord, OutboxState, SlackUserRecord
 from chalicelib.store.tokens import TokenRecord
-from tests.conftest import make_settings
+from tests.factories import ROOT, make_job, make_settings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PENDING = OutboxState.PENDING
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def client_error(code: str, operation: str = "PutItem") -> ClientError:
@@ -202,11 +199,8 @@ def test_every_public_method_of_a_store_is_translated_including_generators():
 
 
 # --- every DynamoDB store, against a table that does not exist -----------------------------
-_SPEC = parse_spec({"name": "train", "command": ["true"], "backend": "local"})
-
-
 def _job() -> Job:
-    return Job(uuid.uuid4().hex, "train", "alice", JobStatus.QUEUED, "local", _SPEC, created_at=T0)
+    return make_job(spec={"command": ["true"]}, status=JobStatus.QUEUED, created_at=T0)
 
 
 def _calls():

@@ -11,7 +11,7 @@ from chalicelib.errors import ValidationError
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec_types import JobSpec
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 SPEC = JobSpec.from_dict({"name": "j", "backend": "local", "command": ["true"]})
 

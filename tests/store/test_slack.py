@@ -14,7 +14,7 @@ from chalicelib.store.slack import (
     OutboxState,
     SlackUserRecord,
 )
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PENDING, SENDING, SENT = OutboxState.PENDING, OutboxState.SENDING, OutboxState.SENT

@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
-from pathlib import Path
 
 import boto3
 import pytest
 
 from chalicelib.store.tables import dynamo_stores
-from tests.conftest import make_settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.factories import ROOT, make_settings
 
 
 def _resources_module():

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from chalicelib.store.tokens import DynamoTokenStore, InMemoryTokenStore, TokenRecord
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

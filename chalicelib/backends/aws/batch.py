@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import Stream, read_streams
+from chalicelib.backends.aws.descriptors import BATCH
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import UnsupportedError
@@ -26,35 +26,8 @@ def definition_name(image: str) -> str:
     return "jp-img-" + hashlib.sha256(image.encode()).hexdigest()[:20]
 
 
-def console_url(job, ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import aws_console, aws_resource, q
-
-    region, resource, _ = aws_resource(job.native_id, ctx.region)
-    return aws_console(region, f"batch/home?region={region}#jobs/detail/{q(resource)}")
-
-
 class BatchBackend(AwsBackend):
-    descriptor = BackendDescriptor(
-        name="aws-batch",
-        cloud=Cloud.AWS,
-        display_name="AWS Batch",
-        rank=40,
-        role="AWS Batch queue",
-        event_sources=("aws.batch",),
-        iam_actions=(
-            "batch:SubmitJob",
-            "batch:DescribeJobs",
-            "batch:ListJobs",
-            "batch:TerminateJob",
-            "batch:RegisterJobDefinition",
-            "batch:DescribeJobDefinitions",
-            "batch:TagResource",  # SubmitJob / RegisterJobDefinition with tags need it
-            "logs:DescribeLogStreams",  # the job's output, in the streams DescribeJobs names
-            "logs:GetLogEvents",
-        ),
-        console_url=console_url,
-        unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
-    )
+    descriptor = BATCH
     services = ("batch",)
 
     def roles(self) -> tuple[tuple[str, str], ...]:
@@ -248,9 +221,9 @@ class BatchBackend(AwsBackend):
         detail = raw.get("detail") or {}
         parsed = parse_native_name(detail.get("jobName"))
         tags = detail.get("tags") or {}
-        if parsed is not None and tags and self.ours(tags) != parsed:
-            parsed = None
-        job_id, attempt = parsed if parsed else (None, None)
+        if parsed is None or (tags and self.ours(tags) != parsed):
+            return None  # not a jp- name, or one from another stage or another deployment
+        job_id, attempt = parsed
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
     # --- reconcile at scale: DescribeJobs takes up to 100 job ids -----------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.agent import parse_report
 from chalicelib.backends.aws.base import (
     KIND_DEVVM,
@@ -21,6 +20,7 @@ from chalicelib.backends.aws.base import (
     epoch_ms,
     instance_type_for,
 )
+from chalicelib.backends.aws.descriptors import EC2
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
 from chalicelib.backends.base import (
@@ -57,35 +57,8 @@ def power_state(state: str) -> PowerState:
     return PowerState.GONE
 
 
-def console_url(job, ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import aws_console, aws_resource, q
-
-    region, resource, _ = aws_resource(job.native_id, ctx.region)
-    return aws_console(region, f"ec2/home?region={region}#InstanceDetails:instanceId={q(resource)}")
-
-
 class Ec2Backend(AwsBackend):
-    descriptor = BackendDescriptor(
-        name="ec2",
-        cloud=Cloud.AWS,
-        display_name="EC2",
-        rank=60,
-        role="ad-hoc EC2 VM (any image, any GPU; stopped automatically)",
-        needs_image=False,
-        event_sources=("aws.ec2",),
-        iam_actions=(
-            "ec2:RunInstances",
-            "ec2:DescribeInstances",
-            "ec2:TerminateInstances",
-            "ec2:CreateTags",  # RunInstances with TagSpecifications, and the stopped-by mark
-            "s3:GetObject",  # the exit status the VM uploads (artifacts bucket only)
-        ),
-        console_url=console_url,
-        unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
-        reaps=True,
-        vm=True,
-        devvm_provider="chalicelib.backends.aws.ec2_devvm:Ec2DevVmProvider",
-    )
+    descriptor = EC2
     services = ("ec2",)
 
     def roles(self) -> tuple[tuple[str, str], ...]:
@@ -344,7 +317,7 @@ class Ec2Backend(AwsBackend):
         tags = {t["Key"]: t["Value"] for t in (instance or {}).get("Tags", [])}
         ours = self.ours(tags)
         if ours is None:
-            return Observation(JobStatus.RUNNING, str(detail.get("state") or raw["detail-type"]), instance_id)
+            return None  # not tagged as this deployment's
         job_id, attempt = ours
         if raw["detail-type"] == SPOT_WARNING:
             action = detail.get("instance-action", "terminate")

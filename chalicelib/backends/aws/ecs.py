@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import read_streams
+from chalicelib.backends.aws.descriptors import ECS
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, CapacityError, UnsupportedError
@@ -30,42 +30,8 @@ def family_name(image: str, gpus: int, launch_type: str, log_group: str | None =
     return f"jp-img-{digest}"
 
 
-def console_url(job, ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import aws_console, aws_resource, q
-
-    region, resource, arn = aws_resource(job.native_id, ctx.region)
-    # arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/TASK_ID: the console needs the cluster too.
-    parts = resource.split("/")
-    if not arn or len(parts) != 2:
-        return None
-    cluster, task = (q(p) for p in parts)
-    return aws_console(region, f"ecs/v2/clusters/{cluster}/tasks/{task}/configuration?region={region}")
-
-
 class EcsBackend(AwsBackend):
-    descriptor = BackendDescriptor(
-        name="ecs",
-        cloud=Cloud.AWS,
-        display_name="ECS",
-        rank=50,
-        role="the team's ECS cluster",
-        event_sources=("aws.ecs",),
-        iam_actions=(
-            "ecs:RunTask",
-            "ecs:DescribeTasks",
-            "ecs:ListTasks",
-            "ecs:StopTask",
-            "ecs:RegisterTaskDefinition",
-            "ecs:ListTaskDefinitions",
-            "ecs:TagResource",  # RunTask / RegisterTaskDefinition with tags need it
-            "logs:GetLogEvents",  # the job's output, which the awslogs driver writes to ecs_log_group
-        ),
-        console_url=console_url,
-        unsupported_features={
-            "tpu": "TPUs exist only on Vertex AI",
-            "spot": "ECS takes spot capacity from the cluster's capacity providers, not per job; use sagemaker or ec2",
-        },
-    )
+    descriptor = ECS
     services = ("ecs",)
 
     def roles(self) -> tuple[tuple[str, str], ...]:
@@ -287,9 +253,9 @@ class EcsBackend(AwsBackend):
         detail = raw.get("detail") or {}
         parsed = parse_native_name(detail.get("startedBy"))
         cluster = str(detail.get("clusterArn") or "")
-        if parsed is not None and cluster.split("/")[-1] != self.settings.ecs_cluster:
-            parsed = None  # another deployment's cluster
-        job_id, attempt = parsed if parsed else (None, None)
+        if parsed is None or cluster.split("/")[-1] != self.settings.ecs_cluster:
+            return None  # not started by jobplane, or in another deployment's cluster
+        job_id, attempt = parsed
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
     # --- reconcile at scale: DescribeTasks takes up to 100 task ARNs ----------------------------

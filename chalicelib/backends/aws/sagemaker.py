@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
+from chalicelib.backends.aws.descriptors import SAGEMAKER
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, UnsupportedError
@@ -22,33 +22,8 @@ MAX_ENV_VALUE = 512  # CreateTrainingJob's limit on each Environment value
 MAX_ENV = 48
 
 
-def console_url(job, ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import aws_console, aws_resource, q
-
-    region, resource, _ = aws_resource(job.native_id, ctx.region)
-    return aws_console(region, f"sagemaker/home?region={region}#/jobs/{q(resource)}")
-
-
 class SageMakerBackend(AwsBackend):
-    descriptor = BackendDescriptor(
-        name="sagemaker",
-        cloud=Cloud.AWS,
-        display_name="SageMaker",
-        rank=10,
-        role="first choice on AWS (managed spot, S3 checkpoints)",
-        event_sources=("aws.sagemaker",),
-        iam_actions=(
-            "sagemaker:CreateTrainingJob",
-            "sagemaker:DescribeTrainingJob",
-            "sagemaker:ListTrainingJobs",  # reconcile reads the running jobs 100 a page
-            "sagemaker:StopTrainingJob",
-            "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
-            "logs:DescribeLogStreams",  # the job's output: /aws/sagemaker/TrainingJobs, <job>/algo-N-<epoch>
-            "logs:GetLogEvents",
-        ),
-        console_url=console_url,
-        unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
-    )
+    descriptor = SAGEMAKER
     services = ("sagemaker",)
     named_by_us = True  # every SageMaker call takes the TrainingJobName we chose
 
@@ -236,9 +211,9 @@ class SageMakerBackend(AwsBackend):
         tags = detail.get("Tags") or {}
         if isinstance(tags, list):
             tags = {t.get("Key"): t.get("Value") for t in tags}
-        if parsed is not None and tags and self.ours(tags) != parsed:
-            parsed = None  # a jp- name from another stage or another deployment
-        job_id, attempt = parsed if parsed else (None, None)
+        if parsed is None or (tags and self.ours(tags) != parsed):
+            return None  # not a jp- name, or one from another stage or another deployment
+        job_id, attempt = parsed
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
     # --- reconcile at scale: list the running jobs by name and status, 100 a page -------------------

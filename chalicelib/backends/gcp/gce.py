@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
 from chalicelib.backends.agent import parse_report
 from chalicelib.backends.base import (
     ComputeBackend,
@@ -37,14 +36,15 @@ from chalicelib.backends.gcp.base import (
     refuse_foreign_uris,
 )
 from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
+from chalicelib.backends.gcp.descriptors import GCE, GCE_EVENT_SOURCE, GCE_VM_EVENT_SOURCE
 from chalicelib.backends.gcp.gce_script import MAX_METADATA_VALUE, startup_script
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
-EVENT_SOURCE = "compute.googleapis.com"
-VM_EVENT_SOURCE = "jobplane.gce"  # the message a jobplane VM publishes when its job ends
+EVENT_SOURCE = GCE_EVENT_SOURCE
+VM_EVENT_SOURCE = GCE_VM_EVENT_SOURCE  # the message a jobplane VM publishes when its job ends
 # Instance.status -> what it says about the job while no exit status exists.
 RUNNING_STATES = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING", "SUSPENDING", "REPAIRING")
 STOPPED_STATES = ("TERMINATED", "STOPPED", "SUSPENDED")
@@ -65,61 +65,8 @@ STOPPED_BY = "jobplane"
 STARTUP_SCRIPT_LOGS = ("google_metadata_script_runner", "GCEMetadataScripts")
 
 
-def console_url(job, ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import GCP_RE, q
-
-    native = job.native_id
-    gcp = GCP_RE.match(native)
-    if gcp and gcp["kind"] == "instances":
-        return (
-            f"https://console.cloud.google.com/compute/instancesDetail/zones/{gcp['where']}/instances/{gcp['name']}"
-            f"?project={gcp['project']}"
-        )
-    # A bare instance name is found in the deployment's project and zone.
-    if not gcp and ctx.gcp_project and ctx.gce_zone and "/" not in native:
-        return (
-            f"https://console.cloud.google.com/compute/instancesDetail/zones/{q(ctx.gce_zone)}"
-            f"/instances/{q(native)}?project={q(ctx.gcp_project)}"
-        )
-    return None
-
-
 class GceBackend(ComputeBackend):
-    descriptor = BackendDescriptor(
-        name="gce",
-        cloud=Cloud.GCP,
-        display_name="Compute Engine",
-        rank=70,
-        role="ad-hoc GCE VM (stopped automatically)",
-        needs_image=False,
-        event_sources=(EVENT_SOURCE, VM_EVENT_SOURCE),
-        log_resource_types=("gce_instance",),
-        iam_actions=(
-            "compute.instances.create",
-            "compute.instances.get",
-            "compute.instances.list",
-            "compute.instances.delete",
-            "compute.instances.stop",
-            "compute.instances.setLabels",
-            "compute.instances.setMetadata",
-            "compute.instances.setServiceAccount",
-            "compute.instances.getGuestAttributes",
-            "compute.disks.create",
-            "compute.subnetworks.use",
-            "compute.subnetworks.useExternalIp",
-            "iam.serviceAccounts.actAs",
-            "storage.objects.get",
-            "logging.logEntries.list",  # the startup script's output: resource.type="gce_instance" entries
-        ),
-        console_url=console_url,
-        unsupported_features={"tpu": "TPUs run only through Vertex AI (backend vertex)"},
-        reaps=True,
-        vm=True,
-        requires=(
-            Requirement("gcp_project"),
-            Requirement("gcp_status_uri", prefix="gs://"),
-        ),
-    )
+    descriptor = GCE
     named_by_us = True  # the instance's name is the one we give it
 
     def __init__(self, settings, client=None, status_objects: StatusObjects | None = None, compute=None) -> None:

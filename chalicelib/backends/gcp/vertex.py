@@ -6,7 +6,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext, Requirement
 from chalicelib.backends.agent import INPUT_NAME, RUN_STEPS_SH, UNPACK_CODE_SH, step_words
 from chalicelib.backends.base import (
     ComputeBackend,
@@ -34,12 +33,13 @@ from chalicelib.backends.gcp.base import (
     refuse_foreign_uris,
 )
 from chalicelib.backends.gcp.cloudlogging import CloudLogging, read_entries
+from chalicelib.backends.gcp.descriptors import VERTEX, VERTEX_EVENT_SOURCE
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
-EVENT_SOURCE = "aiplatform.googleapis.com"
+EVENT_SOURCE = VERTEX_EVENT_SOURCE
 # Every JobState a custom job can report -> (status, failure kind). JOB_STATE_UNSPECIFIED and any value
 # this table does not name are errors: a default would silently mislabel a job.
 STATES: dict[str, tuple[JobStatus, FailureKind | None]] = {
@@ -187,38 +187,8 @@ class CustomJobState:
         )
 
 
-def console_url(job, _ctx: ConsoleContext) -> str | None:
-    from chalicelib.notify.console import GCP_RE
-
-    gcp = GCP_RE.match(job.native_id)
-    if not gcp or gcp["kind"] != "customJobs":
-        return None
-    return (
-        f"https://console.cloud.google.com/ai/platform/locations/{gcp['where']}/training/{gcp['name']}"
-        f"?project={gcp['project']}"
-    )
-
-
 class VertexBackend(ComputeBackend):
-    descriptor = BackendDescriptor(
-        name="vertex",
-        cloud=Cloud.GCP,
-        display_name="Vertex AI",
-        rank=20,
-        role="first choice on GCP",
-        time_limit_minutes=7 * 24 * 60,
-        event_sources=(EVENT_SOURCE,),
-        log_resource_types=("ml_job",),
-        iam_actions=(
-            "aiplatform.customJobs.create",
-            "aiplatform.customJobs.get",
-            "aiplatform.customJobs.list",
-            "aiplatform.customJobs.cancel",
-            "logging.logEntries.list",  # the job's output: resource.type="ml_job" entries
-        ),
-        console_url=console_url,
-        requires=(Requirement("gcp_project"),),
-    )
+    descriptor = VERTEX
 
     def __init__(self, settings, client=None) -> None:
         super().__init__(settings)
@@ -488,7 +458,8 @@ class VertexBackend(ComputeBackend):
             found = rest.get_custom_job(self.settings, name)
         if found is None:
             return None
-        return self.observe(CustomJobState.from_json(found))
+        observed = self.observe(CustomJobState.from_json(found))
+        return observed if observed.job_id is not None else None  # not this deployment's custom job
 
 
 def custom_job_name(entry: dict[str, Any], settings) -> str | None:

@@ -16,7 +16,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from chalicelib.backends import BackendDescriptor, Cloud
 from chalicelib.backends.agent import ExitState, parse_report
 from chalicelib.backends.base import (
     ComputeBackend,
@@ -32,12 +31,12 @@ from chalicelib.backends.base import (
     job_env,
     parse_native_name,
 )
+from chalicelib.backends.local.descriptors import EVENT_SOURCE, LOCAL
 from chalicelib.backends.local.runner import sign_detail
 from chalicelib.errors import BackendError, ConfigError, UnsupportedError, ValidationError
 from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
-EVENT_SOURCE = "jobplane.local"
 EVENT_DETAIL_TYPE = "jobplane Local Job State Change"
 # runner states before any exit report -> (status, failure kind); the report is the agent contract's
 _STATES = {
@@ -74,20 +73,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 class LocalBackend(ComputeBackend):
-    descriptor = BackendDescriptor(
-        name="local",
-        cloud=Cloud.LOCAL,
-        display_name="local",
-        rank=80,
-        role="local processes",
-        needs_image=False,
-        event_sources=(EVENT_SOURCE,),
-        unsupported_features={
-            "gpu": "the local backend runs CPU processes only; use sagemaker, vertex, ec2 or gce for GPUs",
-            "tpu": "TPUs exist only on Vertex AI",
-        },
-        reaps=True,  # local processes stand in for ad-hoc VMs: the same sweep stops them
-    )
+    descriptor = LOCAL
     named_by_us = True  # a job's folder is named after it
 
     def _validate_impl(self, spec: JobSpec) -> None:

@@ -1,0 +1,131 @@
+"""The AWS backends' facts, light to import: the implementations (and botocore) load only when a backend is built."""
+
+from __future__ import annotations
+
+from chalicelib.backends import BackendDescriptor, Cloud, ConsoleContext
+
+
+def sagemaker_console_url(job, ctx: ConsoleContext) -> str | None:
+    from chalicelib.notify.console import aws_console, aws_resource, q
+
+    region, resource, _ = aws_resource(job.native_id, ctx.region)
+    return aws_console(region, f"sagemaker/home?region={region}#/jobs/{q(resource)}")
+
+
+def batch_console_url(job, ctx: ConsoleContext) -> str | None:
+    from chalicelib.notify.console import aws_console, aws_resource, q
+
+    region, resource, _ = aws_resource(job.native_id, ctx.region)
+    return aws_console(region, f"batch/home?region={region}#jobs/detail/{q(resource)}")
+
+
+def ecs_console_url(job, ctx: ConsoleContext) -> str | None:
+    from chalicelib.notify.console import aws_console, aws_resource, q
+
+    region, resource, arn = aws_resource(job.native_id, ctx.region)
+    # arn:aws:ecs:REGION:ACCOUNT:task/CLUSTER/TASK_ID: the console needs the cluster too.
+    parts = resource.split("/")
+    if not arn or len(parts) != 2:
+        return None
+    cluster, task = (q(p) for p in parts)
+    return aws_console(region, f"ecs/v2/clusters/{cluster}/tasks/{task}/configuration?region={region}")
+
+
+def ec2_console_url(job, ctx: ConsoleContext) -> str | None:
+    from chalicelib.notify.console import aws_console, aws_resource, q
+
+    region, resource, _ = aws_resource(job.native_id, ctx.region)
+    return aws_console(region, f"ec2/home?region={region}#InstanceDetails:instanceId={q(resource)}")
+
+
+SAGEMAKER = BackendDescriptor(
+    name="sagemaker",
+    implementation="chalicelib.backends.aws.sagemaker:SageMakerBackend",
+    cloud=Cloud.AWS,
+    display_name="SageMaker",
+    rank=10,
+    role="first choice on AWS (managed spot, S3 checkpoints)",
+    event_sources=("aws.sagemaker",),
+    iam_actions=(
+        "sagemaker:CreateTrainingJob",
+        "sagemaker:DescribeTrainingJob",
+        "sagemaker:ListTrainingJobs",  # reconcile reads the running jobs 100 a page
+        "sagemaker:StopTrainingJob",
+        "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
+        "logs:DescribeLogStreams",  # the job's output: /aws/sagemaker/TrainingJobs, <job>/algo-N-<epoch>
+        "logs:GetLogEvents",
+    ),
+    console_url=sagemaker_console_url,
+    unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
+)
+
+BATCH = BackendDescriptor(
+    name="aws-batch",
+    implementation="chalicelib.backends.aws.batch:BatchBackend",
+    cloud=Cloud.AWS,
+    display_name="AWS Batch",
+    rank=40,
+    role="AWS Batch queue",
+    event_sources=("aws.batch",),
+    iam_actions=(
+        "batch:SubmitJob",
+        "batch:DescribeJobs",
+        "batch:ListJobs",
+        "batch:TerminateJob",
+        "batch:RegisterJobDefinition",
+        "batch:DescribeJobDefinitions",
+        "batch:TagResource",  # SubmitJob / RegisterJobDefinition with tags need it
+        "logs:DescribeLogStreams",  # the job's output, in the streams DescribeJobs names
+        "logs:GetLogEvents",
+    ),
+    console_url=batch_console_url,
+    unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
+)
+
+ECS = BackendDescriptor(
+    name="ecs",
+    implementation="chalicelib.backends.aws.ecs:EcsBackend",
+    cloud=Cloud.AWS,
+    display_name="ECS",
+    rank=50,
+    role="the team's ECS cluster",
+    event_sources=("aws.ecs",),
+    iam_actions=(
+        "ecs:RunTask",
+        "ecs:DescribeTasks",
+        "ecs:ListTasks",
+        "ecs:StopTask",
+        "ecs:RegisterTaskDefinition",
+        "ecs:ListTaskDefinitions",
+        "ecs:TagResource",  # RunTask / RegisterTaskDefinition with tags need it
+        "logs:GetLogEvents",  # the job's output, which the awslogs driver writes to ecs_log_group
+    ),
+    console_url=ecs_console_url,
+    unsupported_features={
+        "tpu": "TPUs exist only on Vertex AI",
+        "spot": "ECS takes spot capacity from the cluster's capacity providers, not per job; use sagemaker or ec2",
+    },
+)
+
+EC2 = BackendDescriptor(
+    name="ec2",
+    implementation="chalicelib.backends.aws.ec2:Ec2Backend",
+    cloud=Cloud.AWS,
+    display_name="EC2",
+    rank=60,
+    role="ad-hoc EC2 VM (any image, any GPU; stopped automatically)",
+    needs_image=False,
+    event_sources=("aws.ec2",),
+    iam_actions=(
+        "ec2:RunInstances",
+        "ec2:DescribeInstances",
+        "ec2:TerminateInstances",
+        "ec2:CreateTags",  # RunInstances with TagSpecifications, and the stopped-by mark
+        "s3:GetObject",  # the exit status the VM uploads (artifacts bucket only)
+    ),
+    console_url=ec2_console_url,
+    unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
+    reaps=True,
+    vm=True,
+    devvm_provider="chalicelib.backends.aws.ec2_devvm:Ec2DevVmProvider",
+)

@@ -1,0 +1,57 @@
+"""The checked-in IAM policies grant exactly what the core and the AWS backends declare, nothing more."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from chalicelib.backends import backend_class
+from chalicelib.backends.aws.ec2_devvm import Ec2DevVmProvider
+from chalicelib.backends.policy import CORE_ACTIONS, declared_actions, render, stage_settings
+from tests.factories import ROOT
+
+
+def _policy(stage: str) -> dict:
+    return json.loads((ROOT / ".chalice" / f"policy-{stage}.json").read_text())
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_the_checked_in_policy_is_the_generated_one(stage):
+    text = (ROOT / ".chalice" / f"policy-{stage}.json").read_text()
+    assert text == render(stage, str(ROOT / ".chalice" / "config.json")), (
+        f"regenerate: python -m chalicelib.backends.policy {stage} > .chalice/policy-{stage}.json"
+    )
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_the_policy_grants_exactly_the_union_of_declared_actions(stage):
+    settings = stage_settings(stage, str(ROOT / ".chalice" / "config.json"))
+    granted = {a for s in _policy(stage)["Statement"] for a in s["Action"]}
+    expected = set(CORE_ACTIONS) | {"iam:PassRole"}
+    for name in ("sagemaker", "aws-batch", "ecs", "ec2"):
+        assert name in settings.enabled_backends
+        expected |= set(backend_class(name).iam_actions)
+    expected |= set(Ec2DevVmProvider.iam_actions)  # dev VMs ride on the ec2 backend
+    assert granted == expected == declared_actions(settings)
+    assert not any("*" in a for a in granted)
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_pass_role_is_limited_to_the_configured_roles(stage):
+    [statement] = [s for s in _policy(stage)["Statement"] if "iam:PassRole" in s["Action"]]
+    assert statement["Action"] == ["iam:PassRole"]
+    assert statement["Resource"] == [
+        f"arn:aws:iam::*:role/jobplane-{stage}-batch-job",
+        f"arn:aws:iam::*:role/jobplane-{stage}-ec2-job",
+        f"arn:aws:iam::*:role/jobplane-{stage}-ecs-execution",
+        f"arn:aws:iam::*:role/jobplane-{stage}-ecs-task",
+        f"arn:aws:iam::*:role/jobplane-{stage}-sagemaker",
+    ]
+    assert statement["Condition"]["StringEquals"]["iam:PassedToService"] == [
+        "ec2.amazonaws.com",
+        "ecs-tasks.amazonaws.com",
+        "sagemaker.amazonaws.com",
+    ]
+    s3 = [s for s in _policy(stage)["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
+    assert [x["Resource"] for x in s3] == [f"arn:aws:s3:::jobplane-{stage}-artifacts/jobplane/{stage}/*"]

@@ -1,0 +1,66 @@
+"""The API description: valid OpenAPI 3.1, covers every route, and real responses match it."""
+
+from __future__ import annotations
+
+import jsonschema
+import pytest
+from openapi_spec_validator import validate
+
+from tests.factories import job_spec
+
+
+def _doc(api):
+    response = api.request("GET", "/openapi.json")
+    assert response.status_code == 200
+    return response.json_body
+
+
+def test_the_description_is_valid_openapi_31(api):
+    validate(_doc(api))
+
+
+def test_every_route_of_the_app_is_described(api):
+    import app as app_module
+
+    doc = _doc(api)
+    for path, entry in app_module.app.routes.items():
+        for method in entry:
+            assert path in doc["paths"], f"{path} is not in /openapi.json"
+            assert method.lower() in doc["paths"][path], f"{method} {path} is not in /openapi.json"
+
+
+def _check(doc, response, path, method):
+    """Validate one real response against the description of its status code."""
+    described = doc["paths"][path][method]["responses"][str(response.status_code)]
+    schema = described["content"]["application/json"]["schema"]
+    resolver_doc = {"components": doc["components"], **schema}
+    jsonschema.validate(response.json_body, resolver_doc, cls=jsonschema.Draft202012Validator)
+
+
+@pytest.mark.parametrize("admin", [False, True])
+def test_real_responses_match_their_description(api, admin):
+    doc = _doc(api)
+    token = api.token("alice", admin=admin)
+    created = api.request("POST", "/jobs", token, job_spec("described"))
+    _check(doc, created, "/jobs", "post")
+    job_id = created.json_body["job_id"]
+    _check(doc, api.request("GET", "/jobs?limit=5", token), "/jobs", "get")
+    _check(doc, api.request("GET", f"/jobs/{job_id}", token), "/jobs/{job_id}", "get")
+    _check(doc, api.request("GET", f"/jobs/{job_id}/events", token), "/jobs/{job_id}/events", "get")
+    _check(doc, api.request("GET", f"/jobs/{job_id}/logs", token), "/jobs/{job_id}/logs", "get")
+    _check(doc, api.request("POST", f"/jobs/{job_id}/cancel", token), "/jobs/{job_id}/cancel", "post")
+    _check(doc, api.request("GET", "/jobs/" + "0" * 32, token), "/jobs/{job_id}", "get")
+    _check(doc, api.request("POST", "/jobs", token, {"name": "BAD"}), "/jobs", "post")
+    _check(doc, api.request("GET", "/jobs"), "/jobs", "get")
+    _check(doc, api.request("GET", "/health"), "/health", "get")
+
+
+def test_errors_chalice_answers_itself_keep_the_contract_shape(api):
+    token = api.token("alice")
+    wrong_method = api.request("DELETE", "/jobs", token)
+    assert wrong_method.status_code == 405
+    assert wrong_method.json_body["error"]["code"] == "method_not_allowed"
+    assert set(wrong_method.json_body["error"]) == {"code", "message", "details"}
+    wrong_type = api.request("POST", "/jobs", token, body=b"name: x", headers={"Content-Type": "image/png"})
+    assert wrong_type.status_code == 415
+    assert wrong_type.json_body["error"]["code"] == "unsupported_media_type"
