@@ -21,13 +21,13 @@ pytestmark = pytest.mark.e2e
 QUICK = {"name": "quick", "backend": "local", "command": [sys.executable, "-c", "print('done')"]}
 
 
-def _start(directory: Path, port: int | None = None) -> dict:
+def _start(directory: Path, port: int | None = None, args: tuple[str, ...] = ()) -> dict:
     port = port or _free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBPLANE_LOCAL_DIR": str(directory)}
     env.pop("AWS_ENDPOINT_URL", None)
     log = open(directory.parent / f"{directory.name}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1"],
+        [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1", *args],
         cwd=ROOT,
         env=env,
         stdout=log,
