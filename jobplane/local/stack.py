@@ -100,17 +100,18 @@ class LocalStack:
         )
         os.environ.pop("AWS_PROFILE", None)
         from chalicelib import deps
-
-        deps.reset()
-        settings = deps.get_settings()
+        from chalicelib.backends import names
         from jobplane.local.cloud import cloud_backends, unsupported_backends
 
-        others = unsupported_backends(settings.enabled_backends)
+        # Before the settings: they would ask for a Google project first. Unknown names are theirs to refuse.
+        others = unsupported_backends(n for n in (p.strip() for p in self.backends.split(",")) if n in names())
         if others:
             raise StackError(
                 f"the local stack emulates AWS only: {', '.join(others)} cannot run in it "
                 "(JOBPLANE_BACKENDS / --backends: local and the AWS backends)"
             )
+        deps.reset()
+        settings = deps.get_settings()
         deps.create_tables()
         self._provision(aws, f"http://{self.host}:{slack.server_address[1]}/services/T000/B000/local")
         if cloud_backends(settings):

@@ -191,9 +191,11 @@ def test_an_ec2_job_running_across_a_stack_restart_ends_as_it_would_have(tmp_pat
         assert _stop(first) == 0
     try:
         assert not _group_gone(pid)  # Ctrl-C stops the stack, not the VM
-        second = _start(directory, args=BACKENDS)
+        # The same backends named the other way: JOBPLANE_BACKENDS.
+        second = _start(directory, JOBPLANE_BACKENDS=BACKENDS[1])
         try:
-            assert second["state"]["vms"]["restored"] == 1
+            assert second["state"]["backends"] == BACKENDS[1].split(",")
+            assert second["state"]["vms"] == {"restored": 1, "running": 1, "ended": 0}
             done = _ended(second, job["job_id"])
             assert done["status"] == "SUCCEEDED", done
             assert done["native_id"] == instance_id
@@ -206,3 +208,18 @@ def test_an_ec2_job_running_across_a_stack_restart_ends_as_it_would_have(tmp_pat
             assert _stop(second) == 0
     finally:
         _kill_vms(directory)
+
+
+def test_a_backend_of_another_cloud_is_refused_at_start_in_one_line(tmp_path):
+    env = {**os.environ, "JOBPLANE_LOCAL_DIR": str(tmp_path / "state")}
+    env.pop("AWS_ENDPOINT_URL", None)
+    result = subprocess.run(
+        [*JOBPLANE, "local", "up", "--port", "0", "--backends", "local,vertex"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "the local stack emulates AWS only: vertex cannot run in it" in result.stderr

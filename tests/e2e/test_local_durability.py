@@ -21,9 +21,9 @@ pytestmark = pytest.mark.e2e
 QUICK = {"name": "quick", "backend": "local", "command": [sys.executable, "-c", "print('done')"]}
 
 
-def _start(directory: Path, port: int | None = None, args: tuple[str, ...] = ()) -> dict:
+def _start(directory: Path, port: int | None = None, args: tuple[str, ...] = (), **extra_env: str) -> dict:
     port = port or _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBPLANE_LOCAL_DIR": str(directory)}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "JOBPLANE_LOCAL_DIR": str(directory), **extra_env}
     env.pop("AWS_ENDPOINT_URL", None)
     log = open(directory.parent / f"{directory.name}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(

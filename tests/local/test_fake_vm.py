@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from chalicelib.backends.aws.base import TAG_JOB_ID, TAG_MANAGED, TAG_STAGE
 from jobplane.local.cloud import provision
-from jobplane.local.vms import USER_DATA, VmHost, find_aws_cli
+from jobplane.local.vms import USER_DATA, VmError, VmHost, find_aws_cli
 from tests.conftest import make_settings
 from tests.factories import boto
 
@@ -192,3 +194,53 @@ def test_a_vm_that_ended_while_the_stack_was_down_leaves_no_running_instance(vm_
     second = vm_env["host"]()
     assert second.adopt() == {"restored": 1, "running": 0, "ended": 1}
     assert vm_env["state"](instance_id) == "terminated"
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running a VM as another user needs a root stack")
+
+
+@needs_root
+def test_a_vm_runs_as_the_local_jobs_user_and_cannot_read_the_stacks_state(vm_env, request):
+    import pwd
+
+    # The stack's state folder is 0700 (here outside /tmp, which the VM has its own of).
+    state = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
+    secret = state / "admin-token"
+    secret.write_text("jp_secret\n")
+    os.chmod(secret, 0o600)
+    script = "\n".join(
+        [
+            "#!/bin/bash",
+            "id -un > /var/lib/jobplane/who",
+            f"cat {secret} > /var/lib/jobplane/leak 2>&1",
+            "touch /var/lib/not-the-jobs 2>/dev/null && echo yes > /var/lib/jobplane/wrote-outside",
+            "shutdown -h now",
+        ]
+    )
+    nobody = pwd.getpwnam("nobody")
+    host = VmHost(vm_env["dir"], vm_env["host"]().endpoint, "us-east-1", vm_env["settings"].stage, ACCOUNT, nobody)
+    instance_id = vm_env["launch"](script)
+    host.poll()
+    # Ended either way: the shim's own call, or (an aws CLI that user cannot run) the machine's power-off.
+    _until(lambda: vm_env["state"](instance_id) == "terminated", host, what="the instance to end")
+    disk = vm_env["dir"] / instance_id / "disk" / "jobplane"
+    assert (disk / "who").read_text().strip() == "nobody"
+    assert "Permission denied" in (disk / "leak").read_text()
+    assert not (disk / "wrote-outside").exists()
+    assert disk.stat().st_uid == nobody.pw_uid
+
+
+@needs_root
+def test_a_user_who_cannot_run_the_aws_cli_is_refused_at_start_naming_the_setting(vm_env):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    host = VmHost(vm_env["dir"], vm_env["host"]().endpoint, "us-east-1", vm_env["settings"].stage, ACCOUNT, nobody)
+    drop = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    probe = subprocess.run([*drop, host.aws_cli, "--version"], capture_output=True, timeout=60)
+    if probe.returncode == 0:
+        host.check()  # this machine's aws CLI is open to nobody: VMs run as nobody
+        return
+    with pytest.raises(VmError, match="JOBPLANE_LOCAL_RUN_AS=self"):
+        host.check()
