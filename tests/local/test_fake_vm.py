@@ -34,14 +34,14 @@ def vm_env(tmp_path, moto_endpoint):
     def host() -> VmHost:
         return VmHost(tmp_path / "vms", moto_endpoint, "us-east-1", stage, ACCOUNT, None, grace=1)
 
-    def launch(script: str, **tags: str) -> str:
+    def launch(script: str, behaviour: str = "terminate", **tags: str) -> str:
         tag_list = [{"Key": k, "Value": v} for k, v in {TAG_MANAGED: "true", TAG_STAGE: stage, **tags}.items()]
         return ec2.run_instances(
             MinCount=1,
             MaxCount=1,
             LaunchTemplate={"LaunchTemplateName": done.env["JOBPLANE_EC2_LAUNCH_TEMPLATE"], "Version": "$Default"},
             IamInstanceProfile={"Name": settings.ec2_instance_profile},
-            InstanceInitiatedShutdownBehavior="terminate",
+            InstanceInitiatedShutdownBehavior=behaviour,
             UserData=script,
             TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list}],
         )["Instances"][0]["InstanceId"]
@@ -244,3 +244,10 @@ def test_a_user_who_cannot_run_the_aws_cli_is_refused_at_start_naming_the_settin
         return
     with pytest.raises(VmError, match="JOBPLANE_LOCAL_RUN_AS=self"):
         host.check()
+
+
+def test_a_vm_launched_to_stop_on_shutdown_is_stopped_not_terminated(vm_env):
+    host = vm_env["host"]()
+    instance_id = vm_env["launch"]("#!/bin/bash\npoweroff\n", behaviour="stop")
+    host.poll()
+    _until(lambda: vm_env["state"](instance_id) == "stopped", host, what="the instance to stop")
