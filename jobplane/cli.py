@@ -319,6 +319,7 @@ def cmd_local_up(args) -> int:
         api_port=args.port,
         reconcile_seconds=args.reconcile_seconds,
         echo=lambda line: out.print(line, markup=False),
+        backends=args.backends,
     )
 
     def _stop(signum, frame):  # noqa: ARG001
@@ -333,13 +334,15 @@ def cmd_local_up(args) -> int:
         stack.stop()
         if isinstance(exc, KeyboardInterrupt):
             return 130
+        from chalicelib.errors import ConfigError
         from jobplane.local.emulator import StateLocked
         from jobplane.local.server import port_in_use
+        from jobplane.local.stack import StackError
 
         if port_in_use(exc):
             # Short enough for one 80-column line: a second stack is the usual cause.
             raise CliError(f"port {args.port} is already in use (another local up?); pass --port N") from None
-        if isinstance(exc, StateLocked):
+        if isinstance(exc, StateLocked | StackError | ConfigError):
             raise CliError(str(exc)) from None
         raise
     try:
@@ -356,6 +359,15 @@ def cmd_local_up(args) -> int:
             f"state folder {state['state_dir']}: {restored['applied']} stored writes restored "
             f"in {restored['seconds']:.2f}s; it survives Ctrl-C, kill -9 and reboots"
         )
+        backends = state["backends"]
+        vms = state.get("vms")
+        line = f"backends {', '.join(backends)}"
+        if vms is not None:
+            line += (
+                f"; ec2 jobs run their user data as local processes (fake VMs in {state['state_dir']}/vms: "
+                f"{vms['running']} running adopted, {vms['restored']} instances restored)"
+            )
+        out.print(line, markup=False)
         out.print("Ctrl-C stops the stack; running local jobs keep running and are adopted at the next start.")
         stack.wait()
     except KeyboardInterrupt:
@@ -464,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = local.add_parser("up", help="run the whole control plane here until Ctrl-C")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--reconcile-seconds", type=float, default=10.0)
+    p.add_argument(
+        "--backends",
+        help="backends to run, comma separated: local and the AWS ones (sagemaker, aws-batch, ecs, ec2) "
+        "against the embedded AWS (default: $JOBPLANE_BACKENDS, else local)",
+    )
     p.set_defaults(func=cmd_local_up)
     p = local.add_parser("invoke", help="feed a raw event (stdin) to a function by name")
     p.add_argument("function")

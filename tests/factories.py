@@ -406,7 +406,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_stack(directory: Path, port: int | None = None, sigint_ignored: bool = False, **extra_env) -> dict:
+def start_stack(
+    directory: Path, port: int | None = None, sigint_ignored: bool = False, args: tuple[str, ...] = (), **extra_env
+) -> dict:
     """`jobplane local up` on `directory` (its state folder), ready to serve; a log per life beside it.
 
     `sigint_ignored`: started the way CI workers and nohup start it, with SIGINT ignored (Ctrl-C must
@@ -416,7 +418,7 @@ def start_stack(directory: Path, port: int | None = None, sigint_ignored: bool =
     env.pop("AWS_ENDPOINT_URL", None)
     log = open(directory.parent / f"{directory.name}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
-        [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1"],
+        [*JOBPLANE, "local", "up", "--port", str(port), "--reconcile-seconds", "1", *args],
         cwd=ROOT,
         env=env,
         preexec_fn=(lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None,

@@ -40,12 +40,16 @@ class LocalStack:
         api_port: int = 8000,
         reconcile_seconds: float = 10.0,
         echo: Callable[[str], None] = print,
+        backends: str | None = None,
     ) -> None:
         self.directory = directory
         self.host = host
         self.api_port = api_port
         self.reconcile_seconds = reconcile_seconds
         self.echo = echo
+        # The backends it runs: local processes, and the AWS ones against the embedded AWS.
+        self.backends = backends or os.environ.get("JOBPLANE_BACKENDS") or "local"
+        self.vms = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers: list[Any] = []
@@ -87,7 +91,7 @@ class LocalStack:
                 "AWS_ENDPOINT_URL": aws,
                 "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
                 "JOBPLANE_STAGE": "local",
-                "JOBPLANE_BACKENDS": "local",
+                "JOBPLANE_BACKENDS": self.backends,
                 "JOBPLANE_LOCAL_STATE_DIR": str(self.directory / "jobs"),
                 "JOBPLANE_LOCAL_EVENT_URL": f"{functions}{INVOKE_PREFIX}on_job_state_change/invocations",
                 "JOBPLANE_SLACK_WEBHOOK_SECRET": WEBHOOK_SECRET,
@@ -96,11 +100,22 @@ class LocalStack:
         )
         os.environ.pop("AWS_PROFILE", None)
         from chalicelib import deps
+        from chalicelib.backends import names
+        from jobplane.local.cloud import cloud_backends, unsupported_backends
 
+        # Before the settings: they would ask for a Google project first. Unknown names are theirs to refuse.
+        others = unsupported_backends(n for n in (p.strip() for p in self.backends.split(",")) if n in names())
+        if others:
+            raise StackError(
+                f"the local stack emulates AWS only: {', '.join(others)} cannot run in it "
+                "(JOBPLANE_BACKENDS / --backends: local and the AWS backends)"
+            )
         deps.reset()
         settings = deps.get_settings()
         deps.create_tables()
         self._provision(aws, f"http://{self.host}:{slack.server_address[1]}/services/T000/B000/local")
+        if cloud_backends(settings):
+            settings = self._provision_cloud(settings, aws)
         import app as app_module
 
         self.app = app_module.app
@@ -121,6 +136,7 @@ class LocalStack:
         # Taken before the API opens: records replayed from the journal were notified in their
         # first life, and every write from here on comes after this point.
         stream_start = self._stream_positions(settings.jobs_table)
+        vms = self._start_vms(settings, aws) if "ec2" in settings.enabled_backends else None
         self._start_api()
         self._spawn("reconcile-schedule", self._schedule_loop)
         self._spawn("dynamodb-stream", self._stream_loop, settings.jobs_table, stream_start)
@@ -137,6 +153,8 @@ class LocalStack:
             "upload_bucket": UPLOAD_BUCKET,
             "state_dir": str(self.directory),
             "restored": self.moto.replayed,
+            "backends": list(settings.enabled_backends),
+            "vms": vms,
             "env": settings.to_env(),
             "started_at": _now(),
         }
@@ -179,6 +197,33 @@ class LocalStack:
                 "QueueConfigurations": [{"QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}]
             },
         )
+
+    def _provision_cloud(self, settings, aws: str):
+        """The AWS backends' resources in the emulator; the settings that name them join the environment."""
+        from chalicelib import deps
+        from jobplane.local.cloud import provision
+
+        done = provision(settings, aws, REGION)
+        os.environ.update(done.env)
+        deps.reset()
+        return deps.get_settings()
+
+    def _start_vms(self, settings, aws: str) -> dict[str, int]:
+        """ec2 jobs' fake VMs: the ones of the last stack adopted, then a poll for new instances."""
+        from chalicelib.backends.local.backend import run_as_user
+        from jobplane.local.vms import VmError, VmHost
+
+        try:
+            host = VmHost(
+                self.directory / "vms", aws, REGION, settings.stage, ACCOUNT, run_as_user(settings.local_run_as)
+            )
+            host.check()
+        except VmError as exc:
+            raise StackError(str(exc)) from None
+        adopted = host.adopt()
+        self.vms = host
+        self._spawn("ec2-vms", host.loop, self._stop)
+        return adopted
 
     def _start_api(self) -> None:
         from chalice.config import Config
@@ -316,6 +361,8 @@ class LocalStack:
             server.shutdown()
         for thread in self._threads:
             thread.join(timeout=5)
+        if self.vms is not None:
+            self.vms.close()  # the VMs go on; their aws calls wait for the next stack
         if getattr(self, "moto", None):
             self.moto.stop()
         if self.state:  # only the stack that wrote it removes it
@@ -324,6 +371,10 @@ class LocalStack:
     def wait(self) -> None:
         while not self._stop.wait(0.5):
             pass
+
+
+class StackError(RuntimeError):
+    """The stack cannot start as configured; the message says why and what to change."""
 
 
 class _Deferred:

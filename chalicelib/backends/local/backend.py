@@ -158,18 +158,7 @@ class LocalBackend(ComputeBackend):
 
     def _run_as(self) -> pwd.struct_passwd | None:
         """The user jobs run as; None for the stack's own user."""
-        name = self.settings.local_run_as or ("nobody" if os.geteuid() == 0 else "self")
-        if name == "self":
-            return None
-        try:
-            user = pwd.getpwnam(name)
-        except KeyError:
-            raise ConfigError(f"JOBPLANE_LOCAL_RUN_AS: no user {name!r} on this machine (or 'self')") from None
-        if user.pw_uid == os.geteuid():
-            return None
-        if os.geteuid() != 0:
-            raise ConfigError(f"JOBPLANE_LOCAL_RUN_AS: only a stack run as root can run jobs as {name!r}")
-        return user
+        return run_as_user(self.settings.local_run_as)
 
     def event_url_file(self) -> Path:
         return Path(self.settings.local_state_dir).resolve() / "event-url"
@@ -355,6 +344,22 @@ class LocalBackend(ComputeBackend):
         if state == "RUNNING":
             return self._observation(handle, status)
         return self._from_report(handle, status)
+
+
+def run_as_user(setting: str | None) -> pwd.struct_passwd | None:
+    """Who the stack's jobs (local processes, the fake VMs of ec2 jobs) run as; None for the stack's own user."""
+    name = setting or ("nobody" if os.geteuid() == 0 else "self")
+    if name == "self":
+        return None
+    try:
+        user = pwd.getpwnam(name)
+    except KeyError:
+        raise ConfigError(f"JOBPLANE_LOCAL_RUN_AS: no user {name!r} on this machine (or 'self')") from None
+    if user.pw_uid == os.geteuid():
+        return None
+    if os.geteuid() != 0:
+        raise ConfigError(f"JOBPLANE_LOCAL_RUN_AS: only a stack run as root can run jobs as {name!r}")
+    return user
 
 
 def _still_running(folder: Path, runner_pid: int) -> bool:

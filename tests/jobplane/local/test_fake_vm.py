@@ -1,0 +1,253 @@
+"""The local stack's fake VMs: a jobplane instance in the emulator runs its user data as a local process tree."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from chalicelib.backends.aws.base import TAG_JOB_ID, TAG_MANAGED, TAG_STAGE
+from jobplane.local.cloud import provision
+from jobplane.local.vms import USER_DATA, VmError, VmHost, find_aws_cli
+from tests.factories import make_settings
+from tests.factories import boto
+
+ACCOUNT = "123456789012"
+
+
+@pytest.fixture
+def vm_env(tmp_path, moto_endpoint):
+    stage = f"v{uuid.uuid4().hex[:8]}"
+    settings = make_settings(tmp_path, moto_endpoint, JOBPLANE_STAGE=stage, JOBPLANE_BACKENDS="local,ec2")
+    done = provision(settings, moto_endpoint, "us-east-1")
+    ec2 = boto(settings, "ec2")
+
+    def host() -> VmHost:
+        return VmHost(tmp_path / "vms", moto_endpoint, "us-east-1", stage, ACCOUNT, None, grace=1)
+
+    def launch(script: str, behaviour: str = "terminate", **tags: str) -> str:
+        tag_list = [{"Key": k, "Value": v} for k, v in {TAG_MANAGED: "true", TAG_STAGE: stage, **tags}.items()]
+        return ec2.run_instances(
+            MinCount=1,
+            MaxCount=1,
+            LaunchTemplate={"LaunchTemplateName": done.env["JOBPLANE_EC2_LAUNCH_TEMPLATE"], "Version": "$Default"},
+            IamInstanceProfile={"Name": settings.ec2_instance_profile},
+            InstanceInitiatedShutdownBehavior=behaviour,
+            UserData=script,
+            TagSpecifications=[{"ResourceType": "instance", "Tags": tag_list}],
+        )["Instances"][0]["InstanceId"]
+
+    def state(instance_id: str) -> str:
+        try:
+            found = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        except ec2.exceptions.ClientError as exc:
+            assert exc.response["Error"]["Code"] == "InvalidInstanceID.NotFound"
+            return "missing"
+        return found[0]["Instances"][0]["State"]["Name"]
+
+    yield {"settings": settings, "host": host, "launch": launch, "state": state, "ec2": ec2, "dir": tmp_path / "vms"}
+    for record in (tmp_path / "vms").glob("i-*/vm.json"):
+        pid = json.loads(record.read_text()).get("pid")
+        if pid:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _until(predicate, host: VmHost | None = None, timeout: float = 30.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if host is not None:
+            host.poll()
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_the_aws_cli_is_installed_beside_the_stacks_python():
+    cli = find_aws_cli()
+    assert cli == str(Path(sys.executable).parent / "aws")
+    version = subprocess.run([cli, "--version"], capture_output=True, text=True, timeout=60)
+    assert version.returncode == 0 and version.stdout.startswith("aws-cli/1."), version.stderr
+
+
+def test_the_user_data_runs_with_the_instances_own_credentials_and_its_shutdown_terminates_it(vm_env):
+    script = "\n".join(
+        [
+            "#!/bin/bash",
+            "aws sts get-caller-identity --query Arn --output text > /var/lib/jobplane/who",
+            'echo "$0 $(pwd)" > /var/lib/jobplane/where',
+            "echo private > /tmp/mine",
+            "shutdown -h now",
+            "echo never > /var/lib/jobplane/after",
+        ]
+    )
+    host = vm_env["host"]()
+    instance_id = vm_env["launch"](script)
+    host.poll()
+    disk = vm_env["dir"] / instance_id / "disk"
+    assert (disk / "cloud" / "instance" / "user-data.txt").read_text() == script
+    _until(lambda: vm_env["state"](instance_id) == "terminated", host, what="the shim to terminate the instance")
+    who = (disk / "jobplane" / "who").read_text().strip()
+    # The profile role's session, named after the instance: what its metadata service would hand it.
+    assert who.endswith(f":assumed-role/{vm_env['settings'].ec2_instance_profile}/{instance_id}")
+    assert (disk / "jobplane" / "where").read_text().split() == [USER_DATA, "/"]
+    assert (vm_env["dir"] / instance_id / "tmp" / "mine").read_text() == "private\n"  # its own /tmp
+    record = json.loads((vm_env["dir"] / instance_id / "vm.json").read_text())
+    _until(lambda: _gone(record["pid"]), host, what="the VM's processes to end")
+    assert not (disk / "jobplane" / "after").exists()  # nothing runs past the power-off
+
+
+def test_a_vm_whose_processes_end_without_a_shutdown_has_powered_off(vm_env):
+    host = vm_env["host"]()
+    instance_id = vm_env["launch"]("#!/bin/bash\necho the script returns without shutting down\n")
+    host.poll()
+    _until(lambda: vm_env["state"](instance_id) == "terminated", host, what="the instance to end")
+    assert "powered off" in json.loads((vm_env["dir"] / instance_id / "vm.json").read_text())["powered_off"]
+
+
+def test_an_instance_terminated_from_outside_stops_its_vm(vm_env):
+    host = vm_env["host"]()
+    instance_id = vm_env["launch"]("#!/bin/bash\nsleep 300 &\nsleep 300\n")
+    host.poll()
+    record = json.loads((vm_env["dir"] / instance_id / "vm.json").read_text())
+    assert not _gone(record["pid"])
+    vm_env["ec2"].terminate_instances(InstanceIds=[instance_id])
+    _until(lambda: _gone(record["pid"]), host, what="the VM's process group to end")
+
+
+def test_only_this_stages_job_instances_boot(vm_env):
+    host = vm_env["host"]()
+    ec2 = vm_env["ec2"]
+    image = ec2.describe_images(Owners=["amazon"], Filters=[{"Name": "name", "Values": ["amzn2-ami-hvm*"]}])
+    untagged = ec2.run_instances(ImageId=image["Images"][0]["ImageId"], MinCount=1, MaxCount=1, UserData="echo x")
+    other = vm_env["launch"]("#!/bin/bash\nsleep 300\n", **{TAG_STAGE: "another-stage"})
+    devvm = vm_env["launch"]("#!/bin/bash\nsleep 300\n", **{"jobplane:kind": "devvm"})
+    host.poll()
+    for instance_id in (untagged["Instances"][0]["InstanceId"], other, devvm):
+        assert not (vm_env["dir"] / instance_id).exists()
+
+
+def _drop_from_emulator(instance_id: str) -> None:
+    """What a new stack's emulator is: an EC2 that never heard of the instance (only DynamoDB and S3 replay)."""
+    from moto.ec2.models import ec2_backends
+
+    backend = ec2_backends[ACCOUNT]["us-east-1"]
+    for reservation in backend.reservations.values():
+        reservation.instances = [i for i in reservation.instances if i.id != instance_id]
+    backend.tags.pop(instance_id, None)
+
+
+def test_a_new_stack_puts_a_running_vms_instance_back_under_its_id(vm_env):
+    first = vm_env["host"]()
+    instance_id = vm_env["launch"]("#!/bin/bash\nsleep 300\n", **{TAG_JOB_ID: "j1"})
+    first.poll()
+    launched = vm_env["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    first.close()
+    _drop_from_emulator(instance_id)
+    assert vm_env["state"](instance_id) == "missing"
+    second = vm_env["host"]()
+    assert second.adopt() == {"restored": 1, "running": 1, "ended": 0}
+    restored = vm_env["ec2"].describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    assert restored["State"]["Name"] == "running"
+    assert {t["Key"]: t["Value"] for t in restored["Tags"]}[TAG_JOB_ID] == "j1"
+    assert restored["LaunchTime"] == launched["LaunchTime"]
+    assert restored["IamInstanceProfile"]["Arn"] == launched["IamInstanceProfile"]["Arn"]
+    assert (vm_env["dir"] / instance_id / "disk" / "jobplane-vm" / "endpoint").exists()
+    second.poll()  # adopted: no second boot of the same instance
+    record = json.loads((vm_env["dir"] / instance_id / "vm.json").read_text())
+    vm_env["ec2"].terminate_instances(InstanceIds=[instance_id])
+    # The first host's child: reaped here, as the first stack's process would be gone in a real restart.
+    child = first._procs[instance_id]
+    _until(lambda: child.poll() is not None and _gone(record["pid"]), second, what="the adopted VM to stop")
+
+
+def test_a_vm_that_ended_while_the_stack_was_down_leaves_no_running_instance(vm_env):
+    first = vm_env["host"]()
+    instance_id = vm_env["launch"]("#!/bin/bash\nsleep 300\n")
+    first.poll()
+    record = json.loads((vm_env["dir"] / instance_id / "vm.json").read_text())
+    first.close()
+    os.killpg(record["pid"], signal.SIGKILL)  # the machine went away with no stack to see it
+    first._procs[instance_id].wait()
+    _drop_from_emulator(instance_id)
+    second = vm_env["host"]()
+    assert second.adopt() == {"restored": 1, "running": 0, "ended": 1}
+    assert vm_env["state"](instance_id) == "terminated"
+
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="running a VM as another user needs a root stack")
+
+
+@needs_root
+def test_a_vm_runs_as_the_local_jobs_user_and_cannot_read_the_stacks_state(vm_env, request):
+    import pwd
+
+    # The stack's state folder is 0700 (here outside /tmp, which the VM has its own of).
+    state = Path(tempfile.mkdtemp(dir="/var/tmp"))
+    request.addfinalizer(lambda: shutil.rmtree(state, ignore_errors=True))
+    secret = state / "admin-token"
+    secret.write_text("jp_secret\n")
+    os.chmod(secret, 0o600)
+    script = "\n".join(
+        [
+            "#!/bin/bash",
+            "id -un > /var/lib/jobplane/who",
+            f"cat {secret} > /var/lib/jobplane/leak 2>&1",
+            "touch /var/lib/not-the-jobs 2>/dev/null && echo yes > /var/lib/jobplane/wrote-outside",
+            "shutdown -h now",
+        ]
+    )
+    nobody = pwd.getpwnam("nobody")
+    host = VmHost(vm_env["dir"], vm_env["host"]().endpoint, "us-east-1", vm_env["settings"].stage, ACCOUNT, nobody)
+    instance_id = vm_env["launch"](script)
+    host.poll()
+    # Ended either way: the shim's own call, or (an aws CLI that user cannot run) the machine's power-off.
+    _until(lambda: vm_env["state"](instance_id) == "terminated", host, what="the instance to end")
+    disk = vm_env["dir"] / instance_id / "disk" / "jobplane"
+    assert (disk / "who").read_text().strip() == "nobody"
+    assert "Permission denied" in (disk / "leak").read_text()
+    assert not (disk / "wrote-outside").exists()
+    assert disk.stat().st_uid == nobody.pw_uid
+
+
+@needs_root
+def test_a_user_who_cannot_run_the_aws_cli_is_refused_at_start_naming_the_setting(vm_env):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    host = VmHost(vm_env["dir"], vm_env["host"]().endpoint, "us-east-1", vm_env["settings"].stage, ACCOUNT, nobody)
+    drop = ["setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups"]
+    probe = subprocess.run([*drop, host.aws_cli, "--version"], capture_output=True, timeout=60)
+    if probe.returncode == 0:
+        host.check()  # this machine's aws CLI is open to nobody: VMs run as nobody
+        return
+    with pytest.raises(VmError, match="JOBPLANE_LOCAL_RUN_AS=self"):
+        host.check()
+
+
+def test_a_vm_launched_to_stop_on_shutdown_is_stopped_not_terminated(vm_env):
+    host = vm_env["host"]()
+    instance_id = vm_env["launch"]("#!/bin/bash\npoweroff\n", behaviour="stop")
+    host.poll()
+    _until(lambda: vm_env["state"](instance_id) == "stopped", host, what="the instance to stop")
