@@ -100,6 +100,7 @@ def use_stores(settings, stores, **overrides):
         token_store=stores["tokens"],
         slack_store=stores["slack"],
         devvm_store=stores["devvms"],
+        metrics_store=stores["metrics"],
         **overrides,
     )
 
