@@ -152,3 +152,31 @@ def boto(settings, service: str):
     import boto3
 
     return boto3.client(service, region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
+
+
+class LogBackend(ScriptedBackend):
+    """ScriptedBackend with output: a byte-offset log per native name, or (paged=True) pages behind an
+    opaque cursor as CloudWatch and Cloud Logging give them. `fail` makes every logs() call raise it."""
+
+    def __init__(self, settings, output: dict[str, str] | None = None, paged: bool = False, page_lines: int = 2):
+        super().__init__(settings)
+        self.output = dict(output or {})
+        self.paged = paged
+        self.page_lines = page_lines
+        self.logs_calls = 0
+        self.fail: Exception | None = None
+
+    def _logs_impl(self, handle, offset, limit):
+        from chalicelib.backends.base import LogChunk, decode_log_token, encode_log_token
+
+        self.logs_calls += 1
+        if self.fail is not None:
+            raise self.fail
+        text = self.output.get(handle.native_name, "")
+        if not self.paged:
+            data = text.encode()[offset : offset + limit]
+            return LogChunk(data.decode(), offset + len(data), True)
+        start = decode_log_token(offset)["line"] if offset else 0
+        lines = text.splitlines(keepends=True)
+        page = lines[start : start + self.page_lines]
+        return LogChunk("".join(page), encode_log_token({"line": start + len(page)}), not page)
