@@ -270,9 +270,9 @@ def reconcile_all(service, devvm_service=None) -> list[dict[str, Any]]:
 
 
 def read_metrics(service) -> list[dict[str, Any]]:
-    """Each RUNNING job's output read on from its metrics cursor, at most TICK_BYTES a job; a summary when
-    anything was read or failed (nothing without a metrics store)."""
-    from chalicelib.jobs.metrics_reader import TICK_BYTES
+    """Each RUNNING job's output read on from its metrics cursor, one logs() page of at most TICK_BYTES a job;
+    a summary when anything was read or failed (nothing without a metrics store)."""
+    from chalicelib.jobs.metrics_reader import TICK_BYTES, TICK_PAGES
 
     reader = service.metrics_reader
     if reader is None:
@@ -282,7 +282,7 @@ def read_metrics(service) -> list[dict[str, Any]]:
         if job.status is not JobStatus.RUNNING:
             continue
         try:
-            reader.catch_up(service.store, job, TICK_BYTES)
+            reader.catch_up(service.store, job, TICK_BYTES, TICK_PAGES)
             read += 1
         except Exception as exc:  # best-effort loop: one job's log failing must not stop the others
             log.warning("reconcile: reading metrics of %s failed: %s", job.job_id, exc)

@@ -29,8 +29,8 @@ class Malformed(ValueError):
     """A line that says JOBPLANE_METRICS but carries no JSON object of numbers; counted and ignored."""
 
 
-def _no_constants(name: str) -> float:
-    raise Malformed(f"{name} is not a finite number")
+def _not_finite(name: str) -> float:
+    return math.nan  # NaN, Infinity, -Infinity (Python's json writes them): the key is dropped below
 
 
 def parse_line(line: str) -> dict[str, float] | None:
@@ -44,7 +44,7 @@ def parse_line(line: str) -> dict[str, float] | None:
     if found is None:
         raise Malformed("no JSON object after the marker")
     try:
-        data = json.loads(found.group(1), parse_constant=_no_constants)
+        data = json.loads(found.group(1), parse_constant=_not_finite)
     except (ValueError, RecursionError) as exc:
         raise Malformed(f"not JSON: {exc}") from None
     if not isinstance(data, dict):

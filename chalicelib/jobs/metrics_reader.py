@@ -15,9 +15,10 @@ if TYPE_CHECKING:
     from chalicelib.store.base import JobStore
     from chalicelib.store.metrics import MetricsStore
 
-# Bytes of output read per job: at each reconcile tick (RUNNING jobs), at the terminal transition (before
-# the record the final Slack message is built from is written), and per GET /jobs/{id}/metrics.
+# Bytes of output read per job: at each reconcile tick (RUNNING jobs: one logs() page), at the terminal
+# transition (before the record the final Slack message is built from is written), per GET /jobs/{id}/metrics.
 TICK_BYTES = 64 * 1024
+TICK_PAGES = 1
 FINAL_BYTES = 256 * 1024
 REQUEST_BYTES = 256 * 1024
 PAGE_BYTES = 64 * 1024
@@ -49,15 +50,18 @@ class MetricsReader:
         self.store = store
         self._backend = backend
 
-    def read(self, job: Job, budget: int, *, final: bool = False) -> Progress:
-        """Read at most about `budget` bytes from the job's cursor and store the series; `final` when the job
-        is over (a line the output ends inside is then a whole line). Nothing is written to the job here."""
+    def read(self, job: Job, budget: int, *, final: bool = False, pages: int | None = None) -> Progress:
+        """Read at most about `budget` bytes (and `pages` logs() calls) from the job's cursor and store the
+        series; `final` when the job is over (a line the output ends inside is then a whole line). Nothing
+        is written to the job here."""
         cursor = (job.metrics_cursor or Cursor(attempt=job.attempt)).for_attempt(job.attempt)
         backend = self._backend(job.backend)
         handle = Handle.of(job)
         found: list = []
         spent, caught_up = 0, False
-        while spent < budget:
+        calls = 0
+        while spent < budget and (pages is None or calls < pages):
+            calls += 1
             chunk = backend.logs(handle, cursor.offset, min(PAGE_BYTES, budget - spent))
             if not chunk.text:
                 caught_up = True
@@ -74,11 +78,13 @@ class MetricsReader:
         series = self.store.append(job.job_id, points) if points else None
         return Progress(cursor, metrics, series, caught_up)
 
-    def catch_up(self, jobs: JobStore, job: Job, budget: int) -> tuple[Job, Progress | None]:
+    def catch_up(
+        self, jobs: JobStore, job: Job, budget: int, pages: int | None = None
+    ) -> tuple[Job, Progress | None]:
         """Read and record on the job; (the job as stored after, what was read or None when nothing can be)."""
         if not readable(job):
             return job, None
-        progress = self.read(job, budget, final=job.terminal)
+        progress = self.read(job, budget, final=job.terminal, pages=pages)
         if progress.cursor == job.metrics_cursor:
             return job, progress
         recorded = jobs.record_metrics(job, progress.metrics, progress.cursor)

@@ -136,3 +136,20 @@ def test_a_local_jobs_metrics_and_tail_come_from_its_file(env):
     assert [p[1] for p in body["series"]["val_accuracy"]] == [0.1, 0.2, 0.3, 0.4, 0.5]
     _, body = get(env, f"/jobs/{job.job_id}/tail?lines=2")
     assert body["lines"] == [lines[-1], "model written"]
+
+
+def test_a_tick_costs_one_describe_and_one_get_log_events_per_running_sagemaker_job(env):
+    from chalicelib.reaper import read_metrics
+
+    job = seed(env, "sagemaker")
+    logs = boto(env.settings, "logs")
+    put_events(logs, GROUP, f"{job.native_name}/algo-1-1", ['JOBPLANE_METRICS {"loss": 1}', "epoch 1 done"])
+    calls = []
+    client = env.service.backend("sagemaker").client("logs")
+    client.meta.events.register("before-call.cloudwatch-logs.*", lambda model, **kw: calls.append(model.name))
+    read_metrics(env.service)
+    assert calls == ["DescribeLogStreams", "GetLogEvents"]
+    calls.clear()
+    read_metrics(env.service)  # nothing new: the same two reads, and nothing written
+    assert calls == ["DescribeLogStreams", "GetLogEvents"]
+    assert env.api.store.get_job(job.job_id).metrics == {"loss": 1.0}

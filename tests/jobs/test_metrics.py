@@ -30,6 +30,10 @@ def test_a_metrics_line_gives_its_finite_numbers_anywhere_on_the_line():
     assert parse_line("JOBPLANE_METRICS_DIR=/tmp") is None  # the marker must be followed by whitespace
 
 
+def test_a_non_finite_value_drops_its_key_and_keeps_the_rest():
+    assert parse_line('JOBPLANE_METRICS {"loss": NaN, "acc": 0.5, "grad": -Infinity}') == {"acc": 0.5}
+
+
 def test_only_finite_numbers_and_valid_keys_are_kept():
     line = 'JOBPLANE_METRICS {"ok": 1, "flag": true, "name": "x", "nested": {"a": 1}, "bad key": 2, "big": 1e400}'
     assert parse_line(line) == {"ok": 1.0}

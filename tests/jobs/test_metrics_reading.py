@@ -27,7 +27,7 @@ def metrics_line(**values) -> str:
 @pytest.fixture(params=["bytes", "paged"])
 def world(request, settings):
     store, series = InMemoryJobStore(), InMemoryMetricsStore()
-    backend = LogBackend(settings, paged=request.param == "paged")
+    backend = LogBackend(settings, paged=request.param == "paged", page_lines=50)
     service = JobService(store, settings, backend_factory=lambda *_: backend, metrics_store=series)
     return service, backend
 
@@ -156,3 +156,55 @@ def test_reconcile_all_reports_the_metrics_read(world):
     results = reconcile_all(service)
     assert results[0]["action"] == "none"
     assert {"metrics": {"jobs_read": 1, "errors": []}} in results
+
+
+def test_a_tick_makes_one_logs_call_per_running_job_and_writes_only_what_changed(settings):
+    store, series = InMemoryJobStore(), InMemoryMetricsStore()
+    backend = LogBackend(settings, paged=True, page_lines=2)
+    service = JobService(store, settings, backend_factory=lambda *_: backend, metrics_store=series)
+    job = running_job(service, backend, "".join(metrics_line(step=s) for s in range(1, 6)))
+    writes = []
+    record = store.record_metrics
+    store.record_metrics = lambda *a: writes.append("job") or record(*a)
+    for _ in range(3):
+        read_metrics(service)
+    assert backend.logs_calls == 3  # a page a tick: two lines each here
+    assert [p[0] for p in series.series(job.job_id)["step"].points] == [1, 2, 3, 4, 5]
+    assert writes == ["job"] * 3
+    read_metrics(service)  # nothing new: a read, no write
+    assert (backend.logs_calls, writes) == (4, ["job"] * 3)
+
+
+def test_reads_are_bounded_and_say_when_they_did_not_reach_the_end(settings):
+    from chalicelib.jobs.metrics_reader import FINAL_BYTES, REQUEST_BYTES
+
+    store, series = InMemoryJobStore(), InMemoryMetricsStore()
+    backend = LogBackend(settings)
+    service = JobService(store, settings, backend_factory=lambda *_: backend, metrics_store=series)
+    filler = "x" * 999 + "\n"
+    job = running_job(service, backend, filler * 300 + metrics_line(acc=0.9) + filler * 800)  # about 1.1 MB
+    first = service.metrics(ALICE, job.job_id)
+    assert first.caught_up is False and first.job.metrics_cursor.offset <= REQUEST_BYTES
+    second = service.metrics(ALICE, job.job_id)
+    assert second.job.metrics == {"acc": 0.9}
+    ended = service.apply_event(JobEvent(job.job_id, JobStatus.SUCCEEDED, EventSource.BACKEND))
+    assert ended.metrics_cursor.offset - second.job.metrics_cursor.offset <= FINAL_BYTES
+    assert ended.metrics_cursor.offset < len(backend.output[job.native_name])  # the rest: later requests
+
+
+def test_the_slack_tail_of_a_job_reads_at_most_2_kib(world):
+    service, backend = world
+    job = running_job(service, backend, "".join(f"{i:04d} " + "y" * 195 + "\n" for i in range(50)))
+    lines = service.tail_of(service.store.get_job(job.job_id))
+    assert sum(len(line) + 1 for line in lines) <= 2048
+    assert lines[-1].startswith("0049 ") and len(lines) == 10
+
+
+def test_the_api_tail_gives_15_lines_by_default_within_16_kib(world):
+    service, backend = world
+    job = running_job(service, backend, "".join(f"{i:04d} " + "z" * 2000 + "\n" for i in range(40)))
+    lines, note = service.tail(ALICE, job.job_id)
+    assert note is None and len(lines) == 8  # 2 KB lines: 8 fit in 16 KiB
+    assert sum(len(line) + 1 for line in lines) <= 16 * 1024 and lines[-1].startswith("0039 ")
+    short = running_job(service, backend, "".join(f"line {i}\n" for i in range(40)))
+    assert service.tail(ALICE, short.job_id)[0] == [f"line {i}" for i in range(25, 40)]

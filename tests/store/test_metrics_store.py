@@ -86,3 +86,14 @@ def _transition(job_id, changes):
 
     ended = (JobStatus.RUNNING, JobStatus.SUCCEEDED, "exit 0", EventSource.BACKEND, utcnow())
     return Transition(job_id, *ended, None, changes)
+
+
+def test_an_append_costs_one_query_and_one_put_per_key_with_points(tmp_path, moto_endpoint):
+    store = DynamoMetricsStore(make_settings(tmp_path, moto_endpoint))
+    store.create_tables()
+    calls = []
+    client = store.Metric._get_connection().connection.client
+    client.meta.events.register("before-call.dynamodb.*", lambda model, **kw: calls.append(model.name))
+    job_id = uuid.uuid4().hex
+    store.append(job_id, {"loss": [(1, 0.5)], "acc": [(1, 0.7)]})
+    assert sorted(calls) == ["PutItem", "PutItem", "Query"]
