@@ -29,7 +29,7 @@ class Malformed(ValueError):
     """A line that says JOBPLANE_METRICS but carries no JSON object of numbers; counted and ignored."""
 
 
-def _not_finite(name: str) -> float:
+def _not_finite(_name: str) -> float:
     return math.nan  # NaN, Infinity, -Infinity (Python's json writes them): the key is dropped below
 
 
