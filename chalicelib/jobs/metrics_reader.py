@@ -78,9 +78,7 @@ class MetricsReader:
         series = self.store.append(job.job_id, points) if points else None
         return Progress(cursor, metrics, series, caught_up)
 
-    def catch_up(
-        self, jobs: JobStore, job: Job, budget: int, pages: int | None = None
-    ) -> tuple[Job, Progress | None]:
+    def catch_up(self, jobs: JobStore, job: Job, budget: int, pages: int | None = None) -> tuple[Job, Progress | None]:
         """Read and record on the job; (the job as stored after, what was read or None when nothing can be)."""
         if not readable(job):
             return job, None
