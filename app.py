@@ -108,6 +108,22 @@ def job_logs(job_id):
     )
 
 
+@app.route("/jobs/{job_id}/metrics", methods=["GET"])
+@api_view
+def job_metrics(job_id):
+    return respond(deps.get_service().metrics(principal(app.current_request), job_id).to_api())
+
+
+@app.route("/jobs/{job_id}/tail", methods=["GET"])
+@api_view
+def job_tail(job_id):
+    from chalicelib.api import parse_lines
+
+    request = app.current_request
+    lines, note = deps.get_service().tail(principal(request), job_id, parse_lines(query(request).get("lines")))
+    return respond({"lines": lines, "note": note})
+
+
 @app.route("/instances", methods=["POST"])
 @api_view
 def create_instance():

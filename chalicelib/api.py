@@ -136,3 +136,20 @@ def parse_offset(value: Any) -> int | str:
     if start < 0:
         raise bad_offset("offset must be a non-negative integer, or a next_offset returned earlier")
     return start
+
+
+MAX_TAIL_LINES = 100
+
+
+def parse_lines(value: Any) -> int:
+    """GET /jobs/{id}/tail?lines=: how many last lines (1..100); 15 when not given."""
+    if value is None:
+        return 15
+    text = str(value)
+    count = int(text) if text.isascii() and text.isdigit() else 0
+    if not 1 <= count <= MAX_TAIL_LINES:
+        raise ValidationError(
+            f"lines must be an integer from 1 to {MAX_TAIL_LINES}",
+            [{"field": "lines", "message": f"an integer from 1 to {MAX_TAIL_LINES}"}],
+        )
+    return count

@@ -216,6 +216,8 @@ class Settings:
     idempotency_table: str = setting("JOBPLANE_IDEMPOTENCY_TABLE", derive="{table_prefix}-idempotency")
     capacity_table: str = setting("JOBPLANE_CAPACITY_TABLE", derive="{table_prefix}-capacity")
     devvms_table: str = setting("JOBPLANE_DEVVMS_TABLE", derive="{table_prefix}-devvms")
+    # Each job's metric series (JOBPLANE_METRICS lines), one item per job and key.
+    metrics_table: str = setting("JOBPLANE_METRICS_TABLE", derive="{table_prefix}-metrics")
     # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
     aws_endpoint_url: str | None = setting("AWS_ENDPOINT_URL", None, Url())
     enabled_backends: tuple[str, ...] = setting("JOBPLANE_BACKENDS", DEFAULT_BACKENDS, Backends())

@@ -92,9 +92,21 @@ def get_devvm_store():
     return _cached("devvm_store", build)
 
 
+def get_metrics_store():
+    """Each job's metric series."""
+
+    def build():
+        from chalicelib.store.metrics import DynamoMetricsStore
+
+        ensure_aws_credentials()
+        return DynamoMetricsStore(get_settings())
+
+    return _cached("metrics_store", build)
+
+
 def create_tables() -> None:
     """Create every store's missing tables (the local stack)."""
-    for store in (get_store(), get_token_store(), get_slack_store(), get_devvm_store()):
+    for store in (get_store(), get_token_store(), get_slack_store(), get_devvm_store(), get_metrics_store()):
         store.create_tables()
 
 
@@ -102,7 +114,7 @@ def get_service():
     def build():
         from chalicelib.jobs.service import JobService
 
-        return JobService(get_store(), get_settings())
+        return JobService(get_store(), get_settings(), metrics_store=get_metrics_store())
 
     return _cached("service", build)
 

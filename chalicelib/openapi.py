@@ -44,6 +44,26 @@ class Job(_Out):
     planner_reason: str | None
     status_reason: str | None
     candidates: list[str]
+    metrics: dict[str, float] = Field(description="the latest value of each key the job reported (JOBPLANE_METRICS)")
+
+
+class JobMetrics(_Out):
+    """GET /jobs/{id}/metrics: the latest values and each key's series of [seq, value] points."""
+
+    job_id: str
+    metrics: dict[str, float]
+    series: dict[str, list[tuple[int, float]]] = Field(
+        description="per key, at most 1000 [seq, value] points evenly spaced over the run; seq numbers the "
+        "job's JOBPLANE_METRICS lines from 1"
+    )
+    lines: int = Field(ge=0, description="JOBPLANE_METRICS lines read so far")
+    malformed_lines: int = Field(ge=0, description="lines with the marker but no JSON object of numbers (ignored)")
+    caught_up: bool = Field(description="false when this request's read budget ran out before the output's end")
+
+
+class Tail(_Out):
+    lines: list[str] | None = Field(description="the last lines of the output; null when out of reach")
+    note: str | None
 
 
 class JobList(_Out):
@@ -123,7 +143,19 @@ def _devvm_spec():
     return DevVmSpec
 
 
-MODELS: list[type[BaseModel]] = [Health, Job, JobList, EventList, Logs, Error, JobSpec, Instance, InstanceList]
+MODELS: list[type[BaseModel]] = [
+    Health,
+    Job,
+    JobList,
+    EventList,
+    Logs,
+    JobMetrics,
+    Tail,
+    Error,
+    JobSpec,
+    Instance,
+    InstanceList,
+]
 
 
 def _json(model: type[BaseModel] | str) -> dict[str, Any]:
@@ -298,6 +330,36 @@ def build() -> dict[str, Any]:
                 ),
             }
         },
+        "/jobs/{job_id}/metrics": {
+            "get": {
+                "operationId": "job_metrics",
+                "summary": "the job's metrics: latest values and series (reads the output on first)",
+                "parameters": [JOB_ID],
+                "responses": _responses(
+                    {200: ("the job's metrics", JobMetrics)},
+                    {**AUTH_ERRORS, 404: "no such job for this caller"},
+                ),
+            }
+        },
+        "/jobs/{job_id}/tail": {
+            "get": {
+                "operationId": "job_tail",
+                "summary": "the last lines of the job's output",
+                "parameters": [
+                    JOB_ID,
+                    {
+                        "name": "lines",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 15},
+                    },
+                ],
+                "responses": _responses(
+                    {200: ("the last lines", Tail)},
+                    {400: "bad lines", **AUTH_ERRORS, 404: "no such job for this caller"},
+                ),
+            }
+        },
     }
     vm_id = {"name": "vm_id", "in": "path", "required": True, "schema": {"type": "string"}}
     vm_errors = {**AUTH_ERRORS, 404: "no such instance for this caller"}
@@ -382,7 +444,7 @@ def build() -> dict[str, Any]:
     # Links let clients (and schemathesis' stateful phase) follow a created job to its other routes.
     links = {
         op: {"operationId": op, "parameters": {"job_id": "$response.body#/job_id"}}
-        for op in ("get_job", "job_events", "job_logs", "cancel_job")
+        for op in ("get_job", "job_events", "job_logs", "job_metrics", "job_tail", "cancel_job")
     }
     for status in ("201", "200"):
         paths["/jobs"]["post"]["responses"][status]["links"] = links

@@ -269,10 +269,32 @@ def apply(
 def reconcile_all(service, devvm_service=None, fan_out: FanOut | None = None) -> list[dict[str, Any]]:
     """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
     results = [d.to_dict() for d in reconcile(service, fan_out)]
+    results.extend(read_metrics(service))
     if devvm_service is not None:
         results.extend(d.to_dict() for d in devvm_service.reap())
     results.extend(drain_outbox())
     return results
+
+
+def read_metrics(service) -> list[dict[str, Any]]:
+    """Each RUNNING job's output read on from its metrics cursor, one logs() page of at most TICK_BYTES a job;
+    a summary when anything was read or failed (nothing without a metrics store)."""
+    from chalicelib.jobs.metrics_reader import TICK_BYTES, TICK_PAGES
+
+    reader = service.metrics_reader
+    if reader is None:
+        return []
+    read, errors = 0, []
+    for job in service.store.iter_active():
+        if job.status is not JobStatus.RUNNING:
+            continue
+        try:
+            reader.catch_up(service.store, job, TICK_BYTES, TICK_PAGES)
+            read += 1
+        except Exception as exc:  # best-effort loop: one job's log failing must not stop the others
+            log.warning("reconcile: reading metrics of %s failed: %s", job.job_id, exc)
+            errors.append({"job_id": job.job_id, "error": f"{type(exc).__name__}: {exc}"})
+    return [{"metrics": {"jobs_read": read, "errors": errors}}] if read or errors else []
 
 
 #: hands one shard's job ids to another invocation (a Lambda invoked with InvocationType=Event, a thread)

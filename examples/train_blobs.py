@@ -72,11 +72,15 @@ def main() -> int:
             b -= args.lr * p.mean(axis=0)
         train_loss, train_acc = evaluate(w, b, xtr, ytr)
         val_loss, val_acc = evaluate(w, b, xva, yva)
-        print(
-            f"epoch {epoch:3d}  train_loss={train_loss:.4f}  train_acc={train_acc:.4f}  "
-            f"val_loss={val_loss:.4f}  val_acc={val_acc:.4f}",
-            flush=True,
-        )
+        # jobplane's metrics contract: one JSON object of numbers per line, read on every backend.
+        epoch_metrics = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 4),
+            "train_accuracy": round(train_acc, 4),
+            "val_loss": round(val_loss, 4),
+            "val_accuracy": round(val_acc, 4),
+        }
+        print(f"JOBPLANE_METRICS {json.dumps(epoch_metrics)}", flush=True)
         if args.epoch_seconds:
             time.sleep(args.epoch_seconds)
 
@@ -89,7 +93,7 @@ def main() -> int:
     }
     np.savez(out / "model.npz", w=w, b=b, mean=mean, std=std)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
-    print(f"METRICS {json.dumps(metrics)}", flush=True)
+    print(f"JOBPLANE_METRICS {json.dumps({'seconds': metrics['seconds']})}", flush=True)
     print(f"model written to {out / 'model.npz'}", flush=True)
     return 0
 

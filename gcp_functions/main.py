@@ -60,8 +60,10 @@ def on_gcs_upload(cloud_event) -> list[dict[str, Any]]:
 @functions_framework.cloud_event
 def reconcile(cloud_event) -> list[dict[str, Any]]:
     """Pub/Sub message from Cloud Scheduler: the same reconcile as the AWS schedule (the tick carries nothing)."""
+    from chalicelib.reaper import read_metrics
     from chalicelib.reaper import reconcile as run
 
-    actions = [a.to_dict() for a in run(_service())]
+    service = _service()
+    actions = [a.to_dict() for a in run(service)] + read_metrics(service)
     log.info("reconcile %s: %s", cloud_event["id"], json.dumps(actions))
     return actions

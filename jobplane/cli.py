@@ -129,6 +129,12 @@ def _print_job(job: dict, events: list[dict] | None = None) -> None:
             style = STATUS_STYLE.get(str(value), "") if key == "status" else ""
             table.add_row(key, f"[{style}]{value}[/]" if style else str(value))
     out.print(table)
+    if job.get("metrics"):
+        from chalicelib.jobs.metrics import format_value
+
+        out.print("metrics:")
+        for key, value in sorted(job["metrics"].items()):
+            out.print(f"  {key}  {format_value(value)}", markup=False)
     if events:
         out.print("history:")
         for e in events:
@@ -165,6 +171,34 @@ def cmd_status(args) -> int:
         print(json.dumps(client.get(args.job_id), indent=2))
         return 0
     _print_job(client.get(args.job_id), client.events(args.job_id))
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from rich.table import Table
+
+    from chalicelib.jobs.metrics import format_value
+
+    body = _client(args).metrics(args.job_id)
+    if args.json:
+        print(json.dumps(body, indent=2))
+        return 0
+    series = body["series"]
+    if not series:
+        _console().print(f"{args.job_id}: no metrics reported (JOBPLANE_METRICS lines) yet")
+        return 0
+    keys = sorted(series)
+    rows: dict[int, dict[str, float]] = {}
+    for key in keys:
+        for seq, value in series[key]:
+            rows.setdefault(int(seq), {})[key] = value
+    table = Table("SEQ", *(k.upper() for k in keys))
+    for seq in sorted(rows):
+        table.add_row(str(seq), *(format_value(rows[seq][k]) if k in rows[seq] else "" for k in keys))
+    out = _console()
+    out.print(table)
+    if body.get("malformed_lines"):
+        out.print(f"{body['malformed_lines']} malformed JOBPLANE_METRICS lines were ignored")
     return 0
 
 
@@ -420,6 +454,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job_id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("metrics", help="a job's metric series (JOBPLANE_METRICS lines), one row per line")
+    p.add_argument("job_id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("job_id")

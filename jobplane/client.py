@@ -73,3 +73,11 @@ class Client:
     def logs(self, job_id: str, offset: int | str = 0) -> dict:
         """A slice of the job's output; pass the answer's next_offset back as it is (a number or a cursor)."""
         return self._call("GET", f"/jobs/{job_id}/logs", params={"offset": offset})
+
+    def metrics(self, job_id: str) -> dict:
+        """The job's latest metrics and each key's series of [seq, value] points."""
+        return self._call("GET", f"/jobs/{job_id}/metrics")
+
+    def tail(self, job_id: str, lines: int = 15) -> dict:
+        """The last lines of the job's output (`lines` null when out of reach, with a note)."""
+        return self._call("GET", f"/jobs/{job_id}/tail", params={"lines": lines})

@@ -66,6 +66,16 @@ def _upload_trigger(state: dict) -> bool:
     return False
 
 
+def final_metrics(job: dict) -> list[str]:
+    """The job record's latest metrics, one `key  value` line each (its JOBPLANE_METRICS lines, read by jobplane)."""
+    from chalicelib.jobs.metrics import format_value
+
+    metrics = job.get("metrics") or {}
+    if not metrics:
+        return ["(the job reported no metrics)"]
+    return [f"{key:<16} {format_value(value)}" for key, value in sorted(metrics.items())]
+
+
 def _say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
@@ -116,12 +126,10 @@ def main(argv: list[str] | None = None) -> int:
             state["api"] + "/jobs?limit=1", headers={"Authorization": f"Bearer {state['admin_token']}"}, timeout=10
         ).json()["jobs"]
         if jobs:
-            job_id = jobs[0]["job_id"]
-            _say(f"the job's metrics (from `jobplane logs {job_id}`)")
-            logs = subprocess.run([*jp, "logs", job_id], cwd=ROOT, env=env, capture_output=True, text=True).stdout
-            for line in logs.splitlines():
-                if line.startswith("METRICS") or line.startswith("model written"):
-                    print("   ", line)
+            job = jobs[0]
+            _say(f"the job's final metrics (on the job record; the series: `jobplane metrics {job['job_id']}`)")
+            for line in final_metrics(job):
+                print("   ", line)
         ok = _upload_trigger(state) and ok
         time.sleep(1.5)  # the stream reader polls twice a second
         _say("messages the Slack webhook sink received")

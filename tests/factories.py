@@ -80,6 +80,7 @@ def use_stores(settings, stores, **overrides):
         token_store=stores["tokens"],
         slack_store=stores["slack"],
         devvm_store=stores["devvms"],
+        metrics_store=stores["metrics"],
         **overrides,
     )
 
@@ -469,3 +470,47 @@ def kill_runners(directory: Path) -> None:
             os.killpg(int(pid_file.read_text()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+
+
+class LogBackend(ScriptedBackend):
+    """ScriptedBackend with output: a byte-offset log per native name, or (paged=True) pages behind an
+    opaque cursor as CloudWatch and Cloud Logging give them. `fail` makes every logs() call raise it."""
+
+    def __init__(self, settings, output: dict[str, str] | None = None, paged: bool = False, page_lines: int = 2):
+        super().__init__(settings)
+        self.output = dict(output or {})
+        self.paged = paged
+        self.page_lines = page_lines
+        self.logs_calls = 0
+        self.fail: Exception | None = None
+
+    def _logs_impl(self, handle, offset, limit):
+        from chalicelib.backends.base import LogChunk, decode_log_token, encode_log_token
+
+        self.logs_calls += 1
+        if self.fail is not None:
+            raise self.fail
+        text = self.output.get(handle.native_name, "")
+        if not self.paged:
+            data = text.encode()[offset : offset + limit]
+            return LogChunk(data.decode(), offset + len(data), True)
+        start = decode_log_token(offset)["line"] if offset else 0
+        lines = text.splitlines(keepends=True)
+        page = lines[start : start + self.page_lines]
+        return LogChunk("".join(page), encode_log_token({"line": start + len(page)}), not page)
+
+
+# --- CloudWatch Logs: events where a service would write them ------------------------------------------
+def put_events(logs, group, stream, lines):
+    """Write `lines` to a CloudWatch Logs stream (created if needed), as the service would."""
+    try:
+        logs.create_log_group(logGroupName=group)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    try:
+        logs.create_log_stream(logGroupName=group, logStreamName=stream)
+    except logs.exceptions.ResourceAlreadyExistsException:
+        pass
+    now = int(time.time() * 1000)
+    events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines)]
+    logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)

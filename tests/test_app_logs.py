@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from types import SimpleNamespace
 
@@ -23,7 +22,7 @@ from chalicelib.jobs.model import (
     utcnow,
 )
 from chalicelib.jobs.spec_types import JobSpec
-from tests.factories import FIXTURES, make_settings, make_stores, use_stores
+from tests.factories import FIXTURES, make_settings, make_stores, put_events, use_stores
 
 BACKENDS = "sagemaker,aws-batch,ecs,ec2,vertex,gce,local"
 
@@ -127,20 +126,6 @@ def read_all(env, job_id, offset=0):
         if not chunk["text"]:
             return text, offset, chunk
     raise AssertionError("the log never caught up")
-
-
-def put_events(logs, group, stream, lines):
-    try:
-        logs.create_log_group(logGroupName=group)
-    except logs.exceptions.ResourceAlreadyExistsException:
-        pass
-    try:
-        logs.create_log_stream(logGroupName=group, logStreamName=stream)
-    except logs.exceptions.ResourceAlreadyExistsException:
-        pass
-    now = int(time.time() * 1000)
-    events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines)]
-    logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
 
 
 def boto(settings, service):

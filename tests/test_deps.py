@@ -7,6 +7,7 @@ import pytest
 from chalicelib import deps
 from chalicelib.store.devvms import DynamoDevVmStore
 from chalicelib.store.dynamo import DynamoJobStore
+from chalicelib.store.metrics import DynamoMetricsStore
 from chalicelib.store.slack import DynamoSlackStore
 from chalicelib.store.tokens import DynamoTokenStore
 from tests.factories import make_settings
@@ -28,6 +29,7 @@ def configured(tmp_path):
         (deps.get_token_store, DynamoTokenStore, "tokens_table"),
         (deps.get_slack_store, DynamoSlackStore, "slack_table"),
         (deps.get_devvm_store, DynamoDevVmStore, "devvms_table"),
+        (deps.get_metrics_store, DynamoMetricsStore, "metrics_table"),
     ],
 )
 def test_each_store_is_built_once_per_container_on_its_table(configured, factory, kind, table):

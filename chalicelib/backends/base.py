@@ -117,6 +117,34 @@ class LogChunk:
     note: str | None = None
 
 
+#: pages of logs() the default tail() reads from the start to find the end (at 64 KiB a page: 1 MiB)
+TAIL_PAGES = 16
+
+
+def last_lines(text: str, max_lines: int, max_bytes: int, *, cut: bool = False) -> list[str]:
+    """The last `max_lines` lines of `text`, together at most `max_bytes` of UTF-8 (newlines counted); a last
+    line longer than that keeps its end after "…". `cut`: the text starts inside a line (dropped)."""
+    lines = [line.rstrip("\r") for line in text.split("\n")]
+    if lines and lines[-1] == "":
+        lines.pop()
+    if cut and len(lines) > 1:
+        lines = lines[1:]
+    picked: list[str] = []
+    size = 0
+    for line in reversed(lines):
+        if len(picked) == max_lines:
+            break
+        cost = len(line.encode("utf-8", errors="replace")) + 1
+        if size + cost > max_bytes:
+            if not picked and max_bytes > 4:
+                end = line.encode("utf-8", errors="replace")[-(max_bytes - 4) :]
+                picked.append("…" + end.decode("utf-8", errors="ignore"))
+            break
+        picked.append(line)
+        size += cost
+    return picked[::-1]
+
+
 class ResourceKind(str, Enum):
     """What a tagged resource is, which decides the rules the reaper judges it by."""
 
@@ -282,6 +310,25 @@ class ComputeBackend(ABC):
     def logs(self, handle: Handle, offset: Offset = 0, limit: int = 65536) -> LogChunk:
         """About `limit` bytes of the job's output from `offset` (0, or a next_offset this backend gave)."""
         return self._logs_impl(handle, max(offset, 0) if isinstance(offset, int) else offset, limit)
+
+    def tail(self, handle: Handle, max_lines: int = 15, max_bytes: int = 2048) -> list[str] | None:
+        """The last lines of the job's output (see last_lines), or None when its end is out of reach:
+        never lines from the middle presented as the end."""
+        return self._tail_impl(handle, max_lines, max_bytes)
+
+    def _tail_impl(self, handle: Handle, max_lines: int, max_bytes: int) -> list[str] | None:
+        # Providers page forward only: read from the start, keep the end, give up past TAIL_PAGES pages.
+        offset: Offset = 0
+        window, cut = "", False
+        for _ in range(TAIL_PAGES):
+            chunk = self.logs(handle, offset)
+            if not chunk.text:
+                return last_lines(window, max_lines, max_bytes, cut=cut)
+            window += chunk.text
+            if len(window) > max_bytes + 1:
+                window, cut = window[-(max_bytes + 1) :], True
+            offset = chunk.next_offset
+        return None
 
     def hourly_price(self, job: Job) -> float | None:
         """USD per hour of the resource this job runs on, when known."""

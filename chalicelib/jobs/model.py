@@ -9,6 +9,7 @@ from enum import Enum
 from typing import Any
 
 from chalicelib.jobs.capacity import Claim
+from chalicelib.jobs.metrics import Cursor
 from chalicelib.jobs.spec_types import JobSpec
 
 
@@ -130,6 +131,9 @@ class Job:
     claims: tuple[Claim, ...] = ()
     # Backends this job may run on, in order: the planned one first, then the spec's fallback.
     candidates: tuple[str, ...] = ()
+    # The latest value of each key the job reported (JOBPLANE_METRICS lines), and how far its output was read.
+    metrics: dict[str, float] = field(default_factory=dict)
+    metrics_cursor: Cursor | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, JobSpec):
@@ -162,6 +166,7 @@ class Job:
             "planner_reason": self.planner_reason,
             "status_reason": self.status_reason,
             "candidates": list(self.candidates),
+            "metrics": dict(self.metrics),
         }
 
 

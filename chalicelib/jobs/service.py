@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends import get_backend
@@ -27,6 +27,7 @@ from chalicelib.errors import (
 from chalicelib.jobs.capacity import claims_for
 from chalicelib.jobs.dispatch import LAUNCH_TRIES_PER_ROUND, Dispatcher, backoff_seconds
 from chalicelib.jobs.machine import decide
+from chalicelib.jobs.metrics_reader import REQUEST_BYTES, MetricsReader, readable
 from chalicelib.jobs.model import (
     EventSource,
     HistoryEntry,
@@ -38,6 +39,7 @@ from chalicelib.jobs.model import (
 )
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import IdempotencyRecord, JobStore, Page
+from chalicelib.store.metrics import MetricsStore
 
 if TYPE_CHECKING:
     from chalicelib.auth import Principal  # annotations only: an event handler needs no auth
@@ -46,6 +48,9 @@ log = logging.getLogger("jobplane.service")
 DEFAULT_LIMIT = 20
 IDEMPOTENCY_KEY_MAX = 255
 _APPLY_ATTEMPTS = 8
+TAIL_LINES = 15
+TAIL_SLACK_BYTES = 2048  # a Slack section holds 3000 characters, and escaping makes text longer
+TAIL_API_BYTES = 16 * 1024
 
 
 def _encode_token(scope: dict[str, Any], cursor: dict[str, str]) -> str:
@@ -73,11 +78,14 @@ class JobService:
         store: JobStore,
         settings: Settings,
         backend_factory: Callable[[str, Settings], ComputeBackend] = get_backend,
+        metrics_store: MetricsStore | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._backend = backend_factory
         self.dispatcher = Dispatcher(store, settings, self.backend, self.apply_event)
+        # Without a metrics store (unit tests of other use cases) no output is read for metrics.
+        self.metrics_reader = MetricsReader(metrics_store, self.backend) if metrics_store is not None else None
 
     def backend(self, name: str) -> ComputeBackend:
         return self._backend(name, self.settings)
@@ -217,6 +225,42 @@ class JobService:
             return replace(chunk, complete=complete)
         return replace(chunk, complete=complete, note=chunk.note or note)
 
+    def metrics(self, principal: Principal, job_id: str) -> JobMetrics:
+        """The job's latest metrics and series per key, after reading its output on from the cursor."""
+        job = self.get(principal, job_id)
+        if self.metrics_reader is None:
+            return JobMetrics(job, {}, caught_up=False)
+        job, progress = self.metrics_reader.catch_up(self.store, job, REQUEST_BYTES)
+        series = progress.series if progress is not None and progress.series is not None else None
+        if series is None:
+            series = self.metrics_reader.store.series(job.job_id)
+        return JobMetrics(job, series, caught_up=progress is not None and progress.caught_up)
+
+    def tail(self, principal: Principal, job_id: str, lines: int = TAIL_LINES) -> tuple[list[str] | None, str | None]:
+        """The last lines of the job's output (None when they cannot be had cheaply) and a note saying why not."""
+        job = self.get(principal, job_id)
+        found = self.tail_of(job, lines, TAIL_API_BYTES)
+        if found is None:
+            return None, not_started_note(job) or "the output is too long to find its end by paging"
+        return found, None
+
+    def tail_of(self, job: Job, lines: int = TAIL_LINES, max_bytes: int = TAIL_SLACK_BYTES) -> list[str] | None:
+        """The last lines of a job's output, or None (never started, or the end is out of reach)."""
+        if not readable(job):
+            return None
+        return self.backend(job.backend).tail(Handle.of(job), lines, max_bytes)
+
+    def _final_metrics(self, job: Job) -> dict[str, Any]:
+        """The metrics fields a terminal transition writes: the output read to its end. Best effort: a job
+        always reaches its end state, with the metrics of the last read when this one fails."""
+        if self.metrics_reader is None:
+            return {}
+        try:
+            return self.metrics_reader.final_changes(job)
+        except Exception:  # a provider's log failing must never keep a job from its terminal state
+            log.warning("final metrics read of job %s failed; kept the last ones read", job.job_id, exc_info=True)
+            return {}
+
     # --- cancel ------------------------------------------------------------------------
     def cancel(self, principal: Principal, job_id: str) -> Job:
         job = self.get(principal, job_id)
@@ -266,6 +310,7 @@ class JobService:
         `current` is the job as the caller just read it (saves a read); a lost race re-reads.
         Returns the job after the event, or None when the job does not exist.
         """
+        final: dict[str, Any] | None = None
         for attempt in range(_APPLY_ATTEMPTS):
             job = current if attempt == 0 and current is not None else self.store.get_job(event.job_id)
             if job is None:
@@ -273,6 +318,10 @@ class JobService:
             transition = decide(job, event)
             if transition is None:
                 return job
+            if transition.to_status.terminal:
+                # Read once: a lost race decides again, and the same output gives the same metrics.
+                final = self._final_metrics(job) if final is None else final
+                transition.changes.update(final)
             # A job first seen at its end gets started_at from this very transition: it has a cost too.
             started_at = job.started_at or transition.changes.get("started_at")
             if transition.to_status.terminal and started_at is not None:
@@ -303,6 +352,26 @@ class JobService:
                 return self.dispatcher.dispatch(updated)  # a retry: launch the next attempt
             return updated
         raise StaleStateError(f"job {event.job_id} kept changing; event not applied")
+
+
+@dataclass(frozen=True)
+class JobMetrics:
+    """GET /jobs/{id}/metrics: the job (its latest metrics and cursor) and each key's series."""
+
+    job: Job
+    series: dict[str, Any]
+    caught_up: bool
+
+    def to_api(self) -> dict[str, Any]:
+        cursor = self.job.metrics_cursor
+        return {
+            "job_id": self.job.job_id,
+            "metrics": dict(self.job.metrics),
+            "series": {key: s.to_api() for key, s in sorted(self.series.items())},
+            "lines": cursor.lines if cursor else 0,
+            "malformed_lines": cursor.malformed if cursor else 0,
+            "caught_up": self.caught_up,
+        }
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -140,6 +140,11 @@ class JobSpec(_Strict):
     fallback: tuple[str, ...] = Field(default(typed.JobSpec, "fallback"), max_length=8)
     # How long a job may wait in QUEUED for capacity once every candidate refused (0: fail at once).
     capacity_wait_minutes: int = Field(default(typed.JobSpec, "capacity_wait_minutes"), ge=0, le=10080)
+    metrics: tuple[str, ...] = Field(
+        default(typed.JobSpec, "metrics"),
+        max_length=40,
+        description="metric names the job reports (JOBPLANE_METRICS keys), declared for SageMaker's console",
+    )
 
     @field_validator("backend")
     @classmethod
@@ -156,6 +161,18 @@ class JobSpec(_Strict):
         for i, name in enumerate(value):
             if name not in valid:
                 raise FieldError(i, f"Input should be {_words([repr(v) for v in valid], 'or')}")
+        return value
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from chalicelib.jobs.metrics import KEY_RE
+
+        for i, name in enumerate(value):
+            if not KEY_RE.match(name):
+                raise FieldError(i, f"metric name {name!r} must be 1..64 characters of A-Z, a-z, 0-9 and _ . : / -")
+            if name in value[:i]:
+                raise FieldError(i, f"metric name {name!r} is declared twice")
         return value
 
     @field_validator("command")

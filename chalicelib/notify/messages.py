@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import Enum
 from typing import Any
@@ -111,6 +112,36 @@ def escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+def metrics_text(metrics: dict[str, float]) -> str | None:
+    """The job's latest metrics as one mrkdwn line (names in code spans: `_` would start italics)."""
+    from chalicelib.jobs.metrics import format_value
+
+    if not metrics:
+        return None
+    text = "*Metrics*\n" + " · ".join(f"`{key}` {format_value(value)}" for key, value in sorted(metrics.items()))
+    return text if len(text) <= MAX_TEXT else text[: MAX_TEXT - 1].rsplit(" · ", 1)[0] + " …"
+
+
+def code_block(lines: list[str], limit: int = MAX_TEXT) -> str | None:
+    """A mrkdwn code block of the last lines that fit in `limit` characters once escaped. No two backticks
+    stay adjacent (a zero-width space goes between), so no line can close the block early."""
+    fence = "```"
+    kept: list[str] = []
+    size = len(fence) * 2 + 2
+    for line in reversed(lines):
+        safe = re.sub("`(?=`)", "`\u200b", escape(line))
+        if size + len(safe) + 1 > limit:
+            break
+        kept.append(safe)
+        size += len(safe) + 1
+    if not kept:
+        return None
+    return fence + "\n" + "\n".join(reversed(kept)) + "\n" + fence
+
+
+TERMINAL_KINDS = (Kind.SUCCEEDED, Kind.FAILED, Kind.CANCELLED, Kind.AUTO_STOPPED)
+
+
 def headline(job: Job, kind: Kind) -> str:
     if kind is Kind.FAILED:
         return f"{job.name} failed" + (f" ({job.failure_kind.value})" if job.failure_kind else "")
@@ -123,9 +154,15 @@ def headline(job: Job, kind: Kind) -> str:
 
 
 def build_message(
-    job: Job, kind: Kind, region: str, gcp_project: str | None = None, gce_zone: str | None = None
+    job: Job,
+    kind: Kind,
+    region: str,
+    gcp_project: str | None = None,
+    gce_zone: str | None = None,
+    last_lines: list[str] | None = None,
 ) -> dict[str, Any]:
-    """The Block Kit message for one transition; `text` is the notification and plain-text fallback."""
+    """The Block Kit message for one transition; `text` is the notification and plain-text fallback.
+    A final message shows the job's latest metrics; a failure, the last lines of its output when given."""
     title = headline(job, kind)
     took = duration(job.started_at, job.finished_at)
     spent = cost(job.cost_estimate_usd)
@@ -147,6 +184,7 @@ def build_message(
         reason = f"*Reason*\n{escape(job.status_reason)}"
     if reason:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": reason[:MAX_TEXT]}})
+    blocks.extend(_observed(job, kind, last_lines))
     url = console_url(job, region, gcp_project, gce_zone)
     if url:
         link = f"<{url}|Open in the {provider_name(job.backend)} console>"
@@ -157,3 +195,17 @@ def build_message(
     if spent:
         facts.append(f"est. {spent}")
     return {"text": " · ".join([title, *facts]), "blocks": blocks}
+
+
+def _observed(job: Job, kind: Kind, last_lines: list[str] | None) -> list[dict[str, Any]]:
+    """The sections of what the job itself reported: its metrics (final messages), its last lines (failures)."""
+    blocks = []
+    metrics = metrics_text(job.metrics) if kind in TERMINAL_KINDS else None
+    if metrics:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": metrics}})
+    if kind is Kind.FAILED and last_lines:
+        title = "*Last lines of the output*\n"
+        block = code_block(last_lines, MAX_TEXT - len(title))
+        if block:
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": title + block}})
+    return blocks

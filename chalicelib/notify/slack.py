@@ -245,12 +245,14 @@ class Notifier:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         pacer: Pacer | None = None,
+        tail: Callable[[Job], list[str] | None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.decode = decode
         self.webhook_url = webhook_url
         self.bot_token = bot_token
+        self.tail = tail
         self.clock = clock
         self.outbox = Outbox(store, self.destination_of, clock=clock, sleep=sleep, pacer=pacer or Pacer(clock))
 
@@ -319,7 +321,8 @@ class Notifier:
             return {**result, "outcome": NotifyOutcome.NO_DESTINATION.value}
         key = dedup_key(job)
         settings = self.settings
-        message = build_message(job, kind, settings.region, settings.gcp_project, settings.gce_zone)
+        lines = self._last_lines(job) if kind is Kind.FAILED else None
+        message = build_message(job, kind, settings.region, settings.gcp_project, settings.gce_zone, lines)
         now = utcnow()
         record = OutboxRecord(key, message, destination, OutboxState.PENDING, created_at=now, next_try_at=now)
         try:
@@ -331,6 +334,22 @@ class Notifier:
             return {**result, "outcome": NotifyOutcome.DUPLICATE.value}
         return {**result, "key": key, "outcome": NotifyOutcome.PENDING.value}
 
+    def _last_lines(self, job: Job) -> list[str] | None:
+        """A failed job's last lines for its message; None when there is no way to them (never a raise)."""
+        if self.tail is None:
+            return None
+        try:
+            return self.tail(job)
+        except Exception:  # the output is an extra: reading it must never fail the batch or the message
+            log.warning("notify: could not read the last lines of job %s", job.job_id, exc_info=True)
+            return None
+
+
+def _tail(job: Job) -> list[str] | None:
+    from chalicelib import deps
+
+    return deps.get_service().tail_of(job)
+
 
 def _notifier(decode: Callable[[dict[str, Any]], Job] | None) -> Notifier:
     from chalicelib import deps
@@ -341,7 +360,7 @@ def _notifier(decode: Callable[[dict[str, Any]], Job] | None) -> Notifier:
         bot_token = deps.get_slack_bot_token()
     except Exception:  # a secret we cannot read means no message now, never a failed batch
         log.exception("notify: could not read the Slack secrets")
-    return Notifier(deps.get_slack_store(), deps.get_settings(), decode, webhook_url, bot_token)
+    return Notifier(deps.get_slack_store(), deps.get_settings(), decode, webhook_url, bot_token, tail=_tail)
 
 
 def notify_records(event: dict[str, Any], context: Any = None) -> list[dict[str, Any]]:

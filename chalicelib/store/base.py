@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from chalicelib.jobs.metrics import Cursor
 from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition, iso, utcnow
 
 
@@ -90,6 +91,12 @@ class JobStore(ABC):
     @abstractmethod
     def update_job(self, job: Job, expected: JobStatus, **changes) -> Job:
         """Change fields other than status, guarded on the status; StaleStateError if it moved."""
+
+    @abstractmethod
+    def record_metrics(self, job: Job, metrics: dict[str, float], cursor: Cursor) -> Job | None:
+        """Set the job's latest metrics and how far its output was read, guarded on the stored cursor still
+        being `job.metrics_cursor` (whatever the status: a finished job's output is still read to its end).
+        None when another reader moved it first (it read the same output: nothing is lost)."""
 
     @abstractmethod
     def list_jobs(self, owner: str | None, status: JobStatus | None, limit: int, cursor: dict[str, str] | None) -> Page:

@@ -22,6 +22,7 @@ from chalicelib.errors import (
     ValidationError,
 )
 from chalicelib.jobs.capacity import Claim
+from chalicelib.jobs.metrics import Cursor
 from chalicelib.jobs.model import (
     EventSource,
     FailureKind,
@@ -156,6 +157,8 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         status_reason = UnicodeAttribute(null=True)
         claims = UnicodeAttribute(null=True)  # JSON [[pool, units], ...] while capacity is held
         candidates = UnicodeAttribute(null=True)  # JSON list of registry names, in failover order
+        metrics = UnicodeAttribute(null=True)  # JSON {key: latest value}
+        metrics_cursor = UnicodeAttribute(null=True)  # JSON Cursor: how far the output was read for metrics
 
         by_owner = OwnerIndex()
         by_all = AllIndex()
@@ -222,6 +225,8 @@ def _job_from_item(item: Any) -> Job:
         failure_kind=FailureKind(item.failure_kind) if item.failure_kind else None,
         claims=_claims(item.claims),
         candidates=tuple(json.loads(item.candidates)) if item.candidates else (),
+        metrics=json.loads(item.metrics) if item.metrics else {},
+        metrics_cursor=Cursor.from_text(item.metrics_cursor),
         **plain,
     )
 
@@ -236,6 +241,10 @@ def _native(job_id: str, attempt: int, name: str | None, native_id: str | None) 
 
 
 def _value(value: Any) -> Any:
+    if isinstance(value, Cursor):
+        return value.to_text()
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True) if value else None
     if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
         return json.dumps(list(value))
     if isinstance(value, tuple) and all(isinstance(v, Claim) for v in value):
@@ -332,6 +341,8 @@ class DynamoJobStore(DynamoStore, JobStore):
             owner_status=owner_status(job.owner, job.status),
             claims=_claims_text(job.claims),
             candidates=json.dumps(list(job.candidates)) if job.candidates else None,
+            metrics=_value(job.metrics),
+            metrics_cursor=_value(job.metrics_cursor),
             **{f: getattr(job, f) for f in _PLAIN_FIELDS},
         )
         return item
@@ -467,6 +478,20 @@ class DynamoJobStore(DynamoStore, JobStore):
     def update_job(self, job: Job, expected: JobStatus, **changes) -> Job:
         self._guarded_update(job, expected, changes)
         return job.with_changes(**changes)
+
+    def record_metrics(self, job: Job, metrics: dict[str, float], cursor: Cursor) -> Job | None:
+        J = self.Job
+        stored = job.metrics_cursor
+        guard = J.job_id.exists() & (
+            J.metrics_cursor.does_not_exist() if stored is None else (J.metrics_cursor == stored.to_text())
+        )
+        actions = self._actions({"metrics": metrics, "metrics_cursor": cursor})
+        try:
+            with dynamo_errors():
+                J(job.job_id).update(actions=actions, condition=guard)
+        except ConditionFailedError:
+            return None
+        return job.with_changes(metrics=dict(metrics), metrics_cursor=cursor)
 
     def list_jobs(self, owner, status, limit, cursor) -> Page:
         # Each listing has an index of exactly its jobs, so no filter discards what was read: a page is one

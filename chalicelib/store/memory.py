@@ -11,6 +11,7 @@ from chalicelib.errors import (
     StaleStateError,
     ValidationError,
 )
+from chalicelib.jobs.metrics import Cursor
 from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import (
@@ -67,6 +68,15 @@ class InMemoryJobStore(JobStore):
             if current is None or current.status is not expected:
                 raise StaleStateError(f"job {job.job_id} is no longer {expected.value}")
             updated = current.with_changes(**changes)
+            self._jobs[job.job_id] = updated
+            return updated
+
+    def record_metrics(self, job: Job, metrics: dict[str, float], cursor: Cursor) -> Job | None:
+        with self._lock:
+            current = self._jobs.get(job.job_id)
+            if current is None or current.metrics_cursor != job.metrics_cursor:
+                return None
+            updated = current.with_changes(metrics=dict(metrics), metrics_cursor=cursor)
             self._jobs[job.job_id] = updated
             return updated
 

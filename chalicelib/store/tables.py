@@ -13,6 +13,7 @@ def dynamo_stores(settings: Settings) -> dict[str, DynamoStore]:
     """One DynamoDB store of each kind: together they own every table (create, describe, grant)."""
     from chalicelib.store.devvms import DynamoDevVmStore
     from chalicelib.store.dynamo import DynamoJobStore
+    from chalicelib.store.metrics import DynamoMetricsStore
     from chalicelib.store.slack import DynamoSlackStore
     from chalicelib.store.tokens import DynamoTokenStore
 
@@ -21,4 +22,5 @@ def dynamo_stores(settings: Settings) -> dict[str, DynamoStore]:
         "tokens": DynamoTokenStore(settings),
         "slack": DynamoSlackStore(settings),
         "devvms": DynamoDevVmStore(settings),
+        "metrics": DynamoMetricsStore(settings),
     }

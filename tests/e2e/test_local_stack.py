@@ -43,9 +43,15 @@ def test_the_example_job_runs_to_success_with_metrics_and_slack_messages(stack):
     assert job["status"] == "SUCCEEDED"
     assert job["name"] == "blobs-softmax"
     assert "SUCCEEDED" in result.stdout
-    logs = cli(stack, "logs", job["job_id"]).stdout
-    metrics = json.loads(next(line for line in logs.splitlines() if line.startswith("METRICS "))[8:])
-    assert metrics["epochs"] == 15 and 0.5 < metrics["val_accuracy"] <= 1.0
+    # The example's JOBPLANE_METRICS lines: the latest values on the job, the series, `jobplane status`.
+    metrics = job["metrics"]
+    assert metrics["epoch"] == 15 and 0.5 < metrics["val_accuracy"] <= 1.0 and metrics["seconds"] > 0
+    series = api(stack, "GET", f"/jobs/{job['job_id']}/metrics").json()["series"]
+    assert [seq for seq, _ in series["epoch"]] == list(range(1, 16))
+    assert [value for _, value in series["epoch"]] == [float(e) for e in range(1, 16)]
+    status = cli(stack, "status", job["job_id"]).stdout
+    assert "metrics:" in status and "val_accuracy" in status
+    assert "15" in cli(stack, "metrics", job["job_id"]).stdout
     outputs = stack["dir"] / "jobs" / job["native_id"] / "outputs"
     assert (outputs / "model.npz").stat().st_size > 0
     history = [(e["from"], e["to"]) for e in api(stack, "GET", f"/jobs/{job['job_id']}/events").json()["events"]]
@@ -59,6 +65,10 @@ def test_the_example_job_runs_to_success_with_metrics_and_slack_messages(stack):
 
     texts = wait_long(slack_texts, timeout=20, what="two Slack messages")
     assert any("started" in t or "running" in t for t in texts) and any("succeeded" in t for t in texts)
+    final = [json.loads(line) for line in Path(stack["state"]["slack_log"]).read_text().splitlines()]
+    [final] = [m for m in final if job["job_id"] in m["text"] and "succeeded" in m["text"]]
+    shown = [b["text"]["text"] for b in final["blocks"] if b.get("text", {}).get("text", "").startswith("*Metrics*")]
+    assert shown and "`val_accuracy` " in shown[0] and "`epoch` 15" in shown[0]
 
 
 def test_token_create_prints_only_a_working_token_scoped_to_its_user(stack):

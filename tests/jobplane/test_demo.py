@@ -33,3 +33,11 @@ def test_the_demo_takes_its_port_from_the_command_line_or_port(monkeypatch):
             pass
         assert seen["cmd"][seen["cmd"].index("--port") + 1] == port
     assert seen["dir"].name == "demo"
+
+
+def test_the_demo_prints_the_final_metrics_from_the_job_record():
+    from jobplane.demo import final_metrics
+
+    job = {"metrics": {"val_accuracy": 0.8731, "epoch": 15.0}}
+    assert final_metrics(job) == ["epoch            15", "val_accuracy     0.8731"]
+    assert final_metrics({"metrics": {}}) == ["(the job reported no metrics)"]

@@ -412,3 +412,28 @@ def test_the_contract_places_outputs_checkpoints_and_code_by_job_and_digest():
     assert contract.code_key("a" * 64) == "code/" + "a" * 64 + ".tar.gz"
     with pytest.raises(ValueError):
         contract.code_key("../../etc")
+
+
+# --- declared metric names --------------------------------------------------------------------
+
+
+def test_declared_metric_names_are_kept_in_order():
+    from chalicelib.jobs.spec import parse_spec
+
+    spec = parse_spec({"name": "t", "command": ["true"], "backend": "local", "metrics": ["val_accuracy", "train/loss"]})
+    assert spec.metrics == ("val_accuracy", "train/loss")
+    assert parse_spec({"name": "t", "command": ["true"], "backend": "local"}).metrics == ()
+
+
+@pytest.mark.parametrize(
+    ("metrics", "field", "message"),
+    [
+        (["ok", "bad key"], "metrics[1]", "metric name 'bad key' must be 1..64 characters"),
+        (["loss", "loss"], "metrics[1]", "metric name 'loss' is declared twice"),
+        ([f"m{i}" for i in range(41)], "metrics", "Tuple should have at most 40 items"),
+    ],
+)
+def test_a_bad_metric_name_names_its_position(metrics, field, message):
+    detail = _only_detail(_invalid(metrics=metrics))
+    assert detail["field"] == field
+    assert detail["message"].startswith(message)

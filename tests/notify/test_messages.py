@@ -233,3 +233,49 @@ def test_a_bare_gce_instance_name_is_found_in_the_deployments_project_and_zone()
 )
 def test_can_describe_the_machine(resources, text):
     assert machine(JobSpec.from_dict({"name": "n", "command": ["true"], "resources": resources})) == text
+
+
+# --- what the job reported: metrics on final messages, last lines on failures ----------------
+def _section(message, title):
+    found = [b["text"]["text"] for b in message["blocks"] if b.get("text", {}).get("text", "").startswith(title)]
+    return found[0] if found else None
+
+
+def test_a_final_message_shows_the_latest_metrics_and_a_started_one_does_not():
+    job = finished(metrics={"val_accuracy": 0.873123456, "epoch": 15.0, "loss": 1.2e-05})
+    assert _section(build_message(job, Kind.SUCCEEDED, "us-east-1"), "*Metrics*") == (
+        "*Metrics*\n`epoch` 15 · `loss` 1.2e-05 · `val_accuracy` 0.873123"
+    )
+    for kind in (Kind.FAILED, Kind.CANCELLED, Kind.AUTO_STOPPED):
+        assert _section(build_message(job, kind, "us-east-1"), "*Metrics*") is not None
+    assert _section(build_message(make_job(metrics={"loss": 1.0}), Kind.STARTED, "us-east-1"), "*Metrics*") is None
+    assert _section(build_message(finished(), Kind.SUCCEEDED, "us-east-1"), "*Metrics*") is None
+
+
+def test_a_failure_message_carries_the_last_lines_escaped_in_a_code_block_that_cannot_be_closed():
+    lines = ["epoch 3", "x < y & <!channel>", "```", "*bold* ``` `code`", "Traceback: boom`"]
+    text = _section(build_message(failed(), Kind.FAILED, "us-east-1", last_lines=lines), "*Last lines")
+    title, body = text.split("\n", 1)
+    assert title == "*Last lines of the output*"
+    assert body.startswith("```\n") and body.endswith("\n```")
+    inner = body[4:-4]
+    assert "```" not in inner and "``" not in inner
+    assert inner.splitlines()[1] == "x &lt; y &amp; &lt;!channel&gt;"
+    assert inner.replace("\u200b", "").splitlines() == [
+        "epoch 3",
+        "x &lt; y &amp; &lt;!channel&gt;",
+        "```",
+        "*bold* ``` `code`",
+        "Traceback: boom`",
+    ]
+    # Only failures carry them.
+    assert _section(build_message(finished(), Kind.SUCCEEDED, "us-east-1", last_lines=lines), "*Last") is None
+    assert _section(build_message(failed(), Kind.FAILED, "us-east-1", last_lines=[]), "*Last") is None
+
+
+def test_the_last_lines_keep_their_end_within_slacks_section_limit():
+    lines = [f"line {i} " + "<" * 200 for i in range(40)]  # escaping makes each about 800 characters
+    text = _section(build_message(failed(), Kind.FAILED, "us-east-1", last_lines=lines), "*Last lines")
+    assert len(text) <= 3000
+    assert text.splitlines()[-2].startswith("line 39 ")  # the end is kept, the start dropped
+    assert "line 0 " not in text

@@ -232,3 +232,41 @@ def test_the_records_are_valid_json_like_lambda_delivers_them(codec):
     assert json.loads(json.dumps({"Records": lifecycle(codec)}))["Records"][3]["dynamodb"]["NewImage"]["status"] == {
         "S": "SUCCEEDED"
     }
+
+
+def test_a_failure_message_carries_the_last_lines_the_tail_gives(slack_store, settings, codec, slack):
+    seen = []
+
+    def tail(job):
+        seen.append(job.job_id)
+        return ["loading data", "RuntimeError: CUDA out of memory"]
+
+    n = Notifier(slack_store, settings, codec.job_from_image, f"{slack.url}{WEBHOOK}", tail=tail)
+    results = n.handle([record(codec, failed(), make_job(), seq=5), record(codec, finished(), make_job(), seq=6)])
+    assert [r["outcome"] for r in results] == ["sent", "sent"]
+    assert seen == [JOB_ID]  # asked for the failure only
+    failure, success = slack.bodies(WEBHOOK)
+    assert failure["blocks"][-2]["text"]["text"] == (
+        "*Last lines of the output*\n```\nloading data\nRuntimeError: CUDA out of memory\n```"
+    )
+    assert "Last lines" not in json.dumps(success)
+
+
+def test_a_tail_that_fails_leaves_the_message_without_it_and_the_batch_whole(slack_store, settings, codec, slack):
+    def tail(job):
+        raise OSError("CloudWatch Logs unreachable")
+
+    n = Notifier(slack_store, settings, codec.job_from_image, f"{slack.url}{WEBHOOK}", tail=tail)
+    results = n.handle([record(codec, failed(), make_job(), seq=7)])
+    assert [r["outcome"] for r in results] == ["sent"]
+    [failure] = slack.bodies(WEBHOOK)
+    assert failure == build_message(failed(), Kind.FAILED, "us-east-1")
+
+
+def test_the_final_message_shows_the_metrics_on_the_record(slack_store, settings, codec, slack):
+    done = finished(metrics={"val_accuracy": 0.87})
+    notifier(slack_store, settings, codec, slack).handle([record(codec, done, make_job(), seq=8)])
+    [message] = slack.bodies(WEBHOOK)
+    assert {"type": "section", "text": {"type": "mrkdwn", "text": "*Metrics*\n`val_accuracy` 0.87"}} in message[
+        "blocks"
+    ]

@@ -20,6 +20,7 @@ from pynamodb.exceptions import (
 )
 
 from chalicelib.errors import AlreadyExistsError, ConditionFailedError, JobplaneError, StoreError, ValidationError
+from chalicelib.jobs.metrics import Cursor
 from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, Transition
 from chalicelib.store.base import IdempotencyRecord
 from chalicelib.store.edge import DynamoStore, dynamo_errors, translate
@@ -227,6 +228,7 @@ def _calls():
                 IdempotencyRecord("alice", "k", job.job_id, "h", T0)
             ),
             "backfill_owner_status": lambda s: s.backfill_owner_status(),
+            "record_metrics": lambda s: s.record_metrics(job, {"loss": 0.5}, Cursor(10, 1)),
         },
         "tokens": {
             "put_token": lambda s: s.put_token(TokenRecord("a" * 64, "alice", False, T0)),
@@ -250,6 +252,10 @@ def _calls():
             "update_devvm": lambda s: s.update_devvm(vm, DevVmStatus.PENDING, status=DevVmStatus.RUNNING),
             "iter_running_devvms": lambda s: list(s.iter_running_devvms()),
         },
+        "metrics": {
+            "series": lambda s: s.series(job.job_id),
+            "append": lambda s: s.append(job.job_id, {"loss": [(1, 0.5)]}),
+        },
     }
 
 
@@ -271,7 +277,7 @@ def test_the_calls_below_cover_every_public_method_of_every_store(tmp_path):
         assert public - NO_REQUEST == set(_calls()[kind]), kind
 
 
-@pytest.mark.parametrize("kind", ["jobs", "tokens", "slack", "devvms"])
+@pytest.mark.parametrize("kind", ["jobs", "tokens", "slack", "devvms", "metrics"])
 def test_no_pynamodb_error_leaves_a_store(tmp_path, moto_endpoint, kind):
     from chalicelib.store.tables import dynamo_stores
 

@@ -85,6 +85,8 @@ class SageMakerBackend(AwsBackend):
         }
         if command[1:]:
             request["AlgorithmSpecification"]["ContainerArguments"] = command[1:]
+        if spec.metrics:
+            request["AlgorithmSpecification"]["MetricDefinitions"] = metric_definitions(spec.metrics)
         if spec.resources.spot:
             request["EnableManagedSpotTraining"] = True
             request["StoppingCondition"]["MaxWaitTimeInSeconds"] = runtime + self.settings.spot_wait_minutes * 60
@@ -255,3 +257,10 @@ def failure_kind(reason: str) -> FailureKind:
     if lowered.startswith(("algorithmerror", "clienterror")) or "non-zero exit" in lowered:
         return FailureKind.USER_ERROR
     return FailureKind.BACKEND_ERROR
+
+
+def metric_definitions(names: tuple[str, ...]) -> list[dict[str, str]]:
+    """One MetricDefinition per declared name: SageMaker's console reads the same JOBPLANE_METRICS lines."""
+    from chalicelib.jobs.metrics import sagemaker_regex
+
+    return [{"Name": name, "Regex": sagemaker_regex(name)} for name in names]

@@ -29,6 +29,7 @@ from chalicelib.backends.base import (
     ResourceKind,
     bad_offset,
     job_env,
+    last_lines,
     parse_native_name,
 )
 from chalicelib.backends.local.descriptors import EVENT_SOURCE, LOCAL
@@ -232,6 +233,17 @@ class LocalBackend(ComputeBackend):
         except FileNotFoundError:
             data = b""
         return LogChunk(data.decode("utf-8", errors="replace"), offset + len(data), complete)
+
+    def _tail_impl(self, handle: Handle, max_lines: int, max_bytes: int) -> list[str] | None:
+        # The log is a file: its end is read directly, however long it is.
+        try:
+            with open(self.job_dir(handle.native_name) / "output.log", "rb") as fh:
+                start = max(fh.seek(0, os.SEEK_END) - max_bytes - 1, 0)
+                fh.seek(start)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        return last_lines(data.decode("utf-8", errors="replace"), max_lines, max_bytes, cut=start > 0)
 
     def _cancel_impl(self, handle: Handle) -> None:
         folder = self.job_dir(handle.native_name)

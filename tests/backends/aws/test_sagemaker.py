@@ -148,3 +148,34 @@ def test_a_stopped_job_is_cancelled_timed_out_or_out_of_spot_capacity_by_its_sec
     starting = backend.observe({"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"}, "a" * 32, 1)
     training = backend.observe({"TrainingJobStatus": "InProgress", "SecondaryStatus": "Training"}, "a" * 32, 1)
     assert (starting.status, training.status) == (JobStatus.LAUNCHING, JobStatus.RUNNING)
+
+
+def test_declared_metrics_become_metric_definitions_that_botocore_accepts(aws_settings):
+    import re
+
+    import botocore.session
+    from botocore.validate import validate_parameters
+
+    backend = SageMakerBackend(aws_settings)
+    job = make_job("sagemaker", {**SPEC, "metrics": ["val_accuracy", "train/loss"]})
+    request = backend.training_job_request(job, Handle.of(job))
+    definitions = request["AlgorithmSpecification"]["MetricDefinitions"]
+    assert [d["Name"] for d in definitions] == ["val_accuracy", "train/loss"]
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    validate_parameters(request, model.operation_model("CreateTrainingJob").input_shape)  # raises when invalid
+    line = 'JOBPLANE_METRICS {"epoch": 3, "train/loss": 0.25, "val_accuracy": 0.87}'
+    assert [re.search(d["Regex"], line).group(1) for d in definitions] == ["0.87", "0.25"]
+    plain = make_job("sagemaker", SPEC)
+    assert "MetricDefinitions" not in backend.training_job_request(plain, Handle.of(plain))["AlgorithmSpecification"]
+
+
+def test_the_longest_declarable_metrics_fit_sagemakers_limits(aws_settings):
+    import botocore.session
+    from botocore.validate import validate_parameters
+
+    names = [f"{i:02d}" + "k" * 62 for i in range(40)]
+    job = make_job("sagemaker", {**SPEC, "metrics": names})
+    request = SageMakerBackend(aws_settings).training_job_request(job, Handle.of(job))
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    validate_parameters(request, model.operation_model("CreateTrainingJob").input_shape)
+    assert max(len(d["Regex"]) for d in request["AlgorithmSpecification"]["MetricDefinitions"]) <= 500

@@ -12,8 +12,7 @@ import pytest
 
 from chalicelib.backends import Cloud, descriptor, names
 from jobplane.local.cloud import COMPUTE_ENVIRONMENT, LAUNCH_TEMPLATE, provision, unsupported_backends
-from tests.factories import ROOT, make_settings
-from tests.factories import boto, make_job
+from tests.factories import ROOT, boto, make_job, make_settings
 
 PHASE = Path(__file__).with_name("_provision_phase.py")
 AWS = [n for n in names() if descriptor(n).cloud is Cloud.AWS]

@@ -18,8 +18,7 @@ import pytest
 from chalicelib.backends.aws.base import TAG_JOB_ID, TAG_MANAGED, TAG_STAGE
 from jobplane.local.cloud import provision
 from jobplane.local.vms import USER_DATA, VmError, VmHost, find_aws_cli
-from tests.factories import make_settings
-from tests.factories import boto
+from tests.factories import boto, make_settings
 
 ACCOUNT = "123456789012"
 
