@@ -356,11 +356,12 @@ def test_every_backend_gives_the_job_the_same_variable_names(tmp_path):
     job = _job("sagemaker", image="train:1")
     seen["sagemaker"] = SageMakerBackend(settings).training_job_request(job, Handle.of(job))["Environment"]
     job = _job("aws-batch", image="train:1")
-    batch = BatchBackend(settings).submit_request(job, Handle.of(job), "def")["containerOverrides"]["environment"]
-    seen["aws-batch"] = {e["name"]: e["value"] for e in batch}
+    batch = BatchBackend(settings).submit_request(job, Handle.of(job), "def")["ecsPropertiesOverride"]
+    main = next(c for c in batch["taskProperties"][0]["containers"] if c["name"] == "job")
+    seen["aws-batch"] = {e["name"]: e["value"] for e in main["environment"]}
     job = _job("ecs", image="train:1")
-    ecs = EcsBackend(settings).run_task_request(job, Handle.of(job), "def")["overrides"]["containerOverrides"][0]
-    seen["ecs"] = {e["name"]: e["value"] for e in ecs["environment"]}
+    ecs = EcsBackend(settings).run_task_request(job, Handle.of(job), "def")["overrides"]["containerOverrides"]
+    seen["ecs"] = {e["name"]: e["value"] for e in next(c for c in ecs if c["name"] == "job")["environment"]}
     job = _job("vertex", image="train:1")
     container = VertexBackend(settings).custom_job(job, Handle.of(job)).job_spec.worker_pool_specs[0].container_spec
     seen["vertex"] = {e.name: e.value for e in container.env}
@@ -369,7 +370,12 @@ def test_every_backend_gives_the_job_the_same_variable_names(tmp_path):
     job = _job("gce", image="train:1")
     instance = GceBackend(settings, client=object()).instance(job, Handle.of(job))
     seen["gce"] = _script_env(instance.metadata.items[0].value)
-    assert {name: _ours(env) for name, env in seen.items()} == {name: EXPECTED for name in seen}
+    # The folder variables (JOBPLANE_*_DIR) are each backend's paths; the staged AWS backends set all three.
+    assert {name: {k: v for k, v in _ours(env).items() if not k.endswith("_DIR")} for name, env in seen.items()} == {
+        name: EXPECTED for name in seen
+    }
+    for name in ("sagemaker", "aws-batch", "ecs"):
+        assert {"JOBPLANE_INPUT_DIR", "JOBPLANE_OUTPUT_DIR", "JOBPLANE_CHECKPOINT_DIR"} <= set(seen[name])
 
 
 def test_the_local_process_gets_the_same_names_and_its_output_folder(tmp_path):
