@@ -514,3 +514,43 @@ def put_events(logs, group, stream, lines):
     now = int(time.time() * 1000)
     events = [{"timestamp": now + i, "message": line} for i, line in enumerate(lines)]
     logs.put_log_events(logGroupName=group, logStreamName=stream, logEvents=events)
+
+
+def check_aws_request(service: str, operation: str, params: dict[str, Any]) -> None:
+    """Raise unless `params` are a valid `operation` request by the AWS service model botocore ships: botocore's
+    own validator (required members, unknown members, types, minimums) and, which it leaves to the service, each
+    string's and list's maximum length and each enum's values."""
+    import botocore.session
+    from botocore.validate import validate_parameters
+
+    model = botocore.session.get_session().get_service_model(service)
+    shape = model.operation_model(operation).input_shape
+    validate_parameters(params, shape)
+    problems: list[str] = []
+    _check_limits(shape, params, operation, problems)
+    if problems:
+        raise AssertionError(f"invalid {service} {operation} request: " + "; ".join(problems))
+
+
+def _check_limits(shape, value: Any, where: str, problems: list[str]) -> None:
+    limit = shape.metadata.get("max")
+    if shape.type_name == "structure":
+        for name, member in shape.members.items():
+            if name in value:
+                _check_limits(member, value[name], f"{where}.{name}", problems)
+    elif shape.type_name == "list":
+        if limit is not None and len(value) > limit:
+            problems.append(f"{where} has {len(value)} items, at most {limit}")
+        for i, item in enumerate(value):
+            _check_limits(shape.member, item, f"{where}[{i}]", problems)
+    elif shape.type_name == "map":
+        if limit is not None and len(value) > limit:
+            problems.append(f"{where} has {len(value)} entries, at most {limit}")
+        for key, item in value.items():
+            _check_limits(shape.key, key, f"{where} key {key!r}", problems)
+            _check_limits(shape.value, item, f"{where}.{key}", problems)
+    elif shape.type_name == "string":
+        if limit is not None and len(value) > limit:
+            problems.append(f"{where} has {len(value)} characters, at most {limit}")
+        if shape.enum and value not in shape.enum:
+            problems.append(f"{where} is {value!r}, not one of {shape.enum}")

@@ -169,5 +169,19 @@ def render(stage: str, config_path: str = ".chalice/config.json") -> str:
     return json.dumps(build(stage_settings(stage, config_path)), indent=2) + "\n"
 
 
+def render_job_role(stage: str, backend: str, config_path: str = ".chalice/config.json") -> str:
+    """The policy for the role `backend`'s jobs run as (what they read and write in the artifact store)."""
+    policy = backend_class(backend)(stage_settings(stage, config_path)).job_role_policy()
+    if policy is None:
+        raise SystemExit(f"{backend}'s jobs do not run with a role jobplane declares")
+    return json.dumps(policy, indent=2) + "\n"
+
+
 if __name__ == "__main__":
-    sys.stdout.write(render(sys.argv[1] if len(sys.argv) > 1 else "dev"))
+    # python -m chalicelib.backends.policy STAGE [--job-role BACKEND]
+    args = sys.argv[1:]
+    if "--job-role" in args:
+        at = args.index("--job-role")
+        sys.stdout.write(render_job_role(args[0] if at else "dev", args[at + 1]))
+    else:
+        sys.stdout.write(render(args[0] if args else "dev"))

@@ -23,6 +23,7 @@ LABEL_RE = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 URI_RE = re.compile(r"^(s3|gs)://[a-z0-9][a-z0-9.\-_]{1,221}[a-z0-9](/.*)?$")
 # An input's name is its folder under $JOBPLANE_INPUT_DIR (and its SageMaker channel name).
 INPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_INPUT_PREFIX = "jobplane"
 SHELL = "/bin/sh"
 MAX_BODY_BYTES = 256 * 1024
 PATTERN_HINTS = {
@@ -257,6 +258,9 @@ class JobSpec(_Strict):
                 raise FieldError(
                     name, f"input name {name!r} must be 1..64 characters of A-Z a-z 0-9 . _ -, starting alphanumeric"
                 )
+            if name.lower().startswith(RESERVED_INPUT_PREFIX):
+                # jobplane's own channels and folders (SageMaker's code channel is jobplane-code) use these names.
+                raise FieldError(name, f"input names starting with {RESERVED_INPUT_PREFIX!r} are reserved for jobplane")
             try:
                 _check_uri(uri)
             except ValueError as exc:

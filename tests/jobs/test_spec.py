@@ -302,6 +302,8 @@ def test_bad_retries_name_the_dotted_field_and_what_is_valid(retries, field, mes
         ({"setup": [["pip", "install", "x"], []]}, "setup[1]"),
         ({"inputs": {"no spaces": "s3://bucket/x"}}, "inputs.no spaces"),
         ({"inputs": {"data": "http://bucket/x"}}, "inputs.data"),
+        ({"inputs": {"jobplane-code": "s3://bucket/x"}}, "inputs.jobplane-code"),
+        ({"inputs": {"JobPlane.x": "s3://bucket/x"}}, "inputs.JobPlane.x"),
         ({"workdir": "."}, "workdir"),
         ({"code_uri": "s3://bucket/code/x.zip", "code_sha256": "0" * 64}, "code_uri"),
         ({"code_uri": "s3://bucket/code/x.tar.gz"}, "code_sha256"),

@@ -123,6 +123,9 @@ class AwsBackend(ComputeBackend):
 
     #: the boto3 service names this backend calls
     services: ClassVar[tuple[str, ...]] = ()
+    #: whether the backend's jobs move code, inputs, outputs and checkpoints through the stage's artifact store
+    #: with the role they run as (job_role_policy() is then what that role needs there)
+    stages_files: ClassVar[bool] = False
 
     def __init__(self, settings) -> None:
         super().__init__(settings)
@@ -147,6 +150,14 @@ class AwsBackend(ComputeBackend):
         """Use this client for `service` (tests hand in a client wrapped in a botocore Stubber)."""
         with self._client_lock:
             self._clients[service] = client
+
+    def job_role_policy(self) -> dict[str, Any] | None:
+        """The IAM policy the role this backend's jobs run as needs in the artifact store (None: no such role)."""
+        if not self.stages_files:
+            return None
+        from chalicelib.backends.aws.staging import job_role_policy
+
+        return job_role_policy(self.settings.artifacts_bucket)
 
     def job_tags(self, handle: Handle, job=None) -> dict[str, str]:
         tags = {

@@ -3,32 +3,51 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
+from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import Stream, read_streams
 from chalicelib.backends.aws.descriptors import BATCH
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
-from chalicelib.errors import UnsupportedError
+from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
+
+log = logging.getLogger(__name__)
 
 DETAIL_TYPE = "Batch Job State Change"
 CANCEL_REASON = "cancelled through jobplane"
 LOG_GROUP = "/aws/batch/job"  # where Batch's awslogs default writes, unless the definition names another
 _LAUNCHING = {"SUBMITTED", "PENDING", "RUNNABLE", "STARTING"}
 _ALL_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
+CONTAINER = "job"
+# The helpers run the AWS CLI image as it is (Batch's containers take no entryPoint, and that image's is
+# `aws`): one AWS CLI command each. Downloads run before the job, uploads after it ends.
+STAGE_CHECKPOINT = "stage-checkpoint"
+STAGE_CODE = "stage-code"
+STAGE_INPUT = "stage-input-"  # + the input's position
+STAGE_OUTPUTS = "stage-outputs"
+STAGE_CHECKPOINT_OUT = "stage-checkpoint-out"
+MAX_CONTAINERS = 10  # Batch's limit per job
+FIXED_CONTAINERS = 4  # checkpoint in, the job, outputs, checkpoint out
+DEFINITION_VERSION = "staged-1"
+HELPER_MEMORY_MIB = "128"
 
 
-def definition_name(image: str) -> str:
-    """One job definition per image: a stable name from the image reference."""
-    return "jp-img-" + hashlib.sha256(image.encode()).hexdigest()[:20]
+def definition_name(image: str, inputs: int = 0, code: bool = False) -> str:
+    """One job definition per image and staging shape (how many inputs, whether code comes): a stable name."""
+    key = f"{image}\0{inputs}\0{int(code)}\0{DEFINITION_VERSION}"
+    return "jp-img-" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 class BatchBackend(AwsBackend):
     descriptor = BATCH
     services = ("batch",)
+    stages_files = True
 
     def roles(self) -> tuple[tuple[str, str], ...]:
         return ((self.settings.batch_job_role, "ecs-tasks.amazonaws.com"),)
@@ -37,6 +56,19 @@ class BatchBackend(AwsBackend):
         if not spec.image:
             raise UnsupportedError(
                 "AWS Batch runs a container image", [{"field": "image", "message": "required for aws-batch"}]
+            )
+        staging.require_s3(spec, "AWS Batch")
+        most = MAX_CONTAINERS - FIXED_CONTAINERS - bool(spec.code_uri)
+        if len(spec.inputs) > most:
+            raise UnsupportedError(
+                "too many inputs for AWS Batch",
+                [
+                    {
+                        "field": "inputs",
+                        "message": f"at most {most} on aws-batch (a job has at most {MAX_CONTAINERS} containers: "
+                        "one download each, the code's, the checkpoint's, the job's and two uploads)",
+                    }
+                ],
             )
         if spec.resources.spot and not self.settings.batch_spot_job_queue:
             raise UnsupportedError(
@@ -52,50 +84,131 @@ class BatchBackend(AwsBackend):
             return self.settings.batch_gpu_job_queue
         return self.settings.batch_job_queue
 
-    def job_definition(self, image: str) -> str:
-        """The ARN of the image's active job definition, registered the first time the image is used."""
-        name = definition_name(image)
+    def job_definition_request(self, spec: JobSpec) -> dict[str, Any]:
+        """RegisterJobDefinition's arguments for the spec's image and staging shape: a multi-container job
+        (ecsProperties) whose helpers share the task's volumes with the job's container. Every per-job value
+        (URIs, command, env, size) comes at SubmitJob as overrides."""
+        layout = staging.CONTAINERS
+        shared = staging.mount(staging.VOLUME, staging.ROOT)
+        inputs = staging.mount(staging.INPUT_VOLUME, layout.input_dir)
+        helper_memory = [{"type": "MEMORY", "value": HELPER_MEMORY_MIB}]
+
+        def helper(name: str, essential: bool = False, after: list[dict[str, str]] | None = None) -> dict[str, Any]:
+            container: dict[str, Any] = {
+                "name": name,
+                "image": staging.AWS_CLI_IMAGE,
+                "essential": essential,
+                "command": ["--version"],  # every submission overrides it
+                "mountPoints": [shared, inputs],
+                "resourceRequirements": helper_memory,
+            }
+            if after:
+                container["dependsOn"] = after
+            return container
+
+        downloads = [STAGE_CHECKPOINT] + ([STAGE_CODE] if spec.code_uri else [])
+        downloads += [f"{STAGE_INPUT}{i}" for i in range(len(spec.inputs))]
+        job = {
+            "name": CONTAINER,
+            "image": spec.image,
+            # Not essential: when it ends, the uploads still run (they wait for it to COMPLETE).
+            "essential": False,
+            "command": ["/bin/sh", "-c", staging.WRAPPER, "jobplane"],
+            "dependsOn": [{"containerName": name, "condition": "SUCCESS"} for name in downloads],
+            "mountPoints": [shared, staging.mount(staging.INPUT_VOLUME, layout.input_dir, read_only=True)],
+            # Per-job values come as overrides at SubmitJob; these are the floor.
+            "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}],
+        }
+        containers = [helper(name) for name in downloads] + [
+            job,
+            helper(STAGE_OUTPUTS, after=[{"containerName": CONTAINER, "condition": "COMPLETE"}]),
+            # The one essential container: the job is over once the last checkpoint is uploaded.
+            helper(STAGE_CHECKPOINT_OUT, True, [{"containerName": STAGE_OUTPUTS, "condition": "COMPLETE"}]),
+        ]
+        return {
+            "jobDefinitionName": definition_name(spec.image, len(spec.inputs), bool(spec.code_uri)),
+            "type": "container",
+            "ecsProperties": {
+                "taskProperties": [
+                    {
+                        "containers": containers,
+                        "volumes": [{"name": staging.VOLUME}, {"name": staging.INPUT_VOLUME}],
+                        "taskRoleArn": self.role(self.settings.batch_job_role),
+                    }
+                ]
+            },
+            "propagateTags": True,
+            "tags": {
+                "jobplane:managed": "true",
+                "jobplane:stage": self.settings.stage,
+                "jobplane:image": spec.image[:256],
+            },
+        }
+
+    def job_definition(self, spec: JobSpec) -> str:
+        """The ARN of the spec's active job definition, registered the first time its image and shape are used."""
+        name = definition_name(spec.image, len(spec.inputs), bool(spec.code_uri))
         with aws_errors("batch", "DescribeJobDefinitions"):
             found = self.client().describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
         active = [d for d in found.get("jobDefinitions", []) if d.get("status", "ACTIVE") == "ACTIVE"]
         if active:
             return max(active, key=lambda d: d.get("revision", 0))["jobDefinitionArn"]
-        with aws_errors("batch", "RegisterJobDefinition"):
-            registered = self.client().register_job_definition(
-                jobDefinitionName=name,
-                type="container",
-                containerProperties={
-                    "image": image,
-                    "jobRoleArn": self.role(self.settings.batch_job_role),
-                    # Per-job values come as overrides at SubmitJob; these are the floor.
-                    "resourceRequirements": [
-                        {"type": "VCPU", "value": "1"},
-                        {"type": "MEMORY", "value": "2048"},
-                    ],
-                },
-                propagateTags=True,
-                tags={"jobplane:managed": "true", "jobplane:stage": self.settings.stage, "jobplane:image": image[:256]},
-            )
+        request = self.job_definition_request(spec)
+        try:
+            with aws_errors("batch", "RegisterJobDefinition"):
+                registered = self.client().register_job_definition(**request)
+        except BackendError as exc:
+            if _EMULATOR_REFUSAL not in exc.message:
+                raise
+            # Only moto (the local stack's emulator, which runs no container anyway) answers so: it knows no
+            # ecsProperties. There the definition is the job's container alone, and it says so in the log.
+            log.warning("batch: %s; registering the job's container alone, without staging", exc.message)
+            with aws_errors("batch", "RegisterJobDefinition"):
+                registered = self.client().register_job_definition(**_single_container(request))
         return registered["jobDefinitionArn"]
 
     def submit_request(self, job, handle: Handle, definition: str) -> dict[str, Any]:
         spec = job.spec
         resources = spec.resources
+        layout = staging.CONTAINERS
+        bucket = self.settings.artifacts_bucket
+        checkpoint = contract.checkpoint_location(spec, job.job_id, bucket)
         requirements = [
             {"type": "VCPU", "value": f"{float(resources.cpus):g}"},
             {"type": "MEMORY", "value": str(int(float(resources.memory_gb) * 1024))},
         ]
         if resources.gpus > 0:
             requirements.append({"type": "GPU", "value": str(resources.gpus)})
+        env = dict(env_list(spec, handle))
+        env.update(layout.variables(handle.job_id, handle.attempt))
+        quiet = "--only-show-errors"
+        overrides: list[dict[str, Any]] = [
+            {"name": STAGE_CHECKPOINT, "command": ["s3", "sync", checkpoint, layout.checkpoint_dir, quiet]}
+        ]
+        if spec.code_uri:
+            overrides.append(
+                {"name": STAGE_CODE, "command": ["s3", "cp", spec.code_uri, f"{layout.code_dir}/code.tar.gz", quiet]}
+            )
+        for i, (name, uri, is_prefix) in enumerate(contract.input_items(spec)):
+            overrides.append({"name": f"{STAGE_INPUT}{i}", "command": staging.input_command(name, uri, is_prefix)})
+        overrides += [
+            {
+                "name": CONTAINER,
+                "command": ["/bin/sh", "-c", staging.WRAPPER, "jobplane", *staging.wrapper_args(spec, layout)],
+                "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
+                "resourceRequirements": requirements,
+            },
+            {
+                "name": STAGE_OUTPUTS,
+                "command": ["s3", "sync", layout.output_dir, contract.artifacts_uri(spec, job.job_id, bucket), quiet],
+            },
+            {"name": STAGE_CHECKPOINT_OUT, "command": ["s3", "sync", layout.checkpoint_dir, checkpoint, quiet]},
+        ]
         return {
             "jobName": handle.native_name,
             "jobQueue": self.queue_for(spec),
             "jobDefinition": definition,
-            "containerOverrides": {
-                "command": list(spec.command),
-                "environment": [{"name": k, "value": v} for k, v in env_list(spec, handle)],
-                "resourceRequirements": requirements,
-            },
+            "ecsPropertiesOverride": {"taskProperties": [{"containers": overrides}]},
             # Batch's minimum is 60 s; the job's own limit is enforced by Batch, not by jobplane.
             "timeout": {"attemptDurationSeconds": max(60, spec.max_runtime_minutes * 60)},
             "tags": self.job_tags(handle, job),
@@ -108,7 +221,7 @@ class BatchBackend(AwsBackend):
         existing = self._find_by_name(name, self.queue_for(job.spec))
         if existing is not None:
             return LaunchResult(existing["jobId"], "AlreadyLaunched")
-        definition = self.job_definition(job.spec.image)
+        definition = self.job_definition(job.spec)
         with aws_errors("batch", "SubmitJob"):
             submitted = self.client().submit_job(**self.submit_request(job, handle, definition))
         return LaunchResult(submitted["jobId"], "SUBMITTED")
@@ -165,9 +278,12 @@ class BatchBackend(AwsBackend):
             jobs = self.client().describe_jobs(jobs=[job_id]).get("jobs", [])
         if not jobs:
             return []
-        container = jobs[0].get("container") or {}
+        container = _containers(jobs[0]).get(CONTAINER) or jobs[0].get("container") or {}
         group = log_group_of(container)
-        names = [(a.get("container") or {}).get("logStreamName") for a in jobs[0].get("attempts") or []]
+        names = [
+            (_containers(a).get(CONTAINER) or a.get("container") or {}).get("logStreamName")
+            for a in jobs[0].get("attempts") or []
+        ]
         names.append(container.get("logStreamName"))
         return [(group, name) for name in dict.fromkeys(n for n in names if n)]
 
@@ -187,14 +303,37 @@ class BatchBackend(AwsBackend):
         reason = str(detail.get("statusReason") or "")
         attempts = detail.get("attempts") or []
         container = detail.get("container") or {}
+        # A multi-container job: its containers by name (the job's own, and jobplane's helpers).
+        named = _containers(detail)
+        if CONTAINER in named:
+            container = named[CONTAINER]
         exit_code = container.get("exitCode")
         if exit_code is None and attempts:
-            exit_code = (attempts[-1].get("container") or {}).get("exitCode")
+            last = attempts[-1]
+            exit_code = (_containers(last).get(CONTAINER) or last.get("container") or {}).get("exitCode")
+        failed_helper = next(
+            (
+                (name, c.get("exitCode"))
+                for name, c in named.items()
+                if name != CONTAINER and c.get("exitCode") not in (None, 0)
+            ),
+            None,
+        )
         kind = None
         if status in _LAUNCHING:
             state = JobStatus.LAUNCHING
         elif status == "RUNNING":
             state = JobStatus.RUNNING
+        elif status in ("SUCCEEDED", "FAILED") and failed_helper is not None and exit_code in (None, 0):
+            # The job never ran (a download failed) or ran and its outputs or checkpoint did not all upload.
+            name, code = failed_helper
+            state = JobStatus.FAILED
+            if exit_code is None:
+                kind, reason = FailureKind.USER_ERROR, f"staging failed: {name} exited {code} (see its log)"
+            else:
+                kind, reason = FailureKind.BACKEND_ERROR, f"the job succeeded but {name} exited {code}"
+        elif status == "SUCCEEDED" and exit_code not in (None, 0):
+            state, kind = JobStatus.FAILED, FailureKind.USER_ERROR  # the uploads succeeded, the job did not
         elif status == "SUCCEEDED":
             state = JobStatus.SUCCEEDED
         elif status == "FAILED":
@@ -240,6 +379,28 @@ class BatchBackend(AwsBackend):
                 detail = by_id.get(h.native_id)
                 found[h.job_id] = None if detail is None else self.observe(detail, h.job_id, h.attempt)
         return found
+
+
+_EMULATOR_REFUSAL = "containerProperties or eksProperties must be provided"
+
+
+def _single_container(request: dict[str, Any]) -> dict[str, Any]:
+    task = request["ecsProperties"]["taskProperties"][0]
+    job = next(c for c in task["containers"] if c["name"] == CONTAINER)
+    container = {
+        "image": job["image"],
+        "command": job["command"],
+        "jobRoleArn": task["taskRoleArn"],
+        "resourceRequirements": job["resourceRequirements"],
+    }
+    rest = {k: v for k, v in request.items() if k != "ecsProperties"}
+    return {**rest, "containerProperties": container}
+
+
+def _containers(detail: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A JobDetail's (or an attempt's) containers by name, for a multi-container job; {} for a single one."""
+    tasks = (detail.get("ecsProperties") or {}).get("taskProperties") or detail.get("taskProperties") or []
+    return {c.get("name"): c for task in tasks for c in task.get("containers") or []}
 
 
 def log_group_of(container: dict[str, Any]) -> str:

@@ -5,17 +5,24 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import read_streams
 from chalicelib.backends.aws.descriptors import ECS
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, CapacityError, UnsupportedError
+from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec, Resources
 
 DETAIL_TYPE = "ECS Task State Change"
 CONTAINER = "job"
+STAGE_IN = "stage-in"  # the init container: checkpoint, code and inputs onto the task's volumes
+STAGE_OUT = "stage-out"  # the sidecar: checkpoint sync while the job runs, outputs and checkpoint after it
+# Part of every family name: a definition from before the staging containers is never reused.
+DEFINITION_VERSION = "staged-1"
+HELPER_MEMORY_MIB = 128
 CANCEL_REASON = "cancelled through jobplane"
 _LAUNCHING = {"PROVISIONING", "PENDING", "ACTIVATING"}
 # Fargate's CPU units -> the memory sizes (MiB) it accepts, smallest first.
@@ -25,7 +32,7 @@ _FARGATE = ((256, 512), (512, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (
 def family_name(image: str, gpus: int, launch_type: str, log_group: str | None = None) -> str:
     """One task definition family per (image, GPU count, launch type, log group): a definition made
     before logs were configured, or for another group, is not reused."""
-    key = f"{image}\0{gpus}\0{launch_type}" + (f"\0{log_group}" if log_group else "")
+    key = f"{image}\0{gpus}\0{launch_type}" + (f"\0{log_group}" if log_group else "") + f"\0{DEFINITION_VERSION}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     return f"jp-img-{digest}"
 
@@ -33,6 +40,7 @@ def family_name(image: str, gpus: int, launch_type: str, log_group: str | None =
 class EcsBackend(AwsBackend):
     descriptor = ECS
     services = ("ecs",)
+    stages_files = True
 
     def roles(self) -> tuple[tuple[str, str], ...]:
         return (
@@ -47,6 +55,7 @@ class EcsBackend(AwsBackend):
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:
             raise UnsupportedError("ECS runs a container image", [{"field": "image", "message": "required for ecs"}])
+        staging.require_s3(spec, "ECS")
         resources = spec.resources
         if self.fargate and resources.gpus > 0:
             raise UnsupportedError(
@@ -67,35 +76,53 @@ class EcsBackend(AwsBackend):
             [{"field": "resources.cpus", "message": "at most 16 vCPUs and 32 GiB on Fargate"}],
         )
 
-    def task_definition(self, spec: JobSpec) -> str:
-        """The family (and latest revision) for the job's image and GPU count, registered on first use."""
+    def task_definition_request(self, spec: JobSpec) -> dict[str, Any]:
+        """RegisterTaskDefinition's arguments for the job's image and GPU count: the job's container between
+        jobplane's two helpers, sharing the task's volumes (everything per job comes as overrides)."""
         gpus = spec.resources.gpus
+        layout = staging.CONTAINERS
         family = family_name(spec.image, gpus, self.settings.ecs_launch_type, self.settings.ecs_log_group)
-        with aws_errors("ecs", "ListTaskDefinitions"):
-            found = self.client().list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC")
-        arns = [a for a in found.get("taskDefinitionArns", []) if a.split("/")[-1].rsplit(":", 1)[0] == family]
-        if arns:
-            return arns[0]
-        container: dict[str, Any] = {
+        shared = staging.mount(staging.VOLUME, staging.ROOT)
+        job: dict[str, Any] = {
             "name": CONTAINER,
             "image": spec.image,
-            "essential": True,
-            "memoryReservation": 512,
-            # The stream is <prefix>/<container>/<task id>, which is how _logs_impl finds a task's output.
-            "logConfiguration": {
-                "logDriver": "awslogs",
-                "options": {
-                    "awslogs-group": self.settings.ecs_log_group,
-                    "awslogs-region": self.settings.region,
-                    "awslogs-stream-prefix": self.stream_prefix,
-                },
-            },
+            # Not essential: when the job ends the sidecar still uploads; the sidecar's exit ends the task.
+            "essential": False,
+            # Each task overrides it on EC2; on Fargate the three fit the definition's smallest task size.
+            "memoryReservation": 256,
+            "entryPoint": ["/bin/sh", "-c", staging.WRAPPER, "jobplane"],
+            "dependsOn": [{"containerName": STAGE_IN, "condition": "SUCCESS"}],
+            "mountPoints": [shared, staging.mount(staging.INPUT_VOLUME, layout.input_dir, read_only=True)],
+            "logConfiguration": self._log_configuration(),
         }
         if gpus:
-            container["resourceRequirements"] = [{"type": "GPU", "value": str(gpus)}]
+            job["resourceRequirements"] = [{"type": "GPU", "value": str(gpus)}]
+        stage_in = {
+            "name": STAGE_IN,
+            "image": staging.AWS_CLI_IMAGE,
+            "essential": False,
+            "memoryReservation": HELPER_MEMORY_MIB,
+            "entryPoint": ["/bin/sh", "-c", staging.STAGE_IN, STAGE_IN],
+            "mountPoints": [shared, staging.mount(staging.INPUT_VOLUME, layout.input_dir)],
+            "logConfiguration": self._log_configuration(),
+        }
+        stage_out = {
+            "name": STAGE_OUT,
+            "image": staging.AWS_CLI_IMAGE,
+            "essential": True,
+            "memoryReservation": HELPER_MEMORY_MIB,
+            "entryPoint": ["/bin/sh", "-c", staging.STAGE_OUT, STAGE_OUT],
+            # After stage-in, so it never syncs an empty folder over the stored checkpoint.
+            "dependsOn": [{"containerName": STAGE_IN, "condition": "SUCCESS"}],
+            # The time ECS gives it between SIGTERM and SIGKILL to upload (120 s is the most ECS allows).
+            "stopTimeout": 120,
+            "mountPoints": [shared],
+            "logConfiguration": self._log_configuration(),
+        }
         request: dict[str, Any] = {
             "family": family,
-            "containerDefinitions": [container],
+            "containerDefinitions": [stage_in, job, stage_out],
+            "volumes": [{"name": staging.VOLUME}, {"name": staging.INPUT_VOLUME}],
             "taskRoleArn": self.role(self.settings.ecs_task_role),
             "executionRoleArn": self.role(self.settings.ecs_execution_role),
             "tags": [
@@ -108,6 +135,28 @@ class EcsBackend(AwsBackend):
             request["requiresCompatibilities"] = ["FARGATE"]
             request["networkMode"] = "awsvpc"
             request["cpu"], request["memory"] = "256", "512"  # each task overrides its size
+        return request
+
+    def _log_configuration(self) -> dict[str, Any]:
+        # The stream is <prefix>/<container>/<task id>, which is how _logs_impl finds a task's output.
+        return {
+            "logDriver": "awslogs",
+            "options": {
+                "awslogs-group": self.settings.ecs_log_group,
+                "awslogs-region": self.settings.region,
+                "awslogs-stream-prefix": self.stream_prefix,
+            },
+        }
+
+    def task_definition(self, spec: JobSpec) -> str:
+        """The family (and latest revision) for the job's image and GPU count, registered on first use."""
+        request = self.task_definition_request(spec)
+        family = request["family"]
+        with aws_errors("ecs", "ListTaskDefinitions"):
+            found = self.client().list_task_definitions(familyPrefix=family, status="ACTIVE", sort="DESC")
+        arns = [a for a in found.get("taskDefinitionArns", []) if a.split("/")[-1].rsplit(":", 1)[0] == family]
+        if arns:
+            return arns[0]
         with aws_errors("ecs", "RegisterTaskDefinition"):
             registered = self.client().register_task_definition(**request)
         return registered["taskDefinition"]["taskDefinitionArn"]
@@ -115,11 +164,24 @@ class EcsBackend(AwsBackend):
     def run_task_request(self, job, handle: Handle, definition: str) -> dict[str, Any]:
         spec = job.spec
         resources = spec.resources
+        layout = staging.CONTAINERS
+        bucket = self.settings.artifacts_bucket
+        checkpoint = contract.checkpoint_location(spec, job.job_id, bucket)
+        env = dict(env_list(spec, handle))
+        env.update(layout.variables(handle.job_id, handle.attempt))
         override: dict[str, Any] = {
             "name": CONTAINER,
-            "command": list(spec.command),
-            "environment": [{"name": k, "value": v} for k, v in env_list(spec, handle)],
+            "command": staging.wrapper_args(spec, layout),
+            "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
         }
+        overrides = [
+            {"name": STAGE_IN, "command": staging.stage_in_args(spec, checkpoint)},
+            override,
+            {
+                "name": STAGE_OUT,
+                "command": staging.stage_out_args(contract.artifacts_uri(spec, job.job_id, bucket), checkpoint),
+            },
+        ]
         request: dict[str, Any] = {
             "cluster": self.settings.ecs_cluster,
             "taskDefinition": definition,
@@ -130,7 +192,7 @@ class EcsBackend(AwsBackend):
             "clientToken": handle.native_name,
             "tags": [{"key": k, "value": v} for k, v in self.job_tags(handle, job).items()],
             "enableECSManagedTags": True,
-            "overrides": {"containerOverrides": [override]},
+            "overrides": {"containerOverrides": overrides},
         }
         if self.fargate:
             cpu, memory = self._fargate_size(resources)
@@ -217,18 +279,34 @@ class EcsBackend(AwsBackend):
         last = str(task.get("lastStatus") or "")
         stop_code = str(task.get("stopCode") or "")
         stopped_reason = str(task.get("stoppedReason") or "")
-        container = next((c for c in task.get("containers") or [] if c.get("name") == CONTAINER), None)
+        containers = {c.get("name"): c for c in task.get("containers") or []}
+        container = containers.get(CONTAINER)
         if container is None and task.get("containers"):
             container = task["containers"][0]
+        # The job's own exit code, by the container's name (the task also holds jobplane's helpers).
         exit_code = (container or {}).get("exitCode")
+        staged_in = (containers.get(STAGE_IN) or {}).get("exitCode")
+        staged_out = (containers.get(STAGE_OUT) or {}).get("exitCode")
         kind = None
         native = last
         if last in _LAUNCHING:
             state = JobStatus.LAUNCHING
         elif last == "STOPPED":
             native = f"STOPPED/{stop_code}" if stop_code else "STOPPED"
-            if stop_code == "EssentialContainerExited" and exit_code == 0:
+            if staged_in not in (None, 0):
+                state, kind = JobStatus.FAILED, FailureKind.USER_ERROR
+                stopped_reason = (
+                    f"staging failed: {STAGE_IN} exited {staged_in} (the checkpoint, the code or an input could "
+                    f"not be downloaded; its log is the {STAGE_IN} stream)"
+                )
+            elif stop_code == "EssentialContainerExited" and exit_code == 0 and staged_out in (None, 0):
                 state = JobStatus.SUCCEEDED
+            elif exit_code == 0 and staged_out not in (None, 0):
+                state, kind = JobStatus.FAILED, FailureKind.BACKEND_ERROR
+                stopped_reason = (
+                    f"the job succeeded but {STAGE_OUT} exited {staged_out}: its outputs or checkpoint were not "
+                    "all uploaded"
+                )
             else:
                 state = JobStatus.FAILED
                 kind = ecs_failure_kind(stop_code, exit_code, stopped_reason)

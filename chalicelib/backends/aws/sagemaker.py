@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.descriptors import SAGEMAKER
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
 from chalicelib.errors import BackendError, UnsupportedError
+from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 
 if TYPE_CHECKING:
@@ -20,11 +22,15 @@ LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 _RUNNING_SECONDARY = {"Downloading", "Training", "Uploading", "Restarting"}
 MAX_ENV_VALUE = 512  # CreateTrainingJob's limit on each Environment value
 MAX_ENV = 48
+MAX_CONTAINER_ARG = 256  # CreateTrainingJob's limit on each ContainerEntrypoint / ContainerArguments item
+MAX_CONTAINER_ARGS = 100  # ... and on their number
+MAX_CHANNELS = 20
 
 
 class SageMakerBackend(AwsBackend):
     descriptor = SAGEMAKER
     services = ("sagemaker",)
+    stages_files = True
     named_by_us = True  # every SageMaker call takes the TrainingJobName we chose
 
     def roles(self) -> tuple[tuple[str, str], ...]:
@@ -45,6 +51,15 @@ class SageMakerBackend(AwsBackend):
         for field, uri in (("outputs", spec.outputs), ("checkpoint_uri", spec.checkpoint_uri)):
             if uri and not uri.startswith("s3://"):
                 raise UnsupportedError(f"SageMaker writes {field} to S3", [{"field": field, "message": "an s3:// URI"}])
+        if spec.code_uri and not spec.code_uri.startswith("s3://"):
+            raise UnsupportedError("SageMaker reads code from S3", [{"field": "code_uri", "message": "an s3:// URI"}])
+        if len(spec.inputs) + bool(spec.code_uri) > MAX_CHANNELS:
+            limit = MAX_CHANNELS - bool(spec.code_uri)
+            raise UnsupportedError(
+                "too many inputs for SageMaker",
+                [{"field": "inputs", "message": f"at most {limit} inputs (SageMaker channels; the code takes one)"}],
+            )
+        self._validate_arguments(spec)
         env = spec.env
         if len(env) > MAX_ENV:
             raise UnsupportedError(
@@ -58,44 +73,86 @@ class SageMakerBackend(AwsBackend):
                     [{"field": f"env.{key}", "message": f"at most {MAX_ENV_VALUE} characters"}],
                 )
 
+    def _validate_arguments(self, spec: JobSpec) -> None:
+        """Setup and command travel as ContainerArguments: at most 100 items of 256 characters each."""
+        for field, args in [("command", spec.command)] + [(f"setup[{i}]", step) for i, step in enumerate(spec.setup)]:
+            for j, arg in enumerate(args):
+                if len(arg) > MAX_CONTAINER_ARG:
+                    raise UnsupportedError(
+                        "an argument too long for SageMaker",
+                        [
+                            {
+                                "field": f"{field}[{j}]",
+                                "message": f"at most {MAX_CONTAINER_ARG} characters on SageMaker; "
+                                "put a longer script in a file in workdir and run that",
+                            }
+                        ],
+                    )
+        count = len(staging.wrapper_args(spec, staging.SAGEMAKER))
+        if count > MAX_CONTAINER_ARGS:
+            raise UnsupportedError(
+                "too many arguments for SageMaker",
+                [
+                    {
+                        # The command alone too long, or with the setup steps.
+                        "field": "command" if len(spec.command) + 4 > MAX_CONTAINER_ARGS else "setup",
+                        "message": f"command and setup take {count} container arguments (with one count per step "
+                        f"and 4 of jobplane's); SageMaker takes at most {MAX_CONTAINER_ARGS}",
+                    }
+                ],
+            )
+
     def training_job_request(self, job, handle: Handle) -> dict[str, Any]:
-        """CreateTrainingJob's arguments for one attempt of `job` (pure but for the role lookup)."""
+        """CreateTrainingJob's arguments for one attempt of `job` (pure but for the role lookup).
+
+        The entrypoint is /bin/sh running jobplane's fixed wrapper (in pieces: SageMaker takes at most 256
+        characters per entrypoint item); setup and command are its arguments, never part of a script.
+        """
         spec = job.spec
+        layout = staging.SAGEMAKER
+        bucket = self.settings.artifacts_bucket
         runtime = spec.max_runtime_minutes * 60
-        command = list(spec.command)
+        pieces = staging.split_script(staging.WRAPPER, MAX_CONTAINER_ARG)
+        env = dict(env_list(spec, handle))
+        env.update(layout.variables(handle.job_id, handle.attempt))
         request: dict[str, Any] = {
             "TrainingJobName": handle.native_name,
             "AlgorithmSpecification": {
                 "TrainingImage": spec.image,
                 "TrainingInputMode": "File",
-                "ContainerEntrypoint": command[:1],
+                "ContainerEntrypoint": staging.sagemaker_entrypoint(len(pieces)) + pieces,
+                "ContainerArguments": staging.wrapper_args(spec, layout),
             },
             "RoleArn": self.role(self.settings.sagemaker_role),
-            "OutputDataConfig": {
-                "S3OutputPath": spec.outputs or f"s3://{self.settings.artifacts_bucket}/outputs/{job.job_id}/"
-            },
+            # SageMaker uploads /opt/ml/model as <this>/<TrainingJobName>/output/model.tar.gz.
+            "OutputDataConfig": {"S3OutputPath": contract.artifacts_uri(spec, job.job_id, bucket)},
             "ResourceConfig": {
                 "InstanceType": instance_type_for(spec.resources, "ml."),
                 "InstanceCount": 1,
                 "VolumeSizeInGB": self.settings.sagemaker_volume_gb,
             },
             "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
-            "Environment": dict(env_list(spec, handle)),
+            "Environment": dict(sorted(env.items())),
+            # Always: SageMaker restores this folder from S3 before the container starts and syncs it back while
+            # it runs, so a retried attempt (or a spot restart) resumes from the last checkpoint.
+            "CheckpointConfig": {
+                "S3Uri": contract.checkpoint_location(spec, job.job_id, bucket),
+                "LocalPath": layout.checkpoint_dir,
+            },
             "Tags": [{"Key": k, "Value": v} for k, v in self.job_tags(handle, job).items()],
         }
-        if command[1:]:
-            request["AlgorithmSpecification"]["ContainerArguments"] = command[1:]
         if spec.metrics:
             request["AlgorithmSpecification"]["MetricDefinitions"] = metric_definitions(spec.metrics)
         if spec.resources.spot:
             request["EnableManagedSpotTraining"] = True
             request["StoppingCondition"]["MaxWaitTimeInSeconds"] = runtime + self.settings.spot_wait_minutes * 60
-        if spec.checkpoint_uri:
-            # SageMaker syncs this folder to S3 and restores it into a retried or resumed job.
-            request["CheckpointConfig"] = {"S3Uri": spec.checkpoint_uri, "LocalPath": "/opt/ml/checkpoints"}
-        if spec.inputs:
-            # One channel per input, named as the spec names it: SageMaker puts channel <name> at
-            # /opt/ml/input/data/<name>, which is $JOBPLANE_INPUT_DIR/<name>.
+        # One channel per input, named as the spec names it: SageMaker puts channel <name> at
+        # /opt/ml/input/data/<name>, which is $JOBPLANE_INPUT_DIR/<name>. An object's URI is an S3Prefix too:
+        # SageMaker downloads every object whose key starts with it.
+        channels = [(name, uri) for name, uri, _ in contract.input_items(spec)]
+        if spec.code_uri:
+            channels.append((staging.CODE_CHANNEL, spec.code_uri))
+        if channels:
             request["InputDataConfig"] = [
                 {
                     "ChannelName": name,
@@ -107,7 +164,7 @@ class SageMakerBackend(AwsBackend):
                         }
                     },
                 }
-                for name, uri in spec.inputs.items()
+                for name, uri in channels
             ]
         return request
 

@@ -6,12 +6,13 @@ import time
 
 import pytest
 
+from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.batch import BatchBackend, definition_name
 from chalicelib.backends.base import Handle
 from chalicelib.errors import UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
-from tests.factories import boto, make_job
+from tests.factories import boto, check_aws_request, make_job
 
 SPEC = {
     "image": "train:1",
@@ -42,21 +43,135 @@ def batch(aws_settings):
     return BatchBackend(aws_settings), client
 
 
+def _overrides(request):
+    return {c["name"]: c for c in request["ecsPropertiesOverride"]["taskProperties"][0]["containers"]}
+
+
 def test_submit_request_carries_gpus_timeout_env_and_tags(aws_settings):
     backend = BatchBackend(aws_settings)
     job = make_job("aws-batch", SPEC, job_id="b" * 32)
     request = backend.submit_request(job, Handle.of(job), "arn:def")
+    check_aws_request("batch", "SubmitJob", request)
     assert request["jobName"] == "jp-" + "b" * 32
     assert request["jobQueue"] == aws_settings.batch_gpu_job_queue
-    assert request["containerOverrides"]["resourceRequirements"] == [
+    main = _overrides(request)["job"]
+    assert main["resourceRequirements"] == [
         {"type": "VCPU", "value": "8"},
         {"type": "MEMORY", "value": "32768"},
         {"type": "GPU", "value": "2"},
     ]
-    assert request["containerOverrides"]["command"] == ["python", "train.py"]
-    assert {"name": "LR", "value": "0.1"} in request["containerOverrides"]["environment"]
+    # The job's container runs jobplane's wrapper; the command is its data.
+    assert main["command"][:4] == ["/bin/sh", "-c", staging.WRAPPER, "jobplane"]
+    assert main["command"][4:] == ["", "/jobplane/work", "/jobplane/status/exit", "0", "python", "train.py"]
+    assert {"name": "LR", "value": "0.1"} in main["environment"]
     assert request["timeout"] == {"attemptDurationSeconds": 5400}
     assert request["tags"]["jobplane:job-id"] == "b" * 32 and request["propagateTags"] is True
+
+
+STAGED = {
+    **SPEC,
+    "setup": [["pip", "install", "-r", "requirements.txt"]],
+    "code_uri": "s3://jobplane-artifacts/code/" + "c" * 64 + ".tar.gz",
+    "code_sha256": "c" * 64,
+    "inputs": {"train": "s3://data-bucket/cifar/", "labels": "s3://data-bucket/meta/labels.csv"},
+    "checkpoint_uri": "s3://data-bucket/ckpt/run1",
+}
+
+
+def test_the_job_stages_code_inputs_outputs_and_checkpoints_as_the_contract_says(aws_settings):
+    backend = BatchBackend(aws_settings)
+    job = make_job("aws-batch", STAGED, job_id="f" * 32)
+    backend.validate(job.spec)
+    definition = backend.job_definition_request(job.spec)
+    check_aws_request("batch", "RegisterJobDefinition", definition)
+    task = definition["ecsProperties"]["taskProperties"][0]
+    containers = {c["name"]: c for c in task["containers"]}
+    downloads = ["stage-checkpoint", "stage-code", "stage-input-0", "stage-input-1"]
+    assert list(containers) == [*downloads, "job", "stage-outputs", "stage-checkpoint-out"]
+    assert containers["job"]["dependsOn"] == [{"containerName": n, "condition": "SUCCESS"} for n in downloads]
+    assert containers["stage-outputs"]["dependsOn"] == [{"containerName": "job", "condition": "COMPLETE"}]
+    assert containers["stage-checkpoint-out"]["dependsOn"] == [
+        {"containerName": "stage-outputs", "condition": "COMPLETE"}
+    ]
+    assert [n for n, c in containers.items() if c["essential"]] == ["stage-checkpoint-out"]
+    assert {c["image"] for n, c in containers.items() if n != "job"} == {staging.AWS_CLI_IMAGE}
+    assert {m["containerPath"]: m["readOnly"] for m in containers["job"]["mountPoints"]} == {
+        "/jobplane": False,
+        "/jobplane-input": True,
+    }
+    assert task["taskRoleArn"].endswith(f"role/jobplane-{aws_settings.stage}-batch-job")
+
+    request = backend.submit_request(job, Handle.of(job), "arn:def")
+    check_aws_request("batch", "SubmitJob", request)
+    commands = {name: c.get("command") for name, c in _overrides(request).items()}
+    quiet = "--only-show-errors"
+    assert commands["stage-checkpoint"] == ["s3", "sync", "s3://data-bucket/ckpt/run1/", "/jobplane/checkpoints", quiet]
+    assert commands["stage-code"] == ["s3", "cp", STAGED["code_uri"], "/jobplane/code/code.tar.gz", quiet]
+    assert commands["stage-input-0"] == ["s3", "sync", "s3://data-bucket/cifar/", "/jobplane-input/train", quiet]
+    assert commands["stage-input-1"] == [
+        "s3",
+        "cp",
+        "s3://data-bucket/meta/labels.csv",
+        "/jobplane-input/labels/labels.csv",
+        quiet,
+    ]
+    bucket = aws_settings.artifacts_bucket
+    assert commands["stage-outputs"] == ["s3", "sync", "/jobplane/output", f"s3://{bucket}/outputs/{'f' * 32}/", quiet]
+    assert commands["stage-checkpoint-out"] == [
+        "s3",
+        "sync",
+        "/jobplane/checkpoints",
+        "s3://data-bucket/ckpt/run1/",
+        quiet,
+    ]
+    assert commands["job"][4:] == [
+        "/jobplane/code",
+        "/jobplane/work",
+        "/jobplane/status/exit",
+        "1",
+        "4",
+        "pip",
+        "install",
+        "-r",
+        "requirements.txt",
+        "python",
+        "train.py",
+    ]
+
+
+def test_more_inputs_than_batch_has_containers_for_are_refused_naming_the_field(aws_settings):
+    many = make_job("aws-batch", {**STAGED, "inputs": {f"i{n}": "s3://data-bucket/x/" for n in range(6)}})
+    with pytest.raises(UnsupportedError) as err:
+        BatchBackend(aws_settings).validate(many.spec)
+    assert err.value.details[0]["field"] == "inputs"
+    assert err.value.details[0]["message"].startswith("at most 5 on aws-batch")
+    without_code = {**STAGED, "code_uri": None, "code_sha256": None}
+    BatchBackend(aws_settings).validate(make_job("aws-batch", {**without_code, "inputs": {**many.spec.inputs}}).spec)
+
+
+@pytest.mark.parametrize(
+    ("containers", "status", "kind"),
+    [
+        ({"stage-checkpoint": 0, "job": 0, "stage-outputs": 0, "stage-checkpoint-out": 0}, JobStatus.SUCCEEDED, None),
+        ({"stage-checkpoint": 0, "job": 3, "stage-outputs": 0, "stage-checkpoint-out": 0}, JobStatus.FAILED, "user"),
+        ({"stage-checkpoint": 0, "stage-input-0": 1}, JobStatus.FAILED, "user"),
+        ({"stage-checkpoint": 0, "job": 0, "stage-outputs": 1, "stage-checkpoint-out": 0}, JobStatus.FAILED, "backend"),
+    ],
+)
+def test_the_exit_code_is_the_job_containers_and_a_failed_helper_is_named(aws_settings, containers, status, kind):
+    detail = {
+        "status": "SUCCEEDED" if all(v == 0 for v in containers.values()) else "FAILED",
+        "container": {},
+        "ecsProperties": {
+            "taskProperties": [{"containers": [{"name": n, "exitCode": c} for n, c in containers.items()]}]
+        },
+    }
+    seen = BatchBackend(aws_settings).observe(detail, "a" * 32, 1)
+    kinds = {None: None, "user": FailureKind.USER_ERROR, "backend": FailureKind.BACKEND_ERROR}
+    assert (seen.status, seen.failure_kind, seen.exit_code) == (status, kinds[kind], containers.get("job"))
+    # Batch's own status may count only the essential container: jobplane reads the job's.
+    seen = BatchBackend(aws_settings).observe({**detail, "status": "SUCCEEDED"}, "a" * 32, 1)
+    assert seen.status is status
 
 
 def test_spot_needs_a_spot_queue(aws_settings):
@@ -67,7 +182,7 @@ def test_spot_needs_a_spot_queue(aws_settings):
     assert err.value.details[0]["field"] == "resources.spot"
 
 
-def test_can_launch_describe_and_cancel_on_moto(batch, aws_settings):
+def test_can_launch_describe_and_cancel_on_moto(batch, aws_settings, caplog):
     backend, client = batch
     job = make_job("aws-batch", SPEC)
     other = make_job("aws-batch", {**SPEC, "name": "other"})
@@ -76,8 +191,10 @@ def test_can_launch_describe_and_cancel_on_moto(batch, aws_settings):
     backend.launch(other)
     assert again.native_id == first.native_id and again.native_status == "AlreadyLaunched"
     definitions = client.describe_job_definitions(jobDefinitionName=definition_name("train:1"))["jobDefinitions"]
-    assert len(definitions) == 1  # one definition per image, shared by both jobs
-    assert definitions[0]["containerProperties"]["image"] == "train:1"
+    assert len(definitions) == 1  # one definition per image (and staging shape), shared by both jobs
+    # moto knows no ecsProperties: there the definition is the job's container alone (with jobplane's wrapper).
+    assert definitions[0]["containerProperties"]["command"][:3] == ["/bin/sh", "-c", staging.WRAPPER]
+    assert "registering the job's container alone, without staging" in caplog.text
     handle = Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=first.native_id)
     deadline = time.monotonic() + 10
     seen = backend.describe(handle)

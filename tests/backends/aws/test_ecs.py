@@ -8,13 +8,14 @@ import pytest
 from botocore.stub import Stubber
 
 from chalicelib.auth import Principal
+from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.ecs import EcsBackend, family_name
 from chalicelib.backends.base import Handle
 from chalicelib.errors import CapacityError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
-from tests.factories import boto, make_job, make_settings
+from tests.factories import boto, check_aws_request, make_job, make_settings
 
 SPEC = {"image": "train:1", "command": ["python", "train.py"], "resources": {"gpus": 1, "gpu_type": "T4"}}
 
@@ -44,13 +45,128 @@ def test_can_run_describe_and_stop_a_task_on_moto(ecs, aws_settings):
     assert task["startedBy"] == f"jp-{job.job_id}"
     assert {t["key"]: t["value"] for t in task["tags"]}["jobplane:job-id"] == job.job_id
     definition = client.describe_task_definition(taskDefinition=task["taskDefinitionArn"])["taskDefinition"]
-    assert definition["containerDefinitions"][0]["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
+    containers = {c["name"]: c for c in definition["containerDefinitions"]}
+    assert list(containers) == ["stage-in", "job", "stage-out"]
+    assert containers["job"]["resourceRequirements"] == [{"type": "GPU", "value": "1"}]
     handle = Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=first.native_id)
     assert backend.describe(handle).status in (JobStatus.LAUNCHING, JobStatus.RUNNING)
     backend.cancel(handle)
     stopped = client.describe_tasks(cluster=aws_settings.ecs_cluster, tasks=[first.native_id])["tasks"][0]
     assert stopped["desiredStatus"] == "STOPPED" and stopped["stoppedReason"] == "cancelled through jobplane"
     assert backend.describe(Handle(job.job_id, f"jp-{job.job_id}", 1)).native_id == first.native_id
+
+
+STAGED = {
+    **SPEC,
+    "command": "python train.py",
+    "setup": "pip install -r requirements.txt",
+    "code_uri": "s3://jobplane-artifacts/code/" + "c" * 64 + ".tar.gz",
+    "code_sha256": "c" * 64,
+    "inputs": {"train": "s3://data-bucket/cifar/", "labels": "s3://data-bucket/meta/labels.csv"},
+    "outputs": "s3://data-bucket/outputs",
+}
+
+
+def test_the_task_stages_code_inputs_outputs_and_checkpoints_as_the_contract_says(aws_settings):
+    backend = EcsBackend(aws_settings)
+    job = make_job("ecs", STAGED, job_id="e" * 32)
+    backend.validate(job.spec)
+    definition = backend.task_definition_request(job.spec)
+    check_aws_request("ecs", "RegisterTaskDefinition", definition)
+    containers = {c["name"]: c for c in definition["containerDefinitions"]}
+    stage_in, main, stage_out = containers["stage-in"], containers["job"], containers["stage-out"]
+    # The init container downloads, the job waits for its success, the sidecar's exit ends the task.
+    assert (stage_in["essential"], main["essential"], stage_out["essential"]) == (False, False, True)
+    assert main["dependsOn"] == [{"containerName": "stage-in", "condition": "SUCCESS"}]
+    assert stage_out["dependsOn"] == [{"containerName": "stage-in", "condition": "SUCCESS"}]
+    assert stage_in["image"] == stage_out["image"] == staging.AWS_CLI_IMAGE
+    assert ":" in staging.AWS_CLI_IMAGE.rsplit("/", 1)[-1] and not staging.AWS_CLI_IMAGE.endswith(":latest")
+    assert main["entryPoint"] == ["/bin/sh", "-c", staging.WRAPPER, "jobplane"]
+    assert stage_in["entryPoint"][2] == staging.STAGE_IN and stage_out["entryPoint"][2] == staging.STAGE_OUT
+    # Inputs are read-only to the job.
+    assert {m["containerPath"]: m["readOnly"] for m in main["mountPoints"]} == {
+        "/jobplane": False,
+        "/jobplane-input": True,
+    }
+    assert {v["name"] for v in definition["volumes"]} == {"jobplane", "jobplane-input"}
+
+    request = backend.run_task_request(job, Handle.of(job), "arn:aws:ecs:us-east-1:1:task-definition/x:1")
+    check_aws_request("ecs", "RunTask", request)
+    overrides = {o["name"]: o for o in request["overrides"]["containerOverrides"]}
+    checkpoint = f"s3://{aws_settings.artifacts_bucket}/checkpoints/{'e' * 32}/"
+    assert overrides["stage-in"]["command"] == [
+        "/jobplane",
+        "/jobplane-input",
+        checkpoint,
+        STAGED["code_uri"],
+        "train",
+        "s3://data-bucket/cifar/",
+        "labels",
+        "s3://data-bucket/meta/labels.csv",
+    ]
+    assert overrides["stage-out"]["command"] == [
+        "/jobplane",
+        f"s3://data-bucket/outputs/{'e' * 32}/",
+        checkpoint,
+        "60",
+    ]
+    assert overrides["job"]["command"] == [
+        "/jobplane/code",
+        "/jobplane/work",
+        "/jobplane/status/exit",
+        "1",
+        "3",
+        "/bin/sh",
+        "-c",
+        "pip install -r requirements.txt",
+        "/bin/sh",
+        "-c",
+        "python train.py",
+    ]
+    env = {e["name"]: e["value"] for e in overrides["job"]["environment"]}
+    assert {k: v for k, v in env.items() if k.endswith("_DIR")} == {
+        "JOBPLANE_INPUT_DIR": "/jobplane-input",
+        "JOBPLANE_OUTPUT_DIR": "/jobplane/output",
+        "JOBPLANE_CHECKPOINT_DIR": "/jobplane/checkpoints",
+    }
+    assert "environment" not in overrides["stage-in"]  # the helpers never see the spec's env
+
+
+def test_a_fargate_task_definition_is_valid_with_its_helpers(tmp_path):
+    settings = make_settings(
+        tmp_path,
+        JOBPLANE_BACKENDS="ecs",
+        JOBPLANE_ECS_LAUNCH_TYPE="fargate",
+        JOBPLANE_ECS_TASK_ROLE="arn:aws:iam::123456789012:role/task",
+        JOBPLANE_ECS_EXECUTION_ROLE="arn:aws:iam::123456789012:role/execution",
+    )
+    cpu = make_job("ecs", {"image": "train:1", "resources": {"cpus": 2, "memory_gb": 4}})
+    definition = EcsBackend(settings).task_definition_request(cpu.spec)
+    check_aws_request("ecs", "RegisterTaskDefinition", definition)
+    reserved = sum(c["memoryReservation"] for c in definition["containerDefinitions"])
+    assert reserved <= int(definition["memory"])  # ECS refuses a definition whose containers reserve more
+
+
+def test_a_failed_download_or_upload_is_named_and_the_job_exit_code_is_the_job_containers(aws_settings):
+    backend = EcsBackend(aws_settings)
+
+    def stopped(**codes):
+        return {
+            "lastStatus": "STOPPED",
+            "stopCode": "EssentialContainerExited",
+            "containers": [{"name": name.replace("_", "-"), "exitCode": code} for name, code in codes.items()],
+        }
+
+    ok = backend.observe(stopped(stage_in=0, job=0, stage_out=0), "a" * 32, 1)
+    failed = backend.observe(stopped(stage_in=0, job=3, stage_out=3), "a" * 32, 1)
+    download = backend.observe(stopped(stage_in=1), "a" * 32, 1)
+    upload = backend.observe(stopped(stage_in=0, job=0, stage_out=1), "a" * 32, 1)
+    assert (ok.status, ok.exit_code) == (JobStatus.SUCCEEDED, 0)
+    assert (failed.status, failed.failure_kind, failed.exit_code) == (JobStatus.FAILED, FailureKind.USER_ERROR, 3)
+    assert (download.status, download.failure_kind) == (JobStatus.FAILED, FailureKind.USER_ERROR)
+    assert download.reason.startswith("staging failed: stage-in exited 1")
+    assert (upload.status, upload.failure_kind) == (JobStatus.FAILED, FailureKind.BACKEND_ERROR)
+    assert "outputs or checkpoint" in upload.reason
 
 
 def test_no_room_for_the_gpus_is_a_capacity_error(aws_settings):

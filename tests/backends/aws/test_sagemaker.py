@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 from botocore.stub import Stubber
 
+from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.sagemaker import SageMakerBackend, failure_kind
 from chalicelib.backends.base import Handle
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
-from tests.factories import boto, make_job
+from tests.factories import boto, check_aws_request, make_job
 
 SPEC = {
     "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:1",
@@ -29,13 +30,15 @@ def test_can_build_the_training_job_request_from_a_spec(aws_settings):
     backend = SageMakerBackend(aws_settings)
     job = make_job("sagemaker", SPEC, job_id="a" * 32, attempt=2)
     request = backend.training_job_request(job, Handle.of(job.with_changes(native_id="x")))
+    check_aws_request("sagemaker", "CreateTrainingJob", request)
     assert request["TrainingJobName"] == "jp-" + "a" * 32 + "-a2"
-    assert request["AlgorithmSpecification"] == {
-        "TrainingImage": SPEC["image"],
-        "TrainingInputMode": "File",
-        "ContainerEntrypoint": ["python"],
-        "ContainerArguments": ["train.py", "--epochs", "10"],
-    }
+    algorithm = request["AlgorithmSpecification"]
+    assert (algorithm["TrainingImage"], algorithm["TrainingInputMode"]) == (SPEC["image"], "File")
+    # The entrypoint is jobplane's wrapper; the command is its data: no code folder, SageMaker's work folder,
+    # no exit file (it execs the command), no setup steps, then the command as it is.
+    assert algorithm["ContainerEntrypoint"][:2] == ["/bin/sh", "-c"]
+    assert "".join(algorithm["ContainerEntrypoint"][4:]) == staging.WRAPPER
+    assert algorithm["ContainerArguments"] == ["", "/opt/ml/code", "", "0", "python", "train.py", "--epochs", "10"]
     assert request["RoleArn"] == f"arn:aws:iam::123456789012:role/jobplane-{aws_settings.stage}-sagemaker"
     assert request["ResourceConfig"] == {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 50}
     assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 7200 + 3600}
@@ -44,11 +47,15 @@ def test_can_build_the_training_job_request_from_a_spec(aws_settings):
     # Channels are named as the inputs are ($JOBPLANE_INPUT_DIR/<name> is /opt/ml/input/data/<name>).
     assert [c["ChannelName"] for c in request["InputDataConfig"]] == ["0", "1"]
     assert request["InputDataConfig"][1]["DataSource"]["S3DataSource"]["S3Uri"] == "s3://data-bucket/labels/"
-    assert request["OutputDataConfig"] == {"S3OutputPath": "s3://data-bucket/outputs/"}
+    # Artifacts land under <outputs>/<job_id>/ (SageMaker adds <TrainingJobName>/output/model.tar.gz).
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://data-bucket/outputs/{'a' * 32}/"}
     assert request["Environment"] == {
         "JOBPLANE_ATTEMPT": "2",
+        "JOBPLANE_CHECKPOINT_DIR": "/opt/ml/checkpoints",
         "JOBPLANE_CHECKPOINT_URI": SPEC["checkpoint_uri"],
+        "JOBPLANE_INPUT_DIR": "/opt/ml/input/data",
         "JOBPLANE_JOB_ID": "a" * 32,
+        "JOBPLANE_OUTPUT_DIR": "/opt/ml/model",
         "JOBPLANE_OUTPUT_URI": SPEC["outputs"],
         "LR": "0.1",
     }
@@ -61,6 +68,122 @@ def test_can_build_the_training_job_request_from_a_spec(aws_settings):
         "jobplane:owner": "alice",
         "label:team": "vision",
     }
+
+
+STAGED = {
+    "image": SPEC["image"],
+    "command": "python train.py --data $JOBPLANE_INPUT_DIR/train",
+    "setup": [["pip", "install", "-r", "requirements.txt"], ["sh", "-c", "echo $(hostname) > ready"]],
+    "code_uri": "s3://jobplane-artifacts/code/" + "c" * 64 + ".tar.gz",
+    "code_sha256": "c" * 64,
+    "inputs": {"train": "s3://data-bucket/cifar/", "labels": "s3://data-bucket/meta/labels.csv"},
+}
+
+
+def test_the_request_stages_code_inputs_outputs_and_checkpoints_as_the_contract_says(aws_settings):
+    backend = SageMakerBackend(aws_settings)
+    job = make_job("sagemaker", STAGED, job_id="d" * 32)
+    backend.validate(job.spec)
+    request = backend.training_job_request(job, Handle.of(job))
+    check_aws_request("sagemaker", "CreateTrainingJob", request)
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"] for c in request["InputDataConfig"]}
+    # A prefix, an object (the exact key, as an S3Prefix) and the packed code, each its own channel.
+    assert channels == {
+        "train": {
+            "S3DataType": "S3Prefix",
+            "S3Uri": "s3://data-bucket/cifar/",
+            "S3DataDistributionType": "FullyReplicated",
+        },
+        "labels": {
+            "S3DataType": "S3Prefix",
+            "S3Uri": "s3://data-bucket/meta/labels.csv",
+            "S3DataDistributionType": "FullyReplicated",
+        },
+        "jobplane-code": {
+            "S3DataType": "S3Prefix",
+            "S3Uri": STAGED["code_uri"],
+            "S3DataDistributionType": "FullyReplicated",
+        },
+    }
+    # No outputs or checkpoint_uri in the spec: the stage's store, per job.
+    bucket = aws_settings.artifacts_bucket
+    assert request["OutputDataConfig"] == {"S3OutputPath": f"s3://{bucket}/outputs/{'d' * 32}/"}
+    assert request["CheckpointConfig"] == {
+        "S3Uri": f"s3://{bucket}/checkpoints/{'d' * 32}/",
+        "LocalPath": "/opt/ml/checkpoints",
+    }
+    assert request["AlgorithmSpecification"]["ContainerArguments"] == [
+        "/opt/ml/input/data/jobplane-code",
+        "/opt/ml/code",
+        "",
+        "2",
+        "4",
+        "pip",
+        "install",
+        "-r",
+        "requirements.txt",
+        "3",
+        "sh",
+        "-c",
+        "echo $(hostname) > ready",
+        "/bin/sh",
+        "-c",
+        "python train.py --data $JOBPLANE_INPUT_DIR/train",
+    ]
+
+
+def test_the_entrypoint_runs_the_wrapper_from_its_pieces_with_hostile_values_as_data(tmp_path):
+    # SageMaker's entrypoint joins the wrapper's <=256-character pieces and runs them; here with stub folders.
+    import subprocess
+    import tarfile
+
+    from chalicelib.backends.aws.staging import Layout
+
+    code = tmp_path / "channel"
+    code.mkdir()
+    packed = tmp_path / "src"
+    packed.mkdir()
+    (packed / "train.sh").write_text('echo "trained with $1" > trained.txt\n')
+    with tarfile.open(code / ("c" * 64 + ".tar.gz"), "w:gz") as tar:
+        tar.add(packed / "train.sh", arcname="train.sh")
+    layout = Layout(
+        str(code), str(tmp_path / "work"), str(tmp_path / "in"), str(tmp_path / "out"), str(tmp_path / "ck")
+    )
+    hostile = "$(touch pwned); `touch pwned2` * ' \" \n"
+    spec = make_job(
+        "sagemaker",
+        {
+            **STAGED,
+            "setup": [["sh", "-c", 'printf %s "$0" > setup.txt', hostile]],
+            "command": ["sh", "train.sh", hostile],
+        },
+    ).spec
+    pieces = staging.split_script(staging.WRAPPER, 256)
+    assert max(len(p) for p in pieces) <= 256 and len(staging.sagemaker_entrypoint(len(pieces))[2]) <= 256
+    argv = staging.sagemaker_entrypoint(len(pieces)) + pieces + staging.wrapper_args(spec, layout)
+    done = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=20)
+    assert done.returncode == 0, done.stderr
+    work = tmp_path / "work"
+    assert (work / "setup.txt").read_text() == hostile  # setup ran in the code folder, before the command
+    assert (work / "trained.txt").read_text() == f"trained with {hostile}\n"
+    assert not list(tmp_path.rglob("pwned*"))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"command": ["python", "x" * 257]}, "command[1]"),
+        ({"setup": [["sh", "-c", "y" * 300]]}, "setup[0][2]"),
+        ({"command": ["echo"] + ["a"] * 96}, "command"),
+        ({"inputs": {f"i{n}": "s3://data-bucket/x/" for n in range(20)}}, "inputs"),
+        ({"code_uri": "gs://bucket/code/" + "c" * 64 + ".tar.gz"}, "code_uri"),
+    ],
+)
+def test_what_sagemaker_cannot_take_is_refused_naming_the_field(aws_settings, overrides, field):
+    job = make_job("sagemaker", {**STAGED, **overrides})
+    with pytest.raises(UnsupportedError) as err:
+        SageMakerBackend(aws_settings).validate(job.spec)
+    assert err.value.details[0]["field"] == field
 
 
 def test_gpu_counts_pick_the_smallest_instance_that_has_them(aws_settings):
