@@ -53,7 +53,9 @@ def cmd_submit(args) -> int:
     out = _console()
     # A spec's workdir is relative to the spec file; --workdir (and a spec from stdin) to the current folder.
     base = Path.cwd() if args.file == "-" else Path(args.file).resolve().parent
-    text, is_yaml = with_uploaded_code(client, text, base, args.workdir, out.print)
+    text, is_yaml = with_uploaded_code(
+        client, text, base, args.workdir, lambda line: out.print(line, markup=False, soft_wrap=True)
+    )
     job = client.submit(text, idempotency_key=args.idempotency_key, yaml=is_yaml)
     out.print(f"submitted [bold]{job['name']}[/] as [bold]{job['job_id']}[/] on {job['backend']} ({job['status']})")
     if not args.wait:
@@ -240,8 +242,8 @@ def cmd_artifacts(args) -> int:
     for item, dest in places:
         dest.parent.mkdir(parents=True, exist_ok=True)
         client.download(item["url"], dest)
-        out.print(f"{item['key']} ({item['size']} bytes) -> {dest}", markup=False)
-    out.print(f"{len(places)} files from {page['artifacts_uri']} in {target}", markup=False)
+        out.print(f"{item['key']} ({item['size']} bytes) -> {dest}", markup=False, soft_wrap=True)
+    out.print(f"{len(places)} files from {page['artifacts_uri']} in {target}", markup=False, soft_wrap=True)
     return 0
 
 
