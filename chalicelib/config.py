@@ -233,7 +233,7 @@ class Settings:
     # Above $100/h is refused: more than the largest cloud GPU instance, so almost surely a typo.
     local_price_per_hour: float = setting("JOBPLANE_LOCAL_PRICE_PER_HOUR", 0.0, Number(0, 100))
     # Seconds between the local runner's uploads of $JOBPLANE_CHECKPOINT_DIR while a job runs (and once at its end).
-    local_checkpoint_seconds: float = setting("JOBPLANE_LOCAL_CHECKPOINT_SECONDS", 60.0, Number(0.1, 86400))
+    local_checkpoint_seconds: int = setting("JOBPLANE_LOCAL_CHECKPOINT_SECONDS", 60, _POSITIVE)
     # Slack: names of secrets, never the secrets themselves. A name is a Secrets Manager secret,
     # or an SSM Parameter Store parameter when it starts with "ssm:" (e.g. ssm:/jobplane/dev/slack-bot-token).
     slack_webhook_secret: str | None = setting("JOBPLANE_SLACK_WEBHOOK_SECRET", None)

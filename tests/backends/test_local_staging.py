@@ -38,7 +38,7 @@ def s3(moto_endpoint):
 
 @pytest.fixture
 def backend(tmp_path, moto_endpoint):
-    return LocalBackend(make_settings(tmp_path, moto_endpoint, JOBPLANE_LOCAL_CHECKPOINT_SECONDS="0.5"))
+    return LocalBackend(make_settings(tmp_path, moto_endpoint, JOBPLANE_LOCAL_CHECKPOINT_SECONDS="1"))
 
 
 def upload_code(s3, folder: Path) -> tuple[str, str]:

@@ -256,7 +256,8 @@ def _stage_in(job: _Job, storage) -> None:
         job.say(f"input {name}: {uri} -> {dirs['inputs'] / name} ({count} files, read-only)")
     st.make_read_only(dirs["inputs"])
     restored = st.download_prefix(client, plan["checkpoint_uri"], dirs["checkpoints"])
-    job.say(f"checkpoints: {restored} files restored from {plan['checkpoint_uri']}")
+    if restored:  # a first attempt has none: its log says nothing of them
+        job.say(f"checkpoints: {restored} files restored from {plan['checkpoint_uri']}")
     if user:
         st.give_to(dirs["work"], user["uid"], user["gid"])
         st.give_to(dirs["checkpoints"], user["uid"], user["gid"])
@@ -297,7 +298,8 @@ class _CheckpointSync:
         self.stopped.set()
         self.thread.join(timeout=30)
         try:
-            return f"checkpoints: {self.sync()} changed files synced to {self.uri}"
+            count = self.sync()
+            return f"checkpoints: {count} changed files synced to {self.uri}" if count else ""
         except Exception as exc:  # reported in the log; the job's own outcome stands
             from chalicelib.backends.local.staging import describe
 
@@ -314,7 +316,7 @@ def _stage_out(job: _Job, storage) -> str:
         count = st.upload_folder(storage.client(), Path(plan["dirs"]["outputs"]), plan["artifacts_uri"], owner=owner)
     except Exception as exc:  # reported in the log and the exit reason; the job's own outcome stands
         return f"outputs: the upload to {plan['artifacts_uri']} failed: {st.describe(exc)}"
-    return f"outputs: {count} files uploaded to {plan['artifacts_uri']}"
+    return f"outputs: {count} files uploaded to {plan['artifacts_uri']}" if count else ""
 
 
 def run(folder: Path, key: bytes | None = None, credentials: dict | None = None) -> int:
@@ -373,7 +375,7 @@ def run(folder: Path, key: bytes | None = None, credentials: dict | None = None)
         endings.append(sync.finish())
     if storage is not None and spec.get("staging"):
         endings.append(_stage_out(job, storage))
-    for line in endings:
+    for line in filter(None, endings):
         job.say(line)
         if "failed" in line:
             reason = f"{reason}; {line}" if reason else line

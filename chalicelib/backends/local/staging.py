@@ -65,10 +65,17 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 def list_keys(client, uri: str) -> Iterator[tuple[str, int]]:
     """(key, size) of every object below the prefix `uri`."""
+    from botocore.exceptions import ClientError
+
     bucket, prefix = split_uri(uri)
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            yield obj["Key"], int(obj["Size"])
+    try:
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+            for obj in page.get("Contents", []):
+                yield obj["Key"], int(obj["Size"])
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") != "NoSuchBucket":
+            raise
+        # No bucket, no objects: a first attempt's checkpoint location, say (an input says it found none).
 
 
 def _relative(prefix: str, key: str) -> PurePosixPath:
