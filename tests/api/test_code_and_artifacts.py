@@ -131,7 +131,12 @@ def cli_client(api, token) -> tuple[Client, list[str]]:
     client = Client("http://api.test", token)
     client.session.mount("http://api.test", ChaliceAdapter(api))
     stored: list[str] = []
-    client.storage.hooks["response"].append(lambda r, *a, **k: stored.append(r.request.method))
+
+    def record(response, *args, **kwargs):
+        assert "Authorization" not in response.request.headers  # the API token stays with the API
+        stored.append(response.request.method)
+
+    client.storage.hooks["response"].append(record)
     return client, stored
 
 

@@ -155,6 +155,9 @@ def test_a_job_run_as_another_user_reaches_its_folders_and_cannot_change_its_inp
         assert final.status is JobStatus.SUCCEEDED, log
         assert "\nnobody\n" in log and "restored=1" in log and "inputs writable" not in log, log
         assert "inputs/dataset/a.txt: Permission denied" in log, log
+        folder = backend.job_dir(job.native_name)
+        assert [oct(p.stat().st_mode & 0o777) for p in (state, folder)] == ["0o711", "0o711"]
+        assert oct((folder / "output.log").stat().st_mode & 0o777) == "0o600"
         assert objects(s3, f"outputs/{job.job_id}/") == {"model.txt": b"model\n", "sub/metrics.json": b"deep\n"}
         assert objects(s3, f"checkpoints/{job.job_id}/") == {"step": b"2\n"}
     finally:

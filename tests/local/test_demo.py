@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -34,3 +36,27 @@ def test_the_demo_takes_its_port_from_the_command_line_or_port(monkeypatch):
             pass
         assert seen["cmd"][seen["cmd"].index("--port") + 1] == port
     assert seen["dir"].name == "demo"
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_make_demo_runs_the_workdir_job_and_prints_its_artifacts():
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "jobplane.demo", "--port", str(port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "submitting examples/train-workdir-local.yaml" in run.stdout
+    lines = run.stdout.split("its artifacts (`jobplane artifacts ", 1)[1].splitlines()[1:3]
+    assert [line.split()[0] for line in lines] == ["model.json", "report/summary.txt"]
+    assert all(line.split()[1].isdigit() and line.endswith("bytes") for line in lines)
+    assert "demo succeeded" in run.stdout

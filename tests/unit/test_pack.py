@@ -54,11 +54,20 @@ def test_gitignore_rules_are_honoured_with_negation_folders_and_nested_files(tmp
 def test_jobplaneignore_adds_rules_and_dot_git_is_always_skipped(tmp_path):
     tree(
         tmp_path,
-        {".jobplaneignore": "data/\n", "data/big.bin": "x", ".git/HEAD": "ref", ".git/objects/ab": "", "a.py": ""},
+        {
+            ".jobplaneignore": "data/\n",
+            "data/big.bin": "x",
+            ".git/HEAD": "ref",
+            ".git/objects/ab": "",
+            "a.py": "",
+            "pkg/.jobplaneignore": "*.npz\n",
+            "pkg/w.npz": "",
+            "pkg/m.py": "",
+        },
     )
     packed = pack(tmp_path)
-    assert list(packed.files) == [".jobplaneignore", "a.py"]
-    assert names(packed) == [".jobplaneignore", "a.py"]
+    assert list(packed.files) == [".jobplaneignore", "a.py", "pkg/.jobplaneignore", "pkg/m.py"]
+    assert names(packed) == [".jobplaneignore", "a.py", "pkg/.jobplaneignore", "pkg/m.py"]
 
 
 def test_the_same_tree_packs_to_the_same_digest_whatever_its_times_and_umask(tmp_path):
@@ -111,3 +120,21 @@ def test_a_link_out_of_the_workdir_is_refused_and_one_inside_is_kept(tmp_path):
 def test_a_missing_workdir_is_named(tmp_path):
     with pytest.raises(PackError, match="is not a folder"):
         pack(tmp_path / "nope")
+
+
+def test_the_demo_workdir_packs_without_what_it_ignores_and_its_spec_is_valid():
+    from pathlib import Path
+
+    import yaml
+
+    from chalicelib.jobs.spec import parse_spec
+
+    root = Path(__file__).resolve().parents[2] / "examples"
+    document = yaml.safe_load((root / "train-workdir-local.yaml").read_text())
+    assert document.pop("workdir") == "workdir-demo"
+    packed = pack(root / "workdir-demo")
+    assert list(packed.files) == [".jobplaneignore", "prepare.py", "train.py"]
+    spec = parse_spec(
+        {**document, "code_uri": f"s3://bucket/code/{packed.sha256}.tar.gz", "code_sha256": packed.sha256}
+    )
+    assert list(spec.inputs) == ["samples", "labels"] and spec.setup == (("/bin/sh", "-c", "python prepare.py"),)
