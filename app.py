@@ -3,7 +3,16 @@
 from chalice import Chalice
 
 from chalicelib import deps
-from chalicelib.api import api_view, contract_errors, json_body, list_query, parse_offset, query, respond
+from chalicelib.api import (
+    api_view,
+    contract_errors,
+    json_body,
+    list_query,
+    parse_limit,
+    parse_offset,
+    query,
+    respond,
+)
 from chalicelib.backends import Cloud
 from chalicelib.backends.sources import deployed
 from chalicelib.config import deploy_constants
@@ -58,6 +67,19 @@ SPEC_TYPES = [
 ]
 
 
+def _job(job):
+    """A job's JSON, with artifacts_uri in this stage's bucket when the spec names no outputs."""
+    return job.to_api(deps.get_settings().artifacts_bucket)
+
+
+@app.route("/code", methods=["POST"])
+@api_view
+def code_upload():
+    request = app.current_request
+    upload = deps.get_service().code_upload(principal(request), json_body(request))
+    return respond(upload.to_api(), 200 if upload.exists else 201)
+
+
 @app.route("/jobs", methods=["POST"], content_types=SPEC_TYPES)
 @api_view
 def submit_job():
@@ -67,7 +89,7 @@ def submit_job():
     user = principal(request)
     spec = load_spec_text(request.raw_body or b"", request.headers.get("content-type"))
     job, created = deps.get_service().submit(user, spec, request.headers.get("idempotency-key"))
-    return respond(job.to_api(), 201 if created else 200)
+    return respond(_job(job), 201 if created else 200)
 
 
 @app.route("/jobs", methods=["GET"])
@@ -76,19 +98,19 @@ def list_jobs():
     params = list_query(query(app.current_request))
     user = principal(app.current_request)
     jobs, token = deps.get_service().list(user, params.status, params.limit, params.next_token)
-    return respond({"jobs": [j.to_api() for j in jobs], "next_token": token})
+    return respond({"jobs": [_job(j) for j in jobs], "next_token": token})
 
 
 @app.route("/jobs/{job_id}", methods=["GET"])
 @api_view
 def get_job(job_id):
-    return respond(deps.get_service().get(principal(app.current_request), job_id).to_api())
+    return respond(_job(deps.get_service().get(principal(app.current_request), job_id)))
 
 
 @app.route("/jobs/{job_id}/cancel", methods=["POST"])
 @api_view
 def cancel_job(job_id):
-    return respond(deps.get_service().cancel(principal(app.current_request), job_id).to_api(), 202)
+    return respond(_job(deps.get_service().cancel(principal(app.current_request), job_id)), 202)
 
 
 @app.route("/jobs/{job_id}/events", methods=["GET"])
@@ -122,6 +144,16 @@ def job_tail(job_id):
     request = app.current_request
     lines, note = deps.get_service().tail(principal(request), job_id, parse_lines(query(request).get("lines")))
     return respond({"lines": lines, "note": note})
+
+
+@app.route("/jobs/{job_id}/artifacts", methods=["GET"])
+@api_view
+def job_artifacts(job_id):
+    request = app.current_request
+    params = query(request)
+    limit = parse_limit(params["limit"]) if "limit" in params else 100
+    uri, items, cursor = deps.get_service().artifacts(principal(request), job_id, params.get("cursor"), limit)
+    return respond({"artifacts_uri": uri, "artifacts": [a.to_api() for a in items], "next_cursor": cursor})
 
 
 @app.route("/instances", methods=["POST"])

@@ -234,6 +234,8 @@ class Settings:
     # USD per hour a local job costs (a shared GPU workstation can be charged back); 0 means free.
     # Above $100/h is refused: more than the largest cloud GPU instance, so almost surely a typo.
     local_price_per_hour: float = setting("JOBPLANE_LOCAL_PRICE_PER_HOUR", 0.0, Number(0, 100))
+    # Seconds between the local runner's uploads of $JOBPLANE_CHECKPOINT_DIR while a job runs (and once at its end).
+    local_checkpoint_seconds: int = setting("JOBPLANE_LOCAL_CHECKPOINT_SECONDS", 60, _POSITIVE)
     # Slack: names of secrets, never the secrets themselves. A name is a Secrets Manager secret,
     # or an SSM Parameter Store parameter when it starts with "ssm:" (e.g. ssm:/jobplane/dev/slack-bot-token).
     slack_webhook_secret: str | None = setting("JOBPLANE_SLACK_WEBHOOK_SECRET", None)
@@ -302,6 +304,10 @@ class Settings:
     # Roles are names (or ARNs); the checked-in policy limits iam:PassRole to exactly these.
     # Bucket for what jobplane itself writes: ad-hoc VMs' exit status and log tail, default outputs.
     artifacts_bucket: str = setting("JOBPLANE_ARTIFACTS_BUCKET", derive="jobplane-{stage}-artifacts")
+    # Packed code (`jobplane submit` with a workdir): the largest .tar.gz POST /code issues an upload for.
+    code_max_mb: int = setting("JOBPLANE_CODE_MAX_MB", 100, _POSITIVE)
+    # How long an upload URL (POST /code) and an artifact's download URL (GET /jobs/{id}/artifacts) stay valid.
+    presign_seconds: int = setting("JOBPLANE_PRESIGN_SECONDS", 900, Integer(60))
     # SageMaker: the execution role training jobs run as, and each job's EBS volume.
     sagemaker_role: str = setting("JOBPLANE_SAGEMAKER_ROLE", derive="jobplane-{stage}-sagemaker")
     sagemaker_volume_gb: int = setting("JOBPLANE_SAGEMAKER_VOLUME_GB", 50, _POSITIVE)

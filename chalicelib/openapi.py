@@ -64,6 +64,44 @@ class JobMetrics(_Out):
 class Tail(_Out):
     lines: list[str] | None = Field(description="the last lines of the output; null when out of reach")
     note: str | None
+    artifacts_uri: str | None = Field(
+        description="where $JOBPLANE_OUTPUT_DIR is uploaded: <outputs or the stage's bucket>/<job_id>/"
+    )
+
+
+class CodeRequest(BaseModel):
+    """POST /code: the packed code (a .tar.gz) the caller is about to upload."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the .tar.gz, lowercase hex")
+    size: int = Field(ge=1, description="its length in bytes (at most JOBPLANE_CODE_MAX_MB)")
+
+
+class Upload(_Out):
+    method: Literal["PUT"]
+    url: str
+    headers: dict[str, str] = Field(description="send exactly these headers: S3 checks the length and the digest")
+    expires_at: str
+
+
+class CodeUpload(_Out):
+    code_uri: str = Field(description="put this in the spec's code_uri (with code_sha256)")
+    exists: bool = Field(description="true: the same code is there already and nothing needs uploading")
+    upload: Upload | None
+
+
+class Artifact(_Out):
+    key: str = Field(description="the file's path below artifacts_uri")
+    size: int
+    last_modified: str | None
+    url: str = Field(description="a presigned download URL (valid JOBPLANE_PRESIGN_SECONDS)")
+
+
+class ArtifactList(_Out):
+    artifacts_uri: str
+    artifacts: list[Artifact]
+    next_cursor: str | None
 
 
 class JobList(_Out):
@@ -155,6 +193,9 @@ MODELS: list[type[BaseModel]] = [
     JobSpec,
     Instance,
     InstanceList,
+    CodeRequest,
+    CodeUpload,
+    ArtifactList,
 ]
 
 
@@ -307,6 +348,37 @@ def build() -> dict[str, Any]:
                 ),
             }
         },
+        "/code": {
+            "post": {
+                "operationId": "code_upload",
+                "summary": "an upload URL for packed code (content-addressed: unchanged code needs no upload)",
+                "requestBody": {"required": True, "content": _json(CodeRequest)},
+                "responses": _responses(
+                    {201: ("upload it with this URL", CodeUpload), 200: ("already uploaded", CodeUpload)},
+                    {400: "bad sha256 or size (over JOBPLANE_CODE_MAX_MB)", **AUTH_ERRORS},
+                ),
+            }
+        },
+        "/jobs/{job_id}/artifacts": {
+            "get": {
+                "operationId": "job_artifacts",
+                "summary": "the files the job wrote to $JOBPLANE_OUTPUT_DIR, with download URLs",
+                "parameters": [
+                    JOB_ID,
+                    {"name": "cursor", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 100},
+                    },
+                ],
+                "responses": _responses(
+                    {200: ("a page of files", ArtifactList)},
+                    {400: "bad cursor or limit", **AUTH_ERRORS, 404: "no such job for this caller"},
+                ),
+            }
+        },
         "/jobs/{job_id}/logs": {
             "get": {
                 "operationId": "job_logs",
@@ -444,7 +516,7 @@ def build() -> dict[str, Any]:
     # Links let clients (and schemathesis' stateful phase) follow a created job to its other routes.
     links = {
         op: {"operationId": op, "parameters": {"job_id": "$response.body#/job_id"}}
-        for op in ("get_job", "job_events", "job_logs", "job_metrics", "job_tail", "cancel_job")
+        for op in ("get_job", "job_events", "job_logs", "job_metrics", "job_tail", "job_artifacts", "cancel_job")
     }
     for status in ("201", "200"):
         paths["/jobs"]["post"]["responses"][status]["links"] = links

@@ -50,8 +50,13 @@ def _client(args) -> Client:
 def cmd_submit(args) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     client = _client(args)
-    job = client.submit(text, idempotency_key=args.idempotency_key)
     out = _console()
+    # A spec's workdir is relative to the spec file; --workdir (and a spec from stdin) to the current folder.
+    base = Path.cwd() if args.file == "-" else Path(args.file).resolve().parent
+    text, is_yaml = with_uploaded_code(
+        client, text, base, args.workdir, lambda line: out.print(line, markup=False, soft_wrap=True)
+    )
+    job = client.submit(text, idempotency_key=args.idempotency_key, yaml=is_yaml)
     out.print(f"submitted [bold]{job['name']}[/] as [bold]{job['job_id']}[/] on {job['backend']} ({job['status']})")
     if not args.wait:
         return 0
@@ -59,6 +64,45 @@ def cmd_submit(args) -> int:
     out.print()
     _print_job(job)
     return 0 if job["status"] == "SUCCEEDED" else 1
+
+
+def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | None, say=print) -> tuple[str, bool]:
+    """The spec to submit: with a workdir (the spec's or --workdir), packed, uploaded unless the store has that
+    digest already, and replaced by code_uri + code_sha256. Returns (text, is_yaml)."""
+    import yaml
+
+    from chalicelib.jobs.spec import _yaml_loader
+
+    try:
+        document = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError:
+        return text, True  # the API says what is wrong with it
+    named = document.get("workdir") if isinstance(document, dict) else None
+    if workdir is None and named is None:
+        return text, True
+    if not isinstance(document, dict):
+        raise CliError("--workdir needs a spec that is a mapping")
+    if workdir is not None:
+        folder = Path(workdir).resolve()
+    elif isinstance(named, str) and named.strip():
+        folder = (base / named).resolve()
+    else:
+        raise CliError("workdir: must be a folder path (relative to the spec file)")
+    from jobplane.pack import PackError, pack
+
+    try:
+        packed = pack(folder)
+    except PackError as exc:
+        raise CliError(str(exc)) from None
+    answer = client.code_upload(packed.sha256, packed.size)
+    if answer["exists"]:
+        say(f"code: {folder} ({len(packed.files)} files, {packed.size} bytes) is unchanged: nothing uploaded")
+    else:
+        client.put_code(answer["upload"], packed.data)
+        say(f"code: {folder} ({len(packed.files)} files, {packed.size} bytes) uploaded to {answer['code_uri']}")
+    document = {k: v for k, v in document.items() if k != "workdir"}
+    document.update(code_uri=answer["code_uri"], code_sha256=packed.sha256)
+    return json.dumps(document), False
 
 
 def _follow(client: Client, job_id: str, interval: float, timeout: float | None) -> dict:
@@ -206,6 +250,46 @@ def cmd_cancel(args) -> int:
     job = _client(args).cancel(args.job_id)
     _console().print(f"{job['job_id']}: {job['status']}")
     return 0
+
+
+def cmd_artifacts(args) -> int:
+    client = _client(args)
+    items, cursor = [], None
+    while True:
+        page = client.artifacts(args.job_id, cursor)
+        items += page["artifacts"]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    out = _console()
+    if not args.download:
+        from rich.table import Table
+
+        table = Table("KEY", "SIZE", "MODIFIED", title=page["artifacts_uri"])
+        for item in items:
+            table.add_row(item["key"], str(item["size"]), (item["last_modified"] or "-")[:19])
+        out.print(table)
+        return 0
+    target = Path(args.download).resolve()
+    # Every key is checked before anything is written: a key may not leave the folder.
+    places = [(item, safe_destination(target, item["key"])) for item in items]
+    for item, dest in places:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        client.download(item["url"], dest)
+        out.print(f"{item['key']} ({item['size']} bytes) -> {dest}", markup=False, soft_wrap=True)
+    out.print(f"{len(places)} files from {page['artifacts_uri']} in {target}", markup=False, soft_wrap=True)
+    return 0
+
+
+def safe_destination(folder: Path, key: str) -> Path:
+    """Where an artifact's key lands below `folder`; a key that would escape it (/, .., a drive) is refused."""
+    parts = key.replace("\\", "/").split("/")
+    if not key or key.startswith("/") or any(p in ("..", "") for p in parts) or ":" in parts[0]:
+        raise CliError(f"refusing artifact key {key!r}: it would be written outside {folder}")
+    dest = (folder / Path(*parts)).resolve()
+    if folder != dest and folder not in dest.parents:
+        raise CliError(f"refusing artifact key {key!r}: it would be written outside {folder}")
+    return dest
 
 
 def cmd_logs(args) -> int:
@@ -440,6 +524,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 only on SUCCEEDED")
     p.add_argument("--idempotency-key")
+    p.add_argument("--workdir", help="pack and upload this folder as the job's code (instead of the spec's workdir)")
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
     p.set_defaults(func=cmd_submit)
@@ -463,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cancel", help="cancel a job")
     p.add_argument("job_id")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("artifacts", help="list the files a job wrote to $JOBPLANE_OUTPUT_DIR, or download them")
+    p.add_argument("job_id")
+    p.add_argument("--download", metavar="DIR", help="fetch every file into DIR, keeping its relative path")
+    p.set_defaults(func=cmd_artifacts)
 
     p = sub.add_parser("logs", help="print a job's output")
     p.add_argument("job_id")

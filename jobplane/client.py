@@ -25,6 +25,8 @@ class Client:
         if token:
             self.session.headers["Authorization"] = f"Bearer {token}"
         self.timeout = timeout
+        # Presigned object-store URLs carry their own signature: no Authorization header may go with them.
+        self.storage = requests.Session()
 
     def _call(self, method: str, path: str, **kw) -> Any:
         resp = self.session.request(method, self.api + path, timeout=self.timeout, **kw)
@@ -69,6 +71,36 @@ class Client:
 
     def vm_stop(self, vm_id: str) -> dict:
         return self._call("POST", f"/instances/{vm_id}/stop")
+
+    def code_upload(self, sha256: str, size: int) -> dict:
+        """POST /code: where packed code with this digest lives and, unless it is there already, its upload."""
+        return self._call("POST", "/code", json={"sha256": sha256, "size": size})
+
+    def put_code(self, upload: dict, data: bytes) -> None:
+        """PUT the packed code to the upload URL POST /code issued, with the headers it names (S3 checks them).
+
+        A session of its own: the API's bearer token never goes to the object store."""
+        resp = self.storage.request(
+            upload.get("method", "PUT"), upload["url"], data=data, headers=upload.get("headers") or {}, timeout=300
+        )
+        if resp.status_code >= 300:
+            raise ApiError(resp.status_code, {"error": {"message": f"upload refused: {resp.text[:300]}"}})
+
+    def artifacts(self, job_id: str, cursor: str | None = None, limit: int | None = None) -> dict:
+        params = {k: v for k, v in {"cursor": cursor, "limit": limit}.items() if v}
+        return self._call("GET", f"/jobs/{job_id}/artifacts", params=params)
+
+    def download(self, url: str, target) -> int:
+        """Fetch a presigned download URL into `target` (a path); returns the bytes written."""
+        written = 0
+        with self.storage.get(url, stream=True, timeout=300) as resp:
+            if resp.status_code >= 300:
+                raise ApiError(resp.status_code, {"error": {"message": f"download refused: {resp.text[:300]}"}})
+            with open(target, "wb") as fh:
+                for block in resp.iter_content(1 << 20):
+                    fh.write(block)
+                    written += len(block)
+        return written
 
     def logs(self, job_id: str, offset: int | str = 0) -> dict:
         """A slice of the job's output; pass the answer's next_offset back as it is (a number or a cursor)."""

@@ -1,4 +1,5 @@
-"""`make demo`: start the local stack, run the example job to the end, show its metrics and Slack messages."""
+"""`make demo`: start the local stack, run the example jobs to the end (one with its own code and inputs), show
+their metrics, artifacts and Slack messages."""
 
 from __future__ import annotations
 
@@ -76,6 +77,41 @@ def final_metrics(job: dict) -> list[str]:
     return [f"{key:<16} {format_value(value)}" for key, value in sorted(metrics.items())]
 
 
+DATASETS = "jobplane-local-datasets"
+
+
+def _workdir_job(state: dict, jp: list[str], env: dict) -> bool:
+    """A job with its own code (examples/workdir-demo), a setup step and two named inputs from the embedded S3;
+    its artifacts (what it wrote to $JOBPLANE_OUTPUT_DIR) are listed afterwards."""
+    import boto3
+
+    s3 = boto3.client(
+        "s3",
+        region_name="us-east-1",
+        endpoint_url=state["aws_endpoint"],
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - the embedded emulator accepts any key
+    )
+    s3.create_bucket(Bucket=DATASETS)
+    samples = {"demo/samples/part-0.csv": b"img1,cat\nimg2,dog\n", "demo/samples/more/part-1.csv": b"img3,bird\n"}
+    for key, body in {**samples, "demo/labels.txt": b"cat dog bird\n"}.items():
+        s3.put_object(Bucket=DATASETS, Key=key, Body=body)
+    _say(f"inputs uploaded to s3://{DATASETS}/demo/; submitting examples/train-workdir-local.yaml (workdir, setup)")
+    submit = subprocess.run(
+        [*jp, "submit", "examples/train-workdir-local.yaml", "--wait", "--timeout", "120"], cwd=ROOT, env=env
+    )
+    headers = {"Authorization": f"Bearer {state['admin_token']}"}
+    jobs = requests.get(state["api"] + "/jobs?limit=1", headers=headers, timeout=10).json()["jobs"]
+    if not jobs or jobs[0]["name"] != "workdir-demo":
+        return False
+    job_id = jobs[0]["job_id"]
+    _say(f"its artifacts (`jobplane artifacts {job_id}`), under {jobs[0]['artifacts_uri']}")
+    listed = requests.get(f"{state['api']}/jobs/{job_id}/artifacts", headers=headers, timeout=10).json()
+    for item in listed["artifacts"]:
+        print(f"    {item['key']:<24} {item['size']:>6} bytes")
+    return submit.returncode == 0 and len(listed["artifacts"]) == 2
+
+
 def _say(text: str) -> None:
     print(f"\n\033[1m==> {text}\033[0m", flush=True)
 
@@ -130,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"the job's final metrics (on the job record; the series: `jobplane metrics {job['job_id']}`)")
             for line in final_metrics(job):
                 print("   ", line)
+        ok = _workdir_job(state, jp, env) and ok
         ok = _upload_trigger(state) and ok
         time.sleep(1.5)  # the stream reader polls twice a second
         _say("messages the Slack webhook sink received")

@@ -34,7 +34,10 @@ STREAM_ACTIONS = (
 )
 SECRET_ACTIONS = ("secretsmanager:GetSecretValue", "ssm:GetParameter")
 INVOKE_ACTIONS = ("lambda:InvokeFunction",)
-CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS
+# The stage's artifact store: upload URLs for packed code (code/*), artifact listings and download URLs
+# (outputs/*), and the listing that tells whether code was uploaded; nothing else in the bucket.
+OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:ListBucket")
+CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS + OBJECT_ACTIONS
 
 
 def aws_backends(settings: Settings) -> list[str]:
@@ -64,6 +67,29 @@ def devvm_actions(settings: Settings) -> tuple[str, ...]:
             module, _, cls = target.partition(":")
             actions += [a for a in getattr(importlib.import_module(module), cls).iam_actions if a not in actions]
     return tuple(actions)
+
+
+def object_statements(settings: Settings) -> list[dict[str, Any]]:
+    """POST /code and GET /jobs/{id}/artifacts: code/* and outputs/* of the stage's bucket, no more."""
+    from chalicelib.jobs.contract import CODE_PREFIX, OUTPUTS_PREFIX
+
+    bucket = f"arn:aws:s3:::{settings.artifacts_bucket}"
+    return [
+        {"Sid": "CodeUploads", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": f"{bucket}/{CODE_PREFIX}*"},
+        {
+            "Sid": "ArtifactDownloads",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": f"{bucket}/{OUTPUTS_PREFIX}*",
+        },
+        {
+            "Sid": "CodeAndArtifactListing",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": bucket,
+            "Condition": {"StringLike": {"s3:prefix": [f"{CODE_PREFIX}*", f"{OUTPUTS_PREFIX}*"]}},
+        },
+    ]
 
 
 def build(settings: Settings) -> dict[str, Any]:
@@ -105,6 +131,7 @@ def build(settings: Settings) -> dict[str, Any]:
             "Action": list(INVOKE_ACTIONS),
             "Resource": f"arn:aws:lambda:*:*:function:{settings.reconcile_shard_function}",
         },
+        *object_statements(settings),
     ]
     passes: dict[str, set[str]] = {}
     for name in aws_backends(settings):

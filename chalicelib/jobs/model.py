@@ -146,7 +146,15 @@ class Job:
     def with_changes(self, **changes: Any) -> Job:
         return replace(self, **changes)
 
-    def to_api(self) -> dict[str, Any]:
+    def artifacts_uri(self, bucket: str) -> str:
+        """Where this job's $JOBPLANE_OUTPUT_DIR ends up (the spec's outputs, else the stage's bucket)."""
+        from chalicelib.jobs.contract import artifacts_uri
+
+        return artifacts_uri(self.spec, self.job_id, bucket)
+
+    def to_api(self, artifacts_bucket: str | None = None) -> dict[str, Any]:
+        """The job as the API shows it; artifacts_uri needs the stage's bucket unless the spec names outputs."""
+        artifacts = self.artifacts_uri(artifacts_bucket) if artifacts_bucket or self.spec.outputs else None
         return {
             "job_id": self.job_id,
             "name": self.name,
@@ -167,6 +175,7 @@ class Job:
             "status_reason": self.status_reason,
             "candidates": list(self.candidates),
             "metrics": dict(self.metrics),
+            "artifacts_uri": artifacts,
         }
 
 

@@ -22,6 +22,7 @@ from chalicelib.errors import (
     JobplaneError,
     NotFoundError,
     StaleStateError,
+    UnsupportedError,
     ValidationError,
 )
 from chalicelib.jobs.capacity import claims_for
@@ -79,16 +80,69 @@ class JobService:
         settings: Settings,
         backend_factory: Callable[[str, Settings], ComputeBackend] = get_backend,
         metrics_store: MetricsStore | None = None,
+        objects: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._backend = backend_factory
+        # The stage's object store (packed code, artifacts), made on first use: most calls never need it.
+        self._objects_factory = objects
+        self._objects: Any = None
         self.dispatcher = Dispatcher(store, settings, self.backend, self.apply_event)
         # Without a metrics store (unit tests of other use cases) no output is read for metrics.
         self.metrics_reader = MetricsReader(metrics_store, self.backend) if metrics_store is not None else None
 
     def backend(self, name: str) -> ComputeBackend:
         return self._backend(name, self.settings)
+
+    def objects(self):
+        """The stage's object store (chalicelib.store.objects.S3Objects unless one was given)."""
+        if self._objects is None:
+            if self._objects_factory is not None:
+                self._objects = self._objects_factory()
+            else:
+                from chalicelib.store.objects import S3Objects
+
+                self._objects = S3Objects.from_settings(self.settings)
+        return self._objects
+
+    # --- code and artifacts ------------------------------------------------------------
+    def code_upload(self, principal: Principal, body: Any):  # noqa: ARG002 - any signed-in user may upload code
+        """POST /code: where packed code with this digest lives, and an upload URL unless it is there already."""
+        from chalicelib.store.objects import parse_code_request
+
+        sha, size = parse_code_request(body, self.settings.code_max_mb)
+        return self.objects().issue_code_upload(sha, size)
+
+    def _check_code(self, spec: JobSpec) -> None:
+        """A job may name only code that was uploaded (and is within the size limit): refused now, not at launch."""
+        if not spec.code_uri or not spec.code_uri.startswith("s3://"):
+            return
+        size = self.objects().size_of(spec.code_uri)
+        if size is None:
+            raise ValidationError(
+                f"code_uri {spec.code_uri} does not exist; upload the packed code first (POST /code, as "
+                "`jobplane submit` does with a workdir)",
+                [{"field": "code_uri", "message": "an uploaded object (POST /code issues its upload URL)"}],
+            )
+        limit = self.settings.code_max_mb
+        if size > limit * 1024 * 1024:
+            raise ValidationError(
+                f"code_uri {spec.code_uri} is {size} bytes, over this deployment's limit of {limit} MB",
+                [{"field": "code_uri", "message": f"at most {limit} MB (JOBPLANE_CODE_MAX_MB)"}],
+            )
+
+    def artifacts(self, principal: Principal, job_id: str, cursor: str | None = None, limit: int = 100):
+        """GET /jobs/{id}/artifacts: a page of the files under the job's artifacts_uri, and the next cursor."""
+        job = self.get(principal, job_id)
+        uri = job.artifacts_uri(self.settings.artifacts_bucket)
+        if not uri.startswith("s3://"):
+            raise UnsupportedError(
+                f"this deployment lists s3:// artifacts only; the job's outputs are at {uri}",
+                [{"field": "outputs", "message": "an s3:// URI"}],
+            )
+        items, next_cursor = self.objects().list_artifacts(uri, cursor, limit)
+        return uri, items, next_cursor
 
     # --- planning --------------------------------------------------------------------
     def plan(self, spec: JobSpec) -> tuple[str, str]:
@@ -120,6 +174,7 @@ class JobService:
         """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
         backend_name, why = self.plan(spec)
         candidates = self._candidates(backend_name, spec)
+        self._check_code(spec)
         for claim, limit in claims_for(backend_name, spec, dict(self.settings.capacity_limits)):
             if claim.units > limit:
                 raise ValidationError(

@@ -113,7 +113,9 @@ class LocalStack:
         deps.reset()
         settings = deps.get_settings()
         deps.create_tables()
-        self._provision(aws, f"http://{self.host}:{slack.server_address[1]}/services/T000/B000/local")
+        self._provision(
+            aws, f"http://{self.host}:{slack.server_address[1]}/services/T000/B000/local", settings.artifacts_bucket
+        )
         if cloud_backends(settings):
             settings = self._provision_cloud(settings, aws)
         import app as app_module
@@ -125,10 +127,9 @@ class LocalStack:
         jobs = self.directory / "jobs"
         jobs.mkdir(mode=0o700, exist_ok=True)
         url_file = jobs / "event-url"
-        fd = os.open(url_file.with_suffix(".tmp"), os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(os.environ["JOBPLANE_LOCAL_EVENT_URL"])
-        os.replace(url_file.with_suffix(".tmp"), url_file)
+        _write_private(url_file, os.environ["JOBPLANE_LOCAL_EVENT_URL"])
+        # ... and stage their jobs' files through the embedded S3 at its address of this life.
+        _write_private(jobs / "aws-endpoint", aws)
         if "local" in settings.enabled_backends:
             from chalicelib.backends import get_backend
 
@@ -151,6 +152,7 @@ class LocalStack:
             "slack_log": str(self.slack_log),
             "admin_token": admin_token,
             "upload_bucket": UPLOAD_BUCKET,
+            "artifacts_bucket": settings.artifacts_bucket,
             "state_dir": str(self.directory),
             "restored": self.moto.replayed,
             "backends": list(settings.enabled_backends),
@@ -178,7 +180,7 @@ class LocalStack:
             fh.write(token + "\n")
         return token
 
-    def _provision(self, aws: str, sink_url: str) -> None:
+    def _provision(self, aws: str, sink_url: str, artifacts_bucket: str) -> None:
         import boto3
 
         kw = {"region_name": REGION, "endpoint_url": aws}
@@ -189,8 +191,11 @@ class LocalStack:
             "QueueArn"
         ]
         s3 = boto3.client("s3", **kw)
-        if UPLOAD_BUCKET not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-            s3.create_bucket(Bucket=UPLOAD_BUCKET)  # else restored from the journal, with its objects
+        existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
+        # The artifact store: packed code, job outputs and checkpoints (restored from the journal after a restart).
+        for bucket in (UPLOAD_BUCKET, artifacts_bucket):
+            if bucket not in existing:
+                s3.create_bucket(Bucket=bucket)  # else restored from the journal, with its objects
         s3.put_bucket_notification_configuration(
             Bucket=UPLOAD_BUCKET,
             NotificationConfiguration={
@@ -375,6 +380,14 @@ class LocalStack:
 
 class StackError(RuntimeError):
     """The stack cannot start as configured; the message says why and what to change."""
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Replace `path` whole with `text`, readable by the stack's user only."""
+    tmp = path.with_suffix(".tmp")
+    with os.fdopen(os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 class _Deferred:

@@ -336,8 +336,10 @@ def test_the_local_process_gets_the_same_names_and_its_output_folder(tmp_path):
     backend.launch(job)
     wait_for(lambda: backend.describe(Handle.of(job)).status is JobStatus.SUCCEEDED, what="the local job")
     env = json.loads(dump.read_text())
-    assert {k: v for k, v in _ours(env).items() if k != "JOBPLANE_OUTPUT_DIR"} == EXPECTED
-    assert Path(env["JOBPLANE_OUTPUT_DIR"]) == backend.job_dir(Handle.of(job).native_name) / "outputs"
+    folders = ("JOBPLANE_OUTPUT_DIR", "JOBPLANE_INPUT_DIR", "JOBPLANE_CHECKPOINT_DIR")
+    assert {k: v for k, v in _ours(env).items() if k not in folders} == EXPECTED
+    folder = backend.job_dir(Handle.of(job).native_name)
+    assert [Path(env[name]) for name in folders] == [folder / "outputs", folder / "inputs", folder / "checkpoints"]
     assert "JOBPLANE_OUTPUTS" not in env
 
 

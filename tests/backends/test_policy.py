@@ -54,4 +54,13 @@ def test_pass_role_is_limited_to_the_configured_roles(stage):
         "sagemaker.amazonaws.com",
     ]
     s3 = [s for s in _policy(stage)["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
-    assert [x["Resource"] for x in s3] == [f"arn:aws:s3:::jobplane-{stage}-artifacts/jobplane/{stage}/*"]
+    bucket = f"arn:aws:s3:::jobplane-{stage}-artifacts"
+    assert [(x["Action"], x["Resource"]) for x in s3 if x["Sid"] != "Ec2Artifacts"] == [
+        (["s3:PutObject"], f"{bucket}/code/*"),
+        (["s3:GetObject"], f"{bucket}/outputs/*"),
+        (["s3:ListBucket"], bucket),
+    ]
+    [listing] = [x for x in s3 if x["Sid"] == "CodeAndArtifactListing"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": ["code/*", "outputs/*"]}}
+    [vm_status] = [x for x in s3 if x["Sid"] == "Ec2Artifacts"]
+    assert vm_status["Resource"] == f"{bucket}/jobplane/{stage}/*"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
+import pytest
+
 from tests.factories import ROOT
 
 
@@ -41,3 +43,27 @@ def test_the_demo_prints_the_final_metrics_from_the_job_record():
     job = {"metrics": {"val_accuracy": 0.8731, "epoch": 15.0}}
     assert final_metrics(job) == ["epoch            15", "val_accuracy     0.8731"]
     assert final_metrics({"metrics": {}}) == ["(the job reported no metrics)"]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_make_demo_runs_the_workdir_job_and_prints_its_artifacts():
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "jobplane.demo", "--port", str(port)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "submitting examples/train-workdir-local.yaml" in run.stdout
+    lines = run.stdout.split("its artifacts (`jobplane artifacts ", 1)[1].splitlines()[1:3]
+    assert [line.split()[0] for line in lines] == ["model.json", "report/summary.txt"]
+    assert all(line.split()[1].isdigit() and line.endswith("bytes") for line in lines)
+    assert "demo succeeded" in run.stdout

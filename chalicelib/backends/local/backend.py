@@ -35,6 +35,7 @@ from chalicelib.backends.base import (
 from chalicelib.backends.local.descriptors import EVENT_SOURCE, LOCAL
 from chalicelib.backends.local.runner import sign_detail
 from chalicelib.errors import BackendError, ConfigError, UnsupportedError, ValidationError
+from chalicelib.jobs.contract import artifacts_uri, checkpoint_location, input_items, job_variables
 from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -78,6 +79,21 @@ class LocalBackend(ComputeBackend):
     named_by_us = True  # a job's folder is named after it
 
     def _validate_impl(self, spec: JobSpec) -> None:
+        # The runner reads and writes the stage's object store, which is S3 (the local stack's embedded one).
+        locations = [("code_uri", spec.code_uri), ("outputs", spec.outputs), ("checkpoint_uri", spec.checkpoint_uri)]
+        locations += [(f"inputs.{name}", uri) for name, uri in spec.inputs.items()]
+        for name, uri in locations:
+            if uri is not None and not self.settings.aws_endpoint_url:
+                raise UnsupportedError(
+                    f"{name}: this local backend has no object store to stage from (AWS_ENDPOINT_URL is not set; "
+                    "`jobplane local up` sets it to its embedded S3)",
+                    [{"field": name, "message": "only where the local stack's embedded S3 runs"}],
+                )
+            if uri is not None and not uri.startswith("s3://"):
+                raise UnsupportedError(
+                    f"{name}: the local backend stages s3:// locations only, got {uri!r}",
+                    [{"field": name, "message": "an s3:// URI (the local stack's embedded S3)"}],
+                )
         allowed = self.settings.local_allowed_programs
         program = Path(spec.command[0]).name
         if allowed and program not in allowed:
@@ -98,6 +114,9 @@ class LocalBackend(ComputeBackend):
         folder = self.job_dir(handle.native_name)
         user = self._run_as()
         folder.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if user:
+            # The job's user passes through to its own folders (the stack's files here are all 0600).
+            os.chmod(folder.parent, 0o711)  # noqa: S103 - search only
         folder.mkdir(exist_ok=True, mode=0o700)
         try:
             # Exclusive create: a retried or concurrent launch of the same attempt starts nothing new.
@@ -113,24 +132,52 @@ class LocalBackend(ComputeBackend):
         # Jobs run in their own folder: the project's modules (`python -m examples.x`) are found by import.
         base_env["PYTHONPATH"] = str(Path(__file__).resolve().parents[3])
         work = folder / "work"  # the job's current folder: never the repository
-        outputs = folder / "outputs"
-        for own in (work, outputs):
+        outputs, checkpoints, inputs = folder / "outputs", folder / "checkpoints", folder / "inputs"
+        for own in (work, outputs, checkpoints):
             own.mkdir(exist_ok=True, mode=0o700)
             if user:
                 os.chown(own, user.pw_uid, user.pw_gid)
         if user:
             base_env.update(HOME=str(work), USER=user.pw_name, LOGNAME=user.pw_name)
+            # The job's user may pass through its folder to its own (every file of the stack's there is 0600).
+            os.chmod(folder, 0o711)  # noqa: S103 - search only: nothing in it can be listed or read
+        bucket = self.settings.artifacts_bucket
+        variables = job_variables(
+            handle.job_id,
+            handle.attempt,
+            input_dir=str(inputs),
+            output_dir=str(outputs),
+            checkpoint_dir=str(checkpoints),
+        )
+        staging = {
+            "code": {"uri": spec.code_uri, "sha256": spec.code_sha256} if spec.code_uri else None,
+            "inputs": [[name, uri] for name, uri, _ in input_items(spec)],
+            "checkpoint_uri": checkpoint_location(spec, handle.job_id, bucket),
+            "artifacts_uri": artifacts_uri(spec, handle.job_id, bucket),
+            "checkpoint_seconds": self.settings.local_checkpoint_seconds,
+            "dirs": {
+                "work": str(work),
+                "inputs": str(inputs),
+                "outputs": str(outputs),
+                "checkpoints": str(checkpoints),
+            },
+            "endpoint_url": self.settings.aws_endpoint_url,
+            "endpoint_file": str(self.storage_endpoint_file()),
+        }
         runner_spec = {
             "job_id": handle.job_id,
             "native_id": handle.native_name,  # the runner's report names the folder, which is our name
             "attempt": handle.attempt,
             "command": list(spec.command),
+            "setup": [list(step) for step in spec.setup],
             "env": {
                 **base_env,
                 "PYTHONUNBUFFERED": "1",
                 **job_env(spec, handle),
-                "JOBPLANE_OUTPUT_DIR": str(outputs),
+                **variables,
             },
+            # Without an object store (no embedded S3: tests of the runner alone) the folders stay local.
+            "staging": staging if self.settings.aws_endpoint_url else None,
             "cwd": str(work),
             "user": {"uid": user.pw_uid, "gid": user.pw_gid, "name": user.pw_name} if user else None,
             "max_runtime_seconds": spec.max_runtime_minutes * 60,
@@ -152,7 +199,9 @@ class LocalBackend(ComputeBackend):
                 env=runner_env,
                 cwd=str(Path(__file__).resolve().parents[3]),
             )
-        proc.stdin.write(key.hex().encode())
+        # The event key and the object store's credentials go over the pipe: in no file, no environment.
+        handover = {"key": key.hex(), "storage": _storage_credentials()}
+        proc.stdin.write(json.dumps(handover).encode())
         proc.stdin.close()
         _write_private(folder / "runner.pid", str(proc.pid))
         return LaunchResult(handle.native_name, "Started")
@@ -160,6 +209,10 @@ class LocalBackend(ComputeBackend):
     def _run_as(self) -> pwd.struct_passwd | None:
         """The user jobs run as; None for the stack's own user."""
         return run_as_user(self.settings.local_run_as)
+
+    def storage_endpoint_file(self) -> Path:
+        """Where the stack writes its embedded S3's address at each start (runners it adopts read it there)."""
+        return Path(self.settings.local_state_dir).resolve() / "aws-endpoint"
 
     def event_url_file(self) -> Path:
         return Path(self.settings.local_state_dir).resolve() / "event-url"
@@ -372,6 +425,17 @@ def run_as_user(setting: str | None) -> pwd.struct_passwd | None:
     if os.geteuid() != 0:
         raise ConfigError(f"JOBPLANE_LOCAL_RUN_AS: only a stack run as root can run jobs as {name!r}")
     return user
+
+
+def _storage_credentials() -> dict[str, str | None]:
+    """The control plane's own AWS credentials, as its SDK resolves them, for the runner's staging only."""
+    from chalicelib import aws_session
+
+    found = aws_session.botocore_session().get_credentials()
+    if found is None:
+        return {}
+    frozen = found.get_frozen_credentials()
+    return {"access_key": frozen.access_key, "secret_key": frozen.secret_key, "token": frozen.token}
 
 
 def _still_running(folder: Path, runner_pid: int) -> bool:

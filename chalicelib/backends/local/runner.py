@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -15,7 +16,15 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from chalicelib.backends.agent import SIGKILL_EXIT, TIMEOUT_EXIT, StopCause, make_report, shell_exit_code
+from chalicelib.backends.agent import (
+    SIGKILL_EXIT,
+    TIMEOUT_EXIT,
+    ExitState,
+    StopCause,
+    exit_reason,
+    make_report,
+    shell_exit_code,
+)
 
 KILL_GRACE_SECONDS = float(os.environ.get("JOBPLANE_KILL_GRACE_SECONDS", "10"))
 
@@ -31,7 +40,7 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)  # atomic: a reader never sees half a status
 
 
-def _report(spec: dict, exit_code: int, stopped_by: StopCause | None, started_at: str | None, reason: str = ""):
+def _report(spec: dict, exit_code: int | None, stopped_by: StopCause | None, started_at: str | None, reason: str = ""):
     """The exit report (chalicelib/backends/agent.py) and `at`, the time the final event's detail needs."""
     report = make_report(
         job_id=spec["job_id"],
@@ -116,91 +125,270 @@ def _stop_group(pgid: int, proc: subprocess.Popen) -> None:
         pass
 
 
-def _read_key() -> bytes | None:
-    # The stack hands the job's key over a pipe: it is in no file and no environment the job can see.
+def _read_handover() -> tuple[bytes | None, dict]:
+    """What the stack hands over a pipe, so it is in no file and no environment the job can see: the job's
+    event key and the object store's credentials (JSON), or the key alone (hex, as older stacks send it)."""
     if sys.stdin is None or sys.stdin.isatty():
+        return None, {}
+    raw = sys.stdin.buffer.read().strip()
+    if raw.startswith(b"{"):
+        data = json.loads(raw)
+        key = data.get("key")
+        return (bytes.fromhex(key) if key else None), data.get("storage") or {}
+    return (bytes.fromhex(raw.decode()) if raw else None), {}
+
+
+class _Job:
+    """One attempt's processes (each setup step, then the command), supervised one at a time."""
+
+    def __init__(self, folder: Path, spec: dict, log, report) -> None:
+        self.folder = folder
+        self.spec = spec
+        self.log = log
+        self.report = report
+        self.stop_requested = False
+        self.running: dict | None = None
+        self.sender: threading.Thread | None = None
+        self.deadline: float | None = None
+        user = spec.get("user") or {}
+        self.as_user = {"user": user["uid"], "group": user["gid"], "extra_groups": []} if user else {}
+
+    def say(self, line: str) -> None:
+        """A line of jobplane's own in the job's log (what was staged, why it stopped)."""
+        self.log.write(f"jobplane: {line}\n".encode())
+        self.log.flush()
+
+    def cause(self) -> StopCause | None:
+        # A cancel request leaves its file before the TERM; a TERM without one is the machine going away.
+        if (self.folder / "cancel").exists():
+            return StopCause.CANCEL
+        if self.stop_requested:
+            return StopCause.INTERRUPT
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            return StopCause.TIMEOUT
         return None
-    key = sys.stdin.buffer.read().strip()
-    return bytes.fromhex(key.decode()) if key else None
 
-
-def run(folder: Path, key: bytes | None = None) -> int:
-    os.umask(0o077)  # what the runner and the job create is theirs alone
-    spec = json.loads((folder / "spec.json").read_text())
-    stop_requested = {"flag": False}
-    user = spec.get("user") or {}
-
-    def report(detail: dict) -> bool:
-        return post_event(spec.get("event_url"), spec["region"], detail, key=key, url_file=spec.get("event_url_file"))
-
-    def _on_term(signum, frame):  # noqa: ARG001
-        stop_requested["flag"] = True
-
-    signal.signal(signal.SIGTERM, _on_term)
-    signal.signal(signal.SIGINT, _on_term)
-    base = {"job_id": spec["job_id"], "native_id": spec["native_id"], "attempt": spec["attempt"]}
-    # The runner keeps the log's only handle worth having: the job writes to it through its stdout.
-    log = os.fdopen(os.open(folder / "output.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "ab")
-    as_user = {"user": user["uid"], "group": user["gid"], "extra_groups": []} if user else {}
-    try:
+    def start(self, argv: list[str]) -> subprocess.Popen:
         # The command is an argument list executed directly: no shell ever parses it or the env.
         # The child enters its folder before it drops to the job's user, so it runs there even
         # when the folders above it are closed to that user.
         proc = subprocess.Popen(
-            spec["command"],
-            cwd=spec["cwd"],
-            env=spec["env"],
+            argv,
+            cwd=self.spec["cwd"],
+            env=self.spec["env"],
             stdin=subprocess.DEVNULL,
-            stdout=log,
+            stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
-            **as_user,
+            **self.as_user,
         )
-    except OSError as exc:
-        status = _report(spec, 127, None, None, reason=f"could not start {spec['command'][0]!r}: {exc.strerror or exc}")
-        _write_json(folder / "status.json", status)
-        report(status)
-        return 0
-    started = time.monotonic()
-    running = {**base, "state": "RUNNING", "pid": proc.pid, "at": _now(), "reason": "process started"}
-    _write_json(folder / "runner.json", running)
-    # Delivery retries for a long while when the endpoint is down; cancel and max runtime must not wait for it.
-    sender = threading.Thread(target=report, args=(running,), daemon=True)
-    sender.start()
+        base = {"job_id": self.spec["job_id"], "native_id": self.spec["native_id"], "attempt": self.spec["attempt"]}
+        if self.running is None:
+            self.deadline = time.monotonic() + self.spec["max_runtime_seconds"]
+            self.running = {**base, "state": "RUNNING", "pid": proc.pid, "at": _now(), "reason": "process started"}
+            _write_json(self.folder / "runner.json", self.running)
+            # Delivery retries for a long while when the endpoint is down; cancel and max runtime must not wait.
+            self.sender = threading.Thread(target=self.report, args=(self.running,), daemon=True)
+            self.sender.start()
+        else:  # the next step: a stack without its runner stops this process group
+            _write_json(self.folder / "runner.json", {**self.running, "pid": proc.pid})
+        return proc
 
-    deadline = started + spec["max_runtime_seconds"]
-    outcome = None
-    while True:
+    def supervise(self, argv: list[str]) -> tuple[int, StopCause | None]:
+        """Run one process to its end or until it is stopped; (exit code in shell terms, why it was stopped)."""
+        proc = self.start(argv)
+        outcome = None
+        while True:
+            try:
+                code = proc.wait(timeout=0.25)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            outcome = self.cause()
+            if outcome:
+                _stop_group(proc.pid, proc)
+                code = proc.wait()
+                break
+        # Whatever the process left behind in its group goes too.
         try:
-            code = proc.wait(timeout=0.25)
-            break
-        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
-        if stop_requested["flag"] or (folder / "cancel").exists():
-            outcome = StopCause.CANCEL
-        elif time.monotonic() > deadline:
-            outcome = StopCause.TIMEOUT
-        if outcome:
-            _stop_group(proc.pid, proc)
-            code = proc.wait()
-            break
-    # Whatever the job left behind in its group goes too.
+        exit_code = shell_exit_code(code)
+        if outcome is StopCause.TIMEOUT:
+            # What timeout(1) on the VMs returns: 124, or 137 when the job outlived the TERM.
+            exit_code = SIGKILL_EXIT if exit_code == SIGKILL_EXIT else TIMEOUT_EXIT
+        return exit_code, outcome
+
+
+def _storage(spec: dict, credentials: dict):
+    from chalicelib.backends.local.staging import Storage
+
+    staging = spec["staging"]
+    return Storage(
+        region=spec["region"],
+        endpoint_url=staging.get("endpoint_url"),
+        endpoint_file=staging.get("endpoint_file"),
+        credentials=credentials,
+    )
+
+
+def _stage_in(job: _Job, storage) -> None:
+    """Before setup starts: the code unpacked in the work folder, each input read-only in its folder, the
+    checkpoint folder restored from the checkpoint location. Raises StagingError (or an SDK error)."""
+    from chalicelib.backends.local import staging as st
+
+    spec, plan = job.spec, job.spec["staging"]
+    client = storage.client()
+    dirs = {name: Path(path) for name, path in plan["dirs"].items()}
+    user = spec.get("user") or {}
+    code = plan.get("code")
+    if code:
+        archive = job.folder / "code.tar.gz"
+        st.fetch_code(client, code["uri"], code["sha256"], archive)
+        count = st.unpack(archive, dirs["work"])
+        archive.unlink()
+        job.say(f"code: {code['uri']} (sha256 {code['sha256'][:12]}) unpacked in {dirs['work']}: {count} files")
+    dirs["inputs"].mkdir(mode=0o700, exist_ok=True)
+    for name, uri in plan.get("inputs", []):
+        count = st.stage_input(client, name, uri, dirs["inputs"] / name)
+        job.say(f"input {name}: {uri} -> {dirs['inputs'] / name} ({count} files, read-only)")
+    st.make_read_only(dirs["inputs"])
+    restored = st.download_prefix(client, plan["checkpoint_uri"], dirs["checkpoints"])
+    if restored:  # a first attempt has none: its log says nothing of them
+        job.say(f"checkpoints: {restored} files restored from {plan['checkpoint_uri']}")
+    if user:
+        st.give_to(dirs["work"], user["uid"], user["gid"])
+        st.give_to(dirs["checkpoints"], user["uid"], user["gid"])
+
+
+class _CheckpointSync:
+    """Uploads the checkpoint folder's new and changed files every `seconds` while the job runs, and once at the end."""
+
+    def __init__(self, job: _Job, storage) -> None:
+        from chalicelib.backends.local import staging as st
+
+        plan = job.spec["staging"]
+        self.job = job
+        self.storage = storage
+        self.folder = Path(plan["dirs"]["checkpoints"])
+        self.uri = plan["checkpoint_uri"]
+        self.seconds = float(plan.get("checkpoint_seconds", 60))
+        self.owner = (job.spec.get("user") or {}).get("uid")
+        self.seen = st.remember(self.folder)  # what was just restored is there already
+        self.lock = threading.Lock()
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="checkpoint-sync", daemon=True)
+
+    def sync(self) -> int:
+        from chalicelib.backends.local import staging as st
+
+        with self.lock:
+            return st.upload_folder(self.storage.client(), self.folder, self.uri, self.seen, self.owner)
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.seconds):
+            try:
+                self.sync()
+            except Exception as exc:  # best effort while it runs: the final sync tries again and says so
+                print(f"checkpoint sync to {self.uri} failed: {exc}", file=sys.stderr, flush=True)
+
+    def finish(self) -> str:
+        self.stopped.set()
+        self.thread.join(timeout=30)
+        try:
+            count = self.sync()
+            return f"checkpoints: {count} changed files synced to {self.uri}" if count else ""
+        except Exception as exc:  # reported in the log; the job's own outcome stands
+            from chalicelib.backends.local.staging import describe
+
+            return f"checkpoints: the final sync to {self.uri} failed: {describe(exc)}"
+
+
+def _stage_out(job: _Job, storage) -> str:
+    """At the end, whatever the outcome: everything in the output folder to artifacts_uri."""
+    from chalicelib.backends.local import staging as st
+
+    plan = job.spec["staging"]
+    owner = (job.spec.get("user") or {}).get("uid")
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
+        count = st.upload_folder(storage.client(), Path(plan["dirs"]["outputs"]), plan["artifacts_uri"], owner=owner)
+    except Exception as exc:  # reported in the log and the exit reason; the job's own outcome stands
+        return f"outputs: the upload to {plan['artifacts_uri']} failed: {st.describe(exc)}"
+    return f"outputs: {count} files uploaded to {plan['artifacts_uri']}" if count else ""
+
+
+def run(folder: Path, key: bytes | None = None, credentials: dict | None = None) -> int:
+    os.umask(0o077)  # what the runner and the job create is theirs alone
+    spec = json.loads((folder / "spec.json").read_text())
+
+    def report(detail: dict) -> bool:
+        return post_event(spec.get("event_url"), spec["region"], detail, key=key, url_file=spec.get("event_url_file"))
+
+    # The runner keeps the log's only handle worth having: the job writes to it through its stdout.
+    log = os.fdopen(os.open(folder / "output.log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "ab")
+    job = _Job(folder, spec, log, report)
+
+    def _on_term(signum, frame):  # noqa: ARG001
+        job.stop_requested = True
+
+    signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, _on_term)
+    storage = _storage(spec, credentials or {}) if spec.get("staging") else None
+    exit_code: int | None = None
+    outcome: StopCause | None = None
+    reason = ""
+    sync = None
+    staged = True
+    try:
+        if storage is not None:
+            _stage_in(job, storage)
+            sync = _CheckpointSync(job, storage)
+            sync.thread.start()
+    except Exception as exc:  # the job cannot start: the report says why, in words rather than a traceback
+        from chalicelib.backends.local.staging import describe
+
+        staged = False
+        reason = f"staging failed before setup: {describe(exc)}"
+        job.say(reason)
+    outcome = job.cause()
+    steps = [(f"setup step {i + 1}", step) for i, step in enumerate(spec.get("setup", []))]
+    for label, argv in [*steps, ("command", spec["command"])] if staged else []:
+        if outcome:
+            break
+        if label != "command":
+            job.say(f"{label}: {shlex.join(argv)[:500]}")
+        try:
+            exit_code, outcome = job.supervise(argv)
+        except OSError as exc:
+            exit_code, reason = 127, f"could not start {argv[0]!r}: {exc.strerror or exc}"
+            if label != "command":
+                reason = f"{label} {reason}"
+            break
+        if exit_code != 0 and not outcome and label != "command":
+            reason = f"{label} failed ({exit_reason(ExitState.FAILED, exit_code)}): the command did not run"
+            job.say(reason)
+            break
+    endings = []
+    if sync is not None:
+        endings.append(sync.finish())
+    if storage is not None and spec.get("staging"):
+        endings.append(_stage_out(job, storage))
+    for line in filter(None, endings):
+        job.say(line)
+        if "failed" in line:
+            reason = f"{reason}; {line}" if reason else line
     log.close()
-    exit_code = shell_exit_code(code)
-    if outcome is StopCause.TIMEOUT:
-        # What timeout(1) on the VMs returns: 124, or 137 when the job outlived the TERM.
-        exit_code = SIGKILL_EXIT if exit_code == SIGKILL_EXIT else TIMEOUT_EXIT
-    status = _report(spec, exit_code, outcome, running["at"])
+    started_at = job.running["at"] if job.running else None
+    status = _report(spec, exit_code, outcome, started_at, reason=reason)
     _write_json(folder / "status.json", status)
-    sender.join()  # the final event follows the first one, as it happened
+    if job.sender is not None:
+        job.sender.join()  # the final event follows the first one, as it happened
     report(status)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(run(Path(sys.argv[1]), _read_key()))
+    _key, _credentials = _read_handover()
+    sys.exit(run(Path(sys.argv[1]), _key, _credentials))

@@ -70,6 +70,20 @@ if mode.startswith("write"):
     s3.complete_multipart_upload(
         Bucket="artifacts-bucket", Key="checkpoint", UploadId=up["UploadId"], MultipartUpload={"Parts": parts}
     )
+    # An upload through a presigned URL (what `jobplane submit` does with POST /code's answer): no
+    # Authorization header, the signature rides in the query string.
+    from botocore.config import Config
+
+    presigner = boto3.client("s3", config=Config(signature_version="s3v4"), **kw)
+    code = b"packed code" * 1000
+    url = presigner.generate_presigned_url(
+        "put_object", Params={"Bucket": "artifacts-bucket", "Key": "code/abc.tar.gz"}, ExpiresIn=60
+    )
+    import urllib.request
+
+    request = urllib.request.Request(url, data=code, method="PUT", headers={"Content-Type": "application/gzip"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
 if mode == "compact":
     with emu.persistent.lock:
         emu.persistent._compact_locked()

@@ -40,7 +40,9 @@ def test_acknowledged_writes_survive_the_process_dying_without_a_goodbye(written
         "a b/c%2Fd.txt",
         "model.bin",
         "checkpoint",
+        "code/abc.tar.gz",
     }
+    assert before["objects"]["code/abc.tar.gz"] == len(b"packed code") * 1000
     assert before["ttl"]["TimeToLiveStatus"] == "ENABLED" and before["stream"]["StreamEnabled"] is True
     assert before["meta"] == [{"who": "me"}, "text/plain", "hello"]
     assert after["replayed"] == 0  # every journaled request applied again

@@ -1,0 +1,237 @@
+"""POST /code, code_uri checked at submit, GET /jobs/{id}/artifacts, and the CLI's upload and download over them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from argparse import Namespace
+from urllib.parse import urlsplit
+
+import boto3
+import pytest
+import requests
+from requests.adapters import BaseAdapter
+from requests.structures import CaseInsensitiveDict
+
+from jobplane import cli
+from jobplane.client import Client
+from tests.factories import job_spec
+
+BUCKET = "jobplane-test-artifacts"
+
+
+@pytest.fixture
+def s3(api, moto_endpoint):
+    client = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1")
+    try:
+        client.create_bucket(Bucket=BUCKET)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return client
+
+
+def field_of(response) -> str:
+    return response.json_body["error"]["details"][0]["field"]
+
+
+# --- POST /code ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"sha256": "xyz", "size": 10}, "sha256"),
+        ({"sha256": "A" * 64, "size": 10}, "sha256"),
+        ({"size": 10}, "sha256"),
+        ({"sha256": "a" * 64, "size": 0}, "size"),
+        ({"sha256": "a" * 64, "size": "10"}, "size"),
+        ({"sha256": "a" * 64, "size": True}, "size"),
+        ({"sha256": "a" * 64, "size": 10, "name": "x"}, "name"),
+        ([1], "(body)"),
+    ],
+)
+def test_a_bad_digest_or_size_is_a_400_naming_the_field(api, s3, body, field):
+    response = api.request("POST", "/code", api.token("alice"), body)
+    assert response.status_code == 400, response.body
+    assert field_of(response) == field
+
+
+def test_code_over_the_limit_is_refused_naming_the_setting(api, s3):
+    response = api.request("POST", "/code", api.token("alice"), {"sha256": "a" * 64, "size": 101 * 1024 * 1024})
+    assert response.status_code == 400
+    assert field_of(response) == "size"
+    assert "100 MB (JOBPLANE_CODE_MAX_MB)" in response.json_body["error"]["message"]
+
+
+def test_code_needs_a_token(api, s3):
+    assert api.request("POST", "/code", None, {"sha256": "a" * 64, "size": 1}).status_code == 401
+
+
+def test_an_upload_url_is_issued_once_and_then_the_code_exists(api, s3):
+    data = b"packed code bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    token = api.token("alice")
+    first = api.request("POST", "/code", token, {"sha256": sha, "size": len(data)})
+    assert first.status_code == 201, first.body
+    body = first.json_body
+    assert body["code_uri"] == f"s3://{BUCKET}/code/{sha}.tar.gz" and body["exists"] is False
+    upload = body["upload"]
+    signed = urlsplit(upload["url"]).query
+    # Signature V4 over the length and the checksum: S3 accepts no other body under this key.
+    assert "X-Amz-SignedHeaders=content-length%3Bcontent-type%3Bhost%3Bx-amz-checksum-sha256" in signed
+    assert "X-Amz-Expires=900" in signed and f"code/{sha}.tar.gz" in upload["url"]
+    assert upload["headers"]["Content-Length"] == str(len(data))
+    assert requests.put(upload["url"], data=data, headers=upload["headers"], timeout=10).status_code == 200
+    again = api.request("POST", "/code", token, {"sha256": sha, "size": len(data)})
+    assert again.status_code == 200
+    assert again.json_body == {"code_uri": body["code_uri"], "exists": True, "upload": None}
+
+
+# --- code_uri at submit -------------------------------------------------------------------------------
+
+
+def test_a_job_naming_code_that_was_never_uploaded_is_a_400_naming_code_uri(api, s3):
+    uri = f"s3://{BUCKET}/code/{'b' * 64}.tar.gz"
+    response = api.request("POST", "/jobs", api.token("alice"), job_spec(code_uri=uri, code_sha256="b" * 64))
+    assert response.status_code == 400
+    assert field_of(response) == "code_uri"
+    assert "does not exist" in response.json_body["error"]["message"]
+
+
+# --- the CLI over the API (requests routed into Chalice's test client) -------------------------------
+
+
+class ChaliceAdapter(BaseAdapter):
+    """requests -> chalice.test.Client: the CLI's own HTTP calls, answered by the app in this process."""
+
+    def __init__(self, api):
+        super().__init__()
+        self.api = api
+
+    def send(self, request, **kwargs):
+        parts = urlsplit(request.url)
+        path = parts.path + (f"?{parts.query}" if parts.query else "")
+        body = request.body or b""
+        answer = getattr(self.api.client.http, request.method.lower())(
+            path, headers=dict(request.headers), body=body.encode() if isinstance(body, str) else body
+        )
+        response = requests.Response()
+        response.status_code = answer.status_code
+        response.headers = CaseInsensitiveDict(answer.headers)
+        response._content = answer.body
+        response.request = request
+        response.url = request.url
+        return response
+
+    def close(self):
+        pass
+
+
+def cli_client(api, token) -> tuple[Client, list[str]]:
+    client = Client("http://api.test", token)
+    client.session.mount("http://api.test", ChaliceAdapter(api))
+    stored: list[str] = []
+
+    def record(response, *args, **kwargs):
+        assert "Authorization" not in response.request.headers  # the API token stays with the API
+        stored.append(response.request.method)
+
+    client.storage.hooks["response"].append(record)
+    return client, stored
+
+
+def test_submit_with_a_workdir_uploads_once_and_the_job_shows_code_and_artifacts_uri(api, s3, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("print('hi')\n")
+    spec = tmp_path / "job.yaml"
+    spec.write_text("name: with-code\nworkdir: src\nbackend: local\ncommand: [sleep, '60']\n")
+    client, stored = cli_client(api, api.token("alice"))
+    text, is_yaml = cli.with_uploaded_code(client, spec.read_text(), tmp_path, None, say=lambda _: None)
+    document = json.loads(text)
+    assert "workdir" not in document and not is_yaml
+    assert document["code_uri"] == f"s3://{BUCKET}/code/{document['code_sha256']}.tar.gz"
+    assert stored == ["PUT"]
+    job = client.submit(text, yaml=False)
+    assert (job["spec"]["code_uri"], job["spec"]["code_sha256"]) == (document["code_uri"], document["code_sha256"])
+    assert job["artifacts_uri"] == f"s3://{BUCKET}/outputs/{job['job_id']}/"
+    client.cancel(job["job_id"])
+    # Unchanged code: the API knows the digest, nothing is uploaded.
+    again, _ = cli.with_uploaded_code(client, spec.read_text(), tmp_path, None, say=lambda _: None)
+    assert json.loads(again)["code_sha256"] == document["code_sha256"]
+    assert stored == ["PUT"]
+    # --workdir (relative to the current folder) wins over the spec's and packs that folder instead.
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.py").write_text("")
+    third, _ = cli.with_uploaded_code(client, spec.read_text(), tmp_path, str(tmp_path / "other"), say=print)
+    assert json.loads(third)["code_sha256"] != document["code_sha256"] and stored == ["PUT", "PUT"]
+
+
+def test_a_spec_without_a_workdir_is_sent_as_written(api, s3, tmp_path):
+    client, stored = cli_client(api, api.token("alice"))
+    text = "name: plain\ncommand: [echo, hi]\n"
+    assert cli.with_uploaded_code(client, text, tmp_path, None) == (text, True)
+    assert stored == []
+
+
+# --- GET /jobs/{id}/artifacts ------------------------------------------------------------------------
+
+
+def _job_with_outputs(api, s3, token, files: dict[str, bytes]) -> dict:
+    created = api.request("POST", "/jobs", token, job_spec("outputs", command=["sleep", "60"]))
+    job = created.json_body
+    api.request("POST", f"/jobs/{job['job_id']}/cancel", token)
+    for key, data in files.items():
+        s3.put_object(Bucket=BUCKET, Key=f"outputs/{job['job_id']}/{key}", Body=data)
+    return job
+
+
+def test_artifacts_are_listed_relative_to_artifacts_uri_with_download_urls_page_by_page(api, s3):
+    token = api.token("alice")
+    job = _job_with_outputs(api, s3, token, {"model.pt": b"weights", "eval/metrics.json": b"{}", "z.txt": b"z"})
+    first = api.request("GET", f"/jobs/{job['job_id']}/artifacts?limit=2", token)
+    assert first.status_code == 200, first.body
+    page = first.json_body
+    assert page["artifacts_uri"] == job["artifacts_uri"] == f"s3://{BUCKET}/outputs/{job['job_id']}/"
+    assert [(a["key"], a["size"]) for a in page["artifacts"]] == [("eval/metrics.json", 2), ("model.pt", 7)]
+    assert requests.get(page["artifacts"][1]["url"], timeout=10).content == b"weights"
+    rest = api.request("GET", f"/jobs/{job['job_id']}/artifacts?limit=2&cursor={page['next_cursor']}", token)
+    assert [a["key"] for a in rest.json_body["artifacts"]] == ["z.txt"] and rest.json_body["next_cursor"] is None
+
+
+def test_artifacts_are_owner_scoped_and_a_bad_cursor_is_named(api, s3):
+    token = api.token("alice")
+    job = _job_with_outputs(api, s3, token, {"a": b"a"})
+    assert api.request("GET", f"/jobs/{job['job_id']}/artifacts", api.token("mallory")).status_code == 404
+    bad = api.request("GET", f"/jobs/{job['job_id']}/artifacts?cursor=nonsense", token)
+    assert bad.status_code == 400 and field_of(bad) == "cursor"
+    assert api.request("GET", f"/jobs/{job['job_id']}/artifacts?limit=0", token).status_code == 400
+
+
+def _cli_artifacts(api, monkeypatch, token, job_id, download) -> int:
+    client, _ = cli_client(api, token)
+    monkeypatch.setattr(cli, "_client", lambda args: client)
+    return cli.cmd_artifacts(Namespace(job_id=job_id, download=str(download) if download else None))
+
+
+def test_jobplane_artifacts_download_keeps_relative_paths(api, s3, monkeypatch, tmp_path):
+    token = api.token("alice")
+    job = _job_with_outputs(api, s3, token, {"model.pt": b"weights", "eval/metrics.json": b"{}"})
+    assert _cli_artifacts(api, monkeypatch, token, job["job_id"], tmp_path / "got") == 0
+    assert (tmp_path / "got" / "model.pt").read_bytes() == b"weights"
+    assert (tmp_path / "got" / "eval" / "metrics.json").read_bytes() == b"{}"
+
+
+def test_jobplane_artifacts_refuses_a_key_that_would_leave_the_folder_and_writes_nothing(
+    api, s3, monkeypatch, tmp_path
+):
+    token = api.token("alice")
+    job = _job_with_outputs(api, s3, token, {"fine.txt": b"ok", "../escape.txt": b"evil"})
+    with pytest.raises(cli.CliError, match="refusing artifact key '../escape.txt'"):
+        _cli_artifacts(api, monkeypatch, token, job["job_id"], tmp_path / "got")
+    assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "got" / "fine.txt").exists()
+
+
+@pytest.mark.parametrize("key", ["/etc/passwd", "a/../../b", "", "a//b", "C:/x"])
+def test_safe_destination_refuses_keys_that_escape(tmp_path, key):
+    with pytest.raises(cli.CliError, match="refusing artifact key"):
+        cli.safe_destination(tmp_path, key)
