@@ -118,9 +118,10 @@ def batch_fleet(settings, endpoint, n):
             computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}],
         )
     backend = BatchBackend(settings)
-    definition = backend.job_definition("train:1")
+    fleet = _jobs("aws-batch", n)
+    definition = backend.job_definition(fleet[0].spec)  # one image, one staging shape: one definition
     jobs = []
-    for job in _jobs("aws-batch", n):
+    for job in fleet:
         handle = Handle.of(job)
         submitted = client.submit_job(**backend.submit_request(job, handle, definition))
         jobs.append(job.with_changes(native_id=submitted["jobId"], native_name=handle.native_name))

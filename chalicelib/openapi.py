@@ -45,6 +45,9 @@ class Job(_Out):
     status_reason: str | None
     candidates: list[str]
     metrics: dict[str, float] = Field(description="the latest value of each key the job reported (JOBPLANE_METRICS)")
+    artifacts_uri: str | None = Field(
+        description="where $JOBPLANE_OUTPUT_DIR is uploaded: <outputs or the stage's bucket>/<job_id>/"
+    )
 
 
 class JobMetrics(_Out):
@@ -64,9 +67,6 @@ class JobMetrics(_Out):
 class Tail(_Out):
     lines: list[str] | None = Field(description="the last lines of the output; null when out of reach")
     note: str | None
-    artifacts_uri: str | None = Field(
-        description="where $JOBPLANE_OUTPUT_DIR is uploaded: <outputs or the stage's bucket>/<job_id>/"
-    )
 
 
 class CodeRequest(BaseModel):

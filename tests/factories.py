@@ -463,6 +463,16 @@ def stack_api(stack, method, path, token=None, **kw):
     return requests.request(method, stack["state"]["api"] + path, headers=headers, timeout=30, **kw)
 
 
+def stack_cli(stack, *args, stdin=None, check=True):
+    """The `jobplane` CLI against a running stack (its env names the stack's folder)."""
+    result = subprocess.run(
+        [*JOBPLANE, *args], cwd=ROOT, env=stack["env"], input=stdin, capture_output=True, text=True, timeout=180
+    )
+    if check:
+        assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
 def kill_runners(directory: Path) -> None:
     """A job's runner outlives a kill -9 of the stack by design; the test leaves none behind."""
     for pid_file in (directory / "jobs").glob("*/runner.pid"):

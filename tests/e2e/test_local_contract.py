@@ -10,8 +10,9 @@ import textwrap
 import boto3
 import pytest
 
-from tests.e2e.conftest import _wait, start_stack, stop_stack
-from tests.e2e.test_local_stack import api, cli
+from tests.factories import stack_api as api
+from tests.factories import stack_cli as cli
+from tests.factories import start_stack, stop_stack, wait_long
 
 pytestmark = pytest.mark.e2e
 
@@ -41,7 +42,7 @@ TRAIN = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def contract_stack(tmp_path_factory):
-    running = start_stack(tmp_path_factory, JOBPLANE_LOCAL_CHECKPOINT_SECONDS="1")
+    running = start_stack(tmp_path_factory.mktemp("stack"), sigint_ignored=True, JOBPLANE_LOCAL_CHECKPOINT_SECONDS="1")
     yield running
     stop_stack(running)
 
@@ -93,11 +94,11 @@ def test_a_workdir_job_with_inputs_resumes_from_its_checkpoint_and_its_artifacts
             return None
         return s3.get_object(Bucket="jobplane-local-artifacts", Key=f"checkpoints/{job_id}/epoch")["Body"].read()
 
-    assert _wait(lambda: checkpoint() == b"2" and True, timeout=60, what="attempt 1's checkpoint at epoch 2")
+    assert wait_long(lambda: checkpoint() == b"2" and True, timeout=60, what="attempt 1's checkpoint at epoch 2")
     runner = stack["dir"] / "jobs" / f"jp-{job_id}" / "runner.pid"
     os.kill(int(runner.read_text()), signal.SIGTERM)  # the machine goes away under attempt 1
 
-    final = _wait(
+    final = wait_long(
         lambda: (j := api(stack, "GET", f"/jobs/{job_id}").json())["status"] in ("SUCCEEDED", "FAILED") and j,
         timeout=90,
         what="the job to end",

@@ -5,36 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.factories import JOBPLANE, ROOT, wait_long
+from tests.factories import stack_api as api
+from tests.factories import stack_cli as cli
+from tests.factories import wait_long
 
 pytestmark = pytest.mark.e2e
-
-
-def cli(stack, *args, stdin=None, check=True):
-    result = subprocess.run(
-        [*JOBPLANE, *args], cwd=ROOT, env=stack["env"], input=stdin, capture_output=True, text=True, timeout=180
-    )
-    if check:
-        assert result.returncode == 0, result.stderr + result.stdout
-    return result
-
-
-def api(stack, method, path, token=None, **kw):
-    token = token or stack["state"]["admin_token"]
-    return requests.request(
-        method,
-        stack["state"]["api"] + path,
-        headers={"Authorization": f"Bearer {token}", **kw.pop("headers", {})},
-        timeout=30,
-        **kw,
-    )
 
 
 def test_the_example_job_runs_to_success_with_metrics_and_slack_messages(stack):

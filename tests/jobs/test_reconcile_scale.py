@@ -79,10 +79,11 @@ def batch_fleet(request, tmp_path):
     backend = harness.backend
     settings = backend.settings
     client = boto(settings, "batch")
-    definition = backend.job_definition("train:1")
+    jobs = _jobs("aws-batch", 250)
+    definition = backend.job_definition(jobs[0].spec)  # one image, one staging shape: one definition
     store = DynamoJobStore(settings)
     store.create_tables()
-    for i, job in enumerate(_jobs("aws-batch", 250)):
+    for i, job in enumerate(jobs):
         handle = Handle.of(job)
         submitted = client.submit_job(**backend.submit_request(job, handle, definition))
         job = job.with_changes(native_id=submitted["jobId"], native_name=handle.native_name, updated_at=NOW)
