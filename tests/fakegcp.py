@@ -32,6 +32,7 @@ class FakeGcp:
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Instance JSON
         self.objects: dict[tuple[str, str], bytes] = {}
         self.guest_attributes: dict[str, dict[str, str]] = {}
+        self.log_entries: list[dict[str, Any]] = []  # LogEntry JSON, served by entries.list in order
         self.fail_next: list[tuple[int, dict[str, Any]]] = []  # responses to give instead, in order
         self._ids = 1000
         self._lock = threading.Lock()
@@ -114,6 +115,15 @@ class FakeGcp:
                 "size": str(len(data)),
                 "generation": "1",
             }
+        if path == "/v2/entries:list" and method == "POST":
+            # ListLogEntriesResponse: `entries` and, while more remain, `nextPageToken` (an offset here).
+            start = int((body or {}).get("pageToken") or 0)
+            size = int((body or {}).get("pageSize") or 50)
+            page = self.log_entries[start : start + size]
+            answer: dict[str, Any] = {"entries": page}
+            if start + size < len(self.log_entries):
+                answer["nextPageToken"] = str(start + size)
+            return 200, answer
         return _error(404, "NOT_FOUND", f"fake has no route for {method} {path}")
 
     def _vertex(self, method, parent, job_id, cancel, query, body):
