@@ -324,6 +324,22 @@ def make_resource(now: datetime | None = None, **overrides: Any) -> ManagedResou
     return ManagedResource(**fields)
 
 
+def resource_job(
+    now: datetime | None = None, status: JobStatus = JobStatus.RUNNING, attempt: int = 1, max_runtime: int = 120
+) -> Job:
+    """The job make_resource's VM is for: job "a" * 32 on ec2, created two hours and started an hour before `now`."""
+    now = now or utcnow()
+    return make_job(
+        "ec2",
+        {"name": "j", "command": ["true"], "max_runtime_minutes": max_runtime},
+        job_id="a" * 32,
+        attempt=attempt,
+        status=status,
+        created_at=now - timedelta(hours=2),
+        started_at=now - timedelta(hours=1),
+    )
+
+
 class ScriptedBackend(ComputeBackend):
     """A provider whose launches follow a script: "ok", "crash", or an exception to raise."""
 
