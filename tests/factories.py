@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,16 @@ from chalicelib.backends.base import (
     PowerState,
     ResourceKind,
 )
-from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, new_job_id, utcnow
+from chalicelib.jobs.model import (
+    EventSource,
+    FailureKind,
+    HistoryEntry,
+    Job,
+    JobStatus,
+    native_name,
+    new_job_id,
+    utcnow,
+)
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -154,6 +163,12 @@ def job_spec(name: str = "train", **overrides: Any) -> dict[str, Any]:
     return {"name": name, "command": [sys.executable, "-c", "print('hello')"], "backend": "local", **overrides}
 
 
+def sleeper_spec(seconds: float, name: str = "sleeper", **overrides: Any) -> dict[str, Any]:
+    """A spec document for a local job that prints start, sleeps `seconds`, then prints end."""
+    code = f"import time; print('start', flush=True); time.sleep({seconds}); print('end')"
+    return job_spec(name, command=[sys.executable, "-c", code], **overrides)
+
+
 # A spec with every field the contract documents set (DESIGN.md's example, plus the queue's fields).
 FULL_SPEC: dict[str, Any] = {
     "name": "resnet-cifar",
@@ -180,6 +195,11 @@ def make_spec(**overrides: Any) -> JobSpec:
     return parse_spec(spec_dict(**overrides))
 
 
+def noop_spec(name: str = "job", **overrides: Any) -> JobSpec:
+    """make_spec whose command does nothing (`true`): for tests where the job's process never matters."""
+    return make_spec(name=name, command=["true"], **overrides)
+
+
 def make_job(
     backend: str = "local",
     spec: dict[str, Any] | JobSpec | None = None,
@@ -188,14 +208,70 @@ def make_job(
     owner: str = "alice",
     status: JobStatus = JobStatus.LAUNCHING,
     created_at: datetime | None = None,
+    named: bool = False,
     **changes: Any,
 ) -> Job:
     """A job on `backend`; `spec` is a typed spec or a dict laid over `spec_dict`'s defaults for that backend
-    (checked as the API checks a spec, not against the backend, so a test can build a job the backend refuses)."""
+    (checked as the API checks a spec, not against the backend, so a test can build a job the backend refuses).
+    `named`: the job's native id is its attempt's native name, as a job we launched under our name has."""
     if not isinstance(spec, JobSpec):
         spec = parse_spec(spec_dict(**{"backend": backend, **(spec or {})}))
-    job = Job(job_id or new_job_id(), spec.name, owner, status, backend, spec, created_at or utcnow(), attempt=attempt)
+    job_id = job_id or new_job_id()
+    if named:
+        changes.setdefault("native_id", native_name(job_id, attempt))
+    job = Job(job_id, spec.name, owner, status, backend, spec, created_at or utcnow(), attempt=attempt)
     return job.with_changes(**changes) if changes else job
+
+
+# A fixed clock and id, for tests whose expected output holds times and ids (Slack messages, decide() tables).
+T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
+JOB_ID = "0123456789abcdef0123456789abcdef"
+# The GPU SageMaker job messages describe: FULL_SPEC's resources and retries, no Slack channel of its own.
+REPORTED_SPEC: dict[str, Any] = {
+    "name": "resnet-cifar",
+    "image": FULL_SPEC["image"],
+    "command": ["python", "train.py"],
+    "resources": FULL_SPEC["resources"],
+    "backend": "sagemaker",
+    "retries": FULL_SPEC["retries"],
+    "notify": {"slack_channel": None},
+}
+
+
+def running_job(**changes: Any) -> Job:
+    """REPORTED_SPEC's job JOB_ID, created at T0 and running (as its backend reported) since two minutes later;
+    `spec` is laid over REPORTED_SPEC, the other changes over the job."""
+    spec = {**REPORTED_SPEC, **changes.pop("spec", {})}
+    base: dict[str, Any] = {
+        "native_id": f"jp-{JOB_ID}",
+        "native_name": f"jp-{JOB_ID}",
+        "started_at": T0 + timedelta(minutes=2),
+        "updated_at": T0 + timedelta(minutes=2),
+        "status_reason": "running (reported by backend)",
+    }
+    job = make_job("sagemaker", spec, job_id=JOB_ID, status=JobStatus.RUNNING, created_at=T0, **base)
+    return job.with_changes(**changes)
+
+
+def finished_job(**changes: Any) -> Job:
+    """running_job, succeeded an hour after it started, with its cost."""
+    base = {
+        "status": JobStatus.SUCCEEDED,
+        "finished_at": T0 + timedelta(hours=1, minutes=2, seconds=5),
+        "cost_estimate_usd": 1.234,
+        "status_reason": "succeeded (reported by backend)",
+    }
+    return running_job(**{**base, **changes})
+
+
+def failed_job(**changes: Any) -> Job:
+    """finished_job, but failed by the user's code (CUDA out of memory)."""
+    base = {
+        "status": JobStatus.FAILED,
+        "failure_kind": FailureKind.USER_ERROR,
+        "failure_reason": "exit code 1: CUDA out of memory",
+    }
+    return finished_job(**{**base, **changes})
 
 
 def make_history(
@@ -246,6 +322,22 @@ def make_resource(now: datetime | None = None, **overrides: Any) -> ManagedResou
     )
     fields.update(overrides)
     return ManagedResource(**fields)
+
+
+def resource_job(
+    now: datetime | None = None, status: JobStatus = JobStatus.RUNNING, attempt: int = 1, max_runtime: int = 120
+) -> Job:
+    """The job make_resource's VM is for: job "a" * 32 on ec2, created two hours and started an hour before `now`."""
+    now = now or utcnow()
+    return make_job(
+        "ec2",
+        {"name": "j", "command": ["true"], "max_runtime_minutes": max_runtime},
+        job_id="a" * 32,
+        attempt=attempt,
+        status=status,
+        created_at=now - timedelta(hours=2),
+        started_at=now - timedelta(hours=1),
+    )
 
 
 class ScriptedBackend(ComputeBackend):

@@ -14,7 +14,6 @@ from chalicelib.backends.base import Handle
 from chalicelib.jobs.model import (
     EventSource,
     FailureKind,
-    HistoryEntry,
     Job,
     JobStatus,
     native_name,
@@ -22,7 +21,7 @@ from chalicelib.jobs.model import (
     utcnow,
 )
 from chalicelib.jobs.spec_types import JobSpec
-from tests.factories import FIXTURES, make_settings, make_stores, put_events, use_stores
+from tests.factories import FIXTURES, make_history, make_job, make_settings, make_stores, put_events, use_stores
 
 BACKENDS = "sagemaker,aws-batch,ecs,ec2,vertex,gce,local"
 
@@ -96,9 +95,9 @@ def env(tmp_path, moto_endpoint):
 
 def seed(env, backend, status=JobStatus.RUNNING, **fields) -> Job:
     job_id = new_job_id()
-    spec = JobSpec.from_dict({"name": "train", "image": "train:1", "command": ["python", "train.py"]})
-    job = Job(job_id, "train", "al", status, backend, spec, utcnow(), native_name=native_name(job_id, 1), **fields)
-    env.api.store.create_job(job, HistoryEntry(job_id, job.created_at, None, status, "seeded", EventSource.API))
+    spec = {"image": "train:1", "command": ["python", "train.py"]}
+    job = make_job(backend, spec, job_id, owner="al", status=status, native_name=native_name(job_id, 1), **fields)
+    env.api.store.create_job(job, make_history(job, reason="seeded"))
     return job
 
 

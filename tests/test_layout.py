@@ -141,3 +141,51 @@ def test_the_import_check_would_catch_a_helper_import(tmp_path):
         "def test_x():\n    from tests.jobs.test_spec import helper\n"
     )
     assert _tests_imports(sample) == ["tests.conftest", "tests.factories", "tests.jobs.test_spec"]
+
+
+# One set of factories: no test module builds its own jobs, specs or settings.
+BUILDER_NAMES = {"make_job", "_make_job", "_job", "job_spec", "make_spec", "_spec", "make_settings", "_settings"}
+# (module, name) pairs allowed anyway, each for its reason:
+BUILDER_ALLOWED = {
+    # decide()'s tables read as data: factories.make_job with that module's fixed id and clock, 28 rows of it.
+    ("tests/jobs/test_machine.py", "make_job"),
+    # listings order by creation: factories.make_job created `seconds` after the module's clock, 29 uses.
+    ("tests/store/test_contract.py", "make_job"),
+    # the one test that a Job refuses a spec that is not a JobSpec must build the Job itself.
+    ("tests/jobs/test_spec_types.py", "Job("),
+}
+
+
+def _builders(path: Path) -> list[str]:
+    """The job/spec/settings builders `path` defines, and its direct `Job(...)` constructions."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name in BUILDER_NAMES:
+            found.append(node.name)
+        elif isinstance(node, ast.Call):
+            func = node.func
+            name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+            if name == "Job":
+                found.append("Job(")
+    return found
+
+
+def test_no_test_module_keeps_its_own_job_spec_or_settings_factory():
+    """Jobs, specs, settings and history come from tests/factories.py (issue 10: once there were five make_job)."""
+    offenders = []
+    for path in sorted((ROOT / "tests").rglob("*.py")):
+        rel = str(path.relative_to(ROOT))
+        if rel == "tests/factories.py":
+            continue
+        offenders += [f"{rel}: {name}" for name in _builders(path) if (rel, name) not in BUILDER_ALLOWED]
+    assert offenders == [], "use (or extend) tests/factories.py"
+
+
+def test_the_factory_check_would_catch_a_local_helper(tmp_path):
+    sample = tmp_path / "test_x.py"
+    sample.write_text(
+        "from chalicelib.jobs import model\n\n"
+        "def _job():\n    return model.Job('a', 'n', 'o', None, 'local', None, None)\n\n"
+        "def test_x():\n    def make_spec():\n        return Job()\n"
+    )
+    assert sorted(_builders(sample)) == ["Job(", "Job(", "_job", "make_spec"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from datetime import timedelta
 
@@ -13,12 +12,18 @@ from chalicelib.auth import Principal
 from chalicelib.backends.base import PowerState, ResourceKind, Utilization
 from chalicelib.backends.local.backend import LocalBackend, pid_alive
 from chalicelib.errors import UnsupportedError
-from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
+from chalicelib.jobs.model import EventSource, FailureKind, JobEvent, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
-from chalicelib.jobs.spec import parse_spec
-from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.reaper import EFFECTS, Action, Decision, ReapPolicy, apply, decide_resource, reconcile
-from tests.factories import make_job, make_observation, make_resource, make_settings
+from tests.factories import (
+    make_job,
+    make_observation,
+    make_resource,
+    make_settings,
+    make_spec,
+    resource_job,
+    sleeper_spec,
+)
 
 NOW = utcnow()
 POLICY = ReapPolicy(idle_gpu_percent=5, idle_minutes=30, overdue_grace_minutes=15)
@@ -28,18 +33,6 @@ def _vm(**kw):
     return make_resource(now=NOW, **kw)
 
 
-def _job(status=JobStatus.RUNNING, attempt=1, max_runtime=120):
-    return make_job(
-        "ec2",
-        JobSpec.from_dict({"name": "j", "command": ["true"], "max_runtime_minutes": max_runtime}),
-        job_id="a" * 32,
-        attempt=attempt,
-        status=status,
-        created_at=NOW - timedelta(hours=2),
-        started_at=NOW - timedelta(hours=1),
-    )
-
-
 BUSY = Utilization(gpu_percent=87.0, last_heartbeat=NOW - timedelta(minutes=1))
 
 
@@ -47,22 +40,27 @@ BUSY = Utilization(gpu_percent=87.0, last_heartbeat=NOW - timedelta(minutes=1))
     ("resource", "job", "usage", "expected"),
     [
         (_vm(), None, None, ("stop_orphan", "orphaned: i-0abc has no job behind it")),
-        (_vm(), _job(JobStatus.SUCCEEDED), None, ("stop_finished", "job is SUCCEEDED")),
-        (_vm(attempt=1), _job(attempt=2), BUSY, ("stop_orphan", "left over from attempt 1 (job is on 2)")),
+        (_vm(), resource_job(NOW, JobStatus.SUCCEEDED), None, ("stop_finished", "job is SUCCEEDED")),
+        (_vm(attempt=1), resource_job(NOW, attempt=2), BUSY, ("stop_orphan", "left over from attempt 1 (job is on 2)")),
         (
             _vm(launched_at=NOW - timedelta(minutes=136)),
-            _job(max_runtime=120),
+            resource_job(NOW, max_runtime=120),
             BUSY,
             ("stop_overdue", "running 136 min, past max_runtime_minutes plus 15 min grace"),
         ),
         (
             _vm(),
-            _job(),
+            resource_job(NOW),
             Utilization(2.5, NOW - timedelta(minutes=1)),
             ("stop_idle", "GPU utilisation 2.5% < 5% for 30 min"),
         ),
-        (_vm(), _job(), Utilization(None, NOW - timedelta(minutes=45)), ("stop_idle", "no heartbeat for 30 min")),
-        (_vm(), _job(), Utilization(None, None), ("stop_idle", "no heartbeat for 30 min")),
+        (
+            _vm(),
+            resource_job(NOW),
+            Utilization(None, NOW - timedelta(minutes=45)),
+            ("stop_idle", "no heartbeat for 30 min"),
+        ),
+        (_vm(), resource_job(NOW), Utilization(None, None), ("stop_idle", "no heartbeat for 30 min")),
         (
             _vm(power=PowerState.STOPPED, state="TERMINATED"),
             None,
@@ -71,7 +69,7 @@ BUSY = Utilization(gpu_percent=87.0, last_heartbeat=NOW - timedelta(minutes=1))
         ),
         (
             _vm(power=PowerState.STOPPED, state="stopped"),
-            _job(JobStatus.FAILED),
+            resource_job(NOW, JobStatus.FAILED),
             None,
             ("remove_stopped", "i-0abc is stopped and its job is FAILED"),
         ),
@@ -85,13 +83,13 @@ def test_a_tagged_vm_is_stopped_for_the_right_reason(resource, job, usage, expec
 @pytest.mark.parametrize(
     ("resource", "job", "usage"),
     [
-        (_vm(), _job(), BUSY),  # working
-        (_vm(launched_at=NOW - timedelta(minutes=10)), _job(), Utilization(0.0, None)),  # still booting
+        (_vm(), resource_job(NOW), BUSY),  # working
+        (_vm(launched_at=NOW - timedelta(minutes=10)), resource_job(NOW), Utilization(0.0, None)),  # still booting
         (_vm(power=PowerState.GONE, state="ended"), None, None),  # gone: a local process that exited
-        (_vm(power=PowerState.STOPPED, state="stopped"), _job(), None),  # its job may still need it
+        (_vm(power=PowerState.STOPPED, state="stopped"), resource_job(NOW), None),  # its job may still need it
         (_vm(kind=ResourceKind.DEVVM), None, None),  # judged by its own record
-        (_vm(kind=ResourceKind.JOB, backend="sagemaker"), _job(), None),  # a managed job: no idle notion
-        (_vm(launched_at=NOW - timedelta(minutes=134)), _job(max_runtime=120), BUSY),  # inside the grace
+        (_vm(kind=ResourceKind.JOB, backend="sagemaker"), resource_job(NOW), None),  # a managed job: no idle notion
+        (_vm(launched_at=NOW - timedelta(minutes=134)), resource_job(NOW, max_runtime=120), BUSY),  # inside the grace
     ],
 )
 def test_a_tagged_resource_that_should_run_is_left_alone(resource, job, usage):
@@ -99,12 +97,6 @@ def test_a_tagged_resource_that_should_run_is_left_alone(resource, job, usage):
 
 
 # --- the sweep, on real local processes -----------------------------------------------------------
-def _sleeping_spec(name="sleeper"):
-    return parse_spec(
-        {"name": name, "backend": "local", "command": [sys.executable, "-c", "import time; time.sleep(120)"]}
-    )
-
-
 def _wait(predicate, timeout=20):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -126,7 +118,7 @@ def test_an_orphaned_local_process_is_stopped_and_told_why(memory_store, tmp_pat
     settings = make_settings(tmp_path)
     service = JobService(memory_store, settings)
     backend = service.backend("local")
-    orphan = Job("b" * 32, "ghost", "nobody", JobStatus.LAUNCHING, "local", _sleeping_spec(), utcnow())
+    orphan = make_job("local", sleeper_spec(120, "ghost"), job_id="b" * 32, owner="nobody")
     backend.launch(orphan)  # a process jobplane started for a job the store does not know
     runner, job_pid = _runner_pids(backend, "jp-" + "b" * 32)
     actions = reconcile(service)
@@ -139,7 +131,7 @@ def test_an_orphaned_local_process_is_stopped_and_told_why(memory_store, tmp_pat
 def test_a_job_that_ends_has_its_process_stopped_in_the_same_invocation(memory_store, tmp_path):
     settings = make_settings(tmp_path)
     service = JobService(memory_store, settings)
-    job, _ = service.submit(Principal("alice"), _sleeping_spec())
+    job, _ = service.submit(Principal("alice"), make_spec(**sleeper_spec(120)))
     runner, job_pid = _runner_pids(service.backend("local"), job.native_id)
     ended = service.apply_event(
         JobEvent(
@@ -231,16 +223,16 @@ def test_every_action_has_one_effect_and_leaves_as_its_plain_string():
 )
 def test_each_action_is_applied_by_its_entry_in_the_table(action, calls):
     recorder = _Recorder()
-    apply(recorder, Decision("a" * 32, action, "why"), _job(), resource=_vm(), backend=recorder)
+    apply(recorder, Decision("a" * 32, action, "why"), resource_job(NOW), resource=_vm(), backend=recorder)
     assert recorder.calls == calls
 
 
 def test_an_observation_is_applied_as_reconciles_event():
     recorder = _Recorder()
     seen = make_observation(
-        _job(), JobStatus.SUCCEEDED, native_status="Completed", native_id="jp-" + "a" * 32, reason="done"
+        resource_job(NOW), JobStatus.SUCCEEDED, native_status="Completed", native_id="jp-" + "a" * 32, reason="done"
     )
-    apply(recorder, Decision("a" * 32, Action.APPLY, "backend reports Completed"), _job(), observation=seen)
+    apply(recorder, Decision("a" * 32, Action.APPLY, "backend reports Completed"), resource_job(NOW), observation=seen)
     assert recorder.calls == [("event", JobStatus.SUCCEEDED, None, "done")]
 
 
@@ -249,7 +241,7 @@ def test_a_job_that_already_ended_gets_no_event_from_a_stop():
     apply(
         recorder,
         Decision("a" * 32, Action.STOP_IDLE, "why"),
-        _job(JobStatus.SUCCEEDED),
+        resource_job(NOW, JobStatus.SUCCEEDED),
         resource=_vm(),
         backend=recorder,
     )

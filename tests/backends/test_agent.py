@@ -259,9 +259,8 @@ EXPECTED = {
 }
 
 
-def _job(backend: str, **spec):
-    base = {"env": {"LR": "0.1"}, "outputs": OUTPUTS, "checkpoint_uri": CHECKPOINTS, **spec}
-    return make_job(backend, base, job_id=JOB_ID, attempt=2)
+CONTRACT = {"env": {"LR": "0.1"}, "outputs": OUTPUTS, "checkpoint_uri": CHECKPOINTS}  # the spec EXPECTED is of
+RETRIED = {"job_id": JOB_ID, "attempt": 2}  # the job EXPECTED is of
 
 
 def _ours(env: dict[str, str]) -> dict[str, str]:
@@ -299,25 +298,25 @@ def test_every_backend_gives_the_job_the_same_variable_names(tmp_path):
         JOBPLANE_GCP_STATUS_URI="gs://jp-status/test",
     )
     seen = {}
-    job = _job("sagemaker", image="train:1")
+    job = make_job("sagemaker", {**CONTRACT, "image": "train:1"}, **RETRIED)
     seen["sagemaker"] = SageMakerBackend(settings).training_job_request(job, Handle.of(job))["Environment"]
-    job = _job("aws-batch", image="train:1")
+    job = make_job("aws-batch", {**CONTRACT, "image": "train:1"}, **RETRIED)
     batch = BatchBackend(settings).submit_request(job, Handle.of(job), "def")["ecsPropertiesOverride"]
     main = next(c for c in batch["taskProperties"][0]["containers"] if c["name"] == "job")
     seen["aws-batch"] = {e["name"]: e["value"] for e in main["environment"]}
-    job = _job("ecs", image="train:1")
+    job = make_job("ecs", {**CONTRACT, "image": "train:1"}, **RETRIED)
     ecs = EcsBackend(settings).run_task_request(job, Handle.of(job), "def")["overrides"]["containerOverrides"]
     seen["ecs"] = {e["name"]: e["value"] for e in next(c for c in ecs if c["name"] == "job")["environment"]}
     gcs = {
         "outputs": _on_gcs(EXPECTED)["JOBPLANE_OUTPUT_URI"],
         "checkpoint_uri": _on_gcs(EXPECTED)["JOBPLANE_CHECKPOINT_URI"],
     }
-    job = _job("vertex", image="train:1", **gcs)
+    job = make_job("vertex", {**CONTRACT, "image": "train:1", **gcs}, **RETRIED)
     container = VertexBackend(settings).custom_job(job, Handle.of(job)).job_spec.worker_pool_specs[0].container_spec
     seen["vertex"] = {e.name: e.value for e in container.env}
-    job = _job("ec2", image="train:1")
+    job = make_job("ec2", {**CONTRACT, "image": "train:1"}, **RETRIED)
     seen["ec2"] = _script_env(user_data(Ec2Backend(settings).vm_job(job, Handle.of(job))))
-    job = _job("gce", image="train:1", **gcs)
+    job = make_job("gce", {**CONTRACT, "image": "train:1", **gcs}, **RETRIED)
     instance = GceBackend(settings, client=object()).instance(job, Handle.of(job))
     seen["gce"] = _script_env(instance.metadata.items[0].value)
     expected = {name: _on_gcs(EXPECTED) if name in ("vertex", "gce") else EXPECTED for name in seen}
@@ -331,7 +330,11 @@ def test_the_local_process_gets_the_same_names_and_its_output_folder(tmp_path):
     from chalicelib.backends.local.backend import LocalBackend
 
     dump = tmp_path / "env.json"
-    job = _job("local", command=[PY, "-c", f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"])
+    job = make_job(
+        "local",
+        {**CONTRACT, "command": [PY, "-c", f"import json, os; json.dump(dict(os.environ), open({str(dump)!r}, 'w'))"]},
+        **RETRIED,
+    )
     backend = LocalBackend(make_settings(tmp_path))
     backend.launch(job)
     wait_for(lambda: backend.describe(Handle.of(job)).status is JobStatus.SUCCEEDED, what="the local job")

@@ -6,28 +6,15 @@ import hashlib
 import hmac
 import json
 import signal
-import sys
 import time
 
 import pytest
 import requests
 
 from chalicelib.backends.local.runner import sign_detail
-from tests.factories import kill_runners, stack_api, start_stack, stop_stack, wait_long
+from tests.factories import kill_runners, sleeper_spec, stack_api, start_stack, stop_stack, wait_long
 
 pytestmark = pytest.mark.e2e
-
-
-def _job(seconds: float) -> dict:
-    return {
-        "name": "sleeper",
-        "backend": "local",
-        "command": [
-            sys.executable,
-            "-c",
-            f"import time; print('start', flush=True); time.sleep({seconds}); print('end')",
-        ],
-    }
 
 
 def _status(stack, job_id: str) -> dict:
@@ -49,7 +36,7 @@ def state_dir(tmp_path):
 def test_kill_9_during_a_running_job_then_restart_the_job_succeeds_and_was_never_lost(state_dir):
     first = start_stack(state_dir)
     try:
-        job = stack_api(first, "POST", "/jobs", json=_job(25)).json()
+        job = stack_api(first, "POST", "/jobs", json=sleeper_spec(25)).json()
         # Killed once RUNNING is in the history too (the job row and its history are two writes).
         wait_long(lambda: "RUNNING" in [e["to"] for e in _history(first, job["job_id"])], what="RUNNING")
         first["proc"].send_signal(signal.SIGKILL)
@@ -76,7 +63,7 @@ def test_kill_9_during_a_running_job_then_restart_the_job_succeeds_and_was_never
 def test_ctrl_c_leaves_a_job_running_and_one_that_finished_meanwhile_is_settled_on_restart(state_dir):
     first = start_stack(state_dir)
     try:
-        job = stack_api(first, "POST", "/jobs", json=_job(3)).json()
+        job = stack_api(first, "POST", "/jobs", json=sleeper_spec(3)).json()
         wait_long(lambda: _status(first, job["job_id"])["status"] == "RUNNING", what="RUNNING")
     finally:
         assert stop_stack(first) == 0
@@ -114,8 +101,8 @@ def _job_key(stack, native_id: str) -> bytes:
 def test_forged_events_from_another_job_or_unsigned_change_nothing(state_dir):
     stack = start_stack(state_dir)
     try:
-        victim = stack_api(stack, "POST", "/jobs", json=_job(60)).json()
-        other = stack_api(stack, "POST", "/jobs", json=_job(60)).json()
+        victim = stack_api(stack, "POST", "/jobs", json=sleeper_spec(60)).json()
+        other = stack_api(stack, "POST", "/jobs", json=sleeper_spec(60)).json()
         for job in (victim, other):
             wait_long(lambda j=job: _status(stack, j["job_id"])["status"] == "RUNNING", what="RUNNING")
         url = stack["state"]["functions"] + "/2015-03-31/functions/on_job_state_change/invocations"

@@ -11,10 +11,16 @@ from chalicelib.auth import Principal
 from chalicelib.backends.base import ComputeBackend, LaunchResult
 from chalicelib.errors import CapacityExhaustedError, StaleStateError, ValidationError
 from chalicelib.jobs.capacity import Claim, claims_for, family_of, queue_order, units_of
-from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, Transition, utcnow
+from chalicelib.jobs.model import EventSource, FailureKind, JobEvent, JobStatus, Transition, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec_types import JobSpec
-from tests.factories import inject_transaction_conflicts, make_history, make_job, make_settings, make_spec
+from tests.factories import (
+    inject_transaction_conflicts,
+    make_history,
+    make_job,
+    make_settings,
+    noop_spec,
+)
 
 ALICE = Principal("alice")
 
@@ -46,10 +52,6 @@ def _service(store, tmp_path, limits="local:cpu=2"):
     settings = make_settings(tmp_path, getattr(store, "endpoint", None), JOBPLANE_CAPACITY_LIMITS=limits)
     backend = InstantBackend(settings)
     return JobService(store, settings, backend_factory=lambda *_: backend), backend
-
-
-def _spec(name, **extra):
-    return make_spec(name=name, command=["true"], **extra)
 
 
 def _finish(service, job, status=JobStatus.SUCCEEDED, kind=None):
@@ -86,17 +88,19 @@ def test_the_wildcard_pool_covers_gpu_families_but_not_cpu_jobs():
     assert claims_for("ec2", gpu, limits) == ()
 
 
-def _spec_with(priority: int) -> JobSpec:
-    return make_spec(name="n", command=["true"], priority=priority)
-
-
 def test_queue_order_is_priority_then_age():
     now = utcnow()
 
-    def job(jid, priority, age):
-        return Job(jid, "n", "o", JobStatus.QUEUED, "local", _spec_with(priority), now - timedelta(seconds=age))
-
-    jobs = [job("a", 0, 10), job("b", 5, 1), job("c", 0, 20), job("d", -1, 99)]
+    jobs = [
+        make_job(
+            spec=noop_spec("n", priority=priority),
+            job_id=jid,
+            owner="o",
+            status=JobStatus.QUEUED,
+            created_at=now - timedelta(seconds=age),
+        )
+        for jid, priority, age in [("a", 0, 10), ("b", 5, 1), ("c", 0, 20), ("d", -1, 99)]
+    ]
     assert [j.job_id for j in sorted(jobs, key=queue_order)] == ["b", "c", "a", "d"]
 
 
@@ -168,7 +172,7 @@ def test_a_pool_too_small_for_the_job_refuses_it(store):
 # --- service ----------------------------------------------------------------------------------
 def test_jobs_past_the_limit_wait_in_queued_with_the_reason(memory_store, tmp_path):
     service, backend = _service(memory_store, tmp_path)
-    jobs = [service.submit(ALICE, _spec(f"j{i}"))[0] for i in range(4)]
+    jobs = [service.submit(ALICE, noop_spec(f"j{i}"))[0] for i in range(4)]
     statuses = [memory_store.get_job(j.job_id).status for j in jobs]
     assert statuses == [JobStatus.LAUNCHING, JobStatus.LAUNCHING, JobStatus.QUEUED, JobStatus.QUEUED]
     waiting = memory_store.get_job(jobs[2].job_id)
@@ -178,7 +182,7 @@ def test_jobs_past_the_limit_wait_in_queued_with_the_reason(memory_store, tmp_pa
 
 def test_a_finished_job_frees_its_capacity_for_the_oldest_queued_job(memory_store, tmp_path):
     service, backend = _service(memory_store, tmp_path, "local:cpu=1")
-    first, second, third = (service.submit(ALICE, _spec(f"j{i}"))[0] for i in range(3))
+    first, second, third = (service.submit(ALICE, noop_spec(f"j{i}"))[0] for i in range(3))
     _finish(service, memory_store.get_job(first.job_id), JobStatus.FAILED, FailureKind.USER_ERROR)
     assert memory_store.get_job(second.job_id).status is JobStatus.LAUNCHING
     assert memory_store.get_job(third.job_id).status is JobStatus.QUEUED
@@ -192,9 +196,9 @@ def test_a_finished_job_frees_its_capacity_for_the_oldest_queued_job(memory_stor
 
 def test_priority_reorders_the_queue(memory_store, tmp_path):
     service, backend = _service(memory_store, tmp_path, "local:cpu=1")
-    running = service.submit(ALICE, _spec("running"))[0]
-    low = service.submit(ALICE, _spec("low"))[0]
-    high = service.submit(ALICE, _spec("high", priority=10))[0]
+    running = service.submit(ALICE, noop_spec("running"))[0]
+    low = service.submit(ALICE, noop_spec("low"))[0]
+    high = service.submit(ALICE, noop_spec("high", priority=10))[0]
     _finish(service, memory_store.get_job(running.job_id))
     assert memory_store.get_job(high.job_id).status is JobStatus.LAUNCHING
     assert memory_store.get_job(low.job_id).status is JobStatus.QUEUED
@@ -203,14 +207,14 @@ def test_priority_reorders_the_queue(memory_store, tmp_path):
 def test_a_job_bigger_than_its_pool_is_refused_at_submit(memory_store, tmp_path):
     service, _ = _service(memory_store, tmp_path, "local:cpu=0")
     with pytest.raises(ValidationError) as err:
-        service.submit(ALICE, _spec("big"))
+        service.submit(ALICE, noop_spec("big"))
     assert err.value.details[0]["field"] == "resources.gpus"
 
 
 def test_a_retry_gives_back_its_capacity_and_keeps_its_place_in_the_queue(memory_store, tmp_path):
     service, backend = _service(memory_store, tmp_path, "local:cpu=1")
-    spot = service.submit(ALICE, _spec("spot", retries={"max_attempts": 2, "on": ["interruption"]}))[0]
-    younger = service.submit(ALICE, _spec("younger"))[0]
+    spot = service.submit(ALICE, noop_spec("spot", retries={"max_attempts": 2, "on": ["interruption"]}))[0]
+    younger = service.submit(ALICE, noop_spec("younger"))[0]
     after = _finish(service, memory_store.get_job(spot.job_id), JobStatus.FAILED, FailureKind.INTERRUPTED)
     # The interrupted attempt released its slot; the retry is older than `younger`, so it goes first.
     assert after.status is JobStatus.LAUNCHING and after.attempt == 2
@@ -227,7 +231,7 @@ def test_reconcile_dispatches_the_queue(memory_store, tmp_path):
     from chalicelib.reaper import reconcile
 
     service, backend = _service(memory_store, tmp_path, "local:cpu=1")
-    first, second = (service.submit(ALICE, _spec(f"j{i}"))[0] for i in range(2))
+    first, second = (service.submit(ALICE, noop_spec(f"j{i}"))[0] for i in range(2))
     # The capacity comes free without an event reaching us (a lost event): reconcile still moves the queue.
     done = memory_store.get_job(first.job_id)
     memory_store.apply_transition(
@@ -312,7 +316,7 @@ def test_racing_dispatchers_under_transaction_conflicts_lose_nothing(dynamo_stor
 def test_a_release_under_a_transaction_conflict_is_written_once(dynamo_store, tmp_path, moto_endpoint):
     dynamo_store.endpoint = moto_endpoint
     service, backend = _service(dynamo_store, tmp_path, "local:cpu=1")
-    job, _ = service.submit(ALICE, _spec("a"))
+    job, _ = service.submit(ALICE, noop_spec("a"))
     conflicts = inject_transaction_conflicts(dynamo_store, 2)
     finished = _finish(service, job)
     assert conflicts["seen"] == 2

@@ -12,7 +12,7 @@ from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
-from tests.factories import ScriptedBackend, make_settings, make_spec
+from tests.factories import ScriptedBackend, make_settings, noop_spec
 
 ALICE = Principal("alice")
 
@@ -27,10 +27,6 @@ def _setup(store, tmp_path, scripts):
     return JobService(store, settings, backend_factory=lambda name, _settings: backends[name]), backends
 
 
-def _spec(**extra):
-    return make_spec(name="job", command=["true"], image="train:1", **extra)
-
-
 def test_no_capacity_fails_over_to_the_next_candidate_and_records_each_attempt(memory_store, tmp_path):
     service, backends = _setup(
         memory_store,
@@ -40,7 +36,7 @@ def test_no_capacity_fails_over_to_the_next_candidate_and_records_each_attempt(m
             "ec2": [QuotaError("VcpuLimitExceeded: 0 vCPUs left for G instances")],
         },
     )
-    job, _ = service.submit(ALICE, _spec(fallback=["ec2", "aws-batch"]))
+    job, _ = service.submit(ALICE, noop_spec(image="train:1", fallback=["ec2", "aws-batch"]))
     assert job.status is JobStatus.LAUNCHING and job.backend == "aws-batch"
     assert job.candidates == ("local", "ec2", "aws-batch")
     assert job.planner_reason == "failover from ec2 (quota_exceeded) to aws-batch"
@@ -61,7 +57,7 @@ def test_with_no_candidate_left_the_job_waits_then_runs_when_capacity_returns(me
             "ec2": [CapacityError("no spot capacity")],
         },
     )
-    job, _ = service.submit(ALICE, _spec(fallback=["ec2"], capacity_wait_minutes=30))
+    job, _ = service.submit(ALICE, noop_spec(image="train:1", fallback=["ec2"], capacity_wait_minutes=30))
     assert job.status is JobStatus.QUEUED and job.backend == "local"
     assert job.status_reason.startswith("ec2: no spot capacity; no candidate left (local, ec2); retrying until ")
     actions = reconcile(service)  # capacity is back: the scripts are used up
@@ -72,7 +68,7 @@ def test_with_no_candidate_left_the_job_waits_then_runs_when_capacity_returns(me
 
 def test_past_the_capacity_wait_the_job_fails_with_no_capacity(memory_store, tmp_path):
     service, backends = _setup(memory_store, tmp_path, {"local": [CapacityError("no capacity")] * 3})
-    job, _ = service.submit(ALICE, _spec(capacity_wait_minutes=5))
+    job, _ = service.submit(ALICE, noop_spec(image="train:1", capacity_wait_minutes=5))
     assert job.status is JobStatus.QUEUED
     memory_store.update_job(job, JobStatus.QUEUED, created_at=utcnow() - timedelta(minutes=6))
     reconcile(service)
@@ -84,7 +80,7 @@ def test_past_the_capacity_wait_the_job_fails_with_no_capacity(memory_store, tmp
 def test_a_fallback_that_is_not_enabled_or_cannot_run_the_job_is_refused_at_submit(memory_store, tmp_path):
     service, _ = _setup(memory_store, tmp_path, {})
     with pytest.raises(ValidationError) as err:
-        service.submit(ALICE, _spec(fallback=["ec2", "sagemaker"]))
+        service.submit(ALICE, noop_spec(image="train:1", fallback=["ec2", "sagemaker"]))
     assert err.value.details[0]["field"] == "fallback[1]"
     with pytest.raises(ValidationError) as err:
         parse_spec({"name": "j", "command": ["x"], "backend": "local", "fallback": ["auto"]})
@@ -95,6 +91,6 @@ def test_failover_hands_capacity_back_to_the_pool_it_leaves(memory_store, tmp_pa
     settings = make_settings(tmp_path, JOBPLANE_BACKENDS="local,ec2", JOBPLANE_CAPACITY_LIMITS="local:cpu=1,ec2:cpu=1")
     backends = {n: ScriptedBackend(settings, s) for n, s in (("local", [CapacityError("full")]), ("ec2", []))}
     service = JobService(memory_store, settings, backend_factory=lambda name, _s: backends[name])
-    job, _ = service.submit(ALICE, _spec(fallback=["ec2"]))
+    job, _ = service.submit(ALICE, noop_spec(image="train:1", fallback=["ec2"]))
     assert job.backend == "ec2" and job.status is JobStatus.LAUNCHING
     assert memory_store.capacity_usage(["local:cpu", "ec2:cpu"]) == {"local:cpu": 0, "ec2:cpu": 1}

@@ -15,7 +15,7 @@ from chalicelib.errors import CapacityError, QuotaError
 from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.reaper import reconcile
-from tests.factories import ScriptedBackend, make_history, make_job, make_settings, make_spec
+from tests.factories import ScriptedBackend, make_history, make_job, make_settings, noop_spec
 
 ALICE = Principal("alice")
 
@@ -26,10 +26,6 @@ def _setup(store, tmp_path, script=(), **env):
     return JobService(store, settings, backend_factory=lambda *_: backend), backend
 
 
-def _spec(name="job", **extra):
-    return make_spec(name=name, command=["true"], **extra)
-
-
 def _age(store, job, seconds):
     """Pretend the job's last write happened `seconds` ago (the launch deadline counts from it)."""
     return store.update_job(job, job.status, updated_at=utcnow() - timedelta(seconds=seconds))
@@ -38,7 +34,7 @@ def _age(store, job, seconds):
 def test_a_crash_between_the_launching_write_and_the_launch_is_relaunched_once(memory_store, tmp_path):
     service, backend = _setup(memory_store, tmp_path, script=["crash"], JOBPLANE_LAUNCH_DEADLINE_SECONDS="60")
     with pytest.raises(SystemExit):
-        service.submit(ALICE, _spec())
+        service.submit(ALICE, noop_spec())
     (job,) = memory_store.iter_active()
     assert job.status is JobStatus.LAUNCHING and backend.resources == {}
     assert reconcile(service)[0].action == "none"  # inside the deadline: the launch may still be under way
@@ -54,7 +50,7 @@ def test_a_crash_between_the_launching_write_and_the_launch_is_relaunched_once(m
 def test_a_launch_lost_twice_fails_instead_of_looping(memory_store, tmp_path):
     service, backend = _setup(memory_store, tmp_path, script=["crash", "crash"])
     with pytest.raises(SystemExit):
-        service.submit(ALICE, _spec())
+        service.submit(ALICE, noop_spec())
     (job,) = memory_store.iter_active()
     _age(memory_store, job, 3600)
     with pytest.raises(SystemExit):
@@ -67,7 +63,7 @@ def test_a_launch_lost_twice_fails_instead_of_looping(memory_store, tmp_path):
 
 def test_a_resource_launched_before_a_crash_is_adopted_not_launched_again(memory_store, tmp_path):
     service, backend = _setup(memory_store, tmp_path)
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     _age(memory_store, memory_store.get_job(job.job_id), 3600)
     assert [a.action for a in reconcile(service)] == ["apply"]
     assert memory_store.get_job(job.job_id).status is JobStatus.RUNNING
@@ -77,7 +73,7 @@ def test_a_resource_launched_before_a_crash_is_adopted_not_launched_again(memory
 def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path, moto_endpoint):
     dynamo_store.endpoint = moto_endpoint
     service, backend = _setup(dynamo_store, tmp_path)
-    job = make_job("local", _spec("j"), status=JobStatus.QUEUED)
+    job = make_job("local", noop_spec("j"), status=JobStatus.QUEUED)
     dynamo_store.create_job(job, make_history(job, reason="s"))
     barrier = threading.Barrier(6)
 
@@ -96,13 +92,12 @@ def test_concurrent_dispatches_of_one_job_launch_it_once(dynamo_store, tmp_path,
 
 def test_concurrent_dispatches_meeting_transaction_conflicts_launch_once(dynamo_store, tmp_path, moto_endpoint):
     """Single writes that meet another transaction answer TransactionConflictException; they are written again."""
-    from chalicelib.jobs.model import EventSource, HistoryEntry, Job, new_job_id
     from tests.factories import inject_transaction_conflicts
 
     dynamo_store.endpoint = moto_endpoint
     service, backend = _setup(dynamo_store, tmp_path)
-    job = Job(new_job_id(), "j", "alice", JobStatus.QUEUED, "local", _spec("j"), utcnow())
-    dynamo_store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
+    job = make_job("local", noop_spec("j"), status=JobStatus.QUEUED)
+    dynamo_store.create_job(job, make_history(job, reason="s"))
     conflicts = inject_transaction_conflicts(dynamo_store, 4, operations=("UpdateItem", "PutItem"))
     barrier = threading.Barrier(4)
     errors = []
@@ -134,7 +129,7 @@ def test_concurrent_dispatches_meeting_transaction_conflicts_launch_once(dynamo_
 )
 def test_capacity_and_quota_errors_fail_the_job_with_the_provider_message(memory_store, tmp_path, error, kind):
     service, backend = _setup(memory_store, tmp_path, script=[error])
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     assert job.status is JobStatus.FAILED
     assert job.failure_kind is kind
     assert error.message in job.failure_reason
@@ -142,7 +137,7 @@ def test_capacity_and_quota_errors_fail_the_job_with_the_provider_message(memory
 
 def test_a_capacity_error_is_retried_when_the_spec_asks(memory_store, tmp_path):
     service, backend = _setup(memory_store, tmp_path, script=[CapacityError("no capacity")])
-    job, _ = service.submit(ALICE, _spec(retries={"max_attempts": 2, "on": ["capacity"]}))
+    job, _ = service.submit(ALICE, noop_spec(retries={"max_attempts": 2, "on": ["capacity"]}))
     assert job.status is JobStatus.LAUNCHING and job.attempt == 2
     assert list(backend.resources) == [f"jp-{job.job_id}-a2"]
 
@@ -173,7 +168,7 @@ def test_dynamodb_throttling_is_retried_and_loses_nothing(dynamo_store, tmp_path
     for client in clients:
         client.meta.events.register("before-send.dynamodb.PutItem", throttle)
         client.meta.events.register("before-send.dynamodb.UpdateItem", throttle)
-    job, created = service.submit(ALICE, _spec())
+    job, created = service.submit(ALICE, noop_spec())
     assert created and throttled["seen"] == 3
     stored = dynamo_store.get_job(job.job_id)
     assert stored.status is JobStatus.LAUNCHING

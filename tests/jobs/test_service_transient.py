@@ -11,11 +11,11 @@ from chalicelib.auth import Principal
 from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult, Observation
 from chalicelib.errors import BackendError, BackendValidationError, ThrottledError
 from chalicelib.jobs.dispatch import LAUNCH_ROUNDS, LAUNCH_TRIES_PER_ROUND, backoff_seconds, transient_round
-from chalicelib.jobs.model import EventSource, FailureKind, HistoryEntry, Job, JobStatus, new_job_id, utcnow
+from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.reaper import reconcile
-from tests.factories import make_settings
+from tests.factories import make_history, make_job, make_settings, noop_spec
 
 ALICE = Principal("alice")
 THROTTLED = ThrottledError("sagemaker CreateTrainingJob: ThrottlingException: Rate exceeded")
@@ -64,10 +64,6 @@ def _setup(store, tmp_path, **scripts):
     return service, backend, pauses
 
 
-def _spec(name="job"):
-    return parse_spec({"name": name, "backend": "local", "command": ["true"]})
-
-
 def _past_deadline(store, job, settings):
     """Pretend the job's last write was longer ago than the launch deadline (reconcile relaunches then)."""
     ago = timedelta(seconds=settings.launch_deadline_seconds + 1)
@@ -90,7 +86,7 @@ def test_the_round_is_read_back_from_the_status_reason():
 # --- launch -----------------------------------------------------------------------------------
 def test_a_throttled_launch_is_tried_again_and_launches_once(memory_store, tmp_path):
     service, backend, pauses = _setup(memory_store, tmp_path, launch=[THROTTLED])
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     assert job.status is JobStatus.LAUNCHING and job.failure_kind is None
     assert backend.calls["launch"] == 2 and len(pauses) == 1
     assert list(backend.resources) == [f"jp-{job.job_id}"]
@@ -99,7 +95,7 @@ def test_a_throttled_launch_is_tried_again_and_launches_once(memory_store, tmp_p
 def test_a_launch_still_throttled_stays_launching_and_reconcile_relaunches_it(memory_store, tmp_path):
     errors = [THROTTLED] * LAUNCH_TRIES_PER_ROUND
     service, backend, _ = _setup(memory_store, tmp_path, launch=errors)
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     assert job.status is JobStatus.LAUNCHING
     assert job.status_reason.startswith(f"transient launch error, round 1 of {LAUNCH_ROUNDS}")
     assert "ThrottlingException" in job.status_reason
@@ -117,7 +113,7 @@ def test_a_launch_still_throttled_stays_launching_and_reconcile_relaunches_it(me
 def test_transient_errors_past_the_last_round_fail_the_job_as_a_backend_error(memory_store, tmp_path):
     errors = [THROTTLED] * (LAUNCH_TRIES_PER_ROUND * LAUNCH_ROUNDS)
     service, backend, _ = _setup(memory_store, tmp_path, launch=errors)
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     for _ in range(LAUNCH_ROUNDS - 1):
         assert memory_store.get_job(job.job_id).status is JobStatus.LAUNCHING
         _past_deadline(memory_store, memory_store.get_job(job.job_id), service.settings)
@@ -138,7 +134,7 @@ def test_transient_errors_past_the_last_round_fail_the_job_as_a_backend_error(me
 )
 def test_server_and_connection_errors_are_retried_too(memory_store, tmp_path, error):
     service, backend, _ = _setup(memory_store, tmp_path, launch=[error])
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     assert job.status is JobStatus.LAUNCHING and backend.calls["launch"] == 2
 
 
@@ -151,7 +147,7 @@ def test_server_and_connection_errors_are_retried_too(memory_store, tmp_path, er
 )
 def test_a_final_error_fails_the_job_at_once(memory_store, tmp_path, error, kind):
     service, backend, pauses = _setup(memory_store, tmp_path, launch=[error])
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     assert job.status is JobStatus.FAILED and job.failure_kind is kind
     assert backend.calls["launch"] == 1 and pauses == []
 
@@ -182,8 +178,8 @@ def test_sagemaker_create_training_job_throttled_then_accepted(memory_store, tmp
             "outputs": "s3://bucket/outputs/",
         }
     )
-    job = Job(new_job_id(), "train", "alice", JobStatus.QUEUED, "sagemaker", spec, utcnow())
-    memory_store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
+    job = make_job("sagemaker", spec, status=JobStatus.QUEUED)
+    memory_store.create_job(job, make_history(job, reason="s"))
     name = f"jp-{job.job_id}"
     missing = {
         "service_error_code": "ValidationException",
@@ -212,7 +208,7 @@ def test_sagemaker_create_training_job_throttled_then_accepted(memory_store, tmp
 # --- cancel and describe ---------------------------------------------------------------------
 def test_a_throttled_cancel_is_tried_again_in_the_same_call(memory_store, tmp_path):
     service, backend, pauses = _setup(memory_store, tmp_path, cancel=[THROTTLED, THROTTLED])
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     cancelled = service.cancel(ALICE, job.job_id)
     assert backend.calls["cancel"] == 3 and len(pauses) == 2
     assert cancelled.status is JobStatus.CANCELLING and backend.resources == {}
@@ -220,7 +216,7 @@ def test_a_throttled_cancel_is_tried_again_in_the_same_call(memory_store, tmp_pa
 
 def test_a_cancel_still_failing_stays_cancelling_with_the_reason_and_reconcile_asks_again(memory_store, tmp_path):
     service, backend, _ = _setup(memory_store, tmp_path, cancel=[THROTTLED] * LAUNCH_TRIES_PER_ROUND)
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     cancelled = service.cancel(ALICE, job.job_id)
     assert cancelled.status is JobStatus.CANCELLING
     assert cancelled.status_reason.startswith(f"cancel request failed after {LAUNCH_TRIES_PER_ROUND} tries")
@@ -230,14 +226,14 @@ def test_a_cancel_still_failing_stays_cancelling_with_the_reason_and_reconcile_a
 
 def test_a_final_cancel_error_is_not_retried(memory_store, tmp_path):
     service, backend, pauses = _setup(memory_store, tmp_path, cancel=[BackendError("AccessDenied")])
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     assert service.cancel(ALICE, job.job_id).status is JobStatus.CANCELLING
     assert backend.calls["cancel"] == 1 and pauses == []
 
 
 def test_a_throttled_describe_leaves_the_job_as_it_was_for_the_next_tick(memory_store, tmp_path):
     service, backend, _ = _setup(memory_store, tmp_path, describe=[THROTTLED])
-    job, _ = service.submit(ALICE, _spec())
+    job, _ = service.submit(ALICE, noop_spec())
     [first] = reconcile(service)
     assert first.action == "error" and "ThrottlingException" in first.reason
     assert memory_store.get_job(job.job_id).status is JobStatus.LAUNCHING

@@ -1,4 +1,5 @@
-"""A real local HTTP server standing in for Slack (webhooks, response_url, the Web API), and job helpers."""
+"""A real local HTTP server standing in for Slack (webhooks, response_url, the Web API); the jobs its messages
+describe are tests/factories.py's running_job, finished_job and failed_job."""
 
 from __future__ import annotations
 
@@ -6,17 +7,10 @@ import json
 import threading
 import time
 from collections import deque
-from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
 import pytest
-
-from chalicelib.jobs.model import FailureKind, Job, JobStatus
-from chalicelib.jobs.spec_types import JobSpec
-
-T0 = datetime(2024, 5, 1, 12, 0, 0, tzinfo=UTC)
-JOB_ID = "0123456789abcdef0123456789abcdef"
 
 
 class FakeSlack:
@@ -91,55 +85,6 @@ def slack():
     fake = FakeSlack()
     yield fake
     fake.close()
-
-
-def make_job(**changes) -> Job:
-    spec = {
-        "name": "resnet-cifar",
-        "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/train:latest",
-        "command": ["python", "train.py"],
-        "resources": {"gpus": 1, "gpu_type": "A10G", "cpus": 4, "memory_gb": 16, "spot": True},
-        "backend": "sagemaker",
-        "retries": {"max_attempts": 3, "on": ["interruption", "capacity"]},
-        "notify": {"slack_channel": None},
-    }
-    spec.update(changes.pop("spec", {}))
-    job = Job(
-        job_id=JOB_ID,
-        name="resnet-cifar",
-        owner="alice",
-        status=JobStatus.RUNNING,
-        backend="sagemaker",
-        spec=JobSpec.from_dict(spec),
-        created_at=T0,
-        native_id=f"jp-{JOB_ID}",
-        native_name=f"jp-{JOB_ID}",
-        started_at=T0 + timedelta(minutes=2),
-        updated_at=T0 + timedelta(minutes=2),
-        status_reason="running (reported by backend)",
-    )
-    return job.with_changes(**changes)
-
-
-def finished(**changes) -> Job:
-    base = {
-        "status": JobStatus.SUCCEEDED,
-        "finished_at": T0 + timedelta(hours=1, minutes=2, seconds=5),
-        "cost_estimate_usd": 1.234,
-        "status_reason": "succeeded (reported by backend)",
-    }
-    base.update(changes)
-    return make_job(**base)
-
-
-def failed(**changes) -> Job:
-    base = {
-        "status": JobStatus.FAILED,
-        "failure_kind": FailureKind.USER_ERROR,
-        "failure_reason": "exit code 1: CUDA out of memory",
-    }
-    base.update(changes)
-    return finished(**base)
 
 
 @pytest.fixture

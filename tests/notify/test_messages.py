@@ -10,8 +10,7 @@ from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.notify.console import console_url
 from chalicelib.notify.messages import Kind, build_message, classify, dedup_key, machine
-
-from .conftest import JOB_ID, T0, failed, finished, make_job
+from tests.factories import JOB_ID, T0, failed_job, finished_job, running_job
 
 SM_LINK = (
     f"<https://us-east-1.console.aws.amazon.com/sagemaker/home?region=us-east-1#/jobs/jp-{JOB_ID}"
@@ -34,22 +33,22 @@ def link(text=SM_LINK):
 @pytest.mark.parametrize(
     ("job", "old", "kind"),
     [
-        (make_job(), JobStatus.LAUNCHING, Kind.STARTED),
-        (finished(), JobStatus.RUNNING, Kind.SUCCEEDED),
-        (failed(), JobStatus.RUNNING, Kind.FAILED),
-        (make_job(status=JobStatus.CANCELLED), JobStatus.CANCELLING, Kind.CANCELLED),
-        (make_job(status=JobStatus.QUEUED, attempt=2), JobStatus.RUNNING, Kind.RETRYING),
-        (make_job(status=JobStatus.QUEUED), None, None),  # a fresh submission
-        (make_job(status=JobStatus.LAUNCHING), JobStatus.QUEUED, None),
-        (make_job(status=JobStatus.CANCELLING), JobStatus.RUNNING, None),
-        (make_job(), JobStatus.RUNNING, None),  # no status change
+        (running_job(), JobStatus.LAUNCHING, Kind.STARTED),
+        (finished_job(), JobStatus.RUNNING, Kind.SUCCEEDED),
+        (failed_job(), JobStatus.RUNNING, Kind.FAILED),
+        (running_job(status=JobStatus.CANCELLED), JobStatus.CANCELLING, Kind.CANCELLED),
+        (running_job(status=JobStatus.QUEUED, attempt=2), JobStatus.RUNNING, Kind.RETRYING),
+        (running_job(status=JobStatus.QUEUED), None, None),  # a fresh submission
+        (running_job(status=JobStatus.LAUNCHING), JobStatus.QUEUED, None),
+        (running_job(status=JobStatus.CANCELLING), JobStatus.RUNNING, None),
+        (running_job(), JobStatus.RUNNING, None),  # no status change
         (
-            failed(status_reason="stopped by jobplane reaper: no heartbeat for 30 min"),
+            failed_job(status_reason="stopped by jobplane reaper: no heartbeat for 30 min"),
             JobStatus.RUNNING,
             Kind.AUTO_STOPPED,
         ),
-        (failed(backend="ec2", failure_kind=FailureKind.TIMEOUT), JobStatus.RUNNING, Kind.AUTO_STOPPED),
-        (failed(failure_kind=FailureKind.TIMEOUT), JobStatus.RUNNING, Kind.FAILED),  # SageMaker stops itself
+        (failed_job(backend="ec2", failure_kind=FailureKind.TIMEOUT), JobStatus.RUNNING, Kind.AUTO_STOPPED),
+        (failed_job(failure_kind=FailureKind.TIMEOUT), JobStatus.RUNNING, Kind.FAILED),  # SageMaker stops itself
     ],
 )
 def test_can_tell_which_transitions_deserve_a_message(job, old, kind):
@@ -57,11 +56,11 @@ def test_can_tell_which_transitions_deserve_a_message(job, old, kind):
 
 
 def test_the_dedup_key_is_job_status_and_attempt():
-    assert dedup_key(make_job(attempt=2)) == f"{JOB_ID}#RUNNING#2"
+    assert dedup_key(running_job(attempt=2)) == f"{JOB_ID}#RUNNING#2"
 
 
 def test_a_success_message_says_who_what_where_how_long_and_how_much():
-    assert build_message(finished(), Kind.SUCCEEDED, "us-east-1") == {
+    assert build_message(finished_job(), Kind.SUCCEEDED, "us-east-1") == {
         "text": f"resnet-cifar succeeded · job {JOB_ID} · owner alice · 1h 0m 5s · est. $1.23",
         "blocks": [
             header(":white_check_mark: resnet-cifar succeeded"),
@@ -78,7 +77,7 @@ def test_a_success_message_says_who_what_where_how_long_and_how_much():
 
 
 def test_a_failure_message_carries_the_reason_escaped_for_slack():
-    job = failed(failure_reason="exit 1: x < y & <!channel>", cost_estimate_usd=0.004)
+    job = failed_job(failure_reason="exit 1: x < y & <!channel>", cost_estimate_usd=0.004)
     assert build_message(job, Kind.FAILED, "us-east-1") == {
         "text": f"resnet-cifar failed (user_error) · job {JOB_ID} · owner alice · 1h 0m 5s · est. < $0.01",
         "blocks": [
@@ -101,7 +100,7 @@ def test_a_failure_message_carries_the_reason_escaped_for_slack():
 
 def test_a_retry_message_names_the_attempt_and_why():
     reason = "attempt 1 interrupted: spot reclaimed; retrying as attempt 2 of 3"
-    job = make_job(status=JobStatus.QUEUED, attempt=2, native_id=None, started_at=None, status_reason=reason)
+    job = running_job(status=JobStatus.QUEUED, attempt=2, native_id=None, started_at=None, status_reason=reason)
     assert build_message(job, Kind.RETRYING, "us-east-1") == {
         "text": f"resnet-cifar retrying: attempt 2 of 3 · job {JOB_ID} · owner alice",
         "blocks": [
@@ -119,7 +118,7 @@ def test_a_retry_message_names_the_attempt_and_why():
 
 
 def test_a_local_job_started_message_has_no_console_link():
-    job = make_job(
+    job = running_job(
         backend="local",
         native_id=f"jp-{JOB_ID}",
         spec={"backend": "local", "resources": {"gpus": 0, "cpus": 1, "memory_gb": 1, "spot": False}},
@@ -141,7 +140,7 @@ def test_a_local_job_started_message_has_no_console_link():
 
 def test_an_auto_stop_message_says_so():
     reason = "stopped by jobplane reaper: GPU utilisation 0.0% < 5% for 30 min"
-    job = make_job(
+    job = running_job(
         status=JobStatus.FAILED,
         backend="ec2",
         native_id="i-0abc123def4567890",
@@ -212,11 +211,11 @@ def test_an_auto_stop_message_says_so():
     ],
 )
 def test_can_link_to_each_providers_console(backend, native_id, url):
-    assert console_url(make_job(backend=backend, native_id=native_id), "us-east-1") == url
+    assert console_url(running_job(backend=backend, native_id=native_id), "us-east-1") == url
 
 
 def test_a_bare_gce_instance_name_is_found_in_the_deployments_project_and_zone():
-    job = make_job(backend="gce", native_id="jp-abc")
+    job = running_job(backend="gce", native_id="jp-abc")
     assert console_url(job, "us-east-1", "ml-lab", "europe-west4-a") == (
         "https://console.cloud.google.com/compute/instancesDetail/zones/europe-west4-a/instances/jp-abc?project=ml-lab"
     )
@@ -242,19 +241,19 @@ def _section(message, title):
 
 
 def test_a_final_message_shows_the_latest_metrics_and_a_started_one_does_not():
-    job = finished(metrics={"val_accuracy": 0.873123456, "epoch": 15.0, "loss": 1.2e-05})
+    job = finished_job(metrics={"val_accuracy": 0.873123456, "epoch": 15.0, "loss": 1.2e-05})
     assert _section(build_message(job, Kind.SUCCEEDED, "us-east-1"), "*Metrics*") == (
         "*Metrics*\n`epoch` 15 · `loss` 1.2e-05 · `val_accuracy` 0.873123"
     )
     for kind in (Kind.FAILED, Kind.CANCELLED, Kind.AUTO_STOPPED):
         assert _section(build_message(job, kind, "us-east-1"), "*Metrics*") is not None
-    assert _section(build_message(make_job(metrics={"loss": 1.0}), Kind.STARTED, "us-east-1"), "*Metrics*") is None
-    assert _section(build_message(finished(), Kind.SUCCEEDED, "us-east-1"), "*Metrics*") is None
+    assert _section(build_message(running_job(metrics={"loss": 1.0}), Kind.STARTED, "us-east-1"), "*Metrics*") is None
+    assert _section(build_message(finished_job(), Kind.SUCCEEDED, "us-east-1"), "*Metrics*") is None
 
 
 def test_a_failure_message_carries_the_last_lines_escaped_in_a_code_block_that_cannot_be_closed():
     lines = ["epoch 3", "x < y & <!channel>", "```", "*bold* ``` `code`", "Traceback: boom`"]
-    text = _section(build_message(failed(), Kind.FAILED, "us-east-1", last_lines=lines), "*Last lines")
+    text = _section(build_message(failed_job(), Kind.FAILED, "us-east-1", last_lines=lines), "*Last lines")
     title, body = text.split("\n", 1)
     assert title == "*Last lines of the output*"
     assert body.startswith("```\n") and body.endswith("\n```")
@@ -269,13 +268,13 @@ def test_a_failure_message_carries_the_last_lines_escaped_in_a_code_block_that_c
         "Traceback: boom`",
     ]
     # Only failures carry them.
-    assert _section(build_message(finished(), Kind.SUCCEEDED, "us-east-1", last_lines=lines), "*Last") is None
-    assert _section(build_message(failed(), Kind.FAILED, "us-east-1", last_lines=[]), "*Last") is None
+    assert _section(build_message(finished_job(), Kind.SUCCEEDED, "us-east-1", last_lines=lines), "*Last") is None
+    assert _section(build_message(failed_job(), Kind.FAILED, "us-east-1", last_lines=[]), "*Last") is None
 
 
 def test_the_last_lines_keep_their_end_within_slacks_section_limit():
     lines = [f"line {i} " + "<" * 200 for i in range(40)]  # escaping makes each about 800 characters
-    text = _section(build_message(failed(), Kind.FAILED, "us-east-1", last_lines=lines), "*Last lines")
+    text = _section(build_message(failed_job(), Kind.FAILED, "us-east-1", last_lines=lines), "*Last lines")
     assert len(text) <= 3000
     assert text.splitlines()[-2].startswith("line 39 ")  # the end is kept, the start dropped
     assert "line 0 " not in text

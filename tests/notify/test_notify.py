@@ -13,9 +13,7 @@ from chalicelib.jobs.model import JobStatus
 from chalicelib.notify.messages import Kind, build_message
 from chalicelib.notify.slack import Notifier, NotifyOutcome
 from chalicelib.store.dynamo import DynamoJobStore
-from tests.factories import make_settings
-
-from .conftest import JOB_ID, failed, finished, make_job
+from tests.factories import JOB_ID, failed_job, finished_job, make_settings, running_job
 
 WEBHOOK = "/services/T000/B000/XXXX"
 STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/jp-test-jobs/stream/2024-05-01T00:00:00.000"
@@ -61,10 +59,10 @@ def record(codec, new, old=None, seq=1, event_name=None):
 
 def lifecycle(codec):
     """Submit, launch, run, succeed: four records, two of them news."""
-    queued = make_job(status=JobStatus.QUEUED, native_id=None, started_at=None)
-    launching = make_job(status=JobStatus.LAUNCHING, started_at=None)
-    running = make_job()
-    done = finished()
+    queued = running_job(status=JobStatus.QUEUED, native_id=None, started_at=None)
+    launching = running_job(status=JobStatus.LAUNCHING, started_at=None)
+    running = running_job()
+    done = finished_job()
     return [
         record(codec, queued, seq=1),
         record(codec, launching, queued, seq=2),
@@ -113,7 +111,7 @@ def test_can_post_each_transition_once_with_the_exact_json(slack_store, settings
             },
         ],
     }
-    assert started == build_message(make_job(), Kind.STARTED, "us-east-1")
+    assert started == build_message(running_job(), Kind.STARTED, "us-east-1")
 
 
 def test_a_redelivered_batch_posts_nothing_twice(slack_store, settings, codec, slack):
@@ -125,9 +123,9 @@ def test_a_redelivered_batch_posts_nothing_twice(slack_store, settings, codec, s
 
 
 def test_a_retry_and_its_second_start_are_separate_messages(slack_store, settings, codec, slack):
-    running1 = make_job()
-    queued2 = make_job(status=JobStatus.QUEUED, attempt=2, native_id=None, started_at=None)
-    running2 = make_job(attempt=2, native_id=f"jp-{JOB_ID}-a2")
+    running1 = running_job()
+    queued2 = running_job(status=JobStatus.QUEUED, attempt=2, native_id=None, started_at=None)
+    running2 = running_job(attempt=2, native_id=f"jp-{JOB_ID}-a2")
     batch = [record(codec, queued2, running1, seq=5), record(codec, running2, queued2, seq=6)]
     results = notifier(slack_store, settings, codec, slack).handle(batch)
     outcomes = [(r["kind"], r["attempt"], r["outcome"]) for r in results]
@@ -135,8 +133,8 @@ def test_a_retry_and_its_second_start_are_separate_messages(slack_store, setting
 
 
 def test_with_a_bot_token_posts_to_the_jobs_channel(slack_store, settings, codec, slack):
-    job = failed(spec={"notify": {"slack_channel": "#ml-jobs"}})
-    batch = [record(codec, job, make_job(spec={"notify": {"slack_channel": "#ml-jobs"}}))]
+    job = failed_job(spec={"notify": {"slack_channel": "#ml-jobs"}})
+    batch = [record(codec, job, running_job(spec={"notify": {"slack_channel": "#ml-jobs"}}))]
     results = notifier(slack_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
     assert results[0]["outcome"] == "sent"
     assert slack.bodies(WEBHOOK) == []
@@ -146,13 +144,13 @@ def test_with_a_bot_token_posts_to_the_jobs_channel(slack_store, settings, codec
 
 
 def test_with_a_bot_token_a_job_without_channel_goes_to_the_webhook(slack_store, settings, codec, slack):
-    batch = [record(codec, finished(), make_job())]
+    batch = [record(codec, finished_job(), running_job())]
     notifier(slack_store, settings, codec, slack, bot_token="xoxb-test-token").handle(batch)
-    assert slack.bodies(WEBHOOK) == [build_message(finished(), Kind.SUCCEEDED, "us-east-1")]
+    assert slack.bodies(WEBHOOK) == [build_message(finished_job(), Kind.SUCCEEDED, "us-east-1")]
 
 
 def test_with_no_destination_nothing_is_claimed(slack_store, settings, codec, slack):
-    batch = [record(codec, finished(), make_job())]
+    batch = [record(codec, finished_job(), running_job())]
     results = notifier(slack_store, settings, codec, slack, webhook=None).handle(batch)
     assert results[0]["outcome"] == "no_destination"
     assert slack_store.get_outbox(f"{JOB_ID}#SUCCEEDED#1") is None
@@ -163,7 +161,7 @@ def test_slack_answering_500_may_have_posted_so_it_is_not_retried(slack_store, s
     slack.script(WEBHOOK, *[(500, b"internal_error", {})] * 10)
     caplog.set_level(logging.WARNING, "jobplane.notify")
     start = time.monotonic()
-    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished_job(), running_job())])
     assert time.monotonic() - start < 1.5
     assert (results[0]["outcome"], results[0]["tries"]) == ("unknown", 1)
     assert results[0]["detail"] == "HTTP 500: internal_error"
@@ -190,7 +188,7 @@ def test_slack_refusing_connections_never_raises_and_keeps_the_messages(slack_st
 def test_a_slow_slack_is_abandoned_within_the_budget(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (200, b"ok", {}, 3.0))
     start = time.monotonic()
-    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished_job(), running_job())])
     assert time.monotonic() - start < 1.6
     assert results[0]["outcome"] == "unknown"
     assert "timed out" in results[0]["detail"]
@@ -198,32 +196,32 @@ def test_a_slow_slack_is_abandoned_within_the_budget(slack_store, settings, code
 
 def test_a_rate_limit_is_waited_out_when_there_is_time(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (429, b"rate_limited", {"Retry-After": "0"}))
-    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished_job(), running_job())])
     assert (results[0]["outcome"], results[0]["tries"]) == ("sent", 2)
-    assert slack.bodies(WEBHOOK) == [build_message(finished(), Kind.SUCCEEDED, "us-east-1")] * 2
+    assert slack.bodies(WEBHOOK) == [build_message(finished_job(), Kind.SUCCEEDED, "us-east-1")] * 2
 
 
 def test_a_permanent_error_is_not_retried(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (404, b"no_service", {}))
-    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    results = notifier(slack_store, settings, codec, slack).handle([record(codec, finished_job(), running_job())])
     assert (results[0]["outcome"], results[0]["tries"], results[0]["detail"]) == ("gave_up", 1, "HTTP 404: no_service")
     assert len(slack.bodies(WEBHOOK)) == 1
 
 
 def test_a_channel_the_bot_cannot_post_to_is_not_retried(slack_store, settings, codec, slack):
     slack.script("/api/chat.postMessage", (200, {"ok": False, "error": "channel_not_found"}, {}))
-    job = finished(spec={"notify": {"slack_channel": "#nowhere"}})
+    job = finished_job(spec={"notify": {"slack_channel": "#nowhere"}})
     bot = notifier(slack_store, settings, codec, slack, bot_token="xoxb-t")
-    results = bot.handle([record(codec, job, make_job())])
+    results = bot.handle([record(codec, job, running_job())])
     assert (results[0]["outcome"], results[0]["tries"]) == ("gave_up", 1)
     assert results[0]["detail"] == "HTTP 200: channel_not_found"
 
 
 def test_unreadable_and_uninteresting_records_do_not_stop_the_batch(slack_store, settings, codec, slack):
-    broken = record(codec, finished(), make_job(), seq=7)
+    broken = record(codec, finished_job(), running_job(), seq=7)
     broken["dynamodb"]["NewImage"]["attempt"] = {"S": "not a number"}
-    removed = record(codec, finished(), make_job(), seq=8, event_name="REMOVE")
-    good = record(codec, finished(), make_job(), seq=9)
+    removed = record(codec, finished_job(), running_job(), seq=8, event_name="REMOVE")
+    good = record(codec, finished_job(), running_job(), seq=9)
     results = notifier(slack_store, settings, codec, slack).handle([broken, removed, good])
     assert [r["outcome"] for r in results] == ["unreadable", "sent"]
 
@@ -242,7 +240,9 @@ def test_a_failure_message_carries_the_last_lines_the_tail_gives(slack_store, se
         return ["loading data", "RuntimeError: CUDA out of memory"]
 
     n = Notifier(slack_store, settings, codec.job_from_image, f"{slack.url}{WEBHOOK}", tail=tail)
-    results = n.handle([record(codec, failed(), make_job(), seq=5), record(codec, finished(), make_job(), seq=6)])
+    results = n.handle(
+        [record(codec, failed_job(), running_job(), seq=5), record(codec, finished_job(), running_job(), seq=6)]
+    )
     assert [r["outcome"] for r in results] == ["sent", "sent"]
     assert seen == [JOB_ID]  # asked for the failure only
     failure, success = slack.bodies(WEBHOOK)
@@ -257,15 +257,15 @@ def test_a_tail_that_fails_leaves_the_message_without_it_and_the_batch_whole(sla
         raise OSError("CloudWatch Logs unreachable")
 
     n = Notifier(slack_store, settings, codec.job_from_image, f"{slack.url}{WEBHOOK}", tail=tail)
-    results = n.handle([record(codec, failed(), make_job(), seq=7)])
+    results = n.handle([record(codec, failed_job(), running_job(), seq=7)])
     assert [r["outcome"] for r in results] == ["sent"]
     [failure] = slack.bodies(WEBHOOK)
-    assert failure == build_message(failed(), Kind.FAILED, "us-east-1")
+    assert failure == build_message(failed_job(), Kind.FAILED, "us-east-1")
 
 
 def test_the_final_message_shows_the_metrics_on_the_record(slack_store, settings, codec, slack):
-    done = finished(metrics={"val_accuracy": 0.87})
-    notifier(slack_store, settings, codec, slack).handle([record(codec, done, make_job(), seq=8)])
+    done = finished_job(metrics={"val_accuracy": 0.87})
+    notifier(slack_store, settings, codec, slack).handle([record(codec, done, running_job(), seq=8)])
     [message] = slack.bodies(WEBHOOK)
     assert {"type": "section", "text": {"type": "mrkdwn", "text": "*Metrics*\n`val_accuracy` 0.87"}} in message[
         "blocks"

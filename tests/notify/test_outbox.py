@@ -11,9 +11,8 @@ import pytest
 from chalicelib.jobs.model import utcnow
 from chalicelib.notify.slack import Notifier, Pacer, drain_outbox
 from chalicelib.store.slack import DynamoSlackStore, InMemorySlackStore, OutboxRecord, OutboxState
-from tests.factories import make_settings
+from tests.factories import JOB_ID, finished_job, make_settings, running_job
 
-from .conftest import JOB_ID, finished, make_job
 from .test_notify import WEBHOOK, record
 
 KEY = f"{JOB_ID}#SUCCEEDED#1"
@@ -66,12 +65,12 @@ def one_per_second(slack) -> list[int]:
 def test_a_slow_answer_after_accepting_is_unknown_and_never_sent_again(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (200, b"ok", {}, 7.0))  # takes the message, answers after the 5 s per-try limit
     n = webhook_notifier(slack_store, settings, codec, slack)
-    (result,) = n.handle([record(codec, finished(), make_job())])
+    (result,) = n.handle([record(codec, finished_job(), running_job())])
     assert (result["outcome"], result["tries"]) == ("unknown", 1)
     assert "timed out" in result["detail"]
     assert slack_store.get_outbox(KEY).state is OutboxState.UNKNOWN
     # Neither a re-delivered batch nor the reconcile drain sends it again.
-    assert n.handle([record(codec, finished(), make_job())])[0]["outcome"] == "duplicate"
+    assert n.handle([record(codec, finished_job(), running_job())])[0]["outcome"] == "duplicate"
     assert n.drain(2.0) == {"sent": 0, "unknown": 0, "gave_up": 0, "retry_later": 0, "pending": 0, "sending": 0}
     assert len(slack.bodies(WEBHOOK)) == 1
 
@@ -91,7 +90,7 @@ def test_a_429_is_delivered_once_after_its_retry_after_by_a_later_drain(slack_st
     slack.script(WEBHOOK, (429, b"rate_limited", {"Retry-After": "1"}))
     n = webhook_notifier(slack_store, short, codec, slack)
     start = time.monotonic()
-    (result,) = n.handle([record(codec, finished(), make_job())])
+    (result,) = n.handle([record(codec, finished_job(), running_job())])
     assert time.monotonic() - start < 1.5
     assert result["outcome"] == "pending"  # the wait did not fit in the budget: left for a later drain
     kept = slack_store.get_outbox(KEY)
@@ -106,7 +105,9 @@ def test_a_429_is_delivered_once_after_its_retry_after_by_a_later_drain(slack_st
 def test_a_429_is_waited_out_in_the_same_invocation_when_it_fits(slack_store, settings, codec, slack):
     slack.script(WEBHOOK, (429, b"rate_limited", {"Retry-After": "1"}))
     start = time.monotonic()
-    (result,) = webhook_notifier(slack_store, settings, codec, slack).handle([record(codec, finished(), make_job())])
+    (result,) = webhook_notifier(slack_store, settings, codec, slack).handle(
+        [record(codec, finished_job(), running_job())]
+    )
     assert (result["outcome"], result["tries"]) == ("sent", 2)
     assert time.monotonic() - start >= 1.0
     assert len(slack.bodies(WEBHOOK)) == 2
@@ -115,8 +116,8 @@ def test_a_429_is_waited_out_in_the_same_invocation_when_it_fits(slack_store, se
 @pytest.mark.timeout(300)  # 100 messages at Slack's rate take 100 s of sleeping, whatever the design
 def test_a_batch_of_100_at_one_message_a_second_delivers_all_100_once(slack_store, settings, codec, slack, capsys):
     codes = one_per_second(slack)
-    jobs = [make_job(job_id=f"{i:032x}") for i in range(100)]
-    batch = [record(codec, finished(job_id=j.job_id), j, seq=i + 1) for i, j in enumerate(jobs)]
+    jobs = [running_job(job_id=f"{i:032x}") for i in range(100)]
+    batch = [record(codec, finished_job(job_id=j.job_id), j, seq=i + 1) for i, j in enumerate(jobs)]
     n = webhook_notifier(slack_store, settings, codec, slack)
     results = n.handle(batch, remaining_seconds=60.0)  # a 5 s budget: a few now, the rest queued
     assert sum(r["outcome"] == "sent" for r in results) <= 8

@@ -21,7 +21,7 @@ from pynamodb.exceptions import (
 
 from chalicelib.errors import AlreadyExistsError, ConditionFailedError, JobplaneError, StoreError, ValidationError
 from chalicelib.jobs.metrics import Cursor
-from chalicelib.jobs.model import EventSource, HistoryEntry, Job, JobStatus, Transition
+from chalicelib.jobs.model import EventSource, HistoryEntry, JobStatus, Transition
 from chalicelib.store.base import IdempotencyRecord
 from chalicelib.store.edge import DynamoStore, dynamo_errors, translate
 from chalicelib.store.slack import OutboxRecord, OutboxState, SlackUserRecord
@@ -200,14 +200,10 @@ def test_every_public_method_of_a_store_is_translated_including_generators():
 
 
 # --- every DynamoDB store, against a table that does not exist -----------------------------
-def _job() -> Job:
-    return make_job(spec={"command": ["true"]}, status=JobStatus.QUEUED, created_at=T0)
-
-
 def _calls():
     from chalicelib.devvms import DevVm, DevVmStatus
 
-    job = _job()
+    job = make_job(spec={"command": ["true"]}, status=JobStatus.QUEUED, created_at=T0)
     entry = HistoryEntry(job.job_id, T0, None, JobStatus.QUEUED, "submitted", EventSource.API)
     moved = Transition(job.job_id, JobStatus.QUEUED, JobStatus.LAUNCHING, "dispatched", EventSource.DISPATCH, T0)
     vm = DevVm(uuid.uuid4().hex, "alice", {"name": "box"}, DevVmStatus.PENDING, T0)

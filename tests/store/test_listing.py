@@ -8,12 +8,11 @@ import pytest
 
 from chalicelib.auth import Principal
 from chalicelib.errors import ValidationError
-from chalicelib.jobs.model import FailureKind, Job, JobStatus, utcnow
+from chalicelib.jobs.model import FailureKind, JobStatus, utcnow
 from chalicelib.jobs.service import JobService
-from chalicelib.jobs.spec_types import JobSpec
-from tests.factories import make_settings
+from tests.factories import make_job, make_settings, noop_spec
 
-SPEC = JobSpec.from_dict({"name": "j", "backend": "local", "command": ["true"]})
+SPEC = noop_spec("j")
 
 
 class QueryCounter:
@@ -32,14 +31,12 @@ def _fill(store, total, failed, owners=("alice", "bob")):
     with store.Job.batch_write() as batch:
         for i in range(total):
             status = JobStatus.FAILED if i < failed else JobStatus.SUCCEEDED
-            job = Job(
-                f"{i:032x}",
-                "j",
-                owners[i % len(owners)],
-                status,
-                "local",
-                SPEC,
-                start + timedelta(seconds=i),
+            job = make_job(
+                spec=SPEC,
+                job_id=f"{i:032x}",
+                owner=owners[i % len(owners)],
+                status=status,
+                created_at=start + timedelta(seconds=i),
                 failure_kind=FailureKind.USER_ERROR if status is JobStatus.FAILED else None,
             )
             batch.save(store._item(job))
@@ -88,7 +85,7 @@ def test_status_pages_follow_their_tokens_to_every_match_once(dynamo_store, tmp_
 def test_a_job_moves_between_status_listings_with_its_transitions(dynamo_store):
     from chalicelib.jobs.model import EventSource, HistoryEntry, Transition
 
-    job = Job("f" * 32, "j", "alice", JobStatus.QUEUED, "local", SPEC, utcnow())
+    job = make_job(spec=SPEC, job_id="f" * 32, status=JobStatus.QUEUED)
     dynamo_store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, JobStatus.QUEUED, "s", EventSource.API))
     assert [j.job_id for j in dynamo_store.list_jobs("alice", JobStatus.QUEUED, 5, None).jobs] == [job.job_id]
     dynamo_store.apply_transition(

@@ -16,7 +16,7 @@ import pytest
 
 from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.staging import Layout
-from tests.factories import make_job
+from tests.factories import make_job, make_spec
 
 SHELLS = [shutil.which(s) for s in ("sh", "bash") if shutil.which(s)]
 HOSTILE = "$(touch pwned) `touch pwned2` ; rm -rf / * ' \" \n $HOME"
@@ -75,11 +75,8 @@ def _pack(tmp_path: Path) -> None:
         tar.add(src / "train.sh", arcname="train.sh")
 
 
-def _spec(command, setup=()):
-    code = "s3://jobplane-artifacts/code/" + "c" * 64 + ".tar.gz"
-    return make_job(
-        "ecs", {"command": command, "setup": [list(s) for s in setup], "code_uri": code, "code_sha256": "c" * 64}
-    ).spec
+# An ecs spec's code: the tarball _pack writes.
+CODE = {"backend": "ecs", "code_uri": "s3://jobplane-artifacts/code/" + "c" * 64 + ".tar.gz", "code_sha256": "c" * 64}
 
 
 def _wrap(shell: str, tmp_path: Path, spec, env=None, layout=None, **kwargs):
@@ -104,7 +101,12 @@ def test_the_wrapper_runs_setup_then_the_command_in_the_code_folder_with_hostile
     _pack(tmp_path)
     # PATH=/nonexistent is the job's own: its programs are named by path, the wrapper's tools still run.
     setup = [("/bin/sh", "-c", 'printf "%s" "$0" > setup.txt; [ ! -f arg.txt ]', HOSTILE)]
-    done = _wrap(shell, tmp_path, _spec(["/bin/sh", "train.sh", HOSTILE, "3"], setup), env=SPEC_ENV)
+    done = _wrap(
+        shell,
+        tmp_path,
+        make_spec(command=["/bin/sh", "train.sh", HOSTILE, "3"], setup=[list(s) for s in setup], **CODE),
+        env=SPEC_ENV,
+    )
     work = tmp_path / "work"
     assert done.returncode == 3, done.stderr  # the command's own status
     assert (work / "setup.txt").read_text() == HOSTILE  # setup ran first (arg.txt did not exist yet), in the folder
@@ -119,12 +121,16 @@ def test_the_wrapper_runs_setup_then_the_command_in_the_code_folder_with_hostile
 def test_a_failed_setup_step_stops_before_the_command_and_is_the_status(shell, tmp_path):
     _pack(tmp_path)
     setup = [("sh", "-c", "exit 0"), ("sh", "-c", "exit 7"), ("sh", "-c", "touch never.txt")]
-    done = _wrap(shell, tmp_path, _spec(["/bin/sh", "train.sh", "x"], setup))
+    done = _wrap(
+        shell, tmp_path, make_spec(command=["/bin/sh", "train.sh", "x"], setup=[list(s) for s in setup], **CODE)
+    )
     assert done.returncode == 7
     assert (tmp_path / "status" / "exit").read_text() == "7\n"
     assert not (tmp_path / "work" / "never.txt").exists() and not (tmp_path / "work" / "arg.txt").exists()
     # Without an exit file (SageMaker) it execs the command, or exits with the failed step's status.
-    direct = _wrap(shell, tmp_path, _spec(["/bin/sh", "train.sh", "y", "4"]), layout=_layout(tmp_path, False))
+    direct = _wrap(
+        shell, tmp_path, make_spec(command=["/bin/sh", "train.sh", "y", "4"], **CODE), layout=_layout(tmp_path, False)
+    )
     assert direct.returncode == 4 and (tmp_path / "work" / "arg.txt").read_text() == "y"
 
 
@@ -132,7 +138,7 @@ def test_the_wrapper_passes_sigterm_to_the_command_and_reports_its_status(tmp_pa
     _pack(tmp_path)
     command = ["/bin/sh", "-c", 'trap "touch termed; exit 5" TERM; touch started; while :; do sleep 0.1; done']
     layout = _layout(tmp_path)
-    argv = ["sh", "-c", staging.WRAPPER, "jobplane", *staging.wrapper_args(_spec(command), layout)]
+    argv = ["sh", "-c", staging.WRAPPER, "jobplane", *staging.wrapper_args(make_spec(command=command, **CODE), layout)]
     proc = subprocess.Popen(argv, cwd=tmp_path, env={**os.environ, **layout.variables("a" * 32, 1)})
     deadline = time.monotonic() + 10
     while not (tmp_path / "work" / "started").exists() and time.monotonic() < deadline:

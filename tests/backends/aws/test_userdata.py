@@ -37,7 +37,8 @@ def _run(tmp_path: Path, job: VmJob) -> Path:
     return vm.obj(job.status_uri)
 
 
-def _job(tmp_path: Path, **extra) -> VmJob:
+# A VmJob, not a Job: values no spec would pass (a hostile name), to show the script keeps them data.
+def _vm_job(tmp_path: Path, **extra) -> VmJob:
     return VmJob(
         job_id="a" * 32,
         native_id="jp-" + "a" * 32,
@@ -59,7 +60,7 @@ def _job(tmp_path: Path, **extra) -> VmJob:
 def test_the_script_passes_shellcheck(tmp_path):
     if shutil.which("shellcheck") is None:
         pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
-    for job in (_job(tmp_path), _job(tmp_path, image="train:1", gpus=4, checkpoint_uri="s3://b/ckpt/")):
+    for job in (_vm_job(tmp_path), _vm_job(tmp_path, image="train:1", gpus=4, checkpoint_uri="s3://b/ckpt/")):
         path = tmp_path / "user-data.sh"
         path.write_text(user_data(job))
         result = subprocess.run(["shellcheck", "--shell=bash", str(path)], capture_output=True, text=True)
@@ -67,7 +68,7 @@ def test_the_script_passes_shellcheck(tmp_path):
 
 
 def test_hostile_command_env_and_name_stay_data_when_the_script_runs(tmp_path):
-    uploads = _run(tmp_path, _job(tmp_path))
+    uploads = _run(tmp_path, _vm_job(tmp_path))
     dump = json.loads((tmp_path / "dump.json").read_text())
     assert dump["argv"] == HOSTILE
     assert dump["env"] == {
@@ -83,7 +84,7 @@ def test_hostile_command_env_and_name_stay_data_when_the_script_runs(tmp_path):
 
 
 def test_with_an_image_the_container_gets_the_exact_arguments(tmp_path):
-    _run(tmp_path, _job(tmp_path, image="repo/train:1 $(touch PWNED_image)", gpus=2))
+    _run(tmp_path, _vm_job(tmp_path, image="repo/train:1 $(touch PWNED_image)", gpus=2))
     argv = next(c["argv"] for c in Vm(tmp_path, tmp_path / "vm").calls("docker") if c["argv"][0] == "run")
     envs = [argv[i + 1] for i, a in enumerate(argv) if a == "--env"]
     assert envs[1:3] == ["HOSTILE_A=$(touch PWNED_env) `touch PWNED_env2` 'q' \"dq\"", "HOSTILE_B=a\nb=c\n"]
@@ -95,7 +96,7 @@ def test_with_an_image_the_container_gets_the_exact_arguments(tmp_path):
 
 
 def test_the_script_enforces_max_runtime_itself(tmp_path):
-    job = _job(tmp_path)
+    job = _vm_job(tmp_path)
     slow = VmJob(
         **{**job.__dict__, "command": (sys.executable, "-c", "import time; time.sleep(30)"), "max_runtime_seconds": 1}
     )

@@ -20,19 +20,10 @@ from chalicelib.backends.base import Handle, Observation
 from chalicelib.backends.local.backend import EVENT_DETAIL_TYPE, EVENT_SOURCE, LocalBackend, pid_alive
 from chalicelib.backends.local.runner import sign_detail
 from chalicelib.errors import ConfigError, ValidationError
-from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, new_job_id, utcnow
-from chalicelib.jobs.spec import parse_spec
-from tests.factories import ROOT, job_spec, make_settings, wait_for
+from chalicelib.jobs.model import FailureKind, JobStatus, native_name, new_job_id
+from tests.factories import ROOT, job_spec, make_job, make_settings, wait_for
 
 PY = sys.executable
-
-
-def make_job(command, env=None, attempt=1) -> Job:
-    job_id = new_job_id()
-    spec = parse_spec(job_spec("t", command=command, env=env or {}))
-    return Job(
-        job_id, "t", "alice", JobStatus.LAUNCHING, "local", spec, utcnow(), native_id=native_name(job_id, attempt)
-    ).with_changes(attempt=attempt)
 
 
 @pytest.fixture
@@ -61,7 +52,7 @@ def read_runner(backend, job) -> dict:
 
 
 def test_a_job_that_exits_0_succeeds(backend):
-    job = make_job([PY, "-c", "print('hello')"])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", "print('hello')"]), named=True)
     obs = run_to_end(backend, job)
     assert obs.status is JobStatus.SUCCEEDED
     assert obs.native_status == "SUCCEEDED"
@@ -73,7 +64,7 @@ def test_a_job_that_exits_0_succeeds(backend):
 
 
 def test_a_job_that_exits_3_fails_as_a_user_error_naming_the_exit_code(backend):
-    obs = run_to_end(backend, make_job([PY, "-c", "import sys; sys.exit(3)"]))
+    obs = run_to_end(backend, make_job(spec=job_spec("t", command=[PY, "-c", "import sys; sys.exit(3)"]), named=True))
     assert obs.status is JobStatus.FAILED
     assert obs.failure_kind is FailureKind.USER_ERROR
     assert obs.exit_code == 3
@@ -81,7 +72,7 @@ def test_a_job_that_exits_3_fails_as_a_user_error_naming_the_exit_code(backend):
 
 
 def test_a_program_that_does_not_exist_fails_with_exit_code_127(backend):
-    obs = run_to_end(backend, make_job(["/nonexistent/program", "x"]))
+    obs = run_to_end(backend, make_job(spec=job_spec("t", command=["/nonexistent/program", "x"]), named=True))
     assert obs.status is JobStatus.FAILED
     assert obs.exit_code == 127
     assert obs.reason.startswith("could not start '/nonexistent/program'")
@@ -89,7 +80,7 @@ def test_a_program_that_does_not_exist_fails_with_exit_code_127(backend):
 
 def test_stdout_and_stderr_are_captured_in_output_log(backend):
     code = "import sys; print('to stdout', flush=True); print('to stderr', file=sys.stderr, flush=True); print('end')"
-    job = make_job([PY, "-c", code])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", code]), named=True)
     run_to_end(backend, job)
     assert (folder_of(backend, job) / "output.log").read_text() == "to stdout\nto stderr\nend\n"
     chunk = backend.logs(Handle.of(job), 3)
@@ -101,7 +92,7 @@ def test_stdout_and_stderr_are_captured_in_output_log(backend):
 def test_the_job_sees_its_own_env_and_none_of_the_control_planes(backend, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "control-plane-secret")
     code = "import os, json; print(json.dumps(dict(os.environ)))"
-    job = make_job([PY, "-c", code], env={"LR": "0.1"})
+    job = make_job(spec=job_spec("t", command=[PY, "-c", code], env={"LR": "0.1"}), named=True)
     run_to_end(backend, job)
     env = json.loads((folder_of(backend, job) / "output.log").read_text())
     assert env["LR"] == "0.1"
@@ -134,7 +125,7 @@ def test_hostile_args_and_env_values_reach_the_job_byte_for_byte_and_run_nothing
         "json.dump({'argv': sys.argv[1:], 'env': {k: v for k, v in os.environ.items() if k[:1] == 'V'}}, "
         "open(os.environ['JOBPLANE_OUTPUT_DIR'] + '/seen.json', 'w'))"
     )
-    job = make_job([PY, "-c", code, *values], env=env)
+    job = make_job(spec=job_spec("t", command=[PY, "-c", code, *values], env=env), named=True)
     obs = run_to_end(backend, job)
     assert obs.status is JobStatus.SUCCEEDED
     seen = json.loads((folder_of(backend, job) / "outputs" / "seen.json").read_text(encoding="utf-8"))
@@ -159,7 +150,7 @@ time.sleep(120)
 
 
 def test_cancel_kills_the_whole_process_group_and_reports_cancelled(backend):
-    job = make_job([PY, "-c", FAMILY])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", FAMILY]), named=True)
     backend.launch(job)
     outputs = folder_of(backend, job) / "outputs"
     job_pid = read_runner(backend, job)["pid"]
@@ -180,7 +171,7 @@ def test_cancel_kills_the_whole_process_group_and_reports_cancelled(backend):
 
 
 def test_cancel_without_a_runner_kills_the_job_group_directly(backend):
-    job = make_job([PY, "-c", "import time; time.sleep(120)"])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", "import time; time.sleep(120)"]), named=True)
     backend.launch(job)
     job_pid = read_runner(backend, job)["pid"]
     runner_pid = int((folder_of(backend, job) / "runner.pid").read_text())
@@ -193,7 +184,7 @@ def test_cancel_without_a_runner_kills_the_job_group_directly(backend):
 
 
 def test_a_job_process_that_outlived_its_runner_is_listed_as_running_and_released(backend):
-    job = make_job([PY, "-c", "import time; time.sleep(120)"])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", "import time; time.sleep(120)"]), named=True)
     backend.launch(job)
     job_pid = read_runner(backend, job)["pid"]
     runner_pid = int((folder_of(backend, job) / "runner.pid").read_text())
@@ -208,7 +199,7 @@ def test_a_job_process_that_outlived_its_runner_is_listed_as_running_and_release
 
 
 def test_cancel_of_a_job_that_never_launched_does_nothing(backend):
-    job = make_job([PY, "-c", "pass"])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", "pass"]), named=True)
     backend.cancel(Handle.of(job))
     assert not folder_of(backend, job).exists()
     assert backend.describe(Handle.of(job)) is None
@@ -295,7 +286,7 @@ def test_an_unreachable_event_endpoint_delays_neither_max_runtime_nor_cancel(tmp
         proc.wait()
 
     backend = LocalBackend(make_settings(tmp_path, JOBPLANE_LOCAL_EVENT_URL=dead_url()))
-    job = make_job([PY, "-c", "import time; time.sleep(60)"])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", "import time; time.sleep(60)"]), named=True)
     backend.launch(job)
     job_pid = read_runner(backend, job)["pid"]
     runner_pid = int((folder_of(backend, job) / "runner.pid").read_text())
@@ -312,7 +303,7 @@ def test_an_unreachable_event_endpoint_delays_neither_max_runtime_nor_cancel(tmp
 
 
 def test_a_second_launch_of_the_same_attempt_starts_nothing(backend):
-    job = make_job([PY, "-c", "print('once')"])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", "print('once')"]), named=True)
     first = backend.launch(job)
     second = backend.launch(job)
     assert (first.native_id, first.native_status) == (job.native_id, "Started")
@@ -322,7 +313,7 @@ def test_a_second_launch_of_the_same_attempt_starts_nothing(backend):
 
 
 def test_each_attempt_gets_its_own_native_name_and_folder(backend):
-    first = make_job([PY, "-c", "print(1)"])
+    first = make_job(spec=job_spec("t", command=[PY, "-c", "print(1)"]), named=True)
     second = first.with_changes(attempt=2, native_id=native_name(first.job_id, 2))
     assert run_to_end(backend, first).attempt == 1
     obs = run_to_end(backend, second)
@@ -365,7 +356,7 @@ def test_runner_events_parse_back_to_what_describe_sees(tmp_path):
     recorder = _Recorder()
     try:
         backend = LocalBackend(make_settings(tmp_path, JOBPLANE_LOCAL_EVENT_URL=recorder.url))
-        job = make_job([PY, "-c", "import sys; sys.exit(5)"])
+        job = make_job(spec=job_spec("t", command=[PY, "-c", "import sys; sys.exit(5)"]), named=True)
         final = run_to_end(backend, job)
         events = wait_for(lambda: len(recorder.events) >= 2 and recorder.events, what="two events")
     finally:
@@ -451,7 +442,10 @@ def test_the_stack_key_is_private_and_each_job_key_differs(backend, tmp_path):
 
 
 def test_a_job_runs_in_its_own_folder_with_private_files(backend):
-    job = make_job([PY, "-c", "import os; print(os.getcwd()); open('made-here', 'w').write('x')"])
+    job = make_job(
+        spec=job_spec("t", command=[PY, "-c", "import os; print(os.getcwd()); open('made-here', 'w').write('x')"]),
+        named=True,
+    )
     final = run_to_end(backend, job)
     assert final.status is JobStatus.SUCCEEDED
     folder = folder_of(backend, job)
@@ -466,7 +460,7 @@ def test_the_runner_holds_no_control_plane_credential_or_address(backend, monkey
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "control-plane-secret")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("JOBPLANE_LOCAL_DIR", "/somewhere/.jobplane")
-    job = make_job([PY, "-c", "import time; time.sleep(30)"])
+    job = make_job(spec=job_spec("t", command=[PY, "-c", "import time; time.sleep(30)"]), named=True)
     backend.launch(job)
     try:
         runner = read_runner(backend, job)
@@ -487,7 +481,9 @@ def test_a_job_run_as_nobody_cannot_read_the_stacks_secrets_other_logs_or_write_
     admin_token = tmp_path / "admin-token"
     admin_token.write_text("secret-admin-token\n")
     admin_token.chmod(0o600)
-    first = make_job(["/usr/bin/python3", "-c", "print('first job private line')"])
+    first = make_job(
+        spec=job_spec("t", command=["/usr/bin/python3", "-c", "print('first job private line')"]), named=True
+    )
     assert run_to_end(backend, first).status is JobStatus.SUCCEEDED
     probe = (
         "import sys\n"
@@ -504,7 +500,12 @@ def test_a_job_run_as_nobody_cannot_read_the_stacks_secrets_other_logs_or_write_
     )
     intruder_file = ROOT / "chalicelib" / f"intruder-{new_job_id()}"
     other_log = folder_of(backend, first) / "output.log"
-    job = make_job(["/usr/bin/python3", "-c", probe, str(admin_token), str(other_log), str(intruder_file)])
+    job = make_job(
+        spec=job_spec(
+            "t", command=["/usr/bin/python3", "-c", probe, str(admin_token), str(other_log), str(intruder_file)]
+        ),
+        named=True,
+    )
     try:
         final = run_to_end(backend, job)
         output = (folder_of(backend, job) / "output.log").read_text()
@@ -518,4 +519,4 @@ def test_a_job_run_as_nobody_cannot_read_the_stacks_secrets_other_logs_or_write_
 def test_an_unknown_run_as_user_is_a_clear_error(tmp_path):
     backend = LocalBackend(make_settings(tmp_path, JOBPLANE_LOCAL_RUN_AS="no-such-user-here"))
     with pytest.raises(ConfigError, match="JOBPLANE_LOCAL_RUN_AS"):
-        backend.launch(make_job([PY, "-c", "pass"]))
+        backend.launch(make_job(spec=job_spec("t", command=[PY, "-c", "pass"]), named=True))
