@@ -656,3 +656,51 @@ def _check_limits(shape, value: Any, where: str, problems: list[str]) -> None:
             problems.append(f"{where} has {len(value)} characters, at most {limit}")
         if shape.enum and value not in shape.enum:
             problems.append(f"{where} is {value!r}, not one of {shape.enum}")
+
+
+# --- DynamoDB Streams records, as Lambda's event source delivers them to notify ---------------------------
+WEBHOOK = "/services/T000/B000/XXXX"  # the Slack webhook path the tests' sink answers on
+STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/jp-test-jobs/stream/2024-05-01T00:00:00.000"
+
+
+def image(codec, job):
+    return codec._item(job).serialize()
+
+
+def record(codec, new, old=None, seq=1, event_name=None):
+    """One record in the exact shape Lambda's DynamoDB Streams event source delivers it."""
+    ddb = {
+        "ApproximateCreationDateTime": 1714564800.0,
+        "Keys": {"job_id": {"S": new.job_id}},
+        "NewImage": image(codec, new),
+        "SequenceNumber": f"{seq:021d}",
+        "SizeBytes": 1024,
+        "StreamViewType": "NEW_AND_OLD_IMAGES",
+    }
+    if old is not None:
+        ddb["OldImage"] = image(codec, old)
+    return {
+        "eventID": f"event-{seq}",
+        "eventName": event_name or ("MODIFY" if old is not None else "INSERT"),
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": ddb,
+        "eventSourceARN": STREAM_ARN,
+    }
+
+
+class InstantBackend(ComputeBackend):
+    named_by_us = True  # keyed by the name it is given, as the local backend is
+    """Launches nothing; the tests play the provider's events."""
+
+    name = "local"
+
+    def _launch_impl(self, job, handle):
+        return LaunchResult(handle.native_name)
+
+    def _describe_impl(self, handle):
+        return None
+
+    def _cancel_impl(self, handle):
+        return None

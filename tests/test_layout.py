@@ -118,6 +118,15 @@ def _tests_imports(path: Path) -> list[str]:
             found += [f"tests.{alias.name}" for alias in node.names]  # from tests import factories
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.append(node.module)
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            # from .test_x import helper / from . import test_x: resolved against the module's own package
+            inside = path.is_relative_to(ROOT)
+            package = list(path.relative_to(ROOT).parts[:-1]) if inside else ["tests"]
+            base = package[: len(package) - (node.level - 1)] if node.level > 1 else package
+            if node.module:
+                found.append(".".join([*base, node.module]))
+            else:
+                found += [".".join([*base, alias.name]) for alias in node.names]
         elif isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
     return sorted(m for m in found if m == "tests" or m.startswith("tests."))
@@ -138,9 +147,9 @@ def test_the_import_check_would_catch_a_helper_import(tmp_path):
     sample = tmp_path / "test_x.py"
     sample.write_text(
         "from tests import conftest\nfrom tests.factories import make_job\n\n"
-        "def test_x():\n    from tests.jobs.test_spec import helper\n"
+        "def test_x():\n    from tests.jobs.test_spec import helper\n    from .test_other import thing\n"
     )
-    assert _tests_imports(sample) == ["tests.conftest", "tests.factories", "tests.jobs.test_spec"]
+    assert _tests_imports(sample) == ["tests.conftest", "tests.factories", "tests.jobs.test_spec", "tests.test_other"]
 
 
 # One set of factories: no test module builds its own jobs, specs or settings.

@@ -13,13 +13,12 @@ import pytest
 from slack_sdk.signature import SignatureVerifier
 
 from chalicelib.auth import Principal
-from chalicelib.backends.base import ComputeBackend, LaunchResult
 from chalicelib.jobs.model import EventSource, JobEvent, JobStatus
 from chalicelib.jobs.spec import parse_spec
 from chalicelib.notify import commands
 from chalicelib.notify.invoke import ThreadInvoker
 from chalicelib.notify.users import map_slack_user
-from tests.factories import make_settings, make_stores, use_stores
+from tests.factories import InstantBackend, make_settings, make_stores, use_stores
 
 # Slack's published example ("Verifying requests from Slack").
 DOC_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
@@ -52,22 +51,6 @@ class FixedClock:
 
     def now(self) -> float:
         return self.now_value
-
-
-class InstantBackend(ComputeBackend):
-    named_by_us = True  # keyed by the name it is given, as the local backend is
-    """Launches nothing; the tests play the provider's events."""
-
-    name = "local"
-
-    def _launch_impl(self, job, handle):
-        return LaunchResult(handle.native_name)
-
-    def _describe_impl(self, handle):
-        return None
-
-    def _cancel_impl(self, handle):
-        return None
 
 
 def sign(body: str, timestamp: str, secret: str = SECRET) -> dict[str, str]:

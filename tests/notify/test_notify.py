@@ -13,10 +13,7 @@ from chalicelib.jobs.model import JobStatus
 from chalicelib.notify.messages import Kind, build_message
 from chalicelib.notify.slack import Notifier, NotifyOutcome
 from chalicelib.store.dynamo import DynamoJobStore
-from tests.factories import JOB_ID, failed_job, finished_job, make_settings, running_job
-
-WEBHOOK = "/services/T000/B000/XXXX"
-STREAM_ARN = "arn:aws:dynamodb:us-east-1:123456789012:table/jp-test-jobs/stream/2024-05-01T00:00:00.000"
+from tests.factories import JOB_ID, WEBHOOK, failed_job, finished_job, make_settings, record, running_job
 
 
 @pytest.fixture
@@ -28,33 +25,6 @@ def settings(tmp_path, slack):
 def codec(settings):
     """A DynamoDB store used only to turn jobs into stream images and back (no I/O)."""
     return DynamoJobStore(settings)
-
-
-def image(codec, job):
-    return codec._item(job).serialize()
-
-
-def record(codec, new, old=None, seq=1, event_name=None):
-    """One record in the exact shape Lambda's DynamoDB Streams event source delivers it."""
-    ddb = {
-        "ApproximateCreationDateTime": 1714564800.0,
-        "Keys": {"job_id": {"S": new.job_id}},
-        "NewImage": image(codec, new),
-        "SequenceNumber": f"{seq:021d}",
-        "SizeBytes": 1024,
-        "StreamViewType": "NEW_AND_OLD_IMAGES",
-    }
-    if old is not None:
-        ddb["OldImage"] = image(codec, old)
-    return {
-        "eventID": f"event-{seq}",
-        "eventName": event_name or ("MODIFY" if old is not None else "INSERT"),
-        "eventVersion": "1.1",
-        "eventSource": "aws:dynamodb",
-        "awsRegion": "us-east-1",
-        "dynamodb": ddb,
-        "eventSourceARN": STREAM_ARN,
-    }
 
 
 def lifecycle(codec):

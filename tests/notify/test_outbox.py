@@ -11,9 +11,7 @@ import pytest
 from chalicelib.jobs.model import utcnow
 from chalicelib.notify.slack import Notifier, Pacer, drain_outbox
 from chalicelib.store.slack import DynamoSlackStore, InMemorySlackStore, OutboxRecord, OutboxState
-from tests.factories import JOB_ID, finished_job, make_settings, running_job
-
-from .test_notify import WEBHOOK, record
+from tests.factories import JOB_ID, WEBHOOK, finished_job, make_settings, record, running_job
 
 KEY = f"{JOB_ID}#SUCCEEDED#1"
 

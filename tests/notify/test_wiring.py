@@ -20,9 +20,7 @@ from chalicelib.notify.invoke import LambdaInvoker, ThreadInvoker, invoker_for
 from chalicelib.notify.messages import Kind, build_message
 from chalicelib.notify.users import map_slack_user, principal_for, unmap_slack_user
 from chalicelib.templates import render, template_names
-from tests.factories import make_settings, make_stores, use_stores
-
-from .test_commands import InstantBackend
+from tests.factories import InstantBackend, make_settings, make_stores, use_stores
 
 WEBHOOK = "/services/T000/B000/wiring"
 
