@@ -333,6 +333,8 @@ class Settings:
     ec2_subnet: str | None = setting("JOBPLANE_EC2_SUBNET", None)
     ec2_security_groups: tuple[str, ...] = setting("JOBPLANE_EC2_SECURITY_GROUPS", (), Names())
     ec2_instance_profile: str = setting("JOBPLANE_EC2_INSTANCE_PROFILE", derive="jobplane-{stage}-ec2-job")
+    # Seconds between a job VM's uploads of $JOBPLANE_CHECKPOINT_DIR while the job runs (and once at its end).
+    ec2_checkpoint_seconds: int = setting("JOBPLANE_EC2_CHECKPOINT_SECONDS", 60, _POSITIVE)
     # Upload trigger rules (bucket + prefix/glob -> job template); relative paths are from the code root.
     triggers_file: str = setting("JOBPLANE_TRIGGERS_FILE", "chalicelib/triggers.yaml")
 

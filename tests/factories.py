@@ -574,6 +574,99 @@ def kill_runners(directory: Path) -> None:
             pass
 
 
+# --- issue 11's contract end to end: one spec and train script for every backend the stack runs ---------
+CONTRACT_DATA = "e2e-datasets"
+CONTRACT_ARTIFACTS = "jobplane-local-artifacts"
+# Reads both inputs and the setup's file, resumes from the checkpoint, sleeps at epoch 2 of attempt 1 (the
+# test takes the machine away there), and writes its outputs at the end.
+CONTRACT_TRAIN = """
+import json, os, pathlib, time
+inputs = pathlib.Path(os.environ["JOBPLANE_INPUT_DIR"])
+ckpt = pathlib.Path(os.environ["JOBPLANE_CHECKPOINT_DIR"]) / "epoch"
+out = pathlib.Path(os.environ["JOBPLANE_OUTPUT_DIR"])
+rows = (inputs / "train" / "part-0.csv").read_text() + (inputs / "train" / "sub" / "part-1.csv").read_text()
+labels = (inputs / "labels" / "labels.txt").read_text().split()
+assert pathlib.Path("setup-done").read_text() == "ok\\n"
+start = int(ckpt.read_text()) if ckpt.exists() else 0
+print(f"attempt {os.environ['JOBPLANE_ATTEMPT']} resumed from epoch {start}", flush=True)
+for epoch in range(start + 1, 5):
+    ckpt.write_text(str(epoch))
+    print(f"epoch {epoch}", flush=True)
+    if epoch == 2 and os.environ["JOBPLANE_ATTEMPT"] == "1":
+        time.sleep(300)  # the test takes this machine away here
+(out / "metrics").mkdir(exist_ok=True)
+(out / "model.txt").write_text(f"rows={len(rows.splitlines())} labels={len(labels)}")
+(out / "metrics" / "summary.json").write_text(json.dumps({"epochs": 4, "resumed_from": start}))
+"""
+CONTRACT_SPEC = """
+name: resumable
+backend: {backend}
+workdir: src
+setup: test ! -e old.ckpt && echo ok > setup-done
+command: python3 train.py
+inputs:
+  train: s3://{data}/cifar/train/
+  labels: s3://{data}/cifar/labels.txt
+retries: {{max_attempts: 2, on: [interruption]}}
+"""
+
+
+def stack_s3(stack):
+    """A boto3 S3 client on a running stack's embedded AWS."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=stack["state"]["aws_endpoint"],
+        region_name="us-east-1",
+        aws_access_key_id="local",
+        aws_secret_access_key="local",  # noqa: S106 - the embedded emulator's placeholder
+    )
+
+
+def contract_job(stack, folder: Path, backend: str) -> Path:
+    """The contract's two inputs in the stack's S3, a workdir (with a file its .gitignore leaves out) and
+    the spec for `backend` in `folder`; returns the spec's path."""
+    s3 = stack_s3(stack)
+    s3.create_bucket(Bucket=CONTRACT_DATA)
+    s3.put_object(Bucket=CONTRACT_DATA, Key="cifar/train/part-0.csv", Body=b"1,2\n3,4\n")
+    s3.put_object(Bucket=CONTRACT_DATA, Key="cifar/train/sub/part-1.csv", Body=b"5,6\n")
+    s3.put_object(Bucket=CONTRACT_DATA, Key="cifar/labels.txt", Body=b"cat dog bird\n")
+    src = folder / "src"
+    src.mkdir()
+    (src / "train.py").write_text(CONTRACT_TRAIN)
+    (src / ".gitignore").write_text("*.ckpt\n")
+    (src / "old.ckpt").write_text("left behind")
+    spec = folder / "job.yaml"
+    spec.write_text(CONTRACT_SPEC.format(backend=backend, data=CONTRACT_DATA))
+    return spec
+
+
+def contract_checkpoint(stack, job_id: str) -> bytes | None:
+    """The job's checkpoint as the stack's S3 holds it (None before the first upload)."""
+    s3 = stack_s3(stack)
+    key = f"checkpoints/{job_id}/epoch"
+    if not s3.list_objects_v2(Bucket=CONTRACT_ARTIFACTS, Prefix=key).get("KeyCount"):
+        return None
+    return s3.get_object(Bucket=CONTRACT_ARTIFACTS, Key=key)["Body"].read()
+
+
+def check_contract_artifacts(stack, job_id: str, folder: Path) -> None:
+    """The resumed job's outputs: listed by the API and the CLI, downloaded by `jobplane artifacts --download`."""
+    listed = stack_api(stack, "GET", f"/jobs/{job_id}/artifacts").json()
+    summary = '{"epochs": 4, "resumed_from": 2}'
+    assert [(a["key"], a["size"]) for a in listed["artifacts"]] == [
+        ("metrics/summary.json", len(summary)),
+        ("model.txt", len("rows=3 labels=3")),
+    ], listed
+    table = stack_cli(stack, "artifacts", job_id).stdout
+    assert "metrics/summary.json" in table and "model.txt" in table
+    got = folder / "got"
+    stack_cli(stack, "artifacts", job_id, "--download", str(got))
+    assert (got / "model.txt").read_text() == "rows=3 labels=3"
+    assert (got / "metrics" / "summary.json").read_text() == summary
+
+
 class LogBackend(ScriptedBackend):
     """ScriptedBackend with output: a byte-offset log per native name, or (paged=True) pages behind an
     opaque cursor as CloudWatch and Cloud Logging give them. `fail` makes every logs() call raise it."""

@@ -154,6 +154,8 @@ write_report() {
     state=$(report_state "$2" "$3")
     code=$(printf %d "$2")
   fi
+  # The machine shutting down under the job ended it, whatever the command's status says.
+  if [ "${STOPPED_BY:-}" = interrupt ]; then state=INTERRUPTED; fi
   printf '{"v": 1, "job_id": "%s", "attempt": %d, "native_name": "%s", "state": "%s", "exit_code": %s, ' \
     "$JOB_ID" "$ATTEMPT" "$NATIVE_ID" "$state" "$code" >"$1.tmp"
   printf '"reason": "%s", "max_runtime_seconds": %d, "started_at": "%s", "finished_at": "%s"}\n' \
@@ -237,6 +239,9 @@ exit_code=""
 ran_seconds=0
 REASON=""
 RAN=""
+STOPPED_BY=""
+JOB_PID=""
+JOB_BEGAN=$SECONDS
 
 note() { echo "jobplane: $*" >>"$LOG"; }
 
@@ -259,6 +264,31 @@ stop() {
     kill "$1" 2>/dev/null
     wait "$1" 2>/dev/null
   fi
+}
+
+wait_job() {
+  # $1: the timeout(1) running the job, in the background so that a TERM reaches this shell at once;
+  # timeout runs in a process group of its own, so shut_down passes the TERM on.
+  JOB_PID=$1
+  wait "$JOB_PID"
+  exit_code=$?
+  JOB_PID=""
+}
+
+shut_down() {
+  # A TERM to the agent is the machine shutting down (a spot reclaim, a preemption, a stop from outside).
+  # The job gets the TERM and a moment to write its checkpoints; it is interrupted, and its checkpoints
+  # and outputs still go up before the report (finish_job).
+  trap '' TERM
+  STOPPED_BY=interrupt
+  note "the machine is shutting down under the job"
+  if [ -n "$JOB_PID" ]; then
+    kill -TERM "$JOB_PID" 2>/dev/null
+    wait "$JOB_PID"
+    exit_code=$?
+    ran_seconds=$((SECONDS - JOB_BEGAN))
+  fi
+  exit 143
 }
 
 upload_log() {
@@ -311,16 +341,17 @@ stage() {
 
 run_job() {
   # Setup and the command under one max-runtime timer, in the code folder.
-  local began=$SECONDS kv
+  local kv
   local -a run
   RAN=1
+  JOB_BEGAN=$SECONDS
   if [ -z "$IMAGE" ]; then
     # env -i: the job gets the script's PATH and HOME, its own env, its folders; nothing else of this shell.
     (cd "$ROOT/code" && exec timeout --kill-after=60 "$MAX_RUNTIME_SECONDS" env -i -- \
       "PATH=$PATH" "HOME=${HOME:-/root}" "${JOB_ENV[@]}" "JOBPLANE_INPUT_DIR=$ROOT/inputs" \
       "JOBPLANE_OUTPUT_DIR=$ROOT/outputs" "JOBPLANE_CHECKPOINT_DIR=$ROOT/checkpoints" "${JOB_ARGV[@]}") \
-      >>"$LOG" 2>&1 </dev/null
-    exit_code=$?
+      >>"$LOG" 2>&1 </dev/null &
+    wait_job "$!"
   else
     registry_login >>"$LOG" 2>&1 || note "registry login failed"
     # The image may run as another user: it writes its outputs and checkpoints all the same.
@@ -332,16 +363,18 @@ run_job() {
     for kv in "${JOB_ENV[@]}"; do run+=(--env "$kv"); done
     run+=(--env "JOBPLANE_INPUT_DIR=$C_INPUTS" --env "JOBPLANE_OUTPUT_DIR=$C_OUTPUTS"
       --env "JOBPLANE_CHECKPOINT_DIR=$C_CHECKPOINTS" --entrypoint "${JOB_ARGV[0]}" "$IMAGE" "${JOB_ARGV[@]:1}")
-    timeout --kill-after=60 "$MAX_RUNTIME_SECONDS" "${run[@]}" >>"$LOG" 2>&1 </dev/null
-    exit_code=$?
+    timeout --kill-after=60 "$MAX_RUNTIME_SECONDS" "${run[@]}" >>"$LOG" 2>&1 </dev/null &
+    wait_job "$!"
     if [ "$exit_code" -eq 124 ] || [ "$exit_code" -eq 137 ]; then docker kill "$NATIVE_ID" >/dev/null 2>&1; fi
   fi
-  ran_seconds=$((SECONDS - began))
+  ran_seconds=$((SECONDS - JOB_BEGAN))
 }
 
 finish_job() {
   # Checkpoints and outputs go up before the report, for failed jobs too: a job seen ending has them.
   trap - EXIT
+  # A shutdown that comes now waits for the uploads and the report (they are what it would lose).
+  trap '' TERM
   stop "${CHECKPOINT_SYNCER:-}"
   if [ -n "$RAN" ]; then sync_checkpoints; fi
   if [ -n "$ARTIFACTS_URI" ] && [ -d "$ROOT/outputs" ]; then
@@ -353,12 +386,14 @@ finish_job() {
   # The whole log goes up before the exit report: a job seen ending has its complete log.
   upload_log
   deliver_report
+  trap - TERM
   power_off
   exit 0
 }
 
 run_agent() {
   note "job $JOB_ID ($NATIVE_ID) starting at $STARTED_AT"
+  trap shut_down TERM
   every "$LOG_INTERVAL" upload_log >/dev/null 2>&1 &
   LOG_SHIPPER=$!
   if stage; then

@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+from chalicelib.backends.agent import parse_report
 from chalicelib.backends.aws.userdata import MAX_USER_DATA, VmJob, user_data
 from chalicelib.backends.gcp.gce_script import startup_script
+from chalicelib.jobs.model import FailureKind, JobStatus
 from tests.vmharness import HOSTILE, TRAIN, Vm, archive, prepare, run
 
 PY = sys.executable
@@ -152,6 +157,42 @@ def test_checkpoints_go_up_while_the_job_runs(tmp_path, kind):
     run(vm, script, env)
     assert vm.obj(where["artifacts_uri"] + "seen").read_text() == "True"
     assert vm.report(REPORT[kind])["state"] == "SUCCEEDED"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_machine_shutting_down_under_the_job_reports_it_interrupted_after_the_uploads(tmp_path, kind):
+    # A spot reclaim or a preemption shuts the OS down: every process of the script gets TERM.
+    vm, env = prepare(tmp_path)
+    where = staged(kind, vm)
+    landed = vm.obj(where["checkpoint_uri"] + "epoch")
+    work = (
+        "import os, time\n"
+        "open(os.path.join(os.environ['JOBPLANE_CHECKPOINT_DIR'], 'epoch'), 'w').write('2')\n"
+        "open(os.path.join(os.environ['JOBPLANE_OUTPUT_DIR'], 'partial'), 'w').write('p')\n"
+        "time.sleep(60)\n"
+    )
+    script = script_for(kind, vm, command=[PY, "-c", work], checkpoint_interval_seconds=1, **where)
+    (vm.here / "script.sh").write_text(script)
+    proc = subprocess.Popen(["bash", str(vm.here / "script.sh")], cwd=vm.here, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not landed.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert landed.read_text() == "2"
+        os.killpg(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    report = vm.report(REPORT[kind])
+    assert report["state"] == "INTERRUPTED", report
+    seen = parse_report(report, job_id=JOB_ID, attempt=1)
+    assert (seen.status, seen.failure_kind) == (JobStatus.FAILED, FailureKind.INTERRUPTED)
+    assert vm.obj(where["artifacts_uri"] + "partial").read_text() == "p"  # outputs went up all the same
+    assert "the machine is shutting down under the job" in vm.log()
+    assert (tmp_path / "shutdown.called").exists()
 
 
 def _header_names(script: str) -> list[str]:
@@ -438,6 +479,18 @@ def test_the_backends_give_their_scripts_the_contracts_locations(tmp_path):
         assert runner[:2] == ["/bin/sh", "-c"] and runner[3:] == [
             "jobplane", "3", "/bin/sh", "-c", spec["setup"], "3", "/bin/sh", "-c", spec["command"],
         ]  # fmt: skip
+
+
+def test_ec2_checkpoint_seconds_sets_the_user_datas_checkpoint_interval(tmp_path):
+    from chalicelib.backends.aws.ec2 import Ec2Backend
+    from chalicelib.backends.base import Handle
+    from tests.factories import make_job, make_settings
+
+    backend = Ec2Backend(make_settings(tmp_path, JOBPLANE_EC2_AMI="ami-1", JOBPLANE_EC2_CHECKPOINT_SECONDS="2"))
+    job = make_job(backend.name, {"command": "python train.py"}, job_id=JOB_ID)
+    assert _header(user_data(backend.vm_job(job, Handle.of(job))), "CHECKPOINT_INTERVAL") == {
+        "CHECKPOINT_INTERVAL": ["2"]
+    }
 
 
 def test_ec2_refuses_a_spec_whose_user_data_would_pass_the_limit(tmp_path):

@@ -88,6 +88,7 @@ class Ec2Backend(AwsBackend):
             inputs=tuple(spec.inputs.items()),
             artifacts_uri=contract.artifacts_uri(spec, handle.job_id, bucket),
             checkpoint_uri=contract.checkpoint_location(spec, handle.job_id, bucket),
+            checkpoint_interval_seconds=self.settings.ec2_checkpoint_seconds,
         )
 
     def _validate_impl(self, spec: JobSpec) -> None:
