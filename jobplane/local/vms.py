@@ -50,7 +50,28 @@ POWER_OFF_GRACE = 5.0  # seconds between TERM and KILL, as a shutdown gives serv
 EMULATOR_WAIT = 600  # seconds a VM's aws call waits for a stack that is down
 
 # Inside the new mount namespace: the VM's disk and /tmp over the host's, then the user data.
-_MOUNT_AND_RUN = 'mount --bind "$1" /var/lib && mount --bind "$2" /tmp && shift 2 && exec "$@"'
+# Folders below the host's /tmp that the VM still needs (the aws CLI's environment when the project lives
+# under /tmp, as a CI checkout may) are carried through: bound aside on the VM's disk before its own /tmp
+# hides them, then bound back at the same paths inside it. Arguments: disk, tmp, N, N kept folders, argv.
+_MOUNT_AND_RUN = """
+disk=$1 tmp=$2 n=$3
+shift 3
+mount --bind "$disk" /var/lib || exit 1
+i=0
+for kept in "$@"; do
+  [ "$i" -lt "$n" ] || break
+  mkdir -p "/var/lib/jobplane-vm/kept/$i" && mount --bind "$kept" "/var/lib/jobplane-vm/kept/$i" || exit 1
+  i=$((i + 1))
+done
+mount --bind "$tmp" /tmp || exit 1
+i=0
+while [ "$i" -lt "$n" ]; do
+  mkdir -p "$1" && mount --bind "/var/lib/jobplane-vm/kept/$i" "$1" || exit 1
+  shift
+  i=$((i + 1))
+done
+exec "$@"
+"""
 
 _AWS_SHIM = """#!/bin/bash
 # jobplane local stack: the real aws CLI on this fake VM, pointed at the stack's embedded AWS wherever it
@@ -314,8 +335,24 @@ class VmHost:
         if self.run_as:
             drop = ["setpriv", f"--reuid={self.run_as.pw_uid}", f"--regid={self.run_as.pw_gid}", "--clear-groups"]
             drop.append("--")
-        mounts = ["/bin/sh", "-c", _MOUNT_AND_RUN, "sh", str(disk), str(tmp)] if disk and tmp else []
+        mounts = []
+        if disk and tmp:
+            kept = self._kept_below_tmp()
+            mounts = ["/bin/sh", "-c", _MOUNT_AND_RUN, "sh", str(disk), str(tmp), str(len(kept)), *kept]
         return [*unshare, "--", *mounts, *drop, *argv]
+
+    def _kept_below_tmp(self) -> list[str]:
+        """The folders the VM's tools run from that the VM's own /tmp would hide: the aws CLI's environment
+        (its folder's parent: a venv) and the interpreters it runs on, when they live below /tmp."""
+        found: list[str] = []
+        candidates = [Path(sys.prefix), Path(sys.base_prefix)]
+        if self.aws_cli:
+            candidates += [Path(self.aws_cli).parent.parent, Path(self.aws_cli).resolve().parent.parent]
+        for path in candidates:
+            text = str(path.resolve())
+            if (text == "/tmp" or text.startswith("/tmp/")) and text not in found:  # noqa: S108 - the host's /tmp
+                found.append(text)
+        return found
 
     def _credentials(self, instance_id: str, profile_arn: str | None) -> dict[str, str]:
         """What the instance metadata service would hand the instance: its profile role's session credentials."""

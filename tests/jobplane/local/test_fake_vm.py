@@ -250,3 +250,46 @@ def test_a_vm_launched_to_stop_on_shutdown_is_stopped_not_terminated(vm_env):
     instance_id = vm_env["launch"]("#!/bin/bash\npoweroff\n", behaviour="stop")
     host.poll()
     _until(lambda: vm_env["state"](instance_id) == "stopped", host, what="the instance to stop")
+
+
+def test_folders_below_the_hosts_tmp_the_vm_needs_stay_visible_under_its_own_tmp(tmp_path):
+    """A checkout under /tmp (as CI's may be) holds the venv with the aws CLI: the VM's private /tmp must not
+    hide it, while the rest of the host's /tmp stays hidden."""
+    import os
+    import subprocess
+
+    from jobplane.local.vms import _MOUNT_AND_RUN
+
+    assert str(tmp_path).startswith("/tmp/")  # pytest's folders are below the host's /tmp here
+    disk, vm_tmp, venv = tmp_path / "disk", tmp_path / "vm-tmp", tmp_path / "checkout" / ".venv"
+    (disk / "jobplane-vm").mkdir(parents=True)
+    vm_tmp.mkdir()
+    venv.mkdir(parents=True)
+    (venv / "aws").write_text("the aws CLI\n")
+    (tmp_path / "secret").write_text("the host's\n")
+    unshare = ["unshare", "--mount", "--propagation", "private"]
+    if os.geteuid() != 0:
+        unshare[1:1] = ["--user", "--map-root-user"]
+    probe = f"cat {venv}/aws; test ! -e {tmp_path}/secret && echo hidden"
+    done = subprocess.run(
+        [
+            *unshare,
+            "--",
+            "/bin/sh",
+            "-c",
+            _MOUNT_AND_RUN,
+            "sh",
+            str(disk),
+            str(vm_tmp),
+            "1",
+            str(venv),
+            "/bin/sh",
+            "-c",
+            probe,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "the aws CLI\nhidden\n"
