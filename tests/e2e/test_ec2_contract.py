@@ -47,7 +47,7 @@ def ec2_stack(tmp_path_factory):
     _kill_vms(directory)
 
 
-def _job(stack, job_id: str) -> dict:
+def _fetch_job(stack, job_id: str) -> dict:
     return api(stack, "GET", f"/jobs/{job_id}").json()
 
 
@@ -58,13 +58,13 @@ def test_an_ec2_job_with_inputs_resumes_on_a_new_instance_after_a_spot_shutdown(
     submitted = cli(stack, "submit", str(spec))
     assert "uploaded to s3://jobplane-local-artifacts/code/" in submitted.stdout
     job_id = api(stack, "GET", "/jobs?limit=1").json()["jobs"][0]["job_id"]
-    assert _job(stack, job_id)["artifacts_uri"] == f"s3://jobplane-local-artifacts/outputs/{job_id}/"
+    assert _fetch_job(stack, job_id)["artifacts_uri"] == f"s3://jobplane-local-artifacts/outputs/{job_id}/"
 
     # Attempt 1 writes its checkpoint at epoch 2 and sleeps; the user data uploads it within a second.
     assert wait_long(
         lambda: contract_checkpoint(stack, job_id) == b"2", timeout=120, what="attempt 1's checkpoint at epoch 2"
     )
-    first = _job(stack, job_id)
+    first = _fetch_job(stack, job_id)
     assert (first["status"], first["attempt"]) == ("RUNNING", 1), first
     vm = stack["dir"] / "vms" / first["native_id"]
     record = json.loads((vm / "vm.json").read_text())
@@ -72,7 +72,7 @@ def test_an_ec2_job_with_inputs_resumes_on_a_new_instance_after_a_spot_shutdown(
     checkpointed = time.monotonic()
     os.killpg(int(record["pid"]), signal.SIGTERM)
 
-    retried = wait_long(lambda: (j := _job(stack, job_id))["attempt"] == 2 and j, timeout=60, what="attempt 2")
+    retried = wait_long(lambda: (j := _fetch_job(stack, job_id))["attempt"] == 2 and j, timeout=60, what="attempt 2")
     interrupted = time.monotonic()
     history = api(stack, "GET", f"/jobs/{job_id}/events").json()["events"]
     back = next(e for e in history if (e["from"], e["to"]) == ("RUNNING", "QUEUED"))
@@ -88,7 +88,7 @@ def test_an_ec2_job_with_inputs_resumes_on_a_new_instance_after_a_spot_shutdown(
     assert described["State"]["Name"] == "terminated"
 
     final = wait_long(
-        lambda: (j := _job(stack, job_id))["status"] in ("SUCCEEDED", "FAILED") and j,
+        lambda: (j := _fetch_job(stack, job_id))["status"] in ("SUCCEEDED", "FAILED") and j,
         timeout=180,
         what="attempt 2 to end",
     )
