@@ -57,34 +57,6 @@ def _run(code: str, env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
-def api_event(method: str, path: str, token: str, body: dict | None = None) -> dict:
-    """An API Gateway (REST, proxy) event as Lambda hands it to the Chalice app."""
-    headers = {"authorization": f"Bearer {token}", "host": "api.example.com"}
-    if body is not None:
-        headers["content-type"] = "application/json"
-    return {
-        "resource": path,
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": path,
-            "httpMethod": method,
-            "path": f"/api{path}",
-            "stage": "api",
-            "requestId": str(uuid.uuid4()),
-            "identity": {"sourceIp": "127.0.0.1"},
-        },
-        "body": json.dumps(body) if body is not None else None,
-        "isBase64Encoded": False,
-    }
-
-
 def _child_env(settings_env: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JOBPLANE_", "AWS_"))}
     env.update(
@@ -215,6 +187,7 @@ class GcpWorld:
 def measure(rounds: int = 9) -> dict[str, list[float]]:
     """Each variant's fresh-process wall times, the variants interleaved round by round (one list per variant)."""
     from jobplane.local.emulator import start_moto
+    from tests.factories import api_event
 
     server, endpoint = start_moto()
     try:

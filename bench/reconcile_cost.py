@@ -98,25 +98,11 @@ def batch_fleet(settings, endpoint, n):
 
     from chalicelib.backends.aws.batch import BatchBackend
     from chalicelib.backends.base import Handle
+    from tests.factories import batch_queues
 
     _post(endpoint, "/moto-api/config", {"batch": {"use_docker": False}})
     client = boto3.client("batch", region_name=settings.region, endpoint_url=endpoint)
-    role = boto3.client("iam", region_name=settings.region, endpoint_url=endpoint).create_role(
-        RoleName=f"{settings.stage}-batch", AssumeRolePolicyDocument="{}"
-    )
-    env = client.create_compute_environment(
-        computeEnvironmentName=f"{settings.stage}-ce",
-        type="UNMANAGED",
-        state="ENABLED",
-        serviceRole=role["Role"]["Arn"],
-    )["computeEnvironmentArn"]
-    for queue in (settings.batch_job_queue, settings.batch_gpu_job_queue):
-        client.create_job_queue(
-            jobQueueName=queue,
-            state="ENABLED",
-            priority=1,
-            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}],
-        )
+    batch_queues(settings)
     backend = BatchBackend(settings)
     fleet = _jobs("aws-batch", n)
     definition = backend.job_definition(fleet[0].spec)  # one image, one staging shape: one definition

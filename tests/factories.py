@@ -382,6 +382,55 @@ def boto(settings, service: str):
     return boto3.client(service, region_name=settings.region, endpoint_url=settings.aws_endpoint_url)
 
 
+def batch_queues(settings) -> str:
+    """The Batch side a BatchBackend on `settings` launches into, on moto: an unmanaged compute environment and
+    the CPU and GPU job queues the settings name; returns the compute environment's ARN."""
+    client = boto(settings, "batch")
+    role = boto(settings, "iam").create_role(RoleName=f"{settings.stage}-batch", AssumeRolePolicyDocument="{}")
+    env = client.create_compute_environment(
+        computeEnvironmentName=f"{settings.stage}-ce",
+        type="UNMANAGED",
+        state="ENABLED",
+        serviceRole=role["Role"]["Arn"],
+    )["computeEnvironmentArn"]
+    for queue in (settings.batch_job_queue, settings.batch_gpu_job_queue):
+        client.create_job_queue(
+            jobQueueName=queue,
+            state="ENABLED",
+            priority=1,
+            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}],
+        )
+    return env
+
+
+def api_event(method: str, path: str, token: str, body: dict | None = None) -> dict:
+    """An API Gateway REST proxy event, as Lambda hands it to the Chalice app."""
+    headers = {"authorization": f"Bearer {token}", "host": "api.example.com"}
+    if body is not None:
+        headers["content-type"] = "application/json"
+    return {
+        "resource": path,
+        "path": path,
+        "httpMethod": method,
+        "headers": headers,
+        "multiValueHeaders": {k: [v] for k, v in headers.items()},
+        "queryStringParameters": None,
+        "multiValueQueryStringParameters": None,
+        "pathParameters": None,
+        "stageVariables": None,
+        "requestContext": {
+            "resourcePath": path,
+            "httpMethod": method,
+            "path": f"/api{path}",
+            "stage": "api",
+            "requestId": str(uuid.uuid4()),
+            "identity": {"sourceIp": "127.0.0.1"},
+        },
+        "body": json.dumps(body) if body is not None else None,
+        "isBase64Encoded": False,
+    }
+
+
 def count_dynamodb(store) -> collections.Counter[str]:
     """A live count of the DynamoDB operations `store` sends (GetItem, Query, ...), from botocore before-call hooks."""
     counts: collections.Counter[str] = collections.Counter()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.factories import GCP_PROJECT as PROJECT
-from tests.factories import gcp_env, pubsub_data, spec_dict
+from tests.factories import api_event, gcp_env, pubsub_data, spec_dict
 from tests.factories import gcp_fixture as load
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,34 +124,6 @@ def served(world, body: str, payload: dict) -> set[str]:
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     return set(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
-def api_event(method: str, path: str, token: str, body: dict | None = None) -> dict:
-    """An API Gateway REST proxy event, as Lambda hands it to the Chalice app."""
-    headers = {"authorization": f"Bearer {token}", "host": "api.example.com"}
-    if body is not None:
-        headers["content-type"] = "application/json"
-    return {
-        "resource": path,
-        "path": path,
-        "httpMethod": method,
-        "headers": headers,
-        "multiValueHeaders": {k: [v] for k, v in headers.items()},
-        "queryStringParameters": None,
-        "multiValueQueryStringParameters": None,
-        "pathParameters": None,
-        "stageVariables": None,
-        "requestContext": {
-            "resourcePath": path,
-            "httpMethod": method,
-            "path": f"/api{path}",
-            "stage": "api",
-            "requestId": str(uuid.uuid4()),
-            "identity": {"sourceIp": "127.0.0.1"},
-        },
-        "body": json.dumps(body) if body is not None else None,
-        "isBase64Encoded": False,
-    }
 
 
 def _cloud_event(entry: dict) -> dict:

@@ -17,7 +17,7 @@ import pytest
 from chalicelib.backends import REGISTRY, backend_class
 from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult
 from chalicelib.jobs.model import Job
-from tests.factories import FIXTURES, boto, make_job, make_settings, wait_for
+from tests.factories import FIXTURES, batch_queues, boto, make_job, make_settings, wait_for
 
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"  # the job id the recorded AWS payloads carry
 
@@ -171,20 +171,7 @@ def batch_harness(request, tmp_path) -> Harness:
 
     settings = aws_settings(request, tmp_path)
     client = boto(settings, "batch")
-    role = boto(settings, "iam").create_role(RoleName=f"{settings.stage}-batch", AssumeRolePolicyDocument="{}")
-    env = client.create_compute_environment(
-        computeEnvironmentName=f"{settings.stage}-ce",
-        type="UNMANAGED",
-        state="ENABLED",
-        serviceRole=role["Role"]["Arn"],
-    )["computeEnvironmentArn"]
-    for queue in (settings.batch_job_queue, settings.batch_gpu_job_queue):
-        client.create_job_queue(
-            jobQueueName=queue,
-            state="ENABLED",
-            priority=1,
-            computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}],
-        )
+    batch_queues(settings)
     backend = BatchBackend(settings)
     calls = record_calls(backend)
 
