@@ -1,0 +1,7 @@
+"""Endpoint backends: where an endpoint's model server runs (local, SageMaker, SageMaker Serverless, Vertex).
+
+ENDPOINT_REGISTRY names each as "module:Class"; the implementation is imported only when it is built."""
+
+from __future__ import annotations
+
+ENDPOINT_REGISTRY: dict[str, str] = {}
