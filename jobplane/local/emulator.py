@@ -685,6 +685,98 @@ def _install_fast_serializer() -> None:
     responses.get_serializer_class = get_serializer_class
 
 
+# --- transactions that copy what they touch -------------------------------------------------
+_TXN = threading.local()
+
+
+def _install_item_level_transactions() -> None:
+    """moto 5.2's TransactWriteItems deep-copies every table it touches, to put it back if the
+    transaction is cancelled: the cost of each write grows with the table (the history table grows with
+    every transition), and the emulator applies writes one at a time, so every request waits for it.
+
+    This keeps moto's own transaction logic and changes only its backup: while a transaction runs, the
+    module's deepcopy of a Table hands back the live table, and an undo log taken beforehand holds a copy
+    of each item the transaction names and each table's stream length. A cancelled transaction puts
+    those items back and drops the stream records it wrote, as the table copy did."""
+    import moto.dynamodb.models as models
+    from moto.dynamodb.models.table import Table
+
+    if getattr(models.DynamoDBBackend.transact_write_items, "jobplane_item_level", False):
+        return
+    real_copy = models.copy
+
+    class _Copy:
+        @staticmethod
+        def deepcopy(value, memo=None):
+            if isinstance(value, Table) and getattr(_TXN, "active", False):
+                return value
+            return real_copy.deepcopy(value, memo)
+
+        def __getattr__(self, name):
+            return getattr(real_copy, name)
+
+    models.copy = _Copy()
+    original = models.DynamoDBBackend.transact_write_items
+
+    def transact_write_items(self, transact_items):
+        undo = _undo_log(self, transact_items)
+        _TXN.active = True
+        try:
+            return original(self, transact_items)
+        except BaseException:
+            _restore(self, undo)
+            raise
+        finally:
+            _TXN.active = False
+
+    transact_write_items.jobplane_item_level = True
+    models.DynamoDBBackend.transact_write_items = transact_write_items
+
+
+def _undo_log(backend, transact_items) -> dict:
+    """Per table: its stream length, and a copy of each named item as it is now (None: absent)."""
+    import copy
+
+    undo: dict[str, dict] = {}
+    for entry in transact_items:
+        if not isinstance(entry, dict) or len(entry) != 1:
+            continue  # moto refuses it before writing anything
+        ((op_type, op),) = entry.items()
+        table = backend.tables.get(op.get("TableName")) if isinstance(op, dict) else None
+        if table is None:
+            continue
+        keys = op.get("Item") if op_type == "Put" else op.get("Key")
+        try:
+            hash_key, range_key = backend.get_keys_value(table, keys or {})
+        except Exception:  # noqa: BLE001 - moto answers the malformed key itself, before any write
+            continue
+        saved = undo.setdefault(
+            table.name, {"stream": len(table.stream_shard.items) if table.stream_shard else None, "items": {}}
+        )
+        current = table.get_item(hash_key, range_key)
+        saved["items"].setdefault((hash_key, range_key), copy.deepcopy(current))
+    return undo
+
+
+def _restore(backend, undo: dict) -> None:
+    for name, saved in undo.items():
+        table = backend.tables.get(name)
+        if table is None:
+            continue
+        for (hash_key, range_key), item in saved["items"].items():
+            if range_key is not None:
+                if item is None:
+                    table.items.get(hash_key, {}).pop(range_key, None)
+                else:
+                    table.items[hash_key][range_key] = item
+            elif item is None:
+                table.items.pop(hash_key, None)
+            else:
+                table.items[hash_key] = item
+        if saved["stream"] is not None and table.stream_shard is not None:
+            del table.stream_shard.items[saved["stream"] :]
+
+
 # --- the server ----------------------------------------------------------------------------
 def _serve(app, host: str, port: int):
     """moto's own server (werkzeug, a thread per connection, S3 header spellings kept) with a deep
@@ -739,6 +831,7 @@ def start_moto(host: str = "127.0.0.1", port: int = 0, state: Path | None = None
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     _install_fast_serializer()
+    _install_item_level_transactions()
     journal = Journal(state) if state is not None else None
     persistent = _Persistent(DomainDispatcherApplication(create_backend_app), journal)
     try:
