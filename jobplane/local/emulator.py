@@ -730,12 +730,15 @@ def _install_item_level_transactions() -> None:
             _TXN.active = False
 
     transact_write_items.jobplane_item_level = True
+    transact_write_items.moto_original = original  # bench/local_load.py times both
     models.DynamoDBBackend.transact_write_items = transact_write_items
 
 
 def _undo_log(backend, transact_items) -> dict:
     """Per table: its stream length, and a copy of each named item as it is now (None: absent)."""
     import copy
+
+    from moto.dynamodb.exceptions import MockValidationException
 
     undo: dict[str, dict] = {}
     for entry in transact_items:
@@ -748,8 +751,8 @@ def _undo_log(backend, transact_items) -> dict:
         keys = op.get("Item") if op_type == "Put" else op.get("Key")
         try:
             hash_key, range_key = backend.get_keys_value(table, keys or {})
-        except Exception:  # noqa: BLE001 - moto answers the malformed key itself, before any write
-            continue
+        except MockValidationException:
+            continue  # moto refuses the malformed key itself, before any write
         saved = undo.setdefault(
             table.name, {"stream": len(table.stream_shard.items) if table.stream_shard else None, "items": {}}
         )
