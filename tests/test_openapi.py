@@ -64,3 +64,13 @@ def test_errors_chalice_answers_itself_keep_the_contract_shape(api):
     wrong_type = api.request("POST", "/jobs", token, body=b"name: x", headers={"Content-Type": "image/png"})
     assert wrong_type.status_code == 415
     assert wrong_type.json_body["error"]["code"] == "unsupported_media_type"
+
+
+def test_token_responses_match_their_description(api):
+    doc = _doc(api)
+    mine, other = api.token("alice"), api.token("bob")
+    _check(doc, api.request("GET", "/tokens", mine), "/tokens", "get")
+    _check(doc, api.request("GET", "/tokens?user=bob", mine), "/tokens", "get")
+    listed = api.request("GET", "/tokens", other).json_body["tokens"]
+    _check(doc, api.request("DELETE", f"/tokens/{listed[0]['token_id']}", other), "/tokens/{token_id}", "delete")
+    _check(doc, api.request("DELETE", "/tokens/zz", mine), "/tokens/{token_id}", "delete")
