@@ -1,4 +1,4 @@
-"""The endpoint store: its interface, its DynamoDB tables (endpoints + history, sparse active index), its in-memory twin."""
+"""The endpoint store: interface, DynamoDB tables (records + history, sparse active index), in-memory twin."""
 
 from __future__ import annotations
 
