@@ -92,7 +92,8 @@ class ModelServer:
             message = f"{step} raised {type(exc).__name__}: {exc}"
             if step == "the answer":
                 message = f"the handler's answer is not JSON: {exc}"
-            return 500, {"error": {"code": "model_error", "message": message, "details": [{"step": step}]}}
+            details = [{"field": "handler", "message": message, "type": step}]
+            return 500, {"error": {"code": "model_error", "message": message, "details": details}}
         return 200, answer
 
 
