@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.endpoints.backends.base import EndpointStatus
+from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.jobs.spec import JobSpec
 
 REF = "#/components/schemas/{model}"

@@ -116,8 +116,8 @@ DEMO_REQUEST = {"text": "  DOG!! "}
 
 
 def _endpoint_demo(jp: list[str], env: dict, job_id: str) -> bool:
-    """Deploy the trained model from the finished job behind examples/workdir-demo/serve.py (found in the job's
-    code), invoke it (preprocess cleans the text, postprocess turns counts into a share), print, delete."""
+    """Deploy the trained model from the finished job behind examples/workdir-demo/serve.py (found in the
+    job's code), invoke it (preprocess cleans the text, postprocess turns counts into a share), print, delete."""
     _say(
         f"deploying the model of job {job_id} as an endpoint (`jobplane endpoint deploy --from-job ... --handler serve.py`)"
     )
