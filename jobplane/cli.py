@@ -416,8 +416,12 @@ def cmd_endpoint_deploy(args) -> int:
 def cmd_endpoint_list(args) -> int:
     from rich.table import Table
 
+    endpoints = _client(args).endpoint_list()
+    if args.json:
+        print(json.dumps(endpoints, indent=2))
+        return 0
     table = Table("ENDPOINT ID", "NAME", "OWNER", "STATUS", "BACKEND", "INVOCATIONS", "LAST INVOKED", "$/H", "URL")
-    for e in _client(args).endpoint_list():
+    for e in endpoints:
         rate = e.get("cost_per_hour_usd")
         table.add_row(
             e["endpoint_id"],
@@ -713,6 +717,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120)
     p.set_defaults(func=cmd_endpoint_deploy)
     p = endpoint.add_parser("list", help="your endpoints")
+    p.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
     p.set_defaults(func=cmd_endpoint_list)
     p = endpoint.add_parser("status", help="one endpoint and its history")
     p.add_argument("endpoint_id")

@@ -118,9 +118,8 @@ DEMO_REQUEST = {"text": "  DOG!! "}
 def _endpoint_demo(jp: list[str], env: dict, job_id: str) -> bool:
     """Deploy the trained model from the finished job behind examples/workdir-demo/serve.py (found in the
     job's code), invoke it (preprocess cleans the text, postprocess turns counts into a share), print, delete."""
-    _say(
-        f"deploying the model of job {job_id} as an endpoint (`jobplane endpoint deploy --from-job ... --handler serve.py`)"
-    )
+    command = "jobplane endpoint deploy --from-job ... --handler serve.py"
+    _say(f"deploying the model of job {job_id} as an endpoint (`{command}`)")
     deploy = subprocess.run(
         [*jp, "endpoint", "deploy", "--from-job", job_id, "--handler", "serve.py", "--name", "demo-model"]
         + ["--backend", "local", "--wait", "--timeout", "60"],
