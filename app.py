@@ -250,6 +250,24 @@ def delete_endpoint(endpoint_id):
     return respond(deps.get_endpoint_service().delete(principal(app.current_request), endpoint_id).to_api(), 202)
 
 
+@app.route("/tokens", methods=["GET"])
+@api_view
+def list_tokens():
+    from chalicelib.auth import list_tokens as listed
+
+    request = app.current_request
+    records = listed(deps.get_token_store(), principal(request), query(request).get("user"))
+    return respond({"tokens": [r.to_api() for r in records]})
+
+
+@app.route("/tokens/{token_id}", methods=["DELETE"])
+@api_view
+def revoke_token(token_id):
+    from chalicelib.auth import revoke_token as revoke
+
+    return respond(revoke(deps.get_token_store(), principal(app.current_request), token_id).to_api())
+
+
 # EventBridge delivers what the AWS backends' descriptors understand (as checked in, so no backend is
 # imported here); the local stack's runner posts the local backend's source to the same function.
 @app.on_cw_event({"source": deployed(Cloud.AWS, Cloud.LOCAL)}, name="on_job_state_change")

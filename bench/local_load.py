@@ -166,6 +166,143 @@ def measure(gets: int = 200, posts: int = 50, seed_jobs: int = 50) -> list[tuple
                 proc.kill()
 
 
+def transactions(sizes=(100, 1_000, 10_000), rounds: int = 30) -> list[str]:
+    """A two-item TransactWriteItems (a job's guarded update and its history append) on tables of growing
+    size, with moto's own backup (a deep copy of each table it touches) and the emulator's (the items it
+    names), alternated on the same tables in this process."""
+    sys.path.insert(0, str(ROOT))
+    import boto3
+    from moto.dynamodb.models import DynamoDBBackend, dynamodb_backends
+
+    from jobplane.local.emulator import start_moto
+
+    emulator, url = start_moto()
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    patched = DynamoDBBackend.transact_write_items
+    original = patched.moto_original
+    backend = dynamodb_backends["123456789012"]["us-east-1"]
+    lines = []
+    try:
+        for size in sizes:
+            for name in ("bench-txn-jobs", "bench-txn-history"):
+                if name in backend.tables:
+                    backend.delete_table(name)
+                client.create_table(
+                    TableName=name,
+                    KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+                    AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+                    BillingMode="PAY_PER_REQUEST",
+                )
+                for i in range(size):
+                    backend.put_item(name, {"pk": {"S": f"k{i}"}, "spec": {"S": "x" * 300}})
+            times: dict[str, list[float]] = {"moto": [], "items": []}
+            for r in range(rounds):
+                for label, method in (("moto", original), ("items", patched)):
+                    ops = [
+                        {"Put": {"TableName": "bench-txn-jobs", "Item": {"pk": {"S": f"k{r}"}, "n": {"N": str(r)}}}},
+                        {"Put": {"TableName": "bench-txn-history", "Item": {"pk": {"S": f"h{r}-{label}"}}}},
+                    ]
+                    started = time.perf_counter()
+                    method(backend, ops)
+                    times[label].append(time.perf_counter() - started)
+            moto_ms, item_ms = (statistics.median(times[k]) * 1000 for k in ("moto", "items"))
+            lines.append(
+                f"TransactWriteItems of 2 items, 2 tables of {size:,} items: moto's table copy {moto_ms:.2f} ms, "
+                f"item-level backup {item_ms:.3f} ms (x{moto_ms / item_ms:.0f})"
+            )
+    finally:
+        emulator.stop()
+    return lines
+
+
+def queries(sizes=(100, 1_000, 10_000), rounds: int = 20) -> list[str]:
+    """A 20-item page of an index (GET /jobs: one owner's newest) and one job's history (a table query)
+    on tables of growing size, with moto's own Query path and the emulator's, alternated in one process
+    on the same tables. The items are what jobplane stores, in size: a job of ~1 KB, 10 owners."""
+    sys.path.insert(0, str(ROOT))
+    import boto3
+    from moto.dynamodb.models import dynamodb_backends
+
+    from jobplane.local.emulator import moto_queries, start_moto
+
+    emulator, url = start_moto()
+    client = boto3.client("dynamodb", endpoint_url=url, region_name="us-east-1")
+    backend = dynamodb_backends["123456789012"]["us-east-1"]
+    attrs = [("pk", "S"), ("owner", "S"), ("created", "S")]
+    client.create_table(
+        TableName="bench-q-jobs",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": a, "AttributeType": t} for a, t in attrs],
+        GlobalSecondaryIndexes=[
+            {
+                "IndexName": "by_owner",
+                "KeySchema": [
+                    {"AttributeName": "owner", "KeyType": "HASH"},
+                    {"AttributeName": "created", "KeyType": "RANGE"},
+                ],
+                "Projection": {"ProjectionType": "ALL"},
+            }
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    client.create_table(
+        TableName="bench-q-history",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "seq", "KeyType": "RANGE"}],
+        AttributeDefinitions=[
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "seq", "AttributeType": "N"},
+        ],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+    def page():
+        client.query(
+            TableName="bench-q-jobs",
+            IndexName="by_owner",
+            KeyConditionExpression="#o = :o",
+            ExpressionAttributeNames={"#o": "owner"},
+            ExpressionAttributeValues={":o": {"S": "u1"}},
+            Limit=20,
+            ScanIndexForward=False,
+        )
+
+    def history():
+        client.query(
+            TableName="bench-q-history",
+            KeyConditionExpression="pk = :p",
+            ExpressionAttributeValues={":p": {"S": "j1"}},
+        )
+
+    lines, n = [], 0
+    try:
+        for size in sizes:
+            while n < size:
+                job = {"pk": {"S": f"j{n}"}, "owner": {"S": f"u{n % 10}"}, "created": {"S": f"{n:08d}"}}
+                backend.put_item("bench-q-jobs", {**job, "spec": {"S": "x" * 1000}})
+                backend.put_item("bench-q-history", {"pk": {"S": f"j{n % max(1, size // 10)}"}, "seq": {"N": str(n)}})
+                n += 1
+            times: dict[str, list[float]] = {"moto page": [], "ours page": [], "moto history": [], "ours history": []}
+            for _ in range(rounds):
+                for label in ("moto", "ours"):
+                    for what, call in (("page", page), ("history", history)):
+                        if label == "moto":
+                            with moto_queries():
+                                started = time.perf_counter()
+                                call()
+                        else:
+                            started = time.perf_counter()
+                            call()
+                        times[f"{label} {what}"].append(time.perf_counter() - started)
+            med = {k: statistics.median(v) * 1000 for k, v in times.items()}
+            lines.append(
+                f"Query on {size:,} jobs: an owner's page of 20 {med['moto page']:.1f} -> {med['ours page']:.1f} ms, "
+                f"a job's history {med['moto history']:.1f} -> {med['ours history']:.1f} ms (moto's walk -> by key)"
+            )
+    finally:
+        emulator.stop()
+    return lines
+
+
 REPLAY = """
 import json, sys, time
 from pathlib import Path
@@ -237,6 +374,10 @@ def persistence(records: int = 15_000, writes: int = 300) -> list[str]:
 def main() -> int:
     print("== the journal (embedded emulator, in this process) ==")
     for line in persistence():
+        print(line)
+    for line in transactions():
+        print(line)
+    for line in queries():
         print(line)
     print()
     results = measure()

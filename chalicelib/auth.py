@@ -8,9 +8,9 @@ import re
 import secrets
 from dataclasses import dataclass
 
-from chalicelib.errors import AuthenticationError, ValidationError
+from chalicelib.errors import AuthenticationError, ConflictError, NotFoundError, ValidationError
 from chalicelib.jobs.model import utcnow
-from chalicelib.store.tokens import TokenRecord, TokenStore
+from chalicelib.store.tokens import TOKEN_ID_CHARS, TokenRecord, TokenStore
 
 TOKEN_PREFIX = "jp_"  # noqa: S105 - a public prefix, not a secret
 USER_RE = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,63}$")
@@ -56,3 +56,39 @@ def authenticate(store: TokenStore, authorization: str | None) -> Principal:
     if record is None or not hmac.compare_digest(record.token_hash, digest):
         raise AuthenticationError("invalid token")
     return Principal(record.user, record.admin)
+
+
+TOKEN_ID_RE = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+def list_tokens(store: TokenStore, who: Principal, user: str | None = None) -> list[TokenRecord]:
+    """The caller's own tokens; an admin's view is every user's, or `user`'s."""
+    if not who.admin:
+        if user not in (None, who.user):
+            raise NotFoundError(f"no tokens of user {user!r} are visible to {who.user!r}")
+        return store.list_tokens(who.user)
+    return store.list_tokens(user)
+
+
+def revoke_token(store: TokenStore, who: Principal, token_id: str) -> TokenRecord:
+    """Delete the token named by its id (the first characters of its hash, as `token list` shows; any
+    unique prefix of at least 4). A user revokes their own tokens; an admin anyone's."""
+    token_id = token_id.strip().lower()
+    if not TOKEN_ID_RE.match(token_id):
+        raise ValidationError(
+            f"token id {token_id!r} is not valid",
+            [{"field": "token_id", "message": f"the {TOKEN_ID_CHARS} hex characters `token list` shows (4 or more)"}],
+        )
+    visible = store.list_tokens(None if who.admin else who.user)
+    matches = [r for r in visible if r.token_hash.startswith(token_id)]
+    if not matches:
+        raise NotFoundError(f"no token {token_id!r}" + ("" if who.admin else f" of user {who.user!r}"))
+    if len(matches) > 1:
+        raise ConflictError(
+            f"token id {token_id!r} names {len(matches)} tokens; give more of it",
+            [{"field": "token_id", "message": "one of: " + ", ".join(r.token_id for r in matches)}],
+        )
+    record = matches[0]
+    if not store.delete_token(record.token_hash):
+        raise NotFoundError(f"no token {token_id!r}")
+    return record

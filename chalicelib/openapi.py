@@ -232,6 +232,19 @@ class Prediction(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class Token(_Out):
+    """An API token as listed: its id (the first characters of its stored hash), never the token."""
+
+    token_id: str
+    user: str
+    admin: bool
+    created_at: str
+
+
+class TokenList(_Out):
+    tokens: list[Token]
+
+
 def _devvm_spec():
     from chalicelib.devvms import DevVmSpec
 
@@ -250,6 +263,8 @@ MODELS: list[type[BaseModel]] = [
     JobSpec,
     Instance,
     InstanceList,
+    Token,
+    TokenList,
     CodeRequest,
     CodeUpload,
     ArtifactList,
@@ -599,6 +614,32 @@ def build() -> dict[str, Any]:
                     409: "not IN_SERVICE",
                     413: "above the backend's payload limit",
                     502: "the model answered an error (the handler raised)",
+                },
+            ),
+        }
+    }
+    paths["/tokens"] = {
+        "get": {
+            "operationId": "list_tokens",
+            "summary": "the caller's API tokens; an admin's: every user's, or `user`'s",
+            "parameters": [{"name": "user", "in": "query", "required": False, "schema": {"type": "string"}}],
+            "responses": _responses(
+                {200: ("tokens, oldest first", TokenList)}, {**AUTH_ERRORS, 404: "another user's, to a non-admin"}
+            ),
+        }
+    }
+    paths["/tokens/{token_id}"] = {
+        "delete": {
+            "operationId": "revoke_token",
+            "summary": "revoke a token by its id or a unique prefix (4+ hex): the next request with it is 401",
+            "parameters": [{"name": "token_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": _responses(
+                {200: ("revoked", Token)},
+                {
+                    400: "not a token id",
+                    **AUTH_ERRORS,
+                    404: "no such token for this caller",
+                    409: "prefix names several",
                 },
             ),
         }

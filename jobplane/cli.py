@@ -506,6 +506,26 @@ def cmd_token_create(args) -> int:
     return 0
 
 
+def cmd_token_list(args) -> int:
+    from rich.table import Table
+
+    tokens = _client(args).token_list(args.user)
+    if args.json:
+        print(json.dumps(tokens, indent=2))
+        return 0
+    table = Table("TOKEN ID", "USER", "ADMIN", "CREATED")
+    for t in tokens:
+        table.add_row(t["token_id"], t["user"], "yes" if t["admin"] else "", t["created_at"][:19])
+    _console().print(table)
+    return 0
+
+
+def cmd_token_revoke(args) -> int:
+    revoked = _client(args).token_revoke(args.token_id)
+    print(f"revoked token {revoked['token_id']} of {revoked['user']}: requests with it now get 401")
+    return 0
+
+
 def cmd_slack_map(args) -> int:
     from chalicelib.notify.users import map_slack_user
     from chalicelib.store.slack import DynamoSlackStore
@@ -684,6 +704,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("user")
     p.add_argument("--admin", action="store_true")
     p.set_defaults(func=cmd_token_create)
+    p = token.add_parser("list", help="your tokens (an admin's: everyone's, or --user's), by id, never the token")
+    p.add_argument("--user")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_token_list)
+    p = token.add_parser("revoke", help="revoke a token by the id `token list` shows (or a unique prefix)")
+    p.add_argument("token_id")
+    p.set_defaults(func=cmd_token_revoke)
 
     vm = sub.add_parser("vm", help="dev VMs: GPU boxes that stop themselves").add_subparsers(
         dest="vm_command", required=True

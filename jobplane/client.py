@@ -60,6 +60,12 @@ class Client:
     def events(self, job_id: str) -> list[dict]:
         return self._call("GET", f"/jobs/{job_id}/events")["events"]
 
+    def token_list(self, user: str | None = None) -> list[dict]:
+        return self._call("GET", "/tokens", params={"user": user} if user else {})["tokens"]
+
+    def token_revoke(self, token_id: str) -> dict:
+        return self._call("DELETE", f"/tokens/{token_id}")
+
     def vm_create(self, body: dict) -> dict:
         return self._call("POST", "/instances", json=body)
 

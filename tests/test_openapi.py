@@ -102,3 +102,13 @@ def test_real_endpoint_responses_match_their_description(api, tmp_path):
         service = deps.get_endpoint_service()
         for endpoint in service.store.list_endpoints(None):
             service.backend("local").delete(endpoint.native_id)
+
+
+def test_token_responses_match_their_description(api):
+    doc = _doc(api)
+    mine, other = api.token("alice"), api.token("bob")
+    _check(doc, api.request("GET", "/tokens", mine), "/tokens", "get")
+    _check(doc, api.request("GET", "/tokens?user=bob", mine), "/tokens", "get")
+    listed = api.request("GET", "/tokens", other).json_body["tokens"]
+    _check(doc, api.request("DELETE", f"/tokens/{listed[0]['token_id']}", other), "/tokens/{token_id}", "delete")
+    _check(doc, api.request("DELETE", "/tokens/zz", mine), "/tokens/{token_id}", "delete")

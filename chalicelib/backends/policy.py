@@ -26,6 +26,7 @@ TABLE_ACTIONS = (
     "dynamodb:ConditionCheckItem",
     "dynamodb:DescribeTable",
 )
+TOKEN_LIST_ACTIONS = ("dynamodb:Scan",)
 STREAM_ACTIONS = (
     "dynamodb:DescribeStream",
     "dynamodb:GetRecords",
@@ -37,7 +38,7 @@ INVOKE_ACTIONS = ("lambda:InvokeFunction",)
 # The stage's artifact store: upload URLs for packed code (code/*), artifact listings and download URLs
 # (outputs/*), and the listing that tells whether code was uploaded; nothing else in the bucket.
 OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:ListBucket")
-CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS + OBJECT_ACTIONS
+CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + TOKEN_LIST_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS + OBJECT_ACTIONS
 
 
 def aws_backends(settings: Settings) -> list[str]:
@@ -103,6 +104,13 @@ def build(settings: Settings) -> dict[str, Any]:
             "Action": list(TABLE_ACTIONS),
             "Resource": [f"arn:aws:dynamodb:*:*:table/{t}" for t in tables]
             + [f"arn:aws:dynamodb:*:*:table/{t}/index/*" for t in tables],
+        },
+        {
+            # GET /tokens and DELETE /tokens/{id} read the tokens table whole (one small item per token)
+            "Sid": "TokenListing",
+            "Effect": "Allow",
+            "Action": list(TOKEN_LIST_ACTIONS),
+            "Resource": f"arn:aws:dynamodb:*:*:table/{settings.tokens_table}",
         },
         {
             "Sid": "JobsStream",

@@ -15,12 +15,24 @@ if TYPE_CHECKING:
     from chalicelib.config import Settings
 
 
+#: characters of the hash that name a token in `token list` / `token revoke` (48 bits: unique in practice,
+#: and the hash of a 256-bit random token reveals nothing of it)
+TOKEN_ID_CHARS = 12
+
+
 @dataclass(frozen=True)
 class TokenRecord:
     token_hash: str
     user: str
     admin: bool
     created_at: datetime
+
+    @property
+    def token_id(self) -> str:
+        return self.token_hash[:TOKEN_ID_CHARS]
+
+    def to_api(self) -> dict:
+        return {"token_id": self.token_id, "user": self.user, "admin": self.admin, "created_at": self.created_at}
 
 
 class TokenStore(ABC):
@@ -31,6 +43,15 @@ class TokenStore(ABC):
 
     @abstractmethod
     def get_token(self, token_hash: str) -> TokenRecord | None: ...
+
+    @abstractmethod
+    def list_tokens(self, user: str | None = None) -> list[TokenRecord]:
+        """Every token (of `user` when given), oldest first. The table holds one item per token: a
+        deployment has tens to hundreds, so this reads it whole."""
+
+    @abstractmethod
+    def delete_token(self, token_hash: str) -> bool:
+        """Remove a token; False if there was none. The next request with it is a 401."""
 
     def create_tables(self) -> None:
         """Create whatever backing tables are missing (tests, the local stack)."""
@@ -45,6 +66,13 @@ class InMemoryTokenStore(TokenStore):
 
     def get_token(self, token_hash: str) -> TokenRecord | None:
         return self._tokens.get(token_hash)
+
+    def list_tokens(self, user: str | None = None) -> list[TokenRecord]:
+        found = [r for r in self._tokens.values() if user is None or r.user == user]
+        return sorted(found, key=lambda r: (r.created_at, r.token_hash))
+
+    def delete_token(self, token_hash: str) -> bool:
+        return self._tokens.pop(token_hash, None) is not None
 
 
 def build_models(settings: Settings) -> dict[str, type[Model]]:
@@ -75,6 +103,24 @@ class DynamoTokenStore(DynamoStore, TokenStore):
 
     def get_token(self, token_hash: str) -> TokenRecord | None:
         item = get_or_none(self.Token, token_hash)
-        if item is None:
-            return None
+        return None if item is None else self._record(item)
+
+    def list_tokens(self, user: str | None = None) -> list[TokenRecord]:
+        condition = None if user is None else self.Token.user == user
+        found = [self._record(item) for item in self.Token.scan(condition)]
+        return sorted(found, key=lambda r: (r.created_at, r.token_hash))
+
+    def delete_token(self, token_hash: str) -> bool:
+        from pynamodb.exceptions import DeleteError
+
+        try:
+            self.Token(token_hash).delete(condition=self.Token.token_hash.exists())
+        except DeleteError as exc:
+            if getattr(exc, "cause_response_code", None) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
+
+    @staticmethod
+    def _record(item) -> TokenRecord:
         return TokenRecord(item.token_hash, item.user, bool(item.admin), item.created_at)

@@ -235,6 +235,8 @@ def _calls():
         "tokens": {
             "put_token": lambda s: s.put_token(TokenRecord("a" * 64, "alice", False, T0)),
             "get_token": lambda s: s.get_token("a" * 64),
+            "list_tokens": lambda s: s.list_tokens(),
+            "delete_token": lambda s: s.delete_token("a" * 64),
         },
         "slack": {
             "add_outbox": lambda s: s.add_outbox(outbox),
