@@ -136,11 +136,14 @@ def test_delete_stops_the_server_and_records_who(service, model_dir):
 
 def test_update_rolls_out_a_new_version_and_the_old_one_serves_until_then(service, model_dir):
     endpoint = deploy(service, model_dir)
+    # v2 takes a second to load: meanwhile the endpoint is UPDATING and v1 answers
     (model_dir / "v2.py").write_text(
-        "def load(d):\n    return 'v2'\n\ndef predict(model, inputs):\n    return {'model': model}\n"
+        "import time\n\ndef load(d):\n    time.sleep(1)\n    return 'v2'\n\n"
+        "def predict(model, inputs):\n    return {'model': model}\n"
     )
     updated = service.update(ALICE, endpoint.endpoint_id, parse_endpoint_update({"handler": "v2.py"}))
-    assert updated.version == 2
+    assert updated.version == 2 and updated.status is S.UPDATING
+    assert invoke(service, updated, {"text": "dog"})["label"] == "dog"  # v1, still serving
     live = wait_for(
         lambda: (e := service.get(ALICE, endpoint.endpoint_id)).status is S.IN_SERVICE and e, what="v2 in service"
     )
