@@ -192,6 +192,64 @@ def stop_instance(vm_id):
     return respond(deps.get_devvm_service().stop(principal(app.current_request), vm_id).to_api(), 202)
 
 
+@app.route("/endpoints", methods=["POST"], content_types=SPEC_TYPES)
+@api_view
+def create_endpoint():
+    from chalicelib.endpoints.spec import load_endpoint_text
+
+    request = app.current_request
+    user = principal(request)
+    spec = load_endpoint_text(request.raw_body or b"", request.headers.get("content-type"))
+    return respond(deps.get_endpoint_service().create(user, spec).to_api(), 201)
+
+
+@app.route("/endpoints", methods=["GET"])
+@api_view
+def list_endpoints():
+    endpoints = deps.get_endpoint_service().list(principal(app.current_request))
+    return respond({"endpoints": [e.to_api() for e in endpoints]})
+
+
+@app.route("/endpoints/{endpoint_id}", methods=["GET"])
+@api_view
+def get_endpoint(endpoint_id):
+    return respond(deps.get_endpoint_service().get(principal(app.current_request), endpoint_id).to_api())
+
+
+@app.route("/endpoints/{endpoint_id}/events", methods=["GET"])
+@api_view
+def endpoint_events(endpoint_id):
+    entries = deps.get_endpoint_service().history(principal(app.current_request), endpoint_id)
+    return respond({"events": [e.to_api() for e in entries]})
+
+
+@app.route("/endpoints/{endpoint_id}/invocations", methods=["POST"], content_types=SPEC_TYPES)
+@api_view
+def invoke_endpoint(endpoint_id):
+    request = app.current_request
+    return respond(deps.get_endpoint_service().invoke(principal(request), endpoint_id, request.raw_body or b""))
+
+
+@app.route("/endpoints/{endpoint_id}", methods=["PUT"], content_types=SPEC_TYPES)
+@api_view
+def update_endpoint(endpoint_id):
+    from chalicelib.endpoints.spec import parse_endpoint_update
+    from chalicelib.jobs.spec import load_document
+
+    request = app.current_request
+    user = principal(request)
+    change = parse_endpoint_update(
+        load_document(request.raw_body or b"", request.headers.get("content-type"), "update")
+    )
+    return respond(deps.get_endpoint_service().update(user, endpoint_id, change).to_api())
+
+
+@app.route("/endpoints/{endpoint_id}", methods=["DELETE"])
+@api_view
+def delete_endpoint(endpoint_id):
+    return respond(deps.get_endpoint_service().delete(principal(app.current_request), endpoint_id).to_api(), 202)
+
+
 @app.route("/tokens", methods=["GET"])
 @api_view
 def list_tokens():
@@ -231,7 +289,7 @@ def reconcile(event):  # noqa: ARG001 - a schedule carries nothing we need
     from chalicelib.reaper import reconcile_all
 
     fan_out = deps.get_reconcile_fan_out(run_reconcile_shard)
-    return reconcile_all(deps.get_service(), deps.get_devvm_service_if_enabled(), fan_out)
+    return reconcile_all(deps.get_service(), deps.get_devvm_service_if_enabled(), fan_out, deps.get_endpoint_service())
 
 
 # A shard of a tick with more active jobs than one invocation reads (the schedule hands it on).

@@ -218,6 +218,9 @@ class Settings:
     devvms_table: str = setting("JOBPLANE_DEVVMS_TABLE", derive="{table_prefix}-devvms")
     # Each job's metric series (JOBPLANE_METRICS lines), one item per job and key.
     metrics_table: str = setting("JOBPLANE_METRICS_TABLE", derive="{table_prefix}-metrics")
+    # Inference endpoints and their append-only transition history.
+    endpoints_table: str = setting("JOBPLANE_ENDPOINTS_TABLE", derive="{table_prefix}-endpoints")
+    endpoint_events_table: str = setting("JOBPLANE_ENDPOINT_EVENTS_TABLE", derive="{table_prefix}-endpoint-events")
     # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
     aws_endpoint_url: str | None = setting("AWS_ENDPOINT_URL", None, Url())
     enabled_backends: tuple[str, ...] = setting("JOBPLANE_BACKENDS", DEFAULT_BACKENDS, Backends())

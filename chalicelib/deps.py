@@ -104,10 +104,47 @@ def get_metrics_store():
     return _cached("metrics_store", build)
 
 
+def get_endpoint_store():
+    """Inference endpoints and their history."""
+
+    def build():
+        from chalicelib.store.endpoints import DynamoEndpointStore
+
+        ensure_aws_credentials()
+        return DynamoEndpointStore(get_settings())
+
+    return _cached("endpoint_store", build)
+
+
 def create_tables() -> None:
     """Create every store's missing tables (the local stack)."""
-    for store in (get_store(), get_token_store(), get_slack_store(), get_devvm_store(), get_metrics_store()):
+    stores = (get_store(), get_token_store(), get_slack_store(), get_devvm_store(), get_metrics_store())
+    for store in (*stores, get_endpoint_store()):
         store.create_tables()
+
+
+def get_endpoint_service():
+    def build():
+        from chalicelib.endpoints.service import EndpointService
+
+        return EndpointService(get_endpoint_store(), get_settings(), get_store(), notify=notify_endpoint)
+
+    return _cached("endpoint_service", build)
+
+
+def notify_endpoint(endpoint, kind: str) -> None:
+    """Post an endpoint's IN_SERVICE / FAILED / deleted-for-idleness message to the webhook, within the budget."""
+    import time
+
+    from chalicelib.notify.delivery import Webhook, deliver
+    from chalicelib.notify.messages import endpoint_message
+
+    url = get_slack_webhook_url()
+    if not url:
+        return
+    delivery = deliver(Webhook(url), endpoint_message(endpoint, kind), time.monotonic() + 10)
+    if not delivery.sent:
+        log.warning("endpoint %s: Slack message %s not sent: %s", endpoint.endpoint_id, kind, delivery.detail)
 
 
 def get_service():

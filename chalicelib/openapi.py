@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from chalicelib.endpoints.backends.base import EndpointStatus
 from chalicelib.jobs.model import EventSource, FailureKind, JobStatus
 from chalicelib.jobs.spec import JobSpec
 
@@ -175,6 +176,62 @@ class InstanceList(_Out):
     instances: list[Instance]
 
 
+class Endpoint(_Out):
+    endpoint_id: str
+    name: str
+    owner: str
+    status: EndpointStatus
+    backend: str
+    native_id: str | None
+    model_uri: str
+    handler: str
+    code_uri: str | None
+    version: int
+    url: str | None = Field(description="the model server's address (local) or the provider's invocation URL")
+    created_at: str
+    updated_at: str | None
+    in_service_at: str | None
+    deleted_at: str | None
+    last_invoked_at: str | None
+    invocations: int
+    idle_minutes: int = Field(description="deleted after this long without an invocation; 0 never")
+    resources: dict[str, Any]
+    min_replicas: int
+    max_replicas: int
+    labels: dict[str, str]
+    cost_per_hour_usd: float | None = Field(description="null when the catalog has no price for this backend")
+    cost_estimate_usd: float | None
+    failure_reason: str | None
+    plan_reason: str | None = Field(description="why this backend (backend: auto records its reasoning)")
+    deleted_by: str | None
+    deleted_reason: str | None
+
+
+class EndpointList(_Out):
+    endpoints: list[Endpoint]
+
+
+class EndpointEvent(_Out):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    at: str
+    from_: EndpointStatus | None = Field(alias="from")
+    to: EndpointStatus
+    reason: str
+    source: EventSource
+    native_status: str | None
+
+
+class EndpointEventList(_Out):
+    events: list[EndpointEvent]
+
+
+class Prediction(BaseModel):
+    """Whatever the handler's postprocess (or predict) returned, as JSON."""
+
+    model_config = ConfigDict(extra="allow")
+
+
 class Token(_Out):
     """An API token as listed: its id (the first characters of its stored hash), never the token."""
 
@@ -211,6 +268,10 @@ MODELS: list[type[BaseModel]] = [
     CodeRequest,
     CodeUpload,
     ArtifactList,
+    Endpoint,
+    EndpointList,
+    EndpointEventList,
+    Prediction,
 ]
 
 
@@ -256,7 +317,9 @@ def _backend_enums(components: dict[str, Any]) -> None:
 def build() -> dict[str, Any]:
     from pydantic.json_schema import models_json_schema
 
-    models = [*MODELS, _devvm_spec()]
+    from chalicelib.endpoints.spec import EndpointSpec, EndpointUpdate
+
+    models = [*MODELS, _devvm_spec(), EndpointSpec, EndpointUpdate]
     _, schemas = models_json_schema([(m, "validation") for m in models], ref_template=REF)
     components = schemas.get("$defs", {})
     _backend_enums(components)
@@ -483,6 +546,76 @@ def build() -> dict[str, Any]:
             "operationId": "stop_instance",
             "parameters": [vm_id],
             "responses": _responses({202: ("stopping", Instance)}, {**vm_errors, 502: "the provider refused"}),
+        }
+    }
+    endpoint_id = {"name": "endpoint_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    endpoint_errors = {**AUTH_ERRORS, 404: "no such endpoint for this caller"}
+    paths["/endpoints"] = {
+        "post": {
+            "operationId": "create_endpoint",
+            "summary": "deploy a model (by URI or from a finished job) behind a handler file",
+            "requestBody": {
+                "required": True,
+                "content": {
+                    **_json("EndpointSpec"),
+                    "application/x-yaml": {
+                        "schema": {"type": "string", "description": "the same EndpointSpec as YAML"}
+                    },
+                },
+            },
+            "responses": _responses({201: ("created", Endpoint)}, {400: "invalid endpoint spec", **AUTH_ERRORS}),
+        },
+        "get": {
+            "operationId": "list_endpoints",
+            "responses": _responses({200: ("the caller's endpoints, newest first", EndpointList)}, AUTH_ERRORS),
+        },
+    }
+    paths["/endpoints/{endpoint_id}"] = {
+        "get": {
+            "operationId": "get_endpoint",
+            "parameters": [endpoint_id],
+            "responses": _responses({200: ("the endpoint", Endpoint)}, endpoint_errors),
+        },
+        "put": {
+            "operationId": "update_endpoint",
+            "summary": "roll out a new model or handler (a new version; the old one serves until it is ready)",
+            "parameters": [endpoint_id],
+            "requestBody": {"required": True, "content": _json("EndpointUpdate")},
+            "responses": _responses(
+                {200: ("updating", Endpoint)}, {400: "invalid update", **endpoint_errors, 409: "not IN_SERVICE"}
+            ),
+        },
+        "delete": {
+            "operationId": "delete_endpoint",
+            "parameters": [endpoint_id],
+            "responses": _responses({202: ("deleting or deleted", Endpoint)}, endpoint_errors),
+        },
+    }
+    paths["/endpoints/{endpoint_id}/events"] = {
+        "get": {
+            "operationId": "endpoint_events",
+            "parameters": [endpoint_id],
+            "responses": _responses(
+                {200: ("the endpoint's transitions, oldest first", EndpointEventList)}, endpoint_errors
+            ),
+        }
+    }
+    paths["/endpoints/{endpoint_id}/invocations"] = {
+        "post": {
+            "operationId": "invoke_endpoint",
+            "summary": "one prediction: a JSON body in, the handler's JSON out",
+            "parameters": [endpoint_id],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+            "responses": _responses(
+                {200: ("the handler's answer", Prediction)},
+                {
+                    400: "the body is not JSON",
+                    **endpoint_errors,
+                    409: "not IN_SERVICE",
+                    413: "above the backend's payload limit",
+                    502: "the model answered an error (the handler raised)",
+                },
+            ),
         }
     }
     paths["/tokens"] = {

@@ -266,12 +266,17 @@ def apply(
         )
 
 
-def reconcile_all(service, devvm_service=None, fan_out: FanOut | None = None) -> list[dict[str, Any]]:
-    """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
+def reconcile_all(
+    service, devvm_service=None, fan_out: FanOut | None = None, endpoint_service=None
+) -> list[dict[str, Any]]:
+    """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours), then inference endpoints
+    (their state, and deletion of the idle ones)."""
     results = [d.to_dict() for d in reconcile(service, fan_out)]
     results.extend(read_metrics(service))
     if devvm_service is not None:
         results.extend(d.to_dict() for d in devvm_service.reap())
+    if endpoint_service is not None:
+        results.extend(d.to_dict() for d in endpoint_service.reconcile())
     results.extend(drain_outbox())
     return results
 

@@ -363,6 +363,126 @@ def cmd_vm_list(args) -> int:
     return 0
 
 
+# --- inference endpoints -------------------------------------------------------------------
+def _endpoint_line(e: dict) -> str:
+    rate = e.get("cost_per_hour_usd")
+    cost = f"${rate:,.2f}/h, ${e.get('cost_estimate_usd') or 0:,.2f} so far" if rate is not None else "cost unknown"
+    return f"{e['endpoint_id']} {e['name']}: {e['status']} on {e['backend']} at {e.get('url') or '-'} ({cost})"
+
+
+def _wait_endpoint(client: Client, endpoint: dict, timeout: float, interval: float = 0.5) -> dict:
+    deadline = time.monotonic() + timeout
+    while endpoint["status"] in ("CREATING", "UPDATING") and time.monotonic() < deadline:
+        time.sleep(interval)
+        endpoint = client.endpoint_get(endpoint["endpoint_id"])
+    return endpoint
+
+
+def cmd_endpoint_deploy(args) -> int:
+    client = _client(args)
+    if args.file:
+        path = Path(args.file)
+        text = sys.stdin.read() if args.file == "-" else path.read_text()
+        base = Path.cwd() if args.file == "-" else path.resolve().parent
+        say = lambda line: _console().print(line, markup=False, soft_wrap=True)  # noqa: E731
+        text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say)
+        if not is_yaml:
+            document = json.loads(text)
+            document.pop("code_sha256", None)  # an endpoint's code is named by its URI alone
+            text = json.dumps(document)
+    elif args.from_job:
+        body = {
+            "name": args.name or f"job-{args.from_job[:8]}",
+            "model": {"from_job": args.from_job},
+            "handler": args.handler,
+            "backend": args.backend,
+            "idle_minutes": args.idle_minutes,
+        }
+        text, is_yaml = json.dumps(body), False
+    else:
+        raise CliError("give an endpoint spec FILE, or --from-job JOB_ID --handler serve.py")
+    endpoint = client.endpoint_create(text, yaml=is_yaml)
+    if args.wait:
+        endpoint = _wait_endpoint(client, endpoint, args.timeout)
+    _console().print(_endpoint_line(endpoint), markup=False)
+    if endpoint.get("plan_reason"):
+        _console().print(f"  backend: {endpoint['plan_reason']}", markup=False)
+    if endpoint["status"] == "FAILED":
+        _console().print(f"  failed: {endpoint.get('failure_reason')}", markup=False)
+        return 1
+    return 0
+
+
+def cmd_endpoint_list(args) -> int:
+    from rich.table import Table
+
+    endpoints = _client(args).endpoint_list()
+    if args.json:
+        print(json.dumps(endpoints, indent=2))
+        return 0
+    table = Table("ENDPOINT ID", "NAME", "OWNER", "STATUS", "BACKEND", "INVOCATIONS", "LAST INVOKED", "$/H", "URL")
+    for e in endpoints:
+        rate = e.get("cost_per_hour_usd")
+        table.add_row(
+            e["endpoint_id"],
+            e["name"],
+            e["owner"],
+            e["status"],
+            e["backend"],
+            str(e["invocations"]),
+            (e.get("last_invoked_at") or "-")[:19],
+            "-" if rate is None else f"{rate:,.2f}",
+            e.get("url") or "-",
+        )
+    _console().print(table)
+    return 0
+
+
+def cmd_endpoint_status(args) -> int:
+    client = _client(args)
+    endpoint = client.endpoint_get(args.endpoint_id)
+    out = _console()
+    out.print(_endpoint_line(endpoint), markup=False)
+    for key in ("model_uri", "handler", "version", "invocations", "idle_minutes", "plan_reason", "failure_reason"):
+        if endpoint.get(key) not in (None, ""):
+            out.print(f"  {key}: {endpoint[key]}", markup=False)
+    if endpoint.get("deleted_reason"):
+        out.print(f"  deleted: {endpoint['deleted_reason']} (by {endpoint.get('deleted_by')})", markup=False)
+    for event in client.endpoint_events(args.endpoint_id):
+        out.print(
+            f"  {event['at'][:19]}  {event['from'] or '-':>10} -> {event['to']:<10} {event['reason']}", markup=False
+        )
+    return 0
+
+
+def cmd_endpoint_invoke(args) -> int:
+    body = sys.stdin.buffer.read()
+    answer = _client(args).endpoint_invoke(args.endpoint_id, body)
+    print(json.dumps(answer, indent=2))
+    return 0
+
+
+def cmd_endpoint_update(args) -> int:
+    change = {"handler": args.handler, "idle_minutes": args.idle_minutes}
+    if args.from_job:
+        change["model"] = {"from_job": args.from_job}
+    elif args.model_uri:
+        change["model"] = {"uri": args.model_uri}
+    change = {k: v for k, v in change.items() if v is not None}
+    client = _client(args)
+    endpoint = client.endpoint_update(args.endpoint_id, change)
+    if args.wait:
+        endpoint = _wait_endpoint(client, endpoint, args.timeout)
+    _console().print(_endpoint_line(endpoint) + f" v{endpoint['version']}", markup=False)
+    return 0 if endpoint["status"] != "FAILED" else 1
+
+
+def cmd_endpoint_delete(args) -> int:
+    endpoint = _client(args).endpoint_delete(args.endpoint_id)
+    _console().print(_endpoint_line(endpoint), markup=False)
+    return 0
+
+
 # --- tokens --------------------------------------------------------------------------------
 def _admin_settings(args):
     """The deployment's settings, for admin commands that act on tables directly (tokens, Slack users)."""
@@ -609,6 +729,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vm_stop)
     p = vm.add_parser("list", help="your dev VMs")
     p.set_defaults(func=cmd_vm_list)
+
+    ep = sub.add_parser("endpoint", help="inference endpoints: serve a trained model behind your handler")
+    endpoint = ep.add_subparsers(dest="endpoint_command", required=True)
+    p = endpoint.add_parser("deploy", help="deploy an endpoint spec FILE, or --from-job ID --handler serve.py")
+    p.add_argument("file", nargs="?")
+    p.add_argument("--from-job", help="serve this SUCCEEDED job's artifacts")
+    p.add_argument("--handler", default="serve.py", help="the handler file (in the model's files or the job's code)")
+    p.add_argument("--name")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--idle-minutes", type=int, default=60, help="delete after this long without invocations; 0 never")
+    p.add_argument("--workdir", help="pack and upload this folder as the endpoint's code (holding the handler)")
+    p.add_argument("--wait", action="store_true", help="wait until it is IN_SERVICE (or FAILED)")
+    p.add_argument("--timeout", type=float, default=120)
+    p.set_defaults(func=cmd_endpoint_deploy)
+    p = endpoint.add_parser("list", help="your endpoints")
+    p.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
+    p.set_defaults(func=cmd_endpoint_list)
+    p = endpoint.add_parser("status", help="one endpoint and its history")
+    p.add_argument("endpoint_id")
+    p.set_defaults(func=cmd_endpoint_status)
+    p = endpoint.add_parser("invoke", help="send the JSON on stdin, print the handler's answer")
+    p.add_argument("endpoint_id")
+    p.set_defaults(func=cmd_endpoint_invoke)
+    p = endpoint.add_parser("update", help="roll out a new model or handler")
+    p.add_argument("endpoint_id")
+    p.add_argument("--handler")
+    p.add_argument("--from-job")
+    p.add_argument("--model-uri")
+    p.add_argument("--idle-minutes", type=int)
+    p.add_argument("--wait", action="store_true")
+    p.add_argument("--timeout", type=float, default=120)
+    p.set_defaults(func=cmd_endpoint_update)
+    p = endpoint.add_parser("delete", help="delete an endpoint")
+    p.add_argument("endpoint_id")
+    p.set_defaults(func=cmd_endpoint_delete)
 
     slack = sub.add_parser("slack", help="Slack administration").add_subparsers(dest="slack_command", required=True)
     p = slack.add_parser("map", help="let a Slack member act as a jobplane user in /jobplane commands")

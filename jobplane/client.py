@@ -78,6 +78,30 @@ class Client:
     def vm_stop(self, vm_id: str) -> dict:
         return self._call("POST", f"/instances/{vm_id}/stop")
 
+    # --- inference endpoints ---------------------------------------------------------------
+    def endpoint_create(self, spec_text: str, yaml: bool = True) -> dict:
+        headers = {"Content-Type": "application/x-yaml" if yaml else "application/json"}
+        return self._call("POST", "/endpoints", data=spec_text.encode(), headers=headers)
+
+    def endpoint_list(self) -> list[dict]:
+        return self._call("GET", "/endpoints")["endpoints"]
+
+    def endpoint_get(self, endpoint_id: str) -> dict:
+        return self._call("GET", f"/endpoints/{endpoint_id}")
+
+    def endpoint_events(self, endpoint_id: str) -> list[dict]:
+        return self._call("GET", f"/endpoints/{endpoint_id}/events")["events"]
+
+    def endpoint_invoke(self, endpoint_id: str, body: bytes) -> Any:
+        headers = {"Content-Type": "application/json"}
+        return self._call("POST", f"/endpoints/{endpoint_id}/invocations", data=body, headers=headers)
+
+    def endpoint_update(self, endpoint_id: str, change: dict) -> dict:
+        return self._call("PUT", f"/endpoints/{endpoint_id}", json=change)
+
+    def endpoint_delete(self, endpoint_id: str) -> dict:
+        return self._call("DELETE", f"/endpoints/{endpoint_id}")
+
     def code_upload(self, sha256: str, size: int) -> dict:
         """POST /code: where packed code with this digest lives and, unless it is there already, its upload."""
         return self._call("POST", "/code", json={"sha256": sha256, "size": size})

@@ -1,5 +1,5 @@
-"""`make demo`: start the local stack, run the example jobs to the end (one with its own code and inputs), show
-their metrics, artifacts and Slack messages."""
+"""`make demo`: start the local stack, run the example jobs to the end (one with its own code and inputs), serve
+the model one of them trained as an endpoint, and show their metrics, artifacts, the prediction and Slack messages."""
 
 from __future__ import annotations
 
@@ -80,7 +80,7 @@ def final_metrics(job: dict) -> list[str]:
 DATASETS = "jobplane-local-datasets"
 
 
-def _workdir_job(state: dict, jp: list[str], env: dict) -> bool:
+def _workdir_job(state: dict, jp: list[str], env: dict) -> tuple[bool, str | None]:
     """A job with its own code (examples/workdir-demo), a setup step and two named inputs from the embedded S3;
     its artifacts (what it wrote to $JOBPLANE_OUTPUT_DIR) are listed afterwards."""
     import boto3
@@ -103,13 +103,53 @@ def _workdir_job(state: dict, jp: list[str], env: dict) -> bool:
     headers = {"Authorization": f"Bearer {state['admin_token']}"}
     jobs = requests.get(state["api"] + "/jobs?limit=1", headers=headers, timeout=10).json()["jobs"]
     if not jobs or jobs[0]["name"] != "workdir-demo":
-        return False
+        return False, None
     job_id = jobs[0]["job_id"]
     _say(f"its artifacts (`jobplane artifacts {job_id}`), under {jobs[0]['artifacts_uri']}")
     listed = requests.get(f"{state['api']}/jobs/{job_id}/artifacts", headers=headers, timeout=10).json()
     for item in listed["artifacts"]:
         print(f"    {item['key']:<24} {item['size']:>6} bytes")
-    return submit.returncode == 0 and len(listed["artifacts"]) == 2
+    return submit.returncode == 0 and len(listed["artifacts"]) == 2, job_id
+
+
+DEMO_REQUEST = {"text": "  DOG!! "}
+
+
+def _endpoint_demo(jp: list[str], env: dict, job_id: str) -> bool:
+    """Deploy the trained model from the finished job behind examples/workdir-demo/serve.py (found in the
+    job's code), invoke it (preprocess cleans the text, postprocess turns counts into a share), print, delete."""
+    command = "jobplane endpoint deploy --from-job ... --handler serve.py"
+    _say(f"deploying the model of job {job_id} as an endpoint (`{command}`)")
+    deploy = subprocess.run(
+        [*jp, "endpoint", "deploy", "--from-job", job_id, "--handler", "serve.py", "--name", "demo-model"]
+        + ["--backend", "local", "--wait", "--timeout", "60"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print(deploy.stdout.rstrip())
+    if deploy.returncode != 0:
+        print(deploy.stderr.rstrip())
+        return False
+    endpoint_id = deploy.stdout.split()[0]
+    _say(f"invoking it with {json.dumps(DEMO_REQUEST)} (`jobplane endpoint invoke {endpoint_id} < request.json`)")
+    invoke = subprocess.run(
+        [*jp, "endpoint", "invoke", endpoint_id],
+        input=json.dumps(DEMO_REQUEST),
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    print("   ", invoke.stdout.strip().replace("\n", "\n    ") or invoke.stderr.strip())
+    _say("deleting the endpoint (its model server stops)")
+    delete = subprocess.run([*jp, "endpoint", "delete", endpoint_id], cwd=ROOT, env=env)
+    try:
+        answer = json.loads(invoke.stdout)
+    except ValueError:
+        return False
+    return invoke.returncode == 0 and delete.returncode == 0 and answer.get("label") == "dog"
 
 
 def _say(text: str) -> None:
@@ -166,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
             _say(f"the job's final metrics (on the job record; the series: `jobplane metrics {job['job_id']}`)")
             for line in final_metrics(job):
                 print("   ", line)
-        ok = _workdir_job(state, jp, env) and ok
+        workdir_ok, trained = _workdir_job(state, jp, env)
+        ok = workdir_ok and ok
+        ok = (trained is not None and _endpoint_demo(jp, env, trained)) and ok
         ok = _upload_trigger(state) and ok
         time.sleep(1.5)  # the stream reader polls twice a second
         _say("messages the Slack webhook sink received")

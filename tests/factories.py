@@ -90,6 +90,7 @@ def use_stores(settings, stores, **overrides):
         slack_store=stores["slack"],
         devvm_store=stores["devvms"],
         metrics_store=stores["metrics"],
+        endpoint_store=stores["endpoints"],
         **overrides,
     )
 
@@ -846,3 +847,43 @@ class InstantBackend(ComputeBackend):
 
     def _cancel_impl(self, handle):
         return None
+
+
+# --- inference endpoints -----------------------------------------------------------------------
+def endpoint_body(name: str = "clf", **overrides: Any) -> dict[str, Any]:
+    """A valid POST /endpoints body (a model by URI on the local backend) with `overrides` merged in."""
+    body: dict[str, Any] = {
+        "name": name,
+        "model": {"uri": "s3://models/clf/"},
+        "handler": "serve.py",
+        "backend": "local",
+        "idle_minutes": 60,
+    }
+    body.update(overrides)
+    return body
+
+
+def make_endpoint(
+    owner: str = "alice",
+    status=None,
+    created_at: datetime | None = None,
+    **changes: Any,
+):
+    """An Endpoint record from endpoint_body()'s spec (validated), CREATING unless `status` says otherwise."""
+    from chalicelib.endpoints.model import Endpoint, EndpointStatus, new_endpoint_id
+    from chalicelib.endpoints.spec import parse_endpoint_spec
+
+    spec = parse_endpoint_spec(endpoint_body(**changes.pop("body", {}))).model_dump(mode="json")
+    fields: dict[str, Any] = {
+        "endpoint_id": new_endpoint_id(),
+        "name": spec["name"],
+        "owner": owner,
+        "status": status or EndpointStatus.CREATING,
+        "backend": spec["backend"],
+        "spec": spec,
+        "created_at": created_at or datetime(2024, 5, 1, 12, 0, tzinfo=UTC),
+        "model_uri": spec["model"]["uri"],
+        "handler": spec["handler"],
+    }
+    fields.update(changes)
+    return Endpoint(**fields)

@@ -66,6 +66,44 @@ def test_errors_chalice_answers_itself_keep_the_contract_shape(api):
     assert wrong_type.json_body["error"]["code"] == "unsupported_media_type"
 
 
+def test_real_endpoint_responses_match_their_description(api, tmp_path):
+    import json
+    import shutil
+
+    from chalicelib import deps
+    from tests.factories import ROOT, endpoint_body, wait_for
+
+    doc = _doc(api)
+    token = api.token("alice")
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (folder / "model.json").write_text(json.dumps({"label_counts": {"cat": 1}}))
+    shutil.copy(ROOT / "examples" / "workdir-demo" / "serve.py", folder / "serve.py")
+    created = api.request("POST", "/endpoints", token, endpoint_body(model={"uri": f"file://{folder}"}))
+    _check(doc, created, "/endpoints", "post")
+    path = f"/endpoints/{created.json_body['endpoint_id']}"
+    try:
+        wait_for(lambda: api.request("GET", path, token).json_body["status"] == "IN_SERVICE", what="in service")
+        _check(doc, api.request("GET", path, token), "/endpoints/{endpoint_id}", "get")
+        _check(doc, api.request("GET", "/endpoints", token), "/endpoints", "get")
+        invoked = api.request("POST", f"{path}/invocations", token, {"text": "cat"})
+        _check(doc, invoked, "/endpoints/{endpoint_id}/invocations", "post")
+        _check(
+            doc,
+            api.request("POST", f"{path}/invocations", token, {"text": "emu"}),
+            "/endpoints/{endpoint_id}/invocations",
+            "post",
+        )
+        _check(doc, api.request("GET", f"{path}/events", token), "/endpoints/{endpoint_id}/events", "get")
+        _check(doc, api.request("PUT", path, token, {"idle_minutes": 5}), "/endpoints/{endpoint_id}", "put")
+        _check(doc, api.request("POST", "/endpoints", token, {"name": "BAD"}), "/endpoints", "post")
+        _check(doc, api.request("DELETE", path, token), "/endpoints/{endpoint_id}", "delete")
+    finally:
+        service = deps.get_endpoint_service()
+        for endpoint in service.store.list_endpoints(None):
+            service.backend("local").delete(endpoint.native_id)
+
+
 def test_token_responses_match_their_description(api):
     doc = _doc(api)
     mine, other = api.token("alice"), api.token("bob")

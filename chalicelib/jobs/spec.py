@@ -402,22 +402,27 @@ def _yaml_loader() -> Any:
 
 def load_spec_text(text: str | bytes, content_type: str | None = None) -> typed.JobSpec:
     """Parse a JSON or YAML document (YAML is a superset; JSON is tried first)."""
+    return parse_spec(load_document(text, content_type))
+
+
+def load_document(text: str | bytes, content_type: str | None = None, what: str = "job spec") -> Any:
+    """A request body as JSON or YAML (YAML is a superset; JSON is tried first); a 400 naming the body otherwise."""
     if isinstance(text, bytes):
         if len(text) > MAX_BODY_BYTES:
             raise ValidationError(
-                f"the job spec is larger than {MAX_BODY_BYTES} bytes",
+                f"the {what} is larger than {MAX_BODY_BYTES} bytes",
                 [{"field": "(body)", "message": f"at most {MAX_BODY_BYTES} bytes", "type": "too_long"}],
             )
         try:
             text = text.decode("utf-8")
         except UnicodeDecodeError:
             raise ValidationError(
-                "the job spec must be UTF-8 text",
+                f"the {what} must be UTF-8 text",
                 [{"field": "(body)", "message": "not valid UTF-8", "type": "unicode_decode"}],
             ) from None
     if not text.strip():
         raise ValidationError(
-            "the request body is empty; send a job spec as JSON or YAML",
+            f"the request body is empty; send a {what} as JSON or YAML",
             [{"field": "(body)", "message": "empty", "type": "missing"}],
         )
     try:
@@ -436,4 +441,4 @@ def load_spec_text(text: str | bytes, content_type: str | None = None) -> typed.
                 "the body is neither valid JSON nor valid YAML",
                 [{"field": "(body)", "message": str(exc).splitlines()[0], "type": "yaml_invalid"}],
             ) from None
-    return parse_spec(data)
+    return data

@@ -209,3 +209,28 @@ def _observed(job: Job, kind: Kind, last_lines: list[str] | None) -> list[dict[s
         if block:
             blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": title + block}})
     return blocks
+
+
+# --- inference endpoints ------------------------------------------------------------------------
+ENDPOINT_EMOJI = {"in_service": ":large_green_circle:", "failed": ":x:", "deleted_idle": ":wastebasket:"}
+
+
+def endpoint_message(endpoint, kind: str) -> dict[str, Any]:
+    """The Slack message when an endpoint comes IN_SERVICE, FAILs, or is deleted for idleness; with its cost per
+    hour and so far when the price is known (omitted, and said so, when not)."""
+    name = f"*{escape(endpoint.name)}* (`{endpoint.endpoint_id}`, {endpoint.backend})"
+    if kind == "in_service":
+        head = f"endpoint {name} is in service at {endpoint.url or 'its provider'}"
+    elif kind == "failed":
+        head = f"endpoint {name} failed: {escape(endpoint.failure_reason or 'no reason given')}"
+    else:
+        head = f"endpoint {name} {escape(endpoint.deleted_reason or 'deleted for idleness')} by {endpoint.deleted_by}"
+    rate = endpoint.cost_per_hour_usd
+    so_far = endpoint.cost_estimate_usd()
+    money = (
+        f"cost: {cost(rate)}/h, {cost(so_far)} so far"
+        if rate is not None
+        else "cost: unknown (no hosting price for this backend in the catalog)"
+    )
+    text = f"{ENDPOINT_EMOJI[kind]} {head}\n{money}"[:MAX_TEXT]
+    return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}

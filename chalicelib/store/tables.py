@@ -13,6 +13,7 @@ def dynamo_stores(settings: Settings) -> dict[str, DynamoStore]:
     """One DynamoDB store of each kind: together they own every table (create, describe, grant)."""
     from chalicelib.store.devvms import DynamoDevVmStore
     from chalicelib.store.dynamo import DynamoJobStore
+    from chalicelib.store.endpoints import DynamoEndpointStore
     from chalicelib.store.metrics import DynamoMetricsStore
     from chalicelib.store.slack import DynamoSlackStore
     from chalicelib.store.tokens import DynamoTokenStore
@@ -23,4 +24,5 @@ def dynamo_stores(settings: Settings) -> dict[str, DynamoStore]:
         "slack": DynamoSlackStore(settings),
         "devvms": DynamoDevVmStore(settings),
         "metrics": DynamoMetricsStore(settings),
+        "endpoints": DynamoEndpointStore(settings),
     }

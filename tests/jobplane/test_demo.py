@@ -66,4 +66,7 @@ def test_make_demo_runs_the_workdir_job_and_prints_its_artifacts():
     lines = run.stdout.split("its artifacts (`jobplane artifacts ", 1)[1].splitlines()[1:3]
     assert [line.split()[0] for line in lines] == ["model.json", "report/summary.txt"]
     assert all(line.split()[1].isdigit() and line.endswith("bytes") for line in lines)
+    # the trained model served from the finished job: preprocess cleaned "  DOG!! ", postprocess wrote the answer
+    assert '"label": "dog"' in run.stdout and "seen 3 of 9 times in training" in run.stdout
+    assert "demo-model: IN_SERVICE on local" in run.stdout and "demo-model: DELETED" in run.stdout
     assert "demo succeeded" in run.stdout

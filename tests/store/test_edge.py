@@ -26,7 +26,7 @@ from chalicelib.store.base import IdempotencyRecord
 from chalicelib.store.edge import DynamoStore, dynamo_errors, translate
 from chalicelib.store.slack import OutboxRecord, OutboxState, SlackUserRecord
 from chalicelib.store.tokens import TokenRecord
-from tests.factories import ROOT, make_job, make_settings
+from tests.factories import ROOT, make_endpoint, make_job, make_settings
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 PENDING = OutboxState.PENDING
@@ -202,12 +202,18 @@ def test_every_public_method_of_a_store_is_translated_including_generators():
 # --- every DynamoDB store, against a table that does not exist -----------------------------
 def _calls():
     from chalicelib.devvms import DevVm, DevVmStatus
+    from chalicelib.endpoints.model import EndpointHistoryEntry, EndpointStatus, EndpointTransition
 
     job = make_job(spec={"command": ["true"]}, status=JobStatus.QUEUED, created_at=T0)
     entry = HistoryEntry(job.job_id, T0, None, JobStatus.QUEUED, "submitted", EventSource.API)
     moved = Transition(job.job_id, JobStatus.QUEUED, JobStatus.LAUNCHING, "dispatched", EventSource.DISPATCH, T0)
     vm = DevVm(uuid.uuid4().hex, "alice", {"name": "box"}, DevVmStatus.PENDING, T0)
     outbox = OutboxRecord(f"{job.job_id}#RUNNING#1", {}, "webhook", PENDING, T0, T0)
+    endpoint = make_endpoint()
+    endpoint_entry = EndpointHistoryEntry(endpoint.endpoint_id, T0, None, EndpointStatus.CREATING, "", EventSource.API)
+    endpoint_moved = EndpointTransition(
+        endpoint.endpoint_id, EndpointStatus.CREATING, EndpointStatus.IN_SERVICE, "up", EventSource.BACKEND, T0
+    )
     return {
         "jobs": {
             "create_job": lambda s: s.create_job(job, entry),
@@ -250,6 +256,16 @@ def _calls():
             "update_devvm": lambda s: s.update_devvm(vm, DevVmStatus.PENDING, status=DevVmStatus.RUNNING),
             "iter_running_devvms": lambda s: list(s.iter_running_devvms()),
         },
+        "endpoints": {
+            "put_endpoint": lambda s: s.put_endpoint(endpoint, endpoint_entry),
+            "get_endpoint": lambda s: s.get_endpoint(endpoint.endpoint_id),
+            "list_endpoints": lambda s: s.list_endpoints(None),
+            "apply_transition": lambda s: s.apply_transition(endpoint, endpoint_moved),
+            "update_endpoint": lambda s: s.update_endpoint(endpoint, EndpointStatus.CREATING, version=2),
+            "record_invocation": lambda s: s.record_invocation(endpoint.endpoint_id, T0),
+            "history": lambda s: s.history(endpoint.endpoint_id),
+            "iter_active": lambda s: list(s.iter_active()),
+        },
         "metrics": {
             "series": lambda s: s.series(job.job_id),
             "append": lambda s: s.append(job.job_id, {"loss": [(1, 0.5)]}),
@@ -275,7 +291,7 @@ def test_the_calls_below_cover_every_public_method_of_every_store(tmp_path):
         assert public - NO_REQUEST == set(_calls()[kind]), kind
 
 
-@pytest.mark.parametrize("kind", ["jobs", "tokens", "slack", "devvms", "metrics"])
+@pytest.mark.parametrize("kind", ["jobs", "tokens", "slack", "devvms", "metrics", "endpoints"])
 def test_no_pynamodb_error_leaves_a_store(tmp_path, moto_endpoint, kind):
     from chalicelib.store.tables import dynamo_stores
 

@@ -37,6 +37,8 @@ def test_the_stores_own_every_table_once_and_no_two_own_the_same(tmp_path):
         settings.slack_table,
         settings.devvms_table,
         settings.metrics_table,
+        settings.endpoints_table,
+        settings.endpoint_events_table,
     }
 
 

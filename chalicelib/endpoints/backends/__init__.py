@@ -4,4 +4,6 @@ ENDPOINT_REGISTRY names each as "module:Class"; the implementation is imported o
 
 from __future__ import annotations
 
-ENDPOINT_REGISTRY: dict[str, str] = {}
+ENDPOINT_REGISTRY: dict[str, str] = {
+    "local": "chalicelib.endpoints.backends.local:LocalEndpointBackend",
+}

@@ -51,6 +51,9 @@ class Deployment:
     max_replicas: int = 1
     env: dict[str, str] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    #: the training job's packed code (a `from_job` model): where the handler is looked for last, after the
+    #: endpoint's own code_uri and the model's files
+    fallback_code_uri: str | None = None
 
     @property
     def native_name(self) -> str:
