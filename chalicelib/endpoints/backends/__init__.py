@@ -4,4 +4,8 @@ ENDPOINT_REGISTRY names each as "module:Class"; the implementation is imported o
 
 from __future__ import annotations
 
-ENDPOINT_REGISTRY: dict[str, str] = {}
+ENDPOINT_REGISTRY: dict[str, str] = {
+    "sagemaker": "chalicelib.endpoints.backends.sagemaker:SageMakerEndpointBackend",
+    "sagemaker-serverless": "chalicelib.endpoints.backends.sagemaker:SageMakerServerlessBackend",
+    "vertex": "chalicelib.endpoints.backends.vertex:VertexEndpointBackend",
+}
