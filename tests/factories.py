@@ -851,7 +851,7 @@ class InstantBackend(ComputeBackend):
 # --- inference endpoints --------------------------------------------------------------------------------
 # A handler whose preprocess and postprocess visibly change the request and the answer, and that raises on
 # {"boom": ...}: the model is the number in model_dir/scale.txt.
-ENDPOINT_HANDLER = '''
+ENDPOINT_HANDLER = """
 import os
 
 
@@ -872,7 +872,7 @@ def predict(model, inputs):
 
 def postprocess(outputs):
     return {"y": outputs, "postprocessed": True}
-'''
+"""
 
 
 def make_deployment(**overrides: Any):

@@ -29,7 +29,9 @@ def load_handler(path: Path):
     spec.loader.exec_module(module)
     for name in ("load", "predict"):
         if not callable(getattr(module, name, None)):
-            raise RuntimeError(f"{path.name} defines no {name}(): a handler needs load(model_dir) and predict(model, inputs)")
+            raise RuntimeError(
+                f"{path.name} defines no {name}(): a handler needs load(model_dir) and predict(model, inputs)"
+            )
     return module
 
 

@@ -63,11 +63,15 @@ def test_refuses_what_the_handler_cannot_read_and_lets_the_handlers_error_reach_
 
 def test_a_handler_without_pre_and_postprocess_passes_the_request_and_answer_through(tmp_path):
     model = endpoint_model_dir(tmp_path / "model", handler=False)
-    (tmp_path / "plain.py").write_text("def load(d):\n    return 10\n\ndef predict(m, x):\n    return {'got': x, 'm': m}\n")
+    (tmp_path / "plain.py").write_text(
+        "def load(d):\n    return 10\n\ndef predict(m, x):\n    return {'got': x, 'm': m}\n"
+    )
     unpack(adapter.pack_model(model, tmp_path / "plain.py"), tmp_path / "out")
     inference = import_inference(tmp_path / "out" / "code")
     model_obj = inference.model_fn(str(tmp_path / "out"))
-    out = inference.output_fn(inference.predict_fn(inference.input_fn(b'{"a": 1}', "application/json"), model_obj), None)
+    out = inference.output_fn(
+        inference.predict_fn(inference.input_fn(b'{"a": 1}', "application/json"), model_obj), None
+    )
     assert json.loads(out) == {"got": {"a": 1}, "m": 10}
 
 
@@ -122,9 +126,9 @@ def test_can_stage_model_tar_gz_from_s3_with_the_handler_from_the_workdir(tmp_pa
         ["scale.txt", "sub/vocab.json", "code/inference.py", "code/serve.py", "code/requirements.txt"]
     )
     inference = import_inference(tmp_path / "out" / "code")
-    assert json.loads(inference.output_fn(inference.predict_fn([2.0], inference.model_fn(str(tmp_path / "out"))), None))[
-        "y"
-    ] == [8.0]
+    assert json.loads(
+        inference.output_fn(inference.predict_fn([2.0], inference.model_fn(str(tmp_path / "out"))), None)
+    )["y"] == [8.0]
 
 
 def test_staging_names_the_handler_when_it_is_not_among_the_files(settings):

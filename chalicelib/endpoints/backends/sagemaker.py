@@ -231,7 +231,9 @@ class SageMakerEndpointBackend(EndpointBackend):
         from chalicelib.backends.aws.errors import aws_errors
 
         with aws_errors("s3", "PutObject"):
-            url = adapter.stage_model(self.client("s3"), deployment, self.settings.artifacts_bucket, self.settings.stage)
+            url = adapter.stage_model(
+                self.client("s3"), deployment, self.settings.artifacts_bucket, self.settings.stage
+            )
         for operation, request in (
             ("CreateModel", self.model_request(deployment, url)),
             ("CreateEndpointConfig", self.endpoint_config_request(deployment)),
@@ -250,7 +252,10 @@ class SageMakerEndpointBackend(EndpointBackend):
         self._create_version(deployment)
         try:
             self._call(
-                "CreateEndpoint", EndpointName=name, EndpointConfigName=version_name(deployment), Tags=self.tags(deployment)
+                "CreateEndpoint",
+                EndpointName=name,
+                EndpointConfigName=version_name(deployment),
+                Tags=self.tags(deployment),
             )
         except BackendError as exc:
             if not _exists(exc):
@@ -439,7 +444,10 @@ class SageMakerServerlessBackend(SageMakerEndpointBackend):
         return {
             "VariantName": VARIANT,
             "ModelName": version_name(deployment),
-            "ServerlessConfig": {"MemorySizeInMB": self.memory_mb(deployment), "MaxConcurrency": deployment.max_replicas},
+            "ServerlessConfig": {
+                "MemorySizeInMB": self.memory_mb(deployment),
+                "MaxConcurrency": deployment.max_replicas,
+            },
         }
 
     def update_request(self, native_id: str, deployment: Deployment) -> dict[str, Any]:

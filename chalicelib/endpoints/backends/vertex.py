@@ -86,7 +86,8 @@ class VertexEndpointBackend(EndpointBackend):
     def validate(self, deployment: Deployment) -> None:
         if not self.settings.gcp_project:
             raise ValidationError(
-                "vertex endpoints need a Google Cloud project", [{"field": "backend", "message": "set JOBPLANE_GCP_PROJECT"}]
+                "vertex endpoints need a Google Cloud project",
+                [{"field": "backend", "message": "set JOBPLANE_GCP_PROJECT"}],
             )
         if not deployment.image:
             raise ValidationError(
@@ -94,7 +95,9 @@ class VertexEndpointBackend(EndpointBackend):
                 [{"field": "image", "message": "an image running chalicelib/endpoints/vertex_serve.py"}],
             )
         if not deployment.model_uri.startswith("gs://"):
-            raise ValidationError("Vertex reads the model from Cloud Storage", [{"field": "model.uri", "message": "a gs:// URI"}])
+            raise ValidationError(
+                "Vertex reads the model from Cloud Storage", [{"field": "model.uri", "message": "a gs:// URI"}]
+            )
         if not 1 <= deployment.min_replicas <= deployment.max_replicas:
             raise ValidationError(
                 "Vertex dedicated resources run 1 <= min_replicas <= max_replicas nodes",
@@ -130,7 +133,11 @@ class VertexEndpointBackend(EndpointBackend):
 
         labels = {label_key(k): label_value(v) for k, v in deployment.labels.items()}
         labels.update(
-            {LABEL_MANAGED: "true", LABEL_STAGE: label_value(self.settings.stage), LABEL_ENDPOINT_ID: deployment.endpoint_id}
+            {
+                LABEL_MANAGED: "true",
+                LABEL_STAGE: label_value(self.settings.stage),
+                LABEL_ENDPOINT_ID: deployment.endpoint_id,
+            }
         )
         return labels
 
@@ -242,7 +249,9 @@ class VertexEndpointBackend(EndpointBackend):
         """The newest uploaded version of this endpoint's model (models.list by the endpoint-id label)."""
         endpoint_id = native_name.removeprefix("jpe-")
         found = self._call(
-            "model", "list_models", request={"parent": self.parent, "filter": f'labels.{LABEL_ENDPOINT_ID}="{endpoint_id}"'}
+            "model",
+            "list_models",
+            request={"parent": self.parent, "filter": f'labels.{LABEL_ENDPOINT_ID}="{endpoint_id}"'},
         )
         models = [m for m in found if m.name.rpartition("/")[2].startswith(native_name + "-v")]
         return max(models, key=lambda m: _version(m.name), default=None)
@@ -257,7 +266,9 @@ class VertexEndpointBackend(EndpointBackend):
         deployed = list(endpoint.deployed_models)
         if latest is None:
             return EndpointStatus.CREATING, "the model is being uploaded"
-        current = [d for d in deployed if d.model.rpartition("/")[2].partition("@")[0] == latest.name.rpartition("/")[2]]
+        current = [
+            d for d in deployed if d.model.rpartition("/")[2].partition("@")[0] == latest.name.rpartition("/")[2]
+        ]
         if not current:
             from google.api_core import exceptions
 
@@ -295,7 +306,9 @@ class VertexEndpointBackend(EndpointBackend):
         endpoint = self._get("endpoint", "get_endpoint", native_id)
         if endpoint is not None:
             for deployed in endpoint.deployed_models:
-                self._call("endpoint", "undeploy_model", request={"endpoint": native_id, "deployed_model_id": deployed.id})
+                self._call(
+                    "endpoint", "undeploy_model", request={"endpoint": native_id, "deployed_model_id": deployed.id}
+                )
             try:
                 self.client("endpoint").delete_endpoint(name=native_id)
             except (exceptions.NotFound, exceptions.FailedPrecondition, exceptions.BadRequest):
@@ -303,7 +316,9 @@ class VertexEndpointBackend(EndpointBackend):
         native_name = native_id.rpartition("/")[2]
         endpoint_id = native_name.removeprefix("jpe-")
         for model in self._call(
-            "model", "list_models", request={"parent": self.parent, "filter": f'labels.{LABEL_ENDPOINT_ID}="{endpoint_id}"'}
+            "model",
+            "list_models",
+            request={"parent": self.parent, "filter": f'labels.{LABEL_ENDPOINT_ID}="{endpoint_id}"'},
         ):
             try:
                 self.client("model").delete_model(name=model.name)
