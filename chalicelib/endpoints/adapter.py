@@ -30,7 +30,8 @@ def _load_handler():
     spec.loader.exec_module(module)
     for name in ("load", "predict"):
         if not callable(getattr(module, name, None)):
-            raise RuntimeError("{handler} defines no " + name + "(): a handler needs load(model_dir) and predict(model, inputs)")
+            needs = "a handler needs load(model_dir) and predict(model, inputs)"
+            raise RuntimeError("{handler} defines no " + name + "(): " + needs)
     return module
 
 

@@ -53,6 +53,14 @@ def local_model_dir(storage_uri: str) -> Path:
     return target
 
 
+def find_handler(handler: str, code_dir: Path, model_dir: Path) -> Path:
+    """The handler file: in the code folder when it is there, else among the model's files."""
+    for folder in (code_dir, model_dir):
+        if (folder / handler).is_file():
+            return folder / handler
+    raise SystemExit(f"vertex_serve: {handler} is in neither {code_dir} nor the model's files ({model_dir})")
+
+
 class Model:
     """The handler and its loaded model; predict() runs one batch of instances."""
 
@@ -75,7 +83,11 @@ class Model:
         return answers
 
 
-def make_server(model: Model, port: int, health_route: str, predict_route: str, host: str = "0.0.0.0"):
+# Vertex routes to the container's port from outside it: the server listens on every interface there.
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104
+
+
+def make_server(model: Model, port: int, health_route: str, predict_route: str, host: str = ALL_INTERFACES):
     class Handler(BaseHTTPRequestHandler):
         def _answer(self, status: int, body: dict[str, Any]) -> None:
             data = json.dumps(body).encode()
@@ -125,8 +137,7 @@ def main(environ: dict[str, str] | None = None) -> None:
     model_dir = local_model_dir(env.get("AIP_STORAGE_URI", "."))
     handler = env.get("JOBPLANE_HANDLER", "serve.py")
     code_dir = Path(env.get("JOBPLANE_CODE_DIR", "."))
-    handler_file = code_dir / handler if (code_dir / handler).is_file() else model_dir / handler
-    model = Model(handler_file, model_dir)
+    model = Model(find_handler(handler, code_dir, model_dir), model_dir)
     server = make_server(
         model,
         int(env.get("AIP_HTTP_PORT", "8080")),

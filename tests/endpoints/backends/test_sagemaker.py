@@ -80,7 +80,8 @@ def test_builds_valid_requests_with_a_gpu_instance_the_framework_image_and_tags(
     check_aws_request("sagemaker", "CreateEndpointConfig", config)
     assert model["ModelName"] == config["EndpointConfigName"] == f"{NAME}-v1"
     assert model["PrimaryContainer"] == {
-        "Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:2.3.0-gpu-py311-cu121-ubuntu20.04-sagemaker",
+        "Image": "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-inference:"
+        "2.3.0-gpu-py311-cu121-ubuntu20.04-sagemaker",
         "ModelDataUrl": "s3://b/model.tar.gz",
         "Environment": {
             "A": "1",
