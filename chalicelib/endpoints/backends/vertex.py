@@ -27,6 +27,22 @@ def model_id(deployment: Deployment) -> str:
     return f"{deployment.native_name}-v{deployment.version}"
 
 
+def _refused_for_now(exc: Exception) -> bool:
+    """Vertex's FAILED_PRECONDITION (an operation on the resource still runs), which its REST API sends as
+    HTTP 400 and the client raises as BadRequest; or a conflict with what exists."""
+    from google.api_core import exceptions
+
+    if isinstance(exc, exceptions.FailedPrecondition | exceptions.Conflict):
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(exc, exceptions.BadRequest) and response is not None:
+        try:
+            return response.json()["error"].get("status") == "FAILED_PRECONDITION"
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return False
+    return False
+
+
 def _version(model: str) -> int:
     tail = model.rpartition("-v")[2]
     return int(tail) if tail.isdigit() else 0
@@ -79,8 +95,18 @@ class VertexEndpointBackend(EndpointBackend):
             return getattr(self.client(kind), method)(name=name)
         except exceptions.NotFound:
             return None
-        except exceptions.GoogleAPICallError:
-            return self._call(kind, method, name=name)  # raised again, translated
+        except exceptions.GoogleAPICallError as exc:
+            raise self._translated(exc) from exc
+
+    @staticmethod
+    def _translated(exc: Exception) -> BackendError:
+        from chalicelib.backends.gcp.errors import translate
+
+        return translate(exc, "vertex")
+
+    def set_client(self, kind: str, client: Any) -> None:
+        with self._lock:
+            self._clients[kind] = client
 
     # --- requests (pure) -----------------------------------------------------------------------------
     def validate(self, deployment: Deployment) -> None:
@@ -222,10 +248,10 @@ class VertexEndpointBackend(EndpointBackend):
 
         try:
             self.client("model").upload_model(request=self.upload_request(deployment))
-        except exceptions.AlreadyExists:
+        except exceptions.Conflict:  # HTTP 409 ALREADY_EXISTS
             pass  # a retried create or update: this version is uploaded
-        except exceptions.GoogleAPICallError:
-            self._call("model", "upload_model", request=self.upload_request(deployment))
+        except exceptions.GoogleAPICallError as exc:
+            raise self._translated(exc) from exc
 
     def create(self, deployment: Deployment) -> str:
         from google.api_core import exceptions
@@ -234,10 +260,10 @@ class VertexEndpointBackend(EndpointBackend):
         self._upload(deployment)
         try:
             self.client("endpoint").create_endpoint(request=self.endpoint_request(deployment))
-        except exceptions.AlreadyExists:
-            pass
-        except exceptions.GoogleAPICallError:
-            self._call("endpoint", "create_endpoint", request=self.endpoint_request(deployment))
+        except exceptions.Conflict:  # HTTP 409 ALREADY_EXISTS
+            pass  # a retried create
+        except exceptions.GoogleAPICallError as exc:
+            raise self._translated(exc) from exc
         return self.native_id(deployment)
 
     def update(self, native_id: str, deployment: Deployment) -> None:
@@ -274,10 +300,9 @@ class VertexEndpointBackend(EndpointBackend):
 
             try:
                 self.client("endpoint").deploy_model(request=self.deploy_request(native_id, latest))
-            except (exceptions.AlreadyExists, exceptions.FailedPrecondition):
-                pass  # the deploy started earlier is still running
-            except exceptions.GoogleAPICallError:
-                self._call("endpoint", "deploy_model", request=self.deploy_request(native_id, latest))
+            except exceptions.GoogleAPICallError as exc:
+                if not _refused_for_now(exc):  # else: the deploy started earlier is still running
+                    raise self._translated(exc) from exc
             status = EndpointStatus.UPDATING if deployed else EndpointStatus.CREATING
             return status, f"deploying {latest.name.rpartition('/')[2]}"
         older = [d for d in deployed if d.id != current[0].id]
@@ -311,8 +336,11 @@ class VertexEndpointBackend(EndpointBackend):
                 )
             try:
                 self.client("endpoint").delete_endpoint(name=native_id)
-            except (exceptions.NotFound, exceptions.FailedPrecondition, exceptions.BadRequest):
-                pass  # gone, or models still undeploying
+            except exceptions.NotFound:
+                pass
+            except exceptions.GoogleAPICallError as exc:
+                if not _refused_for_now(exc):  # else: models still undeploying; the next reconcile asks again
+                    raise self._translated(exc) from exc
         native_name = native_id.rpartition("/")[2]
         endpoint_id = native_name.removeprefix("jpe-")
         for model in self._call(
@@ -322,8 +350,11 @@ class VertexEndpointBackend(EndpointBackend):
         ):
             try:
                 self.client("model").delete_model(name=model.name)
-            except (exceptions.NotFound, exceptions.FailedPrecondition, exceptions.BadRequest):
-                pass  # gone, or still deployed until the undeploy ends
+            except exceptions.NotFound:
+                pass
+            except exceptions.GoogleAPICallError as exc:
+                if not _refused_for_now(exc):  # else: still deployed until its undeploy ends
+                    raise self._translated(exc) from exc
 
     def invoke(self, native_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """rawPredict with {"instances": [body]}: the serving entry point answers {"predictions": [answer]}."""
@@ -338,6 +369,8 @@ class VertexEndpointBackend(EndpointBackend):
         }
         try:
             answer = self.client("prediction").raw_predict(request=request)
+        except exceptions.NotFound as exc:
+            raise self._translated(exc) from exc
         except exceptions.GoogleAPICallError as exc:
             raise BackendError(f"the model answered an error {exc.code}: {exc.message}") from exc
         try:
