@@ -129,9 +129,12 @@ def parse_s3_uri(uri: str, field: str = "model_uri") -> tuple[str, str]:
     return bucket, key
 
 
-def package_key(stage: str, endpoint_id: str, version: int) -> str:
-    """Where a version's model.tar.gz goes in the artifact store (under the stage's jobplane/ prefix)."""
-    return f"jobplane/{stage}/endpoints/{endpoint_id}/v{version}/model.tar.gz"
+def package_key(endpoint_id: str, version: int) -> str:
+    """Where a version's model.tar.gz goes in the artifact store: under code/, which the control plane may write
+    (POST /code) and the role SageMaker runs as may read (packed workdirs), and nothing else may."""
+    from chalicelib.jobs.contract import CODE_PREFIX
+
+    return f"{CODE_PREFIX}endpoints/{endpoint_id}/v{version}/model.tar.gz"
 
 
 def _download(s3, uri: str, into: Path, field: str) -> None:
@@ -153,7 +156,7 @@ def _download(s3, uri: str, into: Path, field: str) -> None:
             target.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
 
 
-def stage_model(s3, deployment, bucket: str, stage: str) -> str:
+def stage_model(s3, deployment, bucket: str) -> str:
     """Build this version's model.tar.gz from the model's files and the handler, upload it; its s3:// URI.
 
     The handler (and requirements.txt) come from the packed code folder when the deployment has one, else from
@@ -181,6 +184,6 @@ def stage_model(s3, deployment, bucket: str, stage: str) -> str:
             )
         requirements = source / "requirements.txt"
         data = pack_model(model_dir, handler_file, requirements if requirements.is_file() else None)
-    key = package_key(stage, deployment.endpoint_id, deployment.version)
+    key = package_key(deployment.endpoint_id, deployment.version)
     s3.put_object(Bucket=bucket, Key=key, Body=data, ContentType="application/gzip")
     return f"s3://{bucket}/{key}"

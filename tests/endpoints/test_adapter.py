@@ -118,8 +118,8 @@ def test_can_stage_model_tar_gz_from_s3_with_the_handler_from_the_workdir(tmp_pa
                 tar.add(src / name, arcname=name)
         s3.put_object(Bucket="artifacts", Key="code/abc.tar.gz", Body=workdir.getvalue())
         deployment = make_deployment(code_uri="s3://artifacts/code/abc.tar.gz", version=3)
-        uri = adapter.stage_model(s3, deployment, "artifacts", "test")
-        assert uri == f"s3://artifacts/jobplane/test/endpoints/{'e' * 32}/v3/model.tar.gz"
+        uri = adapter.stage_model(s3, deployment, "artifacts")
+        assert uri == f"s3://artifacts/code/endpoints/{'e' * 32}/v3/model.tar.gz"
         data = s3.get_object(Bucket="artifacts", Key=uri.split("/", 3)[3])["Body"].read()
     names = unpack(data, tmp_path / "out")
     assert sorted(names) == sorted(
@@ -139,7 +139,7 @@ def test_staging_names_the_handler_when_it_is_not_among_the_files(settings):
         s3.create_bucket(Bucket="models-bucket")
         s3.put_object(Bucket="models-bucket", Key="scaler/scale.txt", Body=b"4")
         with pytest.raises(ValidationError, match="handler serve.py is not in the model's files"):
-            adapter.stage_model(s3, make_deployment(), "models-bucket", "test")
+            adapter.stage_model(s3, make_deployment(), "models-bucket")
 
 
 def test_the_generated_module_needs_nothing_but_the_standard_library():

@@ -73,6 +73,9 @@ class SageMakerEndpointBackend(EndpointBackend):
     name = "sagemaker"
     max_payload_bytes = 6 * 1024 * 1024
     serverless: ClassVar[bool] = False
+    #: the job backend whose account, execution role and EventBridge source it shares: enabled with it (the
+    #: IAM policy grants the actions below when that backend is enabled)
+    enabled_with: ClassVar[str] = "sagemaker"
     event_sources: ClassVar[tuple[str, ...]] = (EVENT_SOURCE,)
     iam_actions: ClassVar[tuple[str, ...]] = (
         "sagemaker:CreateModel",
@@ -86,11 +89,14 @@ class SageMakerEndpointBackend(EndpointBackend):
         "sagemaker:AddTags",  # the Tags of the three Create calls
         "sagemaker:InvokeEndpoint",
         "cloudwatch:GetMetricData",
-        # model.tar.gz: the model and code read, the package written (jobplane/<stage>/endpoints/...)
+        # model.tar.gz: the model (a job's outputs/) and code (code/) read, the package written under
+        # code/endpoints/; the policy limits each to those prefixes of the artifact store
         "s3:GetObject",
         "s3:PutObject",
         "s3:ListBucket",
     )
+    #: the SageMaker resources it makes, all named jpe-<endpoint_id>[-v<version>]
+    resource_kinds: ClassVar[tuple[str, ...]] = ("endpoint", "endpoint-config", "model")
 
     def __init__(self, settings) -> None:
         self.settings = settings
@@ -231,9 +237,7 @@ class SageMakerEndpointBackend(EndpointBackend):
         from chalicelib.backends.aws.errors import aws_errors
 
         with aws_errors("s3", "PutObject"):
-            url = adapter.stage_model(
-                self.client("s3"), deployment, self.settings.artifacts_bucket, self.settings.stage
-            )
+            url = adapter.stage_model(self.client("s3"), deployment, self.settings.artifacts_bucket)
         for operation, request in (
             ("CreateModel", self.model_request(deployment, url)),
             ("CreateEndpointConfig", self.endpoint_config_request(deployment)),

@@ -140,7 +140,7 @@ def test_can_create_describe_and_delete_an_endpoint_on_moto(aws):
     sagemaker = boto(aws, "sagemaker")
     model = sagemaker.describe_model(ModelName=f"{NAME}-v1")
     assert model["PrimaryContainer"]["ModelDataUrl"] == (
-        f"s3://{aws.artifacts_bucket}/jobplane/{aws.stage}/endpoints/{'e' * 32}/v1/model.tar.gz"
+        f"s3://{aws.artifacts_bucket}/code/endpoints/{'e' * 32}/v1/model.tar.gz"
     )
     config = sagemaker.describe_endpoint_config(EndpointConfigName=f"{NAME}-v1")
     assert config["ProductionVariants"][0]["InstanceType"] == "ml.m5.large"
@@ -185,7 +185,7 @@ def test_update_creates_the_next_version_and_rolls_it_out_blue_green(aws):
     client = boto(aws, "sagemaker")
     backend.set_client("sagemaker", client)
     v2 = make_deployment(version=2)
-    package = f"s3://{aws.artifacts_bucket}/jobplane/{aws.stage}/endpoints/{'e' * 32}/v2/model.tar.gz"
+    package = f"s3://{aws.artifacts_bucket}/code/endpoints/{'e' * 32}/v2/model.tar.gz"
     with Stubber(client) as stub:
         stub.add_response(
             "create_model",
@@ -332,3 +332,12 @@ def test_maps_every_endpoint_status_the_api_documents_and_refuses_an_unknown_one
     assert len(STATES) == len(shape.enum)
     with pytest.raises(BackendError, match="unknown EndpointStatus"):
         endpoint_status("Hibernating")
+
+
+def test_the_endpoint_state_event_reaches_apps_eventbridge_pattern():
+    """app.py subscribes on_job_state_change to the checked-in AWS sources: the endpoint event's is among them."""
+    from chalicelib.backends import Cloud
+    from chalicelib.backends.sources import deployed
+
+    assert STATE_EVENT["source"] in SageMakerEndpointBackend.event_sources
+    assert set(SageMakerEndpointBackend.event_sources) <= set(deployed(Cloud.AWS))
