@@ -227,9 +227,12 @@ class SageMakerEndpointBackend(EndpointBackend):
         }
 
     def _account(self) -> str:
+        """This account's id, for the execution role's ARN when only its name is configured (looked up once)."""
         if self.settings.sagemaker_role.startswith("arn:"):
             return "*"
-        return self._call("GetCallerIdentity", "sts")["Account"]
+        if "account" not in self._clients:
+            self._clients["account"] = self._call("GetCallerIdentity", "sts")["Account"]
+        return self._clients["account"]
 
     # --- calls ------------------------------------------------------------------------------------------
     def _create_version(self, deployment: Deployment) -> None:
@@ -302,12 +305,11 @@ class SageMakerEndpointBackend(EndpointBackend):
         found = self._describe_raw(native_id)
         latest = 1
         if found is not None:
-            config = str(found.get("EndpointConfigName") or "")
-            tail = config.rpartition("-v")[2]
-            latest = int(tail) if tail.isdigit() else 1
-            for pending in found.get("PendingDeploymentSummary", {}).get("EndpointConfigName", "").rpartition("-v")[2:]:
-                if pending.isdigit():
-                    latest = max(latest, int(pending))
+            # The config it serves, or the one an update is rolling out: whichever is newer.
+            pending = found.get("PendingDeploymentSummary") or {}
+            configs = (found.get("EndpointConfigName"), pending.get("EndpointConfigName"))
+            versions = [str(c).rpartition("-v")[2] for c in configs if c]
+            latest = max([int(v) for v in versions if v.isdigit()] + [1])
             self._forget("DeleteEndpoint", EndpointName=native_id)
         for version in range(1, latest + 1):
             name = f"{native_id}-v{version}"

@@ -20,7 +20,7 @@ from chalicelib.endpoints.backends.sagemaker import (
     endpoint_status,
 )
 from chalicelib.errors import BackendError, ValidationError
-from tests.factories import boto, check_aws_request, endpoint_model_dir, make_deployment
+from tests.factories import boto, check_aws_request, endpoint_model_dir, make_deployment, make_settings
 
 NAME = "jpe-" + "e" * 32
 # The published sample of "SageMaker Endpoint State Change" (SageMaker developer guide, EventBridge events),
@@ -47,19 +47,31 @@ STATE_EVENT = {
 }
 
 
-@pytest.fixture
-def aws(settings, tmp_path):
-    """moto in-process, with the model's files and the artifact bucket in S3."""
+@pytest.fixture(params=["server", "in-process"])
+def aws(request, tmp_path):
+    """moto (the local stack's server, and in-process), with the model's files and the artifact bucket in S3."""
+    import contextlib
+    import uuid
+
     from moto import mock_aws
 
-    with mock_aws():
+    server = request.param == "server"
+    endpoint = request.getfixturevalue("moto_endpoint") if server else None
+    # A fresh artifact bucket per test: the server is shared by the session.
+    settings = make_settings(
+        tmp_path, endpoint, JOBPLANE_STAGE="test", JOBPLANE_ARTIFACTS_BUCKET=f"art-{uuid.uuid4().hex[:12]}"
+    )
+    with contextlib.nullcontext() if server else mock_aws():
         s3 = boto(settings, "s3")
         for bucket in ("models-bucket", settings.artifacts_bucket):
-            s3.create_bucket(Bucket=bucket)
+            with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+                s3.create_bucket(Bucket=bucket)
         model = endpoint_model_dir(tmp_path / "model")
         for name in ("scale.txt", "serve.py"):
             s3.put_object(Bucket="models-bucket", Key=f"scaler/{name}", Body=(model / name).read_bytes())
         yield settings
+        # The server outlives the test: what it made under NAME goes, as a user's DELETE would remove it.
+        SageMakerEndpointBackend(settings).delete(NAME)
 
 
 def test_the_registry_names_the_three_cloud_endpoint_backends():
