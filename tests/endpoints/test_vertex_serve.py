@@ -87,9 +87,20 @@ def test_other_routes_are_404_naming_the_routes_it_serves(served):
     assert status == 404 and ":predict" in body["error"]
 
 
-def test_a_request_over_vertexs_payload_limit_is_413(served):
-    status, body = call(served, b'{"instances": ["' + b"a" * vertex_serve.MAX_BODY + b'"]}')
-    assert status == 413 and str(vertex_serve.MAX_BODY) in body["error"]
+def test_a_request_over_vertexs_payload_limit_is_413_before_its_body_is_read(served):
+    import http.client
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(served)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    connection.putrequest("POST", url.path)
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(vertex_serve.MAX_BODY + 1))
+    connection.endheaders()  # the body is never sent: the answer comes from the headers alone
+    response = connection.getresponse()
+    body = json.loads(response.read())
+    connection.close()
+    assert response.status == 413 and str(vertex_serve.MAX_BODY) in body["error"]
 
 
 def test_the_handler_is_found_in_the_code_folder_before_the_models_files(tmp_path):

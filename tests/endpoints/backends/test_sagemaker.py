@@ -238,14 +238,16 @@ def test_delete_removes_every_version_the_endpoint_went_through(aws):
                 "EndpointName": NAME,
                 "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{NAME}",
                 "EndpointConfigName": f"{NAME}-v2",
-                "EndpointStatus": "InService",
+                # An update to v3 rolling out when the delete came: its config and model go too.
+                "PendingDeploymentSummary": {"EndpointConfigName": f"{NAME}-v3"},
+                "EndpointStatus": "Updating",
                 "CreationTime": datetime(2026, 1, 1, tzinfo=UTC),
                 "LastModifiedTime": datetime(2026, 1, 1, tzinfo=UTC),
             },
             {"EndpointName": NAME},
         )
         stub.add_response("delete_endpoint", {}, {"EndpointName": NAME})
-        for version in (1, 2):
+        for version in (1, 2, 3):
             stub.add_response("delete_endpoint_config", {}, {"EndpointConfigName": f"{NAME}-v{version}"})
             stub.add_response("delete_model", {}, {"ModelName": f"{NAME}-v{version}"})
         backend.delete(NAME)
@@ -353,3 +355,13 @@ def test_the_endpoint_state_event_reaches_apps_eventbridge_pattern():
 
     assert STATE_EVENT["source"] in SageMakerEndpointBackend.event_sources
     assert set(SageMakerEndpointBackend.event_sources) <= set(deployed(Cloud.AWS))
+
+
+def test_payload_limits_and_serverless_concurrency_bounds(settings):
+    assert SageMakerEndpointBackend(settings).max_payload_bytes == 6 * 1024 * 1024
+    assert SageMakerServerlessBackend(settings).max_payload_bytes == 4 * 1024 * 1024
+    serverless = SageMakerServerlessBackend(settings)
+    serverless.validate(make_deployment(min_replicas=0, max_replicas=200))
+    with pytest.raises(ValidationError) as raised:
+        serverless.validate(make_deployment(max_replicas=201))
+    assert raised.value.details[0] == {"field": "max_replicas", "message": "1 to 200 (MaxConcurrency)"}

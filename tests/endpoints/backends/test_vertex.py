@@ -64,8 +64,11 @@ def test_create_uploads_the_serving_image_and_creates_the_endpoint_with_the_apis
 
 
 def test_describe_deploys_the_uploaded_version_on_dedicated_resources_then_reports_it_in_service(vertex):
-    backend, session = vertex
-    backend.create(deployment(resources={"gpus": 2, "gpu_type": "L4"}, min_replicas=1, max_replicas=3))
+    creator, session = vertex
+    creator.create(deployment(resources={"gpus": 2, "gpu_type": "L4"}, min_replicas=1, max_replicas=3))
+    # Another function instance (a reconcile) takes the step: the sizes come from the model, not from memory.
+    backend = VertexEndpointBackend(creator.settings)
+    session.install(backend)
     first = backend.describe(NATIVE)
     assert first.status is EndpointStatus.CREATING and "deploying" in first.native_status
     deploy = [r for r in session.requests if r["path"].endswith(":deployModel")]
@@ -188,3 +191,7 @@ def test_refuses_what_vertex_cannot_serve_naming_the_field(vertex, changes, fiel
     with pytest.raises(ValidationError) as raised:
         backend.validate(deployment(**changes))
     assert raised.value.details[0]["field"] == field
+
+
+def test_vertexs_payload_limit_is_one_and_a_half_megabytes(vertex):
+    assert vertex[0].max_payload_bytes == 1536 * 1024
