@@ -1,10 +1,11 @@
-"""The serving entry point for a Vertex AI custom container: a jobplane handler behind AIP_* routes, stdlib only.
+"""The serving entry point for a Vertex AI custom container: a jobplane handler behind AIP_* routes.
 
 Copy it into the serving image (or `pip install` jobplane there) and run `python vertex_serve.py`. Vertex sets
 AIP_HTTP_PORT, AIP_HEALTH_ROUTE, AIP_PREDICT_ROUTE and AIP_STORAGE_URI (a gs:// copy of the model's files);
-JOBPLANE_HANDLER names the handler file, found in JOBPLANE_CODE_DIR (default: the current folder) or among
-the model's files. A request {"instances": [...]} is answered {"predictions": [...]}: each instance through
-preprocess, predict and postprocess."""
+JOBPLANE_HANDLER names the handler file, found in the endpoint's packed workdir (JOBPLANE_CODE_URI, a .tar.gz)
+or JOBPLANE_CODE_DIR (default: the current folder), else among the model's files. A request
+{"instances": [...]} is answered {"predictions": [...]}: each instance through preprocess, predict and
+postprocess. Reading gs:// needs google-cloud-storage in the image; everything else is the standard library."""
 
 from __future__ import annotations
 
@@ -59,6 +60,24 @@ def find_handler(handler: str, code_dir: Path, model_dir: Path) -> Path:
         if (folder / handler).is_file():
             return folder / handler
     raise SystemExit(f"vertex_serve: {handler} is in neither {code_dir} nor the model's files ({model_dir})")
+
+
+def unpacked_code(code_uri: str) -> Path:
+    """JOBPLANE_CODE_URI (the endpoint's packed workdir, .tar.gz) unpacked into a new folder: gs:// is
+    downloaded (google-cloud-storage), anything else is a local file."""
+    import tarfile
+
+    target = Path(tempfile.mkdtemp(prefix="code-"))
+    archive = Path(code_uri)
+    if code_uri.startswith("gs://"):
+        from google.cloud import storage
+
+        bucket_name, _, name = code_uri[5:].partition("/")
+        archive = target.with_suffix(".tar.gz")
+        storage.Client().bucket(bucket_name).blob(name).download_to_filename(str(archive))
+    with tarfile.open(archive, mode="r:gz") as tar:
+        tar.extractall(target, filter="data")  # no absolute paths, links or `..` out of the folder
+    return target
 
 
 class Model:
@@ -137,6 +156,8 @@ def main(environ: dict[str, str] | None = None) -> None:
     model_dir = local_model_dir(env.get("AIP_STORAGE_URI", "."))
     handler = env.get("JOBPLANE_HANDLER", "serve.py")
     code_dir = Path(env.get("JOBPLANE_CODE_DIR", "."))
+    if env.get("JOBPLANE_CODE_URI"):
+        code_dir = unpacked_code(env["JOBPLANE_CODE_URI"])
     model = Model(find_handler(handler, code_dir, model_dir), model_dir)
     server = make_server(
         model,

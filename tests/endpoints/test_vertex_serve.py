@@ -114,3 +114,18 @@ def test_the_handler_is_found_in_the_code_folder_before_the_models_files(tmp_pat
         vertex_serve.find_handler("other.py", code, model)
     loaded = vertex_serve.Model(code / "serve.py", model)
     assert loaded.predict([{}]) == ["code"]
+
+
+def test_the_packed_workdir_is_unpacked_and_its_handler_wins(tmp_path):
+    import tarfile
+
+    model = endpoint_model_dir(tmp_path / "model", scale=3.0)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "serve.py").write_text(
+        "def load(d):\n    return 'workdir'\n\ndef predict(m, x):\n    return m\n"
+    )
+    with tarfile.open(tmp_path / "code.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "serve.py", arcname="serve.py")
+    code = vertex_serve.unpacked_code(str(tmp_path / "code.tar.gz"))
+    found = vertex_serve.find_handler("serve.py", code, model)
+    assert vertex_serve.Model(found, model).predict([{}]) == ["workdir"]

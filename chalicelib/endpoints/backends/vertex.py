@@ -124,6 +124,11 @@ class VertexEndpointBackend(EndpointBackend):
             raise ValidationError(
                 "Vertex reads the model from Cloud Storage", [{"field": "model.uri", "message": "a gs:// URI"}]
             )
+        if deployment.code_uri and not deployment.code_uri.startswith("gs://"):
+            raise ValidationError(
+                "Vertex's serving container reads the workdir from Cloud Storage",
+                [{"field": "workdir", "message": "packed to a gs:// URI"}],
+            )
         if not 1 <= deployment.min_replicas <= deployment.max_replicas:
             raise ValidationError(
                 "Vertex dedicated resources run 1 <= min_replicas <= max_replicas nodes",

@@ -58,6 +58,9 @@ def test_create_uploads_the_serving_image_and_creates_the_endpoint_with_the_apis
     }
     assert model["labels"]["jobplane-endpoint-id"] == "e" * 32
     assert model["labels"]["jobplane-machine"] == "g2-standard-24"
+    packed = deployment(code_uri="gs://art/code/abc.tar.gz")
+    packed_env = {e.name: e.value for e in backend.upload_request(packed).model.container_spec.env}
+    assert packed_env["JOBPLANE_CODE_URI"] == "gs://art/code/abc.tar.gz"
     assert (create["path"], create["params"]["endpointId"]) == (f"/v1/{PARENT}/endpoints", NAME)
     assert backend.create(d) == NATIVE  # a retry: both already exist, nothing else is made
     assert len(session.models) == len(session.endpoints) == 1
@@ -183,6 +186,7 @@ def test_counts_predictions_from_cloud_monitoring_over_every_page(vertex):
         ({"image": None}, "image"),
         ({"model_uri": "s3://b/m/"}, "model.uri"),
         ({"min_replicas": 0}, "min_replicas"),
+        ({"code_uri": "s3://b/code.tar.gz"}, "workdir"),
         ({"resources": {"gpus": 3, "gpu_type": "L4"}}, "resources.gpu_type"),
     ],
 )
