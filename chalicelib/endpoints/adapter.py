@@ -146,6 +146,7 @@ def _download(s3, uri: str, into: Path, field: str) -> None:
             tar.extractall(into, filter="data")  # no absolute paths, links or `..` out of the folder
         return
     prefix = key if not key or key.endswith("/") else key + "/"
+    found = 0
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
             relative = item["Key"][len(prefix) :]
@@ -154,6 +155,10 @@ def _download(s3, uri: str, into: Path, field: str) -> None:
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(s3.get_object(Bucket=bucket, Key=item["Key"])["Body"].read())
+            found += 1
+    if not found and key and not key.endswith("/"):
+        # One object (model.pt, model.joblib): the model folder holds it alone.
+        (into / PurePosixPath(key).name).write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
 
 
 def stage_model(s3, deployment, bucket: str) -> str:

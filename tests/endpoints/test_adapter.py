@@ -146,3 +146,34 @@ def test_the_generated_module_needs_nothing_but_the_standard_library():
     source = adapter.render_inference("serve.py")
     imported = {line.split()[1].split(".")[0] for line in source.splitlines() if line.startswith("import ")}
     assert imported <= set(sys.stdlib_module_names)
+
+
+def test_a_model_that_is_one_object_or_a_tarball_is_staged_as_the_model_folder(tmp_path, settings):
+    from moto import mock_aws
+
+    with mock_aws():
+        s3 = boto(settings, "s3")
+        s3.create_bucket(Bucket="models-bucket")
+        s3.put_object(Bucket="models-bucket", Key="one/scale.txt", Body=b"5")
+        packed = io.BytesIO()
+        with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+            endpoint_model_dir(tmp_path / "trained", scale=6.0)
+            tar.add(tmp_path / "trained" / "scale.txt", arcname="scale.txt")
+            tar.add(tmp_path / "trained" / "serve.py", arcname="serve.py")
+        # SageMaker training's own output: <outputs>/<job>/output/model.tar.gz
+        s3.put_object(Bucket="models-bucket", Key="job/output/model.tar.gz", Body=packed.getvalue())
+        code = io.BytesIO()
+        with tarfile.open(fileobj=code, mode="w:gz") as tar:
+            tar.add(tmp_path / "trained" / "serve.py", arcname="serve.py")
+        s3.put_object(Bucket="models-bucket", Key="code/c.tar.gz", Body=code.getvalue())
+        scales = {}
+        for uri, code_uri in (
+            ("s3://models-bucket/one/scale.txt", "s3://models-bucket/code/c.tar.gz"),
+            ("s3://models-bucket/job/output/model.tar.gz", None),
+        ):
+            staged = adapter.stage_model(s3, make_deployment(model_uri=uri, code_uri=code_uri), "models-bucket")
+            data = s3.get_object(Bucket="models-bucket", Key=staged.split("/", 3)[3])["Body"].read()
+            out = tmp_path / f"out{len(scales)}"
+            unpack(data, out)
+            scales[uri] = (out / "scale.txt").read_text()
+    assert scales == {"s3://models-bucket/one/scale.txt": "5", "s3://models-bucket/job/output/model.tar.gz": "6.0"}
