@@ -887,3 +887,60 @@ def make_endpoint(
     }
     fields.update(changes)
     return Endpoint(**fields)
+
+
+# --- inference endpoints: what their backends are handed ------------------------------------------
+# A handler whose preprocess and postprocess visibly change the request and the answer, and that raises on
+# {"boom": ...}: the model is the number in model_dir/scale.txt.
+ENDPOINT_HANDLER = """
+import os
+
+
+def load(model_dir):
+    with open(os.path.join(model_dir, "scale.txt")) as fh:
+        return float(fh.read())
+
+
+def preprocess(request):
+    if "boom" in request:
+        raise ValueError("boom requested")
+    return [float(x) for x in request["x"]]
+
+
+def predict(model, inputs):
+    return [model * x for x in inputs]
+
+
+def postprocess(outputs):
+    return {"y": outputs, "postprocessed": True}
+"""
+
+
+def make_deployment(**overrides: Any):
+    """An endpoint Deployment as the endpoint service hands it to a backend."""
+    from chalicelib.endpoints.backends.base import Deployment, EndpointResources
+
+    fields: dict[str, Any] = {
+        "endpoint_id": "e" * 32,
+        "name": "scaler",
+        "stage": "test",
+        "owner": "alice",
+        "model_uri": "s3://models-bucket/scaler/",
+        "handler": "serve.py",
+    }
+    resources = overrides.pop("resources", None)
+    fields.update(overrides)
+    if isinstance(resources, dict):
+        fields["resources"] = EndpointResources(**resources)
+    elif resources is not None:
+        fields["resources"] = resources
+    return Deployment(**fields)
+
+
+def endpoint_model_dir(folder: Path, scale: float = 3.0, handler: bool = True) -> Path:
+    """A model folder (scale.txt) with, when `handler`, serve.py (ENDPOINT_HANDLER) among its files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scale.txt").write_text(str(scale))
+    if handler:
+        (folder / "serve.py").write_text(ENDPOINT_HANDLER)
+    return folder

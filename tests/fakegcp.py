@@ -232,3 +232,122 @@ class FakeGcp:
     def set_status_object(self, status_uri: str, native_id: str, status: dict[str, Any]) -> None:
         bucket, _, prefix = status_uri[len("gs://") :].partition("/")
         self.objects[(bucket, f"{prefix.strip('/')}/{native_id}/exit.json".lstrip("/"))] = json.dumps(status).encode()
+
+
+class VertexEndpointsSession:
+    """Stands in for the requests session of aiplatform_v1's REST transport (and rest.py's): Vertex models,
+    endpoints and deployed models as the v1 REST API shapes them, Cloud Monitoring time series as given.
+
+    Operations answer done at once; `predict` (instances -> predictions) plays the serving container."""
+
+    def __init__(self, project: str, region: str = "us-central1") -> None:
+        self.parent = f"projects/{project}/locations/{region}"
+        self.models: dict[str, dict[str, Any]] = {}
+        self.endpoints: dict[str, dict[str, Any]] = {}
+        self.requests: list[dict[str, Any]] = []
+        self.time_series_pages: list[dict[str, Any]] = []
+        self.refuse_deploys = False
+        self.predict = lambda instances: [{"echo": i} for i in instances]
+
+    def install(self, backend) -> VertexEndpointsSession:
+        from google.api_core.gapic_v1.client_info import ClientInfo
+
+        for kind in ("model", "endpoint", "prediction"):
+            transport = backend.client(kind)._transport
+            transport._session = self
+            # The transport keys its wrapped methods by stubs that hold the session: wrap them again.
+            transport._prep_wrapped_messages(ClientInfo())
+        return self
+
+    # requests.Session's verbs, as the transport and rest.request call them
+    def get(self, url, **kw):
+        return self.request("GET", url, **kw)
+
+    def post(self, url, **kw):
+        return self.request("POST", url, **kw)
+
+    def delete(self, url, **kw):
+        return self.request("DELETE", url, **kw)
+
+    def request(self, method, url, *, data=None, json=None, params=None, **_):
+        import json as jsonlib
+        import urllib.parse
+
+        path = urllib.parse.urlsplit(url).path
+        body = json if json is not None else (jsonlib.loads(data) if data else None)
+        self.requests.append({"method": method.upper(), "path": path, "params": dict(params or {}), "body": body})
+        status, answer = self._route(method.upper(), path, dict(params or {}), body)
+        return _response(method, url, status, answer)
+
+    def _route(self, method, path, params, body):
+        import base64
+
+        prefix = f"/v1/{self.parent}"
+        if path.startswith("/v3/projects/") and path.endswith("/timeSeries"):
+            return 200, self.time_series_pages.pop(0) if self.time_series_pages else {}
+        if path == f"{prefix}/models:upload":
+            name = f"{self.parent}/models/{body['modelId']}"
+            if name in self.models:
+                return _error(409, "ALREADY_EXISTS", f"Model {name} already exists")
+            self.models[name] = {**body["model"], "name": name}
+            return 200, {"name": f"{self.parent}/operations/1", "done": True}
+        if path == f"{prefix}/models" and method == "GET":
+            wanted = _label_filter(params.get("filter", ""))
+            found = [m for m in self.models.values() if all(m.get("labels", {}).get(k) == v for k, v in wanted.items())]
+            return 200, {"models": found}
+        if path.startswith(f"{prefix}/models/"):
+            name = path[len("/v1/") :]
+            if name not in self.models:
+                return _error(404, "NOT_FOUND", f"Model {name} not found")
+            if method == "DELETE":
+                if any(d["model"] == name for e in self.endpoints.values() for d in e.get("deployedModels", [])):
+                    return _error(400, "FAILED_PRECONDITION", "The model is deployed")
+                del self.models[name]
+                return 200, {"name": f"{self.parent}/operations/2", "done": True}
+            return 200, self.models[name]
+        if path == f"{prefix}/endpoints" and method == "POST":
+            name = f"{self.parent}/endpoints/{params['endpointId']}"
+            if name in self.endpoints:
+                return _error(409, "ALREADY_EXISTS", f"Endpoint {name} already exists")
+            self.endpoints[name] = {**body, "name": name, "deployedModels": []}
+            return 200, {"name": f"{self.parent}/operations/3", "done": True}
+        name, _, verb = path[len("/v1/") :].partition(":")
+        if name not in self.endpoints:
+            return _error(404, "NOT_FOUND", f"Endpoint {name} not found")
+        endpoint = self.endpoints[name]
+        if verb == "deployModel":
+            deployed = body["deployedModel"]
+            if self.refuse_deploys or any(d["id"] == deployed["id"] for d in endpoint["deployedModels"]):
+                return _error(400, "FAILED_PRECONDITION", "A deploy of this model is in progress")
+            endpoint["deployedModels"].append(deployed)
+            endpoint["trafficSplit"] = {deployed["id"]: 100}
+            return 200, {"name": f"{self.parent}/operations/4", "done": True}
+        if verb == "undeployModel":
+            endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != body["deployedModelId"]]
+            return 200, {"name": f"{self.parent}/operations/5", "done": True}
+        if verb == "rawPredict":
+            request = json.loads(base64.b64decode(body["httpBody"]["data"]))
+            try:
+                answer = {"predictions": self.predict(request["instances"])}
+            except ValueError as exc:
+                return _error(500, "INTERNAL", f"the handler raised ValueError: {exc}")
+            data = base64.b64encode(json.dumps(answer).encode()).decode()
+            return 200, {"contentType": "application/json", "data": data}
+        if method == "DELETE":
+            if endpoint["deployedModels"]:
+                return _error(400, "FAILED_PRECONDITION", "The endpoint has deployed models")
+            del self.endpoints[name]
+            return 200, {"name": f"{self.parent}/operations/6", "done": True}
+        return 200, endpoint
+
+
+def _response(method: str, url: str, status: int, answer: Any):
+    import requests
+
+    response = requests.Response()
+    response.status_code = status
+    response._content = json.dumps(answer).encode()
+    response.headers["Content-Type"] = "application/json"
+    response.url = url
+    response.request = requests.Request(method.upper(), url).prepare()
+    return response

@@ -54,7 +54,60 @@ def declared_actions(settings: Settings) -> set[str]:
     if aws_backends(settings):
         actions.add("iam:PassRole")
     actions |= set(devvm_actions(settings))
+    for cls in endpoint_backend_classes(settings):
+        actions |= set(cls.iam_actions)
     return actions
+
+
+def endpoint_backend_classes(settings: Settings) -> list[type]:
+    """The AWS endpoint backends enabled with an enabled job backend (SageMaker endpoints with `sagemaker`)."""
+    import importlib
+
+    from chalicelib.endpoints.backends import ENDPOINT_REGISTRY
+
+    found: list[type] = []
+    for target in ENDPOINT_REGISTRY.values():
+        module, _, name = target.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        if getattr(cls, "enabled_with", None) in aws_backends(settings) and cls.iam_actions not in [
+            f.iam_actions for f in found
+        ]:
+            found.append(cls)
+    return found
+
+
+def endpoint_statements(settings: Settings) -> list[dict[str, Any]]:
+    """SageMaker endpoints: their own jpe-* resources only; the model read from a job's outputs or the code
+    folder (the package is written under code/endpoints/, which CodeUploads grants); CloudWatch metrics (no
+    resource level)."""
+    from chalicelib.jobs.contract import CODE_PREFIX, OUTPUTS_PREFIX
+
+    bucket = f"arn:aws:s3:::{settings.artifacts_bucket}"
+    statements: list[dict[str, Any]] = []
+    for cls in endpoint_backend_classes(settings):
+        sid = "".join(part.capitalize() for part in cls.enabled_with.split("-")) + "Endpoints"
+        provider = cls.enabled_with
+        statements += [
+            {
+                "Sid": sid,
+                "Effect": "Allow",
+                "Action": sorted(a for a in cls.iam_actions if a.startswith(f"{provider}:")),
+                "Resource": [f"arn:aws:{provider}:*:*:{kind}/jpe-*" for kind in cls.resource_kinds],
+            },
+            {
+                "Sid": f"{sid}Metrics",
+                "Effect": "Allow",
+                "Action": sorted(a for a in cls.iam_actions if a.startswith("cloudwatch:")),
+                "Resource": "*",
+            },
+            {
+                "Sid": f"{sid}Models",
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": [f"{bucket}/{OUTPUTS_PREFIX}*", f"{bucket}/{CODE_PREFIX}*"],
+            },
+        ]
+    return statements
 
 
 def devvm_actions(settings: Settings) -> tuple[str, ...]:
@@ -173,6 +226,7 @@ def build(settings: Settings) -> dict[str, Any]:
             )
         for role, service in backend.roles():
             passes.setdefault(role, set()).add(service)
+    statements += endpoint_statements(settings)
     if devvm_actions(settings):
         statements.append(
             {"Sid": "DevVms", "Effect": "Allow", "Action": sorted(devvm_actions(settings)), "Resource": "*"}

@@ -9,7 +9,10 @@ import pytest
 from chalicelib.backends import backend_class
 from chalicelib.backends.aws.ec2_devvm import Ec2DevVmProvider
 from chalicelib.backends.policy import CORE_ACTIONS, declared_actions, render, stage_settings
+from chalicelib.endpoints.backends.sagemaker import SageMakerEndpointBackend
 from tests.factories import ROOT
+
+ENDPOINT_S3 = ("SagemakerEndpointsModels",)
 
 
 def _policy(stage: str) -> dict:
@@ -33,6 +36,7 @@ def test_the_policy_grants_exactly_the_union_of_declared_actions(stage):
         assert name in settings.enabled_backends
         expected |= set(backend_class(name).iam_actions)
     expected |= set(Ec2DevVmProvider.iam_actions)  # dev VMs ride on the ec2 backend
+    expected |= set(SageMakerEndpointBackend.iam_actions)  # endpoints ride on the sagemaker backend
     assert granted == expected == declared_actions(settings)
     assert not any("*" in a for a in granted)
 
@@ -55,7 +59,7 @@ def test_pass_role_is_limited_to_the_configured_roles(stage):
     ]
     s3 = [s for s in _policy(stage)["Statement"] if any(a.startswith("s3:") for a in s["Action"])]
     bucket = f"arn:aws:s3:::jobplane-{stage}-artifacts"
-    assert [(x["Action"], x["Resource"]) for x in s3 if x["Sid"] != "Ec2Artifacts"] == [
+    assert [(x["Action"], x["Resource"]) for x in s3 if x["Sid"] not in ("Ec2Artifacts",) + ENDPOINT_S3] == [
         (["s3:PutObject"], f"{bucket}/code/*"),
         (["s3:GetObject"], f"{bucket}/outputs/*"),
         (["s3:ListBucket"], bucket),
@@ -64,3 +68,20 @@ def test_pass_role_is_limited_to_the_configured_roles(stage):
     assert listing["Condition"] == {"StringLike": {"s3:prefix": ["code/*", "outputs/*"]}}
     [vm_status] = [x for x in s3 if x["Sid"] == "Ec2Artifacts"]
     assert vm_status["Resource"] == f"{bucket}/jobplane/{stage}/*"
+
+
+@pytest.mark.parametrize("stage", ["dev", "prod"])
+def test_endpoints_reach_only_their_own_resources_and_prefixes(stage):
+    statements = {s["Sid"]: s for s in _policy(stage)["Statement"]}
+    sagemaker = statements["SagemakerEndpoints"]
+    assert "sagemaker:UpdateEndpoint" in sagemaker["Action"] and "sagemaker:InvokeEndpoint" in sagemaker["Action"]
+    assert sagemaker["Resource"] == [
+        "arn:aws:sagemaker:*:*:endpoint/jpe-*",
+        "arn:aws:sagemaker:*:*:endpoint-config/jpe-*",
+        "arn:aws:sagemaker:*:*:model/jpe-*",
+    ]
+    assert statements["SagemakerEndpointsMetrics"]["Action"] == ["cloudwatch:GetMetricData"]
+    bucket = f"arn:aws:s3:::jobplane-{stage}-artifacts"
+    assert statements["SagemakerEndpointsModels"]["Resource"] == [f"{bucket}/outputs/*", f"{bucket}/code/*"]
+    # The package goes under code/ (CodeUploads), which the SageMaker role reads as it reads packed workdirs.
+    assert statements["CodeUploads"]["Resource"] == f"{bucket}/code/*"

@@ -6,4 +6,7 @@ from __future__ import annotations
 
 ENDPOINT_REGISTRY: dict[str, str] = {
     "local": "chalicelib.endpoints.backends.local:LocalEndpointBackend",
+    "sagemaker": "chalicelib.endpoints.backends.sagemaker:SageMakerEndpointBackend",
+    "sagemaker-serverless": "chalicelib.endpoints.backends.sagemaker:SageMakerServerlessBackend",
+    "vertex": "chalicelib.endpoints.backends.vertex:VertexEndpointBackend",
 }
