@@ -53,7 +53,18 @@ def declared_actions(settings: Settings) -> set[str]:
     if aws_backends(settings):
         actions.add("iam:PassRole")
     actions |= set(devvm_actions(settings))
+    actions |= set(kubernetes_actions(settings))
     return actions
+
+
+def kubernetes_actions(settings: Settings) -> tuple[str, ...]:
+    """What an enabled Kubernetes backend needs from AWS: only when one of its clusters is an EKS cluster."""
+    found: list[str] = []
+    for name in settings.enabled_backends:
+        known = descriptor_or_none(name)
+        if known and known.cloud is Cloud.KUBERNETES and any(c.kind == "eks" for c in settings.k8s_clusters):
+            found += [a for a in known.iam_actions if a not in found]
+    return tuple(found)
 
 
 def devvm_actions(settings: Settings) -> tuple[str, ...]:
@@ -165,6 +176,17 @@ def build(settings: Settings) -> dict[str, Any]:
             )
         for role, service in backend.roles():
             passes.setdefault(role, set()).add(service)
+    eks = sorted({c.cluster for c in settings.k8s_clusters if c.kind == "eks"})
+    if kubernetes_actions(settings):
+        # The endpoint and CA of exactly the configured EKS clusters (the token needs no permission).
+        statements.append(
+            {
+                "Sid": "KubernetesEks",
+                "Effect": "Allow",
+                "Action": sorted(kubernetes_actions(settings)),
+                "Resource": [f"arn:aws:eks:*:*:cluster/{name}" for name in eks],
+            }
+        )
     if devvm_actions(settings):
         statements.append(
             {"Sid": "DevVms", "Effect": "Allow", "Action": sorted(devvm_actions(settings)), "Resource": "*"}
