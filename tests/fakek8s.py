@@ -25,8 +25,15 @@ def now() -> str:
 
 def status(code: int, reason: str, message: str) -> dict[str, Any]:
     """A meta/v1 Status, as the API server answers errors."""
-    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
-            "reason": reason, "code": code}  # fmt: skip
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
 
 
 def matches(labels: dict[str, str], selector: str) -> bool:
@@ -97,7 +104,9 @@ class FakeKubernetes:
                     "kind": "Config",
                     "clusters": [{"name": "fake", "cluster": {"server": self.endpoint}}],
                     "users": [{"name": "jobplane", "user": {"token": "fake-token"}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "jobplane", "namespace": namespace}}],
+                    "contexts": [
+                        {"name": "fake", "context": {"cluster": "fake", "user": "jobplane", "namespace": namespace}}
+                    ],
                     "current-context": "fake",
                 }
             )
@@ -118,8 +127,13 @@ class FakeKubernetes:
             self.pods[(namespace, pod_name)] = {
                 "apiVersion": "v1",
                 "kind": "Pod",
-                "metadata": {"name": pod_name, "namespace": namespace, "labels": labels, "uid": str(uuid.uuid4()),
-                             "creationTimestamp": now()},  # fmt: skip
+                "metadata": {
+                    "name": pod_name,
+                    "namespace": namespace,
+                    "labels": labels,
+                    "uid": str(uuid.uuid4()),
+                    "creationTimestamp": now(),
+                },
                 "spec": template["spec"],
                 "status": {"phase": phase, **status},
             }
@@ -128,13 +142,26 @@ class FakeKubernetes:
             return pod_name
 
     def latest_pod(self, name: str, namespace: str = "default") -> str:
-        found = [k[1] for k, p in self.pods.items() if k[0] == namespace and p["metadata"]["labels"].get(JOB_NAME) == name]
+        found = [p["metadata"]["name"] for p in self.listed(self.pods, namespace, f"{JOB_NAME}={name}")]
         return sorted(found, key=lambda n: self.pods[(namespace, n)]["metadata"]["creationTimestamp"] + n)[-1]
 
     def start(self, name: str, namespace: str = "default", log: str = "") -> str:
-        pod = self.add_pod(name, namespace, "Running", startTime=now(), containerStatuses=[
-            {"name": "job", "image": "x", "imageID": "", "ready": True, "restartCount": 0,
-             "state": {"running": {"startedAt": now()}}}])  # fmt: skip
+        pod = self.add_pod(
+            name,
+            namespace,
+            "Running",
+            startTime=now(),
+            containerStatuses=[
+                {
+                    "name": "job",
+                    "image": "x",
+                    "imageID": "",
+                    "ready": True,
+                    "restartCount": 0,
+                    "state": {"running": {"startedAt": now()}},
+                }
+            ],
+        )
         self.logs[(namespace, pod)] = log
         return pod
 
@@ -142,16 +169,28 @@ class FakeKubernetes:
         status = self.pods[(namespace, pod)]["status"]
         status["phase"] = phase
         status["containerStatuses"] = [
-            {"name": "job", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-             "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": now(), "finishedAt": now()}}}
-        ]  # fmt: skip
+            {
+                "name": "job",
+                "image": "x",
+                "imageID": "",
+                "ready": False,
+                "restartCount": 0,
+                "state": {"terminated": {"exitCode": code, "reason": reason, "startedAt": now(), "finishedAt": now()}},
+            }
+        ]
 
     def _conditions(self, job: dict[str, Any], *pairs: tuple[str, str, str]) -> None:
         job["status"]["conditions"] = [
-            {"type": kind, "status": "True", "reason": reason, "message": message, "lastProbeTime": now(),
-             "lastTransitionTime": now()}
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastProbeTime": now(),
+                "lastTransitionTime": now(),
+            }
             for kind, reason, message in pairs
-        ]  # fmt: skip
+        ]
 
     def succeed(self, name: str, namespace: str = "default", log: str | None = None) -> None:
         with self.lock:
@@ -161,12 +200,21 @@ class FakeKubernetes:
                 self.logs[(namespace, pod)] = log
             self._terminate(pod, namespace, "Succeeded", 0, "Completed")
             # batch/v1 since 1.31: SuccessCriteriaMet then Complete; the Job's status counts the pod.
-            self._conditions(job, ("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                             ("Complete", "CompletionsReached", "Reached expected number of succeeded pods"))  # fmt: skip
+            reached = "Reached expected number of succeeded pods"
+            self._conditions(
+                job, ("SuccessCriteriaMet", "CompletionsReached", reached), ("Complete", "CompletionsReached", reached)
+            )
             job["status"].update(active=0, succeeded=1, completionTime=now())
 
-    def fail(self, name: str, code: int = 1, reason: str = "Error", job_reason: str = "BackoffLimitExceeded",
-             namespace: str = "default", terminal: bool = True) -> None:  # fmt: skip
+    def fail(
+        self,
+        name: str,
+        code: int = 1,
+        reason: str = "Error",
+        job_reason: str = "BackoffLimitExceeded",
+        namespace: str = "default",
+        terminal: bool = True,
+    ) -> None:
         with self.lock:
             job = self._job(name, namespace)
             pod = self.latest_pod(name, namespace) if job["status"].get("active") else self.start(name, namespace)
@@ -178,8 +226,11 @@ class FakeKubernetes:
                 "FailJob rule at index 1",
             }
             if terminal:
-                self._conditions(job, ("FailureTarget", job_reason, messages[job_reason]),
-                                 ("Failed", job_reason, messages[job_reason]))  # fmt: skip
+                self._conditions(
+                    job,
+                    ("FailureTarget", job_reason, messages[job_reason]),
+                    ("Failed", job_reason, messages[job_reason]),
+                )
                 job["status"].update(active=0, failed=1)
             else:
                 self._conditions(job, ("FailureTarget", job_reason, messages[job_reason]))
@@ -192,35 +243,86 @@ class FakeKubernetes:
             status = self.pods[(namespace, pod)]["status"]
             self._terminate(pod, namespace, "Failed", 143, "Error")
             status["conditions"] = [
-                {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
-                 "message": "Pod was terminated in response to imminent node shutdown.", "lastTransitionTime": now()}
-            ]  # fmt: skip
+                {
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "TerminationByKubelet",
+                    "message": "Pod was terminated in response to imminent node shutdown.",
+                    "lastTransitionTime": now(),
+                }
+            ]
             return self.add_pod(name, namespace, "Pending")
 
     def image_pull_backoff(self, name: str, namespace: str = "default") -> str:
-        return self.add_pod(name, namespace, "Pending", containerStatuses=[
-            {"name": "job", "image": "x", "imageID": "", "ready": False, "restartCount": 0,
-             "state": {"waiting": {"reason": "ImagePullBackOff",
-                                   "message": 'Back-off pulling image "registry.example/nope:1"'}}}])  # fmt: skip
+        return self.add_pod(
+            name,
+            namespace,
+            "Pending",
+            containerStatuses=[
+                {
+                    "name": "job",
+                    "image": "x",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "state": {
+                        "waiting": {
+                            "reason": "ImagePullBackOff",
+                            "message": 'Back-off pulling image "registry.example/nope:1"',
+                        }
+                    },
+                }
+            ],
+        )
 
     def unschedulable(self, name: str, namespace: str = "default") -> str:
-        return self.add_pod(name, namespace, "Pending", conditions=[
-            {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "lastTransitionTime": now(),
-             "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu."}])  # fmt: skip
+        return self.add_pod(
+            name,
+            namespace,
+            "Pending",
+            conditions=[
+                {
+                    "type": "PodScheduled",
+                    "status": "False",
+                    "reason": "Unschedulable",
+                    "lastTransitionTime": now(),
+                    "message": "0/3 nodes are available: 3 Insufficient nvidia.com/gpu.",
+                }
+            ],
+        )
 
     def pending_workload(self, name: str, namespace: str = "default", message: str = "") -> None:
         job = self._job(name, namespace)
         self.workloads.append(
-            {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "Workload",
-             "metadata": {"name": f"job-{name}-1a2b3", "namespace": namespace,
-                          "labels": {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]}},
-             "status": {"conditions": [{"type": "QuotaReserved", "status": "False", "reason": "Pending",
-                                        "message": message, "lastTransitionTime": now()}]}}
-        )  # fmt: skip
+            {
+                "apiVersion": "kueue.x-k8s.io/v1beta1",
+                "kind": "Workload",
+                "metadata": {
+                    "name": f"job-{name}-1a2b3",
+                    "namespace": namespace,
+                    "labels": {"kueue.x-k8s.io/job-uid": job["metadata"]["uid"]},
+                },
+                "status": {
+                    "conditions": [
+                        {
+                            "type": "QuotaReserved",
+                            "status": "False",
+                            "reason": "Pending",
+                            "message": message,
+                            "lastTransitionTime": now(),
+                        }
+                    ]
+                },
+            }
+        )
 
     def admit(self, name: str, namespace: str = "default") -> None:
         with self.lock:
             self._job(name, namespace)["spec"]["suspend"] = False
+
+    @staticmethod
+    def listed(objects: dict[tuple[str, str], dict[str, Any]], namespace: str, selector: str) -> list[dict[str, Any]]:
+        return [o for (ns, _), o in objects.items() if ns == namespace and matches(o["metadata"]["labels"], selector)]
 
     def bodies(self, method: str, path_end: str) -> list[dict[str, Any] | None]:
         return [b for m, p, b in self.requests if m == method and p.endswith(path_end)]
@@ -271,34 +373,39 @@ class FakeKubernetes:
                         name = body["metadata"]["name"]
                         if (ns, name) in fake.jobs:
                             return self._send(409, status(409, "AlreadyExists", f'jobs.batch "{name}" already exists'))
-                        body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now(),
-                                                resourceVersion="1")  # fmt: skip
+                        body["metadata"].update(
+                            namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now(), resourceVersion="1"
+                        )
                         body["status"] = {}
                         fake.jobs[(ns, name)] = body
                         return self._send(201, body)
                     if len(parts) == 6 and method == "GET":
-                        items = [j for (n, _), j in fake.jobs.items() if n == ns and matches(j["metadata"]["labels"], selector)]
-                        return self._send(200, {"apiVersion": "batch/v1", "kind": "JobList", "metadata": {}, "items": items})
+                        items = fake.listed(fake.jobs, ns, selector)
+                        return self._send(200, {"apiVersion": "batch/v1", "kind": "JobList", "items": items})
                     name = parts[6]
                     if method == "GET":
                         return self._send(200, fake.jobs[(ns, name)])
                     if method == "DELETE":
                         job = fake.jobs.pop((ns, name))
                         if (body or {}).get("propagationPolicy") in ("Background", "Foreground"):
-                            for key in [k for k, p in fake.pods.items() if k[0] == ns and p["metadata"]["labels"].get(JOB_NAME) == name]:
-                                del fake.pods[key]
-                        return self._send(200, {**status(200, "", ""), "status": "Success", "details": {"name": name, "kind": "jobs", "uid": job["metadata"]["uid"]}})
+                            for pod in fake.listed(fake.pods, ns, f"{JOB_NAME}={name}"):
+                                del fake.pods[(ns, pod["metadata"]["name"])]
+                        details = {"name": name, "kind": "jobs", "uid": job["metadata"]["uid"]}
+                        return self._send(200, {**status(200, "", ""), "status": "Success", "details": details})
                 if parts[:2] == ["api", "v1"] and parts[2] == "namespaces" and parts[4] == "pods":
                     ns = parts[3]
                     if len(parts) == 5:
-                        items = [p for (n, _), p in fake.pods.items() if n == ns and matches(p["metadata"]["labels"], selector)]
-                        return self._send(200, {"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": items})
+                        items = fake.listed(fake.pods, ns, selector)
+                        return self._send(200, {"apiVersion": "v1", "kind": "PodList", "items": items})
                     if len(parts) == 7 and parts[6] == "log":
                         fake.pods[(ns, parts[5])]  # noqa: B018 (a KeyError is the 404)
                         return self._send(200, fake.logs.get((ns, parts[5]), ""), text=True)
                 if parts[:3] == ["apis", "kueue.x-k8s.io", "v1beta1"] and parts[-1] == "workloads":
-                    items = [w for w in fake.workloads if w["metadata"]["namespace"] == parts[4] and matches(w["metadata"]["labels"], selector)]
-                    return self._send(200, {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "WorkloadList", "metadata": {}, "items": items})
+                    found = {(w["metadata"]["namespace"], w["metadata"]["name"]): w for w in fake.workloads}
+                    items = fake.listed(found, parts[4], selector)
+                    return self._send(
+                        200, {"apiVersion": "kueue.x-k8s.io/v1beta1", "kind": "WorkloadList", "items": items}
+                    )
                 return self._send(404, status(404, "NotFound", "the server could not find the requested resource"))
 
             def do_GET(self):

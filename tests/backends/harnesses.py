@@ -17,7 +17,7 @@ import pytest
 from chalicelib.backends import REGISTRY, backend_class
 from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult
 from chalicelib.jobs.model import Job
-from tests.factories import FIXTURES, batch_queues, boto, make_job, make_settings, wait_for
+from tests.factories import FIXTURES, batch_queues, boto, k8s_env, make_job, make_settings, wait_for
 
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"  # the job id the recorded AWS payloads carry
 
@@ -414,7 +414,7 @@ def kubernetes_harness(request, tmp_path) -> Harness:
     from chalicelib.backends.kubernetes.backend import KubernetesBackend
 
     fake = request.getfixturevalue("fake_k8s")
-    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="kubernetes,local", KUBECONFIG=str(fake.config))
+    settings = make_settings(tmp_path, **k8s_env(fake))
 
     def count(job):
         return sum(1 for _ns, name in fake.jobs if name == Handle.of(job).native_name)
