@@ -115,12 +115,12 @@ class FakeKubernetes:
         return path
 
     # --- moving pods, as the kubelet and the Job controller would ------------------------------------
-    def _job(self, name: str, namespace: str = "default") -> dict[str, Any]:
+    def job_of(self, name: str, namespace: str = "default") -> dict[str, Any]:
         return self.jobs[(namespace, name)]
 
     def add_pod(self, name: str, namespace: str = "default", phase: str = "Pending", **status: Any) -> str:
         with self.lock:
-            job = self._job(name, namespace)
+            job = self.job_of(name, namespace)
             template = job["spec"]["template"]
             pod_name = f"{name}-{uuid.uuid4().hex[:5]}"
             labels = {**(template["metadata"].get("labels") or {}), JOB_NAME: name, "job-name": name}
@@ -194,7 +194,7 @@ class FakeKubernetes:
 
     def succeed(self, name: str, namespace: str = "default", log: str | None = None) -> None:
         with self.lock:
-            job = self._job(name, namespace)
+            job = self.job_of(name, namespace)
             pod = self.latest_pod(name, namespace) if job["status"].get("active") else self.start(name, namespace)
             if log is not None:
                 self.logs[(namespace, pod)] = log
@@ -216,7 +216,7 @@ class FakeKubernetes:
         terminal: bool = True,
     ) -> None:
         with self.lock:
-            job = self._job(name, namespace)
+            job = self.job_of(name, namespace)
             pod = self.latest_pod(name, namespace) if job["status"].get("active") else self.start(name, namespace)
             self._terminate(pod, namespace, "Failed", code, reason)
             messages = {
@@ -292,7 +292,7 @@ class FakeKubernetes:
         )
 
     def pending_workload(self, name: str, namespace: str = "default", message: str = "") -> None:
-        job = self._job(name, namespace)
+        job = self.job_of(name, namespace)
         self.workloads.append(
             {
                 "apiVersion": "kueue.x-k8s.io/v1beta1",
@@ -318,7 +318,7 @@ class FakeKubernetes:
 
     def admit(self, name: str, namespace: str = "default") -> None:
         with self.lock:
-            self._job(name, namespace)["spec"]["suspend"] = False
+            self.job_of(name, namespace)["spec"]["suspend"] = False
 
     @staticmethod
     def listed(objects: dict[tuple[str, str], dict[str, Any]], namespace: str, selector: str) -> list[dict[str, Any]]:

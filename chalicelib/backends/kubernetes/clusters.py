@@ -99,6 +99,9 @@ def parse_clusters(var: str, raw: str) -> tuple[Cluster, ...]:
 
 
 def show_clusters(value: tuple[Cluster, ...]) -> str:
+    """The JSON parse_clusters reads back; "" (unset: the default) for no clusters."""
+    if not value:
+        return ""
     return json.dumps(
         [{f.name: getattr(c, f.name) for f in fields(c) if getattr(c, f.name) is not None} for c in value]
     )
