@@ -133,6 +133,14 @@ class KubernetesBackend(ComputeBackend):
         super().__init__(settings)
         self.clients = ClusterClients(settings)
 
+    @classmethod
+    def defers_capacity(cls, settings, spec: JobSpec) -> bool:
+        """A cluster with a Kueue LocalQueue admits its own jobs: jobplane's limits step aside there."""
+        try:
+            return cls(settings).cluster_for(spec).local_queue is not None
+        except ValidationError:
+            return False
+
     # --- clusters ------------------------------------------------------------------------------------
     @property
     def clusters(self) -> tuple[Cluster, ...]:
