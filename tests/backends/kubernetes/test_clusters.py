@@ -198,3 +198,14 @@ def test_the_policy_grants_describe_cluster_on_exactly_the_eks_clusters(tmp_path
     kubeconfig = make_settings(tmp_path, JOBPLANE_BACKENDS="kubernetes,local")
     assert "eks:DescribeCluster" not in declared_actions(kubeconfig)
     assert not [s for s in build(kubeconfig)["Statement"] if s["Sid"] == "KubernetesEks"]
+
+
+def test_a_clusters_client_is_reused_then_rebuilt_with_a_fresh_token(tmp_path, fake_k8s, monkeypatch):
+    from chalicelib.backends.kubernetes import clusters
+
+    clients = ClusterClients(make_settings(tmp_path, KUBECONFIG=str(fake_k8s.config)))
+    first = clients.api_client(clusters.DEFAULT_CLUSTERS[0])
+    assert clients.api_client(clusters.DEFAULT_CLUSTERS[0]) is first
+    later = clusters.time.monotonic() + clusters.CLIENT_SECONDS + 1
+    monkeypatch.setattr(clusters.time, "monotonic", lambda: later)
+    assert clients.api_client(clusters.DEFAULT_CLUSTERS[0]) is not first
