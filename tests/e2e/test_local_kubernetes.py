@@ -33,13 +33,13 @@ def _submit(stack, fake, name: str) -> tuple[str, str]:
     return job_id, native
 
 
-def _job(stack, job_id: str) -> dict:
+def _read(stack, job_id: str) -> dict:
     return stack_api(stack, "GET", f"/jobs/{job_id}").json()
 
 
 def _reaches(stack, job_id: str, status: str) -> dict:
     return wait_long(
-        lambda: (j := _job(stack, job_id))["status"] in (status, *TERMINAL) and j,
+        lambda: (j := _read(stack, job_id))["status"] in (status, *TERMINAL) and j,
         timeout=60,
         interval=0.25,
         what=f"job {job_id} to be {status}",
