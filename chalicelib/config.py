@@ -132,6 +132,21 @@ class Limits(Text):
         return ",".join(f"{pool}={units}" for pool, units in value)
 
 
+@dataclass(frozen=True)
+class Clusters(Text):
+    """JOBPLANE_K8S_CLUSTERS: a JSON list of the kubernetes backend's clusters (see backends/kubernetes/clusters.py)."""
+
+    def parse(self, var: str, raw: str) -> tuple[Any, ...]:
+        from chalicelib.backends.kubernetes.clusters import parse_clusters
+
+        return parse_clusters(var, raw)
+
+    def show(self, value: Any) -> str:
+        from chalicelib.backends.kubernetes.clusters import show_clusters
+
+        return show_clusters(value)
+
+
 # --- the declaration --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Var:
@@ -303,6 +318,15 @@ class Settings:
     # Standard Google variable (host[:port], no scheme); tests point it at a fake metadata server.
     gce_metadata_host: str = setting("GCE_METADATA_HOST", "metadata.google.internal")
     log_level: str = setting("JOBPLANE_LOG_LEVEL", "INFO", Choice(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")))
+    # --- Kubernetes (EKS, GKE, kubeconfig) ------------------------------------------------------
+    # The clusters, first enabled one the default: JSON [{"name", "kind": eks|gke|kubeconfig, "namespace",
+    # "flavour": gke|eks|karpenter, "local_queue", eks: "cluster", "region"; gke: "project", "location",
+    # "cluster"; kubeconfig: "context"}]. Unset: KUBECONFIG's current context, namespace default.
+    # Standard variable: the kubeconfig file `kubeconfig` clusters read (first of a path list); unset: ~/.kube/config.
+    kubeconfig: str | None = setting("KUBECONFIG", None)
+    k8s_clusters: tuple[Any, ...] = setting("JOBPLANE_K8S_CLUSTERS", (), Clusters())
+    # How long a finished Job (and its pods, their logs) stays in the cluster: reconcile reads it before then.
+    k8s_ttl_seconds: int = setting("JOBPLANE_K8S_TTL_SECONDS", 86400, Integer(600))
     # --- AWS compute (SageMaker, Batch, ECS, EC2) and upload triggers ------------------------------
     # Roles are names (or ARNs); the checked-in policy limits iam:PassRole to exactly these.
     # Bucket for what jobplane itself writes: ad-hoc VMs' exit status and log tail, default outputs.

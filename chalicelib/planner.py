@@ -46,7 +46,7 @@ def plan(
     order = [*local, *order] if settings.default_backend in local else [*order, *local]
     skipped: list[str] = []
     for name in order:
-        why_not = _refusal(name, spec, limits, make)
+        why_not = _refusal(name, spec, limits, make, settings)
         if why_not:
             skipped.append(f"{name}: {why_not}")
             continue
@@ -60,7 +60,7 @@ def plan(
     )
 
 
-def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make) -> str | None:
+def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make, settings: Settings) -> str | None:
     """Why `name` cannot take this job, or None."""
     runtime = spec.max_runtime_minutes
     found = descriptor_or_none(name)
@@ -71,7 +71,7 @@ def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make) -> str | No
         make(name).validate(spec)
     except ValidationError as exc:
         return exc.details[0]["message"] if exc.details else exc.message
-    for claim, limit in claims_for(name, spec, limits):
+    for claim, limit in claims_for(name, spec, limits, settings):
         if limit < claim.units:
             return f"{claim.pool} allows {limit} here (JOBPLANE_CAPACITY_LIMITS)"
     return None

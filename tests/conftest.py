@@ -67,6 +67,17 @@ def fake_gcp(fake_server):
 
 
 @pytest.fixture
+def fake_k8s(tmp_path):
+    """A loopback Kubernetes API server; `fake.config` is a kubeconfig naming it as the current context."""
+    from tests.fakek8s import FakeKubernetes
+
+    fake = FakeKubernetes()
+    fake.config = fake.kubeconfig(tmp_path)
+    yield fake
+    fake.close()
+
+
+@pytest.fixture
 def gcp_settings(tmp_path, fake_gcp):
     """Settings pointing at the fake Google APIs."""
     return make_settings(tmp_path, **gcp_env(fake_gcp.endpoint))

@@ -508,6 +508,15 @@ def gcp_fixture(name: str) -> dict:
     return fixture_json("gcp", name)
 
 
+def k8s_env(fake, *clusters: dict[str, Any]) -> dict[str, str]:
+    """Settings variables for the kubernetes backend on the loopback API server `fake` (tests/fakek8s.py):
+    KUBECONFIG naming it, and `clusters` (JOBPLANE_K8S_CLUSTERS entries; none: its current context)."""
+    env = {"JOBPLANE_BACKENDS": "kubernetes,local", "KUBECONFIG": str(fake.config)}
+    if clusters:
+        env["JOBPLANE_K8S_CLUSTERS"] = json.dumps(list(clusters))
+    return env
+
+
 def gcp_env(endpoint: str) -> dict[str, str]:
     """Settings variables for the GCP backends on the fake at `endpoint` (plus local)."""
     return {

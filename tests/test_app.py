@@ -168,6 +168,7 @@ def test_a_job_names_our_name_and_the_providers_id_apart(api, alice):
         "spot": False,
         "instance_type": None,
         "tpu": None,
+        "cluster": None,
     }
 
 
@@ -254,7 +255,7 @@ def test_a_yaml_body_is_accepted(api, alice):
     job = response.json_body
     assert job["name"] == "from-yaml"
     assert job["spec"]["env"] == {"LR": "0.1", "DEBUG": "on"}
-    assert job["spec"]["retries"] == {"max_attempts": 2, "on": ["interruption"]}
+    assert job["spec"]["retries"] == {"max_attempts": 2, "on": ["interruption"], "fatal_exit_codes": []}
     assert reconcile_until(api, alice, job["job_id"])["status"] == "SUCCEEDED"
 
 
@@ -263,7 +264,7 @@ INVALID_SPECS = [
     ({"name": "Not_Valid"}, "name", "a-z, 0-9 and '-'"),
     ({"backend": "azure"}, "backend", "'sagemaker'"),
     ({"colour": "blue"}, "colour", "unknown field"),
-    ({"resources": {"gpu": 1}}, "resources.gpu", "valid fields here: cpus, gpu_type, gpus"),
+    ({"resources": {"gpu": 1}}, "resources.gpu", "valid fields here: cluster, cpus, gpu_type, gpus"),
     ({"env": {"AWS_REGION": "x"}}, "env.AWS_REGION", "reserved"),
     ({"outputs": "ftp://x"}, "outputs", "s3:// or gs://"),
 ]

@@ -42,6 +42,7 @@ EXAMPLES = {
     config.Names: lambda kind, default, name: ("first-item", "second-item"),
     config.Backends: lambda kind, default, name: tuple(reversed(config.backend_names())),
     config.Limits: lambda kind, default, name: _limits_example(kind, default),
+    config.Clusters: lambda kind, default, name: kind.parse(name, '[{"name": "lab", "local_queue": "team-a"}]'),
 }
 # Values the cross-field checks constrain, which no per-kind rule can know.
 CONSISTENT = {
@@ -103,6 +104,7 @@ BAD_VALUES = {
         ("{first}:g5=x", "an integer"),
         ("{first}:g5=-1", "at least 0"),
     ],
+    config.Clusters: [("[", "a JSON list"), ('[{{"name": "a", "kind": "aks"}}]', "kind must be one of eks")],
 }
 # Kinds that take any text: nothing to refuse.
 ANY_TEXT = {config.Text, config.Names}
@@ -250,10 +252,11 @@ def test_settings_read_every_backends_facts_without_importing_one_backend():
     assert sorted(backend_modules) == [
         "chalicelib.backends.aws.descriptors",
         "chalicelib.backends.gcp.descriptors",
+        "chalicelib.backends.kubernetes.descriptors",
         "chalicelib.backends.local.descriptors",
     ]
     # (`google` and `google.cloud` themselves are namespace packages the interpreter's .pth files import)
-    sdks = ("boto3", "botocore", "google.api_core", "google.auth", "google.protobuf", "google.cloud.")
+    sdks = ("boto3", "botocore", "google.api_core", "google.auth", "google.protobuf", "google.cloud.", "kubernetes")
     assert [m for m in modules if m.startswith(sdks)] == []
     assert "chalicelib.backends.base" not in modules
 

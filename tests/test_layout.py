@@ -78,6 +78,7 @@ NOT_MIRRORS = ("e2e", "fixtures")
 SHARED = (
     "tests.factories",
     "tests.fakegcp",
+    "tests.fakek8s",
     "tests.backends.toy_backend",
     "tests.backends.harnesses",
     "tests.vmharness",

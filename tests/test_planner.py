@@ -37,6 +37,20 @@ def test_a_zero_capacity_limit_means_unavailable(tmp_path):
     assert name == "ec2" and why.endswith("skipped sagemaker: sagemaker:A10G allows 0 here (JOBPLANE_CAPACITY_LIMITS)")
 
 
+def test_auto_chooses_an_enabled_kubernetes_cluster_and_a_kueue_cluster_ignores_jobplanes_limits(tmp_path):
+    limits = {"JOBPLANE_CAPACITY_LIMITS": "kubernetes:A10G=0"}
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="ec2,kubernetes", **limits)
+    name, why = plan(parse_spec(GPU), settings)
+    assert name == "ec2" and "skipped kubernetes: kubernetes:A10G allows 0 here" in why
+    queued = '[{"name": "lab", "local_queue": "team-a"}]'
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="ec2,kubernetes", JOBPLANE_K8S_CLUSTERS=queued, **limits)
+    assert plan(parse_spec(GPU), settings) == (
+        "kubernetes",
+        "auto: kubernetes, batch/v1 Job on the team's cluster (EKS, GKE or kubeconfig; Kueue when configured), "
+        "for 1x A10G GPU",
+    )
+
+
 def test_the_local_stack_keeps_auto_jobs_local_and_explicit_backends_are_kept(tmp_path):
     local = make_settings(tmp_path, JOBPLANE_BACKENDS="local,sagemaker")
     cpu = {"name": "t", "image": "train:1", "command": ["python", "t.py"]}

@@ -28,6 +28,7 @@ REGISTRY: dict[str, str] = {
     "ec2": "chalicelib.backends.aws.descriptors:EC2",
     "vertex": "chalicelib.backends.gcp.descriptors:VERTEX",
     "gce": "chalicelib.backends.gcp.descriptors:GCE",
+    "kubernetes": "chalicelib.backends.kubernetes.descriptors:KUBERNETES",
 }
 # What a deployment enables when JOBPLANE_BACKENDS is unset: the one backend that needs no cloud.
 DEFAULT_BACKENDS = ("local",)
@@ -42,6 +43,8 @@ class Cloud(str, Enum):
     GCP = "gcp"
     #: this machine (the local stack): no cloud account, no IAM
     LOCAL = "local"
+    #: a Kubernetes API server (EKS, GKE or a kubeconfig's): its own RBAC, no cloud event stream
+    KUBERNETES = "kubernetes"
 
 
 @dataclass(frozen=True)

@@ -240,6 +240,11 @@ class ComputeBackend(ABC):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
+    @classmethod
+    def defers_capacity(cls, settings: Settings, spec: JobSpec) -> bool:  # noqa: ARG003 (the interface)
+        """True when the provider queues this job itself (Kueue): jobplane's capacity limits do not apply."""
+        return False
+
     def roles(self) -> tuple[tuple[str, str], ...]:
         """(role, service) pairs the control plane passes to the provider (AWS backends name theirs)."""
         return ()

@@ -38,7 +38,9 @@ INVOKE_ACTIONS = ("lambda:InvokeFunction",)
 # The stage's artifact store: upload URLs for packed code (code/*), artifact listings and download URLs
 # (outputs/*), and the listing that tells whether code was uploaded; nothing else in the bucket.
 OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:ListBucket")
-CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + TOKEN_LIST_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS + OBJECT_ACTIONS
+CORE_ACTIONS = (
+    LOG_ACTIONS + TABLE_ACTIONS + TOKEN_LIST_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS + OBJECT_ACTIONS
+)
 
 
 def aws_backends(settings: Settings) -> list[str]:
@@ -56,6 +58,7 @@ def declared_actions(settings: Settings) -> set[str]:
     actions |= set(devvm_actions(settings))
     for cls in endpoint_backend_classes(settings):
         actions |= set(cls.iam_actions)
+    actions |= set(kubernetes_actions(settings))
     return actions
 
 
@@ -108,6 +111,16 @@ def endpoint_statements(settings: Settings) -> list[dict[str, Any]]:
             },
         ]
     return statements
+
+
+def kubernetes_actions(settings: Settings) -> tuple[str, ...]:
+    """What an enabled Kubernetes backend needs from AWS: only when one of its clusters is an EKS cluster."""
+    found: list[str] = []
+    for name in settings.enabled_backends:
+        known = descriptor_or_none(name)
+        if known and known.cloud is Cloud.KUBERNETES and any(c.kind == "eks" for c in settings.k8s_clusters):
+            found += [a for a in known.iam_actions if a not in found]
+    return tuple(found)
 
 
 def devvm_actions(settings: Settings) -> tuple[str, ...]:
@@ -227,6 +240,17 @@ def build(settings: Settings) -> dict[str, Any]:
         for role, service in backend.roles():
             passes.setdefault(role, set()).add(service)
     statements += endpoint_statements(settings)
+    eks = sorted({c.cluster for c in settings.k8s_clusters if c.kind == "eks"})
+    if kubernetes_actions(settings):
+        # The endpoint and CA of exactly the configured EKS clusters (the token needs no permission).
+        statements.append(
+            {
+                "Sid": "KubernetesEks",
+                "Effect": "Allow",
+                "Action": sorted(kubernetes_actions(settings)),
+                "Resource": [f"arn:aws:eks:*:*:cluster/{name}" for name in eks],
+            }
+        )
     if devvm_actions(settings):
         statements.append(
             {"Sid": "DevVms", "Effect": "Allow", "Action": sorted(devvm_actions(settings)), "Resource": "*"}

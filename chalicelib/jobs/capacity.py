@@ -46,8 +46,17 @@ def units_of(spec: JobSpec) -> int:
     return gpus if gpus > 0 else 1
 
 
-def claims_for(backend: str, spec: JobSpec, limits: dict[str, int]) -> tuple[tuple[Claim, int], ...]:
-    """(claim, limit) for every configured pool the job draws from; `backend:*` covers GPU families only."""
+def claims_for(
+    backend: str, spec: JobSpec, limits: dict[str, int], settings: Any = None
+) -> tuple[tuple[Claim, int], ...]:
+    """(claim, limit) for every configured pool the job draws from; `backend:*` covers GPU families only.
+
+    None when the backend queues the job itself for these `settings` (a Kueue cluster): its limits defer."""
+    if settings is not None and limits and any(pool.startswith(f"{backend}:") for pool in limits):
+        from chalicelib.backends import REGISTRY, backend_class
+
+        if backend in REGISTRY and backend_class(backend).defers_capacity(settings, spec):
+            return ()
     family = family_of(spec)
     units = units_of(spec)
     pools = [f"{backend}:{family}"]

@@ -85,7 +85,7 @@ class Dispatcher:
         self.sleep = sleep
 
     def claims(self, job: Job):
-        return claims_for(job.backend, job.spec, dict(self.settings.capacity_limits))
+        return claims_for(job.backend, job.spec, dict(self.settings.capacity_limits), self.settings)
 
     def dispatch(self, job: Job) -> Job:
         """Launch a QUEUED job: claim it (and its capacity) with one guarded write, then ask the backend.

@@ -175,7 +175,7 @@ class JobService:
         backend_name, why = self.plan(spec)
         candidates = self._candidates(backend_name, spec)
         self._check_code(spec)
-        for claim, limit in claims_for(backend_name, spec, dict(self.settings.capacity_limits)):
+        for claim, limit in claims_for(backend_name, spec, dict(self.settings.capacity_limits), self.settings):
             if claim.units > limit:
                 raise ValidationError(
                     f"this job needs {claim.units} units of {claim.pool}, more than the {limit} this deployment allows",

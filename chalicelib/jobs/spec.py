@@ -62,6 +62,11 @@ class Resources(_Strict):
         pattern=r"^v[0-9][a-z0-9-]*(-[0-9]+)?$",
         description="TPU type, e.g. v5litepod-8",
     )
+    cluster: str | None = Field(
+        default(typed.Resources, "cluster"),
+        pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
+        description="kubernetes: the name of one of the deployment's clusters (JOBPLANE_K8S_CLUSTERS); else the first",
+    )
 
     @model_validator(mode="after")
     def _gpu_consistency(self) -> Resources:
@@ -80,6 +85,18 @@ class Resources(_Strict):
 class Retries(_Strict):
     max_attempts: int = Field(default(typed.Retries, "max_attempts"), ge=1, le=10)
     on: tuple[RetryOn, ...] = default(typed.Retries, "on")
+    fatal_exit_codes: tuple[int, ...] = Field(
+        default(typed.Retries, "fatal_exit_codes"),
+        max_length=32,
+        description="exit codes that end the job at once, with no retry (kubernetes: a podFailurePolicy FailJob rule)",
+    )
+
+    @model_validator(mode="after")
+    def _codes(self) -> Retries:
+        for code in self.fatal_exit_codes:
+            if not 1 <= code <= 255:
+                raise FieldError("fatal_exit_codes", f"{code} is not an exit code: 1..255 (0 is success)")
+        return self
 
 
 class Notify(_Strict):

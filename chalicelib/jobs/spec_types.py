@@ -24,15 +24,18 @@ class Resources:
     spot: bool = False
     instance_type: str | None = None
     tpu: str | None = None
+    cluster: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
 class Retries:
     max_attempts: int = 1
     on: tuple[str, ...] = ("interruption",)
+    fatal_exit_codes: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "on", tuple(self.on))
+        object.__setattr__(self, "fatal_exit_codes", tuple(self.fatal_exit_codes))
 
 
 @dataclass(frozen=True, kw_only=True)

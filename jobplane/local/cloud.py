@@ -38,8 +38,9 @@ def cloud_backends(settings) -> list[str]:
 
 
 def unsupported_backends(names) -> list[str]:
-    """Backends the local stack cannot run: neither local nor on AWS (it emulates no other cloud)."""
-    return [name for name in names if descriptor(name).cloud not in (Cloud.AWS, Cloud.LOCAL)]
+    """Backends the local stack cannot run: neither local, nor on AWS (it emulates no other cloud), nor on the
+    Kubernetes cluster KUBECONFIG names (it drives that one as it is)."""
+    return [name for name in names if descriptor(name).cloud not in (Cloud.AWS, Cloud.LOCAL, Cloud.KUBERNETES)]
 
 
 class Provisioner:

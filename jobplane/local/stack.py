@@ -108,7 +108,7 @@ class LocalStack:
         if others:
             raise StackError(
                 f"the local stack emulates AWS only: {', '.join(others)} cannot run in it "
-                "(JOBPLANE_BACKENDS / --backends: local and the AWS backends)"
+                "(JOBPLANE_BACKENDS / --backends: local, the AWS backends, and kubernetes on KUBECONFIG's cluster)"
             )
         deps.reset()
         settings = deps.get_settings()

@@ -17,7 +17,7 @@ import pytest
 from chalicelib.backends import REGISTRY, backend_class
 from chalicelib.backends.base import ComputeBackend, Handle, LaunchResult
 from chalicelib.jobs.model import Job
-from tests.factories import FIXTURES, batch_queues, boto, make_job, make_settings, wait_for
+from tests.factories import FIXTURES, batch_queues, boto, k8s_env, make_job, make_settings, wait_for
 
 PLACEHOLDER = "0123456789abcdef0123456789abcdef"  # the job id the recorded AWS payloads carry
 
@@ -409,6 +409,36 @@ def local_harness(request, tmp_path) -> Harness:
     )
 
 
+# --- kubernetes: the official client against the loopback API server (tests/fakek8s.py) -------------------
+def kubernetes_harness(request, tmp_path) -> Harness:
+    from chalicelib.backends.kubernetes.backend import KubernetesBackend
+
+    fake = request.getfixturevalue("fake_k8s")
+    settings = make_settings(tmp_path, **k8s_env(fake))
+
+    def count(job):
+        return sum(1 for _ns, name in fake.jobs if name == Handle.of(job).native_name)
+
+    def finish(job, launched):
+        fake.succeed(Handle.of(job).native_name)
+
+    def foreign_job():
+        # Another team's Job in the same namespace, with no jobplane labels (Kubernetes sends no events here).
+        fake.jobs[("default", "nightly-etl")] = {"metadata": {"name": "nightly-etl", "labels": {}}, "status": {}}
+        return {"kind": "Job", "apiVersion": "batch/v1", "metadata": {"name": "nightly-etl", "namespace": "default"}}
+
+    return Harness(
+        KubernetesBackend(settings),
+        job=lambda: make_job("kubernetes", {"image": "busybox:1.36"}),
+        count=count,
+        finish=finish,
+        foreign={"another service": lambda: aws_event("s3-object-created.json"), "not ours": foreign_job},
+        starts=lambda: len(fake.bodies("POST", "/jobs")),
+        no_iam="the Kubernetes API is authorised by the cluster's RBAC (deploy/kubernetes/rbac.yaml), not IAM; "
+        "eks:DescribeCluster is checked in tests/backends/kubernetes",
+    )
+
+
 # A new backend gets its row here; a registered backend without one fails every case below.
 HARNESSES: dict[str, Callable[..., Harness]] = {
     "local": local_harness,
@@ -418,6 +448,7 @@ HARNESSES: dict[str, Callable[..., Harness]] = {
     "ec2": ec2_harness,
     "vertex": vertex_harness,
     "gce": gce_harness,
+    "kubernetes": kubernetes_harness,
 }
 
 # Known breaches of the contract, each a real defect to fix in the backend (strict: fixing one fails here

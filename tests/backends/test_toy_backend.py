@@ -123,13 +123,13 @@ def test_register_refuses_auto_and_a_second_target_for_a_name(toy):
 
 def test_a_spec_for_a_backend_that_is_not_registered_gets_a_400_naming_backend_and_the_valid_names(toy_api):
     api, _ = toy_api
-    spec = {"name": "k8s", "command": ["train"], "image": "busybox", "backend": "kubernetes"}
+    spec = {"name": "aml", "command": ["train"], "image": "busybox", "backend": "azureml"}
     response = api.request("POST", "/jobs", token=api.token("alice"), body=spec)
     assert response.status_code == 400, response.body
     detail = response.json_body["error"]["details"][0]
     assert detail["field"] == "backend"
     assert "'toy'" in detail["message"] and "'sagemaker'" in detail["message"]
-    assert "kubernetes" not in detail["message"]
+    assert "azureml" not in detail["message"]
 
 
 def test_the_openapi_document_lists_the_registered_backends(toy_api):

@@ -139,11 +139,11 @@ def test_an_unknown_nested_field_is_rejected_with_its_dotted_name_and_the_siblin
     detail = _only_detail(_invalid(resources={"gpu": 1}))
     assert detail["field"] == "resources.gpu"
     assert detail["message"] == (
-        "unknown field; valid fields here: cpus, gpu_type, gpus, instance_type, memory_gb, spot, tpu"
+        "unknown field; valid fields here: cluster, cpus, gpu_type, gpus, instance_type, memory_gb, spot, tpu"
     )
     detail = _only_detail(_invalid(retries={"max_attempts": 2, "when": ["interruption"]}))
     assert detail["field"] == "retries.when"
-    assert detail["message"] == "unknown field; valid fields here: max_attempts, on"
+    assert detail["message"] == "unknown field; valid fields here: fatal_exit_codes, max_attempts, on"
 
 
 def test_every_invalid_field_is_reported_and_the_message_counts_the_rest():
@@ -211,7 +211,7 @@ def test_an_unknown_backend_lists_the_backends():
     detail = _only_detail(_invalid(backend="azure"))
     assert detail["field"] == "backend"
     assert detail["message"] == (
-        "Input should be 'auto', 'local', 'sagemaker', 'aws-batch', 'ecs', 'ec2', 'vertex' or 'gce'"
+        "Input should be 'auto', 'local', 'sagemaker', 'aws-batch', 'ecs', 'ec2', 'vertex', 'gce' or 'kubernetes'"
     )
 
 

@@ -158,7 +158,7 @@ def test_templates_render_with_defaults_and_typed_values():
     assert spec["checkpoint_uri"] == "s3://lab-data/checkpoints/resnet-cifar/"
     assert spec["notify"] == {"slack_channel": "#vision"}
     assert spec["command"] == ["python", "train.py", "--epochs", "10"]
-    assert spec["retries"] == {"max_attempts": 3, "on": ["interruption", "capacity"]}
+    assert spec["retries"] == {"max_attempts": 3, "on": ["interruption", "capacity"], "fatal_exit_codes": []}
 
 
 @pytest.mark.parametrize("name", ["nope", "../config", "BLOBS"])

@@ -1,0 +1,601 @@
+"""batch/v1 Jobs through the official client: one Job per attempt, state from its conditions and its pods."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+from chalicelib.backends.base import (
+    ComputeBackend,
+    Handle,
+    LaunchResult,
+    LogChunk,
+    ManagedResource,
+    Observation,
+    Offset,
+    PowerState,
+    ResourceKind,
+    bad_offset,
+    job_env,
+    parse_native_name,
+)
+from chalicelib.backends.kubernetes.clusters import DEFAULT_CLUSTERS, Cluster, ClusterClients
+from chalicelib.backends.kubernetes.descriptors import KUBERNETES
+from chalicelib.errors import BackendError, UnsupportedError, ValidationError
+from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.jobs.spec_types import JobSpec
+
+PREFIX = "jobplane.dev/"
+MANAGED, STAGE, JOB_ID, ATTEMPT, OWNER = (PREFIX + k for k in ("managed", "stage", "job-id", "attempt", "owner"))
+#: the label the Job controller puts on a Job's pods (Kubernetes 1.27+)
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
+CONTAINER = "job"
+GPU = "nvidia.com/gpu"
+# What the node labels call each GPU type, per flavour (GKE's accelerator names; EKS and Karpenter pick the
+# GPU by the instance's GPU name label, which the NVIDIA device plugin's feature discovery sets).
+GKE_ACCELERATORS = {
+    "T4": "nvidia-tesla-t4",
+    "L4": "nvidia-l4",
+    "V100": "nvidia-tesla-v100",
+    "A100": "nvidia-tesla-a100",
+    "A100-80GB": "nvidia-a100-80gb",
+    "H100": "nvidia-h100-80gb",
+    "H200": "nvidia-h200-141gb",
+    "P100": "nvidia-tesla-p100",
+    "K80": "nvidia-tesla-k80",
+}
+GPU_NAME_LABELS = {"eks": "k8s.amazonaws.com/accelerator", "karpenter": "karpenter.k8s.aws/instance-gpu-name"}
+AWS_GPU_NAMES = {"T4": "t4", "A10G": "a10g", "V100": "v100", "A100": "a100", "H100": "h100", "L4": "l4", "L40S": "l40s"}
+#: container waiting reasons that mean the image will never run: the job fails (a user error) at once
+IMAGE_FAILURES = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "ErrImageNeverPull")
+CONFIG_FAILURES = ("CreateContainerConfigError", "CreateContainerError", "RunContainerError")
+
+
+def gpu_name(gpu_type: str) -> str:
+    return AWS_GPU_NAMES.get(gpu_type, gpu_type.lower())
+
+
+def placement(cluster: Cluster, spec: JobSpec) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    """Node selector and tolerations for the spec's GPU type and spot wish, in the cluster flavour's labels."""
+    resources = spec.resources
+    selector: dict[str, str] = {}
+    tolerations: list[dict[str, Any]] = []
+    if cluster.flavour == "gke":
+        if resources.gpu_type:
+            selector["cloud.google.com/gke-accelerator"] = GKE_ACCELERATORS.get(
+                resources.gpu_type, resources.gpu_type.lower()
+            )
+        if resources.spot:
+            selector["cloud.google.com/gke-spot"] = "true"
+            # GKE taints spot nodes only when asked; tolerating the taint is harmless where it is absent.
+            tolerations.append(
+                {"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+            )
+    else:
+        if resources.gpu_type:
+            selector[GPU_NAME_LABELS[cluster.flavour]] = gpu_name(resources.gpu_type)
+        if resources.spot:
+            if cluster.flavour == "eks":
+                selector["eks.amazonaws.com/capacityType"] = "SPOT"
+            else:
+                selector["karpenter.sh/capacity-type"] = "spot"
+    if resources.gpus:
+        # The NVIDIA device plugin's taint on GPU nodes (GKE adds the same one to its GPU pools).
+        tolerations.append({"key": GPU, "operator": "Exists", "effect": "NoSchedule"})
+    if resources.instance_type:
+        selector["node.kubernetes.io/instance-type"] = resources.instance_type
+    return selector, tolerations
+
+
+def _labels(stage: str, handle: Handle) -> dict[str, str]:
+    return {MANAGED: "true", STAGE: stage, JOB_ID: handle.job_id, ATTEMPT: str(handle.attempt)}
+
+
+def _when(value: Any) -> datetime | None:
+    return value if isinstance(value, datetime) else None
+
+
+def _condition(obj: Any, kind: str) -> Any:
+    for condition in (obj.status.conditions if obj.status else None) or []:
+        if condition.type == kind and condition.status == "True":
+            return condition
+    return None
+
+
+@contextlib.contextmanager
+def k8s_errors(operation: str) -> Iterator[None]:
+    """The client's ApiException -> jobplane's errors: 5xx and 429 retryable, 403 names the RBAC Role."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        status = exc.status or 0
+        detail = f"kubernetes {operation}: HTTP {status} {exc.reason}"
+        if status == 403:
+            detail += " (is deploy/kubernetes/rbac.yaml applied in the namespace?)"
+        raise BackendError(detail, retryable=status == 429 or status >= 500) from exc
+    except HTTPError as exc:
+        raise BackendError(f"kubernetes {operation}: {exc}", retryable=True) from exc
+
+
+class KubernetesBackend(ComputeBackend):
+    descriptor = KUBERNETES
+    named_by_us = False
+    describes_by_listing = True
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self.clients = ClusterClients(settings)
+
+    @classmethod
+    def defers_capacity(cls, settings, spec: JobSpec) -> bool:
+        """A cluster with a Kueue LocalQueue admits its own jobs: jobplane's limits step aside there."""
+        try:
+            return cls(settings).cluster_for(spec).local_queue is not None
+        except ValidationError:
+            return False
+
+    # --- clusters ------------------------------------------------------------------------------------
+    @property
+    def clusters(self) -> tuple[Cluster, ...]:
+        return tuple(c for c in (self.settings.k8s_clusters or DEFAULT_CLUSTERS) if c.enabled)
+
+    def cluster_for(self, spec: JobSpec) -> Cluster:
+        wanted = spec.resources.cluster
+        if wanted is None:
+            return self.clusters[0]
+        for cluster in self.clusters:
+            if cluster.name == wanted:
+                return cluster
+        raise ValidationError(
+            f"no enabled kubernetes cluster is named {wanted!r}",
+            [{"field": "resources.cluster", "message": f"one of {', '.join(c.name for c in self.clusters)}"}],
+        )
+
+    def _named(self, name: str) -> Cluster | None:
+        return next((c for c in self.clusters if c.name == name), None)
+
+    def batch(self, cluster: Cluster):
+        from kubernetes import client
+
+        return client.BatchV1Api(self.clients.api_client(cluster))
+
+    def core(self, cluster: Cluster):
+        from kubernetes import client
+
+        return client.CoreV1Api(self.clients.api_client(cluster))
+
+    @staticmethod
+    def native_id(cluster: Cluster, name: str) -> str:
+        return f"{cluster.name}/{cluster.namespace}/{name}"
+
+    def _locate(self, handle: Handle) -> list[tuple[Cluster, str]]:
+        """Where the handle's Job is (its native id says), or every cluster it could be in under its name."""
+        if handle.native_id and handle.native_id.count("/") == 2:
+            name, _, job = handle.native_id.partition("/")
+            cluster = self._named(name)
+            if cluster is not None:
+                return [(cluster, job.rsplit("/", 1)[1])]
+        return [(c, handle.native_name) for c in self.clusters]
+
+    # --- the Job -----------------------------------------------------------------------------------------
+    def _validate_impl(self, spec: JobSpec) -> None:
+        if not spec.image:
+            raise UnsupportedError(
+                "a Kubernetes Job runs a container image", [{"field": "image", "message": "required for kubernetes"}]
+            )
+        cluster = self.cluster_for(spec)
+        if self._stages(spec):
+            from chalicelib.backends.aws import staging
+
+            staging.require_s3(spec, "Kubernetes")
+        if spec.resources.gpu_type and cluster.flavour == "gke" and spec.resources.gpu_type not in GKE_ACCELERATORS:
+            raise UnsupportedError(
+                f"GKE offers no {spec.resources.gpu_type}",
+                [{"field": "resources.gpu_type", "message": "one of " + ", ".join(GKE_ACCELERATORS)}],
+            )
+
+    @staticmethod
+    def _stages(spec: JobSpec) -> bool:
+        """True when the job's files move (code, inputs, outputs or a checkpoint): the staging containers run."""
+        return bool(spec.code_uri or spec.inputs or spec.outputs or spec.checkpoint_uri)
+
+    def job_body(self, job, handle: Handle, cluster: Cluster) -> dict[str, Any]:
+        """The batch/v1 Job for one attempt, as the API's JSON (checked against the client's V1Job in tests)."""
+        spec = job.spec
+        resources = spec.resources
+        labels = _labels(self.settings.stage, handle)
+        annotations = {
+            JOB_ID: handle.job_id,
+            ATTEMPT: str(handle.attempt),
+            OWNER: job.owner,
+            STAGE: self.settings.stage,
+        }
+        limits = {"cpu": f"{resources.cpus:g}", "memory": f"{int(float(resources.memory_gb) * 1024)}Mi"}
+        if resources.gpus:
+            limits[GPU] = str(resources.gpus)
+        env = job_env(spec, handle)
+        container: dict[str, Any] = {
+            "name": CONTAINER,
+            "image": spec.image,
+            "resources": {"limits": limits, "requests": dict(limits)},
+        }
+        pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+        if self._stages(spec):
+            self._staged(job, handle, pod, env)
+        else:
+            container["command"] = list(spec.command)
+        container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
+        selector, tolerations = placement(cluster, spec)
+        if selector:
+            pod["nodeSelector"] = selector
+        if tolerations:
+            pod["tolerations"] = tolerations
+        fatal = sorted(set(spec.retries.fatal_exit_codes))
+        rules: list[dict[str, Any]] = [
+            # Spot preemption, node drain, eviction: the Job controller makes a new pod, no retry is used up.
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+        ]
+        if fatal:
+            rules.append(
+                {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": fatal}}
+            )
+        body: dict[str, Any] = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "metadata": {"name": handle.native_name, "labels": dict(labels), "annotations": annotations},
+            "spec": {
+                "backoffLimit": max(spec.retries.max_attempts - 1, 0),
+                "activeDeadlineSeconds": spec.max_runtime_minutes * 60,
+                "ttlSecondsAfterFinished": self.settings.k8s_ttl_seconds,
+                "podFailurePolicy": {"rules": rules},
+                "template": {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": pod},
+            },
+        }
+        if cluster.local_queue:
+            body["metadata"]["labels"][KUEUE_QUEUE] = cluster.local_queue
+            body["spec"]["suspend"] = True  # Kueue unsuspends it when it admits the workload
+        return body
+
+    def _staged(self, job, handle: Handle, pod: dict[str, Any], env: dict[str, str]) -> None:
+        """The job contract as on ECS: an init container downloads checkpoint, code and inputs; the job runs in the
+        wrapper; a second container uploads the checkpoint while it runs and outputs and checkpoint after it."""
+        from chalicelib.backends.aws import staging
+        from chalicelib.jobs import contract
+
+        spec = job.spec
+        layout = staging.CONTAINERS
+        bucket = self.settings.artifacts_bucket
+        checkpoint = contract.checkpoint_location(spec, job.job_id, bucket)
+        env.update(layout.variables(handle.job_id, handle.attempt))
+        shared = {"name": staging.VOLUME, "mountPath": staging.ROOT}
+        inputs = {"name": staging.INPUT_VOLUME, "mountPath": layout.input_dir}
+        (container,) = pod["containers"]
+        container["command"] = ["/bin/sh", "-c", staging.WRAPPER, "jobplane"]
+        container["args"] = staging.wrapper_args(spec, layout)
+        container["volumeMounts"] = [shared, {**inputs, "readOnly": True}]
+        helper = {"limits": {"cpu": "250m", "memory": "256Mi"}, "requests": {"cpu": "250m", "memory": "256Mi"}}
+        pod["initContainers"] = [
+            {
+                "name": "stage-in",
+                "image": staging.AWS_CLI_IMAGE,
+                "command": ["/bin/sh", "-c", staging.STAGE_IN, "stage-in"],
+                "args": staging.stage_in_args(spec, checkpoint),
+                "volumeMounts": [shared, inputs],
+                "resources": helper,
+            }
+        ]
+        pod["containers"].append(
+            {
+                "name": "stage-out",
+                "image": staging.AWS_CLI_IMAGE,
+                "command": ["/bin/sh", "-c", staging.STAGE_OUT, "stage-out"],
+                "args": staging.stage_out_args(contract.artifacts_uri(spec, job.job_id, bucket), checkpoint),
+                "volumeMounts": [shared],
+                "resources": helper,
+            }
+        )
+        pod["volumes"] = [{"name": staging.VOLUME, "emptyDir": {}}, {"name": staging.INPUT_VOLUME, "emptyDir": {}}]
+        pod["terminationGracePeriodSeconds"] = 120  # stage-out's last upload after a SIGTERM
+
+    def _launch_impl(self, job, handle: Handle) -> LaunchResult:
+        from kubernetes.client.exceptions import ApiException
+
+        cluster = self.cluster_for(job.spec)
+        body = self.job_body(job, handle, cluster)
+        if self._read(cluster, handle.native_name) is not None:
+            return LaunchResult(self.native_id(cluster, handle.native_name), "AlreadyLaunched")
+        try:
+            self.batch(cluster).create_namespaced_job(cluster.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:  # AlreadyExists: a launch racing this one made it under the same name
+                with k8s_errors("create Job"):
+                    raise
+            return LaunchResult(self.native_id(cluster, handle.native_name), "AlreadyLaunched")
+        return LaunchResult(
+            self.native_id(cluster, handle.native_name), "Suspended" if cluster.local_queue else "Created"
+        )
+
+    def _read(self, cluster: Cluster, name: str):
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return self.batch(cluster).read_namespaced_job(name, cluster.namespace)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            with k8s_errors("read Job"):
+                raise
+
+    def _pods(self, cluster: Cluster, selector: str) -> list[Any]:
+        with k8s_errors("list Pods"):
+            return list(self.core(cluster).list_namespaced_pod(cluster.namespace, label_selector=selector).items)
+
+    def _describe_impl(self, handle: Handle) -> Observation | None:
+        for cluster, name in self._locate(handle):
+            found = self._read(cluster, name)
+            if found is not None:
+                return self.observe(cluster, found, self._pods(cluster, f"{JOB_NAME_LABEL}={name}"))
+        return None
+
+    def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
+        # Two list calls per cluster (this stage's Jobs and their pods), whatever the number of jobs.
+        wanted = {(h.job_id, h.attempt): h for h in handles}
+        found: dict[str, Observation | None] = dict.fromkeys((h.job_id for h in handles), None)
+        selector = f"{MANAGED}=true,{STAGE}={self.settings.stage}"
+        for cluster in self.clusters:
+            with k8s_errors("list Jobs"):
+                jobs = self.batch(cluster).list_namespaced_job(cluster.namespace, label_selector=selector).items
+            pods: dict[str, list[Any]] = {}
+            for pod in self._pods(cluster, selector):
+                pods.setdefault((pod.metadata.labels or {}).get(JOB_NAME_LABEL, ""), []).append(pod)
+            for item in jobs:
+                parsed = parse_native_name(item.metadata.name)
+                if parsed is None or parsed not in wanted or found[parsed[0]] is not None:
+                    continue
+                handle = wanted[parsed]
+                if handle.native_id and not handle.native_id.startswith(f"{cluster.name}/"):
+                    continue
+                found[parsed[0]] = self.observe(cluster, item, pods.get(item.metadata.name, []))
+        return found
+
+    # --- state -------------------------------------------------------------------------------------------
+    def observe(self, cluster: Cluster, job: Any, pods: list[Any]) -> Observation:
+        """A V1Job and its pods -> Observation (Job conditions first; pods say why, or what is in the way)."""
+        name = job.metadata.name
+        labels = job.metadata.labels or {}
+        parsed = parse_native_name(name)
+        base = {
+            "native_id": self.native_id(cluster, name),
+            "job_id": labels.get(JOB_ID) or (parsed[0] if parsed else None),
+            "attempt": int(labels[ATTEMPT]) if labels.get(ATTEMPT, "").isdigit() else (parsed[1] if parsed else None),
+            "started_at": _when(job.status.start_time) if job.status else None,
+        }
+        pods = sorted(pods, key=_created)
+        done = _condition(job, "Complete")
+        if done is not None:
+            return Observation(
+                JobStatus.SUCCEEDED,
+                "Complete",
+                reason="Kubernetes: Job complete",
+                exit_code=0,
+                at=_when(done.last_transition_time) or _when(job.status.completion_time),
+                **base,
+            )
+        failed = _condition(job, "Failed")
+        if failed is not None:
+            kind, reason, code = self._failure(failed, pods)
+            return Observation(
+                JobStatus.FAILED,
+                f"Failed/{failed.reason or 'Failed'}",
+                reason=reason,
+                failure_kind=kind,
+                exit_code=code,
+                at=_when(failed.last_transition_time),
+                **base,
+            )
+        # FailureTarget / SuccessCriteriaMet: the controller is still terminating pods; not terminal yet.
+        for pending in ("FailureTarget", "SuccessCriteriaMet"):
+            if _condition(job, pending) is not None:
+                return Observation(JobStatus.RUNNING, pending, reason=f"Kubernetes: {pending}", **base)
+        if job.spec and job.spec.suspend:
+            return Observation(JobStatus.QUEUED, "Suspended", reason=self._kueue_reason(cluster, job), **base)
+        latest = pods[-1] if pods else None
+        if latest is None:
+            return Observation(JobStatus.LAUNCHING, "Created", reason="Kubernetes: no pod yet", **base)
+        waiting = self._waiting(latest)
+        if waiting and waiting[0] in IMAGE_FAILURES + CONFIG_FAILURES:
+            return Observation(
+                JobStatus.FAILED,
+                f"Pod/{waiting[0]}",
+                reason=f"{waiting[0]}: {waiting[1]}".rstrip(": "),
+                failure_kind=FailureKind.USER_ERROR,
+                **base,
+            )
+        phase = (latest.status.phase if latest.status else None) or "Pending"
+        if phase == "Running":
+            return Observation(JobStatus.RUNNING, "Running", reason="Kubernetes: pod running", **base)
+        unschedulable = _condition_any(latest, "PodScheduled", "False")
+        if unschedulable is not None and unschedulable.reason == "Unschedulable":
+            return Observation(
+                JobStatus.LAUNCHING,
+                "Pod/Unschedulable",
+                reason=f"Unschedulable: {unschedulable.message or ''}".strip(),
+                **base,
+            )
+        if phase == "Failed" and _condition_any(latest, "DisruptionTarget", "True") is not None:
+            # Preempted; the podFailurePolicy ignores it and the controller is making the next pod.
+            return Observation(JobStatus.LAUNCHING, "Pod/DisruptionTarget", reason=_disruption(latest), **base)
+        if waiting:
+            return Observation(JobStatus.LAUNCHING, f"Pod/{waiting[0]}", reason=waiting[0], **base)
+        return Observation(JobStatus.LAUNCHING, f"Pod/{phase}", reason=f"Kubernetes: pod {phase}", **base)
+
+    @staticmethod
+    def _waiting(pod: Any) -> tuple[str, str] | None:
+        for status in (pod.status.container_statuses if pod.status else None) or []:
+            if status.state and status.state.waiting and status.state.waiting.reason:
+                return status.state.waiting.reason, status.state.waiting.message or ""
+        return None
+
+    def _failure(self, condition: Any, pods: list[Any]) -> tuple[FailureKind, str, int | None]:
+        why = condition.reason or "Failed"
+        message = condition.message or ""
+        terminated = _terminated(pods)
+        code = terminated.exit_code if terminated is not None else None
+        if why == "DeadlineExceeded":
+            return FailureKind.TIMEOUT, f"DeadlineExceeded: {message}".strip(), code
+        if terminated is not None and terminated.reason == "OOMKilled":
+            return FailureKind.USER_ERROR, f"OOMKilled: the job's container ran out of memory ({message})", code
+        if why == "PodFailurePolicy":
+            return FailureKind.USER_ERROR, f"PodFailurePolicy: {message}".strip(), code
+        if terminated is not None:
+            return FailureKind.USER_ERROR, f"{why}: the job exited {code} ({terminated.reason or 'Error'})", code
+        waiting = next((w for p in reversed(pods) if (w := self._waiting(p))), None)
+        if waiting and waiting[0] in IMAGE_FAILURES:
+            return FailureKind.USER_ERROR, f"{waiting[0]}: {waiting[1]}", None
+        return FailureKind.BACKEND_ERROR, f"{why}: {message}".strip(), code
+
+    def _kueue_reason(self, cluster: Cluster, job: Any) -> str:
+        """Why Kueue has not admitted the Job: its Workload's QuotaReserved condition, when one is readable."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        queue = (job.metadata.labels or {}).get(KUEUE_QUEUE)
+        if not queue:
+            return "Kubernetes: Job suspended"
+        try:
+            found = client.CustomObjectsApi(self.clients.api_client(cluster)).list_namespaced_custom_object(
+                "kueue.x-k8s.io",
+                "v1beta1",
+                cluster.namespace,
+                "workloads",
+                label_selector=f"{KUEUE_JOB_UID}={job.metadata.uid}",
+            )
+        except ApiException:
+            found = {}
+        for workload in found.get("items", []):
+            for condition in (workload.get("status") or {}).get("conditions") or []:
+                if condition.get("type") in ("QuotaReserved", "Admitted") and condition.get("status") == "False":
+                    return f"Kueue ({queue}): {condition.get('reason', '')}: {condition.get('message', '')}".strip()
+        return f"Kueue ({queue}): waiting for admission"
+
+    # --- cancel, logs, the sweep -----------------------------------------------------------------------
+    def _delete(self, cluster: Cluster, name: str) -> None:
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.batch(cluster).delete_namespaced_job(
+                name, cluster.namespace, body=client.V1DeleteOptions(propagation_policy="Background")
+            )
+        except ApiException as exc:
+            if exc.status != 404:
+                with k8s_errors("delete Job"):
+                    raise
+
+    def _cancel_impl(self, handle: Handle) -> None:
+        for cluster, name in self._locate(handle):
+            found = self._read(cluster, name)
+            if found is None:
+                continue
+            if _condition(found, "Complete") is None and _condition(found, "Failed") is None:
+                self._delete(cluster, name)  # a finished Job stays, with its pods' logs, until its TTL
+            return
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+        from kubernetes.client.exceptions import ApiException
+
+        if not isinstance(offset, int):
+            raise bad_offset()
+        for cluster, name in self._locate(handle):
+            found = self._read(cluster, name)
+            if found is None:
+                continue
+            pods = [
+                p for p in self._pods(cluster, f"{JOB_NAME_LABEL}={name}") if p.status and p.status.phase != "Pending"
+            ]
+            finished = _condition(found, "Complete") is not None or _condition(found, "Failed") is not None
+            if not pods:
+                return LogChunk("", offset, finished, note="no pod has started yet")
+            latest = max(pods, key=_created)
+            try:
+                with k8s_errors("read Pod log"):
+                    text = self.core(cluster).read_namespaced_pod_log(
+                        latest.metadata.name, cluster.namespace, container=CONTAINER
+                    )
+            except BackendError as exc:
+                if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (400, 404):
+                    return LogChunk("", offset, finished, note="the pod's log is not there (yet)")
+                raise
+            data = (text or "").encode()
+            piece = data[offset : offset + limit]
+            end = offset + len(piece)
+            return LogChunk(piece.decode(errors="replace"), end, finished and end >= len(data))
+        return LogChunk("", offset, True, note="the Job is not in the cluster")
+
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        found = []
+        selector = f"{MANAGED}=true,{STAGE}={self.settings.stage}"
+        for cluster in self.clusters:
+            with k8s_errors("list Jobs"):
+                jobs = self.batch(cluster).list_namespaced_job(cluster.namespace, label_selector=selector).items
+            for item in jobs:
+                labels = item.metadata.labels or {}
+                finished = _condition(item, "Complete") is not None or _condition(item, "Failed") is not None
+                parsed = parse_native_name(item.metadata.name)
+                found.append(
+                    ManagedResource(
+                        backend=self.name,
+                        resource_id=self.native_id(cluster, item.metadata.name),
+                        kind=ResourceKind.JOB,
+                        state="Finished" if finished else "Active",
+                        power=PowerState.GONE if finished else PowerState.RUNNING,
+                        stage=labels.get(STAGE),
+                        native_name=item.metadata.name,
+                        job_id=parsed[0] if parsed else None,
+                        attempt=parsed[1] if parsed else None,
+                        launched_at=_when(item.metadata.creation_timestamp),
+                    )
+                )
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        name, _, rest = resource.resource_id.partition("/")
+        cluster = self._named(name)
+        if cluster is None or resource.native_name is None:
+            raise UnsupportedError(f"refusing to stop {resource.resource_id}: no enabled cluster is named {name!r}")
+        found = self._read(cluster, resource.native_name)
+        if found is None or (found.metadata.labels or {}).get(STAGE) != self.settings.stage:
+            return  # gone, or not this stage's (checked on the object itself, not only the list)
+        self._delete(cluster, resource.native_name)
+
+
+def _created(obj: Any) -> datetime:
+    return _when(obj.metadata.creation_timestamp) or datetime.min.replace(tzinfo=UTC)
+
+
+def _condition_any(pod: Any, kind: str, status: str) -> Any:
+    for condition in (pod.status.conditions if pod.status else None) or []:
+        if condition.type == kind and condition.status == status:
+            return condition
+    return None
+
+
+def _terminated(pods: list[Any]) -> Any:
+    """The job container's last termination (newest pod first)."""
+    for pod in reversed(pods):
+        for status in (pod.status.container_statuses if pod.status else None) or []:
+            if status.name == CONTAINER and status.state and status.state.terminated:
+                return status.state.terminated
+    return None
+
+
+def _disruption(pod: Any) -> str:
+    found = _condition_any(pod, "DisruptionTarget", "True")
+    return f"DisruptionTarget: {found.reason or ''} {found.message or ''}".strip() if found else "DisruptionTarget"
