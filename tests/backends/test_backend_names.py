@@ -17,6 +17,9 @@ HOMES = (
     "chalicelib/backends/gcp/",
     "chalicelib/backends/local/",
     "chalicelib/backends/kubernetes/",
+    # The endpoint backends' own registry and modules (ENDPOINT_REGISTRY, its spec's choices and auto's
+    # order): endpoint backend names, some equal to the training backends that enable them.
+    "chalicelib/endpoints/",
 )
 # Where a string equal to a backend name is genuinely other data. Each entry: (path, text on the line, why).
 ALLOWED = (

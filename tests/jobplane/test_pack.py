@@ -133,7 +133,7 @@ def test_the_demo_workdir_packs_without_what_it_ignores_and_its_spec_is_valid():
     document = yaml.safe_load((root / "train-workdir-local.yaml").read_text())
     assert document.pop("workdir") == "workdir-demo"
     packed = pack(root / "workdir-demo")
-    assert list(packed.files) == [".jobplaneignore", "prepare.py", "train.py"]
+    assert list(packed.files) == [".jobplaneignore", "prepare.py", "serve.py", "train.py"]  # serve.py: the endpoint
     spec = parse_spec(
         {**document, "code_uri": f"s3://bucket/code/{packed.sha256}.tar.gz", "code_sha256": packed.sha256}
     )
