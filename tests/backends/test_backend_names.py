@@ -16,6 +16,9 @@ HOMES = (
     "chalicelib/backends/aws/",
     "chalicelib/backends/gcp/",
     "chalicelib/backends/local/",
+    # Endpoint backends: their modules and ENDPOINT_REGISTRY are their home (sagemaker and vertex endpoints
+    # share the name, account and event source of the job backend they ride on).
+    "chalicelib/endpoints/backends/",
 )
 # Where a string equal to a backend name is genuinely other data. Each entry: (path, text on the line, why).
 ALLOWED = (
