@@ -189,6 +189,7 @@ def test_deploy_constants_follow_the_stage():
 # Modules of chalicelib that touch os.environ for something other than settings, and why.
 ENVIRON_ELSEWHERE = {
     "chalicelib/gcp_auth.py": "writes fresh AWS credentials where the SDKs' default chain finds them",
+    "chalicelib/endpoints/vertex_serve.py": "the serving container's own process, set up by Vertex's AIP_*",
     "chalicelib/backends/local/backend.py": "passes the host's PATH, HOME and locale on to a local job's process",
     "chalicelib/backends/local/runner.py": "the job supervisor: its own process, started with the job's environment",
     "chalicelib/endpoints/backends/local.py": "passes the host's PATH on to a local model server's process",
