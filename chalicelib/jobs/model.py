@@ -131,6 +131,8 @@ class Job:
     claims: tuple[Claim, ...] = ()
     # Backends this job may run on, in order: the planned one first, then the spec's fallback.
     candidates: tuple[str, ...] = ()
+    # When a provider first refused this job capacity or quota (capacity_wait_minutes counts from here).
+    first_refusal_at: datetime | None = None
     # The latest value of each key the job reported (JOBPLANE_METRICS lines), and how far its output was read.
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_cursor: Cursor | None = None
@@ -174,6 +176,7 @@ class Job:
             "planner_reason": self.planner_reason,
             "status_reason": self.status_reason,
             "candidates": list(self.candidates),
+            "first_refusal_at": iso(self.first_refusal_at),
             "metrics": dict(self.metrics),
             "artifacts_uri": artifacts,
         }
@@ -212,6 +215,8 @@ class Transition:
     # Capacity taken (claim, limit) or given back with this transition, in the same atomic write.
     acquire: tuple[tuple[Claim, int], ...] = ()
     release: tuple[Claim, ...] = ()
+    # A QUEUED job that waits for the next reconcile tick instead of launching at once (no candidate left).
+    hold: bool = False
 
 
 @dataclass(frozen=True)

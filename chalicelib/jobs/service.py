@@ -400,6 +400,8 @@ class JobService:
                 transition.to_status.value,
                 transition.reason,
             )
+            if transition.hold:
+                return updated  # waits for capacity: reconcile dispatches it with the queue
             if transition.release:
                 self.dispatcher.dispatch_queued()  # capacity came free: the queue moves (a retry takes its turn)
                 return self.store.get_job(updated.job_id) or updated

@@ -63,6 +63,7 @@ _PLAIN_FIELDS = (
     "planner_reason",
     "updated_at",
     "status_reason",
+    "first_refusal_at",
 )
 
 
@@ -157,6 +158,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         status_reason = UnicodeAttribute(null=True)
         claims = UnicodeAttribute(null=True)  # JSON [[pool, units], ...] while capacity is held
         candidates = UnicodeAttribute(null=True)  # JSON list of registry names, in failover order
+        first_refusal_at = UTCDateTimeAttribute(null=True)  # capacity_wait_minutes counts from here
         metrics = UnicodeAttribute(null=True)  # JSON {key: latest value}
         metrics_cursor = UnicodeAttribute(null=True)  # JSON Cursor: how far the output was read for metrics
 
