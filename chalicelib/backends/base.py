@@ -69,6 +69,9 @@ class Observation:
     exit_code: int | None = None
     at: datetime | None = None
     started_at: datetime | None = None
+    #: still in the provider's own queue (Batch RUNNABLE, Vertex PENDING/QUEUED, SageMaker starting with a
+    #: capacity message): reconcile moves it on after the spec's capacity_wait_minutes
+    waiting_for_capacity: bool = False
 
     def __post_init__(self) -> None:
         if self.status is JobStatus.FAILED and self.failure_kind is None:

@@ -7,16 +7,14 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from moto import mock_aws
 
 from chalicelib.auth import Principal
 from chalicelib.backends.base import Handle
 from chalicelib.events import handle_state_change
 from chalicelib.jobs.machine import decide
 from chalicelib.jobs.model import EventSource, FailureKind, JobEvent, JobStatus
-from chalicelib.jobs.service import JobService
 from tests.backends.harnesses import answer
-from tests.factories import T0, boto, fixture_json, make_job, make_settings, noop_spec
+from tests.factories import T0, boto, fixture_json, make_job, moto_service, noop_spec
 
 ALICE = Principal("alice")
 # SageMaker's FailureReason for a job it accepted and then could not find instances for
@@ -27,14 +25,8 @@ CAPACITY_REASON = (
 
 @pytest.fixture
 def aws_service(memory_store, tmp_path):
-    """A JobService with the real SageMaker and EC2 backends on moto (in-process)."""
-    with mock_aws():
-        base = make_settings(tmp_path, None, JOBPLANE_BACKENDS="sagemaker,ec2,local")
-        ec2 = boto(base, "ec2")
-        boto(base, "iam").create_instance_profile(InstanceProfileName=base.ec2_instance_profile)
-        boto(base, "s3").create_bucket(Bucket=base.artifacts_bucket)
-        settings = replace(base, ec2_ami=ec2.describe_images()["Images"][0]["ImageId"])
-        yield JobService(memory_store, settings), ec2
+    with moto_service(memory_store, tmp_path, "sagemaker,ec2,local") as found:
+        yield found
 
 
 def sagemaker_event(job, status: str, secondary: str, reason: str = "") -> dict:

@@ -125,6 +125,7 @@ def _job_with_state(gcp_service, fake_gcp, state, error=None):
     ("state", "error", "status", "kind"),
     [
         ("JOB_STATE_QUEUED", None, JobStatus.LAUNCHING, None),
+        ("JOB_STATE_PENDING", None, JobStatus.LAUNCHING, None),
         ("JOB_STATE_RUNNING", None, JobStatus.RUNNING, None),
         ("JOB_STATE_SUCCEEDED", None, JobStatus.SUCCEEDED, None),
         (
@@ -162,6 +163,8 @@ def test_can_describe_each_state(gcp_service, fake_gcp, state, error, status, ki
     job = _job_with_state(gcp_service, fake_gcp, state, error)
     obs = gcp_service.backend("vertex").describe(Handle.of(job))
     assert (obs.status, obs.failure_kind, obs.native_status, obs.job_id) == (status, kind, state, job.job_id)
+    # queued or pending: Vertex is still finding the machines, which reconcile waits capacity_wait_minutes for
+    assert obs.waiting_for_capacity is (state in ("JOB_STATE_QUEUED", "JOB_STATE_PENDING"))
 
 
 def test_an_unspecified_or_unknown_state_is_an_error(gcp_service, fake_gcp):
