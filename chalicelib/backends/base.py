@@ -28,10 +28,13 @@ class Handle:
     native_name: str
     attempt: int = 1
     native_id: str | None = None
+    #: the provider's long-running operation that creates the resource (GCE insert), read until it is done
+    operation: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> Handle:
-        return cls(job.job_id, job.native_name or native_name(job.job_id, job.attempt), job.attempt, job.native_id)
+        name = job.native_name or native_name(job.job_id, job.attempt)
+        return cls(job.job_id, name, job.attempt, job.native_id, job.launch_operation)
 
 
 def parse_native_name(name: str | None) -> tuple[str, int] | None:
@@ -210,6 +213,8 @@ class LaunchResult:
 
     native_id: str | None
     native_status: str = "Submitted"
+    #: the operation that still creates the resource (GCE insert answers before the VM exists)
+    operation: str | None = None
 
 
 class ComputeBackend(ABC):

@@ -129,9 +129,12 @@ class Dispatcher:
                     return self._retry_later(job, exc, round_number)
                 log.info("job %s: launch try %d failed (%s); trying again", job.job_id, try_number, exc.message)
                 self.sleep(backoff_seconds(try_number))
-        if result.native_id is not None and result.native_id != job.native_id:
+        recorded = {"native_id": result.native_id} if result.native_id not in (None, job.native_id) else {}
+        if result.operation is not None and result.operation != job.launch_operation:
+            recorded["launch_operation"] = result.operation  # describe reads it until the resource exists
+        if recorded:
             try:
-                job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
+                job = self.store.update_job(job, JobStatus.LAUNCHING, **recorded)
             except StaleStateError:
                 pass  # an event already moved it on, and events carry the native id too
         return job

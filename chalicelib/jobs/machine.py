@@ -46,7 +46,13 @@ def failover(
     first = job.first_refusal_at or at
     until = first + timedelta(minutes=job.spec.capacity_wait_minutes)
     tried = f"{job.backend}: {detail}"
-    changes: dict = {"native_id": None, "native_name": None, "claims": (), "first_refusal_at": first}
+    changes: dict = {
+        "native_id": None,
+        "native_name": None,
+        "launch_operation": None,
+        "claims": (),
+        "first_refusal_at": first,
+    }
     if new_attempt:
         changes["attempt"] = job.attempt + 1
     hold = False
@@ -113,7 +119,14 @@ def _retry(job: Job, event: JobEvent) -> Transition | None:
         source=event.source,
         at=event.at,
         native_status=event.native_status,
-        changes={"attempt": job.attempt + 1, "native_id": None, "native_name": None, "started_at": None, "claims": ()},
+        changes={
+            "attempt": job.attempt + 1,
+            "native_id": None,
+            "native_name": None,
+            "launch_operation": None,
+            "started_at": None,
+            "claims": (),
+        },
         release=job.claims,
     )
 

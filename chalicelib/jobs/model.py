@@ -133,6 +133,8 @@ class Job:
     candidates: tuple[str, ...] = ()
     # When a provider first refused this job capacity or quota (capacity_wait_minutes counts from here).
     first_refusal_at: datetime | None = None
+    # The provider operation creating this attempt's resource (GCE insert), read by describe until done.
+    launch_operation: str | None = None
     # The latest value of each key the job reported (JOBPLANE_METRICS lines), and how far its output was read.
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_cursor: Cursor | None = None

@@ -64,6 +64,7 @@ _PLAIN_FIELDS = (
     "updated_at",
     "status_reason",
     "first_refusal_at",
+    "launch_operation",
 )
 
 
@@ -159,6 +160,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         claims = UnicodeAttribute(null=True)  # JSON [[pool, units], ...] while capacity is held
         candidates = UnicodeAttribute(null=True)  # JSON list of registry names, in failover order
         first_refusal_at = UTCDateTimeAttribute(null=True)  # capacity_wait_minutes counts from here
+        launch_operation = UnicodeAttribute(null=True)  # the provider operation creating the resource (GCE)
         metrics = UnicodeAttribute(null=True)  # JSON {key: latest value}
         metrics_cursor = UnicodeAttribute(null=True)  # JSON Cursor: how far the output was read for metrics
 
