@@ -405,11 +405,13 @@ def batch_queues(settings) -> str:
 
 
 @contextlib.contextmanager
-def moto_service(store, tmp_path, backends: str = "sagemaker,aws-batch,ec2,local"):
+def moto_service(store, tmp_path, backends: str = "sagemaker,aws-batch,ec2,local", regions: tuple[str, ...] = ()):
     """A JobService over `store` with the real AWS backends on in-process moto, ready to launch: Batch queues,
-    the EC2 instance profile, an AMI and the artifacts bucket. Yields (service, ec2 client)."""
+    the EC2 instance profile, an AMI and the artifacts bucket; its backends have moto clients in the settings'
+    region and in `regions`. Yields (service, ec2 client)."""
     from dataclasses import replace
 
+    import boto3
     from moto import mock_aws
 
     from chalicelib.jobs.service import JobService
@@ -429,6 +431,8 @@ def moto_service(store, tmp_path, backends: str = "sagemaker,aws-batch,ec2,local
             if hasattr(backend, "set_client"):
                 for api in ("sagemaker", "batch", "ecs", "ec2", "s3", "logs", "sts", "iam"):
                     backend.set_client(api, boto(settings, api))
+                    for region in regions:
+                        backend.set_client(api, boto3.client(api, region_name=region), region)
         yield service, ec2
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from chalicelib.jobs.model import (
+    Candidate,
     EventSource,
     FailureKind,
     Job,
@@ -41,11 +43,12 @@ def failover(
     """
     if job.terminal or job.status is JobStatus.CANCELLING:
         return None
-    candidates = job.candidates or (job.backend,)
-    position = candidates.index(job.backend) if job.backend in candidates else len(candidates) - 1
+    current = job.candidate
+    candidates = job.candidates or (current,)
+    position = candidates.index(current) if current in candidates else len(candidates) - 1
     first = job.first_refusal_at or at
     until = first + timedelta(minutes=job.spec.capacity_wait_minutes)
-    tried = f"{job.backend}: {detail}"
+    tried = f"{current}: {detail}"
     changes: dict = {
         "native_id": None,
         "native_name": None,
@@ -59,14 +62,14 @@ def failover(
     if position + 1 < len(candidates):
         target = candidates[position + 1]
         reason = f"{tried}; failing over to {target}"
-        changes.update(backend=target, planner_reason=f"failover from {job.backend} ({code}) to {target}")
+        changes["planner_reason"] = f"failover from {current} ({code}) to {target}"
     elif at < until:
         target = candidates[0]
         reason = f"{tried}; no candidate left ({', '.join(candidates)}); retrying until {iso(until)}"
-        changes["backend"] = target
         hold = True
     else:
         return None
+    changes.update(_moved_to(job, Candidate.parse(target)))
     return Transition(
         job_id=job.job_id,
         from_status=job.status,
@@ -79,6 +82,16 @@ def failover(
         release=job.claims,
         hold=hold,
     )
+
+
+def _moved_to(job: Job, target: Candidate) -> dict:
+    """The job's fields on `target`: its backend and region, and the GPU type in its spec (the rest, the
+    checkpoint_uri included, follows the job unchanged)."""
+    changes: dict = {"backend": target.backend, "region": target.region}
+    resources = job.spec.resources
+    if target.gpu_type and target.gpu_type != resources.gpu_type:
+        changes["spec"] = job.spec.with_changes(resources=replace(resources, gpu_type=target.gpu_type))
+    return changes
 
 
 def _failover(job: Job, event: JobEvent) -> Transition | None:
