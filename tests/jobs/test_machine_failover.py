@@ -141,3 +141,29 @@ def test_a_user_error_or_a_cancel_never_fails_over():
     assert decide(job, user).to_status is JobStatus.FAILED
     capacity = replace(user, failure_kind=FailureKind.NO_CAPACITY)
     assert decide(job.with_changes(status=JobStatus.CANCELLING), capacity).to_status is JobStatus.CANCELLED
+
+
+def test_a_move_to_another_gpu_type_writes_it_into_the_spec_and_keeps_the_checkpoint():
+    spec = noop_spec(
+        image="train:1",
+        backend="sagemaker",
+        resources={"gpus": 1, "gpu_type": "A10G"},
+        gpu_types=["L4"],
+        checkpoint_uri="s3://ckpt/run1/",
+    )
+    job = make_job("sagemaker", spec, candidates=("sagemaker+A10G", "sagemaker+L4"), named=True)
+    assert job.candidate == "sagemaker+A10G"
+    capacity = JobEvent(
+        job.job_id,
+        JobStatus.FAILED,
+        EventSource.BACKEND,
+        at=T0,
+        reason=CAPACITY_REASON,
+        failure_kind=FailureKind.NO_CAPACITY,
+        attempt=1,
+    )
+    moved = decide(job, capacity)
+    assert (moved.to_status, moved.changes["backend"], moved.changes["attempt"]) == (JobStatus.QUEUED, "sagemaker", 2)
+    assert moved.changes["spec"].resources.gpu_type == "L4"
+    assert moved.changes["spec"].checkpoint_uri == "s3://ckpt/run1/"
+    assert moved.reason == f"sagemaker+A10G: {CAPACITY_REASON}; failing over to sagemaker+L4"
