@@ -154,16 +154,16 @@ def _price(candidate: Candidate, spec: JobSpec, settings: Settings) -> float | N
     from chalicelib.pricing import Price, price
 
     found = descriptor_or_none(candidate.backend)
-    if found is None or found.cloud is not Cloud.AWS:
+    if found is None or found.price_table is None:
         return None  # GCP candidates run in one region; their order is the spec's
     resources = spec.resources
     if candidate.gpu_type:
         resources = replace(resources, gpu_type=candidate.gpu_type)
-    provider, prefix = ("sagemaker", "ml.") if candidate.backend == "sagemaker" else ("ec2", "")
     try:
-        sku = instance_type_for(resources, prefix)
+        sku = instance_type_for(resources, found.instance_prefix)
     except ValidationError:
         return None
-    purchase = "spot" if resources.spot and provider == "ec2" else "on_demand"
-    quote = price(provider, candidate.region or settings.region, sku, purchase)
+    # (the catalog prices SageMaker's managed spot at the on-demand rate it bills)
+    purchase = "spot" if resources.spot else "on_demand"
+    quote = price(found.price_table, candidate.region or settings.region, sku, purchase)
     return quote.usd_per_hour if isinstance(quote, Price) else None
