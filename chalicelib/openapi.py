@@ -44,7 +44,13 @@ class Job(_Out):
     cost_estimate_usd: float | None
     planner_reason: str | None
     status_reason: str | None
-    candidates: list[str]
+    candidates: list[str] = Field(
+        description="where the job may run, in failover order: backend[@region][+gpu_type] (the current one first)"
+    )
+    region: str | None = Field(description="the region the current attempt runs in; null: the deployment's own")
+    first_refusal_at: str | None = Field(
+        description="when a provider first refused the job capacity or quota; capacity_wait_minutes counts from it"
+    )
     metrics: dict[str, float] = Field(description="the latest value of each key the job reported (JOBPLANE_METRICS)")
     artifacts_uri: str | None = Field(
         description="where $JOBPLANE_OUTPUT_DIR is uploaded: <outputs or the stage's bucket>/<job_id>/"

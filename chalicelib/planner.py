@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from chalicelib.backends import Cloud, backend_class, descriptor_or_none
@@ -10,6 +11,7 @@ from chalicelib.backends.base import ComputeBackend
 from chalicelib.config import Settings
 from chalicelib.errors import ValidationError
 from chalicelib.jobs.capacity import claims_for
+from chalicelib.jobs.model import Candidate
 
 if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec
@@ -88,3 +90,80 @@ def _describe(spec: JobSpec) -> str:
     if not spec.image:
         what += " (bare command, no image)"
     return what
+
+
+# --- candidates: where a job may run, in the order failover tries them -------------------------------------
+def candidates(spec: JobSpec, first: str, settings: Settings, make: Callable[[str], ComputeBackend]) -> tuple[str, ...]:
+    """Candidate.text of every (backend, region, GPU type) the job may run on, in order: backends as the spec
+    lists them (the planned one, then `fallback`); within a backend its regions and GPU types by catalog price
+    (cheapest first), equal or unknown prices in the spec's order. Each fallback must be enabled and able to run it."""
+    for i, name in enumerate(spec.fallback):
+        field = f"fallback[{i}]"
+        if name not in settings.enabled_backends:
+            raise ValidationError(
+                f"fallback backend {name!r} is not enabled in this deployment",
+                [{"field": field, "message": f"enabled here: {', '.join(settings.enabled_backends)}"}],
+            )
+        try:
+            make(name).validate(spec)
+        except ValidationError as exc:
+            reason = exc.details[0]["message"] if exc.details else exc.message
+            raise ValidationError(
+                f"fallback backend {name!r} cannot run this job: {reason}", [{"field": field, "message": reason}]
+            ) from None
+    # gpu_types are the alternatives to resources.gpu_type, which is always one of them
+    gpu_types: tuple[str | None, ...] = (
+        tuple(dict.fromkeys((spec.resources.gpu_type, *spec.gpu_types))) if spec.gpu_types else (None,)
+    )
+    found: list[str] = []
+    refused: list[str] = []
+    for backend in dict.fromkeys((first, *spec.fallback)):
+        regions = _regions(backend, spec, settings, refused)
+        options = [Candidate(backend, r, g) for r in regions for g in gpu_types]
+        order = {c: i for i, c in enumerate(options)}
+        priced = {c: _price(c, spec, settings) for c in options}
+        options.sort(key=lambda c: (priced[c] is None, priced[c] or 0.0, order[c]))
+        found.extend(c.text for c in options)
+    if not found:
+        raise ValidationError(
+            "no candidate can run this job in the regions it names",
+            [{"field": "regions", "message": "; ".join(refused)}],
+        )
+    return tuple(dict.fromkeys(found))
+
+
+def _regions(backend: str, spec: JobSpec, settings: Settings, refused: list[str]) -> list[str | None]:
+    """The spec's regions this backend can run in (None: the deployment's region, when the spec names none).
+    AWS backends build clients for any region; a GCP backend runs in the deployment's region only; local in none."""
+    if not spec.regions:
+        return [None]
+    found = descriptor_or_none(backend)
+    cloud = found.cloud if found else None
+    if cloud is Cloud.AWS:
+        return list(spec.regions)
+    if cloud is Cloud.GCP and settings.gcp_region in spec.regions:
+        return [settings.gcp_region]
+    where = f"only {settings.gcp_region} in this deployment" if cloud is Cloud.GCP else "no region (it runs here)"
+    refused.append(f"{backend} runs in {where}, the spec names {', '.join(spec.regions)}")
+    return []
+
+
+def _price(candidate: Candidate, spec: JobSpec, settings: Settings) -> float | None:
+    """USD per hour of the candidate's instance from the price catalog, or None when the catalog has no price."""
+    from chalicelib.backends.aws.base import instance_type_for
+    from chalicelib.pricing import Price, price
+
+    found = descriptor_or_none(candidate.backend)
+    if found is None or found.price_table is None:
+        return None  # GCP candidates run in one region; their order is the spec's
+    resources = spec.resources
+    if candidate.gpu_type:
+        resources = replace(resources, gpu_type=candidate.gpu_type)
+    try:
+        sku = instance_type_for(resources, found.instance_prefix)
+    except ValidationError:
+        return None
+    # (the catalog prices SageMaker's managed spot at the on-demand rate it bills)
+    purchase = "spot" if resources.spot else "on_demand"
+    quote = price(found.price_table, candidate.region or settings.region, sku, purchase)
+    return quote.usd_per_hour if isinstance(quote, Price) else None

@@ -10,7 +10,7 @@ from enum import Enum
 from typing import Any
 
 from chalicelib.backends.base import Handle, ManagedResource, ResourceKind
-from chalicelib.errors import JobplaneError, ValidationError
+from chalicelib.errors import JobplaneError, StaleStateError, ValidationError
 from chalicelib.events import to_job_event
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 from chalicelib.notify.slack import drain_outbox
@@ -37,6 +37,10 @@ class Action(str, Enum):
     CANCELLED = "cancelled"
     #: the resource vanished (or a relaunch found nothing either): the job fails as a backend error
     FAIL_LOST = "fail_lost"
+    #: first seen waiting in the provider's own queue for capacity: the wait is recorded on the job
+    QUEUE_WAIT = "queue_wait"
+    #: in the provider's queue past capacity_wait_minutes: stopped there, and failed over (machine.failover)
+    QUEUE_FAILOVER = "queue_failover"
     # --- about a tagged resource (decide_resource) ---
     #: no job behind it, or left over from an earlier attempt
     STOP_ORPHAN = "stop_orphan"
@@ -67,6 +71,7 @@ class Effect:
     relaunch: bool = False
     to_status: JobStatus | None = None
     failure_kind: FailureKind | None = None
+    mark_wait: bool = False
 
 
 EFFECTS: dict[Action, Effect] = {
@@ -79,6 +84,8 @@ EFFECTS: dict[Action, Effect] = {
     Action.RELAUNCH: Effect(relaunch=True),
     Action.CANCELLED: Effect(to_status=JobStatus.CANCELLED),
     Action.FAIL_LOST: Effect(to_status=JobStatus.FAILED, failure_kind=FailureKind.BACKEND_ERROR),
+    Action.QUEUE_WAIT: Effect(mark_wait=True),
+    Action.QUEUE_FAILOVER: Effect(recancel=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.NO_CAPACITY),
     Action.STOP_ORPHAN: Effect(stop_resource=True),
     Action.STOP_FINISHED: Effect(stop_resource=True),
     Action.REMOVE_STOPPED: Effect(stop_resource=True),
@@ -124,7 +131,24 @@ def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> 
         if job.status is JobStatus.CANCELLING and not observation.status.terminal:
             return Decision(job.job_id, Action.RECANCEL, f"still {observation.native_status} after a cancel request")
         return Decision(job.job_id, Action.APPLY, f"backend reports {observation.native_status}")
+    if job.status is JobStatus.LAUNCHING and observation.waiting_for_capacity and job.spec.capacity_wait_minutes:
+        return _queue_wait(job, observation, now)
     return Decision(job.job_id, Action.NONE, f"in sync ({observation.native_status})")
+
+
+def _queue_wait(job: Job, observation, now) -> Decision:
+    """A job in its provider's queue waits capacity_wait_minutes from its first refusal, then moves on."""
+    where = f"{job.backend}'s queue ({observation.native_status})"
+    if job.first_refusal_at is None:
+        return Decision(job.job_id, Action.QUEUE_WAIT, f"waiting for capacity in {where}")
+    limit = job.spec.capacity_wait_minutes
+    waited = now - job.first_refusal_at
+    if waited >= timedelta(minutes=limit):
+        reason = f"waited {_minutes(waited)} minutes for capacity in {where}, past capacity_wait_minutes ({limit})"
+        return Decision(job.job_id, Action.QUEUE_FAILOVER, reason)
+    return Decision(
+        job.job_id, Action.NONE, f"waiting for capacity in {where} for {_minutes(waited)} of {limit} minutes"
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +269,11 @@ def apply(
     if effect.stop_resource:
         reason = f"stopped by jobplane reaper: {decision.reason}"
         backend.stop_resource(resource, reason)
+    if effect.mark_wait:
+        try:
+            service.store.update_job(job, job.status, first_refusal_at=utcnow(), status_reason=reason)
+        except StaleStateError:
+            pass  # it moved on meanwhile: the next run looks again
     if effect.recancel:
         service.stop_resource(job)
     if effect.observe:

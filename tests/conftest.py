@@ -60,6 +60,7 @@ def fake_gcp(fake_server):
     fake_server.instances.clear()
     fake_server.objects.clear()
     fake_server.guest_attributes.clear()
+    fake_server.operations.clear()
     fake_server.log_entries.clear()
     fake_server.fail_next.clear()
     fake_server._ids = 1000

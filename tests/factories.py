@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import collections
+import contextlib
 import copy
 import json
 import os
@@ -402,6 +403,38 @@ def batch_queues(settings) -> str:
             computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}],
         )
     return env
+
+
+@contextlib.contextmanager
+def moto_service(store, tmp_path, backends: str = "sagemaker,aws-batch,ec2,local", regions: tuple[str, ...] = ()):
+    """A JobService over `store` with the real AWS backends on in-process moto, ready to launch: Batch queues,
+    the EC2 instance profile, an AMI and the artifacts bucket; its backends have moto clients in the settings'
+    region and in `regions`. Yields (service, ec2 client)."""
+    from dataclasses import replace
+
+    import boto3
+    from moto import mock_aws
+
+    from chalicelib.jobs.service import JobService
+
+    with mock_aws(config={"batch": {"use_docker": False}}):
+        base = make_settings(tmp_path, None, JOBPLANE_BACKENDS=backends)
+        ec2 = boto(base, "ec2")
+        boto(base, "iam").create_instance_profile(InstanceProfileName=base.ec2_instance_profile)
+        boto(base, "s3").create_bucket(Bucket=base.artifacts_bucket)
+        if "aws-batch" in backends.split(","):
+            batch_queues(base)
+        settings = replace(base, ec2_ami=ec2.describe_images()["Images"][0]["ImageId"])
+        service = JobService(store, settings)
+        # The process's shared clients may predate moto's import (and so bypass the mock): clients made here
+        for name in settings.enabled_backends:
+            backend = service.backend(name)
+            if hasattr(backend, "set_client"):
+                for api in ("sagemaker", "batch", "ecs", "ec2", "s3", "logs", "sts", "iam"):
+                    backend.set_client(api, boto(settings, api))
+                    for region in regions:
+                        backend.set_client(api, boto3.client(api, region_name=region), region)
+        yield service, ec2
 
 
 def api_event(method: str, path: str, token: str, body: dict | None = None) -> dict:

@@ -32,6 +32,7 @@ class FakeGcp:
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Instance JSON
         self.objects: dict[tuple[str, str], bytes] = {}
         self.guest_attributes: dict[str, dict[str, str]] = {}
+        self.operations: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Operation JSON
         self.log_entries: list[dict[str, Any]] = []  # LogEntry JSON, served by entries.list in order
         self.fail_next: list[tuple[int, dict[str, Any]]] = []  # responses to give instead, in order
         self._ids = 1000
@@ -98,6 +99,12 @@ class FakeGcp:
                 if all(inst.get("labels", {}).get(k) == v for k, v in wanted.items()):
                     items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(inst)
             return 200, {"kind": "compute#instanceAggregatedList", "items": items}
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path)
+        if m and method == "GET":
+            operation = self.operations.get((m[2], m[3]))
+            if operation is None:
+                return _error(404, "NOT_FOUND", f"The resource 'operation {m[3]}' was not found", "notFound")
+            return 200, operation
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances(?:/([^/]+))?(?:/([A-Za-z]+))?", path)
         if m:
             return self._compute(method, m[1], m[2], m[3], m[4], query, body)
@@ -156,7 +163,7 @@ class FakeGcp:
 
     def _operation(self, project, zone, name, kind):
         self._ids += 1
-        return 200, {
+        operation = {
             "kind": "compute#operation",
             "id": str(self._ids),
             "name": f"operation-{self._ids}",
@@ -165,6 +172,26 @@ class FakeGcp:
             "zone": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}",
             "targetLink": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/instances/{name}",
         }
+        self.operations[(zone, operation["name"])] = operation
+        return 200, operation
+
+    def stockout(self, zone: str, instance: str) -> dict[str, Any]:
+        """The insert of `instance` ends as Compute Engine ends one with no capacity: the operation DONE with
+        ZONE_RESOURCE_POOL_EXHAUSTED, and no VM."""
+        self.instances.pop((zone, instance), None)
+        operation = next(
+            o
+            for o in reversed(self.operations.values())
+            if o["operationType"] == "insert" and o["targetLink"].endswith(f"/instances/{instance}")
+        )
+        message = (
+            f"The zone '{operation['zone'].split('/compute/v1/')[1]}' does not have enough resources available to "
+            "fulfill the request.  Try a different zone, or try again later."
+        )
+        operation.update(
+            status="DONE", error={"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED", "message": message}]}
+        )
+        return operation
 
     def _compute(self, method, project, zone, name, verb, query, body):
         if name is None and method == "POST":
@@ -185,7 +212,10 @@ class FakeGcp:
                 "creationTimestamp": "2025-01-01T00:00:00.000-00:00",
                 "labelFingerprint": "fp-0",
             }
-            return self._operation(project, zone, body["name"], "insert")
+            # The VM exists at once here, so its insert is done (Compute Engine finishes it once the VM is made).
+            status, operation = self._operation(project, zone, body["name"], "insert")
+            operation["status"] = "DONE"
+            return status, operation
         inst = self.instances.get((zone, name))
         if inst is None:
             return _error(

@@ -95,6 +95,10 @@ class BackendDescriptor:
     #: "module:Class" of the dev VM provider it hosts, if any
     devvm_provider: str | None = None
     requires: tuple[Requirement, ...] = ()
+    #: the price catalog table its instances bill at, and the prefix of its instance type names there (the
+    #: planner orders a backend's regions and GPU types by it); None: not priced by instance type
+    price_table: str | None = None
+    instance_prefix: str = ""
     #: "module:Class" of the ComputeBackend (whose `descriptor` is this one); None when the class itself
     #: is registered
     implementation: str | None = None

@@ -7,6 +7,9 @@ import binascii
 import json
 import re
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
@@ -28,10 +31,29 @@ class Handle:
     native_name: str
     attempt: int = 1
     native_id: str | None = None
+    #: the provider's long-running operation that creates the resource (GCE insert), read until it is done
+    operation: str | None = None
+    #: the region the job runs in (None: the deployment's)
+    region: str | None = None
 
     @classmethod
     def of(cls, job: Job) -> Handle:
-        return cls(job.job_id, job.native_name or native_name(job.job_id, job.attempt), job.attempt, job.native_id)
+        name = job.native_name or native_name(job.job_id, job.attempt)
+        return cls(job.job_id, name, job.attempt, job.native_id, job.launch_operation, job.region)
+
+
+#: the region of the job a backend call is about (None: the deployment's). The public methods below set it
+#: around their `_impl`, so a backend builds its clients for the job's region without passing it everywhere.
+CALL_REGION: ContextVar[str | None] = ContextVar("jobplane_call_region", default=None)
+
+
+@contextmanager
+def in_region(region: str | None) -> Iterator[None]:
+    token = CALL_REGION.set(region)
+    try:
+        yield
+    finally:
+        CALL_REGION.reset(token)
 
 
 def parse_native_name(name: str | None) -> tuple[str, int] | None:
@@ -69,6 +91,9 @@ class Observation:
     exit_code: int | None = None
     at: datetime | None = None
     started_at: datetime | None = None
+    #: still in the provider's own queue (Batch RUNNABLE, Vertex PENDING/QUEUED, SageMaker starting with a
+    #: capacity message): reconcile moves it on after the spec's capacity_wait_minutes
+    waiting_for_capacity: bool = False
 
     def __post_init__(self) -> None:
         if self.status is JobStatus.FAILED and self.failure_kind is None:
@@ -207,6 +232,8 @@ class LaunchResult:
 
     native_id: str | None
     native_status: str = "Submitted"
+    #: the operation that still creates the resource (GCE insert answers before the VM exists)
+    operation: str | None = None
 
 
 class ComputeBackend(ABC):
@@ -277,11 +304,13 @@ class ComputeBackend(ABC):
 
     def launch(self, job: Job) -> LaunchResult:
         """Start the job's current attempt; idempotent (a retried launch starts nothing new)."""
-        return self._launch_impl(job, Handle.of(job))
+        with in_region(job.region):
+            return self._launch_impl(job, Handle.of(job))
 
     def describe(self, handle: Handle) -> Observation | None:
         """The resource's current state, or None when it does not exist."""
-        return self._describe_impl(handle)
+        with in_region(handle.region):
+            return self._describe_impl(handle)
 
     #: ids one batched describe call takes (Batch DescribeJobs, ECS DescribeTasks); reconcile's shards are
     #: cut at multiples of it, so every batch but a backend's last is full
@@ -299,14 +328,22 @@ class ComputeBackend(ABC):
         provider calls as the provider allows; backends that batch or list override `_describe_many_impl`."""
         if not handles:
             return {}
-        return self._describe_many_impl(list(handles))
+        by_region: dict[str | None, list[Handle]] = {}
+        for handle in handles:
+            by_region.setdefault(handle.region, []).append(handle)
+        found: dict[str, Observation | None] = {}
+        for region, group in by_region.items():  # one batch (or listing) per region the jobs run in
+            with in_region(region):
+                found.update(self._describe_many_impl(group))
+        return found
 
     def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
         return {h.job_id: self.describe(h) for h in handles}
 
     def cancel(self, handle: Handle) -> None:
         """Ask the provider to stop the resource; returns without waiting for it to stop."""
-        self._cancel_impl(handle)
+        with in_region(handle.region):
+            self._cancel_impl(handle)
 
     def parse_event(self, raw: dict[str, Any]) -> Observation | None:
         """Translate one provider state event; None when it is not about a jobplane resource."""
@@ -314,7 +351,8 @@ class ComputeBackend(ABC):
 
     def logs(self, handle: Handle, offset: Offset = 0, limit: int = 65536) -> LogChunk:
         """About `limit` bytes of the job's output from `offset` (0, or a next_offset this backend gave)."""
-        return self._logs_impl(handle, max(offset, 0) if isinstance(offset, int) else offset, limit)
+        with in_region(handle.region):
+            return self._logs_impl(handle, max(offset, 0) if isinstance(offset, int) else offset, limit)
 
     def tail(self, handle: Handle, max_lines: int = 15, max_bytes: int = 2048) -> list[str] | None:
         """The last lines of the job's output (see last_lines), or None when its end is out of reach:

@@ -7,12 +7,12 @@ import random
 import re
 import time
 from collections.abc import Callable
-from datetime import timedelta
 
 from chalicelib.backends.base import ComputeBackend
 from chalicelib.config import Settings
 from chalicelib.errors import BackendError, CapacityExhaustedError, StaleStateError
 from chalicelib.jobs.capacity import claims_for, queue_order
+from chalicelib.jobs.machine import failover
 from chalicelib.jobs.model import (
     EventSource,
     FailureKind,
@@ -20,7 +20,6 @@ from chalicelib.jobs.model import (
     JobEvent,
     JobStatus,
     Transition,
-    iso,
     native_name,
     utcnow,
 )
@@ -130,9 +129,12 @@ class Dispatcher:
                     return self._retry_later(job, exc, round_number)
                 log.info("job %s: launch try %d failed (%s); trying again", job.job_id, try_number, exc.message)
                 self.sleep(backoff_seconds(try_number))
-        if result.native_id is not None and result.native_id != job.native_id:
+        recorded = {"native_id": result.native_id} if result.native_id not in (None, job.native_id) else {}
+        if result.operation is not None and result.operation != job.launch_operation:
+            recorded["launch_operation"] = result.operation  # describe reads it until the resource exists
+        if recorded:
             try:
-                job = self.store.update_job(job, JobStatus.LAUNCHING, native_id=result.native_id)
+                job = self.store.update_job(job, JobStatus.LAUNCHING, **recorded)
             except StaleStateError:
                 pass  # an event already moved it on, and events carry the native id too
         return job
@@ -167,41 +169,18 @@ class Dispatcher:
         return self._launch(job, round_number)
 
     def _failover(self, job: Job, exc: BackendError) -> Job:
-        """No capacity or quota on this backend: move to the next candidate, or wait, or fail."""
-        candidates = job.candidates or (job.backend,)
-        position = candidates.index(job.backend) if job.backend in candidates else len(candidates) - 1
-        tried = f"{job.backend}: {exc.message}"
-        now = utcnow()
-        wait = timedelta(minutes=job.spec.capacity_wait_minutes)
-        if position + 1 < len(candidates):
-            target = candidates[position + 1]
-            reason = f"{tried}; failing over to {target}"
-            changes = {"backend": target, "planner_reason": f"failover from {job.backend} ({exc.CODE}) to {target}"}
-        elif now < job.created_at + wait:
-            target = candidates[0]
-            until = iso(job.created_at + wait)
-            reason = f"{tried}; no candidate left ({', '.join(candidates)}); retrying until {until}"
-            changes = {"backend": target}
-        else:
-            return self._fail(job, tried, FailureKind(exc.failure_kind))
-        transition = Transition(
-            job.job_id,
-            JobStatus.LAUNCHING,
-            JobStatus.QUEUED,
-            reason,
-            EventSource.DISPATCH,
-            now,
-            changes={**changes, "native_id": None, "native_name": None, "claims": ()},
-            release=job.claims,
-        )
+        """No capacity or quota on this backend: move to the next candidate, or wait, or fail (machine.failover)."""
+        transition = failover(job, exc.message, exc.CODE, EventSource.DISPATCH, utcnow(), new_attempt=False)
+        if transition is None:
+            return self._fail(job, f"{job.backend}: {exc.message}", FailureKind(exc.failure_kind))
         try:
             job = self.store.apply_transition(job, transition)
         except StaleStateError:
             return self.store.get_job(job.job_id) or job
-        log.info("job %s: %s", job.job_id, reason)
-        if position + 1 < len(candidates):
-            return self.dispatch(job)
-        return job  # waits in QUEUED; reconcile and every release try again
+        log.info("job %s: %s", job.job_id, transition.reason)
+        if transition.hold:
+            return job  # waits in QUEUED; reconcile and every release try again
+        return self.dispatch(job)
 
     def _wait_for_capacity(self, job: Job, pool: str, limits: dict[str, int]) -> Job:
         reason = f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}"

@@ -106,6 +106,27 @@ def native_name(job_id: str, attempt: int = 1) -> str:
 
 
 @dataclass(frozen=True)
+class Candidate:
+    """One place a job may run: a backend, a region (None: the deployment's) and a GPU type (None: the spec's)."""
+
+    backend: str
+    region: str | None = None
+    gpu_type: str | None = None
+
+    @property
+    def text(self) -> str:
+        return (
+            self.backend + (f"@{self.region}" if self.region else "") + (f"+{self.gpu_type}" if self.gpu_type else "")
+        )
+
+    @classmethod
+    def parse(cls, text: str) -> Candidate:
+        rest, _, gpu = text.partition("+")
+        backend, _, region = rest.partition("@")
+        return cls(backend, region or None, gpu or None)
+
+
+@dataclass(frozen=True)
 class Job:
     job_id: str
     name: str
@@ -129,8 +150,14 @@ class Job:
     status_reason: str | None = None
     # Capacity the job holds in the quota-aware queue (from LAUNCHING until it ends or is retried).
     claims: tuple[Claim, ...] = ()
-    # Backends this job may run on, in order: the planned one first, then the spec's fallback.
+    # Where this job may run, in order (Candidate.text: backend[@region][+gpu_type]): the planned one first.
     candidates: tuple[str, ...] = ()
+    # The region the current attempt runs in (None: the deployment's own); backends build their clients for it.
+    region: str | None = None
+    # When a provider first refused this job capacity or quota (capacity_wait_minutes counts from here).
+    first_refusal_at: datetime | None = None
+    # The provider operation creating this attempt's resource (GCE insert), read by describe until done.
+    launch_operation: str | None = None
     # The latest value of each key the job reported (JOBPLANE_METRICS lines), and how far its output was read.
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_cursor: Cursor | None = None
@@ -142,6 +169,12 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.status.terminal
+
+    @property
+    def candidate(self) -> str:
+        """The candidate the current attempt runs on, as its text in `candidates`."""
+        gpu = self.spec.resources.gpu_type if self.spec.gpu_types else None
+        return Candidate(self.backend, self.region, gpu).text
 
     def with_changes(self, **changes: Any) -> Job:
         return replace(self, **changes)
@@ -174,6 +207,8 @@ class Job:
             "planner_reason": self.planner_reason,
             "status_reason": self.status_reason,
             "candidates": list(self.candidates),
+            "region": self.region,
+            "first_refusal_at": iso(self.first_refusal_at),
             "metrics": dict(self.metrics),
             "artifacts_uri": artifacts,
         }
@@ -212,6 +247,8 @@ class Transition:
     # Capacity taken (claim, limit) or given back with this transition, in the same atomic write.
     acquire: tuple[tuple[Claim, int], ...] = ()
     release: tuple[Claim, ...] = ()
+    # A QUEUED job that waits for the next reconcile tick instead of launching at once (no candidate left).
+    hold: bool = False
 
 
 @dataclass(frozen=True)

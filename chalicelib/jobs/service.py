@@ -30,6 +30,7 @@ from chalicelib.jobs.dispatch import LAUNCH_TRIES_PER_ROUND, Dispatcher, backoff
 from chalicelib.jobs.machine import decide
 from chalicelib.jobs.metrics_reader import REQUEST_BYTES, MetricsReader, readable
 from chalicelib.jobs.model import (
+    Candidate,
     EventSource,
     HistoryEntry,
     Job,
@@ -152,28 +153,22 @@ class JobService:
         return plan(spec, self.settings, self.backend)
 
     def _candidates(self, first: str, spec: JobSpec) -> tuple[str, ...]:
-        """The planned backend, then the spec's fallback list; each must be enabled and able to run it."""
-        for i, name in enumerate(spec.fallback):
-            field = f"fallback[{i}]"
-            if name not in self.settings.enabled_backends:
-                raise ValidationError(
-                    f"fallback backend {name!r} is not enabled in this deployment",
-                    [{"field": field, "message": f"enabled here: {', '.join(self.settings.enabled_backends)}"}],
-                )
-            try:
-                self.backend(name).validate(spec)
-            except ValidationError as exc:
-                reason = exc.details[0]["message"] if exc.details else exc.message
-                raise ValidationError(
-                    f"fallback backend {name!r} cannot run this job: {reason}", [{"field": field, "message": reason}]
-                ) from None
-        return tuple(dict.fromkeys((first, *spec.fallback)))
+        """Where the job may run, in failover order (the planner holds the ordering)."""
+        from chalicelib.planner import candidates
+
+        return candidates(spec, first, self.settings, self.backend)
 
     # --- submit ------------------------------------------------------------------------
     def submit(self, principal: Principal, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
         backend_name, why = self.plan(spec)
         candidates = self._candidates(backend_name, spec)
+        # The first candidate may be another region or GPU type than the spec's first (cheaper), or (a backend
+        # that cannot run in the named regions) another backend.
+        first = Candidate.parse(candidates[0])
+        backend_name, region = first.backend, first.region
+        if first.gpu_type and first.gpu_type != spec.resources.gpu_type:
+            spec = spec.with_changes(resources=replace(spec.resources, gpu_type=first.gpu_type))
         self._check_code(spec)
         for claim, limit in claims_for(backend_name, spec, dict(self.settings.capacity_limits), self.settings):
             if claim.units > limit:
@@ -216,6 +211,7 @@ class JobService:
             updated_at=now,
             planner_reason=why,
             candidates=candidates,
+            region=region,
             status_reason="submitted",
         )
         entry = HistoryEntry(job_id, now, None, JobStatus.QUEUED, f"submitted by {principal.user}", EventSource.API)
@@ -400,6 +396,8 @@ class JobService:
                 transition.to_status.value,
                 transition.reason,
             )
+            if transition.hold:
+                return updated  # waits for capacity: reconcile dispatches it with the queue
             if transition.release:
                 self.dispatcher.dispatch_queued()  # capacity came free: the queue moves (a retry takes its turn)
                 return self.store.get_job(updated.job_id) or updated

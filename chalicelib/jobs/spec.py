@@ -16,6 +16,8 @@ from chalicelib.jobs.spec_types import default
 GPU_TYPES = ("T4", "L4", "A10G", "V100", "A100", "A100-80GB", "H100", "H200", "L40S", "P100", "K80")
 GpuType = Literal["T4", "L4", "A10G", "V100", "A100", "A100-80GB", "H100", "H200", "L40S", "P100", "K80"]
 RetryOn = Literal["interruption", "capacity"]
+# AWS (us-east-1, us-gov-west-1) and Google Cloud (us-central1, europe-west4) region names
+REGION_RE = re.compile(r"^[a-z]{2,}(-[a-z]+)*-[a-z]*[0-9]+$")
 
 NAME_RE = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -158,6 +160,9 @@ class JobSpec(_Strict):
     fallback: tuple[str, ...] = Field(default(typed.JobSpec, "fallback"), max_length=8)
     # How long a job may wait in QUEUED for capacity once every candidate refused (0: fail at once).
     capacity_wait_minutes: int = Field(default(typed.JobSpec, "capacity_wait_minutes"), ge=0, le=10080)
+    # More candidates: the regions and GPU types the job may run in, in order (the planner then orders by price).
+    regions: tuple[str, ...] = Field(default(typed.JobSpec, "regions"), max_length=8)
+    gpu_types: tuple[GpuType, ...] = Field(default(typed.JobSpec, "gpu_types"), max_length=8)
     metrics: tuple[str, ...] = Field(
         default(typed.JobSpec, "metrics"),
         max_length=40,
@@ -179,6 +184,16 @@ class JobSpec(_Strict):
         for i, name in enumerate(value):
             if name not in valid:
                 raise FieldError(i, f"Input should be {_words([repr(v) for v in valid], 'or')}")
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _regions(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for i, name in enumerate(value):
+            if not REGION_RE.match(name):
+                raise FieldError(i, f"{name!r} is not a region name (like us-east-1 or us-central1)")
+        if len(set(value)) != len(value):
+            raise FieldError(len(value) - 1, "each region is listed once")
         return value
 
     @field_validator("metrics")
@@ -318,6 +333,11 @@ class JobSpec(_Strict):
             raise FieldError("code_sha256" if self.code_uri else "code_uri", "code_uri and code_sha256 come together")
         if "auto" in self.fallback:
             raise FieldError("fallback", "fallback names concrete backends (auto is what `backend` is for)")
+        if self.gpu_types:
+            if self.resources.gpus == 0 or self.resources.instance_type is not None:
+                raise FieldError("gpu_types", "gpu_types needs resources.gpus of 1 or more and no instance_type")
+            if len(set(self.gpu_types)) != len(self.gpu_types):
+                raise FieldError("gpu_types", "each GPU type is listed once")
         return self
 
     def to_typed(self) -> typed.JobSpec:

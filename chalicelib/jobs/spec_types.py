@@ -70,13 +70,16 @@ class JobSpec:
     priority: int = 0
     fallback: tuple[str, ...] = ()
     capacity_wait_minutes: int = 0
+    # Failover candidates beyond backends: regions and GPU types to try, in the spec's order (then price).
+    regions: tuple[str, ...] = ()
+    gpu_types: tuple[str, ...] = ()
     # Metric names declared up front, for providers that must know them at launch (SageMaker's console);
     # every backend reads whatever keys the job's JOBPLANE_METRICS lines carry, declared or not.
     metrics: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Callers hand in lists and dicts (JSON, pydantic); the spec keeps only immutable forms.
-        for name in ("command", "fallback", "metrics"):
+        for name in ("command", "fallback", "metrics", "regions", "gpu_types"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
         object.__setattr__(self, "setup", tuple(tuple(step) for step in self.setup))
         if not isinstance(self.inputs, Mapping):

@@ -63,6 +63,9 @@ _PLAIN_FIELDS = (
     "planner_reason",
     "updated_at",
     "status_reason",
+    "first_refusal_at",
+    "launch_operation",
+    "region",
 )
 
 
@@ -157,6 +160,9 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         status_reason = UnicodeAttribute(null=True)
         claims = UnicodeAttribute(null=True)  # JSON [[pool, units], ...] while capacity is held
         candidates = UnicodeAttribute(null=True)  # JSON list of registry names, in failover order
+        first_refusal_at = UTCDateTimeAttribute(null=True)  # capacity_wait_minutes counts from here
+        region = UnicodeAttribute(null=True)  # the current attempt's region (None: the deployment's)
+        launch_operation = UnicodeAttribute(null=True)  # the provider operation creating the resource (GCE)
         metrics = UnicodeAttribute(null=True)  # JSON {key: latest value}
         metrics_cursor = UnicodeAttribute(null=True)  # JSON Cursor: how far the output was read for metrics
 
@@ -243,6 +249,8 @@ def _native(job_id: str, attempt: int, name: str | None, native_id: str | None) 
 def _value(value: Any) -> Any:
     if isinstance(value, Cursor):
         return value.to_text()
+    if isinstance(value, JobSpec):  # a failover to another GPU type rewrites the spec's resources.gpu_type
+        return json.dumps(value.to_dict(), sort_keys=True)
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True) if value else None
     if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):

@@ -70,7 +70,7 @@ def test_past_the_capacity_wait_the_job_fails_with_no_capacity(memory_store, tmp
     service, backends = _setup(memory_store, tmp_path, {"local": [CapacityError("no capacity")] * 3})
     job, _ = service.submit(ALICE, noop_spec(image="train:1", capacity_wait_minutes=5))
     assert job.status is JobStatus.QUEUED
-    memory_store.update_job(job, JobStatus.QUEUED, created_at=utcnow() - timedelta(minutes=6))
+    memory_store.update_job(job, JobStatus.QUEUED, first_refusal_at=utcnow() - timedelta(minutes=6))
     reconcile(service)
     final = memory_store.get_job(job.job_id)
     assert final.status is JobStatus.FAILED and final.failure_kind is FailureKind.NO_CAPACITY

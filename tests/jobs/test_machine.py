@@ -173,6 +173,7 @@ def test_an_interruption_covered_by_the_retry_policy_requeues_the_next_attempt()
         "attempt": 2,
         "native_id": None,
         "native_name": None,
+        "launch_operation": None,  # the next attempt makes its own resource (GCE: its own insert operation)
         "started_at": None,
         "claims": (),
     }

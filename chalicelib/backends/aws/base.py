@@ -6,7 +6,7 @@ import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from chalicelib.backends.base import ComputeBackend, Handle, job_env, parse_native_name
+from chalicelib.backends.base import CALL_REGION, ComputeBackend, Handle, job_env, parse_native_name
 from chalicelib.errors import UnsupportedError
 
 if TYPE_CHECKING:
@@ -134,22 +134,27 @@ class AwsBackend(ComputeBackend):
         self._account: str | None = None
 
     def client(self, service: str | None = None):
+        """The client of `service` for the region of the job this call is about (base.CALL_REGION), else the
+        deployment's; a client handed in with set_client serves the deployment's region."""
         name = service or self.services[0]
+        region = CALL_REGION.get()
+        key = name if region in (None, self.settings.region) else f"{name}@{region}"
         with self._client_lock:
-            if name not in self._clients:
+            if key not in self._clients:
                 from chalicelib import aws_session
 
                 # The container's one session: a session per backend parsed every service description and
                 # resolved credentials again (a second STS client and ~0.1 s per backend on a cold start).
-                self._clients[name] = aws_session.client(
-                    name, self.settings.region, self.settings.aws_endpoint_url, aws_session.standard_retries()
+                self._clients[key] = aws_session.client(
+                    name, region or self.settings.region, self.settings.aws_endpoint_url, aws_session.standard_retries()
                 )
-            return self._clients[name]
+            return self._clients[key]
 
-    def set_client(self, service: str, client: Any) -> None:
-        """Use this client for `service` (tests hand in a client wrapped in a botocore Stubber)."""
+    def set_client(self, service: str, client: Any, region: str | None = None) -> None:
+        """Use this client for `service` (in `region`; tests hand in a client wrapped in a botocore Stubber)."""
+        key = service if region in (None, self.settings.region) else f"{service}@{region}"
         with self._client_lock:
-            self._clients[service] = client
+            self._clients[key] = client
 
     def job_role_policy(self) -> dict[str, Any] | None:
         """The IAM policy the role this backend's jobs run as needs in the artifact store (None: no such role)."""

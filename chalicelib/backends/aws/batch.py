@@ -352,6 +352,8 @@ class BatchBackend(AwsBackend):
             exit_code=exit_code,
             at=at or epoch_ms(detail.get("stoppedAt")),
             started_at=epoch_ms(detail.get("startedAt")),
+            # RUNNABLE: the job waits in the queue until its compute environment has instances for it
+            waiting_for_capacity=status == "RUNNABLE",
         )
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:

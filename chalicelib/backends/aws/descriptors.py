@@ -40,6 +40,8 @@ def ec2_console_url(job, ctx: ConsoleContext) -> str | None:
 
 SAGEMAKER = BackendDescriptor(
     name="sagemaker",
+    price_table="sagemaker",
+    instance_prefix="ml.",
     implementation="chalicelib.backends.aws.sagemaker:SageMakerBackend",
     cloud=Cloud.AWS,
     display_name="SageMaker",
@@ -61,6 +63,7 @@ SAGEMAKER = BackendDescriptor(
 
 BATCH = BackendDescriptor(
     name="aws-batch",
+    price_table="ec2",
     implementation="chalicelib.backends.aws.batch:BatchBackend",
     cloud=Cloud.AWS,
     display_name="AWS Batch",
@@ -84,6 +87,7 @@ BATCH = BackendDescriptor(
 
 ECS = BackendDescriptor(
     name="ecs",
+    price_table="ec2",
     implementation="chalicelib.backends.aws.ecs:EcsBackend",
     cloud=Cloud.AWS,
     display_name="ECS",
@@ -109,6 +113,7 @@ ECS = BackendDescriptor(
 
 EC2 = BackendDescriptor(
     name="ec2",
+    price_table="ec2",
     implementation="chalicelib.backends.aws.ec2:Ec2Backend",
     cloud=Cloud.AWS,
     display_name="EC2",

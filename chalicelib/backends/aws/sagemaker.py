@@ -260,6 +260,7 @@ class SageMakerBackend(AwsBackend):
             failure_kind=kind,
             at=at or epoch_ms(detail.get("TrainingEndTime")) or epoch_ms(detail.get("LastModifiedTime")),
             started_at=epoch_ms(detail.get("TrainingStartTime")),
+            waiting_for_capacity=state is JobStatus.LAUNCHING and secondary == "Starting" and _capacity_wait(detail),
         )
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
@@ -302,6 +303,13 @@ class SageMakerBackend(AwsBackend):
             listed = summary is not None and bool(summary.get("SecondaryStatus"))
             found[h.job_id] = self.observe(summary, h.job_id, h.attempt) if listed else self.describe(h)
         return found
+
+
+def _capacity_wait(detail: dict[str, Any]) -> bool:
+    """SageMaker retries a launch it found no instances for, saying so in the Starting transition's message."""
+    transitions = detail.get("SecondaryStatusTransitions") or []
+    message = str(transitions[-1].get("StatusMessage") or "") if transitions else ""
+    return "capacity" in message.lower()
 
 
 def failure_kind(reason: str) -> FailureKind:

@@ -216,7 +216,8 @@ class GceBackend(ComputeBackend):
         error = getattr(operation, "error_message", None)
         if error:
             raise BackendError(f"creating instance {handle.native_name}: {error}")
-        return LaunchResult(handle.native_name, "PROVISIONING")
+        # The insert answers at once; a stockout ends the operation later (the VM never exists): describe reads it.
+        return LaunchResult(handle.native_name, "PROVISIONING", operation=getattr(operation, "name", None) or None)
 
     def _describe_impl(self, handle: Handle) -> Observation | None:
         instance = self._get(handle.native_name)
@@ -229,7 +230,7 @@ class GceBackend(ComputeBackend):
         if seen is not None:
             return seen
         if instance is None:
-            return None
+            return self._insert_outcome(handle)
         if state == "STOPPING":
             return self._obs(handle, JobStatus.RUNNING, state, started=instance.last_start_timestamp)
         if state not in STOPPED_STATES:
@@ -245,6 +246,24 @@ class GceBackend(ComputeBackend):
             )
         return self._obs(
             handle, JobStatus.FAILED, state, FailureKind.BACKEND_ERROR, "the VM stopped without an exit status"
+        )
+
+    def _insert_outcome(self, handle: Handle) -> Observation | None:
+        """No VM: the insert operation says whether it is still being made or why it never was (a stockout)."""
+        if not handle.operation:
+            return None
+        with map_gcp_errors(f"reading operation {handle.operation}"):
+            operation = self.client.operation(self.settings.gcp_project, self.settings.gce_zone, handle.operation)
+        if operation is None:
+            return None
+        if operation.get("status") != "DONE":
+            return self._obs(handle, JobStatus.LAUNCHING, f"insert {operation.get('status', 'PENDING')}")
+        errors = (operation.get("error") or {}).get("errors") or []
+        if not errors:
+            return None  # the VM was made and is gone again: reconcile's lost-resource rules apply
+        code, message = str(errors[0].get("code") or ""), str(errors[0].get("message") or "")
+        return self._obs(
+            handle, JobStatus.FAILED, f"insert DONE/{code}", insert_failure_kind(code), f"{code}: {message}"
         )
 
     def _obs(self, handle, status, native_status, kind=None, reason="", started=None, **extra) -> Observation:
@@ -411,3 +430,16 @@ def instance_of(entry: dict[str, Any]) -> tuple[str | None, str | None]:
     if len(parts) == 6 and parts[0] == "projects" and parts[2] == "zones" and parts[4] == "instances":
         return parts[5], parts[3]
     return None, None
+
+
+#: Operation error codes of an insert that found no capacity (the _WITH_DETAILS form names the resource)
+CAPACITY_CODES = frozenset({"ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"})
+
+
+def insert_failure_kind(code: str) -> FailureKind:
+    """The failure kind of a finished insert operation's error code."""
+    if code in CAPACITY_CODES:
+        return FailureKind.NO_CAPACITY
+    if code == "QUOTA_EXCEEDED" or "QUOTA" in code:
+        return FailureKind.QUOTA
+    return FailureKind.BACKEND_ERROR

@@ -116,6 +116,13 @@ class Instances:
     def delete(self, project: str, zone: str, instance: str):
         return request(self.settings, "DELETE", self._url(project, zone, instance), missing_ok=True)
 
+    def operation(self, project: str, zone: str, operation: str) -> dict[str, Any] | None:
+        """zoneOperations.get: the Operation JSON (`status`, and `error.errors` once it failed), None if gone."""
+        base = (self.settings.gcp_api_endpoint or COMPUTE).rstrip("/")
+        project, zone, operation = (urllib.parse.quote(p, safe="") for p in (project, zone, operation))
+        url = f"{base}/compute/v1/projects/{project}/zones/{zone}/operations/{operation}"
+        return request(self.settings, "GET", url, missing_ok=True)
+
 
 # --- aiplatform v1 customJobs ------------------------------------------------------------------------
 def get_custom_job(settings: Settings, name: str) -> dict[str, Any] | None:

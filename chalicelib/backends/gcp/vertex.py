@@ -418,6 +418,7 @@ class VertexBackend(ComputeBackend):
             failure_kind=kind if status is JobStatus.FAILED else None,
             at=job.end_time or job.update_time,
             started_at=job.start_time,
+            waiting_for_capacity=state_name in ("JOB_STATE_QUEUED", "JOB_STATE_PENDING"),
         )
 
     # --- reconcile at scale: list this stage's unfinished custom jobs, 100 a page ------------------

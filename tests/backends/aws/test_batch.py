@@ -174,6 +174,13 @@ def test_the_exit_code_is_the_job_containers_and_a_failed_helper_is_named(aws_se
     assert seen.status is status
 
 
+@pytest.mark.parametrize("status", ["SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING"])
+def test_only_a_runnable_job_waits_for_capacity(aws_settings, status):
+    # RUNNABLE: in the queue until the compute environment has an instance for it (the other states do not wait)
+    seen = BatchBackend(aws_settings).observe({"status": status, "container": {}}, "a" * 32, 1)
+    assert seen.waiting_for_capacity is (status == "RUNNABLE")
+
+
 def test_spot_needs_a_spot_queue(aws_settings):
     with pytest.raises(UnsupportedError) as err:
         BatchBackend(aws_settings).validate(

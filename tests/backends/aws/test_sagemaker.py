@@ -302,3 +302,15 @@ def test_the_longest_declarable_metrics_fit_sagemakers_limits(aws_settings):
     model = botocore.session.get_session().get_service_model("sagemaker")
     validate_parameters(request, model.operation_model("CreateTrainingJob").input_shape)
     assert max(len(d["Regex"]) for d in request["AlgorithmSpecification"]["MetricDefinitions"]) <= 500
+
+
+def test_a_job_starting_with_a_capacity_message_waits_for_capacity(aws_settings):
+    backend = SageMakerBackend(aws_settings)
+    transition = {"Status": "Starting", "StartTime": 1_700_000_000, "StatusMessage": ""}
+    detail = {"TrainingJobStatus": "InProgress", "SecondaryStatus": "Starting"}
+    plain = backend.observe({**detail, "SecondaryStatusTransitions": [transition]}, "a" * 32, 1)
+    assert (plain.status, plain.waiting_for_capacity) == (JobStatus.LAUNCHING, False)
+    message = "Insufficient capacity error from EC2 while launching instances, retrying!"
+    retrying = [{**transition, "StatusMessage": message}]
+    seen = backend.observe({**detail, "SecondaryStatusTransitions": retrying}, "a" * 32, 1)
+    assert (seen.status, seen.waiting_for_capacity) == (JobStatus.LAUNCHING, True)

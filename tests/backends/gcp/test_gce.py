@@ -273,3 +273,39 @@ def test_a_busy_vm_is_left_alone(gcp_service, fake_gcp):
 )
 def test_an_instance_status_says_what_the_instance_still_costs(status, power):
     assert power_state(status) is power
+
+
+def test_an_insert_that_ends_in_a_stockout_fails_over_to_the_next_candidate(gcp_service, fake_gcp):
+    job = submit(gcp_service, backend="gce", image="train:1", fallback=["vertex"], capacity_wait_minutes=60)
+    assert job.launch_operation is not None  # the insert answered with its operation, recorded on the job
+    handle = Handle.of(job)
+    seen = gcp_service.backend("gce").describe(handle)
+    assert (seen.status, seen.native_status) == (JobStatus.LAUNCHING, "PROVISIONING")
+    fake_gcp.stockout(ZONE, job.native_name)
+    seen = gcp_service.backend("gce").describe(handle)
+    assert (seen.status, seen.failure_kind, seen.native_status) == (
+        JobStatus.FAILED,
+        FailureKind.NO_CAPACITY,
+        "insert DONE/ZONE_RESOURCE_POOL_EXHAUSTED",
+    )
+    assert seen.reason.startswith("ZONE_RESOURCE_POOL_EXHAUSTED: The zone 'projects/")
+    # reconcile reads the finished operation and the job moves on to Vertex AI as attempt 2
+    assert [d.action for d in reconcile(gcp_service)] == ["apply"]
+    moved = gcp_service.store.get_job(job.job_id)
+    assert (moved.status, moved.backend, moved.attempt, moved.launch_operation) == (
+        JobStatus.LAUNCHING,
+        "vertex",
+        2,
+        None,
+    )
+    assert [j["displayName"] for j in fake_gcp.custom_jobs.values()] == [f"jp-{job.job_id}-a2"]
+
+
+def test_an_insert_still_running_keeps_the_job_launching_and_a_clean_one_leaves_the_lost_rules(gcp_service, fake_gcp):
+    job = submit(gcp_service, backend="gce", image="train:1")
+    fake_gcp.instances.pop((ZONE, job.native_name))  # the VM is not made yet: only its operation exists
+    fake_gcp.operations[(ZONE, job.launch_operation)]["status"] = "RUNNING"
+    seen = gcp_service.backend("gce").describe(Handle.of(job))
+    assert (seen.status, seen.native_status) == (JobStatus.LAUNCHING, "insert RUNNING")
+    fake_gcp.operations[(ZONE, job.launch_operation)]["status"] = "DONE"
+    assert gcp_service.backend("gce").describe(Handle.of(job)) is None

@@ -125,6 +125,7 @@ def _job_with_state(gcp_service, fake_gcp, state, error=None):
     ("state", "error", "status", "kind"),
     [
         ("JOB_STATE_QUEUED", None, JobStatus.LAUNCHING, None),
+        ("JOB_STATE_PENDING", None, JobStatus.LAUNCHING, None),
         ("JOB_STATE_RUNNING", None, JobStatus.RUNNING, None),
         ("JOB_STATE_SUCCEEDED", None, JobStatus.SUCCEEDED, None),
         (
@@ -162,6 +163,8 @@ def test_can_describe_each_state(gcp_service, fake_gcp, state, error, status, ki
     job = _job_with_state(gcp_service, fake_gcp, state, error)
     obs = gcp_service.backend("vertex").describe(Handle.of(job))
     assert (obs.status, obs.failure_kind, obs.native_status, obs.job_id) == (status, kind, state, job.job_id)
+    # queued or pending: Vertex is still finding the machines, which reconcile waits capacity_wait_minutes for
+    assert obs.waiting_for_capacity is (state in ("JOB_STATE_QUEUED", "JOB_STATE_PENDING"))
 
 
 def test_an_unspecified_or_unknown_state_is_an_error(gcp_service, fake_gcp):
@@ -221,3 +224,20 @@ def test_a_custom_job_of_another_stage_is_ignored(gcp_service, fake_gcp):
     result = handle_job_event(pubsub_data(entry), gcp_service)
     assert result.outcome == "ignored"
     assert gcp_service.store.get_job(job.job_id).status is JobStatus.LAUNCHING
+
+
+def test_a_stockout_after_vertex_accepted_the_job_fails_it_over_to_gce(gcp_service, fake_gcp):
+    from chalicelib.jobs.model import utcnow
+    from chalicelib.reaper import heal
+
+    job = submit(gcp_service, image=IMAGE, backend="vertex", fallback=["gce"], capacity_wait_minutes=60)
+    fake_gcp.custom_jobs[job.native_id]["state"] = "JOB_STATE_FAILED"
+    fake_gcp.custom_jobs[job.native_id]["error"] = {
+        "code": 8,
+        "message": "Resources are insufficient in region: us-central1. Please try a different region.",
+    }
+    # reconcile's healing half (its sweep would stop the fake's VM, created "in 2025", as overdue)
+    assert [d.action for d in heal(gcp_service, [job], utcnow())] == ["apply"]
+    moved = gcp_service.store.get_job(job.job_id)
+    assert (moved.status, moved.backend, moved.attempt, moved.failure_kind) == (JobStatus.LAUNCHING, "gce", 2, None)
+    assert sorted(name for _, name in fake_gcp.instances) == [f"jp-{job.job_id}-a2"]
