@@ -208,8 +208,7 @@ def get_reconcile_fan_out(run_shard):
 
 def get_devvm_service():
     def build():
-        from chalicelib.backends.aws.ec2_devvm import devvm_provider
-        from chalicelib.devvms import DevVmService
+        from chalicelib.devvms import DevVmService, devvm_provider
 
         providers: dict[str, Any] = {}
 
@@ -224,7 +223,7 @@ def get_devvm_service():
 
 
 def get_devvm_service_if_enabled():
-    """Dev VMs run on EC2: without that backend there are none to look after."""
+    """Dev VMs run on the backends that host them (ec2, gce): without one enabled there are none to look after."""
     from chalicelib.devvms import DEVVM_BACKENDS
 
     if not set(DEVVM_BACKENDS) & set(get_settings().enabled_backends):

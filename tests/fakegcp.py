@@ -34,6 +34,10 @@ class FakeGcp:
         self.guest_attributes: dict[str, dict[str, str]] = {}
         self.log_entries: list[dict[str, Any]] = []  # LogEntry JSON, served by entries.list in order
         self.fail_next: list[tuple[int, dict[str, Any]]] = []  # responses to give instead, in order
+        self.operations: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Operation JSON
+        # Errors the next zone operations end with, in order (Operation.error, e.g. a GPU stockout); an
+        # insert that fails this way leaves no instance, as on Compute Engine.
+        self.operation_errors: list[dict[str, Any]] = []
         self._ids = 1000
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -98,6 +102,13 @@ class FakeGcp:
                 if all(inst.get("labels", {}).get(k) == v for k, v in wanted.items()):
                     items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(inst)
             return 200, {"kind": "compute#instanceAggregatedList", "items": items}
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path)
+        if m and method == "GET":
+            # zoneOperations.get: the operation is DONE by the time anyone asks (with its error, if any).
+            op = self.operations.get((m[2], m[3]))
+            if op is None:
+                return _error(404, "NOT_FOUND", f"The resource 'operations/{m[3]}' was not found", "notFound")
+            return 200, {**op, "status": "DONE", "progress": 100, "endTime": "2025-01-01T00:00:30.000-08:00"}
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances(?:/([^/]+))?(?:/([A-Za-z]+))?", path)
         if m:
             return self._compute(method, m[1], m[2], m[3], m[4], query, body)
@@ -155,16 +166,30 @@ class FakeGcp:
         return 200, job
 
     def _operation(self, project, zone, name, kind):
+        """An Operation as instances.insert/stop/start/... return it (RUNNING), kept for zoneOperations.get."""
         self._ids += 1
-        return 200, {
+        base = f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}"
+        op = {
             "kind": "compute#operation",
             "id": str(self._ids),
             "name": f"operation-{self._ids}",
             "operationType": kind,
             "status": "RUNNING",
-            "zone": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}",
-            "targetLink": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/instances/{name}",
+            "progress": 0,
+            "insertTime": "2025-01-01T00:00:00.000-08:00",
+            "startTime": "2025-01-01T00:00:00.000-08:00",
+            "zone": base,
+            "targetLink": f"{base}/instances/{name}",
+            "selfLink": f"{base}/operations/operation-{self._ids}",
         }
+        if self.operation_errors:
+            failure = self.operation_errors.pop(0)
+            self.operations[(zone, op["name"])] = {**op, **failure}
+            if kind == "insert":
+                self.instances.pop((zone, name), None)
+        else:
+            self.operations[(zone, op["name"])] = op
+        return 200, op
 
     def _compute(self, method, project, zone, name, verb, query, body):
         if name is None and method == "POST":
@@ -202,6 +227,10 @@ class FakeGcp:
         if verb == "stop":
             inst["status"] = "TERMINATED"
             return self._operation(project, zone, name, "stop")
+        if verb == "start" and method == "POST":
+            inst["status"] = "RUNNING"
+            inst["lastStartTimestamp"] = "2025-01-01T01:00:00.000-08:00"
+            return self._operation(project, zone, name, "start")
         if verb == "setLabels":
             if body.get("labelFingerprint") != inst["labelFingerprint"]:
                 return _error(
@@ -226,6 +255,20 @@ class FakeGcp:
         return _error(400, "INVALID_ARGUMENT", f"fake does not do {method} {verb}")
 
     # --- helpers for tests --------------------------------------------------------------------
+    def stockout(self, zone: str = "us-central1-a") -> None:
+        """The next zone operation ends as a GPU stockout does: Operation.error with its documented code."""
+        message = (
+            f"The zone 'projects/my-project/zones/{zone}' does not have enough resources available to fulfill "
+            "the request. Try a different zone, or try again later."
+        )
+        self.operation_errors.append(
+            {
+                "error": {"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED", "message": message}]},
+                "httpErrorStatusCode": 503,
+                "httpErrorMessage": "SERVICE UNAVAILABLE",
+            }
+        )
+
     def bodies(self, method: str, pattern: str) -> list[Any]:
         return [r["body"] for r in self.requests if r["method"] == method and re.search(pattern, r["path"])]
 

@@ -124,6 +124,11 @@ def test_bad_dev_vm_requests_name_the_field(ec2_api):
     response = ec2_api.request("POST", "/instances", alice, {"name": "x", "idle_minutes": 1})
     assert response.status_code == 400
     assert response.json_body["error"]["details"][0]["field"] == "idle_minutes"
+    for body, field in (({"backend": "gce"}, "backend"), ({"gpu_type": "K80"}, "gpu_type")):
+        response = ec2_api.request("POST", "/instances", alice, {"name": "x", **body})
+        assert response.status_code == 400, response.json_body
+        assert response.json_body["error"]["details"][0]["field"] == field
+    assert ec2_api.request("GET", "/instances", alice).json_body["instances"] == []  # nothing recorded
     assert ec2_api.request("POST", "/instances", alice, "{not json").status_code == 400
     assert ec2_api.request("POST", "/instances", None, {"name": "x"}).status_code == 401
 

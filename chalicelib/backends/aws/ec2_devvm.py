@@ -5,20 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from chalicelib.backends.aws.base import (
-    KIND_DEVVM,
-    TAG_KIND,
-    TAG_MANAGED,
-    TAG_STAGE,
-    TAG_STOPPED_BY,
-    instance_type_for,
-)
+from chalicelib.backends.aws.base import TAG_STOPPED_BY, instance_type_for
 from chalicelib.backends.aws.ec2 import Ec2Backend
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Utilization
+from chalicelib.devvms import DevVmSpec, devvm_identity, devvm_resources
 from chalicelib.errors import BackendError
 from chalicelib.jobs.model import utcnow
-from chalicelib.jobs.spec_types import Resources
 
 TAG_DEVVM_ID = "jobplane:devvm-id"
 METRIC_NAMESPACE = "jobplane"
@@ -62,19 +55,20 @@ class Ec2DevVmProvider(Ec2Backend):
         "cloudwatch:GetMetricStatistics",
     )
 
+    default_gpu_type = "A10G"
+
+    def validate_devvm(self, spec) -> None:
+        """UnsupportedError naming the field when no EC2 instance type fits (checked before anything is made)."""
+        instance_type_for(devvm_resources(spec))
+
     def devvm_tags(self, vm) -> dict[str, str]:
-        return {
-            TAG_MANAGED: "true",
-            TAG_STAGE: self.settings.stage,
-            TAG_KIND: KIND_DEVVM,
-            TAG_DEVVM_ID: vm.vm_id,
-            "jobplane:owner": vm.owner,
-            "Name": f"jobplane-devvm-{vm.spec['name']}",
-        }
+        # jobplane:managed, :stage, :kind (devvm: the job sweep skips it), :devvm-id, :owner
+        tags = {f"jobplane:{key}": value for key, value in devvm_identity(vm, self.settings.stage).items()}
+        return {**tags, "Name": f"jobplane-devvm-{vm.spec['name']}"}
 
     def devvm_request(self, vm) -> dict[str, Any]:
         spec = vm.spec
-        resources = Resources(gpus=spec["gpus"], gpu_type=spec["gpu_type"], instance_type=spec.get("instance_type"))
+        resources = devvm_resources(DevVmSpec.model_validate(spec))
         tags = [{"Key": k, "Value": v} for k, v in self.devvm_tags(vm).items()]
         request: dict[str, Any] = {
             "MinCount": 1,
@@ -149,13 +143,3 @@ class Ec2DevVmProvider(Ec2Backend):
         return Utilization(
             gpu_percent=max(p["Maximum"] for p in points), last_heartbeat=max(p["Timestamp"] for p in points)
         )
-
-
-PROVIDERS = {"ec2": Ec2DevVmProvider}
-
-
-def devvm_provider(name: str, settings):
-    try:
-        return PROVIDERS[name](settings)
-    except KeyError:
-        raise BackendError(f"no dev VM provider for {name!r}") from None
