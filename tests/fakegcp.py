@@ -25,6 +25,30 @@ def _label_filter(text: str) -> dict[str, str]:
     return dict(re.findall(r'labels\.([a-z0-9_-]+)="([^"]*)"', text or ""))
 
 
+_AFTER = re.compile(r'\(timestamp > "([^"]*)" OR \(timestamp = "([^"]*)" AND insertId > "([^"]*)"\)\)')
+
+
+def _entry_matches(entry: dict[str, Any], text: str) -> bool:
+    """The parts of the logging query language jobplane's filters use: resource.type, resource.labels.K,
+    labels."K" (the entry's own), and the cursor `(timestamp > T OR (timestamp = T AND insertId > I))`
+    (timestamps compared as the RFC 3339 strings they are, all in UTC here)."""
+    resource = entry.get("resource") or {}
+    kind = re.search(r'resource\.type="([^"]*)"', text)
+    if kind and resource.get("type") != kind[1]:
+        return False
+    for key, value in re.findall(r'resource\.labels\.([a-z_]+)="([^"]*)"', text):
+        if (resource.get("labels") or {}).get(key) != value:
+            return False
+    for key, value in re.findall(r'\blabels\."([^"]+)"="([^"]*)"', text):  # the entry's own labels
+        if (entry.get("labels") or {}).get(key) != value:
+            return False
+    after = _AFTER.search(text)
+    if after:
+        ts, insert_id = entry.get("timestamp", ""), entry.get("insertId", "")
+        return ts > after[1] or (ts == after[2] and insert_id > after[3])
+    return True
+
+
 class FakeGcp:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -130,9 +154,10 @@ class FakeGcp:
             # ListLogEntriesResponse: `entries` and, while more remain, `nextPageToken` (an offset here).
             start = int((body or {}).get("pageToken") or 0)
             size = int((body or {}).get("pageSize") or 50)
-            page = self.log_entries[start : start + size]
+            matching = [e for e in self.log_entries if _entry_matches(e, (body or {}).get("filter") or "")]
+            page = matching[start : start + size]
             answer: dict[str, Any] = {"entries": page}
-            if start + size < len(self.log_entries):
+            if start + size < len(matching):
                 answer["nextPageToken"] = str(start + size)
             return 200, answer
         return _error(404, "NOT_FOUND", f"fake has no route for {method} {path}")
