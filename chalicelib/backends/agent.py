@@ -615,15 +615,20 @@ def _observe(data: dict[str, Any]) -> Observation:
 
 
 # --- dev VMs -----------------------------------------------------------------------------------------
-# The GPU sampler every VM script uses: the mean utilisation over the machine's GPUs now, "" without any.
+# The GPU samplers the VM scripts use, "" on a machine without GPUs: gpu_now the mean utilisation over the
+# machine's GPUs (a job VM's load), gpu_busiest the busiest GPU's (a dev VM is idle only when every GPU is).
 GPU_SAMPLE_SH = r"""
 gpu_now() {
   nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null \
     | awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n }'
 }
+gpu_busiest() {
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null \
+    | awk 'n == 0 || $1 > m { m = $1 } { n++ } END { if (n) printf "%.1f", m }'
+}
 """
 
-# The dev VM agent in bash: every SAMPLE_SECONDS it publishes its heartbeat and the busiest GPU minute of
+# The dev VM agent in bash: every SAMPLE_SECONDS it publishes its heartbeat and the busiest GPU sample of
 # the last IDLE_MINUTES samples (publish_usage PERCENT|"" TIME, defined by the cloud's part), and powers the
 # machine off itself (power_off REASON) once every GPU sample of the window is under 1 % or it has run
 # MAX_SECONDS since this boot. The control plane's reaper applies the same rules from outside
@@ -632,7 +637,7 @@ DEVVM_AGENT_SH = r"""
 devvm_watch() {
   local began=$SECONDS samples=() gpu busiest
   while true; do
-    gpu=$(gpu_now)
+    gpu=$(gpu_busiest)
     if [ -n "$gpu" ]; then samples+=("$gpu"); fi
     if [ "${#samples[@]}" -gt "$IDLE_MINUTES" ]; then samples=("${samples[@]:1}"); fi
     busiest=""
