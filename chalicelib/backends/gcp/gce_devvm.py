@@ -144,6 +144,8 @@ class GceDevVmProvider(GceBackend):
         self._settle(operation, action)
 
     def stop_devvm(self, vm, reason: str) -> None:
+        if self._get(self.instance_name(vm), self.settings.gce_zone) is None:
+            return  # never came up (an insert that failed after the request stopped waiting), or deleted
         instance = self._checked(vm)
         self._label_stopped(instance, self.settings.gce_zone, reason)
         if instance.status in STOPPED_STATES:  # it stopped itself (idle or max_hours on the machine)

@@ -159,6 +159,21 @@ def test_a_gpu_stockout_on_the_insert_operation_terminates_the_request_with_the_
     assert gce_api.fake.instances == {}
 
 
+def test_an_insert_still_running_at_the_wait_limit_is_left_to_boot(gce_api, monkeypatch):
+    from chalicelib.backends.gcp import gce_devvm
+
+    monkeypatch.setattr(gce_devvm, "OPERATION_WAIT_SECONDS", 0)
+    gce_api.fake.stockout()  # it would fail later; the request does not wait to hear it
+    vm = create(gce_api, gce_api.token("alice"))
+    assert vm["status"] == "RUNNING" and vm["native_id"] == f"jpdev-{vm['vm_id']}"
+    assert not [r for r in gce_api.fake.requests if "/operations/" in r["path"]]
+    # The insert failed after all (no instance): the reaper records it stopped instead of failing each run.
+    from chalicelib import deps
+
+    backdate(vm, minutes=31)
+    assert deps.get_devvm_service().reap() == [DevVmDecision(vm["vm_id"], DevVmAction.STOP, "no heartbeat for 30 min")]
+
+
 def attributes(api, vm, gpu: str, minutes_ago: int = 1) -> None:
     """What the VM's startup script has written as guest attributes."""
     api.fake.instances[(ZONE, vm["native_id"])]["status"] = "RUNNING"
