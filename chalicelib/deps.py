@@ -183,6 +183,7 @@ def handle_slack_command(body: bytes, headers) -> tuple[int, dict[str, Any]]:
         settings=settings,
         invoker=get_slack_invoker(),
         clock=commands.wall_clock,
+        devvms=get_devvm_service_if_enabled,
     )
 
 
@@ -190,7 +191,7 @@ def run_slack_worker(payload: dict[str, Any]) -> dict[str, Any]:
     """slack_worker (or the local stack's thread): the slow half of a slash command."""
     from chalicelib.notify.commands import run_deferred
 
-    return run_deferred(payload, get_service(), get_settings())
+    return run_deferred(payload, get_service(), get_settings(), devvms=get_devvm_service_if_enabled)
 
 
 def get_reconcile_fan_out(run_shard):

@@ -38,6 +38,8 @@ class Context:
     service: Any  # JobService
     settings: Settings
     trigger_id: str = ""
+    #: () -> the dev VM service, or None where no backend hosts dev VMs (deps passes its factory)
+    devvms: Callable[[], Any] = lambda: None
 
 
 Reply = dict[str, Any]
@@ -146,15 +148,8 @@ def _submit(ctx: Context, args: list[str]) -> Reply:
 NOT_ENABLED = "Dev VMs are not enabled in this deployment."
 
 
-def _devvms():
-    """The dev VM service (the API's, so EC2 and GCE dev VMs alike), or None without a backend for them."""
-    from chalicelib import deps
-
-    return deps.get_devvm_service_if_enabled()
-
-
 def _vm(ctx: Context, args: list[str]) -> Reply:
-    if _devvms() is None:
+    if ctx.devvms() is None:
         return reply(NOT_ENABLED)
     action = VM_ACTIONS.get(args[0] if args else "list")
     if action is None:
@@ -172,7 +167,7 @@ def _vm_line(vm) -> str:
 
 
 def _vm_list(ctx: Context, args: list[str]) -> Reply:  # noqa: ARG001 - every subcommand has this signature
-    service = _devvms()
+    service = ctx.devvms()
     if service is None:
         return reply(NOT_ENABLED)
     vms = service.list(ctx.principal)
@@ -185,7 +180,7 @@ def _vm_start(ctx: Context, args: list[str]) -> Reply:
     """`vm start VM_ID` starts a stopped one; `vm start NAME [key=value ...]` creates one (POST /instances' fields)."""
     from chalicelib.devvms import parse_devvm_spec
 
-    service = _devvms()
+    service = ctx.devvms()
     if service is None:
         return reply(NOT_ENABLED)
     if not args:
@@ -206,7 +201,7 @@ def _vm_start(ctx: Context, args: list[str]) -> Reply:
 
 
 def _vm_stop(ctx: Context, args: list[str]) -> Reply:
-    service = _devvms()
+    service = ctx.devvms()
     if service is None:
         return reply(NOT_ENABLED)
     if len(args) != 1:
@@ -233,13 +228,13 @@ VM_ACTIONS: dict[str, Entry] = {
 }
 
 
-def resolve(words: list[str]) -> tuple[Entry, list[str]]:
+def resolve(words: list[str], devvms: Callable[[], Any] = lambda: None) -> tuple[Entry, list[str]]:
     """The entry that runs `words` (help for anything unknown) and its arguments."""
     if not words or words[0].lower() not in COMMANDS:
         return COMMANDS["help"], []
     name, args = words[0].lower(), words[1:]
     # Without dev VMs, `vm ...` is answered at once (by _vm) rather than deferred to say so later.
-    if name == "vm" and args and args[0] in VM_ACTIONS and _devvms() is not None:
+    if name == "vm" and args and args[0] in VM_ACTIONS and devvms() is not None:
         return VM_ACTIONS[args[0]], args[1:]
     return COMMANDS[name], args
 
@@ -274,6 +269,7 @@ def handle_slash_command(
     settings: Settings,
     invoker: Invoker,
     clock: Clock,
+    devvms: Callable[[], Any] = lambda: None,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for one POST /slack/commands. Nothing happens before the signature checks out."""
     if not signing_secret:
@@ -292,8 +288,8 @@ def handle_slash_command(
             f"Ask a jobplane admin to run `jobplane slack map {escape(slack_user)} YOUR_JOBPLANE_USER`."
         )
     words = form.get("text", "").split()
-    entry, args = resolve(words)
-    ctx = Context(principal, service, settings, form.get("trigger_id", ""))
+    entry, args = resolve(words, devvms)
+    ctx = Context(principal, service, settings, form.get("trigger_id", ""), devvms)
     if not entry.slow:
         return 200, execute(entry, ctx, args)
     response_url = form.get("response_url", "")
@@ -321,10 +317,11 @@ def run_deferred(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    devvms: Callable[[], Any] = lambda: None,
 ) -> dict[str, Any]:
     """The slow half of a command (in slack_worker): run it and post the answer to its response_url."""
-    ctx = Context(Principal(payload["user"]), service, settings, payload.get("trigger_id", ""))
-    entry, args = resolve(list(payload.get("words") or []))
+    ctx = Context(Principal(payload["user"]), service, settings, payload.get("trigger_id", ""), devvms)
+    entry, args = resolve(list(payload.get("words") or []), devvms)
     message = execute(entry, ctx, args)
     destination = Webhook(payload["response_url"], "response_url")
     delivery = deliver(destination, message, clock() + settings.slack_send_budget_seconds, clock=clock, sleep=sleep)
