@@ -220,6 +220,7 @@ def handle_slack_command(body: bytes, headers) -> tuple[int, dict[str, Any]]:
         settings=settings,
         invoker=get_slack_invoker(),
         clock=commands.wall_clock,
+        devvms=get_devvm_service_if_enabled,
     )
 
 
@@ -227,7 +228,7 @@ def run_slack_worker(payload: dict[str, Any]) -> dict[str, Any]:
     """slack_worker (or the local stack's thread): the slow half of a slash command."""
     from chalicelib.notify.commands import run_deferred
 
-    return run_deferred(payload, get_service(), get_settings())
+    return run_deferred(payload, get_service(), get_settings(), devvms=get_devvm_service_if_enabled)
 
 
 def get_reconcile_fan_out(run_shard):
@@ -245,8 +246,7 @@ def get_reconcile_fan_out(run_shard):
 
 def get_devvm_service():
     def build():
-        from chalicelib.backends.aws.ec2_devvm import devvm_provider
-        from chalicelib.devvms import DevVmService
+        from chalicelib.devvms import DevVmService, devvm_provider
 
         providers: dict[str, Any] = {}
 
@@ -261,7 +261,7 @@ def get_devvm_service():
 
 
 def get_devvm_service_if_enabled():
-    """Dev VMs run on EC2: without that backend there are none to look after."""
+    """Dev VMs run on the backends that host them (ec2, gce): without one enabled there are none to look after."""
     from chalicelib.devvms import DEVVM_BACKENDS
 
     if not set(DEVVM_BACKENDS) & set(get_settings().enabled_backends):

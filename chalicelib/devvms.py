@@ -15,6 +15,7 @@ from pydantic import ValidationError as PydanticValidationError
 from chalicelib.errors import ConflictError, JobplaneError, NotFoundError, ValidationError
 from chalicelib.jobs.model import iso, utcnow
 from chalicelib.jobs.spec import GpuType
+from chalicelib.jobs.spec_types import Resources
 
 log = logging.getLogger("jobplane.devvms")
 
@@ -47,8 +48,10 @@ class DevVmSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(..., pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
-    backend: str = Field(default_factory=lambda: devvm_backends()[0], description="a backend that hosts dev VMs")
-    gpu_type: GpuType = "A10G"
+    backend: str | None = Field(
+        None, description="a backend that hosts dev VMs (ec2, gce); default: the first such backend enabled"
+    )
+    gpu_type: GpuType | None = Field(None, description="default: the backend's (A10G on EC2, L4 on GCE)")
     gpus: int = Field(1, ge=1, le=8)
     spot: bool = False
     instance_type: str | None = Field(None, pattern=r"^[a-z0-9][a-z0-9.\-]{1,62}$")
@@ -57,9 +60,9 @@ class DevVmSpec(BaseModel):
 
     @field_validator("backend")
     @classmethod
-    def _backend(cls, value: str) -> str:
+    def _backend(cls, value: str | None) -> str | None:
         valid = devvm_backends()
-        if value not in valid:
+        if value is not None and value not in valid:
             raise ValueError(f"must be one of {', '.join(valid)}")
         return value
 
@@ -169,12 +172,29 @@ class DevVmService:
             raise NotFoundError(f"no instance {vm_id!r}")
         return vm
 
-    def create(self, principal, spec: DevVmSpec) -> DevVm:
-        if spec.backend not in self.settings.enabled_backends:
+    def resolve(self, spec: DevVmSpec) -> DevVmSpec:
+        """The spec with its backend (the deployment's first dev VM backend when none is named) and GPU
+        type (the backend's default) filled in, checked against what that backend offers."""
+        enabled = [b for b in self.settings.enabled_backends if b in devvm_backends()]
+        backend = spec.backend or (enabled[0] if enabled else None)
+        if backend is None or backend not in enabled:
+            named = f"dev VMs on {backend} are" if backend else "dev VMs are"
             raise ValidationError(
-                f"dev VMs on {spec.backend} are not enabled in this deployment",
-                [{"field": "backend", "message": f"enabled: {', '.join(self.settings.enabled_backends)}"}],
+                f"{named} not enabled in this deployment",
+                [{"field": "backend", "message": f"enabled here: {', '.join(enabled) or 'none'}"}],
             )
+        provider = self.provider(backend)
+        spec = spec.model_copy(update={"backend": backend, "gpu_type": spec.gpu_type or provider.default_gpu_type})
+        try:
+            provider.validate_devvm(spec)
+        except ValidationError as exc:
+            # The backends word their limits in a job spec's terms (resources.gpu_type); here it is gpu_type.
+            details = [{**d, "field": str(d.get("field", "")).removeprefix("resources.")} for d in exc.details]
+            raise ValidationError(exc.message, details) from None
+        return spec
+
+    def create(self, principal, spec: DevVmSpec) -> DevVm:
+        spec = self.resolve(spec)
         vm = DevVm(uuid.uuid4().hex, principal.user, spec.model_dump(mode="json"), DevVmStatus.PENDING, utcnow())
         self.store.put_devvm(vm)
         try:
@@ -243,6 +263,34 @@ class DevVmService:
             except JobplaneError as exc:
                 results.append(DevVmDecision(vm.vm_id, DevVmAction.ERROR, exc.message))
         return results
+
+
+def devvm_resources(spec) -> Resources:
+    """A dev VM's machine in a job's terms, so each backend sizes it with the table its jobs use."""
+    return Resources(
+        gpus=spec.gpus, gpu_type=spec.gpu_type, instance_type=spec.instance_type, spot=spec.spot, cpus=8, memory_gb=30
+    )
+
+
+def devvm_identity(vm: DevVm, stage: str) -> dict[str, str]:
+    """What every dev VM carries as tags or labels (each backend spells the keys its provider's way): whose
+    it is, which deployment's, and that it is a dev VM (the job sweep leaves those alone)."""
+    return {"managed": "true", "stage": stage, "kind": "devvm", "devvm-id": vm.vm_id, "owner": vm.owner}
+
+
+def devvm_provider(name: str, settings):
+    """The dev VM provider of backend `name`, as its descriptor names it (module:Class)."""
+    import importlib
+
+    from chalicelib.backends import descriptor_or_none
+
+    found = descriptor_or_none(name)
+    if found is None or not found.devvm_provider:
+        from chalicelib.errors import BackendError
+
+        raise BackendError(f"no dev VM provider for {name!r}")
+    module, _, cls = found.devvm_provider.partition(":")
+    return getattr(importlib.import_module(module), cls)(settings)
 
 
 def with_changes(vm: DevVm, **changes) -> DevVm:

@@ -317,7 +317,8 @@ def _backend_enums(components: dict[str, Any]) -> None:
 
     for name, schema in components.items():
         if name.startswith("DevVm") and "backend" in schema.get("properties", {}):
-            schema["properties"]["backend"]["enum"] = list(devvm_backends())
+            # null (the default) is the deployment's first enabled dev VM backend
+            schema["properties"]["backend"]["enum"] = [*devvm_backends(), None]
 
 
 def build() -> dict[str, Any]:

@@ -323,15 +323,16 @@ def cmd_vm_start(args) -> int:
             raise CliError("give a VM id to restart, or --name to create a new dev VM")
         body = {
             "name": args.name,
-            "gpu_type": args.gpu_type,
             "gpus": args.gpus,
             "spot": args.spot,
             "idle_minutes": args.idle_minutes,
             "max_hours": args.max_hours,
         }
+        # Left out, the deployment decides: its first dev VM backend, and that backend's GPU type.
+        body.update({k: v for k, v in (("backend", args.backend), ("gpu_type", args.gpu_type)) if v})
         vm = client.vm_create(body)
     _console().print(
-        f"{vm['vm_id']} {vm['name']}: {vm['status']} ({vm.get('instance_type') or '-'}, "
+        f"{vm['vm_id']} {vm['name']}: {vm['status']} on {vm['backend']} ({vm.get('instance_type') or '-'}, "
         f"stops after {vm['idle_minutes']} idle min or {vm['max_hours']:g} h)"
     )
     return 0
@@ -346,13 +347,14 @@ def cmd_vm_stop(args) -> int:
 def cmd_vm_list(args) -> int:
     from rich.table import Table
 
-    table = Table("VM ID", "NAME", "OWNER", "STATUS", "TYPE", "IDLE MIN", "MAX H", "STARTED", "STOP REASON")
+    table = Table("VM ID", "NAME", "OWNER", "STATUS", "BACKEND", "TYPE", "IDLE MIN", "MAX H", "STARTED", "STOP REASON")
     for vm in _client(args).vm_list():
         table.add_row(
             vm["vm_id"],
             vm["name"],
             vm["owner"],
             vm["status"],
+            vm["backend"],
             vm.get("instance_type") or "-",
             str(vm["idle_minutes"]),
             f"{vm['max_hours']:g}",
@@ -718,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = vm.add_parser("start", help="create a dev VM (--name ...) or start a stopped one (VM_ID)")
     p.add_argument("vm_id", nargs="?")
     p.add_argument("--name")
-    p.add_argument("--gpu-type", default="A10G")
+    p.add_argument("--backend", help="ec2 or gce (default: the deployment's first dev VM backend)")
+    p.add_argument("--gpu-type", help="default: the backend's (A10G on ec2, L4 on gce)")
     p.add_argument("--gpus", type=int, default=1)
     p.add_argument("--spot", action="store_true")
     p.add_argument("--idle-minutes", type=int, default=30)

@@ -63,6 +63,8 @@ def fake_gcp(fake_server):
     fake_server.operations.clear()
     fake_server.log_entries.clear()
     fake_server.fail_next.clear()
+    fake_server.operations.clear()
+    fake_server.operation_errors.clear()
     fake_server._ids = 1000
     return fake_server
 

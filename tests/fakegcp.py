@@ -25,6 +25,30 @@ def _label_filter(text: str) -> dict[str, str]:
     return dict(re.findall(r'labels\.([a-z0-9_-]+)="([^"]*)"', text or ""))
 
 
+_AFTER = re.compile(r'\(timestamp > "([^"]*)" OR \(timestamp = "([^"]*)" AND insertId > "([^"]*)"\)\)')
+
+
+def _entry_matches(entry: dict[str, Any], text: str) -> bool:
+    """The parts of the logging query language jobplane's filters use: resource.type, resource.labels.K,
+    labels."K" (the entry's own), and the cursor `(timestamp > T OR (timestamp = T AND insertId > I))`
+    (timestamps compared as the RFC 3339 strings they are, all in UTC here)."""
+    resource = entry.get("resource") or {}
+    kind = re.search(r'resource\.type="([^"]*)"', text)
+    if kind and resource.get("type") != kind[1]:
+        return False
+    for key, value in re.findall(r'resource\.labels\.([a-z_]+)="([^"]*)"', text):
+        if (resource.get("labels") or {}).get(key) != value:
+            return False
+    for key, value in re.findall(r'\blabels\."([^"]+)"="([^"]*)"', text):  # the entry's own labels
+        if (entry.get("labels") or {}).get(key) != value:
+            return False
+    after = _AFTER.search(text)
+    if after:
+        ts, insert_id = entry.get("timestamp", ""), entry.get("insertId", "")
+        return ts > after[1] or (ts == after[2] and insert_id > after[3])
+    return True
+
+
 class FakeGcp:
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -32,9 +56,12 @@ class FakeGcp:
         self.instances: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Instance JSON
         self.objects: dict[tuple[str, str], bytes] = {}
         self.guest_attributes: dict[str, dict[str, str]] = {}
-        self.operations: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Operation JSON
         self.log_entries: list[dict[str, Any]] = []  # LogEntry JSON, served by entries.list in order
         self.fail_next: list[tuple[int, dict[str, Any]]] = []  # responses to give instead, in order
+        self.operations: dict[tuple[str, str], dict[str, Any]] = {}  # (zone, name) -> Operation JSON
+        # Errors the next zone operations end with, in order (Operation.error, e.g. a GPU stockout); an
+        # insert that fails this way leaves no instance, as on Compute Engine.
+        self.operation_errors: list[dict[str, Any]] = []
         self._ids = 1000
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -101,9 +128,10 @@ class FakeGcp:
             return 200, {"kind": "compute#instanceAggregatedList", "items": items}
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path)
         if m and method == "GET":
+            # zoneOperations.get: the operation as it is now (DONE once the fake finished it, with its error)
             operation = self.operations.get((m[2], m[3]))
             if operation is None:
-                return _error(404, "NOT_FOUND", f"The resource 'operation {m[3]}' was not found", "notFound")
+                return _error(404, "NOT_FOUND", f"The resource 'operations/{m[3]}' was not found", "notFound")
             return 200, operation
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances(?:/([^/]+))?(?:/([A-Za-z]+))?", path)
         if m:
@@ -126,9 +154,10 @@ class FakeGcp:
             # ListLogEntriesResponse: `entries` and, while more remain, `nextPageToken` (an offset here).
             start = int((body or {}).get("pageToken") or 0)
             size = int((body or {}).get("pageSize") or 50)
-            page = self.log_entries[start : start + size]
+            matching = [e for e in self.log_entries if _entry_matches(e, (body or {}).get("filter") or "")]
+            page = matching[start : start + size]
             answer: dict[str, Any] = {"entries": page}
-            if start + size < len(self.log_entries):
+            if start + size < len(matching):
                 answer["nextPageToken"] = str(start + size)
             return 200, answer
         return _error(404, "NOT_FOUND", f"fake has no route for {method} {path}")
@@ -162,20 +191,33 @@ class FakeGcp:
         return 200, job
 
     def _operation(self, project, zone, name, kind):
+        """An Operation as instances.insert/stop/start/... return it (RUNNING), kept for zoneOperations.get."""
         self._ids += 1
-        operation = {
+        base = f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}"
+        op = {
             "kind": "compute#operation",
             "id": str(self._ids),
             "name": f"operation-{self._ids}",
             "operationType": kind,
             "status": "RUNNING",
-            "zone": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}",
-            "targetLink": f"https://www.googleapis.com/compute/v1/projects/{project}/zones/{zone}/instances/{name}",
+            "progress": 0,
+            "insertTime": "2025-01-01T00:00:00.000-08:00",
+            "startTime": "2025-01-01T00:00:00.000-08:00",
+            "zone": base,
+            "targetLink": f"{base}/instances/{name}",
+            "selfLink": f"{base}/operations/operation-{self._ids}",
         }
-        self.operations[(zone, operation["name"])] = operation
-        return 200, operation
+        # The call answers RUNNING, as Compute Engine does; zoneOperations.get then finds it DONE (a test may
+        # set it back to RUNNING), ending with the next queued error if there is one.
+        done = {**op, "status": "DONE", "progress": 100, "endTime": "2025-01-01T00:00:30.000-08:00"}
+        if self.operation_errors:
+            done.update(self.operation_errors.pop(0))
+            if kind == "insert":
+                self.instances.pop((zone, name), None)
+        self.operations[(zone, op["name"])] = done
+        return 200, op
 
-    def stockout(self, zone: str, instance: str) -> dict[str, Any]:
+    def stockout_insert(self, zone: str, instance: str) -> dict[str, Any]:
         """The insert of `instance` ends as Compute Engine ends one with no capacity: the operation DONE with
         ZONE_RESOURCE_POOL_EXHAUSTED, and no VM."""
         self.instances.pop((zone, instance), None)
@@ -213,9 +255,7 @@ class FakeGcp:
                 "labelFingerprint": "fp-0",
             }
             # The VM exists at once here, so its insert is done (Compute Engine finishes it once the VM is made).
-            status, operation = self._operation(project, zone, body["name"], "insert")
-            operation["status"] = "DONE"
-            return status, operation
+            return self._operation(project, zone, body["name"], "insert")
         inst = self.instances.get((zone, name))
         if inst is None:
             return _error(
@@ -232,6 +272,10 @@ class FakeGcp:
         if verb == "stop":
             inst["status"] = "TERMINATED"
             return self._operation(project, zone, name, "stop")
+        if verb == "start" and method == "POST":
+            inst["status"] = "RUNNING"
+            inst["lastStartTimestamp"] = "2025-01-01T01:00:00.000-08:00"
+            return self._operation(project, zone, name, "start")
         if verb == "setLabels":
             if body.get("labelFingerprint") != inst["labelFingerprint"]:
                 return _error(
@@ -256,6 +300,20 @@ class FakeGcp:
         return _error(400, "INVALID_ARGUMENT", f"fake does not do {method} {verb}")
 
     # --- helpers for tests --------------------------------------------------------------------
+    def stockout(self, zone: str = "us-central1-a") -> None:
+        """The next zone operation ends as a GPU stockout does: Operation.error with its documented code."""
+        message = (
+            f"The zone 'projects/my-project/zones/{zone}' does not have enough resources available to fulfill "
+            "the request. Try a different zone, or try again later."
+        )
+        self.operation_errors.append(
+            {
+                "error": {"errors": [{"code": "ZONE_RESOURCE_POOL_EXHAUSTED", "message": message}]},
+                "httpErrorStatusCode": 503,
+                "httpErrorMessage": "SERVICE UNAVAILABLE",
+            }
+        )
+
     def bodies(self, method: str, pattern: str) -> list[Any]:
         return [r["body"] for r in self.requests if r["method"] == method and re.search(pattern, r["path"])]
 

@@ -124,6 +124,11 @@ def test_bad_dev_vm_requests_name_the_field(ec2_api):
     response = ec2_api.request("POST", "/instances", alice, {"name": "x", "idle_minutes": 1})
     assert response.status_code == 400
     assert response.json_body["error"]["details"][0]["field"] == "idle_minutes"
+    for body, field in (({"backend": "gce"}, "backend"), ({"gpu_type": "K80"}, "gpu_type")):
+        response = ec2_api.request("POST", "/instances", alice, {"name": "x", **body})
+        assert response.status_code == 400, response.json_body
+        assert response.json_body["error"]["details"][0]["field"] == field
+    assert ec2_api.request("GET", "/instances", alice).json_body["instances"] == []  # nothing recorded
     assert ec2_api.request("POST", "/instances", alice, "{not json").status_code == 400
     assert ec2_api.request("POST", "/instances", None, {"name": "x"}).status_code == 401
 
@@ -231,13 +236,27 @@ def test_the_heartbeat_script_passes_shellcheck(tmp_path):
     import shutil
     import subprocess
 
-    from chalicelib.backends.aws.ec2_devvm import DEVVM_USER_DATA
+    from chalicelib.backends.aws.ec2_devvm import devvm_user_data
 
     assert shutil.which("shellcheck"), "shellcheck is installed by `make system-deps`"
     script = tmp_path / "devvm.sh"
-    script.write_text(DEVVM_USER_DATA)
+    script.write_text(devvm_user_data(30, 8))
     result = subprocess.run(["shellcheck", "-s", "bash", str(script)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
+
+
+def test_the_ec2_dev_vm_publishes_its_busiest_gpu_and_stops_itself_when_idle(tmp_path):
+    from chalicelib.backends.aws.ec2_devvm import devvm_user_data
+    from tests.vmharness import Vm, prepare, run
+
+    vm, env = prepare(tmp_path)
+    (tmp_path / "bin" / "nvidia-smi").write_text("#!/bin/bash\nprintf '0\\n0.4\\n'\n")
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    run(vm, devvm_user_data(2, 1, sample_seconds=1), env, timeout=30)
+    published = [c["argv"] for c in Vm(tmp_path, tmp_path / "vm").calls("aws")]
+    assert len(published) == 2 and all(a[:2] == ["cloudwatch", "put-metric-data"] for a in published)
+    assert [a[a.index("--value") + 1] for a in published] == ["0.4", "0.4"]
+    assert (tmp_path / "shutdown.called").exists()  # the instance stops (InstanceInitiatedShutdownBehavior)
 
 
 def test_a_dev_vm_error_is_the_same_word_as_a_reconcile_error():

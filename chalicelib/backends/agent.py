@@ -612,3 +612,62 @@ def _observe(data: dict[str, Any]) -> Observation:
         at=times["finished_at"],
         started_at=times["started_at"],
     )
+
+
+# --- dev VMs -----------------------------------------------------------------------------------------
+# The GPU samplers the VM scripts use, "" on a machine without GPUs: gpu_now the mean utilisation over the
+# machine's GPUs (a job VM's load), gpu_busiest the busiest GPU's (a dev VM is idle only when every GPU is).
+GPU_SAMPLE_SH = r"""
+gpu_now() {
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null \
+    | awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n }'
+}
+gpu_busiest() {
+  nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null \
+    | awk 'n == 0 || $1 > m { m = $1 } { n++ } END { if (n) printf "%.1f", m }'
+}
+"""
+
+# The dev VM agent in bash: every SAMPLE_SECONDS it publishes its heartbeat and the busiest GPU sample of
+# the last IDLE_MINUTES samples (publish_usage PERCENT|"" TIME, defined by the cloud's part), and powers the
+# machine off itself (power_off REASON) once every GPU sample of the window is under 1 % or it has run
+# MAX_SECONDS since this boot. The control plane's reaper applies the same rules from outside
+# (chalicelib.devvms.decide_devvm). A machine without nvidia-smi is never judged idle here.
+DEVVM_AGENT_SH = r"""
+devvm_watch() {
+  local began=$SECONDS samples=() gpu busiest
+  while true; do
+    gpu=$(gpu_busiest)
+    if [ -n "$gpu" ]; then samples+=("$gpu"); fi
+    if [ "${#samples[@]}" -gt "$IDLE_MINUTES" ]; then samples=("${samples[@]:1}"); fi
+    busiest=""
+    if [ "${#samples[@]}" -gt 0 ]; then
+      busiest=$(printf '%s\n' "${samples[@]}" | sort -n | tail -n 1)
+    fi
+    publish_usage "$busiest" "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
+    if [ $((SECONDS - began)) -ge "$MAX_SECONDS" ]; then
+      power_off "reached max_hours"
+      return 0
+    fi
+    if [ "${#samples[@]}" -ge "$IDLE_MINUTES" ] && awk -v g="$busiest" 'BEGIN { exit !(g < 1) }'; then
+      power_off "GPU idle for ${IDLE_MINUTES} min"
+      return 0
+    fi
+    sleep "$SAMPLE_SECONDS"
+  done
+}
+"""
+
+
+def devvm_script(*, idle_minutes: int, max_hours: float, cloud_part: str, sample_seconds: int = 60) -> str:
+    """A dev VM's boot script: the watch loop above with its limits (numbers only: nothing else is
+    interpolated) and the cloud's publish_usage and power_off."""
+    from chalicelib.backends.shell import assign
+
+    head = [
+        assign("IDLE_MINUTES", int(idle_minutes)),
+        assign("MAX_SECONDS", int(float(max_hours) * 3600)),
+        assign("SAMPLE_SECONDS", int(sample_seconds)),
+    ]
+    body = "\n".join([GPU_SAMPLE_SH.strip(), DEVVM_AGENT_SH.strip(), cloud_part.strip(), "devvm_watch"])
+    return "#!/bin/bash\nset -u\n" + "\n".join(head) + "\n" + body + "\n"

@@ -38,6 +38,8 @@ class Context:
     service: Any  # JobService
     settings: Settings
     trigger_id: str = ""
+    #: () -> the dev VM service, or None where no backend hosts dev VMs (deps passes its factory)
+    devvms: Callable[[], Any] = lambda: None
 
 
 Reply = dict[str, Any]
@@ -143,13 +145,71 @@ def _submit(ctx: Context, args: list[str]) -> Reply:
     return reply(f"{verb} *{job.name}* as `{job.job_id}` on {job.backend}: {job.status.value}.")
 
 
+NOT_ENABLED = "Dev VMs are not enabled in this deployment."
+
+
 def _vm(ctx: Context, args: list[str]) -> Reply:
-    if not VM_ACTIONS:
-        return reply("Dev VMs are not enabled in this deployment.")
+    if ctx.devvms() is None:
+        return reply(NOT_ENABLED)
     action = VM_ACTIONS.get(args[0] if args else "list")
     if action is None:
         return reply(f"usage: `/jobplane {COMMANDS['vm'].usage}`")
     return action.run(ctx, args[1:])
+
+
+def _vm_line(vm) -> str:
+    spec = vm.spec
+    line = (
+        f"• `{vm.vm_id}` *{escape(spec['name'])}* {vm.status.value} on {spec['backend']}"
+        f" ({escape(vm.instance_type or '-')}; stops after {spec['idle_minutes']} idle min or {spec['max_hours']:g} h)"
+    )
+    return line + (f": {escape(vm.stop_reason)}" if vm.stop_reason else "")
+
+
+def _vm_list(ctx: Context, args: list[str]) -> Reply:  # noqa: ARG001 - every subcommand has this signature
+    service = ctx.devvms()
+    if service is None:
+        return reply(NOT_ENABLED)
+    vms = service.list(ctx.principal)
+    if not vms:
+        return reply("No dev VMs yet: `/jobplane vm start NAME [backend=gce gpu_type=T4 ...]`.")
+    return reply("\n".join(["Your dev VMs:", *(_vm_line(vm) for vm in vms)]))
+
+
+def _vm_start(ctx: Context, args: list[str]) -> Reply:
+    """`vm start VM_ID` starts a stopped one; `vm start NAME [key=value ...]` creates one (POST /instances' fields)."""
+    from chalicelib.devvms import parse_devvm_spec
+
+    service = ctx.devvms()
+    if service is None:
+        return reply(NOT_ENABLED)
+    if not args:
+        raise ValidationError(
+            f"usage: /jobplane {VM_ACTIONS['start'].usage}", [{"field": "name", "message": "a VM id or a new name"}]
+        )
+    if len(args) == 1 and len(args[0]) == 32 and args[0].isalnum():
+        vm = service.start(ctx.principal, args[0])
+        return reply(f"Started {_vm_line(vm)[2:]}")
+    body: dict[str, Any] = {"name": args[0]}
+    for arg in args[1:]:
+        key, sep, value = arg.partition("=")
+        if not sep or not key:
+            raise ValidationError(f"{arg!r} is not key=value", [{"field": arg, "message": "write key=value"}])
+        body[key] = value  # pydantic turns "30" and "true" into the fields' types, or names the field
+    vm = service.create(ctx.principal, parse_devvm_spec(body))
+    return reply(f"Created {_vm_line(vm)[2:]}")
+
+
+def _vm_stop(ctx: Context, args: list[str]) -> Reply:
+    service = ctx.devvms()
+    if service is None:
+        return reply(NOT_ENABLED)
+    if len(args) != 1:
+        raise ValidationError(
+            f"usage: /jobplane {VM_ACTIONS['stop'].usage}", [{"field": "vm_id", "message": "one VM id"}]
+        )
+    vm = service.stop(ctx.principal, args[0], f"stopped by {ctx.principal.user} from Slack")
+    return reply(f"Stopped {_vm_line(vm)[2:]}")
 
 
 COMMANDS: dict[str, Entry] = {
@@ -160,16 +220,21 @@ COMMANDS: dict[str, Entry] = {
     "vm": Entry(_vm, slow=False, usage="vm start|stop|list"),
     "help": Entry(_help, slow=False, usage="help"),
 }
-# "start" | "stop" | "list" -> Entry, registered by the dev VM feature when it exists (start/stop slow).
-VM_ACTIONS: dict[str, Entry] = {}
+# `vm start|stop|list`: start and stop call the provider, so they are answered later.
+VM_ACTIONS: dict[str, Entry] = {
+    "list": Entry(_vm_list, slow=False, usage="vm list"),
+    "start": Entry(_vm_start, slow=True, usage="vm start VM_ID | vm start NAME [backend=gce gpu_type=T4 ...]"),
+    "stop": Entry(_vm_stop, slow=True, usage="vm stop VM_ID"),
+}
 
 
-def resolve(words: list[str]) -> tuple[Entry, list[str]]:
+def resolve(words: list[str], devvms: Callable[[], Any] = lambda: None) -> tuple[Entry, list[str]]:
     """The entry that runs `words` (help for anything unknown) and its arguments."""
     if not words or words[0].lower() not in COMMANDS:
         return COMMANDS["help"], []
     name, args = words[0].lower(), words[1:]
-    if name == "vm" and VM_ACTIONS and args and args[0] in VM_ACTIONS:
+    # Without dev VMs, `vm ...` is answered at once (by _vm) rather than deferred to say so later.
+    if name == "vm" and args and args[0] in VM_ACTIONS and devvms() is not None:
         return VM_ACTIONS[args[0]], args[1:]
     return COMMANDS[name], args
 
@@ -204,6 +269,7 @@ def handle_slash_command(
     settings: Settings,
     invoker: Invoker,
     clock: Clock,
+    devvms: Callable[[], Any] = lambda: None,
 ) -> tuple[int, dict[str, Any]]:
     """(HTTP status, JSON body) for one POST /slack/commands. Nothing happens before the signature checks out."""
     if not signing_secret:
@@ -222,8 +288,8 @@ def handle_slash_command(
             f"Ask a jobplane admin to run `jobplane slack map {escape(slack_user)} YOUR_JOBPLANE_USER`."
         )
     words = form.get("text", "").split()
-    entry, args = resolve(words)
-    ctx = Context(principal, service, settings, form.get("trigger_id", ""))
+    entry, args = resolve(words, devvms)
+    ctx = Context(principal, service, settings, form.get("trigger_id", ""), devvms)
     if not entry.slow:
         return 200, execute(entry, ctx, args)
     response_url = form.get("response_url", "")
@@ -251,10 +317,11 @@ def run_deferred(
     *,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    devvms: Callable[[], Any] = lambda: None,
 ) -> dict[str, Any]:
     """The slow half of a command (in slack_worker): run it and post the answer to its response_url."""
-    ctx = Context(Principal(payload["user"]), service, settings, payload.get("trigger_id", ""))
-    entry, args = resolve(list(payload.get("words") or []))
+    ctx = Context(Principal(payload["user"]), service, settings, payload.get("trigger_id", ""), devvms)
+    entry, args = resolve(list(payload.get("words") or []), devvms)
     message = execute(entry, ctx, args)
     destination = Webhook(payload["response_url"], "response_url")
     delivery = deliver(destination, message, clock() + settings.slack_send_budget_seconds, clock=clock, sleep=sleep)

@@ -367,3 +367,55 @@ def test_a_request_without_a_form_body_is_refused_as_unsigned(slack_app):
     for headers in ({}, {"Content-Type": "application/json"}):
         response = slack_app.client.http.post("/slack/commands", headers=headers, body=b"{}")
         assert (response.status_code, response.json_body) == (401, commands.UNAUTHORIZED)
+
+
+@pytest.fixture
+def gce_devvms(gcp_settings, fake_gcp):
+    """deps with the GCE deployment's dev VM service (the API's) on the fake Compute API."""
+    from chalicelib import deps
+    from chalicelib.devvms import DevVmService, devvm_provider
+    from chalicelib.store.devvms import InMemoryDevVmStore
+
+    deps.reset()
+    deps.override(settings=gcp_settings, devvm_service=DevVmService(InMemoryDevVmStore(), gcp_settings, devvm_provider))
+    yield fake_gcp, deps.get_devvm_service_if_enabled
+    deps.reset()
+
+
+def test_vm_commands_create_list_stop_and_start_a_gce_dev_vm(gce_devvms, gcp_settings):
+    fake, devvms = gce_devvms
+    alice = commands.Context(Principal("alice"), None, gcp_settings, devvms=devvms)
+    bob = commands.Context(Principal("bob"), None, gcp_settings, devvms=devvms)
+
+    def run(ctx, text):
+        entry, args = commands.resolve(text.split(), devvms)
+        return entry, commands.execute(entry, ctx, args)["text"]
+
+    entry, text = run(alice, "vm start notebook backend=gce gpu_type=T4 spot=true idle_minutes=20")
+    assert entry.slow  # it calls Compute Engine: answered through response_url
+    assert text.startswith("Created `") and "*notebook* RUNNING on gce (n1-standard-8; stops after 20 idle min" in text
+    vm_id = text.split("`")[1]
+    [(zone, name)] = list(fake.instances)
+    assert name == f"jpdev-{vm_id}" and fake.instances[(zone, name)]["scheduling"]["provisioningModel"] == "SPOT"
+
+    entry, text = run(alice, "vm list")
+    assert not entry.slow and text.startswith("Your dev VMs:\n• `" + vm_id)
+    assert run(bob, "vm list")[1].startswith("No dev VMs yet")
+    assert run(bob, f"vm stop {vm_id}")[1] == f":warning: no instance {vm_id!r}"
+
+    _, text = run(alice, f"vm stop {vm_id}")
+    assert text.startswith(f"Stopped `{vm_id}`") and text.endswith(": stopped by alice from Slack")
+    assert fake.instances[(zone, name)]["status"] == "TERMINATED"
+    _, text = run(alice, f"vm start {vm_id}")
+    assert text.startswith(f"Started `{vm_id}`") and "RUNNING" in text
+    assert fake.instances[(zone, name)]["status"] == "RUNNING"
+
+
+def test_vm_start_with_a_bad_value_names_the_field(gce_devvms, gcp_settings):
+    fake, devvms = gce_devvms
+    ctx = commands.Context(Principal("alice"), None, gcp_settings, devvms=devvms)
+    for words, field in (("vm start nb idle_minutes=soon", "idle_minutes"), ("vm start nb gpu_type=A10G", "gpu_type")):
+        entry, args = commands.resolve(words.split(), devvms)
+        text = commands.execute(entry, ctx, args)["text"]
+        assert text.startswith(":warning: ") and f"({field}: " in text, text
+    assert fake.instances == {}

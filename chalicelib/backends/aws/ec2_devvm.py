@@ -5,49 +5,47 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from chalicelib.backends.aws.base import (
-    KIND_DEVVM,
-    TAG_KIND,
-    TAG_MANAGED,
-    TAG_STAGE,
-    TAG_STOPPED_BY,
-    instance_type_for,
-)
+from chalicelib.backends.agent import devvm_script
+from chalicelib.backends.aws.base import TAG_STOPPED_BY, instance_type_for
 from chalicelib.backends.aws.ec2 import Ec2Backend
 from chalicelib.backends.aws.errors import aws_errors
 from chalicelib.backends.base import Utilization
+from chalicelib.devvms import DevVmSpec, devvm_identity, devvm_resources
 from chalicelib.errors import BackendError
 from chalicelib.jobs.model import utcnow
-from chalicelib.jobs.spec_types import Resources
 
 TAG_DEVVM_ID = "jobplane:devvm-id"
 METRIC_NAMESPACE = "jobplane"
 METRIC_NAME = "GPUUtilization"
 
-# Runs at boot. It interpolates nothing: the instance finds its own id and region from IMDSv2.
-# Every minute it publishes the busiest GPU's utilisation, which is also the VM's heartbeat.
-DEVVM_USER_DATA = r"""#!/bin/bash
-set -u
+# The EC2 part of the shared dev VM agent (chalicelib/backends/agent.py devvm_script): the instance finds its
+# own id and region from IMDSv2; each sample is published to CloudWatch (the busiest GPU sample of the idle
+# window, which is also the VM's heartbeat); a shutdown from inside stops the instance
+# (InstanceInitiatedShutdownBehavior: stop), so its disk is kept.
+_DEVVM_PART = r"""
 imds() {
   local token
   token=$(curl -sS -X PUT "http://169.254.169.254/latest/api/token" -H "X-aws-ec2-metadata-token-ttl-seconds: 300")
   curl -sS -H "X-aws-ec2-metadata-token: ${token}" "http://169.254.169.254/latest/meta-data/$1"
 }
-instance_id=$(imds instance-id)
-region=$(imds placement/region)
-cat > /usr/local/bin/jobplane-heartbeat <<HEARTBEAT
-#!/bin/bash
-set -u
-while true; do
-  util=\$(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null | sort -n | tail -n 1)
-  aws cloudwatch put-metric-data --region "${region}" --namespace jobplane --metric-name GPUUtilization \
-    --dimensions "InstanceId=${instance_id}" --unit Percent --value "\${util:-0}" || true
-  sleep 60
-done
-HEARTBEAT
-chmod 755 /usr/local/bin/jobplane-heartbeat
-nohup /usr/local/bin/jobplane-heartbeat >/var/log/jobplane-heartbeat.log 2>&1 &
+INSTANCE_ID=$(imds instance-id)
+REGION=$(imds placement/region)
+publish_usage() {
+  aws cloudwatch put-metric-data --region "$REGION" --namespace jobplane --metric-name GPUUtilization \
+    --dimensions "InstanceId=${INSTANCE_ID}" --unit Percent --value "${1:-0}" || true
+}
+power_off() {
+  echo "jobplane: $1: stopping the instance"
+  shutdown -h now
+}
 """
+
+
+def devvm_user_data(idle_minutes: int, max_hours: float, sample_seconds: int = 60) -> str:
+    """A dev VM's user data: only its limits (numbers) are interpolated."""
+    return devvm_script(
+        idle_minutes=idle_minutes, max_hours=max_hours, sample_seconds=sample_seconds, cloud_part=_DEVVM_PART
+    )
 
 
 class Ec2DevVmProvider(Ec2Backend):
@@ -62,19 +60,20 @@ class Ec2DevVmProvider(Ec2Backend):
         "cloudwatch:GetMetricStatistics",
     )
 
+    default_gpu_type = "A10G"
+
+    def validate_devvm(self, spec) -> None:
+        """UnsupportedError naming the field when no EC2 instance type fits (checked before anything is made)."""
+        instance_type_for(devvm_resources(spec))
+
     def devvm_tags(self, vm) -> dict[str, str]:
-        return {
-            TAG_MANAGED: "true",
-            TAG_STAGE: self.settings.stage,
-            TAG_KIND: KIND_DEVVM,
-            TAG_DEVVM_ID: vm.vm_id,
-            "jobplane:owner": vm.owner,
-            "Name": f"jobplane-devvm-{vm.spec['name']}",
-        }
+        # jobplane:managed, :stage, :kind (devvm: the job sweep skips it), :devvm-id, :owner
+        tags = {f"jobplane:{key}": value for key, value in devvm_identity(vm, self.settings.stage).items()}
+        return {**tags, "Name": f"jobplane-devvm-{vm.spec['name']}"}
 
     def devvm_request(self, vm) -> dict[str, Any]:
         spec = vm.spec
-        resources = Resources(gpus=spec["gpus"], gpu_type=spec["gpu_type"], instance_type=spec.get("instance_type"))
+        resources = devvm_resources(DevVmSpec.model_validate(spec))
         tags = [{"Key": k, "Value": v} for k, v in self.devvm_tags(vm).items()]
         request: dict[str, Any] = {
             "MinCount": 1,
@@ -82,7 +81,7 @@ class Ec2DevVmProvider(Ec2Backend):
             "InstanceType": instance_type_for(resources),
             "ClientToken": f"devvm-{vm.vm_id}",
             "InstanceInitiatedShutdownBehavior": "stop",  # a shutdown keeps the disk; start it again later
-            "UserData": DEVVM_USER_DATA,
+            "UserData": devvm_user_data(spec["idle_minutes"], spec["max_hours"]),
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags}, {"ResourceType": "volume", "Tags": tags}],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
             **self.placement(),
@@ -149,13 +148,3 @@ class Ec2DevVmProvider(Ec2Backend):
         return Utilization(
             gpu_percent=max(p["Maximum"] for p in points), last_heartbeat=max(p["Timestamp"] for p in points)
         )
-
-
-PROVIDERS = {"ec2": Ec2DevVmProvider}
-
-
-def devvm_provider(name: str, settings):
-    try:
-        return PROVIDERS[name](settings)
-    except KeyError:
-        raise BackendError(f"no dev VM provider for {name!r}") from None

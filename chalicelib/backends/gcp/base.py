@@ -26,6 +26,7 @@ LABEL_JOB_ID = "jobplane-job-id"
 LABEL_ATTEMPT = "jobplane-attempt"
 LABEL_STOPPED_BY = "jobplane-stopped-by"
 LABEL_STOP_REASON = "jobplane-stop-reason"
+LABEL_KIND = "jobplane-kind"  # "devvm" on a dev VM: the job sweep leaves it to the dev VM reaper
 _LABEL_BAD = re.compile(r"[^a-z0-9_-]")
 
 
@@ -124,7 +125,11 @@ def n1_machine(cpus: float, memory_gb: float, minimum: int = 4) -> str:
 
 def machine_for(spec: JobSpec) -> Machine:
     """The machine type and GPUs for a spec's resources; UnsupportedError names the field otherwise."""
-    resources = spec.resources
+    return machine_for_resources(spec.resources)
+
+
+def machine_for_resources(resources) -> Machine:
+    """machine_for, from the resources alone (a dev VM has no job spec)."""
     gpus = resources.gpus
     instance_type = resources.instance_type
     gpu_type = resources.gpu_type

@@ -77,6 +77,7 @@ GCE = BackendDescriptor(
         "compute.instances.list",
         "compute.instances.delete",
         "compute.instances.stop",
+        "compute.instances.start",  # a stopped dev VM started again (gce_devvm)
         "compute.instances.setLabels",
         "compute.instances.setMetadata",
         "compute.instances.setServiceAccount",
@@ -92,6 +93,7 @@ GCE = BackendDescriptor(
     unsupported_features={"tpu": "TPUs run only through Vertex AI (backend vertex)"},
     reaps=True,
     vm=True,
+    devvm_provider="chalicelib.backends.gcp.gce_devvm:GceDevVmProvider",
     requires=(
         Requirement("gcp_project"),
         Requirement("gcp_status_uri", prefix="gs://"),

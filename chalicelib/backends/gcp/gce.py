@@ -23,6 +23,7 @@ from chalicelib.backends.base import (
 from chalicelib.backends.gcp.base import (
     LABEL_ATTEMPT,
     LABEL_JOB_ID,
+    LABEL_KIND,
     LABEL_STAGE,
     LABEL_STOP_REASON,
     LABEL_STOPPED_BY,
@@ -108,7 +109,6 @@ class GceBackend(ComputeBackend):
         from google.cloud import compute_v1
 
         spec = job.spec
-        zone = self.settings.gce_zone
         machine = machine_for(spec)
         max_runtime = spec.max_runtime_minutes * 60
         env = job_env(spec, handle)
@@ -148,6 +148,17 @@ class GceBackend(ComputeBackend):
             on_host_maintenance="TERMINATE",  # required with GPUs; a migrated training job is no gain
             automatic_restart=False,
         )
+        labels = job_labels(self.settings, handle.job_id, handle.attempt, spec.labels)
+        return self.vm_resource(
+            name=handle.native_name, machine=machine, labels=labels, script=script, scheduling=scheduling
+        )
+
+    def vm_resource(self, *, name: str, machine, labels: dict[str, str], script: str, scheduling):
+        """The compute_v1 Instance every jobplane VM is (job VMs and dev VMs): the deployment's image, disk,
+        network and service account, the machine's GPUs, the startup script and guest attributes on."""
+        from google.cloud import compute_v1
+
+        zone = self.settings.gce_zone
         accelerators = []
         if machine.gpu is not None and machine.machine_type.startswith("n1-"):
             # N1 takes attached GPUs; A2, A3 and G2 machine types come with theirs.
@@ -158,9 +169,9 @@ class GceBackend(ComputeBackend):
                 )
             )
         return compute_v1.Instance(
-            name=handle.native_name,
+            name=name,
             machine_type=f"zones/{zone}/machineTypes/{machine.machine_type}",
-            labels=job_labels(self.settings, handle.job_id, handle.attempt, spec.labels),
+            labels=labels,
             disks=[
                 compute_v1.AttachedDisk(
                     boot=True,
@@ -356,11 +367,13 @@ class GceBackend(ComputeBackend):
                     parsed = parse_native_name(instance.name)
                     self._zones[instance.name] = zone
                     launched = instance.last_start_timestamp or instance.creation_timestamp
+                    devvm = labels.get(LABEL_KIND) == ResourceKind.DEVVM.value
                     found.append(
                         ManagedResource(
                             backend=self.name,
                             resource_id=instance.name,
-                            kind=ResourceKind.VM,
+                            # dev VMs have their own rules (idle_minutes, max_hours): the job sweep skips them
+                            kind=ResourceKind.DEVVM if devvm else ResourceKind.VM,
                             state=instance.status,
                             power=power_state(instance.status),
                             stage=labels.get(LABEL_STAGE),
@@ -382,17 +395,19 @@ class GceBackend(ComputeBackend):
     def utilization(self, resource: ManagedResource, window_minutes: int) -> Utilization | None:
         """The VM's own report (guest attributes jobplane/heartbeat and jobplane/gpu_percent, a mean over
         the idle window); None when they cannot be read."""
+        return self.guest_usage(resource.resource_id, self.zone_of(resource.resource_id))
+
+    def guest_usage(self, name: str, zone: str) -> Utilization | None:
+        """Utilization from the guest attributes jobplane/heartbeat and jobplane/gpu_percent that a VM's
+        script writes (job VMs and dev VMs alike); None when they cannot be read."""
         from google.api_core.exceptions import NotFound
         from google.cloud import compute_v1
 
         request = compute_v1.GetGuestAttributesInstanceRequest(
-            project=self.settings.gcp_project,
-            zone=self.zone_of(resource.resource_id),
-            instance=resource.resource_id,
-            query_path="jobplane/",
+            project=self.settings.gcp_project, zone=zone, instance=name, query_path="jobplane/"
         )
         try:
-            with map_gcp_errors(f"reading guest attributes of {resource.resource_id}"):
+            with map_gcp_errors(f"reading guest attributes of {name}"):
                 attributes = self.compute.get_guest_attributes(request=request)
         except NotFound:  # nothing written yet: no heartbeat
             return Utilization(None, None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from chalicelib.backends.agent import CHECKPOINT_INTERVAL, VM_ROOT, VmContract, vm_script
+from chalicelib.backends.agent import CHECKPOINT_INTERVAL, GPU_SAMPLE_SH, VM_ROOT, VmContract, devvm_script, vm_script
 from chalicelib.backends.shell import assign
 
 # Seconds between uploads of the job's output to log.txt next to the exit report while it runs.
@@ -20,9 +20,18 @@ def registry_host(image: str | None) -> str:
     return host if host.endswith("-docker.pkg.dev") or host == "gcr.io" or host.endswith(".gcr.io") else ""
 
 
+# Guest attributes carry the heartbeat and GPU use to the control plane (no agent, no extra API): the
+# job VMs' and the dev VMs' scripts write them the same way, and GceBackend.utilization reads them.
+GUEST_ATTRIBUTES_SH = r"""
+METADATA='http://metadata.google.internal/computeMetadata/v1/instance'
+put_attr() {
+  curl -fsS -m 5 -X PUT -H 'Metadata-Flavor: Google' --data "$2" \
+    "${METADATA}/guest-attributes/jobplane/$1" >/dev/null 2>&1 || true
+}
+"""
+
 # The cloud's part: GCS through gcloud storage (the VM's service account), guest attributes, Pub/Sub.
 _BODY = r"""
-METADATA='http://metadata.google.internal/computeMetadata/v1/instance'
 
 store_get() { gcloud storage cp "$1" "$2" --quiet; }
 store_put() { gcloud storage cp "$1" "$2" --quiet; }
@@ -36,17 +45,11 @@ registry_login() {
   if [ -n "$REGISTRY" ]; then gcloud auth configure-docker "$REGISTRY" --quiet; fi
 }
 
-# Guest attributes carry the heartbeat and GPU use to the control plane (no agent, no extra API).
-put_attr() {
-  curl -fsS -m 5 -X PUT -H 'Metadata-Flavor: Google' --data "$2" \
-    "${METADATA}/guest-attributes/jobplane/$1" >/dev/null 2>&1 || true
-}
 
 heartbeat() {
   local samples=() gpu mean
   while true; do
-    gpu=$(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null \
-      | awk '{ s += $1; n++ } END { if (n) printf "%.1f", s / n }')
+    gpu=$(gpu_now)
     if [ -n "$gpu" ]; then samples+=("$gpu"); fi
     if [ "${#samples[@]}" -gt "$IDLE_SAMPLES" ]; then samples=("${samples[@]:1}"); fi
     if [ "${#samples[@]}" -gt 0 ]; then
@@ -135,4 +138,29 @@ def startup_script(
         assign("EVENTS_TOPIC", events_topic or ""),
         assign("IDLE_SAMPLES", int(idle_samples)),
     ]
-    return vm_script(head, contract, _BODY)
+    return vm_script(head, contract, GPU_SAMPLE_SH + GUEST_ATTRIBUTES_SH + _BODY)
+
+
+# A dev VM's part: its usage as the same guest attributes a job VM writes (gpu_percent is the busiest
+# sample of the idle window, "" until a GPU answered), and a stop that keeps the disk (a guest shutdown
+# leaves a GCE instance TERMINATED, which instances.start brings back).
+_DEVVM_PART = r"""
+publish_usage() {
+  if [ -n "$1" ]; then put_attr gpu_percent "$1"; fi
+  put_attr heartbeat "$2"
+}
+power_off() {
+  put_attr stop_reason "$1"
+  shutdown -h now
+}
+"""
+
+
+def devvm_startup_script(*, idle_minutes: int, max_hours: float, sample_seconds: int = 60) -> str:
+    """The startup script of a GCE dev VM (run again at every boot, so a restarted VM is watched again)."""
+    return devvm_script(
+        idle_minutes=idle_minutes,
+        max_hours=max_hours,
+        sample_seconds=sample_seconds,
+        cloud_part=GUEST_ATTRIBUTES_SH + _DEVVM_PART,
+    )

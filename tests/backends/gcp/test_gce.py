@@ -281,7 +281,7 @@ def test_an_insert_that_ends_in_a_stockout_fails_over_to_the_next_candidate(gcp_
     handle = Handle.of(job)
     seen = gcp_service.backend("gce").describe(handle)
     assert (seen.status, seen.native_status) == (JobStatus.LAUNCHING, "PROVISIONING")
-    fake_gcp.stockout(ZONE, job.native_name)
+    fake_gcp.stockout_insert(ZONE, job.native_name)
     seen = gcp_service.backend("gce").describe(handle)
     assert (seen.status, seen.failure_kind, seen.native_status) == (
         JobStatus.FAILED,
