@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -257,6 +258,8 @@ def measure(rounds: int = 9, from_source: bool = False) -> tuple[dict[str, list[
         gcp.fake.stop()
     finally:
         server.stop()
+        if lambda_env:
+            shutil.rmtree(Path(lambda_env["JOBPLANE_BENCH_CWD"]).parent, ignore_errors=True)
     return samples, cpu
 
 
