@@ -4,7 +4,8 @@ DynamoDB tables (from the same pynamodb models the code uses, so they cannot dri
 stream wired to the `notify` function, the upload bucket, and the Secrets Manager entries whose
 names the stage's settings carry (their values are put by an operator, never by this script). It also
 brings Chalice's Terraform to current Terraform and AWS provider versions (`terraform.py`) and drops
-from the dependency layer the AWS SDK the Lambda runtime ships (`layer.py`).
+from the dependency layer the AWS SDK the Lambda runtime ships (`layer.py`), and adds compiled bytecode to the
+function zip and the layer (`bytecode.py`), so a cold start compiles nothing.
 
     python deploy/aws/resources.py --stage dev build/package
 """
@@ -21,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 # Its siblings by path: under pytest, `deploy` would name the tests' own deploy package.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import layer  # noqa: E402  (run as a script: the folders are on sys.path above)
+import bytecode  # noqa: E402  (run as a script: the folders are on sys.path above)
+import layer  # noqa: E402
 import terraform  # noqa: E402
 
 TF_NAMES = {
@@ -156,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     if dropped:
         shipped = ", ".join(f"{name} {version}" for name, version in dropped.items())
         print(f"dropped from the layer (the Lambda runtime ships them): {shipped}")
+    runtimes = {f["runtime"] for f in chalice_tf["resource"]["aws_lambda_function"].values()}
+    if len(runtimes) != 1:
+        raise SystemExit(f"expected one Lambda runtime for every function, found {sorted(runtimes)}")
+    tag = bytecode.runtime_tag(runtimes.pop())
+    for name in ("deployment.zip", "layer-deployment.zip"):
+        print(f"{name}: compiled {bytecode.add_bytecode(args.out / name, tag)} modules ({tag})")
     for name in ("deployment.zip", "layer-deployment.zip"):
         print(f"{name}: {(args.out / name).stat().st_size / 2**20:.2f} MiB")
     return 0

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 import zipfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -147,7 +147,8 @@ def test_the_function_zip_holds_the_core_and_no_dependency(package):
     assert "chalicelib/dashboard/index.html" in names
     tops = {n.split("/")[0] for n in names}
     # Only the app, the core and Chalice's two runtime modules: every library is in the layer or the runtime.
-    assert tops == {"app.py", "chalicelib", "chalice"}
+    assert tops == {"app.py", "chalicelib", "chalice", "__pycache__"}
+    assert [n for n in names if n.startswith("__pycache__/")] == [f"__pycache__/app.{sys.implementation.cache_tag}.pyc"]
     assert package["zip"].stat().st_size <= 5 * 2**20
 
 
@@ -168,6 +169,17 @@ def test_every_function_gets_the_layer_which_holds_the_dependencies_but_not_the_
     # Lambda's limit is 250 MiB unzipped for the function and its layers together.
     with zipfile.ZipFile(package["layer"]) as archive:
         assert sum(i.file_size for i in archive.infolist()) < 50 * 2**20
+
+
+def test_every_module_of_the_function_zip_and_layer_ships_its_bytecode(package):
+    # Lambda's /var/task and /opt are read-only: without these a cold start compiles every module again.
+    tag = sys.implementation.cache_tag
+    for bundle in (package["zip"], package["layer"]):
+        names = set(zipfile.ZipFile(bundle).namelist())
+        sources = [n for n in names if n.endswith(".py")]
+        compiled = (PurePosixPath(n).parent / "__pycache__" / f"{PurePosixPath(n).stem}.{tag}.pyc" for n in sources)
+        missing = [n for n, pyc in zip(sources, compiled, strict=True) if str(pyc).removeprefix("./") not in names]
+        assert sources and not missing, f"{bundle.name}: {len(missing)} without bytecode, e.g. {missing[:3]}"
 
 
 def test_the_function_zip_and_layer_import_with_only_the_runtime_sdk_beside_them(package, tmp_path):
