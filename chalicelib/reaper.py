@@ -44,7 +44,7 @@ class Action(str, Enum):
     STOP_FINISHED = "stop_finished"
     #: past max_runtime_minutes plus the grace: stopped, and the job fails as a timeout
     STOP_OVERDUE = "stop_overdue"
-    #: no heartbeat or GPU use over the idle window: stopped, and the job fails as a user error
+    #: no heartbeat or GPU use over the idle window: stopped, and the job fails as idle
     STOP_IDLE = "stop_idle"
     #: a powered-off job VM nobody will start again (it still bills for its disk)
     REMOVE_STOPPED = "remove_stopped"
@@ -83,7 +83,7 @@ EFFECTS: dict[Action, Effect] = {
     Action.STOP_FINISHED: Effect(stop_resource=True),
     Action.REMOVE_STOPPED: Effect(stop_resource=True),
     Action.STOP_OVERDUE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.TIMEOUT),
-    Action.STOP_IDLE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.USER_ERROR),
+    Action.STOP_IDLE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.IDLE),
 }
 
 
@@ -132,7 +132,7 @@ class ReapPolicy:
     """When a tagged VM is stopped from outside (the second way every GPU stops)."""
 
     idle_gpu_percent: float = 5.0
-    idle_minutes: int = 30
+    idle_minutes: float = 30
     overdue_grace_minutes: int = 15
 
     @classmethod
@@ -177,12 +177,12 @@ def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=No
     if usage is None or now - started < window:
         return None  # too young to judge (it is still booting or pulling its image)
     if usage.last_heartbeat is None or now - usage.last_heartbeat > window:
-        return Decision(key, Action.STOP_IDLE, f"no heartbeat for {policy.idle_minutes} min")
+        return Decision(key, Action.STOP_IDLE, f"no heartbeat for {policy.idle_minutes:g} min")
     if usage.gpu_percent is not None and usage.gpu_percent < policy.idle_gpu_percent:
         return Decision(
             key,
             Action.STOP_IDLE,
-            f"GPU utilisation {usage.gpu_percent:.1f}% < {policy.idle_gpu_percent}% for {policy.idle_minutes} min",
+            f"GPU utilisation {usage.gpu_percent:.1f}% < {policy.idle_gpu_percent}% for {policy.idle_minutes:g} min",
         )
     return None
 

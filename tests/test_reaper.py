@@ -216,7 +216,7 @@ def test_every_action_has_one_effect_and_leaves_as_its_plain_string():
             Action.STOP_IDLE,
             [
                 ("stop_resource", "stopped by jobplane reaper: why"),
-                ("event", JobStatus.FAILED, FailureKind.USER_ERROR, "stopped by jobplane reaper: why"),
+                ("event", JobStatus.FAILED, FailureKind.IDLE, "stopped by jobplane reaper: why"),
             ],
         ),
     ],

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import replace
 from typing import Any
 
-from chalicelib.backends.agent import parse_report
+from chalicelib.backends.agent import HEARTBEAT_OBJECT, parse_heartbeat, parse_report
 from chalicelib.backends.aws.base import (
     KIND_DEVVM,
     TAG_ATTEMPT,
@@ -32,6 +34,7 @@ from chalicelib.backends.base import (
     Offset,
     PowerState,
     ResourceKind,
+    Utilization,
     bad_offset,
     parse_native_name,
 )
@@ -46,6 +49,7 @@ _LIVE = ("pending", "running", "stopping", "stopped")
 _GONE = ("shutting-down", "terminated")
 SPOT_REASON = "Server.SpotInstanceTermination"
 LOG_OBJECT = "log.txt"  # the job's output, as the VM's agent ships it next to status.json
+log = logging.getLogger(__name__)
 
 
 def power_state(state: str) -> PowerState:
@@ -89,6 +93,8 @@ class Ec2Backend(AwsBackend):
             artifacts_uri=contract.artifacts_uri(spec, handle.job_id, bucket),
             checkpoint_uri=contract.checkpoint_location(spec, handle.job_id, bucket),
             checkpoint_interval_seconds=self.settings.ec2_checkpoint_seconds,
+            heartbeat_interval_seconds=self.settings.ec2_heartbeat_seconds,
+            idle_samples=math.ceil(self.settings.idle_minutes * 60 / self.settings.ec2_heartbeat_seconds),
         )
 
     def _validate_impl(self, spec: JobSpec) -> None:
@@ -378,6 +384,32 @@ class Ec2Backend(AwsBackend):
 
     def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
         self._terminate(resource.resource_id, reason)
+
+    def utilization(self, resource: ManagedResource, window_minutes: float) -> Utilization | None:
+        """The agent's heartbeat.json next to the exit report (one S3 GetObject, with the s3:GetObject the
+        exit report needs already): its time is S3's LastModified, its GPU use the busiest sample of the
+        window. None when it cannot be read (the idle rule is left out this tick)."""
+        parsed = parse_native_name(resource.native_name)
+        if parsed is None or resource.job_id != parsed[0]:
+            return None
+        handle = Handle(parsed[0], resource.native_name, parsed[1])
+        bucket, _, prefix = self.status_uri(handle)[len("s3://") :].partition("/")
+        try:
+            with aws_errors("s3", "GetObject"):
+                got = self.client("s3").get_object(Bucket=bucket, Key=prefix + HEARTBEAT_OBJECT)
+                raw = got["Body"].read()
+        except BackendError as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                return Utilization(None, None)  # no heartbeat yet
+            log.warning("reading the heartbeat of %s failed: %s", resource.resource_id, exc.message)
+            return None
+        return parse_heartbeat(
+            raw,
+            job_id=handle.job_id,
+            attempt=handle.attempt,
+            received_at=got.get("LastModified"),
+            window_minutes=window_minutes,
+        )
 
     # --- reconcile at scale: one tag-filtered DescribeInstances, 1,000 instances a page ----------
     describes_by_listing = True

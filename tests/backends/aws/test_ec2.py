@@ -146,3 +146,22 @@ def test_a_refused_launch_fails_the_job_with_the_kind_and_the_providers_message(
 )
 def test_an_instance_state_says_what_the_instance_still_costs(state, power):
     assert power_state(state) is power
+
+
+def test_utilization_is_the_agents_heartbeat_object_timed_by_s3(aws_settings):
+    from chalicelib.jobs.model import utcnow
+
+    settings = ec2_settings(aws_settings)
+    backend, s3 = Ec2Backend(settings), boto(settings, "s3")
+    job = make_job("ec2", SPEC)
+    backend.launch(job)
+    (resource,) = [r for r in backend.list_managed() if r.job_id == job.job_id]
+    assert backend.utilization(resource, 30) is not None
+    assert backend.utilization(resource, 30).last_heartbeat is None  # nothing uploaded yet: no heartbeat
+    key = backend.status_uri(Handle.of(job)).split("/", 3)[3] + "heartbeat.json"
+    beat = {"v": 1, "job_id": job.job_id, "attempt": 1, "at": "x", "interval_seconds": 60, "gpu_percent": 2.0}
+    before = utcnow().replace(microsecond=0)
+    s3.put_object(Bucket=settings.artifacts_bucket, Key=key, Body=json.dumps({**beat, "gpu_samples": 30}))
+    seen = backend.utilization(resource, 30)
+    assert seen.gpu_percent == 2.0 and seen.last_heartbeat >= before
+    assert backend.utilization(resource, 31).gpu_percent is None  # 30 one-minute samples cover no 31-minute window
