@@ -267,25 +267,30 @@ def apply(
 
 
 def reconcile_all(service, devvm_service=None, fan_out: FanOut | None = None) -> list[dict[str, Any]]:
-    """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours)."""
-    results = [d.to_dict() for d in reconcile(service, fan_out)]
-    results.extend(read_metrics(service))
+    """The scheduled run: jobs (heal, sweep, queue), their metrics, then dev VMs (idle, max hours)."""
+    jobs = list(service.store.iter_active())  # one read of the active index for the whole tick
+    results = [d.to_dict() for d in reconcile(service, fan_out, jobs=jobs)]
+    results.extend(read_metrics(service, jobs))
     if devvm_service is not None:
         results.extend(d.to_dict() for d in devvm_service.reap())
     results.extend(drain_outbox())
     return results
 
 
-def read_metrics(service) -> list[dict[str, Any]]:
+def read_metrics(service, jobs: list[Job] | None = None) -> list[dict[str, Any]]:
     """Each RUNNING job's output read on from its metrics cursor, one logs() page of at most TICK_BYTES a job;
-    a summary when anything was read or failed (nothing without a metrics store)."""
+    a summary when anything was read or failed (nothing without a metrics store).
+
+    `jobs`: the active jobs as this tick's reconcile read them (no second query of the active index). A job
+    reconcile just saw start is read from the next tick; one it just saw end had its output read to the end
+    by that transition, and the cursor guard makes this read's write a no-op."""
     from chalicelib.jobs.metrics_reader import TICK_BYTES, TICK_PAGES
 
     reader = service.metrics_reader
     if reader is None:
         return []
     read, errors = 0, []
-    for job in service.store.iter_active():
+    for job in service.store.iter_active() if jobs is None else jobs:
         if job.status is not JobStatus.RUNNING:
             continue
         try:
@@ -352,15 +357,16 @@ def _listing_backends(service, jobs: list[Job]) -> frozenset[str]:
     return frozenset(found)
 
 
-def reconcile(service, fan_out: FanOut | None = None) -> list[Decision]:
-    """One tick: read the active jobs (the sparse index), heal them oldest first, sweep tagged resources,
-    serve the queue. With `fan_out`, a tick with more than reconcile_shard_jobs jobs to read keeps the
-    first shard and hands each other one to fan_out; without it, this invocation reads them all."""
+def reconcile(service, fan_out: FanOut | None = None, jobs: list[Job] | None = None) -> list[Decision]:
+    """One tick: read the active jobs (the sparse index; or `jobs`, read from it already), heal them oldest
+    first, sweep tagged resources, serve the queue. With `fan_out`, a tick with more than reconcile_shard_jobs
+    jobs to read keeps the first shard and hands each other one to fan_out; without it, this invocation reads
+    them all."""
     now = utcnow()
     decisions: list[Decision] = []
     active: dict[str, Job] = {}
     to_read: list[Job] = []
-    for job in service.store.iter_active():
+    for job in service.store.iter_active() if jobs is None else jobs:
         active[job.job_id] = job
         if job.status is JobStatus.QUEUED:
             decisions.append(decide_reconcile(job, None, now, _launch_deadline(service)))
