@@ -36,6 +36,7 @@ from chalicelib.backends.base import (
     ResourceKind,
     Utilization,
     bad_offset,
+    last_lines,
     parse_native_name,
 )
 from chalicelib.errors import BackendError, UnsupportedError
@@ -240,6 +241,25 @@ class Ec2Backend(AwsBackend):
         end = offset + len(data)
         ended = end >= total and self.exit_status(handle.job_id, handle.native_name) is not None
         return LogChunk(data.decode("utf-8", errors="replace"), end, ended)
+
+    def _tail_impl(self, handle: Handle, max_lines: int, max_bytes: int) -> list[str] | None:
+        # One Range GET of the log object's last bytes (a suffix range), however long the log: never the whole
+        # object, and never None for a long one. One byte more than the tail can hold says whether the first
+        # line read starts inside a line.
+        bucket, _, prefix = self.status_uri(handle)[len("s3://") :].partition("/")
+        try:
+            with aws_errors("s3", "GetObject"):
+                got = self.client("s3").get_object(
+                    Bucket=bucket, Key=prefix + LOG_OBJECT, Range=f"bytes=-{max_bytes + 1}"
+                )
+        except BackendError as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NoSuchBucket", "InvalidRange", "416"):
+                return []  # no log shipped yet, or an empty one
+            raise
+        data = got["Body"].read()
+        start = str(got.get("ContentRange", "")).removeprefix("bytes ").partition("-")[0]
+        cut = start.isdigit() and int(start) > 0
+        return last_lines(data.decode("utf-8", errors="replace"), max_lines, max_bytes, cut=cut)
 
     def observe(self, instance: dict[str, Any], at=None) -> Observation:
         """One instance (DescribeInstances) -> Observation; a gone instance is judged by its exit status."""
