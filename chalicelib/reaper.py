@@ -37,6 +37,9 @@ class Action(str, Enum):
     CANCELLED = "cancelled"
     #: the resource vanished (or a relaunch found nothing either): the job fails as a backend error
     FAIL_LOST = "fail_lost"
+    #: RUNNING past max_runtime_minutes plus the grace on a backend that does not stop it (ECS): stopped
+    #: with the reason, and the job fails as a timeout
+    STOP_OVERRUN = "stop_overrun"
     # --- about a tagged resource (decide_resource) ---
     #: no job behind it, or left over from an earlier attempt
     STOP_ORPHAN = "stop_orphan"
@@ -58,10 +61,12 @@ class Action(str, Enum):
 
 @dataclass(frozen=True)
 class Effect:
-    """How an action is applied, in this order: stop the tagged resource, stop the job's resource again,
+    """How an action is applied, in this order: stop the tagged resource (or the job's, as overdue), stop the
+    job's resource again,
     feed the backend's observation, relaunch, then record an event of reconcile's own on the job."""
 
     stop_resource: bool = False
+    stop_job: bool = False
     recancel: bool = False
     observe: bool = False
     relaunch: bool = False
@@ -79,6 +84,7 @@ EFFECTS: dict[Action, Effect] = {
     Action.RELAUNCH: Effect(relaunch=True),
     Action.CANCELLED: Effect(to_status=JobStatus.CANCELLED),
     Action.FAIL_LOST: Effect(to_status=JobStatus.FAILED, failure_kind=FailureKind.BACKEND_ERROR),
+    Action.STOP_OVERRUN: Effect(stop_job=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.TIMEOUT),
     Action.STOP_ORPHAN: Effect(stop_resource=True),
     Action.STOP_FINISHED: Effect(stop_resource=True),
     Action.REMOVE_STOPPED: Effect(stop_resource=True),
@@ -99,8 +105,11 @@ class Decision:
         return {"job_id": self.job_id, "action": self.action.value, "reason": self.reason}
 
 
-def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> Decision:
-    """Pure: what to do about one active job given what its backend reports (None = no resource)."""
+def decide_reconcile(
+    job: Job, observation, now, launch_deadline: timedelta, overrun_grace: timedelta | None = None
+) -> Decision:
+    """Pure: what to do about one active job given what its backend reports (None = no resource).
+    `overrun_grace`: the backend does not stop jobs at max_runtime_minutes, reconcile does after this grace."""
     if job.status is JobStatus.QUEUED:
         return Decision(job.job_id, Action.DISPATCH, job.status_reason or "queued")
     if observation is None:
@@ -124,6 +133,16 @@ def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> 
         if job.status is JobStatus.CANCELLING and not observation.status.terminal:
             return Decision(job.job_id, Action.RECANCEL, f"still {observation.native_status} after a cancel request")
         return Decision(job.job_id, Action.APPLY, f"backend reports {observation.native_status}")
+    started = job.started_at or observation.started_at
+    if overrun_grace is not None and job.status is JobStatus.RUNNING and started is not None:
+        limit = timedelta(minutes=job.spec.max_runtime_minutes) + overrun_grace
+        if now - started > limit:
+            return Decision(
+                job.job_id,
+                Action.STOP_OVERRUN,
+                f"running {_minutes(now - started)} min, past max_runtime_minutes "
+                f"({job.spec.max_runtime_minutes}) plus {_minutes(overrun_grace)} min grace",
+            )
     return Decision(job.job_id, Action.NONE, f"in sync ({observation.native_status})")
 
 
@@ -245,6 +264,9 @@ def apply(
     if effect.stop_resource:
         reason = f"stopped by jobplane reaper: {decision.reason}"
         backend.stop_resource(resource, reason)
+    if effect.stop_job:
+        reason = f"stopped by jobplane reconcile: {decision.reason}"
+        (backend or service.backend(job.backend)).stop_overdue(Handle.of(job), reason)
     if effect.recancel:
         service.stop_resource(job)
     if effect.observe:
@@ -448,14 +470,15 @@ def heal(service, jobs: list[Job], now) -> list[Decision]:
 
 
 def _heal_one(service, backend, job: Job, obs, now, deadline: timedelta) -> Decision:
+    grace = None if backend.enforces_max_runtime else timedelta(minutes=service.settings.overdue_grace_minutes)
     try:
-        decision = decide_reconcile(job, obs, now, deadline)
+        decision = decide_reconcile(job, obs, now, deadline, grace)
         if decision.action in (Action.APPLY, Action.RECANCEL) and backend.listed_fields_unknown:
             # A list page lacks some of what describe says (SageMaker: the start time): what is applied
             # is describe's own answer.
             obs = backend.describe(Handle.of(job))
-            decision = decide_reconcile(job, obs, now, deadline)
-        apply(service, decision, job, observation=obs)
+            decision = decide_reconcile(job, obs, now, deadline, grace)
+        apply(service, decision, job, observation=obs, backend=backend)
         return decision
     except JobplaneError as exc:
         return Decision(job.job_id, Action.ERROR, exc.message)
