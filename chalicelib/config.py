@@ -284,7 +284,9 @@ class Settings:
     # The reaper: a tagged VM is stopped when its GPU stays under idle_gpu_percent (or it sends no
     # heartbeat) for idle_minutes, or when it runs past max_runtime_minutes + overdue_grace_minutes.
     idle_gpu_percent: float = setting("JOBPLANE_IDLE_GPU_PERCENT", 5.0, Number(0, 100))
-    idle_minutes: int = setting("JOBPLANE_IDLE_MINUTES", 30, _POSITIVE)
+    # Minutes, fractions allowed (the local stack's tests judge a VM in seconds); granularity on a cloud is
+    # the reconcile schedule's, one minute.
+    idle_minutes: float = setting("JOBPLANE_IDLE_MINUTES", 30, Number(0.01, 10080))
     overdue_grace_minutes: int = setting("JOBPLANE_OVERDUE_GRACE_MINUTES", 15, _COUNT)
     # Concurrent-use limits of the quota-aware queue: "backend:family" -> units (GPUs; a CPU job is 1).
     # `family` is an instance family (ml.g5, g5), a GPU type (A10G), `cpu`, or `*` for every GPU family.
@@ -362,6 +364,8 @@ class Settings:
     ec2_instance_profile: str = setting("JOBPLANE_EC2_INSTANCE_PROFILE", derive="jobplane-{stage}-ec2-job")
     # Seconds between a job VM's uploads of $JOBPLANE_CHECKPOINT_DIR while the job runs (and once at its end).
     ec2_checkpoint_seconds: int = setting("JOBPLANE_EC2_CHECKPOINT_SECONDS", 60, _POSITIVE)
+    # Seconds between the EC2 agent's heartbeats (heartbeat.json next to its exit report, with its GPU use).
+    ec2_heartbeat_seconds: int = setting("JOBPLANE_EC2_HEARTBEAT_SECONDS", 60, _POSITIVE)
     # Upload trigger rules (bucket + prefix/glob -> job template); relative paths are from the code root.
     triggers_file: str = setting("JOBPLANE_TRIGGERS_FILE", "chalicelib/triggers.yaml")
 

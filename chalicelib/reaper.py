@@ -41,6 +41,9 @@ class Action(str, Enum):
     QUEUE_WAIT = "queue_wait"
     #: in the provider's queue past capacity_wait_minutes: stopped there, and failed over (machine.failover)
     QUEUE_FAILOVER = "queue_failover"
+    #: RUNNING past max_runtime_minutes plus the grace on a backend that does not stop it (ECS): stopped
+    #: with the reason, and the job fails as a timeout
+    STOP_OVERRUN = "stop_overrun"
     # --- about a tagged resource (decide_resource) ---
     #: no job behind it, or left over from an earlier attempt
     STOP_ORPHAN = "stop_orphan"
@@ -48,7 +51,7 @@ class Action(str, Enum):
     STOP_FINISHED = "stop_finished"
     #: past max_runtime_minutes plus the grace: stopped, and the job fails as a timeout
     STOP_OVERDUE = "stop_overdue"
-    #: no heartbeat or GPU use over the idle window: stopped, and the job fails as a user error
+    #: no heartbeat or GPU use over the idle window: stopped, and the job fails as idle
     STOP_IDLE = "stop_idle"
     #: a powered-off job VM nobody will start again (it still bills for its disk)
     REMOVE_STOPPED = "remove_stopped"
@@ -62,10 +65,12 @@ class Action(str, Enum):
 
 @dataclass(frozen=True)
 class Effect:
-    """How an action is applied, in this order: stop the tagged resource, stop the job's resource again,
+    """How an action is applied, in this order: stop the tagged resource (or the job's, as overdue), stop the
+    job's resource again,
     feed the backend's observation, relaunch, then record an event of reconcile's own on the job."""
 
     stop_resource: bool = False
+    stop_job: bool = False
     recancel: bool = False
     observe: bool = False
     relaunch: bool = False
@@ -86,11 +91,12 @@ EFFECTS: dict[Action, Effect] = {
     Action.FAIL_LOST: Effect(to_status=JobStatus.FAILED, failure_kind=FailureKind.BACKEND_ERROR),
     Action.QUEUE_WAIT: Effect(mark_wait=True),
     Action.QUEUE_FAILOVER: Effect(recancel=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.NO_CAPACITY),
+    Action.STOP_OVERRUN: Effect(stop_job=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.TIMEOUT),
     Action.STOP_ORPHAN: Effect(stop_resource=True),
     Action.STOP_FINISHED: Effect(stop_resource=True),
     Action.REMOVE_STOPPED: Effect(stop_resource=True),
     Action.STOP_OVERDUE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.TIMEOUT),
-    Action.STOP_IDLE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.USER_ERROR),
+    Action.STOP_IDLE: Effect(stop_resource=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.IDLE),
 }
 
 
@@ -106,8 +112,11 @@ class Decision:
         return {"job_id": self.job_id, "action": self.action.value, "reason": self.reason}
 
 
-def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> Decision:
-    """Pure: what to do about one active job given what its backend reports (None = no resource)."""
+def decide_reconcile(
+    job: Job, observation, now, launch_deadline: timedelta, overrun_grace: timedelta | None = None
+) -> Decision:
+    """Pure: what to do about one active job given what its backend reports (None = no resource).
+    `overrun_grace`: the backend does not stop jobs at max_runtime_minutes, reconcile does after this grace."""
     if job.status is JobStatus.QUEUED:
         return Decision(job.job_id, Action.DISPATCH, job.status_reason or "queued")
     if observation is None:
@@ -133,6 +142,16 @@ def decide_reconcile(job: Job, observation, now, launch_deadline: timedelta) -> 
         return Decision(job.job_id, Action.APPLY, f"backend reports {observation.native_status}")
     if job.status is JobStatus.LAUNCHING and observation.waiting_for_capacity and job.spec.capacity_wait_minutes:
         return _queue_wait(job, observation, now)
+    started = job.started_at or observation.started_at
+    if overrun_grace is not None and job.status is JobStatus.RUNNING and started is not None:
+        limit = timedelta(minutes=job.spec.max_runtime_minutes) + overrun_grace
+        if now - started > limit:
+            return Decision(
+                job.job_id,
+                Action.STOP_OVERRUN,
+                f"running {_minutes(now - started)} min, past max_runtime_minutes "
+                f"({job.spec.max_runtime_minutes}) plus {_minutes(overrun_grace)} min grace",
+            )
     return Decision(job.job_id, Action.NONE, f"in sync ({observation.native_status})")
 
 
@@ -156,7 +175,7 @@ class ReapPolicy:
     """When a tagged VM is stopped from outside (the second way every GPU stops)."""
 
     idle_gpu_percent: float = 5.0
-    idle_minutes: int = 30
+    idle_minutes: float = 30
     overdue_grace_minutes: int = 15
 
     @classmethod
@@ -201,12 +220,12 @@ def decide_resource(resource, job: Job | None, now, policy: ReapPolicy, usage=No
     if usage is None or now - started < window:
         return None  # too young to judge (it is still booting or pulling its image)
     if usage.last_heartbeat is None or now - usage.last_heartbeat > window:
-        return Decision(key, Action.STOP_IDLE, f"no heartbeat for {policy.idle_minutes} min")
+        return Decision(key, Action.STOP_IDLE, f"no heartbeat for {policy.idle_minutes:g} min")
     if usage.gpu_percent is not None and usage.gpu_percent < policy.idle_gpu_percent:
         return Decision(
             key,
             Action.STOP_IDLE,
-            f"GPU utilisation {usage.gpu_percent:.1f}% < {policy.idle_gpu_percent}% for {policy.idle_minutes} min",
+            f"GPU utilisation {usage.gpu_percent:.1f}% < {policy.idle_gpu_percent}% for {policy.idle_minutes:g} min",
         )
     return None
 
@@ -274,6 +293,9 @@ def apply(
             service.store.update_job(job, job.status, first_refusal_at=utcnow(), status_reason=reason)
         except StaleStateError:
             pass  # it moved on meanwhile: the next run looks again
+    if effect.stop_job:
+        reason = f"stopped by jobplane reconcile: {decision.reason}"
+        (backend or service.backend(job.backend)).stop_overdue(Handle.of(job), reason)
     if effect.recancel:
         service.stop_resource(job)
     if effect.observe:
@@ -298,10 +320,11 @@ def apply(
 def reconcile_all(
     service, devvm_service=None, fan_out: FanOut | None = None, endpoint_service=None
 ) -> list[dict[str, Any]]:
-    """The scheduled run: jobs (heal, sweep, queue), then dev VMs (idle, max hours), then inference endpoints
-    (their state, and deletion of the idle ones)."""
-    results = [d.to_dict() for d in reconcile(service, fan_out)]
-    results.extend(read_metrics(service))
+    """The scheduled run: jobs (heal, sweep, queue), their metrics, then dev VMs (idle, max hours), then
+    inference endpoints (their state, and deletion of the idle ones)."""
+    jobs = list(service.store.iter_active())  # one read of the active index for the whole tick
+    results = [d.to_dict() for d in reconcile(service, fan_out, jobs=jobs)]
+    results.extend(read_metrics(service, jobs))
     if devvm_service is not None:
         results.extend(d.to_dict() for d in devvm_service.reap())
     if endpoint_service is not None:
@@ -310,16 +333,20 @@ def reconcile_all(
     return results
 
 
-def read_metrics(service) -> list[dict[str, Any]]:
+def read_metrics(service, jobs: list[Job] | None = None) -> list[dict[str, Any]]:
     """Each RUNNING job's output read on from its metrics cursor, one logs() page of at most TICK_BYTES a job;
-    a summary when anything was read or failed (nothing without a metrics store)."""
+    a summary when anything was read or failed (nothing without a metrics store).
+
+    `jobs`: the active jobs as this tick's reconcile read them (no second query of the active index). A job
+    reconcile just saw start is read from the next tick; one it just saw end had its output read to the end
+    by that transition, and the cursor guard makes this read's write a no-op."""
     from chalicelib.jobs.metrics_reader import TICK_BYTES, TICK_PAGES
 
     reader = service.metrics_reader
     if reader is None:
         return []
     read, errors = 0, []
-    for job in service.store.iter_active():
+    for job in service.store.iter_active() if jobs is None else jobs:
         if job.status is not JobStatus.RUNNING:
             continue
         try:
@@ -386,15 +413,16 @@ def _listing_backends(service, jobs: list[Job]) -> frozenset[str]:
     return frozenset(found)
 
 
-def reconcile(service, fan_out: FanOut | None = None) -> list[Decision]:
-    """One tick: read the active jobs (the sparse index), heal them oldest first, sweep tagged resources,
-    serve the queue. With `fan_out`, a tick with more than reconcile_shard_jobs jobs to read keeps the
-    first shard and hands each other one to fan_out; without it, this invocation reads them all."""
+def reconcile(service, fan_out: FanOut | None = None, jobs: list[Job] | None = None) -> list[Decision]:
+    """One tick: read the active jobs (the sparse index; or `jobs`, read from it already), heal them oldest
+    first, sweep tagged resources, serve the queue. With `fan_out`, a tick with more than reconcile_shard_jobs
+    jobs to read keeps the first shard and hands each other one to fan_out; without it, this invocation reads
+    them all."""
     now = utcnow()
     decisions: list[Decision] = []
     active: dict[str, Job] = {}
     to_read: list[Job] = []
-    for job in service.store.iter_active():
+    for job in service.store.iter_active() if jobs is None else jobs:
         active[job.job_id] = job
         if job.status is JobStatus.QUEUED:
             decisions.append(decide_reconcile(job, None, now, _launch_deadline(service)))
@@ -476,14 +504,15 @@ def heal(service, jobs: list[Job], now) -> list[Decision]:
 
 
 def _heal_one(service, backend, job: Job, obs, now, deadline: timedelta) -> Decision:
+    grace = None if backend.enforces_max_runtime else timedelta(minutes=service.settings.overdue_grace_minutes)
     try:
-        decision = decide_reconcile(job, obs, now, deadline)
+        decision = decide_reconcile(job, obs, now, deadline, grace)
         if decision.action in (Action.APPLY, Action.RECANCEL) and backend.listed_fields_unknown:
             # A list page lacks some of what describe says (SageMaker: the start time): what is applied
             # is describe's own answer.
             obs = backend.describe(Handle.of(job))
-            decision = decide_reconcile(job, obs, now, deadline)
-        apply(service, decision, job, observation=obs)
+            decision = decide_reconcile(job, obs, now, deadline, grace)
+        apply(service, decision, job, observation=obs, backend=backend)
         return decision
     except JobplaneError as exc:
         return Decision(job.job_id, Action.ERROR, exc.message)

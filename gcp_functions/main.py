@@ -64,6 +64,7 @@ def reconcile(cloud_event) -> list[dict[str, Any]]:
     from chalicelib.reaper import reconcile as run
 
     service = _service()
-    actions = [a.to_dict() for a in run(service)] + read_metrics(service)
+    jobs = list(service.store.iter_active())  # one read of the active index for the tick and its metrics
+    actions = [a.to_dict() for a in run(service, jobs=jobs)] + read_metrics(service, jobs)
     log.info("reconcile %s: %s", cloud_event["id"], json.dumps(actions))
     return actions

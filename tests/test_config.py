@@ -95,7 +95,12 @@ def test_a_missing_required_variable_is_named():
 BAD_VALUES = {
     config.Url: [("localhost:8000", "http:// or https://"), ("ftp://host/", "http:// or https://")],
     config.Integer: [("many", "an integer"), ("1.5", "an integer"), ("{below}", "at least {minimum}")],
-    config.Number: [("lots", "a number"), ("nan", "from 0 to 100"), ("-1", "from 0 to 100"), ("101", "to 100")],
+    config.Number: [
+        ("lots", "a number"),
+        ("nan", "from {minimum:g} to {maximum:g}"),
+        ("-1", "from {minimum:g} to {maximum:g}"),
+        ("{above:g}", "to {maximum:g}"),
+    ],
     config.Choice: [("carrier-pigeon", "one of {valid}")],
     config.Backends: [("nope", "valid: {names}"), (",", "at least one backend")],
     config.Limits: [
@@ -118,6 +123,8 @@ def bad_cases():
         words = {
             "below": getattr(kind, "minimum", 0) - 1,
             "minimum": getattr(kind, "minimum", 0),
+            "maximum": getattr(kind, "maximum", 0),
+            "above": getattr(kind, "maximum", 0) + 1,
             "valid": ", ".join(getattr(kind, "valid", ())),
             "names": ", ".join(config.backend_names()),
             "first": config.backend_names()[0],

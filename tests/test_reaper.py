@@ -184,6 +184,9 @@ class _Recorder:
     def relaunch(self, job, reason):
         self.calls.append(("relaunch", reason))
 
+    def stop_overdue(self, handle, reason):
+        self.calls.append(("stop_overdue", handle.job_id, reason))
+
 
 def test_every_action_has_one_effect_and_leaves_as_its_plain_string():
     assert set(EFFECTS) == set(Action)
@@ -202,6 +205,13 @@ def test_every_action_has_one_effect_and_leaves_as_its_plain_string():
         (Action.RELAUNCH, [("relaunch", "relaunched by reconcile: why")]),
         (Action.CANCELLED, [("event", JobStatus.CANCELLED, None, "why")]),
         (Action.FAIL_LOST, [("event", JobStatus.FAILED, FailureKind.BACKEND_ERROR, "why")]),
+        (
+            Action.STOP_OVERRUN,
+            [
+                ("stop_overdue", "a" * 32, "stopped by jobplane reconcile: why"),
+                ("event", JobStatus.FAILED, FailureKind.TIMEOUT, "stopped by jobplane reconcile: why"),
+            ],
+        ),
         (Action.STOP_ORPHAN, [("stop_resource", "stopped by jobplane reaper: why")]),
         (Action.STOP_FINISHED, [("stop_resource", "stopped by jobplane reaper: why")]),
         (Action.REMOVE_STOPPED, [("stop_resource", "stopped by jobplane reaper: why")]),
@@ -216,7 +226,7 @@ def test_every_action_has_one_effect_and_leaves_as_its_plain_string():
             Action.STOP_IDLE,
             [
                 ("stop_resource", "stopped by jobplane reaper: why"),
-                ("event", JobStatus.FAILED, FailureKind.USER_ERROR, "stopped by jobplane reaper: why"),
+                ("event", JobStatus.FAILED, FailureKind.IDLE, "stopped by jobplane reaper: why"),
             ],
         ),
     ],
@@ -246,3 +256,24 @@ def test_a_job_that_already_ended_gets_no_event_from_a_stop():
         backend=recorder,
     )
     assert recorder.calls == [("stop_resource", "stopped by jobplane reaper: why")]
+
+
+@pytest.mark.parametrize(
+    ("minutes", "grace", "expected"),
+    [
+        (
+            76,
+            timedelta(minutes=15),
+            ("stop_overrun", "running 76 min, past max_runtime_minutes (60) plus 15 min grace"),
+        ),
+        (74, timedelta(minutes=15), ("none", "in sync (RUNNING)")),  # within the grace
+        (500, None, ("none", "in sync (RUNNING)")),  # the backend stops it itself (Batch, SageMaker, the VM agent)
+    ],
+)
+def test_a_running_job_past_max_runtime_is_stopped_only_where_the_backend_does_not(minutes, grace, expected):
+    from chalicelib.reaper import decide_reconcile
+
+    job = resource_job(NOW, JobStatus.RUNNING, max_runtime=60).with_changes(started_at=NOW - timedelta(minutes=minutes))
+    seen = make_observation(job, JobStatus.RUNNING, native_status="RUNNING")
+    decision = decide_reconcile(job, seen, NOW, timedelta(minutes=10), grace)
+    assert (decision.action.value, decision.reason) == expected

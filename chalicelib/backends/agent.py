@@ -11,12 +11,15 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from chalicelib.backends.base import Observation, parse_native_name
+from chalicelib.backends.base import Observation, Utilization, parse_native_name
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
 
 log = logging.getLogger(__name__)
 
 REPORT_VERSION = 1
+HEARTBEAT_VERSION = 1
+#: the heartbeat's object, next to the exit report (status.json) and the log (log.txt)
+HEARTBEAT_OBJECT = "heartbeat.json"
 
 
 class ExitState(str, Enum):
@@ -262,6 +265,8 @@ every() {
 stop() {
   if [ -n "$1" ]; then
     kill "$1" 2>/dev/null
+    # A stopped process (SIGSTOP) takes the TERM once continued.
+    kill -CONT "$1" 2>/dev/null
     wait "$1" 2>/dev/null
   fi
 }
@@ -376,6 +381,7 @@ finish_job() {
   # A shutdown that comes now waits for the uploads and the report (they are what it would lose).
   trap '' TERM
   stop "${CHECKPOINT_SYNCER:-}"
+  stop "${HEARTBEATER:-}"
   if [ -n "$RAN" ]; then sync_checkpoints; fi
   if [ -n "$ARTIFACTS_URI" ] && [ -d "$ROOT/outputs" ]; then
     store_sync "$ROOT/outputs" "$ARTIFACTS_URI" >>"$LOG" 2>&1 || note "outputs could not be uploaded"
@@ -404,6 +410,47 @@ run_agent() {
     REASON="staging failed: $STAGE_ERROR"
     note "$REASON"
   fi
+}
+"""
+
+# The heartbeat, format v1, for a VM whose control plane reads it from the object store (EC2). Every
+# HEARTBEAT_INTERVAL seconds it samples the busiest GPU (nvidia-smi, when the machine has one) and uploads
+# heartbeat.json to HEARTBEAT_URI; its gpu_percent is the busiest sample of the last IDLE_SAMPLES, so "under
+# the threshold for the whole window" is one comparison (parse_heartbeat). Its pid is in $ROOT/heartbeat.pid.
+HEARTBEAT_SH = r"""
+GPU_SAMPLES=()
+gpu_sample() {
+  # The busiest GPU now, or nothing (no nvidia-smi, or a reading that is not a number).
+  local busiest
+  busiest=$(nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits 2>/dev/null | tr -d ' ' |
+    sort -n | tail -n 1)
+  if [[ $busiest =~ ^[0-9]+([.][0-9]+)?$ ]]; then echo "$busiest"; fi
+}
+
+heartbeat_json() {
+  local sample peak=null
+  sample=$(gpu_sample)
+  if [ -n "$sample" ]; then GPU_SAMPLES+=("$sample"); fi
+  if [ "${#GPU_SAMPLES[@]}" -gt "$IDLE_SAMPLES" ]; then GPU_SAMPLES=("${GPU_SAMPLES[@]:1}"); fi
+  if [ "${#GPU_SAMPLES[@]}" -gt 0 ]; then peak=$(printf '%s\n' "${GPU_SAMPLES[@]}" | sort -n | tail -n 1); fi
+  printf '{"v": 1, "job_id": "%s", "attempt": %d, "at": "%s", "interval_seconds": %d, "gpu_percent": %s, ' \
+    "$JOB_ID" "$ATTEMPT" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$HEARTBEAT_INTERVAL" "$peak"
+  printf '"gpu_samples": %d}\n' "${#GPU_SAMPLES[@]}"
+}
+
+send_heartbeat() {
+  heartbeat_json >"$ROOT/heartbeat.tmp" && mv -f "$ROOT/heartbeat.tmp" "$ROOT/heartbeat.json"
+  store_put "$ROOT/heartbeat.json" "$HEARTBEAT_URI" >/dev/null 2>&1 || true
+}
+
+start_heartbeat() {
+  mkdir -p "$ROOT"
+  (
+    send_heartbeat
+    every "$HEARTBEAT_INTERVAL" send_heartbeat
+  ) >/dev/null 2>&1 &
+  HEARTBEATER=$!
+  echo "$HEARTBEATER" >"$ROOT/heartbeat.pid"
 }
 """
 
@@ -671,3 +718,44 @@ def devvm_script(*, idle_minutes: int, max_hours: float, cloud_part: str, sample
     ]
     body = "\n".join([GPU_SAMPLE_SH.strip(), DEVVM_AGENT_SH.strip(), cloud_part.strip(), "devvm_watch"])
     return "#!/bin/bash\nset -u\n" + "\n".join(head) + "\n" + body + "\n"
+
+
+def parse_heartbeat(
+    raw: bytes | str | None, *, job_id: str, attempt: int, received_at, window_minutes: float
+) -> Utilization | None:
+    """One heartbeat.json (HEARTBEAT_SH) -> Utilization over the idle window.
+
+    `received_at` is when the object store took it (S3's LastModified): the heartbeat's time, whatever the
+    VM's clock says. No object is no heartbeat (Utilization(None, None)); an unreadable one, or another
+    attempt's, is None (the reaper cannot tell, and leaves the idle rule out). gpu_percent is the busiest
+    sample of the window, and only once the samples cover the window (None before, or without a GPU)."""
+    if raw is None:
+        return Utilization(None, None)
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        log.warning("unreadable heartbeat of %s attempt %s", job_id, attempt)
+        return None
+    if not isinstance(data, dict) or data.get("v") != HEARTBEAT_VERSION:
+        log.warning("heartbeat of %s attempt %s is not format v%d", job_id, attempt, HEARTBEAT_VERSION)
+        return None
+    if (data.get("job_id"), data.get("attempt")) != (job_id, attempt):
+        log.warning(
+            "ignoring a heartbeat of %s attempt %s read for %s", data.get("job_id"), data.get("attempt"), job_id
+        )
+        return None
+    gpu, samples, interval = data.get("gpu_percent"), data.get("gpu_samples"), data.get("interval_seconds")
+    numbers = (gpu is None or _number(gpu)) and _count(samples) and _count(interval) and interval > 0
+    if not numbers or (gpu is not None and not 0 <= gpu <= 100):
+        log.warning("heartbeat of %s attempt %s has bad numbers: %r", job_id, attempt, data)
+        return None
+    covered = samples * interval >= window_minutes * 60
+    return Utilization(float(gpu) if gpu is not None and covered else None, received_at)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0

@@ -377,6 +377,15 @@ class ComputeBackend(ABC):
         """USD per hour of the resource this job runs on, when known."""
         return None
 
+    # --- max runtime -----------------------------------------------------------------------
+    #: False when nothing on the provider's side stops a job at max_runtime_minutes (ECS): reconcile does,
+    #: through stop_overdue
+    enforces_max_runtime: ClassVar[bool] = True
+
+    def stop_overdue(self, handle: Handle, reason: str) -> None:
+        """Stop a job that ran past max_runtime_minutes, saying why where the provider keeps a reason."""
+        self.cancel(handle)
+
     # --- the reaper's view: resources that carry jobplane's tags ---------------------------
     #: True when list_managed / stop_resource are implemented (ad-hoc VMs must have them)
     reaps: ClassVar[bool] = False

@@ -68,6 +68,8 @@ class FailureKind(str, Enum):
     TIMEOUT = "timeout"
     #: The machine was taken away (spot interruption, preemption) and no retry was left.
     INTERRUPTED = "interrupted"
+    #: The reaper stopped its VM: no heartbeat, or the GPU under the threshold, for the idle window.
+    IDLE = "idle"
 
 
 class EventSource(str, Enum):

@@ -154,6 +154,7 @@ class VmHost:
         aws_cli: str | None = None,
         grace: float = POWER_OFF_GRACE,
         emulator_wait: int = EMULATOR_WAIT,
+        tools: Path | None = None,
     ) -> None:
         import boto3
 
@@ -165,6 +166,8 @@ class VmHost:
         self.run_as = run_as
         self.grace = grace
         self.emulator_wait = emulator_wait
+        # The machine image's own programs (nvidia-smi on a GPU image): each file here is on every VM's PATH.
+        self.tools = tools
         self.aws_cli = aws_cli or find_aws_cli()
         if not self.aws_cli:
             raise VmError(
@@ -317,6 +320,9 @@ class VmHost:
             ),
         }
         shims["poweroff"] = shims["halt"] = shims["shutdown"]
+        if self.tools is not None:
+            for tool in sorted(p for p in self.tools.iterdir() if p.is_file()):
+                shims.setdefault(tool.name, tool.read_text())
         for name, text in shims.items():
             _write_private(vm_dir / "bin" / name, text, 0o755)
         self._write_endpoint(folder)

@@ -349,3 +349,29 @@ def test_the_local_process_gets_the_same_names_and_its_output_folder(tmp_path):
 def test_no_backend_uses_the_old_output_names():
     sources = [p for p in (ROOT / "chalicelib").rglob("*.py")]
     assert [p for p in sources if "JOBPLANE_OUTPUTS" in p.read_text()] == []
+
+
+HEARTBEAT = {"v": 1, "job_id": "a" * 32, "attempt": 2, "at": "x", "interval_seconds": 60, "gpu_percent": 3.5}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (None, (None, None)),  # nothing uploaded: no heartbeat
+        ({**HEARTBEAT, "gpu_samples": 30}, (3.5, "at")),
+        ({**HEARTBEAT, "gpu_samples": 29}, (None, "at")),  # 29 minutes do not cover a 30-minute window
+        ({**HEARTBEAT, "gpu_samples": 0, "gpu_percent": None}, (None, "at")),  # no GPU: the heartbeat alone
+        ({**HEARTBEAT, "gpu_samples": 30, "attempt": 1}, None),  # another attempt's
+        ({**HEARTBEAT, "gpu_samples": 30, "v": 2}, None),
+        ({**HEARTBEAT, "gpu_samples": 30, "gpu_percent": 101}, None),
+        ({**HEARTBEAT, "gpu_samples": 30, "gpu_percent": "3"}, None),
+        ({**HEARTBEAT, "gpu_samples": True}, None),
+        ("not json", None),
+    ],
+)
+def test_a_heartbeat_is_read_into_the_utilisation_over_the_window(raw, expected):
+    from chalicelib.backends.agent import parse_heartbeat
+
+    text = json.dumps(raw) if isinstance(raw, dict) else raw
+    seen = parse_heartbeat(text, job_id="a" * 32, attempt=2, received_at="at", window_minutes=30)
+    assert (None if seen is None else (seen.gpu_percent, seen.last_heartbeat)) == expected

@@ -208,3 +208,22 @@ def test_the_api_tail_gives_15_lines_by_default_within_16_kib(world):
     assert sum(len(line) + 1 for line in lines) <= 16 * 1024 and lines[-1].startswith("0039 ")
     short = running_job(service, backend, "".join(f"line {i}\n" for i in range(40)))
     assert service.tail(ALICE, short.job_id)[0] == [f"line {i}" for i in range(25, 40)]
+
+
+def test_a_tick_reads_the_active_index_once_for_reconcile_and_metrics_alike(settings, dynamo_store):
+    from tests.factories import count_dynamodb
+
+    backend = LogBackend(settings)
+    service = JobService(
+        dynamo_store, settings, backend_factory=lambda *_: backend, metrics_store=InMemoryMetricsStore()
+    )
+    jobs = [running_job(service, backend, metrics_line(loss=i)) for i in (1, 2, 3)]
+    for job in jobs:
+        backend.resources[job.native_name] = "Running"  # in sync: reconcile writes nothing of its own
+    dynamodb = count_dynamodb(dynamo_store)
+    results = reconcile_all(service)
+    assert {"metrics": {"jobs_read": 3, "errors": []}} in results
+    # The sparse active index once (reconcile hands its jobs to the metrics read), the queue once (dispatch).
+    assert dynamodb["Query"] == 2
+    assert dynamodb["UpdateItem"] == 3  # each job's cursor and latest values
+    assert [dynamo_store.get_job(j.job_id).metrics for j in jobs] == [{"loss": 1.0}, {"loss": 2.0}, {"loss": 3.0}]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import replace
 from typing import Any
 
-from chalicelib.backends.agent import parse_report
+from chalicelib.backends.agent import HEARTBEAT_OBJECT, parse_heartbeat, parse_report
 from chalicelib.backends.aws.base import (
     KIND_DEVVM,
     TAG_ATTEMPT,
@@ -32,7 +34,9 @@ from chalicelib.backends.base import (
     Offset,
     PowerState,
     ResourceKind,
+    Utilization,
     bad_offset,
+    last_lines,
     parse_native_name,
 )
 from chalicelib.errors import BackendError, UnsupportedError
@@ -46,6 +50,7 @@ _LIVE = ("pending", "running", "stopping", "stopped")
 _GONE = ("shutting-down", "terminated")
 SPOT_REASON = "Server.SpotInstanceTermination"
 LOG_OBJECT = "log.txt"  # the job's output, as the VM's agent ships it next to status.json
+log = logging.getLogger(__name__)
 
 
 def power_state(state: str) -> PowerState:
@@ -89,6 +94,8 @@ class Ec2Backend(AwsBackend):
             artifacts_uri=contract.artifacts_uri(spec, handle.job_id, bucket),
             checkpoint_uri=contract.checkpoint_location(spec, handle.job_id, bucket),
             checkpoint_interval_seconds=self.settings.ec2_checkpoint_seconds,
+            heartbeat_interval_seconds=self.settings.ec2_heartbeat_seconds,
+            idle_samples=math.ceil(self.settings.idle_minutes * 60 / self.settings.ec2_heartbeat_seconds),
         )
 
     def _validate_impl(self, spec: JobSpec) -> None:
@@ -235,6 +242,25 @@ class Ec2Backend(AwsBackend):
         ended = end >= total and self.exit_status(handle.job_id, handle.native_name) is not None
         return LogChunk(data.decode("utf-8", errors="replace"), end, ended)
 
+    def _tail_impl(self, handle: Handle, max_lines: int, max_bytes: int) -> list[str] | None:
+        # One Range GET of the log object's last bytes (a suffix range), however long the log: never the whole
+        # object, and never None for a long one. One byte more than the tail can hold says whether the first
+        # line read starts inside a line.
+        bucket, _, prefix = self.status_uri(handle)[len("s3://") :].partition("/")
+        try:
+            with aws_errors("s3", "GetObject"):
+                got = self.client("s3").get_object(
+                    Bucket=bucket, Key=prefix + LOG_OBJECT, Range=f"bytes=-{max_bytes + 1}"
+                )
+        except BackendError as exc:
+            if error_code(exc) in ("NoSuchKey", "404", "NoSuchBucket", "InvalidRange", "416"):
+                return []  # no log shipped yet, or an empty one
+            raise
+        data = got["Body"].read()
+        start = str(got.get("ContentRange", "")).removeprefix("bytes ").partition("-")[0]
+        cut = start.isdigit() and int(start) > 0
+        return last_lines(data.decode("utf-8", errors="replace"), max_lines, max_bytes, cut=cut)
+
     def observe(self, instance: dict[str, Any], at=None) -> Observation:
         """One instance (DescribeInstances) -> Observation; a gone instance is judged by its exit status."""
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
@@ -378,6 +404,32 @@ class Ec2Backend(AwsBackend):
 
     def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
         self._terminate(resource.resource_id, reason)
+
+    def utilization(self, resource: ManagedResource, window_minutes: float) -> Utilization | None:
+        """The agent's heartbeat.json next to the exit report (one S3 GetObject, with the s3:GetObject the
+        exit report needs already): its time is S3's LastModified, its GPU use the busiest sample of the
+        window. None when it cannot be read (the idle rule is left out this tick)."""
+        parsed = parse_native_name(resource.native_name)
+        if parsed is None or resource.job_id != parsed[0]:
+            return None
+        handle = Handle(parsed[0], resource.native_name, parsed[1])
+        bucket, _, prefix = self.status_uri(handle)[len("s3://") :].partition("/")
+        try:
+            with aws_errors("s3", "GetObject"):
+                got = self.client("s3").get_object(Bucket=bucket, Key=prefix + HEARTBEAT_OBJECT)
+                raw = got["Body"].read()
+        except BackendError as exc:
+            if error_code(exc) in ("NoSuchKey", "404"):
+                return Utilization(None, None)  # no heartbeat yet
+            log.warning("reading the heartbeat of %s failed: %s", resource.resource_id, exc.message)
+            return None
+        return parse_heartbeat(
+            raw,
+            job_id=handle.job_id,
+            attempt=handle.attempt,
+            received_at=got.get("LastModified"),
+            window_minutes=window_minutes,
+        )
 
     # --- reconcile at scale: one tag-filtered DescribeInstances, 1,000 instances a page ----------
     describes_by_listing = True

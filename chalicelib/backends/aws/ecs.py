@@ -268,11 +268,21 @@ class EcsBackend(AwsBackend):
         return read_streams(self.client("logs"), lambda: streams, offset, limit)
 
     def _cancel_impl(self, handle: Handle) -> None:
+        self._stop(handle, CANCEL_REASON)
+
+    # A task has no run-time limit of its own: reconcile stops it past max_runtime_minutes plus the grace.
+    enforces_max_runtime = False
+
+    def stop_overdue(self, handle: Handle, reason: str) -> None:
+        self._stop(handle, reason)
+
+    def _stop(self, handle: Handle, reason: str) -> None:
         arn = self._task_arn(handle)
         if arn is None:
             return
         with aws_errors("ecs", "StopTask"):
-            self.client().stop_task(cluster=self.settings.ecs_cluster, task=arn, reason=CANCEL_REASON)
+            # StopTask keeps at most 255 characters of the reason (the task's stoppedReason).
+            self.client().stop_task(cluster=self.settings.ecs_cluster, task=arn, reason=reason[:255])
 
     def observe(self, task: dict[str, Any], job_id: str | None, attempt: int | None, at=None) -> Observation:
         """A Task (DescribeTasks, or an event's detail) -> Observation."""

@@ -5,7 +5,14 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from chalicelib.backends.agent import CHECKPOINT_INTERVAL, VM_ROOT, VmContract, vm_script
+from chalicelib.backends.agent import (
+    CHECKPOINT_INTERVAL,
+    HEARTBEAT_OBJECT,
+    HEARTBEAT_SH,
+    VM_ROOT,
+    VmContract,
+    vm_script,
+)
 from chalicelib.backends.shell import assign
 
 # EC2 refuses user data over 16 KiB (before base64).
@@ -14,6 +21,8 @@ MAX_USER_DATA = 16 * 1024
 HARD_STOP_GRACE = 600
 # Seconds between uploads of the job's output to <status_uri>log.txt while it runs.
 LOG_INTERVAL = 60
+# Seconds between heartbeats (<status_uri>heartbeat.json, with the GPU use), the reaper's granularity.
+HEARTBEAT_INTERVAL = 60
 # <account>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]: a private ECR registry, logged in with the VM's role.
 ECR_HOST = re.compile(r"^[0-9]{12}\.dkr\.ecr(?:-fips)?\.([a-z0-9-]+)\.amazonaws\.com(?:\.cn)?$")
 
@@ -41,6 +50,8 @@ class VmJob:
     inputs: tuple[tuple[str, str], ...] = ()
     artifacts_uri: str | None = None  # s3://.../<job_id>/ where $JOBPLANE_OUTPUT_DIR goes when the job ends
     checkpoint_interval_seconds: int = CHECKPOINT_INTERVAL
+    heartbeat_interval_seconds: int = HEARTBEAT_INTERVAL
+    idle_samples: int = 30  # heartbeats in the reaper's idle window: gpu_percent is the busiest of these
 
 
 def ecr_registry(image: str | None) -> tuple[str, str] | None:
@@ -79,6 +90,7 @@ trap finish_job EXIT
 every "$((MAX_RUNTIME_SECONDS + HARD_STOP_GRACE))" shutdown -h now >/dev/null 2>&1 &
 HARD_STOP=$!
 note "job name: $JOB_NAME"
+start_heartbeat
 run_agent
 """
 
@@ -115,5 +127,8 @@ def user_data(job: VmJob) -> str:
         assign("REGION", job.region),
         assign("ECR_REGISTRY", registry),
         assign("ECR_REGION", registry_region),
+        assign("HEARTBEAT_URI", job.status_uri + HEARTBEAT_OBJECT),
+        assign("HEARTBEAT_INTERVAL", int(job.heartbeat_interval_seconds)),
+        assign("IDLE_SAMPLES", max(1, int(job.idle_samples))),
     ]
-    return vm_script(head, contract, _BODY)
+    return vm_script(head, contract, HEARTBEAT_SH + _BODY)

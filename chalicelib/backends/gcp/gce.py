@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from typing import Any
 
@@ -122,7 +123,7 @@ class GceBackend(ComputeBackend):
             status_uri=self.status_objects.uri(handle.native_name),
             events_topic=self.settings.gcp_events_topic,
             max_runtime_seconds=max_runtime,
-            idle_samples=self.settings.idle_minutes,
+            idle_samples=max(1, math.ceil(self.settings.idle_minutes)),
             # A2, A3 and G2 machine types come with GPUs even when the spec names only the machine type.
             gpus=machine.gpu_count or int(machine.machine_type.startswith(("a2-", "a3-", "g2-"))),
             setup=spec.setup,

@@ -146,3 +146,48 @@ def test_a_refused_launch_fails_the_job_with_the_kind_and_the_providers_message(
 )
 def test_an_instance_state_says_what_the_instance_still_costs(state, power):
     assert power_state(state) is power
+
+
+def test_utilization_is_the_agents_heartbeat_object_timed_by_s3(aws_settings):
+    from chalicelib.jobs.model import utcnow
+
+    settings = ec2_settings(aws_settings)
+    backend, s3 = Ec2Backend(settings), boto(settings, "s3")
+    job = make_job("ec2", SPEC)
+    backend.launch(job)
+    (resource,) = [r for r in backend.list_managed() if r.job_id == job.job_id]
+    assert backend.utilization(resource, 30) is not None
+    assert backend.utilization(resource, 30).last_heartbeat is None  # nothing uploaded yet: no heartbeat
+    key = backend.status_uri(Handle.of(job)).split("/", 3)[3] + "heartbeat.json"
+    beat = {"v": 1, "job_id": job.job_id, "attempt": 1, "at": "x", "interval_seconds": 60, "gpu_percent": 2.0}
+    before = utcnow().replace(microsecond=0)
+    s3.put_object(Bucket=settings.artifacts_bucket, Key=key, Body=json.dumps({**beat, "gpu_samples": 30}))
+    seen = backend.utilization(resource, 30)
+    assert seen.gpu_percent == 2.0 and seen.last_heartbeat >= before
+    assert backend.utilization(resource, 31).gpu_percent is None  # 30 one-minute samples cover no 31-minute window
+
+
+def test_the_log_tail_is_one_range_get_of_the_objects_last_bytes(aws_settings):
+    settings = ec2_settings(aws_settings)
+    backend, s3 = Ec2Backend(settings), boto(settings, "s3")
+    job = make_job("ec2", SPEC)
+    handle = Handle.of(job)
+    assert backend.tail(handle) == []  # no log shipped yet
+    key = backend.status_uri(handle).split("/", 3)[3] + "log.txt"
+    lines = [f"step {i} loss {1 / (i + 1):.6f}" for i in range(40_000)]  # ~1 MB, far past 16 forward pages
+    s3.put_object(Bucket=settings.artifacts_bucket, Key=key, Body="\n".join(lines) + "\n")
+    read: list[tuple[str, int]] = []
+
+    def count(parsed, model, **_):
+        read.append((model.name, parsed["ContentLength"]))  # the bytes S3 sends back
+
+    client = backend.client("s3")
+    client.meta.events.register("after-call.s3.GetObject", count)
+    try:
+        tail = backend.tail(handle, max_lines=15, max_bytes=2048)
+    finally:
+        client.meta.events.unregister("after-call.s3.GetObject", count)
+    assert tail == lines[-15:]
+    assert read == [("GetObject", 2049)]  # the last max_bytes + 1 bytes, not the megabyte
+    s3.put_object(Bucket=settings.artifacts_bucket, Key=key, Body="only line\n")
+    assert backend.tail(handle) == ["only line"]  # shorter than the range: the whole object, its first line kept

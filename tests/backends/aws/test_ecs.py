@@ -246,3 +246,44 @@ def test_a_gpu_job_sent_to_fargate_is_refused_at_submit(tmp_path):
 def test_tasks_map_to_observations(aws_settings, task, status, kind):
     seen = EcsBackend(aws_settings).observe(task, "a" * 32, 1)
     assert (seen.status, seen.failure_kind) == (status, kind)
+
+
+def test_reconcile_stops_a_task_past_max_runtime_plus_grace_with_a_reason(ecs, aws_settings, memory_store):
+    from datetime import timedelta
+
+    from chalicelib.jobs.model import utcnow
+    from chalicelib.reaper import reconcile
+    from tests.factories import make_history
+
+    backend, client = ecs
+    service = JobService(memory_store, aws_settings, backend_factory=lambda *_: backend)
+    now = utcnow()
+    runs = {}
+    for name, minutes in (("overdue", 76), ("in-time", 74)):  # max_runtime 60 plus the 15-minute grace
+        job = make_job("ecs", {**SPEC, "name": name, "max_runtime_minutes": 60})
+        launched = backend.launch(job)
+        job = job.with_changes(
+            status=JobStatus.RUNNING,
+            native_name=f"jp-{job.job_id}",
+            native_id=launched.native_id,
+            started_at=now - timedelta(minutes=minutes),
+            updated_at=now,
+        )
+        memory_store.create_job(job, make_history(job))
+        runs[name] = job
+    assert backend.describe(Handle.of(runs["overdue"])).status is JobStatus.RUNNING
+    decisions = {d.job_id: (d.action.value, d.reason) for d in reconcile(service)}
+    assert decisions[runs["overdue"].job_id] == (
+        "stop_overrun",
+        "running 76 min, past max_runtime_minutes (60) plus 15 min grace",
+    )
+    assert decisions[runs["in-time"].job_id][0] == "none"
+    after = memory_store.get_job(runs["overdue"].job_id)
+    assert (after.status, after.failure_kind) == (JobStatus.FAILED, FailureKind.TIMEOUT)
+    assert after.failure_reason.startswith("stopped by jobplane reconcile: running 76 min")
+    tasks = client.describe_tasks(
+        cluster=aws_settings.ecs_cluster, tasks=[runs["overdue"].native_id, runs["in-time"].native_id]
+    )["tasks"]
+    stopped = {t["taskArn"]: (t["desiredStatus"], t.get("stoppedReason")) for t in tasks}
+    assert stopped[runs["overdue"].native_id] == ("STOPPED", after.failure_reason)
+    assert stopped[runs["in-time"].native_id][0] == "RUNNING"

@@ -104,3 +104,52 @@ def test_the_script_enforces_max_runtime_itself(tmp_path):
     status = json.loads((uploads / "status.json").read_text())
     assert (status["exit_code"], status["state"]) == (124, "TIMEOUT")
     assert (tmp_path / "shutdown.called").exists()
+
+
+# The busiest GPU of each sample (a second GPU reads 1), one sample per heartbeat.
+_GPU = r"""#!/bin/bash
+n=$(cat "$HOME/gpu.n" 2>/dev/null || echo 0)
+echo $((n + 1)) >"$HOME/gpu.n"
+values=(10 40 20 5)
+echo " ${values[$n]:-5}"
+echo " 1"
+"""
+
+
+def _heartbeats(vm: Vm) -> list[dict]:
+    return [
+        json.loads(c["uploaded"])
+        for c in vm.calls("aws")
+        if c["argv"][:2] == ["s3", "cp"] and c["argv"][-1].endswith("/heartbeat.json")
+    ]
+
+
+def test_the_agent_beats_with_the_busiest_gpu_sample_of_the_window_and_stops_with_the_job(tmp_path):
+    from chalicelib.backends.agent import parse_heartbeat
+
+    vm, env = prepare(tmp_path)
+    (tmp_path / "bin" / "nvidia-smi").write_text(_GPU)
+    (tmp_path / "bin" / "nvidia-smi").chmod(0o755)
+    job = _vm_job(tmp_path, heartbeat_interval_seconds=1, idle_samples=2)
+    slow = VmJob(**{**job.__dict__, "command": (sys.executable, "-c", "import time; time.sleep(4.5)")})
+    run(vm, user_data(slow), env)
+    beats = _heartbeats(vm)
+    assert len(beats) >= 4, beats
+    # The window is two samples: each beat carries the busiest of the last two.
+    assert [(b["gpu_percent"], b["gpu_samples"]) for b in beats[:4]] == [(10, 1), (40, 2), (40, 2), (20, 2)]
+    assert {(b["v"], b["job_id"], b["attempt"], b["interval_seconds"]) for b in beats} == {(1, "a" * 32, 1, 1)}
+    # What the reaper makes of the third beat over a window of two one-second samples, and of three.
+    seen = parse_heartbeat(json.dumps(beats[2]), job_id="a" * 32, attempt=1, received_at="t", window_minutes=2 / 60)
+    assert (seen.gpu_percent, seen.last_heartbeat) == (40.0, "t")
+    short = parse_heartbeat(json.dumps(beats[2]), job_id="a" * 32, attempt=1, received_at="t", window_minutes=3 / 60)
+    assert short.gpu_percent is None  # the samples do not cover the window yet
+    # No beat once the job has ended: the last one goes up before the exit report.
+    report_at = next(c["t"] for c in vm.calls("aws") if c["argv"][-1].endswith("/status.json"))
+    assert max(c["t"] for c in vm.calls("aws") if c["argv"][-1].endswith("/heartbeat.json")) < report_at
+
+
+def test_without_nvidia_smi_the_heartbeat_has_no_gpu_reading(tmp_path):
+    vm, env = prepare(tmp_path)
+    run(vm, user_data(_vm_job(tmp_path, heartbeat_interval_seconds=1)), env)
+    beats = _heartbeats(vm)
+    assert beats and {(b["gpu_percent"], b["gpu_samples"]) for b in beats} == {(None, 0)}

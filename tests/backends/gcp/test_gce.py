@@ -245,7 +245,8 @@ def test_reconcile_stops_an_idle_vm_from_its_guest_attributes(gcp_service, fake_
     fake_gcp.guest_attributes[job.native_id] = {"heartbeat": iso(utcnow()), "gpu_percent": "1.5"}
     actions = {a.action: a.reason for a in reconcile(gcp_service)}
     assert actions["stop_idle"] == "GPU utilisation 1.5% < 5.0% for 30 min"
-    assert gcp_service.store.get_job(job.job_id).status is JobStatus.FAILED
+    after = gcp_service.store.get_job(job.job_id)
+    assert (after.status, after.failure_kind) == (JobStatus.FAILED, FailureKind.IDLE)
 
 
 def test_a_busy_vm_is_left_alone(gcp_service, fake_gcp):

@@ -293,3 +293,97 @@ def test_folders_below_the_hosts_tmp_the_vm_needs_stay_visible_under_its_own_tmp
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "the aws CLI\nhidden\n"
+
+
+# --- idle stop: the real EC2 user data's heartbeat, read by reconcile ---------------------------------------
+IDLE = {"JOBPLANE_IDLE_MINUTES": "0.15", "JOBPLANE_EC2_HEARTBEAT_SECONDS": "2"}  # a 9 s window, 5 beats
+
+
+@pytest.fixture
+def idle_env(vm_env, tmp_path, memory_store, moto_endpoint):
+    """A JobService on the provisioned stage whose ec2 jobs boot as fake VMs; `gpu` puts an nvidia-smi on them."""
+    from chalicelib.jobs.service import JobService
+
+    base = vm_env["settings"]
+    done = provision(base, moto_endpoint, "us-east-1")
+    settings = make_settings(
+        tmp_path, moto_endpoint, JOBPLANE_STAGE=base.stage, JOBPLANE_BACKENDS="local,ec2", **done.env, **IDLE
+    )
+    tools = tmp_path / "image-tools"
+    tools.mkdir()
+
+    def gpu(percent: str) -> None:
+        (tools / "nvidia-smi").write_text(f"#!/bin/bash\necho {percent}\necho 3\n")  # two GPUs: the busiest counts
+
+    host = VmHost(vm_env["dir"], moto_endpoint, "us-east-1", base.stage, ACCOUNT, None, grace=1, tools=tools)
+    return {"service": JobService(memory_store, settings), "host": host, "gpu": gpu, "s3": boto(settings, "s3")}
+
+
+def _ec2_job(env, command):
+    from tests.factories import submit
+
+    job = submit(env["service"], backend="ec2", command=command)
+    assert job.native_id, job.status_reason
+    env["host"].poll()
+    return job
+
+
+def _beats(env, job) -> dict:
+    from chalicelib.backends.aws.ec2 import Ec2Backend
+    from chalicelib.backends.base import Handle
+
+    backend = env["service"].backend("ec2")
+    assert isinstance(backend, Ec2Backend)
+    bucket, _, prefix = backend.status_uri(Handle.of(job))[len("s3://") :].partition("/")
+    try:
+        return json.loads(env["s3"].get_object(Bucket=bucket, Key=prefix + "heartbeat.json")["Body"].read())
+    except env["s3"].exceptions.NoSuchKey:
+        return {}
+
+
+def _reconcile(env, job):
+    from chalicelib.reaper import reconcile
+
+    decisions = [d for d in reconcile(env["service"]) if d.job_id == job.job_id]
+    return decisions, env["service"].store.get_job(job.job_id)
+
+
+def test_a_vm_reporting_zero_gpu_for_the_window_is_terminated_by_reconcile_with_the_reason(idle_env, vm_env):
+    idle_env["gpu"]("0")
+    job = _ec2_job(idle_env, ["sleep", "300"])
+    beat = _until(lambda: (b := _beats(idle_env, job)).get("gpu_samples", 0) >= 5 and b, idle_env["host"], 60, "beats")
+    assert (beat["job_id"], beat["attempt"], beat["gpu_percent"], beat["interval_seconds"]) == (job.job_id, 1, 3, 2)
+    decisions, after = _reconcile(idle_env, job)
+    assert [(d.action.value, d.reason) for d in decisions][-1] == (
+        "stop_idle",
+        "GPU utilisation 3.0% < 5.0% for 0.15 min",
+    )
+    assert (after.status.value, after.failure_kind.value) == ("FAILED", "idle")
+    assert "GPU utilisation 3.0% < 5.0%" in after.failure_reason
+    _until(lambda: vm_env["state"](job.native_id) == "terminated", idle_env["host"], what="the instance to end")
+
+
+def test_a_vm_whose_agent_stops_heartbeating_is_terminated_by_reconcile(idle_env, vm_env):
+    # The job stops the agent's heartbeat (SIGSTOP), as a wedged machine would.
+    job = _ec2_job(
+        idle_env, ["sh", "-c", 'kill -STOP "$(cat ../heartbeat.pid)" && touch ../heartbeat.stopped; sleep 300']
+    )
+    stopped = vm_env["dir"] / job.native_id / "disk" / "jobplane" / "heartbeat.stopped"
+    _until(stopped.exists, idle_env["host"], 60, "the job to stop the heartbeat")
+    beats = _beats(idle_env, job).get("gpu_samples")
+    time.sleep(10)  # past the 9 s window: the VM is old enough to judge, its last beat older than the window
+    assert _beats(idle_env, job).get("gpu_samples") == beats  # no beat since
+    decisions, after = _reconcile(idle_env, job)
+    assert [(d.action.value, d.reason) for d in decisions][-1] == ("stop_idle", "no heartbeat for 0.15 min")
+    assert (after.status.value, after.failure_kind.value) == ("FAILED", "idle")
+    _until(lambda: vm_env["state"](job.native_id) == "terminated", idle_env["host"], what="the instance to end")
+
+
+def test_a_busy_vm_survives_reconcile(idle_env, vm_env):
+    idle_env["gpu"]("87")
+    job = _ec2_job(idle_env, ["sleep", "300"])
+    _until(lambda: _beats(idle_env, job).get("gpu_samples", 0) >= 5, idle_env["host"], 60, "beats")
+    assert _beats(idle_env, job)["gpu_percent"] == 87
+    decisions, after = _reconcile(idle_env, job)
+    assert "stop_idle" not in [d.action.value for d in decisions]
+    assert after.status.value == "RUNNING" and vm_env["state"](job.native_id) == "running"
