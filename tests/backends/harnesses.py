@@ -172,6 +172,7 @@ def batch_harness(request, tmp_path) -> Harness:
     settings = aws_settings(request, tmp_path)
     client = boto(settings, "batch")
     batch_queues(settings)
+    boto(settings, "s3").create_bucket(Bucket=settings.artifacts_bucket)
     backend = BatchBackend(settings)
     calls = record_calls(backend)
 
