@@ -77,8 +77,7 @@ BATCH = BackendDescriptor(
         "batch:TagResource",  # SubmitJob / RegisterJobDefinition with tags need it
         "logs:DescribeLogStreams",  # the job's output, in the streams DescribeJobs names
         "logs:GetLogEvents",
-        "s3:GetObject",  # HeadObject of the helpers' AWS CLI alias file (artifacts bucket only)
-        "s3:PutObject",  # the alias file, put once
+        # The helpers' AWS CLI alias file is put under code/, which the API's CodeUploads statement covers.
     ),
     console_url=batch_console_url,
     unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
