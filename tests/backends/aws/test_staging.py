@@ -296,6 +296,7 @@ def _here(arg: str, vol: Path, inputs: Path) -> str:
     return arg
 
 
+@pytest.mark.slow  # about 20 AWS CLI runs, each a few seconds of start-up under load
 @pytest.mark.skipif(shutil.which("aws") is None, reason="needs the AWS CLI")
 def test_batch_helpers_sync_while_the_job_runs_and_upload_when_batch_stops_it(tmp_path, moto_endpoint):
     import uuid
@@ -327,7 +328,7 @@ def test_batch_helpers_sync_while_the_job_runs_and_upload_when_batch_stops_it(tm
     }
     job = make_job("aws-batch", spec)
     backend = BatchBackend(settings)
-    backend.validate(job.spec)  # 8 inputs: more than Batch's 10 containers could once hold
+    backend.validate(job.spec)  # 6 inputs with code: more than Batch's 10 containers could once hold
     backend.put_cli_aliases()
     containers = {
         c["name"]: c
@@ -342,9 +343,9 @@ def test_batch_helpers_sync_while_the_job_runs_and_upload_when_batch_stops_it(tm
         argv = ["aws", *(_here(a, vol, inputs) for a in containers[name]["command"])]
         return subprocess.Popen(argv, env=env, cwd=tmp_path, **kwargs)
 
-    assert helper("stage-tools").wait(timeout=60) == 0
-    assert helper("stage-in").wait(timeout=60) == 0
-    assert (inputs / "i6" / "a.csv").read_text() == "a" and (inputs / "labels" / "labels.csv").read_text() == "l"
+    assert helper("stage-tools").wait(timeout=240) == 0
+    assert helper("stage-in").wait(timeout=240) == 0
+    assert (inputs / "i4" / "a.csv").read_text() == "a" and (inputs / "labels" / "labels.csv").read_text() == "l"
     assert (vol / "checkpoints" / "epoch-0.pt").read_text() == "0"
     # stage-out as submitted, syncing every second instead of every minute.
     out_cmd = containers["stage-out"]["command"]
