@@ -157,8 +157,12 @@ write_report() {
     state=$(report_state "$2" "$3")
     code=$(printf %d "$2")
   fi
-  # The machine shutting down under the job ended it, whatever the command's status says.
-  if [ "${STOPPED_BY:-}" = interrupt ]; then state=INTERRUPTED; fi
+  # The machine shutting down under the job ended it, whatever the command's status says; the script's
+  # own backstop at max_runtime_minutes (backstop below) is a timeout, not an interruption to retry.
+  case ${STOPPED_BY:-} in
+    interrupt) state=INTERRUPTED ;;
+    timeout) state=TIMEOUT ;;
+  esac
   printf '{"v": 1, "job_id": "%s", "attempt": %d, "native_name": "%s", "state": "%s", "exit_code": %s, ' \
     "$JOB_ID" "$ATTEMPT" "$NATIVE_ID" "$state" "$code" >"$1.tmp"
   printf '"reason": "%s", "max_runtime_seconds": %d, "started_at": "%s", "finished_at": "%s"}\n' \
@@ -231,6 +235,7 @@ exit 0
 VM_AGENT = r"""
 LOG="$ROOT/output.log"
 REPORT_FILE="$ROOT/status.json"
+BACKSTOP_FILE="$ROOT/backstop"
 # Where a container finds the job's folders (the same on every VM).
 C_INPUTS=/opt/jobplane/inputs
 C_OUTPUTS=/opt/jobplane/outputs
@@ -238,6 +243,7 @@ C_CHECKPOINTS=/opt/jobplane/checkpoints
 C_CODE=/opt/jobplane/code
 STARTED_AT=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 mkdir -p "$ROOT"
+rm -f "$BACKSTOP_FILE"
 exit_code=""
 ran_seconds=0
 REASON=""
@@ -280,13 +286,25 @@ wait_job() {
   JOB_PID=""
 }
 
+backstop() {
+  # The script's own last stop, past max_runtime_minutes: marked, so that the TERM the shutdown brings
+  # is reported as the timeout it is.
+  : >"$BACKSTOP_FILE"
+  shutdown -h now
+}
+
 shut_down() {
   # A TERM to the agent is the machine shutting down (a spot reclaim, a preemption, a stop from outside).
   # The job gets the TERM and a moment to write its checkpoints; it is interrupted, and its checkpoints
-  # and outputs still go up before the report (finish_job).
+  # and outputs still go up before the report (finish_job). When the backstop shut it down, it timed out.
   trap '' TERM
-  STOPPED_BY=interrupt
-  note "the machine is shutting down under the job"
+  if [ -e "$BACKSTOP_FILE" ]; then
+    STOPPED_BY=timeout
+    note "the job outlived max_runtime_minutes: the backstop stops the machine"
+  else
+    STOPPED_BY=interrupt
+    note "the machine is shutting down under the job"
+  fi
   if [ -n "$JOB_PID" ]; then
     kill -TERM "$JOB_PID" 2>/dev/null
     wait "$JOB_PID"

@@ -70,6 +70,12 @@ AWS_BACKENDS = "sagemaker,aws-batch,ecs,ec2,local"
 # botocore's operation -> the IAM action that authorises it, where the two names differ
 IAM_ALIASES = {"s3:HeadObject": "s3:GetObject", "s3:ListObjectsV2": "s3:ListBucket"}
 STS_FREE = {"sts:GetCallerIdentity": "AWS answers GetCallerIdentity for any caller; no policy can deny it"}
+# Batch's launch checks for and puts its helpers' alias file under code/: the CodeUploads statement grants the put
+# (a denied HeadObject only means one more put)
+BATCH_ALIAS_FILE = {
+    "s3:GetObject": "HeadObject of the alias file under code/: a denied one is answered by the put",
+    "s3:PutObject": "the alias file under code/, granted by the API policy's CodeUploads statement",
+}
 # the operations that start a resource, one per AWS backend
 STARTS = ("sagemaker:CreateTrainingJob", "batch:SubmitJob", "ecs:RunTask", "ec2:RunInstances")
 GCP_NO_IAM = "Google APIs are authorised by the service account's roles, not by per-call IAM actions"
@@ -172,6 +178,7 @@ def batch_harness(request, tmp_path) -> Harness:
     settings = aws_settings(request, tmp_path)
     client = boto(settings, "batch")
     batch_queues(settings)
+    boto(settings, "s3").create_bucket(Bucket=settings.artifacts_bucket)
     backend = BatchBackend(settings)
     calls = record_calls(backend)
 
@@ -197,7 +204,7 @@ def batch_harness(request, tmp_path) -> Harness:
         foreign={"another service": lambda: aws_event("ecs-task-state-change.json"), "not ours": foreign_name},
         starts=lambda: sum(1 for c in calls if c in STARTS),
         calls=calls,
-        free_actions=STS_FREE,
+        free_actions={**STS_FREE, **BATCH_ALIAS_FILE},
     )
 
 

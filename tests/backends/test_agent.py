@@ -375,3 +375,43 @@ def test_a_heartbeat_is_read_into_the_utilisation_over_the_window(raw, expected)
     text = json.dumps(raw) if isinstance(raw, dict) else raw
     seen = parse_heartbeat(text, job_id="a" * 32, attempt=2, received_at="at", window_minutes=30)
     assert (None if seen is None else (seen.gpu_percent, seen.last_heartbeat)) == expected
+
+
+# --- the backstop at max_runtime_minutes ---------------------------------------------------
+def test_the_ec2_backstop_past_max_runtime_reports_a_timeout_not_an_interruption(tmp_path, monkeypatch):
+    # timeout(1) ends the command itself; the backstop is for what it cannot end, here a download that hangs.
+    from chalicelib.backends.aws import userdata
+
+    monkeypatch.setattr(userdata, "HARD_STOP_GRACE", 1)
+    vm, env = vmharness.prepare(tmp_path)
+    stubs = tmp_path / "bin"
+    (stubs / "aws").rename(stubs / "aws-fake")
+    (stubs / "aws").write_text(
+        f'#!/bin/bash\ncase "$*" in *s3://data/hangs*) sleep 60 ;; esac\nexec "{stubs}/aws-fake" "$@"\n'
+    )
+    (stubs / "aws").chmod(0o755)
+    # As a real shutdown does: every process of the script gets TERM (once; power_off's later call only notes).
+    (stubs / "shutdown").write_text(
+        "#!/bin/bash\n"
+        f'[ -e "{tmp_path}/shutdown.called" ] && exit 0\n'
+        f'touch "{tmp_path}/shutdown.called"\n'
+        'kill -TERM -- "-$(ps -o pgid= $$ | tr -d " ")"\n'
+    )
+    job = VmJob(
+        JOB_ID,
+        NATIVE,
+        "n",
+        (PY, "-c", "pass"),
+        (),
+        1,
+        "s3://artifacts/p/",
+        "us-east-1",
+        workdir=str(vm.root),
+        inputs=(("big", "s3://data/hangs"),),
+    )
+    vmharness.run(vm, user_data(job), env, timeout=30)
+    report = json.loads((vm.obj("s3://artifacts/p/") / "status.json").read_text())
+    assert report["state"] == "TIMEOUT", report
+    seen = parse_report(report, job_id=JOB_ID, attempt=1)
+    assert (seen.status, seen.failure_kind) == (JobStatus.FAILED, FailureKind.TIMEOUT)
+    assert "the backstop stops the machine" in (vm.root / "output.log").read_text()

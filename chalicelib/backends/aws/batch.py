@@ -25,22 +25,21 @@ LOG_GROUP = "/aws/batch/job"  # where Batch's awslogs default writes, unless the
 _LAUNCHING = {"SUBMITTED", "PENDING", "RUNNABLE", "STARTING"}
 _ALL_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING", "SUCCEEDED", "FAILED")
 CONTAINER = "job"
-# The helpers run the AWS CLI image as it is (Batch's containers take no entryPoint, and that image's is
-# `aws`): one AWS CLI command each. Downloads run before the job, uploads after it ends.
-STAGE_CHECKPOINT = "stage-checkpoint"
-STAGE_CODE = "stage-code"
-STAGE_INPUT = "stage-input-"  # + the input's position
-STAGE_OUTPUTS = "stage-outputs"
-STAGE_CHECKPOINT_OUT = "stage-checkpoint-out"
-MAX_CONTAINERS = 10  # Batch's limit per job
-FIXED_CONTAINERS = 4  # checkpoint in, the job, outputs, checkpoint out
-DEFINITION_VERSION = "staged-1"
+# The helpers run the AWS CLI image as it is (Batch's containers take no entryPoint, and that image's is `aws`):
+# stage-tools downloads jobplane's AWS CLI alias file; stage-in (the alias running staging.STAGE_IN) restores the
+# checkpoint and downloads code and inputs; stage-out (staging.STAGE_OUT) syncs checkpoints while the job runs
+# and uploads outputs and the last checkpoint when it ends or is stopped.
+STAGE_TOOLS = "stage-tools"
+STAGE_IN = "stage-in"
+STAGE_OUT = "stage-out"
+DEFINITION_VERSION = "staged-2"
 HELPER_MEMORY_MIB = "128"
+ALIAS_FILE = f"{staging.CLI_HOME}/.aws/cli/alias"
 
 
-def definition_name(image: str, inputs: int = 0, code: bool = False) -> str:
-    """One job definition per image and staging shape (how many inputs, whether code comes): a stable name."""
-    key = f"{image}\0{inputs}\0{int(code)}\0{DEFINITION_VERSION}"
+def definition_name(image: str) -> str:
+    """One job definition per image (every per-job value comes at SubmitJob): a stable name."""
+    key = f"{image}\0{DEFINITION_VERSION}"
     return "jp-img-" + hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
@@ -58,18 +57,6 @@ class BatchBackend(AwsBackend):
                 "AWS Batch runs a container image", [{"field": "image", "message": "required for aws-batch"}]
             )
         staging.require_s3(spec, "AWS Batch")
-        most = MAX_CONTAINERS - FIXED_CONTAINERS - bool(spec.code_uri)
-        if len(spec.inputs) > most:
-            raise UnsupportedError(
-                "too many inputs for AWS Batch",
-                [
-                    {
-                        "field": "inputs",
-                        "message": f"at most {most} on aws-batch (a job has at most {MAX_CONTAINERS} containers: "
-                        "one download each, the code's, the checkpoint's, the job's and two uploads)",
-                    }
-                ],
-            )
         if spec.resources.spot and not self.settings.batch_spot_job_queue:
             raise UnsupportedError(
                 "no spot job queue is configured for AWS Batch",
@@ -100,33 +87,35 @@ class BatchBackend(AwsBackend):
                 "essential": essential,
                 "command": ["--version"],  # every submission overrides it
                 "mountPoints": [shared, inputs],
+                # Where the AWS CLI finds jobplane's aliases (stage-tools puts the file there).
+                "environment": [{"name": "HOME", "value": staging.CLI_HOME}],
                 "resourceRequirements": helper_memory,
             }
             if after:
                 container["dependsOn"] = after
             return container
 
-        downloads = [STAGE_CHECKPOINT] + ([STAGE_CODE] if spec.code_uri else [])
-        downloads += [f"{STAGE_INPUT}{i}" for i in range(len(spec.inputs))]
+        staged = [{"containerName": STAGE_IN, "condition": "SUCCESS"}]
         job = {
             "name": CONTAINER,
             "image": spec.image,
-            # Not essential: when it ends, the uploads still run (they wait for it to COMPLETE).
+            # Not essential: when it ends, stage-out (the one essential container) uploads and ends the job.
             "essential": False,
             "command": ["/bin/sh", "-c", staging.WRAPPER, "jobplane"],
-            "dependsOn": [{"containerName": name, "condition": "SUCCESS"} for name in downloads],
+            "dependsOn": staged,
             "mountPoints": [shared, staging.mount(staging.INPUT_VOLUME, layout.input_dir, read_only=True)],
             # Per-job values come as overrides at SubmitJob; these are the floor.
             "resourceRequirements": [{"type": "VCPU", "value": "1"}, {"type": "MEMORY", "value": "2048"}],
         }
-        containers = [helper(name) for name in downloads] + [
+        containers = [
+            helper(STAGE_TOOLS),
+            helper(STAGE_IN, after=[{"containerName": STAGE_TOOLS, "condition": "SUCCESS"}]),
             job,
-            helper(STAGE_OUTPUTS, after=[{"containerName": CONTAINER, "condition": "COMPLETE"}]),
-            # The one essential container: the job is over once the last checkpoint is uploaded.
-            helper(STAGE_CHECKPOINT_OUT, True, [{"containerName": STAGE_OUTPUTS, "condition": "COMPLETE"}]),
+            # Starts with the job, so it is there to sync while it runs and to upload when Batch stops it.
+            helper(STAGE_OUT, True, staged),
         ]
         return {
-            "jobDefinitionName": definition_name(spec.image, len(spec.inputs), bool(spec.code_uri)),
+            "jobDefinitionName": definition_name(spec.image),
             "type": "container",
             "ecsProperties": {
                 "taskProperties": [
@@ -147,7 +136,7 @@ class BatchBackend(AwsBackend):
 
     def job_definition(self, spec: JobSpec) -> str:
         """The ARN of the spec's active job definition, registered the first time its image and shape are used."""
-        name = definition_name(spec.image, len(spec.inputs), bool(spec.code_uri))
+        name = definition_name(spec.image)
         with aws_errors("batch", "DescribeJobDefinitions"):
             found = self.client().describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
         active = [d for d in found.get("jobDefinitions", []) if d.get("status", "ACTIVE") == "ACTIVE"]
@@ -181,28 +170,18 @@ class BatchBackend(AwsBackend):
             requirements.append({"type": "GPU", "value": str(resources.gpus)})
         env = dict(env_list(spec, handle))
         env.update(layout.variables(handle.job_id, handle.attempt))
-        quiet = "--only-show-errors"
+        aliases = f"s3://{bucket}/{staging.cli_aliases_key()}"
+        artifacts = contract.artifacts_uri(spec, job.job_id, bucket)
         overrides: list[dict[str, Any]] = [
-            {"name": STAGE_CHECKPOINT, "command": ["s3", "sync", checkpoint, layout.checkpoint_dir, quiet]}
-        ]
-        if spec.code_uri:
-            overrides.append(
-                {"name": STAGE_CODE, "command": ["s3", "cp", spec.code_uri, f"{layout.code_dir}/code.tar.gz", quiet]}
-            )
-        for i, (name, uri, is_prefix) in enumerate(contract.input_items(spec)):
-            overrides.append({"name": f"{STAGE_INPUT}{i}", "command": staging.input_command(name, uri, is_prefix)})
-        overrides += [
+            {"name": STAGE_TOOLS, "command": ["s3", "cp", aliases, ALIAS_FILE, "--only-show-errors"]},
+            {"name": STAGE_IN, "command": [staging.ALIAS_STAGE_IN, *staging.stage_in_args(spec, checkpoint)]},
             {
                 "name": CONTAINER,
                 "command": ["/bin/sh", "-c", staging.WRAPPER, "jobplane", *staging.wrapper_args(spec, layout)],
                 "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
                 "resourceRequirements": requirements,
             },
-            {
-                "name": STAGE_OUTPUTS,
-                "command": ["s3", "sync", layout.output_dir, contract.artifacts_uri(spec, job.job_id, bucket), quiet],
-            },
-            {"name": STAGE_CHECKPOINT_OUT, "command": ["s3", "sync", layout.checkpoint_dir, checkpoint, quiet]},
+            {"name": STAGE_OUT, "command": [staging.ALIAS_STAGE_OUT, *staging.stage_out_args(artifacts, checkpoint)]},
         ]
         return {
             "jobName": handle.native_name,
@@ -222,9 +201,22 @@ class BatchBackend(AwsBackend):
         if existing is not None:
             return LaunchResult(existing["jobId"], "AlreadyLaunched")
         definition = self.job_definition(job.spec)
+        self.put_cli_aliases()
         with aws_errors("batch", "SubmitJob"):
             submitted = self.client().submit_job(**self.submit_request(job, handle, definition))
         return LaunchResult(submitted["jobId"], "SUBMITTED")
+
+    def put_cli_aliases(self) -> None:
+        """The helpers' alias file in the artifact store, put once (its key is its digest)."""
+        s3, bucket, key = self.client("s3"), self.settings.artifacts_bucket, staging.cli_aliases_key()
+        try:
+            with aws_errors("s3", "HeadObject"):
+                s3.head_object(Bucket=bucket, Key=key)
+            return
+        except BackendError:
+            pass  # not there yet (or not readable: the put says which)
+        with aws_errors("s3", "PutObject"):
+            s3.put_object(Bucket=bucket, Key=key, Body=staging.cli_aliases().encode(), ContentType="text/plain")
 
     def _find_by_name(self, name: str, queue: str | None = None) -> dict[str, Any] | None:
         queues = (

@@ -80,6 +80,7 @@ BATCH = BackendDescriptor(
         "batch:TagResource",  # SubmitJob / RegisterJobDefinition with tags need it
         "logs:DescribeLogStreams",  # the job's output, in the streams DescribeJobs names
         "logs:GetLogEvents",
+        # The helpers' AWS CLI alias file is put under code/, which the API's CodeUploads statement covers.
     ),
     console_url=batch_console_url,
     unsupported_features={"tpu": "TPUs exist only on Vertex AI"},

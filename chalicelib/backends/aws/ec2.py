@@ -70,6 +70,26 @@ class Ec2Backend(AwsBackend):
         # The instance profile's role (same name by convention) is passed to EC2.
         return ((self.settings.ec2_instance_profile, "ec2.amazonaws.com"),)
 
+    def job_role_policy(self) -> dict[str, Any]:
+        """The job VM's instance role: the job role's artifact-store access (code, outputs, checkpoints), and what
+        the user data itself does with it: put the exit report and the log under the stage's status prefix
+        (read back by jobplane, never by the VM) and pull a private ECR image."""
+        from chalicelib.backends.aws.staging import job_role_policy
+
+        policy = job_role_policy(self.settings.artifacts_bucket)
+        status = f"arn:aws:s3:::{self.settings.artifacts_bucket}/jobplane/{self.settings.stage}/jobs/*"
+        policy["Statement"] += [
+            {"Sid": "ReportAndLog", "Effect": "Allow", "Action": ["s3:PutObject"], "Resource": [status]},
+            {"Sid": "EcrLogin", "Effect": "Allow", "Action": ["ecr:GetAuthorizationToken"], "Resource": "*"},
+            {
+                "Sid": "EcrPull",
+                "Effect": "Allow",
+                "Action": ["ecr:BatchCheckLayerAvailability", "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer"],
+                "Resource": "*",
+            },
+        ]
+        return policy
+
     def status_uri(self, handle: Handle) -> str:
         return f"s3://{self.settings.artifacts_bucket}/jobplane/{self.settings.stage}/jobs/{handle.job_id}/{handle.native_name}/"
 

@@ -22,6 +22,9 @@ AWS_CLI_IMAGE = "public.ecr.aws/aws-cli/aws-cli:2.27.26"
 CODE_CHANNEL = "jobplane-code"
 #: how often the ECS sidecar syncs the checkpoint folder while the job runs
 SYNC_SECONDS = 60
+#: how long the ECS and Batch sidecar, stopped (SIGTERM), waits for the job's own status before it uploads, so the
+#: checkpoint a job writes on SIGTERM goes up too; within ECS's default 30 s between SIGTERM and SIGKILL
+STOP_WAIT_SECONDS = 15
 #: what the wrapper exits with when it cannot unpack the code or enter its folder (BSD's EX_SOFTWARE)
 WRAPPER_FAILED = 70
 # The tools the scripts call resolve on this PATH, whatever PATH the spec's env gives the job.
@@ -120,9 +123,10 @@ if [ -z "$JOBPLANE_W_EXIT" ]; then
   exec "$@"
 fi
 if [ "$JOBPLANE_W_STATUS" -eq 0 ]; then
+  PATH=$JOBPLANE_W_PATH mkdir -p "${{JOBPLANE_W_EXIT%/*}}"
   "$@" &
   JOBPLANE_W_CHILD=$!
-  trap 'kill -TERM "$JOBPLANE_W_CHILD" 2>/dev/null' TERM INT
+  trap ': >"${{JOBPLANE_W_EXIT%/*}}/stopping"; kill -TERM "$JOBPLANE_W_CHILD" 2>/dev/null' TERM INT
   wait "$JOBPLANE_W_CHILD"
   JOBPLANE_W_STATUS=$?
   while kill -0 "$JOBPLANE_W_CHILD" 2>/dev/null; do
@@ -159,16 +163,19 @@ done
 chmod -R a+rwX "$root" && chmod -R a+rX "$inputs"
 """
 
-# ECS's sidecar (the AWS CLI image): syncs the checkpoint folder every `interval` seconds while the job runs;
-# when the job's exit file appears, or on SIGTERM (a stop, a spot reclaim), uploads the outputs and a last
+# The ECS and Batch sidecar (the AWS CLI image): syncs the checkpoint folder every `interval` seconds while the
+# job runs; when the job's exit file appears, or on SIGTERM or the wrapper's `stopping` mark (a stop, a spot
+# reclaim; on Batch the sidecar's PID 1 is the AWS CLI, which has no TERM handler, so the kernel drops the
+# TERM and the job's wrapper, which traps it, is the one that tells): then after waiting up to
+# `grace` seconds for the job, which got the same SIGTERM, to write its status), uploads the outputs and a last
 # checkpoint and exits with the job's status (1 when the job succeeded but an upload failed; 143 when it was
 # stopped before the job wrote its status). Arguments: the volume's root, the artifacts URI, the checkpoint
-# location, the interval.
-STAGE_OUT = """root=$1 artifacts=$2 checkpoint=$3 interval=$4
+# location, the interval, the grace.
+STAGE_OUT = """root=$1 artifacts=$2 checkpoint=$3 interval=$4 grace=${5:-0}
 stopping=0
 trap 'stopping=1' TERM INT
 waited=0
-while [ ! -f "$root/status/exit" ] && [ "$stopping" -eq 0 ]; do
+while [ ! -f "$root/status/exit" ] && [ ! -f "$root/status/stopping" ] && [ "$stopping" -eq 0 ]; do
   sleep 1 &
   wait $!
   waited=$((waited + 1))
@@ -176,6 +183,11 @@ while [ ! -f "$root/status/exit" ] && [ "$stopping" -eq 0 ]; do
     aws s3 sync "$root/checkpoints" "$checkpoint" --only-show-errors || echo "jobplane: checkpoint sync failed" >&2
     waited=0
   fi
+done
+waited=0
+while [ ! -f "$root/status/exit" ] && [ "$waited" -lt "$grace" ]; do
+  sleep 1
+  waited=$((waited + 1))
 done
 failed=0
 aws s3 sync "$root/output" "$artifacts" --only-show-errors || failed=1
@@ -231,8 +243,41 @@ def stage_in_args(spec: JobSpec, checkpoint_uri: str) -> list[str]:
     return args
 
 
-def stage_out_args(artifacts_uri: str, checkpoint_uri: str, interval: int = SYNC_SECONDS) -> list[str]:
-    return [ROOT, artifacts_uri, checkpoint_uri, str(interval)]
+def stage_out_args(
+    artifacts_uri: str, checkpoint_uri: str, interval: int = SYNC_SECONDS, grace: int = STOP_WAIT_SECONDS
+) -> list[str]:
+    return [ROOT, artifacts_uri, checkpoint_uri, str(interval), str(grace)]
+
+
+# AWS Batch takes no entryPoint, and the AWS CLI image's is `aws`: there STAGE_IN and STAGE_OUT run as AWS CLI
+# aliases (`!` aliases are run by /bin/sh with the alias's arguments appended, each shell-quoted by the CLI).
+# The alias file is fixed text, content-addressed in the stage's artifact store; a first helper downloads it
+# into CLI_HOME, the HOME of the helpers that run the aliases.
+CLI_HOME = f"{ROOT}/home"
+ALIAS_STAGE_IN = "jobplane-stage-in"
+ALIAS_STAGE_OUT = "jobplane-stage-out"
+
+
+def _alias(name: str, script: str) -> str:
+    lines = script.strip("\n").splitlines()
+    # The file is INI (continuation lines are indented): a blank or comment-like line would cut the script.
+    if any(not line.strip() or line.lstrip().startswith(("#", ";")) for line in lines):
+        raise ValueError(f"{name}: a script line the alias file cannot hold")
+    body = "\n".join("  " + line for line in ["!f() {", *("  " + line for line in lines), "}; f"])
+    return f"{name} = {body.lstrip()}\n"
+
+
+def cli_aliases() -> str:
+    """The AWS CLI alias file ($HOME/.aws/cli/alias) the Batch helpers run STAGE_IN and STAGE_OUT from."""
+    return "[toplevel]\n" + _alias(ALIAS_STAGE_IN, STAGE_IN) + _alias(ALIAS_STAGE_OUT, STAGE_OUT)
+
+
+def cli_aliases_key() -> str:
+    """Where the alias file lives in the artifact store: under code/ (the job role reads it), by its digest."""
+    import hashlib
+
+    digest = hashlib.sha256(cli_aliases().encode()).hexdigest()
+    return f"{contract.CODE_PREFIX}jobplane-aws-cli-alias-{digest[:20]}"
 
 
 def input_command(name: str, uri: str, is_prefix: bool) -> list[str]:

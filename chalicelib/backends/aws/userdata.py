@@ -87,7 +87,7 @@ power_off() {
 
 trap finish_job EXIT
 # A second, independent stop: whatever the command does, the machine goes away.
-every "$((MAX_RUNTIME_SECONDS + HARD_STOP_GRACE))" shutdown -h now >/dev/null 2>&1 &
+every "$((MAX_RUNTIME_SECONDS + HARD_STOP_GRACE))" backstop >/dev/null 2>&1 &
 HARD_STOP=$!
 note "job name: $JOB_NAME"
 start_heartbeat

@@ -40,6 +40,7 @@ def batch(aws_settings):
             priority=1,
             computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env}],
         )
+    boto(aws_settings, "s3").create_bucket(Bucket=aws_settings.artifacts_bucket)
     return BatchBackend(aws_settings), client
 
 
@@ -86,15 +87,16 @@ def test_the_job_stages_code_inputs_outputs_and_checkpoints_as_the_contract_says
     check_aws_request("batch", "RegisterJobDefinition", definition)
     task = definition["ecsProperties"]["taskProperties"][0]
     containers = {c["name"]: c for c in task["containers"]}
-    downloads = ["stage-checkpoint", "stage-code", "stage-input-0", "stage-input-1"]
-    assert list(containers) == [*downloads, "job", "stage-outputs", "stage-checkpoint-out"]
-    assert containers["job"]["dependsOn"] == [{"containerName": n, "condition": "SUCCESS"} for n in downloads]
-    assert containers["stage-outputs"]["dependsOn"] == [{"containerName": "job", "condition": "COMPLETE"}]
-    assert containers["stage-checkpoint-out"]["dependsOn"] == [
-        {"containerName": "stage-outputs", "condition": "COMPLETE"}
-    ]
-    assert [n for n, c in containers.items() if c["essential"]] == ["stage-checkpoint-out"]
+    assert list(containers) == ["stage-tools", "stage-in", "job", "stage-out"]
+    assert containers["stage-in"]["dependsOn"] == [{"containerName": "stage-tools", "condition": "SUCCESS"}]
+    # The job and the sidecar start together once everything is downloaded.
+    for name in ("job", "stage-out"):
+        assert containers[name]["dependsOn"] == [{"containerName": "stage-in", "condition": "SUCCESS"}]
+    assert [n for n, c in containers.items() if c["essential"]] == ["stage-out"]
     assert {c["image"] for n, c in containers.items() if n != "job"} == {staging.AWS_CLI_IMAGE}
+    assert all(
+        c["environment"] == [{"name": "HOME", "value": "/jobplane/home"}] for n, c in containers.items() if n != "job"
+    )
     assert {m["containerPath"]: m["readOnly"] for m in containers["job"]["mountPoints"]} == {
         "/jobplane": False,
         "/jobplane-input": True,
@@ -104,25 +106,32 @@ def test_the_job_stages_code_inputs_outputs_and_checkpoints_as_the_contract_says
     request = backend.submit_request(job, Handle.of(job), "arn:def")
     check_aws_request("batch", "SubmitJob", request)
     commands = {name: c.get("command") for name, c in _overrides(request).items()}
-    quiet = "--only-show-errors"
-    assert commands["stage-checkpoint"] == ["s3", "sync", "s3://data-bucket/ckpt/run1/", "/jobplane/checkpoints", quiet]
-    assert commands["stage-code"] == ["s3", "cp", STAGED["code_uri"], "/jobplane/code/code.tar.gz", quiet]
-    assert commands["stage-input-0"] == ["s3", "sync", "s3://data-bucket/cifar/", "/jobplane-input/train", quiet]
-    assert commands["stage-input-1"] == [
+    bucket = aws_settings.artifacts_bucket
+    assert commands["stage-tools"] == [
         "s3",
         "cp",
-        "s3://data-bucket/meta/labels.csv",
-        "/jobplane-input/labels/labels.csv",
-        quiet,
+        f"s3://{bucket}/{staging.cli_aliases_key()}",
+        "/jobplane/home/.aws/cli/alias",
+        "--only-show-errors",
     ]
-    bucket = aws_settings.artifacts_bucket
-    assert commands["stage-outputs"] == ["s3", "sync", "/jobplane/output", f"s3://{bucket}/outputs/{'f' * 32}/", quiet]
-    assert commands["stage-checkpoint-out"] == [
-        "s3",
-        "sync",
-        "/jobplane/checkpoints",
+    assert commands["stage-in"] == [
+        "jobplane-stage-in",
+        "/jobplane",
+        "/jobplane-input",
         "s3://data-bucket/ckpt/run1/",
-        quiet,
+        STAGED["code_uri"],
+        "train",
+        "s3://data-bucket/cifar/",
+        "labels",
+        "s3://data-bucket/meta/labels.csv",
+    ]
+    assert commands["stage-out"] == [
+        "jobplane-stage-out",
+        "/jobplane",
+        f"s3://{bucket}/outputs/{'f' * 32}/",
+        "s3://data-bucket/ckpt/run1/",
+        "60",
+        "15",
     ]
     assert commands["job"][4:] == [
         "/jobplane/code",
@@ -139,23 +148,24 @@ def test_the_job_stages_code_inputs_outputs_and_checkpoints_as_the_contract_says
     ]
 
 
-def test_more_inputs_than_batch_has_containers_for_are_refused_naming_the_field(aws_settings):
-    many = make_job("aws-batch", {**STAGED, "inputs": {f"i{n}": "s3://data-bucket/x/" for n in range(6)}})
-    with pytest.raises(UnsupportedError) as err:
-        BatchBackend(aws_settings).validate(many.spec)
-    assert err.value.details[0]["field"] == "inputs"
-    assert err.value.details[0]["message"].startswith("at most 5 on aws-batch")
-    without_code = {**STAGED, "code_uri": None, "code_sha256": None}
-    BatchBackend(aws_settings).validate(make_job("aws-batch", {**without_code, "inputs": {**many.spec.inputs}}).spec)
+def test_inputs_are_arguments_of_one_helper_so_their_number_is_not_limited_by_batchs_ten_containers(aws_settings):
+    many = make_job("aws-batch", {**STAGED, "inputs": {f"i{n}": f"s3://data-bucket/x{n}/" for n in range(12)}})
+    backend = BatchBackend(aws_settings)
+    backend.validate(many.spec)
+    request = backend.submit_request(many, Handle.of(many), "arn:def")
+    assert len(_overrides(request)) == 4
+    assert _overrides(request)["stage-in"]["command"][5:] == [
+        a for n in range(12) for a in (f"i{n}", f"s3://data-bucket/x{n}/")
+    ]
 
 
 @pytest.mark.parametrize(
     ("containers", "status", "kind"),
     [
-        ({"stage-checkpoint": 0, "job": 0, "stage-outputs": 0, "stage-checkpoint-out": 0}, JobStatus.SUCCEEDED, None),
-        ({"stage-checkpoint": 0, "job": 3, "stage-outputs": 0, "stage-checkpoint-out": 0}, JobStatus.FAILED, "user"),
-        ({"stage-checkpoint": 0, "stage-input-0": 1}, JobStatus.FAILED, "user"),
-        ({"stage-checkpoint": 0, "job": 0, "stage-outputs": 1, "stage-checkpoint-out": 0}, JobStatus.FAILED, "backend"),
+        ({"stage-tools": 0, "stage-in": 0, "job": 0, "stage-out": 0}, JobStatus.SUCCEEDED, None),
+        ({"stage-tools": 0, "stage-in": 0, "job": 3, "stage-out": 3}, JobStatus.FAILED, "user"),
+        ({"stage-tools": 0, "stage-in": 1}, JobStatus.FAILED, "user"),
+        ({"stage-tools": 0, "stage-in": 0, "job": 0, "stage-out": 1}, JobStatus.FAILED, "backend"),
     ],
 )
 def test_the_exit_code_is_the_job_containers_and_a_failed_helper_is_named(aws_settings, containers, status, kind):
@@ -197,6 +207,9 @@ def test_can_launch_describe_and_cancel_on_moto(batch, aws_settings, caplog):
     again = backend.launch(job)
     backend.launch(other)
     assert again.native_id == first.native_id and again.native_status == "AlreadyLaunched"
+    # The helpers' alias file, put once in the artifact store where stage-tools downloads it.
+    aliases = boto(aws_settings, "s3").get_object(Bucket=aws_settings.artifacts_bucket, Key=staging.cli_aliases_key())
+    assert aliases["Body"].read().decode() == staging.cli_aliases()
     definitions = client.describe_job_definitions(jobDefinitionName=definition_name("train:1"))["jobDefinitions"]
     assert len(definitions) == 1  # one definition per image (and staging shape), shared by both jobs
     # moto knows no ecsProperties: there the definition is the job's container alone (with jobplane's wrapper).

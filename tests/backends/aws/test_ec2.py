@@ -191,3 +191,46 @@ def test_the_log_tail_is_one_range_get_of_the_objects_last_bytes(aws_settings):
     assert read == [("GetObject", 2049)]  # the last max_bytes + 1 bytes, not the megabyte
     s3.put_object(Bucket=settings.artifacts_bucket, Key=key, Body="only line\n")
     assert backend.tail(handle) == ["only line"]  # shorter than the range: the whole object, its first line kept
+
+
+def _allowed(policy: dict, action: str, uri: str) -> bool:
+    import fnmatch
+
+    arn = "arn:aws:s3:::" + uri.removeprefix("s3://")
+    for statement in policy["Statement"]:
+        resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+        if action in statement["Action"] and any(fnmatch.fnmatchcase(arn, r) for r in resources):
+            return True
+    return False
+
+
+def test_the_vm_role_may_do_what_the_user_data_does_in_the_artifact_store_and_no_more(tmp_path):
+    from chalicelib.jobs import contract
+
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="ec2,local")
+    backend = Ec2Backend(settings)
+    bucket = settings.artifacts_bucket
+    job = make_job("ec2", {"image": None, "command": ["python", "train.py"]})
+    handle = Handle.of(job)
+    policy = backend.job_role_policy()
+    code = f"s3://{bucket}/code/{'a' * 64}.tar.gz"
+    checkpoint = contract.checkpoint_location(job.spec, job.job_id, bucket) + "step-1.pt"
+    output = contract.artifacts_uri(job.spec, job.job_id, bucket) + "model.bin"
+    status = backend.status_uri(handle)
+    assert _allowed(policy, "s3:GetObject", code)  # staging: the packed code
+    assert _allowed(policy, "s3:GetObject", checkpoint) and _allowed(policy, "s3:PutObject", checkpoint)
+    assert _allowed(policy, "s3:PutObject", output)
+    assert _allowed(policy, "s3:PutObject", status + "status.json") and _allowed(
+        policy, "s3:PutObject", status + "log.txt"
+    )
+    # Nothing else of the bucket: not another stage's status, not writing code, not reading the reports back.
+    assert not _allowed(policy, "s3:PutObject", code)
+    assert not _allowed(policy, "s3:GetObject", status + "status.json")
+    assert not _allowed(policy, "s3:PutObject", f"s3://{bucket}/jobplane/other/jobs/x/status.json")
+    pull = {a for s in policy["Statement"] for a in s["Action"] if a.startswith("ecr:")}
+    assert pull == {
+        "ecr:GetAuthorizationToken",
+        "ecr:BatchCheckLayerAvailability",
+        "ecr:BatchGetImage",
+        "ecr:GetDownloadUrlForLayer",
+    }

@@ -109,6 +109,7 @@ def test_the_task_stages_code_inputs_outputs_and_checkpoints_as_the_contract_say
         f"s3://data-bucket/outputs/{'e' * 32}/",
         checkpoint,
         "60",
+        "15",
     ]
     assert overrides["job"]["command"] == [
         "/jobplane/code",

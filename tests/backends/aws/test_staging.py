@@ -197,8 +197,8 @@ def test_stage_in_restores_the_checkpoint_and_downloads_code_and_inputs(tmp_path
     assert not list(tmp_path.rglob("pwned")) and os.stat(root / "output").st_mode & 0o777 == 0o777
 
 
-def _stage_out(tmp_path: Path, env: dict[str, str], interval: int = 1) -> subprocess.Popen:
-    args = staging.stage_out_args("s3://bkt/outputs/job/", "s3://bkt/ckpt/", interval)
+def _stage_out(tmp_path: Path, env: dict[str, str], interval: int = 1, grace: int = 0) -> subprocess.Popen:
+    args = staging.stage_out_args("s3://bkt/outputs/job/", "s3://bkt/ckpt/", interval, grace)
     args[0] = str(tmp_path / "vol")
     for folder in ("output", "checkpoints", "status"):
         (tmp_path / "vol" / folder).mkdir(parents=True, exist_ok=True)
@@ -270,3 +270,108 @@ def test_the_policy_module_prints_a_backends_job_role_policy():
     assert done.returncode == 0, done.stderr
     statements = json.loads(done.stdout)["Statement"]
     assert {s["Sid"] for s in statements} == {"ReadCode", "WriteOutputs", "Checkpoints", "ListOutputsAndCheckpoints"}
+
+
+# --- AWS Batch: the same scripts as AWS CLI aliases, run by the real `aws` against the moto server --------
+# The job: a checkpoint at once, then on SIGTERM (Batch stopping it) a last checkpoint and an output, exit 143.
+STOPPABLE = (
+    "import os, signal, sys, time\n"
+    "ck, out = os.environ['JOBPLANE_CHECKPOINT_DIR'], os.environ['JOBPLANE_OUTPUT_DIR']\n"
+    "def stop(*_):\n"
+    "    open(os.path.join(ck, 'final.pt'), 'w').write(open('train.txt').read())\n"
+    "    open(os.path.join(out, 'partial.bin'), 'w').write('p')\n"
+    "    sys.exit(143)\n"
+    "signal.signal(signal.SIGTERM, stop)\n"
+    "open(os.path.join(ck, 'epoch-1.pt'), 'w').write('1')\n"
+    "for _ in range(600): time.sleep(0.1)\n"
+)
+
+
+def _here(arg: str, vol: Path, inputs: Path) -> str:
+    """A container path of the Batch layout, moved under the test's folders."""
+    if arg.startswith(staging.INPUT_ROOT):
+        return str(inputs) + arg[len(staging.INPUT_ROOT) :]
+    if arg.startswith(staging.ROOT):
+        return str(vol) + arg[len(staging.ROOT) :]
+    return arg
+
+
+@pytest.mark.slow  # about 20 AWS CLI runs, each a few seconds of start-up under load
+@pytest.mark.skipif(shutil.which("aws") is None, reason="needs the AWS CLI")
+def test_batch_helpers_sync_while_the_job_runs_and_upload_when_batch_stops_it(tmp_path, moto_endpoint):
+    import uuid
+
+    from chalicelib.backends.aws.batch import BatchBackend
+    from chalicelib.backends.base import Handle
+    from tests.factories import boto, make_settings
+
+    settings = make_settings(tmp_path, moto_endpoint, JOBPLANE_STAGE=f"t{uuid.uuid4().hex[:8]}")
+    s3, bucket = boto(settings, "s3"), settings.artifacts_bucket
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="data/train/a.csv", Body=b"a")
+    s3.put_object(Bucket=bucket, Key="data/labels.csv", Body=b"l")
+    s3.put_object(Bucket=bucket, Key="ckpt/run1/epoch-0.pt", Body=b"0")
+    code = tmp_path / "code.tar.gz"
+    with tarfile.open(code, "w:gz") as tar:
+        (tmp_path / "train.txt").write_text("from the code")
+        tar.add(tmp_path / "train.txt", arcname="train.txt")
+    s3.put_object(Bucket=bucket, Key="code/" + "c" * 64 + ".tar.gz", Body=code.read_bytes())
+    spec = {
+        "backend": "aws-batch",
+        "image": "train:1",
+        "command": [sys.executable, "-c", STOPPABLE],
+        "code_uri": f"s3://{bucket}/code/{'c' * 64}.tar.gz",
+        "code_sha256": "c" * 64,
+        "inputs": {f"i{n}": f"s3://{bucket}/data/train/" for n in range(7)}
+        | {"labels": f"s3://{bucket}/data/labels.csv"},
+        "checkpoint_uri": f"s3://{bucket}/ckpt/run1/",
+    }
+    job = make_job("aws-batch", spec)
+    backend = BatchBackend(settings)
+    backend.validate(job.spec)  # 6 inputs with code: more than Batch's 10 containers could once hold
+    backend.put_cli_aliases()
+    containers = {
+        c["name"]: c
+        for c in backend.submit_request(job, Handle.of(job), "arn:def")["ecsPropertiesOverride"]["taskProperties"][0][
+            "containers"
+        ]
+    }
+    vol, inputs = tmp_path / "vol", tmp_path / "in"
+    env = {**os.environ, "HOME": _here(staging.CLI_HOME, vol, inputs), "AWS_ENDPOINT_URL": moto_endpoint}
+
+    def helper(name: str, **kwargs):
+        argv = ["aws", *(_here(a, vol, inputs) for a in containers[name]["command"])]
+        return subprocess.Popen(argv, env=env, cwd=tmp_path, **kwargs)
+
+    assert helper("stage-tools").wait(timeout=240) == 0
+    assert helper("stage-in").wait(timeout=240) == 0
+    assert (inputs / "i4" / "a.csv").read_text() == "a" and (inputs / "labels" / "labels.csv").read_text() == "l"
+    assert (vol / "checkpoints" / "epoch-0.pt").read_text() == "0"
+    # stage-out as submitted, syncing every second instead of every minute.
+    out_cmd = containers["stage-out"]["command"]
+    assert out_cmd[-2:] == [str(staging.SYNC_SECONDS), str(staging.STOP_WAIT_SECONDS)]
+    containers["stage-out"]["command"] = [*out_cmd[:-2], "1", str(staging.STOP_WAIT_SECONDS)]
+    sidecar = helper("stage-out")
+    job_env = {**os.environ, **{k["name"]: _here(k["value"], vol, inputs) for k in containers["job"]["environment"]}}
+    wrapper = subprocess.Popen([_here(a, vol, inputs) for a in containers["job"]["command"]], env=job_env, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 30
+        keys: set[str] = set()
+        while "ckpt/run1/epoch-1.pt" not in keys and time.monotonic() < deadline:
+            time.sleep(0.2)
+            keys = {o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="ckpt/").get("Contents", [])}
+        assert "ckpt/run1/epoch-1.pt" in keys  # synced while the job runs
+        assert sidecar.poll() is None
+        # Batch stops the job: the job container's wrapper gets SIGTERM (the sidecar's PID 1, the AWS CLI, has
+        # no TERM handler, so the kernel drops the one sent to it).
+        wrapper.send_signal(signal.SIGTERM)
+        assert wrapper.wait(timeout=30) == 143
+        assert sidecar.wait(timeout=60) == 143
+    finally:
+        for proc in (wrapper, sidecar):
+            if proc.poll() is None:
+                proc.kill()
+    final = s3.get_object(Bucket=bucket, Key="ckpt/run1/final.pt")["Body"].read()
+    assert final == b"from the code"  # the checkpoint the job wrote when stopped, from its unpacked code folder
+    artifacts = f"outputs/{job.job_id}/partial.bin"
+    assert s3.get_object(Bucket=bucket, Key=artifacts)["Body"].read() == b"p"
