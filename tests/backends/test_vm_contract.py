@@ -499,7 +499,7 @@ def test_ec2_refuses_a_spec_whose_user_data_would_pass_the_limit(tmp_path):
     from tests.factories import make_settings, make_spec
 
     backend = Ec2Backend(make_settings(tmp_path, JOBPLANE_EC2_AMI="ami-1"))
-    backend.validate(make_spec(backend="ec2", env={"BIG": "x" * 7000}))
+    backend.validate(make_spec(backend="ec2", env={"BIG": "x" * 5000}))
     with pytest.raises(UnsupportedError) as refused:
         backend.validate(make_spec(backend="ec2", env={"BIG": "x" * 10_000}))
     assert refused.value.details[0]["field"] == "env" and str(MAX_USER_DATA) in refused.value.message

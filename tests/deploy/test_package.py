@@ -166,9 +166,10 @@ def test_every_function_gets_the_layer_which_holds_the_dependencies_but_not_the_
     assert not tops & RUNTIME_SDK
     dists = {t.split("-")[0].lower() for t in tops if t.endswith(".dist-info")}
     assert "pynamodb" in dists and not dists & {"boto3", "botocore", "s3transfer", "python_dateutil", "urllib3"}
-    # Lambda's limit is 250 MiB unzipped for the function and its layers together.
+    # Lambda's limit is 250 MiB unzipped for the function and its layers together; the layer keeps well
+    # under half of it (54 MiB: the Kubernetes client's models and their bytecode are 32 MiB of that).
     with zipfile.ZipFile(package["layer"]) as archive:
-        assert sum(i.file_size for i in archive.infolist()) < 50 * 2**20
+        assert sum(i.file_size for i in archive.infolist()) < 100 * 2**20
 
 
 def test_every_module_of_the_function_zip_and_layer_ships_its_bytecode(package):

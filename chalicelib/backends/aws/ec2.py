@@ -135,7 +135,7 @@ class Ec2Backend(AwsBackend):
             raise UnsupportedError(
                 f"the job's command, setup, inputs and env make a {size}-byte EC2 user data script "
                 f"(limit {MAX_USER_DATA})",
-                [{"field": "env", "message": "keep them under ~8 KiB together for ec2, or pass data through S3"}],
+                [{"field": "env", "message": "keep them under ~5 KiB together for ec2, or pass data through S3"}],
             )
 
     def run_request(self, job, handle: Handle) -> dict[str, Any]:
