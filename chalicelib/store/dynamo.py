@@ -42,7 +42,14 @@ from chalicelib.store.base import (
     history_key,
     sort_key,
 )
-from chalicelib.store.edge import DynamoStore, dynamo_errors, retry_conflicts, share_botocore_loader, table_meta
+from chalicelib.store.edge import (
+    DynamoStore,
+    created_index,
+    dynamo_errors,
+    retry_conflicts,
+    share_botocore_loader,
+    table_meta,
+)
 
 ALL_PK = "jobs"
 ACTIVE_PK = "active"
@@ -74,31 +81,11 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
 
     _Meta = table_meta(settings)
 
-    class OwnerIndex(GlobalSecondaryIndex):
-        class Meta:
-            index_name = "owner-created"
-            projection = AllProjection()
-
-        owner = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-
-    class AllIndex(GlobalSecondaryIndex):
-        class Meta:
-            index_name = "all-created"
-            projection = AllProjection()
-
-        all_pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-
-    class ActiveIndex(GlobalSecondaryIndex):
-        """Sparse: only items with active_pk (non-terminal jobs) are in it."""
-
-        class Meta:
-            index_name = "active-created"
-            projection = AllProjection()
-
-        active_pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
+    OwnerIndex = created_index("owner-created", "owner")
+    AllIndex = created_index("all-created", "all_pk")
+    # Sparse: only items carrying active_pk (non-terminal jobs, endpoints that may be billed) are in it;
+    # reconcile reads nothing else.
+    ActiveIndex = created_index("active-created", "active_pk")
 
     class QueuedIndex(GlobalSecondaryIndex):
         """Sparse: only QUEUED jobs (queued_pk set) are in it; the dispatcher reads nothing else."""

@@ -20,7 +20,14 @@ from chalicelib.endpoints.model import (
 )
 from chalicelib.errors import AlreadyExistsError, ConditionFailedError, StaleStateError
 from chalicelib.jobs.model import EventSource, iso
-from chalicelib.store.edge import DynamoStore, dynamo_errors, get_or_none, share_botocore_loader, table_meta
+from chalicelib.store.edge import (
+    DynamoStore,
+    created_index,
+    dynamo_errors,
+    get_or_none,
+    share_botocore_loader,
+    table_meta,
+)
 
 if TYPE_CHECKING:
     from pynamodb.models import Model
@@ -131,34 +138,13 @@ class InMemoryEndpointStore(EndpointStore):
 def build_models(settings: Settings) -> dict[str, type[Model]]:
     """The endpoint tables' models and indexes, bound to this deployment's table names and endpoint."""
     from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
-    from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
     from pynamodb.models import Model
 
-    class OwnerIndex(GlobalSecondaryIndex):
-        class Meta:
-            index_name = "owner-created"
-            projection = AllProjection()
-
-        owner = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-
-    class AllIndex(GlobalSecondaryIndex):
-        class Meta:
-            index_name = "all-created"
-            projection = AllProjection()
-
-        all_pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
-
-    class ActiveIndex(GlobalSecondaryIndex):
-        """Sparse: only endpoints that may be billed carry active_pk; reconcile reads nothing else."""
-
-        class Meta:
-            index_name = "active-created"
-            projection = AllProjection()
-
-        active_pk = UnicodeAttribute(hash_key=True)
-        sk = UnicodeAttribute(range_key=True)
+    OwnerIndex = created_index("owner-created", "owner")
+    AllIndex = created_index("all-created", "all_pk")
+    # Sparse: only items carrying active_pk (non-terminal jobs, endpoints that may be billed) are in it;
+    # reconcile reads nothing else.
+    ActiveIndex = created_index("active-created", "active_pk")
 
     class EndpointModel(Model):
         class Meta(table_meta(settings)):
