@@ -303,6 +303,66 @@ def queries(sizes=(100, 1_000, 10_000), rounds: int = 20) -> list[str]:
     return lines
 
 
+def servers(calls: int = 400) -> list[str]:
+    """The emulator's HTTP server: moto's own (werkzeug: one connection per request, a thread per
+    connection) and the one the stack runs (waitress: keep-alive, a pool of workers), serving the same
+    app in one process, alternated. CPU time per GetItem (client and server: one process) and the TCP
+    connections the SDK opened, which do not depend on the machine's load."""
+    sys.path.insert(0, str(ROOT))
+    import boto3
+    import urllib3.connection
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import ThreadedWSGIServer
+
+    from jobplane.local.emulator import start_moto
+
+    emulator, ours = start_moto()
+    theirs = ThreadedWSGIServer("127.0.0.1", 0, emulator.persistent, handler=MotoRequestHandler)
+    threading.Thread(target=theirs.serve_forever, daemon=True).start()
+    connects = {"n": 0}
+    real_connect = urllib3.connection.HTTPConnection.connect
+
+    def counting(self):
+        connects["n"] += 1
+        return real_connect(self)
+
+    urllib3.connection.HTTPConnection.connect = counting
+    try:
+        clients = {
+            "moto's server": boto3.client(
+                "dynamodb", endpoint_url=f"http://127.0.0.1:{theirs.server_address[1]}", region_name="us-east-1"
+            ),
+            "the stack's": boto3.client("dynamodb", endpoint_url=ours, region_name="us-east-1"),
+        }
+        clients["the stack's"].create_table(
+            TableName="bench-servers",
+            KeySchema=[{"AttributeName": "k", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "k", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        clients["the stack's"].put_item(TableName="bench-servers", Item={"k": {"S": "a"}, "v": {"S": "x" * 1000}})
+        cpu = {name: 0.0 for name in clients}
+        opened = {name: 0 for name in clients}
+        for _ in range(calls // 20):
+            for name, client in clients.items():
+                before, started = connects["n"], time.process_time()
+                for _ in range(20):
+                    client.get_item(TableName="bench-servers", Key={"k": {"S": "a"}})
+                cpu[name] += time.process_time() - started
+                opened[name] += connects["n"] - before
+    finally:
+        urllib3.connection.HTTPConnection.connect = real_connect
+        theirs.shutdown()
+        theirs.server_close()
+        emulator.stop()
+    per = {name: cpu[name] / calls * 1000 for name in cpu}
+    a, b = "moto's server", "the stack's"
+    return [
+        f"emulator server, {calls} GetItem: CPU {per[a]:.2f} -> {per[b]:.2f} ms a call "
+        f"({per[a] / per[b]:.2f}x), TCP connections {opened[a]} -> {opened[b]} (werkzeug -> waitress)"
+    ]
+
+
 REPLAY = """
 import json, sys, time
 from pathlib import Path
@@ -378,6 +438,8 @@ def main() -> int:
     for line in transactions():
         print(line)
     for line in queries():
+        print(line)
+    for line in servers():
         print(line)
     print()
     results = measure()

@@ -893,17 +893,81 @@ def _same(found, value) -> bool:
 
 # --- the server ----------------------------------------------------------------------------
 def _serve(app, host: str, port: int):
-    """moto's own server (werkzeug, a thread per connection, S3 header spellings kept) with a deep
-    backlog: every API request calls it several times, and a burst must queue, not be reset."""
-    from moto.moto_server.werkzeug_app import MotoRequestHandler
-    from werkzeug.serving import ThreadedWSGIServer
+    """moto's WSGI app on waitress: keep-alive connections and a bounded pool of workers.
 
-    class Server(ThreadedWSGIServer):
-        request_queue_size = 1024
+    moto's own server (werkzeug's) closes every connection after one response, so each of the several
+    SDK calls an API request makes paid a TCP connect and a new server thread; waitress keeps the SDKs'
+    pooled connections open. The backlog is deep: a burst must queue, not be reset."""
+    from waitress.channel import HTTPChannel
+    from waitress.server import create_server
+    from waitress.task import WSGITask
 
-    server = Server(host, port, app, handler=MotoRequestHandler)
-    threading.Thread(target=server.serve_forever, name="moto", daemon=True).start()
-    return server
+    class Task(WSGITask):
+        def build_response_header(self):
+            # waitress capitalizes every response header name; S3 sends user metadata in the spelling it was
+            # stored with (lowercase), and the SDKs hand that spelling back as the metadata's keys.
+            spelled = {n.lower(): n for n, _ in self.response_headers if n.lower().startswith("x-amz-meta-")}
+            head = super().build_response_header()
+            for name in spelled.values():
+                capitalized = "-".join(part.capitalize() for part in name.split("-"))
+                head = head.replace(f"\r\n{capitalized}: ".encode("latin-1"), f"\r\n{name}: ".encode("latin-1"))
+            return head
+
+    class Channel(HTTPChannel):
+        task_class = Task
+
+    def raw_uri(environ, start_response):
+        # moto reads the request target as sent from werkzeug's RAW_URI (S3 keys keep their %2F);
+        # waitress calls it REQUEST_URI.
+        environ.setdefault("RAW_URI", environ.get("REQUEST_URI", ""))
+        return app(environ, start_response)
+
+    server = create_server(
+        raw_uri,
+        host=host,
+        port=port,
+        threads=EMULATOR_THREADS,
+        backlog=1024,
+        connection_limit=1000,
+        channel_timeout=120,
+        cleanup_interval=10,
+        max_request_body_size=EMULATOR_MAX_BODY,
+        ident="jobplane-emulator",
+        expose_tracebacks=False,
+    )
+    server.channel_class = Channel
+    thread = threading.Thread(target=server.run, name="moto", daemon=True)
+    thread.start()
+    return _WaitressServer(server, thread)
+
+
+EMULATOR_THREADS = 16
+EMULATOR_MAX_BODY = 5 * 1024**3  # S3's single PUT limit: workdir archives and artifacts go through it
+
+
+class _WaitressServer:
+    """The waitress server with the socketserver-style surface the Emulator uses."""
+
+    def __init__(self, server, thread: threading.Thread) -> None:
+        self._server, self._thread = server, thread
+        self.server_address = (server.effective_host, server.effective_port)
+
+    def shutdown(self) -> None:
+        server = self._server
+        server.task_dispatcher.shutdown(timeout=5)
+
+        def close_all():
+            for channel in list(server._map.values()):
+                channel.close()
+
+        if self._thread.is_alive():
+            server.trigger.pull_trigger(close_all)
+            self._thread.join(timeout=5)
+        else:
+            close_all()
+
+    def server_close(self) -> None:
+        pass  # shutdown() closed the listening socket with the rest of waitress's map
 
 
 @dataclass
