@@ -363,6 +363,55 @@ def servers(calls: int = 400) -> list[str]:
     ]
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def processes(counts=(0, 2), gets: int = 200, seed_jobs: int = 50, rounds: int = 2) -> list[str]:
+    """Where a burst of GET /jobs spends CPU, with the API in the stack's own process (0 workers) and
+    in worker processes: each process's CPU seconds for the burst, read from /proc. A process runs on
+    one core at a time (one GIL), so the busiest one bounds the throughput whatever else the machine
+    runs; the sum is the work. Alternated, on the same number of jobs."""
+    per: dict[int, list[tuple[float, float]]] = {n: [] for n in counts}
+    for _ in range(rounds):
+        for count in counts:
+            os.environ["JOBPLANE_LOCAL_API_PROCESSES"] = str(count)
+            try:
+                with tempfile.TemporaryDirectory() as tmp:
+                    proc, state = start_stack(Path(tmp), _free_port())
+                    try:
+                        port = int(state["api"].rsplit(":", 1)[1])
+                        auth = {"Authorization": f"Bearer {state['admin_token']}", "Content-Type": "application/json"}
+                        seeded = burst("127.0.0.1", port, lambda _: ("POST", "/jobs", json.dumps(SPEC), auth), seed_jobs)
+                        assert set(seeded["statuses"]) == {"201"}, seeded
+                        burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), 10)  # warm every worker
+                        pids = state["api_processes"]
+                        before = [_cpu_seconds(p) for p in pids]
+                        done = burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), gets)
+                        assert set(done["statuses"]) == {"200"}, done
+                        spent = [_cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+                        per[count].append((max(spent), sum(spent)))
+                    finally:
+                        proc.send_signal(signal.SIGINT)
+                        try:
+                            proc.wait(timeout=40)
+                        except subprocess.TimeoutExpired:
+                            proc.kill()
+            finally:
+                os.environ.pop("JOBPLANE_LOCAL_API_PROCESSES", None)
+    lines = []
+    for count in counts:
+        busiest = statistics.median(m for m, _ in per[count]) / gets * 1000
+        total = statistics.median(t for _, t in per[count]) / gets * 1000
+        where = "the stack's own process" if not count else f"{count} worker processes"
+        lines.append(
+            f"GET /jobs x{gets} ({seed_jobs} jobs), API in {where}: busiest process {busiest:.1f} ms CPU a request, "
+            f"all {total:.1f} ms; bound {1000 / busiest:.0f} requests/s"
+        )
+    return lines
+
+
 REPLAY = """
 import json, sys, time
 from pathlib import Path
@@ -440,6 +489,8 @@ def main() -> int:
     for line in queries():
         print(line)
     for line in servers():
+        print(line)
+    for line in processes():
         print(line)
     print()
     results = measure()

@@ -54,13 +54,24 @@ class _Channel(HTTPChannel):
 class Server:
     """A WSGI app on a bound socket; `start()` serves it from a thread, `stop()` closes everything."""
 
-    def __init__(self, app, host: str, port: int, *, threads: int, max_body: int, name: str) -> None:
+    def __init__(
+        self,
+        app,
+        host: str | None = None,
+        port: int | None = None,
+        *,
+        threads: int,
+        max_body: int,
+        name: str,
+        sockets=None,
+    ) -> None:
         self.name = name
-        # Binding happens here, so a busy port fails before anything else has started.
+        # Binding happens here, so a busy port fails before anything else has started; or it serves
+        # `sockets` already bound (an API worker process on the stack's listening socket).
+        where = {"sockets": sockets} if sockets is not None else {"host": host, "port": port}
         self._server = create_server(
             app,
-            host=host,
-            port=port,
+            **where,
             threads=threads,
             backlog=BACKLOG,
             connection_limit=CONNECTION_LIMIT,
@@ -75,6 +86,7 @@ class Server:
         )
         self._server.channel_class = _Channel
         self.server_address = (self._server.effective_host, self._server.effective_port)
+        self.socket = self._server.socket
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:

@@ -50,6 +50,7 @@ class LocalStack:
         # The backends it runs: local processes, and the AWS ones against the embedded AWS.
         self.backends = backends or os.environ.get("JOBPLANE_BACKENDS") or "local"
         self.vms = None
+        self.workers = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._servers: list[Any] = []
@@ -156,6 +157,7 @@ class LocalStack:
             "state_dir": str(self.directory),
             "restored": self.moto.replayed,
             "backends": list(settings.enabled_backends),
+            "api_processes": [os.getpid(), *(self.workers.pids if self.workers else [])],
             "vms": vms,
             "env": settings.to_env(),
             "started_at": _now(),
@@ -231,13 +233,30 @@ class LocalStack:
         return adopted
 
     def _start_api(self) -> None:
+        """The API on its bound socket: served by worker processes (JOBPLANE_LOCAL_API_PROCESSES, by
+        default one per core), so a burst of requests is not held to this process's GIL, which the
+        embedded AWS needs; with 0, by this process."""
         from chalice.config import Config
 
+        from chalicelib.jobs.spec import MAX_BODY_BYTES
         from jobplane.local.server import ChaliceWSGI
+        from jobplane.local.workers import Workers, processes_from_env
 
+        try:
+            count = processes_from_env()
+        except ValueError as exc:
+            raise StackError(str(exc)) from None
         config = Config.create(chalice_stage="local", app_name="jobplane", project_dir=os.getcwd())
         self._api.app = ChaliceWSGI(self.app, config)
-        self.api_server.start()
+        if not count:
+            self.api_server.start()
+            return
+        self.workers = Workers(self.api_server.socket, count, API_THREADS, MAX_BODY_BYTES, ROOT)
+        self._spawn("api-workers", self._watch_workers)
+
+    def _watch_workers(self) -> None:
+        while not self._stop.wait(1.0):
+            self.workers.watch()
 
     def _spawn(self, name: str, target, *args) -> None:
         thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -362,6 +381,8 @@ class LocalStack:
         # Local jobs are left running, as they are after a crash: their runners are independent
         # and the next start adopts them (cancel a job to stop it).
         self._stop.set()
+        if self.workers is not None:
+            self.workers.stop()  # first: what they are serving needs the embedded AWS
         for server in self._servers:
             server.shutdown()
         for thread in self._threads:
