@@ -368,6 +368,21 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
+def _burst_cpu(state: dict, gets: int, seed_jobs: int) -> tuple[float, float]:
+    """(busiest process, all processes) CPU seconds of the stack for a burst of `gets` GET /jobs."""
+    port = int(state["api"].rsplit(":", 1)[1])
+    auth = {"Authorization": f"Bearer {state['admin_token']}", "Content-Type": "application/json"}
+    seeded = burst("127.0.0.1", port, lambda _: ("POST", "/jobs", json.dumps(SPEC), auth), seed_jobs)
+    assert set(seeded["statuses"]) == {"201"}, seeded
+    burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), 10)  # warm every worker
+    pids = state["api_processes"]
+    before = [_cpu_seconds(p) for p in pids]
+    done = burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), gets)
+    assert set(done["statuses"]) == {"200"}, done
+    spent = [_cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
+    return max(spent), sum(spent)
+
+
 def processes(counts=(0, 2), gets: int = 200, seed_jobs: int = 50, rounds: int = 2) -> list[str]:
     """Where a burst of GET /jobs spends CPU, with the API in the stack's own process (0 workers) and
     in worker processes: each process's CPU seconds for the burst, read from /proc. A process runs on
@@ -381,17 +396,7 @@ def processes(counts=(0, 2), gets: int = 200, seed_jobs: int = 50, rounds: int =
                 with tempfile.TemporaryDirectory() as tmp:
                     proc, state = start_stack(Path(tmp), _free_port())
                     try:
-                        port = int(state["api"].rsplit(":", 1)[1])
-                        auth = {"Authorization": f"Bearer {state['admin_token']}", "Content-Type": "application/json"}
-                        seeded = burst("127.0.0.1", port, lambda _: ("POST", "/jobs", json.dumps(SPEC), auth), seed_jobs)
-                        assert set(seeded["statuses"]) == {"201"}, seeded
-                        burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), 10)  # warm every worker
-                        pids = state["api_processes"]
-                        before = [_cpu_seconds(p) for p in pids]
-                        done = burst("127.0.0.1", port, lambda _: ("GET", "/jobs", None, auth), gets)
-                        assert set(done["statuses"]) == {"200"}, done
-                        spent = [_cpu_seconds(p) - b for p, b in zip(pids, before, strict=True)]
-                        per[count].append((max(spent), sum(spent)))
+                        per[count].append(_burst_cpu(state, gets, seed_jobs))
                     finally:
                         proc.send_signal(signal.SIGINT)
                         try:
