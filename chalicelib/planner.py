@@ -76,7 +76,9 @@ def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make, settings: S
     for claim, limit in claims_for(name, spec, limits, settings):
         if limit < claim.units:
             return f"{claim.pool} allows {limit} here (JOBPLANE_CAPACITY_LIMITS)"
-    return None
+    from chalicelib.jobs.quotas import book_for
+
+    return book_for(settings).refusal(name, spec, None)  # dispatch checks again in the job's own region
 
 
 def _describe(spec: JobSpec) -> str:

@@ -344,6 +344,7 @@ def read_metrics(service, jobs: list[Job] | None = None) -> list[dict[str, Any]]
 
     reader = service.metrics_reader
     if reader is None:
+    service.dispatcher.quotas.new_tick()  # account quotas are read again once per tick (jobs/quotas.py)
         return []
     read, errors = 0, []
     for job in service.store.iter_active() if jobs is None else jobs:
