@@ -206,6 +206,9 @@ class ManagedResource:
     job_id: str | None = None
     attempt: int | None = None
     launched_at: datetime | None = None
+    #: listed by name only (a managed service's list shows no tags): its own tags are read (confirm) before
+    #: anything is done to it, and until then it has no stage
+    unverified: bool = False
 
     @property
     def running(self) -> bool:
@@ -394,7 +397,18 @@ class ComputeBackend(ABC):
         """Every resource tagged jobplane:managed=true for this stage (one tag-filtered list call)."""
         if not self.reaps:
             return []
-        return [r for r in self._list_managed_impl() if r.stage == self.settings.stage]
+        return [r for r in self._list_managed_impl() if r.stage == self.settings.stage or r.unverified]
+
+    def confirm(self, resources: list[ManagedResource]) -> list[ManagedResource]:
+        """Of resources listed unverified, those whose own tags say this stage's jobplane made them, with the
+        tags' job and attempt; the rest (untagged, another stage's) are dropped, so never touched."""
+        if not resources:
+            return []
+        found = self._confirm_impl([r for r in resources if r.unverified])
+        return [r for r in found if not r.unverified and r.stage == self.settings.stage and r.backend == self.name]
+
+    def _confirm_impl(self, resources: list[ManagedResource]) -> list[ManagedResource]:
+        return []  # a backend that lists unverified resources reads their tags here
 
     def stop_resource(self, resource: ManagedResource, reason: str) -> None:
         """Stop (or terminate) a tagged resource and record on it who stopped it and why."""

@@ -5,10 +5,20 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends.aws import staging
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
+from chalicelib.backends.aws.base import TAG_STOPPED_BY, AwsBackend, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.descriptors import SAGEMAKER
 from chalicelib.backends.aws.errors import aws_errors, error_code
-from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
+from chalicelib.backends.base import (
+    Handle,
+    LaunchResult,
+    LogChunk,
+    ManagedResource,
+    Observation,
+    Offset,
+    PowerState,
+    ResourceKind,
+    parse_native_name,
+)
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
@@ -32,6 +42,10 @@ class SageMakerBackend(AwsBackend):
     services = ("sagemaker",)
     stages_files = True
     named_by_us = True  # every SageMaker call takes the TrainingJobName we chose
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self._arns: dict[str, str] = {}  # training job name -> ARN, as the sweep's last list showed it
 
     def roles(self) -> tuple[tuple[str, str], ...]:
         """(role, service it is passed to): the only iam:PassRole this backend needs."""
@@ -303,6 +317,61 @@ class SageMakerBackend(AwsBackend):
             listed = summary is not None and bool(summary.get("SecondaryStatus"))
             found[h.job_id] = self.observe(summary, h.job_id, h.attempt) if listed else self.describe(h)
         return found
+
+    # --- the orphan sweep: running jp- training jobs, their tags read only before one is stopped ------------
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        """ListTrainingJobs InProgress by name (100 a page): a summary has no tags, so each is unverified."""
+        found = []
+        paginator = self.client().get_paginator("list_training_jobs")
+        with aws_errors("sagemaker", "ListTrainingJobs"):
+            pages = paginator.paginate(
+                NameContains="jp-", StatusEquals="InProgress", PaginationConfig={"PageSize": 100}
+            )
+            for page in pages:
+                for summary in page.get("TrainingJobSummaries", []):
+                    name = summary.get("TrainingJobName")
+                    parsed = parse_native_name(name)
+                    if parsed is None:
+                        continue  # not a name jobplane gives
+                    self._arns[name] = summary.get("TrainingJobArn")
+                    found.append(
+                        ManagedResource(
+                            backend=self.name,
+                            resource_id=name,
+                            kind=ResourceKind.JOB,
+                            state=str(summary.get("TrainingJobStatus") or ""),
+                            power=PowerState.RUNNING,
+                            stage=None,
+                            native_name=name,
+                            job_id=parsed[0],
+                            attempt=parsed[1],
+                            launched_at=epoch_ms(summary.get("CreationTime")),
+                            unverified=True,
+                        )
+                    )
+        return found
+
+    def _confirm_impl(self, resources: list[ManagedResource]) -> list[ManagedResource]:
+        """ListTags of each training job the sweep would stop (SageMaker has no batched tag read)."""
+        found = []
+        for resource in resources:
+            arn = self._arns.get(resource.resource_id)
+            if not arn:
+                continue
+            with aws_errors("sagemaker", "ListTags"):
+                tags = {t["Key"]: t["Value"] for t in self.client().list_tags(ResourceArn=arn).get("Tags", [])}
+            mine = self.confirmed(resource, tags)
+            if mine is not None:
+                found.append(mine)
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        """StopTrainingJob, after tagging who stopped it and why (StopTrainingJob takes no reason)."""
+        arn = self._arns.get(resource.resource_id)
+        if arn:
+            with aws_errors("sagemaker", "AddTags"):
+                self.client().add_tags(ResourceArn=arn, Tags=[{"Key": TAG_STOPPED_BY, "Value": reason[:256]}])
+        self._cancel_impl(Handle(resource.job_id or "", resource.resource_id, resource.attempt or 1))
 
 
 def _capacity_wait(detail: dict[str, Any]) -> bool:
