@@ -8,6 +8,7 @@ from typing import Any
 
 from chalicelib.backends.agent import INPUT_NAME, RUN_STEPS_SH, UNPACK_CODE_SH, step_words
 from chalicelib.backends.base import (
+    CALL_REGION,
     ComputeBackend,
     Handle,
     LaunchResult,
@@ -195,20 +196,28 @@ class VertexBackend(ComputeBackend):
 
     def __init__(self, settings, client=None) -> None:
         super().__init__(settings)
-        self._client = client
+        # region -> JobServiceClient on that region's endpoint (a client handed in serves the deployment's)
+        self._clients: dict[str, Any] = {} if client is None else {settings.gcp_region: client}
+
+    @property
+    def region(self) -> str:
+        """The region of the job this call is about (base.CALL_REGION), else the deployment's."""
+        return CALL_REGION.get() or self.settings.gcp_region
 
     @property
     def client(self):
-        if self._client is None:
+        """The JobServiceClient of this call's region: Vertex serves each region at its own endpoint."""
+        region = self.region
+        if region not in self._clients:
             from google.cloud import aiplatform_v1
 
-            host = f"{self.settings.gcp_region}-aiplatform.googleapis.com"
-            self._client = aiplatform_v1.JobServiceClient(**client_kwargs(self.settings, host))
-        return self._client
+            host = f"{region}-aiplatform.googleapis.com"
+            self._clients[region] = aiplatform_v1.JobServiceClient(**client_kwargs(self.settings, host))
+        return self._clients[region]
 
     @property
     def parent(self) -> str:
-        return f"projects/{self.settings.gcp_project}/locations/{self.settings.gcp_region}"
+        return f"projects/{self.settings.gcp_project}/locations/{self.region}"
 
     # --- request building (pure: the client library's own types) ---------------------------
     def _validate_impl(self, spec: JobSpec) -> None:
