@@ -247,7 +247,8 @@ def sweep(service, active: dict[str, Job], now) -> list[Decision]:
             backend = service.backend(name)
             if not backend.reaps:
                 continue
-            resources = backend.list_managed()
+            known = frozenset(j.native_id for j in active.values() if j.backend == name and j.native_id)
+            resources = backend.list_managed(known)
         except JobplaneError as exc:
             decisions.append(Decision(name, Action.ERROR, f"listing {name} resources failed: {exc.message}"))
             continue

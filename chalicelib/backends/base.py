@@ -393,10 +393,15 @@ class ComputeBackend(ABC):
     #: True when list_managed / stop_resource are implemented (ad-hoc VMs must have them)
     reaps: ClassVar[bool] = False
 
-    def list_managed(self) -> list[ManagedResource]:
+    #: native ids the sweep already accounts for (the active jobs' current resources): a backend that reads
+    #: each listed resource again for its tags (ECS) leaves these out, since no rule stops a live job's own
+    known_native_ids: frozenset[str] = frozenset()
+
+    def list_managed(self, known: frozenset[str] = frozenset()) -> list[ManagedResource]:
         """Every resource tagged jobplane:managed=true for this stage (one tag-filtered list call)."""
         if not self.reaps:
             return []
+        self.known_native_ids = frozenset(known)
         return [r for r in self._list_managed_impl() if r.stage == self.settings.stage or r.unverified]
 
     def confirm(self, resources: list[ManagedResource]) -> list[ManagedResource]:

@@ -383,7 +383,8 @@ class EcsBackend(AwsBackend):
         paginator = self.client().get_paginator("list_tasks")
         with aws_errors("ecs", "ListTasks"):
             for page in paginator.paginate(cluster=self.settings.ecs_cluster, desiredStatus="RUNNING"):
-                arns.extend(page.get("taskArns", []))
+                # a live job's own task (reconcile described it this tick) is not read again
+                arns.extend(a for a in page.get("taskArns", []) if a not in self.known_native_ids)
         found = []
         for start in range(0, len(arns), self.describe_batch):
             with aws_errors("ecs", "DescribeTasks"):
