@@ -196,3 +196,18 @@ def test_another_stages_resources_are_listed_by_name_but_never_stopped(provider,
     assert provider.backend.confirm(provider.backend.list_managed()) == []
     assert sweep(service, {}, utcnow()) == []
     assert provider.running(launched.native_id)
+
+
+@pytest.mark.parametrize("provider", ["sagemaker"], indirect=True)
+def test_the_sagemaker_sweep_reuses_the_list_reconcile_just_read(provider, memory_store):
+    job = make_job(provider.name)
+    provider.launch(job)  # a job whose record is gone: the sweep stops it from the reused list
+    calls = provider.harness.calls
+    provider.backend.describe_many([Handle.of(job)])
+    listed = calls.count("sagemaker:ListTrainingJobs")
+    assert listed >= 2  # InProgress and Stopping, each at least one page
+    decisions = sweep(_service(provider, memory_store), {}, utcnow())
+    assert job.job_id in {d.job_id for d in decisions if d.action is Action.STOP_ORPHAN}
+    assert calls.count("sagemaker:ListTrainingJobs") == listed  # no second list in the same tick
+    sweep(_service(provider, memory_store), {}, utcnow())  # a later sweep with no fresh list lists itself
+    assert calls.count("sagemaker:ListTrainingJobs") > listed
