@@ -278,7 +278,10 @@ def _sweep_resources(service, backend, resources, active, now, policy, decisions
                 job = service.store.get_job(resource.job_id)  # finished jobs are not in the active map
             usage = None
             if resource.kind is ResourceKind.VM and job is not None and not job.terminal:
-                usage = backend.utilization(resource, policy.idle_minutes)
+                started = resource.launched_at or job.started_at
+                # a VM younger than the idle window cannot be judged idle: its heartbeat is not read
+                if started is not None and now - started >= timedelta(minutes=policy.idle_minutes):
+                    usage = backend.utilization(resource, policy.idle_minutes)
             decision = decide_resource(resource, job, now, policy, usage)
             if decision is None:
                 continue
