@@ -83,7 +83,7 @@ def queue_order(job) -> tuple:
 
 
 # --- account quotas, the pure part: which provider quota a job draws on, in the provider's own unit --------
-#: EC2's vCPU quotas per instance family group (Service Quotas, service code "ec2"): (on-demand, spot)
+#: EC2's vCPU quotas per instance family group (Service Quotas, EC2's service code): (on-demand, spot)
 EC2_VCPU_QUOTAS: dict[str, tuple[tuple[str, str], tuple[str, str]]] = {
     "G and VT": (
         ("L-DB2E81BA", "Running On-Demand G and VT instances"),
@@ -118,7 +118,7 @@ GCE_GPU_METRICS = {
 class QuotaNeed:
     """What one launch takes from one provider quota: `amount` `unit` of quota `code` (`name`) in `region`."""
 
-    service: str  # the quota's owner: "sagemaker", "ec2" (Service Quotas), "compute" (Compute Engine)
+    service: str  # which quotas: the descriptor's `quota` ("training-instances", "vcpus", "regional-gpus")
     region: str
     code: str | None  # EC2's L-... code, Compute's metric; None where the name is the key (SageMaker)
     name: str
@@ -173,28 +173,31 @@ def quota_needs(backend: str, spec: JobSpec, region: str) -> tuple[QuotaNeed, ..
     SageMaker counts training instances per type ("ml.g5.xlarge for training job usage"; spot has its own);
     EC2 counts running vCPUs per family group; Compute Engine counts GPUs per region and type (preemptible
     and spot GPUs under PREEMPTIBLE_*)."""
+    from chalicelib.backends import descriptor_or_none
     from chalicelib.errors import UnsupportedError
 
     resources = spec.resources
-    if resources.tpu:
+    found = descriptor_or_none(backend)
+    kind = found.quota if found is not None else None
+    if resources.tpu or kind is None:
         return ()
     try:
-        if backend == "sagemaker":
+        if kind == "training-instances":
             from chalicelib.backends.aws.base import instance_type_for
 
-            kind = instance_type_for(resources, "ml.")
+            instance = instance_type_for(resources, found.instance_prefix)
             usage = "spot training job usage" if resources.spot else "training job usage"
-            return (QuotaNeed("sagemaker", region, None, f"{kind} for {usage}", "instances", 1),)
-        if backend == "ec2":
+            return (QuotaNeed(kind, region, None, f"{instance} for {usage}", "instances", 1),)
+        if kind == "vcpus":
             from chalicelib.backends.aws.base import instance_type_for
 
-            kind = instance_type_for(resources)
-            group, vcpus = ec2_quota_group(kind), ec2_vcpus(kind)
+            instance = instance_type_for(resources, found.instance_prefix)
+            group, vcpus = ec2_quota_group(instance), ec2_vcpus(instance)
             if group is None or vcpus is None:
                 return ()
             code, name = EC2_VCPU_QUOTAS[group][1 if resources.spot else 0]
-            return (QuotaNeed("ec2", region, code, name, "vCPUs", vcpus),)
-        if backend == "gce" and resources.gpus:
+            return (QuotaNeed(kind, region, code, name, "vCPUs", vcpus),)
+        if kind == "regional-gpus" and resources.gpus:
             from chalicelib.backends.gcp.base import machine_for
 
             machine = machine_for(spec)
@@ -203,7 +206,7 @@ def quota_needs(backend: str, spec: JobSpec, region: str) -> tuple[QuotaNeed, ..
                 return ()
             if resources.spot:
                 metric = f"PREEMPTIBLE_{metric}"
-            return (QuotaNeed("compute", region, metric, metric, "GPUs", machine.gpu_count),)
+            return (QuotaNeed(kind, region, metric, metric, "GPUs", machine.gpu_count),)
     except UnsupportedError:
         return ()  # the backend's validate() says why it cannot run the job
     return ()

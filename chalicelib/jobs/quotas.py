@@ -79,7 +79,8 @@ class QuotaBook:
 
     # --- reading ------------------------------------------------------------------------------------------
     def figure(self, need: QuotaNeed) -> QuotaFigure | None:
-        key = (need.service, need.region, need.code if need.service == "ec2" else None)
+        # one read per list (SageMaker's, a Compute region) or per code (EC2 reads each quota by its code)
+        key = (need.service, need.region, need.code if need.service == "vcpus" else None)
         now = self.clock()
         with self._lock:
             cached = self._cache.get(key)
@@ -107,58 +108,20 @@ class QuotaBook:
         return aws_session.client(service, region, self.settings.aws_endpoint_url, aws_session.standard_retries())
 
     def _read(self, need: QuotaNeed) -> dict[str, QuotaFigure]:
-        if need.service == "sagemaker":
-            return self._read_sagemaker(need.region)
-        if need.service == "ec2":
-            return self._read_ec2(need.region, need.code or "")
-        if need.service == "compute":
-            return self._read_compute(need.region)
+        """The figures of the quotas behind `need` (one call, or every page of one list)."""
+        if need.service == "training-instances":
+            from chalicelib.backends.aws import quotas
+
+            return quotas.sagemaker_training(self.client("service-quotas", need.region), self._count)
+        if need.service == "vcpus":
+            from chalicelib.backends.aws import quotas
+
+            return quotas.ec2_vcpus(self.client("service-quotas", need.region), need.code or "", self._count)
+        if need.service == "regional-gpus":
+            from chalicelib.backends.gcp import quotas
+
+            return quotas.regional(self.settings, need.region, self._count)
         return {}
-
-    def _read_sagemaker(self, region: str) -> dict[str, QuotaFigure]:
-        """ListServiceQuotas(ServiceCode=sagemaker), every page: the applied values, keyed by QuotaName
-        (SageMaker's codes are opaque; the names say the instance type and the usage)."""
-        found: dict[str, QuotaFigure] = {}
-        client = self.client("service-quotas", region)
-        token = None
-        while True:
-            kwargs: dict[str, Any] = {"ServiceCode": "sagemaker", "MaxResults": 100}
-            if token:
-                kwargs["NextToken"] = token
-            self._count("ListServiceQuotas")
-            page = client.list_service_quotas(**kwargs)
-            for quota in page.get("Quotas", []):
-                name = str(quota.get("QuotaName") or "")
-                if name.endswith("training job usage") and "Value" in quota:
-                    found[name] = QuotaFigure(str(quota.get("QuotaCode") or name), name, float(quota["Value"]))
-            token = page.get("NextToken")
-            if not token:
-                return found
-
-    def _read_ec2(self, region: str, code: str) -> dict[str, QuotaFigure]:
-        """GetServiceQuota(ServiceCode=ec2, QuotaCode=L-...): the applied vCPU value of one family group."""
-        self._count("GetServiceQuota")
-        quota = self.client("service-quotas", region).get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]
-        return {code: QuotaFigure(code, str(quota.get("QuotaName") or code), float(quota["Value"]))}
-
-    def _read_compute(self, region: str) -> dict[str, QuotaFigure]:
-        """Compute Engine regions.get: `quotas[]` with metric, limit and usage (both in the metric's unit)."""
-        import urllib.parse
-
-        from chalicelib.backends.gcp import rest
-
-        base = (self.settings.gcp_api_endpoint or rest.COMPUTE).rstrip("/")
-        project = urllib.parse.quote(self.settings.gcp_project or "", safe="")
-        self._count("regions.get")
-        url = f"{base}/compute/v1/projects/{project}/regions/{urllib.parse.quote(region, safe='')}"
-        answer = rest.request(self.settings, "GET", url)
-        found: dict[str, QuotaFigure] = {}
-        for quota in answer.get("quotas", []):
-            metric = str(quota.get("metric") or "")
-            if metric:
-                usage = float(quota.get("usage") or 0.0)
-                found[metric] = QuotaFigure(metric, metric, float(quota.get("limit") or 0.0), usage)
-        return found
 
 
 _books: dict[int, QuotaBook] = {}

@@ -137,7 +137,11 @@ def test_sagemaker_quotas_are_read_by_name_over_every_page_and_cached_until_the_
     with stub:
         assert book.refusal("sagemaker", _a10g(), None) is None  # raised meanwhile: read again next tick
     (claim, limit), *_ = book.claims("sagemaker", _a10g(), None)
-    assert (claim.pool, claim.units, limit) == ("quota:sagemaker@us-east-1:ml.g5.xlarge for training job usage", 1, 3)
+    assert (claim.pool, claim.units, limit) == (
+        "quota:training-instances@us-east-1:ml.g5.xlarge for training job usage",
+        1,
+        3,
+    )
 
 
 def test_ec2_vcpu_quota_is_read_by_code(tmp_path):
@@ -220,7 +224,7 @@ def test_dispatch_fails_over_from_an_exhausted_quota_naming_it(memory_store, tmp
         "the job needs 1 instances; failing over to ec2"
     )
     # ec2 draws 4 vCPUs on its quota's counter (Service Quotas reports no usage): released when it ends
-    assert [c.to_list() for c in job.claims] == [["quota:ec2@us-east-1:L-DB2E81BA", 4]]
+    assert [c.to_list() for c in job.claims] == [["quota:vcpus@us-east-1:L-DB2E81BA", 4]]
 
 
 def test_the_quota_counter_holds_a_second_job_when_the_first_took_the_last_instance(memory_store, tmp_path):
@@ -233,7 +237,8 @@ def test_the_quota_counter_holds_a_second_job_when_the_first_took_the_last_insta
     assert first.status is JobStatus.LAUNCHING
     assert second.status is JobStatus.QUEUED
     assert second.status_reason == (
-        "waiting for capacity: quota:sagemaker@us-east-1:ml.g5.xlarge for training job usage is at its limit of 1"
+        "waiting for capacity: quota:training-instances@us-east-1:ml.g5.xlarge for training job usage "
+        "is at its limit of 1"
     )
 
 

@@ -64,6 +64,7 @@ VERTEX = BackendDescriptor(
 
 GCE = BackendDescriptor(
     name="gce",
+    quota="regional-gpus",
     implementation="chalicelib.backends.gcp.gce:GceBackend",
     cloud=Cloud.GCP,
     display_name="Compute Engine",
