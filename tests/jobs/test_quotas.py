@@ -267,3 +267,26 @@ def test_reconcile_reads_the_quotas_again_each_tick(memory_store, tmp_path):
         reconcile_all(service)  # the increase came through: this tick reads it and launches
     assert memory_store.get_job(job.job_id).status is JobStatus.LAUNCHING
     assert book.calls == {"ListServiceQuotas": 2}
+
+
+def test_a_read_quota_is_kept_five_minutes_and_the_policy_grants_the_reads(tmp_path):
+    from chalicelib.backends import descriptor
+
+    settings = make_settings(tmp_path, JOBPLANE_QUOTAS="read")
+    client, stub = _stubbed()
+    now = [1000.0]
+    book = QuotaBook(settings, client=lambda service, region: client, clock=lambda: now[0])
+    for value in (0, 1):
+        stub.add_response(
+            "list_service_quotas", {"Quotas": [_quota(G5_CODE, "ml.g5.xlarge for training job usage", value)]}
+        )
+    with stub:
+        assert book.refusal("sagemaker", _a10g(), None) is not None
+        now[0] += 299
+        assert book.refusal("sagemaker", _a10g(), None) is not None  # still the cached 0
+        now[0] += 2
+        assert book.refusal("sagemaker", _a10g(), None) is None  # read again after 5 minutes: 1
+    assert book.calls == {"ListServiceQuotas": 2}
+    assert "servicequotas:ListServiceQuotas" in descriptor("sagemaker").iam_actions
+    assert "servicequotas:GetServiceQuota" in descriptor("ec2").iam_actions
+    assert "compute.regions.get" in descriptor("gce").iam_actions
