@@ -287,9 +287,16 @@ def target(row: dict) -> tuple[int, str]:
     """(the most provider calls the issue's target allows this tick, what it counts)."""
     n = row["active"]
     batches = -(-n // 100)
-    if row["backend"] in ("aws-batch", "ecs"):
-        return batches, "ceil(active/100)"
+    if row["backend"] == "aws-batch":
+        # DescribeJobs, plus the orphan sweep's ListJobs: one page per queue (2) and live status (5), the
+        # RUNNING one of the fleet's queue ceil(active/100) pages
+        return batches + (batches + 9), "ceil(active/100) + the sweep's list pages"
+    if row["backend"] == "ecs":
+        # DescribeTasks, plus the sweep's ListTasks pages (the fleet's own tasks are not described again)
+        return 2 * batches, "ceil(active/100) + the sweep's list pages"
     if row["backend"] == "sagemaker":
+        # InProgress + Stopping (moto pages Stopping over every job of the region; SageMaker: 1 page); the sweep
+        # reuses the InProgress list
         return 2 * batches, "list pages (InProgress + Stopping)"
     return -(-n // 1000) * 2, "list pages (describe_many + the sweep)"
 

@@ -291,6 +291,9 @@ class Settings:
     # Concurrent-use limits of the quota-aware queue: "backend:family" -> units (GPUs; a CPU job is 1).
     # `family` is an instance family (ml.g5, g5), a GPU type (A10G), `cpu`, or `*` for every GPU family.
     capacity_limits: tuple[tuple[str, int], ...] = setting("JOBPLANE_CAPACITY_LIMITS", (), Limits())
+    # Account quotas (Service Quotas for SageMaker and EC2, Compute Engine's regional GPU quotas), read before
+    # each launch and cached for a reconcile tick: a candidate whose quota cannot take the job is failed over.
+    quotas: str = setting("JOBPLANE_QUOTAS", "read", Choice(("read", "off")))
     # --- Google Cloud (Vertex AI, GCE, Cloud Functions) ---------------------------------------
     # The project and region GCP backends run in; required when vertex or gce is enabled.
     gcp_project: str | None = setting("JOBPLANE_GCP_PROJECT", None)

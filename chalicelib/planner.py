@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING
@@ -76,7 +77,9 @@ def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make, settings: S
     for claim, limit in claims_for(name, spec, limits, settings):
         if limit < claim.units:
             return f"{claim.pool} allows {limit} here (JOBPLANE_CAPACITY_LIMITS)"
-    return None
+    from chalicelib.jobs.quotas import book_for
+
+    return book_for(settings).refusal(name, spec, None)  # dispatch checks again in the job's own region
 
 
 def _describe(spec: JobSpec) -> str:
@@ -118,7 +121,7 @@ def candidates(spec: JobSpec, first: str, settings: Settings, make: Callable[[st
     found: list[str] = []
     refused: list[str] = []
     for backend in dict.fromkeys((first, *spec.fallback)):
-        regions = _regions(backend, spec, settings, refused)
+        regions = _regions(backend, spec, refused)
         options = [Candidate(backend, r, g) for r in regions for g in gpu_types]
         order = {c: i for i, c in enumerate(options)}
         priced = {c: _price(c, spec, settings) for c in options}
@@ -132,19 +135,29 @@ def candidates(spec: JobSpec, first: str, settings: Settings, make: Callable[[st
     return tuple(dict.fromkeys(found))
 
 
-def _regions(backend: str, spec: JobSpec, settings: Settings, refused: list[str]) -> list[str | None]:
+#: how each cloud spells a region: AWS us-east-1 / us-gov-west-1, Google Cloud us-central1 / europe-west4
+_REGION_NAMES = {
+    Cloud.AWS: re.compile(r"^[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+$"),
+    Cloud.GCP: re.compile(r"^[a-z]+-[a-z]+\d+$"),
+}
+
+
+def _regions(backend: str, spec: JobSpec, refused: list[str]) -> list[str | None]:
     """The spec's regions this backend can run in (None: the deployment's region, when the spec names none).
-    AWS backends build clients for any region; a GCP backend runs in the deployment's region only; local in none."""
+    AWS and GCP backends build their clients for the job's region (its endpoint, its zone), so each takes the
+    spec's regions that its cloud names that way; local and Kubernetes run where they are."""
     if not spec.regions:
         return [None]
     found = descriptor_or_none(backend)
     cloud = found.cloud if found else None
-    if cloud is Cloud.AWS:
-        return list(spec.regions)
-    if cloud is Cloud.GCP and settings.gcp_region in spec.regions:
-        return [settings.gcp_region]
-    where = f"only {settings.gcp_region} in this deployment" if cloud is Cloud.GCP else "no region (it runs here)"
-    refused.append(f"{backend} runs in {where}, the spec names {', '.join(spec.regions)}")
+    pattern = _REGION_NAMES.get(cloud) if cloud is not None else None
+    if pattern is not None:
+        mine = [r for r in spec.regions if pattern.match(r)]
+        if mine:
+            return mine
+        refused.append(f"{backend} runs in {cloud.value} regions, the spec names {', '.join(spec.regions)}")
+        return []
+    refused.append(f"{backend} runs in no region (it runs here), the spec names {', '.join(spec.regions)}")
     return []
 
 

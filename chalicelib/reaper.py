@@ -247,30 +247,56 @@ def sweep(service, active: dict[str, Job], now) -> list[Decision]:
             backend = service.backend(name)
             if not backend.reaps:
                 continue
-            resources = backend.list_managed()
+            known = frozenset(j.native_id for j in active.values() if j.backend == name and j.native_id)
+            resources = backend.list_managed(known)
         except JobplaneError as exc:
             decisions.append(Decision(name, Action.ERROR, f"listing {name} resources failed: {exc.message}"))
             continue
-        for resource in resources:
-            try:
-                job = active.get(resource.job_id) if resource.job_id else None
-                if job is None and resource.job_id:
-                    job = service.store.get_job(resource.job_id)  # finished jobs are not in the active map
-                usage = None
-                if resource.kind is ResourceKind.VM and job is not None and not job.terminal:
-                    usage = backend.utilization(resource, policy.idle_minutes)
-                decision = decide_resource(resource, job, now, policy, usage)
-                if decision is None:
-                    continue
-                apply(service, decision, job, resource=resource, backend=backend)
-                log.info("reaper: %s %s (%s)", decision.action.value, resource.resource_id, decision.reason)
-                decisions.append(decision)
-            except JobplaneError as exc:
-                decisions.append(Decision(resource.resource_id, Action.ERROR, exc.message))
-            except Exception as exc:  # best-effort loop: one resource must not stop the sweep
-                log.exception("reaping %s failed", resource.resource_id)
-                decisions.append(Decision(resource.resource_id, Action.ERROR, f"{type(exc).__name__}: {exc}"))
+        unverified = _sweep_resources(service, backend, resources, active, now, policy, decisions)
+        if not unverified:
+            continue
+        # Listed by name only: their own tags are read (one call per batch the provider allows) for those
+        # that would be stopped, and only this stage's jobplane resources are judged again and stopped.
+        try:
+            confirmed = backend.confirm(unverified)
+        except JobplaneError as exc:
+            decisions.append(
+                Decision(name, Action.ERROR, f"reading the tags of {name} resources failed: {exc.message}")
+            )
+            continue
+        _sweep_resources(service, backend, confirmed, active, now, policy, decisions)
     return decisions
+
+
+def _sweep_resources(service, backend, resources, active, now, policy, decisions) -> list[ManagedResource]:
+    """Judge and stop each resource; return the unverified ones that would be stopped (confirm them first)."""
+    pending: list[ManagedResource] = []
+    for resource in resources:
+        try:
+            job = active.get(resource.job_id) if resource.job_id else None
+            if job is None and resource.job_id:
+                job = service.store.get_job(resource.job_id)  # finished jobs are not in the active map
+            usage = None
+            if resource.kind is ResourceKind.VM and job is not None and not job.terminal:
+                started = resource.launched_at or job.started_at
+                # a VM younger than the idle window cannot be judged idle: its heartbeat is not read
+                if started is not None and now - started >= timedelta(minutes=policy.idle_minutes):
+                    usage = backend.utilization(resource, policy.idle_minutes)
+            decision = decide_resource(resource, job, now, policy, usage)
+            if decision is None:
+                continue
+            if resource.unverified:
+                pending.append(resource)
+                continue
+            apply(service, decision, job, resource=resource, backend=backend)
+            log.info("reaper: %s %s (%s)", decision.action.value, resource.resource_id, decision.reason)
+            decisions.append(decision)
+        except JobplaneError as exc:
+            decisions.append(Decision(resource.resource_id, Action.ERROR, exc.message))
+        except Exception as exc:  # best-effort loop: one resource must not stop the sweep
+            log.exception("reaping %s failed", resource.resource_id)
+            decisions.append(Decision(resource.resource_id, Action.ERROR, f"{type(exc).__name__}: {exc}"))
+    return pending
 
 
 def apply(
@@ -322,6 +348,7 @@ def reconcile_all(
 ) -> list[dict[str, Any]]:
     """The scheduled run: jobs (heal, sweep, queue), their metrics, then dev VMs (idle, max hours), then
     inference endpoints (their state, and deletion of the idle ones)."""
+    service.dispatcher.quotas.new_tick()  # account quotas are read again once per tick (jobs/quotas.py)
     jobs = list(service.store.iter_active())  # one read of the active index for the whole tick
     results = [d.to_dict() for d in reconcile(service, fan_out, jobs=jobs)]
     results.extend(read_metrics(service, jobs))

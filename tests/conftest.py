@@ -65,6 +65,8 @@ def fake_gcp(fake_server):
     fake_server.fail_next.clear()
     fake_server.operations.clear()
     fake_server.operation_errors.clear()
+    fake_server.region_quotas.clear()
+    fake_server.region_zones.clear()
     fake_server._ids = 1000
     return fake_server
 

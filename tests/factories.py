@@ -62,6 +62,7 @@ def make_settings(tmp_path, endpoint=None, **overrides):
         "JOBPLANE_LOCAL_STATE_DIR": str(tmp_path / "jobs"),
         "JOBPLANE_LOCAL_RUN_AS": os.environ["JOBPLANE_LOCAL_RUN_AS"],
         "AWS_REGION": "us-east-1",
+        "JOBPLANE_QUOTAS": "off",  # a test that reads quotas says so (tests/jobs/test_quotas.py)
     }
     if endpoint:
         env["AWS_ENDPOINT_URL"] = endpoint

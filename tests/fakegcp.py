@@ -62,6 +62,9 @@ class FakeGcp:
         # Errors the next zone operations end with, in order (Operation.error, e.g. a GPU stockout); an
         # insert that fails this way leaves no instance, as on Compute Engine.
         self.operation_errors: list[dict[str, Any]] = []
+        # Compute Engine's regions (regions.get): their quotas (metric, limit, usage) and zone names, by region.
+        self.region_quotas: dict[str, list[dict[str, Any]]] = {}
+        self.region_zones: dict[str, list[str]] = {}
         self._ids = 1000
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -126,6 +129,17 @@ class FakeGcp:
                 if all(inst.get("labels", {}).get(k) == v for k, v in wanted.items()):
                     items.setdefault(f"zones/{zone}", {"instances": []})["instances"].append(inst)
             return 200, {"kind": "compute#instanceAggregatedList", "items": items}
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)/regions/([^/]+)", path)
+        if m and method == "GET":
+            # regions.get: a Region, its quotas as Compute Engine lists them (metric, limit, usage)
+            if m[2] not in self.region_quotas and m[2] not in self.region_zones:
+                return _error(404, "NOT_FOUND", f"The resource 'regions/{m[2]}' was not found", "notFound")
+            zones = [
+                f"https://www.googleapis.com/compute/v1/projects/{m[1]}/zones/{z}"
+                for z in self.region_zones.get(m[2], [])
+            ]
+            quotas = self.region_quotas.get(m[2], [])
+            return 200, {"kind": "compute#region", "name": m[2], "status": "UP", "zones": zones, "quotas": quotas}
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)", path)
         if m and method == "GET":
             # zoneOperations.get: the operation as it is now (DONE once the fake finished it, with its error)

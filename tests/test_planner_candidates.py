@@ -50,18 +50,17 @@ def test_backends_keep_the_spec_order_and_each_backends_options_go_cheapest_firs
     assert (found[0].gpu_type, found[4].gpu_type) == ("A10G", "A10G")
 
 
-def test_a_gcp_backend_runs_in_the_deployments_region_only(aws):
+def test_each_cloud_takes_the_regions_it_names_and_a_gcp_backend_runs_in_any_of_its_own(aws):
     settings, make = aws
     spec = noop_spec(image="train:1", backend="vertex", fallback=["ec2"], regions=["us-east-1"])
     assert candidates(spec, "vertex", settings, make) == ("ec2@us-east-1",)
-    only_vertex = noop_spec(image="train:1", backend="vertex", regions=["europe-west4"])
+    both = noop_spec(image="train:1", backend="vertex", fallback=["ec2"], regions=["europe-west4", "us-east-1"])
+    assert candidates(both, "vertex", settings, make) == ("vertex@europe-west4", "ec2@us-east-1")
+    only_vertex = noop_spec(image="train:1", backend="vertex", regions=["us-east-1"])
     with pytest.raises(ValidationError) as err:
         candidates(only_vertex, "vertex", settings, make)
     assert err.value.details == [
-        {
-            "field": "regions",
-            "message": "vertex runs in only us-central1 in this deployment, the spec names europe-west4",
-        }
+        {"field": "regions", "message": "vertex runs in gcp regions, the spec names us-east-1"}
     ]
 
 

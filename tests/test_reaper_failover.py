@@ -29,6 +29,14 @@ def runnable(job, queue: str) -> dict:
     }
 
 
+def sweep_lists(stub, service) -> None:
+    """The tick's orphan sweep: Batch ListJobs for each job queue and live status (nothing else live here)."""
+    backend = service.backend("aws-batch")
+    for queue in backend.queues():
+        for status in backend.LIVE_STATUSES:
+            stub.add_response("list_jobs", {"jobSummaryList": []}, {"jobQueue": queue, "jobStatus": status})
+
+
 def test_a_batch_job_runnable_past_the_capacity_wait_is_stopped_and_launched_on_ec2(memory_store, tmp_path):
     with moto_service(memory_store, tmp_path, "aws-batch,ec2,local") as (service, ec2):
         spec = noop_spec(image="train:1", backend="aws-batch", fallback=["ec2"], capacity_wait_minutes=30)
@@ -38,6 +46,7 @@ def test_a_batch_job_runnable_past_the_capacity_wait_is_stopped_and_launched_on_
         queue = service.settings.batch_job_queue
         with Stubber(batch) as stub:
             stub.add_response("describe_jobs", {"jobs": [runnable(job, queue)]}, {"jobs": [job.native_id]})
+            sweep_lists(stub, service)
             assert [d.action for d in reconcile(service)] == [Action.QUEUE_WAIT]
             stub.assert_no_pending_responses()
         waiting = memory_store.get_job(job.job_id)
@@ -47,6 +56,7 @@ def test_a_batch_job_runnable_past_the_capacity_wait_is_stopped_and_launched_on_
         with Stubber(batch) as stub:
             stub.add_response("describe_jobs", {"jobs": [runnable(job, queue)]}, {"jobs": [job.native_id]})
             stub.add_response("terminate_job", {}, {"jobId": job.native_id, "reason": ANY})
+            sweep_lists(stub, service)
             assert [d.action for d in reconcile(service)] == [Action.QUEUE_FAILOVER]
             stub.assert_no_pending_responses()
         moved = memory_store.get_job(job.job_id)

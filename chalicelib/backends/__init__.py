@@ -99,6 +99,10 @@ class BackendDescriptor:
     #: planner orders a backend's regions and GPU types by it); None: not priced by instance type
     price_table: str | None = None
     instance_prefix: str = ""
+    #: the account quota a launch draws on, which jobs/capacity.quota_needs reads in the provider's unit:
+    #: "training-instances" (SageMaker's per-type Service Quotas), "vcpus" (EC2's per family group),
+    #: "regional-gpus" (Compute Engine's per region); None: none is read
+    quota: str | None = None
     #: "module:Class" of the ComputeBackend (whose `descriptor` is this one); None when the class itself
     #: is registered
     implementation: str | None = None

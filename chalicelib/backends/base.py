@@ -206,6 +206,9 @@ class ManagedResource:
     job_id: str | None = None
     attempt: int | None = None
     launched_at: datetime | None = None
+    #: listed by name only (a managed service's list shows no tags): its own tags are read (confirm) before
+    #: anything is done to it, and until then it has no stage
+    unverified: bool = False
 
     @property
     def running(self) -> bool:
@@ -390,11 +393,27 @@ class ComputeBackend(ABC):
     #: True when list_managed / stop_resource are implemented (ad-hoc VMs must have them)
     reaps: ClassVar[bool] = False
 
-    def list_managed(self) -> list[ManagedResource]:
+    #: native ids the sweep already accounts for (the active jobs' current resources): a backend that reads
+    #: each listed resource again for its tags (ECS) leaves these out, since no rule stops a live job's own
+    known_native_ids: frozenset[str] = frozenset()
+
+    def list_managed(self, known: frozenset[str] = frozenset()) -> list[ManagedResource]:
         """Every resource tagged jobplane:managed=true for this stage (one tag-filtered list call)."""
         if not self.reaps:
             return []
-        return [r for r in self._list_managed_impl() if r.stage == self.settings.stage]
+        self.known_native_ids = frozenset(known)
+        return [r for r in self._list_managed_impl() if r.stage == self.settings.stage or r.unverified]
+
+    def confirm(self, resources: list[ManagedResource]) -> list[ManagedResource]:
+        """Of resources listed unverified, those whose own tags say this stage's jobplane made them, with the
+        tags' job and attempt; the rest (untagged, another stage's) are dropped, so never touched."""
+        if not resources:
+            return []
+        found = self._confirm_impl([r for r in resources if r.unverified])
+        return [r for r in found if not r.unverified and r.stage == self.settings.stage and r.backend == self.name]
+
+    def _confirm_impl(self, resources: list[ManagedResource]) -> list[ManagedResource]:
+        return []  # a backend that lists unverified resources reads their tags here
 
     def stop_resource(self, resource: ManagedResource, reason: str) -> None:
         """Stop (or terminate) a tagged resource and record on it who stopped it and why."""

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from chalicelib.backends.base import ComputeBackend
 from chalicelib.config import Settings
-from chalicelib.errors import BackendError, CapacityExhaustedError, StaleStateError
+from chalicelib.errors import BackendError, CapacityExhaustedError, QuotaError, StaleStateError
 from chalicelib.jobs.capacity import claims_for, queue_order
 from chalicelib.jobs.machine import failover
 from chalicelib.jobs.model import (
@@ -83,8 +83,18 @@ class Dispatcher:
         self.apply_event = apply_event
         self.sleep = sleep
 
+    @property
+    def quotas(self):
+        """The account quotas this process read (jobs/quotas.py), cached for a reconcile tick."""
+        from chalicelib.jobs.quotas import book_for
+
+        return book_for(self.settings)
+
     def claims(self, job: Job):
-        return claims_for(job.backend, job.spec, dict(self.settings.capacity_limits), self.settings)
+        """The operator's pools (JOBPLANE_CAPACITY_LIMITS) and the counters of the account quotas the job draws
+        on whose usage the provider does not report (their limit: the quota's value)."""
+        operator = claims_for(job.backend, job.spec, dict(self.settings.capacity_limits), self.settings)
+        return operator + tuple(self.quotas.claims(job.backend, job.spec, job.region))
 
     def dispatch(self, job: Job) -> Job:
         """Launch a QUEUED job: claim it (and its capacity) with one guarded write, then ask the backend.
@@ -94,6 +104,9 @@ class Dispatcher:
         name = native_name(job.job_id, job.attempt)
         # Services that address a resource by the name we give it have their id before the launch call.
         named = {"native_id": name} if self.backend(job.backend).named_by_us else {}
+        refused = self.quotas.refusal(job.backend, job.spec, job.region)
+        if refused:  # the account's quota cannot take it here: the next candidate, as a provider refusal would
+            return self._failover(job, QuotaError(refused))
         claims = self.claims(job)
         transition = Transition(
             job.job_id,

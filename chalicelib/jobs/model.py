@@ -8,9 +8,24 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from chalicelib.jobs.capacity import Claim
 from chalicelib.jobs.metrics import Cursor
 from chalicelib.jobs.spec_types import JobSpec
+
+
+@dataclass(frozen=True)
+class Claim:
+    """`units` of pool `pool` (e.g. "sagemaker:A10G"), held by a job from LAUNCHING until it ends (the pools
+    are decided in jobs/capacity.py)."""
+
+    pool: str
+    units: int
+
+    def to_list(self) -> list[Any]:
+        return [self.pool, self.units]
+
+    @classmethod
+    def from_list(cls, raw: list[Any]) -> Claim:
+        return cls(str(raw[0]), int(raw[1]))
 
 
 class JobStatus(str, Enum):

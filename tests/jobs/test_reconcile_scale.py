@@ -88,16 +88,22 @@ def batch_fleet(request, tmp_path):
         submitted = client.submit_job(**backend.submit_request(job, handle, definition))
         job = job.with_changes(native_id=submitted["jobId"], native_name=handle.native_name, updated_at=NOW)
         store.create_job(job.with_changes(updated_at=NOW - timedelta(seconds=i)), make_history(job))
-    service = JobService(store, settings, backend_factory=lambda name, _settings: backend)
+    only = replace(settings, enabled_backends=("aws-batch",), default_backend="aws-batch")
+    service = JobService(store, only, backend_factory=lambda name, _settings: backend)
     harness.calls.clear()
     return service, harness.calls
+
+
+# the orphan sweep's ListJobs: one page per job queue (CPU and GPU) and live status (SUBMITTED ... RUNNING);
+# moto ended the fleet's jobs, so none is live and no queue has a second page
+SWEEP_LISTS = 2 * 5
 
 
 def test_250_active_batch_jobs_cost_3_describe_jobs_calls_and_no_second_read_of_a_job(batch_fleet):
     service, calls = batch_fleet
     dynamodb = count_dynamodb(service.store)
     decisions = reconcile(service)
-    assert collections.Counter(calls) == {"batch:DescribeJobs": 3}
+    assert collections.Counter(calls) == {"batch:DescribeJobs": 3, "batch:ListJobs": SWEEP_LISTS}
     healed = [d for d in decisions if d.action is Action.APPLY]
     assert len(decisions) == 250 and healed  # moto ran them: their end is applied
     # one active-index query; each heal is its guarded write and its history entry, with no GetItem
@@ -113,12 +119,13 @@ def test_shards_handed_on_read_each_job_once_and_together_make_the_same_3_calls(
     decisions = reconcile(service, fan_out=handed.append)
     assert [len(s) for s in handed] == [100, 50]
     assert [d.action for d in decisions].count(Action.SHARD) == 2
-    assert collections.Counter(calls) == {"batch:DescribeJobs": 1}  # the shard this invocation kept
+    # the shard this invocation kept, and the sweep (the schedule's own invocation sweeps)
+    assert collections.Counter(calls) == {"batch:DescribeJobs": 1, "batch:ListJobs": SWEEP_LISTS}
     dynamodb = count_dynamodb(service.store)
     for shard in handed:
         shard_decisions = reconcile_shard(service, shard)
         assert sorted(d.job_id for d in shard_decisions) == sorted(shard)
-    assert collections.Counter(calls) == {"batch:DescribeJobs": 3}
+    assert collections.Counter(calls) == {"batch:DescribeJobs": 3, "batch:ListJobs": SWEEP_LISTS}
     assert dynamodb["BatchGetItem"] == 2 and dynamodb["GetItem"] == 0 and dynamodb["Query"] == 0
 
 

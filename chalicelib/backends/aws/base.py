@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from chalicelib.backends.base import CALL_REGION, ComputeBackend, Handle, job_env, parse_native_name
+from chalicelib.backends.base import CALL_REGION, ComputeBackend, Handle, ManagedResource, job_env, parse_native_name
 from chalicelib.errors import UnsupportedError
 
 if TYPE_CHECKING:
@@ -188,6 +189,14 @@ class AwsBackend(ComputeBackend):
             with aws_errors("sts", "GetCallerIdentity"):
                 self._account = self.client("sts").get_caller_identity()["Account"]
         return role_arn(name_or_arn, self._account)
+
+    def confirmed(self, resource: ManagedResource, tags: dict[str, str]) -> ManagedResource | None:
+        """`resource` as its own tags describe it, when they say this deployment made it; else None."""
+        parsed = self.ours(tags)
+        if parsed is None:
+            return None
+        job_id, attempt = parsed
+        return replace(resource, stage=tags[TAG_STAGE], job_id=job_id, attempt=attempt, unverified=False)
 
     def ours(self, tags: dict[str, str]) -> tuple[str, int] | None:
         """(job_id, attempt) when the tags say this deployment made the resource, else None."""

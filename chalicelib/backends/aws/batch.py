@@ -11,7 +11,17 @@ from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import Stream, read_streams
 from chalicelib.backends.aws.descriptors import BATCH
 from chalicelib.backends.aws.errors import aws_errors
-from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
+from chalicelib.backends.base import (
+    Handle,
+    LaunchResult,
+    LogChunk,
+    ManagedResource,
+    Observation,
+    Offset,
+    PowerState,
+    ResourceKind,
+    parse_native_name,
+)
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
@@ -373,6 +383,70 @@ class BatchBackend(AwsBackend):
                 detail = by_id.get(h.native_id)
                 found[h.job_id] = None if detail is None else self.observe(detail, h.job_id, h.attempt)
         return found
+
+    # --- the orphan sweep: every live job in jobplane's queues, tags read only before one is stopped -------
+    #: the statuses of a job that still holds (or waits for) compute
+    LIVE_STATUSES = ("SUBMITTED", "PENDING", "RUNNABLE", "STARTING", "RUNNING")
+
+    def queues(self) -> list[str]:
+        return list(
+            dict.fromkeys(
+                q
+                for q in (
+                    self.settings.batch_job_queue,
+                    self.settings.batch_gpu_job_queue,
+                    self.settings.batch_spot_job_queue,
+                )
+                if q
+            )
+        )
+
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        """ListJobs per queue and live status (a summary has no tags): the jp- names, unverified."""
+        found = []
+        paginator = self.client().get_paginator("list_jobs")
+        for queue in self.queues():
+            for status in self.LIVE_STATUSES:
+                with aws_errors("batch", "ListJobs"):
+                    for page in paginator.paginate(jobQueue=queue, jobStatus=status):
+                        for summary in page.get("jobSummaryList", []):
+                            parsed = parse_native_name(summary.get("jobName"))
+                            if parsed is None:
+                                continue  # not a name jobplane gives
+                            found.append(
+                                ManagedResource(
+                                    backend=self.name,
+                                    resource_id=str(summary["jobId"]),
+                                    kind=ResourceKind.JOB,
+                                    state=str(summary.get("status") or status),
+                                    power=PowerState.RUNNING,
+                                    stage=None,
+                                    native_name=summary.get("jobName"),
+                                    job_id=parsed[0],
+                                    attempt=parsed[1],
+                                    launched_at=epoch_ms(summary.get("createdAt")),
+                                    unverified=True,
+                                )
+                            )
+        return found
+
+    def _confirm_impl(self, resources: list[ManagedResource]) -> list[ManagedResource]:
+        """DescribeJobs (100 ids a call) carries each job's tags."""
+        found = []
+        for start in range(0, len(resources), self.describe_batch):
+            chunk = resources[start : start + self.describe_batch]
+            with aws_errors("batch", "DescribeJobs"):
+                jobs = self.client().describe_jobs(jobs=[r.resource_id for r in chunk]).get("jobs", [])
+            tags = {j.get("jobId"): j.get("tags") or {} for j in jobs}
+            for resource in chunk:
+                mine = self.confirmed(resource, tags.get(resource.resource_id, {}))
+                if mine is not None:
+                    found.append(mine)
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        with aws_errors("batch", "TerminateJob"):
+            self.client().terminate_job(jobId=resource.resource_id, reason=reason[:1024])
 
 
 _EMULATOR_REFUSAL = "containerProperties or eksProperties must be provided"

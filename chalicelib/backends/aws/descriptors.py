@@ -42,6 +42,7 @@ SAGEMAKER = BackendDescriptor(
     name="sagemaker",
     price_table="sagemaker",
     instance_prefix="ml.",
+    quota="training-instances",
     implementation="chalicelib.backends.aws.sagemaker:SageMakerBackend",
     cloud=Cloud.AWS,
     display_name="SageMaker",
@@ -53,12 +54,15 @@ SAGEMAKER = BackendDescriptor(
         "sagemaker:DescribeTrainingJob",
         "sagemaker:ListTrainingJobs",  # reconcile reads the running jobs 100 a page
         "sagemaker:StopTrainingJob",
-        "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it
+        "sagemaker:AddTags",  # CreateTrainingJob with Tags needs it; the sweep's stopped-by mark
+        "sagemaker:ListTags",  # the sweep reads a listed job's tags before it stops one
+        "servicequotas:ListServiceQuotas",  # "ml.<type> for training job usage" (jobs/quotas.py)
         "logs:DescribeLogStreams",  # the job's output: /aws/sagemaker/TrainingJobs, <job>/algo-N-<epoch>
         "logs:GetLogEvents",
     ),
     console_url=sagemaker_console_url,
     unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
+    reaps=True,  # the orphan sweep: running jp- training jobs whose tags name this stage
 )
 
 BATCH = BackendDescriptor(
@@ -83,6 +87,7 @@ BATCH = BackendDescriptor(
         # The helpers' AWS CLI alias file is put under code/, which the API's CodeUploads statement covers.
     ),
     console_url=batch_console_url,
+    reaps=True,  # the orphan sweep: this stage's tagged jobs whose job is terminal or gone
     unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
 )
 
@@ -106,6 +111,7 @@ ECS = BackendDescriptor(
         "logs:GetLogEvents",  # the job's output, which the awslogs driver writes to ecs_log_group
     ),
     console_url=ecs_console_url,
+    reaps=True,  # the orphan sweep: this stage's tagged tasks whose job is terminal or gone
     unsupported_features={
         "tpu": "TPUs exist only on Vertex AI",
         "spot": "ECS takes spot capacity from the cluster's capacity providers, not per job; use sagemaker or ec2",
@@ -115,6 +121,7 @@ ECS = BackendDescriptor(
 EC2 = BackendDescriptor(
     name="ec2",
     price_table="ec2",
+    quota="vcpus",
     implementation="chalicelib.backends.aws.ec2:Ec2Backend",
     cloud=Cloud.AWS,
     display_name="EC2",
@@ -127,6 +134,7 @@ EC2 = BackendDescriptor(
         "ec2:DescribeInstances",
         "ec2:TerminateInstances",
         "ec2:CreateTags",  # RunInstances with TagSpecifications, and the stopped-by mark
+        "servicequotas:GetServiceQuota",  # the vCPU quota of the instance's family group (jobs/quotas.py)
         "s3:GetObject",  # the exit status the VM uploads (artifacts bucket only)
     ),
     console_url=ec2_console_url,

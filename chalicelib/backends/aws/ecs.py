@@ -10,7 +10,17 @@ from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import read_streams
 from chalicelib.backends.aws.descriptors import ECS
 from chalicelib.backends.aws.errors import aws_errors
-from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
+from chalicelib.backends.base import (
+    Handle,
+    LaunchResult,
+    LogChunk,
+    ManagedResource,
+    Observation,
+    Offset,
+    PowerState,
+    ResourceKind,
+    parse_native_name,
+)
 from chalicelib.errors import BackendError, CapacityError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
@@ -364,6 +374,48 @@ class EcsBackend(AwsBackend):
                 task = by_arn.get(h.native_id)
                 found[h.job_id] = None if task is None else self.observe(task, h.job_id, h.attempt)
         return found
+
+    # --- the orphan sweep: the cluster's running tasks, with their tags -----------------------------------
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        """ListTasks RUNNING (100 a page), then DescribeTasks with their tags (100 a call): only tasks whose
+        tags name this stage's jobplane are returned (the cluster may run others' tasks)."""
+        arns: list[str] = []
+        paginator = self.client().get_paginator("list_tasks")
+        with aws_errors("ecs", "ListTasks"):
+            for page in paginator.paginate(cluster=self.settings.ecs_cluster, desiredStatus="RUNNING"):
+                # a live job's own task (reconcile described it this tick) is not read again
+                arns.extend(a for a in page.get("taskArns", []) if a not in self.known_native_ids)
+        found = []
+        for start in range(0, len(arns), self.describe_batch):
+            with aws_errors("ecs", "DescribeTasks"):
+                tasks = (
+                    self.client()
+                    .describe_tasks(
+                        cluster=self.settings.ecs_cluster, tasks=arns[start : start + 100], include=["TAGS"]
+                    )
+                    .get("tasks", [])
+                )
+            for task in tasks:
+                tags = {t.get("key"): t.get("value") for t in task.get("tags") or []}
+                state = str(task.get("lastStatus") or "")
+                listed = ManagedResource(
+                    backend=self.name,
+                    resource_id=str(task["taskArn"]),
+                    kind=ResourceKind.JOB,
+                    state=state,
+                    power=PowerState.GONE if state in ("DEPROVISIONING", "STOPPED") else PowerState.RUNNING,
+                    stage=None,
+                    native_name=task.get("startedBy"),
+                    launched_at=epoch_ms(task.get("startedAt") or task.get("createdAt")),
+                )
+                mine = self.confirmed(listed, tags)
+                if mine is not None:
+                    found.append(mine)
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        with aws_errors("ecs", "StopTask"):
+            self.client().stop_task(cluster=self.settings.ecs_cluster, task=resource.resource_id, reason=reason[:255])
 
 
 def ecs_failure_kind(stop_code: str, exit_code: Any, reason: str) -> FailureKind:

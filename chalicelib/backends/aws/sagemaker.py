@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends.aws import staging
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
+from chalicelib.backends.aws.base import TAG_STOPPED_BY, AwsBackend, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.descriptors import SAGEMAKER
 from chalicelib.backends.aws.errors import aws_errors, error_code
-from chalicelib.backends.base import Handle, LaunchResult, LogChunk, Observation, Offset, parse_native_name
+from chalicelib.backends.base import (
+    CALL_REGION,
+    Handle,
+    LaunchResult,
+    LogChunk,
+    ManagedResource,
+    Observation,
+    Offset,
+    PowerState,
+    ResourceKind,
+    parse_native_name,
+)
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
@@ -25,6 +38,8 @@ MAX_ENV = 48
 MAX_CONTAINER_ARG = 256  # CreateTrainingJob's limit on each ContainerEntrypoint / ContainerArguments item
 MAX_CONTAINER_ARGS = 100  # ... and on their number
 MAX_CHANNELS = 20
+#: how long the sweep may use the InProgress list describe_many read (the same tick), instead of listing again
+LISTING_REUSE_SECONDS = 120.0
 
 
 class SageMakerBackend(AwsBackend):
@@ -32,6 +47,11 @@ class SageMakerBackend(AwsBackend):
     services = ("sagemaker",)
     stages_files = True
     named_by_us = True  # every SageMaker call takes the TrainingJobName we chose
+
+    def __init__(self, settings) -> None:
+        super().__init__(settings)
+        self._arns: dict[str, str] = {}  # training job name -> ARN, as the sweep's last list showed it
+        self._listed: tuple[float, list[dict[str, Any]]] | None = None  # describe_many's InProgress list
 
     def roles(self) -> tuple[tuple[str, str], ...]:
         """(role, service it is passed to): the only iam:PassRole this backend needs."""
@@ -289,13 +309,19 @@ class SageMakerBackend(AwsBackend):
         wanted = {h.native_name for h in handles}
         summaries: dict[str, dict[str, Any]] = {}
         paginator = self.client().get_paginator("list_training_jobs")
+        in_progress: list[dict[str, Any]] = []
         for status in self.LISTED_STATUSES:
             with aws_errors("sagemaker", "ListTrainingJobs"):
                 pages = paginator.paginate(NameContains="jp-", StatusEquals=status, PaginationConfig={"PageSize": 100})
                 for page in pages:
                     for summary in page.get("TrainingJobSummaries", []):
+                        if status == "InProgress":
+                            in_progress.append(summary)
                         if summary.get("TrainingJobName") in wanted:
                             summaries[summary["TrainingJobName"]] = summary
+        # the same tick's sweep reads this list instead of listing again (in the deployment's region)
+        if CALL_REGION.get() in (None, self.settings.region):
+            self._listed = (time.monotonic(), in_progress)
         found: dict[str, Observation | None] = {}
         for h in handles:
             summary = summaries.get(h.native_name)
@@ -303,6 +329,69 @@ class SageMakerBackend(AwsBackend):
             listed = summary is not None and bool(summary.get("SecondaryStatus"))
             found[h.job_id] = self.observe(summary, h.job_id, h.attempt) if listed else self.describe(h)
         return found
+
+    # --- the orphan sweep: running jp- training jobs, their tags read only before one is stopped ------------
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        """ListTrainingJobs InProgress by name (100 a page): a summary has no tags, so each is unverified."""
+        found = []
+        listed, self._listed = self._listed, None
+        if listed is not None and time.monotonic() - listed[0] < LISTING_REUSE_SECONDS:
+            summaries: Iterable[dict[str, Any]] = listed[1]  # this tick's reconcile listed them moments ago
+        else:
+            summaries = self._list_in_progress()
+        for summary in summaries:
+            name = summary.get("TrainingJobName")
+            parsed = parse_native_name(name)
+            if parsed is None:
+                continue  # not a name jobplane gives
+            self._arns[name] = summary.get("TrainingJobArn")
+            found.append(
+                ManagedResource(
+                    backend=self.name,
+                    resource_id=name,
+                    kind=ResourceKind.JOB,
+                    state=str(summary.get("TrainingJobStatus") or ""),
+                    power=PowerState.RUNNING,
+                    stage=None,
+                    native_name=name,
+                    job_id=parsed[0],
+                    attempt=parsed[1],
+                    launched_at=epoch_ms(summary.get("CreationTime")),
+                    unverified=True,
+                )
+            )
+        return found
+
+    def _list_in_progress(self) -> Iterator[dict[str, Any]]:
+        paginator = self.client().get_paginator("list_training_jobs")
+        with aws_errors("sagemaker", "ListTrainingJobs"):
+            pages = paginator.paginate(
+                NameContains="jp-", StatusEquals="InProgress", PaginationConfig={"PageSize": 100}
+            )
+            for page in pages:
+                yield from page.get("TrainingJobSummaries", [])
+
+    def _confirm_impl(self, resources: list[ManagedResource]) -> list[ManagedResource]:
+        """ListTags of each training job the sweep would stop (SageMaker has no batched tag read)."""
+        found = []
+        for resource in resources:
+            arn = self._arns.get(resource.resource_id)
+            if not arn:
+                continue
+            with aws_errors("sagemaker", "ListTags"):
+                tags = {t["Key"]: t["Value"] for t in self.client().list_tags(ResourceArn=arn).get("Tags", [])}
+            mine = self.confirmed(resource, tags)
+            if mine is not None:
+                found.append(mine)
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        """StopTrainingJob, after tagging who stopped it and why (StopTrainingJob takes no reason)."""
+        arn = self._arns.get(resource.resource_id)
+        if arn:
+            with aws_errors("sagemaker", "AddTags"):
+                self.client().add_tags(ResourceArn=arn, Tags=[{"Key": TAG_STOPPED_BY, "Value": reason[:256]}])
+        self._cancel_impl(Handle(resource.job_id or "", resource.resource_id, resource.attempt or 1))
 
 
 def _capacity_wait(detail: dict[str, Any]) -> bool:

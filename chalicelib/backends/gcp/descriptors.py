@@ -58,11 +58,13 @@ VERTEX = BackendDescriptor(
         "logging.logEntries.list",  # the job's output: resource.type="ml_job" entries
     ),
     console_url=vertex_console_url,
+    reaps=True,  # the orphan sweep: unfinished custom jobs labelled as this stage's whose job is terminal or gone
     requires=(Requirement("gcp_project"),),
 )
 
 GCE = BackendDescriptor(
     name="gce",
+    quota="regional-gpus",
     implementation="chalicelib.backends.gcp.gce:GceBackend",
     cloud=Cloud.GCP,
     display_name="Compute Engine",
@@ -88,6 +90,7 @@ GCE = BackendDescriptor(
         "iam.serviceAccounts.actAs",
         "storage.objects.get",
         "logging.logEntries.list",  # the startup script's output: resource.type="gce_instance" entries
+        "compute.regions.get",  # the regional GPU quotas (jobs/quotas.py)
     ),
     console_url=gce_console_url,
     unsupported_features={"tpu": "TPUs run only through Vertex AI (backend vertex)"},

@@ -8,6 +8,7 @@ from typing import Any
 
 from chalicelib.backends.agent import parse_report
 from chalicelib.backends.base import (
+    CALL_REGION,
     ComputeBackend,
     Handle,
     LaunchResult,
@@ -77,6 +78,7 @@ class GceBackend(ComputeBackend):
         self._compute = compute
         self.status_objects = status_objects or StatusObjects(settings)
         self._zones: dict[str, str] = {}  # instance name -> zone, as the last aggregated list saw it
+        self._region_zones: dict[str, str] = {}  # region -> the zone jobs there are made in (regions.get)
 
     @property
     def client(self):
@@ -98,7 +100,30 @@ class GceBackend(ComputeBackend):
         return self._compute
 
     def zone_of(self, name: str) -> str:
-        return self._zones.get(name, self.settings.gce_zone)
+        return self._zones.get(name, self.zone)
+
+    @property
+    def zone(self) -> str:
+        """The zone of this call's region (base.CALL_REGION): JOBPLANE_GCE_ZONE in the deployment's region, else
+        the region's first zone as Compute Engine lists it (regions.get `zones`, read once per region)."""
+        region = CALL_REGION.get()
+        if region in (None, self.settings.gcp_region):
+            return self.settings.gce_zone
+        if region not in self._region_zones:
+            import urllib.parse
+
+            from chalicelib.backends.gcp import rest
+
+            base = (self.settings.gcp_api_endpoint or rest.COMPUTE).rstrip("/")
+            project = urllib.parse.quote(self.settings.gcp_project or "", safe="")
+            url = f"{base}/compute/v1/projects/{project}/regions/{urllib.parse.quote(region, safe='')}"
+            with map_gcp_errors(f"getting region {region}"):
+                answer = rest.request(self.settings, "GET", url)
+            zones = sorted(str(z).rsplit("/", 1)[-1] for z in answer.get("zones") or [])
+            if not zones:
+                raise BackendError(f"Compute Engine lists no zone in region {region}")
+            self._region_zones[region] = zones[0]
+        return self._region_zones[region]
 
     # --- request building (pure: the client library's own types) ---------------------------
     def _validate_impl(self, spec: JobSpec) -> None:
@@ -159,7 +184,7 @@ class GceBackend(ComputeBackend):
         network and service account, the machine's GPUs, the startup script and guest attributes on."""
         from google.cloud import compute_v1
 
-        zone = self.settings.gce_zone
+        zone = self.zone
         accelerators = []
         if machine.gpu is not None and machine.machine_type.startswith("n1-"):
             # N1 takes attached GPUs; A2, A3 and G2 machine types come with theirs.
@@ -218,7 +243,7 @@ class GceBackend(ComputeBackend):
             previous = native_name(handle.job_id, handle.attempt - 1)
             self._delete(previous, self.zone_of(previous), f"replaced by attempt {handle.attempt}")
         request = compute_v1.InsertInstanceRequest(
-            project=self.settings.gcp_project, zone=self.settings.gce_zone, instance_resource=self.instance(job, handle)
+            project=self.settings.gcp_project, zone=self.zone, instance_resource=self.instance(job, handle)
         )
         with map_gcp_errors(f"creating instance {handle.native_name}"):
             try:
@@ -265,7 +290,7 @@ class GceBackend(ComputeBackend):
         if not handle.operation:
             return None
         with map_gcp_errors(f"reading operation {handle.operation}"):
-            operation = self.client.operation(self.settings.gcp_project, self.settings.gce_zone, handle.operation)
+            operation = self.client.operation(self.settings.gcp_project, self.zone, handle.operation)
         if operation is None:
             return None
         if operation.get("status") != "DONE":

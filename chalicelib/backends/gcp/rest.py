@@ -127,7 +127,10 @@ class Instances:
 # --- aiplatform v1 customJobs ------------------------------------------------------------------------
 def get_custom_job(settings: Settings, name: str) -> dict[str, Any] | None:
     """projects.locations.customJobs.get: the CustomJob's JSON, or None when there is no such job."""
-    host = f"https://{settings.gcp_region}-aiplatform.googleapis.com"
+    # the job's own region's endpoint: projects/P/locations/L/customJobs/N
+    parts = name.split("/")
+    region = parts[3] if len(parts) > 3 and parts[2] == "locations" else settings.gcp_region
+    host = f"https://{region}-aiplatform.googleapis.com"
     base = (settings.gcp_api_endpoint or host).rstrip("/")
     return request(settings, "GET", f"{base}/v1/{urllib.parse.quote(name, safe='/')}", missing_ok=True)
 

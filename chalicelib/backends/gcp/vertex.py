@@ -8,12 +8,16 @@ from typing import Any
 
 from chalicelib.backends.agent import INPUT_NAME, RUN_STEPS_SH, UNPACK_CODE_SH, step_words
 from chalicelib.backends.base import (
+    CALL_REGION,
     ComputeBackend,
     Handle,
     LaunchResult,
     LogChunk,
+    ManagedResource,
     Observation,
     Offset,
+    PowerState,
+    ResourceKind,
     job_env,
     parse_native_name,
 )
@@ -192,20 +196,28 @@ class VertexBackend(ComputeBackend):
 
     def __init__(self, settings, client=None) -> None:
         super().__init__(settings)
-        self._client = client
+        # region -> JobServiceClient on that region's endpoint (a client handed in serves the deployment's)
+        self._clients: dict[str, Any] = {} if client is None else {settings.gcp_region: client}
+
+    @property
+    def region(self) -> str:
+        """The region of the job this call is about (base.CALL_REGION), else the deployment's."""
+        return CALL_REGION.get() or self.settings.gcp_region
 
     @property
     def client(self):
-        if self._client is None:
+        """The JobServiceClient of this call's region: Vertex serves each region at its own endpoint."""
+        region = self.region
+        if region not in self._clients:
             from google.cloud import aiplatform_v1
 
-            host = f"{self.settings.gcp_region}-aiplatform.googleapis.com"
-            self._client = aiplatform_v1.JobServiceClient(**client_kwargs(self.settings, host))
-        return self._client
+            host = f"{region}-aiplatform.googleapis.com"
+            self._clients[region] = aiplatform_v1.JobServiceClient(**client_kwargs(self.settings, host))
+        return self._clients[region]
 
     @property
     def parent(self) -> str:
-        return f"projects/{self.settings.gcp_project}/locations/{self.settings.gcp_region}"
+        return f"projects/{self.settings.gcp_project}/locations/{self.region}"
 
     # --- request building (pure: the client library's own types) ---------------------------
     def _validate_impl(self, spec: JobSpec) -> None:
@@ -446,6 +458,48 @@ class VertexBackend(ComputeBackend):
             custom_job = by_name.get(h.native_id) if h.native_id else by_display.get((h.native_name, h.job_id))
             found[h.job_id] = self.observe(custom_job) if custom_job is not None else self.describe(h)
         return found
+
+    # --- the orphan sweep: the same list, every unfinished custom job labelled as this stage's --------------
+    def _list_managed_impl(self) -> list[ManagedResource]:
+        from google.cloud import aiplatform_v1
+
+        request = aiplatform_v1.ListCustomJobsRequest(parent=self.parent, filter=self.active_filter(), page_size=100)
+        with map_gcp_errors("listing unfinished custom jobs"):
+            listed = list(self.client.list_custom_jobs(request=request))
+        found = []
+        for custom_job in listed:
+            job = CustomJobState.of(custom_job)
+            labels = job.labels
+            parsed = parse_native_name(job.display_name)
+            if labels.get(LABEL_MANAGED) != "true" or parsed is None or labels.get(LABEL_JOB_ID) != parsed[0]:
+                continue  # the filter asks for the labels; a job without them is never jobplane's to stop
+            stage = labels.get(LABEL_STAGE)
+            attempt = labels.get(LABEL_ATTEMPT, "")
+            found.append(
+                ManagedResource(
+                    backend=self.name,
+                    resource_id=job.name,
+                    kind=ResourceKind.JOB,
+                    state=job.state,
+                    power=PowerState.RUNNING,
+                    stage=self.settings.stage if stage == label_value(self.settings.stage) else stage,
+                    native_name=job.display_name,
+                    job_id=parsed[0],
+                    attempt=int(attempt) if attempt.isdigit() else parsed[1],
+                    launched_at=job.start_time or job.update_time,
+                )
+            )
+        return found
+
+    def _stop_resource_impl(self, resource: ManagedResource, reason: str) -> None:
+        """customJobs.cancel (it takes no reason, and a custom job's labels cannot be changed)."""
+        from google.api_core.exceptions import NotFound
+
+        with map_gcp_errors(f"cancelling custom job {resource.resource_id}"):
+            try:
+                self.client.cancel_custom_job(name=resource.resource_id)
+            except NotFound:
+                return
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
         """A Cloud Logging entry about a custom job is only a hint: the job is read again from the API, by
