@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends import get_backend
@@ -36,10 +37,13 @@ from chalicelib.jobs.model import (
     Job,
     JobEvent,
     JobStatus,
+    Transition,
     new_job_id,
     utcnow,
 )
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing import Cost
+from chalicelib.pricing.jobs import AttemptCost, current_cost, with_attempt
 from chalicelib.store.base import IdempotencyRecord, JobStore, Page
 from chalicelib.store.metrics import MetricsStore
 
@@ -312,6 +316,39 @@ class JobService:
             log.warning("final metrics read of job %s failed; kept the last ones read", job.job_id, exc_info=True)
             return {}
 
+    # --- cost --------------------------------------------------------------------------
+    def current_cost(self, job: Job, now: datetime | None = None) -> Cost:
+        """What `job` has cost so far, with its price date (see chalicelib.pricing.jobs.current_cost)."""
+        return current_cost(job, self.backend(job.backend), now)
+
+    def _cost_changes(self, job: Job, event: JobEvent, transition: Transition) -> dict[str, Any]:
+        """The fields that record the current attempt's cost as of `transition`: final when the attempt ends
+        (the job ends, or a retry or failover moves it to its next attempt), live when it starts running."""
+        ends = transition.to_status.terminal or transition.changes.get("attempt", job.attempt) != job.attempt
+        if job.native_name is None or not (ends or transition.to_status is JobStatus.RUNNING):
+            return {}  # never dispatched (cancelled in the queue): no attempt ran, nothing to price
+        # A job first seen at its end gets started_at from this very transition: it has a cost too.
+        started_at = job.started_at or transition.changes.get("started_at")
+        try:
+            figure = self.backend(job.backend).attempt_cost(
+                job.with_changes(started_at=started_at), transition.at, event.usage, final=ends
+            )
+        except JobplaneError as exc:  # the job's transition matters more than its figure: logged, not raised
+            log.warning("pricing attempt %d of job %s failed: %s", job.attempt, job.job_id, exc.message)
+            return {}
+        return with_attempt(job, figure)
+
+    def record_live_cost(self, job: Job, figure: AttemptCost) -> Job:
+        """Write a running attempt's cost when it moved by a cent or more (or its rate changed): reconcile's
+        tick keeps GET /jobs/{id} current without a write per job per tick (a free job is never written)."""
+        stored = next((c for c in job.costs if c.attempt == figure.attempt), None)
+        if (stored is not None and stored.final) or not _moved(stored, figure):
+            return job
+        try:
+            return self.store.update_job(job, job.status, **with_attempt(job, figure))
+        except StaleStateError:
+            return job  # it moved on (ended): that transition wrote the final figure
+
     # --- cancel ------------------------------------------------------------------------
     def cancel(self, principal: Principal, job_id: str) -> Job:
         job = self.get(principal, job_id)
@@ -373,16 +410,7 @@ class JobService:
                 # Read once: a lost race decides again, and the same output gives the same metrics.
                 final = self._final_metrics(job) if final is None else final
                 transition.changes.update(final)
-            # A job first seen at its end gets started_at from this very transition: it has a cost too.
-            started_at = job.started_at or transition.changes.get("started_at")
-            if transition.to_status.terminal and started_at is not None:
-                ended = job.with_changes(started_at=started_at, finished_at=transition.at)
-                try:
-                    cost = self.backend(job.backend).estimate_cost(ended)
-                except ValidationError:
-                    cost = None
-                if cost is not None:
-                    transition.changes["cost_estimate_usd"] = cost
+            transition.changes.update(self._cost_changes(job, event, transition))
             try:
                 updated = self.store.apply_transition(job, transition)
             except StaleStateError:
@@ -425,6 +453,17 @@ class JobMetrics:
             "malformed_lines": cursor.malformed if cursor else 0,
             "caught_up": self.caught_up,
         }
+
+
+def _moved(stored: AttemptCost | None, figure: AttemptCost) -> bool:
+    """A live figure worth writing over the stored one: a known figure a cent or more away from it, or at
+    another rate. An unknown one stays as the RUNNING transition recorded it (it cannot move)."""
+    if figure.usd is None:
+        return False
+    if stored is not None and stored.usd_per_hour != figure.usd_per_hour:
+        return True
+    before = stored.usd if stored is not None and stored.usd is not None else 0.0
+    return abs(figure.usd - before) >= 0.01
 
 
 def _plausible_id(job_id: str) -> bool:

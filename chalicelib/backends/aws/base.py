@@ -11,6 +11,7 @@ from chalicelib.errors import UnsupportedError
 
 if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec, Resources
+    from chalicelib.pricing import Quote
 
 TAG_JOB_ID = "jobplane:job-id"
 TAG_ATTEMPT = "jobplane:attempt"
@@ -93,6 +94,14 @@ def instance_type_for(resources: Resources, prefix: str = "") -> str:
         f"no general-purpose instance has {cpus:g} vCPUs and {memory:g} GiB",
         [{"field": "resources.cpus", "message": "at most 96 vCPUs and 384 GiB; or set resources.instance_type"}],
     )
+
+
+def aws_quote(catalog, table: str, region: str, instance_type: str, spot: bool, count: int = 1) -> tuple[str, Quote]:
+    """(what is priced, its price per hour) for `count` instances of `instance_type` from the catalog's `table`."""
+    purchase = "spot" if spot else "on_demand"
+    quote = catalog.price(table, region, instance_type, purchase)
+    many = f"{count} x " if count > 1 else ""
+    return f"{table} {many}{instance_type} {purchase.replace('_', '-')} in {region}", quote.times(count)
 
 
 def role_arn(name_or_arn: str, account: str = "*") -> str:

@@ -16,6 +16,7 @@ from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing import Unknown
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,12 @@ class BatchBackend(AwsBackend):
 
     def roles(self) -> tuple[tuple[str, str], ...]:
         return ((self.settings.batch_job_role, "ecs-tasks.amazonaws.com"),)
+
+    def hourly_quote(self, spec, region, usage=None):
+        return "aws-batch", Unknown(
+            "AWS Batch places the job on an instance its compute environment chooses and does not say which, "
+            "so the catalog cannot price it"
+        )
 
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:

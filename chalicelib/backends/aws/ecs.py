@@ -15,6 +15,7 @@ from chalicelib.errors import BackendError, CapacityError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec, Resources
+from chalicelib.pricing import Unknown
 
 DETAIL_TYPE = "ECS Task State Change"
 CONTAINER = "job"
@@ -51,6 +52,14 @@ class EcsBackend(AwsBackend):
     @property
     def fargate(self) -> bool:
         return self.settings.ecs_launch_type == "FARGATE"
+
+    def hourly_quote(self, spec, region, usage=None):
+        if self.fargate:
+            return "ecs fargate", Unknown("Fargate bills per vCPU-hour and GB-hour, which the catalog does not hold")
+        return "ecs", Unknown(
+            "ECS places the task on a container instance of the cluster's choosing and DescribeTasks does not say "
+            "its instance type, so the catalog cannot price it"
+        )
 
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:

@@ -30,6 +30,7 @@ from chalicelib.backends.gcp.base import (
     LABEL_STOPPED_BY,
     StatusObjects,
     client_kwargs,
+    gcp_quote,
     job_labels,
     label_value,
     machine_for,
@@ -101,6 +102,10 @@ class GceBackend(ComputeBackend):
         return self._zones.get(name, self.settings.gce_zone)
 
     # --- request building (pure: the client library's own types) ---------------------------
+    def hourly_quote(self, spec, region, usage=None):
+        # The VM is the machine and GPUs machine_for names (what the launch asks for), in the deployment's region.
+        return gcp_quote(self.catalog, "gce", region or self.settings.gcp_region, spec)
+
     def _validate_impl(self, spec: JobSpec) -> None:
         refuse_foreign_uris(spec, "Compute Engine VMs")
         machine_for(spec)
