@@ -158,6 +158,21 @@ def test_a_gce_vm_costs_its_machine_plus_its_gpus(settings, spot, column):
     assert figure.usd_per_hour == pytest.approx(rate) and figure.usd == pytest.approx(rate * HOURS)
 
 
+def test_a_gce_machine_that_bundles_its_gpus_is_priced_with_them(settings):
+    job, until = ran("gce", {**T4, "resources": {"gpus": 1, "gpu_type": "A100"}})
+    figure = get_backend("gce", settings).attempt_cost(job, until)
+    rate = row("gce", "a2-highgpu-1g", "us-central1")["on_demand"]
+    rate += row("gce", "nvidia-tesla-a100", "us-central1", count=1)["on_demand"]
+    assert figure.priced == "gce a2-highgpu-1g on-demand in us-central1"
+    assert figure.usd == pytest.approx(rate * HOURS)
+
+
+def test_a_cpu_ec2_job_is_unknown_because_the_snapshot_prices_gpu_types_only(settings):
+    job, until = ran("ec2", {"image": "train:1", "command": ["t"], "resources": {"cpus": 2}})
+    figure = get_backend("ec2", settings).attempt_cost(job, until)
+    assert figure.usd is None and "ec2 has no price for m5.large in us-east-1" in figure.reason
+
+
 def test_vertex_is_an_explicit_unknown_with_the_reason_never_zero(settings):
     job, until = ran("vertex", T4)
     figure = get_backend("vertex", settings).attempt_cost(job, until)
@@ -192,6 +207,26 @@ def test_kubernetes_prices_a_pinned_node_type_in_its_clusters_cloud_and_is_unkno
     free, _ = ran("kubernetes", GPU)
     unknown = get_backend("kubernetes", settings).attempt_cost(free, until)
     assert unknown.usd is None and "cluster prod picks the node" in unknown.reason
+
+
+def test_kubernetes_on_gke_prices_a_pinned_node_from_the_gce_table_and_a_kubeconfig_cluster_is_unknown(tmp_path):
+    clusters = json.dumps(
+        [
+            {"name": "gke", "kind": "gke", "project": "p", "location": "us-central1-a", "cluster": "ml"},
+            {"name": "lab", "kind": "kubeconfig"},
+        ]
+    )
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="kubernetes,local", JOBPLANE_K8S_CLUSTERS=clusters)
+    backend = get_backend("kubernetes", settings)
+    pinned = {"image": "train:1", "command": ["t"], "resources": {"instance_type": "g2-standard-8", "spot": True}}
+    job, until = ran("kubernetes", pinned)
+    figure = backend.attempt_cost(job, until)
+    rate = row("gce", "g2-standard-8", "us-central1")["spot"] + row("gce", "nvidia-l4", "us-central1", count=1)["spot"]
+    assert figure.priced == "gce g2-standard-8 spot in us-central1 (the whole node)"
+    assert figure.usd == pytest.approx(rate * HOURS)
+    lab, _ = ran("kubernetes", {**pinned, "resources": {**pinned["resources"], "cluster": "lab"}})
+    unknown = backend.attempt_cost(lab, until)
+    assert unknown.usd is None and "cluster lab is a kubeconfig context" in unknown.reason
 
 
 def test_a_local_job_costs_the_deployments_price_per_hour(settings):
