@@ -339,8 +339,9 @@ class JobService:
         return with_attempt(job, figure)
 
     def record_live_cost(self, job: Job, figure: AttemptCost) -> Job:
-        """Write a running attempt's cost when it moved by a cent or more (or its rate changed): reconcile's
-        tick keeps GET /jobs/{id} current without a write per job per tick (a free job is never written)."""
+        """Write a running attempt's cost when it moved by 5 % and a cent (or its rate changed): reconcile's
+        tick keeps GET /jobs/{id} within 5 % of the truth without a write per job per tick (a free job is never
+        written)."""
         stored = next((c for c in job.costs if c.attempt == figure.attempt), None)
         if (stored is not None and stored.final) or not _moved(stored, figure):
             return job
@@ -455,15 +456,20 @@ class JobMetrics:
         }
 
 
+#: a live figure is written once it moved this share of the stored one (and a cent): what GET /jobs/{id} shows
+#: is at most that far behind, and a job's writes grow with the log of its cost, not with its ticks
+LIVE_COST_STEP = 0.05
+
+
 def _moved(stored: AttemptCost | None, figure: AttemptCost) -> bool:
-    """A live figure worth writing over the stored one: a known figure a cent or more away from it, or at
-    another rate. An unknown one stays as the RUNNING transition recorded it (it cannot move)."""
+    """A live figure worth writing over the stored one: a known figure a cent and LIVE_COST_STEP away from
+    it, or at another rate. An unknown one stays as the RUNNING transition recorded it (it cannot move)."""
     if figure.usd is None:
         return False
     if stored is not None and stored.usd_per_hour != figure.usd_per_hour:
         return True
     before = stored.usd if stored is not None and stored.usd is not None else 0.0
-    return abs(figure.usd - before) >= 0.01
+    return abs(figure.usd - before) >= max(0.01, LIVE_COST_STEP * before)
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -242,3 +242,23 @@ def test_both_stores_keep_each_attempts_cost(store, tmp_path):
     assert [(c.attempt, c.final) for c in stored.costs] == [(1, True), (2, False)]
     assert stored.costs[1].usd == pytest.approx(2.0 * 59 / 60, abs=0.01)
     assert stored.to_api()["cost"]["usd"] == pytest.approx(stored.cost_estimate_usd, abs=1e-4)
+
+
+def test_a_long_running_jobs_live_cost_is_written_under_a_hundred_times_not_every_tick(memory_store, tmp_path):
+    from chalicelib.pricing.jobs import merged, total
+
+    service, backends = setup(memory_store, tmp_path, {"local": 4.0})
+    job, _ = service.submit(ALICE, noop_spec(image="train:1"))
+    start = utcnow() - timedelta(hours=10)
+    job = service.apply_event(event(job, JobStatus.RUNNING, start))
+    writes, shown_behind = 0, 0.0
+    for minute in range(1, 601):  # a tick a minute for 10 hours at $4/h
+        now = start + timedelta(minutes=minute)
+        figure = backends["local"].attempt_cost(job, now)
+        after = service.record_live_cost(job, figure)
+        writes += after is not job
+        job = after
+        truth = total(merged(job.costs, figure)).usd
+        shown_behind = max(shown_behind, (truth - job.cost_estimate_usd) / truth)
+    assert job.cost_estimate_usd == pytest.approx(40.0, rel=0.05)
+    assert writes <= 100 and shown_behind < 0.05  # 81 of 600 ticks; what GET shows stays within 5 %
