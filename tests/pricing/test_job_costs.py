@@ -186,7 +186,7 @@ def test_vertex_is_an_explicit_unknown_with_the_reason_never_zero(settings):
     ("backend", "env", "why"),
     [
         ("aws-batch", {}, "AWS Batch places the job on an instance its compute environment chooses"),
-        ("ecs", {}, "DescribeTasks does not say its instance type"),
+        ("ecs", {}, "ECS has not said which container instance the task runs on"),
         ("ecs", {"JOBPLANE_ECS_LAUNCH_TYPE": "FARGATE"}, "Fargate bills per vCPU-hour and GB-hour"),
     ],
 )
@@ -251,3 +251,28 @@ def test_attempts_sum_and_one_unknown_makes_the_total_unknown():
     assert total((known, missing)).usd is None
     assert total((known, missing)).format() == "unknown (attempt 3: no price)"
     assert costs_from_text(costs_to_text((known, missing))) == (known, missing)
+
+
+def test_an_ecs_task_on_ec2_capacity_is_priced_by_its_container_instances_type(tmp_path):
+    from moto import mock_aws
+
+    from chalicelib.backends.aws.ecs import EcsBackend
+
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="ecs,local")
+    with mock_aws():
+        ecs, ec2 = boto(settings, "ecs"), boto(settings, "ec2")
+        ecs.create_cluster(clusterName=settings.ecs_cluster)
+        image = ec2.describe_images()["Images"][0]["ImageId"]
+        host = ec2.run_instances(ImageId=image, InstanceType="g4dn.xlarge", MinCount=1, MaxCount=1)["Instances"][0]
+        document = json.dumps({"instanceId": host["InstanceId"]})
+        ecs.register_container_instance(cluster=settings.ecs_cluster, instanceIdentityDocument=document)
+        backend = EcsBackend(settings)
+        job = make_job("ecs", {**GPU, "resources": {"gpus": 1, "gpu_type": "T4"}})
+        launched = backend.launch(job)
+        seen = backend.describe(Handle(job.job_id, f"jp-{job.job_id}", 1, native_id=launched.native_id))
+        assert backend.listed_fields_unknown == frozenset({"usage"})  # reconcile describes a change again
+    assert seen.usage == Usage("g4dn.xlarge", 1, None)
+    started, until = ran("ecs", GPU)
+    figure = backend.attempt_cost(started, until, seen.usage)
+    assert figure.priced == "ec2 g4dn.xlarge on-demand in us-east-1 (its container instance)"
+    assert figure.usd == pytest.approx(row("ec2", "g4dn.xlarge", "us-east-1")["on_demand"] * HOURS)

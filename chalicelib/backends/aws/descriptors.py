@@ -102,6 +102,7 @@ ECS = BackendDescriptor(
         "ecs:StopTask",
         "ecs:RegisterTaskDefinition",
         "ecs:ListTaskDefinitions",
+        "ecs:DescribeContainerInstances",  # the instance type a task runs on, which its cost is priced by
         "ecs:TagResource",  # RunTask / RegisterTaskDefinition with tags need it
         "logs:GetLogEvents",  # the job's output, which the awslogs driver writes to ecs_log_group
     ),

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+from dataclasses import replace
 from typing import Any
 
 from chalicelib.backends.aws import staging
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
+from chalicelib.backends.aws.base import AwsBackend, aws_quote, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import read_streams
 from chalicelib.backends.aws.descriptors import ECS
 from chalicelib.backends.aws.errors import aws_errors
@@ -16,6 +18,7 @@ from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec, Resources
 from chalicelib.pricing import Unknown
+from chalicelib.pricing.jobs import Usage
 
 DETAIL_TYPE = "ECS Task State Change"
 CONTAINER = "job"
@@ -26,6 +29,7 @@ DEFINITION_VERSION = "staged-1"
 HELPER_MEMORY_MIB = 128
 CANCEL_REASON = "cancelled through jobplane"
 _LAUNCHING = {"PROVISIONING", "PENDING", "ACTIVATING"}
+log = logging.getLogger("jobplane.ecs")
 # Fargate's CPU units -> the memory sizes (MiB) it accepts, smallest first.
 _FARGATE = ((256, 512), (512, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (8192, 16384), (16384, 32768))
 
@@ -56,10 +60,46 @@ class EcsBackend(AwsBackend):
     def hourly_quote(self, spec, region, usage=None):
         if self.fargate:
             return "ecs fargate", Unknown("Fargate bills per vCPU-hour and GB-hour, which the catalog does not hold")
-        return "ecs", Unknown(
-            "ECS places the task on a container instance of the cluster's choosing and DescribeTasks does not say "
-            "its instance type, so the catalog cannot price it"
-        )
+        if usage is None or not usage.instance_type:
+            return "ecs", Unknown(
+                "ECS has not said which container instance the task runs on (its type is read once the task runs)"
+            )
+        # The container instance's own on-demand rate: a GPU task has its instance to itself, and ECS does not
+        # say whether a capacity provider bought it on spot.
+        priced, quote = aws_quote(self.catalog, "ec2", region or self.settings.region, usage.instance_type, False)
+        return f"{priced} (its container instance)", quote
+
+    @property
+    def listed_fields_unknown(self) -> frozenset[str]:
+        # DescribeTasks does not say the container instance's type: a change reconcile applies is described
+        # again (with DescribeContainerInstances), so ceil(active/100) calls a tick stays the in-sync cost.
+        return frozenset() if self.fargate else frozenset({"usage"})
+
+    def usage_of(self, task: dict[str, Any]) -> Usage | None:
+        """The instance type of the container instance a task runs on (its ecs.instance-type attribute);
+        None on Fargate, before placement, or when ECS cannot say (logged: a cost is never worth a failure)."""
+        arn = task.get("containerInstanceArn")
+        if self.fargate or not arn:
+            return None
+        try:
+            with aws_errors("ecs", "DescribeContainerInstances"):
+                found = self.client().describe_container_instances(
+                    cluster=self.settings.ecs_cluster, containerInstances=[arn]
+                )
+        except BackendError as exc:
+            log.warning("reading the container instance %s failed: %s", arn, exc.message)
+            return None
+        for instance in found.get("containerInstances", []):
+            attributes = {a.get("name"): a.get("value") for a in instance.get("attributes") or []}
+            if attributes.get("ecs.instance-type"):
+                return Usage(attributes["ecs.instance-type"], 1, None)
+        return None
+
+    def _priced(self, observation: Observation, task: dict[str, Any]) -> Observation:
+        """A running or ended task's observation with what it runs on (one call, for the changes that count)."""
+        if observation.status is JobStatus.LAUNCHING:
+            return observation
+        return replace(observation, usage=self.usage_of(task))
 
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:
@@ -258,7 +298,7 @@ class EcsBackend(AwsBackend):
             tasks = self.client().describe_tasks(cluster=self.settings.ecs_cluster, tasks=[arn]).get("tasks", [])
         if not tasks:
             return None
-        return self.observe(tasks[0], handle.job_id, handle.attempt)
+        return self._priced(self.observe(tasks[0], handle.job_id, handle.attempt), tasks[0])
 
     @property
     def stream_prefix(self) -> str:
@@ -353,7 +393,7 @@ class EcsBackend(AwsBackend):
         if parsed is None or cluster.split("/")[-1] != self.settings.ecs_cluster:
             return None  # not started by jobplane, or in another deployment's cluster
         job_id, attempt = parsed
-        return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
+        return self._priced(self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time"))), detail)
 
     # --- reconcile at scale: DescribeTasks takes up to 100 task ARNs ----------------------------
     def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:
