@@ -185,12 +185,12 @@ def test_vertex_is_an_explicit_unknown_with_the_reason_never_zero(settings):
 @pytest.mark.parametrize(
     ("backend", "env", "why"),
     [
-        ("aws-batch", {}, "AWS Batch places the job on an instance its compute environment chooses"),
+        ("aws-batch", {}, "AWS Batch has not said which instance the job runs on"),
         ("ecs", {}, "ECS has not said which container instance the task runs on"),
         ("ecs", {"JOBPLANE_ECS_LAUNCH_TYPE": "FARGATE"}, "Fargate bills per vCPU-hour and GB-hour"),
     ],
 )
-def test_batch_and_ecs_say_why_they_cannot_be_priced(tmp_path, backend, env, why):
+def test_batch_and_ecs_say_why_they_cannot_be_priced_before_they_are_placed(tmp_path, backend, env, why):
     settings = make_settings(tmp_path, JOBPLANE_BACKENDS="aws-batch,ecs,local", **env)
     job, until = ran(backend, {**GPU, "resources": {"cpus": 2}} if env else GPU)
     figure = get_backend(backend, settings).attempt_cost(job, until)
@@ -276,3 +276,59 @@ def test_an_ecs_task_on_ec2_capacity_is_priced_by_its_container_instances_type(t
     figure = backend.attempt_cost(started, until, seen.usage)
     assert figure.priced == "ec2 g4dn.xlarge on-demand in us-east-1 (its container instance)"
     assert figure.usd == pytest.approx(row("ec2", "g4dn.xlarge", "us-east-1")["on_demand"] * HOURS)
+
+
+def test_a_batch_job_is_priced_by_the_container_instance_describe_jobs_names(settings):
+    from chalicelib.backends.aws.batch import BatchBackend
+
+    backend = BatchBackend(settings)
+    batch, ecs = boto(settings, "batch"), boto(settings, "ecs")
+    backend.set_client("batch", batch)
+    backend.set_client("ecs", ecs)
+    job, until = ran("aws-batch", {**GPU, "resources": {**GPU["resources"], "spot": True}})
+    instance = "arn:aws:ecs:us-east-1:123456789012:container-instance/AWSBatch-gpu-spot-4d1c/9f2e0c1a"
+    detail = {  # DescribeJobs' JobDetail of a multi-container (ecsProperties) job, as the API reference has it
+        "jobArn": "arn:aws:batch:us-east-1:123456789012:job/8b3f",
+        "jobName": f"jp-{job.job_id}",
+        "jobId": "8b3f",
+        "jobQueue": "arn:aws:batch:us-east-1:123456789012:job-queue/gpu-spot",
+        "status": "RUNNING",
+        "createdAt": 1733140000000,
+        "startedAt": 1733140060000,
+        "jobDefinition": "arn:aws:batch:us-east-1:123456789012:job-definition/jp-train:1",
+        "ecsProperties": {
+            "taskProperties": [
+                {
+                    "containerInstanceArn": instance,
+                    "taskArn": "arn:aws:ecs:us-east-1:123456789012:task/AWSBatch-gpu-spot-4d1c/77aa",
+                    "containers": [{"name": "job", "image": "train:1"}],
+                }
+            ]
+        },
+    }
+    described = {
+        "containerInstances": [
+            {
+                "containerInstanceArn": instance,
+                "ec2InstanceId": "i-0abc",
+                "status": "ACTIVE",
+                "attributes": [
+                    {"name": "ecs.os-type", "value": "linux"},
+                    {"name": "ecs.instance-type", "value": "g5.2xlarge"},
+                ],
+            }
+        ],
+        "failures": [],
+    }
+    with Stubber(batch) as batch_stub, Stubber(ecs) as ecs_stub:
+        batch_stub.add_response("describe_jobs", {"jobs": [detail]}, {"jobs": ["8b3f"]})
+        ecs_stub.add_response(
+            "describe_container_instances",
+            described,
+            {"cluster": "AWSBatch-gpu-spot-4d1c", "containerInstances": [instance]},
+        )
+        seen = backend.describe(Handle(job.job_id, f"jp-{job.job_id}", 1, native_id="8b3f"))
+    assert seen.usage == Usage("g5.2xlarge", 1, None)
+    figure = backend.attempt_cost(job, until, seen.usage)
+    assert figure.priced == "ec2 g5.2xlarge spot in us-east-1 (its container instance)"  # the spot queue
+    assert figure.usd == pytest.approx(row("ec2", "g5.2xlarge", "us-east-1")["spot"] * HOURS)

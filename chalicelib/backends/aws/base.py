@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -13,6 +14,7 @@ if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec, Resources
     from chalicelib.pricing import Quote
 
+log = logging.getLogger("jobplane.aws")
 TAG_JOB_ID = "jobplane:job-id"
 TAG_ATTEMPT = "jobplane:attempt"
 TAG_NATIVE = "jobplane:native-id"
@@ -102,6 +104,33 @@ def aws_quote(catalog, table: str, region: str, instance_type: str, spot: bool, 
     quote = catalog.price(table, region, instance_type, purchase)
     many = f"{count} x " if count > 1 else ""
     return f"{table} {many}{instance_type} {purchase.replace('_', '-')} in {region}", quote.times(count)
+
+
+def container_instance_type(client, cluster: str | None, arn: str | None) -> str | None:
+    """The `ecs.instance-type` attribute of an ECS container instance (DescribeContainerInstances), or None when
+    there is none to read (Fargate, not placed yet) or ECS cannot say. `cluster` None: the one the ARN names
+    (arn:aws:ecs:REGION:ACCOUNT:container-instance/CLUSTER/ID, as Batch's compute environments have them)."""
+    from chalicelib.backends.aws.errors import aws_errors
+    from chalicelib.errors import BackendError
+
+    if not arn:
+        return None
+    if cluster is None:
+        parts = arn.split(":", 5)[-1].split("/")
+        if len(parts) != 3:
+            return None  # the old ARN format does not name its cluster
+        cluster = parts[1]
+    try:
+        with aws_errors("ecs", "DescribeContainerInstances"):
+            found = client.describe_container_instances(cluster=cluster, containerInstances=[arn])
+    except BackendError as exc:
+        log.warning("reading the container instance %s failed: %s", arn, exc.message)  # a cost is not worth a failure
+        return None
+    for instance in found.get("containerInstances", []):
+        attributes = {a.get("name"): a.get("value") for a in instance.get("attributes") or []}
+        if attributes.get("ecs.instance-type"):
+            return attributes["ecs.instance-type"]
+    return None
 
 
 def role_arn(name_or_arn: str, account: str = "*") -> str:

@@ -78,6 +78,7 @@ BATCH = BackendDescriptor(
         "batch:RegisterJobDefinition",
         "batch:DescribeJobDefinitions",
         "batch:TagResource",  # SubmitJob / RegisterJobDefinition with tags need it
+        "ecs:DescribeContainerInstances",  # the instance type a job was placed on, which its cost is priced by
         "logs:DescribeLogStreams",  # the job's output, in the streams DescribeJobs names
         "logs:GetLogEvents",
         # The helpers' AWS CLI alias file is put under code/, which the API's CodeUploads statement covers.

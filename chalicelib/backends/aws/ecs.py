@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 from dataclasses import replace
 from typing import Any
 
 from chalicelib.backends.aws import staging
-from chalicelib.backends.aws.base import AwsBackend, aws_quote, env_list, epoch_ms
+from chalicelib.backends.aws.base import AwsBackend, aws_quote, container_instance_type, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import read_streams
 from chalicelib.backends.aws.descriptors import ECS
 from chalicelib.backends.aws.errors import aws_errors
@@ -29,7 +28,6 @@ DEFINITION_VERSION = "staged-1"
 HELPER_MEMORY_MIB = 128
 CANCEL_REASON = "cancelled through jobplane"
 _LAUNCHING = {"PROVISIONING", "PENDING", "ACTIVATING"}
-log = logging.getLogger("jobplane.ecs")
 # Fargate's CPU units -> the memory sizes (MiB) it accepts, smallest first.
 _FARGATE = ((256, 512), (512, 1024), (1024, 2048), (2048, 4096), (4096, 8192), (8192, 16384), (16384, 32768))
 
@@ -76,24 +74,12 @@ class EcsBackend(AwsBackend):
         return frozenset() if self.fargate else frozenset({"usage"})
 
     def usage_of(self, task: dict[str, Any]) -> Usage | None:
-        """The instance type of the container instance a task runs on (its ecs.instance-type attribute);
-        None on Fargate, before placement, or when ECS cannot say (logged: a cost is never worth a failure)."""
-        arn = task.get("containerInstanceArn")
-        if self.fargate or not arn:
+        """The instance type of the container instance a task runs on; None on Fargate, before placement, or
+        when ECS cannot say."""
+        if self.fargate:
             return None
-        try:
-            with aws_errors("ecs", "DescribeContainerInstances"):
-                found = self.client().describe_container_instances(
-                    cluster=self.settings.ecs_cluster, containerInstances=[arn]
-                )
-        except BackendError as exc:
-            log.warning("reading the container instance %s failed: %s", arn, exc.message)
-            return None
-        for instance in found.get("containerInstances", []):
-            attributes = {a.get("name"): a.get("value") for a in instance.get("attributes") or []}
-            if attributes.get("ecs.instance-type"):
-                return Usage(attributes["ecs.instance-type"], 1, None)
-        return None
+        found = container_instance_type(self.client(), self.settings.ecs_cluster, task.get("containerInstanceArn"))
+        return Usage(found, 1, None) if found else None
 
     def _priced(self, observation: Observation, task: dict[str, Any]) -> Observation:
         """A running or ended task's observation with what it runs on (one call, for the changes that count)."""
