@@ -390,6 +390,11 @@ class ComputeBackend(ABC):
         """The packaged price catalog, with this deployment's local price (JOBPLANE_LOCAL_PRICE_PER_HOUR)."""
         return for_settings(self.settings)
 
+    #: True when an attempt's price depends on where the provider placed it, which describe() and state events
+    #: read (with a call of their own: ECS and Batch container instances) and describe_many() does not: a start
+    #: applied from a batched read is described once more, so in-sync ticks stay one batched call
+    priced_by_placement: ClassVar[bool] = False
+
     def attempt_cost(self, job: Job, until: datetime, usage: Usage | None = None, final: bool = False) -> AttemptCost:
         """The current attempt's cost up to `until`: hourly_quote times the hours it billed (see
         chalicelib.pricing.jobs.attempt_cost), with what the record already says it ran on."""

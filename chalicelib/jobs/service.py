@@ -330,9 +330,13 @@ class JobService:
         # A job first seen at its end gets started_at from this very transition: it has a cost too.
         started_at = job.started_at or transition.changes.get("started_at")
         try:
-            figure = self.backend(job.backend).attempt_cost(
-                job.with_changes(started_at=started_at), transition.at, event.usage, final=ends
-            )
+            backend = self.backend(job.backend)
+            usage = event.usage
+            if usage is None and backend.priced_by_placement and transition.to_status is JobStatus.RUNNING:
+                # Its start came from a batched read that does not say where it runs: asked once, now.
+                seen = backend.describe(Handle.of(job))
+                usage = seen.usage if seen is not None else None
+            figure = backend.attempt_cost(job.with_changes(started_at=started_at), transition.at, usage, final=ends)
         except JobplaneError as exc:  # the job's transition matters more than its figure: logged, not raised
             log.warning("pricing attempt %d of job %s failed: %s", job.attempt, job.job_id, exc.message)
             return {}
@@ -464,6 +468,8 @@ LIVE_COST_STEP = 0.05
 def _moved(stored: AttemptCost | None, figure: AttemptCost) -> bool:
     """A live figure worth writing over the stored one: a known figure a cent and LIVE_COST_STEP away from
     it, or at another rate. An unknown one stays as the RUNNING transition recorded it (it cannot move)."""
+    if figure.instance_type and (stored is None or stored.instance_type != figure.instance_type):
+        return True  # where it runs became known: kept, so it is not asked again
     if figure.usd is None:
         return False
     if stored is not None and stored.usd_per_hour != figure.usd_per_hour:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from datetime import UTC, date, datetime
+from typing import Any
 
 from chalicelib.pricing import Cost, Price, Quote
 
-if TYPE_CHECKING:
-    from chalicelib.backends.base import ComputeBackend
-    from chalicelib.jobs.model import Job
+# A Job (chalicelib.jobs.model) and a ComputeBackend (chalicelib.backends.base) are typed Any here: both
+# import this module, and naming them, even for type checking, would close an import cycle.
+Job = ComputeBackend = Any
 
 
 @dataclass(frozen=True)
@@ -191,11 +191,9 @@ def with_attempt(job: Job, figure: AttemptCost) -> dict[str, Any]:
 def current_cost(job: Job, backend: ComputeBackend, now: datetime | None = None) -> Cost:
     """What `job` has cost so far (with its price date): the recorded attempts, the running one priced up
     to `now`. The one function a budget or report reads a job's cost through."""
-    from chalicelib.jobs.model import utcnow
-
     if job.terminal or job.started_at is None:
         return total(job.costs)
-    live = backend.attempt_cost(job, now or utcnow())
+    live = backend.attempt_cost(job, now or datetime.now(UTC))
     return total(merged(job.costs, live))
 
 

@@ -262,3 +262,49 @@ def test_a_long_running_jobs_live_cost_is_written_under_a_hundred_times_not_ever
         shown_behind = max(shown_behind, (truth - job.cost_estimate_usd) / truth)
     assert job.cost_estimate_usd == pytest.approx(40.0, rel=0.05)
     assert writes <= 100 and shown_behind < 0.05  # 81 of 600 ticks; what GET shows stays within 5 %
+
+
+class PlacedBackend(PricedBackend):
+    """A provider whose price depends on the placement, which describe() reads and a batched list does not."""
+
+    priced_by_placement = True
+
+    def __init__(self, settings, script=()):
+        super().__init__(settings, script)
+        self.describes = 0
+
+    def _describe_impl(self, handle):
+        from dataclasses import replace
+
+        from chalicelib.pricing.jobs import Usage
+
+        self.describes += 1
+        seen = super()._describe_impl(handle)
+        return None if seen is None else replace(seen, usage=Usage("g5.xlarge", 1, None))
+
+    def _describe_many_impl(self, handles):
+        from dataclasses import replace
+
+        found = {h.job_id: super(PlacedBackend, self)._describe_impl(h) for h in handles}
+        return {k: v and replace(v, usage=None) for k, v in found.items()}
+
+    def hourly_quote(self, spec, region, usage=None):
+        if usage is None or not usage.instance_type:
+            return self.name, Unknown("not placed yet")
+        return f"{self.name} {usage.instance_type}", Price(2.0, PRICES_OF, "test table")
+
+
+def test_a_job_whose_price_depends_on_its_placement_is_described_once_to_learn_it(memory_store, tmp_path):
+    settings = make_settings(tmp_path, JOBPLANE_BACKENDS="local")
+    backend = PlacedBackend(settings)
+    service = JobService(memory_store, settings, backend_factory=lambda *_: backend)
+    job, _ = service.submit(ALICE, noop_spec(image="train:1"))
+    # its start reached us without the placement (as a reconcile of a batched read applies it)
+    job = service.apply_event(event(job, JobStatus.RUNNING, utcnow() - timedelta(hours=1)))
+    assert backend.describes == 1
+    assert (job.costs[0].instance_type, job.costs[0].usd_per_hour) == ("g5.xlarge", 2.0)
+    reconcile(service)
+    reconcile(service)
+    live = memory_store.get_job(job.job_id)
+    assert backend.describes == 1  # in-sync ticks read the batch only: the record says where it runs
+    assert live.costs[0].usd == pytest.approx(2.0, abs=0.01)

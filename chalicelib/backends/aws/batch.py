@@ -65,9 +65,7 @@ class BatchBackend(AwsBackend):
         priced, quote = aws_quote(self.catalog, "ec2", region or self.settings.region, usage.instance_type, spot)
         return f"{priced} (its container instance)", quote
 
-    #: DescribeJobs names the container instance but not its type: a change reconcile applies is described
-    #: again (with DescribeContainerInstances), so an in-sync tick stays ceil(active/100) calls
-    listed_fields_unknown = frozenset({"usage"})
+    priced_by_placement = True
 
     def usage_of(self, detail: dict[str, Any]) -> Usage | None:
         """The type of the container instance a running or ended job was placed on, or None."""

@@ -68,10 +68,8 @@ class EcsBackend(AwsBackend):
         return f"{priced} (its container instance)", quote
 
     @property
-    def listed_fields_unknown(self) -> frozenset[str]:
-        # DescribeTasks does not say the container instance's type: a change reconcile applies is described
-        # again (with DescribeContainerInstances), so ceil(active/100) calls a tick stays the in-sync cost.
-        return frozenset() if self.fargate else frozenset({"usage"})
+    def priced_by_placement(self) -> bool:
+        return not self.fargate
 
     def usage_of(self, task: dict[str, Any]) -> Usage | None:
         """The instance type of the container instance a task runs on; None on Fargate, before placement, or
