@@ -332,3 +332,18 @@ def test_a_batch_job_is_priced_by_the_container_instance_describe_jobs_names(set
     figure = backend.attempt_cost(job, until, seen.usage)
     assert figure.priced == "ec2 g5.2xlarge spot in us-east-1 (its container instance)"  # the spot queue
     assert figure.usd == pytest.approx(row("ec2", "g5.2xlarge", "us-east-1")["spot"] * HOURS)
+
+
+def test_a_sagemaker_state_event_says_what_the_job_ran_on_and_the_end_prices_every_instance(settings):
+    from tests.factories import JOB_ID, fixture_json
+
+    raw = fixture_json("events", "sagemaker-training-job-state-change.json")
+    raw["detail"].update(TrainingJobStatus="Completed", SecondaryStatus="Completed", BillableTimeInSeconds=1800)
+    raw["detail"]["ResourceConfig"]["InstanceType"] = "ml.g5.xlarge"  # the published example says "InstanceType"
+    seen = SageMakerBackend(settings).parse_event(raw)
+    assert (seen.job_id, seen.usage) == (JOB_ID, Usage("ml.g5.xlarge", 3, None, 1800.0))  # InstanceCount 3
+    job, until = ran("sagemaker", GPU)
+    figure = get_backend("sagemaker", settings).attempt_cost(job, until, seen.usage, final=True)
+    rate = row("sagemaker", "ml.g5.xlarge", "us-east-1")["on_demand"]
+    assert figure.priced == "sagemaker 3 x ml.g5.xlarge on-demand in us-east-1"
+    assert figure.usd == pytest.approx(3 * rate * 0.5)
