@@ -21,6 +21,36 @@ class Health(_Out):
     status: Literal["ok"]
 
 
+class AttemptCost(_Out):
+    """One attempt's cost: what was priced, the catalog rate, the hours billed and the figure."""
+
+    attempt: int = Field(ge=1)
+    backend: str
+    region: str | None
+    priced: str = Field(description="what the rate is for, e.g. 'ec2 g5.xlarge spot in us-east-1'")
+    usd_per_hour: float | None = Field(description="null when the catalog has no price (see reason)")
+    prices_of: str | None = Field(description="the date the catalog read the price (YYYY-MM-DD)")
+    hours: float = Field(ge=0, description="billed hours: BillableTimeInSeconds where reported, else run time")
+    usd: float | None = Field(description="null: unknown, never $0 for a missing price")
+    reason: str = Field(description="why the figure is unknown, or what it was computed from")
+    final: bool = Field(description="the attempt ended: the figure no longer moves")
+    instance_type: str | None
+    count: int | None
+    spot: bool | None
+    billable_seconds: float | None
+
+
+class JobCost(_Out):
+    """The job's cost over every attempt, with the date of the prices it used."""
+
+    usd: float | None = Field(description="null when any attempt's price is unknown (see reason)")
+    prices_of: str | None = Field(description="the oldest price date among the attempts (YYYY-MM-DD)")
+    reason: str | None
+    text: str = Field(description="'$1.23 (prices of 2026-01-21)', or 'unknown (why)'")
+    final: bool = Field(description="every attempt ended")
+    attempts: list[AttemptCost]
+
+
 class Job(_Out):
     """A job as the API returns it (times are ISO 8601 UTC)."""
 
@@ -55,6 +85,7 @@ class Job(_Out):
     artifacts_uri: str | None = Field(
         description="where $JOBPLANE_OUTPUT_DIR is uploaded: <outputs or the stage's bucket>/<job_id>/"
     )
+    cost: JobCost = Field(description="live while it runs (reconcile updates it), final when it ends")
 
 
 class JobMetrics(_Out):

@@ -13,6 +13,7 @@ from chalicelib.config import Settings
 from chalicelib.errors import ValidationError
 from chalicelib.jobs.capacity import claims_for
 from chalicelib.jobs.model import Candidate
+from chalicelib.pricing import Price, Quote, Unknown, money, rate
 
 if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec
@@ -48,19 +49,60 @@ def plan(
     order = [b for b in ranked if b not in local]
     order = [*local, *order] if settings.default_backend in local else [*order, *local]
     skipped: list[str] = []
+    allowed: list[tuple[str, Quote]] = []
     for name in order:
         why_not = _refusal(name, spec, limits, make, settings)
+        if why_not is None and _price_capped(spec):
+            cheapest, why_not = _cheapest(name, spec, settings, make)
         if why_not:
             skipped.append(f"{name}: {why_not}")
             continue
-        reason = f"auto: {name}, {known[name].role if known[name] else name}, for {_describe(spec)}"
-        if skipped:
-            reason += "; skipped " + "; ".join(skipped)
-        return name, reason
+        if _price_capped(spec):
+            allowed.append((name, cheapest))  # every backend is priced: the cheapest allowed one wins
+            continue
+        return name, _reason(name, spec, known[name], skipped)
+    if allowed:
+        name, quote = min(allowed, key=lambda a: a[1].usd_per_hour)  # min keeps the ranking among equals
+        return name, _reason(name, spec, known[name], skipped, f"the cheapest allowed at {quote.format()}")
     raise ValidationError(
         "no enabled backend can run this job",
         [{"field": "backend", "message": "; ".join(dict.fromkeys(skipped)) or "no backend is enabled"}],
     )
+
+
+def _reason(name: str, spec: JobSpec, found, skipped: list[str], priced: str = "") -> str:
+    reason = f"auto: {name}, {found.role if found else name}, for {_describe(spec)}"
+    if priced:
+        reason += f", {priced}"
+    if skipped:
+        reason += "; skipped " + "; ".join(skipped)
+    return reason
+
+
+def _price_capped(spec: JobSpec) -> bool:
+    """A spec that caps its price or its cost is placed by price: every candidate must have a known one."""
+    return spec.max_price_per_hour is not None or spec.max_cost_usd is not None
+
+
+def _cheapest(name: str, spec: JobSpec, settings: Settings, make) -> tuple[Price | None, str | None]:
+    """(the backend's cheapest allowed candidate price, None) or (None, why none is allowed)."""
+    refused: list[str] = []
+    options = _options(name, spec, refused)
+    quotes = [_quote(c, spec, settings, make) for c in options]
+    allowed = [q for q in quotes if _allowed(q, spec) is None]
+    if not allowed:
+        return None, "; ".join(refused + [_allowed(q, spec) for q in quotes]) or "no candidate"
+    return min(allowed, key=lambda q: q.usd_per_hour), None
+
+
+def _allowed(quote: Quote, spec: JobSpec) -> str | None:
+    """Why a price-capped spec may not run at this price, or None."""
+    if not isinstance(quote, Price):
+        return f"no known price ({quote.reason})"
+    cap = spec.max_price_per_hour
+    if cap is not None and quote.usd_per_hour > cap:
+        return f"{quote.format()} is over max_price_per_hour {rate(cap)}/h"
+    return None
 
 
 def _refusal(name: str, spec: JobSpec, limits: dict[str, int], make, settings: Settings) -> str | None:
@@ -114,25 +156,62 @@ def candidates(spec: JobSpec, first: str, settings: Settings, make: Callable[[st
             raise ValidationError(
                 f"fallback backend {name!r} cannot run this job: {reason}", [{"field": field, "message": reason}]
             ) from None
-    # gpu_types are the alternatives to resources.gpu_type, which is always one of them
-    gpu_types: tuple[str | None, ...] = (
-        tuple(dict.fromkeys((spec.resources.gpu_type, *spec.gpu_types))) if spec.gpu_types else (None,)
-    )
-    found: list[str] = []
+    # gpu_types are the alternatives to resources.gpu_type, which is always one of them (see _options)
+    found: list[Candidate] = []
     refused: list[str] = []
+    priced: dict[Candidate, Quote] = {}
     for backend in dict.fromkeys((first, *spec.fallback)):
-        regions = _regions(backend, spec, refused)
-        options = [Candidate(backend, r, g) for r in regions for g in gpu_types]
+        options = _options(backend, spec, refused)
         order = {c: i for i, c in enumerate(options)}
-        priced = {c: _price(c, spec, settings) for c in options}
-        options.sort(key=lambda c: (priced[c] is None, priced[c] or 0.0, order[c]))
-        found.extend(c.text for c in options)
+        priced.update({c: _quote(c, spec, settings, make) for c in options})
+        options.sort(key=lambda c: (priced[c].usd_per_hour is None, priced[c].usd_per_hour or 0.0, order[c]))
+        found.extend(options)
     if not found:
         raise ValidationError(
             "no candidate can run this job in the regions it names",
             [{"field": "regions", "message": "; ".join(refused)}],
         )
-    return tuple(dict.fromkeys(found))
+    if _price_capped(spec):
+        found = _within_caps(found, priced, spec)
+    return tuple(dict.fromkeys(c.text for c in found))
+
+
+def _within_caps(found: list[Candidate], priced: dict[Candidate, Quote], spec: JobSpec) -> list[Candidate]:
+    """A price-capped spec's candidates: those priced at or under max_price_per_hour, cheapest first across
+    backends (ties in the spec's order); refused (400 naming the cap and the figures) when none is, or when
+    the cheapest costs more than max_cost_usd at max_runtime_minutes."""
+    refusals = {c: _allowed(priced[c], spec) for c in found}
+    allowed = sorted((c for c in found if refusals[c] is None), key=lambda c: priced[c].usd_per_hour)
+    field = "max_price_per_hour" if spec.max_price_per_hour is not None else "max_cost_usd"
+    if not allowed:
+        why = "; ".join(f"{c.text}: {refusals[c]}" for c in found)
+        raise ValidationError(
+            f"no candidate has a known price{' within ' + field if field == 'max_price_per_hour' else ''}: {why}",
+            [{"field": field, "message": why}],
+        )
+    cap = spec.max_cost_usd
+    cheapest = allowed[0]
+    quote = priced[cheapest]
+    worst = quote.cost(spec.max_runtime_minutes / 60.0)
+    if cap is not None and worst.usd > cap:
+        why = (
+            f"the cheapest candidate, {cheapest.text} at {quote.format()}, costs {money(worst.usd)} over "
+            f"max_runtime_minutes {spec.max_runtime_minutes}, more than max_cost_usd {money(cap)}"
+        )
+        longest = int(cap / quote.usd_per_hour * 60) if quote.usd_per_hour else None
+        hint = (
+            f"raise max_cost_usd or set max_runtime_minutes to at most {longest}" if longest else "raise max_cost_usd"
+        )
+        raise ValidationError(why, [{"field": "max_cost_usd", "message": f"{why}; {hint}"}])
+    return allowed
+
+
+def _options(backend: str, spec: JobSpec, refused: list[str]) -> list[Candidate]:
+    """The backend's candidates: each region it can run in times each GPU type, in the spec's order."""
+    gpu_types: tuple[str | None, ...] = (
+        tuple(dict.fromkeys((spec.resources.gpu_type, *spec.gpu_types))) if spec.gpu_types else (None,)
+    )
+    return [Candidate(backend, r, g) for r in _regions(backend, spec, refused) for g in gpu_types]
 
 
 #: how each cloud spells a region: AWS us-east-1 / us-gov-west-1, Google Cloud us-central1 / europe-west4
@@ -161,22 +240,19 @@ def _regions(backend: str, spec: JobSpec, refused: list[str]) -> list[str | None
     return []
 
 
-def _price(candidate: Candidate, spec: JobSpec, settings: Settings) -> float | None:
-    """USD per hour of the candidate's instance from the price catalog, or None when the catalog has no price."""
-    from chalicelib.backends.aws.base import instance_type_for
-    from chalicelib.pricing import Price, price
-
-    found = descriptor_or_none(candidate.backend)
-    if found is None or found.price_table is None:
-        return None  # GCP candidates run in one region; their order is the spec's
-    resources = spec.resources
+def _quote(
+    candidate: Candidate, spec: JobSpec, settings: Settings, make: Callable[[str], ComputeBackend] | None = None
+) -> Quote:
+    """The candidate's price per hour, as its backend prices an attempt there (Backend.hourly_quote)."""
+    make = make or (lambda name: backend_class(name)(settings))
     if candidate.gpu_type:
-        resources = replace(resources, gpu_type=candidate.gpu_type)
+        spec = spec.with_changes(resources=replace(spec.resources, gpu_type=candidate.gpu_type))
     try:
-        sku = instance_type_for(resources, found.instance_prefix)
-    except ValidationError:
-        return None
-    # (the catalog prices SageMaker's managed spot at the on-demand rate it bills)
-    purchase = "spot" if resources.spot else "on_demand"
-    quote = price(found.price_table, candidate.region or settings.region, sku, purchase)
-    return quote.usd_per_hour if isinstance(quote, Price) else None
+        return make(candidate.backend).hourly_quote(spec, candidate.region)[1]
+    except ValidationError as exc:
+        return Unknown(exc.message)
+
+
+def _price(candidate: Candidate, spec: JobSpec, settings: Settings, make=None) -> float | None:
+    """USD per hour of the candidate from the price catalog, or None when the catalog has no price."""
+    return _quote(candidate, spec, settings, make).usd_per_hour

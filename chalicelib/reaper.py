@@ -14,6 +14,8 @@ from chalicelib.errors import JobplaneError, StaleStateError, ValidationError
 from chalicelib.events import to_job_event
 from chalicelib.jobs.model import EventSource, FailureKind, Job, JobEvent, JobStatus, utcnow
 from chalicelib.notify.slack import drain_outbox
+from chalicelib.pricing import Cost
+from chalicelib.pricing.jobs import merged, total
 
 log = logging.getLogger("jobplane.reaper")
 RELAUNCH_REASON = "relaunched by reconcile"
@@ -44,6 +46,9 @@ class Action(str, Enum):
     #: RUNNING past max_runtime_minutes plus the grace on a backend that does not stop it (ECS): stopped
     #: with the reason, and the job fails as a timeout
     STOP_OVERRUN = "stop_overrun"
+    #: RUNNING and its cost reached the spec's max_cost_usd: stopped with the figures, and the job fails as
+    #: budget
+    STOP_BUDGET = "stop_budget"
     # --- about a tagged resource (decide_resource) ---
     #: no job behind it, or left over from an earlier attempt
     STOP_ORPHAN = "stop_orphan"
@@ -92,6 +97,7 @@ EFFECTS: dict[Action, Effect] = {
     Action.QUEUE_WAIT: Effect(mark_wait=True),
     Action.QUEUE_FAILOVER: Effect(recancel=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.NO_CAPACITY),
     Action.STOP_OVERRUN: Effect(stop_job=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.TIMEOUT),
+    Action.STOP_BUDGET: Effect(stop_job=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.BUDGET),
     Action.STOP_ORPHAN: Effect(stop_resource=True),
     Action.STOP_FINISHED: Effect(stop_resource=True),
     Action.REMOVE_STOPPED: Effect(stop_resource=True),
@@ -153,6 +159,20 @@ def decide_reconcile(
                 f"({job.spec.max_runtime_minutes}) plus {_minutes(overrun_grace)} min grace",
             )
     return Decision(job.job_id, Action.NONE, f"in sync ({observation.native_status})")
+
+
+def decide_budget(job: Job, spent: Cost) -> Decision | None:
+    """Pure: a RUNNING job whose cost so far (every attempt, the running one up to now) reached the spec's
+    max_cost_usd is stopped; an unknown cost cannot be judged (submit refuses a cap it could not price)."""
+    cap = job.spec.max_cost_usd
+    if cap is None or job.status is not JobStatus.RUNNING or spent.usd is None or spent.usd < cap:
+        return None
+    return Decision(
+        job.job_id,
+        Action.STOP_BUDGET,
+        f"cost ${spent.usd:,.4f} reached max_cost_usd ${cap:,.4f}"
+        + (f" (prices of {spent.read_at.isoformat()})" if spent.read_at else ""),
+    )
 
 
 def _queue_wait(job: Job, observation, now) -> Decision:
@@ -530,10 +550,24 @@ def heal(service, jobs: list[Job], now) -> list[Decision]:
     return decisions
 
 
+def _live_cost(service, backend, job: Job, obs, now) -> tuple[Job, Decision | None]:
+    """A running job's cost up to now, written when it moved (GET /jobs/{id} shows it live), and the budget
+    stop when it reached max_cost_usd."""
+    figure = backend.attempt_cost(job, now, obs.usage if obs is not None else None)
+    spent = total(merged(job.costs, figure))
+    stop = decide_budget(job, spent)
+    if stop is None:
+        job = service.record_live_cost(job, figure)
+    return job, stop
+
+
 def _heal_one(service, backend, job: Job, obs, now, deadline: timedelta) -> Decision:
     grace = None if backend.enforces_max_runtime else timedelta(minutes=service.settings.overdue_grace_minutes)
     try:
         decision = decide_reconcile(job, obs, now, deadline, grace)
+        if decision.action is Action.NONE and job.status is JobStatus.RUNNING:
+            job, stop = _live_cost(service, backend, job, obs, now)
+            decision = stop or decision
         if decision.action in (Action.APPLY, Action.RECANCEL) and backend.listed_fields_unknown:
             # A list page lacks some of what describe says (SageMaker: the start time): what is applied
             # is describe's own answer.

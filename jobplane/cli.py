@@ -147,6 +147,7 @@ def _progress(job: dict, events: list[dict], tail: list[str], elapsed: float):
 
 
 def _print_job(job: dict, events: list[dict] | None = None) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     out = _console()
@@ -172,7 +173,14 @@ def _print_job(job: dict, events: list[dict] | None = None) -> None:
         if value is not None:
             style = STATUS_STYLE.get(str(value), "") if key == "status" else ""
             table.add_row(key, f"[{style}]{value}[/]" if style else str(value))
+    spent = job.get("cost")
+    if spent:
+        table.add_row("cost", escape(spent["text"]) + ("" if spent.get("final") else " so far"))
     out.print(table)
+    if spent and spent.get("attempts"):
+        out.print("cost by attempt:")
+        for a in spent["attempts"]:
+            out.print(f"  {_attempt_cost(a)}", markup=False)
     if job.get("metrics"):
         from chalicelib.jobs.metrics import format_value
 
@@ -183,6 +191,18 @@ def _print_job(job: dict, events: list[dict] | None = None) -> None:
         out.print("history:")
         for e in events:
             out.print(f"  {e['at']}  {e['from'] or '-':>10} -> {e['to']:<10} [{e['source']}] {e['reason']}")
+
+
+def _attempt_cost(a: dict) -> str:
+    """'attempt 1  ec2 g5.xlarge spot in us-east-1  $0.4523/h x 1.500 h = $0.68 (prices of 2026-01-21)'."""
+    head = f"attempt {a['attempt']}  {a['priced']}"
+    if a.get("usd") is None:
+        return f"{head}  unknown ({a.get('reason') or 'no price'})"
+    rate = f"${a['usd_per_hour']:,.4f}/h" if a.get("usd_per_hour") is not None else "no rate"
+    dated = f" (prices of {a['prices_of']})" if a.get("prices_of") else ""
+    note = f"; {a['reason']}" if a.get("reason") else ""
+    state = "" if a.get("final") else ", so far"
+    return f"{head}  {rate} x {a['hours']:.3f} h = ${a['usd']:,.2f}{dated}{state}{note}"
 
 
 def cmd_list(args) -> int:

@@ -13,12 +13,15 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from functools import cached_property
 from typing import Any, ClassVar
 
 from chalicelib.config import Settings
 from chalicelib.errors import UnsupportedError, ValidationError
 from chalicelib.jobs.model import FailureKind, Job, JobStatus, native_name, utcnow
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing import Catalog, Quote, Unknown, for_settings
+from chalicelib.pricing.jobs import AttemptCost, Usage, attempt_cost, with_usage
 
 NATIVE_RE = re.compile(r"^jp-(?P<job_id>[0-9a-f]{32})(?:-a(?P<attempt>[0-9]+))?$")
 
@@ -94,6 +97,8 @@ class Observation:
     #: still in the provider's own queue (Batch RUNNABLE, Vertex PENDING/QUEUED, SageMaker starting with a
     #: capacity message): reconcile moves it on after the spec's capacity_wait_minutes
     waiting_for_capacity: bool = False
+    #: what the provider says the attempt runs on and billed (chalicelib.pricing.jobs.Usage), when it says
+    usage: Any = None
 
     def __post_init__(self) -> None:
         if self.status is JobStatus.FAILED and self.failure_kind is None:
@@ -376,9 +381,42 @@ class ComputeBackend(ABC):
             offset = chunk.next_offset
         return None
 
-    def hourly_price(self, job: Job) -> float | None:
-        """USD per hour of the resource this job runs on, when known."""
-        return None
+    # --- cost ------------------------------------------------------------------------------
+    def hourly_quote(self, spec: JobSpec, region: str | None, usage: Usage | None = None) -> tuple[str, Quote]:
+        """(what is priced, the catalog's price per hour of everything one attempt of `spec` runs on) in
+        `region` (None: the deployment's); `usage` is what the provider reported the attempt ran on, which
+        wins over what the spec asks for. Unknown, with the reason, where the catalog has no price."""
+        return self.name, Unknown(f"backend {self.name!r} has no prices in the catalog")
+
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The packaged price catalog, with this deployment's local price (JOBPLANE_LOCAL_PRICE_PER_HOUR)."""
+        return for_settings(self.settings)
+
+    #: True when an attempt's price depends on where the provider placed it, which describe() and state events
+    #: read (with a call of their own: ECS and Batch container instances) and describe_many() does not: a start
+    #: applied from a batched read is described once more, so in-sync ticks stay one batched call
+    priced_by_placement: ClassVar[bool] = False
+
+    def attempt_cost(self, job: Job, until: datetime, usage: Usage | None = None, final: bool = False) -> AttemptCost:
+        """The current attempt's cost up to `until`: hourly_quote times the hours it billed (see
+        chalicelib.pricing.jobs.attempt_cost), with what the record already says it ran on."""
+        usage = with_usage(job.costs, job.attempt, usage)
+        try:
+            priced, quote = self.hourly_quote(job.spec, job.region, usage)
+        except ValidationError as exc:  # a spec the catalog cannot map (no instance type fits): unknown, why
+            priced, quote = self.name, Unknown(exc.message)
+        return attempt_cost(
+            quote,
+            attempt=job.attempt,
+            backend=self.name,
+            region=job.region,
+            priced=priced,
+            started_at=job.started_at,
+            until=until,
+            usage=usage,
+            final=final,
+        )
 
     # --- max runtime -----------------------------------------------------------------------
     #: False when nothing on the provider's side stops a job at max_runtime_minutes (ECS): reconcile does,
@@ -440,12 +478,8 @@ class ComputeBackend(ABC):
         raise UnsupportedError(f"backend {self.name!r} cannot stop resources")
 
     def estimate_cost(self, job: Job, until: datetime | None = None) -> float | None:
-        price = self.hourly_price(job)
-        if price is None or job.started_at is None:
-            return None
-        end = until or job.finished_at or utcnow()
-        hours = max((end - job.started_at).total_seconds(), 0.0) / 3600.0
-        return round(price * hours, 6)
+        """USD of the current attempt up to `until` (default: its end, else now); None when unknown."""
+        return self.attempt_cost(job, until or job.finished_at or utcnow()).usd
 
     # --- what each backend implements --------------------------------------------------
     def _validate_impl(self, spec: JobSpec) -> None:

@@ -57,6 +57,7 @@ def to_job_event(obs: Observation, source: EventSource) -> JobEvent:
         failure_kind=obs.failure_kind,
         exit_code=obs.exit_code,
         started_at=obs.started_at,
+        usage=obs.usage,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from chalicelib.jobs.metrics import Cursor
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing.jobs import cost_to_api
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class FailureKind(str, Enum):
     INTERRUPTED = "interrupted"
     #: The reaper stopped its VM: no heartbeat, or the GPU under the threshold, for the idle window.
     IDLE = "idle"
+    #: Reconcile stopped it when its cost reached the spec's max_cost_usd.
+    BUDGET = "budget"
 
 
 class EventSource(str, Enum):
@@ -178,6 +181,8 @@ class Job:
     # The latest value of each key the job reported (JOBPLANE_METRICS lines), and how far its output was read.
     metrics: dict[str, float] = field(default_factory=dict)
     metrics_cursor: Cursor | None = None
+    # Each attempt's cost (chalicelib.pricing.jobs.AttemptCost): the rate it ran at, the hours, the figure.
+    costs: tuple[Any, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.spec, JobSpec):
@@ -228,6 +233,7 @@ class Job:
             "first_refusal_at": iso(self.first_refusal_at),
             "metrics": dict(self.metrics),
             "artifacts_uri": artifacts,
+            "cost": cost_to_api(self.costs),
         }
 
 
@@ -247,6 +253,8 @@ class JobEvent:
     exit_code: int | None = None
     # When the provider says the work began (lets a late terminal event still give a duration).
     started_at: datetime | None = None
+    # What the provider said the attempt ran on and billed (chalicelib.pricing.jobs.Usage), when it said.
+    usage: Any = None
 
 
 @dataclass(frozen=True)

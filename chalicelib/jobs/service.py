@@ -9,6 +9,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends import get_backend
@@ -36,10 +37,13 @@ from chalicelib.jobs.model import (
     Job,
     JobEvent,
     JobStatus,
+    Transition,
     new_job_id,
     utcnow,
 )
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing import Cost
+from chalicelib.pricing.jobs import AttemptCost, current_cost, with_attempt
 from chalicelib.store.base import IdempotencyRecord, JobStore, Page
 from chalicelib.store.metrics import MetricsStore
 
@@ -312,6 +316,44 @@ class JobService:
             log.warning("final metrics read of job %s failed; kept the last ones read", job.job_id, exc_info=True)
             return {}
 
+    # --- cost --------------------------------------------------------------------------
+    def current_cost(self, job: Job, now: datetime | None = None) -> Cost:
+        """What `job` has cost so far, with its price date (see chalicelib.pricing.jobs.current_cost)."""
+        return current_cost(job, self.backend(job.backend), now)
+
+    def _cost_changes(self, job: Job, event: JobEvent, transition: Transition) -> dict[str, Any]:
+        """The fields that record the current attempt's cost as of `transition`: final when the attempt ends
+        (the job ends, or a retry or failover moves it to its next attempt), live when it starts running."""
+        ends = transition.to_status.terminal or transition.changes.get("attempt", job.attempt) != job.attempt
+        if job.native_name is None or not (ends or transition.to_status is JobStatus.RUNNING):
+            return {}  # never dispatched (cancelled in the queue): no attempt ran, nothing to price
+        # A job first seen at its end gets started_at from this very transition: it has a cost too.
+        started_at = job.started_at or transition.changes.get("started_at")
+        try:
+            backend = self.backend(job.backend)
+            usage = event.usage
+            if usage is None and backend.priced_by_placement and transition.to_status is JobStatus.RUNNING:
+                # Its start came from a batched read that does not say where it runs: asked once, now.
+                seen = backend.describe(Handle.of(job))
+                usage = seen.usage if seen is not None else None
+            figure = backend.attempt_cost(job.with_changes(started_at=started_at), transition.at, usage, final=ends)
+        except JobplaneError as exc:  # the job's transition matters more than its figure: logged, not raised
+            log.warning("pricing attempt %d of job %s failed: %s", job.attempt, job.job_id, exc.message)
+            return {}
+        return with_attempt(job, figure)
+
+    def record_live_cost(self, job: Job, figure: AttemptCost) -> Job:
+        """Write a running attempt's cost when it moved by 5 % and a cent (or its rate changed): reconcile's
+        tick keeps GET /jobs/{id} within 5 % of the truth without a write per job per tick (a free job is never
+        written)."""
+        stored = next((c for c in job.costs if c.attempt == figure.attempt), None)
+        if (stored is not None and stored.final) or not _moved(stored, figure):
+            return job
+        try:
+            return self.store.update_job(job, job.status, **with_attempt(job, figure))
+        except StaleStateError:
+            return job  # it moved on (ended): that transition wrote the final figure
+
     # --- cancel ------------------------------------------------------------------------
     def cancel(self, principal: Principal, job_id: str) -> Job:
         job = self.get(principal, job_id)
@@ -373,16 +415,7 @@ class JobService:
                 # Read once: a lost race decides again, and the same output gives the same metrics.
                 final = self._final_metrics(job) if final is None else final
                 transition.changes.update(final)
-            # A job first seen at its end gets started_at from this very transition: it has a cost too.
-            started_at = job.started_at or transition.changes.get("started_at")
-            if transition.to_status.terminal and started_at is not None:
-                ended = job.with_changes(started_at=started_at, finished_at=transition.at)
-                try:
-                    cost = self.backend(job.backend).estimate_cost(ended)
-                except ValidationError:
-                    cost = None
-                if cost is not None:
-                    transition.changes["cost_estimate_usd"] = cost
+            transition.changes.update(self._cost_changes(job, event, transition))
             try:
                 updated = self.store.apply_transition(job, transition)
             except StaleStateError:
@@ -425,6 +458,24 @@ class JobMetrics:
             "malformed_lines": cursor.malformed if cursor else 0,
             "caught_up": self.caught_up,
         }
+
+
+#: a live figure is written once it moved this share of the stored one (and a cent): what GET /jobs/{id} shows
+#: is at most that far behind, and a job's writes grow with the log of its cost, not with its ticks
+LIVE_COST_STEP = 0.05
+
+
+def _moved(stored: AttemptCost | None, figure: AttemptCost) -> bool:
+    """A live figure worth writing over the stored one: a known figure a cent and LIVE_COST_STEP away from
+    it, or at another rate. An unknown one stays as the RUNNING transition recorded it (it cannot move)."""
+    if figure.instance_type and (stored is None or stored.instance_type != figure.instance_type):
+        return True  # where it runs became known: kept, so it is not asked again
+    if figure.usd is None:
+        return False
+    if stored is not None and stored.usd_per_hour != figure.usd_per_hour:
+        return True
+    before = stored.usd if stored is not None and stored.usd is not None else 0.0
+    return abs(figure.usd - before) >= max(0.01, LIVE_COST_STEP * before)
 
 
 def _plausible_id(job_id: str) -> bool:

@@ -168,6 +168,19 @@ class JobSpec(_Strict):
         max_length=40,
         description="metric names the job reports (JOBPLANE_METRICS keys), declared for SageMaker's console",
     )
+    max_cost_usd: float | None = Field(
+        default(typed.JobSpec, "max_cost_usd"),
+        gt=0,
+        le=1_000_000,
+        description="USD: refused at submit if the cheapest candidate costs more at max_runtime_minutes; "
+        "stopped (failure_kind budget) when its cost reaches it",
+    )
+    max_price_per_hour: float | None = Field(
+        default(typed.JobSpec, "max_price_per_hour"),
+        gt=0,
+        le=10_000,
+        description="USD per hour: only candidates the price catalog prices at or under it, cheapest first",
+    )
 
     @field_validator("backend")
     @classmethod

@@ -76,6 +76,10 @@ class JobSpec:
     # Metric names declared up front, for providers that must know them at launch (SageMaker's console);
     # every backend reads whatever keys the job's JOBPLANE_METRICS lines carry, declared or not.
     metrics: tuple[str, ...] = ()
+    # Cost caps (USD): the job is stopped when its cost reaches max_cost_usd (failure_kind budget), and runs
+    # only on candidates whose catalog price per hour is at most max_price_per_hour.
+    max_cost_usd: float | None = None
+    max_price_per_hour: float | None = None
 
     def __post_init__(self) -> None:
         # Callers hand in lists and dicts (JSON, pydantic); the spec keeps only immutable forms.

@@ -18,7 +18,7 @@ from chalicelib.jobs.model import Job
 from chalicelib.notify.console import console_url, provider_name
 from chalicelib.notify.delivery import Webhook, deliver
 from chalicelib.notify.invoke import Invoker
-from chalicelib.notify.messages import cost, duration, escape, machine
+from chalicelib.notify.messages import duration, escape, job_cost, machine
 from chalicelib.notify.users import principal_for
 from chalicelib.store.slack import SlackStore
 
@@ -101,7 +101,7 @@ def describe_job(job: Job, settings: Settings) -> str:
         f"Owner {job.owner} · {job.backend}, {machine(job.spec)} · attempt {job.attempt}",
         f"Submitted {_when(job.created_at)} · started {_when(job.started_at)}"
         f" · duration {duration(job.started_at, job.finished_at) or '-'}"
-        f" · est. cost {cost(job.cost_estimate_usd) or '-'}",
+        f" · est. cost {job_cost(job) or '-'}",
     ]
     if job.failure_reason:
         kind = job.failure_kind.value if job.failure_kind else "failure"

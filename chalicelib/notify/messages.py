@@ -107,6 +107,21 @@ def cost(value: float | None) -> str | None:
     return f"${value:,.2f}"
 
 
+def job_cost(job: Job) -> str | None:
+    """The job's cost with the date of the prices it used ('$1.23 (prices of 2026-01-21)'), 'unknown (why)',
+    or, for a record from before per-attempt costs, its cost_estimate_usd alone."""
+    if not job.costs:
+        return cost(job.cost_estimate_usd)
+    from chalicelib.pricing.jobs import total
+
+    spent = total(job.costs)
+    if spent.usd is None:
+        why = spent.reason if len(spent.reason) <= 300 else spent.reason[:299] + "…"
+        return f"unknown ({escape(why)})"  # the reason quotes the catalog and the provider: free text
+    dated = f" (prices of {spent.read_at.isoformat()})" if spent.read_at else ""
+    return f"{cost(spent.usd)}{dated}"
+
+
 def escape(text: str) -> str:
     """Slack's three control characters in free text (failure reasons come from providers and programs)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -165,7 +180,7 @@ def build_message(
     A final message shows the job's latest metrics; a failure, the last lines of its output when given."""
     title = headline(job, kind)
     took = duration(job.started_at, job.finished_at)
-    spent = cost(job.cost_estimate_usd)
+    spent = job_cost(job)
     fields = [
         f"*Job*\n{job.name} (`{job.job_id}`)",
         f"*Owner*\n{job.owner}",

@@ -29,6 +29,16 @@ def _rate(usd: float) -> str:
     return "$" + (text + "0" * (2 - len(text.split(".")[1])) if "." in text else text + ".00")
 
 
+def money(usd: float) -> str:
+    """'$1,234.57': a total, as every cost is shown."""
+    return _money(usd)
+
+
+def rate(usd: float) -> str:
+    """'$0.115': a price per hour, with the digits it needs."""
+    return _rate(usd)
+
+
 @dataclass(frozen=True)
 class Cost:
     """An amount of money, or an explicit unknown (`usd` None, with the reason), and its price date.
@@ -50,12 +60,15 @@ class Cost:
             return NotImplemented
         if self.usd is None or other.usd is None:
             return Cost(None, None, "; ".join(c.reason for c in (self, other) if c.usd is None))
-        return Cost(self.usd + other.usd, min(d for d in (self.read_at, other.read_at) if d))
+        dates = [d for d in (self.read_at, other.read_at) if d]  # $0 for nothing run has no price date
+        return Cost(self.usd + other.usd, min(dates) if dates else None)
 
     def format(self) -> str:
         """'$1.23 (prices of 2026-01-15)', or 'unknown (why)'."""
         if self.usd is None:
             return f"unknown ({self.reason})"
+        if self.read_at is None:  # nothing ran, so no price was used
+            return _money(self.usd)
         return f"{_money(self.usd)} (prices of {self.read_at.isoformat()})"
 
     __str__ = format

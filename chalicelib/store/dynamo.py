@@ -33,6 +33,7 @@ from chalicelib.jobs.model import (
     native_name,
 )
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing.jobs import AttemptCost, costs_from_text, costs_to_text
 from chalicelib.store.base import (
     IdempotencyRecord,
     JobStore,
@@ -152,6 +153,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         launch_operation = UnicodeAttribute(null=True)  # the provider operation creating the resource (GCE)
         metrics = UnicodeAttribute(null=True)  # JSON {key: latest value}
         metrics_cursor = UnicodeAttribute(null=True)  # JSON Cursor: how far the output was read for metrics
+        costs = UnicodeAttribute(null=True)  # JSON [AttemptCost, ...]: each attempt's rate, hours and figure
 
         by_owner = OwnerIndex()
         by_all = AllIndex()
@@ -220,6 +222,7 @@ def _job_from_item(item: Any) -> Job:
         candidates=tuple(json.loads(item.candidates)) if item.candidates else (),
         metrics=json.loads(item.metrics) if item.metrics else {},
         metrics_cursor=Cursor.from_text(item.metrics_cursor),
+        costs=costs_from_text(item.costs),
         **plain,
     )
 
@@ -242,6 +245,8 @@ def _value(value: Any) -> Any:
         return json.dumps(value, sort_keys=True) if value else None
     if isinstance(value, tuple) and value and all(isinstance(v, str) for v in value):
         return json.dumps(list(value))
+    if isinstance(value, tuple) and value and all(isinstance(v, AttemptCost) for v in value):
+        return costs_to_text(value)
     if isinstance(value, tuple) and all(isinstance(v, Claim) for v in value):
         return _claims_text(value)
     return value.value if isinstance(value, (JobStatus, FailureKind, EventSource)) else value
@@ -338,6 +343,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             candidates=json.dumps(list(job.candidates)) if job.candidates else None,
             metrics=_value(job.metrics),
             metrics_cursor=_value(job.metrics_cursor),
+            costs=costs_to_text(job.costs),
             **{f: getattr(job, f) for f in _PLAIN_FIELDS},
         )
         return item

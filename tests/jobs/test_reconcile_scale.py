@@ -171,7 +171,7 @@ def test_sagemaker_reads_running_jobs_from_list_pages_and_describes_only_what_th
     assert {seen[j.job_id].status for j in jobs[148:]} == {JobStatus.SUCCEEDED}
     assert seen[unknown.job_id] is None
     described = backend.describe(Handle.of(jobs[0]))
-    assert seen[jobs[0].job_id] == replace(described, started_at=None)
+    assert seen[jobs[0].job_id] == replace(described, started_at=None, usage=None)
 
 
 # --- the deployed wiring: the schedule hands shards to reconcile_shard -----------------------------------

@@ -236,7 +236,7 @@ def test_status_answers_inline(slack_app):
         "text": f"*train* (`{job.job_id}`): SUCCEEDED\n"
         f"Owner {slack_app.user} · local, 1 vCPU, 2 GB · attempt 1\n"
         f"Submitted {done.created_at:%Y-%m-%d %H:%M} UTC · started {done.started_at:%Y-%m-%d %H:%M} UTC"
-        f" · duration {took} · est. cost -\n"
+        f" · duration {took} · est. cost unknown (attempt 1: backend 'local' has no prices in the catalog)\n"
         "Reason: exit 0",
     }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -12,7 +13,9 @@ from chalicelib.errors import UnsupportedError
 
 if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec, Resources
+    from chalicelib.pricing import Quote
 
+log = logging.getLogger("jobplane.aws")
 TAG_JOB_ID = "jobplane:job-id"
 TAG_ATTEMPT = "jobplane:attempt"
 TAG_NATIVE = "jobplane:native-id"
@@ -94,6 +97,41 @@ def instance_type_for(resources: Resources, prefix: str = "") -> str:
         f"no general-purpose instance has {cpus:g} vCPUs and {memory:g} GiB",
         [{"field": "resources.cpus", "message": "at most 96 vCPUs and 384 GiB; or set resources.instance_type"}],
     )
+
+
+def aws_quote(catalog, table: str, region: str, instance_type: str, spot: bool, count: int = 1) -> tuple[str, Quote]:
+    """(what is priced, its price per hour) for `count` instances of `instance_type` from the catalog's `table`."""
+    purchase = "spot" if spot else "on_demand"
+    quote = catalog.price(table, region, instance_type, purchase)
+    many = f"{count} x " if count > 1 else ""
+    return f"{table} {many}{instance_type} {purchase.replace('_', '-')} in {region}", quote.times(count)
+
+
+def container_instance_type(client, cluster: str | None, arn: str | None) -> str | None:
+    """The `ecs.instance-type` attribute of an ECS container instance (DescribeContainerInstances), or None when
+    there is none to read (Fargate, not placed yet) or ECS cannot say. `cluster` None: the one the ARN names
+    (arn:aws:ecs:REGION:ACCOUNT:container-instance/CLUSTER/ID, as Batch's compute environments have them)."""
+    from chalicelib.backends.aws.errors import aws_errors
+    from chalicelib.errors import BackendError
+
+    if not arn:
+        return None
+    if cluster is None:
+        parts = arn.split(":", 5)[-1].split("/")
+        if len(parts) != 3:
+            return None  # the old ARN format does not name its cluster
+        cluster = parts[1]
+    try:
+        with aws_errors("ecs", "DescribeContainerInstances"):
+            found = client.describe_container_instances(cluster=cluster, containerInstances=[arn])
+    except BackendError as exc:
+        log.warning("reading the container instance %s failed: %s", arn, exc.message)  # a cost is not worth a failure
+        return None
+    for instance in found.get("containerInstances", []):
+        attributes = {a.get("name"): a.get("value") for a in instance.get("attributes") or []}
+        if attributes.get("ecs.instance-type"):
+            return attributes["ecs.instance-type"]
+    return None
 
 
 def role_arn(name_or_arn: str, account: str = "*") -> str:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from dataclasses import replace
 from typing import Any
 
 from chalicelib.backends.aws import staging
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
+from chalicelib.backends.aws.base import AwsBackend, aws_quote, container_instance_type, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import Stream, read_streams
 from chalicelib.backends.aws.descriptors import BATCH
 from chalicelib.backends.aws.errors import aws_errors
@@ -26,6 +27,8 @@ from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing import Unknown
+from chalicelib.pricing.jobs import Usage
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,32 @@ class BatchBackend(AwsBackend):
 
     def roles(self) -> tuple[tuple[str, str], ...]:
         return ((self.settings.batch_job_role, "ecs-tasks.amazonaws.com"),)
+
+    def hourly_quote(self, spec, region, usage=None):
+        if usage is None or not usage.instance_type:
+            return "aws-batch", Unknown(
+                "AWS Batch has not said which instance the job runs on (its container instance's type is read "
+                "once it runs; a Fargate compute environment has none)"
+            )
+        # A spot job runs in the spot queue, whose compute environment buys spot instances.
+        spot = spec.resources.spot if usage.spot is None else usage.spot
+        priced, quote = aws_quote(self.catalog, "ec2", region or self.settings.region, usage.instance_type, spot)
+        return f"{priced} (its container instance)", quote
+
+    priced_by_placement = True
+
+    def usage_of(self, detail: dict[str, Any]) -> Usage | None:
+        """The type of the container instance a running or ended job was placed on, or None."""
+        tasks = (detail.get("ecsProperties") or {}).get("taskProperties") or []
+        arn = next((t.get("containerInstanceArn") for t in tasks if t.get("containerInstanceArn")), None)
+        arn = arn or (detail.get("container") or {}).get("containerInstanceArn")
+        found = container_instance_type(self.client("ecs"), None, arn)
+        return Usage(found, 1, None) if found else None
+
+    def _priced(self, observation: Observation, detail: dict[str, Any]) -> Observation:
+        if observation.status is JobStatus.LAUNCHING:
+            return observation
+        return replace(observation, usage=self.usage_of(detail))
 
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:
@@ -266,7 +295,7 @@ class BatchBackend(AwsBackend):
             jobs = self.client().describe_jobs(jobs=[job_id]).get("jobs", [])
         if not jobs:
             return None
-        return self.observe(jobs[0], handle.job_id, handle.attempt)
+        return self._priced(self.observe(jobs[0], handle.job_id, handle.attempt), jobs[0])
 
     def log_groups(self) -> tuple[str, ...]:
         return (LOG_GROUP,)
@@ -367,7 +396,7 @@ class BatchBackend(AwsBackend):
         if parsed is None or (tags and self.ours(tags) != parsed):
             return None  # not a jp- name, or one from another stage or another deployment
         job_id, attempt = parsed
-        return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
+        return self._priced(self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time"))), detail)
 
     # --- reconcile at scale: DescribeJobs takes up to 100 job ids -----------------------------
     def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:

@@ -82,6 +82,7 @@ BATCH = BackendDescriptor(
         "batch:RegisterJobDefinition",
         "batch:DescribeJobDefinitions",
         "batch:TagResource",  # SubmitJob / RegisterJobDefinition with tags need it
+        "ecs:DescribeContainerInstances",  # the instance type a job was placed on, which its cost is priced by
         "logs:DescribeLogStreams",  # the job's output, in the streams DescribeJobs names
         "logs:GetLogEvents",
         # The helpers' AWS CLI alias file is put under code/, which the API's CodeUploads statement covers.
@@ -107,6 +108,7 @@ ECS = BackendDescriptor(
         "ecs:StopTask",
         "ecs:RegisterTaskDefinition",
         "ecs:ListTaskDefinitions",
+        "ecs:DescribeContainerInstances",  # the instance type a task runs on, which its cost is priced by
         "ecs:TagResource",  # RunTask / RegisterTaskDefinition with tags need it
         "logs:GetLogEvents",  # the job's output, which the awslogs driver writes to ecs_log_group
     ),

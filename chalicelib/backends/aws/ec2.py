@@ -18,6 +18,7 @@ from chalicelib.backends.aws.base import (
     TAG_STAGE,
     TAG_STOPPED_BY,
     AwsBackend,
+    aws_quote,
     env_list,
     epoch_ms,
     instance_type_for,
@@ -43,6 +44,7 @@ from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing.jobs import Usage
 
 STATE_CHANGE = "EC2 Instance State-change Notification"
 SPOT_WARNING = "EC2 Spot Instance Interruption Warning"
@@ -281,8 +283,23 @@ class Ec2Backend(AwsBackend):
         cut = start.isdigit() and int(start) > 0
         return last_lines(data.decode("utf-8", errors="replace"), max_lines, max_bytes, cut=cut)
 
+    def hourly_quote(self, spec, region, usage=None):
+        usage = usage or Usage()
+        sku = usage.instance_type or instance_type_for(spec.resources)
+        spot = spec.resources.spot if usage.spot is None else usage.spot
+        return aws_quote(self.catalog, "ec2", region or self.settings.region, sku, spot)
+
     def observe(self, instance: dict[str, Any], at=None) -> Observation:
-        """One instance (DescribeInstances) -> Observation; a gone instance is judged by its exit status."""
+        """One instance (DescribeInstances) -> Observation, with the type and market it runs on."""
+        seen = self._observe(instance, at)
+        if not instance.get("InstanceType"):
+            return seen
+        # InstanceLifecycle is "spot" on a spot instance and absent on an on-demand one.
+        usage = Usage(instance["InstanceType"], 1, instance.get("InstanceLifecycle") == "spot")
+        return replace(seen, usage=usage)
+
+    def _observe(self, instance: dict[str, Any], at=None) -> Observation:
+        """One instance -> Observation; a gone instance is judged by its exit status."""
         tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
         ours = self.ours(tags)
         job_id, attempt = ours if ours else (None, None)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from typing import Any
 
 from chalicelib.backends.aws import staging
-from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms
+from chalicelib.backends.aws.base import AwsBackend, aws_quote, container_instance_type, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import read_streams
 from chalicelib.backends.aws.descriptors import ECS
 from chalicelib.backends.aws.errors import aws_errors
@@ -25,6 +26,8 @@ from chalicelib.errors import BackendError, CapacityError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec, Resources
+from chalicelib.pricing import Unknown
+from chalicelib.pricing.jobs import Usage
 
 DETAIL_TYPE = "ECS Task State Change"
 CONTAINER = "job"
@@ -61,6 +64,36 @@ class EcsBackend(AwsBackend):
     @property
     def fargate(self) -> bool:
         return self.settings.ecs_launch_type == "FARGATE"
+
+    def hourly_quote(self, spec, region, usage=None):
+        if self.fargate:
+            return "ecs fargate", Unknown("Fargate bills per vCPU-hour and GB-hour, which the catalog does not hold")
+        if usage is None or not usage.instance_type:
+            return "ecs", Unknown(
+                "ECS has not said which container instance the task runs on (its type is read once the task runs)"
+            )
+        # The container instance's own on-demand rate: a GPU task has its instance to itself, and ECS does not
+        # say whether a capacity provider bought it on spot.
+        priced, quote = aws_quote(self.catalog, "ec2", region or self.settings.region, usage.instance_type, False)
+        return f"{priced} (its container instance)", quote
+
+    @property
+    def priced_by_placement(self) -> bool:
+        return not self.fargate
+
+    def usage_of(self, task: dict[str, Any]) -> Usage | None:
+        """The instance type of the container instance a task runs on; None on Fargate, before placement, or
+        when ECS cannot say."""
+        if self.fargate:
+            return None
+        found = container_instance_type(self.client(), self.settings.ecs_cluster, task.get("containerInstanceArn"))
+        return Usage(found, 1, None) if found else None
+
+    def _priced(self, observation: Observation, task: dict[str, Any]) -> Observation:
+        """A running or ended task's observation with what it runs on (one call, for the changes that count)."""
+        if observation.status is JobStatus.LAUNCHING:
+            return observation
+        return replace(observation, usage=self.usage_of(task))
 
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:
@@ -259,7 +292,7 @@ class EcsBackend(AwsBackend):
             tasks = self.client().describe_tasks(cluster=self.settings.ecs_cluster, tasks=[arn]).get("tasks", [])
         if not tasks:
             return None
-        return self.observe(tasks[0], handle.job_id, handle.attempt)
+        return self._priced(self.observe(tasks[0], handle.job_id, handle.attempt), tasks[0])
 
     @property
     def stream_prefix(self) -> str:
@@ -354,7 +387,7 @@ class EcsBackend(AwsBackend):
         if parsed is None or cluster.split("/")[-1] != self.settings.ecs_cluster:
             return None  # not started by jobplane, or in another deployment's cluster
         job_id, attempt = parsed
-        return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
+        return self._priced(self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time"))), detail)
 
     # --- reconcile at scale: DescribeTasks takes up to 100 task ARNs ----------------------------
     def _describe_many_impl(self, handles: list[Handle]) -> dict[str, Observation | None]:

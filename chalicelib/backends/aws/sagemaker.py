@@ -7,7 +7,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from chalicelib.backends.aws import staging
-from chalicelib.backends.aws.base import TAG_STOPPED_BY, AwsBackend, env_list, epoch_ms, instance_type_for
+from chalicelib.backends.aws.base import TAG_STOPPED_BY, AwsBackend, aws_quote, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.descriptors import SAGEMAKER
 from chalicelib.backends.aws.errors import aws_errors, error_code
 from chalicelib.backends.base import (
@@ -25,6 +25,7 @@ from chalicelib.backends.base import (
 from chalicelib.errors import BackendError, UnsupportedError
 from chalicelib.jobs import contract
 from chalicelib.jobs.model import FailureKind, JobStatus
+from chalicelib.pricing.jobs import Usage
 
 if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec
@@ -219,6 +220,13 @@ class SageMakerBackend(AwsBackend):
                 return None
             raise
 
+    def hourly_quote(self, spec, region, usage=None):
+        # Managed spot bills the on-demand rate (the catalog answers it for spot) for BillableTimeInSeconds.
+        usage = usage or Usage()
+        sku = usage.instance_type or instance_type_for(spec.resources, "ml.")
+        spot = spec.resources.spot if usage.spot is None else usage.spot
+        return aws_quote(self.catalog, "sagemaker", region or self.settings.region, sku, spot, usage.count or 1)
+
     def _describe_impl(self, handle: Handle) -> Observation | None:
         raw = self._describe_raw(handle.native_name)
         if raw is None:
@@ -281,6 +289,7 @@ class SageMakerBackend(AwsBackend):
             at=at or epoch_ms(detail.get("TrainingEndTime")) or epoch_ms(detail.get("LastModifiedTime")),
             started_at=epoch_ms(detail.get("TrainingStartTime")),
             waiting_for_capacity=state is JobStatus.LAUNCHING and secondary == "Starting" and _capacity_wait(detail),
+            usage=usage_of(detail),
         )
 
     def _parse_event_impl(self, raw: dict[str, Any]) -> Observation | None:
@@ -297,9 +306,10 @@ class SageMakerBackend(AwsBackend):
         return self.observe(detail, job_id, attempt, at=epoch_ms(raw.get("time")))
 
     # --- reconcile at scale: list the running jobs by name and status, 100 a page -------------------
-    #: a TrainingJobSummary has no TrainingStartTime: reconcile describes a job again before applying
+    #: a TrainingJobSummary has no TrainingStartTime (nor what the job runs on): reconcile describes a job again
+    #: before applying
     #: an observation that came from a list page
-    listed_fields_unknown = frozenset({"started_at"})
+    listed_fields_unknown = frozenset({"started_at", "usage"})
     describes_by_listing = True
     #: the statuses a job is listed under (every other status is describe's to answer: an ended job
     #: leaves the list, and its FailureReason is only in DescribeTrainingJob)
@@ -392,6 +402,22 @@ class SageMakerBackend(AwsBackend):
             with aws_errors("sagemaker", "AddTags"):
                 self.client().add_tags(ResourceArn=arn, Tags=[{"Key": TAG_STOPPED_BY, "Value": reason[:256]}])
         self._cancel_impl(Handle(resource.job_id or "", resource.resource_id, resource.attempt or 1))
+
+
+def usage_of(detail: dict[str, Any]) -> Usage | None:
+    """What DescribeTrainingJob (or its event) says the job ran on and billed; None from a list summary,
+    which says none of it."""
+    config = detail.get("ResourceConfig") or {}
+    billable = detail.get("BillableTimeInSeconds")
+    spot = detail.get("EnableManagedSpotTraining")
+    if not config and billable is None and spot is None:
+        return None
+    return Usage(
+        instance_type=config.get("InstanceType"),
+        count=int(config["InstanceCount"]) if config.get("InstanceCount") else None,
+        spot=bool(spot) if spot is not None else None,
+        billable_seconds=float(billable) if isinstance(billable, (int, float)) else None,
+    )
 
 
 def _capacity_wait(detail: dict[str, Any]) -> bool:

@@ -18,6 +18,7 @@ from chalicelib.errors import (
 
 if TYPE_CHECKING:
     from chalicelib.jobs.spec_types import JobSpec
+    from chalicelib.pricing import Quote
 
 # --- labels (GCP rules: keys start with a letter; [a-z0-9_-]; at most 63 characters) ---------------
 LABEL_MANAGED = "jobplane-managed"
@@ -164,6 +165,24 @@ def machine_for_resources(resources) -> Machine:
         cpus, memory = float(resources.cpus), float(resources.memory_gb)
         return Machine(n1_machine(cpus, memory, minimum=8), offer, gpus)
     return Machine(offer.machines[gpus], offer, gpus)
+
+
+def gcp_quote(catalog, provider: str, region: str, spec: JobSpec) -> tuple[str, Quote]:
+    """(what is priced, its price per hour): the spec's machine plus the GPUs attached to it (a2/a3/g2 machines
+    come with theirs), from the catalog's `provider` table (gce, or vertex, whose table is empty)."""
+    purchase = "spot" if spec.resources.spot else "on_demand"
+    tpu = spec.resources.tpu
+    if tpu is not None:
+        machine_type, accelerator, count = TPU_OFFERS[tpu][0], None, None
+    else:
+        machine = machine_for(spec)
+        machine_type = machine.machine_type
+        attached = machine.gpu is not None and machine_type.startswith("n1-")
+        accelerator = machine.gpu.gce_accelerator if attached else None
+        count = machine.gpu_count if attached else None
+    what = machine_type + (f" + {count} x {accelerator}" if accelerator else "")
+    quote = catalog.vm_price(provider, region, machine_type, purchase, accelerator, count)
+    return f"{provider} {what} {purchase.replace('_', '-')} in {region}", quote
 
 
 # --- clients ----------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from chalicelib.backends.gcp.base import (
     LABEL_STOPPED_BY,
     StatusObjects,
     client_kwargs,
+    gcp_quote,
     job_labels,
     label_value,
     machine_for,
@@ -126,6 +127,10 @@ class GceBackend(ComputeBackend):
         return self._region_zones[region]
 
     # --- request building (pure: the client library's own types) ---------------------------
+    def hourly_quote(self, spec, region, usage=None):
+        # The VM is the machine and GPUs machine_for names (what the launch asks for), in the deployment's region.
+        return gcp_quote(self.catalog, "gce", region or self.settings.gcp_region, spec)
+
     def _validate_impl(self, spec: JobSpec) -> None:
         refuse_foreign_uris(spec, "Compute Engine VMs")
         machine_for(spec)

@@ -28,6 +28,7 @@ from chalicelib.backends.gcp.base import (
     LABEL_STAGE,
     TPU_OFFERS,
     client_kwargs,
+    gcp_quote,
     job_labels,
     label_value,
     machine_for,
@@ -220,6 +221,10 @@ class VertexBackend(ComputeBackend):
         return f"projects/{self.settings.gcp_project}/locations/{self.region}"
 
     # --- request building (pure: the client library's own types) ---------------------------
+    def hourly_quote(self, spec, region, usage=None):
+        # Vertex bills the machine and accelerators plus its own premium: its table is empty, so this is Unknown.
+        return gcp_quote(self.catalog, "vertex", region or self.settings.gcp_region, spec)
+
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:
             raise UnsupportedError(

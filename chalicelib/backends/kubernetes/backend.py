@@ -26,6 +26,7 @@ from chalicelib.backends.kubernetes.descriptors import KUBERNETES
 from chalicelib.errors import BackendError, UnsupportedError, ValidationError
 from chalicelib.jobs.model import FailureKind, JobStatus
 from chalicelib.jobs.spec_types import JobSpec
+from chalicelib.pricing import Unknown
 
 PREFIX = "jobplane.dev/"
 MANAGED, STAGE, JOB_ID, ATTEMPT, OWNER = (PREFIX + k for k in ("managed", "stage", "job-id", "attempt", "owner"))
@@ -185,6 +186,32 @@ class KubernetesBackend(ComputeBackend):
         return [(c, handle.native_name) for c in self.clusters]
 
     # --- the Job -----------------------------------------------------------------------------------------
+    def hourly_quote(self, spec, region, usage=None):
+        """The node's price where the spec pins its type (resources.instance_type, the node selector
+        node.kubernetes.io/instance-type) on an EKS or GKE cluster: the whole node, as its cloud bills it."""
+        cluster = self.cluster_for(spec)
+        node = spec.resources.instance_type
+        if not node:
+            return "kubernetes", Unknown(
+                f"cluster {cluster.name} picks the node; name resources.instance_type to have the job priced"
+            )
+        if cluster.kind == "eks":
+            from chalicelib.backends.aws.base import aws_quote
+
+            priced, quote = aws_quote(
+                self.catalog, "ec2", cluster.region or self.settings.region, node, spec.resources.spot
+            )
+            return f"{priced} (the whole node)", quote
+        if cluster.kind == "gke" and cluster.location:
+            location = cluster.location
+            gcp_region = location.rsplit("-", 1)[0] if location.count("-") == 2 else location
+            purchase = "spot" if spec.resources.spot else "on_demand"
+            quote = self.catalog.vm_price("gce", gcp_region, node, purchase)
+            return f"gce {node} {purchase.replace('_', '-')} in {gcp_region} (the whole node)", quote
+        return "kubernetes", Unknown(
+            f"cluster {cluster.name} is a kubeconfig context: its cloud and prices are unknown"
+        )
+
     def _validate_impl(self, spec: JobSpec) -> None:
         if not spec.image:
             raise UnsupportedError(

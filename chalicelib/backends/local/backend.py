@@ -107,8 +107,9 @@ class LocalBackend(ComputeBackend):
             raise BackendError(f"not a jobplane native name: {native_name!r}")
         return Path(self.settings.local_state_dir).resolve() / native_name
 
-    def hourly_price(self, job) -> float | None:
-        return 0.0
+    def hourly_quote(self, spec, region, usage=None):
+        # One machine, priced by the deployment (JOBPLANE_LOCAL_PRICE_PER_HOUR, default 0: free).
+        return "local machine", self.catalog.price("local", "local", "local")
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         folder = self.job_dir(handle.native_name)
