@@ -109,8 +109,9 @@ def cmd_submit(args) -> int:
     parse_spec_text(text, source)  # YAML errors and duplicate keys, with their line, before any request
     client = _client(args)
     output = _output(args)
-    err = _console(stderr=True)
-    say = lambda line: err.print(line, markup=False, soft_wrap=True)  # noqa: E731
+    # What was uploaded: with the prose of a table; on stderr when stdout is for a script (json, ids).
+    said = _console(stderr=output != "table" or args.dry_run)
+    say = lambda line: said.print(line, markup=False, soft_wrap=True)  # noqa: E731
     # A spec's workdir is relative to the spec file; --workdir (and a spec from stdin) to the current folder.
     text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say)
     if args.dry_run:
