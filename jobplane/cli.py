@@ -691,6 +691,14 @@ def cmd_prices_refresh(args) -> int:
 def cmd_local_up(args) -> int:
     import signal
 
+    try:  # what the [local] extra installs: a missing one is named, with the install that brings it
+        import chalice  # noqa: F401
+        import moto  # noqa: F401
+
+        from jobplane.local import emulator, server  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "?").split(".")[0]
+        raise CliError(f"the local stack needs {missing}: pip install 'jobplane[local]'") from None
     from jobplane.local.stack import LocalStack
 
     directory = state_dir(getattr(args, "local_dir", None))

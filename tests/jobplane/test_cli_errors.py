@@ -118,3 +118,18 @@ def test_usage_errors_exit_2_with_argparse_usage(tmp_path):
     result = jobplane("list", "--output", "yaml", cwd=tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "invalid choice: 'yaml'" in result.stderr
+
+
+def test_local_up_without_the_local_extra_names_the_install(tmp_path):
+    # As in an install without [local]: waitress (the API's server) cannot be imported.
+    code = "import sys; sys.modules['waitress'] = None; from jobplane.cli import main; sys.exit(main())"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("JOBPLANE_")}
+    result = subprocess.run(
+        [sys.executable, "-c", code, "local", "up", "--local-dir", str(tmp_path / "state")],
+        cwd=tmp_path,
+        env={**environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert one_error(result) == "error: the local stack needs waitress: pip install 'jobplane[local]'"
