@@ -74,12 +74,6 @@ def _config_path() -> Path:
     return config_path()
 
 
-def _sdk(args):
-    from jobplane.sdk import Client as Sdk
-
-    return Sdk(transport=_client(args))
-
-
 def _output(args, default: str = "table") -> str:
     """--output, with the older --json as its alias."""
     chosen = getattr(args, "output", None)

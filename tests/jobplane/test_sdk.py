@@ -261,3 +261,13 @@ def test_the_api_refuses_duplicate_yaml_keys_and_names_the_line(api):
     dry = api.request("POST", "/jobs?dry_run=maybe", api.token("alice"), spec("x"))
     assert dry.status_code == 400 and json.loads(dry.body)["error"]["details"][0]["field"] == "dry_run"
     assert api.request("POST", "/jobs?dry_run=true", None, spec("x")).status_code == 401
+
+
+def test_tokens_are_listed_by_id_and_revoked(api, sdk):
+    token = api.token("bob")
+    client, _ = sdk(token)
+    [mine] = client.tokens()
+    assert mine.user == "bob" and not mine.admin and len(mine.token_id) == 12 and token not in str(mine.raw)
+    assert client.revoke_token(mine.token_id).token_id == mine.token_id
+    with pytest.raises(Unauthenticated):
+        client.tokens()
