@@ -8,6 +8,7 @@ from chalicelib.api import (
     contract_errors,
     json_body,
     list_query,
+    parse_flag,
     parse_limit,
     parse_offset,
     query,
@@ -88,6 +89,8 @@ def submit_job():
     request = app.current_request
     user = principal(request)
     spec = load_spec_text(request.raw_body or b"", request.headers.get("content-type"))
+    if parse_flag(query(request), "dry_run"):  # the plan and the provider request; nothing stored or launched
+        return respond(deps.get_service().dry_run(user, spec), 200)
     job, created = deps.get_service().submit(user, spec, request.headers.get("idempotency-key"))
     return respond(_job(job), 201 if created else 200)
 

@@ -78,6 +78,18 @@ def query(request) -> dict[str, str]:
 
 
 # --- query parameters: strings in, typed values out, a 400 naming the parameter otherwise ----------
+def parse_flag(params: Mapping[str, Any], name: str) -> bool:
+    """A boolean query parameter: true/1 or false/0 (absent: false); a 400 naming it otherwise."""
+    value = params.get(name)
+    if value is None:
+        return False
+    if str(value).lower() in ("true", "1"):
+        return True
+    if str(value).lower() in ("false", "0", ""):
+        return False
+    raise ValidationError(f"{name} must be true or false", [{"field": name, "message": "true or false"}])
+
+
 @dataclass(frozen=True)
 class ListQuery:
     """GET /jobs?status=&limit=&next_token= as the service takes it (limit None: the service's default)."""

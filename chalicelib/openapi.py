@@ -404,7 +404,15 @@ def build() -> dict[str, Any]:
                         "required": False,
                         "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                         "description": "the same key again returns the same job (200)",
-                    }
+                    },
+                    {
+                        "name": "dry_run",
+                        "in": "query",
+                        "required": False,
+                        "schema": {"type": "boolean"},
+                        "description": "true: nothing stored or launched; 200 with the backend, planner_reason, "
+                        "candidates and the provider request launch would send",
+                    },
                 ],
                 "requestBody": spec_body,
                 "responses": _responses(

@@ -28,7 +28,10 @@ STATUS_STYLE = {
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    stream = sys.stderr if stderr else sys.stdout
+    # Not a terminal (a pipe, a file): full values, never cut to 80 columns.
+    width = None if stream.isatty() else 1_000_000
+    return Console(stderr=stderr, highlight=False, width=width, file=stream)
 
 
 class CliError(Exception):
@@ -36,34 +39,162 @@ class CliError(Exception):
 
 
 def _client(args) -> Client:
-    local = read_state(state_dir(args.local_dir))
-    api = args.api or os.environ.get("JOBPLANE_API") or (local or {}).get("api")
-    token = args.token or os.environ.get("JOBPLANE_TOKEN") or (local or {}).get("admin_token")
+    """The HTTP client: --api/--token, else --profile's, else $JOBPLANE_API/$JOBPLANE_TOKEN, else the default
+    profile, else the local stack running from this folder."""
+    from jobplane.sdk import read_profile
+
+    profile_name = getattr(args, "profile", None)
+    profile = read_profile(profile_name)
+    chosen = profile if profile_name or os.environ.get("JOBPLANE_PROFILE") else {}
+    fallback = {} if chosen else profile
+    local_dir = getattr(args, "local_dir", None) or profile.get("local_dir")
+    local = read_state(state_dir(local_dir)) or {}
+    api = getattr(args, "api", None) or chosen.get("api") or os.environ.get("JOBPLANE_API") or fallback.get("api")
+    token = (
+        getattr(args, "token", None)
+        or chosen.get("token")
+        or os.environ.get("JOBPLANE_TOKEN")
+        or fallback.get("token")
+        or local.get("admin_token")
+    )
+    api = api or local.get("api")
     if not api:
-        raise CliError("no API address: pass --api, set JOBPLANE_API, or start `jobplane local up` here")
+        raise CliError(
+            "no API address: pass --api, set JOBPLANE_API, add a profile to "
+            f"{_config_path()}, or start `jobplane local up` here"
+        )
     if not token:
-        raise CliError("no token: pass --token, set JOBPLANE_TOKEN (see `jobplane token create`)")
-    return Client(api, token)
+        raise CliError("no token: pass --token, set JOBPLANE_TOKEN or a profile's token (see `jobplane token create`)")
+    return Client(api, token, timeout=float(chosen.get("timeout") or fallback.get("timeout") or 30.0))
+
+
+def _config_path() -> Path:
+    from jobplane.sdk import config_path
+
+    return config_path()
+
+
+def _output(args, default: str = "table") -> str:
+    """--output, with the older --json as its alias."""
+    chosen = getattr(args, "output", None)
+    if chosen:
+        return chosen
+    return "json" if getattr(args, "json", False) else default
+
+
+def _print_json(value) -> None:
+    print(json.dumps(value, indent=2, default=str))
+
+
+def _read_spec_arg(path: str):
+    """(text, base folder, name) of a spec argument: a file, or - for stdin."""
+    from jobplane.sdk import read_spec
+
+    if path == "-":
+        return sys.stdin.read(), Path.cwd(), "stdin"
+    return read_spec(Path(path))
 
 
 # --- jobs ----------------------------------------------------------------------------------
 def cmd_submit(args) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    from jobplane.sdk import parse_spec_text
+
+    text, base, source = _read_spec_arg(args.file)
+    parse_spec_text(text, source)  # YAML errors and duplicate keys, with their line, before any request
     client = _client(args)
-    out = _console()
+    output = _output(args)
+    # What was uploaded: with the prose of a table; on stderr when stdout is for a script (json, ids).
+    said = _console(stderr=output != "table" or args.dry_run)
+    say = lambda line: said.print(line, markup=False, soft_wrap=True)  # noqa: E731
     # A spec's workdir is relative to the spec file; --workdir (and a spec from stdin) to the current folder.
-    base = Path.cwd() if args.file == "-" else Path(args.file).resolve().parent
-    text, is_yaml = with_uploaded_code(
-        client, text, base, args.workdir, lambda line: out.print(line, markup=False, soft_wrap=True)
-    )
+    text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say)
+    if args.dry_run:
+        return _print_dry_run(client.submit(text, yaml=is_yaml, dry_run=True), output)
     job = client.submit(text, idempotency_key=args.idempotency_key, yaml=is_yaml)
-    out.print(f"submitted [bold]{job['name']}[/] as [bold]{job['job_id']}[/] on {job['backend']} ({job['status']})")
+    out = _console()
+    if output == "json" and not args.wait:
+        _print_json(job)
+    elif output == "ids":
+        print(job["job_id"], flush=True)
+    elif output == "table":
+        out.print(f"submitted [bold]{job['name']}[/] as [bold]{job['job_id']}[/] on {job['backend']} ({job['status']})")
     if not args.wait:
         return 0
-    job = _follow(client, job["job_id"], args.interval, args.timeout)
-    out.print()
-    _print_job(job)
+    try:
+        if output == "table":
+            job = _follow(client, job["job_id"], args.interval, args.timeout)
+        else:
+            job = _sdk_of(client).wait(job["job_id"], args.timeout, args.interval).raw
+    except KeyboardInterrupt:
+        _console(stderr=True).print(
+            f"stopped waiting: job {job['job_id']} keeps running; follow it with "
+            f"`jobplane logs {job['job_id']} --follow` or `jobplane status {job['job_id']}`",
+            markup=False,
+            soft_wrap=True,
+        )
+        return 130
+    if output == "table":
+        out.print()
+        _print_job(job)
+    elif output == "json":
+        _print_json(job)
     return 0 if job["status"] == "SUCCEEDED" else 1
+
+
+def _sdk_of(client: Client):
+    from jobplane.sdk import Client as Sdk
+
+    return Sdk(transport=client)
+
+
+def _print_dry_run(plan: dict, output: str) -> int:
+    if output == "json":
+        _print_json(plan)
+        return 0
+    if output == "ids":
+        print(plan["backend"])
+        return 0
+    out = _console()
+    out.print(f"dry run: nothing was stored or launched; this job would run on {plan['backend']}", markup=False)
+    out.print(f"  why: {plan['planner_reason']}", markup=False, soft_wrap=True)
+    out.print(f"  candidates, in failover order: {', '.join(plan.get('candidates') or [])}", markup=False)
+    if plan.get("region"):
+        out.print(f"  region: {plan['region']}", markup=False)
+    request = plan.get("request")
+    if request is None:
+        out.print(f"  request: {plan.get('request_note')}", markup=False, soft_wrap=True)
+        return 0
+    for call in request["calls"]:
+        out.print(f"{request['service']} {call['operation']}:", markup=False)
+        out.print(json.dumps(call["request"], indent=2, default=str), markup=False, soft_wrap=True)
+    return 0
+
+
+def cmd_validate(args) -> int:
+    from chalicelib.errors import ValidationError
+    from chalicelib.jobs.spec import parse_spec
+    from jobplane.sdk import parse_spec_text
+
+    text, _, source = _read_spec_arg(args.file)
+    document = parse_spec_text(text, source)
+    try:
+        spec = parse_spec(document)
+    except ValidationError as exc:
+        err = _console(stderr=True)
+        err.print(f"{source}: {exc.message}", markup=False, soft_wrap=True)
+        for detail in exc.details[1:]:
+            err.print(f"  - {detail.get('field')}: {detail.get('message')}", markup=False, soft_wrap=True)
+        return 1
+    res = spec.resources
+    gpus = f"{res.gpus} x {res.gpu_type or 'GPU'}" if res.gpus else "no GPU"
+    where = spec.backend or "auto"
+    _console().print(
+        f"{source}: a valid job spec: {spec.name!r}, backend {where}, {gpus}, at most "
+        f"{spec.max_runtime_minutes} min (`jobplane submit --dry-run {args.file}` shows where it would run)",
+        markup=False,
+        soft_wrap=True,
+    )
+    return 0
 
 
 def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | None, say=print) -> tuple[str, bool]:
@@ -72,37 +203,17 @@ def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | Non
     import yaml
 
     from chalicelib.jobs.spec import _yaml_loader
+    from jobplane.sdk import upload_code
+    from jobplane.sdk_errors import SpecError
 
     try:
         document = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError:
         return text, True  # the API says what is wrong with it
-    named = document.get("workdir") if isinstance(document, dict) else None
-    if workdir is None and named is None:
-        return text, True
-    if not isinstance(document, dict):
-        raise CliError("--workdir needs a spec that is a mapping")
-    if workdir is not None:
-        folder = Path(workdir).resolve()
-    elif isinstance(named, str) and named.strip():
-        folder = (base / named).resolve()
-    else:
-        raise CliError("workdir: must be a folder path (relative to the spec file)")
-    from jobplane.pack import PackError, pack
-
     try:
-        packed = pack(folder)
-    except PackError as exc:
+        return upload_code(client, text, document, base, workdir, say)
+    except SpecError as exc:
         raise CliError(str(exc)) from None
-    answer = client.code_upload(packed.sha256, packed.size)
-    if answer["exists"]:
-        say(f"code: {folder} ({len(packed.files)} files, {packed.size} bytes) is unchanged: nothing uploaded")
-    else:
-        client.put_code(answer["upload"], packed.data)
-        say(f"code: {folder} ({len(packed.files)} files, {packed.size} bytes) uploaded to {answer['code_uri']}")
-    document = {k: v for k, v in document.items() if k != "workdir"}
-    document.update(code_uri=answer["code_uri"], code_sha256=packed.sha256)
-    return json.dumps(document), False
 
 
 def _follow(client: Client, job_id: str, interval: float, timeout: float | None) -> dict:
@@ -205,36 +316,63 @@ def _attempt_cost(a: dict) -> str:
     return f"{head}  {rate} x {a['hours']:.3f} h = ${a['usd']:,.2f}{dated}{state}{note}"
 
 
-def cmd_list(args) -> int:
+def _emit(args, items: list[dict], id_key: str, columns: dict, title: str | None = None) -> None:
+    """A listing as --output asks: a table (COLUMN: value of an item), the API's JSON, or the ids alone."""
+    output = _output(args)
+    if output == "json":
+        _print_json(items)
+        return
+    if output == "ids":
+        for item in items:
+            print(item[id_key])
+        return
     from rich.table import Table
 
+    table = Table(*columns, title=title)
+    for item in items:
+        table.add_row(*(render(item) for render in columns.values()))
+    _console().print(table)
+
+
+def _cost(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+JOB_COLUMNS = {
+    "JOB ID": lambda j: j["job_id"],
+    "NAME": lambda j: j["name"],
+    "OWNER": lambda j: j["owner"],
+    "STATUS": lambda j: f"[{STATUS_STYLE.get(j['status'], '')}]{j['status']}[/]",
+    "BACKEND": lambda j: j["backend"],
+    "CREATED": lambda j: (j.get("created_at") or "-")[:19],
+    "COST $": lambda j: _cost(j.get("cost_estimate_usd")),
+}
+
+
+def cmd_list(args) -> int:
     body = _client(args).list(args.status.upper() if args.status else None, args.limit, args.next_token)
-    table = Table("JOB ID", "NAME", "OWNER", "STATUS", "BACKEND", "CREATED", "COST $")
-    for job in body["jobs"]:
-        status = job["status"]
-        cost = job.get("cost_estimate_usd")
-        table.add_row(
-            job["job_id"],
-            job["name"],
-            job["owner"],
-            f"[{STATUS_STYLE.get(status, '')}]{status}[/]",
-            job["backend"],
-            job["created_at"][:19],
-            "-" if cost is None else f"{cost:.2f}",
-        )
-    out = _console()
-    out.print(table)
+    _emit(args, body["jobs"], "job_id", JOB_COLUMNS)
     if body.get("next_token"):
-        out.print(f"more: --next-token {body['next_token']}")
+        # On stderr: stdout stays the listing alone (JSON, ids) for a script.
+        print(f"more: --next-token {body['next_token']}", file=sys.stderr)
     return 0
+
+
+def _job_id(args, client: Client | None = None) -> str:
+    """The job the command names: its id, a unique id prefix (4+ characters) or a unique name."""
+    return _sdk_of(client or _client(args)).resolve(args.job_id)
 
 
 def cmd_status(args) -> int:
     client = _client(args)
-    if args.json:
-        print(json.dumps(client.get(args.job_id), indent=2))
-        return 0
-    _print_job(client.get(args.job_id), client.events(args.job_id))
+    job_id = _job_id(args, client)
+    output = _output(args)
+    if output == "json":
+        _print_json(client.get(job_id))
+    elif output == "ids":
+        print(job_id)
+    else:
+        _print_job(client.get(job_id), client.events(job_id))
     return 0
 
 
@@ -243,13 +381,15 @@ def cmd_metrics(args) -> int:
 
     from chalicelib.jobs.metrics import format_value
 
-    body = _client(args).metrics(args.job_id)
+    client = _client(args)
+    job_id = _job_id(args, client)
+    body = client.metrics(job_id)
     if args.json:
         print(json.dumps(body, indent=2))
         return 0
     series = body["series"]
     if not series:
-        _console().print(f"{args.job_id}: no metrics reported (JOBPLANE_METRICS lines) yet")
+        _console().print(f"{job_id}: no metrics reported (JOBPLANE_METRICS lines) yet")
         return 0
     keys = sorted(series)
     rows: dict[int, dict[str, float]] = {}
@@ -267,28 +407,24 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    job = _client(args).cancel(args.job_id)
+    client = _client(args)
+    job = client.cancel(_job_id(args, client))
     _console().print(f"{job['job_id']}: {job['status']}")
     return 0
 
 
 def cmd_artifacts(args) -> int:
     client = _client(args)
-    items, cursor = [], None
-    while True:
-        page = client.artifacts(args.job_id, cursor)
-        items += page["artifacts"]
-        cursor = page["next_cursor"]
-        if not cursor:
-            break
+    found = _sdk_of(client).artifacts(_job_id(args, client))
+    items = [a.raw for a in found.items]
     out = _console()
     if not args.download:
-        from rich.table import Table
-
-        table = Table("KEY", "SIZE", "MODIFIED", title=page["artifacts_uri"])
-        for item in items:
-            table.add_row(item["key"], str(item["size"]), (item["last_modified"] or "-")[:19])
-        out.print(table)
+        columns = {
+            "KEY": lambda a: a["key"],
+            "SIZE": lambda a: str(a["size"]),
+            "MODIFIED": lambda a: (a["last_modified"] or "-")[:19],
+        }
+        _emit(args, items, "key", columns, title=found.artifacts_uri)
         return 0
     target = Path(args.download).resolve()
     # Every key is checked before anything is written: a key may not leave the folder.
@@ -297,7 +433,7 @@ def cmd_artifacts(args) -> int:
         dest.parent.mkdir(parents=True, exist_ok=True)
         client.download(item["url"], dest)
         out.print(f"{item['key']} ({item['size']} bytes) -> {dest}", markup=False, soft_wrap=True)
-    out.print(f"{len(places)} files from {page['artifacts_uri']} in {target}", markup=False, soft_wrap=True)
+    out.print(f"{len(places)} files from {found.artifacts_uri} in {target}", markup=False, soft_wrap=True)
     return 0
 
 
@@ -314,23 +450,19 @@ def safe_destination(folder: Path, key: str) -> Path:
 
 def cmd_logs(args) -> int:
     client = _client(args)
-    offset: int | str = 0
     said = None
-    while True:
-        chunk = client.logs(args.job_id, offset)
-        if chunk["text"]:
-            sys.stdout.write(chunk["text"])
-            sys.stdout.flush()
-        note = chunk.get("note")
-        if note and note != said and not chunk["text"]:
-            # Why there is nothing to print (not started, not shipped yet): once per change, on stderr.
-            print(f"jobplane: {note}", file=sys.stderr, flush=True)
-            said = note
-        offset = chunk["next_offset"]  # a byte count or an opaque cursor: passed back unchanged
-        if not args.follow or (chunk["complete"] and not chunk["text"]):
-            return 0
-        if not chunk["text"]:
-            time.sleep(1.0)
+    try:
+        for chunk in _sdk_of(client).log_chunks(_job_id(args, client), follow=args.follow):
+            if chunk.text:
+                sys.stdout.write(chunk.text)
+                sys.stdout.flush()
+            elif chunk.note and chunk.note != said:
+                # Why there is nothing to print (not started, not shipped yet): once per change, on stderr.
+                print(f"jobplane: {chunk.note}", file=sys.stderr, flush=True)
+                said = chunk.note
+    except KeyboardInterrupt:
+        return 130  # Ctrl-C is how a --follow ends before the job does: nothing to say
+    return 0
 
 
 # --- dev VMs -----------------------------------------------------------------------------------
@@ -365,23 +497,19 @@ def cmd_vm_stop(args) -> int:
 
 
 def cmd_vm_list(args) -> int:
-    from rich.table import Table
-
-    table = Table("VM ID", "NAME", "OWNER", "STATUS", "BACKEND", "TYPE", "IDLE MIN", "MAX H", "STARTED", "STOP REASON")
-    for vm in _client(args).vm_list():
-        table.add_row(
-            vm["vm_id"],
-            vm["name"],
-            vm["owner"],
-            vm["status"],
-            vm["backend"],
-            vm.get("instance_type") or "-",
-            str(vm["idle_minutes"]),
-            f"{vm['max_hours']:g}",
-            (vm.get("started_at") or "-")[:19],
-            vm.get("stop_reason") or "",
-        )
-    _console().print(table)
+    columns = {
+        "VM ID": lambda vm: vm["vm_id"],
+        "NAME": lambda vm: vm["name"],
+        "OWNER": lambda vm: vm["owner"],
+        "STATUS": lambda vm: vm["status"],
+        "BACKEND": lambda vm: vm["backend"],
+        "TYPE": lambda vm: vm.get("instance_type") or "-",
+        "IDLE MIN": lambda vm: str(vm["idle_minutes"]),
+        "MAX H": lambda vm: f"{vm['max_hours']:g}",
+        "STARTED": lambda vm: (vm.get("started_at") or "-")[:19],
+        "STOP REASON": lambda vm: vm.get("stop_reason") or "",
+    }
+    _emit(args, _client(args).vm_list(), "vm_id", columns)
     return 0
 
 
@@ -403,9 +531,10 @@ def _wait_endpoint(client: Client, endpoint: dict, timeout: float, interval: flo
 def cmd_endpoint_deploy(args) -> int:
     client = _client(args)
     if args.file:
-        path = Path(args.file)
-        text = sys.stdin.read() if args.file == "-" else path.read_text()
-        base = Path.cwd() if args.file == "-" else path.resolve().parent
+        from jobplane.sdk import parse_spec_text
+
+        text, base, source = _read_spec_arg(args.file)
+        parse_spec_text(text, source)
         say = lambda line: _console().print(line, markup=False, soft_wrap=True)  # noqa: E731
         text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say)
         if not is_yaml:
@@ -436,27 +565,18 @@ def cmd_endpoint_deploy(args) -> int:
 
 
 def cmd_endpoint_list(args) -> int:
-    from rich.table import Table
-
-    endpoints = _client(args).endpoint_list()
-    if args.json:
-        print(json.dumps(endpoints, indent=2))
-        return 0
-    table = Table("ENDPOINT ID", "NAME", "OWNER", "STATUS", "BACKEND", "INVOCATIONS", "LAST INVOKED", "$/H", "URL")
-    for e in endpoints:
-        rate = e.get("cost_per_hour_usd")
-        table.add_row(
-            e["endpoint_id"],
-            e["name"],
-            e["owner"],
-            e["status"],
-            e["backend"],
-            str(e["invocations"]),
-            (e.get("last_invoked_at") or "-")[:19],
-            "-" if rate is None else f"{rate:,.2f}",
-            e.get("url") or "-",
-        )
-    _console().print(table)
+    columns = {
+        "ENDPOINT ID": lambda e: e["endpoint_id"],
+        "NAME": lambda e: e["name"],
+        "OWNER": lambda e: e["owner"],
+        "STATUS": lambda e: e["status"],
+        "BACKEND": lambda e: e["backend"],
+        "INVOCATIONS": lambda e: str(e["invocations"]),
+        "LAST INVOKED": lambda e: (e.get("last_invoked_at") or "-")[:19],
+        "$/H": lambda e: "-" if e.get("cost_per_hour_usd") is None else f"{e['cost_per_hour_usd']:,.2f}",
+        "URL": lambda e: e.get("url") or "-",
+    }
+    _emit(args, _client(args).endpoint_list(), "endpoint_id", columns)
     return 0
 
 
@@ -510,7 +630,7 @@ def _admin_settings(args):
     """The deployment's settings, for admin commands that act on tables directly (tokens, Slack users)."""
     from chalicelib.config import Settings
 
-    local = read_state(state_dir(args.local_dir))
+    local = read_state(state_dir(getattr(args, "local_dir", None)))
     env = dict(os.environ)
     if local:
         env.update(local["env"])
@@ -529,16 +649,13 @@ def cmd_token_create(args) -> int:
 
 
 def cmd_token_list(args) -> int:
-    from rich.table import Table
-
-    tokens = _client(args).token_list(args.user)
-    if args.json:
-        print(json.dumps(tokens, indent=2))
-        return 0
-    table = Table("TOKEN ID", "USER", "ADMIN", "CREATED")
-    for t in tokens:
-        table.add_row(t["token_id"], t["user"], "yes" if t["admin"] else "", t["created_at"][:19])
-    _console().print(table)
+    columns = {
+        "TOKEN ID": lambda t: t["token_id"],
+        "USER": lambda t: t["user"],
+        "ADMIN": lambda t: "yes" if t["admin"] else "",
+        "CREATED": lambda t: t["created_at"][:19],
+    }
+    _emit(args, _client(args).token_list(args.user), "token_id", columns)
     return 0
 
 
@@ -588,9 +705,17 @@ def cmd_prices_refresh(args) -> int:
 def cmd_local_up(args) -> int:
     import signal
 
+    try:  # what the [local] extra installs: a missing one is named, with the install that brings it
+        import chalice  # noqa: F401
+        import moto  # noqa: F401
+
+        from jobplane.local import emulator, server  # noqa: F401
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "?").split(".")[0]
+        raise CliError(f"the local stack needs {missing}: pip install 'jobplane[local]'") from None
     from jobplane.local.stack import LocalStack
 
-    directory = state_dir(args.local_dir)
+    directory = state_dir(getattr(args, "local_dir", None))
     if read_state(directory):
         raise CliError(f"a local stack is already running from {directory}")
     out = _console()
@@ -661,29 +786,98 @@ def cmd_local_up(args) -> int:
 def cmd_local_invoke(args) -> int:
     import requests
 
-    local = read_state(state_dir(args.local_dir))
+    local = read_state(state_dir(getattr(args, "local_dir", None)))
     if not local:
         raise CliError("no local stack is running here: start one with `jobplane local up`")
     payload = sys.stdin.read()
     url = f"{local['functions']}/2015-03-31/functions/{args.function}/invocations"
     # Functions take raw events a cloud would send: only an admin may feed them.
-    token = args.token or os.environ.get("JOBPLANE_TOKEN") or local.get("admin_token")
+    token = getattr(args, "token", None) or os.environ.get("JOBPLANE_TOKEN") or local.get("admin_token")
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {token}"}
-    resp = requests.post(url, data=payload.encode(), headers=headers, timeout=60)
+    try:
+        resp = requests.post(url, data=payload.encode(), headers=headers, timeout=60)
+    except requests.exceptions.RequestException:
+        raise CliError(f"the local stack's functions at {local['functions']} do not answer: is it still up?") from None
+    try:
+        body = resp.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and "errorType" in body:
+        if resp.status_code != 200:  # the stack refused the call (no such function, not an admin token)
+            raise CliError(f"{body.get('errorMessage')}")
+        # Lambda's shape of a failed invocation: the handler's own exception, where it was raised.
+        trace = body.get("stackTrace") or []
+        where = f" ({trace[-1].strip().splitlines()[0]})" if trace else ""
+        print(f"error: {args.function} raised {body['errorType']}: {body.get('errorMessage')}{where}", file=sys.stderr)
+        return 1
     print(resp.text)
-    return 0 if resp.status_code == 200 and "errorType" not in resp.text[:200] else 1
+    return 0 if resp.status_code == 200 else 1
+
+
+def cmd_completion(args) -> int:
+    print(completion_script(build_parser(), args.shell))
+    return 0
+
+
+def _walk(parser: argparse.ArgumentParser, path: str, subs: dict[str, list[str]], opts: dict[str, list[str]]):
+    opts[path] = sorted(o for a in parser._actions for o in a.option_strings if o.startswith("--"))
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            subs[path] = list(action.choices)
+            for name, child in action.choices.items():
+                _walk(child, f"{path} {name}", subs, opts)
+
+
+def completion_script(parser: argparse.ArgumentParser, shell: str) -> str:
+    """A completion script for bash or zsh (through bashcompinit), made from the parser itself."""
+    subs: dict[str, list[str]] = {}
+    opts: dict[str, list[str]] = {}
+    _walk(parser, "jobplane", subs, opts)
+
+    def table(name: str, values: dict[str, list[str]]) -> str:
+        rows = "".join(f'        ["{k}"]="{" ".join(v)}"\n' for k, v in values.items())
+        return f"    local -A {name}=(\n{rows}    )\n"
+
+    body = (
+        "_jobplane() {\n"
+        + table("subs", subs)
+        + table("opts", opts)
+        + '    local cur="${COMP_WORDS[COMP_CWORD]}" prev="${COMP_WORDS[COMP_CWORD-1]}" path="jobplane" w i\n'
+        + '    case "$prev" in\n'
+        + '        --output|-o) COMPREPLY=($(compgen -W "json table ids" -- "$cur")); return ;;\n'
+        + '        completion) COMPREPLY=($(compgen -W "bash zsh" -- "$cur")); return ;;\n'
+        + "    esac\n"
+        + "    for ((i = 1; i < COMP_CWORD; i++)); do\n"
+        + '        w="${COMP_WORDS[i]}"\n'
+        + '        if [[ " ${subs[$path]} " == *" $w "* ]]; then path="$path $w"; fi\n'
+        + "    done\n"
+        + '    if [[ "$cur" == -* ]]; then\n'
+        + '        COMPREPLY=($(compgen -W "${opts[$path]}" -- "$cur"))\n'
+        + '    elif [[ -n "${subs[$path]}" ]]; then\n'
+        + '        COMPREPLY=($(compgen -W "${subs[$path]}" -- "$cur"))\n'
+        + "    else\n"
+        + '        COMPREPLY=($(compgen -f -- "$cur"))\n'
+        + "    fi\n"
+        + "}\n"
+        + "complete -o default -F _jobplane jobplane\n"
+    )
+    if shell == "zsh":
+        return "#compdef jobplane\nautoload -U +X bashcompinit && bashcompinit\n" + body
+    return '# bash completion for jobplane: eval "$(jobplane completion bash)"\n' + body
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jobplane", description="Serverless control plane for ML training jobs")
     parser.add_argument("--version", action="version", version=f"jobplane {__version__}")
-    parser.add_argument("--api", help="API address (default: $JOBPLANE_API, else the running local stack)")
-    parser.add_argument("--token", help="bearer token (default: $JOBPLANE_TOKEN, else the local stack's admin)")
-    parser.add_argument("--local-dir", help="local stack state folder (default: $JOBPLANE_LOCAL_DIR or .jobplane)")
+    _global_options(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("submit", help="submit a job spec (YAML or JSON file, or - for stdin)")
     p.add_argument("file")
+    _output_option(p)
+    p.add_argument(
+        "--dry-run", action="store_true", help="show the backend, why, and the provider request; submit nothing"
+    )
     p.add_argument("--wait", action="store_true", help="follow the job until it ends; exit 0 only on SUCCEEDED")
     p.add_argument("--idempotency-key")
     p.add_argument("--workdir", help="pack and upload this folder as the job's code (instead of the spec's workdir)")
@@ -691,33 +885,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=None, help="stop waiting after this many seconds")
     p.set_defaults(func=cmd_submit)
 
+    p = sub.add_parser("validate", help="check a job spec file here, without a server (exit 1 if it is not valid)")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_validate)
+
     p = sub.add_parser("list", help="list jobs, newest first")
+    _output_option(p)
     p.add_argument("--status")
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--next-token")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("status", help="show one job and its history")
-    p.add_argument("job_id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("job_id", metavar="JOB", help="a job id, a unique id prefix (4+ characters) or a unique name")
+    _output_option(p)
+    p.add_argument("--json", action="store_true", help="same as --output json")
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("metrics", help="a job's metric series (JOBPLANE_METRICS lines), one row per line")
-    p.add_argument("job_id")
+    p.add_argument("job_id", metavar="JOB", help="a job id, a unique id prefix (4+ characters) or a unique name")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_metrics)
 
     p = sub.add_parser("cancel", help="cancel a job")
-    p.add_argument("job_id")
+    p.add_argument("job_id", metavar="JOB", help="a job id, a unique id prefix (4+ characters) or a unique name")
     p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("artifacts", help="list the files a job wrote to $JOBPLANE_OUTPUT_DIR, or download them")
-    p.add_argument("job_id")
+    p.add_argument("job_id", metavar="JOB", help="a job id, a unique id prefix (4+ characters) or a unique name")
+    _output_option(p)
     p.add_argument("--download", metavar="DIR", help="fetch every file into DIR, keeping its relative path")
     p.set_defaults(func=cmd_artifacts)
 
     p = sub.add_parser("logs", help="print a job's output")
-    p.add_argument("job_id")
+    p.add_argument("job_id", metavar="JOB", help="a job id, a unique id prefix (4+ characters) or a unique name")
     p.add_argument("--follow", "-f", action="store_true")
     p.set_defaults(func=cmd_logs)
 
@@ -728,7 +929,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_token_create)
     p = token.add_parser("list", help="your tokens (an admin's: everyone's, or --user's), by id, never the token")
     p.add_argument("--user")
-    p.add_argument("--json", action="store_true")
+    _output_option(p)
+    p.add_argument("--json", action="store_true", help="same as --output json")
     p.set_defaults(func=cmd_token_list)
     p = token.add_parser("revoke", help="revoke a token by the id `token list` shows (or a unique prefix)")
     p.add_argument("token_id")
@@ -751,6 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("vm_id")
     p.set_defaults(func=cmd_vm_stop)
     p = vm.add_parser("list", help="your dev VMs")
+    _output_option(p)
     p.set_defaults(func=cmd_vm_list)
 
     ep = sub.add_parser("endpoint", help="inference endpoints: serve a trained model behind your handler")
@@ -767,7 +970,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=120)
     p.set_defaults(func=cmd_endpoint_deploy)
     p = endpoint.add_parser("list", help="your endpoints")
-    p.add_argument("--json", action="store_true", help="the API's JSON instead of a table")
+    _output_option(p)
+    p.add_argument("--json", action="store_true", help="same as --output json")
     p.set_defaults(func=cmd_endpoint_list)
     p = endpoint.add_parser("status", help="one endpoint and its history")
     p.add_argument("endpoint_id")
@@ -819,29 +1023,71 @@ def build_parser() -> argparse.ArgumentParser:
     p = local.add_parser("invoke", help="feed a raw event (stdin) to a function by name")
     p.add_argument("function")
     p.set_defaults(func=cmd_local_invoke)
+
+    p = sub.add_parser("completion", help='print a shell completion script: eval "$(jobplane completion bash)"')
+    p.add_argument("shell", choices=["bash", "zsh"])
+    p.set_defaults(func=cmd_completion)
+    _everywhere(parser)
     return parser
 
 
+def _global_options(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a value given before the subcommand is not overwritten by the subcommand's unset default.
+    none = argparse.SUPPRESS
+    parser.add_argument(
+        "--api", default=none, help="API address (default: the profile's, $JOBPLANE_API, the local stack)"
+    )
+    parser.add_argument("--token", default=none, help="bearer token (default: the profile's, $JOBPLANE_TOKEN)")
+    parser.add_argument("--profile", default=none, help="a profile of ~/.config/jobplane/config.toml")
+    parser.add_argument(
+        "--local-dir", default=none, help="local stack state folder (default: $JOBPLANE_LOCAL_DIR or .jobplane)"
+    )
+
+
+def _output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--output", "-o", choices=["table", "json", "ids"], help="table (default), the API's JSON, or ids alone"
+    )
+
+
+def _everywhere(parser: argparse.ArgumentParser) -> None:
+    """The global options on every subcommand too: `jobplane list --api URL` as well as `jobplane --api URL list`."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                _global_options(child)
+                _everywhere(child)
+
+
+def _fail(message: str, hint: str | None = None) -> int:
+    text = f"{message}; {hint}" if hint else message
+    print(f"error: {text}", file=sys.stderr, flush=True)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
+    from jobplane.sdk_errors import JobplaneError as SdkError
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except ApiError as exc:
-        _console(stderr=True).print(f"[red]error[/]: {exc}", markup=True)
-        return 2
+    except SdkError as exc:
+        return _fail(exc.message, exc.hint)
     except CliError as exc:
-        _console(stderr=True).print(f"[red]error[/]: {exc}")
-        return 2
+        return _fail(str(exc))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `jobplane list | head`: the reader left; say nothing more (and nothing at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:
         from chalicelib.errors import JobplaneError
 
         if not isinstance(exc, JobplaneError):
             raise
         details = "".join(f"\n  - {d.get('field')}: {d.get('message')}" for d in exc.details)
-        _console(stderr=True).print(f"[red]error[/]: {exc.message}{details}", markup=True)
-        return 2
+        return _fail(f"{exc.message}{details}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""A small client for jobplane's REST API (used by the CLI and the end-to-end tests)."""
+"""The HTTP layer of the SDK: one method per API route, JSON in and out (jobplane.sdk builds on it)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,10 @@ from typing import Any
 
 import requests
 
+from jobplane.sdk_errors import APIError, ConnectionFailed, api_error
 
-class ApiError(Exception):
-    def __init__(self, status: int, body: Any) -> None:
-        self.status = status
-        self.body = body
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        message = err.get("message") or str(body)
-        details = err.get("details") or []
-        lines = [f"{d.get('field')}: {d.get('message')}" for d in details if isinstance(d, dict)]
-        super().__init__(f"HTTP {status}: {message}" + "".join(f"\n  - {line}" for line in lines))
+# The SDK's exceptions (jobplane.sdk_errors): ApiError is the base of every error answer.
+ApiError = APIError
 
 
 class Client:
@@ -29,23 +23,38 @@ class Client:
         self.storage = requests.Session()
 
     def _call(self, method: str, path: str, **kw) -> Any:
-        resp = self.session.request(method, self.api + path, timeout=self.timeout, **kw)
+        try:
+            resp = self.session.request(method, self.api + path, timeout=self.timeout, **kw)
+        except requests.exceptions.InvalidURL as exc:
+            raise ConnectionFailed(
+                f"the API address {self.api!r} is not a URL ({exc})", "pass --api http(s)://..."
+            ) from None
+        except requests.exceptions.RequestException as exc:
+            why = "timed out" if isinstance(exc, requests.exceptions.Timeout) else "refused or unreachable"
+            raise ConnectionFailed(
+                f"no answer from the API at {self.api} ({why})",
+                "is it running? (`jobplane local up` here, or check --api / $JOBPLANE_API / the profile's api)",
+            ) from None
         try:
             body = resp.json()
         except ValueError:
             body = resp.text
         if resp.status_code >= 400:
-            raise ApiError(resp.status_code, body)
+            raise api_error(resp.status_code, body)
         return body
 
     def health(self) -> dict:
         return self._call("GET", "/health")
 
-    def submit(self, spec_text: str, idempotency_key: str | None = None, yaml: bool = True) -> dict:
+    def submit(
+        self, spec_text: str, idempotency_key: str | None = None, yaml: bool = True, dry_run: bool = False
+    ) -> dict:
+        """POST /jobs; with dry_run, nothing is stored or launched: the plan and the provider request come back."""
         headers = {"Content-Type": "application/x-yaml" if yaml else "application/json"}
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
-        return self._call("POST", "/jobs", data=spec_text.encode(), headers=headers)
+        params = {"dry_run": "true"} if dry_run else None
+        return self._call("POST", "/jobs", data=spec_text.encode(), headers=headers, params=params)
 
     def list(self, status: str | None = None, limit: int = 20, next_token: str | None = None) -> dict:
         params = {k: v for k, v in {"status": status, "limit": limit, "next_token": next_token}.items() if v}

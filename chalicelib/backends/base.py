@@ -315,6 +315,15 @@ class ComputeBackend(ABC):
         with in_region(job.region):
             return self._launch_impl(job, Handle.of(job))
 
+    def launch_request(self, job: Job) -> dict[str, Any] | None:
+        """For a dry run: the provider call(s) launch() would make, as {"service", "calls": [{"operation",
+        "request"}]}; None when this backend does not show them. Sends nothing."""
+        with in_region(job.region):
+            return self._launch_request_impl(job, Handle.of(job))
+
+    def _launch_request_impl(self, job: Job, handle: Handle) -> dict[str, Any] | None:  # noqa: ARG002
+        return None
+
     def describe(self, handle: Handle) -> Observation | None:
         """The resource's current state, or None when it does not exist."""
         with in_region(handle.region):

@@ -163,8 +163,8 @@ class JobService:
         return candidates(spec, first, self.settings, self.backend)
 
     # --- submit ------------------------------------------------------------------------
-    def submit(self, principal: Principal, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
+    def _placed(self, spec: JobSpec) -> tuple[str, str, str | None, JobSpec, tuple[str, ...]]:
+        """(backend, why, region, spec, candidates) of a new job, after every check a submit makes before storing."""
         backend_name, why = self.plan(spec)
         candidates = self._candidates(backend_name, spec)
         # The first candidate may be another region or GPU type than the spec's first (cheaper), or (a backend
@@ -180,6 +180,46 @@ class JobService:
                     f"this job needs {claim.units} units of {claim.pool}, more than the {limit} this deployment allows",
                     [{"field": "resources.gpus", "message": f"at most {limit} for {claim.pool}"}],
                 )
+        return backend_name, why, region, spec, candidates
+
+    def dry_run(self, principal: Principal, spec: JobSpec) -> dict[str, Any]:
+        """What submit would do, storing and launching nothing: the backend, why, and the provider request."""
+        backend_name, why, region, spec, candidates = self._placed(spec)
+        now = utcnow()
+        job = Job(
+            job_id=new_job_id(),
+            name=spec.name,
+            owner=principal.user,
+            status=JobStatus.QUEUED,
+            backend=backend_name,
+            spec=spec,
+            created_at=now,
+            updated_at=now,
+            planner_reason=why,
+            candidates=candidates,
+            region=region,
+        )
+        request, note = None, None
+        try:
+            request = self.backend(backend_name).launch_request(job)
+        except JobplaneError as exc:  # the plan stands; the request needs something only a launch has
+            note = f"the request cannot be shown: {exc.message}"
+        if request is None and note is None:
+            note = f"backend {backend_name!r} does not show its provider request in a dry run"
+        return {
+            "dry_run": True,
+            "backend": backend_name,
+            "planner_reason": why,
+            "candidates": list(candidates),
+            "region": region,
+            "request": request,
+            "request_note": note,
+            "spec": spec.to_dict(),
+        }
+
+    def submit(self, principal: Principal, spec: JobSpec, idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
+        backend_name, why, region, spec, candidates = self._placed(spec)
         job_id = new_job_id()
         if idempotency_key is not None:
             if not (0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX) or not idempotency_key.isprintable():

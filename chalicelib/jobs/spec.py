@@ -438,7 +438,24 @@ def _yaml_loader() -> Any:
         import yaml
 
         class SpecLoader(yaml.SafeLoader):
-            pass
+            def construct_mapping(self, node, deep=False):
+                # A key written twice is refused (PyYAML keeps the last silently): one of them is a mistake.
+                if isinstance(node, yaml.MappingNode):
+                    seen: dict[Any, Any] = {}
+                    for key_node, _ in node.value:
+                        key = self.construct_object(key_node, deep=True)
+                        try:
+                            first = seen.setdefault(key, key_node)
+                        except TypeError:
+                            continue  # an unhashable key: construct_mapping's own error names it
+                        if first is not key_node:
+                            raise yaml.constructor.ConstructorError(
+                                "while constructing a mapping",
+                                node.start_mark,
+                                f"found duplicate key {key!r} (first at line {first.start_mark.line + 1})",
+                                key_node.start_mark,
+                            )
+                return super().construct_mapping(node, deep=deep)
 
         bool_tag = "tag:yaml.org,2002:bool"
         SpecLoader.yaml_implicit_resolvers = {
@@ -487,8 +504,11 @@ def load_document(text: str | bytes, content_type: str | None = None, what: str 
         try:
             data = yaml.load(text, Loader=_yaml_loader())  # noqa: S506 - a SafeLoader subclass
         except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
             raise ValidationError(
                 "the body is neither valid JSON nor valid YAML",
-                [{"field": "(body)", "message": str(exc).splitlines()[0], "type": "yaml_invalid"}],
+                [{"field": "(body)", "message": f"{where}{problem}", "type": "yaml_invalid"}],
             ) from None
     return data

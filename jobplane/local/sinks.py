@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import threading
+import traceback
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 INVOKE_PREFIX = "/2015-03-31/functions/"
+
+
+class UnknownFunction(LookupError):
+    """The stack has no function of that name (a KeyError inside a handler is the handler's own error)."""
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -77,16 +82,17 @@ def start_invoke_server(
                 return
             try:
                 result = invoke(name, payload)
-            except KeyError:
+            except UnknownFunction as exc:
                 self._reply(
                     404,
-                    json.dumps(
-                        {"errorType": "ResourceNotFoundException", "errorMessage": f"Function not found: {name}"}
-                    ).encode(),
+                    json.dumps({"errorType": "ResourceNotFoundException", "errorMessage": str(exc)}).encode(),
                 )
                 return
             except Exception as exc:  # a failed invocation answers like Lambda's Unhandled error
-                self._reply(200, json.dumps({"errorType": type(exc).__name__, "errorMessage": str(exc)}).encode())
+                # The handler's own exception (a KeyError too), with the frames Lambda's stackTrace lists.
+                trace = [line.strip() for line in traceback.format_tb(exc.__traceback__)]
+                error = {"errorType": type(exc).__name__, "errorMessage": str(exc), "stackTrace": trace}
+                self._reply(200, json.dumps(error).encode())
                 return
             self._reply(200, json.dumps(result, default=str).encode())
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from jobplane.local.sinks import INVOKE_PREFIX, start_invoke_server, start_slack_sink
+from jobplane.local.sinks import INVOKE_PREFIX, UnknownFunction, start_invoke_server, start_slack_sink
 from jobplane.local.state import state_file, write_state
 
 log = logging.getLogger("jobplane.local")
@@ -267,7 +267,10 @@ class LocalStack:
     def invoke(self, name: str, payload: Any) -> Any:
         from chalice.local import LambdaContext
 
-        handler = self.app.handler_map[name]
+        handler = self.app.handler_map.get(name)
+        if handler is None:
+            known = ", ".join(sorted(self.app.handler_map))
+            raise UnknownFunction(f"Function not found: {name} (the stack's functions: {known})")
         return handler(payload, LambdaContext(name, memory_size=512))
 
     def _authorize_invoke(self, authorization: str, name: str, payload: Any) -> str | None:

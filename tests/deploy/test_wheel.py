@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import venv
 import zipfile
 
 import pytest
+import requests
 
-from tests.factories import ROOT
+from tests.factories import ROOT, free_port, wait_for
 
 # Only what a source distribution carries: the wheel must not depend on the rest of the checkout.
-SOURCES = ["pyproject.toml", "README.md", "jobplane", "chalicelib"]
+SOURCES = ["pyproject.toml", "README.md", "app.py", "jobplane", "chalicelib"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -39,7 +43,8 @@ def installed(tmp_path_factory):
     env_dir = tmp_path_factory.mktemp("venv")
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
-    _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", str(wheel)])
+    # [local]: the stack's emulator and Chalice, so `jobplane local up` runs from the installed package.
+    _run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", f"{wheel}[local]"])
     # An empty folder: nothing of the checkout is importable from the current directory.
     empty = tmp_path_factory.mktemp("empty")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -49,7 +54,7 @@ def installed(tmp_path_factory):
 def test_the_wheel_carries_the_packages_and_their_data_and_nothing_else(installed):
     names = zipfile.ZipFile(installed["wheel"]).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("jobplane-")}
-    assert tops == {"jobplane", "chalicelib"}
+    assert tops == {"jobplane", "chalicelib", "app.py"}
     assert {
         "chalicelib/triggers.yaml",
         "chalicelib/dashboard/index.html",
@@ -77,3 +82,62 @@ def test_the_sdk_and_the_admin_commands_core_import_with_the_declared_dependenci
         f"assert jobplane.__file__.startswith({str(installed['python'].parents[1])!r})\n"
     )
     _run([str(installed["python"]), "-c", code], cwd=installed["cwd"], env=installed["env"])
+
+
+def test_local_up_from_an_empty_folder_then_a_json_submit_and_the_readme_sdk_example(installed, tmp_path):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    port = free_port()
+    env = {k: v for k, v in installed["env"].items() if not k.startswith("JOBPLANE_") and k != "AWS_ENDPOINT_URL"}
+    # Jobs run as this user, as in the other stack tests (as root the default is nobody, who cannot enter
+    # pytest's 0700 temporary folders where this venv lives).
+    env["JOBPLANE_LOCAL_RUN_AS"] = os.environ["JOBPLANE_LOCAL_RUN_AS"]
+    log = open(tmp_path / "stack.log", "w")  # noqa: SIM115
+    stack = subprocess.Popen(
+        [str(installed["bin"] / "jobplane"), "local", "up", "--port", str(port), "--reconcile-seconds", "1"],
+        cwd=folder,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+
+        def up():
+            assert stack.poll() is None, (tmp_path / "stack.log").read_text()
+            try:
+                state = json.loads((folder / ".jobplane" / "local.json").read_text())
+                return state if requests.get(state["api"] + "/health", timeout=1).ok else None
+            except (OSError, ValueError, KeyError, requests.RequestException):
+                return None
+
+        wait_for(up, timeout=120, interval=0.5, what="the installed local stack")
+        (folder / "job.yaml").write_text("name: from-the-wheel\nbackend: local\ncommand: [python, -c, 'print(1)']\n")
+        submitted = _run(
+            [
+                str(installed["bin"] / "jobplane"),
+                "submit",
+                "job.yaml",
+                "--output",
+                "json",
+                "--wait",
+                "--timeout",
+                "120",
+            ],
+            cwd=folder,
+            env=env,
+        )
+        job = json.loads(submitted.stdout)
+        assert (job["name"], job["status"]) == ("from-the-wheel", "SUCCEEDED")
+        section = (ROOT / "README.md").read_text().split("\n## Python SDK\n", 1)[1]
+        example = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+        ran = _run([str(installed["python"]), "-c", example], cwd=folder, env=env)
+        assert ran.stdout.splitlines()[1] == "hello from the SDK"
+        assert ran.stdout.splitlines()[-1] == "missing: 404 not_found"
+    finally:
+        stack.send_signal(signal.SIGINT)
+        try:
+            stack.wait(timeout=60)
+        finally:
+            if stack.poll() is None:
+                stack.kill()
+            log.close()

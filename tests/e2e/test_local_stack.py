@@ -130,7 +130,7 @@ def test_local_invoke_feeds_raw_payloads_to_functions(stack):
     result = json.loads(cli(stack, "local", "invoke", "on_job_state_change", stdin=json.dumps(unknown)).stdout)
     assert result["outcome"] == "unknown_job"
     missing = cli(stack, "local", "invoke", "no_such_function", stdin="{}", check=False)
-    assert missing.returncode == 1 and "Function not found" in missing.stdout
+    assert missing.returncode == 2 and "Function not found: no_such_function" in missing.stderr
 
 
 def test_an_upload_to_the_embedded_s3_starts_one_job(stack):

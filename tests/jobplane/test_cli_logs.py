@@ -23,8 +23,8 @@ def test_follow_passes_cursor_offsets_back_and_says_a_note_once(monkeypatch, cap
             return answers[len(asked) - 1]
 
     monkeypatch.setattr(cli, "_client", lambda args: Client())
-    monkeypatch.setattr(cli.time, "sleep", lambda s: None)
-    assert cli.cmd_logs(SimpleNamespace(job_id="j", follow=True)) == 0
+    monkeypatch.setattr("jobplane.sdk.time.sleep", lambda s: None)
+    assert cli.cmd_logs(SimpleNamespace(job_id="a" * 32, follow=True)) == 0
     assert asked == [0, 0, 0, "t~abc", "t~def"]
     out = capsys.readouterr()
     assert out.out == "epoch 1\ndone\n"

@@ -233,6 +233,17 @@ class BatchBackend(AwsBackend):
             "propagateTags": True,
         }
 
+    def _launch_request_impl(self, job, handle: Handle) -> dict[str, Any]:
+        # The definition's ARN is known once it is registered (or found): a dry run registers nothing.
+        definition = "(the ARN RegisterJobDefinition returns)"
+        return {
+            "service": "batch",
+            "calls": [
+                {"operation": "RegisterJobDefinition", "request": self.job_definition_request(job.spec)},
+                {"operation": "SubmitJob", "request": self.submit_request(job, handle, definition)},
+            ],
+        }
+
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         name = handle.native_name
         # Batch job names are not unique: a retried launch finds the first submission by name.

@@ -186,6 +186,9 @@ class Ec2Backend(AwsBackend):
             placed["SecurityGroupIds"] = list(self.settings.ec2_security_groups)
         return placed
 
+    def _launch_request_impl(self, job, handle: Handle) -> dict[str, Any]:
+        return {"service": "ec2", "calls": [{"operation": "RunInstances", "request": self.run_request(job, handle)}]}
+
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         # EC2 honours ClientToken, but emulators do not, and a token alone cannot see a launch
         # that another request made: an instance tagged with this attempt's name is that launch.

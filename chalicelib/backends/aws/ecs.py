@@ -252,6 +252,17 @@ class EcsBackend(AwsBackend):
             override["memoryReservation"] = int(float(resources.memory_gb) * 1024)
         return request
 
+    def _launch_request_impl(self, job, handle: Handle) -> dict[str, Any]:
+        # The definition's ARN is known once it is registered (or found): a dry run registers nothing.
+        definition = "(the ARN RegisterTaskDefinition returns)"
+        return {
+            "service": "ecs",
+            "calls": [
+                {"operation": "RegisterTaskDefinition", "request": self.task_definition_request(job.spec)},
+                {"operation": "RunTask", "request": self.run_task_request(job, handle, definition)},
+            ],
+        }
+
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         existing = self._find(handle.native_name)
         if existing is not None:

@@ -189,6 +189,12 @@ class SageMakerBackend(AwsBackend):
             ]
         return request
 
+    def _launch_request_impl(self, job, handle: Handle) -> dict[str, Any]:
+        return {
+            "service": "sagemaker",
+            "calls": [{"operation": "CreateTrainingJob", "request": self.training_job_request(job, handle)}],
+        }
+
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         name = handle.native_name
         # CreateTrainingJob with a used name is refused by SageMaker (and silently overwrites in moto):

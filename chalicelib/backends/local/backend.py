@@ -111,6 +111,21 @@ class LocalBackend(ComputeBackend):
         # One machine, priced by the deployment (JOBPLANE_LOCAL_PRICE_PER_HOUR, default 0: free).
         return "local machine", self.catalog.price("local", "local", "local")
 
+    def _launch_request_impl(self, job, handle: Handle) -> dict[str, Any]:
+        # What the runner is told (its spec.json), without making the job's folder or starting it.
+        spec = job.spec
+        folder = self.job_dir(handle.native_name)
+        request = {
+            "folder": str(folder),
+            "command": list(spec.command),
+            "setup": [list(step) for step in spec.setup],
+            "env": {**job_env(spec, handle)},
+            "code": {"uri": spec.code_uri, "sha256": spec.code_sha256} if spec.code_uri else None,
+            "inputs": [[name, uri] for name, uri, _ in input_items(spec)],
+            "max_runtime_seconds": spec.max_runtime_minutes * 60,
+        }
+        return {"service": "local", "calls": [{"operation": "start runner", "request": request}]}
+
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         folder = self.job_dir(handle.native_name)
         user = self._run_as()
