@@ -13,8 +13,7 @@ from chalicelib.api import (
     query,
     respond,
 )
-from chalicelib.backends import Cloud
-from chalicelib.backends.sources import deployed
+from chalicelib.backends.event_pattern import pattern_from_env
 from chalicelib.config import deploy_constants
 from chalicelib.deps import principal
 
@@ -305,9 +304,10 @@ def cost_report():
     return respond(report(deps.get_budget_service(), user, by, since, now))
 
 
-# EventBridge delivers what the AWS backends' descriptors understand (as checked in, so no backend is
-# imported here); the local stack's runner posts the local backend's source to the same function.
-@app.on_cw_event({"source": deployed(Cloud.AWS, Cloud.LOCAL)}, name="on_job_state_change")
+# EventBridge delivers only the detail-types jobplane handles, of its own resources where the event says whose
+# (chalicelib/backends/event_pattern.py; no backend is imported here); the local stack's runner posts the local
+# backend's events to the same function.
+@app.on_cw_event(pattern_from_env(), name="on_job_state_change")
 def on_job_state_change(event):
     from chalicelib.events import handle_state_change
 
