@@ -137,3 +137,27 @@ def test_a_bad_report_query_is_a_400_naming_the_parameter(api):
         answer = api.request("GET", f"/cost?{query}", alice)
         assert answer.status_code == 400 and body(answer)["error"]["details"][0]["field"] == field
     assert api.request("GET", "/cost").status_code == 401
+
+
+def test_the_notify_stream_batch_where_a_job_ends_applies_a_hard_budget(api):
+    from chalicelib.jobs.model import JobStatus as S
+
+    root = api.token("root", admin=True)
+    api.request("POST", "/budgets", root, {"owner": "alice", "limit_usd": 3, "hard": True})
+    running = api.world.running("alice", hours=2.0)  # $4 so far: past the limit
+    ended = api.world.spent("alice", 0.5)
+    before = api.store._item(ended.with_changes(status=S.RUNNING)).serialize()
+    after = api.store._item(ended).serialize()
+    record = {
+        "eventID": "1",
+        "eventName": "MODIFY",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "dynamodb": {"OldImage": before, "NewImage": after, "StreamViewType": "NEW_AND_OLD_IMAGES"},
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:000000000000:table/jobs/stream/latest",
+    }
+    quiet = {**record, "dynamodb": {**record["dynamodb"], "OldImage": after}}  # no job ended: budgets not read
+    api.lambda_.invoke("notify", {"Records": [quiet]})
+    assert api.store.get_job(running.job_id).status is S.RUNNING
+    api.lambda_.invoke("notify", {"Records": [record]})
+    assert api.store.get_job(running.job_id).status in (S.CANCELLING, S.CANCELLED)
