@@ -14,8 +14,7 @@ from chalicelib.api import (
     query,
     respond,
 )
-from chalicelib.backends import Cloud
-from chalicelib.backends.sources import deployed
+from chalicelib.backends.event_pattern import pattern_from_env
 from chalicelib.config import deploy_constants
 from chalicelib.deps import principal
 
@@ -271,9 +270,47 @@ def revoke_token(token_id):
     return respond(revoke(deps.get_token_store(), principal(app.current_request), token_id).to_api())
 
 
-# EventBridge delivers what the AWS backends' descriptors understand (as checked in, so no backend is
-# imported here); the local stack's runner posts the local backend's source to the same function.
-@app.on_cw_event({"source": deployed(Cloud.AWS, Cloud.LOCAL)}, name="on_job_state_change")
+@app.route("/budgets", methods=["GET"])
+@api_view
+def list_budgets():
+    spends = deps.get_budget_service().list(principal(app.current_request))
+    return respond({"budgets": [s.to_api() for s in spends]})
+
+
+@app.route("/budgets", methods=["POST"])
+@api_view
+def set_budget():
+    request = app.current_request
+    return respond(deps.get_budget_service().set(principal(request), json_body(request)).to_api(), 200)
+
+
+@app.route("/budgets/{budget_id}", methods=["DELETE"])
+@api_view
+def delete_budget(budget_id):
+    from urllib.parse import unquote
+
+    budget = deps.get_budget_service().delete(principal(app.current_request), unquote(budget_id))
+    return respond(budget.to_api())
+
+
+@app.route("/cost", methods=["GET"])
+@api_view
+def cost_report():
+    from chalicelib.budgets.report import cost_report as report
+    from chalicelib.budgets.report import parse_report_query
+    from chalicelib.jobs.model import utcnow
+
+    request = app.current_request
+    user = principal(request)
+    now = utcnow()
+    by, since = parse_report_query(query(request), now)
+    return respond(report(deps.get_budget_service(), user, by, since, now))
+
+
+# EventBridge delivers only the detail-types jobplane handles, of its own resources where the event says whose
+# (chalicelib/backends/event_pattern.py; no backend is imported here); the local stack's runner posts the local
+# backend's events to the same function.
+@app.on_cw_event(pattern_from_env(), name="on_job_state_change")
 def on_job_state_change(event):
     from chalicelib.events import handle_state_change
 
@@ -309,9 +346,12 @@ def run_reconcile_shard(payload):
 
 @app.on_dynamodb_record(stream_arn=DEPLOY["jobs_stream_arn"], name="notify")
 def notify(event):
+    from chalicelib.budgets.service import on_stream
     from chalicelib.notify.slack import notify_records
 
-    return notify_records(event.to_dict(), event.context)
+    raw = event.to_dict()
+    on_stream(raw.get("Records") or [], deps.get_service())  # first: its alerts go out with this batch's messages
+    return notify_records(raw, event.context)
 
 
 # Slack sends form-encoded bodies; JSON (what a request without Content-Type is taken for) gets a 401, not a 415.

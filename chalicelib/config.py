@@ -236,6 +236,8 @@ class Settings:
     # Inference endpoints and their append-only transition history.
     endpoints_table: str = setting("JOBPLANE_ENDPOINTS_TABLE", derive="{table_prefix}-endpoints")
     endpoint_events_table: str = setting("JOBPLANE_ENDPOINT_EVENTS_TABLE", derive="{table_prefix}-endpoint-events")
+    # Monthly budgets per owner and per label, set by an admin (chalicelib/budgets.py).
+    budgets_table: str = setting("JOBPLANE_BUDGETS_TABLE", derive="{table_prefix}-budgets")
     # Standard SDK variable; set only against emulators (moto server in the local stack and tests).
     aws_endpoint_url: str | None = setting("AWS_ENDPOINT_URL", None, Url())
     enabled_backends: tuple[str, ...] = setting("JOBPLANE_BACKENDS", DEFAULT_BACKENDS, Backends())

@@ -116,10 +116,48 @@ def get_endpoint_store():
     return _cached("endpoint_store", build)
 
 
+def get_budget_store():
+    """Monthly budgets per owner and per label."""
+
+    def build():
+        from chalicelib.store.budgets import DynamoBudgetStore
+
+        ensure_aws_credentials()
+        return DynamoBudgetStore(get_settings())
+
+    return _cached("budget_store", build)
+
+
+def get_budget_service():
+    def build():
+        from chalicelib.budgets.service import BudgetService
+
+        return BudgetService(get_budget_store(), get_store(), get_settings(), enqueue=enqueue_slack)
+
+    return _cached("budget_service", build)
+
+
+#: an outbox record's destination for the incoming webhook (chalicelib.notify.slack.WEBHOOK, which imports deps)
+SLACK_WEBHOOK = "webhook"
+
+
+def enqueue_slack(key: str, message: dict) -> bool | None:
+    """Queue a message that is no job transition (a budget's alert) in the Slack outbox under `key`, once;
+    None when no webhook is configured (nothing is recorded, so it is queued once one is)."""
+    from chalicelib.jobs.model import utcnow
+    from chalicelib.store.slack import OutboxRecord, OutboxState
+
+    if not get_slack_webhook_url():
+        return None
+    now = utcnow()
+    record = OutboxRecord(key, message, SLACK_WEBHOOK, OutboxState.PENDING, now, now)
+    return get_slack_store().add_outbox(record)
+
+
 def create_tables() -> None:
     """Create every store's missing tables (the local stack)."""
     stores = (get_store(), get_token_store(), get_slack_store(), get_devvm_store(), get_metrics_store())
-    for store in (*stores, get_endpoint_store()):
+    for store in (*stores, get_endpoint_store(), get_budget_store()):
         store.create_tables()
 
 
@@ -151,7 +189,7 @@ def get_service():
     def build():
         from chalicelib.jobs.service import JobService
 
-        return JobService(get_store(), get_settings(), metrics_store=get_metrics_store())
+        return JobService(get_store(), get_settings(), metrics_store=get_metrics_store(), budgets=get_budget_service())
 
     return _cached("service", build)
 

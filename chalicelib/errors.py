@@ -46,6 +46,19 @@ class AuthenticationError(JobplaneError):
     CODE = "unauthenticated"
 
 
+class ForbiddenError(JobplaneError):
+    """The caller is signed in but the route is an admin's (budgets)."""
+
+    STATUS_CODE = 403
+    CODE = "forbidden"
+
+
+class BudgetExceededError(ValidationError):
+    """A submission would take a monthly budget past its limit, and the budget refuses (on_exceed: refuse)."""
+
+    CODE = "budget_exceeded"
+
+
 class NotFoundError(JobplaneError):
     """No such resource, or one the caller may not see (never tell the two apart)."""
 

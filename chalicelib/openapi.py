@@ -282,6 +282,79 @@ class TokenList(_Out):
     tokens: list[Token]
 
 
+class BudgetRequest(BaseModel):
+    """POST /budgets: a monthly budget for one owner or one label (admin only); the same id again replaces it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: str | None = Field(None, description="the user whose jobs it covers (give owner or label)")
+    label: str | None = Field(None, description="key=value of a job label it covers, e.g. team=vision")
+    limit_usd: float = Field(gt=0, le=10_000_000, description="the monthly limit in USD")
+    on_exceed: Literal["refuse", "hold"] = Field(
+        "refuse", description="a submission that would pass the limit: refused (400) or held in QUEUED"
+    )
+    hard: bool = Field(False, description="at 100 %, reconcile stops the running jobs it covers")
+
+
+class Budget(_Out):
+    budget_id: str = Field(description="owner:<user> or label:<key>=<value>")
+    scope: Literal["owner", "label"]
+    subject: str
+    limit_usd: float
+    on_exceed: Literal["refuse", "hold"]
+    hard: bool
+    updated_at: str
+    updated_by: str
+
+
+class BudgetSpend(Budget):
+    month: str = Field(description="YYYY-MM (UTC); a job counts in the month it was submitted")
+    spent_usd: float
+    percent: float
+    jobs: int
+    unpriced_jobs: int = Field(description="jobs with no price, counted as $0")
+
+
+class BudgetList(_Out):
+    budgets: list[BudgetSpend]
+
+
+class CostRow(_Out):
+    job_id: str
+    name: str
+    owner: str
+    backend: str
+    labels: dict[str, str]
+    launched: str
+    duration_seconds: float
+    resources: str
+    status: JobStatus
+    hourly_price_usd: float | None
+    cost_usd: float | None = Field(description="null: no price for what it ran on")
+
+
+class CostTotal(_Out):
+    jobs: int
+    cost_usd: float
+    unpriced_jobs: int
+    hours: float
+
+
+class CostGroup(CostTotal):
+    key: str
+
+
+class CostReport(_Out):
+    since: str
+    until: str
+    scope: str
+    total: CostTotal
+    rows: list[CostRow] = Field(description="newest first, at most 1,000 (the totals cover every job)")
+    rows_truncated: bool
+    by: Literal["owner", "backend", "label", "month"] | None = None
+    groups: list[CostGroup] | None = None
+
+
 def _devvm_spec():
     from chalicelib.devvms import DevVmSpec
 
@@ -309,6 +382,10 @@ MODELS: list[type[BaseModel]] = [
     EndpointList,
     EndpointEventList,
     Prediction,
+    BudgetRequest,
+    BudgetList,
+    Budget,
+    CostReport,
 ]
 
 
@@ -688,6 +765,59 @@ def build() -> dict[str, Any]:
                     409: "prefix names several",
                 },
             ),
+        }
+    }
+    admin_errors = {**AUTH_ERRORS, 403: "not an admin"}
+    paths["/budgets"] = {
+        "get": {
+            "operationId": "list_budgets",
+            "summary": "every monthly budget with this month's spend (admin only)",
+            "responses": _responses({200: ("the budgets", BudgetList)}, admin_errors),
+        },
+        "post": {
+            "operationId": "set_budget",
+            "summary": "set (or replace) a monthly budget for an owner or a label (admin only)",
+            "requestBody": {"required": True, "content": _json(BudgetRequest)},
+            "responses": _responses({200: ("stored", Budget)}, {400: "invalid budget", **admin_errors}),
+        },
+    }
+    paths["/budgets/{budget_id}"] = {
+        "delete": {
+            "operationId": "delete_budget",
+            "parameters": [
+                {
+                    "name": "budget_id",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "owner:<user> or label:<key>=<value>",
+                }
+            ],
+            "responses": _responses(
+                {200: ("deleted", Budget)}, {400: "not a budget id", **admin_errors, 404: "no such budget"}
+            ),
+        }
+    }
+    paths["/cost"] = {
+        "get": {
+            "operationId": "cost_report",
+            "summary": "what jobs cost since a date (an admin's: everyone's), with totals and optional groups",
+            "parameters": [
+                {
+                    "name": "by",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "string", "enum": ["owner", "backend", "label", "month"]},
+                },
+                {
+                    "name": "since",
+                    "in": "query",
+                    "required": False,
+                    "description": "YYYY-MM-DD (UTC); default the first day of this month",
+                    "schema": {"type": "string", "format": "date"},
+                },
+            ],
+            "responses": _responses({200: ("the report", CostReport)}, {400: "bad by or since", **AUTH_ERRORS}),
         }
     }
     paths["/slack/commands"] = {

@@ -372,6 +372,11 @@ def reconcile_all(
     jobs = list(service.store.iter_active())  # one read of the active index for the whole tick
     results = [d.to_dict() for d in reconcile(service, fan_out, jobs=jobs)]
     results.extend(read_metrics(service, jobs))
+    if jobs and getattr(service, "budgets", None) is not None:
+        # Spend moves only while jobs are active: an idle tick reads no budget (and the stream covers a job's end).
+        from chalicelib.budgets.service import evaluate_safely
+
+        results.extend(evaluate_safely(service, jobs))
     if devvm_service is not None:
         results.extend(d.to_dict() for d in devvm_service.reap())
     if endpoint_service is not None:

@@ -675,6 +675,91 @@ def cmd_slack_map(args) -> int:
 
 
 # --- prices --------------------------------------------------------------------------------
+# --- budgets and the cost report ------------------------------------------------------------
+def cmd_budget_set(args) -> int:
+    body = {"limit_usd": args.limit_usd, "on_exceed": args.on_exceed, "hard": args.hard}
+    body.update({"owner": args.owner} if args.owner else {"label": args.label})
+    budget = _client(args).budget_set(body)
+    hard = ", hard: running jobs are stopped at 100 %" if budget["hard"] else ""
+    print(f"budget {budget['budget_id']}: ${budget['limit_usd']:,.2f} a month, {budget['on_exceed']} past it{hard}")
+    return 0
+
+
+def cmd_budget_list(args) -> int:
+    from rich.table import Table
+
+    budgets = _client(args).budget_list()
+    if args.json:
+        print(json.dumps(budgets, indent=2))
+        return 0
+    table = Table("BUDGET", "MONTH", "SPENT $", "LIMIT $", "%", "ON EXCEED", "HARD", "JOBS")
+    for b in budgets:
+        table.add_row(
+            b["budget_id"],
+            b["month"],
+            f"{b['spent_usd']:,.2f}",
+            f"{b['limit_usd']:,.2f}",
+            f"{b['percent']:.0f}",
+            b["on_exceed"],
+            "yes" if b["hard"] else "",
+            str(b["jobs"]),
+        )
+    _console().print(table)
+    return 0
+
+
+def cmd_budget_delete(args) -> int:
+    budget = _client(args).budget_delete(args.budget_id)
+    print(f"deleted budget {budget['budget_id']}")
+    return 0
+
+
+def _hours(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h {minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m {int(seconds % 60):02d}s"
+
+
+def _usd(value) -> str:
+    return "-" if value is None else f"{value:,.2f}"
+
+
+def cmd_cost(args) -> int:
+    from rich.table import Table
+
+    report = _client(args).cost(args.by, args.since)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    out = _console()
+    table = Table("NAME", "LAUNCHED", "DURATION", "RESOURCES", "STATUS", "$/HOUR", "COST $", title="jobs")
+    for row in report["rows"]:
+        rate = row["hourly_price_usd"]
+        table.add_row(
+            row["name"],
+            row["launched"][:16].replace("T", " "),
+            _hours(row["duration_seconds"]),
+            f"{row['backend']}, {row['resources']}",
+            row["status"],
+            "-" if rate is None else f"{rate:,.4f}",
+            _usd(row["cost_usd"]),
+        )
+    out.print(table)
+    if report.get("groups") is not None:
+        groups = Table(report["by"].upper(), "JOBS", "HOURS", "COST $", title=f"by {report['by']}")
+        for g in report["groups"]:
+            groups.add_row(g["key"], str(g["jobs"]), f"{g['hours']:,.2f}", _usd(g["cost_usd"]))
+        out.print(groups)
+    total = report["total"]
+    unpriced = f" ({total['unpriced_jobs']} without a price, not counted)" if total["unpriced_jobs"] else ""
+    more = "; the 1,000 newest shown" if report["rows_truncated"] else ""
+    out.print(
+        f"total since {report['since'][:10]} ({report['scope']}): {total['jobs']} jobs, {total['hours']:,.2f} h, "
+        f"${total['cost_usd']:,.2f}{unpriced}{more}",
+        markup=False,
+    )
+    return 0
+
+
 def cmd_prices_refresh(args) -> int:
     from chalicelib.pricing import refresh
 
@@ -997,6 +1082,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("slack_user_id")
     p.add_argument("user")
     p.set_defaults(func=cmd_slack_map)
+
+    budget = sub.add_parser("budget", help="monthly budgets per owner or label (admin)").add_subparsers(
+        dest="budget_command", required=True
+    )
+    p = budget.add_parser("set", help="set a monthly budget: `budget set --owner alice 500`")
+    who = p.add_mutually_exclusive_group(required=True)
+    who.add_argument("--owner", help="the user whose jobs it covers")
+    who.add_argument("--label", help="KEY=VALUE of a job label it covers, e.g. team=vision")
+    p.add_argument("limit_usd", type=float, help="USD a month")
+    p.add_argument("--on-exceed", choices=["refuse", "hold"], default="refuse", help="a submission past it")
+    p.add_argument("--hard", action="store_true", help="at 100 %%, stop the running jobs it covers")
+    p.set_defaults(func=cmd_budget_set)
+    p = budget.add_parser("list", help="every budget with this month's spend")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_budget_list)
+    p = budget.add_parser("delete", help="delete a budget by the id `budget list` shows (owner:alice)")
+    p.add_argument("budget_id")
+    p.set_defaults(func=cmd_budget_delete)
+    p = sub.add_parser("cost", help="what jobs cost (like `sky cost-report`): yours, or everyone's for an admin")
+    p.add_argument("--by", choices=["owner", "backend", "label", "month"])
+    p.add_argument("--since", help="YYYY-MM-DD (UTC); default the first day of this month")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_cost)
 
     prices = sub.add_parser("prices", help="the price catalog (admin)").add_subparsers(
         dest="prices_command", required=True

@@ -75,6 +75,21 @@ class Client:
     def token_revoke(self, token_id: str) -> dict:
         return self._call("DELETE", f"/tokens/{token_id}")
 
+    def budget_set(self, body: dict) -> dict:
+        return self._call("POST", "/budgets", json=body)
+
+    def budget_list(self) -> list[dict]:
+        return self._call("GET", "/budgets")["budgets"]
+
+    def budget_delete(self, budget_id: str) -> dict:
+        from urllib.parse import quote
+
+        return self._call("DELETE", f"/budgets/{quote(budget_id, safe='')}")
+
+    def cost(self, by: str | None = None, since: str | None = None) -> dict:
+        params = {k: v for k, v in {"by": by, "since": since}.items() if v}
+        return self._call("GET", "/cost", params=params)
+
     def vm_create(self, body: dict) -> dict:
         return self._call("POST", "/instances", json=body)
 

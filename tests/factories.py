@@ -987,3 +987,74 @@ def endpoint_model_dir(folder: Path, scale: float = 3.0, handler: bool = True) -
     if handler:
         (folder / "serve.py").write_text(ENDPOINT_HANDLER)
     return folder
+
+
+# --- budgets ---------------------------------------------------------------------------------------------
+BUDGET_PRICE = 2.0  # USD per hour of every job of a BudgetWorld
+
+
+class PricedBackend(ScriptedBackend):
+    def hourly_price(self, job):
+        return BUDGET_PRICE
+
+
+class BudgetWorld:
+    """Jobs, budgets and a priced backend (BUDGET_PRICE per hour) for the budget tests: an in-memory job store
+    unless given one."""
+
+    def __init__(self, settings, jobs=None, budget_store=None):
+        from chalicelib.budgets.service import BudgetService
+        from chalicelib.jobs.service import JobService
+        from chalicelib.store.budgets import InMemoryBudgetStore
+        from chalicelib.store.memory import InMemoryJobStore
+
+        self.settings = settings
+        self.jobs = jobs or InMemoryJobStore()
+        self.budget_store = budget_store or InMemoryBudgetStore()
+        self.backends: dict[str, PricedBackend] = {}
+        self.budgets = BudgetService(self.budget_store, self.jobs, settings, backend_factory=self.backend)
+        self.service = JobService(self.jobs, settings, backend_factory=self.backend, budgets=self.budgets)
+
+    def backend(self, name, settings):
+        return self.backends.setdefault(name, PricedBackend(settings))
+
+    def set(self, **body):
+        from chalicelib.auth import Principal
+
+        return self.budgets.set(Principal("root", True), body)
+
+    def spent(self, owner="alice", usd=1.0, labels=None, created=None, status=None, **changes):
+        """A finished job of `owner` that cost `usd`, submitted `created` (default: now)."""
+        from chalicelib.jobs.model import EventSource, HistoryEntry
+
+        status = status or JobStatus.SUCCEEDED
+        at = created or utcnow()
+        job = make_job(
+            owner=owner,
+            status=status,
+            created_at=at,
+            started_at=at,
+            finished_at=at + timedelta(hours=usd / BUDGET_PRICE),
+            cost_estimate_usd=usd,
+            spec={"labels": labels or {}},
+            **changes,
+        )
+        self.jobs.create_job(job, HistoryEntry(job.job_id, at, None, status, "seeded", EventSource.API))
+        return job
+
+    def running(self, owner="alice", hours=1.0, labels=None):
+        """A RUNNING job of `owner` started `hours` ago, no cost recorded yet (its price times its time so far)."""
+        from chalicelib.jobs.model import EventSource, HistoryEntry
+
+        started = utcnow() - timedelta(hours=hours)
+        job = make_job(
+            owner=owner,
+            status=JobStatus.RUNNING,
+            created_at=started,
+            started_at=started,
+            named=True,
+            spec={"labels": labels or {}},
+        )
+        self.jobs.create_job(job, HistoryEntry(job.job_id, started, None, job.status, "seeded", EventSource.API))
+        self.backend(job.backend, self.settings).resources[job.native_id] = "Running"  # reconcile finds it
+        return job

@@ -33,14 +33,33 @@ STREAM_ACTIONS = (
     "dynamodb:GetShardIterator",
     "dynamodb:ListStreams",
 )
-SECRET_ACTIONS = ("secretsmanager:GetSecretValue", "ssm:GetParameter")
+# A secret's name is an SSM Parameter Store parameter ("ssm:/jobplane/<stage>/...", a standard SecureString
+# decrypted with the AWS managed key: no storage charge) or a Secrets Manager secret ($0.40 a secret a month);
+# the policy grants the reads of the kinds the stage's names use (secret_actions()).
+SSM_SECRET_ACTIONS = ("ssm:GetParameter",)
+SECRETS_MANAGER_ACTIONS = ("secretsmanager:GetSecretValue",)
+SECRET_ACTIONS = SECRETS_MANAGER_ACTIONS + SSM_SECRET_ACTIONS
 INVOKE_ACTIONS = ("lambda:InvokeFunction",)
 # The stage's artifact store: upload URLs for packed code (code/*), artifact listings and download URLs
 # (outputs/*), and the listing that tells whether code was uploaded; nothing else in the bucket.
 OBJECT_ACTIONS = ("s3:PutObject", "s3:GetObject", "s3:ListBucket")
-CORE_ACTIONS = (
-    LOG_ACTIONS + TABLE_ACTIONS + TOKEN_LIST_ACTIONS + STREAM_ACTIONS + SECRET_ACTIONS + INVOKE_ACTIONS + OBJECT_ACTIONS
-)
+CORE_ACTIONS = LOG_ACTIONS + TABLE_ACTIONS + TOKEN_LIST_ACTIONS + STREAM_ACTIONS + INVOKE_ACTIONS + OBJECT_ACTIONS
+
+
+def secret_names(settings: Settings) -> list[str]:
+    names = (settings.slack_webhook_secret, settings.slack_bot_token_secret, settings.slack_signing_secret)
+    return [n for n in names if n]
+
+
+def secret_actions(settings: Settings) -> tuple[str, ...]:
+    """The secret reads the stage's secret names need: SSM for ssm:<parameter>, Secrets Manager for the others."""
+    names = secret_names(settings)
+    found: tuple[str, ...] = ()
+    if any(not n.startswith("ssm:") for n in names):
+        found += SECRETS_MANAGER_ACTIONS
+    if any(n.startswith("ssm:") for n in names):
+        found += SSM_SECRET_ACTIONS
+    return found
 
 
 def aws_backends(settings: Settings) -> list[str]:
@@ -50,7 +69,7 @@ def aws_backends(settings: Settings) -> list[str]:
 
 def declared_actions(settings: Settings) -> set[str]:
     """The union the policy must grant: the core's actions, each enabled AWS backend's, and iam:PassRole."""
-    actions = set(CORE_ACTIONS)
+    actions = set(CORE_ACTIONS) | set(secret_actions(settings))
     for name in aws_backends(settings):
         actions |= set(backend_class(name).iam_actions)
     if aws_backends(settings):
@@ -159,6 +178,21 @@ def object_statements(settings: Settings) -> list[dict[str, Any]]:
     ]
 
 
+def secret_statements(settings: Settings) -> list[dict[str, Any]]:
+    """Read exactly the stage's Slack secrets: parameters by their names, Secrets Manager secrets under
+    jobplane/<stage>/ (their ARNs end in a random suffix)."""
+    actions = secret_actions(settings)
+    if not actions:
+        return []
+    resources = []
+    if SECRETS_MANAGER_ACTIONS[0] in actions:
+        resources.append(f"arn:aws:secretsmanager:*:*:secret:jobplane/{settings.stage}/*")
+    for name in secret_names(settings):
+        if name.startswith("ssm:"):
+            resources.append(f"arn:aws:ssm:*:*:parameter/{name[len('ssm:') :].lstrip('/')}")
+    return [{"Sid": "SlackSecrets", "Effect": "Allow", "Action": list(actions), "Resource": resources}]
+
+
 def build(settings: Settings) -> dict[str, Any]:
     stage = settings.stage
     tables = [getattr(settings, f.name) for f in fields(settings) if f.name.endswith("_table")]
@@ -184,15 +218,7 @@ def build(settings: Settings) -> dict[str, Any]:
             "Action": list(STREAM_ACTIONS),
             "Resource": f"arn:aws:dynamodb:*:*:table/{settings.jobs_table}/stream/*",
         },
-        {
-            "Sid": "SlackSecrets",
-            "Effect": "Allow",
-            "Action": list(SECRET_ACTIONS),
-            "Resource": [
-                f"arn:aws:secretsmanager:*:*:secret:jobplane/{stage}/*",
-                f"arn:aws:ssm:*:*:parameter/jobplane/{stage}/*",
-            ],
-        },
+        *secret_statements(settings),
         {
             "Sid": "SlackWorker",
             "Effect": "Allow",

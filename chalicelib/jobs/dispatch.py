@@ -76,12 +76,15 @@ class Dispatcher:
         backend: Callable[[str], ComputeBackend],
         apply_event: Callable[[JobEvent], Job | None],
         sleep: Callable[[float], None] = time.sleep,
+        hold: Callable[[Job], str | None] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self.backend = backend
         self.apply_event = apply_event
         self.sleep = sleep
+        # The reason a budget keeps a job QUEUED (chalicelib/budgets), or None to launch it.
+        self.hold = hold
 
     @property
     def quotas(self):
@@ -101,6 +104,14 @@ class Dispatcher:
 
         A job whose capacity pool is full stays QUEUED with the reason; dispatch_queued() retries it.
         """
+        if self.hold is not None:
+            try:
+                held = self.hold(job)
+            except Exception as exc:  # a budget that cannot be read holds the job: it must not spend unchecked
+                log.warning("job %s: budget check failed, held: %s", job.job_id, exc)
+                held = f"held: the budgets could not be read ({type(exc).__name__}); reconcile tries again"
+            if held is not None:
+                return self._keep_queued(job, held)
         name = native_name(job.job_id, job.attempt)
         # Services that address a resource by the name we give it have their id before the launch call.
         named = {"native_id": name} if self.backend(job.backend).named_by_us else {}
@@ -196,7 +207,9 @@ class Dispatcher:
         return self.dispatch(job)
 
     def _wait_for_capacity(self, job: Job, pool: str, limits: dict[str, int]) -> Job:
-        reason = f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}"
+        return self._keep_queued(job, f"waiting for capacity: {pool} is at its limit of {limits.get(pool, 0)}")
+
+    def _keep_queued(self, job: Job, reason: str) -> Job:
         if job.status_reason == reason:
             return job  # already says so: no write
         try:

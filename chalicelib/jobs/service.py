@@ -86,14 +86,18 @@ class JobService:
         backend_factory: Callable[[str, Settings], ComputeBackend] = get_backend,
         metrics_store: MetricsStore | None = None,
         objects: Callable[[], Any] | None = None,
+        budgets: Any = None,
     ) -> None:
         self.store = store
         self.settings = settings
         self._backend = backend_factory
+        # Monthly budgets (chalicelib.budgets.service.BudgetService): refused at submit, held at dispatch.
+        self.budgets = budgets
         # The stage's object store (packed code, artifacts), made on first use: most calls never need it.
         self._objects_factory = objects
         self._objects: Any = None
-        self.dispatcher = Dispatcher(store, settings, self.backend, self.apply_event)
+        hold = budgets.hold_reason if budgets is not None else None
+        self.dispatcher = Dispatcher(store, settings, self.backend, self.apply_event, hold=hold)
         # Without a metrics store (unit tests of other use cases) no output is read for metrics.
         self.metrics_reader = MetricsReader(metrics_store, self.backend) if metrics_store is not None else None
 
@@ -221,6 +225,11 @@ class JobService:
         """Store and launch a job. Returns (job, created); a replayed key returns the first job."""
         backend_name, why, region, spec, candidates = self._placed(spec)
         job_id = new_job_id()
+        if self.budgets is not None:
+            probe = Job(
+                job_id, spec.name, principal.user, JobStatus.QUEUED, backend_name, spec, utcnow(), region=region
+            )
+            self.budgets.refuse_if_over(probe)
         if idempotency_key is not None:
             if not (0 < len(idempotency_key) <= IDEMPOTENCY_KEY_MAX) or not idempotency_key.isprintable():
                 raise ValidationError(

@@ -103,6 +103,11 @@ class JobStore(ABC):
         """Newest first; owner None means every owner. Cursor comes from a previous Page."""
 
     @abstractmethod
+    def iter_created(self, since: datetime, until: datetime | None = None, owner: str | None = None) -> Iterator[Job]:
+        """Jobs created in [since, until) (of `owner` when given), oldest first: one range Query of the all or
+        owner index on its creation-time sort key, never a Scan (the cost report and budgets read so)."""
+
+    @abstractmethod
     def iter_active(self) -> Iterator[Job]:
         """Every non-terminal job, from the sparse active index (never a scan of history)."""
 

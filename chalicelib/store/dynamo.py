@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pynamodb.attributes import NumberAttribute, UnicodeAttribute, UTCDateTimeAttribute
@@ -30,6 +30,7 @@ from chalicelib.jobs.model import (
     Job,
     JobStatus,
     Transition,
+    iso,
     native_name,
 )
 from chalicelib.jobs.spec_types import JobSpec
@@ -53,6 +54,7 @@ from chalicelib.store.edge import (
 )
 
 ALL_PK = "jobs"
+ONE_MICROSECOND = timedelta(microseconds=1)
 ACTIVE_PK = "active"
 QUEUED_PK = "queued"
 # Job fields stored under their own attribute names (status and spec are handled apart).
@@ -540,6 +542,16 @@ class DynamoJobStore(DynamoStore, JobStore):
 
     def iter_queued(self) -> Iterator[Job]:
         for item in self.Job.queued.query(QUEUED_PK, scan_index_forward=True):
+            yield _job_from_item(item)
+
+    def iter_created(self, since, until=None, owner=None) -> Iterator[Job]:
+        # The sort key is "<created_at ISO>#<job_id>": "#" sorts before every digit, and "~" after "#" and
+        # every id character, so [since, until) is the key range [iso(since), iso(until)).
+        index, hash_key = (self.Job.by_all, ALL_PK) if owner is None else (self.Job.by_owner, owner)
+        start = iso(since)
+        sk = self.Job.sk
+        condition = sk >= start if until is None else sk.between(start, iso(until - ONE_MICROSECOND) + "#~")
+        for item in index.query(hash_key, range_key_condition=condition, scan_index_forward=True):
             yield _job_from_item(item)
 
     def iter_active(self) -> Iterator[Job]:

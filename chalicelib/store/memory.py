@@ -112,6 +112,20 @@ class InMemoryJobStore(JobStore):
     def iter_queued(self) -> Iterator[Job]:
         return iter(sorted((j for j in list(self._jobs.values()) if j.status is JobStatus.QUEUED), key=sort_key))
 
+    def iter_created(self, since, until=None, owner=None) -> Iterator[Job]:
+        return iter(
+            sorted(
+                (
+                    j
+                    for j in list(self._jobs.values())
+                    if j.created_at >= since
+                    and (until is None or j.created_at < until)
+                    and (owner is None or j.owner == owner)
+                ),
+                key=sort_key,
+            )
+        )
+
     def iter_active(self) -> Iterator[Job]:
         return iter(sorted((j for j in list(self._jobs.values()) if not j.terminal), key=sort_key))
 

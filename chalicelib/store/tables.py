@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 def dynamo_stores(settings: Settings) -> dict[str, DynamoStore]:
     """One DynamoDB store of each kind: together they own every table (create, describe, grant)."""
+    from chalicelib.store.budgets import DynamoBudgetStore
     from chalicelib.store.devvms import DynamoDevVmStore
     from chalicelib.store.dynamo import DynamoJobStore
     from chalicelib.store.endpoints import DynamoEndpointStore
@@ -25,4 +26,5 @@ def dynamo_stores(settings: Settings) -> dict[str, DynamoStore]:
         "devvms": DynamoDevVmStore(settings),
         "metrics": DynamoMetricsStore(settings),
         "endpoints": DynamoEndpointStore(settings),
+        "budgets": DynamoBudgetStore(settings),
     }

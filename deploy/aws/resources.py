@@ -1,8 +1,9 @@
 """Post-process `chalice package --pkg-format terraform`: add the resources Chalice does not create.
 
 DynamoDB tables (from the same pynamodb models the code uses, so they cannot drift), the jobs
-stream wired to the `notify` function, the upload bucket, and the Secrets Manager entries whose
-names the stage's settings carry (their values are put by an operator, never by this script). It also
+stream wired to the `notify` function, the upload bucket, and the SSM SecureString parameters (or Secrets
+Manager entries) whose names the stage's settings carry (their values are put by an operator, never by this
+script). It also
 brings Chalice's Terraform to current Terraform and AWS provider versions (`terraform.py`) and drops
 from the dependency layer the AWS SDK the Lambda runtime ships (`layer.py`), and adds compiled bytecode to the
 function zip and the layer (`bytecode.py`), so a cold start compiles nothing.
@@ -95,15 +96,25 @@ def extra_resources(stage: str) -> dict:
         for name, model in store.models.items()
     }
     bucket = deploy_constants(env)["upload_bucket"]
-    secrets = {}
+    secrets, parameters = {}, {}
     for var in sorted(k for k in env if k.startswith("JOBPLANE_SLACK_") and k.endswith("_SECRET")):
         name = env[var]
-        if name and not name.startswith("ssm:"):
-            secrets[var.lower().removeprefix("jobplane_")] = {
-                "name": name,
-                "description": f"jobplane {stage}: {var} (value set by an operator)",
+        key = var.lower().removeprefix("jobplane_")
+        description = f"jobplane {stage}: {var} (value set by an operator)"
+        if name and name.startswith("ssm:"):
+            # A standard SecureString (no charge; the AWS managed key decrypts): the value is the operator's,
+            # so Terraform writes a placeholder once and never puts it back.
+            parameters[key] = {
+                "name": name[len("ssm:") :],
+                "type": "SecureString",
+                "tier": "Standard",
+                "value": "set-by-an-operator",
+                "description": description,
                 "tags": {"jobplane:managed": "true"},
+                "lifecycle": {"ignore_changes": ["value"]},
             }
+        elif name:
+            secrets[key] = {"name": name, "description": description, "tags": {"jobplane:managed": "true"}}
     return {
         "resource": {
             "aws_dynamodb_table": tables,
@@ -117,7 +128,8 @@ def extra_resources(stage: str) -> dict:
                     "restrict_public_buckets": True,
                 }
             },
-            "aws_secretsmanager_secret": secrets,
+            **({"aws_secretsmanager_secret": secrets} if secrets else {}),
+            **({"aws_ssm_parameter": parameters} if parameters else {}),
         },
         "output": {
             "jobs_stream_arn": {"value": "${aws_dynamodb_table.jobs.stream_arn}"},

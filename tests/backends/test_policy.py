@@ -31,7 +31,7 @@ def test_the_checked_in_policy_is_the_generated_one(stage):
 def test_the_policy_grants_exactly_the_union_of_declared_actions(stage):
     settings = stage_settings(stage, str(ROOT / ".chalice" / "config.json"))
     granted = {a for s in _policy(stage)["Statement"] for a in s["Action"]}
-    expected = set(CORE_ACTIONS) | {"iam:PassRole"}
+    expected = set(CORE_ACTIONS) | {"iam:PassRole", "ssm:GetParameter"}  # the Slack secrets are SSM parameters
     for name in ("sagemaker", "aws-batch", "ecs", "ec2"):
         assert name in settings.enabled_backends
         expected |= set(backend_class(name).iam_actions)

@@ -112,7 +112,9 @@ def test_every_event_source_is_wired(package):
         name: json.loads(rule["event_pattern"]) if "event_pattern" in rule else rule["schedule_expression"]
         for name, rule in resources["aws_cloudwatch_event_rule"].items()
     }
-    assert set(rules["on_job_state_change-event"]["source"]) >= {"aws.sagemaker", "aws.batch", "aws.ecs", "aws.ec2"}
+    sources = {source for branch in rules["on_job_state_change-event"]["$or"] for source in branch["source"]}
+    assert sources >= {"aws.sagemaker", "aws.batch", "aws.ecs", "aws.ec2"}
+    assert all(branch.get("detail-type") for branch in rules["on_job_state_change-event"]["$or"])
     assert rules["reconcile-event"] == "rate(1 minute)"
     [notification] = resources["aws_s3_bucket_notification"].values()
     assert notification["lambda_function"][0]["events"] == ["s3:ObjectCreated:*"]
@@ -137,7 +139,18 @@ def test_the_tables_bucket_and_secrets_are_declared(package):
     }
     assert tables["idempotency"]["ttl"] == {"attribute_name": "expires_at", "enabled": True}
     assert extra["aws_s3_bucket"]["uploads"]["bucket"] == "jobplane-dev-uploads"
-    assert {s["name"] for s in extra["aws_secretsmanager_secret"].values()} >= {"jobplane/dev/slack-webhook-url"}
+    # The secrets are standard SecureString parameters (Secrets Manager would bill $0.40 a secret a month).
+    parameters = extra["aws_ssm_parameter"]
+    assert {p["name"] for p in parameters.values()} == {
+        "/jobplane/dev/slack-webhook-url",
+        "/jobplane/dev/slack-signing-secret",
+    }
+    assert all(p["type"] == "SecureString" and p["tier"] == "Standard" for p in parameters.values())
+    assert all(p["lifecycle"] == {"ignore_changes": ["value"]} for p in parameters.values())
+    assert "aws_secretsmanager_secret" not in extra
+    assert (
+        "budgets" in tables and tables["budgets"]["hash_key"] == "pk" and tables["budgets"]["range_key"] == "budget_id"
+    )
 
 
 def test_the_function_zip_holds_the_core_and_no_dependency(package):

@@ -201,6 +201,7 @@ def test_every_public_method_of_a_store_is_translated_including_generators():
 
 # --- every DynamoDB store, against a table that does not exist -----------------------------
 def _calls():
+    from chalicelib.budgets.model import Budget, OnExceed, Scope
     from chalicelib.devvms import DevVm, DevVmStatus
     from chalicelib.endpoints.model import EndpointHistoryEntry, EndpointStatus, EndpointTransition
 
@@ -224,6 +225,7 @@ def _calls():
             "list_jobs": lambda s: s.list_jobs(None, None, 10, None),
             "iter_active": lambda s: list(s.iter_active()),
             "iter_queued": lambda s: list(s.iter_queued()),
+            "iter_created": lambda s: list(s.iter_created(T0)),
             "history": lambda s: s.history(job.job_id),
             "capacity_usage": lambda s: s.capacity_usage(["sagemaker:ml.g5"]),
             "claim_idempotency_key": lambda s: s.claim_idempotency_key(
@@ -266,6 +268,12 @@ def _calls():
             "history": lambda s: s.history(endpoint.endpoint_id),
             "iter_active": lambda s: list(s.iter_active()),
         },
+        "budgets": {
+            "put_budget": lambda s: s.put_budget(Budget(Scope.OWNER, "alice", 5.0, OnExceed.REFUSE, False, T0, "root")),
+            "get_budget": lambda s: s.get_budget("owner:alice"),
+            "list_budgets": lambda s: s.list_budgets(),
+            "delete_budget": lambda s: s.delete_budget("owner:alice"),
+        },
         "metrics": {
             "series": lambda s: s.series(job.job_id),
             "append": lambda s: s.append(job.job_id, {"loss": [(1, 0.5)]}),
@@ -291,7 +299,7 @@ def test_the_calls_below_cover_every_public_method_of_every_store(tmp_path):
         assert public - NO_REQUEST == set(_calls()[kind]), kind
 
 
-@pytest.mark.parametrize("kind", ["jobs", "tokens", "slack", "devvms", "metrics", "endpoints"])
+@pytest.mark.parametrize("kind", ["jobs", "tokens", "slack", "devvms", "metrics", "endpoints", "budgets"])
 def test_no_pynamodb_error_leaves_a_store(tmp_path, moto_endpoint, kind):
     from chalicelib.store.tables import dynamo_stores
 

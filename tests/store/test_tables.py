@@ -39,6 +39,7 @@ def test_the_stores_own_every_table_once_and_no_two_own_the_same(tmp_path):
         settings.metrics_table,
         settings.endpoints_table,
         settings.endpoint_events_table,
+        settings.budgets_table,
     }
 
 
