@@ -89,7 +89,12 @@ class _LogBytes(logging.Handler):
         self.bytes += len(self.format(record).encode()) + 1
 
 
-class InstantBackend:
+from chalicelib.backends.base import ComputeBackend, LaunchResult  # noqa: E402
+
+
+class InstantBackend(ComputeBackend):
+    """Launches nothing and costs nothing (the local backend at its default price); the bench plays the events."""
+
     name = "local"
     reaps = False
     named_by_us = True  # its id is the name it is given, as the local backend's is
@@ -97,16 +102,27 @@ class InstantBackend:
     def validate(self, spec):
         return None
 
-    def launch(self, job):
-        from chalicelib.backends.base import LaunchResult
+    def _launch_impl(self, job, handle):
+        return LaunchResult(handle.native_name)
 
-        return LaunchResult(f"jp-{job.job_id}")
+    def _describe_impl(self, handle):
+        return None
+
+    def _cancel_impl(self, handle):
+        return None
 
     def release(self, handle, reason):
         return None
 
     def estimate_cost(self, job, until=None):
         return 0.0
+
+    def hourly_quote(self, spec, region, usage=None):
+        from datetime import date
+
+        from chalicelib.pricing import Price
+
+        return self.name, Price(0.0, date.today(), "bench")
 
 
 def measure() -> dict:
@@ -138,7 +154,7 @@ def measure() -> dict:
         store.create_tables()
         budget_store = DynamoBudgetStore(settings)
         budget_store.create_tables()
-        instant = lambda *_: InstantBackend()  # noqa: E731
+        instant = lambda *_: InstantBackend(settings)  # noqa: E731
         budgets = BudgetService(budget_store, store, settings, backend_factory=instant)
         service = JobService(store, settings, backend_factory=instant, budgets=budgets)
         counter = Counter()

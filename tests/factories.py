@@ -994,8 +994,12 @@ BUDGET_PRICE = 2.0  # USD per hour of every job of a BudgetWorld
 
 
 class PricedBackend(ScriptedBackend):
-    def hourly_price(self, job):
-        return BUDGET_PRICE
+    def hourly_quote(self, spec, region, usage=None):
+        from datetime import date
+
+        from chalicelib.pricing import Price
+
+        return self.name, Price(BUDGET_PRICE, date(2026, 12, 1), "BudgetWorld")
 
 
 class BudgetWorld:

@@ -121,10 +121,16 @@ class BudgetService:
 
     # --- figures -----------------------------------------------------------------------
     def hourly_price(self, job: Job) -> float | None:
+        """The catalog's price per hour of what the job runs on (its backend's hourly_quote, with what the
+        provider reported for its current attempt); None when the catalog has no price."""
+        from chalicelib.pricing.jobs import with_usage
+
         try:
-            return self._backend(job.backend, self.settings).hourly_price(job)
+            backend = self._backend(job.backend, self.settings)
+            _, quote = backend.hourly_quote(job.spec, job.region, with_usage(job.costs, job.attempt, None))
         except JobplaneError:
             return None
+        return getattr(quote, "usd_per_hour", None)  # a Price; an Unknown has none
 
     def job_cost(self, job: Job, now: datetime | None = None) -> float | None:
         """The job's recorded cost; for a job still running with none recorded, its price times its time so far."""

@@ -18,6 +18,12 @@ from chalicelib.reaper import reconcile_all
 ALICE = Principal("alice")
 
 
+def _no_price():
+    from chalicelib.pricing import Unknown
+
+    return Unknown("no price in this test")
+
+
 def spec(minutes=60, **extra):
     return parse_spec(
         {
@@ -55,7 +61,7 @@ def test_a_submission_that_would_pass_a_refusing_budget_gets_a_400_with_the_figu
 def test_a_spent_budget_refuses_even_a_job_without_a_price(world):
     world.set(owner="alice", limit_usd=5)
     world.spent("alice", 5.0)
-    world.backend("local", world.settings).hourly_price = lambda job: None
+    world.backend("local", world.settings).hourly_quote = lambda spec, region, usage=None: ("local", _no_price())
     with pytest.raises(BudgetExceededError, match=r"\$5.00 of \$5.00 .*price is unknown"):
         world.service.submit(ALICE, spec())
 
