@@ -62,20 +62,15 @@ def declared_actions(settings: Settings) -> set[str]:
     return actions
 
 
-def endpoint_backend_classes(settings: Settings) -> list[type]:
-    """The AWS endpoint backends enabled with an enabled job backend (SageMaker endpoints with `sagemaker`)."""
-    import importlib
+def endpoint_backend_classes(settings: Settings) -> list:
+    """The AWS endpoint backends' descriptors enabled with an enabled job backend (SageMaker endpoints with
+    `sagemaker`), one per distinct set of actions."""
+    from chalicelib.endpoints.backends import enabled
 
-    from chalicelib.endpoints.backends import ENDPOINT_REGISTRY
-
-    found: list[type] = []
-    for target in ENDPOINT_REGISTRY.values():
-        module, _, name = target.partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        if getattr(cls, "enabled_with", None) in aws_backends(settings) and cls.iam_actions not in [
-            f.iam_actions for f in found
-        ]:
-            found.append(cls)
+    found: list = []
+    for known in enabled(aws_backends(settings)):
+        if known.cloud is Cloud.AWS and known.iam_actions not in [f.iam_actions for f in found]:
+            found.append(known)
     return found
 
 

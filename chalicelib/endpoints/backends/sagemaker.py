@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+from chalicelib.backends import Cloud
 from chalicelib.endpoints import adapter
+from chalicelib.endpoints.backends import EndpointBackendDescriptor
 from chalicelib.endpoints.backends.base import Deployment, EndpointBackend, EndpointObservation, EndpointStatus
 from chalicelib.errors import BackendError, ValidationError
 
@@ -42,6 +44,58 @@ SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 SERVERLESS_MAX_CONCURRENCY = 200
 
 
+IAM_ACTIONS = (
+    "sagemaker:CreateModel",
+    "sagemaker:CreateEndpointConfig",
+    "sagemaker:CreateEndpoint",
+    "sagemaker:UpdateEndpoint",
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:DeleteEndpoint",
+    "sagemaker:DeleteEndpointConfig",
+    "sagemaker:DeleteModel",
+    "sagemaker:AddTags",  # the Tags of the three Create calls
+    "sagemaker:InvokeEndpoint",
+    "cloudwatch:GetMetricData",
+    # model.tar.gz: the model (a job's outputs/) and code (code/) read, the package written under
+    # code/endpoints/; the policy limits each to those prefixes of the artifact store
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:ListBucket",
+)
+RESOURCE_KINDS = ("endpoint", "endpoint-config", "model")
+
+SAGEMAKER = EndpointBackendDescriptor(
+    name="sagemaker",
+    cloud=Cloud.AWS,
+    # It shares the sagemaker training backend's account, execution role and EventBridge source.
+    enabled_with="sagemaker",
+    implementation="chalicelib.endpoints.backends.sagemaker:SageMakerEndpointBackend",
+    rank=20,
+    role="a real-time endpoint",
+    model_schemes=("s3://",),
+    event_sources=(EVENT_SOURCE,),
+    iam_actions=IAM_ACTIONS,
+    resource_kinds=RESOURCE_KINDS,
+    unpriced_reason="the price catalog holds SageMaker training rates only, not real-time hosting rates",
+)
+SAGEMAKER_SERVERLESS = EndpointBackendDescriptor(
+    name="sagemaker-serverless",
+    cloud=Cloud.AWS,
+    enabled_with="sagemaker",
+    implementation="chalicelib.endpoints.backends.sagemaker:SageMakerServerlessBackend",
+    rank=10,
+    role="serverless bills per request, not per hour",
+    gpus=False,
+    max_memory_gb=6,  # ServerlessConfig.MemorySizeInMB: 1024 to 6144
+    model_schemes=("s3://",),
+    event_sources=(EVENT_SOURCE,),
+    iam_actions=IAM_ACTIONS,
+    resource_kinds=RESOURCE_KINDS,
+    unpriced_reason="SageMaker Serverless Inference bills per millisecond of compute and per GB processed, "
+    "not by the hour",
+)
+
+
 def native_status_key(value: str) -> str:
     return value.replace("_", "").replace(" ", "").lower()
 
@@ -73,30 +127,10 @@ class SageMakerEndpointBackend(EndpointBackend):
     name = "sagemaker"
     max_payload_bytes = 6 * 1024 * 1024
     serverless: ClassVar[bool] = False
-    #: the job backend whose account, execution role and EventBridge source it shares: enabled with it (the
-    #: IAM policy grants the actions below when that backend is enabled)
-    enabled_with: ClassVar[str] = "sagemaker"
-    event_sources: ClassVar[tuple[str, ...]] = (EVENT_SOURCE,)
-    iam_actions: ClassVar[tuple[str, ...]] = (
-        "sagemaker:CreateModel",
-        "sagemaker:CreateEndpointConfig",
-        "sagemaker:CreateEndpoint",
-        "sagemaker:UpdateEndpoint",
-        "sagemaker:DescribeEndpoint",
-        "sagemaker:DeleteEndpoint",
-        "sagemaker:DeleteEndpointConfig",
-        "sagemaker:DeleteModel",
-        "sagemaker:AddTags",  # the Tags of the three Create calls
-        "sagemaker:InvokeEndpoint",
-        "cloudwatch:GetMetricData",
-        # model.tar.gz: the model (a job's outputs/) and code (code/) read, the package written under
-        # code/endpoints/; the policy limits each to those prefixes of the artifact store
-        "s3:GetObject",
-        "s3:PutObject",
-        "s3:ListBucket",
-    )
+    descriptor: ClassVar[EndpointBackendDescriptor] = SAGEMAKER
+    iam_actions: ClassVar[tuple[str, ...]] = IAM_ACTIONS
     #: the SageMaker resources it makes, all named jpe-<endpoint_id>[-v<version>]
-    resource_kinds: ClassVar[tuple[str, ...]] = ("endpoint", "endpoint-config", "model")
+    resource_kinds: ClassVar[tuple[str, ...]] = RESOURCE_KINDS
 
     def __init__(self, settings) -> None:
         self.settings = settings
@@ -410,6 +444,7 @@ class SageMakerServerlessBackend(SageMakerEndpointBackend):
     """Serverless Inference: CPU only, billed per request; memory and concurrency instead of instances."""
 
     name = "sagemaker-serverless"
+    descriptor = SAGEMAKER_SERVERLESS
     max_payload_bytes = 4 * 1024 * 1024
     serverless = True
 

@@ -7,6 +7,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from chalicelib.backends import Cloud
+from chalicelib.endpoints.backends import EndpointBackendDescriptor
 from chalicelib.endpoints.backends.base import Deployment, EndpointBackend, EndpointObservation, EndpointStatus
 from chalicelib.errors import BackendError, ValidationError
 
@@ -20,6 +22,17 @@ SERVE_COMMAND = ["python", "-m", "jobplane_serve"]
 MONITORING = "https://monitoring.googleapis.com"
 PREDICTION_COUNT = "aiplatform.googleapis.com/prediction/online/prediction_count"
 LABEL_ENDPOINT_ID = "jobplane-endpoint-id"
+
+VERTEX = EndpointBackendDescriptor(
+    name="vertex",
+    cloud=Cloud.GCP,
+    enabled_with="vertex",
+    implementation="chalicelib.endpoints.backends.vertex:VertexEndpointBackend",
+    rank=20,
+    role="a real-time endpoint",
+    model_schemes=("gs://",),
+    unpriced_reason="the price catalog has no Vertex AI prediction rates (no authoritative table was found)",
+)
 
 
 def model_id(deployment: Deployment) -> str:
@@ -54,6 +67,7 @@ class VertexEndpointBackend(EndpointBackend):
     service's reconcile drives a rollout to its end and the endpoint serves throughout."""
 
     name = "vertex"
+    descriptor = VERTEX
     max_payload_bytes = 1536 * 1024  # online prediction requests are limited to 1.5 MB
 
     def __init__(self, settings) -> None:

@@ -11,7 +11,7 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from chalicelib.endpoints.backends import ENDPOINT_REGISTRY
+from chalicelib.endpoints.backends import ENDPOINT_REGISTRY, backend_class
 from chalicelib.endpoints.backends.base import EndpointStatus
 from chalicelib.endpoints.backends.sagemaker import (
     STATES,
@@ -75,7 +75,7 @@ def aws(request, tmp_path):
 
 
 def test_the_registry_names_the_three_cloud_endpoint_backends():
-    assert {k: v.rpartition(":")[2] for k, v in ENDPOINT_REGISTRY.items() if k != "local"} == {
+    assert {k: backend_class(k).__name__ for k in ENDPOINT_REGISTRY if k != "local"} == {
         "sagemaker": "SageMakerEndpointBackend",
         "sagemaker-serverless": "SageMakerServerlessBackend",
         "vertex": "VertexEndpointBackend",
@@ -353,8 +353,9 @@ def test_the_endpoint_state_event_reaches_apps_eventbridge_pattern():
     from chalicelib.backends import Cloud
     from chalicelib.backends.sources import deployed
 
-    assert STATE_EVENT["source"] in SageMakerEndpointBackend.event_sources
-    assert set(SageMakerEndpointBackend.event_sources) <= set(deployed(Cloud.AWS))
+    sources = SageMakerEndpointBackend.descriptor.event_sources
+    assert STATE_EVENT["source"] in sources
+    assert set(sources) <= set(deployed(Cloud.AWS))
 
 
 def test_payload_limits_and_serverless_concurrency_bounds(settings):
