@@ -256,6 +256,37 @@ class EndpointService:
             self._send(updated, "deleted_idle")
         return updated
 
+    def handle_event(self, raw: dict[str, Any]):
+        """A provider state event about an endpoint (e.g. "SageMaker Endpoint State Change"), routed from the
+        state-event function: an EventResult, or None when no enabled endpoint backend claims it. A duplicate
+        changes nothing (decide() sees the same status); a late one, older than the endpoint's last change,
+        is dropped so it cannot undo a newer state."""
+        from chalicelib.events import EventResult, Outcome
+
+        source = raw.get("source")
+        claimed = registry.for_source(source, self.settings.enabled_backends) if isinstance(source, str) else []
+        for known in claimed:
+            parsed = self.backend(known.name).parse_event(raw)
+            if parsed is None:
+                continue
+            native_id, observation = parsed
+            endpoint_id = native_id.removeprefix("jpe-")
+            endpoint = self.store.get_endpoint(endpoint_id) if len(endpoint_id) == 32 else None
+            if endpoint is None:
+                return EventResult(Outcome.UNKNOWN_JOB, detail=f"{known.name} event for an endpoint not in the store")
+            if endpoint.backend != known.name:
+                if source in registry.descriptor(endpoint.backend).event_sources:
+                    continue  # the backend it runs on (sagemaker-serverless) reads it next
+                return EventResult(Outcome.IGNORED, endpoint_id=endpoint_id, detail=f"runs on {endpoint.backend}")
+            last = endpoint.updated_at
+            late = observation.at is not None and last is not None and observation.at < last
+            moved = None if late else self.observe(endpoint, observation, EventSource.BACKEND)
+            detail = observation.native_status + (" (older than the endpoint's last change)" if late else "")
+            status = (moved or endpoint).status.value
+            outcome = Outcome.APPLIED if moved is not None else Outcome.UNCHANGED
+            return EventResult(outcome, status=status, detail=detail, endpoint_id=endpoint_id)
+        return None
+
     def refresh(self, endpoint: Endpoint, source: EventSource) -> Endpoint:
         """Ask the backend where the endpoint is and apply what it says."""
         if not endpoint.native_id:
