@@ -95,9 +95,12 @@ def endpoint_statements(settings: Settings) -> list[dict[str, Any]]:
             {
                 "Sid": f"{sid}Metrics",
                 "Effect": "Allow",
-                "Action": sorted(a for a in cls.iam_actions if a.startswith("cloudwatch:")),
+                "Action": sorted(
+                    a for a in cls.iam_actions if a.startswith("cloudwatch:") and a not in ENDPOINT_ALARM_ACTIONS
+                ),
                 "Resource": "*",
             },
+            *_endpoint_scaling_statements(cls, sid),
             {
                 "Sid": f"{sid}Models",
                 "Effect": "Allow",
@@ -106,6 +109,35 @@ def endpoint_statements(settings: Settings) -> list[dict[str, Any]]:
             },
         ]
     return statements
+
+
+# Alarm writes are granted on the endpoint backend's own alarms only (target tracking's).
+ENDPOINT_ALARM_ACTIONS = ("cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms")
+
+
+def _endpoint_scaling_statements(cls, sid: str) -> list[dict[str, Any]]:
+    """Autoscaling: Application Auto Scaling (its scalable targets have generated ids: no resource level), the
+    target tracking alarms, and the service-linked role it makes on first use."""
+    found: list[dict[str, Any]] = []
+    scaling = sorted(a for a in cls.iam_actions if a.startswith("application-autoscaling:"))
+    if scaling:
+        found.append({"Sid": f"{sid}Scaling", "Effect": "Allow", "Action": scaling, "Resource": "*"})
+    alarms = sorted(a for a in cls.iam_actions if a in ENDPOINT_ALARM_ACTIONS)
+    if alarms:
+        found.append(
+            {"Sid": f"{sid}Alarms", "Effect": "Allow", "Action": alarms, "Resource": list(cls.alarm_resources)}
+        )
+    if "iam:CreateServiceLinkedRole" in cls.iam_actions:
+        found.append(
+            {
+                "Sid": f"{sid}ScalingRole",
+                "Effect": "Allow",
+                "Action": ["iam:CreateServiceLinkedRole"],
+                "Resource": [role for role, _ in cls.service_linked_roles],
+                "Condition": {"StringLike": {"iam:AWSServiceName": [svc for _, svc in cls.service_linked_roles]}},
+            }
+        )
+    return found
 
 
 def kubernetes_actions(settings: Settings) -> tuple[str, ...]:

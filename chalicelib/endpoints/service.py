@@ -248,6 +248,8 @@ class EndpointService:
         except StaleStateError:
             fresh = self.store.get_endpoint(endpoint.endpoint_id)
             return self.apply_event(event, fresh) if fresh is not None and fresh.status is not endpoint.status else None
+        if updated.status is S.IN_SERVICE:
+            self._serving(updated)
         if updated.status is S.IN_SERVICE and endpoint.status is S.CREATING:
             self._send(updated, "in_service")
         elif updated.status is S.FAILED:
@@ -317,6 +319,15 @@ class EndpointService:
             version,
         )
         return self.apply_event(event, endpoint)
+
+    def _serving(self, endpoint: Endpoint) -> None:
+        """The backend's IN_SERVICE step (SageMaker autoscaling). A failure is logged, never undoes the change:
+        the endpoint serves at min_replicas, and the next rollout tries again."""
+        try:
+            deployment = self._deployment(endpoint, endpoint.spec.get("fallback_code_uri"))
+            self.backend(endpoint.backend).serving(endpoint.native_id, deployment)
+        except JobplaneError as exc:
+            log.warning("endpoint %s: could not attach what it needs in service: %s", endpoint.endpoint_id, exc.message)
 
     def _send(self, endpoint: Endpoint, kind: str) -> None:
         if self._notify is None:

@@ -52,6 +52,11 @@ class EndpointBackendDescriptor:
     iam_actions: tuple[str, ...] = ()
     #: the provider resource kinds it makes (the policy limits its actions to those named jpe-*)
     resource_kinds: tuple[str, ...] = ()
+    #: (role ARN, service) of service-linked roles its calls create on first use (iam:CreateServiceLinkedRole
+    #: is granted on those only)
+    service_linked_roles: tuple[tuple[str, str], ...] = ()
+    #: CloudWatch alarms its calls make (target tracking): the alarm actions are granted on these only
+    alarm_resources: tuple[str, ...] = ()
     #: why the price catalog has no hourly price for it (None: it prices by the catalog's `price_table`)
     unpriced_reason: str | None = None
     #: the price catalog provider whose hourly rates it bills at ("local": the JOBPLANE_LOCAL_PRICE_PER_HOUR

@@ -110,6 +110,11 @@ class EndpointBackend(ABC):
         """How many invocations the provider counted since `since` (SageMaker: CloudWatch Invocations;
         Vertex: its prediction count metric; local: the server's counter). Reconcile's idle check."""
 
+    def serving(self, native_id: str, deployment: Deployment) -> None:  # noqa: B027 - most attach nothing
+        """Called each time the endpoint comes IN_SERVICE (after create and after an update's rollout), to attach
+        what needs a live endpoint (SageMaker: its autoscaling between min_replicas and max_replicas). Most
+        backends attach nothing: they size the deployment when they create it."""
+
     def parse_event(self, event: dict[str, Any]) -> tuple[str, EndpointObservation] | None:
         """(native_id, observation) from a provider state event about an endpoint; None if not ours."""
         return None

@@ -12,7 +12,7 @@ from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
 from chalicelib.endpoints.backends import ENDPOINT_REGISTRY, backend_class
-from chalicelib.endpoints.backends.base import EndpointStatus
+from chalicelib.endpoints.backends.base import EndpointObservation, EndpointStatus
 from chalicelib.endpoints.backends.sagemaker import (
     STATES,
     SageMakerEndpointBackend,
@@ -21,6 +21,8 @@ from chalicelib.endpoints.backends.sagemaker import (
 )
 from chalicelib.errors import BackendError, ValidationError
 from tests.factories import boto, check_aws_request, endpoint_model_dir, make_deployment, make_settings
+
+S = EndpointStatus
 
 NAME = "jpe-" + "e" * 32
 # The published sample of "SageMaker Endpoint State Change" (SageMaker developer guide, EventBridge events),
@@ -131,7 +133,7 @@ def test_builds_valid_requests_with_a_gpu_instance_the_framework_image_and_tags(
     "changes, field",
     [
         ({"model_uri": "gs://b/model/"}, "model.uri"),
-        ({"max_replicas": 3}, "max_replicas"),
+        ({"min_replicas": 0}, "min_replicas"),
         ({"resources": {"gpus": 16, "gpu_type": "A10G"}}, "resources.gpus"),
         ({"resources": {"gpus": 1, "gpu_type": "TPU"}}, "resources.gpu_type"),
         ({"handler": "../x.py"}, "handler"),
@@ -366,3 +368,118 @@ def test_payload_limits_and_serverless_concurrency_bounds(settings):
     with pytest.raises(ValidationError) as raised:
         serverless.validate(make_deployment(max_replicas=201))
     assert raised.value.details[0] == {"field": "max_replicas", "message": "1 to 200 (MaxConcurrency)"}
+
+
+def test_autoscaling_registers_the_variant_between_min_and_max_with_target_tracking_on_moto(aws):
+    backend = SageMakerEndpointBackend(aws)
+    deployment = make_deployment(min_replicas=1, max_replicas=4)
+    backend.validate(deployment)  # max_replicas above min_replicas is autoscaling, no longer refused
+    native = backend.create(deployment)
+    assert (
+        boto(aws, "sagemaker").describe_endpoint_config(EndpointConfigName=f"{NAME}-v1")["ProductionVariants"][0][
+            "InitialInstanceCount"
+        ]
+        == 1
+    )
+    backend.serving(native, deployment)
+    backend.serving(native, deployment)  # the next rollout registers again: create-or-update, still one of each
+    scaling = boto(aws, "application-autoscaling")
+    resource = f"endpoint/{NAME}/variant/AllTraffic"
+    [target] = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])[
+        "ScalableTargets"
+    ]
+    assert (target["ScalableDimension"], target["MinCapacity"], target["MaxCapacity"]) == (
+        "sagemaker:variant:DesiredInstanceCount",
+        1,
+        4,
+    )
+    [policy] = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)["ScalingPolicies"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+    }
+    assert tracking["TargetValue"] == 70.0
+    for operation, request in zip(
+        ("RegisterScalableTarget", "PutScalingPolicy"), backend.scaling_requests(native, deployment), strict=True
+    ):
+        check_aws_request("application-autoscaling", operation, request)
+    backend.delete(native)  # deregistered before DeleteEndpoint
+    assert (
+        scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"] == []
+    )
+
+
+def test_a_fixed_size_or_serverless_endpoint_registers_no_scaling(settings):
+    scaling = boto(settings, "application-autoscaling")
+    for backend, deployment in (
+        (SageMakerEndpointBackend(settings), make_deployment(min_replicas=2, max_replicas=2)),
+        (SageMakerServerlessBackend(settings), make_deployment(min_replicas=0, max_replicas=5)),
+    ):
+        backend.set_client("application-autoscaling", scaling)
+        with Stubber(scaling) as stub:  # any call would find no response waiting and raise
+            backend.serving(NAME, deployment)
+            stub.assert_no_pending_responses()
+    with Stubber(scaling) as stub:  # AWS's answer for a target never registered: deleting goes on
+        stub.add_client_error(
+            "deregister_scalable_target", "ObjectNotFoundException", "No scalable target registered", 400
+        )
+        real_time = SageMakerEndpointBackend(settings)
+        real_time.set_client("application-autoscaling", scaling)
+        real_time._deregister(NAME)
+        stub.assert_no_pending_responses()
+
+
+def test_the_service_attaches_scaling_when_the_endpoint_comes_in_service_and_survives_a_refusal(settings):
+    """Stubber with Application Auto Scaling's published response shapes; a refusal is logged, the endpoint
+    stays IN_SERVICE (serving at min_replicas)."""
+    from chalicelib.endpoints.model import EndpointHistoryEntry
+    from chalicelib.endpoints.service import EndpointService
+    from chalicelib.jobs.model import EventSource
+    from chalicelib.store.endpoints import InMemoryEndpointStore
+    from tests.factories import make_endpoint
+
+    service = EndpointService(InMemoryEndpointStore(), settings)
+    backend = service.backend("sagemaker")
+    scaling = boto(settings, "application-autoscaling")
+    backend.set_client("application-autoscaling", scaling)
+    endpoint = make_endpoint(body={"backend": "sagemaker", "min_replicas": 1, "max_replicas": 3})
+    endpoint = endpoint.with_changes(native_id=NAME)
+    service.store.put_endpoint(
+        endpoint, EndpointHistoryEntry(endpoint.endpoint_id, endpoint.created_at, None, S.CREATING, "", EventSource.API)
+    )
+    register, policy = backend.scaling_requests(NAME, service._deployment(endpoint, None))
+    assert (register["MinCapacity"], register["MaxCapacity"]) == (1, 3)
+    with Stubber(scaling) as stub:
+        stub.add_response(
+            "register_scalable_target",
+            {"ScalableTargetARN": "arn:aws:application-autoscaling:us-east-1:123456789012:scalable-target/056d"},
+            register,
+        )
+        stub.add_response(
+            "put_scaling_policy",
+            {
+                "PolicyARN": "arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:6d8972f3:resource/sagemaker/"
+                f"endpoint/{NAME}/variant/AllTraffic:policyName/{NAME}-invocations",
+                "Alarms": [
+                    {
+                        "AlarmName": f"TargetTracking-endpoint/{NAME}/variant/AllTraffic-AlarmHigh-d4f0770c",
+                        "AlarmARN": "arn:aws:cloudwatch:us-east-1:123456789012:alarm:TargetTracking-endpoint/"
+                        f"{NAME}/variant/AllTraffic-AlarmHigh-d4f0770c",
+                    }
+                ],
+            },
+            policy,
+        )
+        in_service = EndpointObservation(EndpointStatus.IN_SERVICE, "InService", NAME)
+        assert service.observe(endpoint, in_service, EventSource.BACKEND).status is S.IN_SERVICE
+        stub.assert_no_pending_responses()
+    updating = service.store.get_endpoint(endpoint.endpoint_id)
+    updating = service.observe(updating, EndpointObservation(S.UPDATING, "Updating", NAME), EventSource.BACKEND)
+    with Stubber(scaling) as stub:
+        stub.add_client_error(
+            "register_scalable_target", "AccessDeniedException", "not authorized to iam:CreateServiceLinkedRole", 400
+        )
+        back = service.observe(updating, in_service, EventSource.BACKEND)
+        stub.assert_no_pending_responses()
+    assert back.status is S.IN_SERVICE
