@@ -293,7 +293,7 @@ class EndpointService:
         """Ask the backend where the endpoint is and apply what it says."""
         if not endpoint.native_id:
             return endpoint
-        observation = self.backend(endpoint.backend).describe(endpoint.native_id)
+        observation = self.backend(endpoint.backend).describe(endpoint.native_id, endpoint.operation)
         if observation is None:
             if endpoint.status is S.DELETING:
                 observation = EndpointObservation(
@@ -318,7 +318,15 @@ class EndpointService:
             observation.url,
             version,
         )
-        return self.apply_event(event, endpoint)
+        moved = self.apply_event(event, endpoint)
+        after = moved or endpoint
+        if after.operation != observation.operation and after.status is not S.DELETED:
+            try:  # the operation in flight now, for the next describe (None: nothing is running)
+                after = self.store.update_endpoint(after, after.status, operation=observation.operation)
+            except StaleStateError:
+                return moved
+            return after  # the record changed (its operation), with or without a transition
+        return moved
 
     def _serving(self, endpoint: Endpoint) -> None:
         """The backend's IN_SERVICE step (SageMaker autoscaling). A failure is logged, never undoes the change:

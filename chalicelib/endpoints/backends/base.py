@@ -69,6 +69,9 @@ class EndpointObservation:
     url: str | None = None
     reason: str = ""
     at: datetime | None = None
+    #: the provider's long-running operation still in flight (Vertex deploy/undeploy): the service keeps it on
+    #: the record and hands it to the next describe, which reads how it ended
+    operation: str | None = None
 
 
 class EndpointBackend(ABC):
@@ -93,8 +96,9 @@ class EndpointBackend(ABC):
         """Roll out a new version without downtime where the provider allows."""
 
     @abstractmethod
-    def describe(self, native_id: str) -> EndpointObservation | None:
-        """The endpoint's state now; None when the provider has no such endpoint."""
+    def describe(self, native_id: str, operation: str | None = None) -> EndpointObservation | None:
+        """The endpoint's state now; None when the provider has no such endpoint. `operation` is the one the
+        previous observation said was in flight (None for backends that start none)."""
 
     @abstractmethod
     def delete(self, native_id: str) -> None:

@@ -210,7 +210,7 @@ class LocalEndpointBackend(EndpointBackend):
             except ProcessLookupError:
                 pass
 
-    def describe(self, native_id: str) -> EndpointObservation | None:
+    def describe(self, native_id: str, operation: str | None = None) -> EndpointObservation | None:  # noqa: ARG002
         folder = self._folder(native_id)
         if not folder.is_dir():
             return None

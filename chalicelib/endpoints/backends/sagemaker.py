@@ -401,7 +401,7 @@ class SageMakerEndpointBackend(EndpointBackend):
                 return None
             raise
 
-    def describe(self, native_id: str) -> EndpointObservation | None:
+    def describe(self, native_id: str, operation: str | None = None) -> EndpointObservation | None:  # noqa: ARG002
         found = self._describe_raw(native_id)
         if found is None:
             return None
