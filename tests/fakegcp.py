@@ -433,7 +433,9 @@ class VertexEndpointsSession:
             # google.longrunning GetOperation: aiplatform_v1's REST transport takes the first of its bindings
             # that matches, which for an endpoint's operation is /ui/{name=...}, not /v1/.
             operation = self.operations.get(path.removeprefix("/v1/").removeprefix("/ui/"))
-            return (200, operation) if operation else _error(404, "NOT_FOUND", f"Operation {path} not found")
+            if operation is None:
+                return _error(404, "NOT_FOUND", f"Operation {path} not found")
+            return 200, {k: v for k, v in operation.items() if k != "undeploying"}
         name, _, verb = path[len("/v1/") :].partition(":")
         if name not in self.endpoints:
             return _error(404, "NOT_FOUND", f"Endpoint {name} not found")
@@ -450,11 +452,15 @@ class VertexEndpointsSession:
             return 200, self._operation(name, "DeployModel", deploy)
         if verb == "undeployModel":
             gone = body["deployedModelId"]
+            if any(op.get("undeploying") == (name, gone) for op in self.operations.values() if not op["done"]):
+                return _error(400, "FAILED_PRECONDITION", "An undeploy of this model is in progress")
 
             def undeploy():
                 endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != gone]
 
-            return 200, self._operation(name, "UndeployModel", undeploy)
+            operation = self._operation(name, "UndeployModel", undeploy)
+            self.operations[operation["name"]] = {**operation, "undeploying": (name, gone)}
+            return 200, {k: v for k, v in operation.items()}
 
         if verb == "rawPredict":
             request = json.loads(base64.b64decode(body["httpBody"]["data"]))

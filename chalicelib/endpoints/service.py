@@ -293,7 +293,11 @@ class EndpointService:
         """Ask the backend where the endpoint is and apply what it says."""
         if not endpoint.native_id:
             return endpoint
-        observation = self.backend(endpoint.backend).describe(endpoint.native_id, endpoint.operation)
+        backend = self.backend(endpoint.backend)
+        if endpoint.status is S.DELETING:
+            observation = backend.describe_deleting(endpoint.native_id)
+        else:
+            observation = backend.describe(endpoint.native_id, endpoint.operation)
         if observation is None:
             if endpoint.status is S.DELETING:
                 observation = EndpointObservation(

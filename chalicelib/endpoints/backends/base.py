@@ -100,6 +100,11 @@ class EndpointBackend(ABC):
         """The endpoint's state now; None when the provider has no such endpoint. `operation` is the one the
         previous observation said was in flight (None for backends that start none)."""
 
+    def describe_deleting(self, native_id: str) -> EndpointObservation | None:
+        """A DELETING endpoint's state (reconcile's read until it is gone). Backends whose delete takes several
+        steps over time (Vertex: undeploy, then delete) take the next one here instead of a rollout step."""
+        return self.describe(native_id)
+
     @abstractmethod
     def delete(self, native_id: str) -> None:
         """Delete the endpoint and what it alone uses (config, model, deployed models). Harmless when gone."""

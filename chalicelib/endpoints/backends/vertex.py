@@ -409,9 +409,15 @@ class VertexEndpointBackend(EndpointBackend):
         endpoint = self._get("endpoint", "get_endpoint", native_id)
         if endpoint is not None:
             for deployed in endpoint.deployed_models:
-                self._call(
-                    "endpoint", "undeploy_model", request={"endpoint": native_id, "deployed_model_id": deployed.id}
-                )
+                try:
+                    self.client("endpoint").undeploy_model(
+                        request={"endpoint": native_id, "deployed_model_id": deployed.id}
+                    )
+                except exceptions.NotFound:
+                    pass
+                except exceptions.GoogleAPICallError as exc:
+                    if not _refused_for_now(exc):  # else: its undeploy (asked for earlier) still runs
+                        raise self._translated(exc) from exc
             try:
                 self.client("endpoint").delete_endpoint(name=native_id)
             except exceptions.NotFound:
@@ -433,6 +439,22 @@ class VertexEndpointBackend(EndpointBackend):
             except exceptions.GoogleAPICallError as exc:
                 if not _refused_for_now(exc):  # else: still deployed until its undeploy ends
                     raise self._translated(exc) from exc
+
+    def describe_deleting(self, native_id: str) -> EndpointObservation | None:
+        """A DELETING endpoint: ask again for what delete() could not do yet (the endpoint and its models are
+        refused while an undeploy runs), then report DELETING, or None once the endpoint is gone. Never a
+        rollout step: describe() would deploy the model again once its undeploy ended."""
+        self.delete(native_id)
+        endpoint = self._get("endpoint", "get_endpoint", native_id)
+        if endpoint is None:
+            return None
+        left = len(endpoint.deployed_models)
+        return EndpointObservation(
+            status=EndpointStatus.DELETING,
+            native_status=f"deleting ({left} model(s) undeploying)" if left else "deleting",
+            native_id=native_id,
+            at=datetime.now(UTC),
+        )
 
     def invoke(self, native_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """rawPredict with {"instances": [body]}: the serving entry point answers {"predictions": [answer]}."""

@@ -273,3 +273,32 @@ def test_the_service_keeps_the_operation_on_the_record_and_reconcile_fails_the_e
     assert failed.failure_reason == reason
     assert sent == ["failed"]
     assert [h.to_status for h in service.store.history(endpoint.endpoint_id)][-1] is EndpointStatus.FAILED
+
+
+def test_a_deleting_endpoint_is_deleted_step_by_step_and_never_deployed_again(tmp_path):
+    """Vertex refuses to delete an endpoint (and its models) while an undeploy runs: reconcile asks again each
+    tick until it is gone, and never takes a rollout step, which would deploy the model again."""
+    from chalicelib.auth import Principal
+    from chalicelib.endpoints.service import EndpointService
+    from chalicelib.endpoints.spec import parse_endpoint_spec
+    from chalicelib.store.endpoints import InMemoryEndpointStore
+    from tests.factories import endpoint_body
+
+    service = EndpointService(InMemoryEndpointStore(), make_settings(tmp_path, **gcp_env("http://127.0.0.1:9")))
+    session = VertexEndpointsSession(GCP_PROJECT).install(service.backend("vertex"))
+    body = endpoint_body(backend="vertex", model={"uri": "gs://models/scaler/"}, image=IMAGE)
+    endpoint = service.create(Principal("alice"), parse_endpoint_spec(body))
+    endpoint = service.get(Principal("alice"), endpoint.endpoint_id)
+    assert endpoint.status is EndpointStatus.IN_SERVICE
+    session.hold_operations = True  # the undeploy takes a while
+    deleting = service.delete(Principal("alice"), endpoint.endpoint_id)
+    assert deleting.status is EndpointStatus.DELETING
+    [undeploy] = [n for n, op in session.operations.items() if not op["done"]]
+    deploys = len([r for r in session.requests if r["path"].endswith(":deployModel")])
+    service.reconcile()
+    assert service.store.get_endpoint(endpoint.endpoint_id).status is EndpointStatus.DELETING
+    session.finish(undeploy)
+    service.reconcile()  # undeployed: now the endpoint and its model go
+    gone = service.store.get_endpoint(endpoint.endpoint_id)
+    assert gone.status is EndpointStatus.DELETED and session.endpoints == {} and session.models == {}
+    assert len([r for r in session.requests if r["path"].endswith(":deployModel")]) == deploys
