@@ -48,6 +48,8 @@ class Endpoint:
     cost_unknown_reason: str | None = None
     #: the provider's long-running operation in flight (Vertex deploy/undeploy), read by the next describe
     operation: str | None = None
+    #: why the backend's IN_SERVICE step (SageMaker autoscaling) failed last; reconcile tries it again
+    serving_error: str | None = None
     failure_reason: str | None = None
     plan_reason: str | None = None
     deleted_by: str | None = None
@@ -101,6 +103,7 @@ class Endpoint:
             "cost_estimate_usd": self.cost_estimate_usd(now),
             "cost_unknown_reason": self.cost_unknown_reason,
             "failure_reason": self.failure_reason,
+            "serving_error": self.serving_error,
             "plan_reason": self.plan_reason,
             "deleted_by": self.deleted_by,
             "deleted_reason": self.deleted_reason,

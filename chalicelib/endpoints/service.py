@@ -332,14 +332,23 @@ class EndpointService:
             return after  # the record changed (its operation), with or without a transition
         return moved
 
-    def _serving(self, endpoint: Endpoint) -> None:
-        """The backend's IN_SERVICE step (SageMaker autoscaling). A failure is logged, never undoes the change:
-        the endpoint serves at min_replicas, and the next rollout tries again."""
+    def _serving(self, endpoint: Endpoint) -> Endpoint:
+        """The backend's IN_SERVICE step (SageMaker autoscaling). A failure never undoes the change (the endpoint
+        serves at min_replicas): it is kept on the record as `serving_error`, and each reconcile tick tries again
+        until the step succeeds, which clears it."""
+        error = None
         try:
             deployment = self._deployment(endpoint, endpoint.spec.get("fallback_code_uri"))
             self.backend(endpoint.backend).serving(endpoint.native_id, deployment)
         except JobplaneError as exc:
-            log.warning("endpoint %s: could not attach what it needs in service: %s", endpoint.endpoint_id, exc.message)
+            error = exc.message
+            log.warning("endpoint %s: could not attach what it needs in service: %s", endpoint.endpoint_id, error)
+        if error == endpoint.serving_error:
+            return endpoint
+        try:
+            return self.store.update_endpoint(endpoint, S.IN_SERVICE, serving_error=error)
+        except StaleStateError:
+            return endpoint
 
     def _send(self, endpoint: Endpoint, kind: str) -> None:
         if self._notify is None:
@@ -445,6 +454,8 @@ class EndpointService:
 
     def _reconcile_one(self, endpoint: Endpoint, now: datetime) -> EndpointDecision:
         endpoint = self.refresh(endpoint, EventSource.RECONCILE)
+        if endpoint.status is S.IN_SERVICE and endpoint.serving_error:
+            endpoint = self._serving(endpoint)  # the IN_SERVICE step failed before: once more
         reason = self.idle_reason(endpoint, now)
         if reason is None:
             return EndpointDecision(endpoint.endpoint_id, "refreshed", endpoint.status.value)

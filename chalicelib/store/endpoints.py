@@ -174,6 +174,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         cost_per_hour_usd = NumberAttribute(null=True)
         cost_unknown_reason = UnicodeAttribute(null=True)
         operation = UnicodeAttribute(null=True)
+        serving_error = UnicodeAttribute(null=True)
         failure_reason = UnicodeAttribute(null=True)
         plan_reason = UnicodeAttribute(null=True)
         deleted_by = UnicodeAttribute(null=True)
@@ -217,6 +218,7 @@ _PLAIN = (
     "cost_per_hour_usd",
     "cost_unknown_reason",
     "operation",
+    "serving_error",
     "failure_reason",
     "plan_reason",
     "deleted_by",

@@ -55,6 +55,7 @@ def test_can_put_and_get_an_endpoint_with_every_field_intact(store):
         last_invoked_at=T0,
         cost_unknown_reason="no hosting rates in the catalog",
         operation="projects/p/locations/l/endpoints/jpe-x/operations/42",
+        serving_error="application-autoscaling RegisterScalableTarget: AccessDeniedException",
     )
     store.put_endpoint(endpoint, created(endpoint))
     assert store.get_endpoint(endpoint.endpoint_id) == endpoint

@@ -483,3 +483,26 @@ def test_the_service_attaches_scaling_when_the_endpoint_comes_in_service_and_sur
         back = service.observe(updating, in_service, EventSource.BACKEND)
         stub.assert_no_pending_responses()
     assert back.status is S.IN_SERVICE
+    refused = service.store.get_endpoint(endpoint.endpoint_id)
+    assert "not authorized to iam:CreateServiceLinkedRole" in refused.serving_error
+    assert "not authorized" in refused.to_api()["serving_error"]
+    # The next reconcile tick tries again (DescribeEndpoint in its published shape, then the two calls).
+    sagemaker = boto(settings, "sagemaker")
+    backend.set_client("sagemaker", sagemaker)
+    now = datetime.now(UTC)
+    described = {
+        "EndpointName": NAME,
+        "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{NAME}",
+        "EndpointConfigName": f"{NAME}-v1",
+        "EndpointStatus": "InService",
+        "CreationTime": now,
+        "LastModifiedTime": now,
+    }
+    with Stubber(sagemaker) as sm, Stubber(scaling) as stub:
+        sm.add_response("describe_endpoint", described, {"EndpointName": NAME})
+        stub.add_response("register_scalable_target", {"ScalableTargetARN": "arn:x"}, register)
+        stub.add_response("put_scaling_policy", {"PolicyARN": "arn:y", "Alarms": []}, policy)
+        assert [d.action for d in service.reconcile()] == ["refreshed"]
+        stub.assert_no_pending_responses()
+        sm.assert_no_pending_responses()
+    assert service.store.get_endpoint(endpoint.endpoint_id).serving_error is None
