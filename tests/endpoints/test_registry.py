@@ -80,3 +80,13 @@ def test_prices_come_from_the_descriptor_never_a_made_up_zero(tmp_path):
         rate, why = hourly_price(name, settings, {"resources": {"instance_type": "ml.g5.xlarge"}})
         assert rate is None and why == registry.descriptor(name).unpriced_reason
     assert "training rates only" in hourly_price("sagemaker", settings)[1]
+
+
+def test_the_cli_line_shows_why_a_cost_is_unknown_and_the_rate_when_known():
+    from jobplane.cli import _endpoint_line
+
+    base = {"endpoint_id": "e" * 32, "name": "clf", "status": "IN_SERVICE", "backend": "sagemaker", "url": None}
+    unknown = {**base, "cost_per_hour_usd": None, "cost_unknown_reason": "no hosting rates in the catalog"}
+    assert "(cost unknown: no hosting rates in the catalog)" in _endpoint_line(unknown)
+    known = {**base, "backend": "local", "cost_per_hour_usd": 0.5, "cost_estimate_usd": 0.25}
+    assert "($0.50/h, $0.25 so far)" in _endpoint_line(known)
