@@ -134,15 +134,13 @@ def get_endpoint_service():
 
 def notify_endpoint(endpoint, kind: str) -> None:
     """Queue an endpoint's IN_SERVICE / FAILED / deleted-for-idleness message in the Slack outbox (once per
-    transition) and send it within the Slack budget; what is left is sent by reconcile's drain."""
+    transition) and try it once; what is left is sent by reconcile's drain."""
     from chalicelib.endpoints.notify import send
-    from chalicelib.notify.slack import Notifier
 
     webhook_url, bot_token = get_slack_webhook_url(), get_slack_bot_token()
     if not webhook_url and not bot_token:
         return
-    notifier = Notifier(get_slack_store(), get_settings(), None, webhook_url, bot_token)
-    result = send(notifier, endpoint, kind)
+    result = send(get_slack_store(), get_settings(), endpoint, kind, webhook_url, bot_token)
     if result["outcome"] not in ("sent", "duplicate"):
         log.warning("endpoint %s: Slack message %s: %s", endpoint.endpoint_id, kind, result["outcome"])
 

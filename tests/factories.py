@@ -986,3 +986,28 @@ def endpoint_model_dir(folder: Path, scale: float = 3.0, handler: bool = True) -
     if handler:
         (folder / "serve.py").write_text(ENDPOINT_HANDLER)
     return folder
+
+
+ENDPOINT_NATIVE_NAME = "jpe-" + "e" * 32
+# The published sample of "SageMaker Endpoint State Change" (SageMaker developer guide, EventBridge events),
+# with our endpoint's name.
+ENDPOINT_STATE_EVENT = {
+    "version": "0",
+    "id": "d2921b5a-b0ad-cace-a8e3-0f159d018e06",
+    "detail-type": "SageMaker Endpoint State Change",
+    "source": "aws.sagemaker",
+    "account": "111122223333",
+    "time": "1583831889050",
+    "region": "us-west-2",
+    "resources": [f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{ENDPOINT_NATIVE_NAME}"],
+    "detail": {
+        "EndpointName": ENDPOINT_NATIVE_NAME,
+        "EndpointArn": f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{ENDPOINT_NATIVE_NAME}",
+        "EndpointConfigName": f"{ENDPOINT_NATIVE_NAME}-v1",
+        "ProductionVariants": [{"DesiredWeight": 1.0, "DesiredInstanceCount": 1.0}],
+        "EndpointStatus": "IN_SERVICE",
+        "CreationTime": 1592411992203.0,
+        "LastModifiedTime": 1592411994287.0,
+        "Tags": {},
+    },
+}

@@ -11,7 +11,7 @@ import pytest
 from chalicelib import deps
 from chalicelib.endpoints.model import EndpointHistoryEntry, EndpointStatus
 from chalicelib.jobs.model import EventSource
-from tests.endpoints.backends.test_sagemaker import STATE_EVENT
+from tests.factories import ENDPOINT_STATE_EVENT as STATE_EVENT
 from tests.factories import make_endpoint, make_settings, make_stores, use_stores
 
 S = EndpointStatus

@@ -21,7 +21,12 @@ def settings(tmp_path, slack):
 
 
 def notifier(slack_store, settings, slack, bot_token=None):
+    """The jobs' Notifier: its outbox drain is what the reconcile schedule runs."""
     return Notifier(slack_store, settings, None, f"{slack.url}{WEBHOOK}", bot_token)
+
+
+def post(slack_store, settings, slack, endpoint, kind, bot_token=None):
+    return send(slack_store, settings, endpoint, kind, f"{slack.url}{WEBHOOK}", bot_token)
 
 
 def serving(**changes):
@@ -30,23 +35,26 @@ def serving(**changes):
 
 def test_a_transition_is_posted_once_even_when_its_message_is_sent_again(slack_store, settings, slack):
     endpoint = serving(cost_per_hour_usd=0.5)
-    n = notifier(slack_store, settings, slack)
-    assert send(n, endpoint, "in_service")["outcome"] == "sent"
-    assert send(n, endpoint, "in_service")["outcome"] == "duplicate"  # a second process, a retried request
+    assert post(slack_store, settings, slack, endpoint, "in_service")["outcome"] == "sent"
+    assert (
+        post(slack_store, settings, slack, endpoint, "in_service")["outcome"] == "duplicate"
+    )  # a second process, a retried request
     [body] = slack.bodies(WEBHOOK)
     assert "is in service at http://127.0.0.1:5000" in body["text"] and "$0.50/h" in body["text"]
     record = slack_store.get_outbox(outbox_key(endpoint, "in_service"))
     assert record.state is OutboxState.SENT and record.tries == 1
     # another kind of the same endpoint is its own transition
-    assert send(n, endpoint.with_changes(failure_reason="boom"), "failed")["outcome"] == "sent"
+    assert (
+        post(slack_store, settings, slack, endpoint.with_changes(failure_reason="boom"), "failed")["outcome"] == "sent"
+    )
     assert len(slack.bodies(WEBHOOK)) == 2
 
 
 def test_a_rate_limited_message_waits_for_the_reconcile_drain_then_goes_once(slack_store, settings, slack):
     endpoint = serving()
     slack.script(WEBHOOK, (429, b"rate_limited", {"Retry-After": "1"}))
+    assert post(slack_store, settings, slack, endpoint, "in_service")["outcome"] == "pending"  # due in 1 s
     n = notifier(slack_store, settings, slack)
-    assert send(n, endpoint, "in_service", budget_seconds=0.3)["outcome"] == "pending"  # due after the budget
     n.drain(2.0)  # what the minute's drain (reaper's drain_outbox) does
     assert slack_store.get_outbox(outbox_key(endpoint, "in_service")).state is OutboxState.SENT
     assert len(slack.bodies(WEBHOOK)) == 2  # the refused try and the one that was taken
@@ -57,15 +65,14 @@ def test_a_rate_limited_message_waits_for_the_reconcile_drain_then_goes_once(sla
 def test_a_message_that_may_have_reached_slack_is_never_sent_again(slack_store, settings, slack):
     endpoint = serving()
     slack.script(WEBHOOK, (500, b"rollup_error", {}))  # a 5xx: Slack may have posted it
-    n = notifier(slack_store, settings, slack)
-    assert send(n, endpoint, "in_service")["outcome"] == "unknown"
-    n.drain(1.0)
+    assert post(slack_store, settings, slack, endpoint, "in_service")["outcome"] == "unknown"
+    notifier(slack_store, settings, slack).drain(1.0)
     assert len(slack.bodies(WEBHOOK)) == 1
 
 
 def test_with_a_bot_token_the_endpoints_own_channel_gets_it(slack_store, settings, slack):
     endpoint = serving(body={"notify": {"slack_channel": "#ml-serving"}})
-    result = send(notifier(slack_store, settings, slack, bot_token="xoxb-test"), endpoint, "in_service")
+    result = post(slack_store, settings, slack, endpoint, "in_service", bot_token="xoxb-test")
     assert result["outcome"] == "sent"
     [posted] = slack.bodies("/api/chat.postMessage")
     assert posted["channel"] == "#ml-serving" and "is in service" in posted["text"]
@@ -95,3 +102,10 @@ def test_the_deployments_endpoint_notifier_queues_in_the_outbox_and_reconcile_dr
     drain_outbox()
     assert slack_store.get_outbox(outbox_key(endpoint, "in_service")).state is OutboxState.SENT
     assert len(slack.bodies(WEBHOOK)) == 2  # the refused try, then the one Slack took
+
+
+def test_the_webhook_destination_is_the_one_the_jobs_outbox_drains():
+    from chalicelib.endpoints import notify
+    from chalicelib.notify import slack
+
+    assert notify.WEBHOOK == slack.WEBHOOK

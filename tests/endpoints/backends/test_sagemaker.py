@@ -20,33 +20,11 @@ from chalicelib.endpoints.backends.sagemaker import (
     endpoint_status,
 )
 from chalicelib.errors import BackendError, ValidationError
+from tests.factories import ENDPOINT_NATIVE_NAME as NAME
+from tests.factories import ENDPOINT_STATE_EVENT as STATE_EVENT
 from tests.factories import boto, check_aws_request, endpoint_model_dir, make_deployment, make_settings
 
 S = EndpointStatus
-
-NAME = "jpe-" + "e" * 32
-# The published sample of "SageMaker Endpoint State Change" (SageMaker developer guide, EventBridge events),
-# with our endpoint's name.
-STATE_EVENT = {
-    "version": "0",
-    "id": "d2921b5a-b0ad-cace-a8e3-0f159d018e06",
-    "detail-type": "SageMaker Endpoint State Change",
-    "source": "aws.sagemaker",
-    "account": "111122223333",
-    "time": "1583831889050",
-    "region": "us-west-2",
-    "resources": [f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{NAME}"],
-    "detail": {
-        "EndpointName": NAME,
-        "EndpointArn": f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{NAME}",
-        "EndpointConfigName": f"{NAME}-v1",
-        "ProductionVariants": [{"DesiredWeight": 1.0, "DesiredInstanceCount": 1.0}],
-        "EndpointStatus": "IN_SERVICE",
-        "CreationTime": 1592411992203.0,
-        "LastModifiedTime": 1592411994287.0,
-        "Tags": {},
-    },
-}
 
 
 @pytest.fixture(params=["server", "in-process"])
