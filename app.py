@@ -314,7 +314,7 @@ def cost_report():
 def on_job_state_change(event):
     from chalicelib.events import handle_state_change
 
-    return handle_state_change(event.to_dict(), deps.get_service()).to_dict()
+    return handle_state_change(event.to_dict(), deps.get_service(), deps.get_endpoint_service).to_dict()
 
 
 @app.on_s3_event(bucket=DEPLOY["upload_bucket"], events=["s3:ObjectCreated:*"], name="on_upload")

@@ -10,6 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cold_start  # noqa: E402
 import cost  # noqa: E402
 import dynamodb_requests  # noqa: E402
+import endpoints  # noqa: E402
 import import_cost  # noqa: E402
 import local_load  # noqa: E402
 import reconcile_cost  # noqa: E402
@@ -29,6 +30,8 @@ def main() -> int:
     cost.main()
     print("\n== The local stack: its journal, and load over loopback (one client on the same machine) ==")
     local_load.main()
+    print("\n== Inference endpoints: DynamoDB requests, provider calls per tick, invocation overhead ==")
+    endpoints.main([])
     print("\n== Reconcile at scale: one tick of the real AWS backends on moto, calls counted (10,000 takes long) ==")
     reconcile_cost.main()
     return 0

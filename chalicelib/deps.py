@@ -171,18 +171,16 @@ def get_endpoint_service():
 
 
 def notify_endpoint(endpoint, kind: str) -> None:
-    """Post an endpoint's IN_SERVICE / FAILED / deleted-for-idleness message to the webhook, within the budget."""
-    import time
+    """Queue an endpoint's IN_SERVICE / FAILED / deleted-for-idleness message in the Slack outbox (once per
+    transition) and try it once; what is left is sent by reconcile's drain."""
+    from chalicelib.endpoints.notify import send
 
-    from chalicelib.notify.delivery import Webhook, deliver
-    from chalicelib.notify.messages import endpoint_message
-
-    url = get_slack_webhook_url()
-    if not url:
+    webhook_url, bot_token = get_slack_webhook_url(), get_slack_bot_token()
+    if not webhook_url and not bot_token:
         return
-    delivery = deliver(Webhook(url), endpoint_message(endpoint, kind), time.monotonic() + 10)
-    if not delivery.sent:
-        log.warning("endpoint %s: Slack message %s not sent: %s", endpoint.endpoint_id, kind, delivery.detail)
+    result = send(get_slack_store(), get_settings(), endpoint, kind, webhook_url, bot_token)
+    if result["outcome"] not in ("sent", "duplicate"):
+        log.warning("endpoint %s: Slack message %s: %s", endpoint.endpoint_id, kind, result["outcome"])
 
 
 def get_service():

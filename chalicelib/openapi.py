@@ -238,7 +238,11 @@ class Endpoint(_Out):
     labels: dict[str, str]
     cost_per_hour_usd: float | None = Field(description="null when the catalog has no price for this backend")
     cost_estimate_usd: float | None
+    cost_unknown_reason: str | None = Field(description="why there is no hourly price (never shown as $0)")
     failure_reason: str | None
+    serving_error: str | None = Field(
+        description="why attaching autoscaling to an endpoint in service failed; reconcile tries again"
+    )
     plan_reason: str | None = Field(description="why this backend (backend: auto records its reasoning)")
     deleted_by: str | None
     deleted_reason: str | None

@@ -517,6 +517,8 @@ def cmd_vm_list(args) -> int:
 def _endpoint_line(e: dict) -> str:
     rate = e.get("cost_per_hour_usd")
     cost = f"${rate:,.2f}/h, ${e.get('cost_estimate_usd') or 0:,.2f} so far" if rate is not None else "cost unknown"
+    if rate is None and e.get("cost_unknown_reason"):
+        cost += f": {e['cost_unknown_reason']}"
     return f"{e['endpoint_id']} {e['name']}: {e['status']} on {e['backend']} at {e.get('url') or '-'} ({cost})"
 
 

@@ -1062,3 +1062,26 @@ class BudgetWorld:
         self.jobs.create_job(job, HistoryEntry(job.job_id, started, None, job.status, "seeded", EventSource.API))
         self.backend(job.backend, self.settings).resources[job.native_id] = "Running"  # reconcile finds it
         return job
+ENDPOINT_NATIVE_NAME = "jpe-" + "e" * 32
+# The published sample of "SageMaker Endpoint State Change" (SageMaker developer guide, EventBridge events),
+# with our endpoint's name.
+ENDPOINT_STATE_EVENT = {
+    "version": "0",
+    "id": "d2921b5a-b0ad-cace-a8e3-0f159d018e06",
+    "detail-type": "SageMaker Endpoint State Change",
+    "source": "aws.sagemaker",
+    "account": "111122223333",
+    "time": "1583831889050",
+    "region": "us-west-2",
+    "resources": [f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{ENDPOINT_NATIVE_NAME}"],
+    "detail": {
+        "EndpointName": ENDPOINT_NATIVE_NAME,
+        "EndpointArn": f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{ENDPOINT_NATIVE_NAME}",
+        "EndpointConfigName": f"{ENDPOINT_NATIVE_NAME}-v1",
+        "ProductionVariants": [{"DesiredWeight": 1.0, "DesiredInstanceCount": 1.0}],
+        "EndpointStatus": "IN_SERVICE",
+        "CreationTime": 1592411992203.0,
+        "LastModifiedTime": 1592411994287.0,
+        "Tags": {},
+    },
+}

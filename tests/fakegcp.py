@@ -10,6 +10,7 @@ import json
 import re
 import threading
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -340,7 +341,9 @@ class VertexEndpointsSession:
     """Stands in for the requests session of aiplatform_v1's REST transport (and rest.py's): Vertex models,
     endpoints and deployed models as the v1 REST API shapes them, Cloud Monitoring time series as given.
 
-    Operations answer done at once; `predict` (instances -> predictions) plays the serving container."""
+    Operations answer done at once, unless `hold_operations` is set: then deployModel and undeployModel answer
+    a running google.longrunning Operation (named under the endpoint, as Vertex names them) that `finish()` ends,
+    with an error or with the change made; `predict` (instances -> predictions) plays the serving container."""
 
     def __init__(self, project: str, region: str = "us-central1") -> None:
         self.parent = f"projects/{project}/locations/{region}"
@@ -350,6 +353,33 @@ class VertexEndpointsSession:
         self.time_series_pages: list[dict[str, Any]] = []
         self.refuse_deploys = False
         self.predict = lambda instances: [{"echo": i} for i in instances]
+        self.hold_operations = False
+        self.operations: dict[str, dict[str, Any]] = {}
+        self._held: dict[str, Callable[[], None]] = {}
+
+    def _operation(self, endpoint: str, verb: str, change: Callable[[], None]) -> dict[str, Any]:
+        """A deployModel / undeployModel Operation in the published JSON shape (metadata typed by its @type)."""
+        name = f"{endpoint}/operations/{len(self.operations) + 1000}"
+        metadata = {
+            "@type": f"type.googleapis.com/google.cloud.aiplatform.v1.{verb}OperationMetadata",
+            "genericMetadata": {"createTime": "2026-12-02T10:00:00Z", "updateTime": "2026-12-02T10:00:00Z"},
+        }
+        operation = {"name": name, "metadata": metadata, "done": not self.hold_operations}
+        if self.hold_operations:
+            self._held[name] = change
+        else:
+            change()
+        self.operations[name] = operation
+        return operation
+
+    def finish(self, name: str, error: dict[str, Any] | None = None) -> None:
+        """End a held operation: with `error` (google.rpc.Status: code, message) nothing changed; else the change."""
+        change = self._held.pop(name)
+        self.operations[name]["done"] = True
+        if error is not None:
+            self.operations[name]["error"] = error
+        else:
+            change()
 
     def install(self, backend) -> VertexEndpointsSession:
         from google.api_core.gapic_v1.client_info import ClientInfo
@@ -413,6 +443,13 @@ class VertexEndpointsSession:
                 return _error(409, "ALREADY_EXISTS", f"Endpoint {name} already exists")
             self.endpoints[name] = {**body, "name": name, "deployedModels": []}
             return 200, {"name": f"{self.parent}/operations/3", "done": True}
+        if method == "GET" and "/operations/" in path:
+            # google.longrunning GetOperation: aiplatform_v1's REST transport takes the first of its bindings
+            # that matches, which for an endpoint's operation is /ui/{name=...}, not /v1/.
+            operation = self.operations.get(path.removeprefix("/v1/").removeprefix("/ui/"))
+            if operation is None:
+                return _error(404, "NOT_FOUND", f"Operation {path} not found")
+            return 200, {k: v for k, v in operation.items() if k != "undeploying"}
         name, _, verb = path[len("/v1/") :].partition(":")
         if name not in self.endpoints:
             return _error(404, "NOT_FOUND", f"Endpoint {name} not found")
@@ -421,12 +458,24 @@ class VertexEndpointsSession:
             deployed = body["deployedModel"]
             if self.refuse_deploys or any(d["id"] == deployed["id"] for d in endpoint["deployedModels"]):
                 return _error(400, "FAILED_PRECONDITION", "A deploy of this model is in progress")
-            endpoint["deployedModels"].append(deployed)
-            endpoint["trafficSplit"] = {deployed["id"]: 100}
-            return 200, {"name": f"{self.parent}/operations/4", "done": True}
+
+            def deploy():
+                endpoint["deployedModels"].append(deployed)
+                endpoint["trafficSplit"] = {deployed["id"]: 100}
+
+            return 200, self._operation(name, "DeployModel", deploy)
         if verb == "undeployModel":
-            endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != body["deployedModelId"]]
-            return 200, {"name": f"{self.parent}/operations/5", "done": True}
+            gone = body["deployedModelId"]
+            if any(op.get("undeploying") == (name, gone) for op in self.operations.values() if not op["done"]):
+                return _error(400, "FAILED_PRECONDITION", "An undeploy of this model is in progress")
+
+            def undeploy():
+                endpoint["deployedModels"] = [d for d in endpoint["deployedModels"] if d["id"] != gone]
+
+            operation = self._operation(name, "UndeployModel", undeploy)
+            self.operations[operation["name"]] = {**operation, "undeploying": (name, gone)}
+            return 200, {k: v for k, v in operation.items()}
+
         if verb == "rawPredict":
             request = json.loads(base64.b64decode(body["httpBody"]["data"]))
             try:

@@ -81,20 +81,15 @@ def declared_actions(settings: Settings) -> set[str]:
     return actions
 
 
-def endpoint_backend_classes(settings: Settings) -> list[type]:
-    """The AWS endpoint backends enabled with an enabled job backend (SageMaker endpoints with `sagemaker`)."""
-    import importlib
+def endpoint_backend_classes(settings: Settings) -> list:
+    """The AWS endpoint backends' descriptors enabled with an enabled job backend (SageMaker endpoints with
+    `sagemaker`), one per distinct set of actions."""
+    from chalicelib.endpoints.backends import enabled
 
-    from chalicelib.endpoints.backends import ENDPOINT_REGISTRY
-
-    found: list[type] = []
-    for target in ENDPOINT_REGISTRY.values():
-        module, _, name = target.partition(":")
-        cls = getattr(importlib.import_module(module), name)
-        if getattr(cls, "enabled_with", None) in aws_backends(settings) and cls.iam_actions not in [
-            f.iam_actions for f in found
-        ]:
-            found.append(cls)
+    found: list = []
+    for known in enabled(aws_backends(settings)):
+        if known.cloud is Cloud.AWS and known.iam_actions not in [f.iam_actions for f in found]:
+            found.append(known)
     return found
 
 
@@ -119,9 +114,12 @@ def endpoint_statements(settings: Settings) -> list[dict[str, Any]]:
             {
                 "Sid": f"{sid}Metrics",
                 "Effect": "Allow",
-                "Action": sorted(a for a in cls.iam_actions if a.startswith("cloudwatch:")),
+                "Action": sorted(
+                    a for a in cls.iam_actions if a.startswith("cloudwatch:") and a not in ENDPOINT_ALARM_ACTIONS
+                ),
                 "Resource": "*",
             },
+            *_endpoint_scaling_statements(cls, sid),
             {
                 "Sid": f"{sid}Models",
                 "Effect": "Allow",
@@ -130,6 +128,35 @@ def endpoint_statements(settings: Settings) -> list[dict[str, Any]]:
             },
         ]
     return statements
+
+
+# Alarm writes are granted on the endpoint backend's own alarms only (target tracking's).
+ENDPOINT_ALARM_ACTIONS = ("cloudwatch:PutMetricAlarm", "cloudwatch:DeleteAlarms")
+
+
+def _endpoint_scaling_statements(cls, sid: str) -> list[dict[str, Any]]:
+    """Autoscaling: Application Auto Scaling (its scalable targets have generated ids: no resource level), the
+    target tracking alarms, and the service-linked role it makes on first use."""
+    found: list[dict[str, Any]] = []
+    scaling = sorted(a for a in cls.iam_actions if a.startswith("application-autoscaling:"))
+    if scaling:
+        found.append({"Sid": f"{sid}Scaling", "Effect": "Allow", "Action": scaling, "Resource": "*"})
+    alarms = sorted(a for a in cls.iam_actions if a in ENDPOINT_ALARM_ACTIONS)
+    if alarms:
+        found.append(
+            {"Sid": f"{sid}Alarms", "Effect": "Allow", "Action": alarms, "Resource": list(cls.alarm_resources)}
+        )
+    if "iam:CreateServiceLinkedRole" in cls.iam_actions:
+        found.append(
+            {
+                "Sid": f"{sid}ScalingRole",
+                "Effect": "Allow",
+                "Action": ["iam:CreateServiceLinkedRole"],
+                "Resource": [role for role, _ in cls.service_linked_roles],
+                "Condition": {"StringLike": {"iam:AWSServiceName": [svc for _, svc in cls.service_linked_roles]}},
+            }
+        )
+    return found
 
 
 def kubernetes_actions(settings: Settings) -> tuple[str, ...]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import tarfile
@@ -96,7 +97,8 @@ def pack_model(model_dir: Path, handler_file: Path, requirements: Path | None = 
     code/requirements.txt (which the framework images pip-install before serving)."""
     handler = check_handler_name(handler_file.name)
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+    # gzip's header carries a time too: 0, or two packs a second apart differ (tarfile's "w:gz" writes now)
+    with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as packed, tarfile.open(fileobj=packed, mode="w") as tar:
         for path in sorted(p for p in model_dir.rglob("*") if p.is_file()):
             relative = path.relative_to(model_dir).as_posix()
             if relative.split("/")[0] == CODE_DIR:

@@ -44,6 +44,12 @@ class Endpoint:
     last_invoked_at: datetime | None = None
     invocations: int = 0
     cost_per_hour_usd: float | None = None
+    #: why there is no hourly price (the catalog has no rate for this backend), shown instead of $0
+    cost_unknown_reason: str | None = None
+    #: the provider's long-running operation in flight (Vertex deploy/undeploy), read by the next describe
+    operation: str | None = None
+    #: why the backend's IN_SERVICE step (SageMaker autoscaling) failed last; reconcile tries it again
+    serving_error: str | None = None
     failure_reason: str | None = None
     plan_reason: str | None = None
     deleted_by: str | None = None
@@ -95,7 +101,9 @@ class Endpoint:
             "labels": self.spec.get("labels") or {},
             "cost_per_hour_usd": self.cost_per_hour_usd,
             "cost_estimate_usd": self.cost_estimate_usd(now),
+            "cost_unknown_reason": self.cost_unknown_reason,
             "failure_reason": self.failure_reason,
+            "serving_error": self.serving_error,
             "plan_reason": self.plan_reason,
             "deleted_by": self.deleted_by,
             "deleted_reason": self.deleted_reason,

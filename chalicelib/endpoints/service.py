@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Callable
@@ -10,7 +9,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from chalicelib.endpoints.backends import ENDPOINT_REGISTRY
+from chalicelib.backends import Cloud
+from chalicelib.endpoints import backends as registry
 from chalicelib.endpoints.backends.base import Deployment, EndpointBackend, EndpointObservation, EndpointResources
 from chalicelib.endpoints.machine import decide
 from chalicelib.endpoints.model import (
@@ -26,9 +26,6 @@ from chalicelib.jobs.model import EventSource, JobStatus, utcnow
 
 log = logging.getLogger("jobplane.endpoints")
 S = EndpointStatus
-# endpoint backend -> the deployment backend (JOBPLANE_BACKENDS) that enables it
-ENABLED_BY = {"local": "local", "sagemaker": "sagemaker", "sagemaker-serverless": "sagemaker", "vertex": "vertex"}
-SERVERLESS_MAX_MEMORY_GB = 6  # SageMaker Serverless Inference: 1-6 GB
 TRANSITIONAL = frozenset({S.CREATING, S.UPDATING, S.DELETING})
 
 
@@ -51,12 +48,23 @@ class EndpointDecision:
         return {"endpoint_id": self.endpoint_id, "action": self.action, "reason": self.reason}
 
 
-def hourly_price(backend: str, settings) -> float | None:
-    """USD per hour where the price catalog knows it: the local price setting for `local`. The catalog holds
-    training rates, not hosting rates, so a cloud endpoint's figure is omitted rather than guessed."""
-    if backend == "local":
-        return float(settings.local_price_per_hour)
-    return None
+def hourly_price(backend: str, settings, spec: dict[str, Any] | None = None) -> tuple[float | None, str | None]:
+    """(USD per hour, None) where the price catalog knows the backend's rate, else (None, why): never a guess.
+
+    `local` bills the JOBPLANE_LOCAL_PRICE_PER_HOUR setting; the catalog holds training rates, not hosting
+    rates, so a cloud endpoint's descriptor says why it has no figure."""
+    from chalicelib import pricing
+
+    found = registry.descriptor(backend)
+    if found.price_table is None:
+        return None, found.unpriced_reason or f"the price catalog has no {backend} endpoint rates"
+    resources = (spec or {}).get("resources") or {}
+    sku = resources.get("instance_type") or ""
+    quote = pricing.for_settings(settings).price(found.price_table, settings.region, sku)
+    if not quote:
+        return None, quote.reason
+    replicas = max(int((spec or {}).get("min_replicas", 1) or 1), 1)
+    return round(quote.usd_per_hour * replicas, 6), None
 
 
 class EndpointService:
@@ -80,8 +88,7 @@ class EndpointService:
 
     # --- backends ---------------------------------------------------------------------------------
     def enabled(self) -> list[str]:
-        on = set(self.settings.enabled_backends)
-        return [name for name in ENDPOINT_REGISTRY if ENABLED_BY.get(name, name) in on]
+        return [d.name for d in registry.enabled(self.settings.enabled_backends)]
 
     def backend(self, name: str) -> EndpointBackend:
         if name not in self._backends:
@@ -89,41 +96,42 @@ class EndpointService:
         return self._backends[name]
 
     def plan(self, spec: EndpointSpec, model_uri: str) -> tuple[str, str]:
-        """(backend, why): the asked-for backend if enabled, else `auto`'s choice with its reasoning."""
+        """(backend, why): the asked-for backend if enabled, else `auto`'s choice with its reasoning.
+
+        auto keeps the endpoint backends that can serve the model (GPUs, memory), cheapest kind first by
+        their descriptors' rank, the one on the model's cloud first among equals, and takes the first enabled."""
         enabled = self.enabled()
-        if spec.backend != "auto":
+        if spec.backend != registry.AUTO:
             if spec.backend not in enabled:
                 raise ValidationError(
                     f"endpoints on {spec.backend} are not enabled in this deployment",
                     [{"field": "backend", "message": f"enabled: {', '.join(enabled) or 'none'}; or auto"}],
                 )
             return spec.backend, f"asked for {spec.backend}"
-        gpus = spec.resources.gpus
-        cloud = "aws" if model_uri.startswith("s3://") else "gcp" if model_uri.startswith("gs://") else None
-        if gpus:
-            order = ["sagemaker", "vertex"] if cloud != "gcp" else ["vertex", "sagemaker"]
-            why = f"{gpus} GPU(s): a real-time endpoint (serverless and local serve CPU only)"
-        else:
-            memory = spec.resources.memory_gb
-            serverless_ok = memory is None or memory <= SERVERLESS_MAX_MEMORY_GB
-            order = ["sagemaker-serverless"] if serverless_ok else []
-            order += ["sagemaker", "vertex"] if cloud != "gcp" else ["vertex", "sagemaker"]
-            why = "CPU model: " + (
-                "serverless bills per request, not per hour"
-                if serverless_ok
-                else f"{memory:g} GB is above serverless's {SERVERLESS_MAX_MEMORY_GB} GB"
-            )
-            order.append("local")
-        if cloud is not None:
-            why += f"; the model is on {cloud.upper()}"
-        for name in order:
-            if name in enabled:
-                skipped = [n for n in order[: order.index(name)]]
+        gpus, memory = spec.resources.gpus, spec.resources.memory_gb
+        every = registry.descriptors()
+        cloud = next((d.cloud for d in every if model_uri.startswith(d.model_schemes)), None)
+        fits, left_out = [], []
+        for d in every:
+            if gpus and not d.gpus:
+                left_out.append(f"{d.name} serves CPU only")
+            elif memory is not None and d.max_memory_gb is not None and memory > d.max_memory_gb:
+                left_out.append(f"{memory:g} GB is above {d.name}'s {d.max_memory_gb:g} GB")
+            else:
+                fits.append(d)
+        fits.sort(key=lambda d: (d.rank, d.cloud is not cloud))
+        what = f"{gpus} GPU(s)" if gpus else "CPU model"
+        where = f"; the model is on {cloud.value.upper()}" if cloud not in (None, Cloud.LOCAL) else ""
+        aside = f" ({'; '.join(left_out)})" if left_out else ""
+        for d in fits:
+            if d.name in enabled:
+                skipped = [f.name for f in fits[: fits.index(d)]]
                 tail = f" ({', '.join(skipped)} not enabled)" if skipped else ""
-                return name, f"auto: {name}: {why}{tail}"
+                return d.name, f"auto: {d.name}: {what}: {d.role}{aside}{where}{tail}"
+        tried = ", ".join(d.name for d in fits) or "none"
         raise ValidationError(
-            f"no enabled endpoint backend can serve this ({why})",
-            [{"field": "backend", "message": f"enabled: {', '.join(enabled) or 'none'}; tried {', '.join(order)}"}],
+            f"no enabled endpoint backend can serve this ({what}{aside}{where})",
+            [{"field": "backend", "message": f"enabled: {', '.join(enabled) or 'none'}; tried {tried}"}],
         )
 
     # --- reads --------------------------------------------------------------------------------------
@@ -192,6 +200,7 @@ class EndpointService:
         data = spec.model_dump(mode="json")
         data["fallback_code_uri"] = job_code
         now = self.clock()
+        per_hour, unpriced = hourly_price(backend_name, self.settings, data)
         endpoint = Endpoint(
             endpoint_id=new_endpoint_id(),
             name=spec.name,
@@ -203,7 +212,8 @@ class EndpointService:
             model_uri=model_uri,
             handler=spec.handler,
             code_uri=spec.code_uri,
-            cost_per_hour_usd=hourly_price(backend_name, self.settings),
+            cost_per_hour_usd=per_hour,
+            cost_unknown_reason=unpriced,
             plan_reason=why,
         )
         backend = self.backend(backend_name)
@@ -238,6 +248,8 @@ class EndpointService:
         except StaleStateError:
             fresh = self.store.get_endpoint(endpoint.endpoint_id)
             return self.apply_event(event, fresh) if fresh is not None and fresh.status is not endpoint.status else None
+        if updated.status is S.IN_SERVICE:
+            self._serving(updated)
         if updated.status is S.IN_SERVICE and endpoint.status is S.CREATING:
             self._send(updated, "in_service")
         elif updated.status is S.FAILED:
@@ -246,11 +258,46 @@ class EndpointService:
             self._send(updated, "deleted_idle")
         return updated
 
+    def handle_event(self, raw: dict[str, Any]):
+        """A provider state event about an endpoint (e.g. "SageMaker Endpoint State Change"), routed from the
+        state-event function: an EventResult, or None when no enabled endpoint backend claims it. A duplicate
+        changes nothing (decide() sees the same status); a late one, older than the endpoint's last change,
+        is dropped so it cannot undo a newer state."""
+        from chalicelib.events import EventResult, Outcome
+
+        source = raw.get("source")
+        claimed = registry.for_source(source, self.settings.enabled_backends) if isinstance(source, str) else []
+        for known in claimed:
+            parsed = self.backend(known.name).parse_event(raw)
+            if parsed is None:
+                continue
+            native_id, observation = parsed
+            endpoint_id = native_id.removeprefix("jpe-")
+            endpoint = self.store.get_endpoint(endpoint_id) if len(endpoint_id) == 32 else None
+            if endpoint is None:
+                return EventResult(Outcome.UNKNOWN_JOB, detail=f"{known.name} event for an endpoint not in the store")
+            if endpoint.backend != known.name:
+                if source in registry.descriptor(endpoint.backend).event_sources:
+                    continue  # the backend it runs on (sagemaker-serverless) reads it next
+                return EventResult(Outcome.IGNORED, endpoint_id=endpoint_id, detail=f"runs on {endpoint.backend}")
+            last = endpoint.updated_at
+            late = observation.at is not None and last is not None and observation.at < last
+            moved = None if late else self.observe(endpoint, observation, EventSource.BACKEND)
+            detail = observation.native_status + (" (older than the endpoint's last change)" if late else "")
+            status = (moved or endpoint).status.value
+            outcome = Outcome.APPLIED if moved is not None else Outcome.UNCHANGED
+            return EventResult(outcome, status=status, detail=detail, endpoint_id=endpoint_id)
+        return None
+
     def refresh(self, endpoint: Endpoint, source: EventSource) -> Endpoint:
         """Ask the backend where the endpoint is and apply what it says."""
         if not endpoint.native_id:
             return endpoint
-        observation = self.backend(endpoint.backend).describe(endpoint.native_id)
+        backend = self.backend(endpoint.backend)
+        if endpoint.status is S.DELETING:
+            observation = backend.describe_deleting(endpoint.native_id)
+        else:
+            observation = backend.describe(endpoint.native_id, endpoint.operation)
         if observation is None:
             if endpoint.status is S.DELETING:
                 observation = EndpointObservation(
@@ -275,7 +322,33 @@ class EndpointService:
             observation.url,
             version,
         )
-        return self.apply_event(event, endpoint)
+        moved = self.apply_event(event, endpoint)
+        after = moved or endpoint
+        if after.operation != observation.operation and after.status is not S.DELETED:
+            try:  # the operation in flight now, for the next describe (None: nothing is running)
+                after = self.store.update_endpoint(after, after.status, operation=observation.operation)
+            except StaleStateError:
+                return moved
+            return after  # the record changed (its operation), with or without a transition
+        return moved
+
+    def _serving(self, endpoint: Endpoint) -> Endpoint:
+        """The backend's IN_SERVICE step (SageMaker autoscaling). A failure never undoes the change (the endpoint
+        serves at min_replicas): it is kept on the record as `serving_error`, and each reconcile tick tries again
+        until the step succeeds, which clears it."""
+        error = None
+        try:
+            deployment = self._deployment(endpoint, endpoint.spec.get("fallback_code_uri"))
+            self.backend(endpoint.backend).serving(endpoint.native_id, deployment)
+        except JobplaneError as exc:
+            error = exc.message
+            log.warning("endpoint %s: could not attach what it needs in service: %s", endpoint.endpoint_id, error)
+        if error == endpoint.serving_error:
+            return endpoint
+        try:
+            return self.store.update_endpoint(endpoint, S.IN_SERVICE, serving_error=error)
+        except StaleStateError:
+            return endpoint
 
     def _send(self, endpoint: Endpoint, kind: str) -> None:
         if self._notify is None:
@@ -381,6 +454,8 @@ class EndpointService:
 
     def _reconcile_one(self, endpoint: Endpoint, now: datetime) -> EndpointDecision:
         endpoint = self.refresh(endpoint, EventSource.RECONCILE)
+        if endpoint.status is S.IN_SERVICE and endpoint.serving_error:
+            endpoint = self._serving(endpoint)  # the IN_SERVICE step failed before: once more
         reason = self.idle_reason(endpoint, now)
         if reason is None:
             return EndpointDecision(endpoint.endpoint_id, "refreshed", endpoint.status.value)
@@ -408,10 +483,4 @@ IDLE_PREFIX = "deleted for idleness"
 
 
 def _build_backend(name: str, settings) -> EndpointBackend:
-    target = ENDPOINT_REGISTRY.get(name)
-    if target is None:
-        raise ValidationError(
-            f"unknown endpoint backend {name!r}", [{"field": "backend", "message": ", ".join(ENDPOINT_REGISTRY)}]
-        )
-    module, _, cls = target.partition(":")
-    return getattr(importlib.import_module(module), cls)(settings)
+    return registry.backend_class(name)(settings)

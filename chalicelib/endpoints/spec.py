@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
+from chalicelib.endpoints import backends as registry
 from chalicelib.errors import ValidationError
 from chalicelib.jobs.spec import GpuType, load_document
 
-BACKENDS = ("local", "sagemaker", "sagemaker-serverless", "vertex", "auto")
-EndpointBackendName = Literal["local", "sagemaker", "sagemaker-serverless", "vertex", "auto"]
 URI_SCHEMES = ("s3://", "gs://", "file://")
 HANDLER_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_./-]{0,200}\.py$"
 
@@ -72,7 +71,11 @@ class EndpointSpec(_Strict):
         None, description="the packed workdir holding the handler (the CLI packs `workdir` and sends this)"
     )
     image: str | None = Field(None, max_length=512, description="the serving image (Vertex custom container)")
-    backend: EndpointBackendName = "auto"
+    backend: str = Field(
+        registry.AUTO,
+        description="an endpoint backend (chalicelib/endpoints/backends ENDPOINT_REGISTRY) or auto",
+        json_schema_extra={"enum": [*registry.names(), registry.AUTO]},
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
     min_replicas: int = Field(1, ge=0, le=100)
     max_replicas: int = Field(1, ge=1, le=100)
@@ -84,6 +87,15 @@ class EndpointSpec(_Strict):
     @classmethod
     def _handler(cls, value: str) -> str:
         return _no_climb(value)
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        choices = [*registry.names(), registry.AUTO]
+        if value not in choices:
+            quoted = [repr(c) for c in choices]
+            raise ValueError(f"Input should be {', '.join(quoted[:-1])} or {quoted[-1]}")
+        return value
 
     @field_validator("code_uri")
     @classmethod

@@ -37,9 +37,12 @@ class EventResult:
     job_id: str | None = None
     status: str | None = None
     detail: str = ""
+    #: set instead of job_id when the event was about an inference endpoint
+    endpoint_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"outcome": self.outcome.value, "job_id": self.job_id, "status": self.status, "detail": self.detail}
+        found = {"outcome": self.outcome.value, "job_id": self.job_id, "status": self.status, "detail": self.detail}
+        return {**found, "endpoint_id": self.endpoint_id} if self.endpoint_id else found
 
 
 def to_job_event(obs: Observation, source: EventSource) -> JobEvent:
@@ -61,8 +64,11 @@ def to_job_event(obs: Observation, source: EventSource) -> JobEvent:
     )
 
 
-def handle_state_change(raw: dict[str, Any], service) -> EventResult:
-    """One EventBridge-shaped state event: find the backend, parse, apply through the state machine."""
+def handle_state_change(raw: dict[str, Any], service, endpoints=None) -> EventResult:
+    """One EventBridge-shaped state event: find the backend, parse, apply through the state machine.
+
+    `endpoints` (a callable returning the EndpointService) hears what no job backend claimed, such as
+    "SageMaker Endpoint State Change"; it is built only then, so a job's event never pays for it."""
     source = raw.get("source")
     if not isinstance(source, str):
         return EventResult(Outcome.IGNORED, detail="event has no source")
@@ -90,6 +96,10 @@ def handle_state_change(raw: dict[str, Any], service) -> EventResult:
             job.status.value if job else None,
             obs.native_status,
         )
+    if endpoints is not None:
+        about_endpoint = endpoints().handle_event(raw)
+        if about_endpoint is not None:
+            return about_endpoint
     if asked:
         return EventResult(Outcome.IGNORED, detail=f"not about a job this deployment runs on {', '.join(asked)}")
     return EventResult(Outcome.IGNORED, detail=f"no enabled backend handles source {source!r}")

@@ -245,7 +245,7 @@ def endpoint_message(endpoint, kind: str) -> dict[str, Any]:
     money = (
         f"cost: {cost(rate)}/h, {cost(so_far)} so far"
         if rate is not None
-        else "cost: unknown (no hosting price for this backend in the catalog)"
+        else f"cost: unknown ({escape(endpoint.cost_unknown_reason or 'no hosting price for this backend')})"
     )
     text = f"{ENDPOINT_EMOJI[kind]} {head}\n{money}"[:MAX_TEXT]
     return {"text": text, "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}

@@ -172,6 +172,9 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         last_invoked_at = UTCDateTimeAttribute(null=True)
         invocations = NumberAttribute(default=0)
         cost_per_hour_usd = NumberAttribute(null=True)
+        cost_unknown_reason = UnicodeAttribute(null=True)
+        operation = UnicodeAttribute(null=True)
+        serving_error = UnicodeAttribute(null=True)
         failure_reason = UnicodeAttribute(null=True)
         plan_reason = UnicodeAttribute(null=True)
         deleted_by = UnicodeAttribute(null=True)
@@ -213,6 +216,9 @@ _PLAIN = (
     "deleted_at",
     "last_invoked_at",
     "cost_per_hour_usd",
+    "cost_unknown_reason",
+    "operation",
+    "serving_error",
     "failure_reason",
     "plan_reason",
     "deleted_by",

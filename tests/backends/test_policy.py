@@ -80,7 +80,31 @@ def test_endpoints_reach_only_their_own_resources_and_prefixes(stage):
         "arn:aws:sagemaker:*:*:endpoint-config/jpe-*",
         "arn:aws:sagemaker:*:*:model/jpe-*",
     ]
-    assert statements["SagemakerEndpointsMetrics"]["Action"] == ["cloudwatch:GetMetricData"]
+    assert statements["SagemakerEndpointsMetrics"]["Action"] == [
+        "cloudwatch:DescribeAlarms",
+        "cloudwatch:GetMetricData",
+    ]
+    # Autoscaling: alarm writes only on target tracking's alarms of jpe-* endpoints, the service-linked role
+    # only for Application Auto Scaling's SageMaker service.
+    assert statements["SagemakerEndpointsAlarms"] == {
+        "Sid": "SagemakerEndpointsAlarms",
+        "Effect": "Allow",
+        "Action": ["cloudwatch:DeleteAlarms", "cloudwatch:PutMetricAlarm"],
+        "Resource": ["arn:aws:cloudwatch:*:*:alarm:TargetTracking-endpoint/jpe-*"],
+    }
+    assert statements["SagemakerEndpointsScaling"]["Action"] == [
+        "application-autoscaling:DeregisterScalableTarget",
+        "application-autoscaling:PutScalingPolicy",
+        "application-autoscaling:RegisterScalableTarget",
+    ]
+    role = statements["SagemakerEndpointsScalingRole"]
+    assert role["Resource"] == [
+        "arn:aws:iam::*:role/aws-service-role/sagemaker.application-autoscaling.amazonaws.com/"
+        "AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+    ]
+    assert role["Condition"] == {
+        "StringLike": {"iam:AWSServiceName": ["sagemaker.application-autoscaling.amazonaws.com"]}
+    }
     bucket = f"arn:aws:s3:::jobplane-{stage}-artifacts"
     assert statements["SagemakerEndpointsModels"]["Resource"] == [f"{bucket}/outputs/*", f"{bucket}/code/*"]
     # The package goes under code/ (CodeUploads), which the SageMaker role reads as it reads packed workdirs.

@@ -177,3 +177,14 @@ def test_a_model_that_is_one_object_or_a_tarball_is_staged_as_the_model_folder(t
             unpack(data, out)
             scales[uri] = (out / "scale.txt").read_text()
     assert scales == {"s3://models-bucket/one/scale.txt": "5", "s3://models-bucket/job/output/model.tar.gz": "6.0"}
+
+
+def test_packing_gives_the_same_bytes_a_second_later(tmp_path, monkeypatch):
+    """gzip's header holds a time: packs made in different seconds are the same bytes (and the same S3 ETag)."""
+    import time
+
+    model = endpoint_model_dir(tmp_path / "model")
+    first = adapter.pack_model(model, model / "serve.py")
+    later = time.time() + 5
+    monkeypatch.setattr(time, "time", lambda: later)  # what gzip and tarfile read for "now"
+    assert adapter.pack_model(model, model / "serve.py") == first

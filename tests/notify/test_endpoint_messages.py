@@ -18,10 +18,16 @@ def test_in_service_names_the_url_and_the_cost_per_hour_and_so_far():
 
 
 def test_failed_gives_the_reason_and_an_unknown_price_is_said_not_invented():
-    endpoint = make_endpoint(status=EndpointStatus.FAILED, failure_reason="load() raised OSError: no weights")
+    endpoint = make_endpoint(
+        status=EndpointStatus.FAILED,
+        failure_reason="load() raised OSError: no weights",
+        cost_unknown_reason="the price catalog holds SageMaker training rates only, not real-time hosting rates",
+    )
     text = endpoint_message(endpoint, "failed")["text"]
     assert "failed: load() raised OSError: no weights" in text
-    assert "cost: unknown (no hosting price for this backend in the catalog)" in text and "$" not in text
+    assert "cost: unknown (the price catalog holds SageMaker training rates only" in text and "$" not in text
+    bare = endpoint_message(make_endpoint(status=EndpointStatus.FAILED), "failed")["text"]
+    assert "cost: unknown (no hosting price for this backend)" in bare
 
 
 def test_deleted_for_idleness_says_who_and_why():

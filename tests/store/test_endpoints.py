@@ -53,6 +53,9 @@ def test_can_put_and_get_an_endpoint_with_every_field_intact(store):
         version=3,
         invocations=7,
         last_invoked_at=T0,
+        cost_unknown_reason="no hosting rates in the catalog",
+        operation="projects/p/locations/l/endpoints/jpe-x/operations/42",
+        serving_error="application-autoscaling RegisterScalableTarget: AccessDeniedException",
     )
     store.put_endpoint(endpoint, created(endpoint))
     assert store.get_endpoint(endpoint.endpoint_id) == endpoint
@@ -97,8 +100,10 @@ def test_update_endpoint_is_guarded_and_none_removes_a_field(store):
     endpoint = make_endpoint(url="http://127.0.0.1:1/")
     store.put_endpoint(endpoint, created(endpoint))
     spec = {**endpoint.spec, "idle_minutes": 5}
-    updated = store.update_endpoint(endpoint, S.CREATING, url=None, version=2, spec=spec)
-    assert store.get_endpoint(endpoint.endpoint_id) == updated
+    updated = store.update_endpoint(endpoint, S.CREATING, url=None, version=2, spec=spec, operation="op/1")
+    assert store.get_endpoint(endpoint.endpoint_id) == updated and updated.operation == "op/1"
+    cleared = store.update_endpoint(updated, S.CREATING, operation=None)
+    assert store.get_endpoint(endpoint.endpoint_id) == cleared and cleared.operation is None
     assert updated.url is None and updated.version == 2 and updated.idle_minutes == 5
     with pytest.raises(StaleStateError):
         store.update_endpoint(endpoint, S.IN_SERVICE, version=3)

@@ -69,6 +69,9 @@ class EndpointObservation:
     url: str | None = None
     reason: str = ""
     at: datetime | None = None
+    #: the provider's long-running operation still in flight (Vertex deploy/undeploy): the service keeps it on
+    #: the record and hands it to the next describe, which reads how it ended
+    operation: str | None = None
 
 
 class EndpointBackend(ABC):
@@ -93,8 +96,14 @@ class EndpointBackend(ABC):
         """Roll out a new version without downtime where the provider allows."""
 
     @abstractmethod
-    def describe(self, native_id: str) -> EndpointObservation | None:
-        """The endpoint's state now; None when the provider has no such endpoint."""
+    def describe(self, native_id: str, operation: str | None = None) -> EndpointObservation | None:
+        """The endpoint's state now; None when the provider has no such endpoint. `operation` is the one the
+        previous observation said was in flight (None for backends that start none)."""
+
+    def describe_deleting(self, native_id: str) -> EndpointObservation | None:
+        """A DELETING endpoint's state (reconcile's read until it is gone). Backends whose delete takes several
+        steps over time (Vertex: undeploy, then delete) take the next one here instead of a rollout step."""
+        return self.describe(native_id)
 
     @abstractmethod
     def delete(self, native_id: str) -> None:
@@ -109,6 +118,11 @@ class EndpointBackend(ABC):
     def invocations_since(self, native_id: str, since: datetime) -> int:
         """How many invocations the provider counted since `since` (SageMaker: CloudWatch Invocations;
         Vertex: its prediction count metric; local: the server's counter). Reconcile's idle check."""
+
+    def serving(self, native_id: str, deployment: Deployment) -> None:  # noqa: B027 - most attach nothing
+        """Called each time the endpoint comes IN_SERVICE (after create and after an update's rollout), to attach
+        what needs a live endpoint (SageMaker: its autoscaling between min_replicas and max_replicas). Most
+        backends attach nothing: they size the deployment when they create it."""
 
     def parse_event(self, event: dict[str, Any]) -> tuple[str, EndpointObservation] | None:
         """(native_id, observation) from a provider state event about an endpoint; None if not ours."""

@@ -17,11 +17,25 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from chalicelib.backends import Cloud
+from chalicelib.endpoints.backends import EndpointBackendDescriptor
 from chalicelib.endpoints.backends.base import Deployment, EndpointBackend, EndpointObservation, EndpointStatus
 from chalicelib.errors import BackendError, BackendValidationError, UnsupportedError
 
 DELETED_MARK = "deleted"
 TIMEOUT_SECONDS = 60
+
+LOCAL = EndpointBackendDescriptor(
+    name="local",
+    cloud=Cloud.LOCAL,
+    enabled_with="local",
+    implementation="chalicelib.endpoints.backends.local:LocalEndpointBackend",
+    rank=90,
+    role="a model-server process on this machine",
+    gpus=False,
+    model_schemes=("file://",),
+    price_table="local",
+)
 
 
 class ModelError(BackendError):
@@ -46,6 +60,7 @@ def pid_alive(pid: int) -> bool:
 
 class LocalEndpointBackend(EndpointBackend):
     name = "local"
+    descriptor = LOCAL
     max_payload_bytes = 6 * 1024 * 1024
 
     def __init__(self, settings) -> None:
@@ -195,7 +210,7 @@ class LocalEndpointBackend(EndpointBackend):
             except ProcessLookupError:
                 pass
 
-    def describe(self, native_id: str) -> EndpointObservation | None:
+    def describe(self, native_id: str, operation: str | None = None) -> EndpointObservation | None:  # noqa: ARG002
         folder = self._folder(native_id)
         if not folder.is_dir():
             return None

@@ -8,7 +8,9 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+from chalicelib.backends import Cloud
 from chalicelib.endpoints import adapter
+from chalicelib.endpoints.backends import EndpointBackendDescriptor
 from chalicelib.endpoints.backends.base import Deployment, EndpointBackend, EndpointObservation, EndpointStatus
 from chalicelib.errors import BackendError, ValidationError
 
@@ -42,6 +44,89 @@ SERVERLESS_MEMORY_MB = (1024, 2048, 3072, 4096, 5120, 6144)
 SERVERLESS_MAX_CONCURRENCY = 200
 
 
+IAM_ACTIONS = (
+    "sagemaker:CreateModel",
+    "sagemaker:CreateEndpointConfig",
+    "sagemaker:CreateEndpoint",
+    "sagemaker:UpdateEndpoint",
+    "sagemaker:DescribeEndpoint",
+    "sagemaker:DeleteEndpoint",
+    "sagemaker:DeleteEndpointConfig",
+    "sagemaker:DeleteModel",
+    "sagemaker:AddTags",  # the Tags of the three Create calls
+    "sagemaker:InvokeEndpoint",
+    "cloudwatch:GetMetricData",
+    # model.tar.gz: the model (a job's outputs/) and code (code/) read, the package written under
+    # code/endpoints/; the policy limits each to those prefixes of the artifact store
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:ListBucket",
+    # Autoscaling between min_replicas and max_replicas: Application Auto Scaling's calls, and what SageMaker's
+    # "Auto scaling prerequisites" page says its caller needs besides them (the endpoint and its config read,
+    # instance counts changed, the target tracking alarms, and the service-linked role made on first use).
+    "application-autoscaling:RegisterScalableTarget",
+    "application-autoscaling:PutScalingPolicy",
+    "application-autoscaling:DeregisterScalableTarget",
+    "sagemaker:DescribeEndpointConfig",
+    "sagemaker:UpdateEndpointWeightsAndCapacities",
+    "cloudwatch:PutMetricAlarm",
+    "cloudwatch:DescribeAlarms",
+    "cloudwatch:DeleteAlarms",
+    "iam:CreateServiceLinkedRole",
+)
+#: Application Auto Scaling's names for a SageMaker variant's instance count and its target tracking metric
+SCALING_NAMESPACE = "sagemaker"
+SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
+SCALING_METRIC = "SageMakerVariantInvocationsPerInstance"
+#: invocations per instance per minute the policy keeps each instance at (the SageMaker guide's example value)
+TARGET_INVOCATIONS_PER_INSTANCE = 70.0
+SCALE_IN_COOLDOWN_SECONDS = 300
+SCALE_OUT_COOLDOWN_SECONDS = 60
+#: the service-linked role RegisterScalableTarget makes on first use (iam:CreateServiceLinkedRole on it only)
+SCALING_SERVICE = "sagemaker.application-autoscaling.amazonaws.com"
+SCALING_ROLE = (
+    f"arn:aws:iam::*:role/aws-service-role/{SCALING_SERVICE}/AWSServiceRoleForApplicationAutoScaling_SageMakerEndpoint"
+)
+#: the alarms target tracking makes: TargetTracking-<ResourceId>-AlarmHigh|AlarmLow-<id>
+SCALING_ALARMS = ("arn:aws:cloudwatch:*:*:alarm:TargetTracking-endpoint/jpe-*",)
+RESOURCE_KINDS = ("endpoint", "endpoint-config", "model")
+
+SAGEMAKER = EndpointBackendDescriptor(
+    name="sagemaker",
+    cloud=Cloud.AWS,
+    # It shares the sagemaker training backend's account, execution role and EventBridge source.
+    enabled_with="sagemaker",
+    implementation="chalicelib.endpoints.backends.sagemaker:SageMakerEndpointBackend",
+    rank=20,
+    role="a real-time endpoint",
+    model_schemes=("s3://",),
+    event_sources=(EVENT_SOURCE,),
+    iam_actions=IAM_ACTIONS,
+    resource_kinds=RESOURCE_KINDS,
+    service_linked_roles=((SCALING_ROLE, SCALING_SERVICE),),
+    alarm_resources=SCALING_ALARMS,
+    unpriced_reason="the price catalog holds SageMaker training rates only, not real-time hosting rates",
+)
+SAGEMAKER_SERVERLESS = EndpointBackendDescriptor(
+    name="sagemaker-serverless",
+    cloud=Cloud.AWS,
+    enabled_with="sagemaker",
+    implementation="chalicelib.endpoints.backends.sagemaker:SageMakerServerlessBackend",
+    rank=10,
+    role="serverless bills per request, not per hour",
+    gpus=False,
+    max_memory_gb=6,  # ServerlessConfig.MemorySizeInMB: 1024 to 6144
+    model_schemes=("s3://",),
+    event_sources=(EVENT_SOURCE,),
+    iam_actions=IAM_ACTIONS,
+    resource_kinds=RESOURCE_KINDS,
+    service_linked_roles=((SCALING_ROLE, SCALING_SERVICE),),
+    alarm_resources=SCALING_ALARMS,
+    unpriced_reason="SageMaker Serverless Inference bills per millisecond of compute and per GB processed, "
+    "not by the hour",
+)
+
+
 def native_status_key(value: str) -> str:
     return value.replace("_", "").replace(" ", "").lower()
 
@@ -73,30 +158,10 @@ class SageMakerEndpointBackend(EndpointBackend):
     name = "sagemaker"
     max_payload_bytes = 6 * 1024 * 1024
     serverless: ClassVar[bool] = False
-    #: the job backend whose account, execution role and EventBridge source it shares: enabled with it (the
-    #: IAM policy grants the actions below when that backend is enabled)
-    enabled_with: ClassVar[str] = "sagemaker"
-    event_sources: ClassVar[tuple[str, ...]] = (EVENT_SOURCE,)
-    iam_actions: ClassVar[tuple[str, ...]] = (
-        "sagemaker:CreateModel",
-        "sagemaker:CreateEndpointConfig",
-        "sagemaker:CreateEndpoint",
-        "sagemaker:UpdateEndpoint",
-        "sagemaker:DescribeEndpoint",
-        "sagemaker:DeleteEndpoint",
-        "sagemaker:DeleteEndpointConfig",
-        "sagemaker:DeleteModel",
-        "sagemaker:AddTags",  # the Tags of the three Create calls
-        "sagemaker:InvokeEndpoint",
-        "cloudwatch:GetMetricData",
-        # model.tar.gz: the model (a job's outputs/) and code (code/) read, the package written under
-        # code/endpoints/; the policy limits each to those prefixes of the artifact store
-        "s3:GetObject",
-        "s3:PutObject",
-        "s3:ListBucket",
-    )
+    descriptor: ClassVar[EndpointBackendDescriptor] = SAGEMAKER
+    iam_actions: ClassVar[tuple[str, ...]] = IAM_ACTIONS
     #: the SageMaker resources it makes, all named jpe-<endpoint_id>[-v<version>]
-    resource_kinds: ClassVar[tuple[str, ...]] = ("endpoint", "endpoint-config", "model")
+    resource_kinds: ClassVar[tuple[str, ...]] = RESOURCE_KINDS
 
     def __init__(self, settings) -> None:
         self.settings = settings
@@ -134,11 +199,6 @@ class SageMakerEndpointBackend(EndpointBackend):
                 raise ValidationError(
                     f"{self.name} reads the model and code from S3", [{"field": field, "message": "an s3:// URI"}]
                 )
-        if deployment.max_replicas != deployment.min_replicas and not self.serverless:
-            raise ValidationError(
-                "sagemaker endpoints run a fixed instance count here (no autoscaling policy is created)",
-                [{"field": "max_replicas", "message": f"equal to min_replicas ({deployment.min_replicas})"}],
-            )
         if deployment.min_replicas < 1 and not self.serverless:
             raise ValidationError(
                 "a SageMaker real-time endpoint keeps at least one instance (use sagemaker-serverless to pay per "
@@ -226,6 +286,65 @@ class SageMakerEndpointBackend(EndpointBackend):
             },
         }
 
+    @staticmethod
+    def scaling_resource(native_id: str) -> str:
+        return f"endpoint/{native_id}/variant/{VARIANT}"
+
+    def scaling_requests(self, native_id: str, deployment: Deployment) -> tuple[dict[str, Any], dict[str, Any]]:
+        """RegisterScalableTarget (min..max instances) and PutScalingPolicy (target tracking on invocations per
+        instance) for the endpoint's variant."""
+        target = {
+            "ServiceNamespace": SCALING_NAMESPACE,
+            "ResourceId": self.scaling_resource(native_id),
+            "ScalableDimension": SCALABLE_DIMENSION,
+        }
+        register = {**target, "MinCapacity": deployment.min_replicas, "MaxCapacity": deployment.max_replicas}
+        policy = {
+            **target,
+            "PolicyName": f"{native_id}-invocations",
+            "PolicyType": "TargetTrackingScaling",
+            "TargetTrackingScalingPolicyConfiguration": {
+                "TargetValue": TARGET_INVOCATIONS_PER_INSTANCE,
+                "PredefinedMetricSpecification": {"PredefinedMetricType": SCALING_METRIC},
+                "ScaleInCooldown": SCALE_IN_COOLDOWN_SECONDS,
+                "ScaleOutCooldown": SCALE_OUT_COOLDOWN_SECONDS,
+            },
+        }
+        return register, policy
+
+    def serving(self, native_id: str, deployment: Deployment) -> None:
+        """Once the variant is in service (Application Auto Scaling refuses a variant that does not exist yet):
+        register it between min_replicas and max_replicas with a target tracking policy. Both calls create or
+        update, so the next version's rollout (same variant, same instance type) registers it again harmlessly."""
+        if self.serverless or deployment.max_replicas <= deployment.min_replicas:
+            return
+        register, policy = self.scaling_requests(native_id, deployment)
+        self._call("RegisterScalableTarget", "application-autoscaling", **register)
+        self._call("PutScalingPolicy", "application-autoscaling", **policy)
+
+    def _deregister(self, native_id: str) -> None:
+        """Before DeleteEndpoint, as SageMaker's guide asks; nothing registered is no error."""
+        from botocore.exceptions import ClientError
+
+        from chalicelib.backends.aws.errors import translate
+
+        try:
+            self.client("application-autoscaling").deregister_scalable_target(
+                ServiceNamespace=SCALING_NAMESPACE,
+                ResourceId=self.scaling_resource(native_id),
+                ScalableDimension=SCALABLE_DIMENSION,
+            )
+        except ClientError as exc:
+            # The API reference documents ObjectNotFoundException for a target that does not exist; moto 5.2
+            # answers ValidationException "No scalable target found".
+            error = exc.response.get("Error") or {}
+            missing = (
+                error.get("Code") == "ObjectNotFoundException"
+                or "no scalable target found" in str(error.get("Message", "")).lower()
+            )
+            if not missing:
+                raise translate(exc, "application-autoscaling", "DeregisterScalableTarget") from exc
+
     def _account(self) -> str:
         """This account's id, for the execution role's ARN when only its name is configured (looked up once)."""
         if self.settings.sagemaker_role.startswith("arn:"):
@@ -282,7 +401,7 @@ class SageMakerEndpointBackend(EndpointBackend):
                 return None
             raise
 
-    def describe(self, native_id: str) -> EndpointObservation | None:
+    def describe(self, native_id: str, operation: str | None = None) -> EndpointObservation | None:  # noqa: ARG002
         found = self._describe_raw(native_id)
         if found is None:
             return None
@@ -310,6 +429,8 @@ class SageMakerEndpointBackend(EndpointBackend):
             configs = (found.get("EndpointConfigName"), pending.get("EndpointConfigName"))
             versions = [str(c).rpartition("-v")[2] for c in configs if c]
             latest = max([int(v) for v in versions if v.isdigit()] + [1])
+            if not self.serverless:
+                self._deregister(native_id)
             self._forget("DeleteEndpoint", EndpointName=native_id)
         for version in range(1, latest + 1):
             name = f"{native_id}-v{version}"
@@ -410,6 +531,7 @@ class SageMakerServerlessBackend(SageMakerEndpointBackend):
     """Serverless Inference: CPU only, billed per request; memory and concurrency instead of instances."""
 
     name = "sagemaker-serverless"
+    descriptor = SAGEMAKER_SERVERLESS
     max_payload_bytes = 4 * 1024 * 1024
     serverless = True
 

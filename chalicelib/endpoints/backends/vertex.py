@@ -7,6 +7,8 @@ import threading
 from datetime import UTC, datetime
 from typing import Any
 
+from chalicelib.backends import Cloud
+from chalicelib.endpoints.backends import EndpointBackendDescriptor
 from chalicelib.endpoints.backends.base import Deployment, EndpointBackend, EndpointObservation, EndpointStatus
 from chalicelib.errors import BackendError, ValidationError
 
@@ -20,6 +22,17 @@ SERVE_COMMAND = ["python", "-m", "jobplane_serve"]
 MONITORING = "https://monitoring.googleapis.com"
 PREDICTION_COUNT = "aiplatform.googleapis.com/prediction/online/prediction_count"
 LABEL_ENDPOINT_ID = "jobplane-endpoint-id"
+
+VERTEX = EndpointBackendDescriptor(
+    name="vertex",
+    cloud=Cloud.GCP,
+    enabled_with="vertex",
+    implementation="chalicelib.endpoints.backends.vertex:VertexEndpointBackend",
+    rank=20,
+    role="a real-time endpoint",
+    model_schemes=("gs://",),
+    unpriced_reason="the price catalog has no Vertex AI prediction rates (no authoritative table was found)",
+)
 
 
 def model_id(deployment: Deployment) -> str:
@@ -43,6 +56,19 @@ def _refused_for_now(exc: Exception) -> bool:
     return False
 
 
+def _verb(operation) -> str:
+    """DeployModel / UndeployModel, from the Operation's metadata type (…aiplatform.v1.DeployModelOperationMetadata)."""
+    kind = operation.metadata.type_url.rpartition(".")[2].removesuffix("OperationMetadata")
+    return kind or "operation"
+
+
+def _failure(operation) -> str | None:
+    """The reason a finished google.longrunning Operation failed (its google.rpc.Status), or None."""
+    if not operation.HasField("error") or not operation.error.code:
+        return None
+    return f"Vertex {_verb(operation)} failed: {operation.error.message} (code {operation.error.code})"
+
+
 def _version(model: str) -> int:
     tail = model.rpartition("-v")[2]
     return int(tail) if tail.isdigit() else 0
@@ -54,6 +80,7 @@ class VertexEndpointBackend(EndpointBackend):
     service's reconcile drives a rollout to its end and the endpoint serves throughout."""
 
     name = "vertex"
+    descriptor = VERTEX
     max_payload_bytes = 1536 * 1024  # online prediction requests are limited to 1.5 MB
 
     def __init__(self, settings) -> None:
@@ -272,9 +299,9 @@ class VertexEndpointBackend(EndpointBackend):
         return self.native_id(deployment)
 
     def update(self, native_id: str, deployment: Deployment) -> None:
+        """Upload the next version; the describe that follows (the service's, then reconcile's) deploys it."""
         self.validate(deployment)
         self._upload(deployment)
-        self.step(native_id)
 
     def _latest_model(self, native_name: str) -> Any | None:
         """The newest uploaded version of this endpoint's model (models.list by the endpoint-id label)."""
@@ -287,45 +314,91 @@ class VertexEndpointBackend(EndpointBackend):
         models = [m for m in found if m.name.rpartition("/")[2].startswith(native_name + "-v")]
         return max(models, key=lambda m: _version(m.name), default=None)
 
-    def step(self, native_id: str) -> tuple[EndpointStatus, str]:
-        """The rollout's next move from what Vertex reports now; (status, why)."""
+    def _operation(self, name: str):
+        """google.longrunning GetOperation through the endpoint service; None once Vertex no longer has it."""
+        from google.api_core import exceptions
+        from google.longrunning import operations_pb2
+
+        try:
+            return self.client("endpoint").get_operation(request=operations_pb2.GetOperationRequest(name=name))
+        except exceptions.NotFound:
+            return None
+        except exceptions.GoogleAPICallError as exc:
+            raise self._translated(exc) from exc
+
+    def _started(self, method: str, request: Any) -> tuple[str | None, str | None]:
+        """Start a deploy or undeploy: (its operation name while it runs, its error if it ended in one at once)."""
+        from chalicelib.backends.gcp.errors import map_gcp_errors
+
+        with map_gcp_errors(f"vertex {method}"):
+            started = getattr(self.client("endpoint"), method)(request=request)
+        raw = getattr(started, "operation", started)  # google.api_core.operation.Operation wraps the proto
+        if raw.done:
+            return None, _failure(raw)
+        return raw.name, None
+
+    def step(self, native_id: str, operation: str | None = None) -> tuple[EndpointStatus, str, str | None]:
+        """The rollout's next move from what Vertex reports now: (status, why, the operation now in flight).
+
+        The operation the last step started (deploy or undeploy) is read first: still running, nothing new is
+        started; ended in error, the endpoint is FAILED with the operation's message."""
         endpoint = self._get("endpoint", "get_endpoint", native_id)
         if endpoint is None:
-            return EndpointStatus.DELETED, "no such endpoint"
+            return EndpointStatus.DELETED, "no such endpoint", None
         native_name = native_id.rpartition("/")[2]
         latest = self._latest_model(native_name)
         deployed = list(endpoint.deployed_models)
         if latest is None:
-            return EndpointStatus.CREATING, "the model is being uploaded"
-        current = [
-            d for d in deployed if d.model.rpartition("/")[2].partition("@")[0] == latest.name.rpartition("/")[2]
-        ]
+            return EndpointStatus.CREATING, "the model is being uploaded", None
+        version = latest.name.rpartition("/")[2]
+        current = [d for d in deployed if d.model.rpartition("/")[2].partition("@")[0] == version]
+        # While an operation runs: serving the newest version (an old one undeploying), serving an older one,
+        # or nothing yet.
+        waiting = (
+            EndpointStatus.IN_SERVICE if current else EndpointStatus.UPDATING if deployed else EndpointStatus.CREATING
+        )
+        if operation:
+            found = self._operation(operation)
+            if found is not None and not found.done:
+                return waiting, f"{_verb(found)} running ({operation.rpartition('/')[2]})", operation
+            failure = _failure(found) if found is not None else None
+            if failure:
+                return EndpointStatus.FAILED, failure, None
         if not current:
             from google.api_core import exceptions
 
             try:
-                self.client("endpoint").deploy_model(request=self.deploy_request(native_id, latest))
-            except exceptions.GoogleAPICallError as exc:
-                if not _refused_for_now(exc):  # else: the deploy started earlier is still running
-                    raise self._translated(exc) from exc
-            status = EndpointStatus.UPDATING if deployed else EndpointStatus.CREATING
-            return status, f"deploying {latest.name.rpartition('/')[2]}"
-        older = [d for d in deployed if d.id != current[0].id]
-        for old in older:
+                running, failure = self._started("deploy_model", self.deploy_request(native_id, latest))
+            except BackendError as exc:
+                if not _refused_for_now(exc.__cause__):  # else: the deploy started earlier is still running
+                    raise
+                running, failure = None, None
+            except exceptions.NotFound as exc:  # map_gcp_errors leaves NotFound to its caller
+                raise self._translated(exc) from exc
+            if failure:
+                return EndpointStatus.FAILED, failure, None
+            return waiting, f"deploying {version}", running
+        running = None
+        for old in [d for d in deployed if d.id != current[0].id]:
             # The new version has all the traffic: the old one is retired.
-            self._call("endpoint", "undeploy_model", request={"endpoint": native_id, "deployed_model_id": old.id})
-        return EndpointStatus.IN_SERVICE, f"serving {latest.name.rpartition('/')[2]}"
+            request = {"endpoint": native_id, "deployed_model_id": old.id}
+            running, failure = self._started("undeploy_model", request)
+            if failure:
+                return EndpointStatus.FAILED, failure, None
+        return EndpointStatus.IN_SERVICE, f"serving {version}", running
 
-    def describe(self, native_id: str) -> EndpointObservation | None:
-        status, why = self.step(native_id)
+    def describe(self, native_id: str, operation: str | None = None) -> EndpointObservation | None:
+        status, why, running = self.step(native_id, operation)
         if status is EndpointStatus.DELETED:
             return None
         return EndpointObservation(
             status=status,
-            native_status=why,
+            native_status=why if status is not EndpointStatus.FAILED else "operation failed",
             native_id=native_id,
             url=f"https://{self.settings.gcp_region}-aiplatform.googleapis.com/v1/{native_id}:rawPredict",
+            reason=why if status is EndpointStatus.FAILED else "",
             at=datetime.now(UTC),
+            operation=running,
         )
 
     def delete(self, native_id: str) -> None:
@@ -336,9 +409,15 @@ class VertexEndpointBackend(EndpointBackend):
         endpoint = self._get("endpoint", "get_endpoint", native_id)
         if endpoint is not None:
             for deployed in endpoint.deployed_models:
-                self._call(
-                    "endpoint", "undeploy_model", request={"endpoint": native_id, "deployed_model_id": deployed.id}
-                )
+                try:
+                    self.client("endpoint").undeploy_model(
+                        request={"endpoint": native_id, "deployed_model_id": deployed.id}
+                    )
+                except exceptions.NotFound:
+                    pass
+                except exceptions.GoogleAPICallError as exc:
+                    if not _refused_for_now(exc):  # else: its undeploy (asked for earlier) still runs
+                        raise self._translated(exc) from exc
             try:
                 self.client("endpoint").delete_endpoint(name=native_id)
             except exceptions.NotFound:
@@ -360,6 +439,22 @@ class VertexEndpointBackend(EndpointBackend):
             except exceptions.GoogleAPICallError as exc:
                 if not _refused_for_now(exc):  # else: still deployed until its undeploy ends
                     raise self._translated(exc) from exc
+
+    def describe_deleting(self, native_id: str) -> EndpointObservation | None:
+        """A DELETING endpoint: ask again for what delete() could not do yet (the endpoint and its models are
+        refused while an undeploy runs), then report DELETING, or None once the endpoint is gone. Never a
+        rollout step: describe() would deploy the model again once its undeploy ended."""
+        self.delete(native_id)
+        endpoint = self._get("endpoint", "get_endpoint", native_id)
+        if endpoint is None:
+            return None
+        left = len(endpoint.deployed_models)
+        return EndpointObservation(
+            status=EndpointStatus.DELETING,
+            native_status=f"deleting ({left} model(s) undeploying)" if left else "deleting",
+            native_id=native_id,
+            at=datetime.now(UTC),
+        )
 
     def invoke(self, native_id: str, body: dict[str, Any]) -> dict[str, Any]:
         """rawPredict with {"instances": [body]}: the serving entry point answers {"predictions": [answer]}."""

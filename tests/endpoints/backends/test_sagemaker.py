@@ -11,8 +11,8 @@ import pytest
 from botocore.response import StreamingBody
 from botocore.stub import Stubber
 
-from chalicelib.endpoints.backends import ENDPOINT_REGISTRY
-from chalicelib.endpoints.backends.base import EndpointStatus
+from chalicelib.endpoints.backends import ENDPOINT_REGISTRY, backend_class
+from chalicelib.endpoints.backends.base import EndpointObservation, EndpointStatus
 from chalicelib.endpoints.backends.sagemaker import (
     STATES,
     SageMakerEndpointBackend,
@@ -20,31 +20,11 @@ from chalicelib.endpoints.backends.sagemaker import (
     endpoint_status,
 )
 from chalicelib.errors import BackendError, ValidationError
+from tests.factories import ENDPOINT_NATIVE_NAME as NAME
+from tests.factories import ENDPOINT_STATE_EVENT as STATE_EVENT
 from tests.factories import boto, check_aws_request, endpoint_model_dir, make_deployment, make_settings
 
-NAME = "jpe-" + "e" * 32
-# The published sample of "SageMaker Endpoint State Change" (SageMaker developer guide, EventBridge events),
-# with our endpoint's name.
-STATE_EVENT = {
-    "version": "0",
-    "id": "d2921b5a-b0ad-cace-a8e3-0f159d018e06",
-    "detail-type": "SageMaker Endpoint State Change",
-    "source": "aws.sagemaker",
-    "account": "111122223333",
-    "time": "1583831889050",
-    "region": "us-west-2",
-    "resources": [f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{NAME}"],
-    "detail": {
-        "EndpointName": NAME,
-        "EndpointArn": f"arn:aws:sagemaker:us-west-2:111122223333:endpoint/{NAME}",
-        "EndpointConfigName": f"{NAME}-v1",
-        "ProductionVariants": [{"DesiredWeight": 1.0, "DesiredInstanceCount": 1.0}],
-        "EndpointStatus": "IN_SERVICE",
-        "CreationTime": 1592411992203.0,
-        "LastModifiedTime": 1592411994287.0,
-        "Tags": {},
-    },
-}
+S = EndpointStatus
 
 
 @pytest.fixture(params=["server", "in-process"])
@@ -75,7 +55,7 @@ def aws(request, tmp_path):
 
 
 def test_the_registry_names_the_three_cloud_endpoint_backends():
-    assert {k: v.rpartition(":")[2] for k, v in ENDPOINT_REGISTRY.items() if k != "local"} == {
+    assert {k: backend_class(k).__name__ for k in ENDPOINT_REGISTRY if k != "local"} == {
         "sagemaker": "SageMakerEndpointBackend",
         "sagemaker-serverless": "SageMakerServerlessBackend",
         "vertex": "VertexEndpointBackend",
@@ -131,7 +111,7 @@ def test_builds_valid_requests_with_a_gpu_instance_the_framework_image_and_tags(
     "changes, field",
     [
         ({"model_uri": "gs://b/model/"}, "model.uri"),
-        ({"max_replicas": 3}, "max_replicas"),
+        ({"min_replicas": 0}, "min_replicas"),
         ({"resources": {"gpus": 16, "gpu_type": "A10G"}}, "resources.gpus"),
         ({"resources": {"gpus": 1, "gpu_type": "TPU"}}, "resources.gpu_type"),
         ({"handler": "../x.py"}, "handler"),
@@ -353,8 +333,9 @@ def test_the_endpoint_state_event_reaches_apps_eventbridge_pattern():
     from chalicelib.backends import Cloud
     from chalicelib.backends.sources import deployed
 
-    assert STATE_EVENT["source"] in SageMakerEndpointBackend.event_sources
-    assert set(SageMakerEndpointBackend.event_sources) <= set(deployed(Cloud.AWS))
+    sources = SageMakerEndpointBackend.descriptor.event_sources
+    assert STATE_EVENT["source"] in sources
+    assert set(sources) <= set(deployed(Cloud.AWS))
 
 
 def test_payload_limits_and_serverless_concurrency_bounds(settings):
@@ -365,3 +346,141 @@ def test_payload_limits_and_serverless_concurrency_bounds(settings):
     with pytest.raises(ValidationError) as raised:
         serverless.validate(make_deployment(max_replicas=201))
     assert raised.value.details[0] == {"field": "max_replicas", "message": "1 to 200 (MaxConcurrency)"}
+
+
+def test_autoscaling_registers_the_variant_between_min_and_max_with_target_tracking_on_moto(aws):
+    backend = SageMakerEndpointBackend(aws)
+    deployment = make_deployment(min_replicas=1, max_replicas=4)
+    backend.validate(deployment)  # max_replicas above min_replicas is autoscaling, no longer refused
+    native = backend.create(deployment)
+    assert (
+        boto(aws, "sagemaker").describe_endpoint_config(EndpointConfigName=f"{NAME}-v1")["ProductionVariants"][0][
+            "InitialInstanceCount"
+        ]
+        == 1
+    )
+    backend.serving(native, deployment)
+    backend.serving(native, deployment)  # the next rollout registers again: create-or-update, still one of each
+    scaling = boto(aws, "application-autoscaling")
+    resource = f"endpoint/{NAME}/variant/AllTraffic"
+    [target] = scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])[
+        "ScalableTargets"
+    ]
+    assert (target["ScalableDimension"], target["MinCapacity"], target["MaxCapacity"]) == (
+        "sagemaker:variant:DesiredInstanceCount",
+        1,
+        4,
+    )
+    [policy] = scaling.describe_scaling_policies(ServiceNamespace="sagemaker", ResourceId=resource)["ScalingPolicies"]
+    assert policy["PolicyType"] == "TargetTrackingScaling"
+    tracking = policy["TargetTrackingScalingPolicyConfiguration"]
+    assert tracking["PredefinedMetricSpecification"] == {
+        "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+    }
+    assert tracking["TargetValue"] == 70.0
+    for operation, request in zip(
+        ("RegisterScalableTarget", "PutScalingPolicy"), backend.scaling_requests(native, deployment), strict=True
+    ):
+        check_aws_request("application-autoscaling", operation, request)
+    backend.delete(native)  # deregistered before DeleteEndpoint
+    assert (
+        scaling.describe_scalable_targets(ServiceNamespace="sagemaker", ResourceIds=[resource])["ScalableTargets"] == []
+    )
+
+
+def test_a_fixed_size_or_serverless_endpoint_registers_no_scaling(settings):
+    scaling = boto(settings, "application-autoscaling")
+    for backend, deployment in (
+        (SageMakerEndpointBackend(settings), make_deployment(min_replicas=2, max_replicas=2)),
+        (SageMakerServerlessBackend(settings), make_deployment(min_replicas=0, max_replicas=5)),
+    ):
+        backend.set_client("application-autoscaling", scaling)
+        with Stubber(scaling) as stub:  # any call would find no response waiting and raise
+            backend.serving(NAME, deployment)
+            stub.assert_no_pending_responses()
+    with Stubber(scaling) as stub:  # AWS's answer for a target never registered: deleting goes on
+        stub.add_client_error(
+            "deregister_scalable_target", "ObjectNotFoundException", "No scalable target registered", 400
+        )
+        real_time = SageMakerEndpointBackend(settings)
+        real_time.set_client("application-autoscaling", scaling)
+        real_time._deregister(NAME)
+        stub.assert_no_pending_responses()
+
+
+def test_the_service_attaches_scaling_when_the_endpoint_comes_in_service_and_survives_a_refusal(settings):
+    """Stubber with Application Auto Scaling's published response shapes; a refusal is logged, the endpoint
+    stays IN_SERVICE (serving at min_replicas)."""
+    from chalicelib.endpoints.model import EndpointHistoryEntry
+    from chalicelib.endpoints.service import EndpointService
+    from chalicelib.jobs.model import EventSource
+    from chalicelib.store.endpoints import InMemoryEndpointStore
+    from tests.factories import make_endpoint
+
+    service = EndpointService(InMemoryEndpointStore(), settings)
+    backend = service.backend("sagemaker")
+    scaling = boto(settings, "application-autoscaling")
+    backend.set_client("application-autoscaling", scaling)
+    endpoint = make_endpoint(body={"backend": "sagemaker", "min_replicas": 1, "max_replicas": 3})
+    endpoint = endpoint.with_changes(native_id=NAME)
+    service.store.put_endpoint(
+        endpoint, EndpointHistoryEntry(endpoint.endpoint_id, endpoint.created_at, None, S.CREATING, "", EventSource.API)
+    )
+    register, policy = backend.scaling_requests(NAME, service._deployment(endpoint, None))
+    assert (register["MinCapacity"], register["MaxCapacity"]) == (1, 3)
+    with Stubber(scaling) as stub:
+        stub.add_response(
+            "register_scalable_target",
+            {"ScalableTargetARN": "arn:aws:application-autoscaling:us-east-1:123456789012:scalable-target/056d"},
+            register,
+        )
+        stub.add_response(
+            "put_scaling_policy",
+            {
+                "PolicyARN": "arn:aws:autoscaling:us-east-1:123456789012:scalingPolicy:6d8972f3:resource/sagemaker/"
+                f"endpoint/{NAME}/variant/AllTraffic:policyName/{NAME}-invocations",
+                "Alarms": [
+                    {
+                        "AlarmName": f"TargetTracking-endpoint/{NAME}/variant/AllTraffic-AlarmHigh-d4f0770c",
+                        "AlarmARN": "arn:aws:cloudwatch:us-east-1:123456789012:alarm:TargetTracking-endpoint/"
+                        f"{NAME}/variant/AllTraffic-AlarmHigh-d4f0770c",
+                    }
+                ],
+            },
+            policy,
+        )
+        in_service = EndpointObservation(EndpointStatus.IN_SERVICE, "InService", NAME)
+        assert service.observe(endpoint, in_service, EventSource.BACKEND).status is S.IN_SERVICE
+        stub.assert_no_pending_responses()
+    updating = service.store.get_endpoint(endpoint.endpoint_id)
+    updating = service.observe(updating, EndpointObservation(S.UPDATING, "Updating", NAME), EventSource.BACKEND)
+    with Stubber(scaling) as stub:
+        stub.add_client_error(
+            "register_scalable_target", "AccessDeniedException", "not authorized to iam:CreateServiceLinkedRole", 400
+        )
+        back = service.observe(updating, in_service, EventSource.BACKEND)
+        stub.assert_no_pending_responses()
+    assert back.status is S.IN_SERVICE
+    refused = service.store.get_endpoint(endpoint.endpoint_id)
+    assert "not authorized to iam:CreateServiceLinkedRole" in refused.serving_error
+    assert "not authorized" in refused.to_api()["serving_error"]
+    # The next reconcile tick tries again (DescribeEndpoint in its published shape, then the two calls).
+    sagemaker = boto(settings, "sagemaker")
+    backend.set_client("sagemaker", sagemaker)
+    now = datetime.now(UTC)
+    described = {
+        "EndpointName": NAME,
+        "EndpointArn": f"arn:aws:sagemaker:us-east-1:123456789012:endpoint/{NAME}",
+        "EndpointConfigName": f"{NAME}-v1",
+        "EndpointStatus": "InService",
+        "CreationTime": now,
+        "LastModifiedTime": now,
+    }
+    with Stubber(sagemaker) as sm, Stubber(scaling) as stub:
+        sm.add_response("describe_endpoint", described, {"EndpointName": NAME})
+        stub.add_response("register_scalable_target", {"ScalableTargetARN": "arn:x"}, register)
+        stub.add_response("put_scaling_policy", {"PolicyARN": "arn:y", "Alarms": []}, policy)
+        assert [d.action for d in service.reconcile()] == ["refreshed"]
+        stub.assert_no_pending_responses()
+        sm.assert_no_pending_responses()
+    assert service.store.get_endpoint(endpoint.endpoint_id).serving_error is None

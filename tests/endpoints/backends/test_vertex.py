@@ -106,8 +106,10 @@ def test_update_deploys_the_new_version_then_retires_the_old_one_without_a_gap(v
     backend, session = vertex
     backend.create(deployment())
     backend.describe(NATIVE)
-    backend.update(NATIVE, deployment(version=2))
+    backend.update(NATIVE, deployment(version=2))  # uploads v2; the describe that follows deploys it
     endpoint = session.endpoints[NATIVE]
+    assert [d["id"] for d in endpoint["deployedModels"]] == ["1"]
+    assert backend.describe(NATIVE).status is EndpointStatus.UPDATING
     # The new version is deployed beside the old one (which served until now) and takes all the traffic.
     assert [d["id"] for d in endpoint["deployedModels"]] == ["1", "2"]
     assert endpoint["trafficSplit"] == {"2": 100}
@@ -199,3 +201,104 @@ def test_refuses_what_vertex_cannot_serve_naming_the_field(vertex, changes, fiel
 
 def test_vertexs_payload_limit_is_one_and_a_half_megabytes(vertex):
     assert vertex[0].max_payload_bytes == 1536 * 1024
+
+
+def test_a_deploy_operation_that_ends_in_error_fails_the_endpoint_with_its_message(vertex):
+    """google.longrunning Operations in the published JSON shape: the deploy runs (nothing new is started
+    meanwhile), then ends with a google.rpc.Status error, whose message becomes the failure reason."""
+    backend, session = vertex
+    backend.create(deployment())
+    session.hold_operations = True
+    first = backend.describe(NATIVE)
+    assert first.status is EndpointStatus.CREATING and first.operation.startswith(f"{NATIVE}/operations/")
+    running = backend.describe(NATIVE, first.operation)
+    assert (running.status, running.operation) == (EndpointStatus.CREATING, first.operation)
+    assert running.native_status.startswith("DeployModel running")
+    assert len([r for r in session.requests if r["path"].endswith(":deployModel")]) == 1
+    session.finish(first.operation, {"code": 8, "message": "Machine type g2-standard-24 is out of stock"})
+    failed = backend.describe(NATIVE, first.operation)
+    assert failed.status is EndpointStatus.FAILED and failed.operation is None
+    assert failed.reason == "Vertex DeployModel failed: Machine type g2-standard-24 is out of stock (code 8)"
+    polled = [r["path"] for r in session.requests if "/operations/" in r["path"]]
+    assert polled == [f"/ui/{first.operation}"] * 2  # the transport's first GetOperation binding
+
+
+def test_a_deploy_that_succeeds_later_and_a_failed_undeploy_of_the_old_version(vertex):
+    backend, session = vertex
+    backend.create(deployment())
+    session.hold_operations = True
+    deploying = backend.describe(NATIVE)
+    session.finish(deploying.operation)
+    served = backend.describe(NATIVE, deploying.operation)
+    assert (served.status, served.operation) == (EndpointStatus.IN_SERVICE, None)
+    backend.update(NATIVE, deployment(version=2))
+    rolling = backend.describe(NATIVE)
+    assert rolling.status is EndpointStatus.UPDATING
+    session.finish(rolling.operation)
+    retiring = backend.describe(NATIVE, rolling.operation)
+    # v2 serves; v1's undeploy runs, and it is tracked too
+    assert retiring.status is EndpointStatus.IN_SERVICE and retiring.native_status == f"serving {NAME}-v2"
+    session.finish(retiring.operation, {"code": 13, "message": "Internal error undeploying 1"})
+    failed = backend.describe(NATIVE, retiring.operation)
+    assert failed.status is EndpointStatus.FAILED
+    assert failed.reason == "Vertex UndeployModel failed: Internal error undeploying 1 (code 13)"
+
+
+def test_the_service_keeps_the_operation_on_the_record_and_reconcile_fails_the_endpoint_with_its_error(tmp_path):
+    from chalicelib.auth import Principal
+    from chalicelib.endpoints.service import EndpointService
+    from chalicelib.endpoints.spec import parse_endpoint_spec
+    from chalicelib.store.endpoints import InMemoryEndpointStore
+    from tests.factories import endpoint_body
+
+    sent = []
+    service = EndpointService(
+        InMemoryEndpointStore(),
+        make_settings(tmp_path, **gcp_env("http://127.0.0.1:9")),
+        notify=lambda endpoint, kind: sent.append(kind),
+    )
+    session = VertexEndpointsSession(GCP_PROJECT).install(service.backend("vertex"))
+    session.hold_operations = True
+    body = endpoint_body(backend="vertex", model={"uri": "gs://models/scaler/"}, image=IMAGE)
+    endpoint = service.create(Principal("alice"), parse_endpoint_spec(body))
+    assert endpoint.status is EndpointStatus.CREATING and endpoint.operation.startswith(f"{endpoint.native_id}/")
+    assert service.store.get_endpoint(endpoint.endpoint_id).operation == endpoint.operation
+    assert [d.action for d in service.reconcile()] == ["refreshed"]  # still running: nothing new started
+    assert len([r for r in session.requests if r["path"].endswith(":deployModel")]) == 1
+    session.finish(endpoint.operation, {"code": 8, "message": "The machine type is out of stock in us-central1"})
+    service.reconcile()
+    failed = service.store.get_endpoint(endpoint.endpoint_id)
+    assert failed.status is EndpointStatus.FAILED and failed.operation is None
+    reason = "Vertex DeployModel failed: The machine type is out of stock in us-central1 (code 8)"
+    assert failed.failure_reason == reason
+    assert sent == ["failed"]
+    assert [h.to_status for h in service.store.history(endpoint.endpoint_id)][-1] is EndpointStatus.FAILED
+
+
+def test_a_deleting_endpoint_is_deleted_step_by_step_and_never_deployed_again(tmp_path):
+    """Vertex refuses to delete an endpoint (and its models) while an undeploy runs: reconcile asks again each
+    tick until it is gone, and never takes a rollout step, which would deploy the model again."""
+    from chalicelib.auth import Principal
+    from chalicelib.endpoints.service import EndpointService
+    from chalicelib.endpoints.spec import parse_endpoint_spec
+    from chalicelib.store.endpoints import InMemoryEndpointStore
+    from tests.factories import endpoint_body
+
+    service = EndpointService(InMemoryEndpointStore(), make_settings(tmp_path, **gcp_env("http://127.0.0.1:9")))
+    session = VertexEndpointsSession(GCP_PROJECT).install(service.backend("vertex"))
+    body = endpoint_body(backend="vertex", model={"uri": "gs://models/scaler/"}, image=IMAGE)
+    endpoint = service.create(Principal("alice"), parse_endpoint_spec(body))
+    endpoint = service.get(Principal("alice"), endpoint.endpoint_id)
+    assert endpoint.status is EndpointStatus.IN_SERVICE
+    session.hold_operations = True  # the undeploy takes a while
+    deleting = service.delete(Principal("alice"), endpoint.endpoint_id)
+    assert deleting.status is EndpointStatus.DELETING
+    [undeploy] = [n for n, op in session.operations.items() if not op["done"]]
+    deploys = len([r for r in session.requests if r["path"].endswith(":deployModel")])
+    service.reconcile()
+    assert service.store.get_endpoint(endpoint.endpoint_id).status is EndpointStatus.DELETING
+    session.finish(undeploy)
+    service.reconcile()  # undeployed: now the endpoint and its model go
+    gone = service.store.get_endpoint(endpoint.endpoint_id)
+    assert gone.status is EndpointStatus.DELETED and session.endpoints == {} and session.models == {}
+    assert len([r for r in session.requests if r["path"].endswith(":deployModel")]) == deploys
