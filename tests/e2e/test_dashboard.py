@@ -305,3 +305,52 @@ def test_refreshes_read_only_what_changed_and_pause_while_the_tab_is_hidden(ui_s
     _wait_refreshes(page, before, 15)
     stats = page.evaluate("window.jobplaneStats")
     assert stats["maxRefreshesAtOnce"] == 1
+
+
+def test_costs_show_their_prices_date_and_endpoints_are_listed(ui_stack, page):
+    # The job's `cost` object ({usd, prices_of, reason}) and endpoints are laid over the stack's real answers
+    # (its local jobs have no catalog price and it serves no endpoint here): the page's rendering of them.
+    state = ui_stack["state"]
+    job = _api(state, "POST", "/jobs", json={"name": "dashboard-priced", "backend": "local", "command": ["true"]})
+    endpoint = {
+        "endpoint_id": "e" * 32,
+        "name": "resnet-serve",
+        "owner": "local-admin",
+        "status": "IN_SERVICE",
+        "backend": "sagemaker",
+        "created_at": "2026-11-30T10:00:00.000000Z",
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "url": "https://runtime.sagemaker.us-east-1.amazonaws.com/endpoints/jp-x/invocations",
+        "cost_per_hour_usd": 1.408,
+        "cost_estimate_usd": 12.5,
+        "cost": {"usd": 12.5, "prices_of": "2026-11-15", "reason": ""},
+    }
+
+    def priced(route):
+        response = route.fetch()
+        body = response.json()
+        for j in body["jobs"]:
+            if j["job_id"] == job["job_id"]:
+                j["cost"] = {"usd": 3.21, "prices_of": "2026-11-15", "reason": ""}
+        route.fulfill(response=response, json=body)
+
+    def endpoints(route):
+        response = route.fetch()
+        route.fulfill(response=response, json={"endpoints": [endpoint]})
+
+    page.route("**/jobs?*", priced)
+    page.route("**/endpoints", endpoints)
+    _sign_in(page, state)
+    row = f"tr[data-job-id='{job['job_id']}']"
+    page.wait_for_selector(f"{row} td.cost[data-prices-of='2026-11-15']", timeout=30_000)
+    assert page.inner_text(f"{row} td.cost").split() == ["3.21", "prices", "of", "2026-11-15"]
+    page.click(row)
+    assert "cost $3.21 (prices of 2026-11-15)" in page.inner_text("#detail-summary")
+    ep = "#endpoints tr[data-endpoint-id='" + "e" * 32 + "']"
+    page.wait_for_selector(ep)
+    cells = page.inner_text(ep)
+    assert "resnet-serve" in cells and "IN_SERVICE" in cells and "1.408" in cells and "12.50" in cells
+    assert page.get_attribute(f"{ep} td.cost", "data-prices-of") == "2026-11-15"
+    assert page.is_hidden("#endpoints-note:has-text('no endpoints')")
+    _shot(page, "6-costs-and-endpoints")
