@@ -5,11 +5,44 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta
 
+import jsonschema
 import pytest
 
 from chalicelib.jobs.model import JobStatus, iso, utcnow
-from tests.test_app import error_of, seed
-from tests.test_openapi import _check, _doc
+from tests.factories import job_spec, make_history, make_job
+
+
+def seed(api, owner, n, status=JobStatus.QUEUED) -> list[str]:
+    """Jobs written straight to the store, oldest first (no processes)."""
+    base = utcnow()
+    ids = []
+    for i in range(n):
+        job = make_job(
+            "local", job_spec(f"seed-{i}"), owner=owner, status=status, created_at=base + timedelta(seconds=i)
+        )
+        api.store.create_job(job, make_history(job, reason="seeded"))
+        ids.append(job.job_id)
+    return ids
+
+
+def error_of(response, status) -> dict:
+    assert response.status_code == status, response.body
+    return response.json_body["error"]
+
+
+def _doc(api):
+    response = api.request("GET", "/openapi.json")
+    assert response.status_code == 200
+    return response.json_body
+
+
+def _check(doc, response, path, method):
+    """Validate one real response against the description of its status code."""
+    described = doc["paths"][path][method]["responses"][str(response.status_code)]
+    schema = described["content"]["application/json"]["schema"]
+    jsonschema.validate(
+        response.json_body, {"components": doc["components"], **schema}, cls=jsonschema.Draft202012Validator
+    )
 
 
 @pytest.fixture

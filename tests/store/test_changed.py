@@ -10,9 +10,36 @@ import pytest
 
 from chalicelib.errors import ValidationError
 from chalicelib.jobs.metrics import Cursor
-from chalicelib.jobs.model import JobStatus, iso, utcnow
-from tests.store.test_contract import create, make_job, move
-from tests.store.test_listing import QueryCounter
+from chalicelib.jobs.model import EventSource, HistoryEntry, JobStatus, Transition, iso, utcnow
+from tests import factories
+
+T0 = utcnow() - timedelta(days=1)
+
+
+def queued_job(owner="alice", seconds=0):
+    """A QUEUED local job created `seconds` after T0."""
+    at = T0 + timedelta(seconds=seconds)
+    return factories.make_job(spec={"command": ["true"]}, owner=owner, status=JobStatus.QUEUED, created_at=at)
+
+
+def create(store, job):
+    store.create_job(job, HistoryEntry(job.job_id, job.created_at, None, job.status, "submitted", EventSource.API))
+    return job
+
+
+def move(job, to, seconds):
+    at = job.created_at + timedelta(seconds=seconds)
+    return Transition(job.job_id, job.status, to, f"to {to.value}", EventSource.BACKEND, at)
+
+
+class QueryCounter:
+    def __init__(self):
+        self.queries = 0
+        self.items_read = 0
+
+    def __call__(self, parsed, **_):  # botocore 'after-call' hook
+        self.queries += 1
+        self.items_read += int(parsed.get("ScannedCount", parsed.get("Count", 0)))
 
 
 def _mark():
@@ -40,18 +67,18 @@ def _all_changed(store, owner, since, limit):
 
 
 def test_only_jobs_written_after_the_mark_come_least_recently_written_first(store):
-    old = [create(store, make_job(seconds=s)) for s in range(3)]
+    old = [create(store, queued_job(seconds=s)) for s in range(3)]
     mark = _mark()
     assert store.list_changed(None, mark, 10, None).jobs == []
-    new = create(store, make_job(seconds=10))
+    fresh = create(store, queued_job(seconds=10))
     time.sleep(0.002)
     moved = store.apply_transition(old[1], move(old[1], JobStatus.LAUNCHING, 1))
-    assert _ids(store.list_changed(None, mark, 10, None)) == [new.job_id, moved.job_id]
+    assert _ids(store.list_changed(None, mark, 10, None)) == [fresh.job_id, moved.job_id]
     assert store.list_changed(None, mark, 10, None).jobs[1].status is JobStatus.LAUNCHING
 
 
 def test_every_kind_of_write_moves_a_job_past_the_mark(store):
-    a, b, c = (create(store, make_job(seconds=s)) for s in range(3))
+    a, b, c = (create(store, queued_job(seconds=s)) for s in range(3))
     b = store.apply_transition(b, move(b, JobStatus.LAUNCHING, 1))
     mark = _mark()
     store.update_job(a, JobStatus.QUEUED, planner_reason="re-planned")
@@ -68,8 +95,8 @@ def test_every_kind_of_write_moves_a_job_past_the_mark(store):
 
 def test_an_owner_sees_only_their_own_changes(store):
     mark = _mark()
-    alice = create(store, make_job("alice", 1))
-    create(store, make_job("bob", 2))
+    alice = create(store, queued_job("alice", 1))
+    create(store, queued_job("bob", 2))
     assert _ids(store.list_changed("alice", mark, 10, None)) == [alice.job_id]
     assert store.list_changed("carol", mark, 10, None).jobs == []
     assert len(store.list_changed(None, mark, 10, None).jobs) == 2
@@ -78,7 +105,7 @@ def test_an_owner_sees_only_their_own_changes(store):
 @pytest.mark.parametrize("limit", [1, 4, 11])
 def test_pages_of_changes_return_every_job_once(store, limit):
     mark = _mark()
-    jobs = [create(store, make_job("alice" if i % 2 else "bob", i)) for i in range(11)]
+    jobs = [create(store, queued_job("alice" if i % 2 else "bob", i)) for i in range(11)]
     seen, pages = _all_changed(store, None, mark, limit)
     assert [j.job_id for j in seen] == [j.job_id for j in jobs]  # in the order they were written
     assert pages <= -(-11 // limit) + 1
@@ -88,7 +115,7 @@ def test_pages_of_changes_return_every_job_once(store, limit):
 
 def test_a_cursor_of_another_listing_is_refused(dynamo_store):
     for i in range(3):
-        create(dynamo_store, make_job("alice", i))
+        create(dynamo_store, queued_job("alice", i))
     created = dynamo_store.list_jobs("alice", None, 1, None).cursor
     with pytest.raises(ValidationError) as err:
         dynamo_store.list_changed("alice", "2000-01-01T00:00:00.000000Z", 1, created)
@@ -99,9 +126,9 @@ def test_a_cursor_of_another_listing_is_refused(dynamo_store):
 
 
 def test_with_400_jobs_and_3_changed_the_read_is_one_query_of_what_changed(dynamo_store):
-    from tests.store.test_listing import _fill
-
-    _fill(dynamo_store, 400, 0)  # batch-written: every one carries `changed`, all before the mark
+    with dynamo_store.Job.batch_write() as batch:  # every one carries `changed`, all before the mark
+        for i in range(400):
+            batch.save(dynamo_store._item(queued_job("alice" if i % 2 else "bob", i)))
     jobs = dynamo_store.list_jobs(None, None, 3, None).jobs
     mark = _mark()
     for job in jobs:
@@ -138,5 +165,5 @@ def test_a_jobs_table_made_before_the_changed_indexes_gets_them(tmp_path, moto_e
     assert {"owner-changed", "all-changed"} <= {i["IndexName"] for i in described}
     assert store.add_missing_indexes() == []  # idempotent: a second start adds nothing
     mark = iso(utcnow() - timedelta(seconds=1))
-    job = create(store, make_job("alice", 1))
+    job = create(store, queued_job("alice", 1))
     assert _ids(store.list_changed("alice", mark, 10, None)) == [job.job_id]
