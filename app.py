@@ -97,10 +97,14 @@ def submit_job():
 @app.route("/jobs", methods=["GET"])
 @api_view
 def list_jobs():
+    from chalicelib.jobs.model import iso
+    from chalicelib.jobs.service import changes_as_of
+
     params = list_query(query(app.current_request))
     user = principal(app.current_request)
-    jobs, token = deps.get_service().list(user, params.status, params.limit, params.next_token)
-    return respond({"jobs": [_job(j) for j in jobs], "next_token": token})
+    as_of = changes_as_of()  # taken before the read: the next poll's updated_since
+    jobs, token = deps.get_service().list(user, params.status, params.limit, params.next_token, params.updated_since)
+    return respond({"jobs": [_job(j) for j in jobs], "next_token": token, "as_of": iso(as_of)})
 
 
 @app.route("/jobs/{job_id}", methods=["GET"])
@@ -250,6 +254,13 @@ def update_endpoint(endpoint_id):
 @api_view
 def delete_endpoint(endpoint_id):
     return respond(deps.get_endpoint_service().delete(principal(app.current_request), endpoint_id).to_api(), 202)
+
+
+@app.route("/whoami", methods=["GET"])
+@api_view
+def whoami():
+    who = principal(app.current_request)
+    return respond({"user": who.user, "admin": who.admin})
 
 
 @app.route("/tokens", methods=["GET"])

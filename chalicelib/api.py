@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from chalice import Response
@@ -92,18 +93,51 @@ def parse_flag(params: Mapping[str, Any], name: str) -> bool:
 
 @dataclass(frozen=True)
 class ListQuery:
-    """GET /jobs?status=&limit=&next_token= as the service takes it (limit None: the service's default)."""
+    """GET /jobs?status=&limit=&next_token=&updated_since= as the service takes it (limit None: the service's
+    default)."""
 
     status: JobStatus | None
     limit: int | None
     next_token: str | None
+    updated_since: datetime | None = None
 
 
 def list_query(params: Mapping[str, Any]) -> ListQuery:
     limit = params.get("limit")
     return ListQuery(
-        parse_status(params.get("status")), None if limit is None else parse_limit(limit), params.get("next_token")
+        parse_status(params.get("status")),
+        None if limit is None else parse_limit(limit),
+        params.get("next_token"),
+        parse_updated_since(params.get("updated_since")),
     )
+
+
+def parse_updated_since(value: Any) -> datetime | None:
+    """GET /jobs?updated_since=: an ISO 8601 time with its zone (the as_of of a previous answer); None when
+    not given."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    when = None
+    if 10 < len(text) <= 40 and text[:4].isdigit():
+        try:
+            when = datetime.fromisoformat(text)
+            when = when.astimezone(UTC) if when.tzinfo is not None else None
+        except (ValueError, OverflowError):
+            when = None
+    if when is None:
+        hint = " (a + in a query string reads as a space: write Z or %2B)" if " " in text else ""
+        raise ValidationError(
+            f"updated_since {text[:60]!r} is not an ISO 8601 time with a zone{hint}",
+            [
+                {
+                    "field": "updated_since",
+                    "message": "an ISO 8601 time with a zone, e.g. 2026-01-31T12:00:00Z "
+                    "(the as_of of a previous answer)",
+                }
+            ],
+        )
+    return when
 
 
 def parse_status(value: Any) -> JobStatus | None:

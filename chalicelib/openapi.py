@@ -145,6 +145,10 @@ class ArtifactList(_Out):
 class JobList(_Out):
     jobs: list[Job]
     next_token: str | None
+    as_of: str = Field(
+        description="pass it back as updated_since to read only the jobs written since (it is 30 s before this "
+        "read, so a write in flight is not missed: a job may come twice)"
+    )
 
 
 class Event(_Out):
@@ -273,6 +277,13 @@ class Prediction(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class Whoami(_Out):
+    """The caller as its token names it."""
+
+    user: str
+    admin: bool
+
+
 class Token(_Out):
     """An API token as listed: its id (the first characters of its stored hash), never the token."""
 
@@ -379,6 +390,7 @@ MODELS: list[type[BaseModel]] = [
     InstanceList,
     Token,
     TokenList,
+    Whoami,
     CodeRequest,
     CodeUpload,
     ArtifactList,
@@ -522,8 +534,17 @@ def build() -> dict[str, Any]:
                         "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                     },
                     {"name": "next_token", "in": "query", "required": False, "schema": {"type": "string"}},
+                    {
+                        "name": "updated_since",
+                        "in": "query",
+                        "required": False,
+                        "description": "only the jobs written after this time (ISO 8601 with a zone: the as_of of a "
+                        "previous answer), least recently written first, from an index by the time of each "
+                        "job's last write (no Scan); not with status",
+                        "schema": {"type": "string", "format": "date-time"},
+                    },
                 ],
-                "responses": _responses({200: ("a page", JobList)}, {400: "bad filter or token", **AUTH_ERRORS}),
+                "responses": _responses({200: ("a page", JobList)}, {400: "bad filter, time or token", **AUTH_ERRORS}),
             },
         },
         "/jobs/{job_id}": {
@@ -743,6 +764,13 @@ def build() -> dict[str, Any]:
                     502: "the model answered an error (the handler raised)",
                 },
             ),
+        }
+    }
+    paths["/whoami"] = {
+        "get": {
+            "operationId": "whoami",
+            "summary": "the signed-in user: who the token belongs to and whether it is an admin's",
+            "responses": _responses({200: ("the caller", Whoami)}, AUTH_ERRORS),
         }
     }
     paths["/tokens"] = {

@@ -1062,6 +1062,8 @@ class BudgetWorld:
         self.jobs.create_job(job, HistoryEntry(job.job_id, started, None, job.status, "seeded", EventSource.API))
         self.backend(job.backend, self.settings).resources[job.native_id] = "Running"  # reconcile finds it
         return job
+
+
 ENDPOINT_NATIVE_NAME = "jpe-" + "e" * 32
 # The published sample of "SageMaker Endpoint State Change" (SageMaker developer guide, EventBridge events),
 # with our endpoint's name.

@@ -311,7 +311,7 @@ def test_another_users_job_is_404_for_get_cancel_and_events(api, alice, bob):
     ):
         error = error_of(api.request(method, path, token=bob), 404)
         assert error["code"] == "not_found"
-    assert api.request("GET", "/jobs", token=bob).json_body == {"jobs": [], "next_token": None}
+    assert api.request("GET", "/jobs", token=bob).json_body.items() >= {"jobs": [], "next_token": None}.items()
     assert get_job(api, alice, job["job_id"])["status"] == "LAUNCHING"  # bob's cancel did nothing
     api.request("POST", f"/jobs/{job['job_id']}/cancel", token=alice)
 

@@ -108,6 +108,12 @@ class JobStore(ABC):
         owner index on its creation-time sort key, never a Scan (the cost report and budgets read so)."""
 
     @abstractmethod
+    def list_changed(self, owner: str | None, since: str, limit: int, cursor: dict[str, str] | None) -> Page:
+        """Jobs written after `since` (an iso() time), least recently written first; owner None means every
+        owner. From an index keyed by the time of each job's last write (never a scan), so a poller reads only
+        what changed. Jobs last written before that index existed are in it once written again."""
+
+    @abstractmethod
     def iter_active(self) -> Iterator[Job]:
         """Every non-terminal job, from the sparse active index (never a scan of history)."""
 

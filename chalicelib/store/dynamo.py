@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -32,6 +33,7 @@ from chalicelib.jobs.model import (
     Transition,
     iso,
     native_name,
+    utcnow,
 )
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.pricing.jobs import AttemptCost, costs_from_text, costs_to_text
@@ -89,6 +91,9 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
     # Sparse: only items carrying active_pk (non-terminal jobs, endpoints that may be billed) are in it;
     # reconcile reads nothing else.
     ActiveIndex = created_index("active-created", "active_pk")
+    # By the time of each job's last write (`changed`): GET /jobs?updated_since= reads only what changed.
+    OwnerChangedIndex = created_index("owner-changed", "owner", "changed")
+    AllChangedIndex = created_index("all-changed", "all_pk", "changed")
 
     class QueuedIndex(GlobalSecondaryIndex):
         """Sparse: only QUEUED jobs (queued_pk set) are in it; the dispatcher reads nothing else."""
@@ -156,6 +161,7 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         metrics = UnicodeAttribute(null=True)  # JSON {key: latest value}
         metrics_cursor = UnicodeAttribute(null=True)  # JSON Cursor: how far the output was read for metrics
         costs = UnicodeAttribute(null=True)  # JSON [AttemptCost, ...]: each attempt's rate, hours and figure
+        changed = UnicodeAttribute(null=True)  # iso() of the last write, whatever it changed (the *-changed indexes)
 
         by_owner = OwnerIndex()
         by_all = AllIndex()
@@ -163,6 +169,8 @@ def build_models(settings: Settings) -> dict[str, type[Model]]:
         queued = QueuedIndex()
         by_owner_status = OwnerStatusIndex()
         by_status = StatusIndex()
+        by_owner_changed = OwnerChangedIndex()
+        by_all_changed = AllChangedIndex()
 
     class HistoryModel(Model):
         class Meta(_Meta):
@@ -281,6 +289,8 @@ class DynamoJobStore(DynamoStore, JobStore):
 
     def create_tables(self) -> set[str]:
         created = super().create_tables()
+        if "jobs" not in created:
+            self.add_missing_indexes()
         if "jobs" in created:
             # A new table holds no job written before the index.
             self._record_migration("owner_status")
@@ -288,6 +298,45 @@ class DynamoJobStore(DynamoStore, JobStore):
             self.backfill_owner_status()
             self._record_migration("owner_status")
         return created
+
+    def add_missing_indexes(self) -> list[str]:
+        """Add to an existing jobs table (a local stack's, kept across upgrades) the indexes the model has and
+        it lacks, one UpdateTable each, waiting for each to be ACTIVE; returns their names. A deployed table
+        gets them from Terraform (deploy/aws/resources.py). Items written before an index are in it once
+        written again; the indexes added so far (the *-changed ones) need nothing more."""
+        schema = self.Job._get_schema()
+        client = self.Job._get_connection().connection.client
+        table = self.Job.Meta.table_name
+        with dynamo_errors():
+            present = {
+                i["IndexName"]
+                for i in client.describe_table(TableName=table)["Table"].get("GlobalSecondaryIndexes", [])
+            }
+            added = []
+            for index in schema["global_secondary_indexes"]:
+                if index["index_name"] in present:
+                    continue
+                names = {k["AttributeName"] for k in index["key_schema"]}
+                client.update_table(
+                    TableName=table,
+                    AttributeDefinitions=[a for a in schema["attribute_definitions"] if a["AttributeName"] in names],
+                    GlobalSecondaryIndexUpdates=[
+                        {
+                            "Create": {
+                                "IndexName": index["index_name"],
+                                "KeySchema": index["key_schema"],
+                                "Projection": {"ProjectionType": index["projection"]["ProjectionType"]},
+                            }
+                        }
+                    ],
+                )
+                for _ in range(600):
+                    described = client.describe_table(TableName=table)["Table"].get("GlobalSecondaryIndexes", [])
+                    if any(i["IndexName"] == index["index_name"] and i["IndexStatus"] == "ACTIVE" for i in described):
+                        break
+                    time.sleep(1)
+                added.append(index["index_name"])
+        return added
 
     def _migration_pk(self, name: str) -> str:
         return json.dumps([self.MIGRATION_OWNER, name])
@@ -346,6 +395,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             metrics=_value(job.metrics),
             metrics_cursor=_value(job.metrics_cursor),
             costs=costs_to_text(job.costs),
+            changed=iso(utcnow()),
             **{f: getattr(job, f) for f in _PLAIN_FIELDS},
         )
         return item
@@ -396,6 +446,7 @@ class DynamoJobStore(DynamoStore, JobStore):
             attr = getattr(self.Job, name)
             value = _value(value)
             actions.append(attr.remove() if value is None else attr.set(value))
+        actions.append(self.Job.changed.set(iso(utcnow())))  # every write moves the job in the *-changed indexes
         return actions
 
     def _guarded_update(self, job: Job, expected: JobStatus, fields: dict[str, Any]) -> None:
@@ -538,6 +589,45 @@ class DynamoJobStore(DynamoStore, JobStore):
         if len(items) > limit:
             last = items[limit - 1]
             next_cursor = {"job_id": last.job_id, "sk": last.sk, hash_name: hash_key}
+        return Page(jobs, next_cursor)
+
+    def list_changed(self, owner, since, limit, cursor) -> Page:
+        if owner is not None:
+            index, hash_key, hash_name = self.Job.by_owner_changed, owner, "owner"
+        else:
+            index, hash_key, hash_name = self.Job.by_all_changed, ALL_PK, "all_pk"
+        start = None
+        if cursor is not None:
+            keys = {"job_id", "changed", hash_name}
+            if (
+                set(cursor) != keys
+                or not all(isinstance(v, str) for v in cursor.values())
+                or cursor[hash_name] != hash_key
+            ):
+                raise ValidationError(
+                    "next_token does not belong to this listing",
+                    [{"field": "next_token", "message": "use the token the previous page returned"}],
+                )
+            start = {k: {"S": v} for k, v in cursor.items()}
+        invalid = ValidationError(
+            "next_token is not valid",
+            [{"field": "next_token", "message": "use the token the previous page returned"}],
+        )
+        with dynamo_errors(invalid=invalid):
+            results = index.query(
+                hash_key,
+                range_key_condition=self.Job.changed > since,
+                scan_index_forward=True,
+                limit=limit + 1,
+                last_evaluated_key=start,
+                page_size=limit + 1,
+            )
+            items = list(results)
+        jobs = [_job_from_item(item) for item in items[:limit]]
+        next_cursor = None
+        if len(items) > limit:
+            last = items[limit - 1]
+            next_cursor = {"job_id": last.job_id, "changed": last.changed, hash_name: hash_key}
         return Page(jobs, next_cursor)
 
     def iter_queued(self) -> Iterator[Job]:

@@ -182,15 +182,16 @@ def get_or_none(model: type[Model], hash_key: str, **kwargs: Any) -> Any:
         return None
 
 
-def created_index(index_name: str, hash_key: str) -> type:
+def created_index(index_name: str, hash_key: str, range_key: str = "sk") -> type:
     """A fresh GSI class: `hash_key` (a string attribute of the item) then its `sk` (creation time and id), every
     attribute projected. The jobs and endpoints tables list by owner, by all and by the sparse active key this
-    way; each model makes its own classes, since pynamodb binds an index's Meta to one model."""
+    way; each model makes its own classes, since pynamodb binds an index's Meta to one model. `range_key`
+    names another sort attribute (the jobs table's `changed`: the time of the last write)."""
     from pynamodb.attributes import UnicodeAttribute
     from pynamodb.indexes import AllProjection, GlobalSecondaryIndex
 
     meta = type("Meta", (), {"index_name": index_name, "projection": AllProjection()})
-    namespace = {"Meta": meta, hash_key: UnicodeAttribute(hash_key=True), "sk": UnicodeAttribute(range_key=True)}
+    namespace = {"Meta": meta, hash_key: UnicodeAttribute(hash_key=True), range_key: UnicodeAttribute(range_key=True)}
     return type(f"{hash_key.title().replace('_', '')}Index", (GlobalSecondaryIndex,), namespace)
 
 

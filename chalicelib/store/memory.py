@@ -12,7 +12,7 @@ from chalicelib.errors import (
     ValidationError,
 )
 from chalicelib.jobs.metrics import Cursor
-from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition
+from chalicelib.jobs.model import HistoryEntry, Job, JobStatus, Transition, iso, utcnow
 from chalicelib.jobs.spec_types import JobSpec
 from chalicelib.store.base import (
     IdempotencyRecord,
@@ -32,6 +32,7 @@ class InMemoryJobStore(JobStore):
         self._history: dict[str, dict[str, HistoryEntry]] = {}
         self._idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
         self._capacity: dict[str, int] = {}
+        self._changed: dict[str, str] = {}  # job_id -> iso() of its last write (the DynamoDB store's `changed`)
 
     def create_job(self, job: Job, entry: HistoryEntry) -> None:
         with self._lock:
@@ -39,6 +40,7 @@ class InMemoryJobStore(JobStore):
                 raise AlreadyExistsError(f"job {job.job_id} already exists")
             # Through the same document the DynamoDB store writes: what it cannot hold, this cannot either.
             self._jobs[job.job_id] = job.with_changes(spec=JobSpec.from_dict(job.spec.to_dict()))
+            self._changed[job.job_id] = iso(utcnow())
             self._history.setdefault(job.job_id, {})[history_key(entry)] = entry
 
     def get_job(self, job_id: str) -> Job | None:
@@ -58,6 +60,7 @@ class InMemoryJobStore(JobStore):
                 self._capacity[claim.pool] = self._capacity.get(claim.pool, 0) - claim.units
             updated = apply_changes(current, transition)
             self._jobs[job.job_id] = updated
+            self._changed[job.job_id] = iso(utcnow())
             entry = history_from_transition(transition, updated.attempt)
             self._history.setdefault(job.job_id, {})[history_key(entry)] = entry
             return updated
@@ -69,6 +72,7 @@ class InMemoryJobStore(JobStore):
                 raise StaleStateError(f"job {job.job_id} is no longer {expected.value}")
             updated = current.with_changes(**changes)
             self._jobs[job.job_id] = updated
+            self._changed[job.job_id] = iso(utcnow())
             return updated
 
     def record_metrics(self, job: Job, metrics: dict[str, float], cursor: Cursor) -> Job | None:
@@ -78,6 +82,7 @@ class InMemoryJobStore(JobStore):
                 return None
             updated = current.with_changes(metrics=dict(metrics), metrics_cursor=cursor)
             self._jobs[job.job_id] = updated
+            self._changed[job.job_id] = iso(utcnow())
             return updated
 
     def list_jobs(self, owner, status, limit, cursor) -> Page:
@@ -105,6 +110,26 @@ class InMemoryJobStore(JobStore):
             for j in jobs
         )
         return Page(selected, {"sk": sort_key(selected[-1])} if more else None)
+
+    def list_changed(self, owner, since, limit, cursor) -> Page:
+        after = (since, "")
+        if cursor is not None:
+            if not isinstance(cursor.get("changed"), str) or not isinstance(cursor.get("job_id"), str):
+                raise ValidationError("next_token is not valid", [{"field": "next_token", "message": "malformed"}])
+            after = (cursor["changed"], cursor["job_id"])
+        with self._lock:
+            keyed = sorted(
+                (changed, job_id)
+                for job_id, changed in self._changed.items()
+                if (changed, job_id) > after
+                and changed > since
+                and (owner is None or self._jobs[job_id].owner == owner)
+            )
+            selected = [self._jobs[job_id] for _changed, job_id in keyed[:limit]]
+        if len(keyed) > limit:
+            changed, job_id = keyed[limit - 1]
+            return Page(selected, {"changed": changed, "job_id": job_id})
+        return Page(selected, None)
 
     def capacity_usage(self, pools: list[str]) -> dict[str, int]:
         return {pool: self._capacity.get(pool, 0) for pool in pools}

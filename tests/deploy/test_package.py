@@ -136,6 +136,8 @@ def test_the_tables_bucket_and_secrets_are_declared(package):
         "queued-created",
         "owner-status-created",
         "status-created",
+        "owner-changed",
+        "all-changed",
     }
     assert tables["idempotency"]["ttl"] == {"attribute_name": "expires_at", "enabled": True}
     assert extra["aws_s3_bucket"]["uploads"]["bucket"] == "jobplane-dev-uploads"

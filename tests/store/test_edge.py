@@ -223,6 +223,8 @@ def _calls():
             "apply_transition": lambda s: s.apply_transition(job, moved),
             "update_job": lambda s: s.update_job(job, JobStatus.QUEUED, status_reason="x"),
             "list_jobs": lambda s: s.list_jobs(None, None, 10, None),
+            "list_changed": lambda s: s.list_changed("alice", "2024-01-01T00:00:00.000000Z", 10, None),
+            "add_missing_indexes": lambda s: s.add_missing_indexes(),
             "iter_active": lambda s: list(s.iter_active()),
             "iter_queued": lambda s: list(s.iter_queued()),
             "iter_created": lambda s: list(s.iter_created(T0)),
