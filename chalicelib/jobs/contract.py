@@ -26,6 +26,10 @@ RESERVED_PREFIXES = ("JOBPLANE_", "AWS_")
 
 #: where `jobplane submit` uploads packed code, below the stage's artifact store: code/<sha256>.tar.gz
 CODE_PREFIX = "code/"
+#: the most members and unpacked bytes a job's packed code may hold: the job-side unpack refuses a larger
+#: archive (a zip bomb) before writing anything, and `jobplane submit` refuses to pack a larger workdir
+CODE_MAX_MEMBERS = 100_000
+CODE_MAX_UNPACKED_BYTES = 4 * 1024**3
 #: where a job's outputs go when its spec names no `outputs`: outputs/<job_id>/
 OUTPUTS_PREFIX = "outputs/"
 #: where a job's checkpoints go when its spec names no `checkpoint_uri`: checkpoints/<job_id>/
