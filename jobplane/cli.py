@@ -94,7 +94,8 @@ def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | Non
         packed = pack(folder)
     except PackError as exc:
         raise CliError(str(exc)) from None
-    answer = client.code_upload(packed.sha256, packed.size)
+    backend = document.get("backend")
+    answer = client.code_upload(packed.sha256, packed.size, backend if isinstance(backend, str) else None)
     if answer["exists"]:
         say(f"code: {folder} ({len(packed.files)} files, {packed.size} bytes) is unchanged: nothing uploaded")
     else:

@@ -43,6 +43,18 @@ def store_root(spec_uri: str | None, bucket: str, scheme: str = "s3") -> str:
     return f"{scheme}://{bucket}/{OUTPUTS_PREFIX}"
 
 
+def store_for(backend: str | None, settings) -> tuple[str, str]:
+    """(bucket, scheme) of the stage's store where a job on `backend` keeps its files when the spec names no
+    location: Cloud Storage (JOBPLANE_GCP_ARTIFACTS_BUCKET) for the Google Cloud backends and for a Kubernetes
+    cluster whose artifact store is gs, S3 (JOBPLANE_ARTIFACTS_BUCKET) for every other."""
+    from chalicelib.backends import Cloud, descriptor_or_none
+
+    found = descriptor_or_none(backend)
+    if found is not None and found.cloud == Cloud.GCP:
+        return settings.gcp_artifacts_bucket, "gs"
+    return settings.artifacts_bucket, "s3"
+
+
 def artifacts_uri(spec: JobSpec, job_id: str, bucket: str, scheme: str = "s3") -> str:
     """Where the job's $JOBPLANE_OUTPUT_DIR ends up: <outputs>/<job_id>/ (every attempt writes there)."""
     return f"{store_root(spec.outputs, bucket, scheme)}{job_id}/"
