@@ -94,6 +94,9 @@ class Observation:
     #: still in the provider's own queue (Batch RUNNABLE, Vertex PENDING/QUEUED, SageMaker starting with a
     #: capacity message): reconcile moves it on after the spec's capacity_wait_minutes
     waiting_for_capacity: bool = False
+    #: why the launched resource waits, in the provider's own words (Kueue's admission message, a pod that
+    #: cannot be scheduled): reconcile records it as the job's status_reason while the job stays LAUNCHING
+    waiting_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is JobStatus.FAILED and self.failure_kind is None:

@@ -405,7 +405,8 @@ class KubernetesBackend(ComputeBackend):
             if _condition(job, pending) is not None:
                 return Observation(JobStatus.RUNNING, pending, reason=f"Kubernetes: {pending}", **base)
         if job.spec and job.spec.suspend:
-            return Observation(JobStatus.QUEUED, "Suspended", reason=self._kueue_reason(cluster, job), **base)
+            why = self._kueue_reason(cluster, job)
+            return Observation(JobStatus.QUEUED, "Suspended", reason=why, waiting_reason=why, **base)
         latest = pods[-1] if pods else None
         if latest is None:
             return Observation(JobStatus.LAUNCHING, "Created", reason="Kubernetes: no pod yet", **base)
@@ -423,12 +424,8 @@ class KubernetesBackend(ComputeBackend):
             return Observation(JobStatus.RUNNING, "Running", reason="Kubernetes: pod running", **base)
         unschedulable = _condition_any(latest, "PodScheduled", "False")
         if unschedulable is not None and unschedulable.reason == "Unschedulable":
-            return Observation(
-                JobStatus.LAUNCHING,
-                "Pod/Unschedulable",
-                reason=f"Unschedulable: {unschedulable.message or ''}".strip(),
-                **base,
-            )
+            why = f"Unschedulable: {unschedulable.message or ''}".strip()
+            return Observation(JobStatus.LAUNCHING, "Pod/Unschedulable", reason=why, waiting_reason=why, **base)
         if phase == "Failed" and _condition_any(latest, "DisruptionTarget", "True") is not None:
             # Preempted; the podFailurePolicy ignores it and the controller is making the next pod.
             return Observation(JobStatus.LAUNCHING, "Pod/DisruptionTarget", reason=_disruption(latest), **base)

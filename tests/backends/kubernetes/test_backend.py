@@ -280,3 +280,42 @@ def test_the_sweep_lists_and_stops_only_this_stages_jobs(k8s, fake_k8s, tmp_path
     with pytest.raises(UnsupportedError):
         ours.stop_resource(theirs.list_managed()[0], "not ours")
     assert ("default", other_name) in fake_k8s.jobs and ("default", "nightly-etl") in fake_k8s.jobs
+
+
+def test_kueues_reason_is_stored_on_the_waiting_job_and_shown_until_kueue_admits_it(tmp_path, fake_k8s, memory_store):
+    """Reconcile records Kueue's admission message (the Workload's QuotaReserved=False condition) as the job's
+    status_reason while it stays LAUNCHING, once per change, and the job runs when Kueue admits it."""
+    from chalicelib.jobs.service import JobService
+    from chalicelib.reaper import Action, reconcile
+    from tests.factories import k8s_env, submit
+
+    settings = make_settings(tmp_path, **k8s_env(fake_k8s, {"name": "q", "local_queue": "team-a"}))
+    service = JobService(memory_store, settings)
+    job = submit(service, backend="kubernetes", image=IMAGE)
+    assert memory_store.get_job(job.job_id).status is JobStatus.LAUNCHING
+    name = Handle.of(job).native_name
+    message = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a100"
+    fake_k8s.pending_workload(name, message=message)
+    assert [d.action for d in reconcile(service)] == [Action.NOTE_WAIT]
+    waiting = memory_store.get_job(job.job_id)
+    assert waiting.status is JobStatus.LAUNCHING
+    assert waiting.status_reason == f"Kueue (team-a): Pending: {message}"
+    assert waiting.to_api()["status_reason"] == waiting.status_reason  # what GET /jobs/{id} and status show
+    assert [d.action for d in reconcile(service)] == [Action.NONE]  # unchanged: nothing written again
+    fake_k8s.admit(name)
+    fake_k8s.start(name)
+    reconcile(service)
+    assert memory_store.get_job(job.job_id).status is JobStatus.RUNNING
+
+
+def test_a_pod_that_cannot_be_scheduled_is_the_waiting_jobs_reason(tmp_path, fake_k8s, memory_store):
+    from chalicelib.jobs.service import JobService
+    from chalicelib.reaper import reconcile
+    from tests.factories import k8s_env, submit
+
+    service = JobService(memory_store, make_settings(tmp_path, **k8s_env(fake_k8s)))
+    job = submit(service, backend="kubernetes", image=IMAGE, resources={"gpus": 8, "gpu_type": "A100"})
+    fake_k8s.unschedulable(Handle.of(job).native_name)
+    reconcile(service)
+    reason = memory_store.get_job(job.job_id).status_reason
+    assert reason.startswith("Unschedulable: ") and "Insufficient" in reason, reason
