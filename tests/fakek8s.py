@@ -143,15 +143,19 @@ class FakeKubernetes:
 
     def latest_pod(self, name: str, namespace: str = "default") -> str:
         found = [p["metadata"]["name"] for p in self.listed(self.pods, namespace, f"{JOB_NAME}={name}")]
-        return sorted(found, key=lambda n: self.pods[(namespace, n)]["metadata"]["creationTimestamp"] + n)[-1]
 
-    def start(self, name: str, namespace: str = "default", log: str = "") -> str:
-        pod = self.add_pod(
-            name,
-            namespace,
-            "Running",
-            startTime=now(),
-            containerStatuses=[
+        # Within a second (creationTimestamp's resolution) a pod that has not ended is the later one.
+        def order(n: str) -> tuple[str, bool, str]:
+            pod = self.pods[(namespace, n)]
+            return pod["metadata"]["creationTimestamp"], pod["status"]["phase"] not in ("Failed", "Succeeded"), n
+
+        return sorted(found, key=order)[-1]
+
+    def start(self, name: str, namespace: str = "default", log: str = "", pod: str | None = None) -> str:
+        """A pod of the Job runs: a new one, or `pod` (a Pending one, such as the replacement preempt() made)."""
+        running = {
+            "startTime": now(),
+            "containerStatuses": [
                 {
                     "name": "job",
                     "image": "x",
@@ -161,7 +165,12 @@ class FakeKubernetes:
                     "state": {"running": {"startedAt": now()}},
                 }
             ],
-        )
+        }
+        if pod is None:
+            pod = self.add_pod(name, namespace, "Running", **running)
+        else:
+            with self.lock:
+                self.pods[(namespace, pod)]["status"] = {"phase": "Running", **running}
         self.logs[(namespace, pod)] = log
         return pod
 

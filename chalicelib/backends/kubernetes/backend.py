@@ -18,6 +18,8 @@ from chalicelib.backends.base import (
     PowerState,
     ResourceKind,
     bad_offset,
+    decode_log_token,
+    encode_log_token,
     job_env,
     parse_native_name,
 )
@@ -506,35 +508,82 @@ class KubernetesBackend(ComputeBackend):
             return
 
     def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
-        from kubernetes.client.exceptions import ApiException
-
-        if not isinstance(offset, int):
+        """The `job` container's log of each of the Job's pods in turn: a pod that was preempted (or otherwise
+        replaced) is read to its end, then a line says which pod replaced it and why, then the new pod's log
+        follows. The offset is a byte offset into the first pod's log, then a cursor naming the pod and the
+        byte in it (encode_log_token), so `--follow` goes on across a replacement and offset 0 reads every
+        pod's output from the start, the previous ones first."""
+        if not isinstance(offset, int | str):
             raise bad_offset()
         for cluster, name in self._locate(handle):
             found = self._read(cluster, name)
             if found is None:
                 continue
-            pods = [
-                p for p in self._pods(cluster, f"{JOB_NAME_LABEL}={name}") if p.status and p.status.phase != "Pending"
-            ]
+            pods = sorted(
+                (
+                    p
+                    for p in self._pods(cluster, f"{JOB_NAME_LABEL}={name}")
+                    if p.status and p.status.phase != "Pending"
+                ),
+                key=_pod_order,
+            )
             finished = _condition(found, "Complete") is not None or _condition(found, "Failed") is not None
             if not pods:
                 return LogChunk("", offset, finished, note="no pod has started yet")
-            latest = max(pods, key=_created)
-            try:
-                with k8s_errors("read Pod log"):
-                    text = self.core(cluster).read_namespaced_pod_log(
-                        latest.metadata.name, cluster.namespace, container=CONTAINER
-                    )
-            except BackendError as exc:
-                if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (400, 404):
-                    return LogChunk("", offset, finished, note="the pod's log is not there (yet)")
-                raise
-            data = (text or "").encode()
-            piece = data[offset : offset + limit]
-            end = offset + len(piece)
-            return LogChunk(piece.decode(errors="replace"), end, finished and end >= len(data))
+            index, at = self._log_position(pods, offset)
+            pod = pods[index]
+            text, note = self._pod_log(cluster, pod, is_latest=index == len(pods) - 1)
+            if text is None:
+                return LogChunk("", offset, finished, note=note)
+            data = text.encode()
+            piece = data[at : at + limit]
+            end = at + len(piece)
+            if end >= len(data) and index + 1 < len(pods):
+                # This pod is over (a newer one replaced it): say so once, and go on at the next pod's start.
+                following = pods[index + 1]
+                line = f"--- jobplane: pod {pod.metadata.name} ended ({_pod_end(pod)}); {note + '; ' if note else ''}"
+                line += f"pod {following.metadata.name} replaces it ---\n"
+                if data and not data.endswith(b"\n"):
+                    line = "\n" + line
+                token = encode_log_token({"pod": following.metadata.name, "at": 0})
+                return LogChunk(piece.decode(errors="replace") + line, token, False)
+            next_offset: Offset = end if index == 0 else encode_log_token({"pod": pod.metadata.name, "at": end})
+            complete = finished and index == len(pods) - 1 and end >= len(data)
+            return LogChunk(piece.decode(errors="replace"), next_offset, complete)
         return LogChunk("", offset, True, note="the Job is not in the cluster")
+
+    @staticmethod
+    def _log_position(pods: list[Any], offset: Offset) -> tuple[int, int]:
+        """(pod index, byte) an offset names: an int is a byte of the first pod's log, a cursor names its pod
+        (one that is gone: the oldest pod still there, from its start)."""
+        if isinstance(offset, int):
+            return 0, max(offset, 0)
+        state = decode_log_token(offset)
+        wanted, at = state.get("pod"), state.get("at")
+        if not isinstance(wanted, str) or not isinstance(at, int) or at < 0:
+            raise bad_offset()
+        for index, pod in enumerate(pods):
+            if pod.metadata.name == wanted:
+                return index, at
+        return 0, 0
+
+    def _pod_log(self, cluster: Cluster, pod: Any, is_latest: bool) -> tuple[str | None, str | None]:
+        """The pod's `job` log, or (None, why) for the current pod whose log cannot be read yet; a replaced
+        pod whose log is gone (its node went with a spot reclaim) reads as empty, with why."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            with k8s_errors("read Pod log"):
+                text = self.core(cluster).read_namespaced_pod_log(
+                    pod.metadata.name, cluster.namespace, container=CONTAINER
+                )
+        except BackendError as exc:
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (400, 404):
+                if is_latest:
+                    return None, "the pod's log is not there (yet)"
+                return "", "its log is no longer readable"
+            raise
+        return text or "", None
 
     def _list_managed_impl(self) -> list[ManagedResource]:
         found = []
@@ -575,6 +624,21 @@ class KubernetesBackend(ComputeBackend):
 
 def _created(obj: Any) -> datetime:
     return _when(obj.metadata.creation_timestamp) or datetime.min.replace(tzinfo=UTC)
+
+
+def _pod_order(pod: Any) -> tuple[datetime, int, datetime]:
+    """Oldest first; within one second (creationTimestamp's resolution) an ended pod before its replacement."""
+    ended = (pod.status.phase if pod.status else None) in ("Failed", "Succeeded")
+    started = _when(pod.status.start_time) if pod.status else None
+    return _created(pod), 0 if ended else 1, started or datetime.max.replace(tzinfo=UTC)
+
+
+def _pod_end(pod: Any) -> str:
+    """Why a replaced pod ended, in the kubelet's words: its DisruptionTarget condition, else its phase."""
+    found = _condition_any(pod, "DisruptionTarget", "True")
+    if found is not None:
+        return f"preempted: {found.reason or 'DisruptionTarget'}: {found.message or ''}".rstrip(": ")
+    return (pod.status.phase if pod.status else None) or "ended"
 
 
 def _condition_any(pod: Any, kind: str, status: str) -> Any:

@@ -265,6 +265,40 @@ def test_logs_come_from_the_jobs_pod_and_follow_by_offset(k8s, fake_k8s):
     assert backend.tail(handle) == ["epoch 1", "epoch 2"]
 
 
+def test_logs_follow_a_preempted_pod_into_its_replacement_and_read_both_from_the_start(k8s, fake_k8s):
+    backend = k8s()
+    _, handle, name = _launch(backend, fake_k8s)
+    first_pod = fake_k8s.start(name, log="epoch 1\n")
+    first = backend.logs(handle)
+    assert (first.text, first.next_offset) == ("epoch 1\n", 8)
+    replacement = fake_k8s.preempt(name)  # the pod is reclaimed; the controller's replacement is Pending
+    waiting = backend.logs(handle, first.next_offset)
+    assert (waiting.text, waiting.next_offset, waiting.complete) == ("", 8, False)
+    second_pod = fake_k8s.start(name, log="resumed from step-1\nepoch 2\n", pod=replacement)
+    switch = backend.logs(handle, waiting.next_offset)
+    assert switch.text == (
+        f"--- jobplane: pod {first_pod} ended (preempted: TerminationByKubelet: Pod was terminated in response to "
+        f"imminent node shutdown.); pod {second_pod} replaces it ---\n"
+    )
+    current = backend.logs(handle, switch.next_offset)
+    assert current.text == "resumed from step-1\nepoch 2\n" and not current.complete
+    fake_k8s.logs[("default", second_pod)] += "done\n"
+    fake_k8s.succeed(name)
+    last = backend.logs(handle, current.next_offset)
+    assert (last.text, last.complete) == ("done\n", True)
+    # From the start: the previous pod's output first, then the current one's, each once.
+    text, offset, pages = "", 0, 0
+    while True:
+        chunk = backend.logs(handle, offset, limit=7)
+        text, offset, pages = text + chunk.text, chunk.next_offset, pages + 1
+        if chunk.complete:
+            break
+    assert text == "epoch 1\n" + switch.text + "resumed from step-1\nepoch 2\ndone\n" and pages > 3
+    assert backend.tail(handle)[-2:] == ["epoch 2", "done"]
+    with pytest.raises(ValidationError):
+        backend.logs(handle, "t~bm90LWpzb24")  # a cursor this backend never gave
+
+
 def test_the_sweep_lists_and_stops_only_this_stages_jobs(k8s, fake_k8s, tmp_path):
     from chalicelib.backends.kubernetes.backend import KubernetesBackend
 
