@@ -43,15 +43,22 @@ def store_root(spec_uri: str | None, bucket: str, scheme: str = "s3") -> str:
     return f"{scheme}://{bucket}/{OUTPUTS_PREFIX}"
 
 
-def store_for(backend: str | None, settings) -> tuple[str, str]:
+def store_for(backend: str | None, settings, spec: JobSpec | None = None) -> tuple[str, str]:
     """(bucket, scheme) of the stage's store where a job on `backend` keeps its files when the spec names no
     location: Cloud Storage (JOBPLANE_GCP_ARTIFACTS_BUCKET) for the Google Cloud backends and for a Kubernetes
-    cluster whose artifact store is gs, S3 (JOBPLANE_ARTIFACTS_BUCKET) for every other."""
+    cluster whose `store` is gs (the spec's resources.cluster, else the first enabled one), S3
+    (JOBPLANE_ARTIFACTS_BUCKET) for every other."""
     from chalicelib.backends import Cloud, descriptor_or_none
 
     found = descriptor_or_none(backend)
     if found is not None and found.cloud == Cloud.GCP:
         return settings.gcp_artifacts_bucket, "gs"
+    if found is not None and found.cloud == Cloud.KUBERNETES:
+        clusters = [c for c in (getattr(settings, "k8s_clusters", None) or ()) if c.enabled]
+        wanted = spec.resources.cluster if spec is not None else None
+        cluster = next((c for c in clusters if c.name == wanted), clusters[0] if clusters else None)
+        if cluster is not None and cluster.store == "gs":
+            return settings.gcp_artifacts_bucket, "gs"
     return settings.artifacts_bucket, "s3"
 
 

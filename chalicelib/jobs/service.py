@@ -169,7 +169,7 @@ class JobService:
         from chalicelib.jobs.contract import store_for
 
         job = self.get(principal, job_id)
-        uri = job.artifacts_uri(*store_for(job.backend, self.settings))
+        uri = job.artifacts_uri(*store_for(job.backend, self.settings, job.spec))
         if uri.startswith("gs://"):
             items, next_cursor = self.gcs_objects().list_artifacts(uri, cursor, limit)
         elif uri.startswith("s3://"):

@@ -36,6 +36,9 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
 CONTAINER = "job"
+#: GKE's Cloud Storage FUSE CSI driver, and the pod annotation that has GKE inject its sidecar
+GCS_FUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
+GCS_FUSE_ANNOTATION = "gke-gcsfuse/volumes"
 GPU = "nvidia.com/gpu"
 # What the node labels call each GPU type, per flavour (GKE's accelerator names; EKS and Karpenter pick the
 # GPU by the instance's GPU name label, which the NVIDIA device plugin's feature discovery sets).
@@ -193,7 +196,11 @@ class KubernetesBackend(ComputeBackend):
                 "a Kubernetes Job runs a container image", [{"field": "image", "message": "required for kubernetes"}]
             )
         cluster = self.cluster_for(spec)
-        if self._stages(spec):
+        if self._stages(spec) and cluster.store == "gs":
+            from chalicelib.backends.gcp.base import refuse_foreign_uris
+
+            refuse_foreign_uris(spec, f"Kubernetes cluster {cluster.name} (store: gs)")
+        elif self._stages(spec):
             from chalicelib.backends.aws import staging
 
             staging.require_s3(spec, "Kubernetes")
@@ -229,7 +236,9 @@ class KubernetesBackend(ComputeBackend):
             "resources": {"limits": limits, "requests": dict(limits)},
         }
         pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-        if self._stages(spec):
+        if self._stages(spec) and cluster.store == "gs":
+            self._staged_gcs(job, handle, pod, env)
+        elif self._stages(spec):
             self._staged(job, handle, pod, env)
         else:
             container["command"] = list(spec.command)
@@ -260,6 +269,9 @@ class KubernetesBackend(ComputeBackend):
                 "template": {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": pod},
             },
         }
+        if pod.get("volumes") and any("csi" in v for v in pod["volumes"]):
+            # GKE injects the Cloud Storage FUSE sidecar into pods that ask for it.
+            body["spec"]["template"]["metadata"]["annotations"][GCS_FUSE_ANNOTATION] = "true"
         if cluster.local_queue:
             body["metadata"]["labels"][KUEUE_QUEUE] = cluster.local_queue
             body["spec"]["suspend"] = True  # Kueue unsuspends it when it admits the workload
@@ -305,6 +317,48 @@ class KubernetesBackend(ComputeBackend):
         )
         pod["volumes"] = [{"name": staging.VOLUME, "emptyDir": {}}, {"name": staging.INPUT_VOLUME, "emptyDir": {}}]
         pod["terminationGracePeriodSeconds"] = 120  # stage-out's last upload after a SIGTERM
+
+    def _staged_gcs(self, job, handle: Handle, pod: dict[str, Any], env: dict[str, str]) -> None:
+        """The job contract on a cluster whose store is Cloud Storage, as on Vertex: each bucket the job names
+        is a Cloud Storage FUSE CSI volume at /gcs/<bucket> (GKE's gcsfuse.csi.storage.gke.io driver; the pod's
+        Kubernetes service account needs access to the buckets through Workload Identity), and the job's
+        container runs Vertex's wrapper, which checks and unpacks the code from /gcs, links each input into
+        $JOBPLANE_INPUT_DIR, then runs setup and the command with outputs and checkpoints on /gcs."""
+        from chalicelib.backends.gcp import vertex
+        from chalicelib.backends.gcp.base import parse_gs_uri
+        from chalicelib.jobs import contract
+
+        spec = job.spec
+        bucket = self.settings.gcp_artifacts_bucket
+        artifacts = contract.artifacts_uri(spec, job.job_id, bucket, "gs")
+        checkpoint = contract.checkpoint_location(spec, job.job_id, bucket, "gs")
+        env.update(
+            contract.job_variables(
+                handle.job_id,
+                handle.attempt,
+                input_dir=vertex.INPUT_DIR,
+                output_dir=vertex.gcs_path(artifacts),
+                checkpoint_dir=vertex.gcs_path(checkpoint),
+            )
+        )
+        (container,) = pod["containers"]
+        container["command"] = ["/bin/sh", "-c", vertex.WRAPPER, "jobplane"]
+        container["args"] = vertex.wrapper_args(spec)
+        uris = [uri for _, uri in contract.store_uris(spec)] + [artifacts, checkpoint]
+        buckets = sorted({parse_gs_uri(uri)[0] for uri in uris})
+        pod["volumes"] = [
+            {
+                "name": f"gcs-{i}",
+                "csi": {
+                    "driver": GCS_FUSE_DRIVER,
+                    "volumeAttributes": {"bucketName": name, "mountOptions": "implicit-dirs"},
+                },
+            }
+            for i, name in enumerate(buckets)
+        ]
+        container["volumeMounts"] = [
+            {"name": f"gcs-{i}", "mountPath": f"{vertex.GCS_MOUNT}/{name}"} for i, name in enumerate(buckets)
+        ]
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         from kubernetes.client.exceptions import ApiException

@@ -114,6 +114,61 @@ def test_staged_jobs_run_the_ecs_wrapper_between_the_stage_in_and_stage_out_cont
     assert env["JOBPLANE_INPUT_DIR"] == staging.INPUT_ROOT and env["JOBPLANE_OUTPUT_DIR"] == "/jobplane/output"
 
 
+def test_a_gs_cluster_mounts_each_bucket_with_cloud_storage_fuse_and_runs_vertexs_wrapper(k8s, fake_k8s):
+    from chalicelib.backends.gcp import vertex
+    from chalicelib.backends.kubernetes.backend import GCS_FUSE_ANNOTATION, GCS_FUSE_DRIVER
+    from chalicelib.jobs.contract import store_for
+
+    backend = k8s({"name": "gke", "flavour": "gke", "store": "gs"})
+    sha = "c" * 64
+    job, _, _ = _launch(
+        backend,
+        fake_k8s,
+        code_uri=f"gs://team-code/code/{sha}.tar.gz",
+        code_sha256=sha,
+        inputs={"data": "gs://datasets/cifar/", "labels": "gs://datasets/labels.csv"},
+        checkpoint_uri="gs://ckpt/run1/",
+        setup=[["pip", "install", "-r", "requirements.txt"]],
+    )
+    (body,) = fake_k8s.bodies("POST", "/jobs")  # the fake kept it through the client's V1Job: every field is real
+    template = body["spec"]["template"]
+    assert template["metadata"]["annotations"][GCS_FUSE_ANNOTATION] == "true"
+    pod = template["spec"]
+    assert "initContainers" not in pod and [c["name"] for c in pod["containers"]] == ["job"]
+    artifacts = backend.settings.gcp_artifacts_bucket
+    buckets = sorted([artifacts, "ckpt", "datasets", "team-code"])
+    assert pod["volumes"] == [
+        {
+            "name": f"gcs-{i}",
+            "csi": {"driver": GCS_FUSE_DRIVER, "volumeAttributes": {"bucketName": b, "mountOptions": "implicit-dirs"}},
+        }
+        for i, b in enumerate(buckets)
+    ]
+    (main,) = pod["containers"]
+    assert main["volumeMounts"] == [{"name": f"gcs-{i}", "mountPath": f"/gcs/{b}"} for i, b in enumerate(buckets)]
+    assert main["command"] == ["/bin/sh", "-c", vertex.WRAPPER, "jobplane"]
+    assert main["args"] == vertex.wrapper_args(job.spec)
+    assert main["args"][:4] == [f"/gcs/team-code/code/{sha}.tar.gz", sha, vertex.CODE_DIR, "2"]
+    env = {e["name"]: e["value"] for e in main["env"]}
+    assert env["JOBPLANE_INPUT_DIR"] == vertex.INPUT_DIR
+    assert env["JOBPLANE_OUTPUT_DIR"] == f"/gcs/{artifacts}/outputs/{job.job_id}"
+    assert env["JOBPLANE_CHECKPOINT_DIR"] == "/gcs/ckpt/run1"
+    # Its artifacts are listed from Cloud Storage, and an s3:// location is refused naming its field.
+    assert store_for("kubernetes", backend.settings, job.spec) == (artifacts, "gs")
+    from tests.factories import make_spec
+
+    with pytest.raises(UnsupportedError) as info:
+        backend.validate(make_spec(backend="kubernetes", image=IMAGE, inputs={"data": "s3://datasets/cifar/"}))
+    assert info.value.details[0]["field"] == "inputs.data"
+
+
+def test_a_cluster_store_other_than_s3_or_gs_is_refused_naming_it(tmp_path, fake_k8s):
+    from chalicelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"JOBPLANE_K8S_CLUSTERS\[0\]\.store must be one of s3, gs"):
+        make_settings(tmp_path, **k8s_env(fake_k8s, {"name": "x", "store": "azure"}))
+
+
 def test_validation_names_the_field(k8s, fake_k8s):
     backend = k8s({"name": "gke", "flavour": "gke"})
     from tests.factories import make_spec
