@@ -623,7 +623,8 @@ class KubernetesBackend(ComputeBackend):
 
     def _pod_log(self, cluster: Cluster, pod: Any, is_latest: bool) -> tuple[str | None, str | None]:
         """The pod's `job` log, or (None, why) for the current pod whose log cannot be read yet; a replaced
-        pod whose log is gone (its node went with a spot reclaim) reads as empty, with why."""
+        pod whose log cannot be read at all (its node went with a spot reclaim: the API server cannot reach
+        its kubelet) reads as empty, with why."""
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -632,10 +633,10 @@ class KubernetesBackend(ComputeBackend):
                     pod.metadata.name, cluster.namespace, container=CONTAINER
                 )
         except BackendError as exc:
+            if not is_latest:
+                return "", "its log is no longer readable"  # its node went with it: what follows still reads
             if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (400, 404):
-                if is_latest:
-                    return None, "the pod's log is not there (yet)"
-                return "", "its log is no longer readable"
+                return None, "the pod's log is not there (yet)"
             raise
         return text or "", None
 

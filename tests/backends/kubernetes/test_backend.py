@@ -354,6 +354,19 @@ def test_logs_follow_a_preempted_pod_into_its_replacement_and_read_both_from_the
         backend.logs(handle, "t~bm90LWpzb24")  # a cursor this backend never gave
 
 
+def test_a_replaced_pod_whose_node_is_gone_reads_as_empty_and_the_replacement_still_reads(k8s, fake_k8s):
+    backend = k8s()
+    _, handle, name = _launch(backend, fake_k8s)
+    gone = fake_k8s.start(name, log="epoch 1\n")
+    replacement = fake_k8s.preempt(name)
+    fake_k8s.start(name, log="epoch 2\n", pod=replacement)
+    fake_k8s.unreachable_logs.add(("default", gone))
+    first = backend.logs(handle)
+    assert first.text.startswith(f"--- jobplane: pod {gone} ended (preempted: ") and first.next_offset != 0
+    assert "its log is no longer readable" in first.text and f"pod {replacement} replaces it" in first.text
+    assert backend.logs(handle, first.next_offset).text == "epoch 2\n"
+
+
 def test_the_sweep_lists_and_stops_only_this_stages_jobs(k8s, fake_k8s, tmp_path):
     from chalicelib.backends.kubernetes.backend import KubernetesBackend
 
