@@ -66,9 +66,12 @@ def cmd_submit(args) -> int:
     return 0 if job["status"] == "SUCCEEDED" else 1
 
 
-def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | None, say=print) -> tuple[str, bool]:
+def with_uploaded_code(
+    client: Client, text: str, base: Path, workdir: str | None, say=print, job: bool = True
+) -> tuple[str, bool]:
     """The spec to submit: with a workdir (the spec's or --workdir), packed, uploaded unless the store has that
-    digest already, and replaced by code_uri + code_sha256. Returns (text, is_yaml)."""
+    digest already, and replaced by code_uri + code_sha256. Returns (text, is_yaml). A job spec's backend
+    picks the store (Cloud Storage for vertex and gce); an endpoint spec's code goes where it always did."""
     import yaml
 
     from chalicelib.jobs.spec import _yaml_loader
@@ -94,7 +97,7 @@ def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | Non
         packed = pack(folder)
     except PackError as exc:
         raise CliError(str(exc)) from None
-    backend = document.get("backend")
+    backend = document.get("backend") if job else None
     answer = client.code_upload(packed.sha256, packed.size, backend if isinstance(backend, str) else None)
     if answer["exists"]:
         say(f"code: {folder} ({len(packed.files)} files, {packed.size} bytes) is unchanged: nothing uploaded")
@@ -388,7 +391,7 @@ def cmd_endpoint_deploy(args) -> int:
         text = sys.stdin.read() if args.file == "-" else path.read_text()
         base = Path.cwd() if args.file == "-" else path.resolve().parent
         say = lambda line: _console().print(line, markup=False, soft_wrap=True)  # noqa: E731
-        text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say)
+        text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say, job=False)
         if not is_yaml:
             document = json.loads(text)
             document.pop("code_sha256", None)  # an endpoint's code is named by its URI alone

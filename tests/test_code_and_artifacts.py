@@ -384,6 +384,8 @@ def test_a_signed_gcs_upload_refuses_another_length_and_a_bad_backend_is_named(g
     assert again.status_code == 200 and again.json_body["exists"] is True
     bad = gcs_api.request("POST", "/code", token, {"sha256": "b" * 64, "size": 5, "backend": "nimbus"})
     assert bad.status_code == 400 and field_of(bad) == "backend" and "vertex" in bad.body.decode()
+    off = gcs_api.request("POST", "/code", token, {"sha256": "b" * 64, "size": 5, "backend": "sagemaker"})
+    assert off.status_code == 400 and field_of(off) == "backend" and "not enabled" in off.body.decode()
 
 
 @pytest.mark.parametrize(
@@ -406,3 +408,17 @@ def test_a_code_uri_vertex_cannot_read_is_refused_at_submit_naming_code_uri(gcs_
     assert refused.status_code == 400, refused.body
     assert field_of(refused) == "code_uri" and words in refused.body.decode()
     assert fake_gcp.bodies("POST", r"/customJobs$") == []
+
+
+def test_an_endpoint_specs_backend_does_not_pick_the_code_store(api, s3, tmp_path):
+    """Endpoint backends (sagemaker-serverless, ...) are not job backends: their code goes where it always did."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "serve.py").write_text("def predict(x):\n    return x\n")
+    spec = "name: ep\nworkdir: src\nbackend: sagemaker-serverless\n"
+    client, stored = cli_client(api, api.token("alice"))
+    text, _ = cli.with_uploaded_code(client, spec, tmp_path, None, say=lambda _: None, job=False)
+    assert json.loads(text)["code_uri"].startswith(f"s3://{BUCKET}/code/") and stored == ["PUT"]
+    from jobplane.client import ApiError
+
+    with pytest.raises(ApiError, match="backend"):  # as a job spec, the name is checked (and refused)
+        cli.with_uploaded_code(client, spec, tmp_path, None, say=lambda _: None)

@@ -137,10 +137,12 @@ class JobService:
 
         if backend is None or backend == "auto":
             return self.objects()
-        if not isinstance(backend, str) or backend not in names():
+        enabled = self.settings.enabled_backends
+        if not isinstance(backend, str) or backend not in names() or backend not in enabled:
+            what = "is not enabled in this deployment" if backend in names() else "is not a backend"
             raise ValidationError(
-                f"backend {backend!r} is not a backend",
-                [{"field": "backend", "message": f"one of: auto, {', '.join(sorted(names()))}"}],
+                f"backend {backend!r} {what}",
+                [{"field": "backend", "message": f"one of: auto, {', '.join(enabled)}"}],
             )
         _, scheme = store_for(backend, self.settings)
         return self.gcs_objects() if scheme == "gs" else self.objects()

@@ -47,11 +47,17 @@ class GcsObjects:
     @classmethod
     def from_settings(cls, settings) -> GcsObjects:
         import google.auth
+        from google.auth.exceptions import DefaultCredentialsError
         from google.cloud import storage
+
+        from chalicelib.errors import BackendAuthError
 
         # The signer is always the deployment's own identity (Application Default Credentials); an emulator
         # or the tests' fake (JOBPLANE_GCP_API_ENDPOINT) is listed anonymously, as rest.py calls it.
-        signing, project = google.auth.default(scopes=[SCOPE])
+        try:
+            signing, project = google.auth.default(scopes=[SCOPE])
+        except DefaultCredentialsError as exc:
+            raise BackendAuthError(f"no Google credentials to reach Cloud Storage with: {exc}") from None
         endpoint = settings.gcp_api_endpoint or STORAGE
         if settings.gcp_api_endpoint:
             from google.auth.credentials import AnonymousCredentials
