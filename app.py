@@ -68,8 +68,10 @@ SPEC_TYPES = [
 
 
 def _job(job):
-    """A job's JSON, with artifacts_uri in this stage's bucket when the spec names no outputs."""
-    return job.to_api(deps.get_settings().artifacts_bucket)
+    """A job's JSON, with artifacts_uri in this stage's bucket (of the job's cloud) when the spec names no outputs."""
+    from chalicelib.jobs.contract import store_for
+
+    return job.to_api(*store_for(job.backend, deps.get_settings(), job.spec))
 
 
 @app.route("/code", methods=["POST"])

@@ -114,12 +114,18 @@ class CodeRequest(BaseModel):
 
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the .tar.gz, lowercase hex")
     size: int = Field(ge=1, description="its length in bytes (at most JOBPLANE_CODE_MAX_MB)")
+    backend: str | None = Field(
+        default=None,
+        description="the backend the job will run on: vertex and gce upload to Cloud Storage, the others to S3",
+    )
 
 
 class Upload(_Out):
     method: Literal["PUT"]
     url: str
-    headers: dict[str, str] = Field(description="send exactly these headers: S3 checks the length and the digest")
+    headers: dict[str, str] = Field(
+        description="send exactly these headers: S3 checks the length and the digest, Cloud Storage the length"
+    )
     expires_at: str
 
 

@@ -41,6 +41,8 @@ class Action(str, Enum):
     FAIL_LOST = "fail_lost"
     #: first seen waiting in the provider's own queue for capacity: the wait is recorded on the job
     QUEUE_WAIT = "queue_wait"
+    #: LAUNCHING and the provider says why it waits (Observation.waiting_reason): recorded as status_reason
+    NOTE_WAIT = "note_wait"
     #: in the provider's queue past capacity_wait_minutes: stopped there, and failed over (machine.failover)
     QUEUE_FAILOVER = "queue_failover"
     #: RUNNING past max_runtime_minutes plus the grace on a backend that does not stop it (ECS): stopped
@@ -82,6 +84,7 @@ class Effect:
     to_status: JobStatus | None = None
     failure_kind: FailureKind | None = None
     mark_wait: bool = False
+    note: bool = False
 
 
 EFFECTS: dict[Action, Effect] = {
@@ -95,6 +98,7 @@ EFFECTS: dict[Action, Effect] = {
     Action.CANCELLED: Effect(to_status=JobStatus.CANCELLED),
     Action.FAIL_LOST: Effect(to_status=JobStatus.FAILED, failure_kind=FailureKind.BACKEND_ERROR),
     Action.QUEUE_WAIT: Effect(mark_wait=True),
+    Action.NOTE_WAIT: Effect(note=True),
     Action.QUEUE_FAILOVER: Effect(recancel=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.NO_CAPACITY),
     Action.STOP_OVERRUN: Effect(stop_job=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.TIMEOUT),
     Action.STOP_BUDGET: Effect(stop_job=True, to_status=JobStatus.FAILED, failure_kind=FailureKind.BUDGET),
@@ -142,6 +146,12 @@ def decide_reconcile(
         return Decision(
             job.job_id, Action.FAIL_LOST, f"backend {job.backend} has no resource {job.native_id or job.native_name}"
         )
+    waiting = observation.waiting_reason
+    if waiting and job.status is JobStatus.LAUNCHING and observation.status.rank <= job.status.rank:
+        if waiting != job.status_reason:
+            return Decision(job.job_id, Action.NOTE_WAIT, waiting)
+        if not (observation.waiting_for_capacity and job.spec.capacity_wait_minutes):
+            return Decision(job.job_id, Action.NONE, f"waiting ({waiting})")
     if observation.status is not job.status:
         if job.status is JobStatus.CANCELLING and not observation.status.terminal:
             return Decision(job.job_id, Action.RECANCEL, f"still {observation.native_status} after a cancel request")
@@ -337,6 +347,11 @@ def apply(
     if effect.mark_wait:
         try:
             service.store.update_job(job, job.status, first_refusal_at=utcnow(), status_reason=reason)
+        except StaleStateError:
+            pass  # it moved on meanwhile: the next run looks again
+    if effect.note:
+        try:
+            service.store.update_job(job, job.status, status_reason=reason)
         except StaleStateError:
             pass  # it moved on meanwhile: the next run looks again
     if effect.stop_job:

@@ -197,9 +197,12 @@ def cmd_validate(args) -> int:
     return 0
 
 
-def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | None, say=print) -> tuple[str, bool]:
+def with_uploaded_code(
+    client: Client, text: str, base: Path, workdir: str | None, say=print, job: bool = True
+) -> tuple[str, bool]:
     """The spec to submit: with a workdir (the spec's or --workdir), packed, uploaded unless the store has that
-    digest already, and replaced by code_uri + code_sha256. Returns (text, is_yaml)."""
+    digest already, and replaced by code_uri + code_sha256. Returns (text, is_yaml). A job spec's backend
+    picks the store (Cloud Storage for vertex and gce); an endpoint spec's code goes where it always did."""
     import yaml
 
     from chalicelib.jobs.spec import _yaml_loader
@@ -211,7 +214,7 @@ def with_uploaded_code(client: Client, text: str, base: Path, workdir: str | Non
     except yaml.YAMLError:
         return text, True  # the API says what is wrong with it
     try:
-        return upload_code(client, text, document, base, workdir, say)
+        return upload_code(client, text, document, base, workdir, say, job=job)
     except SpecError as exc:
         raise CliError(str(exc)) from None
 
@@ -538,7 +541,7 @@ def cmd_endpoint_deploy(args) -> int:
         text, base, source = _read_spec_arg(args.file)
         parse_spec_text(text, source)
         say = lambda line: _console().print(line, markup=False, soft_wrap=True)  # noqa: E731
-        text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say)
+        text, is_yaml = with_uploaded_code(client, text, base, args.workdir, say, job=False)
         if not is_yaml:
             document = json.loads(text)
             document.pop("code_sha256", None)  # an endpoint's code is named by its URI alone

@@ -126,9 +126,13 @@ class Client:
     def endpoint_delete(self, endpoint_id: str) -> dict:
         return self._call("DELETE", f"/endpoints/{endpoint_id}")
 
-    def code_upload(self, sha256: str, size: int) -> dict:
-        """POST /code: where packed code with this digest lives and, unless it is there already, its upload."""
-        return self._call("POST", "/code", json={"sha256": sha256, "size": size})
+    def code_upload(self, sha256: str, size: int, backend: str | None = None) -> dict:
+        """POST /code: where packed code with this digest lives and, unless it is there already, its upload
+        (in the store `backend` reads: Cloud Storage for vertex and gce)."""
+        body: dict = {"sha256": sha256, "size": size}
+        if backend:
+            body["backend"] = backend
+        return self._call("POST", "/code", json=body)
 
     def put_code(self, upload: dict, data: bytes) -> None:
         """PUT the packed code to the upload URL POST /code issued, with the headers it names (S3 checks them).

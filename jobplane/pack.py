@@ -134,6 +134,7 @@ def pack(workdir: str | Path, max_bytes: int | None = None) -> Packed:
     root = Path(workdir)
     entries = list(walk(root))
     sizes = [(path.lstat().st_size, rel) for rel, path in entries if path.is_file() and not path.is_symlink()]
+    _check_unpack_limits(root, len(entries), sizes)
     buffer = io.BytesIO()
     # gzip with mtime 0 and no file name: the header is the same on every machine and every day.
     with gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0, filename="", compresslevel=6) as gz:
@@ -153,6 +154,23 @@ def pack(workdir: str | Path, max_bytes: int | None = None) -> Packed:
         )
     files = tuple(rel for rel, path in entries if not path.is_dir() or path.is_symlink())
     return Packed(data, hashlib.sha256(data).hexdigest(), files)
+
+
+def _check_unpack_limits(root: Path, members: int, sizes: list[tuple[int, str]]) -> None:
+    """What the job-side unpack would refuse (contract.CODE_MAX_MEMBERS / CODE_MAX_UNPACKED_BYTES), refused now."""
+    from chalicelib.jobs.contract import CODE_MAX_MEMBERS, CODE_MAX_UNPACKED_BYTES
+
+    if members > CODE_MAX_MEMBERS:
+        raise PackError(
+            f"workdir {root} has {members} files and folders, more than a job unpacks ({CODE_MAX_MEMBERS}); "
+            "add what the job does not need to .jobplaneignore (or .gitignore) and read data as inputs"
+        )
+    total = sum(size for size, _ in sizes)
+    if total > CODE_MAX_UNPACKED_BYTES:
+        raise PackError(
+            f"workdir {root} holds {_mb(total)}, more than a job unpacks ({_mb(CODE_MAX_UNPACKED_BYTES)}); "
+            "add the biggest files to .jobplaneignore (or .gitignore) and read them as inputs"
+        )
 
 
 def _mb(size: int) -> str:

@@ -506,9 +506,12 @@ def _endpoint_id(endpoint: str | Endpoint) -> str:
     return endpoint.endpoint_id if isinstance(endpoint, Endpoint) else endpoint
 
 
-def upload_code(transport, text: str, document: Any, base: Path, workdir: str | None, say=None) -> tuple[str, bool]:
+def upload_code(
+    transport, text: str, document: Any, base: Path, workdir: str | None, say=None, job: bool = True
+) -> tuple[str, bool]:
     """The spec to send: with a workdir (the spec's or `workdir`), packed, uploaded unless the store has that
-    digest already, and replaced by code_uri + code_sha256. Returns (text, is_yaml)."""
+    digest already, and replaced by code_uri + code_sha256. Returns (text, is_yaml). A job spec's backend
+    picks the store (Cloud Storage for vertex and gce); an endpoint spec's code goes where it always did."""
     named = document.get("workdir") if isinstance(document, dict) else None
     if workdir is None and named is None:
         return text, True
@@ -526,7 +529,8 @@ def upload_code(transport, text: str, document: Any, base: Path, workdir: str | 
         packed = pack(folder)
     except PackError as exc:
         raise SpecError(str(exc)) from None
-    answer = transport.code_upload(packed.sha256, packed.size)
+    backend = document.get("backend") if job else None
+    answer = transport.code_upload(packed.sha256, packed.size, backend if isinstance(backend, str) else None)
     if answer["exists"]:
         line = f"code: {folder} ({len(packed.files)} files, {packed.size} bytes) is unchanged: nothing uploaded"
     else:

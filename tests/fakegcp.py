@@ -66,6 +66,8 @@ class FakeGcp:
         # Compute Engine's regions (regions.get): their quotas (metric, limit, usage) and zone names, by region.
         self.region_quotas: dict[str, list[dict[str, Any]]] = {}
         self.region_zones: dict[str, list[str]] = {}
+        # A service account's public key per email: a V4 signed URL verifies against it (tests add theirs).
+        self.signing_keys: dict[str, Any] = {}
         self._ids = 1000
         self._lock = threading.Lock()
         self.server: ThreadingHTTPServer | None = None
@@ -85,7 +87,9 @@ class FakeGcp:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 query = dict(urllib.parse.parse_qsl(url.query))
-                status, body = fake.handle(self.command, urllib.parse.unquote(url.path), query, raw)
+                path = urllib.parse.unquote(url.path)
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                status, body = fake.handle(self.command, path, query, raw, headers)
                 data = body if isinstance(body, bytes) else json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header(
@@ -110,12 +114,14 @@ class FakeGcp:
             self.server.server_close()
 
     # --- routing -------------------------------------------------------------------------------
-    def handle(self, method: str, path: str, query: dict[str, str], raw: bytes):
+    def handle(self, method: str, path: str, query: dict[str, str], raw: bytes, headers: dict[str, str] | None = None):
         body = json.loads(raw) if raw and raw[:1] in (b"{", b"[") else None
         with self._lock:
             self.requests.append({"method": method, "path": path, "query": query, "body": body})
             if self.fail_next:
                 return self.fail_next.pop(0)
+            if method in ("GET", "PUT") and "X-Goog-Signature" in query:
+                return self._signed(method, path, query, headers or {}, raw)
             return self._route(method, path, query, body)
 
     def _route(self, method, path, query, body):
@@ -151,6 +157,9 @@ class FakeGcp:
         m = re.fullmatch(r"/compute/v1/projects/([^/]+)/zones/([^/]+)/instances(?:/([^/]+))?(?:/([A-Za-z]+))?", path)
         if m:
             return self._compute(method, m[1], m[2], m[3], m[4], query, body)
+        m = re.fullmatch(r"/storage/v1/b/([^/]+)/o", path)
+        if m and method == "GET":
+            return self._list_objects(m[1], query)
         m = re.fullmatch(r"(?:/download)?/storage/v1/b/([^/]+)/o/(.+)", path)
         if m and method == "GET":
             data = self.objects.get((m[1], m[2]))
@@ -176,6 +185,83 @@ class FakeGcp:
                 answer["nextPageToken"] = str(start + size)
             return 200, answer
         return _error(404, "NOT_FOUND", f"fake has no route for {method} {path}")
+
+    # --- Cloud Storage: objects.list and V4 signed URLs -----------------------------------------------
+    def _list_objects(self, bucket: str, query: dict[str, str]):
+        """objects.list: `items` (Object resources, names in lexicographic order) below `prefix`, at most
+        `maxResults` of them (1000 by default), and `nextPageToken` while more remain (an offset here)."""
+        prefix = query.get("prefix", "")
+        names = sorted(n for b, n in self.objects if b == bucket and n.startswith(prefix))
+        start = int(query.get("pageToken") or 0)
+        size = min(int(query.get("maxResults") or 1000), 1000)
+        answer: dict[str, Any] = {"kind": "storage#objects"}
+        items = [
+            {
+                "kind": "storage#object",
+                "id": f"{bucket}/{name}/1",
+                "name": name,
+                "bucket": bucket,
+                "generation": "1",
+                "size": str(len(self.objects[(bucket, name)])),
+                "updated": "2026-01-02T03:04:05.678Z",
+            }
+            for name in names[start : start + size]
+        ]
+        if items:
+            answer["items"] = items
+        if start + size < len(names):
+            answer["nextPageToken"] = str(start + size)
+        return 200, answer
+
+    def _signed(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], raw: bytes):
+        """GET or PUT /<bucket>/<object> with a V4 signature (GOOG4-RSA-SHA256): the string to sign rebuilt
+        from the request as Google documents it (canonical request: the signed headers as sent, then
+        UNSIGNED-PAYLOAD), verified against the key of the email in X-Goog-Credential; an expired or forged URL,
+        or a signed header sent otherwise, gets Cloud Storage's 400/403. A PUT honours a signed
+        x-goog-content-length-range."""
+        import hashlib
+        from datetime import UTC, datetime, timedelta
+
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import padding
+
+        if query.get("X-Goog-Algorithm") != "GOOG4-RSA-SHA256":
+            return _error(400, "INVALID_ARGUMENT", "unsupported X-Goog-Algorithm")
+        email, _, scope = query.get("X-Goog-Credential", "").partition("/")
+        key = self.signing_keys.get(email)
+        if key is None:
+            return _error(403, "PERMISSION_DENIED", f"no such service account: {email}")
+        stamp = query.get("X-Goog-Date", "")
+        signed = datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        if datetime.now(UTC) > signed + timedelta(seconds=int(query.get("X-Goog-Expires", "0"))):
+            return _error(400, "EXPIRED", "Request has expired")
+        canonical_query = "&".join(
+            f"{urllib.parse.quote(k, safe='')}={urllib.parse.quote(v, safe='')}"
+            for k, v in sorted(query.items())
+            if k != "X-Goog-Signature"
+        )
+        signed_headers = query.get("X-Goog-SignedHeaders", "")
+        lines = [f"{name}:{' '.join(headers.get(name, '').split())}" for name in signed_headers.split(";")]
+        canonical = "\n".join(
+            [method, urllib.parse.quote(path, safe="/~"), canonical_query, "\n".join(lines), "", signed_headers]
+            + ["UNSIGNED-PAYLOAD"]
+        )
+        to_sign = "\n".join(["GOOG4-RSA-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        try:
+            key.verify(bytes.fromhex(query["X-Goog-Signature"]), to_sign.encode(), padding.PKCS1v15(), hashes.SHA256())
+        except Exception:  # noqa: BLE001 - InvalidSignature or a malformed one: what GCS answers
+            return 403, {"error": {"code": 403, "message": "SignatureDoesNotMatch", "status": "PERMISSION_DENIED"}}
+        bucket, _, name = path.lstrip("/").partition("/")
+        if method == "PUT":
+            low, _, high = headers.get("x-goog-content-length-range", f"0,{len(raw)}").partition(",")
+            if not int(low) <= len(raw) <= int(high):
+                return _error(400, "INVALID_ARGUMENT", "EntityTooLarge" if len(raw) > int(high) else "EntityTooSmall")
+            self.objects[(bucket, name)] = raw
+            return 200, b""
+        data = self.objects.get((bucket, name))
+        if data is None:
+            return _error(404, "NOT_FOUND", "NoSuchKey")
+        return 200, data
 
     def _vertex(self, method, parent, job_id, cancel, query, body):
         if job_id is None and method == "POST":

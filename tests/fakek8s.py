@@ -81,6 +81,8 @@ class FakeKubernetes:
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], str] = {}
+        # (namespace, pod) whose node is gone: the API server cannot reach its kubelet for the log (a 500)
+        self.unreachable_logs: set[tuple[str, str]] = set()
         self.workloads: list[dict[str, Any]] = []
         self.config: Path | None = None  # the kubeconfig file, once kubeconfig() wrote it
         self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
@@ -143,15 +145,19 @@ class FakeKubernetes:
 
     def latest_pod(self, name: str, namespace: str = "default") -> str:
         found = [p["metadata"]["name"] for p in self.listed(self.pods, namespace, f"{JOB_NAME}={name}")]
-        return sorted(found, key=lambda n: self.pods[(namespace, n)]["metadata"]["creationTimestamp"] + n)[-1]
 
-    def start(self, name: str, namespace: str = "default", log: str = "") -> str:
-        pod = self.add_pod(
-            name,
-            namespace,
-            "Running",
-            startTime=now(),
-            containerStatuses=[
+        # Within a second (creationTimestamp's resolution) a pod that has not ended is the later one.
+        def order(n: str) -> tuple[str, bool, str]:
+            pod = self.pods[(namespace, n)]
+            return pod["metadata"]["creationTimestamp"], pod["status"]["phase"] not in ("Failed", "Succeeded"), n
+
+        return sorted(found, key=order)[-1]
+
+    def start(self, name: str, namespace: str = "default", log: str = "", pod: str | None = None) -> str:
+        """A pod of the Job runs: a new one, or `pod` (a Pending one, such as the replacement preempt() made)."""
+        running = {
+            "startTime": now(),
+            "containerStatuses": [
                 {
                     "name": "job",
                     "image": "x",
@@ -161,7 +167,12 @@ class FakeKubernetes:
                     "state": {"running": {"startedAt": now()}},
                 }
             ],
-        )
+        }
+        if pod is None:
+            pod = self.add_pod(name, namespace, "Running", **running)
+        else:
+            with self.lock:
+                self.pods[(namespace, pod)]["status"] = {"phase": "Running", **running}
         self.logs[(namespace, pod)] = log
         return pod
 
@@ -399,6 +410,12 @@ class FakeKubernetes:
                         return self._send(200, {"apiVersion": "v1", "kind": "PodList", "items": items})
                     if len(parts) == 7 and parts[6] == "log":
                         fake.pods[(ns, parts[5])]  # noqa: B018 (a KeyError is the 404)
+                        if (ns, parts[5]) in fake.unreachable_logs:
+                            message = (
+                                f'Get "https://10.128.0.7:10250/containerLogs/{ns}/{parts[5]}/job": '
+                                "dial tcp 10.128.0.7:10250: connect: no route to host"
+                            )
+                            return self._send(500, status(500, "InternalError", message))
                         return self._send(200, fake.logs.get((ns, parts[5]), ""), text=True)
                 if parts[:3] == ["apis", "kueue.x-k8s.io", "v1beta1"] and parts[-1] == "workloads":
                     found = {(w["metadata"]["namespace"], w["metadata"]["name"]): w for w in fake.workloads}

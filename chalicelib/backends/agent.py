@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 from chalicelib.backends.base import Observation, Utilization, parse_native_name
+from chalicelib.jobs.contract import CODE_MAX_MEMBERS, CODE_MAX_UNPACKED_BYTES
 from chalicelib.jobs.model import FailureKind, JobStatus, native_name, parse_iso
 
 log = logging.getLogger(__name__)
@@ -170,24 +171,53 @@ write_report() {
 }
 """
 
-# POSIX sh, shared by the VM scripts and the Vertex wrapper: unpack packed code into an empty folder,
-# refusing an archive whose digest is not code_sha256 or that names members outside the folder.
-UNPACK_CODE_SH = r"""
+# awk over `tar -tv` (GNU tar's and busybox's listing: type and mode, owner, size, date, time, name): prints why
+# the archive must not be unpacked, or nothing. Refused: more members than mm or more bytes than mb (the
+# contract's CODE_MAX_MEMBERS, CODE_MAX_UNPACKED_BYTES), a member that is not a file, folder or link, an
+# absolute name or a `..` component, a link whose target leaves the folder (out() resolves it), a link name
+# that cannot be read unambiguously. It stops reading at the first limit passed (tar then stops too), and the
+# listing streams the decompressed archive: nothing is written to disk. Terse: it is in every EC2 user data.
+CHECK_ARCHIVE_AWK = r"""
+function out(p,n,i,x,d){if(p~/^\//)return 1;n=split(p,x,"/")
+for(i=1;i<=n;i++)if(x[i]==".."){if(--d<0)return 1}else if(x[i]!=""&&x[i]!=".")d++}
+function no(w){if(!bad)bad=w}
+$0=="!"{no("not a .tar.gz");next}
+{k=substr($1,1,1);r=$0;if(k!~/[-dlh]/)no("not a file, folder or link");if($3~/^[0-9]+$/)b+=$3
+sub(/^[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ +[^ ]+ /,"",r)
+if(k~/[lh]/){if(split(r,x,k=="l"?" -> ":" link to ")!=2)no("an unclear link");r=x[1];d=r;sub(/[^\/]*$/,"",d)
+if(x[2]~/^\//||out(k=="l"?d x[2]:x[2]))no("a link out of its folder")}
+if(r~/^\//||r~/(^|\/)\.\.(\/|$)/)no("members outside its folder (absolute or ..)")
+if(++m>mm||b>mb)exit}
+END{if(m>mm)print "over " mm " members (CODE_MAX_MEMBERS)"
+else if(b>mb)print "over " mb " bytes (CODE_MAX_UNPACKED_BYTES)";else if(bad)print bad}
+"""
+
+# POSIX sh, shared by the VM scripts and the Vertex, ECS, Batch and Kubernetes wrappers: unpack packed code
+# into an empty folder, refusing an archive whose digest is not code_sha256 or that CHECK_ARCHIVE_AWK refuses.
+UNPACK_CODE_SH = (
+    r"""
 unpack_code() {
-  # $1: the .tar.gz, $2: its sha256 ("" to skip the check), $3: an empty folder.
+  # $1: the .tar.gz, $2: its sha256 or "", $3: an empty folder; $4, $5: limits (the contract's by default)
   if [ -n "$2" ] && [ "$(sha256sum "$1" | cut -d ' ' -f 1)" != "$2" ]; then
     echo "jobplane: code_uri: the archive's sha256 is not code_sha256" >&2
     return 1
   fi
-  # Absolute names and .. components could land outside the folder: the whole archive is refused.
-  if tar -tzf "$1" | grep -E '^/|(^|/)\.\.(/|$)' >/dev/null; then
-    echo "jobplane: code_uri: the archive has members outside its folder (absolute or ..)" >&2
+  JOBPLANE_W_NO=$({ tar -tvzf "$1" || echo !; } 2>/dev/null |
+    LC_ALL=C awk -v mm="${4:-"""
+    + str(CODE_MAX_MEMBERS)
+    + r"""}" -v mb="${5:-"""
+    + str(CODE_MAX_UNPACKED_BYTES)
+    + r"""}" '"""
+    + CHECK_ARCHIVE_AWK
+    + r"""')
+  if [ -n "$JOBPLANE_W_NO" ]; then
+    echo "jobplane: code_uri: the archive is refused: $JOBPLANE_W_NO" >&2
     return 1
   fi
-  # GNU tar also defers links that point out of the folder, so nothing is written through them.
   tar --no-same-owner -xzf "$1" -C "$3"
 }
 """
+)
 
 # POSIX sh: run each step in turn in the current folder. Arguments: <n> and that step's n words,
 # repeated; the last step is the command. The first step that fails ends the run with its status.
@@ -568,8 +598,9 @@ def vm_script(head: Sequence[str], c: VmContract, cloud_part: str) -> str:
 
 
 def _compact(body: str) -> list[str]:
-    """The body without its comment lines and blank lines: EC2 user data has 16 KiB for everything."""
-    return [line for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    """The body without its comment lines, blank lines and indentation (no line of it continues a quoted string
+    or a here-document, where that would matter): EC2 user data has 16 KiB for everything."""
+    return [line.strip() for line in body.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
 def step_words(setup: Sequence[Sequence[str]], command: Sequence[str]) -> list[str]:

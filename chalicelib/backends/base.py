@@ -99,6 +99,9 @@ class Observation:
     waiting_for_capacity: bool = False
     #: what the provider says the attempt runs on and billed (chalicelib.pricing.jobs.Usage), when it says
     usage: Any = None
+    #: why the launched resource waits, in the provider's own words (Kueue's admission message, a pod that
+    #: cannot be scheduled): reconcile records it as the job's status_reason while the job stays LAUNCHING
+    waiting_reason: str | None = None
 
     def __post_init__(self) -> None:
         if self.status is JobStatus.FAILED and self.failure_kind is None:

@@ -26,6 +26,10 @@ RESERVED_PREFIXES = ("JOBPLANE_", "AWS_")
 
 #: where `jobplane submit` uploads packed code, below the stage's artifact store: code/<sha256>.tar.gz
 CODE_PREFIX = "code/"
+#: the most members and unpacked bytes a job's packed code may hold: the job-side unpack refuses a larger
+#: archive (a zip bomb) before writing anything, and `jobplane submit` refuses to pack a larger workdir
+CODE_MAX_MEMBERS = 100_000
+CODE_MAX_UNPACKED_BYTES = 4 * 1024**3
 #: where a job's outputs go when its spec names no `outputs`: outputs/<job_id>/
 OUTPUTS_PREFIX = "outputs/"
 #: where a job's checkpoints go when its spec names no `checkpoint_uri`: checkpoints/<job_id>/
@@ -37,6 +41,25 @@ def store_root(spec_uri: str | None, bucket: str, scheme: str = "s3") -> str:
     if spec_uri:
         return spec_uri if spec_uri.endswith("/") else spec_uri + "/"
     return f"{scheme}://{bucket}/{OUTPUTS_PREFIX}"
+
+
+def store_for(backend: str | None, settings, spec: JobSpec | None = None) -> tuple[str, str]:
+    """(bucket, scheme) of the stage's store where a job on `backend` keeps its files when the spec names no
+    location: Cloud Storage (JOBPLANE_GCP_ARTIFACTS_BUCKET) for the Google Cloud backends and for a Kubernetes
+    cluster whose `store` is gs (the spec's resources.cluster, else the first enabled one), S3
+    (JOBPLANE_ARTIFACTS_BUCKET) for every other."""
+    from chalicelib.backends import Cloud, descriptor_or_none
+
+    found = descriptor_or_none(backend)
+    if found is not None and found.cloud == Cloud.GCP:
+        return settings.gcp_artifacts_bucket, "gs"
+    if found is not None and found.cloud == Cloud.KUBERNETES:
+        clusters = [c for c in (getattr(settings, "k8s_clusters", None) or ()) if c.enabled]
+        wanted = spec.resources.cluster if spec is not None else None
+        cluster = next((c for c in clusters if c.name == wanted), clusters[0] if clusters else None)
+        if cluster is not None and cluster.store == "gs":
+            return settings.gcp_artifacts_bucket, "gs"
+    return settings.artifacts_bucket, "s3"
 
 
 def artifacts_uri(spec: JobSpec, job_id: str, bucket: str, scheme: str = "s3") -> str:

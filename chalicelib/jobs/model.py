@@ -201,15 +201,16 @@ class Job:
     def with_changes(self, **changes: Any) -> Job:
         return replace(self, **changes)
 
-    def artifacts_uri(self, bucket: str) -> str:
-        """Where this job's $JOBPLANE_OUTPUT_DIR ends up (the spec's outputs, else the stage's bucket)."""
+    def artifacts_uri(self, bucket: str, scheme: str = "s3") -> str:
+        """Where this job's $JOBPLANE_OUTPUT_DIR ends up (the spec's outputs, else the stage's bucket in the
+        store of the job's cloud: contract.store_for)."""
         from chalicelib.jobs.contract import artifacts_uri
 
-        return artifacts_uri(self.spec, self.job_id, bucket)
+        return artifacts_uri(self.spec, self.job_id, bucket, scheme)
 
-    def to_api(self, artifacts_bucket: str | None = None) -> dict[str, Any]:
+    def to_api(self, artifacts_bucket: str | None = None, scheme: str = "s3") -> dict[str, Any]:
         """The job as the API shows it; artifacts_uri needs the stage's bucket unless the spec names outputs."""
-        artifacts = self.artifacts_uri(artifacts_bucket) if artifacts_bucket or self.spec.outputs else None
+        artifacts = self.artifacts_uri(artifacts_bucket, scheme) if artifacts_bucket or self.spec.outputs else None
         return {
             "job_id": self.job_id,
             "name": self.name,

@@ -99,6 +99,7 @@ class JobService:
         metrics_store: MetricsStore | None = None,
         objects: Callable[[], Any] | None = None,
         budgets: Any = None,
+        gcs_objects: Callable[[], Any] | None = None,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -108,6 +109,8 @@ class JobService:
         # The stage's object store (packed code, artifacts), made on first use: most calls never need it.
         self._objects_factory = objects
         self._objects: Any = None
+        self._gcs_objects_factory = gcs_objects
+        self._gcs_objects: Any = None
         hold = budgets.hold_reason if budgets is not None else None
         self.dispatcher = Dispatcher(store, settings, self.backend, self.apply_event, hold=hold)
         # Without a metrics store (unit tests of other use cases) no output is read for metrics.
@@ -127,19 +130,49 @@ class JobService:
                 self._objects = S3Objects.from_settings(self.settings)
         return self._objects
 
+    def gcs_objects(self):
+        """A job's artifacts in Cloud Storage (chalicelib.store.gcs_objects.GcsObjects unless one was given)."""
+        if self._gcs_objects is None:
+            if self._gcs_objects_factory is not None:
+                self._gcs_objects = self._gcs_objects_factory()
+            else:
+                from chalicelib.store.gcs_objects import GcsObjects
+
+                self._gcs_objects = GcsObjects.from_settings(self.settings)
+        return self._gcs_objects
+
     # --- code and artifacts ------------------------------------------------------------
     def code_upload(self, principal: Principal, body: Any):  # noqa: ARG002 - any signed-in user may upload code
         """POST /code: where packed code with this digest lives, and an upload URL unless it is there already."""
         from chalicelib.store.objects import parse_code_request
 
         sha, size = parse_code_request(body, self.settings.code_max_mb)
-        return self.objects().issue_code_upload(sha, size)
+        return self._code_store(body.get("backend")).issue_code_upload(sha, size)
+
+    def _code_store(self, backend: Any):
+        """Where code for a job on `backend` is uploaded: the store that backend reads (Cloud Storage for the
+        Google Cloud ones), S3 when no backend (or `auto`) is named."""
+        from chalicelib.backends import names
+        from chalicelib.jobs.contract import store_for
+
+        if backend is None or backend == "auto":
+            return self.objects()
+        enabled = self.settings.enabled_backends
+        if not isinstance(backend, str) or backend not in names() or backend not in enabled:
+            what = "is not enabled in this deployment" if backend in names() else "is not a backend"
+            raise ValidationError(
+                f"backend {backend!r} {what}",
+                [{"field": "backend", "message": f"one of: auto, {', '.join(enabled)}"}],
+            )
+        _, scheme = store_for(backend, self.settings)
+        return self.gcs_objects() if scheme == "gs" else self.objects()
 
     def _check_code(self, spec: JobSpec) -> None:
         """A job may name only code that was uploaded (and is within the size limit): refused now, not at launch."""
-        if not spec.code_uri or not spec.code_uri.startswith("s3://"):
+        if not spec.code_uri or not spec.code_uri.startswith(("s3://", "gs://")):
             return
-        size = self.objects().size_of(spec.code_uri)
+        store = self.gcs_objects() if spec.code_uri.startswith("gs://") else self.objects()
+        size = store.size_of(spec.code_uri)
         if size is None:
             raise ValidationError(
                 f"code_uri {spec.code_uri} does not exist; upload the packed code first (POST /code, as "
@@ -155,14 +188,19 @@ class JobService:
 
     def artifacts(self, principal: Principal, job_id: str, cursor: str | None = None, limit: int = 100):
         """GET /jobs/{id}/artifacts: a page of the files under the job's artifacts_uri, and the next cursor."""
+        from chalicelib.jobs.contract import store_for
+
         job = self.get(principal, job_id)
-        uri = job.artifacts_uri(self.settings.artifacts_bucket)
-        if not uri.startswith("s3://"):
+        uri = job.artifacts_uri(*store_for(job.backend, self.settings, job.spec))
+        if uri.startswith("gs://"):
+            items, next_cursor = self.gcs_objects().list_artifacts(uri, cursor, limit)
+        elif uri.startswith("s3://"):
+            items, next_cursor = self.objects().list_artifacts(uri, cursor, limit)
+        else:
             raise UnsupportedError(
-                f"this deployment lists s3:// artifacts only; the job's outputs are at {uri}",
-                [{"field": "outputs", "message": "an s3:// URI"}],
+                f"this deployment lists s3:// and gs:// artifacts only; the job's outputs are at {uri}",
+                [{"field": "outputs", "message": "an s3:// or gs:// URI"}],
             )
-        items, next_cursor = self.objects().list_artifacts(uri, cursor, limit)
         return uri, items, next_cursor
 
     # --- planning --------------------------------------------------------------------

@@ -64,10 +64,10 @@ def parse_code_request(body: Any, max_mb: int) -> tuple[str, int]:
     """POST /code's body, {"sha256": 64 hex digits, "size": bytes}, checked field by field."""
     if not isinstance(body, dict):
         raise ValidationError("the body must be a JSON object", [{"field": "(body)", "message": "a JSON object"}])
-    unknown = sorted(set(body) - {"sha256", "size"})
+    unknown = sorted(set(body) - {"sha256", "size", "backend"})
     if unknown:
         raise ValidationError(
-            f"unknown field {unknown[0]!r}", [{"field": unknown[0], "message": "valid fields: sha256, size"}]
+            f"unknown field {unknown[0]!r}", [{"field": unknown[0], "message": "valid fields: sha256, size, backend"}]
         )
     sha = body.get("sha256")
     if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):

@@ -76,13 +76,24 @@ exec "$@"
 _AWS_SHIM = """#!/bin/bash
 # jobplane local stack: the real aws CLI on this fake VM, pointed at the stack's embedded AWS wherever it
 # listens now (a restarted stack listens on another port). While the stack is down a call waits for it
-# (up to {wait} s): to the VM, AWS never goes away.
+# (up to {wait} s), and a call that failed because the stack stopped under it (its address no longer
+# answers, or the endpoint file names another) is made again once the stack is back: to the VM, AWS never
+# goes away. The VM's calls are idempotent (s3 cp/sync of files, terminate/stop-instances).
+reachable() {{
+  local address=${{1#*://}}
+  address=${{address%%/*}}
+  [ -n "$1" ] && (exec 3<>"/dev/tcp/${{address%:*}}/${{address##*:}}") 2>/dev/null
+}}
 for ((waited = 0; ; waited++)); do
   endpoint=$(cat {vm_dir}/endpoint 2>/dev/null)
-  address=${{endpoint#*://}}
-  address=${{address%%/*}}
-  if [ -n "$endpoint" ] && (exec 3<>"/dev/tcp/${{address%:*}}/${{address##*:}}") 2>/dev/null; then
-    break
+  if reachable "$endpoint"; then
+    AWS_ENDPOINT_URL=$endpoint {aws} "$@"
+    status=$?
+    now=$(cat {vm_dir}/endpoint 2>/dev/null)
+    if [ "$status" -eq 0 ] || {{ [ "$now" = "$endpoint" ] && reachable "$endpoint"; }}; then
+      exit "$status"
+    fi
+    echo "aws: the local stack stopped during the call; calling again when it is back" >&2
   fi
   if [ "$waited" -ge {wait} ]; then
     echo "aws: the local stack's embedded AWS is unreachable (waited {wait} s)" >&2
@@ -90,7 +101,6 @@ for ((waited = 0; ; waited++)); do
   fi
   sleep 1
 done
-AWS_ENDPOINT_URL=$endpoint exec {aws} "$@"
 """
 
 _SHUTDOWN_SHIM = """#!/bin/bash

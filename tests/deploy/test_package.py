@@ -229,6 +229,59 @@ def test_the_function_zip_and_layer_import_with_only_the_runtime_sdk_beside_them
     assert proc.stdout.strip().startswith(str(runtime))
 
 
+def test_the_kubernetes_backend_and_its_client_are_packaged_and_launch_a_job_from_the_zips(package, tmp_path, fake_k8s):
+    """The backend's modules in the function zip, the official client (and what it imports) in the layer: a Job is
+    created on the loopback API server by code imported from the unpacked zips alone, with Lambda's runtime SDK."""
+    from tests.factories import k8s_env, make_settings
+
+    tag = sys.implementation.cache_tag
+    with zipfile.ZipFile(package["zip"]) as bundle:
+        names = set(bundle.namelist())
+    for module in ("__init__", "backend", "clusters", "descriptors"):
+        assert f"chalicelib/backends/kubernetes/{module}.py" in names
+        assert f"chalicelib/backends/kubernetes/__pycache__/{module}.{tag}.pyc" in names
+    with zipfile.ZipFile(package["layer"]) as archive:
+        layer = set(archive.namelist())
+    assert f"{SITE_PACKAGES}/kubernetes/client/api/batch_v1_api.py" in layer
+    assert any(n.startswith(f"{SITE_PACKAGES}/kubernetes-35.0.0.dist-info/") for n in layer)
+    task, opt, runtime = tmp_path / "task", tmp_path / "opt", tmp_path / "runtime"
+    zipfile.ZipFile(package["zip"]).extractall(task)
+    zipfile.ZipFile(package["layer"]).extractall(opt)
+    runtime.mkdir()
+    for name in sorted(RUNTIME_SDK):
+        source = Path(importlib.import_module(name).__file__)
+        (runtime / (name if source.name == "__init__.py" else source.name)).symlink_to(
+            source.parent if source.name == "__init__.py" else source
+        )
+    settings = make_settings(tmp_path, **k8s_env(fake_k8s), JOBPLANE_STAGE="pkg")
+    code = (
+        "import sys; sys.path[:0] = sys.argv[1:]\n"
+        "from chalicelib.config import Settings\n"
+        "from chalicelib.backends import get_backend\n"
+        "from chalicelib.jobs.model import Job, JobStatus, new_job_id, utcnow\n"
+        "from chalicelib.jobs.spec import parse_spec\n"
+        "spec = parse_spec({'name': 'pkg', 'backend': 'kubernetes', 'image': 'busybox:1', 'command': ['true']})\n"
+        "job = Job(new_job_id(), 'pkg', 'alice', JobStatus.LAUNCHING, 'kubernetes', spec, utcnow())\n"
+        "print(get_backend('kubernetes', Settings.from_env()).launch(job).native_id)\n"
+        "print(sys.modules['kubernetes'].__file__)\n"
+    )
+    env = {"PATH": os.environ["PATH"], **settings.to_env(), "KUBECONFIG": str(fake_k8s.config)}
+    proc = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code, str(task), str(opt / SITE_PACKAGES), str(runtime)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    native_id, client_file = proc.stdout.split()
+    assert native_id.startswith("default/default/jp-"), native_id
+    assert client_file.startswith(str(opt / SITE_PACKAGES / "kubernetes")), client_file  # the layer's own copy
+    (body,) = fake_k8s.bodies("POST", "/namespaces/default/jobs")
+    assert body["spec"]["template"]["spec"]["containers"][0]["image"] == "busybox:1"
+
+
 @pytest.mark.slow
 def test_the_readme_deploy_steps_init_validate_and_plan_with_terraform_1_5_and_provider_5(moto_endpoint):
     skip = terraform_missing()

@@ -138,3 +138,20 @@ def test_the_demo_workdir_packs_without_what_it_ignores_and_its_spec_is_valid():
         {**document, "code_uri": f"s3://bucket/code/{packed.sha256}.tar.gz", "code_sha256": packed.sha256}
     )
     assert list(spec.inputs) == ["samples", "labels"] and spec.setup == (("/bin/sh", "-c", "python prepare.py"),)
+
+
+def test_a_tree_the_job_side_unpack_would_refuse_is_refused_at_pack(tmp_path, monkeypatch):
+    from chalicelib.jobs import contract
+
+    (tmp_path / "src").mkdir()
+    for i in range(4):
+        (tmp_path / "src" / f"f{i}.txt").write_text("0123456789")
+    monkeypatch.setattr(contract, "CODE_MAX_MEMBERS", 3)
+    with pytest.raises(PackError, match=r"4 files and folders, more than a job unpacks \(3\)"):
+        pack(tmp_path / "src")
+    monkeypatch.setattr(contract, "CODE_MAX_MEMBERS", 4)
+    monkeypatch.setattr(contract, "CODE_MAX_UNPACKED_BYTES", 39)
+    with pytest.raises(PackError, match="more than a job unpacks"):
+        pack(tmp_path / "src")
+    monkeypatch.setattr(contract, "CODE_MAX_UNPACKED_BYTES", 40)
+    assert len(pack(tmp_path / "src").files) == 4

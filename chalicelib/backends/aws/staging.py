@@ -8,9 +8,11 @@ the checkpoint before it and upload outputs and checkpoints while and after it r
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.backends.agent import UNPACK_CODE_SH
 from chalicelib.jobs import contract
 
 if TYPE_CHECKING:
@@ -76,7 +78,45 @@ CONTAINERS = Layout(
 # has none), the work folder, the exit file ("" to exec the command), the number of setup steps, each step
 # as its argument count and its arguments, then the command. Its own variables are JOBPLANE_W_* (a spec's env
 # cannot name JOBPLANE_*), so nothing in the job's env changes what it does; its tools run on _TOOLS_PATH.
-WRAPPER = f"""JOBPLANE_W_PATH={_TOOLS_PATH}
+# The wrapper's unpack in an image without tar: the same checks and limits as agent.UNPACK_CODE_SH, then
+# tarfile's `data` filter where the image's Python has it. Arguments: the archive, the work folder.
+PY_UNPACK = f"""import posixpath, sys, tarfile
+archive, work = sys.argv[1:3]
+def out(path):
+    norm = posixpath.normpath(path)
+    return path.startswith("/") or norm == ".." or norm.startswith("../")
+def refuse(why):
+    sys.exit("jobplane: code_uri: the archive is refused: " + why)
+try:
+    tar = tarfile.open(archive, "r:gz")
+    members, total = [], 0
+    for m in tar:
+        members.append(m)
+        total += m.size
+        if len(members) > {contract.CODE_MAX_MEMBERS}:
+            refuse("over {contract.CODE_MAX_MEMBERS} members (CODE_MAX_MEMBERS)")
+        if total > {contract.CODE_MAX_UNPACKED_BYTES}:
+            refuse("over {contract.CODE_MAX_UNPACKED_BYTES} bytes (CODE_MAX_UNPACKED_BYTES)")
+        if not (m.isfile() or m.isdir() or m.issym() or m.islnk()):
+            refuse("not a file, folder or link")
+        if out(m.name):
+            refuse("members outside its folder (absolute or ..)")
+        if (m.issym() and out(posixpath.join(posixpath.dirname(m.name), m.linkname))) or (
+            m.islnk() and out(m.linkname)
+        ):
+            refuse("a link out of its folder")
+    extra = {{"filter": "data"}} if hasattr(tarfile, "data_filter") else {{}}
+    tar.extractall(work, members, **extra)
+except (tarfile.TarError, OSError, EOFError) as exc:
+    refuse("it cannot be unpacked: " + str(exc))
+"""
+
+WRAPPER = (
+    UNPACK_CODE_SH.lstrip("\n")
+    + "JOBPLANE_W_PY_UNPACK="
+    + shlex.quote(PY_UNPACK)
+    + "\n"
+    + f"""JOBPLANE_W_PATH={_TOOLS_PATH}
 JOBPLANE_W_CODE=$1 JOBPLANE_W_WORK=$2 JOBPLANE_W_EXIT=$3 JOBPLANE_W_STEPS=$4
 shift 4
 for JOBPLANE_W_DIR in "${{JOBPLANE_OUTPUT_DIR:-}}" "${{JOBPLANE_CHECKPOINT_DIR:-}}"; do
@@ -86,13 +126,13 @@ if [ -n "$JOBPLANE_W_CODE" ]; then
   PATH=$JOBPLANE_W_PATH mkdir -p "$JOBPLANE_W_WORK" || exit {WRAPPER_FAILED}
   for JOBPLANE_W_ARCHIVE in "$JOBPLANE_W_CODE"/*.tar.gz; do
     [ -f "$JOBPLANE_W_ARCHIVE" ] || continue
-    PATH=$JOBPLANE_W_PATH tar -xzf "$JOBPLANE_W_ARCHIVE" -C "$JOBPLANE_W_WORK"
-    JOBPLANE_W_STATUS=$?
-    if [ "$JOBPLANE_W_STATUS" -eq 127 ]; then
-      PATH=$JOBPLANE_W_PATH python3 -m tarfile -e "$JOBPLANE_W_ARCHIVE" "$JOBPLANE_W_WORK"
-      JOBPLANE_W_STATUS=$?
+    # Checked before anything is written (agent.UNPACK_CODE_SH; PY_UNPACK in an image without tar).
+    if (PATH=$JOBPLANE_W_PATH; command -v tar >/dev/null 2>&1); then
+      (PATH=$JOBPLANE_W_PATH; unpack_code "$JOBPLANE_W_ARCHIVE" "" "$JOBPLANE_W_WORK") || exit {WRAPPER_FAILED}
+    else
+      PATH=$JOBPLANE_W_PATH python3 -c "$JOBPLANE_W_PY_UNPACK" "$JOBPLANE_W_ARCHIVE" "$JOBPLANE_W_WORK" \
+        || exit {WRAPPER_FAILED}
     fi
-    [ "$JOBPLANE_W_STATUS" -eq 0 ] || exit {WRAPPER_FAILED}
   done
   cd "$JOBPLANE_W_WORK" || exit {WRAPPER_FAILED}
 fi
@@ -139,6 +179,7 @@ printf '%s\\n' "$JOBPLANE_W_STATUS" > "$JOBPLANE_W_EXIT.tmp"
 PATH=$JOBPLANE_W_PATH mv "$JOBPLANE_W_EXIT.tmp" "$JOBPLANE_W_EXIT"
 exit "$JOBPLANE_W_STATUS"
 """
+)
 
 # ECS's init container (the AWS CLI image, entrypoint replaced): restores the checkpoint, downloads the code
 # and each input, and makes the folders writable for a job image that does not run as root. Arguments: the

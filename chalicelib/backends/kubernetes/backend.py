@@ -18,6 +18,8 @@ from chalicelib.backends.base import (
     PowerState,
     ResourceKind,
     bad_offset,
+    decode_log_token,
+    encode_log_token,
     job_env,
     parse_native_name,
 )
@@ -35,6 +37,9 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
 CONTAINER = "job"
+#: GKE's Cloud Storage FUSE CSI driver, and the pod annotation that has GKE inject its sidecar
+GCS_FUSE_DRIVER = "gcsfuse.csi.storage.gke.io"
+GCS_FUSE_ANNOTATION = "gke-gcsfuse/volumes"
 GPU = "nvidia.com/gpu"
 # What the node labels call each GPU type, per flavour (GKE's accelerator names; EKS and Karpenter pick the
 # GPU by the instance's GPU name label, which the NVIDIA device plugin's feature discovery sets).
@@ -218,7 +223,11 @@ class KubernetesBackend(ComputeBackend):
                 "a Kubernetes Job runs a container image", [{"field": "image", "message": "required for kubernetes"}]
             )
         cluster = self.cluster_for(spec)
-        if self._stages(spec):
+        if self._stages(spec) and cluster.store == "gs":
+            from chalicelib.backends.gcp.base import refuse_foreign_uris
+
+            refuse_foreign_uris(spec, f"Kubernetes cluster {cluster.name} (store: gs)")
+        elif self._stages(spec):
             from chalicelib.backends.aws import staging
 
             staging.require_s3(spec, "Kubernetes")
@@ -254,7 +263,9 @@ class KubernetesBackend(ComputeBackend):
             "resources": {"limits": limits, "requests": dict(limits)},
         }
         pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
-        if self._stages(spec):
+        if self._stages(spec) and cluster.store == "gs":
+            self._staged_gcs(job, handle, pod, env)
+        elif self._stages(spec):
             self._staged(job, handle, pod, env)
         else:
             container["command"] = list(spec.command)
@@ -285,6 +296,9 @@ class KubernetesBackend(ComputeBackend):
                 "template": {"metadata": {"labels": dict(labels), "annotations": annotations}, "spec": pod},
             },
         }
+        if pod.get("volumes") and any("csi" in v for v in pod["volumes"]):
+            # GKE injects the Cloud Storage FUSE sidecar into pods that ask for it.
+            body["spec"]["template"]["metadata"]["annotations"][GCS_FUSE_ANNOTATION] = "true"
         if cluster.local_queue:
             body["metadata"]["labels"][KUEUE_QUEUE] = cluster.local_queue
             body["spec"]["suspend"] = True  # Kueue unsuspends it when it admits the workload
@@ -330,6 +344,48 @@ class KubernetesBackend(ComputeBackend):
         )
         pod["volumes"] = [{"name": staging.VOLUME, "emptyDir": {}}, {"name": staging.INPUT_VOLUME, "emptyDir": {}}]
         pod["terminationGracePeriodSeconds"] = 120  # stage-out's last upload after a SIGTERM
+
+    def _staged_gcs(self, job, handle: Handle, pod: dict[str, Any], env: dict[str, str]) -> None:
+        """The job contract on a cluster whose store is Cloud Storage, as on Vertex: each bucket the job names
+        is a Cloud Storage FUSE CSI volume at /gcs/<bucket> (GKE's gcsfuse.csi.storage.gke.io driver; the pod's
+        Kubernetes service account needs access to the buckets through Workload Identity), and the job's
+        container runs Vertex's wrapper, which checks and unpacks the code from /gcs, links each input into
+        $JOBPLANE_INPUT_DIR, then runs setup and the command with outputs and checkpoints on /gcs."""
+        from chalicelib.backends.gcp import vertex
+        from chalicelib.backends.gcp.base import parse_gs_uri
+        from chalicelib.jobs import contract
+
+        spec = job.spec
+        bucket = self.settings.gcp_artifacts_bucket
+        artifacts = contract.artifacts_uri(spec, job.job_id, bucket, "gs")
+        checkpoint = contract.checkpoint_location(spec, job.job_id, bucket, "gs")
+        env.update(
+            contract.job_variables(
+                handle.job_id,
+                handle.attempt,
+                input_dir=vertex.INPUT_DIR,
+                output_dir=vertex.gcs_path(artifacts),
+                checkpoint_dir=vertex.gcs_path(checkpoint),
+            )
+        )
+        (container,) = pod["containers"]
+        container["command"] = ["/bin/sh", "-c", vertex.WRAPPER, "jobplane"]
+        container["args"] = vertex.wrapper_args(spec)
+        uris = [uri for _, uri in contract.store_uris(spec)] + [artifacts, checkpoint]
+        buckets = sorted({parse_gs_uri(uri)[0] for uri in uris})
+        pod["volumes"] = [
+            {
+                "name": f"gcs-{i}",
+                "csi": {
+                    "driver": GCS_FUSE_DRIVER,
+                    "volumeAttributes": {"bucketName": name, "mountOptions": "implicit-dirs"},
+                },
+            }
+            for i, name in enumerate(buckets)
+        ]
+        container["volumeMounts"] = [
+            {"name": f"gcs-{i}", "mountPath": f"{vertex.GCS_MOUNT}/{name}"} for i, name in enumerate(buckets)
+        ]
 
     def _launch_impl(self, job, handle: Handle) -> LaunchResult:
         from kubernetes.client.exceptions import ApiException
@@ -432,7 +488,8 @@ class KubernetesBackend(ComputeBackend):
             if _condition(job, pending) is not None:
                 return Observation(JobStatus.RUNNING, pending, reason=f"Kubernetes: {pending}", **base)
         if job.spec and job.spec.suspend:
-            return Observation(JobStatus.QUEUED, "Suspended", reason=self._kueue_reason(cluster, job), **base)
+            why = self._kueue_reason(cluster, job)
+            return Observation(JobStatus.QUEUED, "Suspended", reason=why, waiting_reason=why, **base)
         latest = pods[-1] if pods else None
         if latest is None:
             return Observation(JobStatus.LAUNCHING, "Created", reason="Kubernetes: no pod yet", **base)
@@ -450,12 +507,8 @@ class KubernetesBackend(ComputeBackend):
             return Observation(JobStatus.RUNNING, "Running", reason="Kubernetes: pod running", **base)
         unschedulable = _condition_any(latest, "PodScheduled", "False")
         if unschedulable is not None and unschedulable.reason == "Unschedulable":
-            return Observation(
-                JobStatus.LAUNCHING,
-                "Pod/Unschedulable",
-                reason=f"Unschedulable: {unschedulable.message or ''}".strip(),
-                **base,
-            )
+            why = f"Unschedulable: {unschedulable.message or ''}".strip()
+            return Observation(JobStatus.LAUNCHING, "Pod/Unschedulable", reason=why, waiting_reason=why, **base)
         if phase == "Failed" and _condition_any(latest, "DisruptionTarget", "True") is not None:
             # Preempted; the podFailurePolicy ignores it and the controller is making the next pod.
             return Observation(JobStatus.LAUNCHING, "Pod/DisruptionTarget", reason=_disruption(latest), **base)
@@ -536,35 +589,83 @@ class KubernetesBackend(ComputeBackend):
             return
 
     def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
-        from kubernetes.client.exceptions import ApiException
-
-        if not isinstance(offset, int):
+        """The `job` container's log of each of the Job's pods in turn: a pod that was preempted (or otherwise
+        replaced) is read to its end, then a line says which pod replaced it and why, then the new pod's log
+        follows. The offset is a byte offset into the first pod's log, then a cursor naming the pod and the
+        byte in it (encode_log_token), so `--follow` goes on across a replacement and offset 0 reads every
+        pod's output from the start, the previous ones first."""
+        if not isinstance(offset, int | str):
             raise bad_offset()
         for cluster, name in self._locate(handle):
             found = self._read(cluster, name)
             if found is None:
                 continue
-            pods = [
-                p for p in self._pods(cluster, f"{JOB_NAME_LABEL}={name}") if p.status and p.status.phase != "Pending"
-            ]
+            pods = sorted(
+                (
+                    p
+                    for p in self._pods(cluster, f"{JOB_NAME_LABEL}={name}")
+                    if p.status and p.status.phase != "Pending"
+                ),
+                key=_pod_order,
+            )
             finished = _condition(found, "Complete") is not None or _condition(found, "Failed") is not None
             if not pods:
                 return LogChunk("", offset, finished, note="no pod has started yet")
-            latest = max(pods, key=_created)
-            try:
-                with k8s_errors("read Pod log"):
-                    text = self.core(cluster).read_namespaced_pod_log(
-                        latest.metadata.name, cluster.namespace, container=CONTAINER
-                    )
-            except BackendError as exc:
-                if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (400, 404):
-                    return LogChunk("", offset, finished, note="the pod's log is not there (yet)")
-                raise
-            data = (text or "").encode()
-            piece = data[offset : offset + limit]
-            end = offset + len(piece)
-            return LogChunk(piece.decode(errors="replace"), end, finished and end >= len(data))
+            index, at = self._log_position(pods, offset)
+            pod = pods[index]
+            text, note = self._pod_log(cluster, pod, is_latest=index == len(pods) - 1)
+            if text is None:
+                return LogChunk("", offset, finished, note=note)
+            data = text.encode()
+            piece = data[at : at + limit]
+            end = at + len(piece)
+            if end >= len(data) and index + 1 < len(pods):
+                # This pod is over (a newer one replaced it): say so once, and go on at the next pod's start.
+                following = pods[index + 1]
+                line = f"--- jobplane: pod {pod.metadata.name} ended ({_pod_end(pod)}); {note + '; ' if note else ''}"
+                line += f"pod {following.metadata.name} replaces it ---\n"
+                if data and not data.endswith(b"\n"):
+                    line = "\n" + line
+                token = encode_log_token({"pod": following.metadata.name, "at": 0})
+                return LogChunk(piece.decode(errors="replace") + line, token, False)
+            next_offset: Offset = end if index == 0 else encode_log_token({"pod": pod.metadata.name, "at": end})
+            complete = finished and index == len(pods) - 1 and end >= len(data)
+            return LogChunk(piece.decode(errors="replace"), next_offset, complete)
         return LogChunk("", offset, True, note="the Job is not in the cluster")
+
+    @staticmethod
+    def _log_position(pods: list[Any], offset: Offset) -> tuple[int, int]:
+        """(pod index, byte) an offset names: an int is a byte of the first pod's log, a cursor names its pod
+        (one that is gone: the oldest pod still there, from its start)."""
+        if isinstance(offset, int):
+            return 0, max(offset, 0)
+        state = decode_log_token(offset)
+        wanted, at = state.get("pod"), state.get("at")
+        if not isinstance(wanted, str) or not isinstance(at, int) or at < 0:
+            raise bad_offset()
+        for index, pod in enumerate(pods):
+            if pod.metadata.name == wanted:
+                return index, at
+        return 0, 0
+
+    def _pod_log(self, cluster: Cluster, pod: Any, is_latest: bool) -> tuple[str | None, str | None]:
+        """The pod's `job` log, or (None, why) for the current pod whose log cannot be read yet; a replaced
+        pod whose log cannot be read at all (its node went with a spot reclaim: the API server cannot reach
+        its kubelet) reads as empty, with why."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            with k8s_errors("read Pod log"):
+                text = self.core(cluster).read_namespaced_pod_log(
+                    pod.metadata.name, cluster.namespace, container=CONTAINER
+                )
+        except BackendError as exc:
+            if not is_latest:
+                return "", "its log is no longer readable"  # its node went with it: what follows still reads
+            if isinstance(exc.__cause__, ApiException) and exc.__cause__.status in (400, 404):
+                return None, "the pod's log is not there (yet)"
+            raise
+        return text or "", None
 
     def _list_managed_impl(self) -> list[ManagedResource]:
         found = []
@@ -605,6 +706,21 @@ class KubernetesBackend(ComputeBackend):
 
 def _created(obj: Any) -> datetime:
     return _when(obj.metadata.creation_timestamp) or datetime.min.replace(tzinfo=UTC)
+
+
+def _pod_order(pod: Any) -> tuple[datetime, int, datetime]:
+    """Oldest first; within one second (creationTimestamp's resolution) an ended pod before its replacement."""
+    ended = (pod.status.phase if pod.status else None) in ("Failed", "Succeeded")
+    started = _when(pod.status.start_time) if pod.status else None
+    return _created(pod), 0 if ended else 1, started or datetime.max.replace(tzinfo=UTC)
+
+
+def _pod_end(pod: Any) -> str:
+    """Why a replaced pod ended, in the kubelet's words: its DisruptionTarget condition, else its phase."""
+    found = _condition_any(pod, "DisruptionTarget", "True")
+    if found is not None:
+        return f"preempted: {found.reason or 'DisruptionTarget'}: {found.message or ''}".rstrip(": ")
+    return (pod.status.phase if pod.status else None) or "ended"
 
 
 def _condition_any(pod: Any, kind: str, status: str) -> Any:

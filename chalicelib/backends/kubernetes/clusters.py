@@ -48,12 +48,16 @@ class Cluster:
     #: kubeconfig: a context other than the current one
     context: str | None = None
     enabled: bool = True
+    #: where the job's files live: s3 (the stage's S3 bucket, moved by the AWS CLI helper containers) or gs
+    #: (Cloud Storage, mounted in the pod by GKE's Cloud Storage FUSE CSI driver, as Vertex mounts it)
+    store: str = "s3"
 
     def __post_init__(self) -> None:
         if not self.flavour:
             object.__setattr__(self, "flavour", _DEFAULT_FLAVOUR.get(self.kind, "karpenter"))
 
 
+STORES = ("s3", "gs")
 #: what a deployment gets with kubernetes enabled and no JOBPLANE_K8S_CLUSTERS: KUBECONFIG's current context
 DEFAULT_CLUSTERS = (Cluster(name="default"),)
 _REQUIRED = {"eks": ("cluster", "region"), "gke": ("project", "location", "cluster"), "kubeconfig": ()}
@@ -87,6 +91,8 @@ def parse_clusters(var: str, raw: str) -> tuple[Cluster, ...]:
             raise ConfigError(f"{where}.kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if entry.get("flavour", _DEFAULT_FLAVOUR[kind]) not in FLAVOURS:
             raise ConfigError(f"{where}.flavour must be one of {', '.join(FLAVOURS)}, got {entry['flavour']!r}")
+        if entry.get("store", "s3") not in STORES:
+            raise ConfigError(f"{where}.store must be one of {', '.join(STORES)}, got {entry['store']!r}")
         for need in _REQUIRED[kind]:
             if need not in entry:
                 raise ConfigError(f"{where}.{need} is required for a {kind} cluster")

@@ -11,10 +11,12 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from chalicelib.jobs import contract
 
 CHUNK = 1 << 20
 
@@ -166,10 +168,24 @@ def fetch_code(client, uri: str, sha256: str, dest: Path) -> Path:
     return dest
 
 
-def check_members(members: list[tarfile.TarInfo]) -> None:
-    """Refuse an archive with a member that would land outside the folder: an absolute path, a `..`, a link
-    (symbolic or hard) whose target leaves the folder, or anything but files, folders and links."""
+def check_members(
+    members: Iterable[tarfile.TarInfo],
+    max_members: int = contract.CODE_MAX_MEMBERS,
+    max_bytes: int = contract.CODE_MAX_UNPACKED_BYTES,
+) -> list[tarfile.TarInfo]:
+    """The archive's members, read one at a time and refused as soon as one is: more members or unpacked bytes
+    than the contract's limits (a zip bomb: the headers say how much it would write), or a member that would
+    land outside the folder (an absolute path, a `..`, a link, symbolic or hard, whose target leaves the
+    folder), or anything but files, folders and links."""
+    checked: list[tarfile.TarInfo] = []
+    total = 0
     for member in members:
+        checked.append(member)
+        total += member.size if member.isfile() else 0
+        if len(checked) > max_members:
+            raise StagingError(f"the archive has more than {max_members} members (CODE_MAX_MEMBERS)")
+        if total > max_bytes:
+            raise StagingError(f"the archive unpacks to more than {max_bytes} bytes (CODE_MAX_UNPACKED_BYTES)")
         name = PurePosixPath(member.name)
         if name.is_absolute() or member.name.startswith(("/", "\\")):
             raise StagingError(f"archive member {member.name!r} has an absolute path")
@@ -182,6 +198,7 @@ def check_members(members: list[tarfile.TarInfo]) -> None:
                 raise StagingError(f"archive member {member.name!r} links to {member.linkname!r}, outside the folder")
         elif not (member.isfile() or member.isdir()):
             raise StagingError(f"archive member {member.name!r} is not a file, folder or link")
+    return checked
 
 
 def _climbs_out(path: PurePosixPath) -> bool:
@@ -196,13 +213,13 @@ def _climbs_out(path: PurePosixPath) -> bool:
     return False
 
 
-def unpack(archive: Path, folder: Path) -> int:
+def unpack(archive: Path, folder: Path, **limits: int) -> int:
     """Unpack a checked .tar.gz into `folder`; returns the number of files. Nothing is written if any member
-    is refused (every member is checked first), and Python's `data` filter guards the extraction itself."""
+    is refused (every member is checked first, against `limits`: check_members' max_members and max_bytes),
+    and Python's `data` filter guards the extraction itself."""
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            members = tar.getmembers()
-            check_members(members)
+            members = check_members(tar, **limits)  # before anything is written; stops at the first refusal
             tar.extractall(folder, members=members, filter="data")  # noqa: S202 - members checked above
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise StagingError(f"the packed code cannot be unpacked: {exc}") from None

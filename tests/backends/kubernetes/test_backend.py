@@ -114,6 +114,61 @@ def test_staged_jobs_run_the_ecs_wrapper_between_the_stage_in_and_stage_out_cont
     assert env["JOBPLANE_INPUT_DIR"] == staging.INPUT_ROOT and env["JOBPLANE_OUTPUT_DIR"] == "/jobplane/output"
 
 
+def test_a_gs_cluster_mounts_each_bucket_with_cloud_storage_fuse_and_runs_vertexs_wrapper(k8s, fake_k8s):
+    from chalicelib.backends.gcp import vertex
+    from chalicelib.backends.kubernetes.backend import GCS_FUSE_ANNOTATION, GCS_FUSE_DRIVER
+    from chalicelib.jobs.contract import store_for
+
+    backend = k8s({"name": "gke", "flavour": "gke", "store": "gs"})
+    sha = "c" * 64
+    job, _, _ = _launch(
+        backend,
+        fake_k8s,
+        code_uri=f"gs://team-code/code/{sha}.tar.gz",
+        code_sha256=sha,
+        inputs={"data": "gs://datasets/cifar/", "labels": "gs://datasets/labels.csv"},
+        checkpoint_uri="gs://ckpt/run1/",
+        setup=[["pip", "install", "-r", "requirements.txt"]],
+    )
+    (body,) = fake_k8s.bodies("POST", "/jobs")  # the fake kept it through the client's V1Job: every field is real
+    template = body["spec"]["template"]
+    assert template["metadata"]["annotations"][GCS_FUSE_ANNOTATION] == "true"
+    pod = template["spec"]
+    assert "initContainers" not in pod and [c["name"] for c in pod["containers"]] == ["job"]
+    artifacts = backend.settings.gcp_artifacts_bucket
+    buckets = sorted([artifacts, "ckpt", "datasets", "team-code"])
+    assert pod["volumes"] == [
+        {
+            "name": f"gcs-{i}",
+            "csi": {"driver": GCS_FUSE_DRIVER, "volumeAttributes": {"bucketName": b, "mountOptions": "implicit-dirs"}},
+        }
+        for i, b in enumerate(buckets)
+    ]
+    (main,) = pod["containers"]
+    assert main["volumeMounts"] == [{"name": f"gcs-{i}", "mountPath": f"/gcs/{b}"} for i, b in enumerate(buckets)]
+    assert main["command"] == ["/bin/sh", "-c", vertex.WRAPPER, "jobplane"]
+    assert main["args"] == vertex.wrapper_args(job.spec)
+    assert main["args"][:4] == [f"/gcs/team-code/code/{sha}.tar.gz", sha, vertex.CODE_DIR, "2"]
+    env = {e["name"]: e["value"] for e in main["env"]}
+    assert env["JOBPLANE_INPUT_DIR"] == vertex.INPUT_DIR
+    assert env["JOBPLANE_OUTPUT_DIR"] == f"/gcs/{artifacts}/outputs/{job.job_id}"
+    assert env["JOBPLANE_CHECKPOINT_DIR"] == "/gcs/ckpt/run1"
+    # Its artifacts are listed from Cloud Storage, and an s3:// location is refused naming its field.
+    assert store_for("kubernetes", backend.settings, job.spec) == (artifacts, "gs")
+    from tests.factories import make_spec
+
+    with pytest.raises(UnsupportedError) as info:
+        backend.validate(make_spec(backend="kubernetes", image=IMAGE, inputs={"data": "s3://datasets/cifar/"}))
+    assert info.value.details[0]["field"] == "inputs.data"
+
+
+def test_a_cluster_store_other_than_s3_or_gs_is_refused_naming_it(tmp_path, fake_k8s):
+    from chalicelib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"JOBPLANE_K8S_CLUSTERS\[0\]\.store must be one of s3, gs"):
+        make_settings(tmp_path, **k8s_env(fake_k8s, {"name": "x", "store": "azure"}))
+
+
 def test_validation_names_the_field(k8s, fake_k8s):
     backend = k8s({"name": "gke", "flavour": "gke"})
     from tests.factories import make_spec
@@ -265,6 +320,53 @@ def test_logs_come_from_the_jobs_pod_and_follow_by_offset(k8s, fake_k8s):
     assert backend.tail(handle) == ["epoch 1", "epoch 2"]
 
 
+def test_logs_follow_a_preempted_pod_into_its_replacement_and_read_both_from_the_start(k8s, fake_k8s):
+    backend = k8s()
+    _, handle, name = _launch(backend, fake_k8s)
+    first_pod = fake_k8s.start(name, log="epoch 1\n")
+    first = backend.logs(handle)
+    assert (first.text, first.next_offset) == ("epoch 1\n", 8)
+    replacement = fake_k8s.preempt(name)  # the pod is reclaimed; the controller's replacement is Pending
+    waiting = backend.logs(handle, first.next_offset)
+    assert (waiting.text, waiting.next_offset, waiting.complete) == ("", 8, False)
+    second_pod = fake_k8s.start(name, log="resumed from step-1\nepoch 2\n", pod=replacement)
+    switch = backend.logs(handle, waiting.next_offset)
+    assert switch.text == (
+        f"--- jobplane: pod {first_pod} ended (preempted: TerminationByKubelet: Pod was terminated in response to "
+        f"imminent node shutdown.); pod {second_pod} replaces it ---\n"
+    )
+    current = backend.logs(handle, switch.next_offset)
+    assert current.text == "resumed from step-1\nepoch 2\n" and not current.complete
+    fake_k8s.logs[("default", second_pod)] += "done\n"
+    fake_k8s.succeed(name)
+    last = backend.logs(handle, current.next_offset)
+    assert (last.text, last.complete) == ("done\n", True)
+    # From the start: the previous pod's output first, then the current one's, each once.
+    text, offset, pages = "", 0, 0
+    while True:
+        chunk = backend.logs(handle, offset, limit=7)
+        text, offset, pages = text + chunk.text, chunk.next_offset, pages + 1
+        if chunk.complete:
+            break
+    assert text == "epoch 1\n" + switch.text + "resumed from step-1\nepoch 2\ndone\n" and pages > 3
+    assert backend.tail(handle)[-2:] == ["epoch 2", "done"]
+    with pytest.raises(ValidationError):
+        backend.logs(handle, "t~bm90LWpzb24")  # a cursor this backend never gave
+
+
+def test_a_replaced_pod_whose_node_is_gone_reads_as_empty_and_the_replacement_still_reads(k8s, fake_k8s):
+    backend = k8s()
+    _, handle, name = _launch(backend, fake_k8s)
+    gone = fake_k8s.start(name, log="epoch 1\n")
+    replacement = fake_k8s.preempt(name)
+    fake_k8s.start(name, log="epoch 2\n", pod=replacement)
+    fake_k8s.unreachable_logs.add(("default", gone))
+    first = backend.logs(handle)
+    assert first.text.startswith(f"--- jobplane: pod {gone} ended (preempted: ") and first.next_offset != 0
+    assert "its log is no longer readable" in first.text and f"pod {replacement} replaces it" in first.text
+    assert backend.logs(handle, first.next_offset).text == "epoch 2\n"
+
+
 def test_the_sweep_lists_and_stops_only_this_stages_jobs(k8s, fake_k8s, tmp_path):
     from chalicelib.backends.kubernetes.backend import KubernetesBackend
 
@@ -280,3 +382,42 @@ def test_the_sweep_lists_and_stops_only_this_stages_jobs(k8s, fake_k8s, tmp_path
     with pytest.raises(UnsupportedError):
         ours.stop_resource(theirs.list_managed()[0], "not ours")
     assert ("default", other_name) in fake_k8s.jobs and ("default", "nightly-etl") in fake_k8s.jobs
+
+
+def test_kueues_reason_is_stored_on_the_waiting_job_and_shown_until_kueue_admits_it(tmp_path, fake_k8s, memory_store):
+    """Reconcile records Kueue's admission message (the Workload's QuotaReserved=False condition) as the job's
+    status_reason while it stays LAUNCHING, once per change, and the job runs when Kueue admits it."""
+    from chalicelib.jobs.service import JobService
+    from chalicelib.reaper import Action, reconcile
+    from tests.factories import k8s_env, submit
+
+    settings = make_settings(tmp_path, **k8s_env(fake_k8s, {"name": "q", "local_queue": "team-a"}))
+    service = JobService(memory_store, settings)
+    job = submit(service, backend="kubernetes", image=IMAGE)
+    assert memory_store.get_job(job.job_id).status is JobStatus.LAUNCHING
+    name = Handle.of(job).native_name
+    message = "couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor a100"
+    fake_k8s.pending_workload(name, message=message)
+    assert [d.action for d in reconcile(service)] == [Action.NOTE_WAIT]
+    waiting = memory_store.get_job(job.job_id)
+    assert waiting.status is JobStatus.LAUNCHING
+    assert waiting.status_reason == f"Kueue (team-a): Pending: {message}"
+    assert waiting.to_api()["status_reason"] == waiting.status_reason  # what GET /jobs/{id} and status show
+    assert [d.action for d in reconcile(service)] == [Action.NONE]  # unchanged: nothing written again
+    fake_k8s.admit(name)
+    fake_k8s.start(name)
+    reconcile(service)
+    assert memory_store.get_job(job.job_id).status is JobStatus.RUNNING
+
+
+def test_a_pod_that_cannot_be_scheduled_is_the_waiting_jobs_reason(tmp_path, fake_k8s, memory_store):
+    from chalicelib.jobs.service import JobService
+    from chalicelib.reaper import reconcile
+    from tests.factories import k8s_env, submit
+
+    service = JobService(memory_store, make_settings(tmp_path, **k8s_env(fake_k8s)))
+    job = submit(service, backend="kubernetes", image=IMAGE, resources={"gpus": 8, "gpu_type": "A100"})
+    fake_k8s.unschedulable(Handle.of(job).native_name)
+    reconcile(service)
+    reason = memory_store.get_job(job.job_id).status_reason
+    assert reason.startswith("Unschedulable: ") and "Insufficient" in reason, reason

@@ -387,3 +387,77 @@ def test_a_busy_vm_survives_reconcile(idle_env, vm_env):
     decisions, after = _reconcile(idle_env, job)
     assert "stop_idle" not in [d.action.value for d in decisions]
     assert after.status.value == "RUNNING" and vm_env["state"](job.native_id) == "running"
+
+
+# --- the aws shim across a stack restart (the cause of the old restart flake) ---------------------------------
+
+
+def _shim(tmp_path, fake_aws: str) -> tuple[Path, Path]:
+    """The VM's aws shim with `fake_aws` standing in for the CLI, and its endpoint file."""
+    import shlex
+
+    from jobplane.local.vms import _AWS_SHIM
+
+    vm_dir = tmp_path / "vm"
+    vm_dir.mkdir()
+    cli = tmp_path / "real-aws"
+    cli.write_text("#!/bin/bash\n" + fake_aws)
+    cli.chmod(0o755)
+    shim = vm_dir / "aws"
+    shim.write_text(_AWS_SHIM.format(vm_dir=vm_dir, wait=20, aws=shlex.quote(str(cli))))
+    shim.chmod(0o755)
+    return shim, vm_dir / "endpoint"
+
+
+def _listener():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(8)
+    return sock, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_call_the_stopping_stack_cut_off_is_made_again_at_the_stacks_new_address(tmp_path):
+    """The restart flake: the VM's first call (the checkpoint restore) was in flight when the test stopped the
+    stack, failed with "Could not connect", and the job ended FAILED in staging. The call is now retried."""
+    old, old_url = _listener()
+    new, new_url = _listener()
+    calls = tmp_path / "calls"
+    # The first call: the stack stops under it (its port closes) and the next stack writes its address.
+    fake = f"""echo "$AWS_ENDPOINT_URL" >> {calls}
+if [ "$AWS_ENDPOINT_URL" = {old_url} ]; then
+  kill -USR1 {os.getpid()}; sleep 1; echo 'fatal error: Could not connect to the endpoint URL' >&2; exit 255
+fi
+echo "restored from $AWS_ENDPOINT_URL"
+"""
+    shim, endpoint = _shim(tmp_path, fake)
+    endpoint.write_text(old_url + "\n")
+
+    def restart(*_):
+        old.close()
+        endpoint.write_text(new_url + "\n")
+
+    previous = signal.signal(signal.SIGUSR1, restart)
+    try:
+        done = subprocess.run([str(shim), "s3", "sync", "s3://b/ck/", "ck"], capture_output=True, text=True, timeout=60)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+        new.close()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"restored from {new_url}"
+    assert calls.read_text().split() == [old_url, new_url]
+    assert "calling again" in done.stderr
+
+
+def test_a_call_that_fails_while_the_stack_stays_up_fails_once(tmp_path):
+    up, url = _listener()
+    calls = tmp_path / "calls"
+    shim, endpoint = _shim(tmp_path, f"echo x >> {calls}; echo 'An error occurred (NoSuchBucket)' >&2; exit 1\n")
+    endpoint.write_text(url + "\n")
+    try:
+        done = subprocess.run([str(shim), "s3", "cp", "s3://b/k", "k"], capture_output=True, text=True, timeout=60)
+    finally:
+        up.close()
+    assert done.returncode == 1 and "NoSuchBucket" in done.stderr
+    assert calls.read_text().split() == ["x"]
