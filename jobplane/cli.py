@@ -296,8 +296,10 @@ def cmd_logs(args) -> int:
     client = _client(args)
     offset: int | str = 0
     said = None
+    node = getattr(args, "node", None)
     while True:
-        chunk = client.logs(args.job_id, offset)
+        # --node N: that node's output alone (a multi-node job); without it every node's, merged
+        chunk = client.logs(args.job_id, offset) if node is None else client.logs(args.job_id, offset, node=node)
         if chunk["text"]:
             sys.stdout.write(chunk["text"])
             sys.stdout.flush()
@@ -699,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="print a job's output")
     p.add_argument("job_id")
     p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument(
+        "--node", type=int, metavar="RANK", help="one node's output of a multi-node job (default: all, merged)"
+    )
     p.set_defaults(func=cmd_logs)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)

@@ -300,6 +300,15 @@ class ComputeBackend(ABC):
                     f"backend {self.name!r} cannot run this job: {self.unsupported_features[feature]}",
                     [{"field": fields[feature], "message": self.unsupported_features[feature]}],
                 )
+        most = getattr(self.descriptor, "max_nodes", 1)
+        if resources.nodes > most:
+            from chalicelib.jobs.spec import nodes_refusal
+
+            why = nodes_refusal(self.descriptor, resources.nodes) if self.descriptor else f"at most {most} node"
+            raise UnsupportedError(
+                f"backend {self.name!r} cannot run this job: {why}",
+                [{"field": "resources.nodes", "message": why}],
+            )
         self._validate_impl(spec)
 
     def launch(self, job: Job) -> LaunchResult:
@@ -349,10 +358,20 @@ class ComputeBackend(ABC):
         """Translate one provider state event; None when it is not about a jobplane resource."""
         return self._parse_event_impl(raw)
 
-    def logs(self, handle: Handle, offset: Offset = 0, limit: int = 65536) -> LogChunk:
-        """About `limit` bytes of the job's output from `offset` (0, or a next_offset this backend gave)."""
+    def logs(self, handle: Handle, offset: Offset = 0, limit: int = 65536, node: int | None = None) -> LogChunk:
+        """About `limit` bytes of the job's output from `offset` (0, or a next_offset this backend gave);
+        `node`: one node's output of a multi-node job (None: every node's, merged)."""
+        start = max(offset, 0) if isinstance(offset, int) else offset
         with in_region(handle.region):
-            return self._logs_impl(handle, max(offset, 0) if isinstance(offset, int) else offset, limit)
+            if node is None:
+                return self._logs_impl(handle, start, limit)
+            return self._node_logs_impl(handle, node, start, limit)
+
+    def _node_logs_impl(self, handle: Handle, node: int, offset: Offset, limit: int) -> LogChunk:
+        raise UnsupportedError(
+            f"backend {self.name!r} serves a multi-node job's output merged, not per node",
+            [{"field": "node", "message": "omit it to read every node's output"}],
+        )
 
     def tail(self, handle: Handle, max_lines: int = 15, max_bytes: int = 2048) -> list[str] | None:
         """The last lines of the job's output (see last_lines), or None when its end is out of reach:
@@ -426,7 +445,8 @@ class ComputeBackend(ABC):
             return None
         end = until or job.finished_at or utcnow()
         hours = max((end - job.started_at).total_seconds(), 0.0) / 3600.0
-        return round(price * hours, 6)
+        # A multi-node job bills every node: the price is of one machine.
+        return round(price * hours * job.spec.resources.nodes, 6)
 
     # --- what each backend implements --------------------------------------------------
     def _validate_impl(self, spec: JobSpec) -> None:

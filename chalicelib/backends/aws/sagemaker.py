@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.backends import rendezvous
 from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.base import AwsBackend, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.descriptors import SAGEMAKER
@@ -112,9 +113,15 @@ class SageMakerBackend(AwsBackend):
         layout = staging.SAGEMAKER
         bucket = self.settings.artifacts_bucket
         runtime = spec.max_runtime_minutes * 60
-        pieces = staging.split_script(staging.WRAPPER, MAX_CONTAINER_ARG)
+        nodes = spec.resources.nodes
+        # A multi-node job: InstanceCount machines, each deriving its rank and the master (algo-1) from
+        # resourceconfig.json before the wrapper runs; the rest of the node variables travel in Environment.
+        script = staging.WRAPPER if nodes == 1 else rendezvous.prelude(rendezvous.SAGEMAKER) + staging.WRAPPER
+        pieces = staging.split_script(script, MAX_CONTAINER_ARG)
         env = dict(env_list(spec, handle))
         env.update(layout.variables(handle.job_id, handle.attempt))
+        if nodes > 1:
+            env.update(rendezvous.launch_env(spec))
         request: dict[str, Any] = {
             "TrainingJobName": handle.native_name,
             "AlgorithmSpecification": {
@@ -128,7 +135,7 @@ class SageMakerBackend(AwsBackend):
             "OutputDataConfig": {"S3OutputPath": contract.artifacts_uri(spec, job.job_id, bucket)},
             "ResourceConfig": {
                 "InstanceType": instance_type_for(spec.resources, "ml."),
-                "InstanceCount": 1,
+                "InstanceCount": nodes,
                 "VolumeSizeInGB": self.settings.sagemaker_volume_gb,
             },
             "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
@@ -215,7 +222,16 @@ class SageMakerBackend(AwsBackend):
         logs = self.client("logs")
         return read_streams(logs, lambda: prefixed_streams(logs, LOG_GROUP, f"{handle.native_name}/"), offset, limit)
 
+    def _node_logs_impl(self, handle: Handle, node: int, offset: Offset, limit: int) -> LogChunk:
+        from chalicelib.backends.aws.cwlogs import prefixed_streams, read_streams
+
+        # Node (rank) r is host algo-<r+1>: the rendezvous prelude ranks hosts in resourceconfig.json's order.
+        logs = self.client("logs")
+        prefix = f"{handle.native_name}/algo-{node + 1}-"
+        return read_streams(logs, lambda: prefixed_streams(logs, LOG_GROUP, prefix), offset, limit)
+
     def _cancel_impl(self, handle: Handle) -> None:
+        # One StopTrainingJob stops every instance of the job (a multi-node job is one training job).
         try:
             with aws_errors("sagemaker", "StopTrainingJob"):
                 self.client().stop_training_job(TrainingJobName=handle.native_name)

@@ -58,6 +58,8 @@ VERTEX = BackendDescriptor(
         "logging.logEntries.list",  # the job's output: resource.type="ml_job" entries
     ),
     console_url=vertex_console_url,
+    # workerpool0 (the primary replica) and N - 1 replicas in workerpool1; the project's quotas decide beyond this.
+    max_nodes=64,
     requires=(Requirement("gcp_project"),),
 )
 
@@ -90,7 +92,10 @@ GCE = BackendDescriptor(
         "logging.logEntries.list",  # the startup script's output: resource.type="gce_instance" entries
     ),
     console_url=gce_console_url,
-    unsupported_features={"tpu": "TPUs run only through Vertex AI (backend vertex)"},
+    unsupported_features={
+        "tpu": "TPUs run only through Vertex AI (backend vertex)",
+        "multi_node": "GCE VMs with a compact placement policy are not launched by jobplane yet",
+    },
     reaps=True,
     vm=True,
     devvm_provider="chalicelib.backends.gcp.gce_devvm:GceDevVmProvider",
