@@ -255,9 +255,12 @@ class KubernetesBackend(ComputeBackend):
         if tolerations:
             pod["tolerations"] = tolerations
         fatal = sorted(set(spec.retries.fatal_exit_codes))
+        # Spot preemption, node drain, eviction: the Job controller makes a new pod, no retry is used up. A
+        # multi-node group cannot take a lone replacement into its rendezvous: one disrupted node fails the
+        # Job (the controller stops the others) and jobplane retries the whole group as an interruption.
+        disrupted = "FailJob" if nodes > 1 else "Ignore"
         rules: list[dict[str, Any]] = [
-            # Spot preemption, node drain, eviction: the Job controller makes a new pod, no retry is used up.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+            {"action": disrupted, "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
         ]
         if fatal:
             rules.append(
@@ -446,9 +449,14 @@ class KubernetesBackend(ComputeBackend):
         failed = _condition(job, "Failed")
         if failed is not None:
             kind, reason, code = self._failure(failed, pods)
-            node = _failed_node(pods) if _nodes(job) > 1 else None
+            nodes = _nodes(job)
+            preempted = [p for p in pods if _condition_any(p, "DisruptionTarget", "True") is not None]
+            node = _failed_node(pods) if nodes > 1 else None
+            if nodes > 1 and preempted:
+                kind, node = FailureKind.INTERRUPTED, _index(preempted[0])
+                reason = f"{_disruption(preempted[0])}: the group stops and is retried whole"
             if node is not None:
-                reason = f"node {node} of {_nodes(job)} failed: {reason}"
+                reason = f"node {node} of {nodes} failed: {reason}"
             return Observation(
                 JobStatus.FAILED,
                 f"Failed/{failed.reason or 'Failed'}",

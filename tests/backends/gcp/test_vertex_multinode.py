@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
 from google.cloud import aiplatform_v1
 
 from chalicelib.backends import rendezvous
-from chalicelib.backends.gcp.vertex import WRAPPER
+from chalicelib.backends.base import Handle
+from chalicelib.backends.gcp.vertex import WRAPPER, VertexBackend
+from chalicelib.errors import UnsupportedError
 from tests.factories import submit
 
 IMAGE = "us-docker.pkg.dev/my-project/train/resnet:1"
@@ -64,3 +67,9 @@ def test_each_replica_runs_the_command_with_its_rank_from_cluster_spec(gcp_servi
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout == "2 cmle-training-workerpool0-1a2b3c-0:2222\n"
+
+
+def test_one_nodes_logs_are_refused_on_vertex_naming_the_field(gcp_settings):
+    with pytest.raises(UnsupportedError) as caught:
+        VertexBackend(gcp_settings).logs(Handle("a" * 32, "jp-" + "a" * 32), node=1)
+    assert caught.value.details[0]["field"] == "node"

@@ -129,3 +129,28 @@ def test_a_retried_launch_creates_neither_a_second_job_nor_a_second_service(back
     backend.launch(job)
     assert len(fake_k8s.bodies("POST", "/namespaces/default/services")) == 1
     assert len(fake_k8s.jobs) == 1 and len(fake_k8s.services) == 1
+
+
+def test_a_preempted_node_fails_the_group_as_an_interruption_so_it_is_retried_whole(backend, fake_k8s):
+    from chalicelib.jobs.model import FailureKind
+
+    _, handle, name = launch(backend)
+    rules = fake_k8s.job_of(name)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    for index in range(4):
+        fake_k8s.start(name, index=index)
+    fake_k8s.preempt(name)  # the newest pod (index 3) is reclaimed
+    fake_k8s._conditions(
+        fake_k8s.job_of(name),
+        ("Failed", "PodFailurePolicy", "Pod default/x has condition DisruptionTarget matching FailJob rule at index 0"),
+    )
+    seen = backend.describe(handle)
+    assert seen.status is JobStatus.FAILED and seen.failure_kind is FailureKind.INTERRUPTED
+    assert seen.reason.startswith("node 3 of 4 failed: DisruptionTarget: TerminationByKubelet")
+    assert seen.reason.endswith("the group stops and is retried whole")
+
+
+def test_a_single_node_job_still_ignores_a_disruption(backend, fake_k8s):
+    _, _, name = launch(backend, resources={})
+    rules = fake_k8s.job_of(name)["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0]["action"] == "Ignore"

@@ -169,3 +169,16 @@ def test_a_node_that_cannot_start_fails_the_job_and_starts_no_group(backend):
     obs = run_to_end(backend, job)
     assert obs.status is JobStatus.FAILED and obs.exit_code == 127
     assert obs.reason.startswith("could not start '/nonexistent/program' on node 0")
+
+
+def test_a_runner_told_to_stop_interrupts_the_whole_group_so_a_retry_starts_every_node_again(backend):
+    """SIGTERM without a cancel request (the machine going away): every node stops and the report is
+    INTERRUPTED, which `retries: {on: [interruption]}` relaunches as one new attempt of the whole group."""
+    job = multi_job(SLEEP)
+    backend.launch(job)
+    pids = running_pids(backend, job)
+    runner_pid = int((backend.job_dir(job.native_id) / "runner.pid").read_text())
+    os.kill(runner_pid, signal.SIGTERM)
+    obs = run_to_end(backend, job)
+    assert obs.status is JobStatus.FAILED and obs.failure_kind is FailureKind.INTERRUPTED
+    assert gone(pids)
