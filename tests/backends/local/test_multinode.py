@@ -182,3 +182,11 @@ def test_a_runner_told_to_stop_interrupts_the_whole_group_so_a_retry_starts_ever
     obs = run_to_end(backend, job)
     assert obs.status is JobStatus.FAILED and obs.failure_kind is FailureKind.INTERRUPTED
     assert gone(pids)
+
+
+def test_setup_runs_once_on_this_machine_before_every_node_starts(backend):
+    code = "import os; print(open('prepared').read().strip(), os.environ['JOBPLANE_NODE_RANK'])"
+    job = multi_job(code, setup=[[PY, "-c", "open('prepared', 'a').write('ready\\n')"]])
+    assert run_to_end(backend, job).status is JobStatus.SUCCEEDED
+    assert (backend.job_dir(job.native_id) / "work" / "prepared").read_text() == "ready\n"
+    assert backend.logs(Handle.of(job), node=1).text == "ready 1\n"
