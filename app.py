@@ -10,6 +10,7 @@ from chalicelib.api import (
     list_query,
     parse_flag,
     parse_limit,
+    parse_node,
     parse_offset,
     query,
     respond,
@@ -132,7 +133,10 @@ def job_events(job_id):
 @api_view
 def job_logs(job_id):
     request = app.current_request
-    chunk = deps.get_service().logs(principal(request), job_id, parse_offset(query(request).get("offset")))
+    params = query(request)
+    chunk = deps.get_service().logs(
+        principal(request), job_id, parse_offset(params.get("offset")), parse_node(params.get("node"))
+    )
     return respond(
         {"text": chunk.text, "next_offset": chunk.next_offset, "complete": chunk.complete, "note": chunk.note}
     )

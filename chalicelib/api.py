@@ -184,6 +184,19 @@ def parse_offset(value: Any) -> int | str:
     return start
 
 
+def parse_node(value: Any) -> int | None:
+    """GET /jobs/{id}/logs?node=: one node's output of a multi-node job (0 is the master); None: all, merged."""
+    if value is None:
+        return None
+    text = str(value)
+    if not (text.isascii() and text.isdigit()):
+        raise ValidationError(
+            "node must be a node's rank: an integer from 0 to resources.nodes - 1",
+            [{"field": "node", "message": "an integer from 0 to resources.nodes - 1"}],
+        )
+    return int(text)
+
+
 MAX_TAIL_LINES = 100
 
 

@@ -623,6 +623,14 @@ def build() -> dict[str, Any]:
                         "description": "0, or the next_offset of the previous call, unchanged",
                         "schema": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "pattern": "^t~"}]},
                     },
+                    {
+                        "name": "node",
+                        "in": "query",
+                        "required": False,
+                        "description": "a multi-node job: that node's output alone (0..resources.nodes - 1); "
+                        "without it every node's, merged",
+                        "schema": {"type": "integer", "minimum": 0},
+                    },
                 ],
                 "responses": _responses(
                     {200: ("output from offset", Logs)},

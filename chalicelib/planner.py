@@ -248,7 +248,7 @@ def _quote(
     if candidate.gpu_type:
         spec = spec.with_changes(resources=replace(spec.resources, gpu_type=candidate.gpu_type))
     try:
-        return make(candidate.backend).hourly_quote(spec, candidate.region)[1]
+        return make(candidate.backend).node_quote(spec, candidate.region)[1]
     except ValidationError as exc:
         return Unknown(exc.message)
 

@@ -455,7 +455,9 @@ def cmd_logs(args) -> int:
     client = _client(args)
     said = None
     try:
-        for chunk in _sdk_of(client).log_chunks(_job_id(args, client), follow=args.follow):
+        # --node N: that node's output alone (a multi-node job); without it every node's, merged
+        node = getattr(args, "node", None)
+        for chunk in _sdk_of(client).log_chunks(_job_id(args, client), follow=args.follow, node=node):
             if chunk.text:
                 sys.stdout.write(chunk.text)
                 sys.stdout.flush()
@@ -1010,6 +1012,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("logs", help="print a job's output")
     p.add_argument("job_id", metavar="JOB", help="a job id, a unique id prefix (4+ characters) or a unique name")
     p.add_argument("--follow", "-f", action="store_true")
+    p.add_argument(
+        "--node", type=int, metavar="RANK", help="one node's output of a multi-node job (default: all, merged)"
+    )
     p.set_defaults(func=cmd_logs)
 
     token = sub.add_parser("token", help="API tokens").add_subparsers(dest="token_command", required=True)

@@ -160,9 +160,13 @@ class Client:
                     written += len(block)
         return written
 
-    def logs(self, job_id: str, offset: int | str = 0) -> dict:
-        """A slice of the job's output; pass the answer's next_offset back as it is (a number or a cursor)."""
-        return self._call("GET", f"/jobs/{job_id}/logs", params={"offset": offset})
+    def logs(self, job_id: str, offset: int | str = 0, node: int | None = None) -> dict:
+        """A slice of the job's output; pass the answer's next_offset back as it is (a number or a cursor).
+        `node`: one node's output of a multi-node job (None: every node's, merged)."""
+        params: dict[str, int | str] = {"offset": offset}
+        if node is not None:
+            params["node"] = node
+        return self._call("GET", f"/jobs/{job_id}/logs", params=params)
 
     def metrics(self, job_id: str) -> dict:
         """The job's latest metrics and each key's series of [seq, value] points."""

@@ -414,12 +414,15 @@ class Client:
         """{"metrics": latest, "series": {key: [[seq, value], ...]}, ...} as GET /jobs/{id}/metrics answers."""
         return self.http.metrics(self.resolve(job))
 
-    def log_chunks(self, job: str | Job, follow: bool = False, interval: float = 1.0) -> Iterator[LogChunk]:
-        """The job's output as the API slices it; with follow, until the job has ended and all is read."""
+    def log_chunks(
+        self, job: str | Job, follow: bool = False, interval: float = 1.0, node: int | None = None
+    ) -> Iterator[LogChunk]:
+        """The job's output as the API slices it; with follow, until the job has ended and all is read.
+        `node`: one node's output of a multi-node job (None: every node's, merged)."""
         job_id = self.resolve(job)
         offset: int | str = 0
         while True:
-            chunk = _typed(LogChunk, self.http.logs(job_id, offset))
+            chunk = _typed(LogChunk, self.http.logs(job_id, offset, node=node))
             yield chunk
             offset = chunk.next_offset  # a byte count or an opaque cursor: passed back unchanged
             if not follow or (chunk.complete and not chunk.text):
@@ -427,10 +430,12 @@ class Client:
             if not chunk.text:
                 time.sleep(interval)
 
-    def logs(self, job: str | Job, follow: bool = True, interval: float = 1.0) -> Iterator[str]:
+    def logs(
+        self, job: str | Job, follow: bool = True, interval: float = 1.0, node: int | None = None
+    ) -> Iterator[str]:
         """The job's output line by line (without the newline); with follow, until the job has ended."""
         partial = ""
-        for chunk in self.log_chunks(job, follow, interval):
+        for chunk in self.log_chunks(job, follow, interval, node=node):
             *lines, partial = (partial + chunk.text).split("\n")
             yield from lines
         if partial:

@@ -1,4 +1,4 @@
-"""A loopback Kubernetes API server: batch/v1 Jobs, v1 Pods and pod logs, Kueue Workloads, in the API's JSON.
+"""A loopback Kubernetes API server: batch/v1 Jobs, v1 Pods, pod logs and Services, Kueue Workloads, in the API's JSON.
 
 Every Job body it receives is read into the official client's V1Job and written back: a field the model does
 not know (a typo, a wrong level) is lost on that round trip, and the server answers 422 naming it. Pods do not
@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 JOB_NAME = "batch.kubernetes.io/job-name"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 def now() -> str:
@@ -80,6 +81,7 @@ class FakeKubernetes:
     def __init__(self) -> None:
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
+        self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], str] = {}
         # (namespace, pod) whose node is gone: the API server cannot reach its kubelet for the log (a 500)
         self.unreachable_logs: set[tuple[str, str]] = set()
@@ -120,7 +122,10 @@ class FakeKubernetes:
     def job_of(self, name: str, namespace: str = "default") -> dict[str, Any]:
         return self.jobs[(namespace, name)]
 
-    def add_pod(self, name: str, namespace: str = "default", phase: str = "Pending", **status: Any) -> str:
+    def add_pod(
+        self, name: str, namespace: str = "default", phase: str = "Pending", index: int | None = None, **status: Any
+    ) -> str:
+        """A pod of Job `name`; `index`: its completion index in an Indexed Job (the annotation the controller sets)."""
         with self.lock:
             job = self.job_of(name, namespace)
             template = job["spec"]["template"]
@@ -135,6 +140,7 @@ class FakeKubernetes:
                     "labels": labels,
                     "uid": str(uuid.uuid4()),
                     "creationTimestamp": now(),
+                    **({"annotations": {COMPLETION_INDEX: str(index)}} if index is not None else {}),
                 },
                 "spec": template["spec"],
                 "status": {"phase": phase, **status},
@@ -153,8 +159,11 @@ class FakeKubernetes:
 
         return sorted(found, key=order)[-1]
 
-    def start(self, name: str, namespace: str = "default", log: str = "", pod: str | None = None) -> str:
-        """A pod of the Job runs: a new one, or `pod` (a Pending one, such as the replacement preempt() made)."""
+    def start(
+        self, name: str, namespace: str = "default", log: str = "", pod: str | None = None, index: int | None = None
+    ) -> str:
+        """A pod of the Job runs: a new one (`index`: its completion index in an Indexed Job), or `pod` (a Pending
+        one, such as the replacement preempt() made)."""
         running = {
             "startTime": now(),
             "containerStatuses": [
@@ -169,7 +178,7 @@ class FakeKubernetes:
             ],
         }
         if pod is None:
-            pod = self.add_pod(name, namespace, "Running", **running)
+            pod = self.add_pod(name, namespace, "Running", index, **running)
         else:
             with self.lock:
                 self.pods[(namespace, pod)]["status"] = {"phase": "Running", **running}
@@ -401,8 +410,28 @@ class FakeKubernetes:
                         if (body or {}).get("propagationPolicy") in ("Background", "Foreground"):
                             for pod in fake.listed(fake.pods, ns, f"{JOB_NAME}={name}"):
                                 del fake.pods[(ns, pod["metadata"]["name"])]
+                        # The garbage collector: what the Job owns goes with it.
+                        for key, owned in list(fake.services.items()):
+                            owners = owned["metadata"].get("ownerReferences") or []
+                            if any(o.get("uid") == job["metadata"]["uid"] for o in owners):
+                                del fake.services[key]
                         details = {"name": name, "kind": "jobs", "uid": job["metadata"]["uid"]}
                         return self._send(200, {**status(200, "", ""), "status": "Success", "details": details})
+                if parts[:2] == ["api", "v1"] and parts[2] == "namespaces" and parts[4] == "services":
+                    ns = parts[3]
+                    if len(parts) == 5 and method == "POST":
+                        kept = round_trip(body, "V1Service")
+                        lost = differences(body, kept)
+                        if lost:
+                            return self._send(422, status(422, "Invalid", f"unknown fields: {', '.join(lost)}"))
+                        name = body["metadata"]["name"]
+                        if (ns, name) in fake.services:
+                            return self._send(409, status(409, "AlreadyExists", f'services "{name}" already exists'))
+                        body["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now())
+                        fake.services[(ns, name)] = body
+                        return self._send(201, body)
+                    if len(parts) == 6 and method == "GET":
+                        return self._send(200, fake.services[(ns, parts[5])])
                 if parts[:2] == ["api", "v1"] and parts[2] == "namespaces" and parts[4] == "pods":
                     ns = parts[3]
                     if len(parts) == 5:

@@ -169,6 +169,7 @@ def test_a_job_names_our_name_and_the_providers_id_apart(api, alice):
         "instance_type": None,
         "tpu": None,
         "cluster": None,
+        "nodes": 1,
     }
 
 

@@ -86,8 +86,10 @@ class BackendDescriptor:
     iam_actions: tuple[str, ...] = ()
     #: (job, context) -> the job's page in the provider's console, or None
     console_url: Callable[[Job, ConsoleContext], str | None] | None = None
-    #: feature -> why it cannot offer it (checked before every launch)
+    #: feature -> why it cannot offer it (checked before every launch); "multi_node" says why max_nodes is 1
     unsupported_features: Mapping[str, str] = field(default_factory=dict)
+    #: the most nodes (machines) one job may ask for in resources.nodes; 1: single-machine jobs only
+    max_nodes: int = 1
     #: True when it lists and stops tagged resources (ad-hoc VMs must)
     reaps: bool = False
     #: True for ad-hoc VMs whose own startup script stops them (Slack says "auto-stopped")

@@ -311,6 +311,15 @@ class ComputeBackend(ABC):
                     f"backend {self.name!r} cannot run this job: {self.unsupported_features[feature]}",
                     [{"field": fields[feature], "message": self.unsupported_features[feature]}],
                 )
+        most = getattr(self.descriptor, "max_nodes", 1)
+        if resources.nodes > most:
+            from chalicelib.jobs.spec import nodes_refusal
+
+            why = nodes_refusal(self.descriptor, resources.nodes) if self.descriptor else f"at most {most} node"
+            raise UnsupportedError(
+                f"backend {self.name!r} cannot run this job: {why}",
+                [{"field": "resources.nodes", "message": why}],
+            )
         self._validate_impl(spec)
 
     def launch(self, job: Job) -> LaunchResult:
@@ -369,10 +378,20 @@ class ComputeBackend(ABC):
         """Translate one provider state event; None when it is not about a jobplane resource."""
         return self._parse_event_impl(raw)
 
-    def logs(self, handle: Handle, offset: Offset = 0, limit: int = 65536) -> LogChunk:
-        """About `limit` bytes of the job's output from `offset` (0, or a next_offset this backend gave)."""
+    def logs(self, handle: Handle, offset: Offset = 0, limit: int = 65536, node: int | None = None) -> LogChunk:
+        """About `limit` bytes of the job's output from `offset` (0, or a next_offset this backend gave);
+        `node`: one node's output of a multi-node job (None: every node's, merged)."""
+        start = max(offset, 0) if isinstance(offset, int) else offset
         with in_region(handle.region):
-            return self._logs_impl(handle, max(offset, 0) if isinstance(offset, int) else offset, limit)
+            if node is None:
+                return self._logs_impl(handle, start, limit)
+            return self._node_logs_impl(handle, node, start, limit)
+
+    def _node_logs_impl(self, handle: Handle, node: int, offset: Offset, limit: int) -> LogChunk:
+        raise UnsupportedError(
+            f"backend {self.name!r} serves a multi-node job's output merged, not per node",
+            [{"field": "node", "message": "omit it to read every node's output"}],
+        )
 
     def tail(self, handle: Handle, max_lines: int = 15, max_bytes: int = 2048) -> list[str] | None:
         """The last lines of the job's output (see last_lines), or None when its end is out of reach:
@@ -400,6 +419,18 @@ class ComputeBackend(ABC):
         wins over what the spec asks for. Unknown, with the reason, where the catalog has no price."""
         return self.name, Unknown(f"backend {self.name!r} has no prices in the catalog")
 
+    #: True when hourly_quote already prices every node of a multi-node job (SageMaker's InstanceCount)
+    quotes_every_node: ClassVar[bool] = False
+
+    def node_quote(self, spec: JobSpec, region: str | None, usage: Usage | None = None) -> tuple[str, Quote]:
+        """hourly_quote for the whole job: a multi-node job bills every node (`resources.nodes` machines of the
+        one hourly_quote prices), unless the backend's quote counts them itself."""
+        priced, quote = self.hourly_quote(spec, region, usage)
+        nodes = spec.resources.nodes
+        if nodes > 1 and not self.quotes_every_node:
+            return f"{priced} x {nodes} nodes", quote.times(nodes)
+        return priced, quote
+
     @cached_property
     def catalog(self) -> Catalog:
         """The packaged price catalog, with this deployment's local price (JOBPLANE_LOCAL_PRICE_PER_HOUR)."""
@@ -415,7 +446,7 @@ class ComputeBackend(ABC):
         chalicelib.pricing.jobs.attempt_cost), with what the record already says it ran on."""
         usage = with_usage(job.costs, job.attempt, usage)
         try:
-            priced, quote = self.hourly_quote(job.spec, job.region, usage)
+            priced, quote = self.node_quote(job.spec, job.region, usage)
         except ValidationError as exc:  # a spec the catalog cannot map (no instance type fits): unknown, why
             priced, quote = self.name, Unknown(exc.message)
         return attempt_cost(

@@ -127,7 +127,7 @@ class BudgetService:
 
         try:
             backend = self._backend(job.backend, self.settings)
-            _, quote = backend.hourly_quote(job.spec, job.region, with_usage(job.costs, job.attempt, None))
+            _, quote = backend.node_quote(job.spec, job.region, with_usage(job.costs, job.attempt, None))
         except JobplaneError:
             return None
         return getattr(quote, "usd_per_hour", None)  # a Price; an Unknown has none

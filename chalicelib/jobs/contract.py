@@ -5,6 +5,10 @@ A job finds, by the same names on every backend:
   JOBPLANE_INPUT_DIR/<name>               each input, read-only, before setup starts
   JOBPLANE_OUTPUT_DIR                     what it writes here ends up under artifacts_uri (failed jobs too)
   JOBPLANE_CHECKPOINT_DIR                 restored from checkpoint_uri before it starts, synced back while it runs
+and, on every node of a multi-node job (resources.nodes > 1), what torchrun's --nnodes, --node_rank,
+--master_addr, --master_port and --nproc_per_node take:
+  JOBPLANE_NUM_NODES, JOBPLANE_NODE_RANK (0..N-1; 0 is the master), JOBPLANE_MASTER_ADDR,
+  JOBPLANE_MASTER_PORT, JOBPLANE_GPUS_PER_NODE
 Its current folder is the unpacked code_uri when the spec has one. Each backend decides the paths (SageMaker's
 are fixed by SageMaker), this module decides the names and the locations in the object store.
 """
@@ -21,6 +25,14 @@ INPUT_DIR = "JOBPLANE_INPUT_DIR"
 OUTPUT_DIR = "JOBPLANE_OUTPUT_DIR"
 CHECKPOINT_DIR = "JOBPLANE_CHECKPOINT_DIR"
 VARIABLES = (JOB_ID, ATTEMPT, INPUT_DIR, OUTPUT_DIR, CHECKPOINT_DIR)
+NUM_NODES = "JOBPLANE_NUM_NODES"
+NODE_RANK = "JOBPLANE_NODE_RANK"
+MASTER_ADDR = "JOBPLANE_MASTER_ADDR"
+MASTER_PORT = "JOBPLANE_MASTER_PORT"
+GPUS_PER_NODE = "JOBPLANE_GPUS_PER_NODE"
+NODE_VARIABLES = (NUM_NODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE)
+#: the port the master node listens on where the backend chooses it (the cloud backends: a machine of its own)
+DEFAULT_MASTER_PORT = 29500
 #: what a spec's env may not set (the job's own variables above, and the cloud SDKs' credentials)
 RESERVED_PREFIXES = ("JOBPLANE_", "AWS_")
 
@@ -97,6 +109,19 @@ def job_variables(job_id: str, attempt: int, *, input_dir: str, output_dir: str,
         OUTPUT_DIR: output_dir,
         CHECKPOINT_DIR: checkpoint_dir,
     }
+
+
+def node_variables(spec: JobSpec, rank: int | None, master_addr: str | None, master_port: int) -> dict[str, str]:
+    """The rendezvous variables of one node; a rank or address the node finds out itself (the wrapper in
+    chalicelib/backends/rendezvous.py derives it from the provider's facts) is None and left out."""
+    found = {
+        NUM_NODES: str(spec.resources.nodes),
+        NODE_RANK: None if rank is None else str(rank),
+        MASTER_ADDR: master_addr,
+        MASTER_PORT: str(master_port),
+        GPUS_PER_NODE: str(spec.resources.gpus),
+    }
+    return {k: v for k, v in found.items() if v is not None}
 
 
 def user_env(env: Mapping[str, str]) -> dict[str, str]:

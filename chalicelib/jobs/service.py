@@ -378,15 +378,22 @@ class JobService:
         self.get(principal, job_id)
         return self.store.history(job_id)
 
-    def logs(self, principal: Principal, job_id: str, offset: Offset = 0) -> LogChunk:
-        """A slice of the job's output from `offset`; a job with nothing to show says why in `note`."""
+    def logs(self, principal: Principal, job_id: str, offset: Offset = 0, node: int | None = None) -> LogChunk:
+        """A slice of the job's output from `offset` (`node`: that node's alone); a job with nothing to show
+        says why in `note`."""
         job = self.get(principal, job_id)
+        nodes = job.spec.resources.nodes
+        if node is not None and not 0 <= node < nodes:
+            raise ValidationError(
+                f"node {node}: this job runs on {nodes} node{'s' if nodes > 1 else ''}, ranks 0 to {nodes - 1}",
+                [{"field": "node", "message": f"an integer from 0 to {nodes - 1}"}],
+            )
         note = not_started_note(job)
         # A launch the provider has not answered yet has no resource to read from.
         unlaunched = job.status is JobStatus.LAUNCHING and job.native_id is None
         if job.native_name is None or job.status is JobStatus.QUEUED or unlaunched:
             return LogChunk("", offset, job.terminal, note)
-        chunk = self.backend(job.backend).logs(Handle.of(job), offset)
+        chunk = self.backend(job.backend).logs(Handle.of(job), offset, node=node)
         # A provider's log cannot tell that nothing more will come; the job's status can.
         complete = chunk.complete and job.terminal
         if chunk.text or not note:

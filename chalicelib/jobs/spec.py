@@ -27,6 +27,8 @@ URI_RE = re.compile(r"^(s3|gs)://[a-z0-9][a-z0-9.\-_]{1,221}[a-z0-9](/.*)?$")
 INPUT_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_INPUT_PREFIX = "jobplane"
 SHELL = "/bin/sh"
+# The most nodes any backend's descriptor may declare (each backend states its own max_nodes below this).
+MAX_NODES = 1000
 MAX_BODY_BYTES = 256 * 1024
 PATTERN_HINTS = {
     "name": "must be 1..63 characters of a-z, 0-9 and '-', starting and ending with a letter or digit",
@@ -68,6 +70,15 @@ class Resources(_Strict):
         default(typed.Resources, "cluster"),
         pattern=r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$",
         description="kubernetes: the name of one of the deployment's clusters (JOBPLANE_K8S_CLUSTERS); else the first",
+    )
+    nodes: int = Field(
+        default(typed.Resources, "nodes"),
+        ge=1,
+        le=MAX_NODES,
+        description=(
+            "machines the job runs on together (gpus, cpus and memory_gb are per node); each node sees "
+            "JOBPLANE_NUM_NODES, JOBPLANE_NODE_RANK, JOBPLANE_MASTER_ADDR, JOBPLANE_MASTER_PORT, JOBPLANE_GPUS_PER_NODE"
+        ),
     )
 
     @model_validator(mode="after")
@@ -342,6 +353,10 @@ class JobSpec(_Strict):
         ):
             tpu = [d.name for d in descriptors() if "tpu" not in d.unsupported_features]
             raise FieldError(("resources", "tpu"), f"TPU jobs run only on backend {_words(tpu, 'or')} (or auto)")
+        if self.resources.nodes > 1 and self.backend != AUTO:
+            found = descriptor(self.backend)
+            if self.resources.nodes > found.max_nodes:
+                raise FieldError(("resources", "nodes"), nodes_refusal(found, self.resources.nodes))
         if (self.code_uri is None) != (self.code_sha256 is None):
             raise FieldError("code_sha256" if self.code_uri else "code_uri", "code_uri and code_sha256 come together")
         if "auto" in self.fallback:
@@ -355,6 +370,19 @@ class JobSpec(_Strict):
 
     def to_typed(self) -> typed.JobSpec:
         return typed.JobSpec.from_dict(self.model_dump(mode="python", exclude_none=False))
+
+
+def nodes_refusal(found: Any, nodes: int) -> str:
+    """Why backend `found` (a BackendDescriptor) cannot run `nodes` nodes, and where such a job can run."""
+    from chalicelib.backends import descriptors
+
+    why = found.unsupported_features.get("multi_node") if found.max_nodes == 1 else None
+    limit = (
+        why or f"backend {found.name!r} runs at most {found.max_nodes} node{'s' if found.max_nodes > 1 else ''} a job"
+    )
+    able = [d.name for d in descriptors() if d.max_nodes >= nodes]
+    where = f"; {nodes} nodes run on backend {_words(able, 'or')}" if able else f"; no backend runs {nodes} nodes"
+    return f"{limit}, asked for {nodes}{where}"
 
 
 def backend_choices() -> tuple[str, ...]:

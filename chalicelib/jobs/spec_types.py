@@ -25,6 +25,8 @@ class Resources:
     instance_type: str | None = None
     tpu: str | None = None
     cluster: str | None = None
+    # Machines the job runs on together (multi-node training); each gets the same rendezvous variables.
+    nodes: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)

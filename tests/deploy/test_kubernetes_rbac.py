@@ -40,8 +40,8 @@ def test_the_role_grants_exactly_the_calls_the_backend_makes(tmp_path, fake_k8s)
 
     plain = KubernetesBackend(make_settings(tmp_path, **k8s_env(fake_k8s)))
     queued = KubernetesBackend(make_settings(tmp_path, **k8s_env(fake_k8s, {"name": "q", "local_queue": "team-a"})))
-    for backend in (plain, queued):
-        job = make_job("kubernetes", {"image": "busybox:1.36"})
+    for backend, nodes in ((plain, 1), (queued, 1), (plain, 2)):
+        job = make_job("kubernetes", {"image": "busybox:1.36", "resources": {"nodes": nodes}})
         handle = replace(Handle.of(job), native_id=backend.launch(job).native_id)
         backend.describe(handle)
         fake_k8s.admit(handle.native_name)

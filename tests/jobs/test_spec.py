@@ -139,7 +139,7 @@ def test_an_unknown_nested_field_is_rejected_with_its_dotted_name_and_the_siblin
     detail = _only_detail(_invalid(resources={"gpu": 1}))
     assert detail["field"] == "resources.gpu"
     assert detail["message"] == (
-        "unknown field; valid fields here: cluster, cpus, gpu_type, gpus, instance_type, memory_gb, spot, tpu"
+        "unknown field; valid fields here: cluster, cpus, gpu_type, gpus, instance_type, memory_gb, nodes, spot, tpu"
     )
     detail = _only_detail(_invalid(retries={"max_attempts": 2, "when": ["interruption"]}))
     assert detail["field"] == "retries.when"

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
+from chalicelib.backends import rendezvous
 from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.base import AwsBackend, aws_quote, container_instance_type, env_list, epoch_ms
 from chalicelib.backends.aws.cwlogs import Stream, read_streams
@@ -50,10 +51,16 @@ HELPER_MEMORY_MIB = "128"
 ALIAS_FILE = f"{staging.CLI_HOME}/.aws/cli/alias"
 
 
-def definition_name(image: str) -> str:
-    """One job definition per image (every per-job value comes at SubmitJob): a stable name."""
-    key = f"{image}\0{DEFINITION_VERSION}"
+def definition_name(image: str, multinode: bool = False) -> str:
+    """One job definition per image (every per-job value comes at SubmitJob): a stable name; a multi-node
+    parallel one of its own per image (its node count, too, comes at SubmitJob)."""
+    key = f"{image}\0{DEFINITION_VERSION}" + ("\0multinode" if multinode else "")
     return "jp-img-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+#: every node of a multi-node parallel job runs the same containers: one open node range (open, so SubmitJob's
+#: numNodes may set the count)
+ALL_NODES = "0:"
 
 
 class BatchBackend(AwsBackend):
@@ -96,6 +103,11 @@ class BatchBackend(AwsBackend):
                 "AWS Batch runs a container image", [{"field": "image", "message": "required for aws-batch"}]
             )
         staging.require_s3(spec, "AWS Batch")
+        if spec.resources.nodes > 1 and spec.resources.spot:
+            raise UnsupportedError(
+                "AWS Batch runs multi-node parallel jobs on On-Demand capacity only",
+                [{"field": "resources.spot", "message": "Batch refuses Spot compute environments for multi-node jobs"}],
+            )
         if spec.resources.spot and not self.settings.batch_spot_job_queue:
             raise UnsupportedError(
                 "no spot job queue is configured for AWS Batch",
@@ -153,18 +165,27 @@ class BatchBackend(AwsBackend):
             # Starts with the job, so it is there to sync while it runs and to upload when Batch stops it.
             helper(STAGE_OUT, True, staged),
         ]
+        ecs = {
+            "taskProperties": [
+                {
+                    "containers": containers,
+                    "volumes": [{"name": staging.VOLUME}, {"name": staging.INPUT_VOLUME}],
+                    "taskRoleArn": self.role(self.settings.batch_job_role),
+                }
+            ]
+        }
+        multinode = spec.resources.nodes > 1
+        shape: dict[str, Any] = {"type": "container", "ecsProperties": ecs}
+        if multinode:
+            # A multi-node parallel job: node 0 is the main node; each node runs the task above.
+            nodes = {"numNodes": spec.resources.nodes, "mainNode": 0}
+            shape = {
+                "type": "multinode",
+                "nodeProperties": {**nodes, "nodeRangeProperties": [{"targetNodes": ALL_NODES, "ecsProperties": ecs}]},
+            }
         return {
-            "jobDefinitionName": definition_name(spec.image),
-            "type": "container",
-            "ecsProperties": {
-                "taskProperties": [
-                    {
-                        "containers": containers,
-                        "volumes": [{"name": staging.VOLUME}, {"name": staging.INPUT_VOLUME}],
-                        "taskRoleArn": self.role(self.settings.batch_job_role),
-                    }
-                ]
-            },
+            "jobDefinitionName": definition_name(spec.image, multinode),
+            **shape,
             "propagateTags": True,
             "tags": {
                 "jobplane:managed": "true",
@@ -175,7 +196,7 @@ class BatchBackend(AwsBackend):
 
     def job_definition(self, spec: JobSpec) -> str:
         """The ARN of the spec's active job definition, registered the first time its image and shape are used."""
-        name = definition_name(spec.image)
+        name = definition_name(spec.image, spec.resources.nodes > 1)
         with aws_errors("batch", "DescribeJobDefinitions"):
             found = self.client().describe_job_definitions(jobDefinitionName=name, status="ACTIVE")
         active = [d for d in found.get("jobDefinitions", []) if d.get("status", "ACTIVE") == "ACTIVE"]
@@ -186,7 +207,7 @@ class BatchBackend(AwsBackend):
             with aws_errors("batch", "RegisterJobDefinition"):
                 registered = self.client().register_job_definition(**request)
         except BackendError as exc:
-            if _EMULATOR_REFUSAL not in exc.message:
+            if _EMULATOR_REFUSAL not in exc.message or "ecsProperties" not in request:
                 raise
             # Only moto (the local stack's emulator, which runs no container anyway) answers so: it knows no
             # ecsProperties. There the definition is the job's container alone, and it says so in the log.
@@ -209,6 +230,11 @@ class BatchBackend(AwsBackend):
             requirements.append({"type": "GPU", "value": str(resources.gpus)})
         env = dict(env_list(spec, handle))
         env.update(layout.variables(handle.job_id, handle.attempt))
+        script = staging.WRAPPER
+        if resources.nodes > 1:
+            # Each node's rank and the main node's address come from Batch's AWS_BATCH_JOB_* variables.
+            env.update(rendezvous.launch_env(spec))
+            script = rendezvous.prelude(rendezvous.BATCH) + script
         aliases = f"s3://{bucket}/{staging.cli_aliases_key()}"
         artifacts = contract.artifacts_uri(spec, job.job_id, bucket)
         overrides: list[dict[str, Any]] = [
@@ -216,17 +242,25 @@ class BatchBackend(AwsBackend):
             {"name": STAGE_IN, "command": [staging.ALIAS_STAGE_IN, *staging.stage_in_args(spec, checkpoint)]},
             {
                 "name": CONTAINER,
-                "command": ["/bin/sh", "-c", staging.WRAPPER, "jobplane", *staging.wrapper_args(spec, layout)],
+                "command": ["/bin/sh", "-c", script, "jobplane", *staging.wrapper_args(spec, layout)],
                 "environment": [{"name": k, "value": v} for k, v in sorted(env.items())],
                 "resourceRequirements": requirements,
             },
             {"name": STAGE_OUT, "command": [staging.ALIAS_STAGE_OUT, *staging.stage_out_args(artifacts, checkpoint)]},
         ]
+        override: dict[str, Any] = {"ecsPropertiesOverride": {"taskProperties": [{"containers": overrides}]}}
+        if resources.nodes > 1:
+            override = {
+                "nodeOverrides": {
+                    "numNodes": resources.nodes,
+                    "nodePropertyOverrides": [{"targetNodes": ALL_NODES, **override}],
+                }
+            }
         return {
             "jobName": handle.native_name,
             "jobQueue": self.queue_for(spec),
             "jobDefinition": definition,
-            "ecsPropertiesOverride": {"taskProperties": [{"containers": overrides}]},
+            **override,
             # Batch's minimum is 60 s; the job's own limit is enforced by Batch, not by jobplane.
             "timeout": {"attemptDurationSeconds": max(60, spec.max_runtime_minutes * 60)},
             "tags": self.job_tags(handle, job),
@@ -331,6 +365,15 @@ class BatchBackend(AwsBackend):
 
     def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
         return read_streams(self.client("logs"), lambda: self.log_streams(handle), offset, limit)
+
+    def _node_logs_impl(self, handle: Handle, node: int, offset: Offset, limit: int) -> LogChunk:
+        # Node i of a multi-node parallel job is the job <jobId>#<i>, with streams of its own.
+        job_id = self._job_id(handle)
+        if job_id is None:
+            return LogChunk("", offset, False, note="AWS Batch has no job for this attempt yet")
+        return read_streams(
+            self.client("logs"), lambda: self.log_streams(replace(handle, native_id=f"{job_id}#{node}")), offset, limit
+        )
 
     def _cancel_impl(self, handle: Handle) -> None:
         job_id = self._job_id(handle)

@@ -63,6 +63,8 @@ SAGEMAKER = BackendDescriptor(
     console_url=sagemaker_console_url,
     unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
     reaps=True,  # the orphan sweep: running jp- training jobs whose tags name this stage
+    # InstanceCount machines of one training job; beyond this, the account's SageMaker instance quotas decide.
+    max_nodes=64,
 )
 
 BATCH = BackendDescriptor(
@@ -90,6 +92,8 @@ BATCH = BackendDescriptor(
     console_url=batch_console_url,
     reaps=True,  # the orphan sweep: this stage's tagged jobs whose job is terminal or gone
     unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
+    # A multi-node parallel job (gang scheduled); the compute environment's maxvCpus decides beyond this.
+    max_nodes=64,
 )
 
 ECS = BackendDescriptor(
@@ -117,6 +121,7 @@ ECS = BackendDescriptor(
     unsupported_features={
         "tpu": "TPUs exist only on Vertex AI",
         "spot": "ECS takes spot capacity from the cluster's capacity providers, not per job; use sagemaker or ec2",
+        "multi_node": "an ECS task runs on one container instance and ECS has no rendezvous between tasks",
     },
 )
 
@@ -140,7 +145,10 @@ EC2 = BackendDescriptor(
         "s3:GetObject",  # the exit status the VM uploads (artifacts bucket only)
     ),
     console_url=ec2_console_url,
-    unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
+    unsupported_features={
+        "tpu": "TPUs exist only on Vertex AI",
+        "multi_node": "EC2 VMs in a cluster placement group are not launched by jobplane yet",
+    },
     reaps=True,
     vm=True,
     devvm_provider="chalicelib.backends.aws.ec2_devvm:Ec2DevVmProvider",

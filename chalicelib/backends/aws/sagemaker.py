@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from chalicelib.backends import rendezvous
 from chalicelib.backends.aws import staging
 from chalicelib.backends.aws.base import TAG_STOPPED_BY, AwsBackend, aws_quote, env_list, epoch_ms, instance_type_for
 from chalicelib.backends.aws.descriptors import SAGEMAKER
@@ -133,9 +134,15 @@ class SageMakerBackend(AwsBackend):
         layout = staging.SAGEMAKER
         bucket = self.settings.artifacts_bucket
         runtime = spec.max_runtime_minutes * 60
-        pieces = staging.split_script(staging.WRAPPER, MAX_CONTAINER_ARG)
+        nodes = spec.resources.nodes
+        # A multi-node job: InstanceCount machines, each deriving its rank and the master (algo-1) from
+        # resourceconfig.json before the wrapper runs; the rest of the node variables travel in Environment.
+        script = staging.WRAPPER if nodes == 1 else rendezvous.prelude(rendezvous.SAGEMAKER) + staging.WRAPPER
+        pieces = staging.split_script(script, MAX_CONTAINER_ARG)
         env = dict(env_list(spec, handle))
         env.update(layout.variables(handle.job_id, handle.attempt))
+        if nodes > 1:
+            env.update(rendezvous.launch_env(spec))
         request: dict[str, Any] = {
             "TrainingJobName": handle.native_name,
             "AlgorithmSpecification": {
@@ -149,7 +156,7 @@ class SageMakerBackend(AwsBackend):
             "OutputDataConfig": {"S3OutputPath": contract.artifacts_uri(spec, job.job_id, bucket)},
             "ResourceConfig": {
                 "InstanceType": instance_type_for(spec.resources, "ml."),
-                "InstanceCount": 1,
+                "InstanceCount": nodes,
                 "VolumeSizeInGB": self.settings.sagemaker_volume_gb,
             },
             "StoppingCondition": {"MaxRuntimeInSeconds": runtime},
@@ -226,12 +233,16 @@ class SageMakerBackend(AwsBackend):
                 return None
             raise
 
+    quotes_every_node = True  # InstanceCount is in the quote
+
     def hourly_quote(self, spec, region, usage=None):
         # Managed spot bills the on-demand rate (the catalog answers it for spot) for BillableTimeInSeconds.
         usage = usage or Usage()
         sku = usage.instance_type or instance_type_for(spec.resources, "ml.")
         spot = spec.resources.spot if usage.spot is None else usage.spot
-        return aws_quote(self.catalog, "sagemaker", region or self.settings.region, sku, spot, usage.count or 1)
+        # InstanceCount machines: the count the provider reported, else the job's nodes (what it asks for).
+        count = usage.count or spec.resources.nodes
+        return aws_quote(self.catalog, "sagemaker", region or self.settings.region, sku, spot, count)
 
     def _describe_impl(self, handle: Handle) -> Observation | None:
         raw = self._describe_raw(handle.native_name)
@@ -249,7 +260,16 @@ class SageMakerBackend(AwsBackend):
         logs = self.client("logs")
         return read_streams(logs, lambda: prefixed_streams(logs, LOG_GROUP, f"{handle.native_name}/"), offset, limit)
 
+    def _node_logs_impl(self, handle: Handle, node: int, offset: Offset, limit: int) -> LogChunk:
+        from chalicelib.backends.aws.cwlogs import prefixed_streams, read_streams
+
+        # Node (rank) r is host algo-<r+1>: the rendezvous prelude ranks hosts in resourceconfig.json's order.
+        logs = self.client("logs")
+        prefix = f"{handle.native_name}/algo-{node + 1}-"
+        return read_streams(logs, lambda: prefixed_streams(logs, LOG_GROUP, prefix), offset, limit)
+
     def _cancel_impl(self, handle: Handle) -> None:
+        # One StopTrainingJob stops every instance of the job (a multi-node job is one training job).
         try:
             with aws_errors("sagemaker", "StopTrainingJob"):
                 self.client().stop_training_job(TrainingJobName=handle.native_name)

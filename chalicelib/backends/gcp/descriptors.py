@@ -59,6 +59,8 @@ VERTEX = BackendDescriptor(
     ),
     console_url=vertex_console_url,
     reaps=True,  # the orphan sweep: unfinished custom jobs labelled as this stage's whose job is terminal or gone
+    # workerpool0 (the primary replica) and N - 1 replicas in workerpool1; the project's quotas decide beyond this.
+    max_nodes=64,
     requires=(Requirement("gcp_project"),),
 )
 
@@ -93,7 +95,10 @@ GCE = BackendDescriptor(
         "compute.regions.get",  # the regional GPU quotas (jobs/quotas.py)
     ),
     console_url=gce_console_url,
-    unsupported_features={"tpu": "TPUs run only through Vertex AI (backend vertex)"},
+    unsupported_features={
+        "tpu": "TPUs run only through Vertex AI (backend vertex)",
+        "multi_node": "GCE VMs with a compact placement policy are not launched by jobplane yet",
+    },
     reaps=True,
     vm=True,
     devvm_provider="chalicelib.backends.gcp.gce_devvm:GceDevVmProvider",

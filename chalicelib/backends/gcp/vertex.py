@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from chalicelib.backends import rendezvous
 from chalicelib.backends.agent import INPUT_NAME, RUN_STEPS_SH, UNPACK_CODE_SH, step_words
 from chalicelib.backends.base import (
     CALL_REGION,
@@ -288,19 +289,29 @@ class VertexBackend(ComputeBackend):
             # One attempt per jobplane attempt: retries follow the spec's retries policy, not Vertex's.
             restart_job_on_worker_restart=False,
         )
+        nodes = spec.resources.nodes
+        script = WRAPPER
+        if nodes > 1:
+            # Each replica reads its rank and the master (workerpool0's replica) from CLUSTER_SPEC.
+            env.update(rendezvous.launch_env(spec))
+            script = rendezvous.prelude(rendezvous.VERTEX) + WRAPPER
+
+        def pool(replicas: int):
+            return aiplatform_v1.WorkerPoolSpec(
+                machine_spec=self.machine_spec(spec),
+                replica_count=replicas,
+                container_spec=aiplatform_v1.ContainerSpec(
+                    image_uri=spec.image,
+                    command=["/bin/sh", "-c", script, "jobplane"],
+                    args=wrapper_args(spec),
+                    env=[aiplatform_v1.EnvVar(name=k, value=v) for k, v in sorted(env.items())],
+                ),
+            )
+
+        # workerpool0 is the primary replica (one, by Vertex's rule); workerpool1 the other nodes, alike.
+        pools = [pool(1)] if nodes == 1 else [pool(1), pool(nodes - 1)]
         job_spec = aiplatform_v1.CustomJobSpec(
-            worker_pool_specs=[
-                aiplatform_v1.WorkerPoolSpec(
-                    machine_spec=self.machine_spec(spec),
-                    replica_count=1,
-                    container_spec=aiplatform_v1.ContainerSpec(
-                        image_uri=spec.image,
-                        command=["/bin/sh", "-c", WRAPPER, "jobplane"],
-                        args=wrapper_args(spec),
-                        env=[aiplatform_v1.EnvVar(name=k, value=v) for k, v in sorted(env.items())],
-                    ),
-                )
-            ],
+            worker_pool_specs=pools,
             scheduling=scheduling,
             # AIP_MODEL_DIR is then <artifacts_uri>model/: what a Vertex-aware script saves lands with the outputs.
             base_output_directory=aiplatform_v1.GcsDestination(output_uri_prefix=artifacts),

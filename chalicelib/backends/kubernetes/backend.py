@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from chalicelib.backends import rendezvous
 from chalicelib.backends.base import (
     ComputeBackend,
     Handle,
@@ -34,6 +35,7 @@ PREFIX = "jobplane.dev/"
 MANAGED, STAGE, JOB_ID, ATTEMPT, OWNER = (PREFIX + k for k in ("managed", "stage", "job-id", "attempt", "owner"))
 #: the label the Job controller puts on a Job's pods (Kubernetes 1.27+)
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"  # an Indexed Job's pod annotation: its index
 KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"
 CONTAINER = "job"
@@ -263,10 +265,25 @@ class KubernetesBackend(ComputeBackend):
             "resources": {"limits": limits, "requests": dict(limits)},
         }
         pod: dict[str, Any] = {"restartPolicy": "Never", "containers": [container]}
+        nodes = resources.nodes
+        if nodes > 1:
+            # Pod i of an Indexed Job is host <job>-<i> under the headless Service named as the Job (the pod's
+            # subdomain): pod 0, the master, is <job>-0.<job> in the namespace's DNS.
+            name = handle.native_name
+            env.update(rendezvous.launch_env(spec, master_addr=f"{name}-0.{name}"))
+            pod["subdomain"] = name
         if self._stages(spec) and cluster.store == "gs":
             self._staged_gcs(job, handle, pod, env)
         elif self._stages(spec):
             self._staged(job, handle, pod, env)
+        elif nodes > 1:
+            container["command"] = [
+                "/bin/sh",
+                "-c",
+                rendezvous.prelude(rendezvous.KUBERNETES) + 'exec "$@"',
+                "jobplane",
+            ]
+            container["args"] = list(spec.command)
         else:
             container["command"] = list(spec.command)
         container["env"] = [{"name": k, "value": v} for k, v in sorted(env.items())]
@@ -276,9 +293,12 @@ class KubernetesBackend(ComputeBackend):
         if tolerations:
             pod["tolerations"] = tolerations
         fatal = sorted(set(spec.retries.fatal_exit_codes))
+        # Spot preemption, node drain, eviction: the Job controller makes a new pod, no retry is used up. A
+        # multi-node group cannot take a lone replacement into its rendezvous: one disrupted node fails the
+        # Job (the controller stops the others) and jobplane retries the whole group as an interruption.
+        disrupted = "FailJob" if nodes > 1 else "Ignore"
         rules: list[dict[str, Any]] = [
-            # Spot preemption, node drain, eviction: the Job controller makes a new pod, no retry is used up.
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+            {"action": disrupted, "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
         ]
         if fatal:
             rules.append(
@@ -299,6 +319,10 @@ class KubernetesBackend(ComputeBackend):
         if pod.get("volumes") and any("csi" in v for v in pod["volumes"]):
             # GKE injects the Cloud Storage FUSE sidecar into pods that ask for it.
             body["spec"]["template"]["metadata"]["annotations"][GCS_FUSE_ANNOTATION] = "true"
+        if nodes > 1:
+            # Every node at once; one failed pod fails the Job, whose controller then stops the other pods (a
+            # group missing a node cannot go on); jobplane's retries start the whole group again.
+            body["spec"].update(completionMode="Indexed", completions=nodes, parallelism=nodes, backoffLimit=0)
         if cluster.local_queue:
             body["metadata"]["labels"][KUEUE_QUEUE] = cluster.local_queue
             body["spec"]["suspend"] = True  # Kueue unsuspends it when it admits the workload
@@ -318,7 +342,10 @@ class KubernetesBackend(ComputeBackend):
         shared = {"name": staging.VOLUME, "mountPath": staging.ROOT}
         inputs = {"name": staging.INPUT_VOLUME, "mountPath": layout.input_dir}
         (container,) = pod["containers"]
-        container["command"] = ["/bin/sh", "-c", staging.WRAPPER, "jobplane"]
+        script = staging.WRAPPER
+        if spec.resources.nodes > 1:
+            script = rendezvous.prelude(rendezvous.KUBERNETES) + script
+        container["command"] = ["/bin/sh", "-c", script, "jobplane"]
         container["args"] = staging.wrapper_args(spec, layout)
         container["volumeMounts"] = [shared, {**inputs, "readOnly": True}]
         helper = {"limits": {"cpu": "250m", "memory": "256Mi"}, "requests": {"cpu": "250m", "memory": "256Mi"}}
@@ -369,7 +396,10 @@ class KubernetesBackend(ComputeBackend):
             )
         )
         (container,) = pod["containers"]
-        container["command"] = ["/bin/sh", "-c", vertex.WRAPPER, "jobplane"]
+        script = vertex.WRAPPER
+        if spec.resources.nodes > 1:  # each node's rank and the master's address first, as in _staged
+            script = rendezvous.prelude(rendezvous.KUBERNETES) + script
+        container["command"] = ["/bin/sh", "-c", script, "jobplane"]
         container["args"] = vertex.wrapper_args(spec)
         uris = [uri for _, uri in contract.store_uris(spec)] + [artifacts, checkpoint]
         buckets = sorted({parse_gs_uri(uri)[0] for uri in uris})
@@ -395,15 +425,46 @@ class KubernetesBackend(ComputeBackend):
         if self._read(cluster, handle.native_name) is not None:
             return LaunchResult(self.native_id(cluster, handle.native_name), "AlreadyLaunched")
         try:
-            self.batch(cluster).create_namespaced_job(cluster.namespace, body)
+            created = self.batch(cluster).create_namespaced_job(cluster.namespace, body)
         except ApiException as exc:
             if exc.status != 409:  # AlreadyExists: a launch racing this one made it under the same name
                 with k8s_errors("create Job"):
                     raise
             return LaunchResult(self.native_id(cluster, handle.native_name), "AlreadyLaunched")
+        if job.spec.resources.nodes > 1:
+            self._create_service(cluster, self.service_body(handle, created.metadata.uid))
         return LaunchResult(
             self.native_id(cluster, handle.native_name), "Suspended" if cluster.local_queue else "Created"
         )
+
+    def service_body(self, handle: Handle, job_uid: str) -> dict[str, Any]:
+        """The headless Service that gives a multi-node Job's pods their DNS names (<job>-<index>.<job>); owned
+        by the Job, so deleting the Job (cancel, the sweep, its TTL) deletes the Service too."""
+        name = handle.native_name
+        return {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {
+                "name": name,
+                "labels": _labels(self.settings.stage, handle),
+                "ownerReferences": [
+                    {"apiVersion": "batch/v1", "kind": "Job", "name": name, "uid": job_uid, "blockOwnerDeletion": True}
+                ],
+            },
+            # No cluster IP: DNS answers with each ready pod's own address; not-ready pods too, so the nodes can
+            # find the master while they all start.
+            "spec": {"clusterIP": "None", "selector": {JOB_NAME_LABEL: name}, "publishNotReadyAddresses": True},
+        }
+
+    def _create_service(self, cluster: Cluster, body: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.core(cluster).create_namespaced_service(cluster.namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:  # a retried launch made it already
+                with k8s_errors("create Service"):
+                    raise
 
     def _read(self, cluster: Cluster, name: str):
         from kubernetes.client.exceptions import ApiException
@@ -474,6 +535,14 @@ class KubernetesBackend(ComputeBackend):
         failed = _condition(job, "Failed")
         if failed is not None:
             kind, reason, code = self._failure(failed, pods)
+            nodes = _nodes(job)
+            preempted = [p for p in pods if _condition_any(p, "DisruptionTarget", "True") is not None]
+            node = _failed_node(pods) if nodes > 1 else None
+            if nodes > 1 and preempted:
+                kind, node = FailureKind.INTERRUPTED, _index(preempted[0])
+                reason = f"{_disruption(preempted[0])}: the group stops and is retried whole"
+            if node is not None:
+                reason = f"node {node} of {nodes} failed: {reason}"
             return Observation(
                 JobStatus.FAILED,
                 f"Failed/{failed.reason or 'Failed'}",
@@ -503,6 +572,19 @@ class KubernetesBackend(ComputeBackend):
                 **base,
             )
         phase = (latest.status.phase if latest.status else None) or "Pending"
+        nodes = _nodes(job)
+        if phase == "Running" and nodes > 1:
+            running = {_index(p) for p in pods if p.status and p.status.phase == "Running"}
+            if len(running) >= nodes:
+                return Observation(
+                    JobStatus.RUNNING, "Running", reason=f"Kubernetes: all {nodes} node pods running", **base
+                )
+            return Observation(
+                JobStatus.LAUNCHING,
+                "Pod/Running",
+                reason=f"Kubernetes: {len(running)} of {nodes} node pods running",
+                **base,
+            )
         if phase == "Running":
             return Observation(JobStatus.RUNNING, "Running", reason="Kubernetes: pod running", **base)
         unschedulable = _condition_any(latest, "PodScheduled", "False")
@@ -588,12 +670,16 @@ class KubernetesBackend(ComputeBackend):
                 self._delete(cluster, name)  # a finished Job stays, with its pods' logs, until its TTL
             return
 
-    def _logs_impl(self, handle: Handle, offset: Offset, limit: int) -> LogChunk:
+    def _node_logs_impl(self, handle: Handle, node: int, offset: Offset, limit: int) -> LogChunk:
+        return self._logs_impl(handle, offset, limit, node=node)
+
+    def _logs_impl(self, handle: Handle, offset: Offset, limit: int, node: int | None = None) -> LogChunk:
         """The `job` container's log of each of the Job's pods in turn: a pod that was preempted (or otherwise
         replaced) is read to its end, then a line says which pod replaced it and why, then the new pod's log
         follows. The offset is a byte offset into the first pod's log, then a cursor naming the pod and the
         byte in it (encode_log_token), so `--follow` goes on across a replacement and offset 0 reads every
-        pod's output from the start, the previous ones first."""
+        pod's output from the start, the previous ones first. A multi-node Job's pods are read per node
+        (`node`; without it node 0, the master)."""
         if not isinstance(offset, int | str):
             raise bad_offset()
         for cluster, name in self._locate(handle):
@@ -609,6 +695,9 @@ class KubernetesBackend(ComputeBackend):
                 key=_pod_order,
             )
             finished = _condition(found, "Complete") is not None or _condition(found, "Failed") is not None
+            if _nodes(found) > 1:
+                wanted = 0 if node is None else node
+                pods = [p for p in pods if _index(p) == wanted]  # that node's pods, a replaced one's too
             if not pods:
                 return LogChunk("", offset, finished, note="no pod has started yet")
             index, at = self._log_position(pods, offset)
@@ -728,6 +817,29 @@ def _condition_any(pod: Any, kind: str, status: str) -> Any:
         if condition.type == kind and condition.status == status:
             return condition
     return None
+
+
+def _nodes(job: Any) -> int:
+    """How many nodes a Job runs: an Indexed Job's completions (jobplane's multi-node jobs), else 1."""
+    spec = job.spec
+    return (spec.completions or 1) if spec and spec.completion_mode == "Indexed" else 1
+
+
+def _index(pod: Any) -> int | None:
+    """The pod's completion index (its node rank) in an Indexed Job."""
+    value = ((pod.metadata.annotations if pod.metadata else None) or {}).get(COMPLETION_INDEX)
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def _failed_node(pods: list[Any]) -> int | None:
+    """The rank of the first node pod whose job container ended with a non-zero exit code."""
+    ended = []
+    for pod in pods:
+        for status in (pod.status.container_statuses if pod.status else None) or []:
+            done = status.state.terminated if status.name == CONTAINER and status.state else None
+            if done is not None and done.exit_code:
+                ended.append((done.finished_at or datetime.max.replace(tzinfo=UTC), _index(pod)))
+    return min(ended, key=lambda e: e[0])[1] if ended else None
 
 
 def _terminated(pods: list[Any]) -> Any:

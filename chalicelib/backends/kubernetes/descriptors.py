@@ -16,5 +16,7 @@ KUBERNETES = BackendDescriptor(
     # sts:GetCallerIdentity, which needs no permission.
     iam_actions=("eks:DescribeCluster",),
     unsupported_features={"tpu": "TPUs exist only on Vertex AI"},
+    # An Indexed Job of N pods with a headless Service; the cluster's nodes and quotas decide beyond this.
+    max_nodes=64,
     reaps=True,  # the orphan sweep: Jobs carrying this stage's labels and no live jobplane job
 )

@@ -33,9 +33,9 @@ from chalicelib.backends.base import (
     parse_native_name,
 )
 from chalicelib.backends.local.descriptors import EVENT_SOURCE, LOCAL
-from chalicelib.backends.local.runner import sign_detail
+from chalicelib.backends.local.runner import node_log_name, sign_detail
 from chalicelib.errors import BackendError, ConfigError, UnsupportedError, ValidationError
-from chalicelib.jobs.contract import artifacts_uri, checkpoint_location, input_items, job_variables
+from chalicelib.jobs.contract import artifacts_uri, checkpoint_location, input_items, job_variables, node_variables
 from chalicelib.jobs.model import FailureKind, JobStatus, parse_iso
 from chalicelib.jobs.spec_types import JobSpec
 
@@ -45,6 +45,9 @@ _STATES = {
     "RUNNING": (JobStatus.RUNNING, None),
     "LOST": (JobStatus.FAILED, FailureKind.BACKEND_ERROR),
 }
+
+
+MASTER_ADDR = "127.0.0.1"  # a multi-node job's nodes share this machine
 
 
 log = logging.getLogger("jobplane.local")
@@ -201,6 +204,10 @@ class LocalBackend(ComputeBackend):
             "event_url_file": str(self.event_url_file()),
             "region": self.settings.region,
         }
+        if spec.resources.nodes > 1:
+            # Each node is a process of its own; the runner adds JOBPLANE_NODE_RANK to each one's env.
+            runner_spec["nodes"] = spec.resources.nodes
+            runner_spec["node_env"] = node_variables(spec, None, MASTER_ADDR, free_port())
         _write_private(folder / "spec.json", json.dumps(runner_spec))
         key = self.event_key(handle.native_name)
         runner_env = {k: os.environ[k] for k in _RUNNER_ENV if k in os.environ}
@@ -303,6 +310,22 @@ class LocalBackend(ComputeBackend):
             data = b""
         return LogChunk(data.decode("utf-8", errors="replace"), offset + len(data), complete)
 
+    def _node_logs_impl(self, handle: Handle, node: int, offset: Offset, limit: int) -> LogChunk:
+        if not isinstance(offset, int):
+            raise bad_offset("a local job's log offset is a byte count: pass the next_offset it returned, or 0")
+        folder = self.job_dir(handle.native_name)
+        spec = read_json(folder / "spec.json") or {}
+        if spec.get("nodes", 1) == 1:
+            return self._logs_impl(handle, offset, limit)  # one node: its output is the job's
+        complete = (folder / "status.json").exists()
+        try:
+            with open(folder / node_log_name(node), "rb") as fh:
+                fh.seek(offset)
+                data = fh.read(limit)
+        except FileNotFoundError:
+            data = b""
+        return LogChunk(data.decode("utf-8", errors="replace"), offset + len(data), complete)
+
     def _tail_impl(self, handle: Handle, max_lines: int, max_bytes: int) -> list[str] | None:
         # The log is a file: its end is read directly, however long it is.
         try:
@@ -323,10 +346,9 @@ class LocalBackend(ComputeBackend):
         if runner_pid is not None and pid_alive(runner_pid):
             _signal(runner_pid, signal.SIGTERM)  # the runner stops the job's process group, then reports
             return
-        # No runner to do it: stop the job's group directly.
-        job_pid = (read_json(folder / "runner.json") or {}).get("pid")
-        if job_pid:
-            _signal(-int(job_pid), signal.SIGKILL)
+        # No runner to do it: stop the job's group directly (each node's, in a multi-node job).
+        for job_pid in job_pids(read_json(folder / "runner.json")):
+            _signal(-job_pid, signal.SIGKILL)
 
     # --- the reaper's view ----------------------------------------------------------------
     def _list_managed_impl(self) -> list[ManagedResource]:
@@ -458,8 +480,24 @@ def _still_running(folder: Path, runner_pid: int) -> bool:
     """True while the job has no exit status and its runner or, when the runner died, its process lives."""
     if (folder / "status.json").exists():
         return False
-    job_pid = (read_json(folder / "runner.json") or {}).get("pid")
-    return pid_alive(runner_pid) or (bool(job_pid) and pid_alive(int(job_pid)))
+    # One node still alive is a partial group still running (and billing): not ended.
+    return pid_alive(runner_pid) or any(pid_alive(pid) for pid in job_pids(read_json(folder / "runner.json")))
+
+
+def job_pids(runner: dict[str, Any] | None) -> list[int]:
+    """The job's process (group) ids the runner recorded: every node's in a multi-node job, else the one."""
+    runner = runner or {}
+    pids = runner.get("pids") or ([runner["pid"]] if runner.get("pid") else [])
+    return [int(pid) for pid in pids if isinstance(pid, int) and pid > 0]
+
+
+def free_port() -> int:
+    """A TCP port free on this machine now, for a multi-node job's master node to listen on."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((MASTER_ADDR, 0))
+        return sock.getsockname()[1]
 
 
 def _write_private(path: Path, text: str) -> None:

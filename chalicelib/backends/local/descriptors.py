@@ -20,5 +20,7 @@ LOCAL = BackendDescriptor(
         "gpu": "the local backend runs CPU processes only; use sagemaker, vertex, ec2 or gce for GPUs",
         "tpu": "TPUs exist only on Vertex AI",
     },
+    # A multi-node job's nodes are processes on this machine, talking over 127.0.0.1.
+    max_nodes=8,
     reaps=True,  # local processes stand in for ad-hoc VMs: the same sweep stops them
 )

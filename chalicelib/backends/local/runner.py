@@ -27,6 +27,12 @@ from chalicelib.backends.agent import (
 )
 
 KILL_GRACE_SECONDS = float(os.environ.get("JOBPLANE_KILL_GRACE_SECONDS", "10"))
+NODE_RANK = "JOBPLANE_NODE_RANK"  # chalicelib.jobs.contract's name (the runner imports nothing it need not)
+
+
+def node_log_name(rank: int) -> str:
+    """The file one node's output of a multi-node job is in (output.log has every node's, each line marked)."""
+    return f"node-{rank}.log"
 
 
 def _now() -> str:
@@ -125,6 +131,27 @@ def _stop_group(pgid: int, proc: subprocess.Popen) -> None:
         pass
 
 
+def _stop_groups(procs: list[subprocess.Popen]) -> None:
+    """Stop every node's process group together: TERM to all, one grace period, then KILL to all."""
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + KILL_GRACE_SECONDS
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(deadline - time.monotonic(), 0))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left in each group goes too
+        except ProcessLookupError:
+            pass
+        proc.wait()
+
+
 def _read_handover() -> tuple[bytes | None, dict]:
     """What the stack hands over a pipe, so it is in no file and no environment the job can see: the job's
     event key and the object store's credentials (JSON), or the key alone (hex, as older stacks send it)."""
@@ -150,13 +177,16 @@ class _Job:
         self.running: dict | None = None
         self.sender: threading.Thread | None = None
         self.deadline: float | None = None
+        # The log is written by the node readers of a multi-node job as well: one line at a time.
+        self.log_lock = threading.Lock()
         user = spec.get("user") or {}
         self.as_user = {"user": user["uid"], "group": user["gid"], "extra_groups": []} if user else {}
 
     def say(self, line: str) -> None:
         """A line of jobplane's own in the job's log (what was staged, why it stopped)."""
-        self.log.write(f"jobplane: {line}\n".encode())
-        self.log.flush()
+        with self.log_lock:
+            self.log.write(f"jobplane: {line}\n".encode())
+            self.log.flush()
 
     def cause(self) -> StopCause | None:
         # A cancel request leaves its file before the TERM; a TERM without one is the machine going away.
@@ -167,6 +197,108 @@ class _Job:
         if self.deadline is not None and time.monotonic() > self.deadline:
             return StopCause.TIMEOUT
         return None
+
+    def _mark_running(self, pids: list[int]) -> None:
+        base = {"job_id": self.spec["job_id"], "native_id": self.spec["native_id"], "attempt": self.spec["attempt"]}
+        if self.running is None:
+            self.deadline = time.monotonic() + self.spec["max_runtime_seconds"]
+            reason = "process started" if len(pids) == 1 else f"{len(pids)} node processes started"
+            self.running = {**base, "state": "RUNNING", "pid": pids[0], "at": _now(), "reason": reason}
+            _write_json(self.folder / "runner.json", {**self.running, "pids": pids})
+            # Delivery retries for a long while when the endpoint is down; cancel and max runtime must not wait.
+            self.sender = threading.Thread(target=self.report, args=(self.running,), daemon=True)
+            self.sender.start()
+        else:  # the next step: a stack without its runner stops these process groups
+            _write_json(self.folder / "runner.json", {**self.running, "pid": pids[0], "pids": pids})
+
+    def _copy_node_output(self, rank: int, stream, node_log) -> None:
+        """One node's output to its own log and, each line marked with the node, to the merged one."""
+        mark = f"[node {rank}] ".encode()
+        for line in iter(stream.readline, b""):
+            node_log.write(line)
+            node_log.flush()
+            with self.log_lock:
+                self.log.write(mark + (line if line.endswith(b"\n") else line + b"\n"))
+                self.log.flush()
+        node_log.close()
+
+    def supervise_nodes(self, argv: list[str], nodes: int) -> tuple[int | None, StopCause | None, str]:
+        """Run the command as `nodes` processes, each with its JOBPLANE_NODE_RANK, until all succeed, one
+        fails (the others are stopped then: no partial group keeps running) or the job is stopped.
+        (exit code in shell terms, why it was stopped, the reason naming the node that failed)."""
+        procs: list[subprocess.Popen] = []
+        readers: list[threading.Thread] = []
+        try:
+            for rank in range(nodes):
+                node_log = os.fdopen(
+                    os.open(self.folder / node_log_name(rank), os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600), "ab"
+                )
+                try:
+                    proc = subprocess.Popen(
+                        argv,
+                        cwd=self.spec["cwd"],
+                        env={**self.spec["env"], **self.spec.get("node_env", {}), NODE_RANK: str(rank)},
+                        stdin=subprocess.DEVNULL,
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        close_fds=True,
+                        **self.as_user,
+                    )
+                except OSError:
+                    node_log.close()
+                    raise
+                procs.append(proc)
+                reader = threading.Thread(
+                    target=self._copy_node_output, args=(rank, proc.stdout, node_log), daemon=True
+                )
+                reader.start()
+                readers.append(reader)
+        except OSError as exc:
+            _stop_groups(procs)
+            return 127, None, f"could not start {argv[0]!r} on node {len(procs)}: {exc.strerror or exc}"
+        self._mark_running([p.pid for p in procs])
+        # Each node's exit is recorded as it happens, so the node that failed first is the one named (the
+        # others often fail a moment later, when their peer's connection drops).
+        exits: list[tuple[int, int]] = []
+        changed = threading.Event()
+
+        def wait_for(rank: int, proc: subprocess.Popen) -> None:
+            code = proc.wait()
+            exits.append((rank, code))
+            changed.set()
+
+        for rank, proc in enumerate(procs):
+            threading.Thread(target=wait_for, args=(rank, proc), daemon=True).start()
+        failed: tuple[int, int] | None = None
+        outcome = None
+        while True:
+            failed = next(((rank, code) for rank, code in list(exits) if code != 0), None)
+            if failed or len(exits) == nodes:
+                break
+            outcome = self.cause()
+            if outcome:
+                break
+            changed.wait(0.25)
+            changed.clear()
+        ended = {rank for rank, _ in list(exits)}
+        running = [rank for rank in range(nodes) if rank not in ended]
+        _stop_groups(procs)
+        for reader in readers:
+            reader.join(timeout=10)
+        if failed:
+            rank, code = failed
+            exit_code = shell_exit_code(code)
+            reason = f"node {rank} of {nodes} failed: {exit_reason(ExitState.FAILED, exit_code)}"
+            if running:
+                reason += f"; node{'s' if len(running) > 1 else ''} {', '.join(map(str, running))} stopped with it"
+            return exit_code, None, reason
+        if outcome is None:
+            return 0, None, ""
+        exit_code = shell_exit_code(procs[0].wait())
+        if outcome is StopCause.TIMEOUT:
+            exit_code = SIGKILL_EXIT if exit_code == SIGKILL_EXIT else TIMEOUT_EXIT
+        return exit_code, outcome, ""
 
     def start(self, argv: list[str]) -> subprocess.Popen:
         # The command is an argument list executed directly: no shell ever parses it or the env.
@@ -183,16 +315,7 @@ class _Job:
             close_fds=True,
             **self.as_user,
         )
-        base = {"job_id": self.spec["job_id"], "native_id": self.spec["native_id"], "attempt": self.spec["attempt"]}
-        if self.running is None:
-            self.deadline = time.monotonic() + self.spec["max_runtime_seconds"]
-            self.running = {**base, "state": "RUNNING", "pid": proc.pid, "at": _now(), "reason": "process started"}
-            _write_json(self.folder / "runner.json", self.running)
-            # Delivery retries for a long while when the endpoint is down; cancel and max runtime must not wait.
-            self.sender = threading.Thread(target=self.report, args=(self.running,), daemon=True)
-            self.sender.start()
-        else:  # the next step: a stack without its runner stops this process group
-            _write_json(self.folder / "runner.json", {**self.running, "pid": proc.pid})
+        self._mark_running([proc.pid])
         return proc
 
     def supervise(self, argv: list[str]) -> tuple[int, StopCause | None]:
@@ -360,6 +483,11 @@ def run(folder: Path, key: bytes | None = None, credentials: dict | None = None)
         if label != "command":
             job.say(f"{label}: {shlex.join(argv)[:500]}")
         try:
+            if label == "command" and spec.get("nodes", 1) > 1:
+                exit_code, outcome, reason = job.supervise_nodes(argv, spec["nodes"])
+                if reason:
+                    job.say(reason)
+                break
             exit_code, outcome = job.supervise(argv)
         except OSError as exc:
             exit_code, reason = 127, f"could not start {argv[0]!r}: {exc.strerror or exc}"
