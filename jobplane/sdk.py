@@ -422,7 +422,8 @@ class Client:
         job_id = self.resolve(job)
         offset: int | str = 0
         while True:
-            chunk = _typed(LogChunk, self.http.logs(job_id, offset, node=node))
+            answer = self.http.logs(job_id, offset) if node is None else self.http.logs(job_id, offset, node=node)
+            chunk = _typed(LogChunk, answer)
             yield chunk
             offset = chunk.next_offset  # a byte count or an opaque cursor: passed back unchanged
             if not follow or (chunk.complete and not chunk.text):

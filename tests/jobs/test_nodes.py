@@ -115,9 +115,10 @@ def test_the_cli_asks_for_one_nodes_logs(monkeypatch, capsys):
             return {"text": f"node {node}\n", "next_offset": 8, "complete": True, "note": None}
 
     monkeypatch.setattr(cli, "_client", lambda args: Client())
-    args = cli.build_parser().parse_args(["logs", "j", "--node", "2"])
+    job_id = "0" * 32  # a full id: named as it is, no listing to resolve it
+    args = cli.build_parser().parse_args(["logs", job_id, "--node", "2"])
     assert cli.cmd_logs(args) == 0
-    assert asked == [("j", 0, 2)]
+    assert asked == [(job_id, 0, 2)]
     assert capsys.readouterr().out == "node 2\n"
 
 
