@@ -117,6 +117,7 @@ class ChaliceWSGI:
     def __init__(self, app_object, config) -> None:
         from chalice.local import LocalGateway, RouteMatcher
 
+        _requests_per_thread(app_object)
         self.app = app_object
         self.gateway = LocalGateway(app_object, config)
         self.matcher = RouteMatcher(list(app_object.routes))
@@ -173,6 +174,33 @@ class ChaliceWSGI:
             [("Allow", ", ".join(allowed)), ("Content-Type", "application/json"), ("Content-Length", str(len(body)))],
         )
         return [body]
+
+
+def _requests_per_thread(app_object) -> None:
+    """Chalice keeps the request being handled in one attribute of the app (`app.current_request`): right for
+    Lambda, which runs one request at a time per container, wrong for a server whose threads run several. A
+    request read by a handler while another thread's request arrived would be the other one (a POST saw a
+    concurrent GET's empty body). Here the app's current request and Lambda context are per thread."""
+    cls = type(app_object)
+    if getattr(cls, "jobplane_per_thread", False):
+        return
+    state = threading.local()
+
+    def attribute(name):
+        return property(lambda _app: getattr(state, name, None), lambda _app, value: setattr(state, name, value))
+
+    per_thread = type(
+        cls.__name__,
+        (cls,),
+        {
+            "jobplane_per_thread": True,
+            "current_request": attribute("current_request"),
+            "lambda_context": attribute("lambda_context"),
+        },
+    )
+    for name in ("current_request", "lambda_context"):
+        app_object.__dict__.pop(name, None)
+    app_object.__class__ = per_thread
 
 
 def _status_line(code: int) -> str:

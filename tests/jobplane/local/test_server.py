@@ -76,3 +76,47 @@ def test_a_burst_of_connections_waits_in_the_backlog_instead_of_being_reset(serv
     for t in threads:
         t.join()
     assert outcomes == [b"HTTP/1.1 200"] * 300
+
+
+def test_concurrent_requests_each_see_their_own_body():
+    """Chalice keeps the request in one attribute of the app; two requests handled at once by two threads
+    must each read their own (a POST once read a concurrent GET's empty body)."""
+    import io
+    import json as json_module
+    import threading
+
+    from chalice import Chalice
+    from chalice.config import Config
+
+    from jobplane.local.server import ChaliceWSGI
+
+    app = Chalice(app_name="per-thread")
+    both_in = threading.Barrier(2, timeout=10)
+
+    @app.route("/echo", methods=["POST"])
+    def echo():
+        app.current_request  # noqa: B018 - each request is set before its handler runs
+        both_in.wait()  # the other thread's request has been set too by now
+        return {"seen": app.current_request.json_body}
+
+    wsgi = ChaliceWSGI(app, Config.create(chalice_stage="local", app_name="per-thread"))
+    answers: dict[str, object] = {}
+
+    def call(name: str) -> None:
+        body = json_module.dumps({"from": name}).encode()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/echo",
+            "REQUEST_URI": "/echo",
+            "CONTENT_TYPE": "application/json",
+            "CONTENT_LENGTH": str(len(body)),
+            "wsgi.input": io.BytesIO(body),
+        }
+        answers[name] = json_module.loads(b"".join(wsgi(environ, lambda status, headers: None)))
+
+    threads = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=20)
+    assert answers == {"a": {"seen": {"from": "a"}}, "b": {"seen": {"from": "b"}}}
