@@ -558,47 +558,22 @@ class DynamoJobStore(DynamoStore, JobStore):
             index, hash_key, hash_name = self.Job.by_owner, owner, "owner"
         else:
             index, hash_key, hash_name = self.Job.by_all, ALL_PK, "all_pk"
-        start = None
-        if cursor is not None:
-            keys = {"job_id", "sk", hash_name}
-            if (
-                set(cursor) != keys
-                or not all(isinstance(v, str) for v in cursor.values())
-                or cursor[hash_name] != hash_key
-            ):
-                raise ValidationError(
-                    "next_token does not belong to this listing",
-                    [{"field": "next_token", "message": "use the token the previous page returned"}],
-                )
-            start = {k: {"S": v} for k, v in cursor.items()}
-        invalid = ValidationError(
-            "next_token is not valid",
-            [{"field": "next_token", "message": "use the token the previous page returned"}],
-        )
-        with dynamo_errors(invalid=invalid):
-            results = index.query(
-                hash_key,
-                scan_index_forward=False,
-                limit=limit + 1,
-                last_evaluated_key=start,
-                page_size=limit + 1,
-            )
-            items = list(results)
-        jobs = [_job_from_item(item) for item in items[:limit]]
-        next_cursor = None
-        if len(items) > limit:
-            last = items[limit - 1]
-            next_cursor = {"job_id": last.job_id, "sk": last.sk, hash_name: hash_key}
-        return Page(jobs, next_cursor)
+        return self._page(index, hash_key, hash_name, "sk", limit, cursor, forward=False)
 
     def list_changed(self, owner, since, limit, cursor) -> Page:
         if owner is not None:
             index, hash_key, hash_name = self.Job.by_owner_changed, owner, "owner"
         else:
             index, hash_key, hash_name = self.Job.by_all_changed, ALL_PK, "all_pk"
+        condition = self.Job.changed > since
+        return self._page(index, hash_key, hash_name, "changed", limit, cursor, forward=True, condition=condition)
+
+    def _page(self, index, hash_key, hash_name, range_name, limit, cursor, forward, condition=None) -> Page:
+        """One page of an index's partition `hash_key`: a query of limit + 1 items (the extra one only says
+        whether another page exists), resumed from a cursor of a previous page of the same listing."""
         start = None
         if cursor is not None:
-            keys = {"job_id", "changed", hash_name}
+            keys = {"job_id", range_name, hash_name}
             if (
                 set(cursor) != keys
                 or not all(isinstance(v, str) for v in cursor.values())
@@ -616,8 +591,8 @@ class DynamoJobStore(DynamoStore, JobStore):
         with dynamo_errors(invalid=invalid):
             results = index.query(
                 hash_key,
-                range_key_condition=self.Job.changed > since,
-                scan_index_forward=True,
+                range_key_condition=condition,
+                scan_index_forward=forward,
                 limit=limit + 1,
                 last_evaluated_key=start,
                 page_size=limit + 1,
@@ -627,7 +602,7 @@ class DynamoJobStore(DynamoStore, JobStore):
         next_cursor = None
         if len(items) > limit:
             last = items[limit - 1]
-            next_cursor = {"job_id": last.job_id, "changed": last.changed, hash_name: hash_key}
+            next_cursor = {"job_id": last.job_id, range_name: getattr(last, range_name), hash_name: hash_key}
         return Page(jobs, next_cursor)
 
     def iter_queued(self) -> Iterator[Job]:
